@@ -1,0 +1,41 @@
+//! The domain: typed identifiers and the values a customer's backend manipulates.
+//!
+//! Everything here is pure (std, serde, uuid, validator only) and cannot hold an invalid state:
+//! adapters parse untrusted input into these types with `parse`/`TryFrom` and the rest of the
+//! program never re-checks them. This module owns the rules that are properties of a single
+//! value (a tag is at most 50 characters, an account id fits in a device token, an alias is
+//! non-empty...). Rules that span several values (the 20-member cap, one session per
+//! participant) belong to `control` and the store.
+
+mod ids;
+mod participant;
+mod subscription;
+
+pub use ids::{AccountId, ParticipantId, SessionId, StreamId};
+pub use participant::{
+    CallbackUrl, DeviceApiVersion, MediaKind, MediaKinds, Participant, PublishPermissions, Session,
+    Tag,
+};
+pub use subscription::{ParticipantSubscription, StreamAlias, SubscriptionRule, Subscriptions};
+
+/// At most this many participants (phone callers included) may be members of one session.
+pub const MAX_SESSION_MEMBERS: usize = 20;
+
+/// Why a value could not be parsed into a domain type. The message names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct DomainError {
+    /// The JSON field (or path segment) at fault, in the wire's spelling.
+    pub field: &'static str,
+    /// What is wrong with it, for a human.
+    pub problem: String,
+}
+
+impl DomainError {
+    pub(crate) fn new(field: &'static str, problem: impl Into<String>) -> Self {
+        DomainError {
+            field,
+            problem: problem.into(),
+        }
+    }
+}

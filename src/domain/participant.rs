@@ -1,0 +1,286 @@
+//! Participants and sessions as the customer's backend sees them, and the small values they carry.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::{AccountId, DomainError, ParticipantId, SessionId, Subscriptions};
+
+/// A free-form label on a session or participant: at most 50 characters, no uniqueness.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Tag(String);
+
+impl Tag {
+    pub const MAX_CHARS: usize = 50;
+
+    pub fn parse(s: &str) -> Result<Self, DomainError> {
+        let n = s.chars().count();
+        if n > Self::MAX_CHARS {
+            return Err(DomainError::new(
+                "tag",
+                format!(
+                    "is {n} characters long; at most {} are allowed",
+                    Self::MAX_CHARS
+                ),
+            ));
+        }
+        Ok(Tag(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Where lifecycle webhooks for a participant go: an absolute http(s) URL.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CallbackUrl(String);
+
+impl CallbackUrl {
+    pub const MAX_LEN: usize = 2048;
+
+    pub fn parse(s: &str) -> Result<Self, DomainError> {
+        use validator::ValidateUrl;
+        let http = s.starts_with("http://") || s.starts_with("https://");
+        if s.len() > Self::MAX_LEN || !http || !s.validate_url() {
+            return Err(DomainError::new(
+                "callbackUrl",
+                format!(
+                    "{s:?} is not an absolute http(s) URL of at most {} bytes",
+                    Self::MAX_LEN
+                ),
+            ));
+        }
+        Ok(CallbackUrl(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A kind of media a participant may publish or a stream may carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum MediaKind {
+    Audio,
+    Video,
+}
+
+impl MediaKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MediaKind::Audio => "AUDIO",
+            MediaKind::Video => "VIDEO",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self, DomainError> {
+        match s {
+            "AUDIO" => Ok(MediaKind::Audio),
+            "VIDEO" => Ok(MediaKind::Video),
+            other => Err(DomainError::new(
+                "publishPermissions",
+                format!("unknown media type {other:?} (expected \"AUDIO\" or \"VIDEO\")"),
+            )),
+        }
+    }
+}
+
+/// A set of media kinds, always listed in the order AUDIO, VIDEO.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct MediaKinds {
+    pub audio: bool,
+    pub video: bool,
+}
+
+impl MediaKinds {
+    pub const NONE: MediaKinds = MediaKinds {
+        audio: false,
+        video: false,
+    };
+    pub const AUDIO: MediaKinds = MediaKinds {
+        audio: true,
+        video: false,
+    };
+    pub const VIDEO: MediaKinds = MediaKinds {
+        audio: false,
+        video: true,
+    };
+    pub const ALL: MediaKinds = MediaKinds {
+        audio: true,
+        video: true,
+    };
+
+    pub fn contains(self, kind: MediaKind) -> bool {
+        match kind {
+            MediaKind::Audio => self.audio,
+            MediaKind::Video => self.video,
+        }
+    }
+
+    pub fn intersect(self, other: MediaKinds) -> MediaKinds {
+        MediaKinds {
+            audio: self.audio && other.audio,
+            video: self.video && other.video,
+        }
+    }
+
+    pub fn is_empty(self) -> bool {
+        !self.audio && !self.video
+    }
+
+    pub fn iter(self) -> impl Iterator<Item = MediaKind> {
+        [
+            (self.audio, MediaKind::Audio),
+            (self.video, MediaKind::Video),
+        ]
+        .into_iter()
+        .filter_map(|(on, k)| on.then_some(k))
+    }
+
+    /// Duplicates are folded; order does not matter.
+    pub fn from_kinds(kinds: impl IntoIterator<Item = MediaKind>) -> MediaKinds {
+        kinds.into_iter().fold(MediaKinds::NONE, |acc, k| match k {
+            MediaKind::Audio => MediaKinds { audio: true, ..acc },
+            MediaKind::Video => MediaKinds { video: true, ..acc },
+        })
+    }
+
+    /// Compact storage form: `"AUDIO,VIDEO"`, `"AUDIO"`, `""`.
+    pub fn to_csv(self) -> String {
+        self.iter()
+            .map(MediaKind::as_str)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn from_csv(s: &str) -> Result<MediaKinds, DomainError> {
+        s.split(',')
+            .filter(|p| !p.is_empty())
+            .map(MediaKind::parse)
+            .collect::<Result<Vec<_>, _>>()
+            .map(MediaKinds::from_kinds)
+    }
+}
+
+impl Serialize for MediaKinds {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
+    }
+}
+
+/// What a participant is allowed to publish. Media of other kinds is refused by the media plane.
+pub type PublishPermissions = MediaKinds;
+
+/// The device signalling protocol version a participant was created for.
+///
+/// Accepted case-insensitively (`"v3"`, `"V2"` both occur in the wild) and echoed upper-case.
+/// Tokens are always minted for protocol v3 whatever this says (reference §1.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum DeviceApiVersion {
+    V2,
+    #[default]
+    V3,
+}
+
+impl DeviceApiVersion {
+    pub fn parse(s: &str) -> Result<Self, DomainError> {
+        if s.eq_ignore_ascii_case("v3") {
+            Ok(DeviceApiVersion::V3)
+        } else if s.eq_ignore_ascii_case("v2") {
+            Ok(DeviceApiVersion::V2)
+        } else {
+            Err(DomainError::new(
+                "deviceApiVersion",
+                format!("unknown version {s:?} (expected \"V3\")"),
+            ))
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceApiVersion::V2 => "V2",
+            DeviceApiVersion::V3 => "V3",
+        }
+    }
+}
+
+impl fmt::Display for DeviceApiVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for DeviceApiVersion {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// A participant as stored: its attributes, its (at most one) session and its subscriptions there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Participant {
+    pub id: ParticipantId,
+    pub account: AccountId,
+    pub callback_url: Option<CallbackUrl>,
+    pub publish_permissions: PublishPermissions,
+    pub tag: Option<Tag>,
+    pub device_api_version: DeviceApiVersion,
+    /// The session it is a member of, if any ("capped to one").
+    pub session: Option<SessionId>,
+    /// Its subscription rules in that session; empty when it is in no session.
+    pub subscriptions: Subscriptions,
+}
+
+/// A session as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub id: SessionId,
+    pub account: AccountId,
+    pub tag: Option<Tag>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_count_characters_not_bytes() {
+        assert!(Tag::parse(&"é".repeat(50)).is_ok());
+        assert!(Tag::parse(&"a".repeat(51)).is_err());
+        assert!(Tag::parse("").is_ok());
+    }
+
+    #[test]
+    fn media_kinds_csv_round_trip() {
+        for k in [
+            MediaKinds::NONE,
+            MediaKinds::AUDIO,
+            MediaKinds::VIDEO,
+            MediaKinds::ALL,
+        ] {
+            assert_eq!(MediaKinds::from_csv(&k.to_csv()), Ok(k));
+        }
+        assert_eq!(
+            serde_json::to_string(&MediaKinds::ALL).unwrap(),
+            r#"["AUDIO","VIDEO"]"#
+        );
+    }
+
+    #[test]
+    fn device_api_version_is_lenient() {
+        assert_eq!(DeviceApiVersion::parse("v3"), Ok(DeviceApiVersion::V3));
+        assert_eq!(DeviceApiVersion::parse("V2"), Ok(DeviceApiVersion::V2));
+        assert!(DeviceApiVersion::parse("V4").is_err());
+    }
+
+    #[test]
+    fn callback_urls_must_be_http() {
+        assert!(CallbackUrl::parse("https://example.com/cb").is_ok());
+        assert!(CallbackUrl::parse("ftp://example.com").is_err());
+        assert!(CallbackUrl::parse("not a url").is_err());
+    }
+}
