@@ -38,5 +38,5 @@
 // pub mod control;
 pub mod domain;
 pub mod forwarding;
-// pub mod store;
+pub mod store;
 // pub mod token;

@@ -33,6 +33,11 @@ MAIN_ACCOUNT_ID = "pb_sdk-main-01"
 LIVE_ACCOUNT_ID = "pb_sdk-live"
 
 
+def pytest_configure(config):
+    # jsonpickle (used by the SDK's APIHelper) warns on every call; it is noise here.
+    config.addinivalue_line("filterwarnings", "ignore:keys will default to True:DeprecationWarning")
+
+
 @dataclass
 class Account:
     account_id: str

@@ -316,6 +316,8 @@ def test_list_add_remove(api, account):
     assert by_id[a].tag == "a" and by_id[a].publish_permissions == ["AUDIO"]
     assert by_id[b].tag == "b"
     assert by_id[a].sessions == [sid] and by_id[b].sessions == [sid]
+    # Participant.subscriptions (read-only, reference 1.4) reflects what was set.
+    assert by_id[b].subscriptions is not None and by_id[b].subscriptions.session_id == sid, listed.text
     assert all("token" not in p for p in raw(listed)), listed.text
 
     assert api.get_participant(account.account_id, a).body.sessions == [sid]

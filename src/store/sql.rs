@@ -1,0 +1,660 @@
+//! [`SqlStore`]: the `Store` on SQLite or PostgreSQL through sqlx's `Any` driver.
+//!
+//! Both dialects run the same runtime-checked SQL (numbered `$N` parameters, `ON CONFLICT`,
+//! `RETURNING`, ids as canonical text); [`Dialect`] decides only pool layout and connection
+//! settings:
+//! - SQLite: WAL journal, `synchronous=NORMAL` (a committed transaction survives a process
+//!   crash such as `kill -9`; only an OS crash or power loss can lose the last ones), foreign
+//!   keys on, a pool of readers and a single writer connection, so writers queue fairly in
+//!   process instead of spinning in SQLite's busy handler. Other processes on the same file
+//!   (the `account create` command) wait on `busy_timeout`.
+//! - PostgreSQL: one pool; concurrent transactions are serialized by row locks (module docs of
+//!   `store`).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor, Row};
+
+use super::{AccountCredentials, Store, StoreError};
+use crate::domain::{
+    AccountId, CallbackUrl, DeviceApiVersion, MediaKinds, Participant, ParticipantId,
+    ParticipantSubscription, Session, SessionId, StreamAlias, Subscriptions, Tag,
+    MAX_SESSION_MEMBERS,
+};
+
+/// The SQL dialect behind a [`SqlStore`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    pub fn of_url(url: &str) -> Option<Dialect> {
+        if url.starts_with("sqlite:") {
+            Some(Dialect::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Dialect::Postgres)
+        } else {
+            None
+        }
+    }
+}
+
+/// The store on a SQL database. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct SqlStore {
+    dialect: Dialect,
+    read: AnyPool,
+    write: AnyPool,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+impl SqlStore {
+    /// Connects, applies pending migrations and returns the store.
+    pub async fn open(url: &str) -> Result<SqlStore, StoreError> {
+        sqlx::any::install_default_drivers();
+        let dialect = Dialect::of_url(url).ok_or_else(|| {
+            StoreError::Backend(sqlx::Error::Configuration(
+                format!("unsupported database URL {url:?} (expected sqlite:… or postgres://…)")
+                    .into(),
+            ))
+        })?;
+        let store = match dialect {
+            Dialect::Postgres => {
+                let pool = AnyPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect(url)
+                    .await?;
+                SqlStore {
+                    dialect,
+                    read: pool.clone(),
+                    write: pool,
+                }
+            }
+            Dialect::Sqlite => {
+                let memory = url.contains(":memory:") || url.contains("mode=memory");
+                let write = sqlite_pool(url, 1).await?;
+                // A private in-memory database exists once per connection: share the writer.
+                let read = if memory {
+                    write.clone()
+                } else {
+                    sqlite_pool(url, 4).await?
+                };
+                SqlStore {
+                    dialect,
+                    read,
+                    write,
+                }
+            }
+        };
+        let migrator = match dialect {
+            Dialect::Sqlite => sqlx::migrate!("migrations/sqlite"),
+            Dialect::Postgres => sqlx::migrate!("migrations/postgres"),
+        };
+        migrator
+            .run(&store.write)
+            .await
+            .map_err(|e| StoreError::Backend(e.into()))?;
+        Ok(store)
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// Takes the session's row lock inside `tx`; `SessionNotFound` if it is not the account's.
+    async fn lock_session(
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        account: &AccountId,
+        session: SessionId,
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "UPDATE sessions SET lock_version = lock_version + 1 WHERE id = $1 AND account_id = $2",
+        )
+        .bind(session.to_string())
+        .bind(account.as_str())
+        .execute(&mut **tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::SessionNotFound);
+        }
+        Ok(())
+    }
+
+    /// Replaces `subscriber`'s rules inside `tx` (the caller checked membership).
+    async fn replace_subscriptions(
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        account: &AccountId,
+        subscriber: ParticipantId,
+        subs: &Subscriptions,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE participants SET subscribed_session_id = $1 WHERE id = $2")
+            .bind(subs.session_id.map(|s| s.to_string()))
+            .bind(subscriber.to_string())
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("DELETE FROM subscriptions WHERE subscriber_id = $1")
+            .bind(subscriber.to_string())
+            .execute(&mut **tx)
+            .await?;
+        for (position, ps) in subs.participants.iter().enumerate() {
+            let aliases: Vec<&str> = ps.stream_aliases.iter().map(StreamAlias::as_str).collect();
+            let aliases = serde_json::to_string(&aliases).map_err(corrupt)?;
+            let done = sqlx::query(
+                "INSERT INTO subscriptions (subscriber_id, publisher_id, position, stream_aliases) \
+                 SELECT $1, id, $2, $3 FROM participants WHERE id = $4 AND account_id = $5",
+            )
+            .bind(subscriber.to_string())
+            .bind(position as i64)
+            .bind(aliases)
+            .bind(ps.participant.to_string())
+            .bind(account.as_str())
+            .execute(&mut **tx)
+            .await?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::UnknownPublisher(ps.participant));
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads the subscription lists of the given participants, keyed by subscriber.
+    async fn subscription_lists(
+        &self,
+        where_clause: &str,
+        key: &str,
+    ) -> Result<std::collections::HashMap<ParticipantId, Vec<ParticipantSubscription>>, StoreError>
+    {
+        let sql = format!(
+            "SELECT s.subscriber_id, s.publisher_id, s.stream_aliases FROM subscriptions s \
+             JOIN participants p ON p.id = s.subscriber_id WHERE {where_clause} \
+             ORDER BY s.subscriber_id, s.position"
+        );
+        let rows = sqlx::query(&sql).bind(key).fetch_all(&self.read).await?;
+        let mut lists: std::collections::HashMap<ParticipantId, Vec<ParticipantSubscription>> =
+            Default::default();
+        for row in rows {
+            let subscriber = parse_id::<ParticipantId>(&row, "subscriber_id")?;
+            let publisher = parse_id::<ParticipantId>(&row, "publisher_id")?;
+            let aliases: String = row.try_get("stream_aliases")?;
+            let aliases: Vec<String> = serde_json::from_str(&aliases).map_err(corrupt)?;
+            let stream_aliases = aliases
+                .iter()
+                .map(|a| StreamAlias::parse(a))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(corrupt)?;
+            lists
+                .entry(subscriber)
+                .or_default()
+                .push(ParticipantSubscription {
+                    participant: publisher,
+                    stream_aliases,
+                });
+        }
+        Ok(lists)
+    }
+}
+
+async fn sqlite_pool(url: &str, max: u32) -> Result<AnyPool, StoreError> {
+    let pool = AnyPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(Duration::from_secs(10))
+        .after_connect(|conn, _meta| {
+            Box::pin(async move {
+                conn.execute("PRAGMA busy_timeout = 5000").await?;
+                conn.execute("PRAGMA foreign_keys = ON").await?;
+                conn.execute("PRAGMA synchronous = NORMAL").await?;
+                Ok(())
+            })
+        })
+        .connect(url)
+        .await?;
+    // The journal mode is a property of the file; memory databases keep their own.
+    sqlx::query("PRAGMA journal_mode = WAL")
+        .fetch_optional(&pool)
+        .await?;
+    Ok(pool)
+}
+
+fn parse_id<T: std::str::FromStr>(row: &AnyRow, col: &str) -> Result<T, StoreError>
+where
+    T::Err: std::fmt::Display,
+{
+    let s: String = row.try_get(col)?;
+    s.parse::<T>().map_err(|e| corrupt(format!("{col}: {e}")))
+}
+
+const PARTICIPANT_COLUMNS: &str =
+    "p.id, p.account_id, p.callback_url, p.publish_permissions, p.tag, \
+     p.device_api_version, p.session_id, p.subscribed_session_id";
+
+fn participant_from_row(
+    row: &AnyRow,
+    subscriptions: Vec<ParticipantSubscription>,
+) -> Result<Participant, StoreError> {
+    let account: String = row.try_get("account_id")?;
+    let callback: Option<String> = row.try_get("callback_url")?;
+    let perms: String = row.try_get("publish_permissions")?;
+    let tag: Option<String> = row.try_get("tag")?;
+    let version: String = row.try_get("device_api_version")?;
+    let session: Option<String> = row.try_get("session_id")?;
+    let subscribed: Option<String> = row.try_get("subscribed_session_id")?;
+    let session = session
+        .map(|s| SessionId::parse(&s))
+        .transpose()
+        .map_err(corrupt)?;
+    let subscribed = subscribed
+        .map(|s| SessionId::parse(&s))
+        .transpose()
+        .map_err(corrupt)?;
+    Ok(Participant {
+        id: parse_id(row, "id")?,
+        account: AccountId::parse(&account).map_err(corrupt)?,
+        callback_url: callback
+            .map(|c| CallbackUrl::parse(&c))
+            .transpose()
+            .map_err(corrupt)?,
+        publish_permissions: MediaKinds::from_csv(&perms).map_err(corrupt)?,
+        tag: tag.map(|t| Tag::parse(&t)).transpose().map_err(corrupt)?,
+        device_api_version: DeviceApiVersion::parse(&version).map_err(corrupt)?,
+        subscriptions: Subscriptions {
+            session_id: if session.is_some() { subscribed } else { None },
+            participants: if session.is_some() {
+                subscriptions
+            } else {
+                Vec::new()
+            },
+        },
+        session,
+    })
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+fn is_foreign_key_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_foreign_key_violation())
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").fetch_one(&self.read).await?;
+        Ok(())
+    }
+
+    async fn create_account(&self, creds: &AccountCredentials) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO accounts (id, username, password_sha256, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(creds.account.as_str())
+            .bind(creds.username.as_str())
+            .bind(creds.password_sha256.as_str())
+            .bind(now_ms())
+            .execute(&self.write)
+            .await
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::AccountExists(creds.account.clone())
+                } else {
+                    e.into()
+                }
+            })?;
+        Ok(())
+    }
+
+    async fn account_by_username(
+        &self,
+        username: &str,
+    ) -> Result<Option<AccountCredentials>, StoreError> {
+        let row =
+            sqlx::query("SELECT id, username, password_sha256 FROM accounts WHERE username = $1")
+                .bind(username)
+                .fetch_optional(&self.read)
+                .await?;
+        row.map(|row| {
+            let id: String = row.try_get("id")?;
+            Ok(AccountCredentials {
+                account: AccountId::parse(&id).map_err(corrupt)?,
+                username: row.try_get("username")?,
+                password_sha256: row.try_get("password_sha256")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn account_count(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM accounts")
+            .fetch_one(&self.read)
+            .await?
+            .try_get("n")?;
+        Ok(n.max(0) as u64)
+    }
+
+    async fn secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError> {
+        sqlx::query("INSERT INTO server_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+            .bind(name)
+            .bind(candidate.to_vec())
+            .execute(&self.write)
+            .await?;
+        let value: Vec<u8> = sqlx::query("SELECT value FROM server_secrets WHERE name = $1")
+            .bind(name)
+            .fetch_one(&self.write)
+            .await?
+            .try_get("value")?;
+        Ok(value)
+    }
+
+    async fn create_session(&self, session: &Session) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO sessions (id, account_id, tag, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(session.id.to_string())
+        .bind(session.account.as_str())
+        .bind(session.tag.as_ref().map(|t| t.as_str().to_owned()))
+        .bind(now_ms())
+        .execute(&self.write)
+        .await
+        .map_err(|e| {
+            if is_foreign_key_violation(&e) {
+                StoreError::AccountNotFound
+            } else {
+                e.into()
+            }
+        })?;
+        Ok(())
+    }
+
+    async fn session(
+        &self,
+        account: &AccountId,
+        id: SessionId,
+    ) -> Result<Option<Session>, StoreError> {
+        let row = sqlx::query("SELECT tag FROM sessions WHERE id = $1 AND account_id = $2")
+            .bind(id.to_string())
+            .bind(account.as_str())
+            .fetch_optional(&self.read)
+            .await?;
+        row.map(|row| {
+            let tag: Option<String> = row.try_get("tag")?;
+            Ok(Session {
+                id,
+                account: account.clone(),
+                tag: tag.map(|t| Tag::parse(&t)).transpose().map_err(corrupt)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn delete_session(
+        &self,
+        account: &AccountId,
+        id: SessionId,
+    ) -> Result<Vec<ParticipantId>, StoreError> {
+        let mut tx = self.write.begin().await?;
+        Self::lock_session(&mut tx, account, id).await?;
+        let members = sqlx::query("SELECT id FROM participants WHERE session_id = $1 ORDER BY id")
+            .bind(id.to_string())
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| parse_id::<ParticipantId>(r, "id"))
+            .collect::<Result<Vec<_>, _>>()?;
+        sqlx::query("DELETE FROM subscriptions WHERE subscriber_id IN (SELECT id FROM participants WHERE session_id = $1)")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE participants SET session_id = NULL, subscribed_session_id = NULL WHERE session_id = $1")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM sessions WHERE id = $1")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(members)
+    }
+
+    async fn create_participant(&self, p: &Participant) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO participants (id, account_id, callback_url, publish_permissions, tag, \
+             device_api_version, session_id, subscribed_session_id, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, NULL, NULL, $7)",
+        )
+        .bind(p.id.to_string())
+        .bind(p.account.as_str())
+        .bind(p.callback_url.as_ref().map(|c| c.as_str().to_owned()))
+        .bind(p.publish_permissions.to_csv())
+        .bind(p.tag.as_ref().map(|t| t.as_str().to_owned()))
+        .bind(p.device_api_version.as_str())
+        .bind(now_ms())
+        .execute(&self.write)
+        .await
+        .map_err(|e| {
+            if is_foreign_key_violation(&e) {
+                StoreError::AccountNotFound
+            } else {
+                e.into()
+            }
+        })?;
+        Ok(())
+    }
+
+    async fn participant(
+        &self,
+        account: &AccountId,
+        id: ParticipantId,
+    ) -> Result<Option<Participant>, StoreError> {
+        let sql = format!("SELECT {PARTICIPANT_COLUMNS} FROM participants p WHERE p.id = $1 AND p.account_id = $2");
+        let Some(row) = sqlx::query(&sql)
+            .bind(id.to_string())
+            .bind(account.as_str())
+            .fetch_optional(&self.read)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let mut lists = self
+            .subscription_lists("p.id = $1", &id.to_string())
+            .await?;
+        participant_from_row(&row, lists.remove(&id).unwrap_or_default()).map(Some)
+    }
+
+    async fn delete_participant(
+        &self,
+        account: &AccountId,
+        id: ParticipantId,
+    ) -> Result<Option<SessionId>, StoreError> {
+        let row = sqlx::query(
+            "DELETE FROM participants WHERE id = $1 AND account_id = $2 RETURNING session_id",
+        )
+        .bind(id.to_string())
+        .bind(account.as_str())
+        .fetch_optional(&self.write)
+        .await?
+        .ok_or(StoreError::ParticipantNotFound)?;
+        let session: Option<String> = row.try_get("session_id")?;
+        session
+            .map(|s| SessionId::parse(&s))
+            .transpose()
+            .map_err(corrupt)
+    }
+
+    async fn add_member(
+        &self,
+        account: &AccountId,
+        session: SessionId,
+        participant: ParticipantId,
+        subscriptions: Option<&Subscriptions>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        Self::lock_session(&mut tx, account, session).await?;
+        let current =
+            sqlx::query("SELECT session_id FROM participants WHERE id = $1 AND account_id = $2")
+                .bind(participant.to_string())
+                .bind(account.as_str())
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or(StoreError::ParticipantNotFound)?;
+        let current: Option<String> = current.try_get("session_id")?;
+        let already_member = current.as_deref() == Some(session.to_string().as_str());
+        if !already_member {
+            let n: i64 =
+                sqlx::query("SELECT COUNT(*) AS n FROM participants WHERE session_id = $1")
+                    .bind(session.to_string())
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get("n")?;
+            if n >= MAX_SESSION_MEMBERS as i64 {
+                return Err(StoreError::SessionFull);
+            }
+            // Conditional on still being in no session: on Postgres a concurrent add of the
+            // same participant elsewhere makes this re-check the row after its commit.
+            let done = sqlx::query(
+                "UPDATE participants SET session_id = $1, subscribed_session_id = NULL \
+                 WHERE id = $2 AND account_id = $3 AND session_id IS NULL",
+            )
+            .bind(session.to_string())
+            .bind(participant.to_string())
+            .bind(account.as_str())
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 0 {
+                let row = sqlx::query("SELECT session_id FROM participants WHERE id = $1")
+                    .bind(participant.to_string())
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .ok_or(StoreError::ParticipantNotFound)?;
+                let other: Option<String> = row.try_get("session_id")?;
+                let other = other.ok_or_else(|| corrupt("membership changed during add"))?;
+                return Err(StoreError::InAnotherSession(
+                    SessionId::parse(&other).map_err(corrupt)?,
+                ));
+            }
+            sqlx::query("DELETE FROM subscriptions WHERE subscriber_id = $1")
+                .bind(participant.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(subs) = subscriptions {
+            Self::replace_subscriptions(&mut tx, account, participant, subs).await?;
+        }
+        tx.commit().await.map_err(|e| {
+            if is_foreign_key_violation(&e) {
+                StoreError::ParticipantNotFound
+            } else {
+                e.into()
+            }
+        })?;
+        Ok(())
+    }
+
+    async fn remove_member(
+        &self,
+        account: &AccountId,
+        session: SessionId,
+        participant: ParticipantId,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        Self::lock_session(&mut tx, account, session).await?;
+        let done = sqlx::query(
+            "UPDATE participants SET session_id = NULL, subscribed_session_id = NULL \
+             WHERE id = $1 AND account_id = $2 AND session_id = $3",
+        )
+        .bind(participant.to_string())
+        .bind(account.as_str())
+        .bind(session.to_string())
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            let exists =
+                sqlx::query("SELECT 1 AS one FROM participants WHERE id = $1 AND account_id = $2")
+                    .bind(participant.to_string())
+                    .bind(account.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            return Err(if exists.is_some() {
+                StoreError::NotAMember
+            } else {
+                StoreError::ParticipantNotFound
+            });
+        }
+        sqlx::query("DELETE FROM subscriptions WHERE subscriber_id = $1")
+            .bind(participant.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn members(
+        &self,
+        account: &AccountId,
+        session: SessionId,
+    ) -> Result<Vec<Participant>, StoreError> {
+        if self.session(account, session).await?.is_none() {
+            return Err(StoreError::SessionNotFound);
+        }
+        let sql = format!("SELECT {PARTICIPANT_COLUMNS} FROM participants p WHERE p.session_id = $1 ORDER BY p.id");
+        let rows = sqlx::query(&sql)
+            .bind(session.to_string())
+            .fetch_all(&self.read)
+            .await?;
+        let mut lists = self
+            .subscription_lists("p.session_id = $1", &session.to_string())
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let id = parse_id::<ParticipantId>(row, "id")?;
+                participant_from_row(row, lists.remove(&id).unwrap_or_default())
+            })
+            .collect()
+    }
+
+    async fn set_subscriptions(
+        &self,
+        account: &AccountId,
+        session: SessionId,
+        changes: &[(ParticipantId, Subscriptions)],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        Self::lock_session(&mut tx, account, session).await?;
+        for (participant, subs) in changes {
+            let member = sqlx::query(
+                "SELECT session_id FROM participants WHERE id = $1 AND account_id = $2",
+            )
+            .bind(participant.to_string())
+            .bind(account.as_str())
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::ParticipantNotFound)?;
+            let in_session: Option<String> = member.try_get("session_id")?;
+            if in_session.as_deref() != Some(session.to_string().as_str()) {
+                return Err(StoreError::NotAMember);
+            }
+            Self::replace_subscriptions(&mut tx, account, *participant, subs).await?;
+        }
+        tx.commit().await.map_err(|e| {
+            if is_foreign_key_violation(&e) {
+                StoreError::ParticipantNotFound
+            } else {
+                e.into()
+            }
+        })?;
+        Ok(())
+    }
+}
