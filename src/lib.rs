@@ -35,8 +35,8 @@
 // pub mod api;
 // pub mod app;
 // pub mod config;
-// pub mod control;
+pub mod control;
 pub mod domain;
 pub mod forwarding;
 pub mod store;
-// pub mod token;
+pub mod token;

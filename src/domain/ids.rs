@@ -69,7 +69,7 @@ uuid_id!(
 
 /// An account: the tenant that owns sessions and participants and holds API credentials.
 ///
-/// 1 to 14 characters of `[A-Za-z0-9_-]`. The bound keeps every device token within 186
+/// 1 to 12 characters of `[A-Za-z0-9_-]`. The bound keeps every device token within 186
 /// characters (reference §10), since the account id travels inside it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
@@ -77,7 +77,7 @@ pub struct AccountId(String);
 
 impl AccountId {
     /// The longest account id that still keeps device tokens within 186 characters.
-    pub const MAX_LEN: usize = 14;
+    pub const MAX_LEN: usize = 12;
 
     pub fn parse(s: &str) -> Result<Self, DomainError> {
         let ok_chars = s
@@ -155,8 +155,8 @@ mod tests {
     #[test]
     fn account_ids_are_bounded() {
         assert!(AccountId::parse("9900000").is_ok());
-        assert!(AccountId::parse("abcdefghijklmn").is_ok());
-        assert!(AccountId::parse("abcdefghijklmno").is_err());
+        assert!(AccountId::parse("abcdefghijkl").is_ok());
+        assert!(AccountId::parse("abcdefghijklm").is_err());
         assert!(AccountId::parse("").is_err());
         assert!(AccountId::parse("a b").is_err());
         assert!(AccountId::parse("a/b").is_err());

@@ -1,0 +1,542 @@
+//! The orchestrator: every verb of the product goes through [`Control`].
+//!
+//! Control owns the sequence "check, write the store, recompile the affected session's
+//! forwarding table, publish the difference". Adapters (REST now; signaling and the SIP
+//! bridge later) call it with domain types and render its results; they never touch the store.
+//! After each change to membership or subscriptions, Control recompiles the session with
+//! [`forwarding::compile`] and sends a [`RoutingUpdate`] (the table diff) to whoever watches
+//! (the media plane), so engines only ever apply differences.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio::sync::broadcast;
+
+use crate::domain::{
+    AccountId, CallbackUrl, DeviceApiVersion, Participant, ParticipantId, PublishPermissions,
+    Session, SessionId, Subscriptions, Tag,
+};
+use crate::forwarding::{self, ForwardingTable, Member, SessionState, TableDiff};
+use crate::store::{AccountCredentials, Store, StoreError};
+use crate::token::{self, DeviceClaims, TokenError, TokenKeys};
+
+/// Errors of the control layer: the store's answers, plus rules checked here.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("participant is not a member of session {0}")]
+    NotAMember(SessionId),
+}
+
+/// A change of one session's forwarding table.
+#[derive(Debug, Clone)]
+pub struct RoutingUpdate {
+    pub session: SessionId,
+    pub diff: Arc<TableDiff>,
+}
+
+/// What a new participant is created with.
+#[derive(Debug, Clone, Default)]
+pub struct NewParticipant {
+    pub callback_url: Option<CallbackUrl>,
+    pub publish_permissions: Option<PublishPermissions>,
+    pub tag: Option<Tag>,
+    pub device_api_version: Option<DeviceApiVersion>,
+}
+
+/// A device that presented a valid token of an existing participant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedDevice {
+    pub claims: DeviceClaims,
+    pub participant: Participant,
+}
+
+/// Generated API credentials; the password is shown once and only its hash is stored.
+#[derive(Debug, Clone)]
+pub struct NewCredentials {
+    pub account: AccountId,
+    pub username: String,
+    pub password: String,
+}
+
+/// How long a verified credential lookup is reused before the store is asked again.
+const CREDENTIAL_CACHE_TTL: Duration = Duration::from_secs(60);
+
+/// The orchestrator. Cheap to clone; share one per process.
+#[derive(Clone)]
+pub struct Control {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    tokens: TokenKeys,
+    updates: broadcast::Sender<RoutingUpdate>,
+    /// The last table published per session, to diff against.
+    tables: Mutex<HashMap<SessionId, ForwardingTable>>,
+    /// username → (credentials, fetched at).
+    credentials: Mutex<HashMap<String, (AccountCredentials, Instant)>>,
+}
+
+impl Control {
+    /// Builds the orchestrator on `store`, loading (or creating) the device-token secret.
+    pub async fn new(store: Arc<dyn Store>) -> Result<Control, ControlError> {
+        let secret = store
+            .secret(token::SECRET_NAME, &TokenKeys::generate_secret())
+            .await?;
+        let (updates, _) = broadcast::channel(1024);
+        Ok(Control {
+            inner: Arc::new(Inner {
+                tokens: TokenKeys::from_secret(&secret),
+                store,
+                updates,
+                tables: Mutex::new(HashMap::new()),
+                credentials: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// Routing updates for every session, in the order they were made.
+    pub fn watch(&self) -> broadcast::Receiver<RoutingUpdate> {
+        self.inner.updates.subscribe()
+    }
+
+    // ---- accounts -------------------------------------------------------------------------
+
+    /// Creates an account with fresh random API credentials.
+    pub async fn create_account(&self, account: AccountId) -> Result<NewCredentials, ControlError> {
+        use rand::distr::{Alphanumeric, SampleString};
+        let mut rng = rand::rng();
+        let username = format!(
+            "{account}-{}",
+            Alphanumeric.sample_string(&mut rng, 8).to_lowercase()
+        );
+        let password = Alphanumeric.sample_string(&mut rng, 32);
+        self.inner
+            .store
+            .create_account(&AccountCredentials {
+                account: account.clone(),
+                username: username.clone(),
+                password_sha256: sha256_hex(&password),
+            })
+            .await?;
+        Ok(NewCredentials {
+            account,
+            username,
+            password,
+        })
+    }
+
+    /// The account whose API credentials these are, if they are right.
+    pub async fn authenticate(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<Option<AccountId>, ControlError> {
+        let cached = {
+            let cache = self
+                .inner
+                .credentials
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            cache
+                .get(username)
+                .filter(|(_, at)| at.elapsed() < CREDENTIAL_CACHE_TTL)
+                .map(|(c, _)| c.clone())
+        };
+        let creds = match cached {
+            Some(c) => c,
+            None => {
+                let Some(c) = self.inner.store.account_by_username(username).await? else {
+                    return Ok(None);
+                };
+                let mut cache = self
+                    .inner
+                    .credentials
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                if cache.len() > 10_000 {
+                    cache.clear();
+                }
+                cache.insert(username.to_owned(), (c.clone(), Instant::now()));
+                c
+            }
+        };
+        let given = sha256_hex(password);
+        let ok: bool = given
+            .as_bytes()
+            .ct_eq(creds.password_sha256.as_bytes())
+            .into();
+        Ok(ok.then_some(creds.account))
+    }
+
+    // ---- participants ---------------------------------------------------------------------
+
+    /// Creates a participant and mints its device token.
+    pub async fn create_participant(
+        &self,
+        account: &AccountId,
+        new: NewParticipant,
+    ) -> Result<(Participant, String), ControlError> {
+        let participant = Participant {
+            id: ParticipantId::random(),
+            account: account.clone(),
+            callback_url: new.callback_url,
+            publish_permissions: new.publish_permissions.unwrap_or(PublishPermissions::ALL),
+            tag: new.tag,
+            device_api_version: new.device_api_version.unwrap_or_default(),
+            session: None,
+            subscriptions: Subscriptions::default(),
+        };
+        self.inner.store.create_participant(&participant).await?;
+        let token = self
+            .inner
+            .tokens
+            .mint(account, participant.id, SystemTime::now());
+        Ok((participant, token))
+    }
+
+    pub async fn participant(
+        &self,
+        account: &AccountId,
+        id: ParticipantId,
+    ) -> Result<Participant, ControlError> {
+        self.inner
+            .store
+            .participant(account, id)
+            .await?
+            .ok_or(StoreError::ParticipantNotFound.into())
+    }
+
+    /// Deletes a participant; its token stops working at once.
+    pub async fn delete_participant(
+        &self,
+        account: &AccountId,
+        id: ParticipantId,
+    ) -> Result<(), ControlError> {
+        if let Some(session) = self.inner.store.delete_participant(account, id).await? {
+            self.recompile(account, session).await?;
+        }
+        Ok(())
+    }
+
+    /// The one verification of a device token, for the WebSocket and the SIP bridge: a valid
+    /// signature, not expired, protocol v3, and the participant still exists.
+    pub async fn verify_device_token(
+        &self,
+        token: &str,
+    ) -> Result<VerifiedDevice, DeviceTokenError> {
+        let claims = self.inner.tokens.decode(token)?;
+        let participant = self
+            .inner
+            .store
+            .participant(&claims.account, claims.participant)
+            .await
+            .map_err(DeviceTokenError::Store)?
+            .ok_or(DeviceTokenError::Token(TokenError::Revoked))?;
+        Ok(VerifiedDevice {
+            claims,
+            participant,
+        })
+    }
+
+    // ---- sessions -------------------------------------------------------------------------
+
+    pub async fn create_session(
+        &self,
+        account: &AccountId,
+        tag: Option<Tag>,
+    ) -> Result<Session, ControlError> {
+        let session = Session {
+            id: SessionId::random(),
+            account: account.clone(),
+            tag,
+        };
+        self.inner.store.create_session(&session).await?;
+        Ok(session)
+    }
+
+    pub async fn session(
+        &self,
+        account: &AccountId,
+        id: SessionId,
+    ) -> Result<Session, ControlError> {
+        self.inner
+            .store
+            .session(account, id)
+            .await?
+            .ok_or(StoreError::SessionNotFound.into())
+    }
+
+    pub async fn delete_session(
+        &self,
+        account: &AccountId,
+        id: SessionId,
+    ) -> Result<(), ControlError> {
+        self.inner.store.delete_session(account, id).await?;
+        self.publish(id, ForwardingTable::default());
+        Ok(())
+    }
+
+    pub async fn members(
+        &self,
+        account: &AccountId,
+        session: SessionId,
+    ) -> Result<Vec<Participant>, ControlError> {
+        Ok(self.inner.store.members(account, session).await?)
+    }
+
+    /// Adds a participant to a session (and replaces its rules when given).
+    pub async fn add_member(
+        &self,
+        account: &AccountId,
+        session: SessionId,
+        participant: ParticipantId,
+        subscriptions: Option<Subscriptions>,
+    ) -> Result<(), ControlError> {
+        self.inner
+            .store
+            .add_member(account, session, participant, subscriptions.as_ref())
+            .await?;
+        self.recompile(account, session).await
+    }
+
+    pub async fn remove_member(
+        &self,
+        account: &AccountId,
+        session: SessionId,
+        participant: ParticipantId,
+    ) -> Result<(), ControlError> {
+        self.inner
+            .store
+            .remove_member(account, session, participant)
+            .await?;
+        self.recompile(account, session).await
+    }
+
+    /// A member's subscription rules.
+    pub async fn subscriptions(
+        &self,
+        account: &AccountId,
+        session: SessionId,
+        participant: ParticipantId,
+    ) -> Result<Subscriptions, ControlError> {
+        self.session(account, session).await?;
+        let p = self.participant(account, participant).await?;
+        if p.session != Some(session) {
+            return Err(ControlError::NotAMember(session));
+        }
+        Ok(p.subscriptions)
+    }
+
+    /// Replaces the rules of one or several members of a session, atomically.
+    pub async fn set_subscriptions(
+        &self,
+        account: &AccountId,
+        session: SessionId,
+        changes: &[(ParticipantId, Subscriptions)],
+    ) -> Result<(), ControlError> {
+        self.inner
+            .store
+            .set_subscriptions(account, session, changes)
+            .await?;
+        self.recompile(account, session).await
+    }
+
+    /// The session's forwarding table as compiled from the stored rules.
+    pub async fn routes(
+        &self,
+        account: &AccountId,
+        session: SessionId,
+    ) -> Result<ForwardingTable, ControlError> {
+        let state = self.session_state(account, session).await?;
+        Ok(forwarding::compile(&state))
+    }
+
+    async fn session_state(
+        &self,
+        account: &AccountId,
+        session: SessionId,
+    ) -> Result<SessionState, ControlError> {
+        let members = self.inner.store.members(account, session).await?;
+        Ok(SessionState {
+            session: Some(session),
+            members: members
+                .into_iter()
+                .map(|p| Member {
+                    id: p.id,
+                    publish: p.publish_permissions,
+                    subscriptions: p.subscriptions,
+                })
+                .collect(),
+            // Published streams arrive with the media plane.
+            streams: Vec::new(),
+        })
+    }
+
+    async fn recompile(&self, account: &AccountId, session: SessionId) -> Result<(), ControlError> {
+        let table = self.routes(account, session).await?;
+        self.publish(session, table);
+        Ok(())
+    }
+
+    fn publish(&self, session: SessionId, table: ForwardingTable) {
+        let diff = {
+            let mut tables = self.inner.tables.lock().unwrap_or_else(|e| e.into_inner());
+            let old = tables.remove(&session).unwrap_or_default();
+            let diff = old.diff(&table);
+            if !table.links.is_empty() || !table.routes.is_empty() {
+                tables.insert(session, table);
+            }
+            diff
+        };
+        if !diff.is_empty() {
+            // No receiver is fine: nobody is watching yet.
+            let _ = self.inner.updates.send(RoutingUpdate {
+                session,
+                diff: Arc::new(diff),
+            });
+        }
+    }
+}
+
+/// Why a device token was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceTokenError {
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+fn sha256_hex(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::ParticipantSubscription;
+    use crate::store::SqlStore;
+
+    async fn control() -> (Control, AccountId) {
+        let store = SqlStore::open("sqlite::memory:").await.unwrap();
+        let control = Control::new(Arc::new(store)).await.unwrap();
+        let creds = control
+            .create_account(AccountId::parse("acct").unwrap())
+            .await
+            .unwrap();
+        (control, creds.account)
+    }
+
+    #[tokio::test]
+    async fn credentials_authenticate_and_only_hash_is_stored() {
+        let (control, _) = control().await;
+        let creds = control
+            .create_account(AccountId::parse("other").unwrap())
+            .await
+            .unwrap();
+        let stored = control
+            .store()
+            .account_by_username(&creds.username)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_ne!(stored.password_sha256, creds.password);
+        assert_eq!(
+            control
+                .authenticate(&creds.username, &creds.password)
+                .await
+                .unwrap(),
+            Some(creds.account)
+        );
+        assert_eq!(
+            control
+                .authenticate(&creds.username, "wrong")
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            control
+                .authenticate("nobody", &creds.password)
+                .await
+                .unwrap(),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn deleting_a_participant_revokes_its_token() {
+        let (control, account) = control().await;
+        let (p, token) = control
+            .create_participant(&account, NewParticipant::default())
+            .await
+            .unwrap();
+        let device = control.verify_device_token(&token).await.unwrap();
+        assert_eq!(device.participant.id, p.id);
+        control.delete_participant(&account, p.id).await.unwrap();
+        assert!(matches!(
+            control.verify_device_token(&token).await,
+            Err(DeviceTokenError::Token(TokenError::Revoked))
+        ));
+    }
+
+    #[tokio::test]
+    async fn rule_changes_publish_table_diffs() {
+        let (control, account) = control().await;
+        let mut updates = control.watch();
+        let s = control.create_session(&account, None).await.unwrap();
+        let (a, _) = control
+            .create_participant(&account, NewParticipant::default())
+            .await
+            .unwrap();
+        let (b, _) = control
+            .create_participant(&account, NewParticipant::default())
+            .await
+            .unwrap();
+        control
+            .add_member(&account, s.id, a.id, None)
+            .await
+            .unwrap();
+        control
+            .add_member(&account, s.id, b.id, None)
+            .await
+            .unwrap();
+        let listing = Subscriptions::new(
+            None,
+            vec![ParticipantSubscription {
+                participant: b.id,
+                stream_aliases: vec![],
+            }],
+        )
+        .unwrap();
+        control
+            .set_subscriptions(&account, s.id, &[(a.id, listing.clone())])
+            .await
+            .unwrap();
+        let u = updates.recv().await.unwrap();
+        assert_eq!(u.session, s.id);
+        assert_eq!(u.diff.links.upserted.len(), 1);
+        // Setting the same rules again changes nothing and publishes nothing.
+        control
+            .set_subscriptions(&account, s.id, &[(a.id, listing)])
+            .await
+            .unwrap();
+        control.remove_member(&account, s.id, b.id).await.unwrap();
+        let u = updates.recv().await.unwrap();
+        assert_eq!(
+            u.diff.links.removed.len(),
+            1,
+            "the link to b went away, and nothing came before"
+        );
+    }
+}

@@ -1,0 +1,186 @@
+//! Device tokens: the JWT a participant's device (browser or phone leg) presents to join.
+//!
+//! HS256 with a 256-bit server secret that lives in the store (so it survives restarts and is
+//! shared by every process on one database). Claims (reference §2, §10): `a` account, `p`
+//! participant, `v` = `"v3"` (the browser SDK refuses anything else), `exp` epoch seconds.
+//! The header carries no `typ`, which keeps a token within 186 characters for the longest
+//! account id: the transfer helper's `User-To-User` value must fit in 256 characters.
+//!
+//! This module checks what the token says; whether the participant still exists (deleting it
+//! revokes its token) is checked by `control::Control::verify_device_token`, the one
+//! verification entry point for the WebSocket and the SIP bridge.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{AccountId, ParticipantId};
+
+/// How long a minted token stays valid: longer than Bandwidth's 9-hour session lifetime.
+pub const TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// The name of the secret in the store.
+pub const SECRET_NAME: &str = "device-token-hs256";
+
+/// The longest token patchbay mints (checked by a test with the longest account id).
+pub const MAX_TOKEN_LEN: usize = 186;
+
+/// Why a token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("token is malformed")]
+    Malformed,
+    #[error("token signature is invalid")]
+    BadSignature,
+    #[error("token has expired")]
+    Expired,
+    #[error("token is not for device protocol v3")]
+    WrongVersion,
+    #[error("token's participant no longer exists")]
+    Revoked,
+}
+
+/// What a valid token says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceClaims {
+    pub account: AccountId,
+    pub participant: ParticipantId,
+    pub expires: SystemTime,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireClaims {
+    a: String,
+    p: String,
+    v: String,
+    exp: u64,
+}
+
+/// Signing and verification keys for device tokens.
+#[derive(Clone)]
+pub struct TokenKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for TokenKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenKeys(..)")
+    }
+}
+
+impl TokenKeys {
+    pub fn from_secret(secret: &[u8]) -> TokenKeys {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 5;
+        validation.set_required_spec_claims(&["exp"]);
+        TokenKeys {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+        }
+    }
+
+    /// A fresh random secret for a new installation.
+    pub fn generate_secret() -> [u8; 32] {
+        rand::random()
+    }
+
+    /// Mints a v3 device token for `participant`, valid for [`TOKEN_LIFETIME`] from `now`.
+    pub fn mint(&self, account: &AccountId, participant: ParticipantId, now: SystemTime) -> String {
+        let exp = (now + TOKEN_LIFETIME)
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let claims = WireClaims {
+            a: account.as_str().to_owned(),
+            p: participant.to_string(),
+            v: "v3".to_owned(),
+            exp,
+        };
+        let header = Header {
+            typ: None,
+            ..Header::new(Algorithm::HS256)
+        };
+        // Invariant: HS256 over a plain struct of strings and an integer cannot fail to encode.
+        jsonwebtoken::encode(&header, &claims, &self.encoding)
+            .expect("HS256 encoding of plain claims")
+    }
+
+    /// Checks signature, expiry and version, and parses the claims.
+    pub fn decode(&self, token: &str) -> Result<DeviceClaims, TokenError> {
+        use jsonwebtoken::errors::ErrorKind;
+        let data = jsonwebtoken::decode::<WireClaims>(token, &self.decoding, &self.validation)
+            .map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => TokenError::Expired,
+                ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => {
+                    TokenError::BadSignature
+                }
+                _ => TokenError::Malformed,
+            })?;
+        let c = data.claims;
+        if !c.v.eq_ignore_ascii_case("v3") {
+            return Err(TokenError::WrongVersion);
+        }
+        Ok(DeviceClaims {
+            account: AccountId::parse(&c.a).map_err(|_| TokenError::Malformed)?,
+            participant: ParticipantId::parse(&c.p).map_err(|_| TokenError::Malformed)?,
+            expires: UNIX_EPOCH + Duration::from_secs(c.exp),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> TokenKeys {
+        TokenKeys::from_secret(&TokenKeys::generate_secret())
+    }
+
+    #[test]
+    fn round_trip() {
+        let k = keys();
+        let a = AccountId::parse("9900000").unwrap();
+        let p = ParticipantId::random();
+        let t = k.mint(&a, p, SystemTime::now());
+        let c = k.decode(&t).unwrap();
+        assert_eq!((c.account, c.participant), (a, p));
+    }
+
+    #[test]
+    fn longest_account_id_fits_in_186_characters() {
+        let k = keys();
+        let a = AccountId::parse(&"x".repeat(AccountId::MAX_LEN)).unwrap();
+        let t = k.mint(&a, ParticipantId::random(), SystemTime::now());
+        assert!(
+            t.len() <= MAX_TOKEN_LEN,
+            "{} > {MAX_TOKEN_LEN}: {t}",
+            t.len()
+        );
+        assert_eq!(t.split('.').count(), 3);
+        assert!(
+            t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)),
+            "URL-safe"
+        );
+    }
+
+    #[test]
+    fn refusals_are_precise() {
+        let k = keys();
+        let a = AccountId::parse("acct").unwrap();
+        let old = k.mint(
+            &a,
+            ParticipantId::random(),
+            SystemTime::now() - TOKEN_LIFETIME - Duration::from_secs(60),
+        );
+        assert_eq!(k.decode(&old), Err(TokenError::Expired));
+        let other = keys().mint(&a, ParticipantId::random(), SystemTime::now());
+        assert_eq!(k.decode(&other), Err(TokenError::BadSignature));
+        assert_eq!(k.decode("garbage"), Err(TokenError::Malformed));
+        assert_eq!(k.decode("a.b.c"), Err(TokenError::Malformed));
+    }
+}
