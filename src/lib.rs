@@ -32,9 +32,9 @@
 //! remaining one states the invariant that makes it unreachable. Client errors are typed
 //! (`DomainError`, `StoreError`, `ControlError`, `api::Error`) and rendered as 4xx JSON.
 
-// pub mod api;
-// pub mod app;
-// pub mod config;
+pub mod api;
+pub mod app;
+pub mod config;
 pub mod control;
 pub mod domain;
 pub mod forwarding;

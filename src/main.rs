@@ -1,1 +1,85 @@
-fn main() {}
+//! The `patchbay` binary: parse the command line, start telemetry, run the command.
+
+use clap::Parser;
+use patchbay::app::App;
+use patchbay::config::{AccountCommand, Cli, Command};
+use patchbay::control::Control;
+use patchbay::domain::AccountId;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Serve(config) => serve(config).await,
+        Command::Account(AccountCommand::Create {
+            account_id,
+            json,
+            database,
+        }) => {
+            let account = AccountId::parse(&account_id)?;
+            let (url, _) = database.resolve()?;
+            let store = patchbay::store::open(&url).await?;
+            let control = Control::new(std::sync::Arc::new(store)).await?;
+            let creds = control.create_account(account).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"accountId": creds.account.as_str(), "username": creds.username, "password": creds.password})
+                );
+            } else {
+                println!(
+                    "account:  {}\nusername: {}\npassword: {}",
+                    creds.account, creds.username, creds.password
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn serve(config: patchbay::config::ServeConfig) -> anyhow::Result<()> {
+    let app = App::build(&config).await?;
+    if let Some(creds) = &app.dev_credentials {
+        println!(
+            "patchbay created the account {:?} on first start (shown once):\n  username: {}\n  password: {}\n  try: curl -u {}:{} -X POST http://{}/v1/accounts/{}/sessions",
+            creds.account.as_str(),
+            creds.username,
+            creds.password,
+            creds.username,
+            creds.password,
+            app.http_addr(),
+            creds.account
+        );
+    }
+    println!("patchbay listening on http://{}", app.http_addr());
+    tracing::info!(addr = %app.http_addr(), "serving");
+    app.run_until_stopped(shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}

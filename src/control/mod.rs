@@ -351,39 +351,31 @@ impl Control {
         self.recompile(account, session).await
     }
 
-    /// The session's forwarding table as compiled from the stored rules.
+    /// The session's members and its forwarding table as compiled from their stored rules.
     pub async fn routes(
         &self,
         account: &AccountId,
         session: SessionId,
-    ) -> Result<ForwardingTable, ControlError> {
-        let state = self.session_state(account, session).await?;
-        Ok(forwarding::compile(&state))
-    }
-
-    async fn session_state(
-        &self,
-        account: &AccountId,
-        session: SessionId,
-    ) -> Result<SessionState, ControlError> {
+    ) -> Result<(Vec<Participant>, ForwardingTable), ControlError> {
         let members = self.inner.store.members(account, session).await?;
-        Ok(SessionState {
+        let state = SessionState {
             session: Some(session),
             members: members
-                .into_iter()
+                .iter()
                 .map(|p| Member {
                     id: p.id,
                     publish: p.publish_permissions,
-                    subscriptions: p.subscriptions,
+                    subscriptions: p.subscriptions.clone(),
                 })
                 .collect(),
             // Published streams arrive with the media plane.
             streams: Vec::new(),
-        })
+        };
+        Ok((members, forwarding::compile(&state)))
     }
 
     async fn recompile(&self, account: &AccountId, session: SessionId) -> Result<(), ControlError> {
-        let table = self.routes(account, session).await?;
+        let (_, table) = self.routes(account, session).await?;
         self.publish(session, table);
         Ok(())
     }

@@ -1,0 +1,312 @@
+//! Wire shapes of the REST API (camelCase JSON), private to the adapter, and their
+//! conversions to and from domain types. Requests are parsed leniently where Bandwidth's
+//! clients need it (unknown fields ignored, absent and `null` alike) and strictly everywhere
+//! else: every conversion error names its field.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::control::NewParticipant;
+use crate::domain::{
+    CallbackUrl, DeviceApiVersion, DomainError, MediaKind, MediaKinds, Participant, ParticipantId,
+    ParticipantSubscription, Session, SessionId, StreamAlias, Subscriptions, Tag,
+};
+use crate::forwarding::{Cause, ForwardingTable};
+
+/// Most entries a `participants` subscription list may have.
+pub const MAX_SUBSCRIPTION_ENTRIES: usize = 100;
+
+/// Body of `POST …/participants`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateParticipantRequest {
+    /// Where lifecycle webhooks go (absolute http(s) URL).
+    pub callback_url: Option<String>,
+    /// Media kinds the participant may publish; default `["AUDIO","VIDEO"]`.
+    #[schema(value_type = Option<Vec<String>>, example = json!(["AUDIO", "VIDEO"]))]
+    pub publish_permissions: Option<Vec<String>>,
+    /// Free label, at most 50 characters.
+    pub tag: Option<String>,
+    /// `"V3"` (case-insensitive; `"V2"` accepted and echoed, tokens are always v3).
+    pub device_api_version: Option<String>,
+}
+
+impl TryFrom<CreateParticipantRequest> for NewParticipant {
+    type Error = DomainError;
+
+    fn try_from(r: CreateParticipantRequest) -> Result<Self, DomainError> {
+        Ok(NewParticipant {
+            callback_url: r
+                .callback_url
+                .as_deref()
+                .map(CallbackUrl::parse)
+                .transpose()?,
+            publish_permissions: r
+                .publish_permissions
+                .map(|v| {
+                    v.iter()
+                        .map(|k| MediaKind::parse(k))
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .transpose()?
+                .map(MediaKinds::from_kinds),
+            tag: r.tag.as_deref().map(Tag::parse).transpose()?,
+            device_api_version: r
+                .device_api_version
+                .as_deref()
+                .map(DeviceApiVersion::parse)
+                .transpose()?,
+        })
+    }
+}
+
+/// A participant as the API shows it (no token).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ParticipantView {
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
+    #[schema(example = json!(["AUDIO", "VIDEO"]))]
+    pub publish_permissions: Vec<String>,
+    /// The session it belongs to, if any (capped to one).
+    pub sessions: Vec<String>,
+    pub subscriptions: SubscriptionsBody,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    #[schema(example = "V3")]
+    pub device_api_version: String,
+}
+
+impl From<&Participant> for ParticipantView {
+    fn from(p: &Participant) -> Self {
+        ParticipantView {
+            id: p.id.to_string(),
+            callback_url: p.callback_url.as_ref().map(|c| c.as_str().to_owned()),
+            publish_permissions: p
+                .publish_permissions
+                .iter()
+                .map(|k| k.as_str().to_owned())
+                .collect(),
+            sessions: p.session.iter().map(ToString::to_string).collect(),
+            subscriptions: SubscriptionsBody::from(&p.subscriptions),
+            tag: p.tag.as_ref().map(|t| t.as_str().to_owned()),
+            device_api_version: p.device_api_version.as_str().to_owned(),
+        }
+    }
+}
+
+/// Response of `POST …/participants`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreateParticipantResponse {
+    pub participant: ParticipantView,
+    /// The participant's device token (JWT), for the browser SDK or the SIP `User-To-User` header.
+    pub token: String,
+}
+
+/// Body of `POST …/sessions`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct CreateSessionRequest {
+    /// Free label, at most 50 characters.
+    pub tag: Option<String>,
+}
+
+/// A session.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionView {
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+}
+
+impl From<&Session> for SessionView {
+    fn from(s: &Session) -> Self {
+        SessionView {
+            id: s.id.to_string(),
+            tag: s.tag.as_ref().map(|t| t.as_str().to_owned()),
+        }
+    }
+}
+
+/// Subscription rules. A non-empty `participants` list overrides `sessionId`; `sessionId` alone
+/// subscribes to every other member of the session; `{}` subscribes to nothing.
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriptionsBody {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub participants: Option<Vec<ParticipantSubscriptionBody>>,
+}
+
+/// A subscription to one publisher, optionally narrowed to stream aliases.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ParticipantSubscriptionBody {
+    pub participant_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream_aliases: Option<Vec<String>>,
+}
+
+impl SubscriptionsBody {
+    pub fn is_empty(&self) -> bool {
+        self.session_id.is_none() && self.participants.is_none()
+    }
+
+    /// The domain rules, for the session in the path (a different `sessionId` is refused).
+    pub fn into_domain(self, path_session: SessionId) -> Result<Subscriptions, DomainError> {
+        let session_id = self
+            .session_id
+            .as_deref()
+            .map(|s| {
+                let id = SessionId::parse(s)?;
+                if id != path_session {
+                    return Err(DomainError::new(
+                        "sessionId",
+                        format!("{id} does not match the session in the path ({path_session})"),
+                    ));
+                }
+                Ok(id)
+            })
+            .transpose()?;
+        let list = self.participants.unwrap_or_default();
+        if list.len() > MAX_SUBSCRIPTION_ENTRIES {
+            return Err(DomainError::new(
+                "participants",
+                format!(
+                    "has {} entries; at most {MAX_SUBSCRIPTION_ENTRIES} are allowed",
+                    list.len()
+                ),
+            ));
+        }
+        let participants = list
+            .into_iter()
+            .map(|p| {
+                Ok(ParticipantSubscription {
+                    participant: ParticipantId::parse(&p.participant_id)?,
+                    stream_aliases: p
+                        .stream_aliases
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|a| StreamAlias::parse(a))
+                        .collect::<Result<_, _>>()?,
+                })
+            })
+            .collect::<Result<Vec<_>, DomainError>>()?;
+        Subscriptions::new(session_id, participants)
+    }
+}
+
+impl From<&Subscriptions> for SubscriptionsBody {
+    fn from(s: &Subscriptions) -> Self {
+        SubscriptionsBody {
+            session_id: s.session_id.map(|id| id.to_string()),
+            participants: (!s.participants.is_empty()).then(|| {
+                s.participants
+                    .iter()
+                    .map(|p| ParticipantSubscriptionBody {
+                        participant_id: p.participant.to_string(),
+                        stream_aliases: (!p.stream_aliases.is_empty()).then(|| {
+                            p.stream_aliases
+                                .iter()
+                                .map(|a| a.as_str().to_owned())
+                                .collect()
+                        }),
+                    })
+                    .collect()
+            }),
+        }
+    }
+}
+
+/// Response of `GET …/sessions/{sessionId}/routes`: the compiled forwarding table.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RoutesView {
+    pub session_id: String,
+    /// One entry per member, in participant id order.
+    pub subscribers: Vec<SubscriberRoutes>,
+}
+
+/// What one member receives.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriberRoutes {
+    pub participant_id: String,
+    /// The publishers it is wired to, whether or not they publish right now.
+    pub receives: Vec<PublisherRoutes>,
+}
+
+/// One publisher a subscriber is wired to, the rule that did it, and the streams forwarded.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PublisherRoutes {
+    pub publisher_id: String,
+    /// `session` (subscribed to the whole session), `participant` (listed the publisher), or
+    /// `streamAlias` (listed the publisher with aliases).
+    #[schema(value_type = String, example = "session")]
+    pub cause: Cause,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stream_aliases: Vec<String>,
+    /// Streams forwarded now (empty until the publisher publishes).
+    pub streams: Vec<StreamRoute>,
+}
+
+/// A forwarded stream.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamRoute {
+    pub stream_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+    #[schema(example = json!(["AUDIO", "VIDEO"]))]
+    pub media_types: Vec<String>,
+}
+
+impl RoutesView {
+    pub fn new(session: SessionId, members: &[Participant], table: &ForwardingTable) -> Self {
+        let mut by_subscriber: BTreeMap<ParticipantId, Vec<PublisherRoutes>> =
+            members.iter().map(|m| (m.id, Vec::new())).collect();
+        for (key, link) in &table.links {
+            let streams = table
+                .routes
+                .iter()
+                .filter(|(k, _)| k.subscriber == key.subscriber && k.publisher == key.publisher)
+                .map(|(k, r)| StreamRoute {
+                    stream_id: k.stream.to_string(),
+                    alias: r.alias.as_ref().map(|a| a.as_str().to_owned()),
+                    media_types: r.kinds.iter().map(|k| k.as_str().to_owned()).collect(),
+                })
+                .collect();
+            by_subscriber
+                .entry(key.subscriber)
+                .or_default()
+                .push(PublisherRoutes {
+                    publisher_id: key.publisher.to_string(),
+                    cause: link.cause,
+                    stream_aliases: link
+                        .stream_aliases
+                        .iter()
+                        .map(|a| a.as_str().to_owned())
+                        .collect(),
+                    streams,
+                });
+        }
+        RoutesView {
+            session_id: session.to_string(),
+            subscribers: by_subscriber
+                .into_iter()
+                .map(|(id, receives)| SubscriberRoutes {
+                    participant_id: id.to_string(),
+                    receives,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Body of `PUT …/sessions/{sessionId}/subscriptions`: new rules per member, applied at once.
+/// Members not named keep their rules.
+pub type RewireRequest = BTreeMap<String, SubscriptionsBody>;

@@ -1,0 +1,140 @@
+//! `api::Error`: every way a REST request can fail, rendered as the reference's JSON bodies.
+//!
+//! 400/404/405/409/413/5xx: `{"error": "<message>", "requestId": "<uuid>"}`;
+//! 401: `{"message": "Unauthorized"}` with `WWW-Authenticate: Basic`. Server faults are logged
+//! once, here, with their request id; their details never reach the client.
+
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::control::ControlError;
+use crate::domain::DomainError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("Unauthorized")]
+    Unauthorized,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// The error body of 400, 404, 405, 409, 413 and 5xx responses.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorBody {
+    /// What went wrong, naming the field or resource at fault.
+    pub error: String,
+    /// A unique id for this failure, also written to the server log for 5xx.
+    pub request_id: String,
+}
+
+/// The error body of 401 responses.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UnauthorizedBody {
+    pub message: String,
+}
+
+impl Error {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::Unauthorized => StatusCode::UNAUTHORIZED,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if let Error::Unauthorized = self {
+            let body = UnauthorizedBody {
+                message: "Unauthorized".into(),
+            };
+            return (
+                status,
+                [(header::WWW_AUTHENTICATE, "Basic realm=\"patchbay\"")],
+                Json(body),
+            )
+                .into_response();
+        }
+        let request_id = Uuid::new_v4().to_string();
+        let message = match &self {
+            Error::Internal(detail) | Error::Unavailable(detail) => {
+                tracing::error!(%request_id, %status, error = %detail, "request failed");
+                if status == StatusCode::SERVICE_UNAVAILABLE {
+                    "service temporarily unavailable; retry later".to_owned()
+                } else {
+                    "internal server error".to_owned()
+                }
+            }
+            other => other.to_string(),
+        };
+        (
+            status,
+            Json(ErrorBody {
+                error: message,
+                request_id,
+            }),
+        )
+            .into_response()
+    }
+}
+
+impl From<DomainError> for Error {
+    fn from(e: DomainError) -> Self {
+        Error::BadRequest(e.to_string())
+    }
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::AccountNotFound => Error::NotFound("account not found".into()),
+            StoreError::SessionNotFound => Error::NotFound("session not found".into()),
+            StoreError::ParticipantNotFound => Error::NotFound("participant not found".into()),
+            StoreError::NotAMember => Error::NotFound("participant is not a member of this session".into()),
+            e @ StoreError::SessionFull => Error::Conflict(e.to_string()),
+            e @ StoreError::InAnotherSession(_) => Error::Conflict(format!(
+                "{e}; remove it from that session first (a participant belongs to at most one session)"
+            )),
+            e @ StoreError::AccountExists(_) => Error::Conflict(e.to_string()),
+            StoreError::UnknownPublisher(p) => Error::BadRequest(format!(
+                "participants: participant {p} does not exist in this account"
+            )),
+            StoreError::Backend(sqlx::Error::PoolTimedOut) => Error::Unavailable("database pool timed out".into()),
+            e @ (StoreError::Corrupt(_) | StoreError::Backend(_)) => Error::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<ControlError> for Error {
+    fn from(e: ControlError) -> Self {
+        match e {
+            ControlError::Store(e) => e.into(),
+            e @ ControlError::NotAMember(_) => Error::NotFound(e.to_string()),
+        }
+    }
+}

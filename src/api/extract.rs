@@ -1,0 +1,136 @@
+//! Extractors: the authenticated account scope of a request and lenient JSON bodies.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, FromRequestParts, RawPathParams, Request};
+use axum::http::{header, request::Parts, StatusCode};
+use base64::Engine;
+use serde::de::DeserializeOwned;
+
+use super::{AppState, Error};
+use crate::domain::{AccountId, ParticipantId, SessionId};
+
+/// The account the request acts for (authenticated with HTTP Basic and matching the
+/// `{accountId}` of the path) and the typed ids of the path.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    pub account: AccountId,
+    session: Option<Result<SessionId, String>>,
+    participant: Option<Result<ParticipantId, String>>,
+}
+
+impl Scope {
+    /// The `{sessionId}` of the path (routes that have one).
+    pub fn session(&self) -> Result<SessionId, Error> {
+        match &self.session {
+            Some(Ok(id)) => Ok(*id),
+            Some(Err(e)) => Err(Error::BadRequest(e.clone())),
+            None => Err(Error::Internal("route has no sessionId".into())),
+        }
+    }
+
+    /// The `{participantId}` of the path (routes that have one).
+    pub fn participant(&self) -> Result<ParticipantId, Error> {
+        match &self.participant {
+            Some(Ok(id)) => Ok(*id),
+            Some(Err(e)) => Err(Error::BadRequest(e.clone())),
+            None => Err(Error::Internal("route has no participantId".into())),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Scope {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
+        let (username, password) = basic_credentials(parts).ok_or(Error::Unauthorized)?;
+        let account = state
+            .control
+            .authenticate(&username, &password)
+            .await?
+            .ok_or(Error::Unauthorized)?;
+        let params = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|e| Error::BadRequest(format!("path: {e}")))?;
+        let mut scope = Scope {
+            account,
+            session: None,
+            participant: None,
+        };
+        for (key, value) in &params {
+            match key {
+                // Credentials only act for their own account.
+                "account_id" if value != scope.account.as_str() => return Err(Error::Unauthorized),
+                "session_id" => {
+                    scope.session = Some(SessionId::parse(value).map_err(|e| e.to_string()))
+                }
+                "participant_id" => {
+                    scope.participant = Some(ParticipantId::parse(value).map_err(|e| e.to_string()))
+                }
+                _ => {}
+            }
+        }
+        Ok(scope)
+    }
+}
+
+fn basic_credentials(parts: &Parts) -> Option<(String, String)> {
+    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, encoded) = value.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let decoded = String::from_utf8(decoded).ok()?;
+    let (user, pass) = decoded.split_once(':')?;
+    Some((user.to_owned(), pass.to_owned()))
+}
+
+/// An optional JSON body: empty, whitespace-only or `null` bodies are `None` (the Python SDK
+/// sends no body at all for `None`). Malformed JSON and wrong types are 400s naming the field.
+#[derive(Debug)]
+pub struct OptionalJson<T>(pub Option<T>);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for OptionalJson<T> {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Error> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| match e {
+            BytesRejection::FailedToBufferBody(ref inner)
+                if inner.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+            {
+                Error::PayloadTooLarge(format!(
+                    "request body exceeds {} bytes",
+                    super::MAX_BODY_BYTES
+                ))
+            }
+            other => Error::BadRequest(format!("request body: {other}")),
+        })?;
+        parse_optional_json(&bytes).map(OptionalJson)
+    }
+}
+
+/// Parses a request body per [`OptionalJson`]'s rules.
+pub fn parse_optional_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<Option<T>, Error> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| Error::BadRequest("request body is not UTF-8".into()))?;
+    let trimmed = text.trim();
+    if trimmed.is_empty() || trimmed == "null" {
+        return Ok(None);
+    }
+    let de = &mut serde_json::Deserializer::from_str(trimmed);
+    serde_path_to_error::deserialize(de).map(Some).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let what = if inner.is_syntax() || inner.is_eof() {
+            format!("request body is not valid JSON: {inner}")
+        } else if path == "." {
+            format!("request body: {inner}")
+        } else {
+            format!("{path}: {inner}")
+        };
+        Error::BadRequest(what)
+    })
+}

@@ -1,0 +1,134 @@
+//! The REST adapter: Bandwidth's WebRTC call-control API, plus patchbay's extensions.
+//!
+//! Handlers parse input into domain types (`dto`, `extract`), call [`Control`] and render the
+//! result; they hold no SQL and no media logic. Every path is served under `/v1/accounts/…`
+//! and `/accounts/…` (the SDKs' custom base URL may or may not include `/v1`). Errors are
+//! [`Error`]: JSON bodies as the reference says, never a 500 for a client's mistake.
+//!
+//! Beyond Bandwidth: `GET …/sessions/{id}/routes` (the compiled forwarding table),
+//! `PUT …/sessions/{id}/subscriptions` (atomic re-wire), `GET /openapi.json`, `GET /healthz`
+//! and `GET /readyz`.
+
+mod dto;
+mod error;
+mod extract;
+mod participants;
+mod sessions;
+
+use axum::extract::{DefaultBodyLimit, OriginalUri, State};
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::IntoResponse;
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use utoipa::OpenApi;
+
+pub use error::{Error, ErrorBody, UnauthorizedBody};
+pub use extract::parse_optional_json;
+
+use crate::control::Control;
+
+/// Largest accepted request body.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// What handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub control: Control,
+}
+
+/// The complete HTTP API.
+pub fn router(state: AppState) -> Router {
+    let accounts = Router::new()
+        .route("/accounts/{account_id}/participants", post(participants::create))
+        .route(
+            "/accounts/{account_id}/participants/{participant_id}",
+            get(participants::get).delete(participants::delete),
+        )
+        .route("/accounts/{account_id}/sessions", post(sessions::create))
+        .route(
+            "/accounts/{account_id}/sessions/{session_id}",
+            get(sessions::get).delete(sessions::delete),
+        )
+        .route("/accounts/{account_id}/sessions/{session_id}/participants", get(sessions::members))
+        .route(
+            "/accounts/{account_id}/sessions/{session_id}/participants/{participant_id}",
+            put(sessions::add_member).delete(sessions::remove_member),
+        )
+        .route(
+            "/accounts/{account_id}/sessions/{session_id}/participants/{participant_id}/subscriptions",
+            get(sessions::subscriptions).put(sessions::set_subscriptions),
+        )
+        .route("/accounts/{account_id}/sessions/{session_id}/subscriptions", put(sessions::rewire))
+        .route("/accounts/{account_id}/sessions/{session_id}/routes", get(sessions::routes))
+        .method_not_allowed_fallback(method_not_allowed);
+    Router::new()
+        .nest("/v1", accounts.clone())
+        .merge(accounts)
+        .route("/openapi.json", get(openapi_json))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn not_found(method: Method, uri: Uri) -> Error {
+    Error::NotFound(format!("no such endpoint: {method} {}", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, OriginalUri(uri): OriginalUri) -> Error {
+    Error::MethodNotAllowed(format!("method {method} is not allowed on {}", uri.path()))
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "operations", security(()), responses((status = 200, description = "alive")))]
+async fn healthz() -> impl IntoResponse {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+/// Readiness: the database answers.
+#[utoipa::path(get, path = "/readyz", tag = "operations", security(()),
+    responses((status = 200, description = "ready"), (status = 503, body = ErrorBody)))]
+async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, Error> {
+    state
+        .control
+        .store()
+        .ping()
+        .await
+        .map_err(|e| Error::Unavailable(format!("database unreachable: {e}")))?;
+    Ok((StatusCode::OK, Json(serde_json::json!({"status": "ready"}))))
+}
+
+/// This API's OpenAPI document, generated from the handlers.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", security(()), responses((status = 200, description = "OpenAPI 3.1 document")))]
+async fn openapi_json() -> impl IntoResponse {
+    Json(ApiDoc::openapi())
+}
+
+/// The OpenAPI description of every endpoint.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "patchbay", description = "Bandwidth-compatible WebRTC call control. Every `/v1/accounts/...` path is also served without the `/v1` prefix. Authentication: HTTP Basic with the account's API credentials."),
+    paths(
+        participants::create, participants::get, participants::delete,
+        sessions::create, sessions::get, sessions::delete, sessions::members,
+        sessions::add_member, sessions::remove_member, sessions::subscriptions, sessions::set_subscriptions,
+        sessions::rewire, sessions::routes, healthz, readyz, openapi_json,
+    ),
+    modifiers(&BasicAuth),
+    security(("basic" = [])),
+)]
+pub struct ApiDoc;
+
+struct BasicAuth;
+
+impl utoipa::Modify for BasicAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "basic",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Basic).build()),
+        );
+    }
+}

@@ -1,0 +1,114 @@
+//! The command line: `patchbay serve` and `patchbay account create`. Every flag has an
+//! environment variable; defaults just work (an embedded SQLite database in the local data
+//! directory, HTTP on 127.0.0.1:8080).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "patchbay",
+    version,
+    about = "Server-authoritative WebRTC call control (Bandwidth WebRTC compatible)"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (REST API; device signalling, media and SIP as they land).
+    Serve(ServeConfig),
+    /// Manage accounts (works while a server runs on the same database).
+    #[command(subcommand)]
+    Account(AccountCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AccountCommand {
+    /// Create an account and print its API credentials (only a hash of the password is kept).
+    Create {
+        /// The account id used in API paths: 1 to 12 characters of A-Z, a-z, 0-9, '_', '-'.
+        account_id: String,
+        /// Print `{"accountId": …, "username": …, "password": …}` instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+}
+
+/// Where state lives.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// `sqlite://PATH` or `postgres://…`. Default: an SQLite file in the data directory,
+    /// created on first start.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// The local data directory for the default database.
+    /// Default: the platform's local data directory (e.g. ~/.local/share/patchbay).
+    #[arg(long, env = "PATCHBAY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl DatabaseArgs {
+    /// The URL to open, and whether it is the embedded default.
+    pub fn resolve(&self) -> anyhow::Result<(String, bool)> {
+        if let Some(url) = &self.database_url {
+            return Ok((url.clone(), false));
+        }
+        let dir = match &self.data_dir {
+            Some(d) => d.clone(),
+            None => directories::ProjectDirs::from("", "", "patchbay")
+                .map(|p| p.data_local_dir().to_path_buf())
+                .ok_or_else(|| {
+                    anyhow::anyhow!("no home directory; pass --data-dir or --database-url")
+                })?,
+        };
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| anyhow::anyhow!("cannot create data directory {}: {e}", dir.display()))?;
+        Ok((
+            format!("sqlite://{}?mode=rwc", dir.join("patchbay.db").display()),
+            true,
+        ))
+    }
+}
+
+/// `patchbay serve` settings.
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// HTTP address for the REST API and the device WebSocket (port 0: any free port).
+    #[arg(long, env = "PATCHBAY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// UDP address of the media plane (ICE-lite, DTLS-SRTP). Reserved: used once the media
+    /// plane lands.
+    #[arg(long, env = "PATCHBAY_MEDIA_LISTEN", default_value = "0.0.0.0:3478")]
+    pub media_listen: SocketAddr,
+    /// The IP address devices reach the media plane at (the ICE host candidate). Reserved.
+    #[arg(long, env = "PATCHBAY_PUBLIC_IP")]
+    pub public_ip: Option<IpAddr>,
+    /// SIP address (UDP and TCP) for phone dial-in. Reserved: used once the SIP bridge lands.
+    #[arg(long, env = "PATCHBAY_SIP_LISTEN", default_value = "0.0.0.0:5060")]
+    pub sip_listen: SocketAddr,
+}
+
+impl ServeConfig {
+    /// Settings for tests: any free port, the given database.
+    pub fn for_database(url: &str) -> ServeConfig {
+        ServeConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            database: DatabaseArgs {
+                database_url: Some(url.to_owned()),
+                data_dir: None,
+            },
+            media_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            public_ip: None,
+            sip_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        }
+    }
+}
