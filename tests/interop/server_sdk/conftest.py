@@ -27,10 +27,11 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 LISTEN_RE = re.compile(r"patchbay listening on (http://127\.0\.0\.1:(\d+))\s*$")
 STARTUP_TIMEOUT_S = 60.0
 
-# Account ids: 1-14 chars of [A-Za-z0-9_-]. The main one is 14 chars long on
+# Account ids: 1-12 chars of [A-Za-z0-9_-] (the brief said 14; the server caps at 12,
+# see src/domain/ids.rs AccountId::MAX_LEN). The main one is 12 chars long on
 # purpose: the longest account id gives the longest token (limit 186 chars).
-MAIN_ACCOUNT_ID = "pb_sdk-main-01"
-LIVE_ACCOUNT_ID = "pb_sdk-live"
+MAIN_ACCOUNT_ID = "pb_sdk-main1"
+LIVE_ACCOUNT_ID = "pb-live_1"
 
 
 def pytest_configure(config):

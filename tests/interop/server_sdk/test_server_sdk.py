@@ -561,3 +561,28 @@ def test_accounts_are_isolated(api, api_live, server):
     live_pid = new_participant(api_live, live)
     expect_status(404, api_live.add_participant_to_session, live.account_id, sid, live_pid)
     expect_status(404, api.add_participant_to_session, main.account_id, sid, live_pid)
+
+
+# --------------------------------------------------------------------------- input validation
+
+def test_tag_length_limit(api, account):
+    tag50 = "é" * 50  # 50 characters (100 bytes): the limit counts characters
+    p = api.create_participant(account.account_id, Participant(tag=tag50, device_api_version="V3"))
+    assert p.body.participant.tag == tag50
+    assert api.get_participant(account.account_id, p.body.participant.id).body.tag == tag50
+    s = api.create_session(account.account_id, Session(tag=tag50))
+    assert api.get_session(account.account_id, s.body.id).body.tag == tag50
+
+    e = expect_status(400, api.create_participant, account.account_id, Participant(tag="a" * 51))
+    assert "tag" in error_json(e).get("error", ""), e.response.text
+    e = expect_status(400, api.create_session, account.account_id, Session(tag="a" * 51))
+    assert "tag" in error_json(e).get("error", ""), e.response.text
+
+
+def test_unknown_enum_values_are_400(api, account):
+    e = expect_status(400, api.create_participant, account.account_id,
+                      Participant(publish_permissions=["AUDIO", "SCREEN"], device_api_version="V3"))
+    assert "publishPermissions" in error_json(e).get("error", ""), e.response.text
+    e = expect_status(400, api.create_participant, account.account_id,
+                      Participant(publish_permissions=["AUDIO"], device_api_version="V4"))
+    assert "deviceApiVersion" in error_json(e).get("error", ""), e.response.text
