@@ -66,6 +66,8 @@ pub struct NewCredentials {
 /// How long a verified credential lookup is reused before the store is asked again.
 const CREDENTIAL_CACHE_TTL: Duration = Duration::from_secs(60);
 
+const RECOMPILE_STRIPES: usize = 64;
+
 /// The orchestrator. Cheap to clone; share one per process.
 #[derive(Clone)]
 pub struct Control {
@@ -78,6 +80,9 @@ struct Inner {
     updates: broadcast::Sender<RoutingUpdate>,
     /// The last table published per session, to diff against.
     tables: Mutex<HashMap<SessionId, ForwardingTable>>,
+    /// Serializes "read the session, compile, publish" per session (striped), so that a
+    /// table compiled from older state is never published after a newer one.
+    recompiling: [tokio::sync::Mutex<()>; RECOMPILE_STRIPES],
     /// username → (credentials, fetched at).
     credentials: Mutex<HashMap<String, (AccountCredentials, Instant)>>,
 }
@@ -95,6 +100,7 @@ impl Control {
                 store,
                 updates,
                 tables: Mutex::new(HashMap::new()),
+                recompiling: std::array::from_fn(|_| tokio::sync::Mutex::new(())),
                 credentials: Mutex::new(HashMap::new()),
             }),
         })
@@ -282,6 +288,8 @@ impl Control {
         id: SessionId,
     ) -> Result<(), ControlError> {
         self.inner.store.delete_session(account, id).await?;
+        let stripe = (id.as_uuid().as_u128() % RECOMPILE_STRIPES as u128) as usize;
+        let _serial = self.inner.recompiling[stripe].lock().await;
         self.publish(id, ForwardingTable::default());
         Ok(())
     }
@@ -375,6 +383,8 @@ impl Control {
     }
 
     async fn recompile(&self, account: &AccountId, session: SessionId) -> Result<(), ControlError> {
+        let stripe = (session.as_uuid().as_u128() % RECOMPILE_STRIPES as u128) as usize;
+        let _serial = self.inner.recompiling[stripe].lock().await;
         let (_, table) = self.routes(account, session).await?;
         self.publish(session, table);
         Ok(())
