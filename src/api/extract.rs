@@ -121,7 +121,7 @@ pub fn parse_optional_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<Option<T
         return Ok(None);
     }
     let de = &mut serde_json::Deserializer::from_str(trimmed);
-    serde_path_to_error::deserialize(de).map(Some).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let what = if inner.is_syntax() || inner.is_eof() {
@@ -132,5 +132,9 @@ pub fn parse_optional_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<Option<T
             format!("{path}: {inner}")
         };
         Error::BadRequest(what)
-    })
+    })?;
+    // One JSON value, nothing after it.
+    de.end()
+        .map_err(|e| Error::BadRequest(format!("request body is not valid JSON: {e}")))?;
+    Ok(Some(value))
 }
