@@ -949,7 +949,7 @@ fn generators_cover_the_rules() {
             }
         }
     }
-    for _ in 0..200 {
+    for _ in 0..400 {
         let (a, b) = related_pair().new_tree(&mut runner).unwrap().current();
         let (a, b) = (compile(&a), compile(&b));
         let d = a.diff(&b);
