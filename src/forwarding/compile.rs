@@ -1,13 +1,11 @@
 //! `compile`: session state in, forwarding table out.
 
-use std::collections::BTreeMap;
-
 use crate::domain::{
     MediaKinds, ParticipantId, PublishPermissions, SessionId, StreamAlias, StreamId,
     SubscriptionRule, Subscriptions,
 };
 
-use super::table::{Cause, ForwardingTable, Link, LinkKey, Route, RouteKey};
+use super::table::{Cause, ForwardingTable, Link, LinkKey, Route, RouteKey, SortedMap};
 
 /// Everything the compiler needs to know about one session.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -38,59 +36,86 @@ pub struct PublishedStream {
 }
 
 /// Compiles a session's rules into its forwarding table. Pure and deterministic.
+///
+/// Emits links and routes directly in key order (subscriber, publisher, stream), so the table
+/// is built without sorting or per-entry allocation beyond the two output vectors.
 pub fn compile(state: &SessionState) -> ForwardingTable {
-    let members: BTreeMap<ParticipantId, &Member> =
-        state.members.iter().map(|m| (m.id, m)).collect();
+    let mut members: Vec<&Member> = state.members.iter().collect();
+    members.sort_unstable_by_key(|m| m.id);
+    let member = |id: ParticipantId| {
+        members
+            .binary_search_by_key(&id, |m| m.id)
+            .ok()
+            .map(|i| members[i])
+    };
 
-    // Each member's routable streams, sorted by stream id; duplicates folded (union of kinds,
-    // greatest alias) so that the result never depends on input order.
-    let mut streams: BTreeMap<
-        ParticipantId,
-        BTreeMap<&StreamId, (Option<&StreamAlias>, MediaKinds)>,
-    > = BTreeMap::new();
-    for s in &state.streams {
-        let Some(publisher) = members.get(&s.publisher) else {
-            continue;
-        };
-        let kinds = s.kinds.intersect(publisher.publish);
-        let entry = streams
-            .entry(s.publisher)
-            .or_default()
-            .entry(&s.stream)
-            .or_insert((None, MediaKinds::NONE));
-        entry.0 = entry.0.max(s.alias.as_ref());
-        entry.1 = MediaKinds::from_kinds(entry.1.iter().chain(kinds.iter()));
-    }
+    // Routable streams of members, sorted by (publisher, stream); duplicates folded (union of
+    // kinds, greatest alias) so that the result never depends on input order.
+    let mut streams: Vec<(ParticipantId, &StreamId, Option<&StreamAlias>, MediaKinds)> = state
+        .streams
+        .iter()
+        .filter_map(|s| {
+            let publisher = member(s.publisher)?;
+            Some((
+                s.publisher,
+                &s.stream,
+                s.alias.as_ref(),
+                s.kinds.intersect(publisher.publish),
+            ))
+        })
+        .collect();
+    streams.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    streams.dedup_by(|later, kept| {
+        let same = (later.0, later.1) == (kept.0, kept.1);
+        if same {
+            kept.2 = kept.2.max(later.2);
+            kept.3 = MediaKinds::from_kinds(kept.3.iter().chain(later.3.iter()));
+        }
+        same
+    });
+    let streams_of = |publisher: ParticipantId| {
+        let start = streams.partition_point(|s| s.0 < publisher);
+        let len = streams[start..].partition_point(|s| s.0 == publisher);
+        &streams[start..start + len]
+    };
 
-    let mut links = Vec::new();
-    let mut routes = Vec::new();
-    for (&subscriber, member) in &members {
-        let wanted: Vec<(ParticipantId, Cause, &[StreamAlias])> = match member.subscriptions.rule()
-        {
-            SubscriptionRule::Nothing => Vec::new(),
-            SubscriptionRule::WholeSession(s) if Some(s) == state.session => members
-                .keys()
-                .filter(|&&p| p != subscriber)
-                .map(|&p| (p, Cause::Session, &[][..]))
-                .collect(),
-            SubscriptionRule::WholeSession(_) => Vec::new(),
-            SubscriptionRule::Participants(list) => list
-                .iter()
-                .filter(|ps| ps.participant != subscriber && members.contains_key(&ps.participant))
-                .map(|ps| {
-                    let cause = if ps.stream_aliases.is_empty() {
-                        Cause::Participant
-                    } else {
-                        Cause::StreamAlias
-                    };
-                    (ps.participant, cause, ps.stream_aliases.as_slice())
-                })
-                .collect(),
-        };
-        for (publisher, cause, aliases) in wanted {
+    let mut links = Vec::with_capacity(members.len() * members.len().saturating_sub(1));
+    let mut routes = Vec::with_capacity(links.capacity() * 2);
+    let mut listed: Vec<(ParticipantId, Cause, &[StreamAlias])> = Vec::new();
+    for subscriber in &members {
+        listed.clear();
+        match subscriber.subscriptions.rule() {
+            SubscriptionRule::Nothing => {}
+            SubscriptionRule::WholeSession(s) if Some(s) == state.session => listed.extend(
+                members
+                    .iter()
+                    .filter(|p| p.id != subscriber.id)
+                    .map(|p| (p.id, Cause::Session, &[][..])),
+            ),
+            SubscriptionRule::WholeSession(_) => {}
+            SubscriptionRule::Participants(list) => {
+                listed.extend(
+                    list.iter()
+                        .filter(|ps| {
+                            ps.participant != subscriber.id && member(ps.participant).is_some()
+                        })
+                        .map(|ps| {
+                            let cause = if ps.stream_aliases.is_empty() {
+                                Cause::Participant
+                            } else {
+                                Cause::StreamAlias
+                            };
+                            (ps.participant, cause, ps.stream_aliases.as_slice())
+                        }),
+                );
+                listed.sort_by_key(|l| l.0);
+                listed.dedup_by_key(|l| l.0);
+            }
+        }
+        for &(publisher, cause, aliases) in &listed {
             links.push((
                 LinkKey {
-                    subscriber,
+                    subscriber: subscriber.id,
                     publisher,
                 },
                 Link {
@@ -98,17 +123,14 @@ pub fn compile(state: &SessionState) -> ForwardingTable {
                     stream_aliases: aliases.to_vec(),
                 },
             ));
-            let Some(published) = streams.get(&publisher) else {
-                continue;
-            };
-            for (&stream, &(alias, kinds)) in published {
+            for &(_, stream, alias, kinds) in streams_of(publisher) {
                 let alias_ok = aliases.is_empty() || alias.is_some_and(|a| aliases.contains(a));
                 if !alias_ok || kinds.is_empty() {
                     continue;
                 }
                 routes.push((
                     RouteKey {
-                        subscriber,
+                        subscriber: subscriber.id,
                         publisher,
                         stream: stream.clone(),
                     },
@@ -122,8 +144,8 @@ pub fn compile(state: &SessionState) -> ForwardingTable {
         }
     }
     ForwardingTable {
-        links: links.into_iter().collect(),
-        routes: routes.into_iter().collect(),
+        links: SortedMap::from_sorted(links),
+        routes: SortedMap::from_sorted(routes),
     }
 }
 

@@ -20,4 +20,6 @@ mod compile;
 mod table;
 
 pub use compile::{compile, Member, PublishedStream, SessionState};
-pub use table::{Cause, ForwardingTable, Link, LinkKey, MapDiff, Route, RouteKey, TableDiff};
+pub use table::{
+    Cause, ForwardingTable, Link, LinkKey, MapDiff, Route, RouteKey, SortedMap, TableDiff,
+};

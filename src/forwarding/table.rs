@@ -1,6 +1,6 @@
 //! `ForwardingTable`, its `diff` and the replay of a diff.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use serde::Serialize;
 
@@ -10,11 +10,12 @@ use crate::domain::{MediaKinds, ParticipantId, StreamAlias, StreamId};
 ///
 /// `links` say which publishers each subscriber is wired to (and by which rule), whether or not
 /// those publishers currently publish anything; `routes` are the concrete streams to forward.
-/// Both are keyed by stable identities (participant, stream), never by SSRC.
+/// Both are keyed by stable identities (participant, stream), never by SSRC, and kept as
+/// sorted vectors: compile emits entries in key order, and diffs are ordered merges.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ForwardingTable {
-    pub links: BTreeMap<LinkKey, Link>,
-    pub routes: BTreeMap<RouteKey, Route>,
+    pub links: SortedMap<LinkKey, Link>,
+    pub routes: SortedMap<RouteKey, Route>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -65,8 +66,9 @@ impl ForwardingTable {
     ) -> impl Iterator<Item = ParticipantId> + '_ {
         let mut last = None;
         self.routes
-            .keys()
-            .filter(move |k| k.subscriber == subscriber)
+            .range_by(move |k| k.subscriber.cmp(&subscriber))
+            .iter()
+            .map(|(k, _)| k)
             .filter_map(move |k| {
                 let new = last != Some(k.publisher);
                 last = Some(k.publisher);
@@ -130,7 +132,7 @@ impl<K, V> Default for MapDiff<K, V> {
 
 impl<K: Ord + Clone, V: PartialEq + Clone> MapDiff<K, V> {
     /// One ordered merge over both maps: O(n + m).
-    pub fn between(old: &BTreeMap<K, V>, new: &BTreeMap<K, V>) -> Self {
+    pub fn between(old: &SortedMap<K, V>, new: &SortedMap<K, V>) -> Self {
         use std::cmp::Ordering::*;
         let mut diff = MapDiff::default();
         let (mut a, mut b) = (old.iter().peekable(), new.iter().peekable());
@@ -171,13 +173,126 @@ impl<K: Ord + Clone, V: PartialEq + Clone> MapDiff<K, V> {
         self.upserted.is_empty() && self.removed.is_empty()
     }
 
-    pub fn apply(&self, map: &mut BTreeMap<K, V>) {
-        for k in &self.removed {
-            map.remove(k);
+    /// Replays the diff: one ordered merge of the map, the removals and the upserts.
+    pub fn apply(&self, map: &mut SortedMap<K, V>) {
+        let old = std::mem::take(&mut map.0);
+        let mut out = Vec::with_capacity(old.len() + self.upserted.len());
+        let mut removed = self.removed.iter().peekable();
+        let mut upserts = self.upserted.iter().peekable();
+        for (k, v) in old {
+            while removed.next_if(|r| **r < k).is_some() {}
+            while let Some((uk, uv)) = upserts.next_if(|(uk, _)| *uk < k) {
+                out.push((uk.clone(), uv.clone()));
+            }
+            if let Some((uk, uv)) = upserts.next_if(|(uk, _)| *uk == k) {
+                out.push((uk.clone(), uv.clone()));
+            } else if removed.next_if(|r| **r == k).is_none() {
+                out.push((k, v));
+            }
         }
-        for (k, v) in &self.upserted {
-            map.insert(k.clone(), v.clone());
+        out.extend(upserts.map(|(k, v)| (k.clone(), v.clone())));
+        map.0 = out;
+    }
+}
+
+/// A map kept as a vector sorted by key (strictly increasing). Cheap to build in order, to
+/// iterate and to merge; lookups are binary searches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SortedMap<K, V>(Vec<(K, V)>);
+
+impl<K, V> Default for SortedMap<K, V> {
+    fn default() -> Self {
+        SortedMap(Vec::new())
+    }
+}
+
+impl<K: Ord, V> SortedMap<K, V> {
+    /// Sorts the entries, keeping the last value given for a key.
+    pub fn from_unsorted(mut entries: Vec<(K, V)>) -> Self {
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut out: Vec<(K, V)> = Vec::with_capacity(entries.len());
+        for (k, v) in entries {
+            match out.last_mut() {
+                Some(last) if last.0 == k => last.1 = v,
+                _ => out.push((k, v)),
+            }
         }
+        SortedMap(out)
+    }
+
+    /// Wraps entries already in strictly increasing key order.
+    pub(crate) fn from_sorted(entries: Vec<(K, V)>) -> Self {
+        debug_assert!(
+            entries.windows(2).all(|w| w[0].0 < w[1].0),
+            "keys not strictly increasing"
+        );
+        SortedMap(entries)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn get(&self, key: &K) -> Option<&V> {
+        self.0
+            .binary_search_by(|(k, _)| k.cmp(key))
+            .ok()
+            .map(|i| &self.0[i].1)
+    }
+
+    pub fn contains_key(&self, key: &K) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// Inserts or replaces, returning the previous value. O(n): for building tables by hand.
+    pub fn insert(&mut self, key: K, value: V) -> Option<V> {
+        match self.0.binary_search_by(|(k, _)| k.cmp(&key)) {
+            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, value)),
+            Err(i) => {
+                self.0.insert(i, (key, value));
+                None
+            }
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> + '_ {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &K> + '_ {
+        self.0.iter().map(|(k, _)| k)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &V> + '_ {
+        self.0.iter().map(|(_, v)| v)
+    }
+
+    /// The contiguous entries for which `position` says `Equal` (it must be monotonic:
+    /// `Less` before the range, `Greater` after it).
+    pub fn range_by(&self, position: impl Fn(&K) -> std::cmp::Ordering) -> &[(K, V)] {
+        use std::cmp::Ordering::{Greater, Less};
+        let start = self.0.partition_point(|(k, _)| position(k) == Less);
+        let len = self.0[start..].partition_point(|(k, _)| position(k) != Greater);
+        &self.0[start..start + len]
+    }
+}
+
+impl<K: Ord, V> FromIterator<(K, V)> for SortedMap<K, V> {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        SortedMap::from_unsorted(iter.into_iter().collect())
+    }
+}
+
+impl<'a, K, V> IntoIterator for &'a SortedMap<K, V> {
+    type Item = (&'a K, &'a V);
+    type IntoIter = std::iter::Map<std::slice::Iter<'a, (K, V)>, fn(&'a (K, V)) -> (&'a K, &'a V)>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|(k, v)| (k, v))
     }
 }
 
@@ -187,8 +302,8 @@ mod tests {
 
     #[test]
     fn map_diff_round_trips() {
-        let old: BTreeMap<u32, &str> = [(1, "a"), (2, "b"), (4, "d")].into();
-        let new: BTreeMap<u32, &str> = [(2, "B"), (3, "c"), (4, "d")].into();
+        let old = SortedMap::from_unsorted(vec![(1, "a"), (2, "b"), (4, "d")]);
+        let new = SortedMap::from_unsorted(vec![(2, "B"), (3, "c"), (4, "d")]);
         let d = MapDiff::between(&old, &new);
         assert_eq!(d.removed, vec![1]);
         assert_eq!(d.upserted, vec![(2, "B"), (3, "c")]);

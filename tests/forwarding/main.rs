@@ -560,8 +560,8 @@ fn cases(n: u32) -> ProptestConfig {
 /// Checks one side of a diff: sorted, minimal, and exactly the change from `old` to `new`.
 fn check_map_diff<K, V>(
     diff: &patchbay::forwarding::MapDiff<K, V>,
-    old: &BTreeMap<K, V>,
-    new: &BTreeMap<K, V>,
+    old: &patchbay::forwarding::SortedMap<K, V>,
+    new: &patchbay::forwarding::SortedMap<K, V>,
 ) -> Result<(), TestCaseError>
 where
     K: Ord + Clone + std::fmt::Debug,
