@@ -287,8 +287,12 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
 
-fn is_foreign_key_violation(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(d) if d.is_foreign_key_violation())
+/// Maps a foreign-key violation to `answer`, any other error to `Backend`.
+fn on_foreign_key(answer: StoreError) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |e| match e {
+        sqlx::Error::Database(d) if d.is_foreign_key_violation() => answer,
+        other => other.into(),
+    }
 }
 
 #[async_trait]
@@ -368,13 +372,7 @@ impl Store for SqlStore {
         .bind(now_ms())
         .execute(&self.write)
         .await
-        .map_err(|e| {
-            if is_foreign_key_violation(&e) {
-                StoreError::AccountNotFound
-            } else {
-                e.into()
-            }
-        })?;
+        .map_err(on_foreign_key(StoreError::AccountNotFound))?;
         Ok(())
     }
 
@@ -444,13 +442,7 @@ impl Store for SqlStore {
         .bind(now_ms())
         .execute(&self.write)
         .await
-        .map_err(|e| {
-            if is_foreign_key_violation(&e) {
-                StoreError::AccountNotFound
-            } else {
-                e.into()
-            }
-        })?;
+        .map_err(on_foreign_key(StoreError::AccountNotFound))?;
         Ok(())
     }
 
@@ -553,13 +545,9 @@ impl Store for SqlStore {
         if let Some(subs) = subscriptions {
             Self::replace_subscriptions(&mut tx, account, participant, subs).await?;
         }
-        tx.commit().await.map_err(|e| {
-            if is_foreign_key_violation(&e) {
-                StoreError::ParticipantNotFound
-            } else {
-                e.into()
-            }
-        })?;
+        tx.commit()
+            .await
+            .map_err(on_foreign_key(StoreError::ParticipantNotFound))?;
         Ok(())
     }
 
@@ -648,13 +636,9 @@ impl Store for SqlStore {
             }
             Self::replace_subscriptions(&mut tx, account, *participant, subs).await?;
         }
-        tx.commit().await.map_err(|e| {
-            if is_foreign_key_violation(&e) {
-                StoreError::ParticipantNotFound
-            } else {
-                e.into()
-            }
-        })?;
+        tx.commit()
+            .await
+            .map_err(on_foreign_key(StoreError::ParticipantNotFound))?;
         Ok(())
     }
 }
