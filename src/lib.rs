@@ -38,5 +38,6 @@ pub mod config;
 pub mod control;
 pub mod domain;
 pub mod forwarding;
+pub mod media;
 pub mod store;
 pub mod token;

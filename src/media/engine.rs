@@ -1,0 +1,848 @@
+//! [`Engine`]: peers, demultiplexing, negotiation and forwarding. See the module docs of
+//! `media` for the drive contract.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::channel::ChannelConfig;
+use str0m::config::DtlsCert;
+use str0m::format::{Codec, FormatParams};
+use str0m::ice::StunMessage;
+use str0m::media::{Direction, Frequency, KeyframeRequestKind, MediaKind as RtcKind, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
+
+use super::{DeviceId, PublishAnswer, PublishMetadata, StreamMetadata, SubscribeOffer};
+use crate::domain::{
+    MediaKind, MediaKinds, ParticipantId, PublishPermissions, SessionId, StreamAlias, StreamId,
+};
+use crate::forwarding::{ForwardingTable, PublishedStream, TableDiff};
+
+/// How an engine presents itself to devices.
+#[derive(Clone)]
+pub struct EngineConfig {
+    /// The address devices send media to: the ICE host candidate. Datagrams are handed to the
+    /// engine as received on it.
+    pub public_addr: SocketAddr,
+    /// The DTLS certificate shared by every peer connection of the process.
+    pub cert: DtlsCert,
+}
+
+impl EngineConfig {
+    /// A config with a freshly generated certificate.
+    pub fn generate(public_addr: SocketAddr) -> Result<EngineConfig, MediaError> {
+        let provider = str0m::crypto::from_feature_flags();
+        let cert = provider
+            .dtls_provider
+            .generate_certificate()
+            .ok_or_else(|| MediaError::Internal("cannot generate a DTLS certificate".into()))?;
+        Ok(EngineConfig { public_addr, cert })
+    }
+}
+
+/// A datagram to send from the engine's socket.
+#[derive(Debug, Clone)]
+pub struct Transmit {
+    pub destination: SocketAddr,
+    pub contents: Vec<u8>,
+}
+
+/// What the engine tells its driver.
+#[derive(Debug, Clone)]
+pub enum EngineEvent {
+    /// Send this offer to the device (the `sdpOffer` notification).
+    SubscribeOffer { device: DeviceId, offer: SubscribeOffer },
+    /// The streams a device publishes changed (control recompiles the session's routes).
+    StreamsChanged {
+        device: DeviceId,
+        participant: ParticipantId,
+        streams: Vec<PublishedStream>,
+    },
+    /// A device's publish or subscribe connection is up (ICE and DTLS done).
+    Connected { device: DeviceId, subscribe: bool },
+}
+
+/// Errors answered to a device's request; the engine itself keeps running.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MediaError {
+    #[error("unknown device")]
+    UnknownDevice,
+    #[error("invalid SDP: {0}")]
+    BadSdp(String),
+    #[error("negotiation failed: {0}")]
+    Negotiation(String),
+    #[error("no offer is waiting for an answer")]
+    NoPendingOffer,
+    #[error("invalid stream alias: {0}")]
+    BadAlias(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+type PeerId = u64;
+
+struct Peer {
+    device: DeviceId,
+    subscribe: bool,
+    rtc: Rtc,
+    ufrag: String,
+    timeout: Instant,
+}
+
+/// One published MediaStream of a device.
+#[derive(Debug, Clone)]
+struct Publication {
+    alias: Option<StreamAlias>,
+    /// The m-lines carrying it, with their kind (only kinds the participant may publish).
+    mids: Vec<(Mid, MediaKind)>,
+}
+
+impl Publication {
+    fn kinds(&self) -> MediaKinds {
+        MediaKinds::from_kinds(self.mids.iter().map(|(_, k)| *k))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct TrackKey {
+    publisher: ParticipantId,
+    stream: StreamId,
+    kind: MediaKind,
+}
+
+#[derive(Debug, Clone)]
+struct OutTrack {
+    mid: Mid,
+    /// Sending in the last offer made.
+    active: bool,
+    /// Accepted by the device at least once (its answer arrived).
+    negotiated: bool,
+    alias: Option<StreamAlias>,
+}
+
+struct Device {
+    participant: ParticipantId,
+    permissions: PublishPermissions,
+    publish: Option<PeerId>,
+    subscribe: Option<PeerId>,
+    publish_endpoint: String,
+    subscribe_endpoint: String,
+    published: BTreeMap<StreamId, Publication>,
+    revision: u64,
+    pending: Option<SdpPendingOffer>,
+    /// Changes arrived while an offer was pending: renegotiate when it is answered.
+    dirty: bool,
+    tracks: BTreeMap<TrackKey, OutTrack>,
+    next_track: u64,
+}
+
+/// The SFU of one shard. See the module docs.
+pub struct Engine {
+    config: EngineConfig,
+    peers: HashMap<PeerId, Peer>,
+    next_peer: PeerId,
+    by_addr: HashMap<SocketAddr, PeerId>,
+    by_ufrag: HashMap<String, PeerId>,
+    devices: HashMap<DeviceId, Device>,
+    device_of: HashMap<ParticipantId, DeviceId>,
+    tables: HashMap<SessionId, ForwardingTable>,
+    session_of: HashMap<ParticipantId, SessionId>,
+    /// (publish peer, mid) → (subscribe peer, mid): who gets each incoming track.
+    fanout: HashMap<(PeerId, Mid), Vec<(PeerId, Mid)>>,
+    /// (subscribe peer, mid) → (publish peer, mid): where keyframe requests go.
+    upstream: HashMap<(PeerId, Mid), (PeerId, Mid)>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<EngineEvent>,
+    forwarded: u64,
+}
+
+const HEARTBEAT: &str = "__heartbeat__";
+const DIAGNOSTICS: &str = "__diagnostics__";
+
+impl Engine {
+    pub fn new(config: EngineConfig) -> Engine {
+        Engine {
+            config,
+            peers: HashMap::new(),
+            next_peer: 1,
+            by_addr: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            devices: HashMap::new(),
+            device_of: HashMap::new(),
+            tables: HashMap::new(),
+            session_of: HashMap::new(),
+            fanout: HashMap::new(),
+            upstream: HashMap::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            forwarded: 0,
+        }
+    }
+
+    /// Media packets forwarded so far (frames written to subscribers).
+    pub fn forwarded(&self) -> u64 {
+        self.forwarded
+    }
+
+    // ---- devices ----------------------------------------------------------------------------
+
+    /// A device connected for `participant`. A previous device of the same participant is
+    /// replaced (one live device per participant); it is returned so the driver can close it.
+    pub fn add_device(
+        &mut self,
+        device: DeviceId,
+        participant: ParticipantId,
+        permissions: PublishPermissions,
+        now: Instant,
+    ) -> Option<DeviceId> {
+        let replaced = self.device_of.get(&participant).copied();
+        if let Some(old) = replaced {
+            self.remove_device(old, now);
+        }
+        self.devices.insert(
+            device,
+            Device {
+                participant,
+                permissions,
+                publish: None,
+                subscribe: None,
+                publish_endpoint: uuid::Uuid::new_v4().to_string(),
+                subscribe_endpoint: uuid::Uuid::new_v4().to_string(),
+                published: BTreeMap::new(),
+                revision: 0,
+                pending: None,
+                dirty: false,
+                tracks: BTreeMap::new(),
+                next_track: 0,
+            },
+        );
+        self.device_of.insert(participant, device);
+        // It may already be wired to receive something (a reconnect, or routes set before).
+        self.renegotiate(device, now);
+        replaced
+    }
+
+    /// The device left or its connection closed: its peers go away, and so do its streams.
+    pub fn remove_device(&mut self, device: DeviceId, _now: Instant) {
+        let Some(dev) = self.devices.remove(&device) else {
+            return;
+        };
+        if self.device_of.get(&dev.participant) == Some(&device) {
+            self.device_of.remove(&dev.participant);
+        }
+        for peer in [dev.publish, dev.subscribe].into_iter().flatten() {
+            self.remove_peer(peer);
+        }
+        if !dev.published.is_empty() {
+            self.events.push_back(EngineEvent::StreamsChanged {
+                device,
+                participant: dev.participant,
+                streams: Vec::new(),
+            });
+        }
+        self.rebuild_fanout();
+    }
+
+    /// The device's `offerSdp`: answer its publish connection.
+    pub fn handle_publish_offer(
+        &mut self,
+        device: DeviceId,
+        sdp: &str,
+        metadata: &PublishMetadata,
+        now: Instant,
+    ) -> Result<PublishAnswer, MediaError> {
+        let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| MediaError::BadSdp(e.to_string()))?;
+        let mut aliases = BTreeMap::new();
+        for (msid, meta) in &metadata.media_streams {
+            let alias = meta
+                .alias
+                .as_deref()
+                .map(StreamAlias::parse)
+                .transpose()
+                .map_err(|e| MediaError::BadAlias(e.to_string()))?;
+            aliases.insert(msid.clone(), alias);
+        }
+        let dev = self.devices.get(&device).ok_or(MediaError::UnknownDevice)?;
+        let permissions = dev.permissions;
+        let (peer_id, created) = match dev.publish {
+            Some(p) => (p, false),
+            None => {
+                let id = self.new_peer(device, false, peer_config(&self.config, permissions), now);
+                (id, true)
+            }
+        };
+        let peer = self.peers.get_mut(&peer_id).ok_or(MediaError::UnknownDevice)?;
+        peer.rtc
+            .handle_input(Input::Timeout(now))
+            .map_err(|e| MediaError::Internal(e.to_string()))?;
+        let answer = match peer.rtc.sdp_api().accept_offer(offer) {
+            Ok(a) => a,
+            Err(e) => {
+                if created {
+                    self.remove_peer(peer_id);
+                }
+                return Err(MediaError::Negotiation(e.to_string()));
+            }
+        };
+        if created {
+            open_builtin_channels(&mut peer.rtc);
+        }
+        // An ICE restart gives the peer a new local ufrag: keep the demux map current.
+        let ufrag = peer.rtc.direct_api().local_ice_credentials().ufrag;
+        if ufrag != peer.ufrag {
+            self.by_ufrag.insert(ufrag.clone(), peer_id);
+            peer.ufrag = ufrag;
+        }
+
+        // What is published now: every receiving, enabled m-line of a declared stream.
+        let mut published: BTreeMap<StreamId, Publication> = BTreeMap::new();
+        for line in offer_mids(sdp) {
+            let Some(media) = peer.rtc.media(line) else {
+                continue;
+            };
+            if media.disabled() || !media.direction().is_receiving() {
+                continue;
+            }
+            let kind = match media.kind() {
+                RtcKind::Audio => MediaKind::Audio,
+                RtcKind::Video => MediaKind::Video,
+            };
+            if !permissions.contains(kind) {
+                continue;
+            }
+            let Some(alias) = aliases.get(media.stream_id()) else {
+                continue;
+            };
+            let Ok(stream) = StreamId::parse(media.stream_id()) else {
+                continue;
+            };
+            published
+                .entry(stream)
+                .or_insert_with(|| Publication {
+                    alias: alias.clone(),
+                    mids: Vec::new(),
+                })
+                .mids
+                .push((line, kind));
+        }
+        let dev = self.devices.get_mut(&device).ok_or(MediaError::UnknownDevice)?;
+        dev.publish = Some(peer_id);
+        let participant = dev.participant;
+        let mut stream_metadata = BTreeMap::new();
+        for (msid, alias) in &aliases {
+            let kinds = StreamId::parse(msid)
+                .ok()
+                .and_then(|s| published.get(&s))
+                .map(Publication::kinds)
+                .unwrap_or_default();
+            stream_metadata.insert(
+                msid.clone(),
+                StreamMetadata {
+                    endpoint_id: format!("{}:{msid}", dev.publish_endpoint),
+                    media_types: kinds.iter().map(MediaKind::as_str).collect(),
+                    alias: alias.as_ref().map(|a| a.as_str().to_owned()),
+                    participant_id: participant.to_string(),
+                },
+            );
+        }
+        let changed = !same_publications(&dev.published, &published);
+        dev.published = published;
+        let endpoint_id = dev.publish_endpoint.clone();
+        if changed {
+            let streams = dev
+                .published
+                .iter()
+                .map(|(stream, p)| PublishedStream {
+                    publisher: participant,
+                    stream: stream.clone(),
+                    alias: p.alias.clone(),
+                    kinds: p.kinds(),
+                })
+                .collect();
+            self.events.push_back(EngineEvent::StreamsChanged {
+                device,
+                participant,
+                streams,
+            });
+        }
+        self.drain(peer_id, now);
+        self.rebuild_fanout();
+        Ok(PublishAnswer {
+            sdp_answer: answer.to_sdp_string(),
+            endpoint_id,
+            stream_metadata,
+        })
+    }
+
+    /// The device's `answerSdp` to the pending subscribe offer.
+    pub fn handle_subscribe_answer(&mut self, device: DeviceId, sdp: &str, now: Instant) -> Result<(), MediaError> {
+        let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| MediaError::BadSdp(e.to_string()))?;
+        let dev = self.devices.get_mut(&device).ok_or(MediaError::UnknownDevice)?;
+        let pending = dev.pending.take().ok_or(MediaError::NoPendingOffer)?;
+        let peer_id = dev.subscribe.ok_or(MediaError::NoPendingOffer)?;
+        let peer = self.peers.get_mut(&peer_id).ok_or(MediaError::UnknownDevice)?;
+        peer.rtc
+            .sdp_api()
+            .accept_answer(pending, answer)
+            .map_err(|e| MediaError::Negotiation(e.to_string()))?;
+        let mut fresh_video = Vec::new();
+        for (key, track) in dev.tracks.iter_mut() {
+            if track.active && !track.negotiated {
+                track.negotiated = true;
+                if key.kind == MediaKind::Video {
+                    fresh_video.push(key.clone());
+                }
+            }
+        }
+        let dirty = std::mem::take(&mut dev.dirty);
+        self.drain(peer_id, now);
+        self.rebuild_fanout();
+        // A new subscriber of a video track needs a keyframe to start decoding.
+        for key in fresh_video {
+            if let Some((pub_peer, mid)) = self.publisher_track(&key) {
+                self.request_keyframe(pub_peer, mid, KeyframeRequestKind::Pli, now);
+            }
+        }
+        if dirty {
+            self.renegotiate(device, now);
+        }
+        Ok(())
+    }
+
+    // ---- routes -----------------------------------------------------------------------------
+
+    /// Applies a change of a session's forwarding table; affected subscribers renegotiate.
+    pub fn apply_routes(&mut self, session: SessionId, diff: &TableDiff, now: Instant) {
+        let table = self.tables.entry(session).or_default();
+        diff.apply(table);
+        let mut affected = diff.affected_subscribers();
+        affected.extend(diff.links.upserted.iter().map(|(k, _)| k.subscriber));
+        affected.extend(diff.links.removed.iter().map(|k| k.subscriber));
+        for subscriber in &affected {
+            let present = table.links.keys().any(|k| k.subscriber == *subscriber)
+                || table.routes.keys().any(|k| k.subscriber == *subscriber);
+            if present {
+                self.session_of.insert(*subscriber, session);
+            } else if self.session_of.get(subscriber) == Some(&session) {
+                self.session_of.remove(subscriber);
+            }
+        }
+        if table.links.is_empty() && table.routes.is_empty() {
+            self.tables.remove(&session);
+        }
+        self.rebuild_fanout();
+        for subscriber in affected {
+            if let Some(&device) = self.device_of.get(&subscriber) {
+                self.renegotiate(device, now);
+            }
+        }
+    }
+
+    // ---- network and clock ------------------------------------------------------------------
+
+    /// A datagram arrived on the engine's socket from `source`.
+    pub fn handle_receive(&mut self, source: SocketAddr, data: &[u8], now: Instant) {
+        let peer_id = match self.by_addr.get(&source) {
+            Some(&p) => p,
+            None => {
+                // Only a STUN binding request naming one of our ufrags opens a new path.
+                let Some(local) = StunMessage::parse(data)
+                    .ok()
+                    .filter(|m| m.is_binding_request())
+                    .and_then(|m| m.split_username().map(|(local, _)| local.to_owned()))
+                else {
+                    return;
+                };
+                let Some(&p) = self.by_ufrag.get(&local) else {
+                    return;
+                };
+                self.by_addr.insert(source, p);
+                p
+            }
+        };
+        let Some(peer) = self.peers.get_mut(&peer_id) else {
+            self.by_addr.remove(&source);
+            return;
+        };
+        let Ok(receive) = Receive::new(Protocol::Udp, source, self.config.public_addr, data) else {
+            return;
+        };
+        if let Err(e) = peer.rtc.handle_input(Input::Receive(now, receive)) {
+            tracing::debug!(peer = peer_id, error = %e, "dropping peer after input error");
+            peer.rtc.disconnect();
+        }
+        self.drain(peer_id, now);
+    }
+
+    /// Time passed: run every peer whose timer is due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let due: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.timeout <= now)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in due {
+            if let Some(peer) = self.peers.get_mut(&id) {
+                if peer.rtc.handle_input(Input::Timeout(now)).is_err() {
+                    peer.rtc.disconnect();
+                }
+            }
+            self.drain(id, now);
+        }
+    }
+
+    /// When the engine next needs [`Engine::handle_timeout`].
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.peers.values().map(|p| p.timeout).min()
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<EngineEvent> {
+        self.events.pop_front()
+    }
+
+    // ---- internals --------------------------------------------------------------------------
+
+    fn new_peer(&mut self, device: DeviceId, subscribe: bool, config: RtcConfig, now: Instant) -> PeerId {
+        let mut rtc = config.build(now);
+        // Invariant: the configured public address is a unicast host address (checked when the
+        // driver starts), so the candidate is valid.
+        if let Ok(c) = Candidate::host(self.config.public_addr, "udp") {
+            rtc.add_local_candidate(c);
+        }
+        let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
+        let id = self.next_peer;
+        self.next_peer += 1;
+        self.by_ufrag.insert(ufrag.clone(), id);
+        self.peers.insert(
+            id,
+            Peer {
+                device,
+                subscribe,
+                rtc,
+                ufrag,
+                timeout: now,
+            },
+        );
+        id
+    }
+
+    fn remove_peer(&mut self, id: PeerId) {
+        if let Some(mut peer) = self.peers.remove(&id) {
+            peer.rtc.disconnect();
+            self.by_ufrag.retain(|_, p| *p != id);
+            self.by_addr.retain(|_, p| *p != id);
+        }
+    }
+
+    /// The tracks `participant` should receive now, per the tables and what publishers send.
+    fn desired_tracks(&self, participant: ParticipantId) -> BTreeMap<TrackKey, Option<StreamAlias>> {
+        let mut out = BTreeMap::new();
+        let Some(table) = self.session_of.get(&participant).and_then(|s| self.tables.get(s)) else {
+            return out;
+        };
+        for (key, route) in table.routes.range_by(|k| k.subscriber.cmp(&participant)) {
+            let Some(publication) = self
+                .device_of
+                .get(&key.publisher)
+                .and_then(|d| self.devices.get(d))
+                .and_then(|d| d.published.get(&key.stream))
+            else {
+                continue;
+            };
+            for kind in publication.kinds().intersect(route.kinds).iter() {
+                out.insert(
+                    TrackKey {
+                        publisher: key.publisher,
+                        stream: key.stream.clone(),
+                        kind,
+                    },
+                    route.alias.clone(),
+                );
+            }
+        }
+        out
+    }
+
+    /// Brings a device's subscribe connection in line with what it should receive: one offer
+    /// at a time; changes during a pending offer are folded into the next one.
+    fn renegotiate(&mut self, device: DeviceId, now: Instant) {
+        let Some(participant) = self.devices.get(&device).map(|d| d.participant) else {
+            return;
+        };
+        let desired = self.desired_tracks(participant);
+        let Some(dev) = self.devices.get(&device) else {
+            return;
+        };
+        if dev.pending.is_some() {
+            if let Some(dev) = self.devices.get_mut(&device) {
+                dev.dirty = true;
+            }
+            return;
+        }
+        let nothing_to_do = dev.subscribe.is_none() && desired.is_empty();
+        if nothing_to_do {
+            return;
+        }
+        let peer_id = match dev.subscribe {
+            Some(p) => p,
+            None => {
+                let config = peer_config(&self.config, MediaKinds::ALL);
+                let id = self.new_peer(device, true, config, now);
+                if let Some(dev) = self.devices.get_mut(&device) {
+                    dev.subscribe = Some(id);
+                }
+                id
+            }
+        };
+        let (Some(dev), Some(peer)) = (self.devices.get_mut(&device), self.peers.get_mut(&peer_id)) else {
+            return;
+        };
+        let first = dev.revision == 0;
+        let _ = peer.rtc.handle_input(Input::Timeout(now));
+        let mut api = peer.rtc.sdp_api();
+        if first {
+            for (id, label) in [(0, HEARTBEAT), (1, DIAGNOSTICS)] {
+                api.add_channel_with_config(builtin_channel(id, label));
+            }
+        }
+        for (key, alias) in &desired {
+            match dev.tracks.get_mut(key) {
+                Some(track) if track.active => track.alias = alias.clone(),
+                Some(track) => {
+                    api.set_direction(track.mid, Direction::SendOnly);
+                    track.active = true;
+                    track.negotiated = false;
+                    track.alias = alias.clone();
+                }
+                None => {
+                    dev.next_track += 1;
+                    let kind = match key.kind {
+                        MediaKind::Audio => RtcKind::Audio,
+                        MediaKind::Video => RtcKind::Video,
+                    };
+                    let track_id = format!("{}-{}", key.kind.as_str().to_lowercase(), dev.next_track);
+                    let mid = api.add_media(kind, Direction::SendOnly, Some(key.stream.to_string()), Some(track_id), None);
+                    dev.tracks.insert(
+                        key.clone(),
+                        OutTrack {
+                            mid,
+                            active: true,
+                            negotiated: false,
+                            alias: alias.clone(),
+                        },
+                    );
+                }
+            }
+        }
+        for (key, track) in dev.tracks.iter_mut() {
+            if track.active && !desired.contains_key(key) {
+                api.set_direction(track.mid, Direction::Inactive);
+                track.active = false;
+            }
+        }
+        if let Some((offer, pending)) = api.apply() {
+            dev.pending = Some(pending);
+            dev.revision += 1;
+            let mut stream_metadata: BTreeMap<String, StreamMetadata> = BTreeMap::new();
+            for (key, track) in dev.tracks.iter().filter(|(_, t)| t.active) {
+                let entry = stream_metadata.entry(key.stream.to_string()).or_insert_with(|| StreamMetadata {
+                    endpoint_id: format!("{}:{}", dev.subscribe_endpoint, key.stream),
+                    media_types: Vec::new(),
+                    alias: track.alias.as_ref().map(|a| a.as_str().to_owned()),
+                    participant_id: key.publisher.to_string(),
+                });
+                entry.media_types.push(key.kind.as_str());
+            }
+            self.events.push_back(EngineEvent::SubscribeOffer {
+                device,
+                offer: SubscribeOffer {
+                    sdp_offer: offer.to_sdp_string(),
+                    sdp_revision: dev.revision,
+                    endpoint_id: dev.subscribe_endpoint.clone(),
+                    stream_metadata,
+                },
+            });
+        }
+        self.drain(peer_id, now);
+        self.rebuild_fanout();
+    }
+
+    /// Recomputes who receives each incoming track: only desired, negotiated tracks.
+    fn rebuild_fanout(&mut self) {
+        let mut fanout: HashMap<(PeerId, Mid), Vec<(PeerId, Mid)>> = HashMap::new();
+        let mut upstream = HashMap::new();
+        for dev in self.devices.values() {
+            let Some(sub_peer) = dev.subscribe else {
+                continue;
+            };
+            let desired = self.desired_tracks(dev.participant);
+            for key in desired.keys() {
+                let Some(track) = dev.tracks.get(key).filter(|t| t.active && t.negotiated) else {
+                    continue;
+                };
+                let Some(source) = self.publisher_track(key) else {
+                    continue;
+                };
+                fanout.entry(source).or_default().push((sub_peer, track.mid));
+                upstream.insert((sub_peer, track.mid), source);
+            }
+        }
+        self.fanout = fanout;
+        self.upstream = upstream;
+    }
+
+    /// The publish peer and m-line carrying a track.
+    fn publisher_track(&self, key: &TrackKey) -> Option<(PeerId, Mid)> {
+        let dev = self.devices.get(self.device_of.get(&key.publisher)?)?;
+        let peer = dev.publish?;
+        let publication = dev.published.get(&key.stream)?;
+        let mid = publication.mids.iter().find(|(_, k)| *k == key.kind)?.0;
+        Some((peer, mid))
+    }
+
+    fn request_keyframe(&mut self, peer_id: PeerId, mid: Mid, kind: KeyframeRequestKind, now: Instant) {
+        if let Some(peer) = self.peers.get_mut(&peer_id) {
+            if let Some(mut writer) = peer.rtc.writer(mid) {
+                if writer.is_request_keyframe_possible(kind) {
+                    let _ = writer.request_keyframe(None, kind);
+                }
+            }
+        }
+        self.drain(peer_id, now);
+    }
+
+    /// Runs a peer's output to completion, then acts on what it said.
+    fn drain(&mut self, peer_id: PeerId, now: Instant) {
+        let mut media = Vec::new();
+        let mut keyframe_requests = Vec::new();
+        let Some(peer) = self.peers.get_mut(&peer_id) else {
+            return;
+        };
+        loop {
+            match peer.rtc.poll_output() {
+                Ok(Output::Timeout(t)) => {
+                    peer.timeout = t;
+                    break;
+                }
+                Ok(Output::Transmit(t)) => self.transmits.push_back(Transmit {
+                    destination: t.destination,
+                    contents: t.contents.into(),
+                }),
+                Ok(Output::Event(event)) => match event {
+                    Event::MediaData(data) => media.push(data),
+                    Event::KeyframeRequest(req) => keyframe_requests.push(req),
+                    Event::Connected => self.events.push_back(EngineEvent::Connected {
+                        device: peer.device,
+                        subscribe: peer.subscribe,
+                    }),
+                    Event::ChannelData(data) if !data.binary && data.data == b"PING" => {
+                        if let Some(mut ch) = peer.rtc.channel(data.id) {
+                            let _ = ch.write(false, b"PONG");
+                        }
+                    }
+                    _ => {}
+                },
+                Err(e) => {
+                    tracing::debug!(peer = peer_id, error = %e, "peer failed");
+                    peer.rtc.disconnect();
+                    peer.timeout = now + Duration::from_secs(3600);
+                    break;
+                }
+            }
+        }
+        for data in media {
+            let Some(targets) = self.fanout.get(&(peer_id, data.mid)).cloned() else {
+                continue;
+            };
+            for (sub_peer, out_mid) in targets {
+                let Some(sub) = self.peers.get_mut(&sub_peer) else {
+                    continue;
+                };
+                let Some(writer) = sub.rtc.writer(out_mid) else {
+                    continue;
+                };
+                let Some(pt) = writer.match_params(data.params) else {
+                    continue;
+                };
+                if writer.write(pt, data.network_time, data.time, data.data.clone()).is_ok() {
+                    self.forwarded += 1;
+                }
+                self.drain(sub_peer, now);
+            }
+        }
+        for req in keyframe_requests {
+            if let Some(&(pub_peer, mid)) = self.upstream.get(&(peer_id, req.mid)) {
+                self.request_keyframe(pub_peer, mid, req.kind, now);
+            }
+        }
+    }
+}
+
+/// The codecs of a peer connection: Opus (+ telephone-event) for audio, VP8 and H.264 for
+/// video, each only when `kinds` allows it, so a refused kind's m-lines are rejected.
+fn peer_config(config: &EngineConfig, kinds: MediaKinds) -> RtcConfig {
+    let mut rtc = Rtc::builder()
+        .set_ice_lite(true)
+        .set_dtls_cert(config.cert.clone())
+        .clear_codecs()
+        .enable_opus(kinds.audio, false)
+        .enable_vp8(kinds.video)
+        .enable_h264(kinds.video);
+    if kinds.audio {
+        rtc.codec_config().add_config(
+            110.into(),
+            None,
+            Codec::Tele,
+            Frequency::FORTY_EIGHT_KHZ,
+            None,
+            FormatParams::parse_line("0-16"),
+        );
+    }
+    rtc
+}
+
+fn builtin_channel(id: u16, label: &str) -> ChannelConfig {
+    ChannelConfig {
+        label: label.to_owned(),
+        negotiated: Some(id),
+        protocol: "udp".to_owned(),
+        ..Default::default()
+    }
+}
+
+/// The SDK's pre-negotiated channels (ids 0 and 1), created before the association can carry
+/// data on them.
+fn open_builtin_channels(rtc: &mut Rtc) {
+    for (id, label) in [(0, HEARTBEAT), (1, DIAGNOSTICS)] {
+        rtc.direct_api().create_data_channel(builtin_channel(id, label));
+    }
+}
+
+/// The `a=mid` values of an SDP, in order.
+fn offer_mids(sdp: &str) -> Vec<Mid> {
+    sdp.lines()
+        .filter_map(|l| l.trim_end().strip_prefix("a=mid:"))
+        .map(|m| Mid::from(m.trim()))
+        .collect()
+}
+
+fn same_publications(a: &BTreeMap<StreamId, Publication>, b: &BTreeMap<StreamId, Publication>) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|((ka, pa), (kb, pb))| ka == kb && pa.alias == pb.alias && pa.mids == pb.mids)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn engine_can_move_to_a_driver_thread() {
+        fn is_send<T: Send>() {}
+        is_send::<super::Engine>();
+    }
+}

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Browser interop harness: installs Debian Chromium if missing, installs the pinned npm packages
+# (Bandwidth's unmodified browser SDK, esbuild, playwright-core, which never downloads a browser),
+# bundles page/, then runs selftest.mjs and every *.test.mjs here with node's test runner.
+# Exits non-zero on any failure, and also when no test ran.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+export CHROMIUM_PATH=${CHROMIUM_PATH:-/usr/bin/chromium}
+if [ ! -x "$CHROMIUM_PATH" ]; then
+  echo "=== installing chromium (Debian)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq chromium >/dev/null
+fi
+"$CHROMIUM_PATH" --version 2>/dev/null | grep -i chromium || true
+
+# npm packages; skip `npm ci` when node_modules already matches the lock file.
+stamp=node_modules/.patchbay-lock.sha256
+if [ -f package-lock.json ]; then
+  want=$(sha256sum package-lock.json package.json | sha256sum | cut -d' ' -f1)
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    echo "=== npm ci"
+    npm ci --no-audit --no-fund --loglevel=error
+    echo "$want" >"$stamp"
+  fi
+else
+  echo "=== npm install (no package-lock.json yet)"
+  npm install --no-audit --no-fund --loglevel=error
+fi
+
+echo "=== bundling page/ with esbuild"
+npm run --silent build
+
+shopt -s nullglob
+tests=(selftest.mjs ./*.test.mjs)
+echo "=== node --test ${tests[*]}"
+tap=$(mktemp)
+trap 'rm -f "$tap"' EXIT
+status=0
+node --test --test-reporter=spec --test-reporter-destination=stdout \
+  --test-reporter=tap --test-reporter-destination="$tap" "${tests[@]}" || status=$?
+
+count() { sed -n "s/^# $1 \([0-9][0-9]*\)$/\1/p" "$tap" | tail -n1; }
+total=$(count tests)
+passed=$(count pass)
+failed=$(count fail)
+cancelled=$(count cancelled)
+total=${total:-0} passed=${passed:-0} failed=${failed:-0} cancelled=${cancelled:-0}
+failed=$((failed + cancelled))
+echo "browser-interop: $passed passed, $failed failed"
+if [ "$status" -ne 0 ] || [ "$failed" -ne 0 ]; then
+  exit "$((status ? status : 1))"
+fi
+if [ "$total" -eq 0 ] || [ "$passed" -eq 0 ]; then
+  echo "no test ran" >&2
+  exit 1
+fi
