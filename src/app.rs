@@ -6,12 +6,15 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UdpSocket};
 
 use crate::api::{self, AppState};
 use crate::config::ServeConfig;
 use crate::control::{Control, NewCredentials};
 use crate::domain::AccountId;
+use crate::media::EngineConfig;
+use crate::runtime::media::MediaHandle;
+use crate::signaling::{self, SignalingState};
 use crate::store::{self, Store};
 
 /// The account created on first start of the embedded default database.
@@ -20,8 +23,10 @@ pub const DEV_ACCOUNT: &str = "dev";
 /// A built, bound, not yet running server.
 pub struct App {
     control: Control,
+    media: MediaHandle,
     listener: TcpListener,
     http_addr: SocketAddr,
+    media_public_addr: SocketAddr,
     /// Credentials of the dev account, when this start created it.
     pub dev_credentials: Option<NewCredentials>,
 }
@@ -47,10 +52,18 @@ impl App {
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
         let http_addr = listener.local_addr()?;
+        let udp = UdpSocket::bind(config.media_listen).await.map_err(|e| {
+            anyhow::anyhow!("cannot bind media socket {}: {e}", config.media_listen)
+        })?;
+        let media_public_addr = public_media_addr(config, udp.local_addr()?);
+        let engine = EngineConfig::generate(media_public_addr)?;
+        let media = crate::runtime::media::spawn(engine, udp, control.clone())?;
         Ok(App {
             control,
+            media,
             listener,
             http_addr,
+            media_public_addr,
             dev_credentials,
         })
     }
@@ -63,20 +76,65 @@ impl App {
         &self.control
     }
 
+    /// The media address devices are told to send to (the ICE host candidate).
+    pub fn media_public_addr(&self) -> SocketAddr {
+        self.media_public_addr
+    }
+
     /// Serves until `shutdown` completes, then lets in-flight requests finish.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        let signaling = signaling::router(SignalingState {
+            control: self.control.clone(),
+            media: self.media,
+        });
         let router = api::router(AppState {
             control: self.control,
         })
+        .merge(signaling)
         .layer(tower_http::trace::TraceLayer::new_for_http());
-        axum::serve(self.listener, router)
+        // Routing sees the path with duplicated leading slashes folded (`//v3/` from SDKs
+        // given a base URL that ends in '/').
+        let app = tower::ServiceExt::map_request(router, fold_leading_slashes);
+        axum::serve(self.listener, tower::make::Shared::new(app))
             .with_graceful_shutdown(shutdown)
             .await?;
         Ok(())
     }
+}
+
+/// The media address to advertise: `--public-ip` if given, else the bound address, with
+/// 127.0.0.1 standing in for an unspecified one.
+fn public_media_addr(config: &ServeConfig, bound: SocketAddr) -> SocketAddr {
+    let ip = config.public_ip.unwrap_or_else(|| {
+        if bound.ip().is_unspecified() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            bound.ip()
+        }
+    });
+    SocketAddr::new(ip, bound.port())
+}
+
+fn fold_leading_slashes(mut req: axum::extract::Request) -> axum::extract::Request {
+    let path = req.uri().path();
+    if path.starts_with("//") {
+        let folded = format!("/{}", path.trim_start_matches('/'));
+        let mut parts = req.uri().clone().into_parts();
+        let pq = match req.uri().query() {
+            Some(q) => format!("{folded}?{q}"),
+            None => folded,
+        };
+        if let Ok(pq) = pq.parse() {
+            parts.path_and_query = Some(pq);
+            if let Ok(uri) = axum::http::Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
+        }
+    }
+    req
 }
 
 /// A database URL without its password, for messages.

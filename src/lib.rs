@@ -39,5 +39,7 @@ pub mod control;
 pub mod domain;
 pub mod forwarding;
 pub mod media;
+pub mod runtime;
+pub mod signaling;
 pub mod store;
 pub mod token;

@@ -19,7 +19,7 @@ use crate::domain::{
     AccountId, CallbackUrl, DeviceApiVersion, Participant, ParticipantId, PublishPermissions,
     Session, SessionId, Subscriptions, Tag,
 };
-use crate::forwarding::{self, ForwardingTable, Member, SessionState, TableDiff};
+use crate::forwarding::{self, ForwardingTable, Member, PublishedStream, SessionState, TableDiff};
 use crate::store::{AccountCredentials, Store, StoreError};
 use crate::token::{self, DeviceClaims, TokenError, TokenKeys};
 
@@ -37,6 +37,15 @@ pub enum ControlError {
 pub struct RoutingUpdate {
     pub session: SessionId,
     pub diff: Arc<TableDiff>,
+}
+
+/// What control tells the media plane and the device connections.
+#[derive(Debug, Clone)]
+pub enum ControlEvent {
+    /// A session's forwarding table changed.
+    Routes(RoutingUpdate),
+    /// A participant was deleted: its devices must be disconnected (its token is revoked).
+    ParticipantDeleted(ParticipantId),
 }
 
 /// What a new participant is created with.
@@ -77,7 +86,9 @@ pub struct Control {
 struct Inner {
     store: Arc<dyn Store>,
     tokens: TokenKeys,
-    updates: broadcast::Sender<RoutingUpdate>,
+    updates: broadcast::Sender<ControlEvent>,
+    /// Streams each participant publishes now, as reported by the media plane.
+    published: Mutex<HashMap<ParticipantId, Vec<PublishedStream>>>,
     /// The last table published per session, to diff against.
     tables: Mutex<HashMap<SessionId, ForwardingTable>>,
     /// Serializes "read the session, compile, publish" per session (striped), so that a
@@ -93,12 +104,13 @@ impl Control {
         let secret = store
             .secret(token::SECRET_NAME, &TokenKeys::generate_secret())
             .await?;
-        let (updates, _) = broadcast::channel(1024);
+        let (updates, _) = broadcast::channel(4096);
         Ok(Control {
             inner: Arc::new(Inner {
                 tokens: TokenKeys::from_secret(&secret),
                 store,
                 updates,
+                published: Mutex::new(HashMap::new()),
                 tables: Mutex::new(HashMap::new()),
                 recompiling: std::array::from_fn(|_| tokio::sync::Mutex::new(())),
                 credentials: Mutex::new(HashMap::new()),
@@ -110,8 +122,8 @@ impl Control {
         &self.inner.store
     }
 
-    /// Routing updates for every session, in the order they were made.
-    pub fn watch(&self) -> broadcast::Receiver<RoutingUpdate> {
+    /// Routing updates and deletions, in the order they were made.
+    pub fn watch(&self) -> broadcast::Receiver<ControlEvent> {
         self.inner.updates.subscribe()
     }
 
@@ -228,7 +240,13 @@ impl Control {
         account: &AccountId,
         id: ParticipantId,
     ) -> Result<(), ControlError> {
-        if let Some(session) = self.inner.store.delete_participant(account, id).await? {
+        let session = self.inner.store.delete_participant(account, id).await?;
+        self.lock_published().remove(&id);
+        let _ = self
+            .inner
+            .updates
+            .send(ControlEvent::ParticipantDeleted(id));
+        if let Some(session) = session {
             self.recompile(account, session).await?;
         }
         Ok(())
@@ -252,6 +270,36 @@ impl Control {
             claims,
             participant,
         })
+    }
+
+    /// The media plane reports what a participant publishes now; its session recompiles.
+    pub async fn set_published(
+        &self,
+        account: &AccountId,
+        participant: ParticipantId,
+        streams: Vec<PublishedStream>,
+    ) -> Result<(), ControlError> {
+        {
+            let mut published = self.lock_published();
+            if streams.is_empty() {
+                published.remove(&participant);
+            } else {
+                published.insert(participant, streams);
+            }
+        }
+        if let Some(session) = self.participant(account, participant).await?.session {
+            self.recompile(account, session).await?;
+        }
+        Ok(())
+    }
+
+    fn lock_published(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<ParticipantId, Vec<PublishedStream>>> {
+        self.inner
+            .published
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     // ---- sessions -------------------------------------------------------------------------
@@ -376,8 +424,15 @@ impl Control {
                     subscriptions: p.subscriptions.clone(),
                 })
                 .collect(),
-            // Published streams arrive with the media plane.
-            streams: Vec::new(),
+            streams: {
+                let published = self.lock_published();
+                members
+                    .iter()
+                    .filter_map(|m| published.get(&m.id))
+                    .flatten()
+                    .cloned()
+                    .collect()
+            },
         };
         Ok((members, forwarding::compile(&state)))
     }
@@ -402,10 +457,10 @@ impl Control {
         };
         if !diff.is_empty() {
             // No receiver is fine: nobody is watching yet.
-            let _ = self.inner.updates.send(RoutingUpdate {
+            let _ = self.inner.updates.send(ControlEvent::Routes(RoutingUpdate {
                 session,
                 diff: Arc::new(diff),
-            });
+            }));
         }
     }
 }
@@ -525,7 +580,9 @@ mod tests {
             .set_subscriptions(&account, s.id, &[(a.id, listing.clone())])
             .await
             .unwrap();
-        let u = updates.recv().await.unwrap();
+        let ControlEvent::Routes(u) = updates.recv().await.unwrap() else {
+            panic!("routes")
+        };
         assert_eq!(u.session, s.id);
         assert_eq!(u.diff.links.upserted.len(), 1);
         // Setting the same rules again changes nothing and publishes nothing.
@@ -534,7 +591,9 @@ mod tests {
             .await
             .unwrap();
         control.remove_member(&account, s.id, b.id).await.unwrap();
-        let u = updates.recv().await.unwrap();
+        let ControlEvent::Routes(u) = updates.recv().await.unwrap() else {
+            panic!("routes")
+        };
         assert_eq!(
             u.diff.links.removed.len(),
             1,

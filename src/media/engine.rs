@@ -53,7 +53,10 @@ pub struct Transmit {
 #[derive(Debug, Clone)]
 pub enum EngineEvent {
     /// Send this offer to the device (the `sdpOffer` notification).
-    SubscribeOffer { device: DeviceId, offer: SubscribeOffer },
+    SubscribeOffer {
+        device: DeviceId,
+        offer: SubscribeOffer,
+    },
     /// The streams a device publishes changed (control recompiles the session's routes).
     StreamsChanged {
         device: DeviceId,
@@ -253,7 +256,8 @@ impl Engine {
         metadata: &PublishMetadata,
         now: Instant,
     ) -> Result<PublishAnswer, MediaError> {
-        let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| MediaError::BadSdp(e.to_string()))?;
+        let offer =
+            SdpOffer::from_sdp_string(sdp).map_err(|e| MediaError::BadSdp(e.to_string()))?;
         let mut aliases = BTreeMap::new();
         for (msid, meta) in &metadata.media_streams {
             let alias = meta
@@ -273,7 +277,10 @@ impl Engine {
                 (id, true)
             }
         };
-        let peer = self.peers.get_mut(&peer_id).ok_or(MediaError::UnknownDevice)?;
+        let peer = self
+            .peers
+            .get_mut(&peer_id)
+            .ok_or(MediaError::UnknownDevice)?;
         peer.rtc
             .handle_input(Input::Timeout(now))
             .map_err(|e| MediaError::Internal(e.to_string()))?;
@@ -327,7 +334,10 @@ impl Engine {
                 .mids
                 .push((line, kind));
         }
-        let dev = self.devices.get_mut(&device).ok_or(MediaError::UnknownDevice)?;
+        let dev = self
+            .devices
+            .get_mut(&device)
+            .ok_or(MediaError::UnknownDevice)?;
         dev.publish = Some(peer_id);
         let participant = dev.participant;
         let mut stream_metadata = BTreeMap::new();
@@ -377,12 +387,24 @@ impl Engine {
     }
 
     /// The device's `answerSdp` to the pending subscribe offer.
-    pub fn handle_subscribe_answer(&mut self, device: DeviceId, sdp: &str, now: Instant) -> Result<(), MediaError> {
-        let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| MediaError::BadSdp(e.to_string()))?;
-        let dev = self.devices.get_mut(&device).ok_or(MediaError::UnknownDevice)?;
+    pub fn handle_subscribe_answer(
+        &mut self,
+        device: DeviceId,
+        sdp: &str,
+        now: Instant,
+    ) -> Result<(), MediaError> {
+        let answer =
+            SdpAnswer::from_sdp_string(sdp).map_err(|e| MediaError::BadSdp(e.to_string()))?;
+        let dev = self
+            .devices
+            .get_mut(&device)
+            .ok_or(MediaError::UnknownDevice)?;
         let pending = dev.pending.take().ok_or(MediaError::NoPendingOffer)?;
         let peer_id = dev.subscribe.ok_or(MediaError::NoPendingOffer)?;
-        let peer = self.peers.get_mut(&peer_id).ok_or(MediaError::UnknownDevice)?;
+        let peer = self
+            .peers
+            .get_mut(&peer_id)
+            .ok_or(MediaError::UnknownDevice)?;
         peer.rtc
             .sdp_api()
             .accept_answer(pending, answer)
@@ -509,7 +531,13 @@ impl Engine {
 
     // ---- internals --------------------------------------------------------------------------
 
-    fn new_peer(&mut self, device: DeviceId, subscribe: bool, config: RtcConfig, now: Instant) -> PeerId {
+    fn new_peer(
+        &mut self,
+        device: DeviceId,
+        subscribe: bool,
+        config: RtcConfig,
+        now: Instant,
+    ) -> PeerId {
         let mut rtc = config.build(now);
         // Invariant: the configured public address is a unicast host address (checked when the
         // driver starts), so the candidate is valid.
@@ -542,9 +570,16 @@ impl Engine {
     }
 
     /// The tracks `participant` should receive now, per the tables and what publishers send.
-    fn desired_tracks(&self, participant: ParticipantId) -> BTreeMap<TrackKey, Option<StreamAlias>> {
+    fn desired_tracks(
+        &self,
+        participant: ParticipantId,
+    ) -> BTreeMap<TrackKey, Option<StreamAlias>> {
         let mut out = BTreeMap::new();
-        let Some(table) = self.session_of.get(&participant).and_then(|s| self.tables.get(s)) else {
+        let Some(table) = self
+            .session_of
+            .get(&participant)
+            .and_then(|s| self.tables.get(s))
+        else {
             return out;
         };
         for (key, route) in table.routes.range_by(|k| k.subscriber.cmp(&participant)) {
@@ -601,7 +636,8 @@ impl Engine {
                 id
             }
         };
-        let (Some(dev), Some(peer)) = (self.devices.get_mut(&device), self.peers.get_mut(&peer_id)) else {
+        let (Some(dev), Some(peer)) = (self.devices.get_mut(&device), self.peers.get_mut(&peer_id))
+        else {
             return;
         };
         let first = dev.revision == 0;
@@ -627,8 +663,15 @@ impl Engine {
                         MediaKind::Audio => RtcKind::Audio,
                         MediaKind::Video => RtcKind::Video,
                     };
-                    let track_id = format!("{}-{}", key.kind.as_str().to_lowercase(), dev.next_track);
-                    let mid = api.add_media(kind, Direction::SendOnly, Some(key.stream.to_string()), Some(track_id), None);
+                    let track_id =
+                        format!("{}-{}", key.kind.as_str().to_lowercase(), dev.next_track);
+                    let mid = api.add_media(
+                        kind,
+                        Direction::SendOnly,
+                        Some(key.stream.to_string()),
+                        Some(track_id),
+                        None,
+                    );
                     dev.tracks.insert(
                         key.clone(),
                         OutTrack {
@@ -652,12 +695,14 @@ impl Engine {
             dev.revision += 1;
             let mut stream_metadata: BTreeMap<String, StreamMetadata> = BTreeMap::new();
             for (key, track) in dev.tracks.iter().filter(|(_, t)| t.active) {
-                let entry = stream_metadata.entry(key.stream.to_string()).or_insert_with(|| StreamMetadata {
-                    endpoint_id: format!("{}:{}", dev.subscribe_endpoint, key.stream),
-                    media_types: Vec::new(),
-                    alias: track.alias.as_ref().map(|a| a.as_str().to_owned()),
-                    participant_id: key.publisher.to_string(),
-                });
+                let entry = stream_metadata
+                    .entry(key.stream.to_string())
+                    .or_insert_with(|| StreamMetadata {
+                        endpoint_id: format!("{}:{}", dev.subscribe_endpoint, key.stream),
+                        media_types: Vec::new(),
+                        alias: track.alias.as_ref().map(|a| a.as_str().to_owned()),
+                        participant_id: key.publisher.to_string(),
+                    });
                 entry.media_types.push(key.kind.as_str());
             }
             self.events.push_back(EngineEvent::SubscribeOffer {
@@ -690,7 +735,10 @@ impl Engine {
                 let Some(source) = self.publisher_track(key) else {
                     continue;
                 };
-                fanout.entry(source).or_default().push((sub_peer, track.mid));
+                fanout
+                    .entry(source)
+                    .or_default()
+                    .push((sub_peer, track.mid));
                 upstream.insert((sub_peer, track.mid), source);
             }
         }
@@ -707,7 +755,13 @@ impl Engine {
         Some((peer, mid))
     }
 
-    fn request_keyframe(&mut self, peer_id: PeerId, mid: Mid, kind: KeyframeRequestKind, now: Instant) {
+    fn request_keyframe(
+        &mut self,
+        peer_id: PeerId,
+        mid: Mid,
+        kind: KeyframeRequestKind,
+        now: Instant,
+    ) {
         if let Some(peer) = self.peers.get_mut(&peer_id) {
             if let Some(mut writer) = peer.rtc.writer(mid) {
                 if writer.is_request_keyframe_possible(kind) {
@@ -771,7 +825,10 @@ impl Engine {
                 let Some(pt) = writer.match_params(data.params) else {
                     continue;
                 };
-                if writer.write(pt, data.network_time, data.time, data.data.clone()).is_ok() {
+                if writer
+                    .write(pt, data.network_time, data.time, data.data.clone())
+                    .is_ok()
+                {
                     self.forwarded += 1;
                 }
                 self.drain(sub_peer, now);
@@ -821,7 +878,8 @@ fn builtin_channel(id: u16, label: &str) -> ChannelConfig {
 /// data on them.
 fn open_builtin_channels(rtc: &mut Rtc) {
     for (id, label) in [(0, HEARTBEAT), (1, DIAGNOSTICS)] {
-        rtc.direct_api().create_data_channel(builtin_channel(id, label));
+        rtc.direct_api()
+            .create_data_channel(builtin_channel(id, label));
     }
 }
 
@@ -833,9 +891,14 @@ fn offer_mids(sdp: &str) -> Vec<Mid> {
         .collect()
 }
 
-fn same_publications(a: &BTreeMap<StreamId, Publication>, b: &BTreeMap<StreamId, Publication>) -> bool {
+fn same_publications(
+    a: &BTreeMap<StreamId, Publication>,
+    b: &BTreeMap<StreamId, Publication>,
+) -> bool {
     a.len() == b.len()
-        && a.iter().zip(b).all(|((ka, pa), (kb, pb))| ka == kb && pa.alias == pb.alias && pa.mids == pb.mids)
+        && a.iter()
+            .zip(b)
+            .all(|((ka, pa), (kb, pb))| ka == kb && pa.alias == pb.alias && pa.mids == pb.mids)
 }
 
 #[cfg(test)]

@@ -1,0 +1,273 @@
+//! The media driver: one task owns the UDP socket and the [`Engine`], feeds it datagrams,
+//! commands from device connections, routing changes from control and the clock, and sends
+//! what it produces. Device connections talk to it through a [`MediaHandle`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::control::{Control, ControlEvent};
+use crate::domain::{AccountId, ParticipantId, PublishPermissions};
+use crate::media::{
+    DeviceId, Engine, EngineConfig, EngineEvent, MediaError, PublishAnswer, PublishMetadata,
+    SubscribeOffer,
+};
+
+/// What the driver tells a device connection.
+#[derive(Debug)]
+pub enum DeviceNotice {
+    /// Send this `sdpOffer` notification.
+    Offer(SubscribeOffer),
+    /// Close the connection (code 1000) with this reason: replaced by a newer connection of
+    /// the same participant, or the participant was deleted.
+    Close(&'static str),
+}
+
+enum Command {
+    Connect {
+        device: DeviceId,
+        account: AccountId,
+        participant: ParticipantId,
+        permissions: PublishPermissions,
+        notices: mpsc::UnboundedSender<DeviceNotice>,
+    },
+    Disconnect {
+        device: DeviceId,
+    },
+    PublishOffer {
+        device: DeviceId,
+        sdp: String,
+        metadata: PublishMetadata,
+        reply: oneshot::Sender<Result<PublishAnswer, MediaError>>,
+    },
+    SubscribeAnswer {
+        device: DeviceId,
+        sdp: String,
+        reply: oneshot::Sender<Result<(), MediaError>>,
+    },
+}
+
+/// A handle on the media driver. Cheap to clone.
+#[derive(Clone)]
+pub struct MediaHandle {
+    commands: mpsc::UnboundedSender<Command>,
+    next_device: Arc<AtomicU64>,
+    local_addr: SocketAddr,
+}
+
+impl MediaHandle {
+    /// The address the media socket is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Registers a device connection; notices for it arrive on `notices`.
+    pub fn connect(
+        &self,
+        account: AccountId,
+        participant: ParticipantId,
+        permissions: PublishPermissions,
+        notices: mpsc::UnboundedSender<DeviceNotice>,
+    ) -> DeviceId {
+        let device = DeviceId(self.next_device.fetch_add(1, Ordering::Relaxed));
+        let _ = self.commands.send(Command::Connect {
+            device,
+            account,
+            participant,
+            permissions,
+            notices,
+        });
+        device
+    }
+
+    pub fn disconnect(&self, device: DeviceId) {
+        let _ = self.commands.send(Command::Disconnect { device });
+    }
+
+    pub async fn publish_offer(
+        &self,
+        device: DeviceId,
+        sdp: String,
+        metadata: PublishMetadata,
+    ) -> Result<PublishAnswer, MediaError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::PublishOffer {
+                device,
+                sdp,
+                metadata,
+                reply,
+            })
+            .map_err(|_| MediaError::Internal("media plane stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| MediaError::Internal("media plane stopped".into()))?
+    }
+
+    pub async fn subscribe_answer(&self, device: DeviceId, sdp: String) -> Result<(), MediaError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::SubscribeAnswer { device, sdp, reply })
+            .map_err(|_| MediaError::Internal("media plane stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| MediaError::Internal("media plane stopped".into()))?
+    }
+}
+
+/// Starts the driver on `socket`; it runs until every handle is dropped.
+pub fn spawn(
+    config: EngineConfig,
+    socket: UdpSocket,
+    control: Control,
+) -> std::io::Result<MediaHandle> {
+    let local_addr = socket.local_addr()?;
+    let (commands, rx) = mpsc::unbounded_channel();
+    let events = control.watch();
+    tokio::spawn(run(Engine::new(config), socket, rx, events, control));
+    Ok(MediaHandle {
+        commands,
+        next_device: Arc::new(AtomicU64::new(1)),
+        local_addr,
+    })
+}
+
+struct DeviceEntry {
+    participant: ParticipantId,
+    notices: mpsc::UnboundedSender<DeviceNotice>,
+}
+
+async fn run(
+    mut engine: Engine,
+    socket: UdpSocket,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    mut control_events: broadcast::Receiver<ControlEvent>,
+    control: Control,
+) {
+    let mut devices: HashMap<DeviceId, DeviceEntry> = HashMap::new();
+    let mut accounts: HashMap<ParticipantId, AccountId> = HashMap::new();
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let deadline = engine
+            .poll_timeout()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+        tokio::select! {
+            received = socket.recv_from(&mut buf) => match received {
+                Ok((n, source)) => engine.handle_receive(source, &buf[..n], Instant::now()),
+                Err(e) => tracing::debug!(error = %e, "media socket receive error"),
+            },
+            command = commands.recv() => {
+                let Some(command) = command else { break };
+                if let Command::Connect { account, participant, .. } = &command {
+                    accounts.insert(*participant, account.clone());
+                }
+                handle_command(&mut engine, &mut devices, command);
+            }
+            event = control_events.recv() => match event {
+                Ok(ControlEvent::Routes(update)) => engine.apply_routes(update.session, &update.diff, Instant::now()),
+                Ok(ControlEvent::ParticipantDeleted(participant)) => {
+                    accounts.remove(&participant);
+                    let gone: Vec<DeviceId> = devices.iter().filter(|(_, d)| d.participant == participant).map(|(id, _)| *id).collect();
+                    for device in gone {
+                        engine.remove_device(device, Instant::now());
+                        if let Some(d) = devices.remove(&device) {
+                            let _ = d.notices.send(DeviceNotice::Close("participant deleted"));
+                        }
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::error!(missed = n, "media plane fell behind control's routing updates");
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
+            _ = tokio::time::sleep_until(deadline.into()) => engine.handle_timeout(Instant::now()),
+        }
+        while let Some(t) = engine.poll_transmit() {
+            if let Err(e) = socket.send_to(&t.contents, t.destination).await {
+                tracing::debug!(error = %e, to = %t.destination, "media send failed");
+            }
+        }
+        while let Some(event) = engine.poll_event() {
+            match event {
+                EngineEvent::SubscribeOffer { device, offer } => {
+                    if let Some(d) = devices.get(&device) {
+                        let _ = d.notices.send(DeviceNotice::Offer(offer));
+                    }
+                }
+                EngineEvent::StreamsChanged {
+                    participant,
+                    streams,
+                    ..
+                } => {
+                    // The device may have left already (its streams go with it): the account
+                    // is remembered per participant.
+                    let Some(account) = accounts.get(&participant).cloned() else {
+                        continue;
+                    };
+                    let control = control.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = control.set_published(&account, participant, streams).await
+                        {
+                            tracing::warn!(error = %e, "cannot record published streams");
+                        }
+                    });
+                }
+                EngineEvent::Connected { device, subscribe } => {
+                    tracing::debug!(device = device.0, subscribe, "peer connection up");
+                }
+            }
+        }
+    }
+}
+
+fn handle_command(
+    engine: &mut Engine,
+    devices: &mut HashMap<DeviceId, DeviceEntry>,
+    command: Command,
+) {
+    let now = Instant::now();
+    match command {
+        Command::Connect {
+            device,
+            participant,
+            permissions,
+            notices,
+            ..
+        } => {
+            if let Some(old) = engine.add_device(device, participant, permissions, now) {
+                if let Some(d) = devices.remove(&old) {
+                    let _ = d
+                        .notices
+                        .send(DeviceNotice::Close("replaced by a newer connection"));
+                }
+            }
+            devices.insert(
+                device,
+                DeviceEntry {
+                    participant,
+                    notices,
+                },
+            );
+        }
+        Command::Disconnect { device } => {
+            engine.remove_device(device, now);
+            devices.remove(&device);
+        }
+        Command::PublishOffer {
+            device,
+            sdp,
+            metadata,
+            reply,
+        } => {
+            let _ = reply.send(engine.handle_publish_offer(device, &sdp, &metadata, now));
+        }
+        Command::SubscribeAnswer { device, sdp, reply } => {
+            let _ = reply.send(engine.handle_subscribe_answer(device, &sdp, now));
+        }
+    }
+}

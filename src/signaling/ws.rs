@@ -1,0 +1,190 @@
+//! The device connection loop: one task per WebSocket, translating JSON-RPC to media-driver
+//! commands and driver notices to JSON-RPC notifications.
+
+use std::collections::HashMap;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use super::rpc::{self, RpcError, RpcRequest};
+use crate::control::Control;
+use crate::media::{DeviceId, MediaError, PublishMetadata};
+use crate::runtime::media::{DeviceNotice, MediaHandle};
+
+/// Largest accepted frame: `deviceDiagnostics` batches logs with SDPs, several MB at times.
+pub const MAX_FRAME_BYTES: usize = 8 * 1024 * 1024;
+
+/// What device connections share.
+#[derive(Clone)]
+pub struct SignalingState {
+    pub control: Control,
+    pub media: MediaHandle,
+}
+
+/// `/v3` and `/v3/` (duplicated leading slashes are folded by the app).
+pub fn router(state: SignalingState) -> Router {
+    Router::new()
+        .route("/v3", get(upgrade))
+        .route("/v3/", get(upgrade))
+        .with_state(state)
+}
+
+async fn upgrade(
+    ws: WebSocketUpgrade,
+    Query(query): Query<HashMap<String, String>>,
+    State(state): State<SignalingState>,
+) -> Response {
+    ws.max_message_size(MAX_FRAME_BYTES)
+        .max_frame_size(MAX_FRAME_BYTES)
+        .on_upgrade(move |socket| connection(state, query, socket))
+}
+
+async fn close(mut socket: WebSocket, reason: &str) {
+    let frame = CloseFrame {
+        code: 1000,
+        reason: reason.into(),
+    };
+    let _ = socket.send(Message::Close(Some(frame))).await;
+}
+
+async fn connection(state: SignalingState, query: HashMap<String, String>, mut socket: WebSocket) {
+    let token = query.get("token").map(String::as_str).unwrap_or_default();
+    let verified = match state.control.verify_device_token(token).await {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::info!(error = %e, "device refused");
+            return close(socket, &format!("refused: {e}")).await;
+        }
+    };
+    let participant = verified.participant.id;
+    let unique_id = query.get("uniqueId").cloned().unwrap_or_default();
+    let (notices_tx, mut notices) = mpsc::unbounded_channel();
+    let device = state.media.connect(
+        verified.claims.account.clone(),
+        participant,
+        verified.participant.publish_permissions,
+        notices_tx,
+    );
+    tracing::info!(%participant, device = device.0, unique_id, "device connected");
+    loop {
+        tokio::select! {
+            frame = socket.recv() => match frame {
+                Some(Ok(Message::Text(text))) => {
+                    if let Some(reply) = handle_frame(&state, device, text.as_str()).await {
+                        if socket.send(Message::Text(reply.into())).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                Some(Ok(Message::Binary(_))) => {
+                    let e = RpcError::new(RpcError::INVALID_REQUEST, "binary frames are not supported: send JSON-RPC as text");
+                    if socket.send(Message::Text(rpc::error(&Value::Null, &e).into())).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None => break,
+                Some(Ok(_)) => {} // ping and pong: answered by the WebSocket layer
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "device socket error");
+                    break;
+                }
+            },
+            notice = notices.recv() => match notice {
+                Some(DeviceNotice::Offer(offer)) => {
+                    if socket.send(Message::Text(rpc::notification("sdpOffer", &offer).into())).await.is_err() {
+                        break;
+                    }
+                }
+                Some(DeviceNotice::Close(reason)) => {
+                    close(socket, reason).await;
+                    state.media.disconnect(device);
+                    return;
+                }
+                None => break,
+            },
+        }
+    }
+    state.media.disconnect(device);
+    tracing::info!(%participant, device = device.0, "device disconnected");
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct OfferSdpParams {
+    sdp_offer: String,
+    #[serde(default)]
+    media_metadata: PublishMetadata,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AnswerSdpParams {
+    sdp_answer: String,
+}
+
+fn params<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, RpcError> {
+    serde_json::from_value(value)
+        .map_err(|e| RpcError::new(RpcError::INVALID_PARAMS, format!("invalid params: {e}")))
+}
+
+fn refused(e: MediaError) -> RpcError {
+    match e {
+        MediaError::Internal(m) => RpcError::new(RpcError::INTERNAL, m),
+        other => RpcError::new(RpcError::REFUSED, other.to_string()),
+    }
+}
+
+/// Handles one text frame; the reply to send, if the frame was a request.
+async fn handle_frame(state: &SignalingState, device: DeviceId, text: &str) -> Option<String> {
+    let request = match RpcRequest::parse(text) {
+        Ok(r) => r,
+        Err((e, id)) => return Some(rpc::error(&id, &e)),
+    };
+    let outcome: Result<Value, RpcError> = match request.method.as_str() {
+        "setMediaPreferences" | "ping" => Ok(json!({})),
+        "offerSdp" => match params::<OfferSdpParams>(request.params) {
+            Ok(p) => state
+                .media
+                .publish_offer(device, p.sdp_offer, p.media_metadata)
+                .await
+                .map_err(refused)
+                .and_then(|answer| {
+                    serde_json::to_value(answer)
+                        .map_err(|e| RpcError::new(RpcError::INTERNAL, e.to_string()))
+                }),
+            Err(e) => Err(e),
+        },
+        "answerSdp" => match params::<AnswerSdpParams>(request.params) {
+            Ok(p) => state
+                .media
+                .subscribe_answer(device, p.sdp_answer)
+                .await
+                .map(|()| json!({}))
+                .map_err(refused),
+            Err(e) => Err(e),
+        },
+        "leave" => {
+            state.media.disconnect(device);
+            Ok(json!({}))
+        }
+        "deviceDiagnostics" => {
+            tracing::debug!(device = device.0, bytes = text.len(), "device diagnostics");
+            Ok(json!({}))
+        }
+        other => Err(RpcError::new(
+            RpcError::METHOD_NOT_FOUND,
+            format!("unknown method {other:?}"),
+        )),
+    };
+    let id = request.id?;
+    Some(match outcome {
+        Ok(result) => rpc::result(&id, result),
+        Err(e) => rpc::error(&id, &e),
+    })
+}
