@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of patchbay, from a fresh machine: installs what the tests need, starts the
 # services they use, then runs style checks, unit/integration/property tests (SQLite and
-# PostgreSQL), the kill -9 restart test, and the interop test with Bandwidth's own Python
-# server SDK. Exits non-zero on any failure; the last line sums up the test counts.
+# PostgreSQL), the media engine tests, the kill -9 restart test, and the interop tests with
+# Bandwidth's own clients: the Python server SDK, and the browser SDK in headless Chromium
+# against the real server. Exits non-zero on any failure; the last line sums up the counts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -10,8 +11,8 @@ logdir=$(mktemp -d)
 step() { printf '\n=== %s\n' "$*"; }
 
 # --- what the tests need --------------------------------------------------------------------
-# Debian packages the tests use (later issues add chromium, sip-tester...).
-apt_packages=(python3-venv postgresql-client)
+# Debian packages the tests use (the SIP bridge will add sip-tester).
+apt_packages=(python3-venv postgresql-client chromium)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -49,10 +50,14 @@ step "interop: bandwidth-sdk==14.5.3 (Python server SDK)"
 export PATCHBAY_BIN="$root/target/debug/patchbay"
 bash tests/interop/server_sdk/run.sh 2>&1 | tee "$logdir/server-sdk.log"
 
+step "interop: Chromium + @bandwidth/webrtc-browser (official browser SDK) against the server"
+bash tests/interop/browser/run.sh 2>&1 | tee "$logdir/browser.log"
+
 # --- summary ----------------------------------------------------------------------------------
 passed=$(grep -Eo 'test result: ok\. [0-9]+ passed' "$logdir/cargo-test.log" | awk '{s+=$4} END {print s+0}')
 py_passed=$(grep -Eo '[0-9]+ passed' "$logdir/server-sdk.log" | tail -n1 | awk '{print $1+0}')
-total=$((passed + ${py_passed:-0}))
+browser_passed=$(grep -Eo '^browser-interop: [0-9]+ passed' "$logdir/browser.log" | tail -n1 | awk '{print $2+0}')
+total=$((passed + ${py_passed:-0} + ${browser_passed:-0}))
 if [ "$total" -eq 0 ]; then
   echo "no test ran" >&2
   exit 1

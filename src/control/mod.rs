@@ -16,8 +16,8 @@ use subtle::ConstantTimeEq;
 use tokio::sync::broadcast;
 
 use crate::domain::{
-    AccountId, CallbackUrl, DeviceApiVersion, Participant, ParticipantId, PublishPermissions,
-    Session, SessionId, Subscriptions, Tag,
+    AccountId, CallbackUrl, DeviceApiVersion, MediaKinds, Participant, ParticipantId,
+    PublishPermissions, Session, SessionId, StreamAlias, StreamId, Subscriptions, Tag,
 };
 use crate::forwarding::{self, ForwardingTable, Member, PublishedStream, SessionState, TableDiff};
 use crate::store::{AccountCredentials, Store, StoreError};
@@ -46,6 +46,34 @@ pub enum ControlEvent {
     Routes(RoutingUpdate),
     /// A participant was deleted: its devices must be disconnected (its token is revoked).
     ParticipantDeleted(ParticipantId),
+    /// Something happened to a participant's device or streams (for webhooks and logs).
+    Lifecycle(LifecycleEvent),
+}
+
+/// A participant's device or stream changed. `device` is the device's `uniqueId`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LifecycleEvent {
+    Connected {
+        participant: ParticipantId,
+        device: String,
+    },
+    /// `left`: the device said `leave` (Bandwidth's `onLeave`); otherwise the connection was
+    /// lost or replaced (`onDisconnect`).
+    Disconnected {
+        participant: ParticipantId,
+        device: String,
+        left: bool,
+    },
+    StreamPublished {
+        participant: ParticipantId,
+        stream: StreamId,
+        alias: Option<StreamAlias>,
+        kinds: MediaKinds,
+    },
+    StreamUnpublished {
+        participant: ParticipantId,
+        stream: StreamId,
+    },
 }
 
 /// What a new participant is created with.
@@ -272,6 +300,12 @@ impl Control {
         })
     }
 
+    /// Records a lifecycle event of a device (connected, disconnected) for whoever watches.
+    pub fn device_event(&self, event: LifecycleEvent) {
+        tracing::info!(?event, "device lifecycle");
+        let _ = self.inner.updates.send(ControlEvent::Lifecycle(event));
+    }
+
     /// The media plane reports what a participant publishes now; its session recompiles.
     pub async fn set_published(
         &self,
@@ -279,13 +313,18 @@ impl Control {
         participant: ParticipantId,
         streams: Vec<PublishedStream>,
     ) -> Result<(), ControlError> {
-        {
+        let events = {
             let mut published = self.lock_published();
-            if streams.is_empty() {
-                published.remove(&participant);
+            let old = if streams.is_empty() {
+                published.remove(&participant)
             } else {
-                published.insert(participant, streams);
+                published.insert(participant, streams.clone())
             }
+            .unwrap_or_default();
+            stream_events(participant, &old, &streams)
+        };
+        for event in events {
+            self.device_event(event);
         }
         if let Some(session) = self.participant(account, participant).await?.session {
             self.recompile(account, session).await?;
@@ -474,6 +513,29 @@ pub enum DeviceTokenError {
     Store(StoreError),
 }
 
+/// Publish and unpublish events between two lists of a participant's streams.
+fn stream_events(
+    participant: ParticipantId,
+    old: &[PublishedStream],
+    new: &[PublishedStream],
+) -> Vec<LifecycleEvent> {
+    let gone = old
+        .iter()
+        .filter(|o| !new.iter().any(|n| n.stream == o.stream));
+    let came = new.iter().filter(|n| !old.contains(n));
+    gone.map(|o| LifecycleEvent::StreamUnpublished {
+        participant,
+        stream: o.stream.clone(),
+    })
+    .chain(came.map(|n| LifecycleEvent::StreamPublished {
+        participant,
+        stream: n.stream.clone(),
+        alias: n.alias.clone(),
+        kinds: n.kinds,
+    }))
+    .collect()
+}
+
 fn sha256_hex(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
 }
@@ -529,6 +591,57 @@ mod tests {
                 .unwrap(),
             None
         );
+    }
+
+    #[tokio::test]
+    async fn published_streams_route_and_raise_lifecycle_events() {
+        let (control, account) = control().await;
+        let s = control.create_session(&account, None).await.unwrap();
+        let (a, _) = control
+            .create_participant(&account, NewParticipant::default())
+            .await
+            .unwrap();
+        let (b, _) = control
+            .create_participant(&account, NewParticipant::default())
+            .await
+            .unwrap();
+        let whole = Subscriptions::new(Some(s.id), vec![]).unwrap();
+        control
+            .add_member(&account, s.id, a.id, Some(whole.clone()))
+            .await
+            .unwrap();
+        control
+            .add_member(&account, s.id, b.id, Some(whole))
+            .await
+            .unwrap();
+        let mut events = control.watch();
+        let stream = PublishedStream {
+            publisher: b.id,
+            stream: StreamId::parse("ms-b").unwrap(),
+            alias: Some(StreamAlias::parse("cam").unwrap()),
+            kinds: MediaKinds::ALL,
+        };
+        control
+            .set_published(&account, b.id, vec![stream.clone()])
+            .await
+            .unwrap();
+        let (_, table) = control.routes(&account, s.id).await.unwrap();
+        assert_eq!(table.publishers_of(a.id).collect::<Vec<_>>(), vec![b.id]);
+        assert!(
+            table.publishers_of(b.id).next().is_none(),
+            "a publishes nothing"
+        );
+        let mut seen = Vec::new();
+        while let Ok(e) = events.try_recv() {
+            seen.push(e);
+        }
+        assert!(seen.iter().any(|e| matches!(e, ControlEvent::Lifecycle(LifecycleEvent::StreamPublished { participant, .. }) if *participant == b.id)));
+        assert!(seen
+            .iter()
+            .any(|e| matches!(e, ControlEvent::Routes(u) if u.diff.routes.upserted.len() == 1)));
+        control.set_published(&account, b.id, vec![]).await.unwrap();
+        let (_, table) = control.routes(&account, s.id).await.unwrap();
+        assert!(table.routes.is_empty());
     }
 
     #[tokio::test]

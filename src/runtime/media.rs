@@ -180,6 +180,7 @@ async fn run(
                         }
                     }
                 }
+                Ok(ControlEvent::Lifecycle(_)) => {}
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     tracing::error!(missed = n, "media plane fell behind control's routing updates");
                 }

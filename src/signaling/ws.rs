@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::rpc::{self, RpcError, RpcRequest};
-use crate::control::Control;
+use crate::control::{Control, LifecycleEvent};
 use crate::media::{DeviceId, MediaError, PublishMetadata};
 use crate::runtime::media::{DeviceNotice, MediaHandle};
 
@@ -71,12 +71,18 @@ async fn connection(state: SignalingState, query: HashMap<String, String>, mut s
         verified.participant.publish_permissions,
         notices_tx,
     );
-    tracing::info!(%participant, device = device.0, unique_id, "device connected");
+    state.control.device_event(LifecycleEvent::Connected {
+        participant,
+        device: unique_id.clone(),
+    });
+    let mut left = false;
     loop {
         tokio::select! {
             frame = socket.recv() => match frame {
                 Some(Ok(Message::Text(text))) => {
-                    if let Some(reply) = handle_frame(&state, device, text.as_str()).await {
+                    let (reply, leave) = handle_frame(&state, device, text.as_str()).await;
+                    left |= leave;
+                    if let Some(reply) = reply {
                         if socket.send(Message::Text(reply.into())).await.is_err() {
                             break;
                         }
@@ -103,15 +109,18 @@ async fn connection(state: SignalingState, query: HashMap<String, String>, mut s
                 }
                 Some(DeviceNotice::Close(reason)) => {
                     close(socket, reason).await;
-                    state.media.disconnect(device);
-                    return;
+                    break;
                 }
                 None => break,
             },
         }
     }
     state.media.disconnect(device);
-    tracing::info!(%participant, device = device.0, "device disconnected");
+    state.control.device_event(LifecycleEvent::Disconnected {
+        participant,
+        device: unique_id,
+        left,
+    });
 }
 
 #[derive(Deserialize)]
@@ -140,12 +149,18 @@ fn refused(e: MediaError) -> RpcError {
     }
 }
 
-/// Handles one text frame; the reply to send, if the frame was a request.
-async fn handle_frame(state: &SignalingState, device: DeviceId, text: &str) -> Option<String> {
+/// Handles one text frame: the reply to send if the frame was a request, and whether it
+/// was the device's `leave`.
+async fn handle_frame(
+    state: &SignalingState,
+    device: DeviceId,
+    text: &str,
+) -> (Option<String>, bool) {
     let request = match RpcRequest::parse(text) {
         Ok(r) => r,
-        Err((e, id)) => return Some(rpc::error(&id, &e)),
+        Err((e, id)) => return (Some(rpc::error(&id, &e)), false),
     };
+    let leave = request.method == "leave";
     let outcome: Result<Value, RpcError> = match request.method.as_str() {
         "setMediaPreferences" | "ping" => Ok(json!({})),
         "offerSdp" => match params::<OfferSdpParams>(request.params) {
@@ -182,9 +197,9 @@ async fn handle_frame(state: &SignalingState, device: DeviceId, text: &str) -> O
             format!("unknown method {other:?}"),
         )),
     };
-    let id = request.id?;
-    Some(match outcome {
+    let reply = request.id.map(|id| match outcome {
         Ok(result) => rpc::result(&id, result),
         Err(e) => rpc::error(&id, &e),
-    })
+    });
+    (reply, leave)
 }
