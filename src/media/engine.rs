@@ -135,6 +135,8 @@ struct Device {
     published: BTreeMap<StreamId, Publication>,
     revision: u64,
     pending: Option<SdpPendingOffer>,
+    /// The offer `pending` belongs to, to send again if the device reconnects meanwhile.
+    pending_offer: Option<SubscribeOffer>,
     /// Changes arrived while an offer was pending: renegotiate when it is answered.
     dirty: bool,
     tracks: BTreeMap<TrackKey, OutTrack>,
@@ -216,6 +218,7 @@ impl Engine {
                 published: BTreeMap::new(),
                 revision: 0,
                 pending: None,
+                pending_offer: None,
                 dirty: false,
                 tracks: BTreeMap::new(),
                 next_track: 0,
@@ -225,6 +228,11 @@ impl Engine {
         // It may already be wired to receive something (a reconnect, or routes set before).
         self.renegotiate(device, now);
         replaced
+    }
+
+    /// The subscribe offer still waiting for this device's answer, if any.
+    pub fn pending_offer(&self, device: DeviceId) -> Option<SubscribeOffer> {
+        self.devices.get(&device)?.pending_offer.clone()
     }
 
     /// The device left or its connection closed: its peers go away, and so do its streams.
@@ -400,6 +408,7 @@ impl Engine {
             .get_mut(&device)
             .ok_or(MediaError::UnknownDevice)?;
         let pending = dev.pending.take().ok_or(MediaError::NoPendingOffer)?;
+        dev.pending_offer = None;
         let peer_id = dev.subscribe.ok_or(MediaError::NoPendingOffer)?;
         let peer = self
             .peers
@@ -705,15 +714,15 @@ impl Engine {
                     });
                 entry.media_types.push(key.kind.as_str());
             }
-            self.events.push_back(EngineEvent::SubscribeOffer {
-                device,
-                offer: SubscribeOffer {
-                    sdp_offer: offer.to_sdp_string(),
-                    sdp_revision: dev.revision,
-                    endpoint_id: dev.subscribe_endpoint.clone(),
-                    stream_metadata,
-                },
-            });
+            let offer = SubscribeOffer {
+                sdp_offer: offer.to_sdp_string(),
+                sdp_revision: dev.revision,
+                endpoint_id: dev.subscribe_endpoint.clone(),
+                stream_metadata,
+            };
+            dev.pending_offer = Some(offer.clone());
+            self.events
+                .push_back(EngineEvent::SubscribeOffer { device, offer });
         }
         self.drain(peer_id, now);
         self.rebuild_fanout();

@@ -30,14 +30,18 @@ pub enum DeviceNotice {
 
 enum Command {
     Connect {
-        device: DeviceId,
+        connection: u64,
         account: AccountId,
         participant: ParticipantId,
         permissions: PublishPermissions,
+        unique_id: String,
         notices: mpsc::UnboundedSender<DeviceNotice>,
+        reply: oneshot::Sender<DeviceId>,
     },
     Disconnect {
+        connection: u64,
         device: DeviceId,
+        left: bool,
     },
     PublishOffer {
         device: DeviceId,
@@ -66,27 +70,44 @@ impl MediaHandle {
         self.local_addr
     }
 
-    /// Registers a device connection; notices for it arrive on `notices`.
-    pub fn connect(
+    /// Registers a device connection; notices for it arrive on `notices`. A connection of the
+    /// same participant with the same `uniqueId` (the SDK reconnecting) resumes the device and
+    /// its media; any other replaces it.
+    pub async fn connect(
         &self,
         account: AccountId,
         participant: ParticipantId,
         permissions: PublishPermissions,
+        unique_id: String,
         notices: mpsc::UnboundedSender<DeviceNotice>,
-    ) -> DeviceId {
-        let device = DeviceId(self.next_device.fetch_add(1, Ordering::Relaxed));
-        let _ = self.commands.send(Command::Connect {
-            device,
-            account,
-            participant,
-            permissions,
-            notices,
-        });
-        device
+    ) -> Result<(DeviceId, Connection), MediaError> {
+        let connection = self.next_device.fetch_add(1, Ordering::Relaxed);
+        let (reply, device) = oneshot::channel();
+        self.commands
+            .send(Command::Connect {
+                connection,
+                account,
+                participant,
+                permissions,
+                unique_id,
+                notices,
+                reply,
+            })
+            .map_err(|_| MediaError::Internal("media plane stopped".into()))?;
+        let device = device
+            .await
+            .map_err(|_| MediaError::Internal("media plane stopped".into()))?;
+        Ok((device, Connection(connection)))
     }
 
-    pub fn disconnect(&self, device: DeviceId) {
-        let _ = self.commands.send(Command::Disconnect { device });
+    /// The connection ended. After `leave` the device's media ends at once; otherwise it is
+    /// kept for [`RECONNECT_GRACE`] so that the SDK's automatic reconnect can resume it.
+    pub fn disconnect(&self, connection: Connection, device: DeviceId, left: bool) {
+        let _ = self.commands.send(Command::Disconnect {
+            connection: connection.0,
+            device,
+            left,
+        });
     }
 
     pub async fn publish_offer(
@@ -120,6 +141,14 @@ impl MediaHandle {
     }
 }
 
+/// How long a device whose signalling connection dropped (without `leave`) keeps its media,
+/// waiting for the SDK to reconnect.
+pub const RECONNECT_GRACE: Duration = Duration::from_secs(20);
+
+/// One signalling connection of a device (a device may be resumed by a later connection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Connection(u64);
+
 /// Starts the driver on `socket`; it runs until every handle is dropped.
 pub fn spawn(
     config: EngineConfig,
@@ -139,7 +168,19 @@ pub fn spawn(
 
 struct DeviceEntry {
     participant: ParticipantId,
-    notices: mpsc::UnboundedSender<DeviceNotice>,
+    unique_id: String,
+    /// The connection currently attached, and where its notices go.
+    connection: Option<(u64, mpsc::UnboundedSender<DeviceNotice>)>,
+    /// Detached without `leave`: removed at this time unless a connection resumes it.
+    expires: Option<Instant>,
+}
+
+impl DeviceEntry {
+    fn notify(&self, notice: DeviceNotice) {
+        if let Some((_, tx)) = &self.connection {
+            let _ = tx.send(notice);
+        }
+    }
 }
 
 async fn run(
@@ -153,8 +194,12 @@ async fn run(
     let mut accounts: HashMap<ParticipantId, AccountId> = HashMap::new();
     let mut buf = vec![0u8; 2048];
     loop {
+        let expiry = devices.values().filter_map(|d| d.expires).min();
         let deadline = engine
             .poll_timeout()
+            .into_iter()
+            .chain(expiry)
+            .min()
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
         tokio::select! {
             received = socket.recv_from(&mut buf) => match received {
@@ -176,7 +221,7 @@ async fn run(
                     for device in gone {
                         engine.remove_device(device, Instant::now());
                         if let Some(d) = devices.remove(&device) {
-                            let _ = d.notices.send(DeviceNotice::Close("participant deleted"));
+                            d.notify(DeviceNotice::Close("participant deleted"));
                         }
                     }
                 }
@@ -186,7 +231,15 @@ async fn run(
                 }
                 Err(broadcast::error::RecvError::Closed) => break,
             },
-            _ = tokio::time::sleep_until(deadline.into()) => engine.handle_timeout(Instant::now()),
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                let now = Instant::now();
+                let expired: Vec<DeviceId> = devices.iter().filter(|(_, d)| d.expires.is_some_and(|t| t <= now)).map(|(id, _)| *id).collect();
+                for device in expired {
+                    devices.remove(&device);
+                    engine.remove_device(device, now);
+                }
+                engine.handle_timeout(now);
+            }
         }
         while let Some(t) = engine.poll_transmit() {
             if let Err(e) = socket.send_to(&t.contents, t.destination).await {
@@ -197,7 +250,7 @@ async fn run(
             match event {
                 EngineEvent::SubscribeOffer { device, offer } => {
                     if let Some(d) = devices.get(&device) {
-                        let _ = d.notices.send(DeviceNotice::Offer(offer));
+                        d.notify(DeviceNotice::Offer(offer));
                     }
                 }
                 EngineEvent::StreamsChanged {
@@ -234,30 +287,69 @@ fn handle_command(
     let now = Instant::now();
     match command {
         Command::Connect {
-            device,
+            connection,
             participant,
             permissions,
+            unique_id,
             notices,
+            reply,
             ..
         } => {
+            let existing = devices
+                .iter()
+                .find(|(_, d)| d.participant == participant)
+                .map(|(id, _)| *id);
+            if let Some(id) = existing {
+                let Some(entry) = devices.get_mut(&id) else {
+                    return;
+                };
+                if !unique_id.is_empty() && entry.unique_id == unique_id {
+                    // The same SDK instance reconnecting: resume its device and media.
+                    entry.notify(DeviceNotice::Close("replaced by a newer connection"));
+                    entry.connection = Some((connection, notices));
+                    entry.expires = None;
+                    if let Some(offer) = engine.pending_offer(id) {
+                        entry.notify(DeviceNotice::Offer(offer));
+                    }
+                    let _ = reply.send(id);
+                    return;
+                }
+            }
+            let device = DeviceId(connection);
             if let Some(old) = engine.add_device(device, participant, permissions, now) {
                 if let Some(d) = devices.remove(&old) {
-                    let _ = d
-                        .notices
-                        .send(DeviceNotice::Close("replaced by a newer connection"));
+                    d.notify(DeviceNotice::Close("replaced by a newer connection"));
                 }
             }
             devices.insert(
                 device,
                 DeviceEntry {
                     participant,
-                    notices,
+                    unique_id,
+                    connection: Some((connection, notices)),
+                    expires: None,
                 },
             );
+            let _ = reply.send(device);
         }
-        Command::Disconnect { device } => {
-            engine.remove_device(device, now);
-            devices.remove(&device);
+        Command::Disconnect {
+            connection,
+            device,
+            left,
+        } => {
+            let Some(entry) = devices.get_mut(&device) else {
+                return;
+            };
+            if entry.connection.as_ref().map(|(c, _)| *c) != Some(connection) {
+                return; // a superseded connection
+            }
+            if left {
+                devices.remove(&device);
+                engine.remove_device(device, now);
+            } else {
+                entry.connection = None;
+                entry.expires = Some(now + RECONNECT_GRACE);
+            }
         }
         Command::PublishOffer {
             device,

@@ -65,12 +65,20 @@ async fn connection(state: SignalingState, query: HashMap<String, String>, mut s
     let participant = verified.participant.id;
     let unique_id = query.get("uniqueId").cloned().unwrap_or_default();
     let (notices_tx, mut notices) = mpsc::unbounded_channel();
-    let device = state.media.connect(
-        verified.claims.account.clone(),
-        participant,
-        verified.participant.publish_permissions,
-        notices_tx,
-    );
+    let (device, connection) = match state
+        .media
+        .connect(
+            verified.claims.account.clone(),
+            participant,
+            verified.participant.publish_permissions,
+            unique_id.clone(),
+            notices_tx,
+        )
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => return close(socket, &format!("unavailable: {e}")).await,
+    };
     state.control.device_event(LifecycleEvent::Connected {
         participant,
         device: unique_id.clone(),
@@ -81,7 +89,10 @@ async fn connection(state: SignalingState, query: HashMap<String, String>, mut s
             frame = socket.recv() => match frame {
                 Some(Ok(Message::Text(text))) => {
                     let (reply, leave) = handle_frame(&state, device, text.as_str()).await;
-                    left |= leave;
+                    if leave && !left {
+                        left = true;
+                        state.media.disconnect(connection, device, true);
+                    }
                     if let Some(reply) = reply {
                         if socket.send(Message::Text(reply.into())).await.is_err() {
                             break;
@@ -115,7 +126,9 @@ async fn connection(state: SignalingState, query: HashMap<String, String>, mut s
             },
         }
     }
-    state.media.disconnect(device);
+    if !left {
+        state.media.disconnect(connection, device, false);
+    }
     state.control.device_event(LifecycleEvent::Disconnected {
         participant,
         device: unique_id,
@@ -184,10 +197,7 @@ async fn handle_frame(
                 .map_err(refused),
             Err(e) => Err(e),
         },
-        "leave" => {
-            state.media.disconnect(device);
-            Ok(json!({}))
-        }
+        "leave" => Ok(json!({})), // the connection loop ends the device's media
         "deviceDiagnostics" => {
             tracing::debug!(device = device.0, bytes = text.len(), "device diagnostics");
             Ok(json!({}))
