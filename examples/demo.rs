@@ -1,0 +1,146 @@
+//! A customer backend in 100 lines: serves `examples/demo/` and hands each browser a device
+//! token for one shared room, using patchbay's REST API exactly as a Bandwidth customer would.
+//!
+//! ```sh
+//! cargo run --release -- serve                        # terminal 1: prints the dev credentials
+//! (cd examples/demo && npm ci && npm run build)       # once: bundles Bandwidth's browser SDK
+//! cargo run --example demo -- --username U --password P   # terminal 2
+//! # open http://127.0.0.1:3000 in two tabs and press Join in each
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get_service, post};
+use axum::{Json, Router};
+use clap::Parser;
+use serde_json::{json, Value};
+use tokio::sync::Mutex;
+
+#[derive(Parser, Clone)]
+struct Args {
+    /// patchbay's REST base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    patchbay: String,
+    /// The account to use (the dev account by default).
+    #[arg(long, default_value = "dev")]
+    account: String,
+    #[arg(long)]
+    username: String,
+    #[arg(long)]
+    password: String,
+    /// Where this demo backend serves the page.
+    #[arg(long, default_value = "127.0.0.1:3000")]
+    listen: SocketAddr,
+}
+
+struct Backend {
+    args: Args,
+    http: reqwest::Client,
+    room: Mutex<Option<String>>,
+}
+
+impl Backend {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, String> {
+        let url = format!(
+            "{}/v1/accounts/{}{path}",
+            self.args.patchbay, self.args.account
+        );
+        let mut req = self
+            .http
+            .request(method, url)
+            .basic_auth(&self.args.username, Some(&self.args.password));
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            return Err(format!("{status}: {text}"));
+        }
+        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// The shared room, created on first use.
+    async fn room(&self) -> Result<String, String> {
+        let mut room = self.room.lock().await;
+        if let Some(id) = room.as_ref() {
+            return Ok(id.clone());
+        }
+        let session = self
+            .call(
+                reqwest::Method::POST,
+                "/sessions",
+                Some(json!({"tag": "demo"})),
+            )
+            .await?;
+        let id = session["id"].as_str().ok_or("no session id")?.to_owned();
+        *room = Some(id.clone());
+        Ok(id)
+    }
+}
+
+async fn join(
+    State(backend): State<Arc<Backend>>,
+    Json(body): Json<Value>,
+) -> Result<Json<Value>, (StatusCode, String)> {
+    let fail = |e: String| (StatusCode::BAD_GATEWAY, e);
+    let room = backend.room().await.map_err(fail)?;
+    let tag: String = body["name"]
+        .as_str()
+        .unwrap_or("guest")
+        .chars()
+        .take(50)
+        .collect();
+    let created = backend
+        .call(
+            reqwest::Method::POST,
+            "/participants",
+            Some(json!({"tag": tag, "publishPermissions": ["AUDIO", "VIDEO"]})),
+        )
+        .await
+        .map_err(fail)?;
+    let participant = created["participant"]["id"]
+        .as_str()
+        .ok_or_else(|| fail("no participant id".into()))?;
+    // Everyone hears and sees everyone in the room, including later joiners.
+    backend
+        .call(
+            reqwest::Method::PUT,
+            &format!("/sessions/{room}/participants/{participant}"),
+            Some(json!({"sessionId": room})),
+        )
+        .await
+        .map_err(fail)?;
+    let websocket_url = backend.args.patchbay.replacen("http", "ws", 1);
+    Ok(Json(
+        json!({"token": created["token"], "websocketUrl": websocket_url}),
+    ))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let page = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/demo");
+    let backend = Arc::new(Backend {
+        args: args.clone(),
+        http: reqwest::Client::new(),
+        room: Mutex::new(None),
+    });
+    let app = Router::new()
+        .route("/join", post(join))
+        .fallback_service(get_service(tower_http::services::ServeDir::new(page)))
+        .with_state(backend);
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    println!("demo: open http://{} in two tabs", listener.local_addr()?);
+    axum::serve(listener, app).await?;
+    Ok(())
+}
