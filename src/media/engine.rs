@@ -161,6 +161,7 @@ pub struct Engine {
     transmits: VecDeque<Transmit>,
     events: VecDeque<EngineEvent>,
     forwarded: u64,
+    scratch: Vec<(PeerId, Mid)>,
 }
 
 const HEARTBEAT: &str = "__heartbeat__";
@@ -183,6 +184,7 @@ impl Engine {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             forwarded: 0,
+            scratch: Vec::new(),
         }
     }
 
@@ -821,10 +823,13 @@ impl Engine {
             }
         }
         for data in media {
-            let Some(targets) = self.fanout.get(&(peer_id, data.mid)).cloned() else {
-                continue;
-            };
-            for (sub_peer, out_mid) in targets {
+            // A reused buffer: no allocation per packet on the forwarding path.
+            let mut targets = std::mem::take(&mut self.scratch);
+            targets.clear();
+            if let Some(t) = self.fanout.get(&(peer_id, data.mid)) {
+                targets.extend_from_slice(t);
+            }
+            for &(sub_peer, out_mid) in &targets {
                 let Some(sub) = self.peers.get_mut(&sub_peer) else {
                     continue;
                 };
@@ -842,6 +847,7 @@ impl Engine {
                 }
                 self.drain(sub_peer, now);
             }
+            self.scratch = targets;
         }
         for req in keyframe_requests {
             if let Some(&(pub_peer, mid)) = self.upstream.get(&(peer_id, req.mid)) {
