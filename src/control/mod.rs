@@ -375,8 +375,7 @@ impl Control {
         id: SessionId,
     ) -> Result<(), ControlError> {
         self.inner.store.delete_session(account, id).await?;
-        let stripe = (id.as_uuid().as_u128() % RECOMPILE_STRIPES as u128) as usize;
-        let _serial = self.inner.recompiling[stripe].lock().await;
+        let _serial = self.recompile_lock(id).lock().await;
         self.publish(id, ForwardingTable::default());
         Ok(())
     }
@@ -477,11 +476,15 @@ impl Control {
     }
 
     async fn recompile(&self, account: &AccountId, session: SessionId) -> Result<(), ControlError> {
-        let stripe = (session.as_uuid().as_u128() % RECOMPILE_STRIPES as u128) as usize;
-        let _serial = self.inner.recompiling[stripe].lock().await;
+        let _serial = self.recompile_lock(session).lock().await;
         let (_, table) = self.routes(account, session).await?;
         self.publish(session, table);
         Ok(())
+    }
+
+    fn recompile_lock(&self, session: SessionId) -> &tokio::sync::Mutex<()> {
+        let stripe = session.as_uuid().as_u128() % RECOMPILE_STRIPES as u128;
+        &self.inner.recompiling[stripe as usize]
     }
 
     fn publish(&self, session: SessionId, table: ForwardingTable) {
