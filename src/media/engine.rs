@@ -141,6 +141,9 @@ struct Device {
     dirty: bool,
     tracks: BTreeMap<TrackKey, OutTrack>,
     next_track: u64,
+    /// The MediaStream id this device sees for each (publisher, stream): its own, because
+    /// stream ids are only unique per publisher.
+    stream_ids: BTreeMap<(ParticipantId, StreamId), String>,
 }
 
 /// The SFU of one shard. See the module docs.
@@ -165,6 +168,8 @@ pub struct Engine {
 }
 
 const HEARTBEAT: &str = "__heartbeat__";
+/// Remote addresses remembered per peer (a client may switch paths, e.g. on ICE restart).
+const MAX_PATHS_PER_PEER: usize = 8;
 const DIAGNOSTICS: &str = "__diagnostics__";
 
 impl Engine {
@@ -224,6 +229,7 @@ impl Engine {
                 dirty: false,
                 tracks: BTreeMap::new(),
                 next_track: 0,
+                stream_ids: BTreeMap::new(),
             },
         );
         self.device_of.insert(participant, device);
@@ -477,10 +483,15 @@ impl Engine {
 
     /// A datagram arrived on the engine's socket from `source`.
     pub fn handle_receive(&mut self, source: SocketAddr, data: &[u8], now: Instant) {
+        let Ok(receive) = Receive::new(Protocol::Udp, source, self.config.public_addr, data) else {
+            return;
+        };
+        let input = Input::Receive(now, receive);
         let peer_id = match self.by_addr.get(&source) {
             Some(&p) => p,
             None => {
-                // Only a STUN binding request naming one of our ufrags opens a new path.
+                // Only a STUN binding request naming one of our ufrags, and carrying a valid
+                // MESSAGE-INTEGRITY for that peer, opens a new path (ufrags travel in clear).
                 let Some(local) = StunMessage::parse(data)
                     .ok()
                     .filter(|m| m.is_binding_request())
@@ -491,6 +502,16 @@ impl Engine {
                 let Some(&p) = self.by_ufrag.get(&local) else {
                     return;
                 };
+                let authentic = self
+                    .peers
+                    .get(&p)
+                    .is_some_and(|peer| peer.rtc.accepts(&input));
+                if !authentic {
+                    return;
+                }
+                if self.by_addr.values().filter(|&&q| q == p).count() >= MAX_PATHS_PER_PEER {
+                    self.by_addr.retain(|_, q| *q != p);
+                }
                 self.by_addr.insert(source, p);
                 p
             }
@@ -499,12 +520,10 @@ impl Engine {
             self.by_addr.remove(&source);
             return;
         };
-        let Ok(receive) = Receive::new(Protocol::Udp, source, self.config.public_addr, data) else {
-            return;
-        };
-        if let Err(e) = peer.rtc.handle_input(Input::Receive(now, receive)) {
-            tracing::debug!(peer = peer_id, error = %e, "dropping peer after input error");
-            peer.rtc.disconnect();
+        // A datagram str0m cannot use is dropped; it never ends the call (its source may be
+        // spoofed).
+        if let Err(e) = peer.rtc.handle_input(input) {
+            tracing::debug!(peer = peer_id, error = %e, "dropped an unusable datagram");
         }
         self.drain(peer_id, now);
     }
@@ -676,10 +695,15 @@ impl Engine {
                     };
                     let track_id =
                         format!("{}-{}", key.kind.as_str().to_lowercase(), dev.next_track);
+                    let stream_id = dev
+                        .stream_ids
+                        .entry((key.publisher, key.stream.clone()))
+                        .or_insert_with(|| uuid::Uuid::new_v4().simple().to_string())
+                        .clone();
                     let mid = api.add_media(
                         kind,
                         Direction::SendOnly,
-                        Some(key.stream.to_string()),
+                        Some(stream_id),
                         Some(track_id),
                         None,
                     );
@@ -706,14 +730,19 @@ impl Engine {
             dev.revision += 1;
             let mut stream_metadata: BTreeMap<String, StreamMetadata> = BTreeMap::new();
             for (key, track) in dev.tracks.iter().filter(|(_, t)| t.active) {
-                let entry = stream_metadata
-                    .entry(key.stream.to_string())
-                    .or_insert_with(|| StreamMetadata {
-                        endpoint_id: format!("{}:{}", dev.subscribe_endpoint, key.stream),
-                        media_types: Vec::new(),
-                        alias: track.alias.as_ref().map(|a| a.as_str().to_owned()),
-                        participant_id: key.publisher.to_string(),
-                    });
+                let Some(stream_id) = dev.stream_ids.get(&(key.publisher, key.stream.clone()))
+                else {
+                    continue;
+                };
+                let entry =
+                    stream_metadata
+                        .entry(stream_id.clone())
+                        .or_insert_with(|| StreamMetadata {
+                            endpoint_id: format!("{}:{stream_id}", dev.subscribe_endpoint),
+                            media_types: Vec::new(),
+                            alias: track.alias.as_ref().map(|a| a.as_str().to_owned()),
+                            participant_id: key.publisher.to_string(),
+                        });
                 entry.media_types.push(key.kind.as_str());
             }
             let offer = SubscribeOffer {
