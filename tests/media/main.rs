@@ -937,3 +937,20 @@ fn reconnecting_device_replaces_the_old_one() {
         .rx_since(back)
         .any(|r| r.origin == net.id(a) && r.kind == Kind::Video && r.keyframe));
 }
+
+#[test]
+fn ice_restart_of_the_publish_connection_keeps_the_call() {
+    let (mut net, a, b) = call_of_two();
+    let before = net.clients[a].last_answer.clone().expect("an answer");
+    let (_, after) = net.republish(a, None, |api, _| {
+        api.ice_restart(true);
+        None
+    });
+    assert_ne!(
+        ufrag(&before.sdp_answer),
+        ufrag(&after.sdp_answer),
+        "the engine answers an ICE restart with new credentials"
+    );
+    net.run(Duration::from_secs(1));
+    assert_call_intact(&mut net, a, b);
+}
