@@ -482,6 +482,16 @@ impl Control {
         Ok(())
     }
 
+    /// The last forwarding table published for every session with any route or link: what a
+    /// watcher that missed updates resynchronizes from.
+    pub fn tables_snapshot(&self) -> HashMap<SessionId, ForwardingTable> {
+        self.inner
+            .tables
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     fn recompile_lock(&self, session: SessionId) -> &tokio::sync::Mutex<()> {
         let stripe = session.as_uuid().as_u128() % RECOMPILE_STRIPES as u128;
         &self.inner.recompiling[stripe as usize]

@@ -479,6 +479,24 @@ impl Engine {
         }
     }
 
+    /// Replaces every session's table with `tables` (sessions absent from it lose their
+    /// routes): the resynchronization after missed updates. Only differences renegotiate.
+    pub fn set_all_routes(&mut self, tables: &HashMap<SessionId, ForwardingTable>, now: Instant) {
+        let mut sessions: Vec<SessionId> =
+            self.tables.keys().chain(tables.keys()).copied().collect();
+        sessions.sort();
+        sessions.dedup();
+        for session in sessions {
+            let empty = ForwardingTable::default();
+            let current = self.tables.get(&session).unwrap_or(&empty);
+            let wanted = tables.get(&session).unwrap_or(&empty);
+            let diff = current.diff(wanted);
+            if !diff.is_empty() {
+                self.apply_routes(session, &diff, now);
+            }
+        }
+    }
+
     // ---- network and clock ------------------------------------------------------------------
 
     /// A datagram arrived on the engine's socket from `source`.

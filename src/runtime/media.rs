@@ -227,7 +227,10 @@ async fn run(
                 }
                 Ok(ControlEvent::Lifecycle(_)) => {}
                 Err(broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::error!(missed = n, "media plane fell behind control's routing updates");
+                    // Missed diffs: start again from control's current tables. Diffs still
+                    // queued after this are replayed in order on top, which converges.
+                    tracing::warn!(missed = n, "media plane fell behind control; resynchronizing routes");
+                    engine.set_all_routes(&control.tables_snapshot(), Instant::now());
                 }
                 Err(broadcast::error::RecvError::Closed) => break,
             },

@@ -954,3 +954,28 @@ fn ice_restart_of_the_publish_connection_keeps_the_call() {
     net.run(Duration::from_secs(1));
     assert_call_intact(&mut net, a, b);
 }
+
+#[test]
+fn resynchronizing_from_full_tables_converges() {
+    let (mut net, a, b) = call_of_two();
+    // As if every update had been missed: the engine is told the sessions have no routes...
+    net.engine
+        .set_all_routes(&std::collections::HashMap::new(), net.now);
+    net.pump(); // the clients answer the new offers by themselves
+    net.run(Duration::from_secs(1));
+    let since = net.now;
+    net.run(Duration::from_secs(1));
+    assert_eq!(
+        net.clients[a].rx_since(since).count(),
+        0,
+        "no routes, no media"
+    );
+    // ...then the real tables again: the call comes back.
+    let tables = [(net.control.session, net.control.table.clone())]
+        .into_iter()
+        .collect();
+    net.engine.set_all_routes(&tables, net.now);
+    net.pump();
+    net.run(Duration::from_secs(1));
+    assert_call_intact(&mut net, a, b);
+}
