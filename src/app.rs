@@ -52,7 +52,7 @@ impl App {
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
         let http_addr = listener.local_addr()?;
-        let udp = UdpSocket::bind(config.media_listen).await.map_err(|e| {
+        let udp = bind_media_socket(config.media_listen).map_err(|e| {
             anyhow::anyhow!("cannot bind media socket {}: {e}", config.media_listen)
         })?;
         let media_public_addr = public_media_addr(config, udp.local_addr()?);
@@ -103,6 +103,21 @@ impl App {
             .await?;
         Ok(())
     }
+}
+
+/// Socket buffers of the media socket: bursts (keyframes fanned out to 19 subscribers) must
+/// not overflow the kernel's default of about 200 KiB while the engine is busy.
+const MEDIA_SOCKET_BUFFER: usize = 4 * 1024 * 1024;
+
+fn bind_media_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Best effort: the kernel caps these at net.core.{r,w}mem_max.
+    let _ = socket.set_recv_buffer_size(MEDIA_SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(MEDIA_SOCKET_BUFFER);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
 }
 
 /// The media address to advertise: `--public-ip` if given, else the bound address, with

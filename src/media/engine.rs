@@ -168,6 +168,8 @@ pub struct Engine {
 }
 
 const HEARTBEAT: &str = "__heartbeat__";
+/// Audio packets held back at most waiting for a missing one.
+const AUDIO_REORDER_PACKETS: usize = 2;
 /// Remote addresses remembered per peer (a client may switch paths, e.g. on ICE restart).
 const MAX_PATHS_PER_PEER: usize = 8;
 const DIAGNOSTICS: &str = "__diagnostics__";
@@ -910,6 +912,10 @@ fn peer_config(config: &EngineConfig, kinds: MediaKinds) -> RtcConfig {
     let mut rtc = Rtc::builder()
         .set_ice_lite(true)
         .set_dtls_cert(config.cert.clone())
+        // An SFU should not delay audio waiting for a lost packet: release after at most two
+        // (40 ms); the receiving browser's jitter buffer conceals the gap (str0m's default, 15
+        // packets, held up to 300 ms of audio behind each loss).
+        .set_reordering_size_audio(AUDIO_REORDER_PACKETS)
         .clear_codecs()
         .enable_opus(kinds.audio, false)
         .enable_vp8(kinds.video)

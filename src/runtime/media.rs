@@ -11,12 +11,13 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::control::{Control, ControlEvent};
+use crate::control::{Control, ControlError, ControlEvent};
 use crate::domain::{AccountId, ParticipantId, PublishPermissions};
 use crate::media::{
     DeviceId, Engine, EngineConfig, EngineEvent, MediaError, PublishAnswer, PublishMetadata,
     SubscribeOffer,
 };
+use crate::store::StoreError;
 
 /// What the driver tells a device connection.
 #[derive(Debug)]
@@ -268,9 +269,13 @@ async fn run(
                     };
                     let control = control.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = control.set_published(&account, participant, streams).await
-                        {
-                            tracing::warn!(error = %e, "cannot record published streams");
+                        match control.set_published(&account, participant, streams).await {
+                            Ok(()) => {}
+                            // Deleted meanwhile (a device leaving just before a REST delete).
+                            Err(ControlError::Store(
+                                StoreError::ParticipantNotFound | StoreError::SessionNotFound,
+                            )) => {}
+                            Err(e) => tracing::warn!(error = %e, "cannot record published streams"),
                         }
                     });
                 }
