@@ -119,6 +119,11 @@ struct Args {
     /// Free-form label copied into the RESULT line.
     #[arg(long, default_value = "")]
     label: String,
+    /// Exit non-zero unless every device connected, every (publisher, subscriber) pair received
+    /// media, every late subscriber got media after its PUT, and no client error occurred: the
+    /// end-to-end check CI runs with a few participants.
+    #[arg(long)]
+    check: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -1691,6 +1696,30 @@ async fn run(args: Args) -> Result<(), String> {
         "loadavg_end": loadavg(),
     });
     println!("RESULT {result}");
+    if args.check {
+        let problems: Vec<String> = [
+            (!ready).then(|| "not every device connected and heard everyone".to_owned()),
+            (pb["dead_pairs"].as_u64() != Some(0))
+                .then(|| format!("dead pairs: {}", pb["dead_pairs"])),
+            (pb["sub_never_received"].as_u64() != Some(0)).then(|| {
+                format!(
+                    "late subscribers without media: {}",
+                    pb["sub_never_received"]
+                )
+            }),
+            (pb["errors"].as_array().is_some_and(|e| !e.is_empty()))
+                .then(|| format!("errors: {}", pb["errors"])),
+            (pb["foreign_frames"].as_u64() != Some(0))
+                .then(|| format!("foreign frames: {}", pb["foreign_frames"])),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if !problems.is_empty() {
+            return Err(format!("check failed: {}", problems.join("; ")));
+        }
+        println!("media_load check: 1 passed, 0 failed");
+    }
     Ok(())
 }
 

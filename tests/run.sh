@@ -45,6 +45,9 @@ cargo clippy --locked --all-targets -- -D warnings
 step "cargo test (unit, store conformance on SQLite+Postgres, API, property, restart)"
 cargo test --locked --all-targets 2>&1 | tee "$logdir/cargo-test.log"
 
+step "end to end over real UDP: str0m devices against the running server"
+PATCHBAY_BIN="$root/target/debug/patchbay" bash tests/e2e/media_udp.sh 2>&1 | tee "$logdir/e2e.log"
+
 # --- interop with Bandwidth's unmodified clients ----------------------------------------------
 step "interop: bandwidth-sdk==14.5.3 (Python server SDK)"
 export PATCHBAY_BIN="$root/target/debug/patchbay"
@@ -57,7 +60,8 @@ bash tests/interop/browser/run.sh 2>&1 | tee "$logdir/browser.log"
 passed=$(grep -Eo 'test result: ok\. [0-9]+ passed' "$logdir/cargo-test.log" | awk '{s+=$4} END {print s+0}')
 py_passed=$(grep -Eo '[0-9]+ passed' "$logdir/server-sdk.log" | tail -n1 | awk '{print $1+0}')
 browser_passed=$(grep -Eo '^browser-interop: [0-9]+ passed' "$logdir/browser.log" | tail -n1 | awk '{print $2+0}')
-total=$((passed + ${py_passed:-0} + ${browser_passed:-0}))
+e2e_passed=$(grep -Eo '^media_load check: [0-9]+ passed' "$logdir/e2e.log" | tail -n1 | awk '{print $3+0}')
+total=$((passed + ${py_passed:-0} + ${browser_passed:-0} + ${e2e_passed:-0}))
 if [ "$total" -eq 0 ]; then
   echo "no test ran" >&2
   exit 1
