@@ -146,6 +146,9 @@ impl MediaHandle {
 /// waiting for the SDK to reconnect.
 pub const RECONNECT_GRACE: Duration = Duration::from_secs(20);
 
+/// Datagrams taken from the socket in one go before the driver looks at anything else.
+const RECEIVE_BATCH: usize = 64;
+
 /// One signalling connection of a device (a device may be resumed by a later connection).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Connection(u64);
@@ -204,7 +207,17 @@ async fn run(
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
         tokio::select! {
             received = socket.recv_from(&mut buf) => match received {
-                Ok((n, source)) => engine.handle_receive(source, &buf[..n], Instant::now()),
+                Ok((n, source)) => {
+                    let now = Instant::now();
+                    engine.handle_receive(source, &buf[..n], now);
+                    // Take what else is already queued before going round the loop again.
+                    for _ in 0..RECEIVE_BATCH {
+                        match socket.try_recv_from(&mut buf) {
+                            Ok((n, source)) => engine.handle_receive(source, &buf[..n], now),
+                            Err(_) => break,
+                        }
+                    }
+                }
                 Err(e) => tracing::debug!(error = %e, "media socket receive error"),
             },
             command = commands.recv() => {
@@ -246,7 +259,13 @@ async fn run(
             }
         }
         while let Some(t) = engine.poll_transmit() {
-            if let Err(e) = socket.send_to(&t.contents, t.destination).await {
+            let sent = match socket.try_send_to(&t.contents, t.destination) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    socket.send_to(&t.contents, t.destination).await
+                }
+                other => other,
+            };
+            if let Err(e) = sent {
                 tracing::debug!(error = %e, to = %t.destination, "media send failed");
             }
         }
