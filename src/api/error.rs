@@ -92,14 +92,16 @@ impl IntoResponse for Error {
             }
             other => other.to_string(),
         };
-        (
-            status,
-            Json(ErrorBody {
-                error: message,
-                request_id,
-            }),
-        )
-            .into_response()
+        let body = Json(ErrorBody {
+            error: message,
+            request_id,
+        });
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The rest of the body was not read: this connection cannot carry another request,
+            // and the client must know it before reusing it.
+            return (status, [(header::CONNECTION, "close")], body).into_response();
+        }
+        (status, body).into_response()
     }
 }
 
