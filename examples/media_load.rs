@@ -40,6 +40,10 @@
 //! Output: human-readable lines, then one line `RESULT {json}`. Traffic goes only to
 //! 127.0.0.1 (other hosts are refused).
 
+#[path = "support/mod.rs"]
+mod support;
+use support::parse_duration;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -124,27 +128,6 @@ struct Args {
     /// end-to-end check CI runs with a few participants.
     #[arg(long)]
     check: bool,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        (s, 1.0)
-    };
-    let v: f64 = num
-        .trim()
-        .parse()
-        .map_err(|e| format!("bad duration {s:?}: {e}"))?;
-    if !(v.is_finite() && v >= 0.0) {
-        return Err(format!("bad duration {s:?}"));
-    }
-    Ok(Duration::from_secs_f64(v * mult))
 }
 
 // ---- clock, payload header ----------------------------------------------------------------

@@ -20,6 +20,10 @@
 //! Output: a human-readable report, then one line `RESULT {json}` for scripts.
 //! Traffic goes only to 127.0.0.1 (other hosts are refused).
 
+#[path = "support/mod.rs"]
+mod support;
+use support::parse_duration;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -79,27 +83,6 @@ struct Args {
     /// Seed for the pseudo-random choices.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        (s, 1.0)
-    };
-    let v: f64 = num
-        .trim()
-        .parse()
-        .map_err(|e| format!("bad duration {s:?}: {e}"))?;
-    if !(v.is_finite() && v >= 0.0) {
-        return Err(format!("bad duration {s:?}"));
-    }
-    Ok(Duration::from_secs_f64(v * mult))
 }
 
 /// One kind of HTTP request, for per-operation statistics.

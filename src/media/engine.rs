@@ -462,8 +462,14 @@ impl Engine {
         affected.extend(diff.links.upserted.iter().map(|(k, _)| k.subscriber));
         affected.extend(diff.links.removed.iter().map(|k| k.subscriber));
         for subscriber in &affected {
-            let present = table.links.keys().any(|k| k.subscriber == *subscriber)
-                || table.routes.keys().any(|k| k.subscriber == *subscriber);
+            let present = !table
+                .links
+                .range_by(|k| k.subscriber.cmp(subscriber))
+                .is_empty()
+                || !table
+                    .routes
+                    .range_by(|k| k.subscriber.cmp(subscriber))
+                    .is_empty();
             if present {
                 self.session_of.insert(*subscriber, session);
             } else if self.session_of.get(subscriber) == Some(&session) {
