@@ -1,0 +1,21 @@
+//! # patchbay-sip: the SIP bridge, sans-IO
+//!
+//! Everything a phone call needs between the wire and patchbay's media engine, with no sockets,
+//! no clocks and no tasks: callers hand in bytes and `now`, and take out datagrams, events and
+//! the next deadline (the same drive contract as the media engine). The runtime in the
+//! `patchbay` crate (`src/runtime/sip.rs`) owns the sockets and the timers.
+//!
+//! Signalling:
+//! - [`message`]: SIP syntax on top of `rsip` (compact header forms, multiple Via, parse errors
+//!   that say what is wrong);
+//! - [`transport`]: UDP datagrams and TCP Content-Length framing;
+//! - [`transaction`]: RFC 3261 server transactions with named timers;
+//! - [`endpoint`]: the user-agent server: dialogs, calls and how each one ends;
+//! - [`uui`]: the participant token carried in `User-To-User`.
+//!
+//! Media:
+//! - [`sdp`]: offer/answer for plain RTP/AVP (PCMU, PCMA, telephone-event);
+//! - [`rtp`]: RTP packets and RFC 4733 telephone events;
+//! - [`g711`], [`opus`]: the codecs;
+//! - [`jitter`]: a small jitter buffer;
+//! - [`mixer`] and [`phone`]: one phone's audio in both directions.
