@@ -128,6 +128,10 @@ struct Args {
     /// end-to-end check CI runs with a few participants.
     #[arg(long)]
     check: bool,
+    /// Devices connect and publish before their participants join a session (a lobby): the
+    /// server must move each device to the shard of the session it then joins.
+    #[arg(long)]
+    lobby: bool,
 }
 
 // ---- clock, payload header ----------------------------------------------------------------
@@ -1375,6 +1379,18 @@ async fn relay_device(
 
 // ---- main ----------------------------------------------------------------------------------
 
+/// Adds a participant to a session: subscribed to everyone, or to nobody for a late one.
+async fn join(rest: &Rest, session: &str, participant: &str, late: bool) -> Result<(), String> {
+    let body = (!late).then(|| json!({"sessionId": session}));
+    rest.call(
+        reqwest::Method::PUT,
+        &format!("/sessions/{session}/participants/{participant}"),
+        body,
+    )
+    .await
+    .map(|_| ())
+}
+
 fn percentiles(mut v: Vec<u32>) -> Value {
     v.sort_unstable();
     json!({
@@ -1481,13 +1497,9 @@ async fn run(args: Args) -> Result<(), String> {
                 .to_owned();
             let token = v["token"].as_str().ok_or("no token")?.to_owned();
             let late = is_late(s, i);
-            let body = (!late).then(|| json!({"sessionId": sid}));
-            rest.call(
-                reqwest::Method::PUT,
-                &format!("/sessions/{sid}/participants/{participant}"),
-                body,
-            )
-            .await?;
+            if !args.lobby {
+                join(&rest, sid, &participant, late).await?;
+            }
             specs.push(Spec {
                 idx: specs.len() as u32,
                 session: s,
@@ -1524,6 +1536,23 @@ async fn run(args: Args) -> Result<(), String> {
             pattern.clone(),
             stop_rx.clone(),
         )));
+    }
+    if args.lobby {
+        // Everyone connects and publishes outside any session, then joins.
+        while connect_started.elapsed() < args.setup_timeout
+            && !progress
+                .iter()
+                .all(|p| p.publishing.load(Ordering::Relaxed))
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        println!(
+            "lobby: devices publishing after {:.2}s; joining sessions",
+            connect_started.elapsed().as_secs_f64()
+        );
+        for spec in &specs {
+            join(&rest, &sessions[spec.session], &spec.participant, spec.late).await?;
+        }
     }
     let expected_heard = (m - 1) as u32;
     let mut ready = false;

@@ -13,7 +13,7 @@ use crate::config::ServeConfig;
 use crate::control::{Control, NewCredentials};
 use crate::domain::AccountId;
 use crate::media::EngineConfig;
-use crate::runtime::media::MediaHandle;
+use crate::runtime::media::{MediaHandle, ShardSetup};
 use crate::signaling::{self, SignalingState};
 use crate::store::{self, Store};
 
@@ -52,12 +52,30 @@ impl App {
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
         let http_addr = listener.local_addr()?;
-        let udp = bind_media_socket(config.media_listen).map_err(|e| {
-            anyhow::anyhow!("cannot bind media socket {}: {e}", config.media_listen)
-        })?;
-        let media_public_addr = public_media_addr(config, udp.local_addr()?);
-        let engine = EngineConfig::generate(media_public_addr)?;
-        let media = crate::runtime::media::spawn(engine, udp, control.clone())?;
+        let shard_count = config.media_shards.map(usize::from).unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        });
+        let first = EngineConfig::generate(config.media_listen)?;
+        let mut shards = Vec::with_capacity(shard_count);
+        for i in 0..shard_count {
+            let mut addr = config.media_listen;
+            if addr.port() != 0 {
+                let port = u16::try_from(usize::from(addr.port()) + i)
+                    .map_err(|_| anyhow::anyhow!("media ports run past 65535"))?;
+                addr.set_port(port);
+            }
+            let socket = bind_media_socket(addr)
+                .map_err(|e| anyhow::anyhow!("cannot bind media socket {addr}: {e}"))?;
+            let public = public_media_addr(config, socket.local_addr()?);
+            // One DTLS certificate for the process: a device may move between shards.
+            let config = EngineConfig {
+                public_addr: public,
+                cert: first.cert.clone(),
+            };
+            shards.push(ShardSetup { config, socket });
+        }
+        let media_public_addr = shards[0].config.public_addr;
+        let media = crate::runtime::media::spawn(shards, control.clone())?;
         Ok(App {
             control,
             media,
@@ -76,9 +94,14 @@ impl App {
         &self.control
     }
 
-    /// The media address devices are told to send to (the ICE host candidate).
+    /// The media address of the first shard (an ICE host candidate devices are told).
     pub fn media_public_addr(&self) -> SocketAddr {
         self.media_public_addr
+    }
+
+    /// The media address of every shard.
+    pub fn media_public_addrs(&self) -> &[SocketAddr] {
+        self.media.public_addrs()
     }
 
     /// Serves until `shutdown` completes, then lets in-flight requests finish.

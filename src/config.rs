@@ -85,11 +85,16 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     #[command(flatten)]
     pub database: DatabaseArgs,
-    /// UDP address of the media plane (ICE-lite, DTLS-SRTP). Reserved: used once the media
-    /// plane lands.
+    /// UDP address of the media plane (ICE-lite, DTLS-SRTP). With several shards, shard `i`
+    /// binds this port + `i` (port 0: any free port for each).
     #[arg(long, env = "PATCHBAY_MEDIA_LISTEN", default_value = "0.0.0.0:3478")]
     pub media_listen: SocketAddr,
-    /// The IP address devices reach the media plane at (the ICE host candidate). Reserved.
+    /// Media shards: engines running in parallel, each with its own UDP socket; a session
+    /// lives on one. Default: one per CPU core.
+    #[arg(long, env = "PATCHBAY_MEDIA_SHARDS", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub media_shards: Option<u16>,
+    /// The IP address devices reach the media plane at (the ICE host candidate). Default: the
+    /// media listen address, or 127.0.0.1 when that is unspecified.
     #[arg(long, env = "PATCHBAY_PUBLIC_IP")]
     pub public_ip: Option<IpAddr>,
     /// SIP address (UDP and TCP) for phone dial-in. Reserved: used once the SIP bridge lands.
@@ -107,6 +112,7 @@ impl ServeConfig {
                 data_dir: None,
             },
             media_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            media_shards: None,
             public_ip: None,
             sip_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         }

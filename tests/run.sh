@@ -11,8 +11,9 @@ logdir=$(mktemp -d)
 step() { printf '\n=== %s\n' "$*"; }
 
 # --- what the tests need --------------------------------------------------------------------
-# Debian packages the tests use (the SIP bridge will add sip-tester).
-apt_packages=(python3-venv postgresql-client chromium)
+# Debian packages the build and the tests use: libopus (the SIP bridge's Opus codec, found by
+# pkg-config), sipp (package sip-tester) for the SIP tests, Chromium for the browser tests.
+apt_packages=(python3-venv postgresql-client chromium pkg-config libopus-dev sip-tester)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -40,10 +41,10 @@ step "cargo fmt --check"
 cargo fmt --all -- --check
 
 step "cargo clippy --all-targets -D warnings"
-cargo clippy --locked --all-targets -- -D warnings
+cargo clippy --locked --workspace --all-targets -- -D warnings
 
 step "cargo test (unit, store conformance on SQLite+Postgres, API, property, restart)"
-cargo test --locked --all-targets 2>&1 | tee "$logdir/cargo-test.log"
+cargo test --locked --workspace --all-targets 2>&1 | tee "$logdir/cargo-test.log"
 
 step "end to end over real UDP: str0m devices against the running server"
 PATCHBAY_BIN="$root/target/debug/patchbay" bash tests/e2e/media_udp.sh 2>&1 | tee "$logdir/e2e.log"
@@ -60,7 +61,7 @@ bash tests/interop/browser/run.sh 2>&1 | tee "$logdir/browser.log"
 passed=$(grep -Eo 'test result: ok\. [0-9]+ passed' "$logdir/cargo-test.log" | awk '{s+=$4} END {print s+0}')
 py_passed=$(grep -Eo '[0-9]+ passed' "$logdir/server-sdk.log" | tail -n1 | awk '{print $1+0}')
 browser_passed=$(grep -Eo '^browser-interop: [0-9]+ passed' "$logdir/browser.log" | tail -n1 | awk '{print $2+0}')
-e2e_passed=$(grep -Eo '^media_load check: [0-9]+ passed' "$logdir/e2e.log" | tail -n1 | awk '{print $3+0}')
+e2e_passed=$(grep -Eo '^media_load check: [0-9]+ passed' "$logdir/e2e.log" | awk '{s+=$3} END {print s+0}')
 total=$((passed + ${py_passed:-0} + ${browser_passed:-0} + ${e2e_passed:-0}))
 if [ "$total" -eq 0 ]; then
   echo "no test ran" >&2

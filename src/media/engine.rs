@@ -42,9 +42,12 @@ impl EngineConfig {
     }
 }
 
-/// A datagram to send from the engine's socket.
+/// A datagram to send. `source` is the local (public) address the peer knows us by: the
+/// socket to send from. It is the engine's own address except for peers of a device that moved
+/// here from another shard, which keep talking to the address they first reached.
 #[derive(Debug, Clone)]
 pub struct Transmit {
+    pub source: SocketAddr,
     pub destination: SocketAddr,
     pub contents: Vec<u8>,
 }
@@ -85,6 +88,31 @@ pub enum MediaError {
 }
 
 type PeerId = u64;
+
+/// A device on its way from one shard's engine to another's: its state and its peer
+/// connections, moved as they are (see [`Engine::export_device`]).
+pub struct MovedDevice {
+    id: DeviceId,
+    device: Device,
+    peers: Vec<Peer>,
+    /// Remote addresses learned for its peers (and whether the peer is the subscribe one).
+    paths: Vec<(SocketAddr, bool)>,
+}
+
+impl MovedDevice {
+    pub fn id(&self) -> DeviceId {
+        self.id
+    }
+
+    pub fn participant(&self) -> ParticipantId {
+        self.device.participant
+    }
+
+    /// The remote addresses its peers were reached at.
+    pub fn paths(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.paths.iter().map(|(a, _)| *a)
+    }
+}
 
 struct Peer {
     device: DeviceId,
@@ -264,6 +292,128 @@ impl Engine {
             });
         }
         self.rebuild_fanout();
+    }
+
+    /// Takes a device and its peer connections out of this engine, untouched (connections
+    /// stay up, streams stay published), to be given to another shard's engine with
+    /// [`Engine::import_device`]. Local subscribers of its streams renegotiate.
+    pub fn export_device(&mut self, device: DeviceId, now: Instant) -> Option<MovedDevice> {
+        let dev = self.devices.remove(&device)?;
+        if self.device_of.get(&dev.participant) == Some(&device) {
+            self.device_of.remove(&dev.participant);
+        }
+        let mut peers = Vec::new();
+        let mut paths = Vec::new();
+        for id in [dev.publish, dev.subscribe].into_iter().flatten() {
+            if let Some(peer) = self.peers.remove(&id) {
+                self.by_ufrag.retain(|_, p| *p != id);
+                self.by_addr.retain(|addr, p| {
+                    if *p == id {
+                        paths.push((*addr, peer.subscribe));
+                    }
+                    *p != id
+                });
+                peers.push(peer);
+            }
+        }
+        let participant = dev.participant;
+        self.rebuild_fanout();
+        self.renegotiate_subscribers_of(participant, now);
+        Some(MovedDevice {
+            id: device,
+            device: dev,
+            peers,
+            paths,
+        })
+    }
+
+    /// Adopts a device exported by another shard's engine. A device of the same participant
+    /// already here is replaced and returned (one live device per participant).
+    pub fn import_device(&mut self, moved: MovedDevice, now: Instant) -> Option<DeviceId> {
+        let MovedDevice {
+            id: device,
+            device: mut dev,
+            peers,
+            paths,
+        } = moved;
+        let participant = dev.participant;
+        let replaced = self.device_of.get(&participant).copied();
+        if let Some(old) = replaced {
+            self.remove_device(old, now);
+        }
+        dev.publish = None;
+        dev.subscribe = None;
+        for peer in peers {
+            let id = self.next_peer;
+            self.next_peer += 1;
+            self.by_ufrag.insert(peer.ufrag.clone(), id);
+            for (addr, _) in paths.iter().filter(|(_, sub)| *sub == peer.subscribe) {
+                self.by_addr.insert(*addr, id);
+            }
+            if peer.subscribe {
+                dev.subscribe = Some(id);
+            } else {
+                dev.publish = Some(id);
+            }
+            self.peers.insert(id, peer);
+        }
+        self.devices.insert(device, dev);
+        self.device_of.insert(participant, device);
+        self.rebuild_fanout();
+        self.renegotiate(device, now);
+        self.renegotiate_subscribers_of(participant, now);
+        replaced
+    }
+
+    /// The devices here whose participant has links in `session`'s table: the ones that must
+    /// live where the session lives.
+    pub fn devices_in_session(&self, session: SessionId) -> Vec<DeviceId> {
+        let Some(table) = self.tables.get(&session) else {
+            return Vec::new();
+        };
+        let mut out: Vec<DeviceId> = table
+            .links
+            .iter()
+            .flat_map(|(k, _)| [k.subscriber, k.publisher])
+            .filter_map(|p| self.device_of.get(&p).copied())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Local subscribers routed from `publisher`'s streams: what they should receive changed
+    /// because the publisher's device came or went.
+    fn renegotiate_subscribers_of(&mut self, publisher: ParticipantId, now: Instant) {
+        let Some(table) = self
+            .session_of_member(publisher)
+            .and_then(|s| self.tables.get(&s))
+        else {
+            return;
+        };
+        let mut subscribers: Vec<ParticipantId> = table
+            .routes
+            .iter()
+            .filter(|(k, _)| k.publisher == publisher)
+            .map(|(k, _)| k.subscriber)
+            .collect();
+        subscribers.dedup();
+        for subscriber in subscribers {
+            if let Some(&device) = self.device_of.get(&subscriber) {
+                self.renegotiate(device, now);
+            }
+        }
+    }
+
+    /// The session whose table mentions `participant`, as subscriber or publisher.
+    fn session_of_member(&self, participant: ParticipantId) -> Option<SessionId> {
+        if let Some(&s) = self.session_of.get(&participant) {
+            return Some(s);
+        }
+        self.tables
+            .iter()
+            .find(|(_, t)| t.links.iter().any(|(k, _)| k.publisher == participant))
+            .map(|(s, _)| *s)
     }
 
     /// The device's `offerSdp`: answer its publish connection.
@@ -507,10 +657,18 @@ impl Engine {
 
     // ---- network and clock ------------------------------------------------------------------
 
-    /// A datagram arrived on the engine's socket from `source`.
-    pub fn handle_receive(&mut self, source: SocketAddr, data: &[u8], now: Instant) {
-        let Ok(receive) = Receive::new(Protocol::Udp, source, self.config.public_addr, data) else {
-            return;
+    /// A datagram arrived from `source`, sent to our public address `destination` (this
+    /// engine's, or another shard's for a device that moved here). Returns whether a peer of
+    /// this engine took it; the driver may hand a datagram no peer took to another shard.
+    pub fn handle_receive(
+        &mut self,
+        source: SocketAddr,
+        destination: SocketAddr,
+        data: &[u8],
+        now: Instant,
+    ) -> bool {
+        let Ok(receive) = Receive::new(Protocol::Udp, source, destination, data) else {
+            return false;
         };
         let input = Input::Receive(now, receive);
         let peer_id = match self.by_addr.get(&source) {
@@ -523,17 +681,17 @@ impl Engine {
                     .filter(|m| m.is_binding_request())
                     .and_then(|m| m.split_username().map(|(local, _)| local.to_owned()))
                 else {
-                    return;
+                    return false;
                 };
                 let Some(&p) = self.by_ufrag.get(&local) else {
-                    return;
+                    return false;
                 };
                 let authentic = self
                     .peers
                     .get(&p)
                     .is_some_and(|peer| peer.rtc.accepts(&input));
                 if !authentic {
-                    return;
+                    return false;
                 }
                 if self.by_addr.values().filter(|&&q| q == p).count() >= MAX_PATHS_PER_PEER {
                     self.by_addr.retain(|_, q| *q != p);
@@ -544,7 +702,7 @@ impl Engine {
         };
         let Some(peer) = self.peers.get_mut(&peer_id) else {
             self.by_addr.remove(&source);
-            return;
+            return false;
         };
         // A datagram str0m cannot use is dropped; it never ends the call (its source may be
         // spoofed).
@@ -552,6 +710,7 @@ impl Engine {
             tracing::debug!(peer = peer_id, error = %e, "dropped an unusable datagram");
         }
         self.drain(peer_id, now);
+        true
     }
 
     /// Time passed: run every peer whose timer is due.
@@ -625,7 +784,10 @@ impl Engine {
         }
     }
 
-    /// The tracks `participant` should receive now, per the tables and what publishers send.
+    /// The tracks `participant` should receive now: exactly its routes in the tables, in the
+    /// kinds each route carries (what the publisher publishes and may publish). Whether the
+    /// publisher's device is on this engine right now does not matter here (it may be moving
+    /// between shards); it only decides whether media flows ([`Engine::rebuild_fanout`]).
     fn desired_tracks(
         &self,
         participant: ParticipantId,
@@ -639,15 +801,7 @@ impl Engine {
             return out;
         };
         for (key, route) in table.routes.range_by(|k| k.subscriber.cmp(&participant)) {
-            let Some(publication) = self
-                .device_of
-                .get(&key.publisher)
-                .and_then(|d| self.devices.get(d))
-                .and_then(|d| d.published.get(&key.stream))
-            else {
-                continue;
-            };
-            for kind in publication.kinds().intersect(route.kinds).iter() {
+            for kind in route.kinds.iter() {
                 out.insert(
                     TrackKey {
                         publisher: key.publisher,
@@ -852,6 +1006,7 @@ impl Engine {
                     break;
                 }
                 Ok(Output::Transmit(t)) => self.transmits.push_back(Transmit {
+                    source: t.source,
                     destination: t.destination,
                     contents: t.contents.into(),
                 }),

@@ -1,21 +1,34 @@
-//! The media driver: one task owns the UDP socket and the [`Engine`], feeds it datagrams,
-//! commands from device connections, routing changes from control and the clock, and sends
-//! what it produces. Device connections talk to it through a [`MediaHandle`].
+//! The media driver: the media plane runs as shards, one per core by default. Each shard is
+//! one task owning one UDP socket and one [`Engine`]; it feeds the engine datagrams, commands
+//! from device connections, routing changes from control and the clock, and sends what it
+//! produces. Device connections talk to the shards through a [`MediaHandle`].
+//!
+//! ## Placement
+//! A session lives on one shard (a hash of its id), so a call's packets never cross threads.
+//! A device is placed on the shard of its participant's session when it connects (on a shard
+//! chosen by its participant id when it is in no session). When membership changes put a
+//! connected device into a session that lives elsewhere, the device *moves*: its engine state,
+//! peer connections included, goes to the session's shard ([`Engine::export_device`],
+//! [`Engine::import_device`]). Its peers keep the address they reached first, so the old shard
+//! hands their datagrams over and the new shard sends from the old socket (every shard can send
+//! on every socket). A STUN request no shard recognises at once (a moved peer on a new path) is
+//! offered to the other shards; the shard that takes it tells the receiving one to hand that
+//! address over from then on.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::control::{Control, ControlError, ControlEvent};
-use crate::domain::{AccountId, ParticipantId, PublishPermissions};
+use crate::domain::{AccountId, ParticipantId, PublishPermissions, SessionId};
 use crate::media::{
-    DeviceId, Engine, EngineConfig, EngineEvent, MediaError, PublishAnswer, PublishMetadata,
-    SubscribeOffer,
+    DeviceId, Engine, EngineConfig, EngineEvent, MediaError, MovedDevice, PublishAnswer,
+    PublishMetadata, SubscribeOffer,
 };
 use crate::store::StoreError;
 
@@ -60,32 +73,129 @@ enum Command {
 /// A handle on the media driver. Cheap to clone.
 #[derive(Clone)]
 pub struct MediaHandle {
-    commands: mpsc::UnboundedSender<Command>,
-    next_device: Arc<AtomicU64>,
-    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    next_connection: Arc<AtomicU64>,
+}
+
+/// What every shard and handle can see.
+struct Shared {
+    inboxes: Vec<mpsc::UnboundedSender<Inbox>>,
+    sockets: Vec<Arc<UdpSocket>>,
+    /// The public address of each shard's socket (its ICE candidate), by shard.
+    public: Vec<SocketAddr>,
+    placement: Mutex<Placement>,
+    /// Remote addresses whose datagrams belong to a device on another shard than the one
+    /// whose socket they reach. Read only for datagrams the receiving engine did not take;
+    /// written by the shard that takes over an address before it sends anything from it, so a
+    /// reply can never outrun its redirect.
+    redirect: RwLock<HashMap<SocketAddr, usize>>,
+}
+
+/// Where devices and participants are: changed only on connect, move and removal.
+#[derive(Default)]
+struct Placement {
+    participants: HashMap<ParticipantId, usize>,
+    devices: HashMap<DeviceId, usize>,
+}
+
+impl Shared {
+    fn placement(&self) -> std::sync::MutexGuard<'_, Placement> {
+        // A poisoned lock only means a panic elsewhere; the maps themselves stay consistent.
+        self.placement.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn redirect_of(&self, addr: SocketAddr) -> Option<usize> {
+        let map = self.redirect.read().unwrap_or_else(|e| e.into_inner());
+        map.get(&addr).copied()
+    }
+
+    fn set_redirect(&self, addr: SocketAddr, shard: Option<usize>) {
+        let mut map = self.redirect.write().unwrap_or_else(|e| e.into_inner());
+        match shard {
+            Some(s) => map.insert(addr, s),
+            None => map.remove(&addr),
+        };
+    }
+
+    fn send(&self, shard: usize, message: Inbox) -> Result<(), MediaError> {
+        self.inboxes
+            .get(shard)
+            .ok_or_else(|| MediaError::Internal("no such media shard".into()))?
+            .send(message)
+            .map_err(|_| MediaError::Internal("media plane stopped".into()))
+    }
+
+    fn shard_of_session(&self, session: SessionId) -> usize {
+        shard_by_hash(session.as_uuid().as_u128(), self.inboxes.len())
+    }
+
+    fn shard_of_device(&self, device: DeviceId) -> usize {
+        self.placement().devices.get(&device).copied().unwrap_or(0)
+    }
+
+    /// The socket bound for the public address `source`.
+    fn socket_for(&self, source: SocketAddr) -> Option<&Arc<UdpSocket>> {
+        let i = self.public.iter().position(|a| *a == source)?;
+        self.sockets.get(i)
+    }
+}
+
+fn shard_by_hash(id: u128, shards: usize) -> usize {
+    let folded = (id as u64) ^ ((id >> 64) as u64);
+    (folded % shards.max(1) as u64) as usize
+}
+
+/// What a shard's task receives besides its socket and control's events.
+enum Inbox {
+    Command(Command),
+    /// A datagram another shard received and could not place.
+    Datagram {
+        source: SocketAddr,
+        destination: SocketAddr,
+        data: Vec<u8>,
+        origin: usize,
+    },
+    /// A device moving in.
+    Arrive(Box<Arrival>),
+}
+
+struct Arrival {
+    moved: MovedDevice,
+    entry: DeviceEntry,
+    account: Option<AccountId>,
 }
 
 impl MediaHandle {
-    /// The address the media socket is bound to.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+    /// The public media address of each shard (its ICE host candidate).
+    pub fn public_addrs(&self) -> &[SocketAddr] {
+        &self.shared.public
     }
 
     /// Registers a device connection; notices for it arrive on `notices`. A connection of the
     /// same participant with the same `uniqueId` (the SDK reconnecting) resumes the device and
-    /// its media; any other replaces it.
+    /// its media; any other replaces it. `session` is the participant's session now, if any:
+    /// it decides the shard.
     pub async fn connect(
         &self,
         account: AccountId,
         participant: ParticipantId,
+        session: Option<SessionId>,
         permissions: PublishPermissions,
         unique_id: String,
         notices: mpsc::UnboundedSender<DeviceNotice>,
     ) -> Result<(DeviceId, Connection), MediaError> {
-        let connection = self.next_device.fetch_add(1, Ordering::Relaxed);
+        let connection = self.next_connection.fetch_add(1, Ordering::Relaxed);
+        let shard = match self.shared.placement().participants.get(&participant) {
+            Some(&shard) => shard,
+            None => match session {
+                Some(s) => self.shared.shard_of_session(s),
+                None => shard_by_hash(participant.as_uuid().as_u128(), self.shared.inboxes.len()),
+            },
+        };
         let (reply, device) = oneshot::channel();
-        self.commands
-            .send(Command::Connect {
+        self.shared.send(
+            shard,
+            Inbox::Command(Command::Connect {
                 connection,
                 account,
                 participant,
@@ -93,8 +203,8 @@ impl MediaHandle {
                 unique_id,
                 notices,
                 reply,
-            })
-            .map_err(|_| MediaError::Internal("media plane stopped".into()))?;
+            }),
+        )?;
         let device = device
             .await
             .map_err(|_| MediaError::Internal("media plane stopped".into()))?;
@@ -104,11 +214,15 @@ impl MediaHandle {
     /// The connection ended. After `leave` the device's media ends at once; otherwise it is
     /// kept for [`RECONNECT_GRACE`] so that the SDK's automatic reconnect can resume it.
     pub fn disconnect(&self, connection: Connection, device: DeviceId, left: bool) {
-        let _ = self.commands.send(Command::Disconnect {
-            connection: connection.0,
-            device,
-            left,
-        });
+        let shard = self.shared.shard_of_device(device);
+        let _ = self.shared.send(
+            shard,
+            Inbox::Command(Command::Disconnect {
+                connection: connection.0,
+                device,
+                left,
+            }),
+        );
     }
 
     pub async fn publish_offer(
@@ -118,14 +232,16 @@ impl MediaHandle {
         metadata: PublishMetadata,
     ) -> Result<PublishAnswer, MediaError> {
         let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(Command::PublishOffer {
+        let shard = self.shared.shard_of_device(device);
+        self.shared.send(
+            shard,
+            Inbox::Command(Command::PublishOffer {
                 device,
                 sdp,
                 metadata,
                 reply,
-            })
-            .map_err(|_| MediaError::Internal("media plane stopped".into()))?;
+            }),
+        )?;
         answer
             .await
             .map_err(|_| MediaError::Internal("media plane stopped".into()))?
@@ -133,9 +249,11 @@ impl MediaHandle {
 
     pub async fn subscribe_answer(&self, device: DeviceId, sdp: String) -> Result<(), MediaError> {
         let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(Command::SubscribeAnswer { device, sdp, reply })
-            .map_err(|_| MediaError::Internal("media plane stopped".into()))?;
+        let shard = self.shared.shard_of_device(device);
+        self.shared.send(
+            shard,
+            Inbox::Command(Command::SubscribeAnswer { device, sdp, reply }),
+        )?;
         answer
             .await
             .map_err(|_| MediaError::Internal("media plane stopped".into()))?
@@ -153,20 +271,52 @@ const RECEIVE_BATCH: usize = 64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Connection(u64);
 
-/// Starts the driver on `socket`; it runs until every handle is dropped.
-pub fn spawn(
-    config: EngineConfig,
-    socket: UdpSocket,
-    control: Control,
-) -> std::io::Result<MediaHandle> {
-    let local_addr = socket.local_addr()?;
-    let (commands, rx) = mpsc::unbounded_channel();
-    let events = control.watch();
-    tokio::spawn(run(Engine::new(config), socket, rx, events, control));
+/// One shard: its engine's config and its bound socket.
+pub struct ShardSetup {
+    pub config: EngineConfig,
+    pub socket: UdpSocket,
+}
+
+/// Starts one task per shard; they run until every handle is dropped.
+pub fn spawn(shards: Vec<ShardSetup>, control: Control) -> std::io::Result<MediaHandle> {
+    if shards.is_empty() {
+        return Err(std::io::Error::other("at least one media shard is needed"));
+    }
+    let mut inboxes = Vec::new();
+    let mut receivers = Vec::new();
+    let mut sockets = Vec::new();
+    let mut public = Vec::new();
+    let mut engines = Vec::new();
+    for setup in shards {
+        let (tx, rx) = mpsc::unbounded_channel();
+        inboxes.push(tx);
+        receivers.push(rx);
+        public.push(setup.config.public_addr);
+        sockets.push(Arc::new(setup.socket));
+        engines.push(Engine::new(setup.config));
+    }
+    let shared = Arc::new(Shared {
+        inboxes,
+        sockets,
+        public,
+        placement: Mutex::new(Placement::default()),
+        redirect: RwLock::new(HashMap::new()),
+    });
+    for (index, (engine, inbox)) in engines.into_iter().zip(receivers).enumerate() {
+        let shard = Shard {
+            index,
+            engine,
+            shared: shared.clone(),
+            control: control.clone(),
+            devices: HashMap::new(),
+            accounts: HashMap::new(),
+            moved: HashMap::new(),
+        };
+        tokio::spawn(shard.run(inbox, control.watch()));
+    }
     Ok(MediaHandle {
-        commands,
-        next_device: Arc::new(AtomicU64::new(1)),
-        local_addr,
+        shared,
+        next_connection: Arc::new(AtomicU64::new(1)),
     })
 }
 
@@ -187,78 +337,257 @@ impl DeviceEntry {
     }
 }
 
-async fn run(
-    mut engine: Engine,
-    socket: UdpSocket,
-    mut commands: mpsc::UnboundedReceiver<Command>,
-    mut control_events: broadcast::Receiver<ControlEvent>,
+/// A first byte below 2 and a header's length: a STUN message (RFC 7983 demultiplexing).
+fn looks_like_stun(data: &[u8]) -> bool {
+    data.len() >= 20 && data[0] < 2
+}
+
+struct Shard {
+    index: usize,
+    engine: Engine,
+    shared: Arc<Shared>,
     control: Control,
-) {
-    let mut devices: HashMap<DeviceId, DeviceEntry> = HashMap::new();
-    let mut accounts: HashMap<ParticipantId, AccountId> = HashMap::new();
-    let mut buf = vec![0u8; 2048];
-    loop {
-        let expiry = devices.values().filter_map(|d| d.expires).min();
-        let deadline = engine
-            .poll_timeout()
-            .into_iter()
-            .chain(expiry)
-            .min()
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
-        tokio::select! {
-            received = socket.recv_from(&mut buf) => match received {
-                Ok((n, source)) => {
+    devices: HashMap<DeviceId, DeviceEntry>,
+    accounts: HashMap<ParticipantId, AccountId>,
+    /// Devices that moved away, for commands still addressed here.
+    moved: HashMap<DeviceId, usize>,
+}
+
+impl Shard {
+    async fn run(
+        mut self,
+        mut inbox: mpsc::UnboundedReceiver<Inbox>,
+        mut control_events: broadcast::Receiver<ControlEvent>,
+    ) {
+        let Some(socket) = self.shared.sockets.get(self.index).cloned() else {
+            return;
+        };
+        let Some(&public) = self.shared.public.get(self.index) else {
+            return;
+        };
+        let mut buf = vec![0u8; 2048];
+        loop {
+            let expiry = self.devices.values().filter_map(|d| d.expires).min();
+            let deadline = self
+                .engine
+                .poll_timeout()
+                .into_iter()
+                .chain(expiry)
+                .min()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+            tokio::select! {
+                received = socket.recv_from(&mut buf) => match received {
+                    Ok((n, source)) => {
+                        let now = Instant::now();
+                        self.receive(source, public, &buf[..n], now);
+                        // Take what else is already queued before going round the loop again.
+                        for _ in 0..RECEIVE_BATCH {
+                            match socket.try_recv_from(&mut buf) {
+                                Ok((n, source)) => self.receive(source, public, &buf[..n], now),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "media socket receive error"),
+                },
+                message = inbox.recv() => {
+                    let Some(message) = message else { break };
+                    self.handle_inbox(message);
+                }
+                event = control_events.recv() => match event {
+                    Ok(ControlEvent::Routes(update)) => {
+                        self.engine.apply_routes(update.session, &update.diff, Instant::now());
+                        // Offers made for devices about to move go out first.
+                        self.dispatch_events();
+                        self.place_session(update.session);
+                    }
+                    Ok(ControlEvent::ParticipantDeleted(participant)) => {
+                        self.accounts.remove(&participant);
+                        let gone: Vec<DeviceId> = self.devices.iter().filter(|(_, d)| d.participant == participant).map(|(id, _)| *id).collect();
+                        for device in gone {
+                            self.remove_device(device, Instant::now());
+                            if let Some(d) = self.devices.remove(&device) {
+                                d.notify(DeviceNotice::Close("participant deleted"));
+                            }
+                        }
+                    }
+                    Ok(ControlEvent::Lifecycle(_)) => {}
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        // Missed diffs: start again from control's current tables. Diffs still
+                        // queued after this are replayed in order on top, which converges.
+                        tracing::warn!(missed = n, shard = self.index, "media plane fell behind control; resynchronizing routes");
+                        let tables = self.control.tables_snapshot();
+                        self.engine.set_all_routes(&tables, Instant::now());
+                        self.dispatch_events();
+                        for session in tables.keys() {
+                            self.place_session(*session);
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+                _ = tokio::time::sleep_until(deadline.into()) => {
                     let now = Instant::now();
-                    engine.handle_receive(source, &buf[..n], now);
-                    // Take what else is already queued before going round the loop again.
-                    for _ in 0..RECEIVE_BATCH {
-                        match socket.try_recv_from(&mut buf) {
-                            Ok((n, source)) => engine.handle_receive(source, &buf[..n], now),
-                            Err(_) => break,
-                        }
+                    let expired: Vec<DeviceId> = self.devices.iter().filter(|(_, d)| d.expires.is_some_and(|t| t <= now)).map(|(id, _)| *id).collect();
+                    for device in expired {
+                        self.devices.remove(&device);
+                        self.remove_device(device, now);
                     }
+                    self.engine.handle_timeout(now);
                 }
-                Err(e) => tracing::debug!(error = %e, "media socket receive error"),
-            },
-            command = commands.recv() => {
-                let Some(command) = command else { break };
-                if let Command::Connect { account, participant, .. } = &command {
-                    accounts.insert(*participant, account.clone());
-                }
-                handle_command(&mut engine, &mut devices, command);
             }
-            event = control_events.recv() => match event {
-                Ok(ControlEvent::Routes(update)) => engine.apply_routes(update.session, &update.diff, Instant::now()),
-                Ok(ControlEvent::ParticipantDeleted(participant)) => {
-                    accounts.remove(&participant);
-                    let gone: Vec<DeviceId> = devices.iter().filter(|(_, d)| d.participant == participant).map(|(id, _)| *id).collect();
-                    for device in gone {
-                        engine.remove_device(device, Instant::now());
-                        if let Some(d) = devices.remove(&device) {
-                            d.notify(DeviceNotice::Close("participant deleted"));
-                        }
-                    }
-                }
-                Ok(ControlEvent::Lifecycle(_)) => {}
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    // Missed diffs: start again from control's current tables. Diffs still
-                    // queued after this are replayed in order on top, which converges.
-                    tracing::warn!(missed = n, "media plane fell behind control; resynchronizing routes");
-                    engine.set_all_routes(&control.tables_snapshot(), Instant::now());
-                }
-                Err(broadcast::error::RecvError::Closed) => break,
-            },
-            _ = tokio::time::sleep_until(deadline.into()) => {
-                let now = Instant::now();
-                let expired: Vec<DeviceId> = devices.iter().filter(|(_, d)| d.expires.is_some_and(|t| t <= now)).map(|(id, _)| *id).collect();
-                for device in expired {
-                    devices.remove(&device);
-                    engine.remove_device(device, now);
-                }
-                engine.handle_timeout(now);
+            self.flush(&socket, public).await;
+        }
+    }
+
+    /// A datagram on this shard's own socket.
+    fn receive(&mut self, source: SocketAddr, destination: SocketAddr, data: &[u8], now: Instant) {
+        if self.engine.handle_receive(source, destination, data, now) {
+            return;
+        }
+        let shards = self.shared.inboxes.len();
+        if let Some(shard) = self.shared.redirect_of(source).filter(|&s| s != self.index) {
+            let _ = self.shared.send(
+                shard,
+                Inbox::Datagram {
+                    source,
+                    destination,
+                    data: data.to_vec(),
+                    origin: self.index,
+                },
+            );
+        } else if shards > 1 && looks_like_stun(data) {
+            for shard in (0..shards).filter(|&s| s != self.index) {
+                let _ = self.shared.send(
+                    shard,
+                    Inbox::Datagram {
+                        source,
+                        destination,
+                        data: data.to_vec(),
+                        origin: self.index,
+                    },
+                );
             }
         }
-        while let Some(t) = engine.poll_transmit() {
+    }
+
+    fn handle_inbox(&mut self, message: Inbox) {
+        let now = Instant::now();
+        match message {
+            Inbox::Command(command) => self.handle_command(command),
+            Inbox::Datagram {
+                source,
+                destination,
+                data,
+                origin,
+            } => {
+                let stun = looks_like_stun(&data);
+                let known = self.shared.redirect_of(source) == Some(self.index);
+                if self.engine.handle_receive(source, destination, &data, now) {
+                    if stun && !known && origin != self.index {
+                        // A moved peer on a new path: its datagrams reach `origin` from now on.
+                        self.shared.set_redirect(source, Some(self.index));
+                    }
+                } else if !stun && known {
+                    // Nobody here knows it any more.
+                    self.shared.set_redirect(source, None);
+                }
+            }
+            Inbox::Arrive(arrival) => {
+                let Arrival {
+                    moved,
+                    entry,
+                    account,
+                } = *arrival;
+                let device = moved.id();
+                let participant = moved.participant();
+                self.moved.remove(&device);
+                if let Some(account) = account {
+                    self.accounts.insert(participant, account);
+                }
+                if let Some(old) = self.engine.import_device(moved, now) {
+                    if let Some(d) = self.devices.remove(&old) {
+                        d.notify(DeviceNotice::Close("replaced by a newer connection"));
+                    }
+                }
+                self.devices.insert(device, entry);
+                tracing::debug!(device = device.0, shard = self.index, "device moved in");
+            }
+        }
+    }
+
+    /// Moves away the devices of `session` if the session lives on another shard.
+    fn place_session(&mut self, session: SessionId) {
+        let home = self.shared.shard_of_session(session);
+        if home == self.index {
+            return;
+        }
+        for device in self.engine.devices_in_session(session) {
+            self.move_device(device, home);
+        }
+    }
+
+    fn move_device(&mut self, device: DeviceId, shard: usize) {
+        let now = Instant::now();
+        let Some(entry) = self.devices.remove(&device) else {
+            return;
+        };
+        let Some(moved) = self.engine.export_device(device, now) else {
+            self.devices.insert(device, entry);
+            return;
+        };
+        for addr in moved.paths() {
+            self.shared.set_redirect(addr, Some(shard));
+        }
+        self.moved.insert(device, shard);
+        let participant = moved.participant();
+        let account = self.accounts.get(&participant).cloned();
+        tracing::debug!(
+            device = device.0,
+            from = self.index,
+            to = shard,
+            "device moves"
+        );
+        // The device reaches its new shard before any command can be addressed there.
+        let _ = self.shared.send(
+            shard,
+            Inbox::Arrive(Box::new(Arrival {
+                moved,
+                entry,
+                account,
+            })),
+        );
+        let mut placement = self.shared.placement();
+        placement.devices.insert(device, shard);
+        placement.participants.insert(participant, shard);
+    }
+
+    /// Removes a device from the engine and from the placement.
+    fn remove_device(&mut self, device: DeviceId, now: Instant) {
+        self.engine.remove_device(device, now);
+        let mut placement = self.shared.placement();
+        if placement.devices.get(&device) == Some(&self.index) {
+            placement.devices.remove(&device);
+        }
+        let participant = self.devices.get(&device).map(|d| d.participant);
+        if let Some(p) = participant {
+            let still_here = self
+                .devices
+                .iter()
+                .any(|(id, d)| *id != device && d.participant == p);
+            if !still_here && placement.participants.get(&p) == Some(&self.index) {
+                placement.participants.remove(&p);
+            }
+        }
+    }
+
+    /// Sends what the engine produced and acts on its events.
+    async fn flush(&mut self, socket: &Arc<UdpSocket>, public: SocketAddr) {
+        while let Some(t) = self.engine.poll_transmit() {
+            let socket = if t.source == public {
+                socket
+            } else {
+                self.shared.socket_for(t.source).unwrap_or(socket)
+            };
             let sent = match socket.try_send_to(&t.contents, t.destination) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     socket.send_to(&t.contents, t.destination).await
@@ -269,10 +598,15 @@ async fn run(
                 tracing::debug!(error = %e, to = %t.destination, "media send failed");
             }
         }
-        while let Some(event) = engine.poll_event() {
+        self.dispatch_events();
+    }
+
+    /// Acts on the engine's events: offers to devices, published streams to control.
+    fn dispatch_events(&mut self) {
+        while let Some(event) = self.engine.poll_event() {
             match event {
                 EngineEvent::SubscribeOffer { device, offer } => {
-                    if let Some(d) = devices.get(&device) {
+                    if let Some(d) = self.devices.get(&device) {
                         d.notify(DeviceNotice::Offer(offer));
                     }
                 }
@@ -283,10 +617,10 @@ async fn run(
                 } => {
                     // The device may have left already (its streams go with it): the account
                     // is remembered per participant.
-                    let Some(account) = accounts.get(&participant).cloned() else {
+                    let Some(account) = self.accounts.get(&participant).cloned() else {
                         continue;
                     };
-                    let control = control.clone();
+                    let control = self.control.clone();
                     tokio::spawn(async move {
                         match control.set_published(&account, participant, streams).await {
                             Ok(()) => {}
@@ -304,90 +638,143 @@ async fn run(
             }
         }
     }
-}
 
-fn handle_command(
-    engine: &mut Engine,
-    devices: &mut HashMap<DeviceId, DeviceEntry>,
-    command: Command,
-) {
-    let now = Instant::now();
-    match command {
-        Command::Connect {
-            connection,
-            participant,
-            permissions,
-            unique_id,
-            notices,
-            reply,
-            ..
-        } => {
-            let existing = devices
-                .iter()
-                .find(|(_, d)| d.participant == participant)
-                .map(|(id, _)| *id);
-            if let Some(id) = existing {
-                let Some(entry) = devices.get_mut(&id) else {
+    fn handle_command(&mut self, command: Command) {
+        let now = Instant::now();
+        // A command for a device that moved away follows it.
+        if let Some(device) = command.device() {
+            if !self.devices.contains_key(&device) {
+                if let Some(&shard) = self.moved.get(&device) {
+                    let _ = self.shared.send(shard, Inbox::Command(command));
+                    return;
+                }
+            }
+        }
+        match command {
+            Command::Connect {
+                connection,
+                account,
+                participant,
+                permissions,
+                unique_id,
+                notices,
+                reply,
+            } => {
+                // The participant's device may have moved since the handle looked.
+                let placed = self
+                    .shared
+                    .placement()
+                    .participants
+                    .get(&participant)
+                    .copied();
+                if let Some(shard) = placed.filter(|&s| s != self.index) {
+                    let _ = self.shared.send(
+                        shard,
+                        Inbox::Command(Command::Connect {
+                            connection,
+                            account,
+                            participant,
+                            permissions,
+                            unique_id,
+                            notices,
+                            reply,
+                        }),
+                    );
+                    return;
+                }
+                self.accounts.insert(participant, account);
+                let existing = self
+                    .devices
+                    .iter()
+                    .find(|(_, d)| d.participant == participant)
+                    .map(|(id, _)| *id);
+                if let Some(id) = existing {
+                    let Some(entry) = self.devices.get_mut(&id) else {
+                        return;
+                    };
+                    if !unique_id.is_empty() && entry.unique_id == unique_id {
+                        // The same SDK instance reconnecting: resume its device and media.
+                        entry.notify(DeviceNotice::Close("replaced by a newer connection"));
+                        entry.connection = Some((connection, notices));
+                        entry.expires = None;
+                        if let Some(offer) = self.engine.pending_offer(id) {
+                            entry.notify(DeviceNotice::Offer(offer));
+                        }
+                        let _ = reply.send(id);
+                        return;
+                    }
+                }
+                let device = DeviceId(connection);
+                {
+                    let mut placement = self.shared.placement();
+                    placement.devices.insert(device, self.index);
+                    placement.participants.insert(participant, self.index);
+                }
+                if let Some(old) = self
+                    .engine
+                    .add_device(device, participant, permissions, now)
+                {
+                    if let Some(d) = self.devices.remove(&old) {
+                        d.notify(DeviceNotice::Close("replaced by a newer connection"));
+                    }
+                    self.shared.placement().devices.remove(&old);
+                }
+                self.devices.insert(
+                    device,
+                    DeviceEntry {
+                        participant,
+                        unique_id,
+                        connection: Some((connection, notices)),
+                        expires: None,
+                    },
+                );
+                let _ = reply.send(device);
+            }
+            Command::Disconnect {
+                connection,
+                device,
+                left,
+            } => {
+                let Some(entry) = self.devices.get_mut(&device) else {
                     return;
                 };
-                if !unique_id.is_empty() && entry.unique_id == unique_id {
-                    // The same SDK instance reconnecting: resume its device and media.
-                    entry.notify(DeviceNotice::Close("replaced by a newer connection"));
-                    entry.connection = Some((connection, notices));
-                    entry.expires = None;
-                    if let Some(offer) = engine.pending_offer(id) {
-                        entry.notify(DeviceNotice::Offer(offer));
-                    }
-                    let _ = reply.send(id);
-                    return;
+                if entry.connection.as_ref().map(|(c, _)| *c) != Some(connection) {
+                    return; // a superseded connection
+                }
+                if left {
+                    self.remove_device(device, now);
+                    self.devices.remove(&device);
+                } else {
+                    entry.connection = None;
+                    entry.expires = Some(now + RECONNECT_GRACE);
                 }
             }
-            let device = DeviceId(connection);
-            if let Some(old) = engine.add_device(device, participant, permissions, now) {
-                if let Some(d) = devices.remove(&old) {
-                    d.notify(DeviceNotice::Close("replaced by a newer connection"));
-                }
-            }
-            devices.insert(
+            Command::PublishOffer {
                 device,
-                DeviceEntry {
-                    participant,
-                    unique_id,
-                    connection: Some((connection, notices)),
-                    expires: None,
-                },
-            );
-            let _ = reply.send(device);
-        }
-        Command::Disconnect {
-            connection,
-            device,
-            left,
-        } => {
-            let Some(entry) = devices.get_mut(&device) else {
-                return;
-            };
-            if entry.connection.as_ref().map(|(c, _)| *c) != Some(connection) {
-                return; // a superseded connection
+                sdp,
+                metadata,
+                reply,
+            } => {
+                let _ = reply.send(
+                    self.engine
+                        .handle_publish_offer(device, &sdp, &metadata, now),
+                );
             }
-            if left {
-                devices.remove(&device);
-                engine.remove_device(device, now);
-            } else {
-                entry.connection = None;
-                entry.expires = Some(now + RECONNECT_GRACE);
+            Command::SubscribeAnswer { device, sdp, reply } => {
+                let _ = reply.send(self.engine.handle_subscribe_answer(device, &sdp, now));
             }
         }
-        Command::PublishOffer {
-            device,
-            sdp,
-            metadata,
-            reply,
-        } => {
-            let _ = reply.send(engine.handle_publish_offer(device, &sdp, &metadata, now));
-        }
-        Command::SubscribeAnswer { device, sdp, reply } => {
-            let _ = reply.send(engine.handle_subscribe_answer(device, &sdp, now));
+    }
+}
+
+impl Command {
+    /// The device a command is about (none for a new connection).
+    fn device(&self) -> Option<DeviceId> {
+        match self {
+            Command::Connect { .. } => None,
+            Command::Disconnect { device, .. }
+            | Command::PublishOffer { device, .. }
+            | Command::SubscribeAnswer { device, .. } => Some(*device),
         }
     }
 }

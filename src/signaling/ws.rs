@@ -70,6 +70,7 @@ async fn connection(state: SignalingState, query: HashMap<String, String>, mut s
         .connect(
             verified.claims.account.clone(),
             participant,
+            verified.participant.session,
             verified.participant.publish_permissions,
             unique_id.clone(),
             notices_tx,

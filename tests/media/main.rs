@@ -13,6 +13,7 @@ mod peer;
 use std::time::Duration;
 
 use patchbay::domain::MediaKinds;
+use patchbay::media::{Engine, EngineConfig};
 use peer::{Kind, Net, Rules};
 
 /// Three members, all subscribed to the whole session, all publishing audio and video.
@@ -978,4 +979,71 @@ fn resynchronizing_from_full_tables_converges() {
     net.pump();
     net.run(Duration::from_secs(1));
     assert_call_intact(&mut net, a, b);
+}
+
+#[test]
+fn device_moved_to_another_engine_keeps_its_call() {
+    // What a shard does when a session's devices move to the session's shard: the peer
+    // connections travel as they are, and media flows again with no new handshake.
+    let (mut net, a, b) = call_of_two();
+    let config = EngineConfig::generate(net.engine_addr).expect("engine config");
+    let mut other = Engine::new(config);
+    let tables = [(net.control.session, net.control.table.clone())]
+        .into_iter()
+        .collect();
+    other.set_all_routes(&tables, net.now);
+    for client in [a, b] {
+        let device = net.clients[client].device;
+        let moved = net.engine.export_device(device, net.now).expect("device");
+        assert_eq!(moved.id(), device);
+        assert!(moved.paths().count() >= 2, "both peers' paths move along");
+        assert_eq!(other.import_device(moved, net.now), None);
+    }
+    let offers = |net: &Net| -> usize { [a, b].iter().map(|&c| net.clients[c].offers.len()).sum() };
+    let (offers_before, streams_before) = (offers(&net), net.streams_changed().len());
+    net.engine = other;
+    net.pump();
+    net.run(Duration::from_secs(1));
+    assert_call_intact(&mut net, a, b);
+    assert_eq!(offers(&net), offers_before, "nothing to renegotiate");
+    assert_eq!(
+        net.streams_changed().len(),
+        streams_before,
+        "streams stay published"
+    );
+}
+
+#[test]
+fn publisher_moved_away_is_not_forwarded_here_and_resumes_when_back() {
+    let (mut net, a, b) = call_of_two();
+    let device = net.clients[a].device;
+    let offers_before = net.clients[b].offers.len();
+    let moved = net.engine.export_device(device, net.now).expect("device");
+    // Bob stays; alice's device is elsewhere for a moment: nothing of hers is forwarded here,
+    // and bob keeps his tracks (her routes still exist), so he is not renegotiated.
+    let since = net.now;
+    net.run(Duration::from_millis(200));
+    assert_eq!(
+        net.clients[b].count(net.id(a), Kind::Audio, since),
+        0,
+        "a publisher that moved away is not forwarded here"
+    );
+    assert_eq!(net.clients[b].offers.len(), offers_before);
+    // Her device comes back: bob receives her again. (Not `assert_call_intact`: the packets
+    // dropped meanwhile are a loss, and frames repaired by retransmission may arrive late.)
+    assert_eq!(net.engine.import_device(moved, net.now), None);
+    net.pump();
+    net.run(Duration::from_secs(1));
+    let since = net.now;
+    net.run(Duration::from_secs(1));
+    for (x, o) in [(a, b), (b, a)] {
+        let c = &net.clients[x];
+        assert!(
+            c.publish.is_connected() && c.subscribe.is_connected(),
+            "{}",
+            c.name
+        );
+        assert!(c.count(net.id(o), Kind::Audio, since) >= 45, "{}", c.name);
+        assert!(c.count(net.id(o), Kind::Video, since) >= 8, "{}", c.name);
+    }
 }

@@ -824,7 +824,8 @@ impl Net {
 
     /// A datagram arriving at the engine from `from`, outside the simulated clients.
     pub fn inject(&mut self, from: SocketAddr, data: &[u8]) {
-        self.engine.handle_receive(from, data, self.now);
+        self.engine
+            .handle_receive(from, self.engine_addr, data, self.now);
         self.pump();
     }
 
@@ -919,7 +920,8 @@ impl Net {
                 if let Some(tap) = &mut self.tap {
                     tap.push(dgram.clone());
                 }
-                self.engine.handle_receive(dgram.from, &dgram.data, now);
+                self.engine
+                    .handle_receive(dgram.from, dgram.to, &dgram.data, now);
                 self.pump();
             } else if let Some(c) = self
                 .clients
