@@ -10,7 +10,9 @@ use str0m::channel::ChannelConfig;
 use str0m::config::DtlsCert;
 use str0m::format::{Codec, FormatParams};
 use str0m::ice::StunMessage;
-use str0m::media::{Direction, Frequency, KeyframeRequestKind, MediaKind as RtcKind, Mid};
+use str0m::media::{
+    Direction, Frequency, KeyframeRequestKind, MediaKind as RtcKind, MediaTime, Mid,
+};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 
@@ -68,6 +70,35 @@ pub enum EngineEvent {
     },
     /// A device's publish or subscribe connection is up (ICE and DTLS done).
     Connected { device: DeviceId, subscribe: bool },
+    /// A frame for a local device (a phone): one of the audio tracks it receives.
+    LocalMedia {
+        device: DeviceId,
+        source: SourceKey,
+        /// RTP time of the frame (48 kHz for Opus and telephone-event).
+        rtp_time: u64,
+        /// A telephone-event (RFC 4733) payload rather than Opus.
+        dtmf: bool,
+        data: std::sync::Arc<[u8]>,
+    },
+    /// The audio tracks a local device receives now (sources absent from it are gone).
+    LocalSources {
+        device: DeviceId,
+        sources: Vec<SourceKey>,
+    },
+}
+
+/// Identifies one received track of a local device: the publisher and its stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceKey(pub u64);
+
+impl SourceKey {
+    fn of(publisher: ParticipantId, stream: &StreamId) -> SourceKey {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        publisher.hash(&mut h);
+        stream.as_str().hash(&mut h);
+        SourceKey(h.finish())
+    }
 }
 
 /// Errors answered to a device's request; the engine itself keeps running.
@@ -155,6 +186,9 @@ struct OutTrack {
 
 struct Device {
     participant: ParticipantId,
+    /// A device without WebRTC connections, fed and drained by the driver (a phone call):
+    /// its "peers" are ids with no `Rtc`, its tracks need no negotiation.
+    local: bool,
     permissions: PublishPermissions,
     publish: Option<PeerId>,
     subscribe: Option<PeerId>,
@@ -189,6 +223,8 @@ pub struct Engine {
     fanout: HashMap<(PeerId, Mid), Vec<(PeerId, Mid)>>,
     /// (subscribe peer, mid) → (publish peer, mid): where keyframe requests go.
     upstream: HashMap<(PeerId, Mid), (PeerId, Mid)>,
+    /// (subscribe "peer", mid) of local devices → the device and the source it is.
+    local_targets: HashMap<(PeerId, Mid), (DeviceId, SourceKey)>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<EngineEvent>,
     forwarded: u64,
@@ -201,6 +237,8 @@ const AUDIO_REORDER_PACKETS: usize = 2;
 /// Remote addresses remembered per peer (a client may switch paths, e.g. on ICE restart).
 const MAX_PATHS_PER_PEER: usize = 8;
 const DIAGNOSTICS: &str = "__diagnostics__";
+/// The one "m-line" of a local device's published audio.
+const LOCAL_AUDIO_MID: &str = "phone";
 
 impl Engine {
     pub fn new(config: EngineConfig) -> Engine {
@@ -216,6 +254,7 @@ impl Engine {
             session_of: HashMap::new(),
             fanout: HashMap::new(),
             upstream: HashMap::new(),
+            local_targets: HashMap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             forwarded: 0,
@@ -247,6 +286,7 @@ impl Engine {
             device,
             Device {
                 participant,
+                local: false,
                 permissions,
                 publish: None,
                 subscribe: None,
@@ -292,6 +332,101 @@ impl Engine {
             });
         }
         self.rebuild_fanout();
+    }
+
+    /// A local device for `participant` (a phone call): it publishes one audio stream,
+    /// `stream` with `alias`, whose frames the driver writes with [`Engine::write_local`],
+    /// and receives the audio tracks its routes give it as [`EngineEvent::LocalMedia`]. A
+    /// previous device of the participant is replaced and returned.
+    pub fn add_local_device(
+        &mut self,
+        device: DeviceId,
+        participant: ParticipantId,
+        stream: StreamId,
+        alias: Option<StreamAlias>,
+        now: Instant,
+    ) -> Option<DeviceId> {
+        let replaced = self.add_device(device, participant, PublishPermissions::AUDIO, now);
+        let publish = self.next_peer;
+        let subscribe = self.next_peer + 1;
+        self.next_peer += 2;
+        let Some(dev) = self.devices.get_mut(&device) else {
+            return replaced;
+        };
+        dev.local = true;
+        dev.publish = Some(publish);
+        dev.subscribe = Some(subscribe);
+        dev.published.insert(
+            stream.clone(),
+            Publication {
+                alias: alias.clone(),
+                mids: vec![(Mid::from(LOCAL_AUDIO_MID), MediaKind::Audio)],
+            },
+        );
+        self.events.push_back(EngineEvent::StreamsChanged {
+            device,
+            participant,
+            streams: vec![PublishedStream {
+                publisher: participant,
+                stream,
+                alias,
+                kinds: MediaKinds::AUDIO,
+            }],
+        });
+        self.renegotiate(device, now);
+        self.rebuild_fanout();
+        replaced
+    }
+
+    /// An Opus frame (20 ms, RTP time at 48 kHz) of a local device's published stream:
+    /// forwarded to its subscribers like a frame received from a browser.
+    pub fn write_local(&mut self, device: DeviceId, rtp_time: u64, data: Vec<u8>, now: Instant) {
+        let data: std::sync::Arc<[u8]> = data.into();
+        let Some(source) = self
+            .devices
+            .get(&device)
+            .filter(|d| d.local)
+            .and_then(|d| d.publish)
+        else {
+            return;
+        };
+        let mut targets = std::mem::take(&mut self.scratch);
+        targets.clear();
+        if let Some(t) = self.fanout.get(&(source, Mid::from(LOCAL_AUDIO_MID))) {
+            targets.extend_from_slice(t);
+        }
+        let time = MediaTime::new(rtp_time, Frequency::FORTY_EIGHT_KHZ);
+        for &(sub_peer, out_mid) in &targets {
+            if let Some(&(local, key)) = self.local_targets.get(&(sub_peer, out_mid)) {
+                // Phone to phone: no codec in between.
+                self.events.push_back(EngineEvent::LocalMedia {
+                    device: local,
+                    source: key,
+                    rtp_time,
+                    dtmf: false,
+                    data: data.clone(),
+                });
+                continue;
+            }
+            let Some(sub) = self.peers.get_mut(&sub_peer) else {
+                continue;
+            };
+            let Some(writer) = sub.rtc.writer(out_mid) else {
+                continue;
+            };
+            let Some(pt) = writer
+                .payload_params()
+                .find(|p| p.spec().codec == Codec::Opus)
+                .map(|p| p.pt())
+            else {
+                continue;
+            };
+            if writer.write(pt, now, time, data.clone()).is_ok() {
+                self.forwarded += 1;
+            }
+            self.drain(sub_peer, now);
+        }
+        self.scratch = targets;
     }
 
     /// Takes a device and its peer connections out of this engine, untouched (connections
@@ -343,6 +478,11 @@ impl Engine {
         }
         dev.publish = None;
         dev.subscribe = None;
+        if dev.local {
+            dev.publish = Some(self.next_peer);
+            dev.subscribe = Some(self.next_peer + 1);
+            self.next_peer += 2;
+        }
         for peer in peers {
             let id = self.next_peer;
             self.next_peer += 1;
@@ -825,6 +965,10 @@ impl Engine {
         let Some(dev) = self.devices.get(&device) else {
             return;
         };
+        if dev.local {
+            self.set_local_tracks(device, desired);
+            return;
+        }
         if dev.pending.is_some() {
             if let Some(dev) = self.devices.get_mut(&device) {
                 dev.dirty = true;
@@ -939,11 +1083,50 @@ impl Engine {
         self.rebuild_fanout();
     }
 
+    /// A local device receives its desired audio tracks at once: nothing to negotiate.
+    fn set_local_tracks(
+        &mut self,
+        device: DeviceId,
+        desired: BTreeMap<TrackKey, Option<StreamAlias>>,
+    ) {
+        let Some(dev) = self.devices.get_mut(&device) else {
+            return;
+        };
+        let audio: BTreeMap<TrackKey, Option<StreamAlias>> = desired
+            .into_iter()
+            .filter(|(k, _)| k.kind == MediaKind::Audio)
+            .collect();
+        dev.tracks.retain(|k, _| audio.contains_key(k));
+        for (key, alias) in audio {
+            if !dev.tracks.contains_key(&key) {
+                dev.next_track += 1;
+                dev.tracks.insert(
+                    key,
+                    OutTrack {
+                        mid: Mid::from(format!("l{}", dev.next_track).as_str()),
+                        active: true,
+                        negotiated: true,
+                        alias,
+                    },
+                );
+            }
+        }
+        let sources = dev
+            .tracks
+            .keys()
+            .map(|k| SourceKey::of(k.publisher, &k.stream))
+            .collect();
+        self.events
+            .push_back(EngineEvent::LocalSources { device, sources });
+        self.rebuild_fanout();
+    }
+
     /// Recomputes who receives each incoming track: only desired, negotiated tracks.
     fn rebuild_fanout(&mut self) {
         let mut fanout: HashMap<(PeerId, Mid), Vec<(PeerId, Mid)>> = HashMap::new();
         let mut upstream = HashMap::new();
-        for dev in self.devices.values() {
+        let mut local_targets = HashMap::new();
+        for (&device, dev) in &self.devices {
             let Some(sub_peer) = dev.subscribe else {
                 continue;
             };
@@ -959,11 +1142,17 @@ impl Engine {
                     .entry(source)
                     .or_default()
                     .push((sub_peer, track.mid));
-                upstream.insert((sub_peer, track.mid), source);
+                if dev.local {
+                    let key_of = SourceKey::of(key.publisher, &key.stream);
+                    local_targets.insert((sub_peer, track.mid), (device, key_of));
+                } else {
+                    upstream.insert((sub_peer, track.mid), source);
+                }
             }
         }
         self.fanout = fanout;
         self.upstream = upstream;
+        self.local_targets = local_targets;
     }
 
     /// The publish peer and m-line carrying a track.
@@ -1040,6 +1229,20 @@ impl Engine {
                 targets.extend_from_slice(t);
             }
             for &(sub_peer, out_mid) in &targets {
+                if let Some(&(local, source)) = self.local_targets.get(&(sub_peer, out_mid)) {
+                    let codec = data.params.spec().codec;
+                    if matches!(codec, Codec::Opus | Codec::Tele) {
+                        self.events.push_back(EngineEvent::LocalMedia {
+                            device: local,
+                            source,
+                            rtp_time: data.time.rebase(Frequency::FORTY_EIGHT_KHZ).numer(),
+                            dtmf: codec == Codec::Tele,
+                            data: data.data.clone(),
+                        });
+                        self.forwarded += 1;
+                    }
+                    continue;
+                }
                 let Some(sub) = self.peers.get_mut(&sub_peer) else {
                     continue;
                 };

@@ -25,7 +25,7 @@
 
 mod engine;
 
-pub use engine::{Engine, EngineConfig, EngineEvent, MediaError, MovedDevice, Transmit};
+pub use engine::{Engine, EngineConfig, EngineEvent, MediaError, MovedDevice, SourceKey, Transmit};
 
 use std::collections::BTreeMap;
 

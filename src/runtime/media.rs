@@ -25,10 +25,12 @@ use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::control::{Control, ControlError, ControlEvent};
-use crate::domain::{AccountId, ParticipantId, PublishPermissions, SessionId};
+use crate::domain::{
+    AccountId, ParticipantId, PublishPermissions, SessionId, StreamAlias, StreamId,
+};
 use crate::media::{
     DeviceId, Engine, EngineConfig, EngineEvent, MediaError, MovedDevice, PublishAnswer,
-    PublishMetadata, SubscribeOffer,
+    PublishMetadata, SourceKey, SubscribeOffer,
 };
 use crate::store::StoreError;
 
@@ -68,6 +70,39 @@ enum Command {
         sdp: String,
         reply: oneshot::Sender<Result<(), MediaError>>,
     },
+    ConnectLocal {
+        connection: u64,
+        account: AccountId,
+        participant: ParticipantId,
+        stream: StreamId,
+        alias: Option<StreamAlias>,
+        downlink: mpsc::UnboundedSender<LocalDownlink>,
+        reply: oneshot::Sender<DeviceId>,
+    },
+    WriteLocal {
+        device: DeviceId,
+        rtp_time: u64,
+        data: Vec<u8>,
+    },
+    RemoveLocal {
+        device: DeviceId,
+    },
+}
+
+/// What the media plane gives a local device's driver (the SIP bridge, for a phone).
+#[derive(Debug)]
+pub enum LocalDownlink {
+    /// A frame of one of the audio tracks the device receives.
+    Frame {
+        source: SourceKey,
+        rtp_time: u64,
+        dtmf: bool,
+        data: Arc<[u8]>,
+    },
+    /// The tracks it receives now; others are gone.
+    Sources(Vec<SourceKey>),
+    /// The device was removed (participant deleted, or replaced by another device).
+    Closed(&'static str),
 }
 
 /// A handle on the media driver. Cheap to clone.
@@ -129,6 +164,18 @@ impl Shared {
         shard_by_hash(session.as_uuid().as_u128(), self.inboxes.len())
     }
 
+    /// Where a new device of `participant` goes: where its device is, else its session's
+    /// shard, else one chosen by its id.
+    fn shard_for(&self, participant: ParticipantId, session: Option<SessionId>) -> usize {
+        if let Some(&shard) = self.placement().participants.get(&participant) {
+            return shard;
+        }
+        match session {
+            Some(s) => self.shard_of_session(s),
+            None => shard_by_hash(participant.as_uuid().as_u128(), self.inboxes.len()),
+        }
+    }
+
     fn shard_of_device(&self, device: DeviceId) -> usize {
         self.placement().devices.get(&device).copied().unwrap_or(0)
     }
@@ -185,13 +232,7 @@ impl MediaHandle {
         notices: mpsc::UnboundedSender<DeviceNotice>,
     ) -> Result<(DeviceId, Connection), MediaError> {
         let connection = self.next_connection.fetch_add(1, Ordering::Relaxed);
-        let shard = match self.shared.placement().participants.get(&participant) {
-            Some(&shard) => shard,
-            None => match session {
-                Some(s) => self.shared.shard_of_session(s),
-                None => shard_by_hash(participant.as_uuid().as_u128(), self.shared.inboxes.len()),
-            },
-        };
+        let shard = self.shared.shard_for(participant, session);
         let (reply, device) = oneshot::channel();
         self.shared.send(
             shard,
@@ -257,6 +298,69 @@ impl MediaHandle {
         answer
             .await
             .map_err(|_| MediaError::Internal("media plane stopped".into()))?
+    }
+}
+
+impl MediaHandle {
+    /// Whether `participant` has a live device (a browser or a phone) anywhere.
+    pub fn is_connected(&self, participant: ParticipantId) -> bool {
+        self.shared
+            .placement()
+            .participants
+            .contains_key(&participant)
+    }
+
+    /// Connects a local device (a phone call) publishing one audio stream; what it receives
+    /// arrives on the returned channel.
+    pub async fn connect_local(
+        &self,
+        account: AccountId,
+        participant: ParticipantId,
+        session: Option<SessionId>,
+        stream: StreamId,
+        alias: Option<StreamAlias>,
+    ) -> Result<(DeviceId, mpsc::UnboundedReceiver<LocalDownlink>), MediaError> {
+        let connection = self.next_connection.fetch_add(1, Ordering::Relaxed);
+        let shard = self.shared.shard_for(participant, session);
+        let (downlink, frames) = mpsc::unbounded_channel();
+        let (reply, device) = oneshot::channel();
+        self.shared.send(
+            shard,
+            Inbox::Command(Command::ConnectLocal {
+                connection,
+                account,
+                participant,
+                stream,
+                alias,
+                downlink,
+                reply,
+            }),
+        )?;
+        let device = device
+            .await
+            .map_err(|_| MediaError::Internal("media plane stopped".into()))?;
+        Ok((device, frames))
+    }
+
+    /// An Opus frame of a local device's stream (RTP time at 48 kHz).
+    pub fn write_local(&self, device: DeviceId, rtp_time: u64, data: Vec<u8>) {
+        let shard = self.shared.shard_of_device(device);
+        let _ = self.shared.send(
+            shard,
+            Inbox::Command(Command::WriteLocal {
+                device,
+                rtp_time,
+                data,
+            }),
+        );
+    }
+
+    /// The local device's call ended: its stream is unpublished.
+    pub fn remove_local(&self, device: DeviceId) {
+        let shard = self.shared.shard_of_device(device);
+        let _ = self
+            .shared
+            .send(shard, Inbox::Command(Command::RemoveLocal { device }));
     }
 }
 
@@ -327,10 +431,15 @@ struct DeviceEntry {
     connection: Option<(u64, mpsc::UnboundedSender<DeviceNotice>)>,
     /// Detached without `leave`: removed at this time unless a connection resumes it.
     expires: Option<Instant>,
+    /// For a local device: where its frames go.
+    downlink: Option<mpsc::UnboundedSender<LocalDownlink>>,
 }
 
 impl DeviceEntry {
     fn notify(&self, notice: DeviceNotice) {
+        if let (Some(tx), DeviceNotice::Close(reason)) = (&self.downlink, &notice) {
+            let _ = tx.send(LocalDownlink::Closed(reason));
+        }
         if let Some((_, tx)) = &self.connection {
             let _ = tx.send(notice);
         }
@@ -635,6 +744,27 @@ impl Shard {
                 EngineEvent::Connected { device, subscribe } => {
                     tracing::debug!(device = device.0, subscribe, "peer connection up");
                 }
+                EngineEvent::LocalMedia {
+                    device,
+                    source,
+                    rtp_time,
+                    dtmf,
+                    data,
+                } => {
+                    if let Some(tx) = self.devices.get(&device).and_then(|d| d.downlink.as_ref()) {
+                        let _ = tx.send(LocalDownlink::Frame {
+                            source,
+                            rtp_time,
+                            dtmf,
+                            data,
+                        });
+                    }
+                }
+                EngineEvent::LocalSources { device, sources } => {
+                    if let Some(tx) = self.devices.get(&device).and_then(|d| d.downlink.as_ref()) {
+                        let _ = tx.send(LocalDownlink::Sources(sources));
+                    }
+                }
             }
         }
     }
@@ -726,6 +856,7 @@ impl Shard {
                         unique_id,
                         connection: Some((connection, notices)),
                         expires: None,
+                        downlink: None,
                     },
                 );
                 let _ = reply.send(device);
@@ -763,6 +894,76 @@ impl Shard {
             Command::SubscribeAnswer { device, sdp, reply } => {
                 let _ = reply.send(self.engine.handle_subscribe_answer(device, &sdp, now));
             }
+            Command::ConnectLocal {
+                connection,
+                account,
+                participant,
+                stream,
+                alias,
+                downlink,
+                reply,
+            } => {
+                let placed = self
+                    .shared
+                    .placement()
+                    .participants
+                    .get(&participant)
+                    .copied();
+                if let Some(shard) = placed.filter(|&s| s != self.index) {
+                    let _ = self.shared.send(
+                        shard,
+                        Inbox::Command(Command::ConnectLocal {
+                            connection,
+                            account,
+                            participant,
+                            stream,
+                            alias,
+                            downlink,
+                            reply,
+                        }),
+                    );
+                    return;
+                }
+                self.accounts.insert(participant, account);
+                let device = DeviceId(connection);
+                {
+                    let mut placement = self.shared.placement();
+                    placement.devices.insert(device, self.index);
+                    placement.participants.insert(participant, self.index);
+                }
+                // The entry first: the engine's first events (its sources) go to the bridge.
+                self.devices.insert(
+                    device,
+                    DeviceEntry {
+                        participant,
+                        unique_id: String::new(),
+                        connection: None,
+                        expires: None,
+                        downlink: Some(downlink),
+                    },
+                );
+                if let Some(old) =
+                    self.engine
+                        .add_local_device(device, participant, stream, alias, now)
+                {
+                    if let Some(d) = self.devices.remove(&old) {
+                        d.notify(DeviceNotice::Close("replaced by a newer connection"));
+                    }
+                    self.shared.placement().devices.remove(&old);
+                }
+                let _ = reply.send(device);
+            }
+            Command::WriteLocal {
+                device,
+                rtp_time,
+                data,
+            } => self.engine.write_local(device, rtp_time, data, now),
+            Command::RemoveLocal { device } => {
+                if self.devices.contains_key(&device) {
+                    self.remove_device(device, now);
+                    self.devices.remove(&device);
+                }
+            }
         }
     }
 }
@@ -771,10 +972,12 @@ impl Command {
     /// The device a command is about (none for a new connection).
     fn device(&self) -> Option<DeviceId> {
         match self {
-            Command::Connect { .. } => None,
+            Command::Connect { .. } | Command::ConnectLocal { .. } => None,
             Command::Disconnect { device, .. }
             | Command::PublishOffer { device, .. }
-            | Command::SubscribeAnswer { device, .. } => Some(*device),
+            | Command::SubscribeAnswer { device, .. }
+            | Command::WriteLocal { device, .. }
+            | Command::RemoveLocal { device } => Some(*device),
         }
     }
 }
