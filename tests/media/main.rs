@@ -1047,3 +1047,54 @@ fn publisher_moved_away_is_not_forwarded_here_and_resumes_when_back() {
         assert!(c.count(net.id(o), Kind::Video, since) >= 8, "{}", c.name);
     }
 }
+
+#[test]
+fn phone_is_heard_by_browsers_and_hears_exactly_its_subscriptions() {
+    let (mut net, [a, b, c]) = three_in_session();
+    // The phone (a local device) subscribes to alice only: a whisper-like rule.
+    let (phone_participant, phone) = net.add_phone(Rules::Only(vec![a]));
+    const PHONE: u8 = 200;
+    let since = net.now;
+    for n in 0..50u32 {
+        let data = peer::frame(PHONE, Kind::Audio, n, false);
+        net.engine
+            .write_local(phone, u64::from(n) * 960, data, net.now);
+        net.pump();
+        net.run(Duration::from_millis(20));
+    }
+    net.assert_clean();
+    for x in [a, b, c] {
+        let got = net.clients[x].count(PHONE, Kind::Audio, since);
+        assert!(
+            got >= 40,
+            "{} heard {got} of 50 phone frames",
+            net.clients[x].name
+        );
+        assert_eq!(net.clients[x].count(PHONE, Kind::Video, since), 0);
+    }
+    // What the phone received: alice's audio only (no video, not bob or carol, not itself).
+    let origins: std::collections::BTreeSet<(u8, peer::Kind)> = net
+        .local_frames
+        .iter()
+        .filter(|(at, d, _, dtmf, _)| *d == phone && *at >= since && !dtmf)
+        .filter_map(|(_, _, _, _, data)| peer::decode(data).map(|(o, k, _, _)| (o, k)))
+        .collect();
+    assert_eq!(
+        origins,
+        [(net.id(a), Kind::Audio)].into_iter().collect(),
+        "the phone receives exactly alice's audio"
+    );
+    assert_eq!(net.local_sources.get(&phone).map(Vec::len), Some(1));
+    // Re-wired to the whole session: bob and carol come in, live.
+    net.set_phone_rules(phone_participant, Rules::Session);
+    let since = net.now;
+    net.run(Duration::from_millis(500));
+    let origins: std::collections::BTreeSet<u8> = net
+        .local_frames
+        .iter()
+        .filter(|(at, d, _, _, _)| *d == phone && *at >= since)
+        .filter_map(|(_, _, _, _, data)| peer::decode(data).map(|(o, _, _, _)| o))
+        .collect();
+    assert_eq!(origins, net.ids(&[a, b, c]));
+    assert_eq!(net.local_sources.get(&phone).map(Vec::len), Some(3));
+}

@@ -16,7 +16,7 @@ use patchbay::domain::{
 use patchbay::forwarding::{compile, ForwardingTable, Member, PublishedStream, SessionState};
 use patchbay::media::{
     DataChannelMetadata, DeviceId, Engine, EngineConfig, EngineEvent, PublishAnswer,
-    PublishMetadata, PublishedStreamMetadata, SubscribeOffer,
+    PublishMetadata, PublishedStreamMetadata, SourceKey, SubscribeOffer,
 };
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::ChannelConfig;
@@ -514,6 +514,10 @@ pub struct Net {
     pub undeliverable: usize,
     /// One-way delay of every datagram from now on (clients added later inherit it).
     pub latency: Duration,
+    /// Frames handed to local devices (phones): when, to whom, from which source, DTMF or not.
+    pub local_frames: Vec<(Instant, DeviceId, SourceKey, bool, Vec<u8>)>,
+    /// The sources each local device receives, as last told.
+    pub local_sources: BTreeMap<DeviceId, Vec<SourceKey>>,
     next_device: u64,
 }
 
@@ -546,6 +550,8 @@ impl Net {
             tap: None,
             undeliverable: 0,
             latency: LATENCY,
+            local_frames: Vec::new(),
+            local_sources: BTreeMap::new(),
             next_device: 1,
         }
     }
@@ -590,6 +596,43 @@ impl Net {
         );
         self.pump();
         replaced
+    }
+
+    /// A phone joins as a local device of a new participant, subscribed per `rules` to the
+    /// clients. Returns its participant and device.
+    pub fn add_phone(&mut self, rules: Rules) -> (ParticipantId, DeviceId) {
+        let participant = ParticipantId::random();
+        let device = DeviceId(self.next_device);
+        self.next_device += 1;
+        let stream = patchbay::domain::StreamId::parse("phone-stream").unwrap();
+        let alias = patchbay::domain::StreamAlias::parse("phone").ok();
+        let replaced = self
+            .engine
+            .add_local_device(device, participant, stream, alias, self.now);
+        assert_eq!(replaced, None);
+        self.pump();
+        let subscriptions = self.subscriptions(&rules);
+        self.control.members.insert(
+            participant,
+            Member {
+                id: participant,
+                publish: MediaKinds::AUDIO,
+                subscriptions,
+            },
+        );
+        self.control.recompile(&mut self.engine, self.now);
+        self.pump();
+        (participant, device)
+    }
+
+    /// Changes the rules of a phone added with [`Net::add_phone`].
+    pub fn set_phone_rules(&mut self, participant: ParticipantId, rules: Rules) {
+        let subscriptions = self.subscriptions(&rules);
+        if let Some(m) = self.control.members.get_mut(&participant) {
+            m.subscriptions = subscriptions;
+        }
+        self.control.recompile(&mut self.engine, self.now);
+        self.pump();
     }
 
     /// The client's index as written into its frames.
@@ -885,6 +928,18 @@ impl Net {
                     self.control.recompile(&mut self.engine, self.now);
                 }
                 EngineEvent::Connected { .. } => {}
+                EngineEvent::LocalMedia {
+                    device,
+                    source,
+                    dtmf,
+                    data,
+                    ..
+                } => self
+                    .local_frames
+                    .push((self.now, device, source, dtmf, data.to_vec())),
+                EngineEvent::LocalSources { device, sources } => {
+                    self.local_sources.insert(device, sources);
+                }
             }
         }
     }
