@@ -18,4 +18,22 @@
 //! - [`rtp`]: RTP packets and RFC 4733 telephone events;
 //! - [`g711`], [`opus`]: the codecs;
 //! - [`jitter`]: a small jitter buffer;
-//! - [`mixer`] and [`phone`]: one phone's audio in both directions.
+//! - [`mixer`] and [`phone`]: one phone's audio in both directions;
+//! - [`tone`]: sine/DTMF generators and Goertzel detection for tests and diagnostics.
+
+// Signalling.
+pub mod endpoint;
+pub mod message;
+pub mod transaction;
+pub mod transport;
+pub mod uui;
+
+// Media.
+pub mod g711;
+pub mod jitter;
+pub mod mixer;
+pub mod opus;
+pub mod phone;
+pub mod rtp;
+pub mod sdp;
+pub mod tone;
