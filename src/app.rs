@@ -14,6 +14,7 @@ use crate::control::{Control, NewCredentials};
 use crate::domain::AccountId;
 use crate::media::EngineConfig;
 use crate::runtime::media::{MediaHandle, ShardSetup};
+use crate::runtime::sip::{SipHandle, SipSettings};
 use crate::signaling::{self, SignalingState};
 use crate::store::{self, Store};
 
@@ -27,6 +28,7 @@ pub struct App {
     listener: TcpListener,
     http_addr: SocketAddr,
     media_public_addr: SocketAddr,
+    sip: SipHandle,
     /// Credentials of the dev account, when this start created it.
     pub dev_credentials: Option<NewCredentials>,
 }
@@ -76,12 +78,26 @@ impl App {
         }
         let media_public_addr = shards[0].config.public_addr;
         let media = crate::runtime::media::spawn(shards, control.clone())?;
+        let sip_settings = SipSettings {
+            media_ip: public_media_addr(config, config.sip_listen).ip(),
+            rtp_ports: config.rtp_ports,
+            stream_alias: Some(config.phone_stream_alias.clone()),
+        };
+        let sip = crate::runtime::sip::spawn(
+            config.sip_listen,
+            sip_settings,
+            control.clone(),
+            media.clone(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot bind SIP {}: {e}", config.sip_listen))?;
         Ok(App {
             control,
             media,
             listener,
             http_addr,
             media_public_addr,
+            sip,
             dev_credentials,
         })
     }
@@ -97,6 +113,11 @@ impl App {
     /// The media address of the first shard (an ICE host candidate devices are told).
     pub fn media_public_addr(&self) -> SocketAddr {
         self.media_public_addr
+    }
+
+    /// The address of the SIP bridge (UDP and TCP).
+    pub fn sip_addr(&self) -> SocketAddr {
+        self.sip.local_addr()
     }
 
     /// The media address of every shard.
@@ -121,9 +142,17 @@ impl App {
         // Routing sees the path with duplicated leading slashes folded (`//v3/` from SDKs
         // given a base URL that ends in '/').
         let app = tower::ServiceExt::map_request(router, fold_leading_slashes);
+        let sip = self.sip.clone();
+        let shutdown = async move {
+            shutdown.await;
+            // Phones are told the call is over (BYE) while HTTP drains.
+            sip.shutdown();
+        };
         axum::serve(self.listener, tower::make::Shared::new(app))
             .with_graceful_shutdown(shutdown)
             .await?;
+        // Give the BYEs a moment to be answered.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         Ok(())
     }
 }

@@ -97,9 +97,15 @@ pub struct ServeConfig {
     /// media listen address, or 127.0.0.1 when that is unspecified.
     #[arg(long, env = "PATCHBAY_PUBLIC_IP")]
     pub public_ip: Option<IpAddr>,
-    /// SIP address (UDP and TCP) for phone dial-in. Reserved: used once the SIP bridge lands.
+    /// SIP address (UDP and TCP) for phone dial-in (port 0: any free port).
     #[arg(long, env = "PATCHBAY_SIP_LISTEN", default_value = "0.0.0.0:5060")]
     pub sip_listen: SocketAddr,
+    /// UDP ports for phones' RTP, `LOW-HIGH` inclusive (`0-0`: any free port).
+    #[arg(long, env = "PATCHBAY_RTP_PORTS", default_value = "20000-29999", value_parser = parse_port_range)]
+    pub rtp_ports: (u16, u16),
+    /// The stream alias of the audio a phone publishes.
+    #[arg(long, env = "PATCHBAY_PHONE_STREAM_ALIAS", default_value = "phone", value_parser = parse_alias)]
+    pub phone_stream_alias: crate::domain::StreamAlias,
 }
 
 impl ServeConfig {
@@ -115,6 +121,25 @@ impl ServeConfig {
             media_shards: None,
             public_ip: None,
             sip_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            rtp_ports: (0, 0),
+            phone_stream_alias: crate::domain::StreamAlias::parse("phone")
+                .unwrap_or_else(|_| unreachable!("a valid alias")),
         }
     }
+}
+
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let (low, high) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?} is not LOW-HIGH"))?;
+    let low: u16 = low.trim().parse().map_err(|e| format!("{low:?}: {e}"))?;
+    let high: u16 = high.trim().parse().map_err(|e| format!("{high:?}: {e}"))?;
+    if low > high || (low == 0) != (high == 0) {
+        return Err(format!("{s:?}: need 0-0 or 1 <= LOW <= HIGH"));
+    }
+    Ok((low, high))
+}
+
+fn parse_alias(s: &str) -> Result<crate::domain::StreamAlias, String> {
+    crate::domain::StreamAlias::parse(s).map_err(|e| e.to_string())
 }

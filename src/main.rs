@@ -59,6 +59,7 @@ async fn serve(config: patchbay::config::ServeConfig) -> anyhow::Result<()> {
             creds.account
         );
     }
+    println!("patchbay SIP on {} (UDP and TCP)", app.sip_addr());
     println!("patchbay listening on http://{}", app.http_addr());
     tracing::info!(addr = %app.http_addr(), "serving");
     app.run_until_stopped(shutdown_signal()).await

@@ -74,6 +74,11 @@ pub enum LifecycleEvent {
         participant: ParticipantId,
         stream: StreamId,
     },
+    /// A phone participant pressed a key (RFC 4733 telephone-event from the phone).
+    PhoneDtmf {
+        participant: ParticipantId,
+        digit: char,
+    },
 }
 
 /// What a new participant is created with.

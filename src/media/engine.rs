@@ -278,6 +278,20 @@ impl Engine {
         permissions: PublishPermissions,
         now: Instant,
     ) -> Option<DeviceId> {
+        let replaced = self.insert_device(device, participant, permissions, false, now);
+        // It may already be wired to receive something (a reconnect, or routes set before).
+        self.renegotiate(device, now);
+        replaced
+    }
+
+    fn insert_device(
+        &mut self,
+        device: DeviceId,
+        participant: ParticipantId,
+        permissions: PublishPermissions,
+        local: bool,
+        now: Instant,
+    ) -> Option<DeviceId> {
         let replaced = self.device_of.get(&participant).copied();
         if let Some(old) = replaced {
             self.remove_device(old, now);
@@ -286,7 +300,7 @@ impl Engine {
             device,
             Device {
                 participant,
-                local: false,
+                local,
                 permissions,
                 publish: None,
                 subscribe: None,
@@ -303,8 +317,6 @@ impl Engine {
             },
         );
         self.device_of.insert(participant, device);
-        // It may already be wired to receive something (a reconnect, or routes set before).
-        self.renegotiate(device, now);
         replaced
     }
 
@@ -346,14 +358,14 @@ impl Engine {
         alias: Option<StreamAlias>,
         now: Instant,
     ) -> Option<DeviceId> {
-        let replaced = self.add_device(device, participant, PublishPermissions::AUDIO, now);
+        let replaced =
+            self.insert_device(device, participant, PublishPermissions::AUDIO, true, now);
         let publish = self.next_peer;
         let subscribe = self.next_peer + 1;
         self.next_peer += 2;
         let Some(dev) = self.devices.get_mut(&device) else {
             return replaced;
         };
-        dev.local = true;
         dev.publish = Some(publish);
         dev.subscribe = Some(subscribe);
         dev.published.insert(

@@ -2,3 +2,4 @@
 //! (see the engines' drive contracts) and talks to the rest over channels.
 
 pub mod media;
+pub mod sip;

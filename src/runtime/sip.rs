@@ -1,0 +1,692 @@
+//! The SIP driver: one task owns the SIP sockets (UDP and TCP on `--sip-listen`), the sans-IO
+//! [`Endpoint`] of `patchbay-sip`, every call's RTP socket and its [`PhoneMedia`] (jitter
+//! buffer, codecs, mixer). It turns an admitted call into a *local device* of the media plane:
+//! the phone's audio is published as one Opus stream, and the Opus frames of exactly the audio
+//! tracks its participant is subscribed to come back, are decoded and mixed into the G.711
+//! stream the phone hears.
+//!
+//! Admission (reference §4.2): the participant token from `User-To-User` is verified like a
+//! browser's; refusals carry a precise status and a `Reason` header: no, bad or expired token
+//! 403; deleted participant 404; participant in no session 480; already connected 486; no
+//! common codec 488. Every call end is logged with its [`CallEnd`] and counted.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use patchbay_sip::endpoint::{CallEnd, CallEvent, CallId, Endpoint, EndpointConfig};
+use patchbay_sip::mixer::SourceId;
+use patchbay_sip::phone::{PhoneConfig, PhoneMedia};
+use patchbay_sip::sdp::{self, AnswerParams, Negotiated};
+use patchbay_sip::transport::{ConnectionId, Transport};
+use patchbay_sip::uui;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::{broadcast, mpsc, watch};
+
+use crate::control::{Control, ControlEvent, DeviceTokenError, LifecycleEvent};
+use crate::domain::{AccountId, ParticipantId, SessionId, StreamAlias, StreamId};
+use crate::media::DeviceId;
+use crate::runtime::media::{LocalDownlink, MediaHandle};
+use crate::token::TokenError;
+
+/// Settings of the SIP bridge.
+#[derive(Debug, Clone)]
+pub struct SipSettings {
+    /// The address written into SDP answers (where phones send RTP).
+    pub media_ip: IpAddr,
+    /// RTP ports, inclusive; `(0, 0)`: any free port.
+    pub rtp_ports: (u16, u16),
+    /// The alias of the audio stream a phone publishes.
+    pub stream_alias: Option<StreamAlias>,
+}
+
+/// A handle on the running bridge.
+#[derive(Clone)]
+pub struct SipHandle {
+    local_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+}
+
+impl SipHandle {
+    /// The address the SIP sockets are bound to (UDP and TCP).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Sends BYE to every call; the driver ends once they are answered (or after a while).
+    pub fn shutdown(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// How long shutdown waits for the answers to its BYEs.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// How often calls are looked at for audio to send (each call keeps its own ptime).
+const AUDIO_TICK: Duration = Duration::from_millis(5);
+
+/// Binds UDP and TCP on `listen` and starts the driver.
+pub async fn spawn(
+    listen: SocketAddr,
+    settings: SipSettings,
+    control: Control,
+    media: MediaHandle,
+) -> std::io::Result<SipHandle> {
+    let udp = UdpSocket::bind(listen).await?;
+    let local_addr = udp.local_addr()?;
+    let tcp = TcpListener::bind(local_addr).await?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (stop, stop_rx) = watch::channel(false);
+    tokio::spawn(accept_tcp(tcp, tx.clone()));
+    let advertised = SocketAddr::new(
+        if local_addr.ip().is_unspecified() {
+            settings.media_ip
+        } else {
+            local_addr.ip()
+        },
+        local_addr.port(),
+    );
+    let bridge = Bridge {
+        endpoint: Endpoint::new(EndpointConfig::new(advertised)),
+        udp: Arc::new(udp),
+        settings,
+        control: control.clone(),
+        media,
+        tx,
+        calls: HashMap::new(),
+        tcp: HashMap::new(),
+        ends: HashMap::new(),
+        next_port: 0,
+    };
+    tokio::spawn(bridge.run(rx, control.watch(), stop_rx));
+    Ok(SipHandle { local_addr, stop })
+}
+
+/// What the driver's task receives besides the UDP socket and control's events.
+enum Message {
+    TcpOpen {
+        conn: ConnectionId,
+        writer: mpsc::UnboundedSender<Vec<u8>>,
+    },
+    TcpData {
+        conn: ConnectionId,
+        source: SocketAddr,
+        data: Vec<u8>,
+    },
+    TcpClosed(ConnectionId),
+    Admitted(CallId, Result<Box<Admitted>, Refusal>),
+    Rtp {
+        call: CallId,
+        source: SocketAddr,
+        data: Vec<u8>,
+    },
+    Downlink(CallId, LocalDownlink),
+    /// The participant left its session (by REST): hang up.
+    Hangup(CallId),
+}
+
+struct Refusal {
+    code: u16,
+    reason: String,
+}
+
+impl Refusal {
+    fn new(code: u16, reason: impl Into<String>) -> Refusal {
+        Refusal {
+            code,
+            reason: reason.into(),
+        }
+    }
+}
+
+struct Admitted {
+    account: AccountId,
+    participant: ParticipantId,
+    session: SessionId,
+    device: DeviceId,
+    downlink: mpsc::UnboundedReceiver<LocalDownlink>,
+    rtp: Arc<UdpSocket>,
+    negotiated: Negotiated,
+}
+
+struct Call {
+    participant: ParticipantId,
+    account: AccountId,
+    session: SessionId,
+    device: DeviceId,
+    phone: PhoneMedia,
+    rtp: Arc<UdpSocket>,
+    remote: Option<SocketAddr>,
+    ptime: Duration,
+    next_tick: Instant,
+    /// The downlink sources fed into the mixer so far.
+    sources: std::collections::HashSet<u64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+struct Bridge {
+    endpoint: Endpoint,
+    udp: Arc<UdpSocket>,
+    settings: SipSettings,
+    control: Control,
+    media: MediaHandle,
+    tx: mpsc::UnboundedSender<Message>,
+    calls: HashMap<CallId, Call>,
+    tcp: HashMap<ConnectionId, mpsc::UnboundedSender<Vec<u8>>>,
+    /// Calls ended, by how.
+    ends: HashMap<&'static str, u64>,
+    next_port: u32,
+}
+
+impl Bridge {
+    async fn run(
+        mut self,
+        mut messages: mpsc::UnboundedReceiver<Message>,
+        mut control_events: broadcast::Receiver<ControlEvent>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut buf = vec![0u8; 65_535];
+        let mut audio = tokio::time::interval(AUDIO_TICK);
+        audio.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut stopping: Option<Instant> = None;
+        loop {
+            let deadline = self
+                .endpoint
+                .poll_timeout()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+            let udp = self.udp.clone();
+            tokio::select! {
+                received = udp.recv_from(&mut buf) => match received {
+                    Ok((n, source)) => self.endpoint.handle_datagram(Instant::now(), source, &buf[..n]),
+                    Err(e) => tracing::debug!(error = %e, "SIP socket receive error"),
+                },
+                message = messages.recv() => match message {
+                    Some(m) => self.handle(m),
+                    None => break,
+                },
+                event = control_events.recv() => match event {
+                    Ok(ControlEvent::Routes(update)) => self.check_membership(update.session),
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        let sessions: Vec<SessionId> = self.calls.values().map(|c| c.session).collect();
+                        for s in sessions {
+                            self.check_membership(s);
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+                _ = audio.tick() => self.tick_audio(Instant::now()),
+                _ = tokio::time::sleep_until(deadline.into()) => self.endpoint.handle_timeout(Instant::now()),
+                changed = stop.changed(), if stopping.is_none() => {
+                    if changed.is_err() || *stop.borrow() {
+                        let now = Instant::now();
+                        stopping = Some(now + SHUTDOWN_GRACE);
+                        let calls: Vec<CallId> = self.calls.keys().copied().collect();
+                        tracing::info!(calls = calls.len(), "SIP bridge stopping: hanging up every call");
+                        for call in calls {
+                            let _ = self.endpoint.hangup(call, now);
+                        }
+                    }
+                }
+            }
+            self.flush().await;
+            if let Some(limit) = stopping {
+                if self.calls.is_empty() || Instant::now() >= limit {
+                    break;
+                }
+            }
+        }
+        for (_, call) in self.calls.drain() {
+            self.media.remove_local(call.device);
+            for t in call.tasks {
+                t.abort();
+            }
+        }
+    }
+
+    fn handle(&mut self, message: Message) {
+        let now = Instant::now();
+        match message {
+            Message::TcpOpen { conn, writer } => {
+                self.tcp.insert(conn, writer);
+            }
+            Message::TcpData { conn, source, data } => {
+                self.endpoint.handle_stream(now, conn, source, &data)
+            }
+            Message::TcpClosed(conn) => {
+                self.tcp.remove(&conn);
+                self.endpoint.connection_closed(conn);
+            }
+            Message::Admitted(call, Err(refusal)) => {
+                tracing::info!(call = %call, code = refusal.code, reason = %refusal.reason, "SIP call refused");
+                let _ = self
+                    .endpoint
+                    .reject(call, refusal.code, &refusal.reason, now);
+            }
+            Message::Admitted(call, Ok(admitted)) => self.start_call(call, *admitted, now),
+            Message::Rtp { call, source, data } => {
+                if let Some(c) = self.calls.get_mut(&call) {
+                    // Symmetric RTP: answer where the phone actually sends from.
+                    if c.remote.is_some() && c.remote != Some(source) {
+                        c.remote = Some(source);
+                    }
+                    if let Err(e) = c.phone.receive_rtp(&data, now) {
+                        tracing::trace!(call = %call, error = %e, "unusable RTP from the phone");
+                    }
+                    while let Some(frame) = c.phone.poll_uplink(now) {
+                        self.media
+                            .write_local(c.device, u64::from(frame.rtp_time_48k), frame.opus);
+                    }
+                    while let Some(digit) = c.phone.poll_dtmf() {
+                        self.control.device_event(LifecycleEvent::PhoneDtmf {
+                            participant: c.participant,
+                            digit,
+                        });
+                    }
+                }
+            }
+            Message::Downlink(call, downlink) => {
+                let Some(c) = self.calls.get_mut(&call) else {
+                    return;
+                };
+                match downlink {
+                    LocalDownlink::Frame {
+                        source,
+                        rtp_time,
+                        dtmf,
+                        data,
+                    } => {
+                        if dtmf {
+                            if let Ok(event) = patchbay_sip::rtp::TelephoneEvent::parse(&data) {
+                                if event.end {
+                                    if let Some(digit) = event.digit() {
+                                        c.phone.send_dtmf(digit, 160);
+                                    }
+                                }
+                            }
+                        } else {
+                            c.sources.insert(source.0);
+                            c.phone
+                                .push_downlink(SourceId(source.0), &data, rtp_time as u32);
+                        }
+                    }
+                    LocalDownlink::Sources(sources) => {
+                        let keep: std::collections::HashSet<u64> =
+                            sources.iter().map(|s| s.0).collect();
+                        let gone: Vec<u64> = c
+                            .sources
+                            .iter()
+                            .copied()
+                            .filter(|s| !keep.contains(s))
+                            .collect();
+                        for s in gone {
+                            c.sources.remove(&s);
+                            c.phone.remove_source(SourceId(s));
+                        }
+                    }
+                    LocalDownlink::Closed(reason) => {
+                        tracing::info!(call = %call, reason, "phone's device closed: hanging up");
+                        let _ = self.endpoint.hangup(call, now);
+                    }
+                }
+            }
+            Message::Hangup(call) => {
+                let _ = self.endpoint.hangup(call, now);
+            }
+        }
+    }
+
+    fn start_call(&mut self, call: CallId, admitted: Admitted, now: Instant) {
+        let Admitted {
+            account,
+            participant,
+            session,
+            device,
+            downlink,
+            rtp,
+            negotiated,
+        } = admitted;
+        let ssrc = rand::random::<u32>();
+        let phone = match PhoneMedia::new(PhoneConfig::from_negotiated(&negotiated, ssrc)) {
+            Ok(p) => p,
+            Err(e) => {
+                self.media.remove_local(device);
+                let _ = self.endpoint.reject(call, 500, &format!("media: {e}"), now);
+                return;
+            }
+        };
+        if self
+            .endpoint
+            .accept(call, &negotiated.answer_sdp, now)
+            .is_err()
+        {
+            // Cancelled while it was being admitted.
+            self.media.remove_local(device);
+            return;
+        }
+        let mut tasks = Vec::new();
+        let tx = self.tx.clone();
+        let socket = rtp.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            while let Ok((n, source)) = socket.recv_from(&mut buf).await {
+                let data = buf[..n].to_vec();
+                if tx.send(Message::Rtp { call, source, data }).is_err() {
+                    break;
+                }
+            }
+        }));
+        let tx = self.tx.clone();
+        let mut downlink = downlink;
+        tasks.push(tokio::spawn(async move {
+            while let Some(m) = downlink.recv().await {
+                if tx.send(Message::Downlink(call, m)).is_err() {
+                    break;
+                }
+            }
+        }));
+        tracing::info!(call = %call, %participant, "phone joined");
+        self.control.device_event(LifecycleEvent::Connected {
+            participant,
+            device: format!("sip-{call}"),
+        });
+        let ptime = Duration::from_millis(u64::from(negotiated.ptime_ms));
+        self.calls.insert(
+            call,
+            Call {
+                participant,
+                account,
+                session,
+                device,
+                phone,
+                rtp,
+                remote: negotiated.remote.filter(|_| negotiated.direction.sends()),
+                ptime,
+                next_tick: now + ptime,
+                sources: Default::default(),
+                tasks,
+            },
+        );
+    }
+
+    fn tick_audio(&mut self, now: Instant) {
+        for c in self.calls.values_mut() {
+            if c.next_tick > now {
+                continue;
+            }
+            // Catch up at most a little; PhoneMedia copes with a missed tick.
+            c.next_tick = (c.next_tick + c.ptime).max(now - c.ptime);
+            let packets = c.phone.tick(now);
+            if let Some(remote) = c.remote {
+                for p in packets {
+                    let _ = c.rtp.try_send_to(&p, remote);
+                }
+            }
+        }
+    }
+
+    /// Hangs up the calls of participants no longer in `session`.
+    fn check_membership(&self, session: SessionId) {
+        for (&call, c) in self.calls.iter().filter(|(_, c)| c.session == session) {
+            let control = self.control.clone();
+            let tx = self.tx.clone();
+            let (account, participant) = (c.account.clone(), c.participant);
+            tokio::spawn(async move {
+                let still = control
+                    .participant(&account, participant)
+                    .await
+                    .ok()
+                    .is_some_and(|p| p.session == Some(session));
+                if !still {
+                    let _ = tx.send(Message::Hangup(call));
+                }
+            });
+        }
+    }
+
+    async fn flush(&mut self) {
+        while let Some(t) = self.endpoint.poll_transmit() {
+            match t.transport {
+                Transport::Udp => {
+                    if let Err(e) = self.udp.send_to(&t.bytes, t.destination).await {
+                        tracing::debug!(error = %e, to = %t.destination, "SIP send failed");
+                    }
+                }
+                Transport::Tcp(conn) => {
+                    if let Some(w) = self.tcp.get(&conn) {
+                        let _ = w.send(t.bytes);
+                    }
+                }
+            }
+        }
+        let now = Instant::now();
+        while let Some(event) = self.endpoint.poll_event() {
+            match event {
+                CallEvent::Incoming {
+                    call,
+                    source,
+                    user_to_user,
+                    sdp_offer,
+                    sip_call_id,
+                    ..
+                } => {
+                    let correlation = uui::correlation_id(&user_to_user);
+                    tracing::info!(call = %call, %source, sip_call_id, ?correlation, "SIP call arriving");
+                    let port = self.next_rtp_port();
+                    tokio::spawn(admit(
+                        call,
+                        user_to_user,
+                        sdp_offer,
+                        self.settings.clone(),
+                        port,
+                        self.control.clone(),
+                        self.media.clone(),
+                        self.tx.clone(),
+                    ));
+                }
+                CallEvent::Established { call, .. } => {
+                    tracing::debug!(call = %call, "SIP call established");
+                }
+                CallEvent::Reoffer { call, sdp_offer } => {
+                    let Some(c) = self.calls.get_mut(&call) else {
+                        let _ = self
+                            .endpoint
+                            .answer_update(call, Err((481, "no such call")), now);
+                        continue;
+                    };
+                    let port = c.rtp.local_addr().map(|a| a.port()).unwrap_or(0);
+                    let params = answer_params(&self.settings, port);
+                    match sdp::answer(&sdp_offer, &params) {
+                        Ok(n) => {
+                            c.remote = n.remote.filter(|_| n.direction.sends());
+                            let _ = self.endpoint.answer_update(call, Ok(&n.answer_sdp), now);
+                        }
+                        Err(e) => {
+                            let _ = self.endpoint.answer_update(
+                                call,
+                                Err((e.sip_status(), &e.to_string())),
+                                now,
+                            );
+                        }
+                    }
+                }
+                CallEvent::Ended { call, end } => self.end_call(call, end),
+                CallEvent::CloseConnection { conn } => {
+                    self.tcp.remove(&conn);
+                }
+            }
+        }
+    }
+
+    fn end_call(&mut self, call: CallId, end: CallEnd) {
+        *self.ends.entry(end.as_str()).or_default() += 1;
+        let Some(c) = self.calls.remove(&call) else {
+            tracing::info!(call = %call, end = %end, "SIP call ended before it was answered");
+            return;
+        };
+        let stats = c.phone.stats();
+        tracing::info!(call = %call, end = %end, participant = %c.participant, ?stats, ends = ?self.ends, "SIP call ended");
+        self.media.remove_local(c.device);
+        for t in c.tasks {
+            t.abort();
+        }
+        self.control.device_event(LifecycleEvent::Disconnected {
+            participant: c.participant,
+            device: format!("sip-{call}"),
+            left: matches!(end, CallEnd::RemoteBye),
+        });
+    }
+
+    /// The next RTP port to try (0 when any free port will do).
+    fn next_rtp_port(&mut self) -> u16 {
+        let (low, high) = self.settings.rtp_ports;
+        if low == 0 {
+            return 0;
+        }
+        let span = u32::from(high.saturating_sub(low)) + 1;
+        let port = u32::from(low) + self.next_port % span;
+        self.next_port = self.next_port.wrapping_add(2);
+        u16::try_from(port).unwrap_or(low)
+    }
+}
+
+fn answer_params(settings: &SipSettings, port: u16) -> AnswerParams {
+    let id = rand::random::<u32>().into();
+    AnswerParams {
+        ip: settings.media_ip,
+        port,
+        session_id: id,
+        session_version: id,
+    }
+}
+
+/// Binds an RTP socket at `port` or, if taken, the next free ones of the range.
+async fn bind_rtp(settings: &SipSettings, port: u16) -> std::io::Result<UdpSocket> {
+    let (low, high) = settings.rtp_ports;
+    if low == 0 {
+        return UdpSocket::bind((IpAddr::from([0, 0, 0, 0]), 0)).await;
+    }
+    let mut p = port;
+    for _ in 0..=u32::from(high - low) {
+        if let Ok(s) = UdpSocket::bind((IpAddr::from([0, 0, 0, 0]), p)).await {
+            return Ok(s);
+        }
+        p = if p >= high { low } else { p + 1 };
+    }
+    Err(std::io::Error::other("no free RTP port in --rtp-ports"))
+}
+
+/// Decides about an arriving call (reference §4.2) and reports to the driver.
+#[allow(clippy::too_many_arguments)]
+async fn admit(
+    call: CallId,
+    user_to_user: Vec<String>,
+    sdp_offer: Option<String>,
+    settings: SipSettings,
+    port: u16,
+    control: Control,
+    media: MediaHandle,
+    tx: mpsc::UnboundedSender<Message>,
+) {
+    let result = admit_inner(user_to_user, sdp_offer, &settings, port, &control, &media).await;
+    let _ = tx.send(Message::Admitted(call, result.map(Box::new)));
+}
+
+async fn admit_inner(
+    user_to_user: Vec<String>,
+    sdp_offer: Option<String>,
+    settings: &SipSettings,
+    port: u16,
+    control: &Control,
+    media: &MediaHandle,
+) -> Result<Admitted, Refusal> {
+    let token = uui::participant_token(&user_to_user)
+        .map_err(|e| Refusal::new(403, format!("no participant token: {e}")))?;
+    let verified = match control.verify_device_token(&token).await {
+        Ok(v) => v,
+        Err(DeviceTokenError::Token(TokenError::Revoked)) => {
+            return Err(Refusal::new(404, "participant not found"))
+        }
+        Err(DeviceTokenError::Token(e)) => return Err(Refusal::new(403, e.to_string())),
+        Err(DeviceTokenError::Store(e)) => {
+            tracing::warn!(error = %e, "cannot verify a phone's token");
+            return Err(Refusal::new(503, "try again later"));
+        }
+    };
+    let participant = verified.participant.id;
+    let session = verified
+        .participant
+        .session
+        .ok_or_else(|| Refusal::new(480, "participant is in no session"))?;
+    if media.is_connected(participant) {
+        return Err(Refusal::new(486, "participant already connected"));
+    }
+    let offer = sdp_offer.ok_or_else(|| Refusal::new(488, "an SDP offer is required"))?;
+    let rtp = bind_rtp(settings, port)
+        .await
+        .map_err(|e| Refusal::new(503, format!("no RTP port: {e}")))?;
+    let rtp_port = rtp.local_addr().map(|a| a.port()).unwrap_or(0);
+    let negotiated = sdp::answer(&offer, &answer_params(settings, rtp_port))
+        .map_err(|e| Refusal::new(e.sip_status(), e.to_string()))?;
+    let stream = StreamId::parse(&format!("phone-{}", uuid::Uuid::new_v4().simple()))
+        .map_err(|e| Refusal::new(500, e.to_string()))?;
+    let (device, downlink) = media
+        .connect_local(
+            verified.claims.account.clone(),
+            participant,
+            Some(session),
+            stream,
+            settings.stream_alias.clone(),
+        )
+        .await
+        .map_err(|e| Refusal::new(503, e.to_string()))?;
+    Ok(Admitted {
+        account: verified.claims.account,
+        participant,
+        session,
+        device,
+        downlink,
+        rtp: Arc::new(rtp),
+        negotiated,
+    })
+}
+
+async fn accept_tcp(listener: TcpListener, tx: mpsc::UnboundedSender<Message>) {
+    let mut next = 1u64;
+    loop {
+        let Ok((stream, source)) = listener.accept().await else {
+            continue;
+        };
+        let conn = ConnectionId(next);
+        next += 1;
+        let (mut reader, mut writer) = stream.into_split();
+        let (wtx, mut wrx) = mpsc::unbounded_channel::<Vec<u8>>();
+        if tx.send(Message::TcpOpen { conn, writer: wtx }).is_err() {
+            return;
+        }
+        tokio::spawn(async move {
+            while let Some(bytes) = wrx.recv().await {
+                if writer.write_all(&bytes).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                match reader.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        let data = buf[..n].to_vec();
+                        if tx.send(Message::TcpData { conn, source, data }).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            let _ = tx.send(Message::TcpClosed(conn));
+        });
+    }
+}

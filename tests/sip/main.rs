@@ -1,0 +1,333 @@
+//! The SIP bridge against the running app over real UDP: phones (a minimal SIP user agent
+//! sending and decoding G.711, `tests/support/phone_ua.rs`) dial in with their participant
+//! token. Admission refusals are checked by status and `Reason`; media by the frequencies the
+//! phones actually decode: everything a phone hears went G.711 → Opus → the SFU → Opus →
+//! mixer → G.711.
+
+#[path = "../common/mod.rs"]
+mod common;
+#[path = "../support/phone_ua.rs"]
+mod phone_ua;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use patchbay::app::App;
+use patchbay::config::ServeConfig;
+use patchbay::control::{Control, NewParticipant};
+use patchbay::domain::{
+    AccountId, MediaKinds, ParticipantId, ParticipantSubscription, SessionId, Subscriptions,
+};
+use patchbay_sip::tone::goertzel_power;
+use phone_ua::{dial, Dial, Phone};
+
+struct Server {
+    control: Control,
+    account: AccountId,
+    sip: SocketAddr,
+}
+
+async fn server() -> Server {
+    let app = App::build(&ServeConfig::for_database(&common::sqlite_url()))
+        .await
+        .expect("app");
+    let account = AccountId::parse("sip").expect("id");
+    app.control()
+        .create_account(account.clone())
+        .await
+        .expect("account");
+    let control = app.control().clone();
+    let sip = app.sip_addr();
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    Server {
+        control,
+        account,
+        sip,
+    }
+}
+
+impl Server {
+    async fn session(&self) -> SessionId {
+        self.control
+            .create_session(&self.account, None)
+            .await
+            .expect("session")
+            .id
+    }
+
+    async fn participant(&self) -> (ParticipantId, String) {
+        let (p, token) = self
+            .control
+            .create_participant(
+                &self.account,
+                NewParticipant {
+                    publish_permissions: Some(MediaKinds::AUDIO),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("participant");
+        (p.id, token)
+    }
+
+    async fn join(&self, session: SessionId, p: ParticipantId, subscriptions: Subscriptions) {
+        self.control
+            .add_member(&self.account, session, p, Some(subscriptions))
+            .await
+            .expect("member");
+    }
+
+    async fn set(&self, session: SessionId, p: ParticipantId, subscriptions: Subscriptions) {
+        self.control
+            .set_subscriptions(&self.account, session, &[(p, subscriptions)])
+            .await
+            .expect("subscriptions");
+    }
+}
+
+fn whole(session: SessionId) -> Subscriptions {
+    Subscriptions::new(Some(session), vec![]).expect("rules")
+}
+
+fn only(ps: &[ParticipantId]) -> Subscriptions {
+    Subscriptions::new(
+        None,
+        ps.iter()
+            .map(|&participant| ParticipantSubscription {
+                participant,
+                stream_aliases: vec![],
+            })
+            .collect(),
+    )
+    .expect("rules")
+}
+
+/// The share of the signal's power at `hz`: about 0.5 for a pure tone there, 0.25 each for
+/// two equal tones, ~0 for a frequency absent from the signal.
+fn power_at(samples: &[i16], hz: f64) -> f64 {
+    let mean_square =
+        samples.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / samples.len().max(1) as f64;
+    if mean_square == 0.0 {
+        return 0.0;
+    }
+    goertzel_power(samples, hz, 8000) / mean_square
+}
+
+/// Listens for `d` and returns what the phone heard meanwhile.
+async fn listen(phone: &Phone, d: Duration) -> Vec<i16> {
+    phone.clear_heard();
+    tokio::time::sleep(d).await;
+    phone.heard()
+}
+
+async fn dial_ok(sip: SocketAddr, token: &str) -> Phone {
+    match dial(sip, &Dial::with_token(token)).await {
+        Ok(p) => p,
+        Err(r) => panic!("refused: {r:?}"),
+    }
+}
+
+async fn refused(sip: SocketAddr, how: Dial) -> phone_ua::Refused {
+    match dial(sip, &how).await {
+        Ok(_) => panic!("answered, expected a refusal"),
+        Err(r) => r,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_say_why_with_precise_codes() {
+    let s = server().await;
+    let session = s.session().await;
+
+    // No User-To-User at all, a garbage token, a well-formed but foreign token: 403.
+    let mut how = Dial::with_token("x");
+    how.user_to_user = None;
+    let r = refused(s.sip, how).await;
+    assert_eq!(r.code, 403, "{r:?}");
+    assert!(r.reason.is_some(), "a Reason header explains it");
+    let r = refused(s.sip, Dial::with_token("not-a-jwt")).await;
+    assert_eq!(r.code, 403, "{r:?}");
+    let r = refused(
+        s.sip,
+        Dial::with_token("eyJhbGciOiJIUzI1NiJ9.eyJhIjoic2lwIn0.c2lnbmF0dXJl"),
+    )
+    .await;
+    assert_eq!(r.code, 403, "{r:?}");
+
+    // Deleted participant: 404.
+    let (gone, token) = s.participant().await;
+    s.control
+        .delete_participant(&s.account, gone)
+        .await
+        .expect("delete");
+    let r = refused(s.sip, Dial::with_token(&token)).await;
+    assert_eq!(r.code, 404, "{r:?}");
+
+    // In no session: 480.
+    let (_, lonely) = s.participant().await;
+    let r = refused(s.sip, Dial::with_token(&lonely)).await;
+    assert_eq!(r.code, 480, "{r:?}");
+
+    // No common codec (G.729 only): 488.
+    let (p, token) = s.participant().await;
+    s.join(session, p, whole(session)).await;
+    let mut how = Dial::with_token(&token);
+    how.formats = "18";
+    how.attributes = "a=rtpmap:18 G729/8000\r\n";
+    let r = refused(s.sip, how).await;
+    assert_eq!(r.code, 488, "{r:?}");
+
+    // Already connected: the same token while its call is up: 486.
+    let first = dial_ok(s.sip, &token).await;
+    let r = refused(s.sip, Dial::with_token(&token)).await;
+    assert_eq!(r.code, 486, "{r:?}");
+    // The JWT-only form of the header works too (once the first call is over).
+    first.hangup().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut how = Dial::with_token(&token);
+    how.user_to_user = Some(format!("{token};encoding=jwt"));
+    let again = dial(s.sip, &how).await.expect("JWT-only form answered");
+    again.hangup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_phones_hear_each_other() {
+    let s = server().await;
+    let session = s.session().await;
+    let (a, ta) = s.participant().await;
+    let (b, tb) = s.participant().await;
+    s.join(session, a, whole(session)).await;
+    s.join(session, b, whole(session)).await;
+    let pa = dial_ok(s.sip, &ta).await;
+    let pb = dial_ok(s.sip, &tb).await;
+    pa.play_tone(1000.0);
+    pb.play_tone(440.0);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let heard_a = listen(&pa, Duration::from_secs(1)).await;
+    let heard_b = pb.heard();
+    assert!(heard_a.len() >= 6000, "a heard {} samples", heard_a.len());
+    assert!(heard_b.len() >= 6000, "b heard {} samples", heard_b.len());
+    assert!(
+        power_at(&heard_a, 440.0) > 0.2,
+        "a hears b's 440 Hz: {}",
+        power_at(&heard_a, 440.0)
+    );
+    assert!(power_at(&heard_a, 1000.0) < 0.01, "a does not hear itself");
+    assert!(
+        power_at(&heard_b, 1000.0) > 0.2,
+        "b hears a's 1 kHz: {}",
+        power_at(&heard_b, 1000.0)
+    );
+    assert!(power_at(&heard_b, 440.0) < 0.01, "b does not hear itself");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whisper_the_caller_never_hears_the_supervisor() {
+    let s = server().await;
+    let session = s.session().await;
+    let (caller, tc) = s.participant().await;
+    let (agent, ta) = s.participant().await;
+    let (supervisor, ts) = s.participant().await;
+    s.join(session, caller, only(&[agent])).await;
+    s.join(session, agent, only(&[caller, supervisor])).await;
+    s.join(session, supervisor, only(&[caller, agent])).await;
+    let pc = dial_ok(s.sip, &tc).await;
+    let pa = dial_ok(s.sip, &ta).await;
+    let ps = dial_ok(s.sip, &ts).await;
+    pc.play_tone(440.0);
+    pa.play_tone(1000.0);
+    ps.play_tone(1700.0);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    pa.clear_heard();
+    let heard_caller = listen(&pc, Duration::from_secs(1)).await;
+    let heard_agent = pa.heard();
+    assert!(
+        power_at(&heard_caller, 1000.0) > 0.2,
+        "the caller hears the agent"
+    );
+    assert!(
+        power_at(&heard_caller, 1700.0) < 0.001,
+        "no trace of the supervisor at the caller: {}",
+        power_at(&heard_caller, 1700.0)
+    );
+    assert!(
+        power_at(&heard_agent, 440.0) > 0.05,
+        "the agent hears the caller"
+    );
+    assert!(
+        power_at(&heard_agent, 1700.0) > 0.05,
+        "the agent hears the supervisor"
+    );
+
+    // Live re-wire: the caller is now subscribed to the supervisor as well.
+    s.set(session, caller, only(&[agent, supervisor])).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let heard_caller = listen(&pc, Duration::from_secs(1)).await;
+    assert!(
+        power_at(&heard_caller, 1700.0) > 0.05,
+        "after the re-wire the caller hears the supervisor"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bye_leaves_media_and_removal_by_rest_hangs_up() {
+    let s = server().await;
+    let session = s.session().await;
+    let (a, ta) = s.participant().await;
+    let (b, tb) = s.participant().await;
+    s.join(session, a, whole(session)).await;
+    s.join(session, b, whole(session)).await;
+    let pa = dial_ok(s.sip, &ta).await;
+    pa.play_tone(1000.0);
+    // The phone publishes its stream: the routes show it.
+    let mut published = false;
+    for _ in 0..50 {
+        let routes = s.control.routes(&s.account, session).await.expect("routes");
+        if format!("{routes:?}").contains("phone") {
+            published = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(published, "the phone's stream is published");
+    // BYE from the phone: it leaves media but stays a participant and a member.
+    assert!(pa.hangup().await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let p = s
+        .control
+        .participant(&s.account, a)
+        .await
+        .expect("still a participant");
+    assert_eq!(p.session, Some(session));
+    // It may dial again (not "already connected").
+    let pa = dial_ok(s.sip, &ta).await;
+    // Removing the other phone's participant from the session by REST hangs it up.
+    let pb = dial_ok(s.sip, &tb).await;
+    s.control
+        .remove_member(&s.account, session, b)
+        .await
+        .expect("remove");
+    let mut bye = false;
+    for _ in 0..40 {
+        if pb.bye_received() {
+            bye = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(bye, "removing the participant from its session sends BYE");
+    // Deleting a participant hangs up too.
+    s.control
+        .delete_participant(&s.account, a)
+        .await
+        .expect("delete");
+    let mut bye = false;
+    for _ in 0..40 {
+        if pa.bye_received() {
+            bye = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(bye, "deleting the participant sends BYE");
+}

@@ -1,0 +1,335 @@
+//! A minimal phone for tests and examples: a SIP user agent client over UDP that dials
+//! patchbay with a participant token in `User-To-User` (the form Bandwidth's transfer helper
+//! sends), answers the server's BYE, sends a G.711 µ-law tone as RTP and keeps what it hears,
+//! decoded. Shared by `tests/sip` and `examples/phone.rs` (included with `#[path]`).
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use patchbay_sip::g711::G711Law;
+use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
+
+/// The transfer helper's correlation element (a Voice call id without dashes).
+pub const CALL_ID_HEX: &str = "93d6f3c0be5845960b744fa28015d8ede84bd1a4";
+
+/// How the INVITE presents itself.
+#[derive(Debug, Clone)]
+pub struct Dial {
+    /// The whole `User-To-User` value, or none at all.
+    pub user_to_user: Option<String>,
+    /// The `m=audio` formats and their attribute lines.
+    pub formats: &'static str,
+    pub attributes: &'static str,
+}
+
+impl Dial {
+    /// As Bandwidth's transfer helper: `<hex>;encoding=base64,<JWT>;encoding=jwt`, PCMU/PCMA
+    /// and telephone-event.
+    pub fn with_token(token: &str) -> Dial {
+        Dial {
+            user_to_user: Some(format!("{CALL_ID_HEX};encoding=base64,{token};encoding=jwt")),
+            formats: "0 8 101",
+            attributes: "a=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=ptime:20\r\n",
+        }
+    }
+}
+
+/// A final error response to the INVITE.
+#[derive(Debug, Clone)]
+pub struct Refused {
+    pub code: u16,
+    pub reason: Option<String>,
+}
+
+/// A call that was answered.
+pub struct Phone {
+    sip: Arc<UdpSocket>,
+    server: SocketAddr,
+    call_id: String,
+    from_tag: String,
+    to_header: String,
+    cseq: AtomicU32,
+    rtp: Arc<UdpSocket>,
+    /// Where the server wants RTP.
+    pub remote_rtp: SocketAddr,
+    heard: Arc<Mutex<Vec<i16>>>,
+    bye_received: Arc<AtomicBool>,
+    tone: Mutex<Option<JoinHandle<()>>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Phone {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        if let Ok(mut tone) = self.tone.lock() {
+            if let Some(t) = tone.take() {
+                t.abort();
+            }
+        }
+    }
+}
+
+fn header<'a>(message: &'a str, name: &str) -> Option<&'a str> {
+    message.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then_some(v.trim())
+    })
+}
+
+fn body(message: &str) -> &str {
+    message.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("")
+}
+
+fn status(message: &str) -> Option<u16> {
+    message.strip_prefix("SIP/2.0 ")?.get(..3)?.parse().ok()
+}
+
+fn random_token() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// Dials `server` and waits for the final answer.
+pub async fn dial(server: SocketAddr, how: &Dial) -> Result<Phone, Refused> {
+    let sip = Arc::new(
+        UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind a SIP socket"),
+    );
+    let rtp = Arc::new(
+        UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind an RTP socket"),
+    );
+    let local = sip.local_addr().expect("local address");
+    let rtp_port = rtp.local_addr().expect("local address").port();
+    let call_id = format!("{}@test-phone", random_token());
+    let from_tag = random_token();
+    let branch = format!("z9hG4bK{}", random_token());
+    let sdp = format!(
+        "v=0\r\no=phone 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {rtp_port} RTP/AVP {}\r\n{}",
+        how.formats, how.attributes
+    );
+    let uui = how
+        .user_to_user
+        .as_ref()
+        .map(|v| format!("User-To-User: {v}\r\n"))
+        .unwrap_or_default();
+    let invite = format!(
+        "INVITE sip:sipx.webrtc.bandwidth.com:5060 SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {local};branch={branch};rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:+15551230000@voice.example>;tag={from_tag}\r\n\
+         To: <sip:sipx.webrtc.bandwidth.com:5060>\r\n\
+         Call-ID: {call_id}\r\n\
+         CSeq: 1 INVITE\r\n\
+         Contact: <sip:phone@{local}>\r\n\
+         {uui}Content-Type: application/sdp\r\n\
+         Content-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    );
+    let mut buf = vec![0u8; 65_535];
+    let mut attempts = 0;
+    let response = loop {
+        if attempts % 4 == 0 {
+            sip.send_to(invite.as_bytes(), server)
+                .await
+                .expect("send INVITE");
+        }
+        attempts += 1;
+        assert!(attempts < 80, "no final answer to the INVITE");
+        let Ok(Ok((n, _))) =
+            tokio::time::timeout(Duration::from_millis(250), sip.recv_from(&mut buf)).await
+        else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        match status(&text) {
+            Some(code) if code >= 200 => break text,
+            _ => continue,
+        }
+    };
+    let code = status(&response).unwrap_or(0);
+    let to_header = header(&response, "To")
+        .or_else(|| header(&response, "t"))
+        .unwrap_or("")
+        .to_owned();
+    let ack = |cseq_method: &str| {
+        format!(
+            "ACK sip:sipx.webrtc.bandwidth.com:5060 SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {local};branch={}\r\n\
+             Max-Forwards: 70\r\n\
+             From: <sip:+15551230000@voice.example>;tag={from_tag}\r\n\
+             To: {to_header}\r\n\
+             Call-ID: {call_id}\r\n\
+             CSeq: 1 {cseq_method}\r\n\
+             Content-Length: 0\r\n\r\n",
+            if code >= 300 {
+                branch.clone()
+            } else {
+                format!("z9hG4bK{}", random_token())
+            }
+        )
+    };
+    sip.send_to(ack("ACK").as_bytes(), server)
+        .await
+        .expect("send ACK");
+    if code >= 300 {
+        return Err(Refused {
+            code,
+            reason: header(&response, "Reason").map(str::to_owned),
+        });
+    }
+    let answer = body(&response);
+    let port: u16 = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("m=audio "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .expect("m=audio port in the answer");
+    let ip = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("c=IN IP4 "))
+        .map(str::trim)
+        .unwrap_or("127.0.0.1");
+    let remote_rtp: SocketAddr = format!("{ip}:{port}").parse().expect("RTP address");
+
+    let heard = Arc::new(Mutex::new(Vec::new()));
+    let bye_received = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    {
+        let (rtp, heard) = (rtp.clone(), heard.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            while let Ok((n, _)) = rtp.recv_from(&mut buf).await {
+                let p = &buf[..n];
+                // PCMU only (what a tone-reading test offers first); RFC 4733 events ignored.
+                if n > 12 && p[1] & 0x7f == 0 {
+                    let pcm: Vec<i16> = p[12..]
+                        .iter()
+                        .map(|&b| G711Law::MuLaw.decode_sample(b))
+                        .collect();
+                    if let Ok(mut h) = heard.lock() {
+                        h.extend_from_slice(&pcm);
+                    }
+                }
+            }
+        }));
+    }
+    {
+        let (sip, bye_received) = (sip.clone(), bye_received.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; 65_535];
+            while let Ok((n, from)) = sip.recv_from(&mut buf).await {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if text.starts_with("BYE ") {
+                    bye_received.store(true, Ordering::SeqCst);
+                    let mut reply = String::from("SIP/2.0 200 OK\r\n");
+                    for name in ["Via", "From", "To", "Call-ID", "CSeq"] {
+                        if let Some(v) = header(&text, name) {
+                            reply.push_str(&format!("{name}: {v}\r\n"));
+                        }
+                    }
+                    reply.push_str("Content-Length: 0\r\n\r\n");
+                    let _ = sip.send_to(reply.as_bytes(), from).await;
+                }
+            }
+        }));
+    }
+    Ok(Phone {
+        sip,
+        server,
+        call_id,
+        from_tag,
+        to_header,
+        cseq: AtomicU32::new(1),
+        rtp,
+        remote_rtp,
+        heard,
+        bye_received,
+        tone: Mutex::new(None),
+        tasks,
+    })
+}
+
+impl Phone {
+    /// Sends a µ-law tone of `hz` (silence for 0) every 20 ms from now on.
+    pub fn play_tone(&self, hz: f64) {
+        let (rtp, to) = (self.rtp.clone(), self.remote_rtp);
+        let ssrc = rand::random::<u32>();
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            let (mut seq, mut ts) = (rand::random::<u16>(), rand::random::<u32>());
+            let mut phase = 0u64;
+            loop {
+                tick.tick().await;
+                let pcm: Vec<i16> = (0..160)
+                    .map(|i| {
+                        let t = (phase + i) as f64 / 8000.0;
+                        (8000.0 * (2.0 * std::f64::consts::PI * hz * t).sin()) as i16
+                    })
+                    .collect();
+                phase += 160;
+                let mut packet = vec![0x80, 0];
+                packet.extend_from_slice(&seq.to_be_bytes());
+                packet.extend_from_slice(&ts.to_be_bytes());
+                packet.extend_from_slice(&ssrc.to_be_bytes());
+                packet.extend(pcm.iter().map(|&x| G711Law::MuLaw.encode_sample(x)));
+                let _ = rtp.send_to(&packet, to).await;
+                seq = seq.wrapping_add(1);
+                ts = ts.wrapping_add(160);
+            }
+        });
+        if let Ok(mut tone) = self.tone.lock() {
+            if let Some(old) = tone.replace(task) {
+                old.abort();
+            }
+        }
+    }
+
+    /// Forgets what was heard so far.
+    pub fn clear_heard(&self) {
+        if let Ok(mut h) = self.heard.lock() {
+            h.clear();
+        }
+    }
+
+    /// The decoded audio heard since the last [`Phone::clear_heard`] (8 kHz).
+    pub fn heard(&self) -> Vec<i16> {
+        self.heard.lock().map(|h| h.clone()).unwrap_or_default()
+    }
+
+    /// Whether the server sent BYE.
+    pub fn bye_received(&self) -> bool {
+        self.bye_received.load(Ordering::SeqCst)
+    }
+
+    /// Hangs up (BYE) and waits for the 200.
+    pub async fn hangup(&self) -> bool {
+        let local = self.sip.local_addr().expect("local address");
+        let cseq = self.cseq.fetch_add(1, Ordering::SeqCst) + 1;
+        let bye = format!(
+            "BYE sip:sipx.webrtc.bandwidth.com:5060 SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {local};branch=z9hG4bK{}\r\n\
+             Max-Forwards: 70\r\n\
+             From: <sip:+15551230000@voice.example>;tag={}\r\n\
+             To: {}\r\n\
+             Call-ID: {}\r\n\
+             CSeq: {cseq} BYE\r\n\
+             Content-Length: 0\r\n\r\n",
+            random_token(),
+            self.from_tag,
+            self.to_header,
+            self.call_id
+        );
+        // The receive task answers BYEs; the 200 to ours is not observed there, so the call's
+        // end is checked by the caller (e.g. through the server's state).
+        self.sip.send_to(bye.as_bytes(), self.server).await.is_ok()
+    }
+}
