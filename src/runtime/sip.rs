@@ -25,10 +25,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{broadcast, mpsc, watch};
 
-use crate::control::{Control, ControlEvent, DeviceTokenError, LifecycleEvent};
+use crate::control::{Control, ControlError, ControlEvent, DeviceTokenError, LifecycleEvent};
 use crate::domain::{AccountId, ParticipantId, SessionId, StreamAlias, StreamId};
 use crate::media::DeviceId;
 use crate::runtime::media::{LocalDownlink, MediaHandle};
+use crate::store::StoreError;
 use crate::token::TokenError;
 
 /// Settings of the SIP bridge.
@@ -433,12 +434,13 @@ impl Bridge {
             let tx = self.tx.clone();
             let (account, participant) = (c.account.clone(), c.participant);
             tokio::spawn(async move {
-                let still = control
-                    .participant(&account, participant)
-                    .await
-                    .ok()
-                    .is_some_and(|p| p.session == Some(session));
-                if !still {
+                // Hang up only on a definite answer: a store hiccup keeps the call.
+                let gone = match control.participant(&account, participant).await {
+                    Ok(p) => p.session != Some(session),
+                    Err(ControlError::Store(StoreError::ParticipantNotFound)) => true,
+                    Err(_) => false,
+                };
+                if gone {
                     let _ = tx.send(Message::Hangup(call));
                 }
             });

@@ -331,3 +331,34 @@ async fn bye_leaves_media_and_removal_by_rest_hangs_up() {
     }
     assert!(bye, "deleting the participant sends BYE");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phone_dtmf_becomes_a_control_event() {
+    let s = server().await;
+    let session = s.session().await;
+    let (a, ta) = s.participant().await;
+    s.join(session, a, whole(session)).await;
+    let mut events = s.control.watch();
+    let pa = dial_ok(s.sip, &ta).await;
+    pa.play_tone(1000.0);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for d in ['4', '#'] {
+        pa.press(d);
+    }
+    let mut digits = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while digits.len() < 2 {
+        let event = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .expect("DTMF events within 5 s")
+            .expect("control events");
+        if let patchbay::control::ControlEvent::Lifecycle(
+            patchbay::control::LifecycleEvent::PhoneDtmf { participant, digit },
+        ) = event
+        {
+            assert_eq!(participant, a);
+            digits.push(digit);
+        }
+    }
+    assert_eq!(digits, vec!['4', '#'], "each key once, in order");
+}

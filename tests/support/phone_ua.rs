@@ -59,6 +59,8 @@ pub struct Phone {
     pub remote_rtp: SocketAddr,
     heard: Arc<Mutex<Vec<i16>>>,
     bye_received: Arc<AtomicBool>,
+    /// Digits to send as RFC 4733 events (payload type 101) in place of the tone.
+    digits: Arc<Mutex<std::collections::VecDeque<char>>>,
     tone: Mutex<Option<JoinHandle<()>>>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -253,6 +255,7 @@ pub async fn dial(server: SocketAddr, how: &Dial) -> Result<Phone, Refused> {
         remote_rtp,
         heard,
         bye_received,
+        digits: Arc::default(),
         tone: Mutex::new(None),
         tasks,
     })
@@ -262,6 +265,7 @@ impl Phone {
     /// Sends a µ-law tone of `hz` (silence for 0) every 20 ms from now on.
     pub fn play_tone(&self, hz: f64) {
         let (rtp, to) = (self.rtp.clone(), self.remote_rtp);
+        let digits = self.digits.clone();
         let ssrc = rand::random::<u32>();
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(20));
@@ -269,6 +273,28 @@ impl Phone {
             let mut phase = 0u64;
             loop {
                 tick.tick().await;
+                let digit = digits.lock().ok().and_then(|mut d| d.pop_front());
+                if let Some(event) = digit.and_then(|d| "0123456789*#".find(d)) {
+                    // One event of 100 ms: 5 packets sharing the event's timestamp, the last
+                    // three marked "end" (RFC 4733 §2.5.1.4), then audio goes on.
+                    for i in 0..5u16 {
+                        let end = i >= 2;
+                        let duration = 160 * (i.min(4) + 1);
+                        let mut packet = vec![0x80, 101 | if i == 0 { 0x80 } else { 0 }];
+                        packet.extend_from_slice(&seq.to_be_bytes());
+                        packet.extend_from_slice(&ts.to_be_bytes());
+                        packet.extend_from_slice(&ssrc.to_be_bytes());
+                        packet.push(event as u8);
+                        packet.push(if end { 0x80 | 10 } else { 10 });
+                        packet.extend_from_slice(&duration.to_be_bytes());
+                        let _ = rtp.send_to(&packet, to).await;
+                        seq = seq.wrapping_add(1);
+                        tick.tick().await;
+                    }
+                    ts = ts.wrapping_add(800);
+                    phase += 800;
+                    continue;
+                }
                 let pcm: Vec<i16> = (0..160)
                     .map(|i| {
                         let t = (phase + i) as f64 / 8000.0;
@@ -290,6 +316,13 @@ impl Phone {
             if let Some(old) = tone.replace(task) {
                 old.abort();
             }
+        }
+    }
+
+    /// Sends `digit` as an RFC 4733 event (needs [`Phone::play_tone`] running).
+    pub fn press(&self, digit: char) {
+        if let Ok(mut d) = self.digits.lock() {
+            d.push_back(digit);
         }
     }
 
