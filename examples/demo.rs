@@ -88,30 +88,27 @@ impl Backend {
     }
 }
 
-async fn join(
-    State(backend): State<Arc<Backend>>,
-    Json(body): Json<Value>,
-) -> Result<Json<Value>, (StatusCode, String)> {
+/// Creates a participant with these permissions and adds it to the room, subscribed to
+/// everyone in it (later joiners included). Returns the participant's id and device token.
+async fn enter_room(
+    backend: &Backend,
+    tag: &str,
+    permissions: Value,
+) -> Result<(String, Value), (StatusCode, String)> {
     let fail = |e: String| (StatusCode::BAD_GATEWAY, e);
     let room = backend.room().await.map_err(fail)?;
-    let tag: String = body["name"]
-        .as_str()
-        .unwrap_or("guest")
-        .chars()
-        .take(50)
-        .collect();
     let created = backend
         .call(
             reqwest::Method::POST,
             "/participants",
-            Some(json!({"tag": tag, "publishPermissions": ["AUDIO", "VIDEO"]})),
+            Some(json!({"tag": tag, "publishPermissions": permissions})),
         )
         .await
         .map_err(fail)?;
     let participant = created["participant"]["id"]
         .as_str()
-        .ok_or_else(|| fail("no participant id".into()))?;
-    // Everyone hears and sees everyone in the room, including later joiners.
+        .ok_or_else(|| fail("no participant id".into()))?
+        .to_owned();
     backend
         .call(
             reqwest::Method::PUT,
@@ -120,10 +117,34 @@ async fn join(
         )
         .await
         .map_err(fail)?;
+    Ok((participant, created["token"].clone()))
+}
+
+async fn join(
+    State(backend): State<Arc<Backend>>,
+    Json(body): Json<Value>,
+) -> Result<Json<Value>, (StatusCode, String)> {
+    let tag: String = body["name"]
+        .as_str()
+        .unwrap_or("guest")
+        .chars()
+        .take(50)
+        .collect();
+    let (_, token) = enter_room(&backend, &tag, json!(["AUDIO", "VIDEO"])).await?;
     let websocket_url = backend.args.patchbay.replacen("http", "ws", 1);
-    Ok(Json(
-        json!({"token": created["token"], "websocketUrl": websocket_url}),
-    ))
+    Ok(Json(json!({"token": token, "websocketUrl": websocket_url})))
+}
+
+/// A phone's way in: an audio-only participant in the room; dial patchbay's SIP address with
+/// the token in `User-To-User` (see examples/dial-in.md).
+async fn phone(State(backend): State<Arc<Backend>>) -> Result<Json<Value>, (StatusCode, String)> {
+    let (participant, token) = enter_room(&backend, "phone", json!(["AUDIO"])).await?;
+    let jwt = token.as_str().unwrap_or_default();
+    Ok(Json(json!({
+        "participantId": participant,
+        "token": token,
+        "userToUser": format!("{jwt};encoding=jwt"),
+    })))
 }
 
 #[tokio::main]
@@ -137,6 +158,7 @@ async fn main() -> anyhow::Result<()> {
     });
     let app = Router::new()
         .route("/join", post(join))
+        .route("/phone", post(phone))
         .fallback_service(get_service(tower_http::services::ServeDir::new(page)))
         .with_state(backend);
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
