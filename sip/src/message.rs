@@ -6,16 +6,18 @@
 //! # Why the lexer is ours and not `rsip`'s
 //!
 //! `rsip` 0.4 was measured against the 49 messages of RFC 4475 (`tests/torture.rs`). It rejects
-//! valid requests (line folding, `Name : value` with LWS before the colon, escaped user parts
-//! such as `sip:sips%3Auser%40example.com@example.net`, extension methods such as
-//! `RE%47IST%45R`, which then cannot be answered with 501), accepts invalid ones (a Via without
-//! sent-by parameters, an addr-spec with spaces, an unterminated display name) and does not
-//! size bodies by `Content-Length` (`dblreq` keeps the trailing INVITE as its body). So this
+//! valid requests (line folding, `Name : value` with LWS before the colon, a user part with a
+//! `;` parameter such as `sip:user;par=u%40example.net@example.com`, extension methods such as
+//! `RE%47IST%45R`, which then cannot be answered with 501), accepts invalid ones
+//! (`SipMessage::try_from` succeeds on `badinv01`, `quotbal`, `badaspec` and `baddn`; its typed
+//! Via reads `192.0.2.15;;,;,,` as a Via with an empty branch) and does not size bodies by
+//! `Content-Length` (`dblreq` keeps the trailing INVITE as its body). So this
 //! module lexes and checks messages itself, leniently where RFC 4475 asks for liberal parsing
 //! and strictly where it asks for a 400, and never panics on any input. Header values are kept
 //! as received (after unfolding), so what is copied into a response (Via, From, To, Call-ID,
 //! CSeq) is byte-for-byte what the peer sent. `rsip` stays the independent parser the tests use
-//! to check that everything we emit is well-formed SIP.
+//! to check that everything we emit is well-formed SIP (except Request-URIs, which its URI
+//! grammar also gets wrong: those are checked with [`check_uri`]).
 //!
 //! Compact header names (`i`, `m`, `e`, `l`, `f`, `s`, `k`, `t`, `v`, `c`, `x`, …) and known
 //! long names in any letter case are normalised to their canonical long form while lexing;
@@ -878,8 +880,8 @@ pub fn parse_name_addr(value: &str) -> Result<NameAddr, &'static str> {
     if uri.contains([' ', '\t']) {
         return Err("whitespace inside the URI");
     }
-    if uri != "*" && split_scheme(uri).is_none() {
-        return Err("URI without a scheme");
+    if uri != "*" {
+        check_uri(uri)?;
     }
     cur.lws();
     let params = cur.params()?;
@@ -1258,23 +1260,69 @@ pub fn check_request(request: &Request) -> Result<RequestFields, ParseError> {
 }
 
 /// Checks the Request-URI grammar and returns its scheme, lower-cased. For SIP and SIPS URIs
-/// the host part must be present and headers (`?…`) are refused (RFC 3261 §19.1.1).
+/// headers (`?…`) are refused (RFC 3261 §19.1.1).
 fn check_request_uri(uri: &str) -> Result<String, ParseError> {
     let (scheme, rest) = split_scheme(uri).ok_or(ParseError::RequestUri("missing scheme"))?;
-    if rest.is_empty() {
-        return Err(ParseError::RequestUri("nothing after the scheme"));
-    }
     let scheme = scheme.to_ascii_lowercase();
     if scheme == "sip" || scheme == "sips" {
         let host_part = rest.split_once('@').map_or(rest, |(_, host)| host);
         if host_part.contains('?') {
             return Err(ParseError::RequestUri("headers are not allowed"));
         }
-        if host_part.split(';').next().is_none_or(str::is_empty) {
-            return Err(ParseError::RequestUri("missing host"));
+    }
+    check_uri(uri).map_err(ParseError::RequestUri)?;
+    Ok(scheme)
+}
+
+/// Checks a URI: a scheme, then only the characters RFC 3261 §25.1 allows in a URI (unreserved,
+/// reserved, `%HH` escapes, `[` `]` around IPv6 references; `#`, common unescaped in dialled
+/// digits, is tolerated); for SIP and SIPS URIs a host and a port in 1..=65535 if one is given.
+pub fn check_uri(uri: &str) -> Result<(), &'static str> {
+    let (scheme, rest) = split_scheme(uri).ok_or("URI without a scheme")?;
+    if rest.is_empty() {
+        return Err("nothing after the URI scheme");
+    }
+    let bytes = uri.as_bytes();
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            let escaped = bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit);
+            if !escaped {
+                return Err("malformed % escape in the URI");
+            }
+            i += 3;
+            continue;
+        }
+        if !(b.is_ascii_alphanumeric() || b"-_.!~*'();/?:@&=+$,[]#".contains(&b)) {
+            return Err("invalid character in the URI");
+        }
+        i += 1;
+    }
+    if scheme.eq_ignore_ascii_case("sip") || scheme.eq_ignore_ascii_case("sips") {
+        let host_part = rest.split_once('@').map_or(rest, |(_, host)| host);
+        let hostport = host_part.split([';', '?']).next().unwrap_or("");
+        let port = match hostport.strip_prefix('[') {
+            Some(v6) => match v6.split_once(']') {
+                Some((_, "")) => None,
+                Some((_, after)) => {
+                    Some(after.strip_prefix(':').ok_or("malformed IPv6 reference")?)
+                }
+                None => return Err("malformed IPv6 reference"),
+            },
+            None => hostport.split_once(':').map(|(_, port)| port),
+        };
+        let host = hostport.split(':').next().unwrap_or("");
+        if host.is_empty() {
+            return Err("URI without a host");
+        }
+        if let Some(port) = port {
+            if parse_decimal(port, u64::from(u16::MAX)).is_none_or(|p| p == 0) {
+                return Err("invalid port in the URI");
+            }
         }
     }
-    Ok(scheme)
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1571,6 +1619,11 @@ mod tests {
         assert!(check_request_uri("<sip:user@example.com>").is_err());
         assert!(check_request_uri("sip:user@example.com?Route=%3Csip:example.com%3E").is_err());
         assert!(check_request_uri("sip:").is_err());
+        assert!(check_request_uri("sip:a@b.example.c<om").is_err());
+        assert!(check_request_uri("sip:alice@198.51.100.7:65536").is_err());
+        assert!(check_request_uri("sip:alice@[2001:db8::1]:5060;transport=tcp").is_ok());
+        assert!(check_request_uri("sip:%zz@example.com").is_err());
+        assert!(check_request_uri("sip:*67%23123@example.com").is_ok());
     }
 
     #[test]

@@ -74,9 +74,8 @@ pub async fn spawn(
     control: Control,
     media: MediaHandle,
 ) -> std::io::Result<SipHandle> {
-    let udp = UdpSocket::bind(listen).await?;
+    let (udp, tcp) = bind_both(listen).await?;
     let local_addr = udp.local_addr()?;
-    let tcp = TcpListener::bind(local_addr).await?;
     let (tx, rx) = mpsc::unbounded_channel();
     let (stop, stop_rx) = watch::channel(false);
     tokio::spawn(accept_tcp(tcp, tx.clone()));
@@ -102,6 +101,22 @@ pub async fn spawn(
     };
     tokio::spawn(bridge.run(rx, control.watch(), stop_rx));
     Ok(SipHandle { local_addr, stop })
+}
+
+/// UDP and TCP on the same port. With port 0 the port UDP got may be taken for TCP: try again.
+async fn bind_both(listen: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
+    let mut attempts = 0;
+    loop {
+        let udp = UdpSocket::bind(listen).await?;
+        match TcpListener::bind(udp.local_addr()?).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) if listen.port() == 0 && attempts < 20 => {
+                attempts += 1;
+                tracing::debug!(error = %e, "SIP port taken for TCP; trying another");
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// What the driver's task receives besides the UDP socket and control's events.
