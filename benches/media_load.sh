@@ -12,7 +12,8 @@
 #   4x5av         4 × 5, every participant publishes audio+video
 #
 # Environment: DURATION (seconds, default 20), WARMUP (default 3), RELAY_DURATION (default
-# 10), VARIANTS, LOAD_ARGS (extra tool arguments), SERVER_RUST_LOG (default warn),
+# 10), VARIANTS, LOAD_ARGS (extra tool arguments), SERVER_ARGS (extra server arguments, e.g.
+# "--media-shards 1"), SERVER_RUST_LOG (default warn),
 # SKIP_BUILD=1 (reuse binaries). A fresh server per variant.
 set -euo pipefail
 
@@ -21,6 +22,7 @@ DURATION=${DURATION:-20}
 WARMUP=${WARMUP:-3}
 RELAY_DURATION=${RELAY_DURATION:-10}
 VARIANTS=${VARIANTS:-"20av 20av-4video 4x5av"}
+SERVER_ARGS=${SERVER_ARGS:-}
 SERVER_RUST_LOG=${SERVER_RUST_LOG:-warn}
 LOAD_ARGS=${LOAD_ARGS:-}
 
@@ -48,6 +50,7 @@ for variant in $VARIANTS; do
         20av) ARGS="--sessions 1 --participants 20" ;;
         20av-4video) ARGS="--sessions 1 --participants 20 --video-publishers 4" ;;
         4x5av) ARGS="--sessions 4 --participants 5" ;;
+        8x5av) ARGS="--sessions 8 --participants 5" ;;
         *) echo "unknown variant $variant" >&2; exit 1 ;;
     esac
     echo
@@ -56,7 +59,7 @@ for variant in $VARIANTS; do
     OUT="$WORK/server-$variant.out"
     ERR="$WORK/server-$variant.err"
     RUST_LOG=$SERVER_RUST_LOG "$BIN" serve --data-dir "$DATA" --listen 127.0.0.1:0 \
-        --media-listen 127.0.0.1:0 --sip-listen 127.0.0.1:0 >"$OUT" 2>"$ERR" &
+        --media-listen 127.0.0.1:0 --sip-listen 127.0.0.1:0 --rtp-ports 0-0 $SERVER_ARGS >"$OUT" 2>"$ERR" &
     SERVER_PID=$!
     URL=""
     for _ in $(seq 1 300); do

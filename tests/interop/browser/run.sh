@@ -2,6 +2,8 @@
 # Browser interop harness: installs Debian Chromium if missing, installs the pinned npm packages
 # (Bandwidth's unmodified browser SDK, esbuild, playwright-core, which never downloads a browser),
 # bundles page/, then runs selftest.mjs and every *.test.mjs here with node's test runner.
+# Needs target/debug/patchbay (`cargo build`) and, for phone.test.mjs, the test phone
+# target/debug/examples/phone (`cargo build --example phone`; `cargo test --all-targets` builds it).
 # Exits non-zero on any failure, and also when no test ran.
 set -euo pipefail
 cd "$(dirname "$0")"
