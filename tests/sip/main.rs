@@ -362,3 +362,80 @@ async fn phone_dtmf_becomes_a_control_event() {
     }
     assert_eq!(digits, vec!['4', '#'], "each key once, in order");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_server_hangs_up_every_call() {
+    let app = App::build(&ServeConfig::for_database(&common::sqlite_url()))
+        .await
+        .expect("app");
+    let account = AccountId::parse("stop").expect("id");
+    app.control()
+        .create_account(account.clone())
+        .await
+        .expect("account");
+    let s = Server {
+        control: app.control().clone(),
+        account,
+        sip: app.sip_addr(),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    let session = s.session().await;
+    let mut phones = Vec::new();
+    for _ in 0..3 {
+        let (p, token) = s.participant().await;
+        s.join(session, p, whole(session)).await;
+        phones.push(dial_ok(s.sip, &token).await);
+    }
+    assert!(phones.iter().all(|p| !p.bye_received()));
+    let _ = stop.send(());
+    running.await.expect("server task").expect("clean stop");
+    for p in &phones {
+        assert!(
+            p.bye_received(),
+            "every phone got BYE before the server stopped"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_and_resume_by_reinvite() {
+    let s = server().await;
+    let session = s.session().await;
+    let (a, ta) = s.participant().await;
+    let (b, tb) = s.participant().await;
+    s.join(session, a, whole(session)).await;
+    s.join(session, b, whole(session)).await;
+    let pa = dial_ok(s.sip, &ta).await;
+    let pb = dial_ok(s.sip, &tb).await;
+    pb.play_tone(440.0);
+    pa.play_tone(1000.0);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(power_at(&listen(&pa, Duration::from_millis(500)).await, 440.0) > 0.2);
+
+    // Hold: the phone only sends; patchbay answers recvonly and stops sending to it.
+    let (code, answer) = pa.reinvite("sendonly").await;
+    assert_eq!(code, 200, "{answer}");
+    assert!(answer.contains("a=recvonly"), "{answer}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let held = listen(&pa, Duration::from_millis(500)).await;
+    assert!(
+        held.is_empty(),
+        "no audio to a held phone ({} samples)",
+        held.len()
+    );
+
+    // Resume.
+    let (code, answer) = pa.reinvite("sendrecv").await;
+    assert_eq!(code, 200, "{answer}");
+    assert!(answer.contains("a=sendrecv"), "{answer}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let resumed = listen(&pa, Duration::from_millis(700)).await;
+    assert!(
+        power_at(&resumed, 440.0) > 0.2,
+        "audio again after resume: {}",
+        power_at(&resumed, 440.0)
+    );
+}

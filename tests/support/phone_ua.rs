@@ -59,6 +59,8 @@ pub struct Phone {
     pub remote_rtp: SocketAddr,
     heard: Arc<Mutex<Vec<i16>>>,
     bye_received: Arc<AtomicBool>,
+    /// Responses to our in-dialog requests (re-INVITE, BYE), as received.
+    responses: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<String>>,
     /// Digits to send as RFC 4733 events (payload type 101) in place of the tone.
     digits: Arc<Mutex<std::collections::VecDeque<char>>>,
     tone: Mutex<Option<JoinHandle<()>>>,
@@ -224,13 +226,16 @@ pub async fn dial(server: SocketAddr, how: &Dial) -> Result<Phone, Refused> {
             }
         }));
     }
+    let (responses_tx, responses) = tokio::sync::mpsc::unbounded_channel();
     {
         let (sip, bye_received) = (sip.clone(), bye_received.clone());
         tasks.push(tokio::spawn(async move {
             let mut buf = vec![0u8; 65_535];
             while let Ok((n, from)) = sip.recv_from(&mut buf).await {
                 let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-                if text.starts_with("BYE ") {
+                if text.starts_with("SIP/2.0 ") {
+                    let _ = responses_tx.send(text);
+                } else if text.starts_with("BYE ") {
                     bye_received.store(true, Ordering::SeqCst);
                     let mut reply = String::from("SIP/2.0 200 OK\r\n");
                     for name in ["Via", "From", "To", "Call-ID", "CSeq"] {
@@ -255,6 +260,7 @@ pub async fn dial(server: SocketAddr, how: &Dial) -> Result<Phone, Refused> {
         remote_rtp,
         heard,
         bye_received,
+        responses: tokio::sync::Mutex::new(responses),
         digits: Arc::default(),
         tone: Mutex::new(None),
         tasks,
@@ -341,6 +347,61 @@ impl Phone {
     /// Whether the server sent BYE.
     pub fn bye_received(&self) -> bool {
         self.bye_received.load(Ordering::SeqCst)
+    }
+
+    /// Sends a re-INVITE offering `direction` (`sendonly` puts the call on hold, `sendrecv`
+    /// resumes it) and ACKs the final answer. Returns its status and body.
+    pub async fn reinvite(&self, direction: &str) -> (u16, String) {
+        let local = self.sip.local_addr().expect("local address");
+        let rtp_port = self.rtp.local_addr().expect("local address").port();
+        let cseq = self.cseq.fetch_add(1, Ordering::SeqCst) + 1;
+        let sdp = format!(
+            "v=0\r\no=phone 1 {cseq} IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {rtp_port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na={direction}\r\n"
+        );
+        let common = format!(
+            "Max-Forwards: 70\r\n\
+             From: <sip:+15551230000@voice.example>;tag={}\r\n\
+             To: {}\r\n\
+             Call-ID: {}\r\n",
+            self.from_tag, self.to_header, self.call_id
+        );
+        let invite = format!(
+            "INVITE sip:sipx.webrtc.bandwidth.com:5060 SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {local};branch=z9hG4bK{}\r\n\
+             {common}CSeq: {cseq} INVITE\r\n\
+             Contact: <sip:phone@{local}>\r\n\
+             Content-Type: application/sdp\r\n\
+             Content-Length: {}\r\n\r\n{sdp}",
+            random_token(),
+            sdp.len()
+        );
+        let mut responses = self.responses.lock().await;
+        self.sip
+            .send_to(invite.as_bytes(), self.server)
+            .await
+            .expect("send re-INVITE");
+        let response = loop {
+            let r = tokio::time::timeout(Duration::from_secs(5), responses.recv())
+                .await
+                .expect("an answer to the re-INVITE")
+                .expect("responses");
+            if status(&r).is_some_and(|c| c >= 200) {
+                break r;
+            }
+        };
+        let code = status(&response).unwrap_or(0);
+        let ack = format!(
+            "ACK sip:sipx.webrtc.bandwidth.com:5060 SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {local};branch=z9hG4bK{}\r\n\
+             {common}CSeq: {cseq} ACK\r\n\
+             Content-Length: 0\r\n\r\n",
+            random_token()
+        );
+        self.sip
+            .send_to(ack.as_bytes(), self.server)
+            .await
+            .expect("send ACK");
+        (code, body(&response).to_owned())
     }
 
     /// Hangs up (BYE) and waits for the 200.
