@@ -6,8 +6,10 @@
 //! `patchbay` crate (`src/runtime/sip.rs`) owns the sockets and the timers.
 //!
 //! Signalling:
-//! - [`message`]: SIP syntax on top of `rsip` (compact header forms, multiple Via, parse errors
-//!   that say what is wrong);
+//! - [`message`]: SIP syntax (compact header forms, multiple Via, line folding, parse errors
+//!   that say what is wrong); our own lexer, because `rsip` 0.4 rejects valid and accepts
+//!   invalid RFC 4475 messages (the module docs say which). `rsip` remains the independent
+//!   parser the tests check our output against;
 //! - [`transport`]: UDP datagrams and TCP Content-Length framing;
 //! - [`transaction`]: RFC 3261 server transactions with named timers;
 //! - [`endpoint`]: the user-agent server: dialogs, calls and how each one ends;
