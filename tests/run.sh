@@ -54,6 +54,9 @@ step "interop: bandwidth-sdk==14.5.3 (Python server SDK)"
 export PATCHBAY_BIN="$root/target/debug/patchbay"
 bash tests/interop/server_sdk/run.sh 2>&1 | tee "$logdir/server-sdk.log"
 
+step "interop: sipp (SIP dial-in) against the server"
+bash tests/interop/sip/run.sh 2>&1 | tee "$logdir/sip.log"
+
 step "interop: Chromium + @bandwidth/webrtc-browser (official browser SDK) against the server"
 bash tests/interop/browser/run.sh 2>&1 | tee "$logdir/browser.log"
 
@@ -61,8 +64,9 @@ bash tests/interop/browser/run.sh 2>&1 | tee "$logdir/browser.log"
 passed=$(grep -Eo 'test result: ok\. [0-9]+ passed' "$logdir/cargo-test.log" | awk '{s+=$4} END {print s+0}')
 py_passed=$(grep -Eo '[0-9]+ passed' "$logdir/server-sdk.log" | tail -n1 | awk '{print $1+0}')
 browser_passed=$(grep -Eo '^browser-interop: [0-9]+ passed' "$logdir/browser.log" | tail -n1 | awk '{print $2+0}')
+sip_passed=$(grep -Eo '^sip-interop: [0-9]+ passed' "$logdir/sip.log" | tail -n1 | awk '{print $2+0}')
 e2e_passed=$(grep -Eo '^media_load check: [0-9]+ passed' "$logdir/e2e.log" | awk '{s+=$3} END {print s+0}')
-total=$((passed + ${py_passed:-0} + ${browser_passed:-0} + ${e2e_passed:-0}))
+total=$((passed + ${py_passed:-0} + ${browser_passed:-0} + ${e2e_passed:-0} + ${sip_passed:-0}))
 if [ "$total" -eq 0 ]; then
   echo "no test ran" >&2
   exit 1
