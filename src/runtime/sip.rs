@@ -1,6 +1,7 @@
-//! The SIP driver: one task owns the SIP sockets (UDP and TCP on `--sip-listen`), the sans-IO
-//! [`Endpoint`] of `patchbay-sip`, every call's RTP socket and its [`PhoneMedia`] (jitter
-//! buffer, codecs, mixer). It turns an admitted call into a *local device* of the media plane:
+//! The SIP driver. One task owns the SIP sockets (UDP and TCP on `--sip-listen`) and the sans-IO
+//! [`Endpoint`] of `patchbay-sip`: signalling and admission. Each answered call gets its own
+//! task owning its RTP socket and its [`PhoneMedia`] (jitter buffer, codecs, mixer), so calls'
+//! audio runs on every core. A call is a *local device* of the media plane:
 //! the phone's audio is published as one Opus stream, and the Opus frames of exactly the audio
 //! tracks its participant is subscribed to come back, are decoded and mixed into the G.711
 //! stream the phone hears.
@@ -64,8 +65,6 @@ impl SipHandle {
 
 /// How long shutdown waits for the answers to its BYEs.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
-/// How often calls are looked at for audio to send (each call keeps its own ptime).
-const AUDIO_TICK: Duration = Duration::from_millis(5);
 
 /// Binds UDP and TCP on `listen` and starts the driver.
 pub async fn spawn(
@@ -132,12 +131,6 @@ enum Message {
     },
     TcpClosed(ConnectionId),
     Admitted(CallId, Result<Box<Admitted>, Refusal>),
-    Rtp {
-        call: CallId,
-        source: SocketAddr,
-        data: Vec<u8>,
-    },
-    Downlink(CallId, LocalDownlink),
     /// The participant left its session (by REST): hang up.
     Hangup(CallId),
 }
@@ -166,19 +159,24 @@ struct Admitted {
     negotiated: Negotiated,
 }
 
+/// A call as the signalling task sees it; its audio runs in its own task ([`CallMedia`]).
 struct Call {
     participant: ParticipantId,
     account: AccountId,
     session: SessionId,
     device: DeviceId,
-    phone: PhoneMedia,
-    rtp: Arc<UdpSocket>,
-    remote: Option<SocketAddr>,
-    ptime: Duration,
-    next_tick: Instant,
-    /// The downlink sources fed into the mixer so far.
-    sources: std::collections::HashSet<u64>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The port of its RTP socket (for answers to re-offers).
+    rtp_port: u16,
+    media: mpsc::UnboundedSender<CallCommand>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// What the signalling task tells a call's audio task.
+enum CallCommand {
+    /// Where to send RTP now (`None`: on hold).
+    Remote(Option<SocketAddr>),
+    /// The call is over: log the stats and stop.
+    End(CallEnd),
 }
 
 struct Bridge {
@@ -203,8 +201,6 @@ impl Bridge {
         mut stop: watch::Receiver<bool>,
     ) {
         let mut buf = vec![0u8; 65_535];
-        let mut audio = tokio::time::interval(AUDIO_TICK);
-        audio.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut stopping: Option<Instant> = None;
         loop {
             let deadline = self
@@ -232,7 +228,6 @@ impl Bridge {
                     }
                     Err(broadcast::error::RecvError::Closed) => break,
                 },
-                _ = audio.tick() => self.tick_audio(Instant::now()),
                 _ = tokio::time::sleep_until(deadline.into()) => self.endpoint.handle_timeout(Instant::now()),
                 changed = stop.changed(), if stopping.is_none() => {
                     if changed.is_err() || *stop.borrow() {
@@ -255,9 +250,7 @@ impl Bridge {
         }
         for (_, call) in self.calls.drain() {
             self.media.remove_local(call.device);
-            for t in call.tasks {
-                t.abort();
-            }
+            call.task.abort();
         }
     }
 
@@ -281,72 +274,6 @@ impl Bridge {
                     .reject(call, refusal.code, &refusal.reason, now);
             }
             Message::Admitted(call, Ok(admitted)) => self.start_call(call, *admitted, now),
-            Message::Rtp { call, source, data } => {
-                if let Some(c) = self.calls.get_mut(&call) {
-                    // Symmetric RTP: answer where the phone actually sends from.
-                    if c.remote.is_some() && c.remote != Some(source) {
-                        c.remote = Some(source);
-                    }
-                    if let Err(e) = c.phone.receive_rtp(&data, now) {
-                        tracing::trace!(call = %call, error = %e, "unusable RTP from the phone");
-                    }
-                    while let Some(frame) = c.phone.poll_uplink(now) {
-                        self.media
-                            .write_local(c.device, u64::from(frame.rtp_time_48k), frame.opus);
-                    }
-                    while let Some(digit) = c.phone.poll_dtmf() {
-                        self.control.device_event(LifecycleEvent::PhoneDtmf {
-                            participant: c.participant,
-                            digit,
-                        });
-                    }
-                }
-            }
-            Message::Downlink(call, downlink) => {
-                let Some(c) = self.calls.get_mut(&call) else {
-                    return;
-                };
-                match downlink {
-                    LocalDownlink::Frame {
-                        source,
-                        rtp_time,
-                        dtmf,
-                        data,
-                    } => {
-                        if dtmf {
-                            if let Ok(event) = patchbay_sip::rtp::TelephoneEvent::parse(&data) {
-                                if event.end {
-                                    if let Some(digit) = event.digit() {
-                                        c.phone.send_dtmf(digit, 160);
-                                    }
-                                }
-                            }
-                        } else {
-                            c.sources.insert(source.0);
-                            c.phone
-                                .push_downlink(SourceId(source.0), &data, rtp_time as u32);
-                        }
-                    }
-                    LocalDownlink::Sources(sources) => {
-                        let keep: std::collections::HashSet<u64> =
-                            sources.iter().map(|s| s.0).collect();
-                        let gone: Vec<u64> = c
-                            .sources
-                            .iter()
-                            .copied()
-                            .filter(|s| !keep.contains(s))
-                            .collect();
-                        for s in gone {
-                            c.sources.remove(&s);
-                            c.phone.remove_source(SourceId(s));
-                        }
-                    }
-                    LocalDownlink::Closed(reason) => {
-                        tracing::info!(call = %call, reason, "phone's device closed: hanging up");
-                        let _ = self.endpoint.hangup(call, now);
-                    }
-                }
-            }
             Message::Hangup(call) => {
                 let _ = self.endpoint.hangup(call, now);
             }
@@ -381,33 +308,27 @@ impl Bridge {
             self.media.remove_local(device);
             return;
         }
-        let mut tasks = Vec::new();
-        let tx = self.tx.clone();
-        let socket = rtp.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut buf = vec![0u8; 2048];
-            while let Ok((n, source)) = socket.recv_from(&mut buf).await {
-                let data = buf[..n].to_vec();
-                if tx.send(Message::Rtp { call, source, data }).is_err() {
-                    break;
-                }
-            }
-        }));
-        let tx = self.tx.clone();
-        let mut downlink = downlink;
-        tasks.push(tokio::spawn(async move {
-            while let Some(m) = downlink.recv().await {
-                if tx.send(Message::Downlink(call, m)).is_err() {
-                    break;
-                }
-            }
-        }));
+        let (commands, commands_rx) = mpsc::unbounded_channel();
+        let rtp_port = rtp.local_addr().map(|a| a.port()).unwrap_or(0);
+        let audio = CallMedia {
+            call,
+            participant,
+            device,
+            phone,
+            rtp,
+            remote: negotiated.remote.filter(|_| negotiated.direction.sends()),
+            ptime: Duration::from_millis(u64::from(negotiated.ptime_ms)),
+            sources: Default::default(),
+            media: self.media.clone(),
+            control: self.control.clone(),
+            bridge: self.tx.clone(),
+        };
+        let task = tokio::spawn(audio.run(downlink, commands_rx));
         tracing::info!(call = %call, %participant, "phone joined");
         self.control.device_event(LifecycleEvent::Connected {
             participant,
             device: format!("sip-{call}"),
         });
-        let ptime = Duration::from_millis(u64::from(negotiated.ptime_ms));
         self.calls.insert(
             call,
             Call {
@@ -415,31 +336,11 @@ impl Bridge {
                 account,
                 session,
                 device,
-                phone,
-                rtp,
-                remote: negotiated.remote.filter(|_| negotiated.direction.sends()),
-                ptime,
-                next_tick: now + ptime,
-                sources: Default::default(),
-                tasks,
+                rtp_port,
+                media: commands,
+                task,
             },
         );
-    }
-
-    fn tick_audio(&mut self, now: Instant) {
-        for c in self.calls.values_mut() {
-            if c.next_tick > now {
-                continue;
-            }
-            // Catch up at most a little; PhoneMedia copes with a missed tick.
-            c.next_tick = (c.next_tick + c.ptime).max(now - c.ptime);
-            let packets = c.phone.tick(now);
-            if let Some(remote) = c.remote {
-                for p in packets {
-                    let _ = c.rtp.try_send_to(&p, remote);
-                }
-            }
-        }
     }
 
     /// Hangs up the calls of participants no longer in `session`.
@@ -462,7 +363,18 @@ impl Bridge {
         }
     }
 
+    /// Sends what the endpoint produced and acts on its events, until neither is left:
+    /// acting on an event (answering a re-offer, hanging up) produces more to send.
     async fn flush(&mut self) {
+        loop {
+            self.send_transmits().await;
+            if !self.handle_events() {
+                return;
+            }
+        }
+    }
+
+    async fn send_transmits(&mut self) {
         while let Some(t) = self.endpoint.poll_transmit() {
             match t.transport {
                 Transport::Udp => {
@@ -477,8 +389,14 @@ impl Bridge {
                 }
             }
         }
+    }
+
+    /// Handles the endpoint's pending events; false if there were none.
+    fn handle_events(&mut self) -> bool {
         let now = Instant::now();
+        let mut any = false;
         while let Some(event) = self.endpoint.poll_event() {
+            any = true;
             match event {
                 CallEvent::Incoming {
                     call,
@@ -512,11 +430,12 @@ impl Bridge {
                             .answer_update(call, Err((481, "no such call")), now);
                         continue;
                     };
-                    let port = c.rtp.local_addr().map(|a| a.port()).unwrap_or(0);
-                    let params = answer_params(&self.settings, port);
+                    let params = answer_params(&self.settings, c.rtp_port);
                     match sdp::answer(&sdp_offer, &params) {
                         Ok(n) => {
-                            c.remote = n.remote.filter(|_| n.direction.sends());
+                            let _ = c.media.send(CallCommand::Remote(
+                                n.remote.filter(|_| n.direction.sends()),
+                            ));
                             let _ = self.endpoint.answer_update(call, Ok(&n.answer_sdp), now);
                         }
                         Err(e) => {
@@ -534,20 +453,19 @@ impl Bridge {
                 }
             }
         }
+        any
     }
 
     fn end_call(&mut self, call: CallId, end: CallEnd) {
         *self.ends.entry(end.as_str()).or_default() += 1;
         let Some(c) = self.calls.remove(&call) else {
-            tracing::info!(call = %call, end = %end, "SIP call ended before it was answered");
+            tracing::info!(call = %call, end = %end, ends = ?self.ends, "SIP call ended before it was answered");
             return;
         };
-        let stats = c.phone.stats();
-        tracing::info!(call = %call, end = %end, participant = %c.participant, ?stats, ends = ?self.ends, "SIP call ended");
+        // The audio task logs the call's stats and stops.
+        let _ = c.media.send(CallCommand::End(end));
         self.media.remove_local(c.device);
-        for t in c.tasks {
-            t.abort();
-        }
+        tracing::debug!(call = %call, ends = ?self.ends, "calls ended so far, by how");
         self.control.device_event(LifecycleEvent::Disconnected {
             participant: c.participant,
             device: format!("sip-{call}"),
@@ -565,6 +483,129 @@ impl Bridge {
         let port = u32::from(low) + self.next_port % span;
         self.next_port = self.next_port.wrapping_add(2);
         u16::try_from(port).unwrap_or(low)
+    }
+}
+
+/// One call's audio, in its own task so that calls use every core: the RTP socket, the
+/// frames of the tracks the phone receives, and the phone's clock (one tick per ptime).
+struct CallMedia {
+    call: CallId,
+    participant: ParticipantId,
+    device: DeviceId,
+    phone: PhoneMedia,
+    rtp: Arc<UdpSocket>,
+    remote: Option<SocketAddr>,
+    ptime: Duration,
+    /// The downlink sources fed into the mixer so far.
+    sources: std::collections::HashSet<u64>,
+    media: MediaHandle,
+    control: Control,
+    bridge: mpsc::UnboundedSender<Message>,
+}
+
+impl CallMedia {
+    async fn run(
+        mut self,
+        mut downlink: mpsc::UnboundedReceiver<LocalDownlink>,
+        mut commands: mpsc::UnboundedReceiver<CallCommand>,
+    ) {
+        let mut buf = vec![0u8; 2048];
+        let mut tick = tokio::time::interval(self.ptime);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let rtp = self.rtp.clone();
+        loop {
+            tokio::select! {
+                received = rtp.recv_from(&mut buf) => {
+                    let Ok((n, source)) = received else { continue };
+                    self.heard_from_phone(source, &buf[..n]);
+                }
+                frame = downlink.recv() => match frame {
+                    Some(frame) => self.frame_for_phone(frame),
+                    None => break,
+                },
+                _ = tick.tick() => {
+                    let packets = self.phone.tick(Instant::now());
+                    if let Some(remote) = self.remote {
+                        for p in packets {
+                            let _ = rtp.try_send_to(&p, remote);
+                        }
+                    }
+                }
+                command = commands.recv() => match command {
+                    Some(CallCommand::Remote(remote)) => self.remote = remote,
+                    Some(CallCommand::End(end)) => {
+                        let stats = self.phone.stats();
+                        tracing::info!(call = %self.call, end = %end, participant = %self.participant, ?stats, "SIP call ended");
+                        break;
+                    }
+                    None => break,
+                },
+            }
+        }
+    }
+
+    fn heard_from_phone(&mut self, source: SocketAddr, data: &[u8]) {
+        let now = Instant::now();
+        // Symmetric RTP: answer where the phone actually sends from (unless on hold).
+        if self.remote.is_some() && self.remote != Some(source) {
+            self.remote = Some(source);
+        }
+        if let Err(e) = self.phone.receive_rtp(data, now) {
+            tracing::trace!(call = %self.call, error = %e, "unusable RTP from the phone");
+        }
+        while let Some(frame) = self.phone.poll_uplink(now) {
+            self.media
+                .write_local(self.device, u64::from(frame.rtp_time_48k), frame.opus);
+        }
+        while let Some(digit) = self.phone.poll_dtmf() {
+            self.control.device_event(LifecycleEvent::PhoneDtmf {
+                participant: self.participant,
+                digit,
+            });
+        }
+    }
+
+    fn frame_for_phone(&mut self, downlink: LocalDownlink) {
+        match downlink {
+            LocalDownlink::Frame {
+                source,
+                rtp_time,
+                dtmf,
+                data,
+            } => {
+                if dtmf {
+                    // Browser DTMF: one digit per completed event.
+                    if let Ok(event) = patchbay_sip::rtp::TelephoneEvent::parse(&data) {
+                        if event.end {
+                            if let Some(digit) = event.digit() {
+                                self.phone.send_dtmf(digit, 160);
+                            }
+                        }
+                    }
+                } else {
+                    self.sources.insert(source.0);
+                    self.phone
+                        .push_downlink(SourceId(source.0), &data, rtp_time as u32);
+                }
+            }
+            LocalDownlink::Sources(sources) => {
+                let keep: std::collections::HashSet<u64> = sources.iter().map(|s| s.0).collect();
+                let gone: Vec<u64> = self
+                    .sources
+                    .iter()
+                    .copied()
+                    .filter(|s| !keep.contains(s))
+                    .collect();
+                for s in gone {
+                    self.sources.remove(&s);
+                    self.phone.remove_source(SourceId(s));
+                }
+            }
+            LocalDownlink::Closed(reason) => {
+                tracing::info!(call = %self.call, reason, "phone's device closed: hanging up");
+                let _ = self.bridge.send(Message::Hangup(self.call));
+            }
+        }
     }
 }
 

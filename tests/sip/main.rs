@@ -438,4 +438,8 @@ async fn hold_and_resume_by_reinvite() {
         "audio again after resume: {}",
         power_at(&resumed, 440.0)
     );
+    // Our ACKs stopped the 200s: nothing is retransmitted afterwards.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let stray = pa.unexpected_responses().await;
+    assert!(stray.is_empty(), "retransmitted after ACK: {stray:#?}");
 }

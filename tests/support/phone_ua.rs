@@ -385,7 +385,10 @@ impl Phone {
                 .await
                 .expect("an answer to the re-INVITE")
                 .expect("responses");
-            if status(&r).is_some_and(|c| c >= 200) {
+            // Only the answer to this request (a retransmitted final answer to an earlier one may
+            // still be on its way).
+            let ours = header(&r, "CSeq").is_some_and(|v| v.starts_with(&format!("{cseq} ")));
+            if ours && status(&r).is_some_and(|c| c >= 200) {
                 break r;
             }
         };
@@ -402,6 +405,16 @@ impl Phone {
             .await
             .expect("send ACK");
         (code, body(&response).to_owned())
+    }
+
+    /// Responses received and not consumed (retransmissions of answers already taken).
+    pub async fn unexpected_responses(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut responses = self.responses.lock().await;
+        while let Ok(r) = responses.try_recv() {
+            out.push(r);
+        }
+        out
     }
 
     /// Hangs up (BYE) and waits for the 200.
