@@ -139,6 +139,13 @@ impl Shared {
         self.placement.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Records that `device` of `participant` lives on `shard`.
+    fn place(&self, device: DeviceId, participant: ParticipantId, shard: usize) {
+        let mut placement = self.placement();
+        placement.devices.insert(device, shard);
+        placement.participants.insert(participant, shard);
+    }
+
     fn redirect_of(&self, addr: SocketAddr) -> Option<usize> {
         let map = self.redirect.read().unwrap_or_else(|e| e.into_inner());
         map.get(&addr).copied()
@@ -665,9 +672,7 @@ impl Shard {
                 account,
             })),
         );
-        let mut placement = self.shared.placement();
-        placement.devices.insert(device, shard);
-        placement.participants.insert(participant, shard);
+        self.shared.place(device, participant, shard);
     }
 
     /// Removes a device from the engine and from the placement.
@@ -771,6 +776,20 @@ impl Shard {
 
     fn handle_command(&mut self, command: Command) {
         let now = Instant::now();
+        // A new connection goes where the participant's device is, which may have moved since
+        // the handle looked.
+        if let Some(participant) = command.connecting() {
+            let placed = self
+                .shared
+                .placement()
+                .participants
+                .get(&participant)
+                .copied();
+            if let Some(shard) = placed.filter(|&s| s != self.index) {
+                let _ = self.shared.send(shard, Inbox::Command(command));
+                return;
+            }
+        }
         // A command for a device that moved away follows it.
         if let Some(device) = command.device() {
             if !self.devices.contains_key(&device) {
@@ -790,28 +809,6 @@ impl Shard {
                 notices,
                 reply,
             } => {
-                // The participant's device may have moved since the handle looked.
-                let placed = self
-                    .shared
-                    .placement()
-                    .participants
-                    .get(&participant)
-                    .copied();
-                if let Some(shard) = placed.filter(|&s| s != self.index) {
-                    let _ = self.shared.send(
-                        shard,
-                        Inbox::Command(Command::Connect {
-                            connection,
-                            account,
-                            participant,
-                            permissions,
-                            unique_id,
-                            notices,
-                            reply,
-                        }),
-                    );
-                    return;
-                }
                 self.accounts.insert(participant, account);
                 let existing = self
                     .devices
@@ -835,11 +832,7 @@ impl Shard {
                     }
                 }
                 let device = DeviceId(connection);
-                {
-                    let mut placement = self.shared.placement();
-                    placement.devices.insert(device, self.index);
-                    placement.participants.insert(participant, self.index);
-                }
+                self.shared.place(device, participant, self.index);
                 if let Some(old) = self
                     .engine
                     .add_device(device, participant, permissions, now)
@@ -903,34 +896,9 @@ impl Shard {
                 downlink,
                 reply,
             } => {
-                let placed = self
-                    .shared
-                    .placement()
-                    .participants
-                    .get(&participant)
-                    .copied();
-                if let Some(shard) = placed.filter(|&s| s != self.index) {
-                    let _ = self.shared.send(
-                        shard,
-                        Inbox::Command(Command::ConnectLocal {
-                            connection,
-                            account,
-                            participant,
-                            stream,
-                            alias,
-                            downlink,
-                            reply,
-                        }),
-                    );
-                    return;
-                }
                 self.accounts.insert(participant, account);
                 let device = DeviceId(connection);
-                {
-                    let mut placement = self.shared.placement();
-                    placement.devices.insert(device, self.index);
-                    placement.participants.insert(participant, self.index);
-                }
+                self.shared.place(device, participant, self.index);
                 // The entry first: the engine's first events (its sources) go to the bridge.
                 self.devices.insert(
                     device,
@@ -969,6 +937,16 @@ impl Shard {
 }
 
 impl Command {
+    /// The participant a new connection is for.
+    fn connecting(&self) -> Option<ParticipantId> {
+        match self {
+            Command::Connect { participant, .. } | Command::ConnectLocal { participant, .. } => {
+                Some(*participant)
+            }
+            _ => None,
+        }
+    }
+
     /// The device a command is about (none for a new connection).
     fn device(&self) -> Option<DeviceId> {
         match self {
