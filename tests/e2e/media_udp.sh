@@ -3,7 +3,7 @@
 # devices built on str0m (examples/media_load.rs) that speak signalling v3 over WebSockets like
 # the browser SDK. Two runs, each failing unless every device connects, every (publisher,
 # subscriber) pair receives media and each late subscriber gets media after its REST PUT:
-# 1. 2 sessions × 4 participants with audio+video, one subscribed late;
+# 1. 2 sessions × 3 participants with audio+video, one subscribed late;
 # 2. a lobby: 3 sessions × 4 devices connect and publish before joining their session, so
 #    devices placed on one shard must move to their session's shard with media flowing (the
 #    server's log must show that they moved).
@@ -25,10 +25,10 @@ pass=$(awk '/password:/ {print $2}' "$out")
 [ -n "$url" ] && [ -n "$user" ] || { echo "server did not start"; cat "$dir/stderr"; exit 1; }
 check() {
   "$load" --url "$url" --username "$user" --password "$pass" --server-pid "$pid" \
-    --duration 3s --warmup 1s --relay-duration 0s --setup-timeout 30s --check "$@" |
+    --duration 5s --warmup 2s --relay-duration 0s --setup-timeout 30s --check "$@" |
     grep -v '^RESULT' || { echo "--- server stderr"; grep -v DEBUG "$dir/stderr" | tail -40; exit 1; }
 }
-check --sessions 2 --participants 4 --late 1 --label e2e
+check --sessions 2 --participants 3 --late 1 --label e2e
 check --sessions 3 --participants 4 --late 1 --label e2e-lobby --lobby
 moves=$(grep -ac "device moves" "$dir/stderr" || true)
 echo "devices moved between shards: $moves"
