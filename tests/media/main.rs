@@ -1098,3 +1098,31 @@ fn phone_is_heard_by_browsers_and_hears_exactly_its_subscriptions() {
     assert_eq!(origins, net.ids(&[a, b, c]));
     assert_eq!(net.local_sources.get(&phone).map(Vec::len), Some(3));
 }
+
+#[test]
+fn browser_dtmf_reaches_a_phone_subscribed_to_it() {
+    let (mut net, [a, b, _]) = three_in_session();
+    let (_, phone) = net.add_phone(Rules::Only(vec![a]));
+    net.run(Duration::from_millis(300));
+    let since = net.now;
+    // Alice presses 5 (event 5, end bit, volume 10, 100 ms); bob presses 9: the phone does
+    // not receive bob.
+    net.clients[a]
+        .dtmf
+        .push_back(vec![5, 0x80 | 10, 0x03, 0x20]);
+    net.clients[b]
+        .dtmf
+        .push_back(vec![9, 0x80 | 10, 0x03, 0x20]);
+    net.run(Duration::from_millis(300));
+    let events: Vec<Vec<u8>> = net
+        .local_frames
+        .iter()
+        .filter(|(at, d, _, dtmf, _)| *d == phone && *at >= since && *dtmf)
+        .map(|(_, _, _, _, data)| data.clone())
+        .collect();
+    assert_eq!(
+        events,
+        vec![vec![5, 0x80 | 10, 0x03, 0x20]],
+        "alice's key only"
+    );
+}

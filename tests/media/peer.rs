@@ -20,7 +20,7 @@ use patchbay::media::{
 };
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::ChannelConfig;
-use str0m::format::Codec;
+use str0m::format::{Codec, FormatParams};
 use str0m::media::{Direction, Frequency, KeyframeRequestKind, MediaKind, MediaTime, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, Rtc};
@@ -123,6 +123,8 @@ pub struct Client {
     pub sub_connected: bool,
     pub msid: String,
     pub audio_mid: Option<Mid>,
+    /// RFC 4733 payloads to send on the audio m-line at the next audio frames.
+    pub dtmf: VecDeque<Vec<u8>>,
     pub video_mid: Option<Mid>,
     /// Publishing synthetic media when connected.
     pub sending: bool,
@@ -159,7 +161,17 @@ impl Client {
     fn new(name: &str, idx: u8, permissions: MediaKinds, device: DeviceId, now: Instant) -> Client {
         let pub_addr: SocketAddr = format!("10.0.{idx}.1:5000").parse().unwrap();
         let sub_addr: SocketAddr = format!("10.0.{idx}.2:5002").parse().unwrap();
-        let mut publish = Rtc::builder().build(now);
+        // Like a browser: Opus with telephone-event (RFC 4733) for DTMF.
+        let mut builder = Rtc::builder();
+        builder.codec_config().add_config(
+            110.into(),
+            None,
+            Codec::Tele,
+            Frequency::FORTY_EIGHT_KHZ,
+            None,
+            FormatParams::parse_line("0-16"),
+        );
+        let mut publish = builder.build(now);
         publish.add_local_candidate(Candidate::host(pub_addr, "udp").unwrap());
         let mut subscribe = Rtc::builder().build(now);
         subscribe.add_local_candidate(Candidate::host(sub_addr, "udp").unwrap());
@@ -179,6 +191,7 @@ impl Client {
             sub_connected: false,
             msid: format!("stream-{name}"),
             audio_mid: None,
+            dtmf: VecDeque::new(),
             video_mid: None,
             sending: true,
             next_audio: now,
@@ -350,6 +363,9 @@ impl Client {
                 let data = frame(self.idx, Kind::Audio, n, true);
                 let t = MediaTime::new(u64::from(n) * 960, Frequency::FORTY_EIGHT_KHZ);
                 write_frame(&mut self.publish, mid, Codec::Opus, t, data, now);
+                if let Some(event) = self.dtmf.pop_front() {
+                    write_frame(&mut self.publish, mid, Codec::Tele, t, event, now);
+                }
                 self.audio_sent += 1;
                 self.next_audio += AUDIO_EVERY;
                 wrote = true;
