@@ -513,15 +513,18 @@ impl CallMedia {
         let mut tick = tokio::time::interval(self.ptime);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let rtp = self.rtp.clone();
+        // The media plane drops the device when the call ends, maybe before the End command
+        // arrives: the call's stats are logged on End either way.
+        let mut downlink_open = true;
         loop {
             tokio::select! {
                 received = rtp.recv_from(&mut buf) => {
                     let Ok((n, source)) = received else { continue };
                     self.heard_from_phone(source, &buf[..n]);
                 }
-                frame = downlink.recv() => match frame {
+                frame = downlink.recv(), if downlink_open => match frame {
                     Some(frame) => self.frame_for_phone(frame),
-                    None => break,
+                    None => downlink_open = false,
                 },
                 _ = tick.tick() => {
                     let packets = self.phone.tick(Instant::now());

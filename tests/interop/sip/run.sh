@@ -326,7 +326,11 @@ if python3 "$here/provision.py" --url "$url" --username "$user" --password "$pas
     else
         fail "(e) all $total calls up at once" "sipp's peak was ${peak:-?}"
     fi
-    sleep 0.5
+    # The server logs each call's end once its BYE is handled: wait for all of them (10 s).
+    for _ in $(seq 1 100); do
+        [[ $(grep -ac "SIP call ended" "$work/server.err") -ge $((before + total)) ]] && break
+        sleep 0.1
+    done
     # The server's view of the calls: RTP from the phone, RTP to it, Opus of the other phones
     # decoded for its mix (counters of the `SIP call ended` lines).
     summary=$(grep -a "SIP call ended" "$work/server.err" | tail -n +$((before + 1)) | awk '
