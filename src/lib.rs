@@ -25,7 +25,11 @@
 //! - [`api`]: the Bandwidth-compatible REST adapter (axum), plus patchbay's extensions.
 //! - [`config`] and [`app`]: the command line and the wiring of a running server.
 //!
-//! The media plane (`media`, `signaling`, `runtime`) and the SIP bridge (`sip/`) build on these.
+//! - [`media`]: the SFU engine on str0m, sans-IO (browsers' peer connections, and local devices:
+//!   phones).
+//! - [`signaling`]: the device WebSocket (JSON-RPC 2.0, protocol v3).
+//! - [`runtime`]: the only owner of sockets and tasks: the media shards (one engine and one UDP
+//!   socket per core) and the SIP driver over the sans-IO `patchbay-sip` crate (`sip/`).
 //!
 //! ## Panic policy
 //! A panic is a bug. Nothing that came from the network reaches `unwrap`/`expect`; each
