@@ -320,6 +320,19 @@ impl Engine {
         replaced
     }
 
+    /// The remote addresses the device's peers were reached at.
+    pub fn paths_of(&self, device: DeviceId) -> Vec<SocketAddr> {
+        let Some(dev) = self.devices.get(&device) else {
+            return Vec::new();
+        };
+        let peers = [dev.publish, dev.subscribe];
+        self.by_addr
+            .iter()
+            .filter(|(_, p)| peers.contains(&Some(**p)))
+            .map(|(a, _)| *a)
+            .collect()
+    }
+
     /// The subscribe offer still waiting for this device's answer, if any.
     pub fn pending_offer(&self, device: DeviceId) -> Option<SubscribeOffer> {
         self.devices.get(&device)?.pending_offer.clone()

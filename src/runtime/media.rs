@@ -677,6 +677,12 @@ impl Shard {
 
     /// Removes a device from the engine and from the placement.
     fn remove_device(&mut self, device: DeviceId, now: Instant) {
+        // Redirects to this shard for the device's addresses end with it.
+        for addr in self.engine.paths_of(device) {
+            if self.shared.redirect_of(addr) == Some(self.index) {
+                self.shared.set_redirect(addr, None);
+            }
+        }
         self.engine.remove_device(device, now);
         let mut placement = self.shared.placement();
         if placement.devices.get(&device) == Some(&self.index) {
