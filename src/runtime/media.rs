@@ -167,6 +167,20 @@ impl Shared {
             .map_err(|_| MediaError::Internal("media plane stopped".into()))
     }
 
+    /// Sends the command `make` builds around a reply channel to `shard`, and waits for the
+    /// reply.
+    async fn request<T>(
+        &self,
+        shard: usize,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, MediaError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(shard, Inbox::Command(make(reply)))?;
+        answer
+            .await
+            .map_err(|_| MediaError::Internal("media plane stopped".into()))
+    }
+
     fn shard_of_session(&self, session: SessionId) -> usize {
         shard_by_hash(session.as_uuid().as_u128(), self.inboxes.len())
     }
@@ -240,10 +254,9 @@ impl MediaHandle {
     ) -> Result<(DeviceId, Connection), MediaError> {
         let connection = self.next_connection.fetch_add(1, Ordering::Relaxed);
         let shard = self.shared.shard_for(participant, session);
-        let (reply, device) = oneshot::channel();
-        self.shared.send(
-            shard,
-            Inbox::Command(Command::Connect {
+        let device = self
+            .shared
+            .request(shard, |reply| Command::Connect {
                 connection,
                 account,
                 participant,
@@ -251,11 +264,8 @@ impl MediaHandle {
                 unique_id,
                 notices,
                 reply,
-            }),
-        )?;
-        let device = device
-            .await
-            .map_err(|_| MediaError::Internal("media plane stopped".into()))?;
+            })
+            .await?;
         Ok((device, Connection(connection)))
     }
 
@@ -279,32 +289,26 @@ impl MediaHandle {
         sdp: String,
         metadata: PublishMetadata,
     ) -> Result<PublishAnswer, MediaError> {
-        let (reply, answer) = oneshot::channel();
         let shard = self.shared.shard_of_device(device);
-        self.shared.send(
-            shard,
-            Inbox::Command(Command::PublishOffer {
+        self.shared
+            .request(shard, |reply| Command::PublishOffer {
                 device,
                 sdp,
                 metadata,
                 reply,
-            }),
-        )?;
-        answer
-            .await
-            .map_err(|_| MediaError::Internal("media plane stopped".into()))?
+            })
+            .await?
     }
 
     pub async fn subscribe_answer(&self, device: DeviceId, sdp: String) -> Result<(), MediaError> {
-        let (reply, answer) = oneshot::channel();
         let shard = self.shared.shard_of_device(device);
-        self.shared.send(
-            shard,
-            Inbox::Command(Command::SubscribeAnswer { device, sdp, reply }),
-        )?;
-        answer
-            .await
-            .map_err(|_| MediaError::Internal("media plane stopped".into()))?
+        self.shared
+            .request(shard, |reply| Command::SubscribeAnswer {
+                device,
+                sdp,
+                reply,
+            })
+            .await?
     }
 }
 
@@ -330,10 +334,9 @@ impl MediaHandle {
         let connection = self.next_connection.fetch_add(1, Ordering::Relaxed);
         let shard = self.shared.shard_for(participant, session);
         let (downlink, frames) = mpsc::unbounded_channel();
-        let (reply, device) = oneshot::channel();
-        self.shared.send(
-            shard,
-            Inbox::Command(Command::ConnectLocal {
+        let device = self
+            .shared
+            .request(shard, |reply| Command::ConnectLocal {
                 connection,
                 account,
                 participant,
@@ -341,11 +344,8 @@ impl MediaHandle {
                 alias,
                 downlink,
                 reply,
-            }),
-        )?;
-        let device = device
-            .await
-            .map_err(|_| MediaError::Internal("media plane stopped".into()))?;
+            })
+            .await?;
         Ok((device, frames))
     }
 
