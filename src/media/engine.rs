@@ -320,6 +320,11 @@ impl Engine {
         replaced
     }
 
+    /// The device of `participant` on this engine, if it has one.
+    pub fn device_of(&self, participant: ParticipantId) -> Option<DeviceId> {
+        self.device_of.get(&participant).copied()
+    }
+
     /// The remote addresses the device's peers were reached at.
     pub fn paths_of(&self, device: DeviceId) -> Vec<SocketAddr> {
         let Some(dev) = self.devices.get(&device) else {
