@@ -1,22 +1,29 @@
-//! [`Engine`]: peers, demultiplexing, negotiation and forwarding. See the module docs of
-//! `media` for the drive contract.
+//! [`Engine`]: the coordinator of the parts (see the module docs of `media` for the map of
+//! parts, the drive contract and the three paths through it). It owns no map of its own,
+//! only the output queues; every verb is a short sequence of calls into the parts.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
-use str0m::channel::ChannelConfig;
+use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::config::DtlsCert;
-use str0m::format::{Codec, FormatParams};
+use str0m::format::{Codec, PayloadParams};
 use str0m::ice::StunMessage;
-use str0m::media::{
-    Direction, Frequency, KeyframeRequestKind, MediaKind as RtcKind, MediaTime, Mid,
-};
+use str0m::media::{Frequency, KeyframeRequestKind, MediaTime, Mid};
 use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
+use str0m::{Candidate, Event, Input, Output};
 
-use super::{DeviceId, PublishAnswer, PublishMetadata, StreamMetadata, SubscribeOffer};
+use super::demux::Demux;
+use super::devices::{Device, Devices};
+use super::fanout::{Fanout, Source, Target};
+use super::local::{LocalDevice, LocalDevices, SourceKey};
+use super::peers::{open_builtin_channels, peer_config, Peer, PeerId, Peers};
+use super::publishing::{self, Publication, Published, Publishing, TrackKey};
+use super::routes::HostedRoutes;
+use super::subscribing::{Subscriber, Subscribing};
+use super::{DeclaredStreams, DeviceId, PublishAnswer, StreamMetadata, SubscribeOffer};
 use crate::domain::{
     MediaKind, MediaKinds, ParticipantId, PublishPermissions, SessionId, StreamAlias, StreamId,
 };
@@ -78,27 +85,13 @@ pub enum EngineEvent {
         rtp_time: u64,
         /// A telephone-event (RFC 4733) payload rather than Opus.
         dtmf: bool,
-        data: std::sync::Arc<[u8]>,
+        data: Arc<[u8]>,
     },
     /// The audio tracks a local device receives now (sources absent from it are gone).
     LocalSources {
         device: DeviceId,
         sources: Vec<SourceKey>,
     },
-}
-
-/// Identifies one received track of a local device: the publisher and its stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SourceKey(pub u64);
-
-impl SourceKey {
-    fn of(publisher: ParticipantId, stream: &StreamId) -> SourceKey {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        publisher.hash(&mut h);
-        stream.as_str().hash(&mut h);
-        SourceKey(h.finish())
-    }
 }
 
 /// Errors answered to a device's request; the engine itself keeps running.
@@ -118,16 +111,16 @@ pub enum MediaError {
     Internal(String),
 }
 
-type PeerId = u64;
-
-/// A device on its way from one shard's engine to another's: its state and its peer
-/// connections, moved as they are (see [`Engine::export_device`]).
+/// A device on its way from one shard's engine to another's: its state in every part and its
+/// peer connections, moved as they are (see [`Engine::export_device`]).
 pub struct MovedDevice {
     id: DeviceId,
     device: Device,
-    peers: Vec<Peer>,
-    /// Remote addresses learned for its peers (and whether the peer is the subscribe one).
-    paths: Vec<(SocketAddr, bool)>,
+    published: Option<Published>,
+    subscriber: Option<Subscriber>,
+    local: Option<LocalDevice>,
+    /// Its peer connections, each with the remote addresses it was reached at.
+    peers: Vec<(Peer, Vec<SocketAddr>)>,
 }
 
 impl MovedDevice {
@@ -141,120 +134,60 @@ impl MovedDevice {
 
     /// The remote addresses its peers were reached at.
     pub fn paths(&self) -> impl Iterator<Item = SocketAddr> + '_ {
-        self.paths.iter().map(|(a, _)| *a)
+        self.peers
+            .iter()
+            .flat_map(|(_, paths)| paths.iter().copied())
     }
 }
 
-struct Peer {
-    device: DeviceId,
-    subscribe: bool,
-    rtc: Rtc,
-    ufrag: String,
-    timeout: Instant,
+/// A frame on its way through [`Engine::forward`].
+struct Frame {
+    data: Arc<[u8]>,
+    time: MediaTime,
+    network_time: Instant,
+    payload: Payload,
 }
 
-/// One published MediaStream of a device.
-#[derive(Debug, Clone)]
-struct Publication {
-    alias: Option<StreamAlias>,
-    /// The m-lines carrying it, with their kind (only kinds the participant may publish).
-    mids: Vec<(Mid, MediaKind)>,
+enum Payload {
+    /// As received from a browser's publish connection.
+    Params(PayloadParams),
+    /// Opus written by a local device's driver.
+    LocalOpus,
 }
 
-impl Publication {
-    fn kinds(&self) -> MediaKinds {
-        MediaKinds::from_kinds(self.mids.iter().map(|(_, k)| *k))
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct TrackKey {
-    publisher: ParticipantId,
-    stream: StreamId,
-    kind: MediaKind,
-}
-
-#[derive(Debug, Clone)]
-struct OutTrack {
-    mid: Mid,
-    /// Sending in the last offer made.
-    active: bool,
-    /// Accepted by the device at least once (its answer arrived).
-    negotiated: bool,
-    alias: Option<StreamAlias>,
-}
-
-struct Device {
-    participant: ParticipantId,
-    /// A device without WebRTC connections, fed and drained by the driver (a phone call):
-    /// its "peers" are ids with no `Rtc`, its tracks need no negotiation.
-    local: bool,
-    permissions: PublishPermissions,
-    publish: Option<PeerId>,
-    subscribe: Option<PeerId>,
-    publish_endpoint: String,
-    subscribe_endpoint: String,
-    published: BTreeMap<StreamId, Publication>,
-    revision: u64,
-    pending: Option<SdpPendingOffer>,
-    /// The offer `pending` belongs to, to send again if the device reconnects meanwhile.
-    pending_offer: Option<SubscribeOffer>,
-    /// Changes arrived while an offer was pending: renegotiate when it is answered.
-    dirty: bool,
-    tracks: BTreeMap<TrackKey, OutTrack>,
-    next_track: u64,
-    /// The MediaStream id this device sees for each (publisher, stream): its own, because
-    /// stream ids are only unique per publisher.
-    stream_ids: BTreeMap<(ParticipantId, StreamId), String>,
-}
+/// The one "m-line" of a local device's published audio.
+const LOCAL_AUDIO_MID: &str = "phone";
 
 /// The SFU of one shard. See the module docs.
 pub struct Engine {
     config: EngineConfig,
-    peers: HashMap<PeerId, Peer>,
-    next_peer: PeerId,
-    by_addr: HashMap<SocketAddr, PeerId>,
-    by_ufrag: HashMap<String, PeerId>,
-    devices: HashMap<DeviceId, Device>,
-    device_of: HashMap<ParticipantId, DeviceId>,
-    tables: HashMap<SessionId, ForwardingTable>,
-    session_of: HashMap<ParticipantId, SessionId>,
-    /// (publish peer, mid) → (subscribe peer, mid): who gets each incoming track.
-    fanout: HashMap<(PeerId, Mid), Vec<(PeerId, Mid)>>,
-    /// (subscribe peer, mid) → (publish peer, mid): where keyframe requests go.
-    upstream: HashMap<(PeerId, Mid), (PeerId, Mid)>,
-    /// (subscribe "peer", mid) of local devices → the device and the source it is.
-    local_targets: HashMap<(PeerId, Mid), (DeviceId, SourceKey)>,
+    demux: Demux,
+    peers: Peers,
+    devices: Devices,
+    publishing: Publishing,
+    subscribing: Subscribing,
+    local: LocalDevices,
+    routes: HostedRoutes,
+    fanout: Fanout,
     transmits: VecDeque<Transmit>,
     events: VecDeque<EngineEvent>,
     forwarded: u64,
-    scratch: Vec<(PeerId, Mid)>,
+    /// A reused buffer: no allocation per forwarded frame.
+    scratch: Vec<Target>,
 }
-
-const HEARTBEAT: &str = "__heartbeat__";
-/// Audio packets held back at most waiting for a missing one.
-const AUDIO_REORDER_PACKETS: usize = 2;
-/// Remote addresses remembered per peer (a client may switch paths, e.g. on ICE restart).
-const MAX_PATHS_PER_PEER: usize = 8;
-const DIAGNOSTICS: &str = "__diagnostics__";
-/// The one "m-line" of a local device's published audio.
-const LOCAL_AUDIO_MID: &str = "phone";
 
 impl Engine {
     pub fn new(config: EngineConfig) -> Engine {
         Engine {
             config,
-            peers: HashMap::new(),
-            next_peer: 1,
-            by_addr: HashMap::new(),
-            by_ufrag: HashMap::new(),
-            devices: HashMap::new(),
-            device_of: HashMap::new(),
-            tables: HashMap::new(),
-            session_of: HashMap::new(),
-            fanout: HashMap::new(),
-            upstream: HashMap::new(),
-            local_targets: HashMap::new(),
+            demux: Demux::default(),
+            peers: Peers::default(),
+            devices: Devices::default(),
+            publishing: Publishing::default(),
+            subscribing: Subscribing::default(),
+            local: LocalDevices::default(),
+            routes: HostedRoutes::default(),
+            fanout: Fanout::default(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             forwarded: 0,
@@ -278,90 +211,14 @@ impl Engine {
         permissions: PublishPermissions,
         now: Instant,
     ) -> Option<DeviceId> {
-        let replaced = self.insert_device(device, participant, permissions, false, now);
+        let replaced = self.replace_participant_device(participant, now);
+        self.devices
+            .insert(device, Device::browser(participant, permissions));
+        self.publishing.open(device, participant);
+        self.subscribing.open(device);
         // It may already be wired to receive something (a reconnect, or routes set before).
         self.renegotiate(device, now);
         replaced
-    }
-
-    fn insert_device(
-        &mut self,
-        device: DeviceId,
-        participant: ParticipantId,
-        permissions: PublishPermissions,
-        local: bool,
-        now: Instant,
-    ) -> Option<DeviceId> {
-        let replaced = self.device_of.get(&participant).copied();
-        if let Some(old) = replaced {
-            self.remove_device(old, now);
-        }
-        self.devices.insert(
-            device,
-            Device {
-                participant,
-                local,
-                permissions,
-                publish: None,
-                subscribe: None,
-                publish_endpoint: uuid::Uuid::new_v4().to_string(),
-                subscribe_endpoint: uuid::Uuid::new_v4().to_string(),
-                published: BTreeMap::new(),
-                revision: 0,
-                pending: None,
-                pending_offer: None,
-                dirty: false,
-                tracks: BTreeMap::new(),
-                next_track: 0,
-                stream_ids: BTreeMap::new(),
-            },
-        );
-        self.device_of.insert(participant, device);
-        replaced
-    }
-
-    /// The device of `participant` on this engine, if it has one.
-    pub fn device_of(&self, participant: ParticipantId) -> Option<DeviceId> {
-        self.device_of.get(&participant).copied()
-    }
-
-    /// The remote addresses the device's peers were reached at.
-    pub fn paths_of(&self, device: DeviceId) -> Vec<SocketAddr> {
-        let Some(dev) = self.devices.get(&device) else {
-            return Vec::new();
-        };
-        let peers = [dev.publish, dev.subscribe];
-        self.by_addr
-            .iter()
-            .filter(|(_, p)| peers.contains(&Some(**p)))
-            .map(|(a, _)| *a)
-            .collect()
-    }
-
-    /// The subscribe offer still waiting for this device's answer, if any.
-    pub fn pending_offer(&self, device: DeviceId) -> Option<SubscribeOffer> {
-        self.devices.get(&device)?.pending_offer.clone()
-    }
-
-    /// The device left or its connection closed: its peers go away, and so do its streams.
-    pub fn remove_device(&mut self, device: DeviceId, _now: Instant) {
-        let Some(dev) = self.devices.remove(&device) else {
-            return;
-        };
-        if self.device_of.get(&dev.participant) == Some(&device) {
-            self.device_of.remove(&dev.participant);
-        }
-        for peer in [dev.publish, dev.subscribe].into_iter().flatten() {
-            self.remove_peer(peer);
-        }
-        if !dev.published.is_empty() {
-            self.events.push_back(EngineEvent::StreamsChanged {
-                device,
-                participant: dev.participant,
-                streams: Vec::new(),
-            });
-        }
-        self.rebuild_fanout();
     }
 
     /// A local device for `participant` (a phone call): it publishes one audio stream,
@@ -376,119 +233,80 @@ impl Engine {
         alias: Option<StreamAlias>,
         now: Instant,
     ) -> Option<DeviceId> {
-        let replaced =
-            self.insert_device(device, participant, PublishPermissions::AUDIO, true, now);
-        let publish = self.next_peer;
-        let subscribe = self.next_peer + 1;
-        self.next_peer += 2;
-        let Some(dev) = self.devices.get_mut(&device) else {
-            return replaced;
+        let replaced = self.replace_participant_device(participant, now);
+        self.devices.insert(device, Device::local(participant));
+        self.local.add(device, LocalDevice::default());
+        self.publishing.open(device, participant);
+        let publication = Publication {
+            alias,
+            mids: vec![(Mid::from(LOCAL_AUDIO_MID), MediaKind::Audio)],
         };
-        dev.publish = Some(publish);
-        dev.subscribe = Some(subscribe);
-        dev.published.insert(
-            stream.clone(),
-            Publication {
-                alias: alias.clone(),
-                mids: vec![(Mid::from(LOCAL_AUDIO_MID), MediaKind::Audio)],
-            },
-        );
-        self.events.push_back(EngineEvent::StreamsChanged {
-            device,
-            participant,
-            streams: vec![PublishedStream {
-                publisher: participant,
-                stream,
-                alias,
-                kinds: MediaKinds::AUDIO,
-            }],
-        });
+        self.set_publications(device, BTreeMap::from([(stream, publication)]));
         self.renegotiate(device, now);
-        self.rebuild_fanout();
         replaced
     }
 
     /// An Opus frame (20 ms, RTP time at 48 kHz) of a local device's published stream:
     /// forwarded to its subscribers like a frame received from a browser.
     pub fn write_local(&mut self, device: DeviceId, rtp_time: u64, data: Vec<u8>, now: Instant) {
-        let data: std::sync::Arc<[u8]> = data.into();
-        let Some(source) = self
-            .devices
-            .get(&device)
-            .filter(|d| d.local)
-            .and_then(|d| d.publish)
-        else {
+        if !self.devices.get(device).is_some_and(Device::is_local) {
+            return;
+        }
+        let frame = Frame {
+            data: data.into(),
+            time: MediaTime::new(rtp_time, Frequency::FORTY_EIGHT_KHZ),
+            network_time: now,
+            payload: Payload::LocalOpus,
+        };
+        self.forward(Source::Local(device), &frame, now);
+    }
+
+    /// The device left or its connection closed: its peers go away, and so do its streams.
+    pub fn remove_device(&mut self, device: DeviceId, _now: Instant) {
+        let Some(dev) = self.devices.remove(device) else {
             return;
         };
-        let mut targets = std::mem::take(&mut self.scratch);
-        targets.clear();
-        if let Some(t) = self.fanout.get(&(source, Mid::from(LOCAL_AUDIO_MID))) {
-            targets.extend_from_slice(t);
+        for peer in dev.peers() {
+            self.remove_peer(peer);
         }
-        let time = MediaTime::new(rtp_time, Frequency::FORTY_EIGHT_KHZ);
-        for &(sub_peer, out_mid) in &targets {
-            if let Some(&(local, key)) = self.local_targets.get(&(sub_peer, out_mid)) {
-                // Phone to phone: no codec in between.
-                self.events.push_back(EngineEvent::LocalMedia {
-                    device: local,
-                    source: key,
-                    rtp_time,
-                    dtmf: false,
-                    data: data.clone(),
-                });
-                continue;
-            }
-            let Some(sub) = self.peers.get_mut(&sub_peer) else {
-                continue;
-            };
-            let Some(writer) = sub.rtc.writer(out_mid) else {
-                continue;
-            };
-            let Some(pt) = writer
-                .payload_params()
-                .find(|p| p.spec().codec == Codec::Opus)
-                .map(|p| p.pt())
-            else {
-                continue;
-            };
-            if writer.write(pt, now, time, data.clone()).is_ok() {
-                self.forwarded += 1;
-            }
-            self.drain(sub_peer, now);
+        let published = self.withdraw_publications(device);
+        if published.is_some_and(|p| !p.streams.is_empty()) {
+            self.events.push_back(EngineEvent::StreamsChanged {
+                device,
+                participant: dev.participant,
+                streams: Vec::new(),
+            });
         }
-        self.scratch = targets;
+        self.subscribing.remove(device);
+        self.local.remove(device);
+        self.fanout.set_targets(device, BTreeMap::new());
     }
 
     /// Takes a device and its peer connections out of this engine, untouched (connections
     /// stay up, streams stay published), to be given to another shard's engine with
     /// [`Engine::import_device`]. Local subscribers of its streams renegotiate.
     pub fn export_device(&mut self, device: DeviceId, now: Instant) -> Option<MovedDevice> {
-        let dev = self.devices.remove(&device)?;
-        if self.device_of.get(&dev.participant) == Some(&device) {
-            self.device_of.remove(&dev.participant);
-        }
+        let dev = self.devices.remove(device)?;
         let mut peers = Vec::new();
-        let mut paths = Vec::new();
-        for id in [dev.publish, dev.subscribe].into_iter().flatten() {
-            if let Some(peer) = self.peers.remove(&id) {
-                self.by_ufrag.retain(|_, p| *p != id);
-                self.by_addr.retain(|addr, p| {
-                    if *p == id {
-                        paths.push((*addr, peer.subscribe));
-                    }
-                    *p != id
-                });
-                peers.push(peer);
+        for id in dev.peers() {
+            let paths = self.demux.forget_peer(id);
+            if let Some(peer) = self.peers.remove(id) {
+                peers.push((peer, paths));
             }
         }
+        let published = self.withdraw_publications(device);
+        let subscriber = self.subscribing.remove(device);
+        let local = self.local.remove(device);
+        self.fanout.set_targets(device, BTreeMap::new());
         let participant = dev.participant;
-        self.rebuild_fanout();
         self.renegotiate_subscribers_of(participant, now);
         Some(MovedDevice {
             id: device,
             device: dev,
+            published,
+            subscriber,
+            local,
             peers,
-            paths,
         })
     }
 
@@ -498,38 +316,36 @@ impl Engine {
         let MovedDevice {
             id: device,
             device: mut dev,
+            published,
+            subscriber,
+            local,
             peers,
-            paths,
         } = moved;
         let participant = dev.participant;
-        let replaced = self.device_of.get(&participant).copied();
-        if let Some(old) = replaced {
-            self.remove_device(old, now);
-        }
-        dev.publish = None;
-        dev.subscribe = None;
-        if dev.local {
-            dev.publish = Some(self.next_peer);
-            dev.subscribe = Some(self.next_peer + 1);
-            self.next_peer += 2;
-        }
-        for peer in peers {
-            let id = self.next_peer;
-            self.next_peer += 1;
-            self.by_ufrag.insert(peer.ufrag.clone(), id);
-            for (addr, _) in paths.iter().filter(|(_, sub)| *sub == peer.subscribe) {
-                self.by_addr.insert(*addr, id);
+        let replaced = self.replace_participant_device(participant, now);
+        dev.set_peer(false, None);
+        dev.set_peer(true, None);
+        for (peer, paths) in peers {
+            let subscribe = peer.subscribe;
+            let ufrag = peer.ufrag.clone();
+            let id = self.peers.insert(peer);
+            self.demux.add_ufrag(id, ufrag);
+            for addr in paths {
+                self.demux.learn(addr, id);
             }
-            if peer.subscribe {
-                dev.subscribe = Some(id);
-            } else {
-                dev.publish = Some(id);
-            }
-            self.peers.insert(id, peer);
+            dev.set_peer(subscribe, Some(id));
         }
         self.devices.insert(device, dev);
-        self.device_of.insert(participant, device);
-        self.rebuild_fanout();
+        if let Some(subscriber) = subscriber {
+            self.subscribing.adopt(device, subscriber);
+        }
+        if let Some(local) = local {
+            self.local.add(device, local);
+        }
+        if let Some(published) = published {
+            self.publishing.adopt(device, published);
+            self.register_sources(device);
+        }
         self.renegotiate(device, now);
         self.renegotiate_subscribers_of(participant, now);
         replaced
@@ -538,86 +354,61 @@ impl Engine {
     /// The devices here whose participant has links in `session`'s table: the ones that must
     /// live where the session lives.
     pub fn devices_in_session(&self, session: SessionId) -> Vec<DeviceId> {
-        let Some(table) = self.tables.get(&session) else {
-            return Vec::new();
-        };
-        let mut out: Vec<DeviceId> = table
-            .links
-            .iter()
-            .flat_map(|(k, _)| [k.subscriber, k.publisher])
-            .filter_map(|p| self.device_of.get(&p).copied())
+        let mut out: Vec<DeviceId> = self
+            .routes
+            .participants_in(session)
+            .into_iter()
+            .filter_map(|p| self.devices.of_participant(p))
             .collect();
         out.sort();
-        out.dedup();
         out
     }
 
-    /// Local subscribers routed from `publisher`'s streams: what they should receive changed
-    /// because the publisher's device came or went.
-    fn renegotiate_subscribers_of(&mut self, publisher: ParticipantId, now: Instant) {
-        let Some(table) = self
-            .session_of_member(publisher)
-            .and_then(|s| self.tables.get(&s))
-        else {
-            return;
+    /// The device of `participant` on this engine, if it has one.
+    pub fn device_of(&self, participant: ParticipantId) -> Option<DeviceId> {
+        self.devices.of_participant(participant)
+    }
+
+    /// The remote addresses the device's peers were reached at.
+    pub fn paths_of(&self, device: DeviceId) -> Vec<SocketAddr> {
+        let Some(dev) = self.devices.get(device) else {
+            return Vec::new();
         };
-        let mut subscribers: Vec<ParticipantId> = table
-            .routes
-            .iter()
-            .filter(|(k, _)| k.publisher == publisher)
-            .map(|(k, _)| k.subscriber)
-            .collect();
-        subscribers.dedup();
-        for subscriber in subscribers {
-            if let Some(&device) = self.device_of.get(&subscriber) {
-                self.renegotiate(device, now);
-            }
-        }
+        dev.peers()
+            .flat_map(|p| self.demux.paths(p).iter().copied())
+            .collect()
     }
 
-    /// The session whose table mentions `participant`, as subscriber or publisher.
-    fn session_of_member(&self, participant: ParticipantId) -> Option<SessionId> {
-        if let Some(&s) = self.session_of.get(&participant) {
-            return Some(s);
-        }
-        self.tables
-            .iter()
-            .find(|(_, t)| t.links.iter().any(|(k, _)| k.publisher == participant))
-            .map(|(s, _)| *s)
+    /// The subscribe offer still waiting for this device's answer, if any.
+    pub fn pending_offer(&self, device: DeviceId) -> Option<SubscribeOffer> {
+        self.subscribing.pending_offer(device).cloned()
     }
 
-    /// The device's `offerSdp`: answer its publish connection.
+    /// The device's publish offer: answer its publish connection. `declared` is the
+    /// MediaStreams the device declares (msid → alias); m-lines of other streams are accepted
+    /// but publish nothing.
     pub fn handle_publish_offer(
         &mut self,
         device: DeviceId,
         sdp: &str,
-        metadata: &PublishMetadata,
+        declared: &DeclaredStreams,
         now: Instant,
     ) -> Result<PublishAnswer, MediaError> {
         let offer =
             SdpOffer::from_sdp_string(sdp).map_err(|e| MediaError::BadSdp(e.to_string()))?;
-        let mut aliases = BTreeMap::new();
-        for (msid, meta) in &metadata.media_streams {
-            let alias = meta
-                .alias
-                .as_deref()
-                .map(StreamAlias::parse)
-                .transpose()
-                .map_err(|e| MediaError::BadAlias(e.to_string()))?;
-            aliases.insert(msid.clone(), alias);
-        }
-        let dev = self.devices.get(&device).ok_or(MediaError::UnknownDevice)?;
-        let permissions = dev.permissions;
-        let (peer_id, created) = match dev.publish {
+        let dev = self
+            .devices
+            .get(device)
+            .filter(|d| !d.is_local())
+            .ok_or(MediaError::UnknownDevice)?;
+        let (permissions, participant) = (dev.permissions, dev.participant);
+        let (peer_id, created) = match dev.publish_peer() {
             Some(p) => (p, false),
-            None => {
-                let id = self.new_peer(device, false, peer_config(&self.config, permissions), now);
-                (id, true)
-            }
+            None => (self.new_peer(device, false, permissions, now), true),
         };
         let peer = self
             .peers
-            .get_mut(&peer_id)
+            .get_mut(peer_id)
             .ok_or(MediaError::UnknownDevice)?;
         peer.rtc
             .handle_input(Input::Timeout(now))
@@ -637,86 +428,38 @@ impl Engine {
         // An ICE restart gives the peer a new local ufrag: keep the demux map current.
         let ufrag = peer.rtc.direct_api().local_ice_credentials().ufrag;
         if ufrag != peer.ufrag {
-            self.by_ufrag.insert(ufrag.clone(), peer_id);
-            peer.ufrag = ufrag;
+            peer.ufrag = ufrag.clone();
+            self.demux.add_ufrag(peer_id, ufrag);
         }
-
-        // What is published now: every receiving, enabled m-line of a declared stream.
-        let mut published: BTreeMap<StreamId, Publication> = BTreeMap::new();
-        for line in offer_mids(sdp) {
-            let Some(media) = peer.rtc.media(line) else {
-                continue;
-            };
-            if media.disabled() || !media.direction().is_receiving() {
-                continue;
-            }
-            let kind = match media.kind() {
-                RtcKind::Audio => MediaKind::Audio,
-                RtcKind::Video => MediaKind::Video,
-            };
-            if !permissions.contains(kind) {
-                continue;
-            }
-            let Some(alias) = aliases.get(media.stream_id()) else {
-                continue;
-            };
-            let Ok(stream) = StreamId::parse(media.stream_id()) else {
-                continue;
-            };
-            published
-                .entry(stream)
-                .or_insert_with(|| Publication {
+        let published =
+            publishing::publications(&peer.rtc, &offer_mids(sdp), declared, permissions);
+        if let Some(dev) = self.devices.get_mut(device) {
+            dev.set_peer(false, Some(peer_id));
+        }
+        let endpoint_id = self
+            .publishing
+            .get(device)
+            .map(|p| p.endpoint.clone())
+            .unwrap_or_default();
+        let stream_metadata = declared
+            .iter()
+            .map(|(msid, alias)| {
+                let kinds = StreamId::parse(msid)
+                    .ok()
+                    .and_then(|s| published.get(&s))
+                    .map(Publication::kinds)
+                    .unwrap_or_default();
+                let meta = StreamMetadata {
+                    endpoint_id: format!("{endpoint_id}:{msid}"),
+                    kinds,
                     alias: alias.clone(),
-                    mids: Vec::new(),
-                })
-                .mids
-                .push((line, kind));
-        }
-        let dev = self
-            .devices
-            .get_mut(&device)
-            .ok_or(MediaError::UnknownDevice)?;
-        dev.publish = Some(peer_id);
-        let participant = dev.participant;
-        let mut stream_metadata = BTreeMap::new();
-        for (msid, alias) in &aliases {
-            let kinds = StreamId::parse(msid)
-                .ok()
-                .and_then(|s| published.get(&s))
-                .map(Publication::kinds)
-                .unwrap_or_default();
-            stream_metadata.insert(
-                msid.clone(),
-                StreamMetadata {
-                    endpoint_id: format!("{}:{msid}", dev.publish_endpoint),
-                    media_types: kinds.iter().map(MediaKind::as_str).collect(),
-                    alias: alias.as_ref().map(|a| a.as_str().to_owned()),
-                    participant_id: participant.to_string(),
-                },
-            );
-        }
-        let changed = !same_publications(&dev.published, &published);
-        dev.published = published;
-        let endpoint_id = dev.publish_endpoint.clone();
-        if changed {
-            let streams = dev
-                .published
-                .iter()
-                .map(|(stream, p)| PublishedStream {
-                    publisher: participant,
-                    stream: stream.clone(),
-                    alias: p.alias.clone(),
-                    kinds: p.kinds(),
-                })
-                .collect();
-            self.events.push_back(EngineEvent::StreamsChanged {
-                device,
-                participant,
-                streams,
-            });
-        }
-        self.drain(peer_id, now);
-        self.rebuild_fanout();
+                    participant,
+                };
+                (msid.clone(), meta)
+            })
+            .collect();
+        self.set_publications(device, published);
+        self.drain_peer(peer_id, now);
         Ok(PublishAnswer {
             sdp_answer: answer.to_sdp_string(),
             endpoint_id,
@@ -724,7 +467,7 @@ impl Engine {
         })
     }
 
-    /// The device's `answerSdp` to the pending subscribe offer.
+    /// The device's answer to the pending subscribe offer.
     pub fn handle_subscribe_answer(
         &mut self,
         device: DeviceId,
@@ -733,40 +476,24 @@ impl Engine {
     ) -> Result<(), MediaError> {
         let answer =
             SdpAnswer::from_sdp_string(sdp).map_err(|e| MediaError::BadSdp(e.to_string()))?;
-        let dev = self
-            .devices
-            .get_mut(&device)
-            .ok_or(MediaError::UnknownDevice)?;
-        let pending = dev.pending.take().ok_or(MediaError::NoPendingOffer)?;
-        dev.pending_offer = None;
-        let peer_id = dev.subscribe.ok_or(MediaError::NoPendingOffer)?;
+        let dev = self.devices.get(device).ok_or(MediaError::UnknownDevice)?;
+        let peer_id = dev.subscribe_peer().ok_or(MediaError::NoPendingOffer)?;
         let peer = self
             .peers
-            .get_mut(&peer_id)
+            .get_mut(peer_id)
             .ok_or(MediaError::UnknownDevice)?;
-        peer.rtc
-            .sdp_api()
-            .accept_answer(pending, answer)
-            .map_err(|e| MediaError::Negotiation(e.to_string()))?;
-        let mut fresh_video = Vec::new();
-        for (key, track) in dev.tracks.iter_mut() {
-            if track.active && !track.negotiated {
-                track.negotiated = true;
-                if key.kind == MediaKind::Video {
-                    fresh_video.push(key.clone());
-                }
-            }
-        }
-        let dirty = std::mem::take(&mut dev.dirty);
-        self.drain(peer_id, now);
-        self.rebuild_fanout();
+        let accepted = self
+            .subscribing
+            .accept_answer(device, &mut peer.rtc, answer)?;
+        self.drain_peer(peer_id, now);
+        self.refresh_targets(device);
         // A new subscriber of a video track needs a keyframe to start decoding.
-        for key in fresh_video {
-            if let Some((pub_peer, mid)) = self.publisher_track(&key) {
-                self.request_keyframe(pub_peer, mid, KeyframeRequestKind::Pli, now);
+        for key in accepted.fresh_video {
+            if let Some(Source::Peer { peer, mid }) = self.fanout.source_of(&key) {
+                self.request_keyframe(peer, mid, KeyframeRequestKind::Pli, now);
             }
         }
-        if dirty {
+        if accepted.dirty {
             self.renegotiate(device, now);
         }
         Ok(())
@@ -776,32 +503,8 @@ impl Engine {
 
     /// Applies a change of a session's forwarding table; affected subscribers renegotiate.
     pub fn apply_routes(&mut self, session: SessionId, diff: &TableDiff, now: Instant) {
-        let table = self.tables.entry(session).or_default();
-        diff.apply(table);
-        let mut affected = diff.affected_subscribers();
-        affected.extend(diff.links.upserted.iter().map(|(k, _)| k.subscriber));
-        affected.extend(diff.links.removed.iter().map(|k| k.subscriber));
-        for subscriber in &affected {
-            let present = !table
-                .links
-                .range_by(|k| k.subscriber.cmp(subscriber))
-                .is_empty()
-                || !table
-                    .routes
-                    .range_by(|k| k.subscriber.cmp(subscriber))
-                    .is_empty();
-            if present {
-                self.session_of.insert(*subscriber, session);
-            } else if self.session_of.get(subscriber) == Some(&session) {
-                self.session_of.remove(subscriber);
-            }
-        }
-        if table.links.is_empty() && table.routes.is_empty() {
-            self.tables.remove(&session);
-        }
-        self.rebuild_fanout();
-        for subscriber in affected {
-            if let Some(&device) = self.device_of.get(&subscriber) {
+        for subscriber in self.routes.apply(session, diff) {
+            if let Some(device) = self.devices.of_participant(subscriber) {
                 self.renegotiate(device, now);
             }
         }
@@ -810,13 +513,18 @@ impl Engine {
     /// Replaces every session's table with `tables` (sessions absent from it lose their
     /// routes): the resynchronization after missed updates. Only differences renegotiate.
     pub fn set_all_routes(&mut self, tables: &HashMap<SessionId, ForwardingTable>, now: Instant) {
-        let mut sessions: Vec<SessionId> =
-            self.tables.keys().chain(tables.keys()).copied().collect();
+        let mut sessions: Vec<SessionId> = self
+            .routes
+            .tables()
+            .keys()
+            .chain(tables.keys())
+            .copied()
+            .collect();
         sessions.sort();
         sessions.dedup();
+        let empty = ForwardingTable::default();
         for session in sessions {
-            let empty = ForwardingTable::default();
-            let current = self.tables.get(&session).unwrap_or(&empty);
+            let current = self.routes.tables().get(&session).unwrap_or(&empty);
             let wanted = tables.get(&session).unwrap_or(&empty);
             let diff = current.diff(wanted);
             if !diff.is_empty() {
@@ -841,37 +549,32 @@ impl Engine {
             return false;
         };
         let input = Input::Receive(now, receive);
-        let peer_id = match self.by_addr.get(&source) {
-            Some(&p) => p,
+        let peer_id = match self.demux.lookup(source) {
+            Some(p) => p,
             None => {
                 // Only a STUN binding request naming one of our ufrags, and carrying a valid
                 // MESSAGE-INTEGRITY for that peer, opens a new path (ufrags travel in clear).
-                let Some(local) = StunMessage::parse(data)
+                let Some(p) = StunMessage::parse(data)
                     .ok()
                     .filter(|m| m.is_binding_request())
                     .and_then(|m| m.split_username().map(|(local, _)| local.to_owned()))
+                    .and_then(|local| self.demux.by_ufrag(&local))
                 else {
                     return false;
                 };
-                let Some(&p) = self.by_ufrag.get(&local) else {
-                    return false;
-                };
-                let authentic = self
+                if !self
                     .peers
-                    .get(&p)
-                    .is_some_and(|peer| peer.rtc.accepts(&input));
-                if !authentic {
+                    .get(p)
+                    .is_some_and(|peer| peer.rtc.accepts(&input))
+                {
                     return false;
                 }
-                if self.by_addr.values().filter(|&&q| q == p).count() >= MAX_PATHS_PER_PEER {
-                    self.by_addr.retain(|_, q| *q != p);
-                }
-                self.by_addr.insert(source, p);
+                self.demux.learn(source, p);
                 p
             }
         };
-        let Some(peer) = self.peers.get_mut(&peer_id) else {
-            self.by_addr.remove(&source);
+        let Some(peer) = self.peers.get_mut(peer_id) else {
+            self.demux.forget_addr(source);
             return false;
         };
         // A datagram str0m cannot use is dropped; it never ends the call (its source may be
@@ -879,31 +582,25 @@ impl Engine {
         if let Err(e) = peer.rtc.handle_input(input) {
             tracing::debug!(peer = peer_id, error = %e, "dropped an unusable datagram");
         }
-        self.drain(peer_id, now);
+        self.drain_peer(peer_id, now);
         true
     }
 
     /// Time passed: run every peer whose timer is due.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let due: Vec<PeerId> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.timeout <= now)
-            .map(|(&id, _)| id)
-            .collect();
-        for id in due {
-            if let Some(peer) = self.peers.get_mut(&id) {
+        for id in self.peers.due(now) {
+            if let Some(peer) = self.peers.get_mut(id) {
                 if peer.rtc.handle_input(Input::Timeout(now)).is_err() {
                     peer.rtc.disconnect();
                 }
             }
-            self.drain(id, now);
+            self.drain_peer(id, now);
         }
     }
 
     /// When the engine next needs [`Engine::handle_timeout`].
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.peers.values().map(|p| p.timeout).min()
+        self.peers.next_timeout()
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
@@ -914,284 +611,241 @@ impl Engine {
         self.events.pop_front()
     }
 
-    // ---- internals --------------------------------------------------------------------------
+    /// Checks that the incrementally maintained fan-out equals one rebuilt from scratch from
+    /// the routes, the negotiated tracks and the publications (for tests).
+    #[doc(hidden)]
+    pub fn check_fanout(&self) -> Result<(), String> {
+        self.fanout.check()?;
+        for device in self.devices.ids() {
+            let expected = self.expected_targets(device);
+            let actual = self.fanout.targets_of(device).cloned().unwrap_or_default();
+            if expected != actual {
+                return Err(format!(
+                    "device {device:?}: targets {actual:?}, a rebuild gives {expected:?}"
+                ));
+            }
+        }
+        let (subscribers, sources) = self.fanout.entries();
+        if let Some(gone) = subscribers.iter().find(|d| self.devices.get(**d).is_none()) {
+            return Err(format!("targets kept for the departed device {gone:?}"));
+        }
+        let published: usize = self
+            .devices
+            .ids()
+            .filter_map(|d| self.publishing.get(d))
+            .map(|p| p.tracks().count())
+            .sum();
+        if sources.len() != published {
+            return Err(format!(
+                "{} sources for {published} published tracks: {sources:?}",
+                sources.len()
+            ));
+        }
+        for device in self.devices.ids() {
+            let Some(published) = self.publishing.get(device) else {
+                continue;
+            };
+            for (key, mid) in published.tracks() {
+                let expected = self.source_for(device, mid);
+                if self.fanout.source_of(&key) != expected {
+                    return Err(format!("track {key:?}: source is not {expected:?}"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ---- coordination -----------------------------------------------------------------------
+
+    /// Removes the live device of `participant`, if any, and returns it.
+    fn replace_participant_device(
+        &mut self,
+        participant: ParticipantId,
+        now: Instant,
+    ) -> Option<DeviceId> {
+        let old = self.devices.of_participant(participant)?;
+        self.remove_device(old, now);
+        Some(old)
+    }
+
+    /// Replaces what `device` publishes; the fan-out follows and control is told.
+    fn set_publications(&mut self, device: DeviceId, streams: BTreeMap<StreamId, Publication>) {
+        let Some(old) = self.publishing.set(device, streams) else {
+            return;
+        };
+        for (key, _) in old.tracks() {
+            self.fanout.set_source(&key, None);
+        }
+        self.register_sources(device);
+        if let Some(published) = self.publishing.get(device) {
+            self.events.push_back(EngineEvent::StreamsChanged {
+                device,
+                participant: published.participant,
+                streams: published.streams(),
+            });
+        }
+    }
+
+    /// Points the fan-out at the device's published tracks.
+    fn register_sources(&mut self, device: DeviceId) {
+        let Some(published) = self.publishing.get(device) else {
+            return;
+        };
+        let tracks: Vec<(TrackKey, Mid)> = published.tracks().collect();
+        for (key, mid) in tracks {
+            let source = self.source_for(device, mid);
+            self.fanout.set_source(&key, source);
+        }
+    }
+
+    /// The source of a device's published m-line.
+    fn source_for(&self, device: DeviceId, mid: Mid) -> Option<Source> {
+        let dev = self.devices.get(device)?;
+        if dev.is_local() {
+            return Some(Source::Local(device));
+        }
+        Some(Source::Peer {
+            peer: dev.publish_peer()?,
+            mid,
+        })
+    }
+
+    /// Takes the device's publications out of the fan-out and returns them.
+    fn withdraw_publications(&mut self, device: DeviceId) -> Option<Published> {
+        let published = self.publishing.remove(device)?;
+        for (key, _) in published.tracks() {
+            self.fanout.set_source(&key, None);
+        }
+        Some(published)
+    }
+
+    /// Local subscribers routed from `publisher`'s streams: what they should receive changed
+    /// because the publisher's device came or went.
+    fn renegotiate_subscribers_of(&mut self, publisher: ParticipantId, now: Instant) {
+        for subscriber in self.routes.subscribers_of(publisher) {
+            if let Some(device) = self.devices.of_participant(subscriber) {
+                self.renegotiate(device, now);
+            }
+        }
+    }
+
+    /// Brings a device's subscriptions in line with its routes: a local device's tracks at
+    /// once; a browser's by one offer at a time (changes during a pending offer are folded
+    /// into the next one). The fan-out follows what is negotiated.
+    fn renegotiate(&mut self, device: DeviceId, now: Instant) {
+        let Some(dev) = self.devices.get(device) else {
+            return;
+        };
+        let desired = self.routes.desired_tracks(dev.participant);
+        if dev.is_local() {
+            let (targets, sources) = self.local.set_tracks(device, &desired);
+            self.fanout.set_targets(device, targets);
+            self.events
+                .push_back(EngineEvent::LocalSources { device, sources });
+            return;
+        }
+        let existing = dev.subscribe_peer();
+        if !self.subscribing.fold_if_pending(device) && (existing.is_some() || !desired.is_empty())
+        {
+            let peer_id = match existing {
+                Some(p) => p,
+                None => {
+                    let id = self.new_peer(device, true, MediaKinds::ALL, now);
+                    if let Some(dev) = self.devices.get_mut(device) {
+                        dev.set_peer(true, Some(id));
+                    }
+                    id
+                }
+            };
+            if let Some(peer) = self.peers.get_mut(peer_id) {
+                if let Some(offer) =
+                    self.subscribing
+                        .renegotiate(device, &mut peer.rtc, &desired, now)
+                {
+                    self.events
+                        .push_back(EngineEvent::SubscribeOffer { device, offer });
+                }
+            }
+            self.drain_peer(peer_id, now);
+        }
+        self.set_targets(device, &desired);
+    }
+
+    /// The fan-out follows a browser's negotiated tracks (after an answer).
+    fn refresh_targets(&mut self, device: DeviceId) {
+        let Some(dev) = self.devices.get(device) else {
+            return;
+        };
+        let desired = self.routes.desired_tracks(dev.participant);
+        self.set_targets(device, &desired);
+    }
+
+    fn set_targets(&mut self, device: DeviceId, desired: &BTreeMap<TrackKey, Option<StreamAlias>>) {
+        let targets = self.browser_targets(device, desired);
+        self.fanout.set_targets(device, targets);
+    }
+
+    /// A browser's targets: of the desired tracks, those its subscribe connection carries.
+    fn browser_targets(
+        &self,
+        device: DeviceId,
+        desired: &BTreeMap<TrackKey, Option<StreamAlias>>,
+    ) -> BTreeMap<TrackKey, Target> {
+        let Some(peer) = self.devices.get(device).and_then(|d| d.subscribe_peer()) else {
+            return BTreeMap::new();
+        };
+        self.subscribing
+            .flowing(device, desired)
+            .into_iter()
+            .map(|(key, mid)| (key, Target::Peer { peer, mid }))
+            .collect()
+    }
+
+    /// What a device's targets are, computed from scratch (for [`Engine::check_fanout`]).
+    fn expected_targets(&self, device: DeviceId) -> BTreeMap<TrackKey, Target> {
+        let Some(dev) = self.devices.get(device) else {
+            return BTreeMap::new();
+        };
+        let desired = self.routes.desired_tracks(dev.participant);
+        if dev.is_local() {
+            return desired
+                .keys()
+                .filter(|k| k.kind == MediaKind::Audio)
+                .map(|k| {
+                    let source = SourceKey::of(k.publisher, &k.stream);
+                    (k.clone(), Target::Local { device, source })
+                })
+                .collect();
+        }
+        self.browser_targets(device, &desired)
+    }
 
     fn new_peer(
         &mut self,
         device: DeviceId,
         subscribe: bool,
-        config: RtcConfig,
+        kinds: MediaKinds,
         now: Instant,
     ) -> PeerId {
-        let mut rtc = config.build(now);
+        let mut rtc = peer_config(&self.config.cert, kinds).build(now);
         // Invariant: the configured public address is a unicast host address (checked when the
         // driver starts), so the candidate is valid.
         if let Ok(c) = Candidate::host(self.config.public_addr, "udp") {
             rtc.add_local_candidate(c);
         }
         let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
-        let id = self.next_peer;
-        self.next_peer += 1;
-        self.by_ufrag.insert(ufrag.clone(), id);
-        self.peers.insert(
-            id,
-            Peer {
-                device,
-                subscribe,
-                rtc,
-                ufrag,
-                timeout: now,
-            },
-        );
+        let id = self
+            .peers
+            .insert(Peer::new(device, subscribe, rtc, ufrag.clone(), now));
+        self.demux.add_ufrag(id, ufrag);
         id
     }
 
     fn remove_peer(&mut self, id: PeerId) {
-        if let Some(mut peer) = self.peers.remove(&id) {
+        if let Some(mut peer) = self.peers.remove(id) {
             peer.rtc.disconnect();
-            self.by_ufrag.retain(|_, p| *p != id);
-            self.by_addr.retain(|_, p| *p != id);
         }
-    }
-
-    /// The tracks `participant` should receive now: exactly its routes in the tables, in the
-    /// kinds each route carries (what the publisher publishes and may publish). Whether the
-    /// publisher's device is on this engine right now does not matter here (it may be moving
-    /// between shards); it only decides whether media flows ([`Engine::rebuild_fanout`]).
-    fn desired_tracks(
-        &self,
-        participant: ParticipantId,
-    ) -> BTreeMap<TrackKey, Option<StreamAlias>> {
-        let mut out = BTreeMap::new();
-        let Some(table) = self
-            .session_of
-            .get(&participant)
-            .and_then(|s| self.tables.get(s))
-        else {
-            return out;
-        };
-        for (key, route) in table.routes.range_by(|k| k.subscriber.cmp(&participant)) {
-            for kind in route.kinds.iter() {
-                out.insert(
-                    TrackKey {
-                        publisher: key.publisher,
-                        stream: key.stream.clone(),
-                        kind,
-                    },
-                    route.alias.clone(),
-                );
-            }
-        }
-        out
-    }
-
-    /// Brings a device's subscribe connection in line with what it should receive: one offer
-    /// at a time; changes during a pending offer are folded into the next one.
-    fn renegotiate(&mut self, device: DeviceId, now: Instant) {
-        let Some(participant) = self.devices.get(&device).map(|d| d.participant) else {
-            return;
-        };
-        let desired = self.desired_tracks(participant);
-        let Some(dev) = self.devices.get(&device) else {
-            return;
-        };
-        if dev.local {
-            self.set_local_tracks(device, desired);
-            return;
-        }
-        if dev.pending.is_some() {
-            if let Some(dev) = self.devices.get_mut(&device) {
-                dev.dirty = true;
-            }
-            return;
-        }
-        let nothing_to_do = dev.subscribe.is_none() && desired.is_empty();
-        if nothing_to_do {
-            return;
-        }
-        let peer_id = match dev.subscribe {
-            Some(p) => p,
-            None => {
-                let config = peer_config(&self.config, MediaKinds::ALL);
-                let id = self.new_peer(device, true, config, now);
-                if let Some(dev) = self.devices.get_mut(&device) {
-                    dev.subscribe = Some(id);
-                }
-                id
-            }
-        };
-        let (Some(dev), Some(peer)) = (self.devices.get_mut(&device), self.peers.get_mut(&peer_id))
-        else {
-            return;
-        };
-        let first = dev.revision == 0;
-        let _ = peer.rtc.handle_input(Input::Timeout(now));
-        let mut api = peer.rtc.sdp_api();
-        if first {
-            for (id, label) in [(0, HEARTBEAT), (1, DIAGNOSTICS)] {
-                api.add_channel_with_config(builtin_channel(id, label));
-            }
-        }
-        for (key, alias) in &desired {
-            match dev.tracks.get_mut(key) {
-                Some(track) if track.active => track.alias = alias.clone(),
-                Some(track) => {
-                    api.set_direction(track.mid, Direction::SendOnly);
-                    track.active = true;
-                    track.negotiated = false;
-                    track.alias = alias.clone();
-                }
-                None => {
-                    dev.next_track += 1;
-                    let kind = match key.kind {
-                        MediaKind::Audio => RtcKind::Audio,
-                        MediaKind::Video => RtcKind::Video,
-                    };
-                    let track_id =
-                        format!("{}-{}", key.kind.as_str().to_lowercase(), dev.next_track);
-                    let stream_id = dev
-                        .stream_ids
-                        .entry((key.publisher, key.stream.clone()))
-                        .or_insert_with(|| uuid::Uuid::new_v4().simple().to_string())
-                        .clone();
-                    let mid = api.add_media(
-                        kind,
-                        Direction::SendOnly,
-                        Some(stream_id),
-                        Some(track_id),
-                        None,
-                    );
-                    dev.tracks.insert(
-                        key.clone(),
-                        OutTrack {
-                            mid,
-                            active: true,
-                            negotiated: false,
-                            alias: alias.clone(),
-                        },
-                    );
-                }
-            }
-        }
-        for (key, track) in dev.tracks.iter_mut() {
-            if track.active && !desired.contains_key(key) {
-                api.set_direction(track.mid, Direction::Inactive);
-                track.active = false;
-            }
-        }
-        if let Some((offer, pending)) = api.apply() {
-            dev.pending = Some(pending);
-            dev.revision += 1;
-            let mut stream_metadata: BTreeMap<String, StreamMetadata> = BTreeMap::new();
-            for (key, track) in dev.tracks.iter().filter(|(_, t)| t.active) {
-                let Some(stream_id) = dev.stream_ids.get(&(key.publisher, key.stream.clone()))
-                else {
-                    continue;
-                };
-                let entry =
-                    stream_metadata
-                        .entry(stream_id.clone())
-                        .or_insert_with(|| StreamMetadata {
-                            endpoint_id: format!("{}:{stream_id}", dev.subscribe_endpoint),
-                            media_types: Vec::new(),
-                            alias: track.alias.as_ref().map(|a| a.as_str().to_owned()),
-                            participant_id: key.publisher.to_string(),
-                        });
-                entry.media_types.push(key.kind.as_str());
-            }
-            let offer = SubscribeOffer {
-                sdp_offer: offer.to_sdp_string(),
-                sdp_revision: dev.revision,
-                endpoint_id: dev.subscribe_endpoint.clone(),
-                stream_metadata,
-            };
-            dev.pending_offer = Some(offer.clone());
-            self.events
-                .push_back(EngineEvent::SubscribeOffer { device, offer });
-        }
-        self.drain(peer_id, now);
-        self.rebuild_fanout();
-    }
-
-    /// A local device receives its desired audio tracks at once: nothing to negotiate.
-    fn set_local_tracks(
-        &mut self,
-        device: DeviceId,
-        desired: BTreeMap<TrackKey, Option<StreamAlias>>,
-    ) {
-        let Some(dev) = self.devices.get_mut(&device) else {
-            return;
-        };
-        let audio: BTreeMap<TrackKey, Option<StreamAlias>> = desired
-            .into_iter()
-            .filter(|(k, _)| k.kind == MediaKind::Audio)
-            .collect();
-        dev.tracks.retain(|k, _| audio.contains_key(k));
-        for (key, alias) in audio {
-            if !dev.tracks.contains_key(&key) {
-                dev.next_track += 1;
-                dev.tracks.insert(
-                    key,
-                    OutTrack {
-                        mid: Mid::from(format!("l{}", dev.next_track).as_str()),
-                        active: true,
-                        negotiated: true,
-                        alias,
-                    },
-                );
-            }
-        }
-        let sources = dev
-            .tracks
-            .keys()
-            .map(|k| SourceKey::of(k.publisher, &k.stream))
-            .collect();
-        self.events
-            .push_back(EngineEvent::LocalSources { device, sources });
-        self.rebuild_fanout();
-    }
-
-    /// Recomputes who receives each incoming track: only desired, negotiated tracks.
-    fn rebuild_fanout(&mut self) {
-        let mut fanout: HashMap<(PeerId, Mid), Vec<(PeerId, Mid)>> = HashMap::new();
-        let mut upstream = HashMap::new();
-        let mut local_targets = HashMap::new();
-        for (&device, dev) in &self.devices {
-            let Some(sub_peer) = dev.subscribe else {
-                continue;
-            };
-            let desired = self.desired_tracks(dev.participant);
-            for key in desired.keys() {
-                let Some(track) = dev.tracks.get(key).filter(|t| t.active && t.negotiated) else {
-                    continue;
-                };
-                let Some(source) = self.publisher_track(key) else {
-                    continue;
-                };
-                fanout
-                    .entry(source)
-                    .or_default()
-                    .push((sub_peer, track.mid));
-                if dev.local {
-                    let key_of = SourceKey::of(key.publisher, &key.stream);
-                    local_targets.insert((sub_peer, track.mid), (device, key_of));
-                } else {
-                    upstream.insert((sub_peer, track.mid), source);
-                }
-            }
-        }
-        self.fanout = fanout;
-        self.upstream = upstream;
-        self.local_targets = local_targets;
-    }
-
-    /// The publish peer and m-line carrying a track.
-    fn publisher_track(&self, key: &TrackKey) -> Option<(PeerId, Mid)> {
-        let dev = self.devices.get(self.device_of.get(&key.publisher)?)?;
-        let peer = dev.publish?;
-        let publication = dev.published.get(&key.stream)?;
-        let mid = publication.mids.iter().find(|(_, k)| *k == key.kind)?.0;
-        Some((peer, mid))
+        self.demux.forget_peer(id);
     }
 
     fn request_keyframe(
@@ -1201,29 +855,27 @@ impl Engine {
         kind: KeyframeRequestKind,
         now: Instant,
     ) {
-        if let Some(peer) = self.peers.get_mut(&peer_id) {
+        if let Some(peer) = self.peers.get_mut(peer_id) {
             if let Some(mut writer) = peer.rtc.writer(mid) {
                 if writer.is_request_keyframe_possible(kind) {
                     let _ = writer.request_keyframe(None, kind);
                 }
             }
         }
-        self.drain(peer_id, now);
+        self.drain_peer(peer_id, now);
     }
 
-    /// Runs a peer's output to completion, then acts on what it said.
-    fn drain(&mut self, peer_id: PeerId, now: Instant) {
+    /// Runs a peer's output to completion, then acts on what it said: media is forwarded,
+    /// keyframe requests go upstream.
+    fn drain_peer(&mut self, peer_id: PeerId, now: Instant) {
         let mut media = Vec::new();
         let mut keyframe_requests = Vec::new();
-        let Some(peer) = self.peers.get_mut(&peer_id) else {
+        let Some(peer) = self.peers.get_mut(peer_id) else {
             return;
         };
-        loop {
+        let next_timeout = loop {
             match peer.rtc.poll_output() {
-                Ok(Output::Timeout(t)) => {
-                    peer.timeout = t;
-                    break;
-                }
+                Ok(Output::Timeout(t)) => break t,
                 Ok(Output::Transmit(t)) => self.transmits.push_back(Transmit {
                     source: t.source,
                     destination: t.destination,
@@ -1246,102 +898,85 @@ impl Engine {
                 Err(e) => {
                     tracing::debug!(peer = peer_id, error = %e, "peer failed");
                     peer.rtc.disconnect();
-                    peer.timeout = now + Duration::from_secs(3600);
-                    break;
+                    break now + Duration::from_secs(3600);
                 }
             }
-        }
+        };
+        self.peers.set_timeout(peer_id, next_timeout);
         for data in media {
-            // A reused buffer: no allocation per packet on the forwarding path.
-            let mut targets = std::mem::take(&mut self.scratch);
-            targets.clear();
-            if let Some(t) = self.fanout.get(&(peer_id, data.mid)) {
-                targets.extend_from_slice(t);
+            let frame = Frame {
+                data: data.data,
+                time: data.time,
+                network_time: data.network_time,
+                payload: Payload::Params(data.params),
+            };
+            self.forward(
+                Source::Peer {
+                    peer: peer_id,
+                    mid: data.mid,
+                },
+                &frame,
+                now,
+            );
+        }
+        for req in keyframe_requests {
+            if let Some(Source::Peer { peer, mid }) = self.fanout.upstream(peer_id, req.mid) {
+                self.request_keyframe(peer, mid, req.kind, now);
             }
-            for &(sub_peer, out_mid) in &targets {
-                if let Some(&(local, source)) = self.local_targets.get(&(sub_peer, out_mid)) {
-                    let codec = data.params.spec().codec;
+        }
+    }
+
+    /// The one forwarding loop: a frame of `source` goes to every target of the fan-out.
+    fn forward(&mut self, source: Source, frame: &Frame, now: Instant) {
+        let mut targets = std::mem::take(&mut self.scratch);
+        targets.clear();
+        targets.extend_from_slice(self.fanout.targets(&source));
+        for &target in &targets {
+            match target {
+                Target::Local { device, source } => {
+                    let codec = match &frame.payload {
+                        Payload::Params(p) => p.spec().codec,
+                        Payload::LocalOpus => Codec::Opus,
+                    };
                     if matches!(codec, Codec::Opus | Codec::Tele) {
                         self.events.push_back(EngineEvent::LocalMedia {
-                            device: local,
+                            device,
                             source,
-                            rtp_time: data.time.rebase(Frequency::FORTY_EIGHT_KHZ).numer(),
+                            rtp_time: frame.time.rebase(Frequency::FORTY_EIGHT_KHZ).numer(),
                             dtmf: codec == Codec::Tele,
-                            data: data.data.clone(),
+                            data: frame.data.clone(),
                         });
                         self.forwarded += 1;
                     }
-                    continue;
                 }
-                let Some(sub) = self.peers.get_mut(&sub_peer) else {
-                    continue;
-                };
-                let Some(writer) = sub.rtc.writer(out_mid) else {
-                    continue;
-                };
-                let Some(pt) = writer.match_params(data.params) else {
-                    continue;
-                };
-                if writer
-                    .write(pt, data.network_time, data.time, data.data.clone())
-                    .is_ok()
-                {
-                    self.forwarded += 1;
+                Target::Peer { peer, mid } => {
+                    let Some(sub) = self.peers.get_mut(peer) else {
+                        continue;
+                    };
+                    let Some(writer) = sub.rtc.writer(mid) else {
+                        continue;
+                    };
+                    let pt = match &frame.payload {
+                        Payload::Params(p) => writer.match_params(*p),
+                        Payload::LocalOpus => writer
+                            .payload_params()
+                            .find(|p| p.spec().codec == Codec::Opus)
+                            .map(|p| p.pt()),
+                    };
+                    let Some(pt) = pt else {
+                        continue;
+                    };
+                    if writer
+                        .write(pt, frame.network_time, frame.time, frame.data.clone())
+                        .is_ok()
+                    {
+                        self.forwarded += 1;
+                    }
+                    self.drain_peer(peer, now);
                 }
-                self.drain(sub_peer, now);
-            }
-            self.scratch = targets;
-        }
-        for req in keyframe_requests {
-            if let Some(&(pub_peer, mid)) = self.upstream.get(&(peer_id, req.mid)) {
-                self.request_keyframe(pub_peer, mid, req.kind, now);
             }
         }
-    }
-}
-
-/// The codecs of a peer connection: Opus (+ telephone-event) for audio, VP8 and H.264 for
-/// video, each only when `kinds` allows it, so a refused kind's m-lines are rejected.
-fn peer_config(config: &EngineConfig, kinds: MediaKinds) -> RtcConfig {
-    let mut rtc = Rtc::builder()
-        .set_ice_lite(true)
-        .set_dtls_cert(config.cert.clone())
-        // An SFU should not delay audio waiting for a lost packet: release after at most two
-        // (40 ms); the receiving browser's jitter buffer conceals the gap (str0m's default, 15
-        // packets, held up to 300 ms of audio behind each loss).
-        .set_reordering_size_audio(AUDIO_REORDER_PACKETS)
-        .clear_codecs()
-        .enable_opus(kinds.audio, false)
-        .enable_vp8(kinds.video)
-        .enable_h264(kinds.video);
-    if kinds.audio {
-        rtc.codec_config().add_config(
-            110.into(),
-            None,
-            Codec::Tele,
-            Frequency::FORTY_EIGHT_KHZ,
-            None,
-            FormatParams::parse_line("0-16"),
-        );
-    }
-    rtc
-}
-
-fn builtin_channel(id: u16, label: &str) -> ChannelConfig {
-    ChannelConfig {
-        label: label.to_owned(),
-        negotiated: Some(id),
-        protocol: "udp".to_owned(),
-        ..Default::default()
-    }
-}
-
-/// The SDK's pre-negotiated channels (ids 0 and 1), created before the association can carry
-/// data on them.
-fn open_builtin_channels(rtc: &mut Rtc) {
-    for (id, label) in [(0, HEARTBEAT), (1, DIAGNOSTICS)] {
-        rtc.direct_api()
-            .create_data_channel(builtin_channel(id, label));
+        self.scratch = targets;
     }
 }
 
@@ -1351,16 +986,6 @@ fn offer_mids(sdp: &str) -> Vec<Mid> {
         .filter_map(|l| l.trim_end().strip_prefix("a=mid:"))
         .map(|m| Mid::from(m.trim()))
         .collect()
-}
-
-fn same_publications(
-    a: &BTreeMap<StreamId, Publication>,
-    b: &BTreeMap<StreamId, Publication>,
-) -> bool {
-    a.len() == b.len()
-        && a.iter()
-            .zip(b)
-            .all(|((ka, pa), (kb, pb))| ka == kb && pa.alias == pb.alias && pa.mids == pb.mids)
 }
 
 #[cfg(test)]

@@ -5,86 +5,120 @@
 //! (the engine offers what the forwarding table says the device receives, the device answers
 //! with `a=setup:passive`, so the engine is the DTLS client there). Many peers share one UDP
 //! socket; datagrams are demultiplexed by a map of remote addresses, then by the ICE ufrag of
-//! the first STUN request, never by a scan.
+//! the first STUN request, never by a scan. A *local device* (a phone call bridged by the SIP
+//! runtime) has no peer connection: it publishes one audio stream whose frames its driver
+//! writes, and receives the audio frames of its routes as events.
+//!
+//! ## Parts, and the state each one owns
+//! The engine is split by state, not by method: each part owns its maps and exposes verbs;
+//! [`Engine`] (in `engine.rs`) coordinates them and owns no map of its own.
+//!
+//! | part | file | owns |
+//! |---|---|---|
+//! | `Demux` | `demux.rs` | remote address → peer, ICE ufrag → peer, the paths of each peer |
+//! | `Peers` | `peers.rs` | peer id → `str0m::Rtc` (and its device and role), the timer queue |
+//! | `Devices` | `devices.rs` | device → participant, permissions and peers; participant → device |
+//! | `Publishing` | `publishing.rs` | what each device publishes (streams, m-lines, aliases) |
+//! | `Subscribing` | `subscribing.rs` | each browser device's subscribe negotiation: tracks, mids, revision, the pending offer |
+//! | `LocalDevices` | `local.rs` | each local device's published stream and received audio tracks |
+//! | `HostedRoutes` | `routes.rs` | the forwarding tables of the sessions given to this engine; participant → session |
+//! | `Fanout` | `fanout.rs` | source track → targets (the hot path), target → source (keyframe requests upstream) |
+//! | `Shard` | `shard.rs` | the device entries of one shard: resume, replacement, reconnect grace, moves, redirects |
 //!
 //! ## Drive contract
-//! The engine has no sockets, clock, threads or tasks. Its driver (`runtime::media`):
-//! - feeds datagrams with [`Engine::handle_receive`], commands with the `handle_*`/`apply_*`
-//!   methods, and the clock with [`Engine::handle_timeout`], always passing `now`;
-//! - after every call, sends every [`Engine::poll_transmit`], handles every
-//!   [`Engine::poll_event`], and sleeps until [`Engine::poll_timeout`] at the latest.
+//! The engine has no sockets, clock, threads or tasks. Its driver (the shard, then
+//! `runtime::media`):
+//!
+//! | input | method | outputs it may produce |
+//! |---|---|---|
+//! | a datagram | [`Engine::handle_receive`] | transmits, events (media for local devices, `Connected`) |
+//! | time passed | [`Engine::handle_timeout`] | transmits, events |
+//! | a device connects / leaves / moves | `add_device`, `add_local_device`, `remove_device`, `export_device`, `import_device` | offers, `StreamsChanged`, `LocalSources` |
+//! | a device's publish offer / subscribe answer | `handle_publish_offer`, `handle_subscribe_answer` | the answer (returned), offers, `StreamsChanged` |
+//! | a phone's audio frame | [`Engine::write_local`] | transmits, `LocalMedia` |
+//! | a session's table changed | [`Engine::apply_routes`] (or [`Engine::set_all_routes`] to resync) | offers, `LocalSources` |
+//!
+//! After every call the driver sends every [`Engine::poll_transmit`], handles every
+//! [`Engine::poll_event`], and sleeps until [`Engine::poll_timeout`] at the latest, always
+//! passing `now`.
+//!
+//! ## The three paths through the engine
+//! - **A datagram**: `Engine::handle_receive` → `Demux::lookup` (or, for a new path, a STUN
+//!   request naming a known ufrag and passing that peer's integrity check) → the peer's `Rtc` →
+//!   `Engine::drain_peer` → for each media frame `Engine::forward` → `Fanout::targets_of(source)`
+//!   → each target's `Rtc` writer (a browser) or a `LocalMedia` event (a phone).
+//! - **A subscription change**: `Engine::apply_routes(session, diff)` →
+//!   `HostedRoutes::apply` (returns the affected subscribers) → for each one
+//!   `Engine::renegotiate` → `Subscribing::renegotiate` (one pending offer per device, later
+//!   changes folded into the next) or `LocalDevices::set_tracks` → `Engine::refresh_targets` →
+//!   `Fanout::set_targets` (only that subscriber's entries change: O(changes), never a rebuild).
+//! - **A phone's audio frame**: `Engine::write_local(device, …)` → `Engine::forward` with the
+//!   local source: the same forwarding loop as a browser's frame.
 //!
 //! ## What it forwards
-//! Exactly the routes of the forwarding tables it was given ([`Engine::apply_routes`]): a
-//! publisher's stream reaches a subscriber only if a route (subscriber, publisher, stream)
-//! exists, and only in the media kinds of that route (the publisher's permissions already
-//! applied by `forwarding::compile`). Media a publisher may not publish is refused at
-//! negotiation (its m-line is rejected) and never forwarded. When routes change, only the
-//! affected subscribers renegotiate, one pending offer at a time per device; further changes
-//! are folded into the next offer.
+//! Exactly the routes of the forwarding tables it was given: a publisher's stream reaches a
+//! subscriber only if a route (subscriber, publisher, stream) exists, and only in the media
+//! kinds of that route (the publisher's permissions already applied by `forwarding::compile`).
+//! Media a publisher may not publish is refused at negotiation (its m-line is rejected) and
+//! never forwarded. When routes change, only the affected subscribers renegotiate.
+//!
+//! The device-facing JSON (Bandwidth's `offerSdp`/`sdpOffer` shapes) is not here: the engine
+//! speaks in domain types ([`PublishAnswer`], [`SubscribeOffer`], [`StreamMetadata`]) and
+//! `signaling` renders them.
 
+mod demux;
+mod devices;
 mod engine;
+mod fanout;
+mod local;
+mod peers;
+mod publishing;
+mod routes;
+mod subscribing;
 
-pub use engine::{Engine, EngineConfig, EngineEvent, MediaError, MovedDevice, SourceKey, Transmit};
+pub use engine::{Engine, EngineConfig, EngineEvent, MediaError, MovedDevice, Transmit};
+pub use local::SourceKey;
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use crate::domain::{MediaKinds, ParticipantId, StreamAlias};
 
-/// One device connection (a device signalling WebSocket), assigned by the runtime.
+/// One device connection (a device signalling WebSocket, or a phone call), assigned by the
+/// runtime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct DeviceId(pub u64);
 
-/// The metadata a device sends with `offerSdp` (reference §3.3 `PublishMetadata`).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PublishMetadata {
-    #[serde(default)]
-    pub media_streams: BTreeMap<String, PublishedStreamMetadata>,
-    #[serde(default)]
-    pub data_channels: BTreeMap<String, DataChannelMetadata>,
-}
+/// The MediaStreams a device declares with its publish offer: msid → its alias, if any.
+pub type DeclaredStreams = BTreeMap<String, Option<StreamAlias>>;
 
-/// A published MediaStream's metadata as the device declares it.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct PublishedStreamMetadata {
-    pub alias: Option<String>,
-}
-
-/// A pre-negotiated data channel the device declares.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DataChannelMetadata {
-    pub label: String,
-    pub stream_id: u16,
-}
-
-/// What the engine says about one stream, in answers and offers (reference §3.3).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
+/// What the engine says about one MediaStream in an answer or an offer.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamMetadata {
+    /// The endpoint id of the stream (connection endpoint id, `:`, msid).
     pub endpoint_id: String,
-    pub media_types: Vec<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub alias: Option<String>,
-    pub participant_id: String,
+    /// The kinds the stream carries (published, or offered to this subscriber).
+    pub kinds: MediaKinds,
+    pub alias: Option<StreamAlias>,
+    /// The participant publishing it.
+    pub participant: ParticipantId,
 }
 
-/// The engine's answer to a device's `offerSdp`.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
+/// The engine's answer to a device's publish offer.
+#[derive(Debug, Clone)]
 pub struct PublishAnswer {
     pub sdp_answer: String,
     pub endpoint_id: String,
+    /// By msid, every declared stream (with no kinds if none of its m-lines was accepted).
     pub stream_metadata: BTreeMap<String, StreamMetadata>,
 }
 
-/// A server offer for a device's subscribe connection (the `sdpOffer` notification).
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
+/// A server offer for a device's subscribe connection.
+#[derive(Debug, Clone)]
 pub struct SubscribeOffer {
     pub sdp_offer: String,
+    /// Strictly increasing per device.
     pub sdp_revision: u64,
     pub endpoint_id: String,
+    /// By the MediaStream id the subscriber sees, every stream the offer sends.
     pub stream_metadata: BTreeMap<String, StreamMetadata>,
 }

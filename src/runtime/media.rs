@@ -29,8 +29,8 @@ use crate::domain::{
     AccountId, ParticipantId, PublishPermissions, SessionId, StreamAlias, StreamId,
 };
 use crate::media::{
-    DeviceId, Engine, EngineConfig, EngineEvent, MediaError, MovedDevice, PublishAnswer,
-    PublishMetadata, SourceKey, SubscribeOffer,
+    DeclaredStreams, DeviceId, Engine, EngineConfig, EngineEvent, MediaError, MovedDevice,
+    PublishAnswer, SourceKey, SubscribeOffer,
 };
 use crate::store::StoreError;
 
@@ -62,7 +62,7 @@ enum Command {
     PublishOffer {
         device: DeviceId,
         sdp: String,
-        metadata: PublishMetadata,
+        metadata: DeclaredStreams,
         reply: oneshot::Sender<Result<PublishAnswer, MediaError>>,
     },
     SubscribeAnswer {
@@ -287,7 +287,7 @@ impl MediaHandle {
         &self,
         device: DeviceId,
         sdp: String,
-        metadata: PublishMetadata,
+        metadata: DeclaredStreams,
     ) -> Result<PublishAnswer, MediaError> {
         let shard = self.shared.shard_of_device(device);
         self.shared

@@ -10,6 +10,7 @@
 //! closed with code 1000 (the SDK's automatic reconnects therefore take over cleanly).
 
 mod rpc;
+pub mod wire;
 mod ws;
 
 pub use rpc::{RpcError, RpcRequest};

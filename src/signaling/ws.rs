@@ -13,8 +13,9 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::rpc::{self, RpcError, RpcRequest};
+use super::wire::{self, PublishMetadata};
 use crate::control::{Control, LifecycleEvent};
-use crate::media::{DeviceId, MediaError, PublishMetadata};
+use crate::media::{DeviceId, MediaError};
 use crate::runtime::media::{DeviceNotice, MediaHandle};
 
 /// Largest accepted frame: `deviceDiagnostics` batches logs with SDPs, several MB at times.
@@ -115,7 +116,7 @@ async fn connection(state: SignalingState, query: HashMap<String, String>, mut s
             },
             notice = notices.recv() => match notice {
                 Some(DeviceNotice::Offer(offer)) => {
-                    if socket.send(Message::Text(rpc::notification("sdpOffer", &offer).into())).await.is_err() {
+                    if socket.send(Message::Text(rpc::notification("sdpOffer", wire::SubscribeOffer::from(&offer)).into())).await.is_err() {
                         break;
                     }
                 }
@@ -177,14 +178,16 @@ async fn handle_frame(
     let leave = request.method == "leave";
     let outcome: Result<Value, RpcError> = match request.method.as_str() {
         "setMediaPreferences" | "ping" => Ok(json!({})),
-        "offerSdp" => match params::<OfferSdpParams>(request.params) {
-            Ok(p) => state
+        "offerSdp" => match params::<OfferSdpParams>(request.params)
+            .and_then(|p| Ok((p.media_metadata.declared_streams()?, p.sdp_offer)))
+        {
+            Ok((declared, sdp)) => state
                 .media
-                .publish_offer(device, p.sdp_offer, p.media_metadata)
+                .publish_offer(device, sdp, declared)
                 .await
                 .map_err(refused)
                 .and_then(|answer| {
-                    serde_json::to_value(answer)
+                    serde_json::to_value(wire::PublishAnswer::from(&answer))
                         .map_err(|e| RpcError::new(RpcError::INTERNAL, e.to_string()))
                 }),
             Err(e) => Err(e),

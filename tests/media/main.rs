@@ -114,13 +114,13 @@ fn whisper_caller_never_receives_the_supervisor() {
     assert!(net.clients[agent].count(net.id(sup), Kind::Audio, since) >= 45);
     assert!(net.clients[agent].count(net.id(caller), Kind::Audio, since) >= 45);
     // The caller's offers never mention the supervisor.
-    let sup_pid = net.clients[sup].participant.to_string();
+    let sup_pid = net.clients[sup].participant;
     for (_, offer) in &caller_rx.offers {
         assert!(
             offer
                 .stream_metadata
                 .values()
-                .all(|m| m.participant_id != sup_pid),
+                .all(|m| m.participant != sup_pid),
             "caller offered a supervisor stream: {:?}",
             offer.stream_metadata
         );
@@ -160,7 +160,7 @@ fn live_rewire_changes_only_the_affected_subscriber() {
     assert!(offer
         .stream_metadata
         .values()
-        .all(|m| m.participant_id == alice_pid));
+        .all(|m| m.participant.to_string() == alice_pid));
     // Bob's m-lines at carol are now inactive.
     let dirs = peer::sdp_directions(&offer.sdp_offer);
     for mid in net.clients[c].mids_from(net.id(b)) {
@@ -212,7 +212,7 @@ fn live_rewire_changes_only_the_affected_subscriber() {
     assert!(folded
         .stream_metadata
         .values()
-        .all(|m| m.participant_id == bob_pid));
+        .all(|m| m.participant.to_string() == bob_pid));
     net.answer(c);
     net.run(Duration::from_millis(500));
     let settled = net.now;
@@ -265,8 +265,8 @@ fn audio_only_participant_cannot_publish_video() {
         .stream_metadata
         .get(&msid)
         .expect("stream metadata for the msid");
-    assert_eq!(meta.media_types, vec!["AUDIO"]);
-    assert_eq!(meta.alias.as_deref(), Some("dave-cam"));
+    assert_eq!(meta.kinds, MediaKinds::AUDIO);
+    assert_eq!(meta.alias.as_ref().map(|a| a.as_str()), Some("dave-cam"));
 
     net.run(Duration::from_secs(3));
     net.assert_clean();
@@ -276,14 +276,14 @@ fn audio_only_participant_cannot_publish_video() {
     assert_eq!(alice.count(net.id(d), Kind::Video, net.start), 0);
     // Dave's client tried: its video m-line was refused, so nothing went out.
     assert_eq!(net.clients[d].video_written, 0);
-    let dave_pid = net.clients[d].participant.to_string();
+    let dave_pid = net.clients[d].participant;
     for (_, offer) in &alice.offers {
         for m in offer
             .stream_metadata
             .values()
-            .filter(|m| m.participant_id == dave_pid)
+            .filter(|m| m.participant == dave_pid)
         {
-            assert_eq!(m.media_types, vec!["AUDIO"]);
+            assert_eq!(m.kinds, MediaKinds::AUDIO);
         }
     }
     // Dave still receives alice's audio and video (subscribing is not publishing).
@@ -455,7 +455,7 @@ fn removed_publisher_goes_away_for_its_subscribers() {
         assert!(offer
             .stream_metadata
             .values()
-            .all(|m| m.participant_id != alice_pid));
+            .all(|m| m.participant.to_string() != alice_pid));
     }
     let settled = net.now;
     net.run(Duration::from_secs(1));
@@ -789,7 +789,12 @@ fn publishers_with_the_same_msid_stay_distinct_streams_for_subscribers() {
     let mut seen: Vec<(String, Vec<&str>)> = offer
         .stream_metadata
         .values()
-        .map(|m| (m.participant_id.clone(), m.media_types.clone()))
+        .map(|m| {
+            (
+                m.participant.to_string(),
+                m.kinds.iter().map(|k| k.as_str()).collect(),
+            )
+        })
         .collect();
     seen.sort();
     let mut expect: Vec<(String, Vec<&str>)> = [a, b]
@@ -812,7 +817,7 @@ fn publishers_with_the_same_msid_stay_distinct_streams_for_subscribers() {
         let origin = net.clients.iter().find(|x| x.idx == rx.origin).unwrap();
         let meta = offer.stream_metadata.get(&rx.stream_id);
         assert_eq!(
-            meta.map(|m| m.participant_id.clone()),
+            meta.map(|m| m.participant.to_string()),
             Some(origin.participant.to_string()),
             "a frame from {} arrived in MediaStream {:?}",
             origin.name,
@@ -848,10 +853,7 @@ fn publisher_adding_and_stopping_a_track_rewires_its_subscribers() {
         ))
     });
     let msid = net.clients[a].msid.clone();
-    assert_eq!(
-        answer.stream_metadata[&msid].media_types,
-        vec!["AUDIO", "VIDEO"]
-    );
+    assert_eq!(answer.stream_metadata[&msid].kinds, MediaKinds::ALL);
     net.clients[a].video_mid = video;
     net.clients[a].force_keyframe = true;
     let added = net.now;
@@ -876,7 +878,7 @@ fn publisher_adding_and_stopping_a_track_rewires_its_subscribers() {
         api.set_direction(video_mid, str0m::media::Direction::Inactive);
         None
     });
-    assert_eq!(answer.stream_metadata[&msid].media_types, vec!["AUDIO"]);
+    assert_eq!(answer.stream_metadata[&msid].kinds, MediaKinds::AUDIO);
     net.run(Duration::from_millis(500));
     assert_eq!(net.clients[b].offers.len(), bob_offers + 2);
     let offer = &net.clients[b].offers.last().unwrap().1;

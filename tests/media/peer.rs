@@ -15,9 +15,9 @@ use patchbay::domain::{
 };
 use patchbay::forwarding::{compile, ForwardingTable, Member, PublishedStream, SessionState};
 use patchbay::media::{
-    DataChannelMetadata, DeviceId, Engine, EngineConfig, EngineEvent, PublishAnswer,
-    PublishMetadata, PublishedStreamMetadata, SourceKey, SubscribeOffer,
+    DeviceId, Engine, EngineConfig, EngineEvent, PublishAnswer, SourceKey, SubscribeOffer,
 };
+use patchbay::signaling::wire::{DataChannelMetadata, PublishMetadata, PublishedStreamMetadata};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::ChannelConfig;
 use str0m::format::{Codec, FormatParams};
@@ -466,6 +466,13 @@ fn builtin_channel(id: u16, label: &str) -> ChannelConfig {
     }
 }
 
+/// The streams declared in `metadata`, as the signalling layer hands them to the engine.
+fn declared(metadata: &PublishMetadata) -> patchbay::media::DeclaredStreams {
+    metadata
+        .declared_streams()
+        .expect("the test declares valid aliases")
+}
+
 /// `control`, reduced to what routes need: members with rules, published streams, the table.
 pub struct Control {
     pub session: SessionId,
@@ -731,7 +738,7 @@ impl Net {
         };
         let answer = self
             .engine
-            .handle_publish_offer(device, &offer.to_sdp_string(), &metadata, now)
+            .handle_publish_offer(device, &offer.to_sdp_string(), &declared(&metadata), now)
             .expect("the engine answers the data channel offer");
         self.accept_publish_answer(client, pending, &answer);
         self.pump();
@@ -772,7 +779,12 @@ impl Net {
         };
         let answer = self
             .engine
-            .handle_publish_offer(device, &offer.to_sdp_string(), &metadata, self.now)
+            .handle_publish_offer(
+                device,
+                &offer.to_sdp_string(),
+                &declared(&metadata),
+                self.now,
+            )
             .expect("the engine answers the media offer");
         self.accept_publish_answer(client, pending, &answer);
         self.clients[client].last_answer = Some(answer.clone());
@@ -809,7 +821,7 @@ impl Net {
         };
         let answer = self
             .engine
-            .handle_publish_offer(device, &offer.to_sdp_string(), &metadata, now)
+            .handle_publish_offer(device, &offer.to_sdp_string(), &declared(&metadata), now)
             .expect("the engine answers the re-offer");
         self.accept_publish_answer(client, pending, &answer);
         self.clients[client].last_answer = Some(answer.clone());
@@ -888,8 +900,12 @@ impl Net {
         self.pump();
     }
 
-    /// Drains the engine's transmits and events, reacting like the driver and control.
+    /// Drains the engine's transmits and events, reacting like the driver and control. The
+    /// engine's incrementally kept fan-out is compared with a rebuild every time.
     pub fn pump(&mut self) {
+        if let Err(e) = self.engine.check_fanout() {
+            self.violations.push(e);
+        }
         loop {
             while let Some(t) = self.engine.poll_transmit() {
                 enqueue(

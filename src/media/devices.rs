@@ -1,0 +1,123 @@
+//! `Devices`: the devices of one engine. Owns device → (participant, permissions, its peer
+//! connections) and participant → device (one live device per participant).
+
+use std::collections::HashMap;
+
+use super::peers::PeerId;
+use super::DeviceId;
+use crate::domain::{ParticipantId, PublishPermissions};
+
+pub(super) struct Device {
+    pub(super) participant: ParticipantId,
+    pub(super) permissions: PublishPermissions,
+    pub(super) kind: DeviceKind,
+}
+
+pub(super) enum DeviceKind {
+    /// A browser (or any WebRTC device): up to two peer connections, made on demand.
+    Browser {
+        publish: Option<PeerId>,
+        subscribe: Option<PeerId>,
+    },
+    /// A phone call bridged by the SIP runtime: no peer connection at all.
+    Local,
+}
+
+impl Device {
+    pub(super) fn browser(participant: ParticipantId, permissions: PublishPermissions) -> Device {
+        Device {
+            participant,
+            permissions,
+            kind: DeviceKind::Browser {
+                publish: None,
+                subscribe: None,
+            },
+        }
+    }
+
+    pub(super) fn local(participant: ParticipantId) -> Device {
+        Device {
+            participant,
+            permissions: PublishPermissions::AUDIO,
+            kind: DeviceKind::Local,
+        }
+    }
+
+    pub(super) fn is_local(&self) -> bool {
+        matches!(self.kind, DeviceKind::Local)
+    }
+
+    pub(super) fn publish_peer(&self) -> Option<PeerId> {
+        match self.kind {
+            DeviceKind::Browser { publish, .. } => publish,
+            DeviceKind::Local => None,
+        }
+    }
+
+    pub(super) fn subscribe_peer(&self) -> Option<PeerId> {
+        match self.kind {
+            DeviceKind::Browser { subscribe, .. } => subscribe,
+            DeviceKind::Local => None,
+        }
+    }
+
+    /// Its peer connections.
+    pub(super) fn peers(&self) -> impl Iterator<Item = PeerId> {
+        [self.publish_peer(), self.subscribe_peer()]
+            .into_iter()
+            .flatten()
+    }
+
+    pub(super) fn set_peer(&mut self, subscribe: bool, peer: Option<PeerId>) {
+        if let DeviceKind::Browser {
+            publish,
+            subscribe: sub,
+        } = &mut self.kind
+        {
+            if subscribe {
+                *sub = peer;
+            } else {
+                *publish = peer;
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+pub(super) struct Devices {
+    devices: HashMap<DeviceId, Device>,
+    of_participant: HashMap<ParticipantId, DeviceId>,
+}
+
+impl Devices {
+    /// Adds a device. The caller removes the participant's previous device first.
+    pub(super) fn insert(&mut self, id: DeviceId, device: Device) {
+        self.of_participant.insert(device.participant, id);
+        self.devices.insert(id, device);
+    }
+
+    pub(super) fn remove(&mut self, id: DeviceId) -> Option<Device> {
+        let device = self.devices.remove(&id)?;
+        if self.of_participant.get(&device.participant) == Some(&id) {
+            self.of_participant.remove(&device.participant);
+        }
+        Some(device)
+    }
+
+    pub(super) fn get(&self, id: DeviceId) -> Option<&Device> {
+        self.devices.get(&id)
+    }
+
+    pub(super) fn get_mut(&mut self, id: DeviceId) -> Option<&mut Device> {
+        self.devices.get_mut(&id)
+    }
+
+    /// The live device of `participant` here.
+    pub(super) fn of_participant(&self, participant: ParticipantId) -> Option<DeviceId> {
+        self.of_participant.get(&participant).copied()
+    }
+
+    pub(super) fn ids(&self) -> impl Iterator<Item = DeviceId> + '_ {
+        self.devices.keys().copied()
+    }
+}

@@ -1,0 +1,67 @@
+//! `LocalDevices`: devices without WebRTC connections (a phone call bridged by the SIP
+//! runtime). Owns each local device's received audio tracks, each named by a [`SourceKey`]
+//! its driver mixes by. Nothing is negotiated: a local device receives its routes' audio at
+//! once.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::fanout::Target;
+use super::publishing::TrackKey;
+use super::DeviceId;
+use crate::domain::{MediaKind, ParticipantId, StreamAlias, StreamId};
+
+/// Identifies one received track of a local device: the publisher and its stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceKey(pub u64);
+
+impl SourceKey {
+    pub(super) fn of(publisher: ParticipantId, stream: &StreamId) -> SourceKey {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        publisher.hash(&mut h);
+        stream.as_str().hash(&mut h);
+        SourceKey(h.finish())
+    }
+}
+
+/// What one local device receives.
+#[derive(Default)]
+pub(super) struct LocalDevice {
+    tracks: BTreeMap<TrackKey, SourceKey>,
+}
+
+#[derive(Default)]
+pub(super) struct LocalDevices {
+    by_device: HashMap<DeviceId, LocalDevice>,
+}
+
+impl LocalDevices {
+    pub(super) fn add(&mut self, device: DeviceId, state: LocalDevice) {
+        self.by_device.insert(device, state);
+    }
+
+    pub(super) fn remove(&mut self, device: DeviceId) -> Option<LocalDevice> {
+        self.by_device.remove(&device)
+    }
+
+    /// The device receives the audio of `desired` from now on. Returns its fan-out targets
+    /// and its sources.
+    pub(super) fn set_tracks(
+        &mut self,
+        device: DeviceId,
+        desired: &BTreeMap<TrackKey, Option<StreamAlias>>,
+    ) -> (BTreeMap<TrackKey, Target>, Vec<SourceKey>) {
+        let state = self.by_device.entry(device).or_default();
+        state.tracks = desired
+            .keys()
+            .filter(|k| k.kind == MediaKind::Audio)
+            .map(|k| (k.clone(), SourceKey::of(k.publisher, &k.stream)))
+            .collect();
+        let targets = state
+            .tracks
+            .iter()
+            .map(|(k, &source)| (k.clone(), Target::Local { device, source }))
+            .collect();
+        (targets, state.tracks.values().copied().collect())
+    }
+}

@@ -1,0 +1,189 @@
+//! `Peers`: the WebRTC peer connections of one engine. Owns peer id → `str0m::Rtc` (with the
+//! device it belongs to and its role) and the timer queue: each peer's next deadline, ordered,
+//! so a timeout runs only the peers that are due and the next deadline is the queue's first.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Instant;
+
+use str0m::channel::ChannelConfig;
+use str0m::config::DtlsCert;
+use str0m::format::{Codec, FormatParams};
+use str0m::media::Frequency;
+use str0m::{Rtc, RtcConfig};
+
+use super::DeviceId;
+use crate::domain::MediaKinds;
+
+/// Audio packets held back at most waiting for a missing one.
+const AUDIO_REORDER_PACKETS: usize = 2;
+
+/// The SDK's pre-negotiated data channels: (id, label).
+pub(super) const BUILTIN_CHANNELS: [(u16, &str); 2] =
+    [(0, "__heartbeat__"), (1, "__diagnostics__")];
+
+pub(super) fn builtin_channel(id: u16, label: &str) -> ChannelConfig {
+    ChannelConfig {
+        label: label.to_owned(),
+        negotiated: Some(id),
+        protocol: "udp".to_owned(),
+        ..Default::default()
+    }
+}
+
+/// The SDK's pre-negotiated channels (ids 0 and 1), created on a publish connection before
+/// the association can carry data on them.
+pub(super) fn open_builtin_channels(rtc: &mut Rtc) {
+    for (id, label) in BUILTIN_CHANNELS {
+        rtc.direct_api()
+            .create_data_channel(builtin_channel(id, label));
+    }
+}
+
+/// The codecs of a peer connection: Opus (+ telephone-event) for audio, VP8 and H.264 for
+/// video, each only when `kinds` allows it, so a refused kind's m-lines are rejected.
+pub(super) fn peer_config(cert: &DtlsCert, kinds: MediaKinds) -> RtcConfig {
+    let mut rtc = Rtc::builder()
+        .set_ice_lite(true)
+        .set_dtls_cert(cert.clone())
+        // An SFU should not delay audio waiting for a lost packet: release after at most two
+        // (40 ms); the receiving browser's jitter buffer conceals the gap (str0m's default, 15
+        // packets, held up to 300 ms of audio behind each loss).
+        .set_reordering_size_audio(AUDIO_REORDER_PACKETS)
+        .clear_codecs()
+        .enable_opus(kinds.audio, false)
+        .enable_vp8(kinds.video)
+        .enable_h264(kinds.video);
+    if kinds.audio {
+        rtc.codec_config().add_config(
+            110.into(),
+            None,
+            Codec::Tele,
+            Frequency::FORTY_EIGHT_KHZ,
+            None,
+            FormatParams::parse_line("0-16"),
+        );
+    }
+    rtc
+}
+
+/// A peer connection's id within one engine (ids are not kept across a move between shards).
+pub(super) type PeerId = u64;
+
+pub(super) struct Peer {
+    pub(super) device: DeviceId,
+    /// The subscribe connection (the engine offers) rather than the publish one.
+    pub(super) subscribe: bool,
+    pub(super) rtc: Rtc,
+    pub(super) ufrag: String,
+    timeout: Instant,
+}
+
+impl Peer {
+    /// A peer due for its first timeout at `now`.
+    pub(super) fn new(
+        device: DeviceId,
+        subscribe: bool,
+        rtc: Rtc,
+        ufrag: String,
+        now: Instant,
+    ) -> Peer {
+        Peer {
+            device,
+            subscribe,
+            rtc,
+            ufrag,
+            timeout: now,
+        }
+    }
+}
+
+#[derive(Default)]
+pub(super) struct Peers {
+    peers: HashMap<PeerId, Peer>,
+    next: PeerId,
+    timers: BTreeSet<(Instant, PeerId)>,
+}
+
+impl Peers {
+    /// Adds a peer (a new one, or one that moved here); returns its id.
+    pub(super) fn insert(&mut self, peer: Peer) -> PeerId {
+        self.next += 1;
+        let id = self.next;
+        self.timers.insert((peer.timeout, id));
+        self.peers.insert(id, peer);
+        id
+    }
+
+    pub(super) fn remove(&mut self, id: PeerId) -> Option<Peer> {
+        let peer = self.peers.remove(&id)?;
+        self.timers.remove(&(peer.timeout, id));
+        Some(peer)
+    }
+
+    pub(super) fn get(&self, id: PeerId) -> Option<&Peer> {
+        self.peers.get(&id)
+    }
+
+    pub(super) fn get_mut(&mut self, id: PeerId) -> Option<&mut Peer> {
+        self.peers.get_mut(&id)
+    }
+
+    /// The peer's `Rtc` said when it next needs a timeout.
+    pub(super) fn set_timeout(&mut self, id: PeerId, at: Instant) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        if peer.timeout != at {
+            self.timers.remove(&(peer.timeout, id));
+            self.timers.insert((at, id));
+            peer.timeout = at;
+        }
+    }
+
+    /// The peers whose deadline is at or before `now`, earliest first.
+    pub(super) fn due(&self, now: Instant) -> Vec<PeerId> {
+        self.timers
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .map(|(_, id)| *id)
+            .collect()
+    }
+
+    /// The earliest deadline of any peer.
+    pub(super) fn next_timeout(&self) -> Option<Instant> {
+        self.timers.first().map(|(at, _)| *at)
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.peers.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn only_due_peers_run_and_the_queue_follows_each_deadline() {
+        let now = Instant::now();
+        let mut peers = Peers::default();
+        let a = peers.insert(Peer::new(
+            DeviceId(1),
+            false,
+            Rtc::new(now),
+            "a".into(),
+            now,
+        ));
+        let b = peers.insert(Peer::new(DeviceId(1), true, Rtc::new(now), "b".into(), now));
+        peers.set_timeout(a, now + Duration::from_millis(50));
+        peers.set_timeout(b, now + Duration::from_millis(10));
+        assert_eq!(peers.next_timeout(), Some(now + Duration::from_millis(10)));
+        assert_eq!(peers.due(now + Duration::from_millis(20)), vec![b]);
+        peers.remove(b);
+        assert_eq!(peers.next_timeout(), Some(now + Duration::from_millis(50)));
+        assert_eq!(peers.len(), 1);
+    }
+}
