@@ -24,8 +24,14 @@
 //! are folded into the next offer.
 
 mod engine;
+pub mod placement;
+pub mod shard;
 
 pub use engine::{Engine, EngineConfig, EngineEvent, MediaError, MovedDevice, SourceKey, Transmit};
+pub use placement::Placement;
+pub use shard::{
+    Delivery, DeviceNotice, LocalDownlink, Shard, ShardMessage, ShardOutput, RECONNECT_GRACE,
+};
 
 use std::collections::BTreeMap;
 
