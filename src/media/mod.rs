@@ -26,8 +26,8 @@
 //! | `Shard` | `shard.rs` | the device entries of one shard: resume, replacement, reconnect grace, moves, redirects |
 //!
 //! ## Drive contract
-//! The engine has no sockets, clock, threads or tasks. Its driver (the shard, then
-//! `runtime::media`):
+//! The engine has no sockets, clock, threads or tasks. Its driver is the [`Shard`] (itself
+//! sans-IO, pumped by `runtime::media`):
 //!
 //! | input | method | outputs it may produce |
 //! |---|---|---|
@@ -72,12 +72,18 @@ mod engine;
 mod fanout;
 mod local;
 mod peers;
+pub mod placement;
 mod publishing;
 mod routes;
+pub mod shard;
 mod subscribing;
 
 pub use engine::{Engine, EngineConfig, EngineEvent, MediaError, MovedDevice, Transmit};
 pub use local::SourceKey;
+pub use placement::Placement;
+pub use shard::{
+    Delivery, DeviceNotice, LocalDownlink, Shard, ShardMessage, ShardOutput, RECONNECT_GRACE,
+};
 
 use std::collections::BTreeMap;
 

@@ -1,24 +1,21 @@
-//! The media driver: the media plane runs as shards, one per core by default. Each shard is
-//! one task owning one UDP socket and one [`Engine`]; it feeds the engine datagrams, commands
-//! from device connections, routing changes from control and the clock, and sends what it
-//! produces. Device connections talk to the shards through a [`MediaHandle`].
+//! The media driver: one task per shard (one per core by default), each pumping one UDP
+//! socket, its inbox, control's routing events and a timer into one [`Shard`], and carrying
+//! out what the shard asks: datagrams to send, notices to device connections, frames to local
+//! devices, messages to other shards, published streams to control. All decisions (devices,
+//! resume and replacement, the reconnect grace, moves, redirects) are the shard's; see
+//! `media::shard`. Device connections talk to the shards through a [`MediaHandle`].
 //!
-//! ## Placement
-//! A session lives on one shard (a hash of its id), so a call's packets never cross threads.
-//! A device is placed on the shard of its participant's session when it connects (on a shard
-//! chosen by its participant id when it is in no session). When membership changes put a
-//! connected device into a session that lives elsewhere, the device *moves*: its engine state,
-//! peer connections included, goes to the session's shard ([`Engine::export_device`],
-//! [`Engine::import_device`]). Its peers keep the address they reached first, so the old shard
-//! hands their datagrams over and the new shard sends from the old socket (every shard can send
-//! on every socket). A STUN request no shard recognises at once (a moved peer on a new path) is
-//! offered to the other shards; the shard that takes it tells the receiving one to hand that
-//! address over from then on.
+//! What the tasks share: the inboxes and sockets (every shard may send from every socket, for
+//! devices that moved), and the [`Placement`] directory behind a lock, touched when a device
+//! connects, moves or goes away and when a command picks its shard, never per datagram.
+//!
+//! Published streams go to control through one channel and one reporter task, so control
+//! sees a participant's updates in the order the shards produced them.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
@@ -28,21 +25,13 @@ use crate::control::{Control, ControlError, ControlEvent};
 use crate::domain::{
     AccountId, ParticipantId, PublishPermissions, SessionId, StreamAlias, StreamId,
 };
+use crate::forwarding::PublishedStream;
 use crate::media::{
-    DeclaredStreams, DeviceId, Engine, EngineConfig, EngineEvent, MediaError, MovedDevice,
-    PublishAnswer, SourceKey, SubscribeOffer,
+    DeclaredStreams, Delivery, DeviceId, Engine, EngineConfig, MediaError, Placement,
+    PublishAnswer, Shard, ShardMessage, ShardOutput,
 };
+pub use crate::media::{DeviceNotice, LocalDownlink, RECONNECT_GRACE};
 use crate::store::StoreError;
-
-/// What the driver tells a device connection.
-#[derive(Debug)]
-pub enum DeviceNotice {
-    /// Send this `sdpOffer` notification.
-    Offer(SubscribeOffer),
-    /// Close the connection (code 1000) with this reason: replaced by a newer connection of
-    /// the same participant, or the participant was deleted.
-    Close(&'static str),
-}
 
 enum Command {
     Connect {
@@ -89,22 +78,6 @@ enum Command {
     },
 }
 
-/// What the media plane gives a local device's driver (the SIP bridge, for a phone).
-#[derive(Debug)]
-pub enum LocalDownlink {
-    /// A frame of one of the audio tracks the device receives.
-    Frame {
-        source: SourceKey,
-        rtp_time: u64,
-        dtmf: bool,
-        data: Arc<[u8]>,
-    },
-    /// The tracks it receives now; others are gone.
-    Sources(Vec<SourceKey>),
-    /// The device was removed (participant deleted, or replaced by another device).
-    Closed(&'static str),
-}
-
 /// A handle on the media driver. Cheap to clone.
 #[derive(Clone)]
 pub struct MediaHandle {
@@ -112,51 +85,19 @@ pub struct MediaHandle {
     next_connection: Arc<AtomicU64>,
 }
 
-/// What every shard and handle can see.
+/// What every shard task and handle can see.
 struct Shared {
     inboxes: Vec<mpsc::UnboundedSender<Inbox>>,
     sockets: Vec<Arc<UdpSocket>>,
     /// The public address of each shard's socket (its ICE candidate), by shard.
     public: Vec<SocketAddr>,
     placement: Mutex<Placement>,
-    /// Remote addresses whose datagrams belong to a device on another shard than the one
-    /// whose socket they reach. Read only for datagrams the receiving engine did not take;
-    /// written by the shard that takes over an address before it sends anything from it, so a
-    /// reply can never outrun its redirect.
-    redirect: RwLock<HashMap<SocketAddr, usize>>,
-}
-
-/// Where devices and participants are: changed only on connect, move and removal.
-#[derive(Default)]
-struct Placement {
-    participants: HashMap<ParticipantId, usize>,
-    devices: HashMap<DeviceId, usize>,
 }
 
 impl Shared {
-    fn placement(&self) -> std::sync::MutexGuard<'_, Placement> {
+    fn placement(&self) -> MutexGuard<'_, Placement> {
         // A poisoned lock only means a panic elsewhere; the maps themselves stay consistent.
         self.placement.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Records that `device` of `participant` lives on `shard`.
-    fn place(&self, device: DeviceId, participant: ParticipantId, shard: usize) {
-        let mut placement = self.placement();
-        placement.devices.insert(device, shard);
-        placement.participants.insert(participant, shard);
-    }
-
-    fn redirect_of(&self, addr: SocketAddr) -> Option<usize> {
-        let map = self.redirect.read().unwrap_or_else(|e| e.into_inner());
-        map.get(&addr).copied()
-    }
-
-    fn set_redirect(&self, addr: SocketAddr, shard: Option<usize>) {
-        let mut map = self.redirect.write().unwrap_or_else(|e| e.into_inner());
-        match shard {
-            Some(s) => map.insert(addr, s),
-            None => map.remove(&addr),
-        };
     }
 
     fn send(&self, shard: usize, message: Inbox) -> Result<(), MediaError> {
@@ -181,24 +122,13 @@ impl Shared {
             .map_err(|_| MediaError::Internal("media plane stopped".into()))
     }
 
-    fn shard_of_session(&self, session: SessionId) -> usize {
-        shard_by_hash(session.as_uuid().as_u128(), self.inboxes.len())
-    }
-
-    /// Where a new device of `participant` goes: where its device is, else its session's
-    /// shard, else one chosen by its id.
     fn shard_for(&self, participant: ParticipantId, session: Option<SessionId>) -> usize {
-        if let Some(&shard) = self.placement().participants.get(&participant) {
-            return shard;
-        }
-        match session {
-            Some(s) => self.shard_of_session(s),
-            None => shard_by_hash(participant.as_uuid().as_u128(), self.inboxes.len()),
-        }
+        self.placement()
+            .shard_for(participant, session, self.inboxes.len())
     }
 
     fn shard_of_device(&self, device: DeviceId) -> usize {
-        self.placement().devices.get(&device).copied().unwrap_or(0)
+        self.placement().shard_of_device(device)
     }
 
     /// The socket bound for the public address `source`.
@@ -208,29 +138,18 @@ impl Shared {
     }
 }
 
-fn shard_by_hash(id: u128, shards: usize) -> usize {
-    let folded = (id as u64) ^ ((id >> 64) as u64);
-    (folded % shards.max(1) as u64) as usize
-}
-
 /// What a shard's task receives besides its socket and control's events.
 enum Inbox {
     Command(Command),
-    /// A datagram another shard received and could not place.
-    Datagram {
-        source: SocketAddr,
-        destination: SocketAddr,
-        data: Vec<u8>,
-        origin: usize,
-    },
-    /// A device moving in.
-    Arrive(Box<Arrival>),
+    /// A message of another shard, with the channels of a device moving in.
+    Shard(ShardMessage, Links),
 }
 
-struct Arrival {
-    moved: MovedDevice,
-    entry: DeviceEntry,
-    account: Option<AccountId>,
+/// Where a moving device's notices and frames go: they travel with it.
+#[derive(Default)]
+struct Links {
+    notices: Option<(u64, mpsc::UnboundedSender<DeviceNotice>)>,
+    downlink: Option<(DeviceId, mpsc::UnboundedSender<LocalDownlink>)>,
 }
 
 impl MediaHandle {
@@ -315,10 +234,7 @@ impl MediaHandle {
 impl MediaHandle {
     /// Whether `participant` has a live device (a browser or a phone) anywhere.
     pub fn is_connected(&self, participant: ParticipantId) -> bool {
-        self.shared
-            .placement()
-            .participants
-            .contains_key(&participant)
+        self.shared.placement().is_connected(participant)
     }
 
     /// Connects a local device (a phone call) publishing one audio stream; what it receives
@@ -371,10 +287,6 @@ impl MediaHandle {
     }
 }
 
-/// How long a device whose signalling connection dropped (without `leave`) keeps its media,
-/// waiting for the SDK to reconnect.
-pub const RECONNECT_GRACE: Duration = Duration::from_secs(20);
-
 /// Datagrams taken from the socket in one go before the driver looks at anything else.
 const RECEIVE_BATCH: usize = 64;
 
@@ -388,11 +300,12 @@ pub struct ShardSetup {
     pub socket: UdpSocket,
 }
 
-/// Starts one task per shard; they run until every handle is dropped.
+/// Starts one task per shard and the reporter of published streams.
 pub fn spawn(shards: Vec<ShardSetup>, control: Control) -> std::io::Result<MediaHandle> {
     if shards.is_empty() {
         return Err(std::io::Error::other("at least one media shard is needed"));
     }
+    let count = shards.len();
     let mut inboxes = Vec::new();
     let mut receivers = Vec::new();
     let mut sockets = Vec::new();
@@ -411,19 +324,18 @@ pub fn spawn(shards: Vec<ShardSetup>, control: Control) -> std::io::Result<Media
         sockets,
         public,
         placement: Mutex::new(Placement::default()),
-        redirect: RwLock::new(HashMap::new()),
     });
+    let published = spawn_reporter(control.clone());
     for (index, (engine, inbox)) in engines.into_iter().zip(receivers).enumerate() {
-        let shard = Shard {
-            index,
-            engine,
+        let pump = Pump {
+            shard: Shard::new(index, count, engine),
             shared: shared.clone(),
             control: control.clone(),
-            devices: HashMap::new(),
-            accounts: HashMap::new(),
-            moved: HashMap::new(),
+            notices: HashMap::new(),
+            downlinks: HashMap::new(),
+            published: published.clone(),
         };
-        tokio::spawn(shard.run(inbox, control.watch()));
+        tokio::spawn(pump.run(inbox, control.watch()));
     }
     Ok(MediaHandle {
         shared,
@@ -431,75 +343,79 @@ pub fn spawn(shards: Vec<ShardSetup>, control: Control) -> std::io::Result<Media
     })
 }
 
-struct DeviceEntry {
+/// A participant's published streams, on their way to control.
+struct Published {
+    account: AccountId,
     participant: ParticipantId,
-    unique_id: String,
-    /// The connection currently attached, and where its notices go.
-    connection: Option<(u64, mpsc::UnboundedSender<DeviceNotice>)>,
-    /// Detached without `leave`: removed at this time unless a connection resumes it.
-    expires: Option<Instant>,
-    /// For a local device: where its frames go.
-    downlink: Option<mpsc::UnboundedSender<LocalDownlink>>,
+    streams: Vec<PublishedStream>,
 }
 
-impl DeviceEntry {
-    fn notify(&self, notice: DeviceNotice) {
-        if let (Some(tx), DeviceNotice::Close(reason)) = (&self.downlink, &notice) {
-            let _ = tx.send(LocalDownlink::Closed(reason));
+/// One task records every shard's published streams with control, one after the other.
+///
+/// Order holds per participant, even across a move: the shard a device leaves queues its
+/// updates here before it queues the device's arrival in the new shard's inbox, and the new
+/// shard queues its own only after taking the device from its inbox, so every update of the
+/// old shard is in this channel before any of the new one.
+fn spawn_reporter(control: Control) -> mpsc::UnboundedSender<Published> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Published>();
+    tokio::spawn(async move {
+        while let Some(p) = rx.recv().await {
+            match control
+                .set_published(&p.account, p.participant, p.streams)
+                .await
+            {
+                Ok(()) => {}
+                // Deleted meanwhile (a device leaving just before a REST delete).
+                Err(ControlError::Store(
+                    StoreError::ParticipantNotFound | StoreError::SessionNotFound,
+                )) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot record published streams"),
+            }
         }
-        if let Some((_, tx)) = &self.connection {
-            let _ = tx.send(notice);
-        }
-    }
+    });
+    tx
 }
 
-/// A first byte below 2 and a header's length: a STUN message (RFC 7983 demultiplexing).
-fn looks_like_stun(data: &[u8]) -> bool {
-    data.len() >= 20 && data[0] < 2
-}
-
-struct Shard {
-    index: usize,
-    engine: Engine,
+/// One shard's task: the shard and the channels of its devices.
+struct Pump {
+    shard: Shard,
     shared: Arc<Shared>,
     control: Control,
-    devices: HashMap<DeviceId, DeviceEntry>,
-    accounts: HashMap<ParticipantId, AccountId>,
-    /// Devices that moved away, for commands still addressed here.
-    moved: HashMap<DeviceId, usize>,
+    /// Where each attached connection's notices go.
+    notices: HashMap<u64, mpsc::UnboundedSender<DeviceNotice>>,
+    /// Where each local device's frames go.
+    downlinks: HashMap<DeviceId, mpsc::UnboundedSender<LocalDownlink>>,
+    published: mpsc::UnboundedSender<Published>,
 }
 
-impl Shard {
+impl Pump {
     async fn run(
         mut self,
         mut inbox: mpsc::UnboundedReceiver<Inbox>,
         mut control_events: broadcast::Receiver<ControlEvent>,
     ) {
-        let Some(socket) = self.shared.sockets.get(self.index).cloned() else {
+        let index = self.shard.index();
+        let Some(socket) = self.shared.sockets.get(index).cloned() else {
             return;
         };
-        let Some(&public) = self.shared.public.get(self.index) else {
+        let Some(&public) = self.shared.public.get(index) else {
             return;
         };
         let mut buf = vec![0u8; 2048];
         loop {
-            let expiry = self.devices.values().filter_map(|d| d.expires).min();
             let deadline = self
-                .engine
+                .shard
                 .poll_timeout()
-                .into_iter()
-                .chain(expiry)
-                .min()
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
             tokio::select! {
                 received = socket.recv_from(&mut buf) => match received {
                     Ok((n, source)) => {
                         let now = Instant::now();
-                        self.receive(source, public, &buf[..n], now);
+                        self.receive(&mut inbox, source, public, &buf[..n], now);
                         // Take what else is already queued before going round the loop again.
                         for _ in 0..RECEIVE_BATCH {
                             match socket.try_recv_from(&mut buf) {
-                                Ok((n, source)) => self.receive(source, public, &buf[..n], now),
+                                Ok((n, source)) => self.receive(&mut inbox, source, public, &buf[..n], now),
                                 Err(_) => break,
                             }
                         }
@@ -512,202 +428,69 @@ impl Shard {
                 }
                 event = control_events.recv() => match event {
                     Ok(ControlEvent::Routes(update)) => {
-                        self.engine.apply_routes(update.session, &update.diff, Instant::now());
-                        // Offers made for devices about to move go out first.
-                        self.dispatch_events();
-                        self.place_session(update.session);
+                        self.shard.handle_routes(update.session, &update.diff, Instant::now());
                     }
                     Ok(ControlEvent::ParticipantDeleted(participant)) => {
-                        self.accounts.remove(&participant);
-                        let gone: Vec<DeviceId> = self.devices.iter().filter(|(_, d)| d.participant == participant).map(|(id, _)| *id).collect();
-                        for device in gone {
-                            self.remove_device(device, Instant::now());
-                            if let Some(d) = self.devices.remove(&device) {
-                                d.notify(DeviceNotice::Close("participant deleted"));
-                            }
-                        }
+                        self.shard.handle_participant_deleted(participant, Instant::now());
                     }
                     Ok(ControlEvent::Lifecycle(_)) => {}
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         // Missed diffs: start again from control's current tables. Diffs still
                         // queued after this are replayed in order on top, which converges.
-                        tracing::warn!(missed = n, shard = self.index, "media plane fell behind control; resynchronizing routes");
+                        tracing::warn!(missed = n, shard = index, "media plane fell behind control; resynchronizing routes");
                         let tables = self.control.tables_snapshot();
-                        self.engine.set_all_routes(&tables, Instant::now());
-                        self.dispatch_events();
-                        for session in tables.keys() {
-                            self.place_session(*session);
-                        }
+                        self.shard.handle_all_routes(&tables, Instant::now());
                     }
                     Err(broadcast::error::RecvError::Closed) => break,
                 },
                 _ = tokio::time::sleep_until(deadline.into()) => {
-                    let now = Instant::now();
-                    let expired: Vec<DeviceId> = self.devices.iter().filter(|(_, d)| d.expires.is_some_and(|t| t <= now)).map(|(id, _)| *id).collect();
-                    for device in expired {
-                        self.devices.remove(&device);
-                        self.remove_device(device, now);
-                    }
-                    self.engine.handle_timeout(now);
+                    self.shard.handle_timeout(Instant::now());
                 }
             }
-            self.flush(&socket, public).await;
+            self.flush(&socket).await;
         }
     }
 
     /// A datagram on this shard's own socket.
-    fn receive(&mut self, source: SocketAddr, destination: SocketAddr, data: &[u8], now: Instant) {
-        if self.engine.handle_receive(source, destination, data, now) {
+    fn receive(
+        &mut self,
+        inbox: &mut mpsc::UnboundedReceiver<Inbox>,
+        source: SocketAddr,
+        destination: SocketAddr,
+        data: &[u8],
+        now: Instant,
+    ) {
+        if self.shard.handle_receive(source, destination, data, now) != Delivery::Unplaced {
             return;
         }
-        let shards = self.shared.inboxes.len();
-        if let Some(shard) = self.shared.redirect_of(source).filter(|&s| s != self.index) {
-            let _ = self.shared.send(
-                shard,
-                Inbox::Datagram {
-                    source,
-                    destination,
-                    data: data.to_vec(),
-                    origin: self.index,
-                },
-            );
-        } else if shards > 1 && looks_like_stun(data) {
-            for shard in (0..shards).filter(|&s| s != self.index) {
-                let _ = self.shared.send(
-                    shard,
-                    Inbox::Datagram {
-                        source,
-                        destination,
-                        data: data.to_vec(),
-                        origin: self.index,
-                    },
-                );
-            }
+        // A redirect for this address may be queued: it was put in the inbox before the
+        // datagram that made the peer send this one left (see `media::shard`).
+        while let Ok(message) = inbox.try_recv() {
+            self.handle_inbox(message);
         }
+        self.shard.handle_receive(source, destination, data, now);
     }
 
     fn handle_inbox(&mut self, message: Inbox) {
-        let now = Instant::now();
         match message {
             Inbox::Command(command) => self.handle_command(command),
-            Inbox::Datagram {
-                source,
-                destination,
-                data,
-                origin,
-            } => {
-                let stun = looks_like_stun(&data);
-                let known = self.shared.redirect_of(source) == Some(self.index);
-                if self.engine.handle_receive(source, destination, &data, now) {
-                    if stun && !known && origin != self.index {
-                        // A moved peer on a new path: its datagrams reach `origin` from now on.
-                        self.shared.set_redirect(source, Some(self.index));
-                    }
-                } else if !stun && known {
-                    // Nobody here knows it any more.
-                    self.shared.set_redirect(source, None);
+            Inbox::Shard(message, links) => {
+                if let Some((connection, tx)) = links.notices {
+                    self.notices.insert(connection, tx);
                 }
-            }
-            Inbox::Arrive(arrival) => {
-                let Arrival {
-                    moved,
-                    entry,
-                    account,
-                } = *arrival;
-                let device = moved.id();
-                let participant = moved.participant();
-                self.moved.remove(&device);
-                if let Some(account) = account {
-                    self.accounts.insert(participant, account);
+                if let Some((device, tx)) = links.downlink {
+                    self.downlinks.insert(device, tx);
                 }
-                if let Some(old) = self.engine.import_device(moved, now) {
-                    if let Some(d) = self.devices.remove(&old) {
-                        d.notify(DeviceNotice::Close("replaced by a newer connection"));
-                    }
-                }
-                self.devices.insert(device, entry);
-                tracing::debug!(device = device.0, shard = self.index, "device moved in");
+                self.shard.handle_message(message, Instant::now());
             }
         }
     }
 
-    /// Moves away the devices of `session` if the session lives on another shard.
-    fn place_session(&mut self, session: SessionId) {
-        let home = self.shared.shard_of_session(session);
-        if home == self.index {
-            return;
-        }
-        for device in self.engine.devices_in_session(session) {
-            self.move_device(device, home);
-        }
-    }
-
-    fn move_device(&mut self, device: DeviceId, shard: usize) {
-        let now = Instant::now();
-        let Some(entry) = self.devices.remove(&device) else {
-            return;
-        };
-        let Some(moved) = self.engine.export_device(device, now) else {
-            self.devices.insert(device, entry);
-            return;
-        };
-        for addr in moved.paths() {
-            self.shared.set_redirect(addr, Some(shard));
-        }
-        self.moved.insert(device, shard);
-        let participant = moved.participant();
-        let account = self.accounts.get(&participant).cloned();
-        tracing::debug!(
-            device = device.0,
-            from = self.index,
-            to = shard,
-            "device moves"
-        );
-        // The device reaches its new shard before any command can be addressed there.
-        let _ = self.shared.send(
-            shard,
-            Inbox::Arrive(Box::new(Arrival {
-                moved,
-                entry,
-                account,
-            })),
-        );
-        self.shared.place(device, participant, shard);
-    }
-
-    /// Removes a device from the engine and from the placement.
-    fn remove_device(&mut self, device: DeviceId, now: Instant) {
-        // Redirects to this shard for the device's addresses end with it.
-        for addr in self.engine.paths_of(device) {
-            if self.shared.redirect_of(addr) == Some(self.index) {
-                self.shared.set_redirect(addr, None);
-            }
-        }
-        self.engine.remove_device(device, now);
-        let mut placement = self.shared.placement();
-        if placement.devices.get(&device) == Some(&self.index) {
-            placement.devices.remove(&device);
-        }
-        let participant = self.devices.get(&device).map(|d| d.participant);
-        if let Some(p) = participant {
-            let still_here = self
-                .devices
-                .iter()
-                .any(|(id, d)| *id != device && d.participant == p);
-            if !still_here && placement.participants.get(&p) == Some(&self.index) {
-                placement.participants.remove(&p);
-            }
-        }
-    }
-
-    /// Sends what the engine produced and acts on its events.
-    async fn flush(&mut self, socket: &Arc<UdpSocket>, public: SocketAddr) {
-        while let Some(t) = self.engine.poll_transmit() {
-            let socket = if t.source == public {
-                socket
-            } else {
-                self.shared.socket_for(t.source).unwrap_or(socket)
-            };
+    /// Carries out the shard's outputs, then sends its datagrams.
+    async fn flush(&mut self, socket: &Arc<UdpSocket>) {
+        self.route_outputs();
+        while let Some(t) = self.shard.poll_transmit() {
+            let socket = self.shared.socket_for(t.source).unwrap_or(socket);
             let sent = match socket.try_send_to(&t.contents, t.destination) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     socket.send_to(&t.contents, t.destination).await
@@ -718,65 +501,76 @@ impl Shard {
                 tracing::debug!(error = %e, to = %t.destination, "media send failed");
             }
         }
-        self.dispatch_events();
     }
 
-    /// Acts on the engine's events: offers to devices, published streams to control.
-    fn dispatch_events(&mut self) {
-        while let Some(event) = self.engine.poll_event() {
-            match event {
-                EngineEvent::SubscribeOffer { device, offer } => {
-                    if let Some(d) = self.devices.get(&device) {
-                        d.notify(DeviceNotice::Offer(offer));
-                    }
+    fn route_outputs(&mut self) {
+        let index = self.shard.index();
+        while let Some(output) = self.shard.poll_output() {
+            match output {
+                ShardOutput::Notice { connection, notice } => {
+                    let last = matches!(notice, DeviceNotice::Close(_));
+                    tell(&mut self.notices, connection, notice, last);
                 }
-                EngineEvent::StreamsChanged {
+                ShardOutput::Local { device, downlink } => {
+                    let last = matches!(downlink, LocalDownlink::Closed(_));
+                    tell(&mut self.downlinks, device, downlink, last);
+                }
+                ShardOutput::Published {
+                    account,
                     participant,
                     streams,
-                    ..
                 } => {
-                    // The device may have left already (its streams go with it): the account
-                    // is remembered per participant.
-                    let Some(account) = self.accounts.get(&participant).cloned() else {
-                        continue;
-                    };
-                    let control = self.control.clone();
-                    tokio::spawn(async move {
-                        match control.set_published(&account, participant, streams).await {
-                            Ok(()) => {}
-                            // Deleted meanwhile (a device leaving just before a REST delete).
-                            Err(ControlError::Store(
-                                StoreError::ParticipantNotFound | StoreError::SessionNotFound,
-                            )) => {}
-                            Err(e) => tracing::warn!(error = %e, "cannot record published streams"),
-                        }
+                    let _ = self.published.send(Published {
+                        account,
+                        participant,
+                        streams,
                     });
                 }
-                EngineEvent::Connected { device, subscribe } => {
-                    tracing::debug!(device = device.0, subscribe, "peer connection up");
-                }
-                EngineEvent::LocalMedia {
+                ShardOutput::Message { shard, message } => self.send_message(shard, message),
+                ShardOutput::Placed {
                     device,
-                    source,
-                    rtp_time,
-                    dtmf,
-                    data,
-                } => {
-                    if let Some(tx) = self.devices.get(&device).and_then(|d| d.downlink.as_ref()) {
-                        let _ = tx.send(LocalDownlink::Frame {
-                            source,
-                            rtp_time,
-                            dtmf,
-                            data,
-                        });
-                    }
-                }
-                EngineEvent::LocalSources { device, sources } => {
-                    if let Some(tx) = self.devices.get(&device).and_then(|d| d.downlink.as_ref()) {
-                        let _ = tx.send(LocalDownlink::Sources(sources));
-                    }
-                }
+                    participant,
+                } => self.shared.placement().place(device, participant, index),
+                ShardOutput::Removed {
+                    device,
+                    participant,
+                    last,
+                } => self
+                    .shared
+                    .placement()
+                    .remove(device, participant, index, last),
             }
+        }
+    }
+
+    /// Puts a message in another shard's inbox; a device moving there takes its channels,
+    /// and the directory says it is there only once it is in that inbox.
+    fn send_message(&mut self, shard: usize, message: ShardMessage) {
+        let mut links = Links::default();
+        let mut arrival = None;
+        if let ShardMessage::Arrive(a) = &message {
+            let device = a.device();
+            links.notices = a
+                .connection()
+                .and_then(|c| self.notices.remove(&c).map(|tx| (c, tx)));
+            links.downlink = self.downlinks.remove(&device).map(|tx| (device, tx));
+            arrival = Some((device, a.participant()));
+        }
+        if self
+            .shared
+            .send(shard, Inbox::Shard(message, links))
+            .is_err()
+        {
+            return;
+        }
+        if let Some((device, participant)) = arrival {
+            tracing::debug!(
+                device = device.0,
+                from = self.shard.index(),
+                to = shard,
+                "device moves"
+            );
+            self.shared.placement().place(device, participant, shard);
         }
     }
 
@@ -785,25 +579,16 @@ impl Shard {
         // A new connection goes where the participant's device is, which may have moved since
         // the handle looked.
         if let Some(participant) = command.connecting() {
-            let placed = self
-                .shared
-                .placement()
-                .participants
-                .get(&participant)
-                .copied();
-            if let Some(shard) = placed.filter(|&s| s != self.index) {
+            let placed = self.shared.placement().shard_of_participant(participant);
+            if let Some(shard) = placed.filter(|&s| s != self.shard.index()) {
                 let _ = self.shared.send(shard, Inbox::Command(command));
                 return;
             }
         }
         // A command for a device that moved away follows it.
-        if let Some(device) = command.device() {
-            if !self.devices.contains_key(&device) {
-                if let Some(&shard) = self.moved.get(&device) {
-                    let _ = self.shared.send(shard, Inbox::Command(command));
-                    return;
-                }
-            }
+        if let Some(shard) = command.device().and_then(|d| self.shard.locate(d)) {
+            let _ = self.shared.send(shard, Inbox::Command(command));
+            return;
         }
         match command {
             Command::Connect {
@@ -815,49 +600,17 @@ impl Shard {
                 notices,
                 reply,
             } => {
-                self.accounts.insert(participant, account);
-                let existing = self
-                    .devices
-                    .iter()
-                    .find(|(_, d)| d.participant == participant)
-                    .map(|(id, _)| *id);
-                if let Some(id) = existing {
-                    let Some(entry) = self.devices.get_mut(&id) else {
-                        return;
-                    };
-                    if !unique_id.is_empty() && entry.unique_id == unique_id {
-                        // The same SDK instance reconnecting: resume its device and media.
-                        entry.notify(DeviceNotice::Close("replaced by a newer connection"));
-                        entry.connection = Some((connection, notices));
-                        entry.expires = None;
-                        if let Some(offer) = self.engine.pending_offer(id) {
-                            entry.notify(DeviceNotice::Offer(offer));
-                        }
-                        let _ = reply.send(id);
-                        return;
-                    }
-                }
-                let device = DeviceId(connection);
-                self.shared.place(device, participant, self.index);
-                if let Some(old) = self
-                    .engine
-                    .add_device(device, participant, permissions, now)
-                {
-                    if let Some(d) = self.devices.remove(&old) {
-                        d.notify(DeviceNotice::Close("replaced by a newer connection"));
-                    }
-                    self.shared.placement().devices.remove(&old);
-                }
-                self.devices.insert(
-                    device,
-                    DeviceEntry {
-                        participant,
-                        unique_id,
-                        connection: Some((connection, notices)),
-                        expires: None,
-                        downlink: None,
-                    },
+                self.notices.insert(connection, notices);
+                let device = self.shard.handle_connect(
+                    connection,
+                    account,
+                    participant,
+                    permissions,
+                    unique_id,
+                    now,
                 );
+                // The directory knows the device before its connection can address it.
+                self.route_outputs();
                 let _ = reply.send(device);
             }
             Command::Disconnect {
@@ -865,19 +618,8 @@ impl Shard {
                 device,
                 left,
             } => {
-                let Some(entry) = self.devices.get_mut(&device) else {
-                    return;
-                };
-                if entry.connection.as_ref().map(|(c, _)| *c) != Some(connection) {
-                    return; // a superseded connection
-                }
-                if left {
-                    self.remove_device(device, now);
-                    self.devices.remove(&device);
-                } else {
-                    entry.connection = None;
-                    entry.expires = Some(now + RECONNECT_GRACE);
-                }
+                self.shard.handle_disconnect(connection, device, left, now);
+                self.notices.remove(&connection);
             }
             Command::PublishOffer {
                 device,
@@ -886,12 +628,12 @@ impl Shard {
                 reply,
             } => {
                 let _ = reply.send(
-                    self.engine
+                    self.shard
                         .handle_publish_offer(device, &sdp, &metadata, now),
                 );
             }
             Command::SubscribeAnswer { device, sdp, reply } => {
-                let _ = reply.send(self.engine.handle_subscribe_answer(device, &sdp, now));
+                let _ = reply.send(self.shard.handle_subscribe_answer(device, &sdp, now));
             }
             Command::ConnectLocal {
                 connection,
@@ -902,43 +644,44 @@ impl Shard {
                 downlink,
                 reply,
             } => {
-                self.accounts.insert(participant, account);
                 let device = DeviceId(connection);
-                self.shared.place(device, participant, self.index);
-                // The entry first: the engine's first events (its sources) go to the bridge.
-                self.devices.insert(
-                    device,
-                    DeviceEntry {
-                        participant,
-                        unique_id: String::new(),
-                        connection: None,
-                        expires: None,
-                        downlink: Some(downlink),
-                    },
+                self.downlinks.insert(device, downlink);
+                self.shard.handle_connect_local(
+                    connection,
+                    account,
+                    participant,
+                    stream,
+                    alias,
+                    now,
                 );
-                if let Some(old) =
-                    self.engine
-                        .add_local_device(device, participant, stream, alias, now)
-                {
-                    if let Some(d) = self.devices.remove(&old) {
-                        d.notify(DeviceNotice::Close("replaced by a newer connection"));
-                    }
-                    self.shared.placement().devices.remove(&old);
-                }
+                self.route_outputs();
                 let _ = reply.send(device);
             }
             Command::WriteLocal {
                 device,
                 rtp_time,
                 data,
-            } => self.engine.write_local(device, rtp_time, data, now),
+            } => self.shard.handle_write_local(device, rtp_time, data, now),
             Command::RemoveLocal { device } => {
-                if self.devices.contains_key(&device) {
-                    self.remove_device(device, now);
-                    self.devices.remove(&device);
-                }
+                self.shard.handle_remove_local(device, now);
+                self.downlinks.remove(&device);
             }
         }
+    }
+}
+
+/// Sends `message` on the channel of `key`; the channel is dropped after the `last` one.
+fn tell<K: std::hash::Hash + Eq, T>(
+    channels: &mut HashMap<K, mpsc::UnboundedSender<T>>,
+    key: K,
+    message: T,
+    last: bool,
+) {
+    if let Some(tx) = channels.get(&key) {
+        let _ = tx.send(message);
+    }
+    if last {
+        channels.remove(&key);
     }
 }
 

@@ -9,6 +9,7 @@
 //! Run with `cargo test --test media`.
 
 mod peer;
+mod shard;
 
 use std::time::Duration;
 

@@ -158,7 +158,13 @@ pub struct Client {
 }
 
 impl Client {
-    fn new(name: &str, idx: u8, permissions: MediaKinds, device: DeviceId, now: Instant) -> Client {
+    pub fn new(
+        name: &str,
+        idx: u8,
+        permissions: MediaKinds,
+        device: DeviceId,
+        now: Instant,
+    ) -> Client {
         let pub_addr: SocketAddr = format!("10.0.{idx}.1:5000").parse().unwrap();
         let sub_addr: SocketAddr = format!("10.0.{idx}.2:5002").parse().unwrap();
         // Like a browser: Opus with telephone-event (RFC 4733) for DTMF.
@@ -216,7 +222,7 @@ impl Client {
     }
 
     /// Runs one of the client's `Rtc`s to completion.
-    fn drain(&mut self, subscribe: bool, now: Instant, queue: &mut VecDeque<Datagram>) {
+    pub fn drain(&mut self, subscribe: bool, now: Instant, queue: &mut VecDeque<Datagram>) {
         let latency = self.latency;
         let mut events = Vec::new();
         let rtc = if subscribe {
@@ -296,7 +302,7 @@ impl Client {
         }
     }
 
-    fn feed(&mut self, dgram: &Datagram, now: Instant, queue: &mut VecDeque<Datagram>) {
+    pub fn feed(&mut self, dgram: &Datagram, now: Instant, queue: &mut VecDeque<Datagram>) {
         let subscribe = dgram.to == self.sub_addr;
         let Ok(receive) = Receive::new(Protocol::Udp, dgram.from, dgram.to, &dgram.data) else {
             self.errors
@@ -315,7 +321,7 @@ impl Client {
         self.drain(subscribe, now, queue);
     }
 
-    fn timeouts(&mut self, now: Instant, queue: &mut VecDeque<Datagram>) {
+    pub fn timeouts(&mut self, now: Instant, queue: &mut VecDeque<Datagram>) {
         for subscribe in [false, true] {
             let due = if subscribe {
                 self.sub_timeout
@@ -338,7 +344,7 @@ impl Client {
     }
 
     /// The next instant this client needs attention.
-    fn next_wakeup(&self) -> Instant {
+    pub fn next_wakeup(&self) -> Instant {
         let mut t = self.pub_timeout.min(self.sub_timeout);
         if self.sending && self.pub_connected {
             if self.audio_mid.is_some() {
@@ -352,7 +358,7 @@ impl Client {
     }
 
     /// Writes the synthetic frames that are due.
-    fn tick_media(&mut self, now: Instant, queue: &mut VecDeque<Datagram>) {
+    pub fn tick_media(&mut self, now: Instant, queue: &mut VecDeque<Datagram>) {
         if !self.sending || !self.pub_connected {
             return;
         }
@@ -392,6 +398,104 @@ impl Client {
         }
     }
 
+    /// The SDK's first publish offer: data channels only. Returns the SDP, the pending offer
+    /// and the metadata to send with it.
+    pub fn data_channel_offer(
+        &mut self,
+        now: Instant,
+    ) -> (String, SdpPendingOffer, PublishMetadata) {
+        self.publish.handle_input(Input::Timeout(now)).unwrap();
+        let mut api = self.publish.sdp_api();
+        api.add_channel_with_config(builtin_channel(0, "__heartbeat__"));
+        api.add_channel_with_config(builtin_channel(1, "__diagnostics__"));
+        let (offer, pending) = api.apply().expect("a data channel offer");
+        let metadata = PublishMetadata {
+            media_streams: BTreeMap::new(),
+            data_channels: builtin_channels(),
+        };
+        (offer.to_sdp_string(), pending, metadata)
+    }
+
+    /// The SDK's second publish offer: sendonly tracks of one MediaStream.
+    pub fn media_offer(
+        &mut self,
+        audio: bool,
+        video: bool,
+        alias: Option<&str>,
+    ) -> (String, SdpPendingOffer, PublishMetadata) {
+        let msid = self.msid.clone();
+        let mut api = self.publish.sdp_api();
+        if audio {
+            self.audio_mid = Some(api.add_media(
+                MediaKind::Audio,
+                Direction::SendOnly,
+                Some(msid.clone()),
+                Some(format!("{msid}-audio")),
+                None,
+            ));
+        }
+        if video {
+            self.video_mid = Some(api.add_media(
+                MediaKind::Video,
+                Direction::SendOnly,
+                Some(msid.clone()),
+                Some(format!("{msid}-video")),
+                None,
+            ));
+        }
+        let (offer, pending) = api.apply().expect("a media offer");
+        let metadata = stream_metadata(msid, alias, builtin_channels());
+        (offer.to_sdp_string(), pending, metadata)
+    }
+
+    /// Applies the engine's answer to a publish offer.
+    pub fn accept_publish_answer(
+        &mut self,
+        pending: SdpPendingOffer,
+        answer: &PublishAnswer,
+        now: Instant,
+        queue: &mut VecDeque<Datagram>,
+    ) {
+        let sdp = SdpAnswer::from_sdp_string(&answer.sdp_answer).expect("a parsable answer");
+        self.publish
+            .sdp_api()
+            .accept_answer(pending, sdp)
+            .expect("the client accepts the engine's answer");
+        self.drain(false, now, queue);
+    }
+
+    /// Answers the outstanding subscribe offer: the answer's SDP, and the protocol violation
+    /// it shows, if any.
+    pub fn answer_outstanding(
+        &mut self,
+        now: Instant,
+        queue: &mut VecDeque<Datagram>,
+    ) -> (String, Option<String>) {
+        let offer = self.outstanding.take().expect("an outstanding offer");
+        self.subscribe.handle_input(Input::Timeout(now)).unwrap();
+        let parsed = SdpOffer::from_sdp_string(&offer.sdp_offer).expect("a parsable offer");
+        let answer = self
+            .subscribe
+            .sdp_api()
+            .accept_offer(parsed)
+            .expect("the client accepts the engine's offer");
+        if !self.sub_channels_made {
+            self.sub_channels_made = true;
+            for (id, label) in [(0, "__heartbeat__"), (1, "__diagnostics__")] {
+                self.subscribe
+                    .direct_api()
+                    .create_data_channel(builtin_channel(id, label));
+            }
+        }
+        let sdp = answer.to_sdp_string();
+        self.drain(true, now, queue);
+        let violation = sdp
+            .lines()
+            .any(|l| l.starts_with("a=setup:") && l.trim_end() != "a=setup:passive")
+            .then(|| format!("{}: the subscribe answer is not setup:passive", self.name));
+        (sdp, violation)
+    }
+
     /// Frames received at or after `since`.
     pub fn rx_since(&self, since: Instant) -> impl Iterator<Item = &Rx> + '_ {
         self.received.iter().filter(move |r| r.at >= since)
@@ -423,7 +527,7 @@ impl Client {
 }
 
 /// Keeps the queue ordered by delivery time (FIFO among equal times).
-fn enqueue(queue: &mut VecDeque<Datagram>, d: Datagram) {
+pub fn enqueue(queue: &mut VecDeque<Datagram>, d: Datagram) {
     let pos = queue.partition_point(|x| x.at <= d.at);
     queue.insert(pos, d);
 }
@@ -457,6 +561,44 @@ fn write_frame(
     writer.write(pt, now, time, data).is_ok()
 }
 
+/// Publish metadata for one MediaStream `msid` and these data channels.
+fn stream_metadata(
+    msid: String,
+    alias: Option<&str>,
+    data_channels: BTreeMap<String, DataChannelMetadata>,
+) -> PublishMetadata {
+    let stream = PublishedStreamMetadata {
+        alias: alias.map(str::to_owned),
+    };
+    PublishMetadata {
+        media_streams: [(msid, stream)].into_iter().collect(),
+        data_channels,
+    }
+}
+
+/// The virtual clock's next reading: `next` (the earliest thing due), but always forward (a
+/// timer already due is served at the next tick) and never past `limit`.
+pub fn advance(now: Instant, next: Instant, limit: Instant) -> Instant {
+    next.max(now + Duration::from_micros(200))
+        .min(limit.max(now))
+}
+
+/// The SDK's two pre-negotiated data channels, as publish metadata.
+fn builtin_channels() -> BTreeMap<String, DataChannelMetadata> {
+    [(0u16, "__heartbeat__"), (1, "__diagnostics__")]
+        .into_iter()
+        .map(|(id, label)| {
+            (
+                label.to_owned(),
+                DataChannelMetadata {
+                    label: label.to_owned(),
+                    stream_id: id,
+                },
+            )
+        })
+        .collect()
+}
+
 fn builtin_channel(id: u16, label: &str) -> ChannelConfig {
     ChannelConfig {
         label: label.to_owned(),
@@ -467,7 +609,7 @@ fn builtin_channel(id: u16, label: &str) -> ChannelConfig {
 }
 
 /// The streams declared in `metadata`, as the signalling layer hands them to the engine.
-fn declared(metadata: &PublishMetadata) -> patchbay::media::DeclaredStreams {
+pub fn declared(metadata: &PublishMetadata) -> patchbay::media::DeclaredStreams {
     metadata
         .declared_streams()
         .expect("the test declares valid aliases")
@@ -711,80 +853,20 @@ impl Net {
     ) -> PublishAnswer {
         let now = self.now;
         let device = self.clients[client].device;
-        let data_channels: BTreeMap<String, DataChannelMetadata> =
-            [(0u16, "__heartbeat__"), (1, "__diagnostics__")]
-                .into_iter()
-                .map(|(id, label)| {
-                    (
-                        label.to_owned(),
-                        DataChannelMetadata {
-                            label: label.to_owned(),
-                            stream_id: id,
-                        },
-                    )
-                })
-                .collect();
-
         // Round 1: m=application only.
-        let c = &mut self.clients[client];
-        c.publish.handle_input(Input::Timeout(now)).unwrap();
-        let mut api = c.publish.sdp_api();
-        api.add_channel_with_config(builtin_channel(0, "__heartbeat__"));
-        api.add_channel_with_config(builtin_channel(1, "__diagnostics__"));
-        let (offer, pending) = api.apply().expect("a data channel offer");
-        let metadata = PublishMetadata {
-            media_streams: BTreeMap::new(),
-            data_channels: data_channels.clone(),
-        };
+        let (offer, pending, metadata) = self.clients[client].data_channel_offer(now);
         let answer = self
             .engine
-            .handle_publish_offer(device, &offer.to_sdp_string(), &declared(&metadata), now)
+            .handle_publish_offer(device, &offer, &declared(&metadata), now)
             .expect("the engine answers the data channel offer");
         self.accept_publish_answer(client, pending, &answer);
         self.pump();
 
         // Round 2: sendonly tracks of one MediaStream.
-        let c = &mut self.clients[client];
-        let msid = c.msid.clone();
-        let mut api = c.publish.sdp_api();
-        if audio {
-            c.audio_mid = Some(api.add_media(
-                MediaKind::Audio,
-                Direction::SendOnly,
-                Some(msid.clone()),
-                Some(format!("{msid}-audio")),
-                None,
-            ));
-        }
-        if video {
-            c.video_mid = Some(api.add_media(
-                MediaKind::Video,
-                Direction::SendOnly,
-                Some(msid.clone()),
-                Some(format!("{msid}-video")),
-                None,
-            ));
-        }
-        let (offer, pending) = api.apply().expect("a media offer");
-        let metadata = PublishMetadata {
-            media_streams: [(
-                msid,
-                PublishedStreamMetadata {
-                    alias: alias.map(str::to_owned),
-                },
-            )]
-            .into_iter()
-            .collect(),
-            data_channels,
-        };
+        let (offer, pending, metadata) = self.clients[client].media_offer(audio, video, alias);
         let answer = self
             .engine
-            .handle_publish_offer(
-                device,
-                &offer.to_sdp_string(),
-                &declared(&metadata),
-                self.now,
-            )
+            .handle_publish_offer(device, &offer, &declared(&metadata), self.now)
             .expect("the engine answers the media offer");
         self.accept_publish_answer(client, pending, &answer);
         self.clients[client].last_answer = Some(answer.clone());
@@ -808,17 +890,7 @@ impl Net {
         let mut api = c.publish.sdp_api();
         let added = change(&mut api, &msid);
         let (offer, pending) = api.apply().expect("a publish re-offer");
-        let metadata = PublishMetadata {
-            media_streams: [(
-                msid,
-                PublishedStreamMetadata {
-                    alias: alias.map(str::to_owned),
-                },
-            )]
-            .into_iter()
-            .collect(),
-            data_channels: BTreeMap::new(),
-        };
+        let metadata = stream_metadata(msid, alias, BTreeMap::new());
         let answer = self
             .engine
             .handle_publish_offer(device, &offer.to_sdp_string(), &declared(&metadata), now)
@@ -835,47 +907,17 @@ impl Net {
         pending: SdpPendingOffer,
         answer: &PublishAnswer,
     ) {
-        let c = &mut self.clients[client];
-        let sdp = SdpAnswer::from_sdp_string(&answer.sdp_answer).expect("a parsable answer");
-        c.publish
-            .sdp_api()
-            .accept_answer(pending, sdp)
-            .expect("the client accepts the engine's answer");
-        c.drain(false, self.now, &mut self.queue);
+        let now = self.now;
+        self.clients[client].accept_publish_answer(pending, answer, now, &mut self.queue);
     }
 
     /// Answers the client's outstanding subscribe offer.
     pub fn answer(&mut self, client: usize) {
         let now = self.now;
         let c = &mut self.clients[client];
-        let offer = c.outstanding.take().expect("an outstanding offer");
-        c.subscribe.handle_input(Input::Timeout(now)).unwrap();
-        let parsed = SdpOffer::from_sdp_string(&offer.sdp_offer).expect("a parsable offer");
-        let answer = c
-            .subscribe
-            .sdp_api()
-            .accept_offer(parsed)
-            .expect("the client accepts the engine's offer");
-        if !c.sub_channels_made {
-            c.sub_channels_made = true;
-            for (id, label) in [(0, "__heartbeat__"), (1, "__diagnostics__")] {
-                c.subscribe
-                    .direct_api()
-                    .create_data_channel(builtin_channel(id, label));
-            }
-        }
-        let sdp = answer.to_sdp_string();
-        if sdp
-            .lines()
-            .any(|l| l.starts_with("a=setup:") && l.trim_end() != "a=setup:passive")
-        {
-            self.violations.push(format!(
-                "{}: the subscribe answer is not setup:passive",
-                c.name
-            ));
-        }
-        c.drain(true, now, &mut self.queue);
         let device = c.device;
+        let (sdp, violation) = c.answer_outstanding(now, &mut self.queue);
+        self.violations.extend(violation);
         if let Err(e) = self.engine.handle_subscribe_answer(device, &sdp, now) {
             self.violations.push(format!(
                 "{}: the engine refused the answer: {e}",
@@ -995,10 +1037,7 @@ impl Net {
         for c in &self.clients {
             next = next.min(c.next_wakeup());
         }
-        // Always move forward (a timer already due is served at the next tick).
-        self.now = next
-            .max(self.now + Duration::from_micros(200))
-            .min(limit.max(self.now));
+        self.now = advance(self.now, next, limit);
         let now = self.now;
 
         while self.queue.front().is_some_and(|d| d.at <= now) {

@@ -1,0 +1,174 @@
+//! The media runtime against the running app: what the shards report to control arrives in
+//! order. A device republishes and leaves at once; control must end with none of its streams
+//! (the empty update is the last one it applies).
+
+#[path = "../common/mod.rs"]
+mod common;
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use patchbay::app::App;
+use patchbay::config::ServeConfig;
+use patchbay::control::{Control, NewParticipant};
+use patchbay::domain::{AccountId, MediaKinds, ParticipantId, SessionId, Subscriptions};
+use serde_json::{json, Value};
+use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::media::{Direction, MediaKind};
+use str0m::Rtc;
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Routes of `session` whose publisher is `publisher`.
+fn routes_from(control: &Control, session: SessionId, publisher: ParticipantId) -> usize {
+    control
+        .tables_snapshot()
+        .get(&session)
+        .map(|t| t.routes.keys().filter(|k| k.publisher == publisher).count())
+        .unwrap_or(0)
+}
+
+/// Waits until `done` holds (5 s at most).
+async fn until(mut done: impl FnMut() -> bool) -> bool {
+    for _ in 0..500 {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    done()
+}
+
+/// Sends a JSON-RPC request and returns its reply (notifications in between are skipped).
+async fn call(ws: &mut Ws, id: u64, method: &str, params: Value) -> Value {
+    let frame = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+    ws.send(Message::Text(frame.to_string().into()))
+        .await
+        .expect("send");
+    reply(ws, id).await
+}
+
+async fn reply(ws: &mut Ws, id: u64) -> Value {
+    loop {
+        match ws.next().await.expect("a frame").expect("frame") {
+            Message::Text(t) => {
+                let v: Value = serde_json::from_str(t.as_str()).expect("JSON");
+                if v["id"] == json!(id) {
+                    return v;
+                }
+            }
+            Message::Close(_) => panic!("closed before the reply to {id}"),
+            _ => continue,
+        }
+    }
+}
+
+/// A publish offer adding sendonly tracks of `kinds` to the stream, with its metadata.
+fn offer(rtc: &mut Rtc, kinds: &[MediaKind]) -> (Value, SdpPendingOffer) {
+    let mut api = rtc.sdp_api();
+    for kind in kinds {
+        api.add_media(
+            *kind,
+            Direction::SendOnly,
+            Some("stream-p".into()),
+            None,
+            None,
+        );
+    }
+    let (offer, pending) = api.apply().expect("an offer");
+    let params = json!({
+        "sdpOffer": offer.to_sdp_string(),
+        "mediaMetadata": {"mediaStreams": {"stream-p": {"alias": null}}},
+    });
+    (params, pending)
+}
+
+fn accept(rtc: &mut Rtc, pending: SdpPendingOffer, reply: &Value) {
+    let sdp = reply["result"]["sdpAnswer"]
+        .as_str()
+        .unwrap_or_else(|| panic!("an answer: {reply}"));
+    let answer = SdpAnswer::from_sdp_string(sdp).expect("a parsable answer");
+    rtc.sdp_api()
+        .accept_answer(pending, answer)
+        .expect("the answer fits the offer");
+}
+
+#[tokio::test]
+async fn republish_then_leave_ends_with_no_published_streams() {
+    let app = App::build(&ServeConfig::for_database(&common::sqlite_url()))
+        .await
+        .expect("app");
+    let account = AccountId::parse("order").expect("id");
+    let control = app.control().clone();
+    control
+        .create_account(account.clone())
+        .await
+        .expect("account");
+    let base = format!("ws://{}", app.http_addr());
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
+
+    let session = control
+        .create_session(&account, None)
+        .await
+        .expect("session")
+        .id;
+    let mut ids = Vec::new();
+    let mut tokens = Vec::new();
+    for _ in 0..2 {
+        let new = NewParticipant {
+            publish_permissions: Some(MediaKinds::ALL),
+            ..Default::default()
+        };
+        let (p, token) = control
+            .create_participant(&account, new)
+            .await
+            .expect("participant");
+        let rules = Subscriptions::new(Some(session), vec![]).expect("rules");
+        control
+            .add_member(&account, session, p.id, Some(rules))
+            .await
+            .expect("member");
+        ids.push(p.id);
+        tokens.push(token);
+    }
+    let publisher = ids[0];
+    let url = format!(
+        "{base}/v3/?token={}&client=browser&sdkVersion=0.12.0-beta.1&uniqueId=u1",
+        tokens[0]
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("upgrade");
+
+    let mut rtc = Rtc::builder().build(std::time::Instant::now());
+    let (params, pending) = offer(&mut rtc, &[MediaKind::Audio]);
+    let answer = call(&mut ws, 1, "offerSdp", params).await;
+    accept(&mut rtc, pending, &answer);
+    assert!(
+        until(|| routes_from(&control, session, publisher) > 0).await,
+        "the published audio is routed"
+    );
+
+    // Republish with video, then leave right away: two updates back to back.
+    let (params, _pending) = offer(&mut rtc, &[MediaKind::Video]);
+    let republish = json!({"jsonrpc": "2.0", "id": 2, "method": "offerSdp", "params": params});
+    let leave = json!({"jsonrpc": "2.0", "id": 3, "method": "leave"});
+    ws.send(Message::Text(republish.to_string().into()))
+        .await
+        .expect("send");
+    ws.send(Message::Text(leave.to_string().into()))
+        .await
+        .expect("send");
+    let answer = reply(&mut ws, 2).await;
+    assert!(answer["result"]["sdpAnswer"].is_string(), "{answer}");
+    drop(ws);
+
+    assert!(
+        until(|| routes_from(&control, session, publisher) == 0).await,
+        "the last update (no streams) wins"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(routes_from(&control, session, publisher), 0, "and stays");
+}
