@@ -10,7 +10,7 @@ use tokio::net::{TcpListener, UdpSocket};
 
 use crate::api::{self, AppState};
 use crate::config::ServeConfig;
-use crate::control::{Control, NewCredentials};
+use crate::control::{Control, DeviceControl, NewCredentials};
 use crate::domain::AccountId;
 use crate::media::EngineConfig;
 use crate::runtime::media::{MediaHandle, ShardSetup};
@@ -25,6 +25,7 @@ pub const DEV_ACCOUNT: &str = "dev";
 pub struct App {
     control: Control,
     media: MediaHandle,
+    devices: DeviceControl,
     listener: TcpListener,
     http_addr: SocketAddr,
     media_public_addr: SocketAddr,
@@ -78,22 +79,20 @@ impl App {
         }
         let media_public_addr = shards[0].config.public_addr;
         let media = crate::runtime::media::spawn(shards, control.clone())?;
+        // Signaling and the SIP bridge reach the media plane only through control's verbs.
+        let devices = DeviceControl::new(control.clone(), Arc::new(media.clone()));
         let sip_settings = SipSettings {
             media_ip: public_media_addr(config, config.sip_listen).ip(),
             rtp_ports: config.rtp_ports,
             stream_alias: Some(config.phone_stream_alias.clone()),
         };
-        let sip = crate::runtime::sip::spawn(
-            config.sip_listen,
-            sip_settings,
-            control.clone(),
-            media.clone(),
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot bind SIP {}: {e}", config.sip_listen))?;
+        let sip = crate::runtime::sip::spawn(config.sip_listen, sip_settings, devices.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot bind SIP {}: {e}", config.sip_listen))?;
         Ok(App {
             control,
             media,
+            devices,
             listener,
             http_addr,
             media_public_addr,
@@ -131,8 +130,7 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let signaling = signaling::router(SignalingState {
-            control: self.control.clone(),
-            media: self.media,
+            devices: self.devices,
         });
         let router = api::router(AppState {
             control: self.control,

@@ -7,6 +7,11 @@
 //! [`forwarding::compile`] and sends a [`RoutingUpdate`] (the table diff) to whoever watches
 //! (the media plane), so engines only ever apply differences.
 
+mod connections;
+pub mod port;
+
+pub use connections::{AdmittedPhone, ConnectError, ConnectedDevice, DeviceControl, PhoneRefusal};
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};

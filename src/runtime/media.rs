@@ -18,19 +18,23 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use crate::control::port::{
+    Connection, DeviceNotice, DeviceRequest, LocalDownlink, LocalRequest, MediaPort,
+};
 use crate::control::{Control, ControlError, ControlEvent};
 use crate::domain::{
     AccountId, ParticipantId, PublishPermissions, SessionId, StreamAlias, StreamId,
 };
 use crate::forwarding::PublishedStream;
+pub use crate::media::RECONNECT_GRACE;
 use crate::media::{
     DeclaredStreams, Delivery, DeviceId, Engine, EngineConfig, MediaError, Placement,
     PublishAnswer, Shard, ShardMessage, ShardOutput,
 };
-pub use crate::media::{DeviceNotice, LocalDownlink, RECONNECT_GRACE};
 use crate::store::StoreError;
 
 enum Command {
@@ -157,30 +161,29 @@ impl MediaHandle {
     pub fn public_addrs(&self) -> &[SocketAddr] {
         &self.shared.public
     }
+}
 
-    /// Registers a device connection; notices for it arrive on `notices`. A connection of the
-    /// same participant with the same `uniqueId` (the SDK reconnecting) resumes the device and
-    /// its media; any other replaces it. `session` is the participant's session now, if any:
-    /// it decides the shard.
-    pub async fn connect(
+/// The media plane as control drives it.
+#[async_trait]
+impl MediaPort for MediaHandle {
+    /// A connection of the same participant with the same `uniqueId` (the SDK reconnecting)
+    /// resumes the device and its media; any other replaces it. The participant's session, if
+    /// any, decides the shard.
+    async fn connect(
         &self,
-        account: AccountId,
-        participant: ParticipantId,
-        session: Option<SessionId>,
-        permissions: PublishPermissions,
-        unique_id: String,
+        request: DeviceRequest,
         notices: mpsc::UnboundedSender<DeviceNotice>,
     ) -> Result<(DeviceId, Connection), MediaError> {
         let connection = self.next_connection.fetch_add(1, Ordering::Relaxed);
-        let shard = self.shared.shard_for(participant, session);
+        let shard = self.shared.shard_for(request.participant, request.session);
         let device = self
             .shared
             .request(shard, |reply| Command::Connect {
                 connection,
-                account,
-                participant,
-                permissions,
-                unique_id,
+                account: request.account,
+                participant: request.participant,
+                permissions: request.permissions,
+                unique_id: request.unique_id,
                 notices,
                 reply,
             })
@@ -188,9 +191,7 @@ impl MediaHandle {
         Ok((device, Connection(connection)))
     }
 
-    /// The connection ended. After `leave` the device's media ends at once; otherwise it is
-    /// kept for [`RECONNECT_GRACE`] so that the SDK's automatic reconnect can resume it.
-    pub fn disconnect(&self, connection: Connection, device: DeviceId, left: bool) {
+    fn disconnect(&self, connection: Connection, device: DeviceId, left: bool) {
         let shard = self.shared.shard_of_device(device);
         let _ = self.shared.send(
             shard,
@@ -202,24 +203,24 @@ impl MediaHandle {
         );
     }
 
-    pub async fn publish_offer(
+    async fn publish_offer(
         &self,
         device: DeviceId,
         sdp: String,
-        metadata: DeclaredStreams,
+        declared: DeclaredStreams,
     ) -> Result<PublishAnswer, MediaError> {
         let shard = self.shared.shard_of_device(device);
         self.shared
             .request(shard, |reply| Command::PublishOffer {
                 device,
                 sdp,
-                metadata,
+                metadata: declared,
                 reply,
             })
             .await?
     }
 
-    pub async fn subscribe_answer(&self, device: DeviceId, sdp: String) -> Result<(), MediaError> {
+    async fn subscribe_answer(&self, device: DeviceId, sdp: String) -> Result<(), MediaError> {
         let shard = self.shared.shard_of_device(device);
         self.shared
             .request(shard, |reply| Command::SubscribeAnswer {
@@ -229,35 +230,26 @@ impl MediaHandle {
             })
             .await?
     }
-}
 
-impl MediaHandle {
-    /// Whether `participant` has a live device (a browser or a phone) anywhere.
-    pub fn is_connected(&self, participant: ParticipantId) -> bool {
+    fn is_connected(&self, participant: ParticipantId) -> bool {
         self.shared.placement().is_connected(participant)
     }
 
-    /// Connects a local device (a phone call) publishing one audio stream; what it receives
-    /// arrives on the returned channel.
-    pub async fn connect_local(
+    async fn connect_local(
         &self,
-        account: AccountId,
-        participant: ParticipantId,
-        session: Option<SessionId>,
-        stream: StreamId,
-        alias: Option<StreamAlias>,
+        request: LocalRequest,
     ) -> Result<(DeviceId, mpsc::UnboundedReceiver<LocalDownlink>), MediaError> {
         let connection = self.next_connection.fetch_add(1, Ordering::Relaxed);
-        let shard = self.shared.shard_for(participant, session);
+        let shard = self.shared.shard_for(request.participant, request.session);
         let (downlink, frames) = mpsc::unbounded_channel();
         let device = self
             .shared
             .request(shard, |reply| Command::ConnectLocal {
                 connection,
-                account,
-                participant,
-                stream,
-                alias,
+                account: request.account,
+                participant: request.participant,
+                stream: request.stream,
+                alias: request.alias,
                 downlink,
                 reply,
             })
@@ -265,8 +257,7 @@ impl MediaHandle {
         Ok((device, frames))
     }
 
-    /// An Opus frame of a local device's stream (RTP time at 48 kHz).
-    pub fn write_local(&self, device: DeviceId, rtp_time: u64, data: Vec<u8>) {
+    fn write_local(&self, device: DeviceId, rtp_time: u64, data: Vec<u8>) {
         let shard = self.shared.shard_of_device(device);
         let _ = self.shared.send(
             shard,
@@ -278,8 +269,7 @@ impl MediaHandle {
         );
     }
 
-    /// The local device's call ended: its stream is unpublished.
-    pub fn remove_local(&self, device: DeviceId) {
+    fn remove_local(&self, device: DeviceId) {
         let shard = self.shared.shard_of_device(device);
         let _ = self
             .shared
@@ -289,10 +279,6 @@ impl MediaHandle {
 
 /// Datagrams taken from the socket in one go before the driver looks at anything else.
 const RECEIVE_BATCH: usize = 64;
-
-/// One signalling connection of a device (a device may be resumed by a later connection).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Connection(u64);
 
 /// One shard: its engine's config and its bound socket.
 pub struct ShardSetup {

@@ -26,12 +26,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{broadcast, mpsc, watch};
 
-use crate::control::{Control, ControlError, ControlEvent, DeviceTokenError, LifecycleEvent};
+use crate::control::port::LocalDownlink;
+use crate::control::{AdmittedPhone, ControlEvent, DeviceControl, PhoneRefusal};
 use crate::domain::{AccountId, ParticipantId, SessionId, StreamAlias, StreamId};
 use crate::media::DeviceId;
-use crate::runtime::media::{LocalDownlink, MediaHandle};
-use crate::store::StoreError;
-use crate::token::TokenError;
 
 /// Settings of the SIP bridge.
 #[derive(Debug, Clone)]
@@ -70,8 +68,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 pub async fn spawn(
     listen: SocketAddr,
     settings: SipSettings,
-    control: Control,
-    media: MediaHandle,
+    devices: DeviceControl,
 ) -> std::io::Result<SipHandle> {
     let (udp, tcp) = bind_both(listen).await?;
     let local_addr = udp.local_addr()?;
@@ -90,15 +87,14 @@ pub async fn spawn(
         endpoint: Endpoint::new(EndpointConfig::new(advertised)),
         udp: Arc::new(udp),
         settings,
-        control: control.clone(),
-        media,
+        devices: devices.clone(),
         tx,
         calls: HashMap::new(),
         tcp: HashMap::new(),
         ends: HashMap::new(),
         next_port: 0,
     };
-    tokio::spawn(bridge.run(rx, control.watch(), stop_rx));
+    tokio::spawn(bridge.run(rx, devices.control().watch(), stop_rx));
     Ok(SipHandle { local_addr, stop })
 }
 
@@ -183,8 +179,7 @@ struct Bridge {
     endpoint: Endpoint,
     udp: Arc<UdpSocket>,
     settings: SipSettings,
-    control: Control,
-    media: MediaHandle,
+    devices: DeviceControl,
     tx: mpsc::UnboundedSender<Message>,
     calls: HashMap<CallId, Call>,
     tcp: HashMap<ConnectionId, mpsc::UnboundedSender<Vec<u8>>>,
@@ -249,7 +244,7 @@ impl Bridge {
             }
         }
         for (_, call) in self.calls.drain() {
-            self.media.remove_local(call.device);
+            self.devices.phone_dropped(call.device);
             call.task.abort();
         }
     }
@@ -294,7 +289,7 @@ impl Bridge {
         let phone = match PhoneMedia::new(PhoneConfig::from_negotiated(&negotiated, ssrc)) {
             Ok(p) => p,
             Err(e) => {
-                self.media.remove_local(device);
+                self.devices.phone_dropped(device);
                 let _ = self.endpoint.reject(call, 500, &format!("media: {e}"), now);
                 return;
             }
@@ -305,7 +300,7 @@ impl Bridge {
             .is_err()
         {
             // Cancelled while it was being admitted.
-            self.media.remove_local(device);
+            self.devices.phone_dropped(device);
             return;
         }
         let (commands, commands_rx) = mpsc::unbounded_channel();
@@ -319,16 +314,13 @@ impl Bridge {
             remote: negotiated.remote.filter(|_| negotiated.direction.sends()),
             ptime: Duration::from_millis(u64::from(negotiated.ptime_ms)),
             sources: Default::default(),
-            media: self.media.clone(),
-            control: self.control.clone(),
+            devices: self.devices.clone(),
             bridge: self.tx.clone(),
         };
         let task = tokio::spawn(audio.run(downlink, commands_rx));
         tracing::info!(call = %call, %participant, "phone joined");
-        self.control.device_event(LifecycleEvent::Connected {
-            participant,
-            device: format!("sip-{call}"),
-        });
+        self.devices
+            .phone_joined(participant, format!("sip-{call}"));
         self.calls.insert(
             call,
             Call {
@@ -346,17 +338,15 @@ impl Bridge {
     /// Hangs up the calls of participants no longer in `session`.
     fn check_membership(&self, session: SessionId) {
         for (&call, c) in self.calls.iter().filter(|(_, c)| c.session == session) {
-            let control = self.control.clone();
+            let devices = self.devices.clone();
             let tx = self.tx.clone();
             let (account, participant) = (c.account.clone(), c.participant);
             tokio::spawn(async move {
                 // Hang up only on a definite answer: a store hiccup keeps the call.
-                let gone = match control.participant(&account, participant).await {
-                    Ok(p) => p.session != Some(session),
-                    Err(ControlError::Store(StoreError::ParticipantNotFound)) => true,
-                    Err(_) => false,
-                };
-                if gone {
+                if devices
+                    .definitely_left(&account, participant, session)
+                    .await
+                {
                     let _ = tx.send(Message::Hangup(call));
                 }
             });
@@ -415,8 +405,7 @@ impl Bridge {
                         sdp_offer,
                         self.settings.clone(),
                         port,
-                        self.control.clone(),
-                        self.media.clone(),
+                        self.devices.clone(),
                         self.tx.clone(),
                     ));
                 }
@@ -464,13 +453,13 @@ impl Bridge {
         };
         // The audio task logs the call's stats and stops.
         let _ = c.media.send(CallCommand::End(end));
-        self.media.remove_local(c.device);
         tracing::debug!(call = %call, ends = ?self.ends, "calls ended so far, by how");
-        self.control.device_event(LifecycleEvent::Disconnected {
-            participant: c.participant,
-            device: format!("sip-{call}"),
-            left: matches!(end, CallEnd::RemoteBye),
-        });
+        self.devices.phone_ended(
+            c.device,
+            c.participant,
+            format!("sip-{call}"),
+            matches!(end, CallEnd::RemoteBye),
+        );
     }
 
     /// The next RTP port to try (0 when any free port will do).
@@ -498,8 +487,7 @@ struct CallMedia {
     ptime: Duration,
     /// The downlink sources fed into the mixer so far.
     sources: std::collections::HashSet<u64>,
-    media: MediaHandle,
-    control: Control,
+    devices: DeviceControl,
     bridge: mpsc::UnboundedSender<Message>,
 }
 
@@ -557,14 +545,11 @@ impl CallMedia {
             tracing::trace!(call = %self.call, error = %e, "unusable RTP from the phone");
         }
         while let Some(frame) = self.phone.poll_uplink(now) {
-            self.media
-                .write_local(self.device, u64::from(frame.rtp_time_48k), frame.opus);
+            self.devices
+                .phone_audio(self.device, u64::from(frame.rtp_time_48k), frame.opus);
         }
         while let Some(digit) = self.phone.poll_dtmf() {
-            self.control.device_event(LifecycleEvent::PhoneDtmf {
-                participant: self.participant,
-                digit,
-            });
+            self.devices.phone_dtmf(self.participant, digit);
         }
     }
 
@@ -638,7 +623,7 @@ async fn bind_rtp(settings: &SipSettings, port: u16) -> std::io::Result<UdpSocke
     Err(std::io::Error::other("no free RTP port in --rtp-ports"))
 }
 
-/// Decides about an arriving call (reference §4.2) and reports to the driver.
+/// Admits an arriving call (reference §4.2) and reports to the driver.
 #[allow(clippy::too_many_arguments)]
 async fn admit(
     call: CallId,
@@ -646,43 +631,25 @@ async fn admit(
     sdp_offer: Option<String>,
     settings: SipSettings,
     port: u16,
-    control: Control,
-    media: MediaHandle,
+    devices: DeviceControl,
     tx: mpsc::UnboundedSender<Message>,
 ) {
-    let result = admit_inner(user_to_user, sdp_offer, &settings, port, &control, &media).await;
+    let result = admit_inner(user_to_user, sdp_offer, &settings, port, &devices).await;
     let _ = tx.send(Message::Admitted(call, result.map(Box::new)));
 }
 
+/// Control decides whether the participant may join; this adds what is SIP's own: the token
+/// found in `User-To-User`, an SDP offer with a common codec, an RTP port.
 async fn admit_inner(
     user_to_user: Vec<String>,
     sdp_offer: Option<String>,
     settings: &SipSettings,
     port: u16,
-    control: &Control,
-    media: &MediaHandle,
+    devices: &DeviceControl,
 ) -> Result<Admitted, Refusal> {
     let token = uui::participant_token(&user_to_user)
         .map_err(|e| Refusal::new(403, format!("no participant token: {e}")))?;
-    let verified = match control.verify_device_token(&token).await {
-        Ok(v) => v,
-        Err(DeviceTokenError::Token(TokenError::Revoked)) => {
-            return Err(Refusal::new(404, "participant not found"))
-        }
-        Err(DeviceTokenError::Token(e)) => return Err(Refusal::new(403, e.to_string())),
-        Err(DeviceTokenError::Store(e)) => {
-            tracing::warn!(error = %e, "cannot verify a phone's token");
-            return Err(Refusal::new(503, "try again later"));
-        }
-    };
-    let participant = verified.participant.id;
-    let session = verified
-        .participant
-        .session
-        .ok_or_else(|| Refusal::new(480, "participant is in no session"))?;
-    if media.is_connected(participant) {
-        return Err(Refusal::new(486, "participant already connected"));
-    }
+    let phone = devices.admit_phone(&token).await.map_err(refusal)?;
     let offer = sdp_offer.ok_or_else(|| Refusal::new(488, "an SDP offer is required"))?;
     let rtp = bind_rtp(settings, port)
         .await
@@ -692,18 +659,17 @@ async fn admit_inner(
         .map_err(|e| Refusal::new(e.sip_status(), e.to_string()))?;
     let stream = StreamId::parse(&format!("phone-{}", uuid::Uuid::new_v4().simple()))
         .map_err(|e| Refusal::new(500, e.to_string()))?;
-    let (device, downlink) = media
-        .connect_local(
-            verified.claims.account.clone(),
-            participant,
-            Some(session),
-            stream,
-            settings.stream_alias.clone(),
-        )
+    let (device, downlink) = devices
+        .connect_phone(&phone, stream, settings.stream_alias.clone())
         .await
         .map_err(|e| Refusal::new(503, e.to_string()))?;
+    let AdmittedPhone {
+        account,
+        participant,
+        session,
+    } = phone;
     Ok(Admitted {
-        account: verified.claims.account,
+        account,
         participant,
         session,
         device,
@@ -711,6 +677,18 @@ async fn admit_inner(
         rtp: Arc::new(rtp),
         negotiated,
     })
+}
+
+/// The SIP status and reason of control's refusal.
+fn refusal(refusal: PhoneRefusal) -> Refusal {
+    let code = match refusal {
+        PhoneRefusal::BadToken(_) => 403,
+        PhoneRefusal::ParticipantNotFound => 404,
+        PhoneRefusal::NotInSession => 480,
+        PhoneRefusal::AlreadyConnected => 486,
+        PhoneRefusal::Unavailable => 503,
+    };
+    Refusal::new(code, refusal.to_string())
 }
 
 async fn accept_tcp(listener: TcpListener, tx: mpsc::UnboundedSender<Message>) {

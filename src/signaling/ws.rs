@@ -1,5 +1,5 @@
-//! The device connection loop: one task per WebSocket, translating JSON-RPC to media-driver
-//! commands and driver notices to JSON-RPC notifications.
+//! The device connection loop: one task per WebSocket, translating JSON-RPC to control's
+//! device verbs ([`DeviceControl`]) and the media plane's notices to JSON-RPC notifications.
 
 use std::collections::HashMap;
 
@@ -14,18 +14,17 @@ use tokio::sync::mpsc;
 
 use super::rpc::{self, RpcError, RpcRequest};
 use super::wire::{self, PublishMetadata};
-use crate::control::{Control, LifecycleEvent};
-use crate::media::{DeviceId, MediaError};
-use crate::runtime::media::{DeviceNotice, MediaHandle};
+use crate::control::port::DeviceNotice;
+use crate::control::{ConnectError, ConnectedDevice, DeviceControl};
+use crate::media::MediaError;
 
 /// Largest accepted frame: `deviceDiagnostics` batches logs with SDPs, several MB at times.
 pub const MAX_FRAME_BYTES: usize = 8 * 1024 * 1024;
 
-/// What device connections share.
+/// What device connections share: control's device verbs.
 #[derive(Clone)]
 pub struct SignalingState {
-    pub control: Control,
-    pub media: MediaHandle,
+    pub devices: DeviceControl,
 }
 
 /// `/v3` and `/v3/` (duplicated leading slashes are folded by the app).
@@ -56,44 +55,25 @@ async fn close(mut socket: WebSocket, reason: &str) {
 
 async fn connection(state: SignalingState, query: HashMap<String, String>, mut socket: WebSocket) {
     let token = query.get("token").map(String::as_str).unwrap_or_default();
-    let verified = match state.control.verify_device_token(token).await {
-        Ok(v) => v,
-        Err(e) => {
-            tracing::info!(error = %e, "device refused");
-            return close(socket, &format!("refused: {e}")).await;
-        }
-    };
-    let participant = verified.participant.id;
     let unique_id = query.get("uniqueId").cloned().unwrap_or_default();
     let (notices_tx, mut notices) = mpsc::unbounded_channel();
-    let (device, connection) = match state
-        .media
-        .connect(
-            verified.claims.account.clone(),
-            participant,
-            verified.participant.session,
-            verified.participant.publish_permissions,
-            unique_id.clone(),
-            notices_tx,
-        )
-        .await
-    {
-        Ok(c) => c,
-        Err(e) => return close(socket, &format!("unavailable: {e}")).await,
+    let device = match state.devices.connect(token, unique_id, notices_tx).await {
+        Ok(d) => d,
+        Err(e @ ConnectError::Refused(_)) => {
+            tracing::info!(error = %e, "device refused");
+            return close(socket, &e.to_string()).await;
+        }
+        Err(e @ ConnectError::Unavailable(_)) => return close(socket, &e.to_string()).await,
     };
-    state.control.device_event(LifecycleEvent::Connected {
-        participant,
-        device: unique_id.clone(),
-    });
     let mut left = false;
     loop {
         tokio::select! {
             frame = socket.recv() => match frame {
                 Some(Ok(Message::Text(text))) => {
-                    let (reply, leave) = handle_frame(&state, device, text.as_str()).await;
+                    let (reply, leave) = handle_frame(&state, &device, text.as_str()).await;
                     if leave && !left {
                         left = true;
-                        state.media.disconnect(connection, device, true);
+                        state.devices.leave(&device);
                     }
                     if let Some(reply) = reply {
                         if socket.send(Message::Text(reply.into())).await.is_err() {
@@ -128,14 +108,7 @@ async fn connection(state: SignalingState, query: HashMap<String, String>, mut s
             },
         }
     }
-    if !left {
-        state.media.disconnect(connection, device, false);
-    }
-    state.control.device_event(LifecycleEvent::Disconnected {
-        participant,
-        device: unique_id,
-        left,
-    });
+    state.devices.disconnected(device, left);
 }
 
 #[derive(Deserialize)]
@@ -168,7 +141,7 @@ fn refused(e: MediaError) -> RpcError {
 /// was the device's `leave`.
 async fn handle_frame(
     state: &SignalingState,
-    device: DeviceId,
+    device: &ConnectedDevice,
     text: &str,
 ) -> (Option<String>, bool) {
     let request = match RpcRequest::parse(text) {
@@ -182,7 +155,7 @@ async fn handle_frame(
             .and_then(|p| Ok((p.media_metadata.declared_streams()?, p.sdp_offer)))
         {
             Ok((declared, sdp)) => state
-                .media
+                .devices
                 .publish_offer(device, sdp, declared)
                 .await
                 .map_err(refused)
@@ -194,7 +167,7 @@ async fn handle_frame(
         },
         "answerSdp" => match params::<AnswerSdpParams>(request.params) {
             Ok(p) => state
-                .media
+                .devices
                 .subscribe_answer(device, p.sdp_answer)
                 .await
                 .map(|()| json!({}))
@@ -203,7 +176,11 @@ async fn handle_frame(
         },
         "leave" => Ok(json!({})), // the connection loop ends the device's media
         "deviceDiagnostics" => {
-            tracing::debug!(device = device.0, bytes = text.len(), "device diagnostics");
+            tracing::debug!(
+                device = device.device.0,
+                bytes = text.len(),
+                "device diagnostics"
+            );
             Ok(json!({}))
         }
         other => Err(RpcError::new(

@@ -1,0 +1,266 @@
+//! Device verbs: what a browser's signalling connection and a phone call do, decided here and
+//! carried out through the [`MediaPort`]. Signaling and the SIP runtime call these verbs and
+//! nothing else of the media plane: connect with a token, publish, answer, leave; admit a
+//! phone, feed and drain its audio, hang it up.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::port::{
+    Connection, DeviceNotice, DeviceRequest, LocalDownlink, LocalRequest, MediaPort,
+};
+use super::{Control, DeviceTokenError, LifecycleEvent};
+use crate::domain::{AccountId, ParticipantId, SessionId, StreamAlias, StreamId};
+use crate::media::{DeclaredStreams, DeviceId, MediaError, PublishAnswer};
+use crate::token::TokenError;
+
+/// Control's device verbs, bound to the media plane. Cheap to clone.
+#[derive(Clone)]
+pub struct DeviceControl {
+    control: Control,
+    media: Arc<dyn MediaPort>,
+}
+
+/// A browser device connected through control: what its connection needs to act later.
+#[derive(Debug, Clone)]
+pub struct ConnectedDevice {
+    pub device: DeviceId,
+    pub participant: ParticipantId,
+    pub unique_id: String,
+    connection: Connection,
+}
+
+/// Why a device could not connect.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The token is missing, invalid, expired or revoked: do not retry with it.
+    #[error("refused: {0}")]
+    Refused(#[source] DeviceTokenError),
+    /// The token could not be checked now, or the media plane is down: retry later.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A phone call that passed admission.
+#[derive(Debug, Clone)]
+pub struct AdmittedPhone {
+    pub account: AccountId,
+    pub participant: ParticipantId,
+    pub session: SessionId,
+}
+
+/// Why a phone call is refused (the SIP runtime renders each as a status and a `Reason`).
+#[derive(Debug, thiserror::Error)]
+pub enum PhoneRefusal {
+    #[error("{0}")]
+    BadToken(TokenError),
+    #[error("participant not found")]
+    ParticipantNotFound,
+    #[error("participant is in no session")]
+    NotInSession,
+    #[error("participant already connected")]
+    AlreadyConnected,
+    #[error("try again later")]
+    Unavailable,
+}
+
+impl DeviceControl {
+    pub fn new(control: Control, media: Arc<dyn MediaPort>) -> DeviceControl {
+        DeviceControl { control, media }
+    }
+
+    /// The orchestrator these verbs belong to.
+    pub fn control(&self) -> &Control {
+        &self.control
+    }
+
+    // ---- browsers ---------------------------------------------------------------------------
+
+    /// A device connects with its token: verified, placed in the media plane, announced.
+    /// Notices for its connection (offers, close) arrive on `notices`.
+    pub async fn connect(
+        &self,
+        token: &str,
+        unique_id: String,
+        notices: mpsc::UnboundedSender<DeviceNotice>,
+    ) -> Result<ConnectedDevice, ConnectError> {
+        let verified = match self.control.verify_device_token(token).await {
+            Ok(v) => v,
+            Err(DeviceTokenError::Store(e)) => {
+                tracing::warn!(error = %e, "cannot verify a device token");
+                return Err(ConnectError::Unavailable("try again later".into()));
+            }
+            Err(e) => return Err(ConnectError::Refused(e)),
+        };
+        let participant = verified.participant.id;
+        let request = DeviceRequest {
+            account: verified.claims.account,
+            participant,
+            session: verified.participant.session,
+            permissions: verified.participant.publish_permissions,
+            unique_id: unique_id.clone(),
+        };
+        let (device, connection) = self
+            .media
+            .connect(request, notices)
+            .await
+            .map_err(|e| ConnectError::Unavailable(e.to_string()))?;
+        self.control.device_event(LifecycleEvent::Connected {
+            participant,
+            device: unique_id.clone(),
+        });
+        Ok(ConnectedDevice {
+            device,
+            participant,
+            unique_id,
+            connection,
+        })
+    }
+
+    /// The device's publish offer (`offerSdp`).
+    pub async fn publish_offer(
+        &self,
+        device: &ConnectedDevice,
+        sdp: String,
+        declared: DeclaredStreams,
+    ) -> Result<PublishAnswer, MediaError> {
+        self.media.publish_offer(device.device, sdp, declared).await
+    }
+
+    /// The device's answer to its pending subscribe offer (`answerSdp`).
+    pub async fn subscribe_answer(
+        &self,
+        device: &ConnectedDevice,
+        sdp: String,
+    ) -> Result<(), MediaError> {
+        self.media.subscribe_answer(device.device, sdp).await
+    }
+
+    /// The device said `leave`: its media ends now.
+    pub fn leave(&self, device: &ConnectedDevice) {
+        self.media
+            .disconnect(device.connection, device.device, true);
+    }
+
+    /// The connection is over (`left`: after `leave`). Without `leave` the media plane keeps
+    /// the device for a while, for the SDK's reconnect.
+    pub fn disconnected(&self, device: ConnectedDevice, left: bool) {
+        if !left {
+            self.media
+                .disconnect(device.connection, device.device, false);
+        }
+        self.control.device_event(LifecycleEvent::Disconnected {
+            participant: device.participant,
+            device: device.unique_id,
+            left,
+        });
+    }
+
+    // ---- phones -----------------------------------------------------------------------------
+
+    /// Decides whether a call carrying `token` may join (reference §4.2).
+    pub async fn admit_phone(&self, token: &str) -> Result<AdmittedPhone, PhoneRefusal> {
+        let verified = match self.control.verify_device_token(token).await {
+            Ok(v) => v,
+            Err(DeviceTokenError::Token(TokenError::Revoked)) => {
+                return Err(PhoneRefusal::ParticipantNotFound)
+            }
+            Err(DeviceTokenError::Token(e)) => return Err(PhoneRefusal::BadToken(e)),
+            Err(DeviceTokenError::Store(e)) => {
+                tracing::warn!(error = %e, "cannot verify a phone's token");
+                return Err(PhoneRefusal::Unavailable);
+            }
+        };
+        let participant = verified.participant.id;
+        let session = verified
+            .participant
+            .session
+            .ok_or(PhoneRefusal::NotInSession)?;
+        if self.media.is_connected(participant) {
+            return Err(PhoneRefusal::AlreadyConnected);
+        }
+        Ok(AdmittedPhone {
+            account: verified.claims.account,
+            participant,
+            session,
+        })
+    }
+
+    /// An admitted phone whose media was negotiated joins the media plane as a local device
+    /// publishing `stream`.
+    pub async fn connect_phone(
+        &self,
+        phone: &AdmittedPhone,
+        stream: StreamId,
+        alias: Option<StreamAlias>,
+    ) -> Result<(DeviceId, mpsc::UnboundedReceiver<LocalDownlink>), MediaError> {
+        self.media
+            .connect_local(LocalRequest {
+                account: phone.account.clone(),
+                participant: phone.participant,
+                session: Some(phone.session),
+                stream,
+                alias,
+            })
+            .await
+    }
+
+    /// The call is answered: announced like a browser's connection.
+    pub fn phone_joined(&self, participant: ParticipantId, call: String) {
+        self.control.device_event(LifecycleEvent::Connected {
+            participant,
+            device: call,
+        });
+    }
+
+    /// An Opus frame of the phone's audio (RTP time at 48 kHz).
+    pub fn phone_audio(&self, device: DeviceId, rtp_time: u64, data: Vec<u8>) {
+        self.media.write_local(device, rtp_time, data);
+    }
+
+    /// The phone pressed a key.
+    pub fn phone_dtmf(&self, participant: ParticipantId, digit: char) {
+        self.control
+            .device_event(LifecycleEvent::PhoneDtmf { participant, digit });
+    }
+
+    /// The phone's media ends (the call was refused late, or failed to start).
+    pub fn phone_dropped(&self, device: DeviceId) {
+        self.media.remove_local(device);
+    }
+
+    /// The call ended (`left`: the phone hung up): its media ends and its participant's
+    /// device is gone.
+    pub fn phone_ended(
+        &self,
+        device: DeviceId,
+        participant: ParticipantId,
+        call: String,
+        left: bool,
+    ) {
+        self.media.remove_local(device);
+        self.control.device_event(LifecycleEvent::Disconnected {
+            participant,
+            device: call,
+            left,
+        });
+    }
+
+    /// Whether `participant` is definitely no longer a member of `session` (deleted, or in
+    /// another session or none); a store hiccup answers `false`.
+    pub async fn definitely_left(
+        &self,
+        account: &AccountId,
+        participant: ParticipantId,
+        session: SessionId,
+    ) -> bool {
+        match self.control.participant(account, participant).await {
+            Ok(p) => p.session != Some(session),
+            Err(e) => matches!(
+                e,
+                super::ControlError::Store(crate::store::StoreError::ParticipantNotFound)
+            ),
+        }
+    }
+}

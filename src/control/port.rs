@@ -1,0 +1,78 @@
+//! The media port: the verbs control needs from the media plane, defined here and implemented
+//! by the runtime (`runtime::media::MediaHandle`). Control never imports the runtime; the
+//! adapters (signaling, the SIP runtime) reach the media plane only through control's device
+//! verbs ([`super::DeviceControl`]), which use this port.
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+use crate::domain::{
+    AccountId, ParticipantId, PublishPermissions, SessionId, StreamAlias, StreamId,
+};
+use crate::media::{DeclaredStreams, DeviceId, MediaError, PublishAnswer};
+pub use crate::media::{DeviceNotice, LocalDownlink};
+
+/// One signalling connection of a device (a device may be resumed by a later connection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Connection(pub u64);
+
+/// A browser device asking to be connected.
+#[derive(Debug, Clone)]
+pub struct DeviceRequest {
+    pub account: AccountId,
+    pub participant: ParticipantId,
+    /// Its session now, if any: it decides where the device is placed.
+    pub session: Option<SessionId>,
+    pub permissions: PublishPermissions,
+    /// The SDK instance's `uniqueId`: the same one reconnecting resumes the device.
+    pub unique_id: String,
+}
+
+/// A local device (a phone call) asking to be connected: it publishes one audio stream.
+#[derive(Debug, Clone)]
+pub struct LocalRequest {
+    pub account: AccountId,
+    pub participant: ParticipantId,
+    pub session: Option<SessionId>,
+    pub stream: StreamId,
+    pub alias: Option<StreamAlias>,
+}
+
+/// The media plane as control sees it.
+#[async_trait]
+pub trait MediaPort: Send + Sync + 'static {
+    /// Registers a device connection; notices for it arrive on `notices`.
+    async fn connect(
+        &self,
+        request: DeviceRequest,
+        notices: mpsc::UnboundedSender<DeviceNotice>,
+    ) -> Result<(DeviceId, Connection), MediaError>;
+
+    /// The connection ended. After `leave` the device's media ends at once; otherwise it is
+    /// kept for a grace period so that the SDK's automatic reconnect can resume it.
+    fn disconnect(&self, connection: Connection, device: DeviceId, left: bool);
+
+    async fn publish_offer(
+        &self,
+        device: DeviceId,
+        sdp: String,
+        declared: DeclaredStreams,
+    ) -> Result<PublishAnswer, MediaError>;
+
+    async fn subscribe_answer(&self, device: DeviceId, sdp: String) -> Result<(), MediaError>;
+
+    /// Connects a local device; what it receives arrives on the returned channel.
+    async fn connect_local(
+        &self,
+        request: LocalRequest,
+    ) -> Result<(DeviceId, mpsc::UnboundedReceiver<LocalDownlink>), MediaError>;
+
+    /// An Opus frame of a local device's stream (RTP time at 48 kHz).
+    fn write_local(&self, device: DeviceId, rtp_time: u64, data: Vec<u8>);
+
+    /// The local device's call ended: its stream is unpublished.
+    fn remove_local(&self, device: DeviceId);
+
+    /// Whether `participant` has a live device (a browser or a phone) anywhere.
+    fn is_connected(&self, participant: ParticipantId) -> bool;
+}
