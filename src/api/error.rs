@@ -13,7 +13,6 @@ use uuid::Uuid;
 
 use crate::control::ControlError;
 use crate::domain::DomainError;
-use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -111,32 +110,14 @@ impl From<DomainError> for Error {
     }
 }
 
-impl From<StoreError> for Error {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::AccountNotFound => Error::NotFound("account not found".into()),
-            StoreError::SessionNotFound => Error::NotFound("session not found".into()),
-            StoreError::ParticipantNotFound => Error::NotFound("participant not found".into()),
-            StoreError::NotAMember => Error::NotFound("participant is not a member of this session".into()),
-            e @ StoreError::SessionFull => Error::Conflict(e.to_string()),
-            e @ StoreError::InAnotherSession(_) => Error::Conflict(format!(
-                "{e}; remove it from that session first (a participant belongs to at most one session)"
-            )),
-            e @ StoreError::AccountExists(_) => Error::Conflict(e.to_string()),
-            StoreError::UnknownPublisher(p) => Error::BadRequest(format!(
-                "participants: participant {p} does not exist in this account"
-            )),
-            StoreError::Backend(sqlx::Error::PoolTimedOut) => Error::Unavailable("database pool timed out".into()),
-            e @ (StoreError::Corrupt(_) | StoreError::Backend(_)) => Error::Internal(e.to_string()),
-        }
-    }
-}
-
 impl From<ControlError> for Error {
     fn from(e: ControlError) -> Self {
         match e {
-            ControlError::Store(e) => e.into(),
-            e @ ControlError::NotAMember(_) => Error::NotFound(e.to_string()),
+            e @ ControlError::NotFound(_) => Error::NotFound(e.to_string()),
+            e @ ControlError::Conflict(_) => Error::Conflict(e.to_string()),
+            e @ ControlError::Invalid(_) => Error::BadRequest(e.to_string()),
+            e @ ControlError::Unavailable { .. } => Error::Unavailable(e.to_string()),
+            e @ ControlError::Internal { .. } => Error::Internal(e.to_string()),
         }
     }
 }

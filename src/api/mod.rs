@@ -93,8 +93,7 @@ async fn healthz() -> impl IntoResponse {
 async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, Error> {
     state
         .control
-        .store()
-        .ping()
+        .ready()
         .await
         .map_err(|e| Error::Unavailable(format!("database unreachable: {e}")))?;
     Ok((StatusCode::OK, Json(serde_json::json!({"status": "ready"}))))

@@ -25,7 +25,7 @@ impl Control {
             .store
             .participant(&claims.account, claims.participant)
             .await
-            .map_err(DeviceTokenError::Store)?
+            .map_err(super::ControlError::from)?
             .ok_or(DeviceTokenError::Token(TokenError::Revoked))?;
         Ok(VerifiedDevice {
             claims,

@@ -2,14 +2,15 @@
 //!
 //! Control owns the sequence "check, write the store, recompile the affected session's
 //! forwarding table, publish the difference". Adapters (REST, signaling, the SIP bridge) call
-//! it with domain types and render its results; they never touch the store. After each change
-//! to membership or subscriptions, Control recompiles the session with the pure [`Routing`]
-//! core and sends a [`RoutingUpdate`] (the table diff) to whoever watches (the media plane),
-//! so engines only ever apply differences.
+//! it with domain types and render its results; they never touch the store, and they only see
+//! control's own errors ([`ControlError`]), never the store's. After each change to membership
+//! or subscriptions, Control recompiles the session with the pure [`Routing`] core and sends a
+//! [`RoutingUpdate`] (the table diff) to whoever watches (the media plane), so engines only
+//! ever apply differences.
 //!
 //! Files, by concern:
-//! - `mod.rs`: [`Control`], its constructor and event subscription.
-//! - `error.rs`: [`ControlError`] and [`DeviceTokenError`].
+//! - `mod.rs`: [`Control`], its constructor, readiness and event subscription.
+//! - `error.rs`: [`ControlError`] and its vocabulary; the one translation of the store's errors.
 //! - `auth.rs`: API credentials ([`Control::create_account`], [`Control::authenticate`]) and
 //!   their cache.
 //! - `devices.rs`: device-token verification and device lifecycle events.
@@ -37,7 +38,7 @@ use crate::token::{self, TokenKeys};
 
 pub use auth::NewCredentials;
 pub use devices::VerifiedDevice;
-pub use error::{ControlError, DeviceTokenError};
+pub use error::{Conflict, ControlError, DeviceTokenError, Invalid, Resource, Source};
 pub use events::{ControlEvent, LifecycleEvent, RoutingUpdate};
 pub use routing::Routing;
 pub use sessions::NewParticipant;
@@ -77,8 +78,9 @@ impl Control {
         })
     }
 
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.inner.store
+    /// Can control serve verbs now (its database answers)?
+    pub async fn ready(&self) -> Result<(), ControlError> {
+        Ok(self.inner.store.ping().await?)
     }
 
     /// Routing updates and deletions, in the order they were made.

@@ -3,12 +3,11 @@
 
 use std::time::SystemTime;
 
-use super::{Control, ControlError, ControlEvent};
+use super::{Control, ControlError, ControlEvent, Resource};
 use crate::domain::{
     AccountId, CallbackUrl, DeviceApiVersion, Participant, ParticipantId, PublishPermissions,
     Session, SessionId, Subscriptions, Tag,
 };
-use crate::store::StoreError;
 
 /// What a new participant is created with.
 #[derive(Debug, Clone, Default)]
@@ -55,7 +54,7 @@ impl Control {
             .store
             .participant(account, id)
             .await?
-            .ok_or(StoreError::ParticipantNotFound.into())
+            .ok_or(ControlError::NotFound(Resource::Participant))
     }
 
     /// Deletes a participant; its token stops working at once.
@@ -98,7 +97,7 @@ impl Control {
             .store
             .session(account, id)
             .await?
-            .ok_or(StoreError::SessionNotFound.into())
+            .ok_or(ControlError::NotFound(Resource::Session))
     }
 
     pub async fn delete_session(
@@ -161,7 +160,7 @@ impl Control {
         self.session(account, session).await?;
         let p = self.participant(account, participant).await?;
         if p.session != Some(session) {
-            return Err(ControlError::NotAMember(session));
+            return Err(ControlError::NotFound(Resource::Member(Some(session))));
         }
         Ok(p.subscriptions)
     }

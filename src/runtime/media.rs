@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::control::{Control, ControlError, ControlEvent};
+use crate::control::{Control, ControlError, ControlEvent, Resource};
 use crate::domain::{
     AccountId, ParticipantId, PublishPermissions, SessionId, StreamAlias, StreamId,
 };
@@ -32,7 +32,6 @@ use crate::media::{
     DeviceId, Engine, EngineConfig, EngineEvent, MediaError, MovedDevice, PublishAnswer,
     PublishMetadata, SourceKey, SubscribeOffer,
 };
-use crate::store::StoreError;
 
 /// What the driver tells a device connection.
 #[derive(Debug)]
@@ -745,8 +744,8 @@ impl Shard {
                         match control.set_published(&account, participant, streams).await {
                             Ok(()) => {}
                             // Deleted meanwhile (a device leaving just before a REST delete).
-                            Err(ControlError::Store(
-                                StoreError::ParticipantNotFound | StoreError::SessionNotFound,
+                            Err(ControlError::NotFound(
+                                Resource::Participant | Resource::Session,
                             )) => {}
                             Err(e) => tracing::warn!(error = %e, "cannot record published streams"),
                         }

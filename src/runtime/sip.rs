@@ -26,11 +26,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{broadcast, mpsc, watch};
 
-use crate::control::{Control, ControlError, ControlEvent, DeviceTokenError, LifecycleEvent};
+use crate::control::{
+    Control, ControlError, ControlEvent, DeviceTokenError, LifecycleEvent, Resource,
+};
 use crate::domain::{AccountId, ParticipantId, SessionId, StreamAlias, StreamId};
 use crate::media::DeviceId;
 use crate::runtime::media::{LocalDownlink, MediaHandle};
-use crate::store::StoreError;
 use crate::token::TokenError;
 
 /// Settings of the SIP bridge.
@@ -353,7 +354,7 @@ impl Bridge {
                 // Hang up only on a definite answer: a store hiccup keeps the call.
                 let gone = match control.participant(&account, participant).await {
                     Ok(p) => p.session != Some(session),
-                    Err(ControlError::Store(StoreError::ParticipantNotFound)) => true,
+                    Err(ControlError::NotFound(Resource::Participant)) => true,
                     Err(_) => false,
                 };
                 if gone {
@@ -670,7 +671,7 @@ async fn admit_inner(
             return Err(Refusal::new(404, "participant not found"))
         }
         Err(DeviceTokenError::Token(e)) => return Err(Refusal::new(403, e.to_string())),
-        Err(DeviceTokenError::Store(e)) => {
+        Err(DeviceTokenError::Control(e)) => {
             tracing::warn!(error = %e, "cannot verify a phone's token");
             return Err(Refusal::new(503, "try again later"));
         }
