@@ -1,10 +1,17 @@
 //! `api::Error`: every way a REST request can fail, rendered as the reference's JSON bodies.
 //!
 //! 400/404/405/409/413/5xx: `{"error": "<message>", "requestId": "<uuid>"}`;
-//! 401: `{"message": "Unauthorized"}` with `WWW-Authenticate: Basic`. Server faults are logged
-//! once, here, with their request id; their details never reach the client.
+//! 401: `{"message": "Unauthorized"}` with `WWW-Authenticate: Basic`.
+//!
+//! Rendering ([`IntoResponse`]) is pure: it builds the body and nothing else. A server fault
+//! (5xx) gets a safe message in its body, and its details travel with the response as a
+//! [`ServerFault`] extension; [`log_server_faults`], a layer of the API router, logs each one
+//! once with the same request id as the body, and takes the extension off the response.
 
-use axum::http::{header, StatusCode};
+use std::sync::Arc;
+
+use axum::extract::rejection::{BytesRejection, RawPathParamsRejection};
+use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
@@ -13,26 +20,61 @@ use uuid::Uuid;
 
 use crate::control::ControlError;
 use crate::domain::DomainError;
-use crate::store::StoreError;
 
+/// Why a REST request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{0}")]
-    BadRequest(String),
+    /// Control's answer (not found, conflict, invalid) or fault (unavailable, internal).
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    /// A value of the request is not a valid domain value; the message names the field.
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    /// The request body cannot be read or parsed.
+    #[error(transparent)]
+    Body(#[from] BodyError),
+    /// The path's parameters cannot be read.
+    #[error("path: {0}")]
+    Path(#[from] RawPathParamsRejection),
     #[error("Unauthorized")]
     Unauthorized,
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    MethodNotAllowed(String),
-    #[error("{0}")]
-    Conflict(String),
-    #[error("{0}")]
-    PayloadTooLarge(String),
-    #[error("{0}")]
-    Unavailable(String),
-    #[error("{0}")]
-    Internal(String),
+    #[error("no such endpoint: {method} {path}")]
+    NoSuchEndpoint { method: Method, path: String },
+    #[error("method {method} is not allowed on {path}")]
+    MethodNotAllowed { method: Method, path: String },
+    /// Readiness failed: control cannot serve verbs now.
+    #[error("database unreachable: {0}")]
+    NotReady(ControlError),
+    /// A handler asked for a path parameter its route does not have (a bug).
+    #[error("route has no {0}")]
+    RouteWithout(&'static str),
+}
+
+/// Why a request body was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("request body exceeds {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("request body: {0}")]
+    Unreadable(BytesRejection),
+    #[error("request body is not UTF-8")]
+    NotUtf8,
+    #[error("request body is not valid JSON: {0}")]
+    NotJson(serde_json::Error),
+    /// Valid JSON of the wrong shape as a whole.
+    #[error("request body: {0}")]
+    Shape(serde_json::Error),
+    /// Valid JSON with a wrong value at `path`.
+    #[error("{path}: {error}")]
+    Field {
+        path: String,
+        error: serde_json::Error,
+    },
+    /// A required body is absent; says what was expected.
+    #[error("request body: expected {0}")]
+    Missing(&'static str),
+    #[error("request body: names {given} participants; a session has at most {max}")]
+    TooManyParticipants { given: usize, max: usize },
 }
 
 /// The error body of 400, 404, 405, 409, 413 and 5xx responses.
@@ -51,17 +93,32 @@ pub struct UnauthorizedBody {
     pub message: String,
 }
 
+/// A server fault carried by its response (as an extension) to the layer that logs it.
+#[derive(Debug, Clone)]
+pub struct ServerFault {
+    /// The `requestId` of the response body.
+    pub request_id: String,
+    pub error: Arc<Error>,
+}
+
 impl Error {
     pub fn status(&self) -> StatusCode {
         match self {
-            Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::Control(e) => match e {
+                ControlError::NotFound(_) => StatusCode::NOT_FOUND,
+                ControlError::Conflict(_) => StatusCode::CONFLICT,
+                ControlError::Invalid(_) => StatusCode::BAD_REQUEST,
+                ControlError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+                ControlError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            Error::Domain(_) | Error::Path(_) => StatusCode::BAD_REQUEST,
+            Error::Body(BodyError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::Body(_) => StatusCode::BAD_REQUEST,
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
-            Error::NotFound(_) => StatusCode::NOT_FOUND,
-            Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Error::Conflict(_) => StatusCode::CONFLICT,
-            Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::NoSuchEndpoint { .. } => StatusCode::NOT_FOUND,
+            Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Error::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::RouteWithout(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
@@ -81,62 +138,185 @@ impl IntoResponse for Error {
                 .into_response();
         }
         let request_id = Uuid::new_v4().to_string();
-        let message = match &self {
-            Error::Internal(detail) | Error::Unavailable(detail) => {
-                tracing::error!(%request_id, %status, error = %detail, "request failed");
-                if status == StatusCode::SERVICE_UNAVAILABLE {
-                    "service temporarily unavailable; retry later".to_owned()
-                } else {
-                    "internal server error".to_owned()
-                }
+        let message = match status {
+            StatusCode::SERVICE_UNAVAILABLE => {
+                "service temporarily unavailable; retry later".to_owned()
             }
-            other => other.to_string(),
+            s if s.is_server_error() => "internal server error".to_owned(),
+            _ => self.to_string(),
         };
         let body = Json(ErrorBody {
             error: message,
-            request_id,
+            request_id: request_id.clone(),
         });
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
+        let mut response = if status == StatusCode::PAYLOAD_TOO_LARGE {
             // The rest of the body was not read: this connection cannot carry another request,
             // and the client must know it before reusing it.
-            return (status, [(header::CONNECTION, "close")], body).into_response();
+            (status, [(header::CONNECTION, "close")], body).into_response()
+        } else {
+            (status, body).into_response()
+        };
+        if status.is_server_error() {
+            response.extensions_mut().insert(ServerFault {
+                request_id,
+                error: Arc::new(self),
+            });
         }
-        (status, body).into_response()
+        response
     }
 }
 
-impl From<DomainError> for Error {
-    fn from(e: DomainError) -> Self {
-        Error::BadRequest(e.to_string())
+/// Logs the server fault a response carries, once, with its request id (a response layer of
+/// the API router), and takes it off the response.
+pub async fn log_server_faults(mut response: Response) -> Response {
+    if let Some(fault) = response.extensions_mut().remove::<ServerFault>() {
+        tracing::error!(
+            request_id = %fault.request_id,
+            status = %response.status(),
+            error = %fault.error,
+            "request failed"
+        );
     }
+    response
 }
 
-impl From<StoreError> for Error {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::AccountNotFound => Error::NotFound("account not found".into()),
-            StoreError::SessionNotFound => Error::NotFound("session not found".into()),
-            StoreError::ParticipantNotFound => Error::NotFound("participant not found".into()),
-            StoreError::NotAMember => Error::NotFound("participant is not a member of this session".into()),
-            e @ StoreError::SessionFull => Error::Conflict(e.to_string()),
-            e @ StoreError::InAnotherSession(_) => Error::Conflict(format!(
-                "{e}; remove it from that session first (a participant belongs to at most one session)"
-            )),
-            e @ StoreError::AccountExists(_) => Error::Conflict(e.to_string()),
-            StoreError::UnknownPublisher(p) => Error::BadRequest(format!(
-                "participants: participant {p} does not exist in this account"
-            )),
-            StoreError::Backend(sqlx::Error::PoolTimedOut) => Error::Unavailable("database pool timed out".into()),
-            e @ (StoreError::Corrupt(_) | StoreError::Backend(_)) => Error::Internal(e.to_string()),
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    use axum::body::{to_bytes, Body};
+    use axum::routing::get;
+    use axum::Router;
+    use tower::ServiceExt;
+    use tracing::field::{Field, Visit};
+    use tracing::span::{Attributes, Id, Record};
+    use tracing::{Event, Metadata, Subscriber};
+
+    use super::*;
+
+    /// An event's fields, as (name, value as text).
+    type EventFields = Vec<(String, String)>;
+
+    /// Records every event's fields as text (a real subscriber: what is logged reaches it).
+    #[derive(Default, Clone)]
+    struct Recorder {
+        events: Arc<Mutex<Vec<EventFields>>>,
+        spans: Arc<AtomicUsize>,
+    }
+
+    struct Fields<'a>(&'a mut EventFields);
+
+    impl Visit for Fields<'_> {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            self.0.push((field.name().to_owned(), format!("{value:?}")));
+        }
+        fn record_str(&mut self, field: &Field, value: &str) {
+            self.0.push((field.name().to_owned(), value.to_owned()));
         }
     }
-}
 
-impl From<ControlError> for Error {
-    fn from(e: ControlError) -> Self {
-        match e {
-            ControlError::Store(e) => e.into(),
-            e @ ControlError::NotAMember(_) => Error::NotFound(e.to_string()),
+    impl Subscriber for Recorder {
+        fn enabled(&self, _: &Metadata<'_>) -> bool {
+            true
         }
+        fn new_span(&self, _: &Attributes<'_>) -> Id {
+            Id::from_u64(self.spans.fetch_add(1, Ordering::Relaxed) as u64 + 1)
+        }
+        fn record(&self, _: &Id, _: &Record<'_>) {}
+        fn record_follows_from(&self, _: &Id, _: &Id) {}
+        fn event(&self, event: &Event<'_>) {
+            let mut fields = Vec::new();
+            event.record(&mut Fields(&mut fields));
+            self.events.lock().unwrap().push(fields);
+        }
+        fn enter(&self, _: &Id) {}
+        fn exit(&self, _: &Id) {}
+    }
+
+    fn unavailable() -> Error {
+        Error::Control(ControlError::Unavailable {
+            source: "pool timed out while waiting for an open connection".into(),
+        })
+    }
+
+    async fn body_json(response: Response) -> serde_json::Value {
+        let bytes = to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_unavailable_store_is_a_503_with_the_safe_body_and_rendering_logs_nothing() {
+        let recorder = Recorder::default();
+        let response =
+            tracing::subscriber::with_default(recorder.clone(), || unavailable().into_response());
+        assert!(
+            recorder.events.lock().unwrap().is_empty(),
+            "into_response logged: {:?}",
+            recorder.events.lock().unwrap()
+        );
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let fault = response
+            .extensions()
+            .get::<ServerFault>()
+            .cloned()
+            .expect("a 5xx carries its fault");
+        let body = body_json(response).await;
+        assert_eq!(
+            body,
+            serde_json::json!({
+                "error": "service temporarily unavailable; retry later",
+                "requestId": fault.request_id,
+            })
+        );
+        assert!(fault.error.to_string().contains("pool timed out"));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn client_errors_carry_no_fault_and_keep_their_message() {
+        let response = Error::Control(ControlError::NotFound(crate::control::Resource::Session))
+            .into_response();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        assert!(response.extensions().get::<ServerFault>().is_none());
+        assert_eq!(body_json(response).await["error"], "session not found");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_layer_logs_a_fault_once_with_the_body_request_id() {
+        let app = Router::new()
+            .route("/fault", get(|| async { Err::<(), Error>(unavailable()) }))
+            .route(
+                "/missing",
+                get(|| async { Err::<(), Error>(Error::Unauthorized) }),
+            )
+            .layer(axum::middleware::map_response(log_server_faults));
+        let recorder = Recorder::default();
+        let _guard = tracing::subscriber::set_default(recorder.clone());
+        let request = |path: &str| axum::http::Request::get(path).body(Body::empty()).unwrap();
+        let response = app.clone().oneshot(request("/fault")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            response.extensions().get::<ServerFault>().is_none(),
+            "the layer takes the fault off"
+        );
+        let body = body_json(response).await;
+        let events = recorder.events.lock().unwrap().clone();
+        assert_eq!(events.len(), 1, "{events:?}");
+        let field = |name: &str| {
+            events[0]
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        assert_eq!(field("request_id"), body["requestId"].as_str().unwrap());
+        assert!(field("error").contains("pool timed out"), "{events:?}");
+        let response = app.oneshot(request("/missing")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            recorder.events.lock().unwrap().len(),
+            1,
+            "4xx are not logged"
+        );
     }
 }

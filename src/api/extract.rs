@@ -7,16 +7,16 @@ use axum::http::{header, request::Parts, StatusCode};
 use base64::Engine;
 use serde::de::DeserializeOwned;
 
-use super::{AppState, Error};
-use crate::domain::{AccountId, ParticipantId, SessionId};
+use super::{AppState, BodyError, Error};
+use crate::domain::{AccountId, DomainError, ParticipantId, SessionId};
 
 /// The account the request acts for (authenticated with HTTP Basic and matching the
 /// `{accountId}` of the path) and the typed ids of the path.
 #[derive(Debug, Clone)]
 pub struct Scope {
     pub account: AccountId,
-    session: Option<Result<SessionId, String>>,
-    participant: Option<Result<ParticipantId, String>>,
+    session: Option<Result<SessionId, DomainError>>,
+    participant: Option<Result<ParticipantId, DomainError>>,
 }
 
 impl Scope {
@@ -24,8 +24,8 @@ impl Scope {
     pub fn session(&self) -> Result<SessionId, Error> {
         match &self.session {
             Some(Ok(id)) => Ok(*id),
-            Some(Err(e)) => Err(Error::BadRequest(e.clone())),
-            None => Err(Error::Internal("route has no sessionId".into())),
+            Some(Err(e)) => Err(e.clone().into()),
+            None => Err(Error::RouteWithout("sessionId")),
         }
     }
 
@@ -33,8 +33,8 @@ impl Scope {
     pub fn participant(&self) -> Result<ParticipantId, Error> {
         match &self.participant {
             Some(Ok(id)) => Ok(*id),
-            Some(Err(e)) => Err(Error::BadRequest(e.clone())),
-            None => Err(Error::Internal("route has no participantId".into())),
+            Some(Err(e)) => Err(e.clone().into()),
+            None => Err(Error::RouteWithout("participantId")),
         }
     }
 }
@@ -49,9 +49,7 @@ impl FromRequestParts<AppState> for Scope {
             .authenticate(&username, &password)
             .await?
             .ok_or(Error::Unauthorized)?;
-        let params = RawPathParams::from_request_parts(parts, state)
-            .await
-            .map_err(|e| Error::BadRequest(format!("path: {e}")))?;
+        let params = RawPathParams::from_request_parts(parts, state).await?;
         let mut scope = Scope {
             account,
             session: None,
@@ -61,12 +59,8 @@ impl FromRequestParts<AppState> for Scope {
             match key {
                 // Credentials only act for their own account.
                 "account_id" if value != scope.account.as_str() => return Err(Error::Unauthorized),
-                "session_id" => {
-                    scope.session = Some(SessionId::parse(value).map_err(|e| e.to_string()))
-                }
-                "participant_id" => {
-                    scope.participant = Some(ParticipantId::parse(value).map_err(|e| e.to_string()))
-                }
+                "session_id" => scope.session = Some(SessionId::parse(value)),
+                "participant_id" => scope.participant = Some(ParticipantId::parse(value)),
                 _ => {}
             }
         }
@@ -101,12 +95,11 @@ impl<T: DeserializeOwned> FromRequest<AppState> for OptionalJson<T> {
             BytesRejection::FailedToBufferBody(ref inner)
                 if inner.status() == StatusCode::PAYLOAD_TOO_LARGE =>
             {
-                Error::PayloadTooLarge(format!(
-                    "request body exceeds {} bytes",
-                    super::MAX_BODY_BYTES
-                ))
+                BodyError::TooLarge {
+                    limit: super::MAX_BODY_BYTES,
+                }
             }
-            other => Error::BadRequest(format!("request body: {other}")),
+            other => BodyError::Unreadable(other),
         })?;
         parse_optional_json(&bytes).map(OptionalJson)
     }
@@ -114,8 +107,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for OptionalJson<T> {
 
 /// Parses a request body per [`OptionalJson`]'s rules.
 pub fn parse_optional_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<Option<T>, Error> {
-    let text = std::str::from_utf8(bytes)
-        .map_err(|_| Error::BadRequest("request body is not UTF-8".into()))?;
+    let text = std::str::from_utf8(bytes).map_err(|_| BodyError::NotUtf8)?;
     let trimmed = text.trim();
     if trimmed.is_empty() || trimmed == "null" {
         return Ok(None);
@@ -124,17 +116,15 @@ pub fn parse_optional_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<Option<T
     let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let what = if inner.is_syntax() || inner.is_eof() {
-            format!("request body is not valid JSON: {inner}")
+        if inner.is_syntax() || inner.is_eof() {
+            BodyError::NotJson(inner)
         } else if path == "." {
-            format!("request body: {inner}")
+            BodyError::Shape(inner)
         } else {
-            format!("{path}: {inner}")
-        };
-        Error::BadRequest(what)
+            BodyError::Field { path, error: inner }
+        }
     })?;
     // One JSON value, nothing after it.
-    de.end()
-        .map_err(|e| Error::BadRequest(format!("request body is not valid JSON: {e}")))?;
+    de.end().map_err(BodyError::NotJson)?;
     Ok(Some(value))
 }

@@ -3,7 +3,8 @@
 //! Handlers parse input into domain types (`dto`, `extract`), call [`Control`] and render the
 //! result; they hold no SQL and no media logic. Every path is served under `/v1/accounts/…`
 //! and `/accounts/…` (the SDKs' custom base URL may or may not include `/v1`). Errors are
-//! [`Error`]: JSON bodies as the reference says, never a 500 for a client's mistake.
+//! [`Error`]: JSON bodies as the reference says, never a 500 for a client's mistake; server
+//! faults are logged once, by a layer of [`router`] (see `error.rs`).
 //!
 //! Beyond Bandwidth: `GET …/sessions/{id}/routes` (the compiled forwarding table),
 //! `PUT …/sessions/{id}/subscriptions` (atomic re-wire), `GET /openapi.json`, `GET /healthz`
@@ -22,7 +23,7 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use utoipa::OpenApi;
 
-pub use error::{Error, ErrorBody, UnauthorizedBody};
+pub use error::{log_server_faults, BodyError, Error, ErrorBody, ServerFault, UnauthorizedBody};
 pub use extract::parse_optional_json;
 
 use crate::control::Control;
@@ -70,15 +71,22 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::map_response(log_server_faults))
         .with_state(state)
 }
 
 async fn not_found(method: Method, uri: Uri) -> Error {
-    Error::NotFound(format!("no such endpoint: {method} {}", uri.path()))
+    Error::NoSuchEndpoint {
+        method,
+        path: uri.path().to_owned(),
+    }
 }
 
 async fn method_not_allowed(method: Method, OriginalUri(uri): OriginalUri) -> Error {
-    Error::MethodNotAllowed(format!("method {method} is not allowed on {}", uri.path()))
+    Error::MethodNotAllowed {
+        method,
+        path: uri.path().to_owned(),
+    }
 }
 
 /// Liveness: the process answers.
@@ -91,12 +99,7 @@ async fn healthz() -> impl IntoResponse {
 #[utoipa::path(get, path = "/readyz", tag = "operations", security(()),
     responses((status = 200, description = "ready"), (status = 503, body = ErrorBody)))]
 async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, Error> {
-    state
-        .control
-        .store()
-        .ping()
-        .await
-        .map_err(|e| Error::Unavailable(format!("database unreachable: {e}")))?;
+    state.control.ready().await.map_err(Error::NotReady)?;
     Ok((StatusCode::OK, Json(serde_json::json!({"status": "ready"}))))
 }
 

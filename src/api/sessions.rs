@@ -10,7 +10,7 @@ use super::dto::{
     SubscriptionsBody,
 };
 use super::extract::{OptionalJson, Scope};
-use super::{AppState, Error};
+use super::{AppState, BodyError, Error};
 use crate::domain::{ParticipantId, Tag};
 
 /// Create a session.
@@ -174,15 +174,15 @@ pub async fn rewire(
     OptionalJson(body): OptionalJson<RewireRequest>,
 ) -> Result<StatusCode, Error> {
     let session = scope.session()?;
-    let body = body.ok_or_else(|| {
-        Error::BadRequest("request body: expected a map of participantId to subscriptions".into())
-    })?;
+    let body = body.ok_or(BodyError::Missing(
+        "a map of participantId to subscriptions",
+    ))?;
     if body.len() > crate::domain::MAX_SESSION_MEMBERS {
-        return Err(Error::BadRequest(format!(
-            "request body: names {} participants; a session has at most {}",
-            body.len(),
-            crate::domain::MAX_SESSION_MEMBERS
-        )));
+        return Err(BodyError::TooManyParticipants {
+            given: body.len(),
+            max: crate::domain::MAX_SESSION_MEMBERS,
+        }
+        .into());
     }
     let changes = body
         .into_iter()

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use super::port::{
     Connection, DeviceNotice, DeviceRequest, LocalDownlink, LocalRequest, MediaPort,
 };
-use super::{Control, DeviceTokenError, LifecycleEvent};
+use super::{Control, ControlError, DeviceTokenError, LifecycleEvent, Resource};
 use crate::domain::{AccountId, ParticipantId, SessionId, StreamAlias, StreamId};
 use crate::media::{DeclaredStreams, DeviceId, MediaError, PublishAnswer};
 use crate::token::TokenError;
@@ -87,7 +87,7 @@ impl DeviceControl {
     ) -> Result<ConnectedDevice, ConnectError> {
         let verified = match self.control.verify_device_token(token).await {
             Ok(v) => v,
-            Err(DeviceTokenError::Store(e)) => {
+            Err(DeviceTokenError::Control(e)) => {
                 tracing::warn!(error = %e, "cannot verify a device token");
                 return Err(ConnectError::Unavailable("try again later".into()));
             }
@@ -167,7 +167,7 @@ impl DeviceControl {
                 return Err(PhoneRefusal::ParticipantNotFound)
             }
             Err(DeviceTokenError::Token(e)) => return Err(PhoneRefusal::BadToken(e)),
-            Err(DeviceTokenError::Store(e)) => {
+            Err(DeviceTokenError::Control(e)) => {
                 tracing::warn!(error = %e, "cannot verify a phone's token");
                 return Err(PhoneRefusal::Unavailable);
             }
@@ -257,10 +257,7 @@ impl DeviceControl {
     ) -> bool {
         match self.control.participant(account, participant).await {
             Ok(p) => p.session != Some(session),
-            Err(e) => matches!(
-                e,
-                super::ControlError::Store(crate::store::StoreError::ParticipantNotFound)
-            ),
+            Err(e) => matches!(e, ControlError::NotFound(Resource::Participant)),
         }
     }
 }

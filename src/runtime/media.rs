@@ -25,7 +25,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use crate::control::port::{
     Connection, DeviceNotice, DeviceRequest, LocalDownlink, LocalRequest, MediaPort,
 };
-use crate::control::{Control, ControlError, ControlEvent};
+use crate::control::{Control, ControlError, ControlEvent, Resource};
 use crate::domain::{
     AccountId, ParticipantId, PublishPermissions, SessionId, StreamAlias, StreamId,
 };
@@ -35,7 +35,6 @@ use crate::media::{
     DeclaredStreams, Delivery, DeviceId, Engine, EngineConfig, MediaError, Placement,
     PublishAnswer, Shard, ShardMessage, ShardOutput,
 };
-use crate::store::StoreError;
 
 enum Command {
     Connect {
@@ -352,9 +351,7 @@ fn spawn_reporter(control: Control) -> mpsc::UnboundedSender<Published> {
             {
                 Ok(()) => {}
                 // Deleted meanwhile (a device leaving just before a REST delete).
-                Err(ControlError::Store(
-                    StoreError::ParticipantNotFound | StoreError::SessionNotFound,
-                )) => {}
+                Err(ControlError::NotFound(Resource::Participant | Resource::Session)) => {}
                 Err(e) => tracing::warn!(error = %e, "cannot record published streams"),
             }
         }

@@ -1,0 +1,63 @@
+//! Devices: the one verification of a device token (for the WebSocket and the SIP bridge) and
+//! the lifecycle events devices report.
+
+use super::{Control, ControlEvent, DeviceTokenError, LifecycleEvent};
+use crate::domain::Participant;
+use crate::token::{DeviceClaims, TokenError};
+
+/// A device that presented a valid token of an existing participant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedDevice {
+    pub claims: DeviceClaims,
+    pub participant: Participant,
+}
+
+impl Control {
+    /// The one verification of a device token, for the WebSocket and the SIP bridge: a valid
+    /// signature, not expired, protocol v3, and the participant still exists.
+    pub async fn verify_device_token(
+        &self,
+        token: &str,
+    ) -> Result<VerifiedDevice, DeviceTokenError> {
+        let claims = self.inner.tokens.decode(token)?;
+        let participant = self
+            .inner
+            .store
+            .participant(&claims.account, claims.participant)
+            .await
+            .map_err(super::ControlError::from)?
+            .ok_or(DeviceTokenError::Token(TokenError::Revoked))?;
+        Ok(VerifiedDevice {
+            claims,
+            participant,
+        })
+    }
+
+    /// Records a lifecycle event of a device (connected, disconnected) for whoever watches.
+    pub fn device_event(&self, event: LifecycleEvent) {
+        tracing::info!(?event, "device lifecycle");
+        self.inner.events.send(ControlEvent::Lifecycle(event));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{test_control, DeviceTokenError, NewParticipant};
+    use crate::token::TokenError;
+
+    #[tokio::test]
+    async fn deleting_a_participant_revokes_its_token() {
+        let (control, account) = test_control().await;
+        let (p, token) = control
+            .create_participant(&account, NewParticipant::default())
+            .await
+            .unwrap();
+        let device = control.verify_device_token(&token).await.unwrap();
+        assert_eq!(device.participant.id, p.id);
+        control.delete_participant(&account, p.id).await.unwrap();
+        assert!(matches!(
+            control.verify_device_token(&token).await,
+            Err(DeviceTokenError::Token(TokenError::Revoked))
+        ));
+    }
+}

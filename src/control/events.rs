@@ -1,0 +1,88 @@
+//! The event bus: what control tells the media plane and the device connections, in order.
+
+use std::sync::Arc;
+
+use tokio::sync::broadcast;
+
+use crate::domain::{MediaKinds, ParticipantId, SessionId, StreamAlias, StreamId};
+use crate::forwarding::TableDiff;
+
+/// A change of one session's forwarding table.
+#[derive(Debug, Clone)]
+pub struct RoutingUpdate {
+    pub session: SessionId,
+    pub diff: Arc<TableDiff>,
+}
+
+/// What control tells the media plane and the device connections.
+#[derive(Debug, Clone)]
+pub enum ControlEvent {
+    /// A session's forwarding table changed.
+    Routes(RoutingUpdate),
+    /// A participant was deleted: its devices must be disconnected (its token is revoked).
+    ParticipantDeleted(ParticipantId),
+    /// Something happened to a participant's device or streams (for webhooks and logs).
+    Lifecycle(LifecycleEvent),
+}
+
+/// A participant's device or stream changed. `device` is the device's `uniqueId`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LifecycleEvent {
+    Connected {
+        participant: ParticipantId,
+        device: String,
+    },
+    /// `left`: the device said `leave` (Bandwidth's `onLeave`); otherwise the connection was
+    /// lost or replaced (`onDisconnect`).
+    Disconnected {
+        participant: ParticipantId,
+        device: String,
+        left: bool,
+    },
+    StreamPublished {
+        participant: ParticipantId,
+        stream: StreamId,
+        alias: Option<StreamAlias>,
+        kinds: MediaKinds,
+    },
+    StreamUnpublished {
+        participant: ParticipantId,
+        stream: StreamId,
+    },
+    /// A phone participant pressed a key (RFC 4733 telephone-event from the phone).
+    PhoneDtmf {
+        participant: ParticipantId,
+        digit: char,
+    },
+}
+
+/// How many events a slow watcher may lag behind before it misses some (and resynchronizes).
+const CAPACITY: usize = 4096;
+
+/// Fan-out of [`ControlEvent`]s to every watcher, in the order they were sent.
+pub(super) struct EventBus {
+    sender: broadcast::Sender<ControlEvent>,
+}
+
+impl EventBus {
+    pub(super) fn new() -> EventBus {
+        let (sender, _) = broadcast::channel(CAPACITY);
+        EventBus { sender }
+    }
+
+    pub(super) fn watch(&self) -> broadcast::Receiver<ControlEvent> {
+        self.sender.subscribe()
+    }
+
+    /// Sends to whoever watches; nobody watching (yet) is fine.
+    pub(super) fn send(&self, event: ControlEvent) {
+        let _ = self.sender.send(event);
+    }
+
+    pub(super) fn routes(&self, session: SessionId, diff: TableDiff) {
+        self.send(ControlEvent::Routes(RoutingUpdate {
+            session,
+            diff: Arc::new(diff),
+        }));
+    }
+}

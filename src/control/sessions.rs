@@ -1,0 +1,233 @@
+//! The verbs on sessions, participants and membership: check, write the store, recompile the
+//! affected session.
+
+use std::time::SystemTime;
+
+use super::{Control, ControlError, ControlEvent, Resource};
+use crate::domain::{
+    AccountId, CallbackUrl, DeviceApiVersion, Participant, ParticipantId, PublishPermissions,
+    Session, SessionId, Subscriptions, Tag,
+};
+
+/// What a new participant is created with.
+#[derive(Debug, Clone, Default)]
+pub struct NewParticipant {
+    pub callback_url: Option<CallbackUrl>,
+    pub publish_permissions: Option<PublishPermissions>,
+    pub tag: Option<Tag>,
+    pub device_api_version: Option<DeviceApiVersion>,
+}
+
+impl Control {
+    // ---- participants ---------------------------------------------------------------------
+
+    /// Creates a participant and mints its device token.
+    pub async fn create_participant(
+        &self,
+        account: &AccountId,
+        new: NewParticipant,
+    ) -> Result<(Participant, String), ControlError> {
+        let participant = Participant {
+            id: ParticipantId::random(),
+            account: account.clone(),
+            callback_url: new.callback_url,
+            publish_permissions: new.publish_permissions.unwrap_or(PublishPermissions::ALL),
+            tag: new.tag,
+            device_api_version: new.device_api_version.unwrap_or_default(),
+            session: None,
+            subscriptions: Subscriptions::default(),
+        };
+        self.inner.store.create_participant(&participant).await?;
+        let token = self
+            .inner
+            .tokens
+            .mint(account, participant.id, SystemTime::now());
+        Ok((participant, token))
+    }
+
+    pub async fn participant(
+        &self,
+        account: &AccountId,
+        id: ParticipantId,
+    ) -> Result<Participant, ControlError> {
+        self.inner
+            .store
+            .participant(account, id)
+            .await?
+            .ok_or(ControlError::NotFound(Resource::Participant))
+    }
+
+    /// Deletes a participant; its token stops working at once.
+    pub async fn delete_participant(
+        &self,
+        account: &AccountId,
+        id: ParticipantId,
+    ) -> Result<(), ControlError> {
+        let session = self.inner.store.delete_participant(account, id).await?;
+        self.lock_routing().forget_participant(id);
+        self.inner.events.send(ControlEvent::ParticipantDeleted(id));
+        if let Some(session) = session {
+            self.recompile(account, session).await?;
+        }
+        Ok(())
+    }
+
+    // ---- sessions -------------------------------------------------------------------------
+
+    pub async fn create_session(
+        &self,
+        account: &AccountId,
+        tag: Option<Tag>,
+    ) -> Result<Session, ControlError> {
+        let session = Session {
+            id: SessionId::random(),
+            account: account.clone(),
+            tag,
+        };
+        self.inner.store.create_session(&session).await?;
+        Ok(session)
+    }
+
+    pub async fn session(
+        &self,
+        account: &AccountId,
+        id: SessionId,
+    ) -> Result<Session, ControlError> {
+        self.inner
+            .store
+            .session(account, id)
+            .await?
+            .ok_or(ControlError::NotFound(Resource::Session))
+    }
+
+    pub async fn delete_session(
+        &self,
+        account: &AccountId,
+        id: SessionId,
+    ) -> Result<(), ControlError> {
+        self.inner.store.delete_session(account, id).await?;
+        let _turn = self.inner.stripes.lock(id).await;
+        let diff = self.lock_routing().forget(id);
+        if let Some(diff) = diff {
+            self.inner.events.routes(id, diff);
+        }
+        Ok(())
+    }
+
+    pub async fn members(
+        &self,
+        account: &AccountId,
+        session: SessionId,
+    ) -> Result<Vec<Participant>, ControlError> {
+        Ok(self.inner.store.members(account, session).await?)
+    }
+
+    /// Adds a participant to a session (and replaces its rules when given).
+    pub async fn add_member(
+        &self,
+        account: &AccountId,
+        session: SessionId,
+        participant: ParticipantId,
+        subscriptions: Option<Subscriptions>,
+    ) -> Result<(), ControlError> {
+        self.inner
+            .store
+            .add_member(account, session, participant, subscriptions.as_ref())
+            .await?;
+        self.recompile(account, session).await
+    }
+
+    pub async fn remove_member(
+        &self,
+        account: &AccountId,
+        session: SessionId,
+        participant: ParticipantId,
+    ) -> Result<(), ControlError> {
+        self.inner
+            .store
+            .remove_member(account, session, participant)
+            .await?;
+        self.recompile(account, session).await
+    }
+
+    /// A member's subscription rules.
+    pub async fn subscriptions(
+        &self,
+        account: &AccountId,
+        session: SessionId,
+        participant: ParticipantId,
+    ) -> Result<Subscriptions, ControlError> {
+        self.session(account, session).await?;
+        let p = self.participant(account, participant).await?;
+        if p.session != Some(session) {
+            return Err(ControlError::NotFound(Resource::Member(Some(session))));
+        }
+        Ok(p.subscriptions)
+    }
+
+    /// Replaces the rules of one or several members of a session, atomically.
+    pub async fn set_subscriptions(
+        &self,
+        account: &AccountId,
+        session: SessionId,
+        changes: &[(ParticipantId, Subscriptions)],
+    ) -> Result<(), ControlError> {
+        self.inner
+            .store
+            .set_subscriptions(account, session, changes)
+            .await?;
+        self.recompile(account, session).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{test_session_of_two, ControlEvent};
+    use super::*;
+    use crate::domain::ParticipantSubscription;
+
+    #[tokio::test]
+    async fn rule_changes_publish_table_diffs() {
+        let (control, account, s, a, b) = test_session_of_two().await;
+        let mut updates = control.watch();
+        control
+            .add_member(&account, s.id, a.id, None)
+            .await
+            .unwrap();
+        control
+            .add_member(&account, s.id, b.id, None)
+            .await
+            .unwrap();
+        let listing = Subscriptions::new(
+            None,
+            vec![ParticipantSubscription {
+                participant: b.id,
+                stream_aliases: vec![],
+            }],
+        )
+        .unwrap();
+        control
+            .set_subscriptions(&account, s.id, &[(a.id, listing.clone())])
+            .await
+            .unwrap();
+        let ControlEvent::Routes(u) = updates.recv().await.unwrap() else {
+            panic!("routes")
+        };
+        assert_eq!(u.session, s.id);
+        assert_eq!(u.diff.links.upserted.len(), 1);
+        // Setting the same rules again changes nothing and publishes nothing.
+        control
+            .set_subscriptions(&account, s.id, &[(a.id, listing)])
+            .await
+            .unwrap();
+        control.remove_member(&account, s.id, b.id).await.unwrap();
+        let ControlEvent::Routes(u) = updates.recv().await.unwrap() else {
+            panic!("routes")
+        };
+        assert_eq!(
+            u.diff.links.removed.len(),
+            1,
+            "the link to b went away, and nothing came before"
+        );
+    }
+}
