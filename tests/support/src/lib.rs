@@ -1,0 +1,13 @@
+//! # patchbay-testkit
+//!
+//! What patchbay's tests and examples share, in one place (a dev-dependency only, never
+//! shipped):
+//! - [`app`]: the whole server, running in-process on real ports ([`app::spawn_app`]);
+//! - [`db`]: real databases to run it on (a temp SQLite file, a fresh PostgreSQL database);
+//! - [`wait`]: waiting for a condition instead of sleeping ([`wait::eventually`]);
+//! - [`phone_ua`]: a minimal SIP phone that dials in, sends a tone and keeps what it hears.
+
+pub mod app;
+pub mod db;
+pub mod phone_ua;
+pub mod wait;
