@@ -39,6 +39,7 @@
 //!
 //! Output: human-readable lines, then one line `RESULT {json}`. Traffic goes only to
 //! 127.0.0.1 (other hosts are refused).
+#![allow(clippy::disallowed_methods)] // a load generator: real clocks, tasks and threads
 
 #[path = "support/mod.rs"]
 mod support;

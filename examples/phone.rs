@@ -8,6 +8,7 @@
 //! It prints one JSON line when done: the strongest frequency it heard (among 200..3400 Hz in
 //! 10 Hz steps, after the first second), the share of power at `--probe` frequencies, and the
 //! number of samples heard. Exit status 2 if the call was refused (code and reason printed).
+#![allow(clippy::disallowed_methods)] // a test phone that listens for a while
 
 use std::net::SocketAddr;
 use std::time::Duration;

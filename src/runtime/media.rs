@@ -14,6 +14,7 @@
 //! on every socket). A STUN request no shard recognises at once (a moved peer on a new path) is
 //! offered to the other shards; the shard that takes it tells the receiving one to hand that
 //! address over from then on.
+#![allow(clippy::disallowed_methods)] // the runtime owns the clock, the tasks and the threads
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

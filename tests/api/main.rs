@@ -10,6 +10,7 @@
 //!
 //! Every test uses a fresh SQLite file, except the PostgreSQL ones, which share this process's
 //! PostgreSQL database and isolate by (random) account id. Run with `cargo test --test api`.
+#![allow(clippy::disallowed_methods)] // a test drives a real server in real time
 
 use patchbay_testkit::db as common;
 

@@ -6,6 +6,7 @@
 //! - [`db`]: real databases to run it on (a temp SQLite file, a fresh PostgreSQL database);
 //! - [`wait`]: waiting for a condition instead of sleeping ([`wait::eventually`]);
 //! - [`phone_ua`]: a minimal SIP phone that dials in, sends a tone and keeps what it hears.
+#![allow(clippy::disallowed_methods)] // the test kit runs servers, phones and clocks for tests
 
 pub mod app;
 pub mod db;
