@@ -39,10 +39,13 @@
 //!
 //! Output: human-readable lines, then one line `RESULT {json}`. Traffic goes only to
 //! 127.0.0.1 (other hosts are refused).
+#![allow(clippy::disallowed_methods)] // a load generator: real clocks, tasks and threads
 
 #[path = "support/mod.rs"]
 mod support;
 use support::parse_duration;
+
+use patchbay_testkit::rtc::{self, builtin_channel, payload_type, side, ReceiveError};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -54,11 +57,9 @@ use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
-use str0m::channel::ChannelConfig;
 use str0m::format::Codec;
 use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid, Pt};
-use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, Input, Output, Rtc};
+use str0m::{Candidate, Event, Input, Rtc};
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
@@ -457,15 +458,6 @@ struct Dev {
     res: DevResult,
 }
 
-fn builtin_channel(id: u16, label: &str) -> ChannelConfig {
-    ChannelConfig {
-        label: label.to_owned(),
-        negotiated: Some(id),
-        protocol: "udp".to_owned(),
-        ..Default::default()
-    }
-}
-
 fn rtx_pts(rtc: &Rtc) -> Vec<u8> {
     rtc.codec_config()
         .params()
@@ -568,38 +560,34 @@ impl Dev {
         let mut audio = 0u64;
         let audio_pt = self.audio.map(|(_, pt)| *pt);
         let mut send_errors = 0u64;
-        let mut error = None;
+        let error;
         {
             let (rtc, sock, rtx_pts) = if sub {
                 (&mut self.subscribe, &self.sub_sock, &self.sub_rtx)
             } else {
                 (&mut self.publish, &self.pub_sock, &self.pub_rtx)
             };
-            let timeout = loop {
-                match rtc.poll_output() {
-                    Ok(Output::Timeout(t)) => break t,
-                    Ok(Output::Transmit(t)) => {
-                        if is_rtp(&t.contents) {
-                            rtp += 1;
-                            bytes += t.contents.len() as u64;
-                            let pt = t.contents[1] & 0x7f;
-                            if rtx_pts.contains(&pt) {
-                                rtx += 1;
-                            } else if Some(pt) == audio_pt {
-                                audio += 1;
-                            }
-                        }
-                        if sock.try_send_to(&t.contents, t.destination).is_err() {
-                            send_errors += 1;
+            let (timeout, failed) = rtc::drain(
+                rtc,
+                now,
+                |t| {
+                    if is_rtp(&t.contents) {
+                        rtp += 1;
+                        bytes += t.contents.len() as u64;
+                        let pt = t.contents[1] & 0x7f;
+                        if rtx_pts.contains(&pt) {
+                            rtx += 1;
+                        } else if Some(pt) == audio_pt {
+                            audio += 1;
                         }
                     }
-                    Ok(Output::Event(e)) => events.push(e),
-                    Err(e) => {
-                        error = Some(e.to_string());
-                        break now + Duration::from_secs(3600);
+                    if sock.try_send_to(&t.contents, t.destination).is_err() {
+                        send_errors += 1;
                     }
-                }
-            };
+                },
+                &mut events,
+            );
+            error = failed.map(|e| e.to_string());
             if sub {
                 self.sub_timeout = timeout;
             } else {
@@ -693,16 +681,15 @@ impl Dev {
             }
         }
         let destination = if sub { self.sub_addr } else { self.pub_addr };
-        let Ok(receive) = Receive::new(Protocol::Udp, source, destination, data) else {
-            return;
-        };
         let rtc = if sub {
             &mut self.subscribe
         } else {
             &mut self.publish
         };
-        if let Err(e) = rtc.handle_input(Input::Receive(now, receive)) {
-            self.rtc_error(format!("{} input: {e}", side(sub)));
+        match rtc::receive(rtc, source, destination, data, now) {
+            Ok(()) => {}
+            Err(ReceiveError::Unparsable) => return,
+            Err(ReceiveError::Input(e)) => self.rtc_error(format!("{} input: {e}", side(sub))),
         }
         self.drain(sub, now);
     }
@@ -925,14 +912,6 @@ impl Dev {
         Ok(())
     }
 
-    fn payload_type(&mut self, mid: Mid, codec: Codec) -> Option<Pt> {
-        self.publish
-            .writer(mid)?
-            .payload_params()
-            .find(|p| p.spec().codec == codec)
-            .map(|p| p.pt())
-    }
-
     fn on_ws_text(&mut self, text: &str, now: Instant) -> Vec<String> {
         let mut out = Vec::new();
         let Ok(v) = serde_json::from_str::<Value>(text) else {
@@ -979,10 +958,12 @@ impl Dev {
                 self.accept_publish_answer(pending, result, now).map(|()| {
                     self.pub_rtx = rtx_pts(&self.publish);
                     if let Some((mid, _)) = self.audio {
-                        self.audio = self.payload_type(mid, Codec::Opus).map(|pt| (mid, pt));
+                        self.audio =
+                            payload_type(&mut self.publish, mid, Codec::Opus).map(|pt| (mid, pt));
                     }
                     if let Some((mid, _)) = self.video {
-                        self.video = self.payload_type(mid, Codec::Vp8).map(|pt| (mid, pt));
+                        self.video =
+                            payload_type(&mut self.publish, mid, Codec::Vp8).map(|pt| (mid, pt));
                     }
                     if self.audio.is_none() || (self.spec.video && self.video.is_none()) {
                         self.rtc_error("publish answer lacks Opus or VP8".into());
@@ -1042,14 +1023,6 @@ impl Dev {
         if self.res.rpc_errors.len() < 8 {
             self.res.rpc_errors.push(e);
         }
-    }
-}
-
-fn side(sub: bool) -> &'static str {
-    if sub {
-        "subscribe"
-    } else {
-        "publish"
     }
 }
 

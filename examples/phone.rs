@@ -8,15 +8,14 @@
 //! It prints one JSON line when done: the strongest frequency it heard (among 200..3400 Hz in
 //! 10 Hz steps, after the first second), the share of power at `--probe` frequencies, and the
 //! number of samples heard. Exit status 2 if the call was refused (code and reason printed).
-
-#[path = "../tests/support/phone_ua.rs"]
-mod phone_ua;
+#![allow(clippy::disallowed_methods)] // a test phone that listens for a while
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
 use patchbay_sip::tone::{goertzel_power, scan_dominant};
+use patchbay_testkit::phone_ua;
 
 #[derive(Parser, Debug)]
 #[command(

@@ -19,6 +19,7 @@
 //!
 //! Output: a human-readable report, then one line `RESULT {json}` for scripts.
 //! Traffic goes only to 127.0.0.1 (other hosts are refused).
+#![allow(clippy::disallowed_methods)] // a load generator: real clocks and tasks
 
 #[path = "support/mod.rs"]
 mod support;

@@ -150,6 +150,7 @@ impl App {
             .with_graceful_shutdown(shutdown)
             .await?;
         // Give the BYEs a moment to be answered.
+        #[allow(clippy::disallowed_methods)] // the app owns shutdown and its grace period
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         Ok(())
     }

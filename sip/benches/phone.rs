@@ -1,6 +1,7 @@
 //! CPU cost of one phone call per 20 ms: the phone talks (one G.711 packet in, one Opus frame
 //! out to the SFU) while it listens to three subscribed Opus streams (three decodes, a mix, one
 //! G.711 packet out). The browser-side encoding is done up front and not measured.
+#![allow(clippy::disallowed_methods)] // a benchmark reads the clock
 
 use std::time::{Duration, Instant};
 

@@ -23,6 +23,9 @@
 //! - [`mixer`] and [`phone`]: one phone's audio in both directions;
 //! - [`tone`]: sine/DTMF generators and Goertzel detection for tests and diagnostics.
 
+#![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
+
 // Signalling.
 pub mod endpoint;
 pub mod message;

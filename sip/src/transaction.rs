@@ -427,6 +427,7 @@ impl ClientTransaction {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests start their virtual clock at the real time
 mod tests {
     use super::*;
 

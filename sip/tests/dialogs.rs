@@ -1,5 +1,6 @@
 //! Scripted dialogs against the endpoint, in memory, on a virtual clock: every instant below is
 //! an offset from the harness's base `Instant`, never the wall clock.
+#![allow(clippy::disallowed_methods)] // tests start their virtual clock at the real time
 
 #[path = "torture/harness.rs"]
 mod harness;

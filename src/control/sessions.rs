@@ -38,10 +38,10 @@ impl Control {
             subscriptions: Subscriptions::default(),
         };
         self.inner.store.create_participant(&participant).await?;
-        let token = self
-            .inner
-            .tokens
-            .mint(account, participant.id, SystemTime::now());
+        // A token's expiry is wall-clock time, read once here where it is minted.
+        #[allow(clippy::disallowed_methods)]
+        let now = SystemTime::now();
+        let token = self.inner.tokens.mint(account, participant.id, now);
         Ok((participant, token))
     }
 

@@ -168,6 +168,7 @@ mod tests {
 
     #[test]
     fn only_due_peers_run_and_the_queue_follows_each_deadline() {
+        #[allow(clippy::disallowed_methods)] // any instant will do as the test's origin
         let now = Instant::now();
         let mut peers = Peers::default();
         let a = peers.insert(Peer::new(

@@ -11,6 +11,7 @@
 //!
 //! Published streams go to control through one channel and one reporter task, so control
 //! sees a participant's updates in the order the shards produced them.
+#![allow(clippy::disallowed_methods)] // the runtime owns the clock, the tasks and the threads
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -10,6 +10,7 @@
 //! browser's; refusals carry a precise status and a `Reason` header: no, bad or expired token
 //! 403; deleted participant 404; participant in no session 480; already connected 486; no
 //! common codec 488. Every call end is logged with its [`CallEnd`] and counted.
+#![allow(clippy::disallowed_methods)] // the runtime owns the clock, the tasks and the sockets' timers
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

@@ -4,6 +4,7 @@
 //! panics on failure. `tests/store/main.rs` runs every case against SQLite and PostgreSQL.
 //! Cases create their own account (random id), so they can share one database and run
 //! concurrently.
+#![allow(clippy::disallowed_methods)] // a test suite: concurrent requests need tasks
 
 use std::sync::Arc;
 

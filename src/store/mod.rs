@@ -15,9 +15,10 @@
 //!
 //! Adapters: SQLite (the embedded default, `sqlite://…`) and PostgreSQL (`postgres://…`),
 //! both implemented by [`sql::SqlStore`] on sqlx's runtime-checked queries with a [`sql::Dialect`]
-//! for the few differences, and migrations under `migrations/<dialect>/`. [`conformance`] is the
-//! one suite both adapters must pass.
+//! for the few differences, and migrations under `migrations/<dialect>/`. `conformance` (behind the
+//! feature of that name) is the one suite both adapters must pass.
 
+#[cfg(feature = "conformance")]
 pub mod conformance;
 mod sql;
 

@@ -51,6 +51,8 @@ pub struct SqlStore {
     write: AnyPool,
 }
 
+// The store stamps rows with the wall-clock time of the write.
+#[allow(clippy::disallowed_methods)]
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

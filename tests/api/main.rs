@@ -10,35 +10,28 @@
 //!
 //! Every test uses a fresh SQLite file, except the PostgreSQL ones, which share this process's
 //! PostgreSQL database and isolate by (random) account id. Run with `cargo test --test api`.
+#![allow(clippy::disallowed_methods)] // a test drives a real server in real time
 
-#[path = "../common/mod.rs"]
-mod common;
+use patchbay_testkit::db as common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 
 use base64::Engine;
-use patchbay::app::App;
-use patchbay::config::ServeConfig;
-use patchbay::control::Control;
 use patchbay::domain::AccountId;
+use patchbay_testkit::app::{spawn_app, RunningApp};
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::oneshot;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinSet;
 
 // ------------------------------------------------------------------------------------------------
 // Harness
 // ------------------------------------------------------------------------------------------------
 
-/// A running server on a real port.
+/// A running server on a real port, and the HTTP client that drives it.
 struct Server {
-    addr: SocketAddr,
+    app: RunningApp,
     http: Client,
-    control: Control,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
 /// API credentials of one account.
@@ -51,21 +44,9 @@ struct Account {
 
 impl Server {
     async fn start(database_url: &str) -> Server {
-        let app = App::build(&ServeConfig::for_database(database_url))
-            .await
-            .expect("build app");
-        let addr = app.http_addr();
-        let control = app.control().clone();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(app.run_until_stopped(async move {
-            let _ = stopped.await;
-        }));
         Server {
-            addr,
+            app: spawn_app(database_url).await,
             http: Client::new(),
-            control,
-            stop: Some(stop),
-            task: Some(task),
         }
     }
 
@@ -75,6 +56,7 @@ impl Server {
 
     async fn account(&self, id: &str) -> Account {
         let creds = self
+            .app
             .control
             .create_account(AccountId::parse(id).expect("account id"))
             .await
@@ -87,7 +69,7 @@ impl Server {
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        format!("http://{}{}", self.app.http, path)
     }
 
     /// A client for `account`'s API under `prefix` (`"/v1"` or `""`).
@@ -149,24 +131,9 @@ impl Server {
     }
 
     /// Stops the server and checks that it drained cleanly.
-    async fn stop(mut self) {
-        drop(std::mem::take(&mut self.http));
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.await
-                .expect("server task panicked")
-                .expect("server stopped with an error");
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+    async fn stop(self) {
+        drop(self.http);
+        self.app.stop().await.expect("server stopped with an error");
     }
 }
 
@@ -2280,7 +2247,7 @@ async fn keeps_serving_after_garbage() {
         &b"POST /v1/accounts/acct/participants HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{"
             [..],
     ] {
-        let mut stream = tokio::net::TcpStream::connect(server.addr)
+        let mut stream = tokio::net::TcpStream::connect(server.app.http)
             .await
             .expect("connect");
         stream.write_all(garbage).await.expect("write garbage");

@@ -210,7 +210,7 @@ impl Shards {
             let device = c.device;
             let shard = self.shard_of(client);
             let answer = self.shards[shard]
-                .handle_publish_offer(device, &offer, &super::peer::declared(&metadata), now)
+                .handle_publish_offer(device, &offer, &metadata, now)
                 .expect("the shard answers the publish offer");
             self.clients[client].accept_publish_answer(pending, &answer, now, &mut self.queue);
             self.settle();

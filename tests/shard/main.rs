@@ -1,17 +1,13 @@
 //! The media runtime against the running app: what the shards report to control arrives in
-//! order. A device republishes and leaves at once; control must end with none of its streams
-//! (the empty update is the last one it applies).
-
-#[path = "../common/mod.rs"]
-mod common;
-
-use std::time::Duration;
+//! order. A device republishes and leaves at once; control must see the republish, then the
+//! unpublish, and end with none of its streams.
 
 use futures_util::{SinkExt, StreamExt};
-use patchbay::app::App;
-use patchbay::config::ServeConfig;
-use patchbay::control::{Control, NewParticipant};
+use patchbay::control::{Control, ControlEvent, LifecycleEvent, NewParticipant};
 use patchbay::domain::{AccountId, MediaKinds, ParticipantId, SessionId, Subscriptions};
+use patchbay_testkit::app::spawn_app;
+use patchbay_testkit::db::sqlite_url;
+use patchbay_testkit::wait::{event, eventually, DEADLINE};
 use serde_json::{json, Value};
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::media::{Direction, MediaKind};
@@ -28,17 +24,6 @@ fn routes_from(control: &Control, session: SessionId, publisher: ParticipantId) 
         .get(&session)
         .map(|t| t.routes.keys().filter(|k| k.publisher == publisher).count())
         .unwrap_or(0)
-}
-
-/// Waits until `done` holds (5 s at most).
-async fn until(mut done: impl FnMut() -> bool) -> bool {
-    for _ in 0..500 {
-        if done() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    done()
 }
 
 /// Sends a JSON-RPC request and returns its reply (notifications in between are skipped).
@@ -97,17 +82,14 @@ fn accept(rtc: &mut Rtc, pending: SdpPendingOffer, reply: &Value) {
 
 #[tokio::test]
 async fn republish_then_leave_ends_with_no_published_streams() {
-    let app = App::build(&ServeConfig::for_database(&common::sqlite_url()))
-        .await
-        .expect("app");
+    let app = spawn_app(&sqlite_url()).await;
     let account = AccountId::parse("order").expect("id");
-    let control = app.control().clone();
+    let control = app.control.clone();
     control
         .create_account(account.clone())
         .await
         .expect("account");
-    let base = format!("ws://{}", app.http_addr());
-    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    let base = format!("ws://{}", app.http);
 
     let session = control
         .create_session(&account, None)
@@ -142,14 +124,16 @@ async fn republish_then_leave_ends_with_no_published_streams() {
         .await
         .expect("upgrade");
 
+    #[allow(clippy::disallowed_methods)] // the client's own clock
     let mut rtc = Rtc::builder().build(std::time::Instant::now());
     let (params, pending) = offer(&mut rtc, &[MediaKind::Audio]);
     let answer = call(&mut ws, 1, "offerSdp", params).await;
     accept(&mut rtc, pending, &answer);
-    assert!(
-        until(|| routes_from(&control, session, publisher) > 0).await,
-        "the published audio is routed"
-    );
+    eventually("the published audio is routed", DEADLINE, || async {
+        routes_from(&control, session, publisher) > 0
+    })
+    .await;
+    let mut events = control.watch();
 
     // Republish with video, then leave right away: two updates back to back.
     let (params, _pending) = offer(&mut rtc, &[MediaKind::Video]);
@@ -165,10 +149,28 @@ async fn republish_then_leave_ends_with_no_published_streams() {
     assert!(answer["result"]["sdpAnswer"].is_string(), "{answer}");
     drop(ws);
 
-    assert!(
-        until(|| routes_from(&control, session, publisher) == 0).await,
-        "the last update (no streams) wins"
-    );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(routes_from(&control, session, publisher), 0, "and stays");
+    // In order, control hears the republish (audio and video) and then the unpublish; had the
+    // two updates crossed, the unpublish would come first and no unpublish would follow the
+    // republish.
+    let republished = |e: &ControlEvent| {
+        matches!(e, ControlEvent::Lifecycle(LifecycleEvent::StreamPublished { participant, kinds, .. })
+            if *participant == publisher && *kinds == MediaKinds::ALL)
+    };
+    event(
+        &mut events,
+        "the republish with video",
+        DEADLINE,
+        republished,
+    )
+    .await;
+    let unpublished = |e: &ControlEvent| {
+        matches!(e, ControlEvent::Lifecycle(LifecycleEvent::StreamUnpublished { participant, .. })
+            if *participant == publisher)
+    };
+    event(&mut events, "the unpublish after it", DEADLINE, unpublished).await;
+    eventually("the last update (no streams) wins", DEADLINE, || async {
+        routes_from(&control, session, publisher) == 0
+    })
+    .await;
+    app.stop().await.expect("server stopped");
 }

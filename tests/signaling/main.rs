@@ -1,14 +1,11 @@
 //! Device signalling through a real WebSocket against the running app: token checks, JSON-RPC
 //! framing, garbage, size limits, and one live device per participant.
 
-#[path = "../common/mod.rs"]
-mod common;
-
 use futures_util::{SinkExt, StreamExt};
-use patchbay::app::App;
-use patchbay::config::ServeConfig;
 use patchbay::control::NewParticipant;
 use patchbay::domain::{AccountId, MediaKinds};
+use patchbay_testkit::app::{spawn_app, RunningApp};
+use patchbay_testkit::db::sqlite_url;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
@@ -20,24 +17,22 @@ struct Server {
     base: String,
     control: patchbay::control::Control,
     account: AccountId,
+    /// Runs as long as the test holds the server.
+    _app: RunningApp,
 }
 
 async fn server() -> Server {
-    let app = App::build(&ServeConfig::for_database(&common::sqlite_url()))
-        .await
-        .expect("app");
+    let app = spawn_app(&sqlite_url()).await;
     let account = AccountId::parse("sig").expect("id");
-    app.control()
+    app.control
         .create_account(account.clone())
         .await
         .expect("account");
-    let base = format!("ws://{}", app.http_addr());
-    let control = app.control().clone();
-    tokio::spawn(app.run_until_stopped(std::future::pending()));
     Server {
-        base,
-        control,
+        base: format!("ws://{}", app.http),
+        control: app.control.clone(),
         account,
+        _app: app,
     }
 }
 

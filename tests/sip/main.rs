@@ -3,46 +3,48 @@
 //! token. Admission refusals are checked by status and `Reason`; media by the frequencies the
 //! phones actually decode: everything a phone hears went G.711 → Opus → the SFU → Opus →
 //! mixer → G.711.
-
-#[path = "../common/mod.rs"]
-mod common;
-#[path = "../support/phone_ua.rs"]
-mod phone_ua;
+//!
+//! Nothing sleeps: a test waits for the thing it needs (a control event, a condition, or a
+//! phone having heard so many milliseconds of audio), bounded by a deadline that only guards
+//! against hanging.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use patchbay::app::App;
-use patchbay::config::ServeConfig;
-use patchbay::control::{Control, NewParticipant};
+use patchbay::control::{Control, ControlEvent, LifecycleEvent, NewParticipant};
 use patchbay::domain::{
     AccountId, MediaKinds, ParticipantId, ParticipantSubscription, SessionId, Subscriptions,
 };
 use patchbay_sip::tone::goertzel_power;
-use phone_ua::{dial, Dial, Phone};
+use patchbay_testkit::app::{spawn_app, RunningApp};
+use patchbay_testkit::db::sqlite_url;
+use patchbay_testkit::phone_ua::{self, dial, Dial, Phone};
+use patchbay_testkit::wait::{self, eventually, DEADLINE};
+use tokio::sync::broadcast;
 
 struct Server {
     control: Control,
     account: AccountId,
     sip: SocketAddr,
+    app: RunningApp,
 }
 
 async fn server() -> Server {
-    let app = App::build(&ServeConfig::for_database(&common::sqlite_url()))
-        .await
-        .expect("app");
-    let account = AccountId::parse("sip").expect("id");
-    app.control()
+    server_for("sip").await
+}
+
+async fn server_for(account: &str) -> Server {
+    let app = spawn_app(&sqlite_url()).await;
+    let account = AccountId::parse(account).expect("id");
+    app.control
         .create_account(account.clone())
         .await
         .expect("account");
-    let control = app.control().clone();
-    let sip = app.sip_addr();
-    tokio::spawn(app.run_until_stopped(std::future::pending()));
     Server {
-        control,
+        control: app.control.clone(),
         account,
-        sip,
+        sip: app.sip,
+        app,
     }
 }
 
@@ -113,11 +115,49 @@ fn power_at(samples: &[i16], hz: f64) -> f64 {
     goertzel_power(samples, hz, 8000) / mean_square
 }
 
-/// Listens for `d` and returns what the phone heard meanwhile.
-async fn listen(phone: &Phone, d: Duration) -> Vec<i16> {
-    phone.clear_heard();
-    tokio::time::sleep(d).await;
+/// G.711 samples per millisecond.
+const SAMPLES_PER_MS: usize = 8;
+
+/// Waits until the phone has heard `ms` milliseconds of audio since it last cleared what it
+/// heard, and returns all of it.
+async fn hear(phone: &Phone, ms: usize) -> Vec<i16> {
+    let what = format!("the phone hears {ms} ms of audio");
+    eventually(&what, DEADLINE, || async {
+        phone.heard().len() >= ms * SAMPLES_PER_MS
+    })
+    .await;
     phone.heard()
+}
+
+/// Listens until the phone has heard `ms` milliseconds of audio, and returns it.
+async fn listen(phone: &Phone, ms: usize) -> Vec<i16> {
+    phone.clear_heard();
+    hear(phone, ms).await
+}
+
+/// Waits for the lifecycle event `wanted` describes.
+async fn lifecycle(
+    events: &mut broadcast::Receiver<ControlEvent>,
+    what: &str,
+    wanted: impl Fn(&LifecycleEvent) -> bool,
+) {
+    wait::event(
+        events,
+        what,
+        DEADLINE,
+        |e| matches!(e, ControlEvent::Lifecycle(l) if wanted(l)),
+    )
+    .await;
+}
+
+/// Waits for the phone's call to be over at the server (its device disconnected).
+async fn disconnected(events: &mut broadcast::Receiver<ControlEvent>, p: ParticipantId) {
+    lifecycle(
+        events,
+        "the phone's device disconnects",
+        |e| matches!(e, LifecycleEvent::Disconnected { participant, .. } if *participant == p),
+    )
+    .await;
 }
 
 async fn dial_ok(sip: SocketAddr, token: &str) -> Phone {
@@ -182,8 +222,9 @@ async fn refusals_say_why_with_precise_codes() {
     let r = refused(s.sip, Dial::with_token(&token)).await;
     assert_eq!(r.code, 486, "{r:?}");
     // The JWT-only form of the header works too (once the first call is over).
+    let mut events = s.control.watch();
     first.hangup().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    disconnected(&mut events, p).await;
     let mut how = Dial::with_token(&token);
     how.user_to_user = Some(format!("{token};encoding=jwt"));
     let again = dial(s.sip, &how).await.expect("JWT-only form answered");
@@ -202,8 +243,8 @@ async fn two_phones_hear_each_other() {
     let pb = dial_ok(s.sip, &tb).await;
     pa.play_tone(1000.0);
     pb.play_tone(440.0);
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    let heard_a = listen(&pa, Duration::from_secs(1)).await;
+    hear(&pa, 800).await;
+    let heard_a = listen(&pa, 1000).await;
     let heard_b = pb.heard();
     assert!(heard_a.len() >= 6000, "a heard {} samples", heard_a.len());
     assert!(heard_b.len() >= 6000, "b heard {} samples", heard_b.len());
@@ -237,9 +278,9 @@ async fn whisper_the_caller_never_hears_the_supervisor() {
     pc.play_tone(440.0);
     pa.play_tone(1000.0);
     ps.play_tone(1700.0);
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    hear(&pc, 800).await;
     pa.clear_heard();
-    let heard_caller = listen(&pc, Duration::from_secs(1)).await;
+    let heard_caller = listen(&pc, 1000).await;
     let heard_agent = pa.heard();
     assert!(
         power_at(&heard_caller, 1000.0) > 0.2,
@@ -261,8 +302,8 @@ async fn whisper_the_caller_never_hears_the_supervisor() {
 
     // Live re-wire: the caller is now subscribed to the supervisor as well.
     s.set(session, caller, only(&[agent, supervisor])).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let heard_caller = listen(&pc, Duration::from_secs(1)).await;
+    listen(&pc, 500).await;
+    let heard_caller = listen(&pc, 1000).await;
     assert!(
         power_at(&heard_caller, 1700.0) > 0.05,
         "after the re-wire the caller hears the supervisor"
@@ -280,19 +321,15 @@ async fn bye_leaves_media_and_removal_by_rest_hangs_up() {
     let pa = dial_ok(s.sip, &ta).await;
     pa.play_tone(1000.0);
     // The phone publishes its stream: the routes show it.
-    let mut published = false;
-    for _ in 0..50 {
+    eventually("the phone's stream is published", DEADLINE, || async {
         let routes = s.control.routes(&s.account, session).await.expect("routes");
-        if format!("{routes:?}").contains("phone") {
-            published = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(published, "the phone's stream is published");
+        format!("{routes:?}").contains("phone")
+    })
+    .await;
     // BYE from the phone: it leaves media but stays a participant and a member.
+    let mut events = s.control.watch();
     assert!(pa.hangup().await);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    disconnected(&mut events, a).await;
     let p = s
         .control
         .participant(&s.account, a)
@@ -307,29 +344,21 @@ async fn bye_leaves_media_and_removal_by_rest_hangs_up() {
         .remove_member(&s.account, session, b)
         .await
         .expect("remove");
-    let mut bye = false;
-    for _ in 0..40 {
-        if pb.bye_received() {
-            bye = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(bye, "removing the participant from its session sends BYE");
+    eventually(
+        "removing the participant from its session sends BYE",
+        DEADLINE,
+        || async { pb.bye_received() },
+    )
+    .await;
     // Deleting a participant hangs up too.
     s.control
         .delete_participant(&s.account, a)
         .await
         .expect("delete");
-    let mut bye = false;
-    for _ in 0..40 {
-        if pa.bye_received() {
-            bye = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(bye, "deleting the participant sends BYE");
+    eventually("deleting the participant sends BYE", DEADLINE, || async {
+        pa.bye_received()
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -341,7 +370,12 @@ async fn phone_dtmf_becomes_a_control_event() {
     let mut events = s.control.watch();
     let pa = dial_ok(s.sip, &ta).await;
     pa.play_tone(1000.0);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    lifecycle(
+        &mut events,
+        "the phone publishes its stream",
+        |e| matches!(e, LifecycleEvent::StreamPublished { participant, .. } if *participant == a),
+    )
+    .await;
     for d in ['4', '#'] {
         pa.press(d);
     }
@@ -352,10 +386,7 @@ async fn phone_dtmf_becomes_a_control_event() {
             .await
             .expect("DTMF events within 5 s")
             .expect("control events");
-        if let patchbay::control::ControlEvent::Lifecycle(
-            patchbay::control::LifecycleEvent::PhoneDtmf { participant, digit },
-        ) = event
-        {
+        if let ControlEvent::Lifecycle(LifecycleEvent::PhoneDtmf { participant, digit }) = event {
             assert_eq!(participant, a);
             digits.push(digit);
         }
@@ -365,23 +396,7 @@ async fn phone_dtmf_becomes_a_control_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_the_server_hangs_up_every_call() {
-    let app = App::build(&ServeConfig::for_database(&common::sqlite_url()))
-        .await
-        .expect("app");
-    let account = AccountId::parse("stop").expect("id");
-    app.control()
-        .create_account(account.clone())
-        .await
-        .expect("account");
-    let s = Server {
-        control: app.control().clone(),
-        account,
-        sip: app.sip_addr(),
-    };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(app.run_until_stopped(async move {
-        let _ = stopped.await;
-    }));
+    let s = server_for("stop").await;
     let session = s.session().await;
     let mut phones = Vec::new();
     for _ in 0..3 {
@@ -390,8 +405,7 @@ async fn stopping_the_server_hangs_up_every_call() {
         phones.push(dial_ok(s.sip, &token).await);
     }
     assert!(phones.iter().all(|p| !p.bye_received()));
-    let _ = stop.send(());
-    running.await.expect("server task").expect("clean stop");
+    s.app.stop().await.expect("clean stop");
     for p in &phones {
         assert!(
             p.bye_received(),
@@ -412,15 +426,19 @@ async fn hold_and_resume_by_reinvite() {
     let pb = dial_ok(s.sip, &tb).await;
     pb.play_tone(440.0);
     pa.play_tone(1000.0);
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert!(power_at(&listen(&pa, Duration::from_millis(500)).await, 440.0) > 0.2);
+    hear(&pa, 600).await;
+    assert!(power_at(&listen(&pa, 500).await, 440.0) > 0.2);
 
     // Hold: the phone only sends; patchbay answers recvonly and stops sending to it.
     let (code, answer) = pa.reinvite("sendonly").await;
     assert_eq!(code, 200, "{answer}");
     assert!(answer.contains("a=recvonly"), "{answer}");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let held = listen(&pa, Duration::from_millis(500)).await;
+    // The held phone hears nothing while the other one goes on hearing it: b's audio is the
+    // clock (200 ms for what was in flight, then 500 ms of silence at a).
+    listen(&pb, 200).await;
+    pa.clear_heard();
+    listen(&pb, 500).await;
+    let held = pa.heard();
     assert!(
         held.is_empty(),
         "no audio to a held phone ({} samples)",
@@ -431,15 +449,16 @@ async fn hold_and_resume_by_reinvite() {
     let (code, answer) = pa.reinvite("sendrecv").await;
     assert_eq!(code, 200, "{answer}");
     assert!(answer.contains("a=sendrecv"), "{answer}");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let resumed = listen(&pa, Duration::from_millis(700)).await;
+    listen(&pa, 300).await;
+    let resumed = listen(&pa, 700).await;
     assert!(
         power_at(&resumed, 440.0) > 0.2,
         "audio again after resume: {}",
         power_at(&resumed, 440.0)
     );
-    // Our ACKs stopped the 200s: nothing is retransmitted afterwards.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Our ACKs stopped the 200s: nothing is retransmitted afterwards (within 1.5 s of audio,
+    // past the first two retransmission intervals).
+    listen(&pa, 1500).await;
     let stray = pa.unexpected_responses().await;
     assert!(stray.is_empty(), "retransmitted after ACK: {stray:#?}");
 }

@@ -1,7 +1,6 @@
 //! The store conformance suite (`patchbay::store::conformance`) on SQLite and on PostgreSQL.
 
-#[path = "../common/mod.rs"]
-mod common;
+use patchbay_testkit::db as common;
 
 use std::sync::Arc;
 

@@ -1,9 +1,7 @@
 //! A minimal phone for tests and examples: a SIP user agent client over UDP that dials
 //! patchbay with a participant token in `User-To-User` (the form Bandwidth's transfer helper
 //! sends), answers the server's BYE, sends a G.711 µ-law tone as RTP and keeps what it hears,
-//! decoded. Shared by `tests/sip` and `examples/phone.rs` (included with `#[path]`).
-
-#![allow(dead_code)]
+//! decoded. Used by `tests/sip` and `examples/phone.rs`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};

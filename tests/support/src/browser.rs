@@ -1,0 +1,486 @@
+//! The browser-like device of the in-memory media tests: a publish and a subscribe str0m
+//! `Rtc` on made-up addresses, its datagrams queued on a virtual clock for a harness to
+//! deliver, publishing synthetic [`frames`](crate::frames) and recording what it receives.
+//! The harness (`tests/media`) owns the engine, the wire and the clock; this is the device.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use patchbay::domain::StreamAlias;
+use patchbay::domain::{MediaKinds, ParticipantId};
+use patchbay::media::{DeclaredStreams, DeviceId, PublishAnswer, SubscribeOffer};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::format::{Codec, FormatParams};
+use str0m::media::{Direction, Frequency, KeyframeRequestKind, MediaKind, MediaTime, Mid};
+use str0m::{Candidate, Event, Input, Rtc};
+
+use crate::frames::{decode, frame, Kind};
+use crate::rtc::{self, side, write_frame};
+
+/// One-way delay of every datagram, unless a test sets `Net::latency`.
+pub const LATENCY: Duration = Duration::from_millis(2);
+/// Audio frame interval (Opus, 20 ms).
+pub const AUDIO_EVERY: Duration = Duration::from_millis(20);
+/// Video frame interval (10 fps keeps the tests light).
+pub const VIDEO_EVERY: Duration = Duration::from_millis(100);
+
+/// A frame a client received on its subscribe connection.
+#[derive(Debug, Clone)]
+pub struct Rx {
+    pub at: Instant,
+    pub mid: Mid,
+    /// The m-line's kind, as negotiated.
+    pub mid_kind: MediaKind,
+    /// The MediaStream id the engine gave the m-line (`a=msid`).
+    pub stream_id: String,
+    pub origin: u8,
+    pub kind: Kind,
+    pub counter: u32,
+    /// The VP8 payload header says keyframe (P=0); always true for audio.
+    pub keyframe: bool,
+    /// str0m's own view (`MediaData::is_keyframe`).
+    pub str0m_keyframe: bool,
+}
+
+/// A datagram in flight.
+#[derive(Debug, Clone)]
+pub struct Datagram {
+    pub at: Instant,
+    pub from: SocketAddr,
+    pub to: SocketAddr,
+    pub data: Vec<u8>,
+}
+
+/// A browser-like device: a publish `Rtc` (it offers) and a subscribe `Rtc` (it answers the
+/// engine's offers, str0m answers `a=setup:passive` to `actpass`). Both are non-lite.
+pub struct Client {
+    pub name: String,
+    pub idx: u8,
+    pub participant: ParticipantId,
+    pub device: DeviceId,
+    pub permissions: MediaKinds,
+    pub publish: Rtc,
+    pub subscribe: Rtc,
+    pub pub_addr: SocketAddr,
+    pub sub_addr: SocketAddr,
+    pub pub_timeout: Instant,
+    pub sub_timeout: Instant,
+    pub pub_connected: bool,
+    pub sub_connected: bool,
+    pub msid: String,
+    pub audio_mid: Option<Mid>,
+    /// RFC 4733 payloads to send on the audio m-line at the next audio frames.
+    pub dtmf: VecDeque<Vec<u8>>,
+    pub video_mid: Option<Mid>,
+    /// Publishing synthetic media when connected.
+    pub sending: bool,
+    pub next_audio: Instant,
+    pub next_video: Instant,
+    pub audio_sent: u32,
+    pub video_sent: u32,
+    /// Video frames written successfully.
+    pub video_written: u32,
+    /// The next video frame is a keyframe (first frame, or one was requested).
+    pub force_keyframe: bool,
+    /// Keyframe requests seen on the publish connection: (when, mid, kind).
+    pub keyframe_requests: Vec<(Instant, Mid, KeyframeRequestKind)>,
+    /// Every subscribe offer the engine sent this device, in order.
+    pub offers: Vec<(Instant, SubscribeOffer)>,
+    /// The offer waiting for this device's answer.
+    pub outstanding: Option<SubscribeOffer>,
+    /// Answer subscribe offers as soon as they arrive.
+    pub auto_answer: bool,
+    /// The subscribe connection's built-in data channels exist.
+    pub sub_channels_made: bool,
+    pub received: Vec<Rx>,
+    /// Non-synthetic or undecodable media on the subscribe side.
+    pub foreign: usize,
+    /// `MediaChanged` events on the subscribe connection.
+    pub sub_media_changed: Vec<(Mid, Direction)>,
+    pub channels_open: Vec<(bool, String)>,
+    pub errors: Vec<String>,
+    pub last_answer: Option<PublishAnswer>,
+    /// One-way delay of this client's datagrams (copied from `Net::latency`).
+    pub latency: Duration,
+}
+
+impl Client {
+    pub fn new(
+        name: &str,
+        idx: u8,
+        permissions: MediaKinds,
+        device: DeviceId,
+        now: Instant,
+    ) -> Client {
+        let pub_addr: SocketAddr = format!("10.0.{idx}.1:5000").parse().unwrap();
+        let sub_addr: SocketAddr = format!("10.0.{idx}.2:5002").parse().unwrap();
+        // Like a browser: Opus with telephone-event (RFC 4733) for DTMF.
+        let mut builder = Rtc::builder();
+        builder.codec_config().add_config(
+            110.into(),
+            None,
+            Codec::Tele,
+            Frequency::FORTY_EIGHT_KHZ,
+            None,
+            FormatParams::parse_line("0-16"),
+        );
+        let mut publish = builder.build(now);
+        publish.add_local_candidate(Candidate::host(pub_addr, "udp").unwrap());
+        let mut subscribe = Rtc::builder().build(now);
+        subscribe.add_local_candidate(Candidate::host(sub_addr, "udp").unwrap());
+        Client {
+            name: name.to_owned(),
+            idx,
+            participant: ParticipantId::random(),
+            device,
+            permissions,
+            publish,
+            subscribe,
+            pub_addr,
+            sub_addr,
+            pub_timeout: now,
+            sub_timeout: now,
+            pub_connected: false,
+            sub_connected: false,
+            msid: format!("stream-{name}"),
+            audio_mid: None,
+            dtmf: VecDeque::new(),
+            video_mid: None,
+            sending: true,
+            next_audio: now,
+            next_video: now,
+            audio_sent: 0,
+            video_sent: 0,
+            video_written: 0,
+            force_keyframe: true,
+            keyframe_requests: Vec::new(),
+            offers: Vec::new(),
+            outstanding: None,
+            auto_answer: true,
+            sub_channels_made: false,
+            received: Vec::new(),
+            foreign: 0,
+            sub_media_changed: Vec::new(),
+            channels_open: Vec::new(),
+            errors: Vec::new(),
+            last_answer: None,
+            latency: LATENCY,
+        }
+    }
+
+    /// Runs one of the client's `Rtc`s to completion.
+    pub fn drain(&mut self, subscribe: bool, now: Instant, queue: &mut VecDeque<Datagram>) {
+        let latency = self.latency;
+        let mut events = Vec::new();
+        let rtc = if subscribe {
+            &mut self.subscribe
+        } else {
+            &mut self.publish
+        };
+        let (next, error) = rtc::drain(
+            rtc,
+            now,
+            |t| {
+                enqueue(
+                    queue,
+                    Datagram {
+                        at: now + latency,
+                        from: t.source,
+                        to: t.destination,
+                        data: t.contents.to_vec(),
+                    },
+                )
+            },
+            &mut events,
+        );
+        if subscribe {
+            self.sub_timeout = next;
+        } else {
+            self.pub_timeout = next;
+        }
+        if let Some(e) = error {
+            self.errors
+                .push(format!("{} {}: {e}", self.name, side(subscribe)));
+        }
+        for e in events {
+            self.on_event(subscribe, e, now);
+        }
+    }
+
+    pub fn on_event(&mut self, subscribe: bool, event: Event, now: Instant) {
+        match event {
+            Event::Connected if subscribe => self.sub_connected = true,
+            Event::Connected => self.pub_connected = true,
+            Event::KeyframeRequest(req) if !subscribe => {
+                self.keyframe_requests.push((now, req.mid, req.kind));
+                self.force_keyframe = true;
+            }
+            Event::MediaData(data) if subscribe => {
+                let media = self.subscribe.media(data.mid);
+                let mid_kind = media.map(|m| m.kind()).unwrap_or(MediaKind::Audio);
+                let stream_id = media.map(|m| m.stream_id().to_owned()).unwrap_or_default();
+                match decode(&data.data) {
+                    Some((origin, kind, counter, keyframe)) => self.received.push(Rx {
+                        at: now,
+                        mid: data.mid,
+                        mid_kind,
+                        stream_id,
+                        origin,
+                        kind,
+                        counter,
+                        keyframe,
+                        str0m_keyframe: data.is_keyframe(),
+                    }),
+                    None => self.foreign += 1,
+                }
+            }
+            Event::MediaChanged(c) if subscribe => {
+                self.sub_media_changed.push((c.mid, c.direction))
+            }
+            Event::ChannelOpen(_, label) => self.channels_open.push((subscribe, label)),
+            _ => {}
+        }
+    }
+
+    pub fn feed(&mut self, dgram: &Datagram, now: Instant, queue: &mut VecDeque<Datagram>) {
+        let subscribe = dgram.to == self.sub_addr;
+        let rtc = if subscribe {
+            &mut self.subscribe
+        } else {
+            &mut self.publish
+        };
+        match rtc::receive(rtc, dgram.from, dgram.to, &dgram.data, now) {
+            Ok(()) => {}
+            Err(rtc::ReceiveError::Unparsable) => {
+                self.errors
+                    .push(format!("{}: unparsable datagram", self.name));
+                return;
+            }
+            Err(rtc::ReceiveError::Input(e)) => {
+                self.errors
+                    .push(format!("{} {} input: {e}", self.name, side(subscribe)))
+            }
+        }
+        self.drain(subscribe, now, queue);
+    }
+
+    pub fn timeouts(&mut self, now: Instant, queue: &mut VecDeque<Datagram>) {
+        for subscribe in [false, true] {
+            let due = if subscribe {
+                self.sub_timeout
+            } else {
+                self.pub_timeout
+            };
+            if due <= now {
+                let rtc = if subscribe {
+                    &mut self.subscribe
+                } else {
+                    &mut self.publish
+                };
+                if let Err(e) = rtc.handle_input(Input::Timeout(now)) {
+                    self.errors
+                        .push(format!("{} {} timeout: {e}", self.name, side(subscribe)));
+                }
+                self.drain(subscribe, now, queue);
+            }
+        }
+    }
+
+    /// The next instant this client needs attention.
+    pub fn next_wakeup(&self) -> Instant {
+        let mut t = self.pub_timeout.min(self.sub_timeout);
+        if self.sending && self.pub_connected {
+            if self.audio_mid.is_some() {
+                t = t.min(self.next_audio);
+            }
+            if self.video_mid.is_some() {
+                t = t.min(self.next_video);
+            }
+        }
+        t
+    }
+
+    /// Writes the synthetic frames that are due.
+    pub fn tick_media(&mut self, now: Instant, queue: &mut VecDeque<Datagram>) {
+        if !self.sending || !self.pub_connected {
+            return;
+        }
+        let mut wrote = false;
+        if let Some(mid) = self.audio_mid {
+            while self.next_audio <= now {
+                let n = self.audio_sent;
+                let data = frame(self.idx, Kind::Audio, n, true);
+                let t = MediaTime::new(u64::from(n) * 960, Frequency::FORTY_EIGHT_KHZ);
+                write_frame(&mut self.publish, mid, Codec::Opus, t, data, now);
+                if let Some(event) = self.dtmf.pop_front() {
+                    write_frame(&mut self.publish, mid, Codec::Tele, t, event, now);
+                }
+                self.audio_sent += 1;
+                self.next_audio += AUDIO_EVERY;
+                wrote = true;
+            }
+        }
+        if let Some(mid) = self.video_mid {
+            while self.next_video <= now {
+                let n = self.video_sent;
+                let key = std::mem::take(&mut self.force_keyframe);
+                let data = frame(self.idx, Kind::Video, n, key);
+                let t = MediaTime::new(u64::from(n) * 9000, Frequency::NINETY_KHZ);
+                if write_frame(&mut self.publish, mid, Codec::Vp8, t, data, now) {
+                    self.video_written += 1;
+                } else if key {
+                    self.force_keyframe = true;
+                }
+                self.video_sent += 1;
+                self.next_video += VIDEO_EVERY;
+                wrote = true;
+            }
+        }
+        if wrote {
+            self.drain(false, now, queue);
+        }
+    }
+
+    /// The SDK's first publish offer: data channels only. Returns the SDP, the pending offer
+    /// and the MediaStreams it declares (none).
+    pub fn data_channel_offer(
+        &mut self,
+        now: Instant,
+    ) -> (String, SdpPendingOffer, DeclaredStreams) {
+        self.publish.handle_input(Input::Timeout(now)).unwrap();
+        let mut api = self.publish.sdp_api();
+        api.add_channel_with_config(rtc::builtin_channel(0, "__heartbeat__"));
+        api.add_channel_with_config(rtc::builtin_channel(1, "__diagnostics__"));
+        let (offer, pending) = api.apply().expect("a data channel offer");
+        (offer.to_sdp_string(), pending, DeclaredStreams::new())
+    }
+
+    /// The SDK's second publish offer: sendonly tracks of one MediaStream, declared with
+    /// `alias`.
+    pub fn media_offer(
+        &mut self,
+        audio: bool,
+        video: bool,
+        alias: Option<&str>,
+    ) -> (String, SdpPendingOffer, DeclaredStreams) {
+        let msid = self.msid.clone();
+        let mut api = self.publish.sdp_api();
+        if audio {
+            self.audio_mid = Some(api.add_media(
+                MediaKind::Audio,
+                Direction::SendOnly,
+                Some(msid.clone()),
+                Some(format!("{msid}-audio")),
+                None,
+            ));
+        }
+        if video {
+            self.video_mid = Some(api.add_media(
+                MediaKind::Video,
+                Direction::SendOnly,
+                Some(msid.clone()),
+                Some(format!("{msid}-video")),
+                None,
+            ));
+        }
+        let (offer, pending) = api.apply().expect("a media offer");
+        (offer.to_sdp_string(), pending, declared(msid, alias))
+    }
+
+    /// Applies the engine's answer to a publish offer.
+    pub fn accept_publish_answer(
+        &mut self,
+        pending: SdpPendingOffer,
+        answer: &PublishAnswer,
+        now: Instant,
+        queue: &mut VecDeque<Datagram>,
+    ) {
+        let sdp = SdpAnswer::from_sdp_string(&answer.sdp_answer).expect("a parsable answer");
+        self.publish
+            .sdp_api()
+            .accept_answer(pending, sdp)
+            .expect("the client accepts the engine's answer");
+        self.drain(false, now, queue);
+    }
+
+    /// Answers the outstanding subscribe offer: the answer's SDP, and the protocol violation
+    /// it shows, if any.
+    pub fn answer_outstanding(
+        &mut self,
+        now: Instant,
+        queue: &mut VecDeque<Datagram>,
+    ) -> (String, Option<String>) {
+        let offer = self.outstanding.take().expect("an outstanding offer");
+        self.subscribe.handle_input(Input::Timeout(now)).unwrap();
+        let parsed = SdpOffer::from_sdp_string(&offer.sdp_offer).expect("a parsable offer");
+        let answer = self
+            .subscribe
+            .sdp_api()
+            .accept_offer(parsed)
+            .expect("the client accepts the engine's offer");
+        if !self.sub_channels_made {
+            self.sub_channels_made = true;
+            for (id, label) in [(0, "__heartbeat__"), (1, "__diagnostics__")] {
+                self.subscribe
+                    .direct_api()
+                    .create_data_channel(rtc::builtin_channel(id, label));
+            }
+        }
+        let sdp = answer.to_sdp_string();
+        self.drain(true, now, queue);
+        let violation = sdp
+            .lines()
+            .any(|l| l.starts_with("a=setup:") && l.trim_end() != "a=setup:passive")
+            .then(|| format!("{}: the subscribe answer is not setup:passive", self.name));
+        (sdp, violation)
+    }
+
+    /// Frames received at or after `since`.
+    pub fn rx_since(&self, since: Instant) -> impl Iterator<Item = &Rx> + '_ {
+        self.received.iter().filter(move |r| r.at >= since)
+    }
+
+    /// Origins of `kind` frames received at or after `since`.
+    pub fn origins(&self, kind: Kind, since: Instant) -> BTreeSet<u8> {
+        self.rx_since(since)
+            .filter(|r| r.kind == kind)
+            .map(|r| r.origin)
+            .collect()
+    }
+
+    /// How many `kind` frames from `origin` arrived at or after `since`.
+    pub fn count(&self, origin: u8, kind: Kind, since: Instant) -> usize {
+        self.rx_since(since)
+            .filter(|r| r.kind == kind && r.origin == origin)
+            .count()
+    }
+
+    /// The subscribe mids that carried frames from `origin`.
+    pub fn mids_from(&self, origin: u8) -> BTreeSet<String> {
+        self.received
+            .iter()
+            .filter(|r| r.origin == origin)
+            .map(|r| r.mid.to_string())
+            .collect()
+    }
+}
+
+/// Keeps the queue ordered by delivery time (FIFO among equal times).
+pub fn enqueue(queue: &mut VecDeque<Datagram>, d: Datagram) {
+    let pos = queue.partition_point(|x| x.at <= d.at);
+    queue.insert(pos, d);
+}
+
+/// One declared MediaStream `msid` with `alias`, as the signalling layer hands it to the engine.
+pub fn declared(msid: String, alias: Option<&str>) -> DeclaredStreams {
+    let alias = alias.map(|a| StreamAlias::parse(a).expect("a valid test alias"));
+    DeclaredStreams::from([(msid, alias)])
+}
+
+/// The virtual clock's next reading: `next` (the earliest thing due), but always forward (a
+/// timer already due is served at the next tick) and never past `limit`.
+pub fn advance(now: Instant, next: Instant, limit: Instant) -> Instant {
+    next.max(now + Duration::from_micros(200))
+        .min(limit.max(now))
+}
