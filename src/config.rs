@@ -7,6 +7,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+// clap turns the doc comments of these types into help text: keep each to one paragraph (a
+// longer one becomes the long help of `patchbay --help`).
+/// The parsed command line.
 #[derive(Debug, Parser)]
 #[command(
     name = "patchbay",
@@ -14,10 +17,12 @@ use clap::{Args, Parser, Subcommand};
     about = "Server-authoritative WebRTC call control (Bandwidth WebRTC compatible)"
 )]
 pub struct Cli {
+    /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// The top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server (REST API; device signalling, media and SIP as they land).
@@ -27,6 +32,7 @@ pub enum Command {
     Account(AccountCommand),
 }
 
+/// The commands under `patchbay account`.
 #[derive(Debug, Subcommand)]
 pub enum AccountCommand {
     /// Create an account and print its API credentials (only a hash of the password is kept).
@@ -36,6 +42,7 @@ pub enum AccountCommand {
         /// Print `{"accountId": …, "username": …, "password": …}` instead of text.
         #[arg(long)]
         json: bool,
+        /// The database holding the account.
         #[command(flatten)]
         database: DatabaseArgs,
     },
@@ -83,6 +90,7 @@ pub struct ServeConfig {
     /// HTTP address for the REST API and the device WebSocket (port 0: any free port).
     #[arg(long, env = "PATCHBAY_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Where the server's state lives.
     #[command(flatten)]
     pub database: DatabaseArgs,
     /// UDP address of the media plane (ICE-lite, DTLS-SRTP). With several shards, shard `i`

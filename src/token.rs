@@ -29,14 +29,20 @@ pub const MAX_TOKEN_LEN: usize = 186;
 /// Why a token was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
+    /// Not a JWT, no `exp`, or claims that are not a valid account and participant id.
     #[error("token is malformed")]
     Malformed,
+    /// Not signed with this installation's secret, or not HS256.
     #[error("token signature is invalid")]
     BadSignature,
+    /// `exp` is past, beyond a 5-second leeway.
     #[error("token has expired")]
     Expired,
+    /// `v` is not `"v3"` (compared case-insensitively).
     #[error("token is not for device protocol v3")]
     WrongVersion,
+    /// The token is sound but its participant has been deleted (decided by `control`, not by
+    /// [`TokenKeys::decode`]).
     #[error("token's participant no longer exists")]
     Revoked,
 }
@@ -44,8 +50,11 @@ pub enum TokenError {
 /// What a valid token says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceClaims {
+    /// The `a` claim: the account that owns the participant.
     pub account: AccountId,
+    /// The `p` claim: the participant whose device may join with this token.
     pub participant: ParticipantId,
+    /// The `exp` claim, at whole-second precision.
     pub expires: SystemTime,
 }
 
@@ -72,6 +81,8 @@ impl std::fmt::Debug for TokenKeys {
 }
 
 impl TokenKeys {
+    /// Keys for the installation's HS256 secret (normally the 32 bytes stored under
+    /// [`SECRET_NAME`]). Verification requires `exp` and allows 5 seconds of clock skew.
     pub fn from_secret(secret: &[u8]) -> TokenKeys {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 5;

@@ -79,6 +79,8 @@ impl AccountId {
     /// The longest account id that still keeps device tokens within 186 characters.
     pub const MAX_LEN: usize = 12;
 
+    /// Accepts 1 to [`Self::MAX_LEN`] characters of `[A-Za-z0-9_-]`; anything else names
+    /// `accountId` in the error.
     pub fn parse(s: &str) -> Result<Self, DomainError> {
         let ok_chars = s
             .bytes()
@@ -95,6 +97,7 @@ impl AccountId {
         Ok(AccountId(s.to_owned()))
     }
 
+    /// The id exactly as the operator spelled it (case is kept).
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -117,6 +120,8 @@ impl StreamId {
     /// Longest accepted msid stream id (RFC 8830 allows 64 characters).
     pub const MAX_LEN: usize = 64;
 
+    /// Accepts 1 to [`Self::MAX_LEN`] visible ASCII characters (no space, no control
+    /// character); anything else names `streamId` in the error.
     pub fn parse(s: &str) -> Result<Self, DomainError> {
         let ok =
             !s.is_empty() && s.len() <= Self::MAX_LEN && s.bytes().all(|b| b.is_ascii_graphic());
@@ -129,6 +134,7 @@ impl StreamId {
         Ok(StreamId(s.into()))
     }
 
+    /// The msid stream id as the publisher's SDP carries it.
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -12,8 +12,10 @@ use super::{AccountId, DomainError, ParticipantId, SessionId, Subscriptions};
 pub struct Tag(String);
 
 impl Tag {
+    /// The longest tag, counted in Unicode scalar values (characters), not bytes.
     pub const MAX_CHARS: usize = 50;
 
+    /// Accepts any string of at most [`Self::MAX_CHARS`] characters, the empty string included.
     pub fn parse(s: &str) -> Result<Self, DomainError> {
         let n = s.chars().count();
         if n > Self::MAX_CHARS {
@@ -28,6 +30,7 @@ impl Tag {
         Ok(Tag(s.to_owned()))
     }
 
+    /// The tag exactly as the backend sent it.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -39,8 +42,11 @@ impl Tag {
 pub struct CallbackUrl(String);
 
 impl CallbackUrl {
+    /// The longest accepted URL, in bytes.
     pub const MAX_LEN: usize = 2048;
 
+    /// Accepts a syntactically valid URL starting with `http://` or `https://` of at most
+    /// [`Self::MAX_LEN`] bytes. Reachability is not checked.
     pub fn parse(s: &str) -> Result<Self, DomainError> {
         use validator::ValidateUrl;
         let http = s.starts_with("http://") || s.starts_with("https://");
@@ -56,6 +62,7 @@ impl CallbackUrl {
         Ok(CallbackUrl(s.to_owned()))
     }
 
+    /// The URL exactly as the backend sent it.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -65,11 +72,14 @@ impl CallbackUrl {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum MediaKind {
+    /// Audio; `"AUDIO"` on the wire.
     Audio,
+    /// Video; `"VIDEO"` on the wire.
     Video,
 }
 
 impl MediaKind {
+    /// The wire spelling: `"AUDIO"` or `"VIDEO"`.
     pub fn as_str(self) -> &'static str {
         match self {
             MediaKind::Audio => "AUDIO",
@@ -77,6 +87,7 @@ impl MediaKind {
         }
     }
 
+    /// Parses the wire spelling, which is case-sensitive (`"audio"` is refused).
     pub fn parse(s: &str) -> Result<Self, DomainError> {
         match s {
             "AUDIO" => Ok(MediaKind::Audio),
@@ -92,28 +103,35 @@ impl MediaKind {
 /// A set of media kinds, always listed in the order AUDIO, VIDEO.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct MediaKinds {
+    /// Whether [`MediaKind::Audio`] is in the set.
     pub audio: bool,
+    /// Whether [`MediaKind::Video`] is in the set.
     pub video: bool,
 }
 
 impl MediaKinds {
+    /// The empty set (serialized as `[]`).
     pub const NONE: MediaKinds = MediaKinds {
         audio: false,
         video: false,
     };
+    /// Audio only.
     pub const AUDIO: MediaKinds = MediaKinds {
         audio: true,
         video: false,
     };
+    /// Video only.
     pub const VIDEO: MediaKinds = MediaKinds {
         audio: false,
         video: true,
     };
+    /// Audio and video; the default publish permission of a new participant.
     pub const ALL: MediaKinds = MediaKinds {
         audio: true,
         video: true,
     };
 
+    /// Whether `kind` is in the set.
     pub fn contains(self, kind: MediaKind) -> bool {
         match kind {
             MediaKind::Audio => self.audio,
@@ -121,6 +139,7 @@ impl MediaKinds {
         }
     }
 
+    /// The kinds present in both sets (e.g. what a publisher may send and a stream carries).
     pub fn intersect(self, other: MediaKinds) -> MediaKinds {
         MediaKinds {
             audio: self.audio && other.audio,
@@ -128,10 +147,12 @@ impl MediaKinds {
         }
     }
 
+    /// Whether the set holds no kind at all.
     pub fn is_empty(self) -> bool {
         !self.audio && !self.video
     }
 
+    /// The kinds in the set, audio before video.
     pub fn iter(self) -> impl Iterator<Item = MediaKind> {
         [
             (self.audio, MediaKind::Audio),
@@ -157,6 +178,8 @@ impl MediaKinds {
             .join(",")
     }
 
+    /// Parses the storage form written by [`Self::to_csv`]; empty items are skipped and
+    /// duplicates folded.
     pub fn from_csv(s: &str) -> Result<MediaKinds, DomainError> {
         s.split(',')
             .filter(|p| !p.is_empty())
@@ -181,12 +204,15 @@ pub type PublishPermissions = MediaKinds;
 /// Tokens are always minted for protocol v3 whatever this says (reference §1.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum DeviceApiVersion {
+    /// Version 2: accepted and echoed for compatibility only; devices still speak v3.
     V2,
+    /// Version 3: the protocol this server speaks, and the default when none is given.
     #[default]
     V3,
 }
 
 impl DeviceApiVersion {
+    /// Parses `"v2"` or `"v3"` in any case; anything else names `deviceApiVersion`.
     pub fn parse(s: &str) -> Result<Self, DomainError> {
         if s.eq_ignore_ascii_case("v3") {
             Ok(DeviceApiVersion::V3)
@@ -200,6 +226,7 @@ impl DeviceApiVersion {
         }
     }
 
+    /// The upper-case form echoed to the backend: `"V2"` or `"V3"`.
     pub fn as_str(self) -> &'static str {
         match self {
             DeviceApiVersion::V2 => "V2",
@@ -223,11 +250,17 @@ impl Serialize for DeviceApiVersion {
 /// A participant as stored: its attributes, its (at most one) session and its subscriptions there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Participant {
+    /// Minted by the server when the participant is created; never reused.
     pub id: ParticipantId,
+    /// The account that created it; only that account may see or change it.
     pub account: AccountId,
+    /// Where its lifecycle webhooks go, if the backend gave a URL.
     pub callback_url: Option<CallbackUrl>,
+    /// The media kinds its device may publish.
     pub publish_permissions: PublishPermissions,
+    /// The backend's free-form label, if it gave one.
     pub tag: Option<Tag>,
+    /// The protocol version it was created for (echoed; tokens are always v3).
     pub device_api_version: DeviceApiVersion,
     /// The session it is a member of, if any ("capped to one").
     pub session: Option<SessionId>,
@@ -238,8 +271,11 @@ pub struct Participant {
 /// A session as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
+    /// Minted by the server when the session is created; never reused.
     pub id: SessionId,
+    /// The account that created it; only that account may see or change it.
     pub account: AccountId,
+    /// The backend's free-form label, if it gave one.
     pub tag: Option<Tag>,
 }
 

@@ -13,8 +13,11 @@ use super::{DomainError, ParticipantId, SessionId};
 pub struct StreamAlias(std::sync::Arc<str>);
 
 impl StreamAlias {
+    /// The longest alias, counted in characters, not bytes.
     pub const MAX_CHARS: usize = 64;
 
+    /// Accepts 1 to [`Self::MAX_CHARS`] characters not starting with `~`; anything else names
+    /// `streamAliases` in the error.
     pub fn parse(s: &str) -> Result<Self, DomainError> {
         let n = s.chars().count();
         if n == 0 || n > Self::MAX_CHARS || s.starts_with('~') {
@@ -29,6 +32,7 @@ impl StreamAlias {
         Ok(StreamAlias(s.into()))
     }
 
+    /// The alias exactly as the publisher gave it.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -44,6 +48,7 @@ impl Serialize for StreamAlias {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ParticipantSubscription {
+    /// The publisher subscribed to (`participantId` on the wire).
     #[serde(rename = "participantId")]
     pub participant: ParticipantId,
     /// Empty means every stream of that publisher; otherwise only streams with these aliases
@@ -60,8 +65,11 @@ pub struct ParticipantSubscription {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Subscriptions {
+    /// Subscribe to every other member of this session; ignored when `participants` is
+    /// non-empty.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session_id: Option<SessionId>,
+    /// Subscribe to exactly these publishers; at most one entry per publisher.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub participants: Vec<ParticipantSubscription>,
 }
@@ -69,8 +77,12 @@ pub struct Subscriptions {
 /// The effective meaning of a [`Subscriptions`] value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SubscriptionRule<'a> {
+    /// Neither a session nor participants: nothing is received.
     Nothing,
+    /// Every other member of this session, including members who join later.
     WholeSession(SessionId),
+    /// Exactly these publishers (each possibly narrowed to some aliases); the session id, if
+    /// any, is ignored.
     Participants(&'a [ParticipantSubscription]),
 }
 
@@ -102,10 +114,12 @@ impl Subscriptions {
         })
     }
 
+    /// Whether neither a session nor any participant is set (the rule is then `Nothing`).
     pub fn is_empty(&self) -> bool {
         self.session_id.is_none() && self.participants.is_empty()
     }
 
+    /// What these rules mean, with the precedence of reference §1.6 applied.
     pub fn rule(&self) -> SubscriptionRule<'_> {
         match (self.participants.is_empty(), self.session_id) {
             (false, _) => SubscriptionRule::Participants(&self.participants),

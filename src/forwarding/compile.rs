@@ -10,6 +10,8 @@ use super::table::{Cause, ForwardingTable, Link, LinkKey, Route, RouteKey, Sorte
 /// Everything the compiler needs to know about one session.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SessionState {
+    /// The session compiled; a whole-session subscription routes only if it names this id
+    /// (`None`: no whole-session subscription routes).
     pub session: Option<SessionId>,
     /// The members, unique by id (the store guarantees it), in any order.
     pub members: Vec<Member>,
@@ -20,16 +22,22 @@ pub struct SessionState {
 /// A member of the session and its rules.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
+    /// The participant; unique among the members.
     pub id: ParticipantId,
+    /// The kinds it may publish; its streams are cut down to these before routing.
     pub publish: PublishPermissions,
+    /// Its subscription rules as the backend set them.
     pub subscriptions: Subscriptions,
 }
 
 /// A stream a member publishes (one MediaStream: an audio and/or a video track).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublishedStream {
+    /// The participant publishing it; ignored unless a member of the session.
     pub publisher: ParticipantId,
+    /// The stream's msid, unique per publisher.
     pub stream: StreamId,
+    /// The publisher's label for it, if any; alias filters match against it.
     pub alias: Option<StreamAlias>,
     /// The kinds the stream carries, before publish permissions are applied.
     pub kinds: MediaKinds,

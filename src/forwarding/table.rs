@@ -14,35 +14,51 @@ use crate::domain::{MediaKinds, ParticipantId, StreamAlias, StreamId};
 /// sorted vectors: compile emits entries in key order, and diffs are ordered merges.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ForwardingTable {
+    /// Which publishers each subscriber is wired to, by (subscriber, publisher).
     pub links: SortedMap<LinkKey, Link>,
+    /// The streams to forward, by (subscriber, publisher, stream).
     pub routes: SortedMap<RouteKey, Route>,
 }
 
+/// Identifies a link: ordered by subscriber, then publisher. The two are never equal.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct LinkKey {
+    /// The member receiving.
     pub subscriber: ParticipantId,
+    /// The member whose streams it receives.
     pub publisher: ParticipantId,
 }
 
+/// A subscriber's standing wiring to one publisher, present even while that publisher
+/// publishes nothing (so streams it starts later route without a rule change).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Link {
+    /// The rule that made the link.
     pub cause: Cause,
     /// The alias filter of the rule (empty: all of the publisher's streams).
     pub stream_aliases: Vec<StreamAlias>,
 }
 
+/// Identifies a route: ordered by subscriber, then publisher, then stream, so one subscriber's
+/// routes (and, within them, one publisher's) are contiguous.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RouteKey {
+    /// The member receiving.
     pub subscriber: ParticipantId,
+    /// The member publishing.
     pub publisher: ParticipantId,
+    /// The publisher's stream (its msid).
     pub stream: StreamId,
 }
 
+/// One published stream forwarded to one subscriber.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
+    /// The publisher's alias for the stream, if it gave one.
     pub alias: Option<StreamAlias>,
     /// The kinds to forward: what the stream carries, within the publisher's permissions.
     pub kinds: MediaKinds,
+    /// The rule that made the route (the same as its link's).
     pub cause: Cause,
 }
 
@@ -88,11 +104,14 @@ impl ForwardingTable {
 /// The difference between two forwarding tables.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TableDiff {
+    /// Links added, changed or removed.
     pub links: MapDiff<LinkKey, Link>,
+    /// Routes added, changed or removed.
     pub routes: MapDiff<RouteKey, Route>,
 }
 
 impl TableDiff {
+    /// Whether the two tables were equal (nothing to send to the media plane).
     pub fn is_empty(&self) -> bool {
         self.links.is_empty() && self.routes.is_empty()
     }
@@ -117,7 +136,9 @@ impl TableDiff {
 /// Entries to insert or replace, and keys to remove, both in key order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MapDiff<K, V> {
+    /// Entries new in the second map or whose value changed, with their new value.
     pub upserted: Vec<(K, V)>,
+    /// Keys present in the first map and absent from the second.
     pub removed: Vec<K>,
 }
 
@@ -169,6 +190,7 @@ impl<K: Ord + Clone, V: PartialEq + Clone> MapDiff<K, V> {
         diff
     }
 
+    /// Whether the two maps were equal.
     pub fn is_empty(&self) -> bool {
         self.upserted.is_empty() && self.removed.is_empty()
     }
@@ -229,14 +251,17 @@ impl<K: Ord, V> SortedMap<K, V> {
         SortedMap(entries)
     }
 
+    /// The number of entries.
     pub fn len(&self) -> usize {
         self.0.len()
     }
 
+    /// Whether the map has no entry.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
+    /// The value for `key`, by binary search.
     pub fn get(&self, key: &K) -> Option<&V> {
         self.0
             .binary_search_by(|(k, _)| k.cmp(key))
@@ -244,6 +269,7 @@ impl<K: Ord, V> SortedMap<K, V> {
             .map(|i| &self.0[i].1)
     }
 
+    /// Whether `key` has an entry.
     pub fn contains_key(&self, key: &K) -> bool {
         self.get(key).is_some()
     }
@@ -259,14 +285,17 @@ impl<K: Ord, V> SortedMap<K, V> {
         }
     }
 
+    /// The entries in increasing key order.
     pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> + '_ {
         self.0.iter().map(|(k, v)| (k, v))
     }
 
+    /// The keys in increasing order.
     pub fn keys(&self) -> impl Iterator<Item = &K> + '_ {
         self.0.iter().map(|(k, _)| k)
     }
 
+    /// The values, in the increasing order of their keys.
     pub fn values(&self) -> impl Iterator<Item = &V> + '_ {
         self.0.iter().map(|(_, v)| v)
     }

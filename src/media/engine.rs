@@ -56,8 +56,11 @@ impl EngineConfig {
 /// here from another shard, which keep talking to the address they first reached.
 #[derive(Debug, Clone)]
 pub struct Transmit {
+    /// The local address to send from (see above).
     pub source: SocketAddr,
+    /// The peer's remote address, on the ICE path its connection uses.
     pub destination: SocketAddr,
+    /// One UDP payload: a STUN message, a DTLS record or an SRTP/SRTCP packet.
     pub contents: Vec<u8>,
 }
 
@@ -66,30 +69,45 @@ pub struct Transmit {
 pub enum EngineEvent {
     /// Send this offer to the device (the `sdpOffer` notification).
     SubscribeOffer {
+        /// The browser device whose subscribe connection the offer is for.
         device: DeviceId,
+        /// The offer; its revision is one more than the device's previous one.
         offer: SubscribeOffer,
     },
     /// The streams a device publishes changed (control recompiles the session's routes).
     StreamsChanged {
+        /// The device whose publications changed.
         device: DeviceId,
+        /// The participant it publishes for.
         participant: ParticipantId,
+        /// Everything the device publishes now (empty once it left); replaces the previous list.
         streams: Vec<PublishedStream>,
     },
     /// A device's publish or subscribe connection is up (ICE and DTLS done).
-    Connected { device: DeviceId, subscribe: bool },
+    Connected {
+        /// The device the connection belongs to.
+        device: DeviceId,
+        /// `true` for its subscribe connection, `false` for its publish connection.
+        subscribe: bool,
+    },
     /// A frame for a local device (a phone): one of the audio tracks it receives.
     LocalMedia {
+        /// The local device receiving the frame.
         device: DeviceId,
+        /// Which of its received tracks (publisher and stream) the frame belongs to.
         source: SourceKey,
         /// RTP time of the frame (48 kHz for Opus and telephone-event).
         rtp_time: u64,
         /// A telephone-event (RFC 4733) payload rather than Opus.
         dtmf: bool,
+        /// The frame's payload, without RTP header; shared with every other target of the frame.
         data: Arc<[u8]>,
     },
     /// The audio tracks a local device receives now (sources absent from it are gone).
     LocalSources {
+        /// The local device.
         device: DeviceId,
+        /// Every audio track it receives now; replaces the previous list.
         sources: Vec<SourceKey>,
     },
 }
@@ -97,16 +115,23 @@ pub enum EngineEvent {
 /// Errors answered to a device's request; the engine itself keeps running.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MediaError {
+    /// The device is not on this engine (never added, removed, or moved away), or is a local
+    /// device where a browser was expected.
     #[error("unknown device")]
     UnknownDevice,
+    /// The SDP text does not parse; the parser's message.
     #[error("invalid SDP: {0}")]
     BadSdp(String),
+    /// The SDP parses but cannot be applied to the connection; the reason.
     #[error("negotiation failed: {0}")]
     Negotiation(String),
+    /// An answer came while the device's subscribe connection had no offer outstanding.
     #[error("no offer is waiting for an answer")]
     NoPendingOffer,
+    /// A declared stream alias is not a valid [`StreamAlias`]; the reason.
     #[error("invalid stream alias: {0}")]
     BadAlias(String),
+    /// A failure of the server, not of the request (answered as an internal error).
     #[error("{0}")]
     Internal(String),
 }
@@ -124,10 +149,12 @@ pub struct MovedDevice {
 }
 
 impl MovedDevice {
+    /// The device's connection id, the same on the engine it leaves and the one it joins.
     pub fn id(&self) -> DeviceId {
         self.id
     }
 
+    /// The participant the device belongs to.
     pub fn participant(&self) -> ParticipantId {
         self.device.participant
     }
@@ -177,6 +204,7 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// An engine with no device, no peer and no session yet.
     pub fn new(config: EngineConfig) -> Engine {
         Engine {
             config,
@@ -603,10 +631,12 @@ impl Engine {
         self.peers.next_timeout()
     }
 
+    /// The next datagram to send, in the order produced; `None` when the queue is empty.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmits.pop_front()
     }
 
+    /// The next event for the driver, in the order produced; `None` when the queue is empty.
     pub fn poll_event(&mut self) -> Option<EngineEvent> {
         self.events.pop_front()
     }

@@ -104,6 +104,7 @@ pub struct StreamMetadata {
     pub endpoint_id: String,
     /// The kinds the stream carries (published, or offered to this subscriber).
     pub kinds: MediaKinds,
+    /// The publisher's alias for the stream, if it declared one.
     pub alias: Option<StreamAlias>,
     /// The participant publishing it.
     pub participant: ParticipantId,
@@ -112,7 +113,10 @@ pub struct StreamMetadata {
 /// The engine's answer to a device's publish offer.
 #[derive(Debug, Clone)]
 pub struct PublishAnswer {
+    /// The SDP answer to apply on the device's publish connection.
     pub sdp_answer: String,
+    /// The endpoint id of the device's publish connection (a UUID minted by the engine, kept
+    /// across renegotiations).
     pub endpoint_id: String,
     /// By msid, every declared stream (with no kinds if none of its m-lines was accepted).
     pub stream_metadata: BTreeMap<String, StreamMetadata>,
@@ -121,9 +125,11 @@ pub struct PublishAnswer {
 /// A server offer for a device's subscribe connection.
 #[derive(Debug, Clone)]
 pub struct SubscribeOffer {
+    /// The SDP offer for the device's subscribe connection.
     pub sdp_offer: String,
     /// Strictly increasing per device.
     pub sdp_revision: u64,
+    /// The endpoint id of the device's subscribe connection (a UUID minted by the engine).
     pub endpoint_id: String,
     /// By the MediaStream id the subscriber sees, every stream the offer sends.
     pub stream_metadata: BTreeMap<String, StreamMetadata>,

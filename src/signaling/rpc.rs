@@ -7,27 +7,39 @@ use serde_json::{json, Value};
 /// A parsed client frame. `id` is `None` for notifications.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RpcRequest {
+    /// The method name, e.g. `offerSdp`.
     pub method: String,
+    /// The `params` member: an object or an array, JSON null when absent. Each method parses
+    /// its own shape.
     pub params: Value,
+    /// The request id to echo in the response: a string, a number or JSON null.
     pub id: Option<Value>,
 }
 
 /// A JSON-RPC error object.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RpcError {
+    /// One of the JSON-RPC 2.0 codes below, or [`RpcError::REFUSED`].
     pub code: i64,
+    /// What went wrong, for a human reading the device's log.
     pub message: String,
 }
 
 impl RpcError {
+    /// The frame is not JSON (JSON-RPC 2.0 §5.1).
     pub const PARSE: i64 = -32700;
+    /// JSON, but not a request object: no `"jsonrpc": "2.0"`, a non-string method, a bad id.
     pub const INVALID_REQUEST: i64 = -32600;
+    /// The method is not one this server implements.
     pub const METHOD_NOT_FOUND: i64 = -32601;
+    /// The method exists but its params do not have the expected shape.
     pub const INVALID_PARAMS: i64 = -32602;
+    /// The server failed to handle a valid request (e.g. the media plane stopped).
     pub const INTERNAL: i64 = -32603;
     /// Server-defined: the request was understood but refused (bad SDP, no pending offer...).
     pub const REFUSED: i64 = -32000;
 
+    /// An error with this code and message.
     pub fn new(code: i64, message: impl Into<String>) -> Self {
         RpcError {
             code,

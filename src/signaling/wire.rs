@@ -14,8 +14,11 @@ use crate::media::{self, DeclaredStreams};
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PublishMetadata {
+    /// `mediaStreams`: by msid, each MediaStream the offer publishes (absent: none).
     #[serde(default)]
     pub media_streams: BTreeMap<String, PublishedStreamMetadata>,
+    /// `dataChannels`: by label, the pre-negotiated channels the device opens (absent: none).
+    /// Accepted for compatibility; the engine opens its own built-in channels.
     #[serde(default)]
     pub data_channels: BTreeMap<String, DataChannelMetadata>,
 }
@@ -23,6 +26,8 @@ pub struct PublishMetadata {
 /// A published MediaStream's metadata as the device declares it.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct PublishedStreamMetadata {
+    /// The publisher's label for the stream, unparsed; [`PublishMetadata::declared_streams`]
+    /// validates it.
     pub alias: Option<String>,
 }
 
@@ -30,7 +35,9 @@ pub struct PublishedStreamMetadata {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DataChannelMetadata {
+    /// The channel's label, e.g. `__heartbeat__`.
     pub label: String,
+    /// `streamId`: the SCTP stream id both sides agreed on out of band.
     pub stream_id: u16,
 }
 
@@ -58,10 +65,15 @@ impl PublishMetadata {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StreamMetadata {
+    /// `endpointId`: the connection's endpoint id, `:`, the msid.
     pub endpoint_id: String,
+    /// `mediaTypes`: `"AUDIO"` and/or `"VIDEO"`, in that order; empty when nothing of the
+    /// stream was accepted.
     pub media_types: Vec<&'static str>,
+    /// The publisher's alias for the stream; omitted when it has none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub alias: Option<String>,
+    /// `participantId`: the publisher, as a hyphenated UUID.
     pub participant_id: String,
 }
 
@@ -69,8 +81,11 @@ pub struct StreamMetadata {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PublishAnswer {
+    /// `sdpAnswer`: the engine's SDP answer to the device's publish offer.
     pub sdp_answer: String,
+    /// `endpointId`: the id of the device's publish connection.
     pub endpoint_id: String,
+    /// `streamMetadata`: by msid, every stream the device declared.
     pub stream_metadata: BTreeMap<String, StreamMetadata>,
 }
 
@@ -78,9 +93,13 @@ pub struct PublishAnswer {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SubscribeOffer {
+    /// `sdpOffer`: the engine's SDP offer for the device's subscribe connection.
     pub sdp_offer: String,
+    /// `sdpRevision`: strictly increasing per device, starting at 1.
     pub sdp_revision: u64,
+    /// `endpointId`: the id of the device's subscribe connection.
     pub endpoint_id: String,
+    /// `streamMetadata`: by the msid the subscriber sees, every stream the offer sends.
     pub stream_metadata: BTreeMap<String, StreamMetadata>,
 }
 

@@ -27,11 +27,16 @@ use crate::domain::{
 /// The SQL dialect behind a [`SqlStore`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
+    /// SQLite (`sqlite:` URLs): a single writer connection beside a pool of readers;
+    /// migrations in `migrations/sqlite`.
     Sqlite,
+    /// PostgreSQL (`postgres://` or `postgresql://` URLs): one pool, migrations in
+    /// `migrations/postgres`.
     Postgres,
 }
 
 impl Dialect {
+    /// The dialect a database URL names by its scheme; `None` for any other scheme.
     pub fn of_url(url: &str) -> Option<Dialect> {
         if url.starts_with("sqlite:") {
             Some(Dialect::Sqlite)
@@ -114,6 +119,7 @@ impl SqlStore {
         Ok(store)
     }
 
+    /// Which database this store runs on.
     pub fn dialect(&self) -> Dialect {
         self.dialect
     }
