@@ -16,25 +16,82 @@
 //!  phone ──SIP/UDP,TCP──▶ sip bridge (sans-IO: transaction, dialog, call, RTP, codecs, mixer)
 //! ```
 //!
-//! Modules and what they own:
+//! ## Modules and what they own
 //! - [`domain`]: typed ids and values that cannot hold invalid states (pure).
 //! - [`forwarding`]: the pure compiler from rules to [`forwarding::ForwardingTable`], and diffs.
-//! - [`store`]: the [`store::Store`] trait and its SQLite and Postgres adapters.
-//! - [`token`]: device tokens (JWT): minting and the one verification function.
-//! - [`control`]: the orchestrator every verb goes through; the only caller of the store.
-//! - [`api`]: the Bandwidth-compatible REST adapter (axum), plus patchbay's extensions.
+//! - [`store`]: the [`store::Store`] trait and its SQLite and Postgres adapters (one conformance
+//!   suite, behind the `conformance` feature).
+//! - [`token`]: device tokens (JWT): minting and decoding.
+//! - [`control`]: the orchestrator every verb goes through, and the only door to the store and
+//!   to the media plane. By file: `sessions.rs` (sessions, participants, membership),
+//!   `auth.rs` (API credentials), `devices.rs` (device-token verification, lifecycle events),
+//!   `connections.rs` ([`control::DeviceControl`]: the verbs of a browser connection and of a
+//!   phone call), `port.rs` ([`control::port::MediaPort`], what control needs from the media
+//!   plane), `routing.rs` ([`control::Routing`], the pure core: published streams and last
+//!   tables → diffs), `routes.rs`, `serial.rs`, `events.rs`, `error.rs` ([`control::ControlError`]).
+//! - [`api`]: the Bandwidth-compatible REST adapter (axum): parses, calls control, renders
+//!   [`api::Error`]; server faults are logged once, by a layer.
+//! - [`signaling`]: the device WebSocket (JSON-RPC 2.0, protocol v3); `wire.rs` holds
+//!   Bandwidth's JSON shapes of offers and answers.
+//! - [`media`]: the SFU on str0m and its shard, sans-IO (no tokio, no sockets, no clock).
+//! - [`runtime`]: the only owner of sockets, clocks and tasks: the media pump (one task per
+//!   shard) and the SIP driver over the sans-IO `patchbay-sip` crate (`sip/`).
 //! - [`config`] and [`app`]: the command line and the wiring of a running server.
 //!
-//! - [`media`]: the SFU engine on str0m, sans-IO (browsers' peer connections, and local devices:
-//!   phones).
-//! - [`signaling`]: the device WebSocket (JSON-RPC 2.0, protocol v3).
-//! - [`runtime`]: the only owner of sockets and tasks: the media shards (one engine and one UDP
-//!   socket per core) and the SIP driver over the sans-IO `patchbay-sip` crate (`sip/`).
+//! ## Who may call whom
+//! ```text
+//! api ─────────┐
+//! signaling ───┼──▶ control ──▶ store, forwarding, token ──▶ domain
+//! runtime::sip ┘       │  ▲
+//!                      │  └── published streams (one ordered channel), routing events
+//!                      ▼
+//!              port::MediaPort ◀── implemented by runtime::media ──▶ media::Shard ──▶ media::Engine
+//! ```
+//! Adapters call control only; control never names the runtime or an adapter; `media` names
+//! neither tokio nor control. `tests/layering` fails on an import that breaks this, and clippy's
+//! `disallowed-methods` (clippy.toml) keeps clocks, sleeps and spawns in the runtime.
+//!
+//! ## The media plane: which file owns which map
+//! | file | part | owns |
+//! |---|---|---|
+//! | `media/demux.rs` | `Demux` | remote address → peer, ICE ufrag → peer, each peer's paths |
+//! | `media/peers.rs` | `Peers` | peer id → `str0m::Rtc`; the timer queue of deadlines |
+//! | `media/devices.rs` | `Devices` | device → participant, permissions, its peers; participant → device |
+//! | `media/publishing.rs` | `Publishing` | each device's published streams and their m-lines |
+//! | `media/subscribing.rs` | `Subscribing` | each browser's subscribe negotiation: tracks, mids, revision, pending offer |
+//! | `media/local.rs` | `LocalDevices` | each phone's received audio tracks (`SourceKey`s) |
+//! | `media/routes.rs` | `HostedRoutes` | the tables of the sessions this shard hosts; participant → session |
+//! | `media/fanout.rs` | `Fanout` | source → targets (the hot path), track → source, subscriber → targets, upstream |
+//! | `media/shard.rs` | `Shard` | device entries, resume/replacement, reconnect grace, moves, shard-local redirects |
+//! | `media/placement.rs` | `Placement` | participant/device → shard (the runtime's directory, never per packet) |
+//!
+//! ## Three paths
+//! - **A datagram**: `runtime::media` `Pump::run` (socket) → `Shard::handle_receive` →
+//!   `Engine::handle_receive` → `Demux::lookup` → the peer's `Rtc` → `Engine::drain_peer` →
+//!   `Engine::forward` → `Fanout::targets` → each subscriber's `Rtc` writer, or a `LocalMedia`
+//!   event for a phone. Datagrams for a device that moved away: `Shard`'s redirect map →
+//!   `ShardOutput::Message` → the other shard's inbox.
+//! - **A subscription change**: `api` handler → `Control::set_subscriptions` → store →
+//!   `Routing::compile` (a diff) → `ControlEvent::Routes` → `Pump::run` →
+//!   `Shard::handle_routes` (hosted sessions only; others just move devices home) →
+//!   `Engine::apply_routes` → `HostedRoutes::apply` → `Engine::renegotiate` (an offer, or a
+//!   phone's new sources) → `Fanout::set_targets` for that subscriber only.
+//! - **A phone's audio frame**: `runtime::sip` `CallMedia` (RTP socket) → `PhoneMedia`
+//!   (jitter buffer, G.711 → Opus) → `DeviceControl::phone_audio` → `MediaPort::write_local`
+//!   → the shard's inbox → `Shard::handle_write_local` → `Engine::write_local` →
+//!   `Engine::forward` (the same loop as a browser's frame).
+//!
+//! ## Drive contracts
+//! `media::Engine` and `media::Shard` take inputs through `handle_*(…, now)` and give outputs
+//! through `poll_transmit`, `poll_event`/`poll_output` and `poll_timeout`; after every input
+//! the driver drains every output (tables in the module docs of [`media`] and
+//! `media::shard`). The same holds for `patchbay_sip::endpoint::Endpoint`.
 //!
 //! ## Panic policy
 //! A panic is a bug. Nothing that came from the network reaches `unwrap`/`expect`; each
-//! remaining one states the invariant that makes it unreachable. Client errors are typed
-//! (`DomainError`, `StoreError`, `ControlError`, `api::Error`) and rendered as 4xx JSON.
+//! remaining one states the invariant that makes it unreachable. Errors are typed per layer
+//! (`DomainError`, `StoreError`, `ControlError`, `MediaError`, `api::Error`) and each stops at
+//! its layer: the store's are translated once, in control.
 
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub)]
