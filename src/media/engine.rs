@@ -22,7 +22,7 @@ use super::local::{LocalDevice, LocalDevices, SourceKey};
 use super::peers::{open_builtin_channels, peer_config, Peer, PeerId, Peers};
 use super::publishing::{self, Publication, Published, Publishing, TrackKey};
 use super::routes::HostedRoutes;
-use super::subscribing::{Subscriber, Subscribing};
+use super::subscribing::{Overdue, Subscriber, Subscribing};
 use super::{DeclaredStreams, DeviceId, PublishAnswer, StreamMetadata, SubscribeOffer};
 use crate::domain::{
     MediaKind, MediaKinds, ParticipantId, PublishPermissions, SessionId, StreamAlias, StreamId,
@@ -109,6 +109,13 @@ pub enum EngineEvent {
         device: DeviceId,
         /// Every audio track it receives now; replaces the previous list.
         sources: Vec<SourceKey>,
+    },
+    /// The device answered none of the offers of one change (each offered again after
+    /// `OFFER_TIMEOUT`, `OFFER_RETRIES` times): its subscribe side is stuck and the driver
+    /// should start it afresh.
+    Unanswered {
+        /// The device that does not answer.
+        device: DeviceId,
     },
 }
 
@@ -614,8 +621,22 @@ impl Engine {
         true
     }
 
-    /// Time passed: run every peer whose timer is due.
+    /// Time passed: run every peer whose timer is due, and offer again what is unanswered.
     pub fn handle_timeout(&mut self, now: Instant) {
+        for (device, overdue) in self.subscribing.overdue(now) {
+            match overdue {
+                Overdue::Reoffer(offer) => {
+                    tracing::debug!(
+                        device = device.0,
+                        revision = offer.sdp_revision,
+                        "subscribe offer unanswered: offering it again"
+                    );
+                    self.events
+                        .push_back(EngineEvent::SubscribeOffer { device, offer });
+                }
+                Overdue::GiveUp => self.events.push_back(EngineEvent::Unanswered { device }),
+            }
+        }
         for id in self.peers.due(now) {
             if let Some(peer) = self.peers.get_mut(id) {
                 if peer.rtc.handle_input(Input::Timeout(now)).is_err() {
@@ -628,7 +649,10 @@ impl Engine {
 
     /// When the engine next needs [`Engine::handle_timeout`].
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.peers.next_timeout()
+        match (self.peers.next_timeout(), self.subscribing.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The next datagram to send, in the order produced; `None` when the queue is empty.

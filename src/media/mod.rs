@@ -84,6 +84,7 @@ pub use placement::Placement;
 pub use shard::{
     Delivery, DeviceNotice, LocalDownlink, Shard, ShardMessage, ShardOutput, RECONNECT_GRACE,
 };
+pub use subscribing::{OFFER_RETRIES, OFFER_TIMEOUT};
 
 use std::collections::BTreeMap;
 

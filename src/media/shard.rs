@@ -74,6 +74,8 @@ pub const RECONNECT_GRACE: Duration = Duration::from_secs(20);
 
 /// Why a connection is closed when another connection of its participant takes over.
 pub const REPLACED: &str = "replaced by a newer connection";
+/// Why a connection is reset when its device answers no subscribe offer.
+pub const UNANSWERED: &str = "subscribe offer not answered";
 /// Why a connection is closed when its participant is deleted.
 pub const PARTICIPANT_DELETED: &str = "participant deleted";
 
@@ -85,6 +87,9 @@ pub enum DeviceNotice {
     /// Close the connection (code 1000) with this reason: replaced by a newer connection of
     /// the same participant, or the participant was deleted.
     Close(&'static str),
+    /// Close the connection with a code the SDK reconnects on (its device is gone: the
+    /// reconnect starts afresh), with this reason.
+    Reset(&'static str),
 }
 
 /// What the media plane gives a local device's driver (the SIP bridge, for a phone).
@@ -244,6 +249,8 @@ pub struct Shard {
     outputs: VecDeque<ShardOutput>,
     /// "Redirect to me" messages queued in `outputs`: transmits wait for them.
     claims_queued: usize,
+    /// Devices the engine gave up on (they answer no subscribe offer), to reset.
+    unanswered: Vec<DeviceId>,
 }
 
 impl Shard {
@@ -260,6 +267,7 @@ impl Shard {
             origins: HashMap::new(),
             outputs: VecDeque::new(),
             claims_queued: 0,
+            unanswered: Vec::new(),
         }
     }
 
@@ -758,6 +766,23 @@ impl Shard {
         }
         self.engine.handle_timeout(now);
         self.collect();
+        // A device that answers no offer is started afresh: its connection is closed with a
+        // code the SDK reconnects on, and the device goes now (no grace), so the reconnect
+        // builds new peer connections.
+        for device in std::mem::take(&mut self.unanswered) {
+            let Some(connection) = self.devices.get(&device).map(|d| d.connection) else {
+                continue;
+            };
+            tracing::info!(
+                device = device.0,
+                "device answers no subscribe offer: resetting it"
+            );
+            if let Some(c) = connection {
+                self.notice(c, DeviceNotice::Reset(UNANSWERED));
+            }
+            self.remove_device(device, now);
+            self.collect();
+        }
     }
 
     /// When [`Shard::handle_timeout`] is due next.
@@ -906,6 +931,7 @@ impl Shard {
                         downlink: LocalDownlink::Sources(sources),
                     })
                 }
+                EngineEvent::Unanswered { device } => self.unanswered.push(device),
             }
         }
     }

@@ -3,8 +3,8 @@
 //! it sees, its `sdpRevision`, and the one offer that may be pending; changes that arrive while
 //! an offer is pending are folded into the next one.
 
-use std::collections::{BTreeMap, HashMap};
-use std::time::Instant;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
 
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::media::{Direction, MediaKind as RtcKind, Mid};
@@ -14,6 +14,11 @@ use super::peers::{builtin_channel, BUILTIN_CHANNELS};
 use super::publishing::TrackKey;
 use super::{DeviceId, MediaError, StreamMetadata, SubscribeOffer};
 use crate::domain::{MediaKind, MediaKinds, ParticipantId, StreamAlias, StreamId};
+
+/// How long a subscribe offer may wait for its answer before it is offered again.
+pub const OFFER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many times an unanswered offer is offered again before the device is given up on.
+pub const OFFER_RETRIES: u32 = 2;
 
 #[derive(Debug, Clone)]
 struct OutTrack {
@@ -34,11 +39,23 @@ pub(super) struct Subscriber {
     pending_offer: Option<SubscribeOffer>,
     /// Changes arrived while an offer was pending: renegotiate when it is answered.
     dirty: bool,
+    /// When the pending offer times out, and how many times it was offered again.
+    deadline: Option<Instant>,
+    retries: u32,
     tracks: BTreeMap<TrackKey, OutTrack>,
     next_track: u64,
     /// The MediaStream id this device sees for each (publisher, stream): its own, because
     /// stream ids are only unique per publisher.
     stream_ids: BTreeMap<(ParticipantId, StreamId), String>,
+}
+
+/// What to do about an offer that got no answer in time.
+pub(super) enum Overdue {
+    /// Send it again (same SDP, so the pending change still fits its answer; a new revision,
+    /// since the SDK ignores revisions it has seen).
+    Reoffer(SubscribeOffer),
+    /// Offered too often: the device does not answer.
+    GiveUp,
 }
 
 /// What accepting an answer changed.
@@ -52,6 +69,8 @@ pub(super) struct Accepted {
 #[derive(Default)]
 pub(super) struct Subscribing {
     by_device: HashMap<DeviceId, Subscriber>,
+    /// The deadlines of pending offers, earliest first.
+    deadlines: BTreeSet<(Instant, DeviceId)>,
 }
 
 impl Subscribing {
@@ -64,6 +83,8 @@ impl Subscribing {
                 pending: None,
                 pending_offer: None,
                 dirty: false,
+                deadline: None,
+                retries: 0,
                 tracks: BTreeMap::new(),
                 next_track: 0,
                 stream_ids: BTreeMap::new(),
@@ -72,11 +93,58 @@ impl Subscribing {
     }
 
     pub(super) fn adopt(&mut self, device: DeviceId, subscriber: Subscriber) {
+        if let Some(at) = subscriber.deadline {
+            self.deadlines.insert((at, device));
+        }
         self.by_device.insert(device, subscriber);
     }
 
     pub(super) fn remove(&mut self, device: DeviceId) -> Option<Subscriber> {
-        self.by_device.remove(&device)
+        let sub = self.by_device.remove(&device)?;
+        if let Some(at) = sub.deadline {
+            self.deadlines.remove(&(at, device));
+        }
+        Some(sub)
+    }
+
+    /// When the earliest pending offer times out.
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.first().map(|(at, _)| *at)
+    }
+
+    /// The pending offers whose time is up at `now`: each is offered again, or given up on
+    /// after [`OFFER_RETRIES`] times.
+    pub(super) fn overdue(&mut self, now: Instant) -> Vec<(DeviceId, Overdue)> {
+        let due: Vec<(Instant, DeviceId)> = self
+            .deadlines
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .copied()
+            .collect();
+        let mut out = Vec::new();
+        for (at, device) in due {
+            self.deadlines.remove(&(at, device));
+            let Some(sub) = self.by_device.get_mut(&device) else {
+                continue;
+            };
+            sub.deadline = None;
+            let Some(offer) = sub.pending_offer.as_mut() else {
+                continue;
+            };
+            if sub.retries >= OFFER_RETRIES {
+                out.push((device, Overdue::GiveUp));
+                continue;
+            }
+            sub.retries += 1;
+            sub.revision += 1;
+            offer.sdp_revision = sub.revision;
+            let offer = offer.clone();
+            let at = now + OFFER_TIMEOUT;
+            sub.deadline = Some(at);
+            self.deadlines.insert((at, device));
+            out.push((device, Overdue::Reoffer(offer)));
+        }
+        out
     }
 
     /// The offer still waiting for this device's answer, if any.
@@ -170,6 +238,12 @@ impl Subscribing {
             stream_metadata: sub.metadata(),
         };
         sub.pending_offer = Some(offer.clone());
+        sub.retries = 0;
+        let at = now + OFFER_TIMEOUT;
+        if let Some(old) = sub.deadline.replace(at) {
+            self.deadlines.remove(&(old, device));
+        }
+        self.deadlines.insert((at, device));
         Some(offer)
     }
 
@@ -186,6 +260,10 @@ impl Subscribing {
             .ok_or(MediaError::UnknownDevice)?;
         let pending = sub.pending.take().ok_or(MediaError::NoPendingOffer)?;
         sub.pending_offer = None;
+        sub.retries = 0;
+        if let Some(at) = sub.deadline.take() {
+            self.deadlines.remove(&(at, device));
+        }
         rtc.sdp_api()
             .accept_answer(pending, answer)
             .map_err(|e| MediaError::Negotiation(e.to_string()))?;

@@ -45,9 +45,17 @@ async fn upgrade(
         .on_upgrade(move |socket| connection(state, query, socket))
 }
 
-async fn close(mut socket: WebSocket, reason: &str) {
+/// Closes with code 1000: the browser SDK does not reconnect after it.
+async fn close(socket: WebSocket, reason: &str) {
+    close_with(socket, 1000, reason).await
+}
+
+/// A close code the browser SDK reconnects on (any but 1000): the device was reset.
+pub const RESET_CODE: u16 = 4000;
+
+async fn close_with(mut socket: WebSocket, code: u16, reason: &str) {
     let frame = CloseFrame {
-        code: 1000,
+        code,
         reason: reason.into(),
     };
     let _ = socket.send(Message::Close(Some(frame))).await;
@@ -102,6 +110,10 @@ async fn connection(state: SignalingState, query: HashMap<String, String>, mut s
                 }
                 Some(DeviceNotice::Close(reason)) => {
                     close(socket, reason).await;
+                    break;
+                }
+                Some(DeviceNotice::Reset(reason)) => {
+                    close_with(socket, RESET_CODE, reason).await;
                     break;
                 }
                 None => break,

@@ -421,6 +421,8 @@ impl Net {
                 EngineEvent::LocalSources { device, sources } => {
                     self.local_sources.insert(device, sources);
                 }
+                // Kept in `events`; the driver's reaction is the shard's (tests/media/shard.rs).
+                EngineEvent::Unanswered { .. } => {}
             }
         }
     }

@@ -14,6 +14,7 @@ use patchbay::media::{
     Delivery, DeviceId, DeviceNotice, Engine, EngineConfig, Placement, Shard, ShardMessage,
     ShardOutput, RECONNECT_GRACE,
 };
+use patchbay::media::{OFFER_RETRIES, OFFER_TIMEOUT};
 
 use crate::peer::{advance, enqueue, Client, Datagram, Kind, LATENCY};
 
@@ -418,7 +419,33 @@ impl Shards {
             .flatten()
             .filter_map(|n| match n {
                 DeviceNotice::Close(reason) => Some(*reason),
-                DeviceNotice::Offer(_) => None,
+                DeviceNotice::Offer(_) | DeviceNotice::Reset(_) => None,
+            })
+            .collect()
+    }
+
+    /// The resets (closes the SDK reconnects on) a connection was told.
+    fn resets(&self, connection: u64) -> Vec<&'static str> {
+        self.notices
+            .get(&connection)
+            .into_iter()
+            .flatten()
+            .filter_map(|n| match n {
+                DeviceNotice::Reset(reason) => Some(*reason),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The revisions of the offers a connection was sent.
+    fn offer_revisions(&self, connection: u64) -> Vec<u64> {
+        self.notices
+            .get(&connection)
+            .into_iter()
+            .flatten()
+            .filter_map(|n| match n {
+                DeviceNotice::Offer(o) => Some(o.sdp_revision),
+                _ => None,
             })
             .collect()
     }
@@ -564,7 +591,7 @@ fn same_unique_id_resumes_the_device_and_resends_the_pending_offer() {
         .iter()
         .filter_map(|n| match n {
             DeviceNotice::Offer(o) => Some(o.sdp_revision),
-            DeviceNotice::Close(_) => None,
+            DeviceNotice::Close(_) | DeviceNotice::Reset(_) => None,
         })
         .collect();
     assert_eq!(
@@ -596,4 +623,67 @@ fn resume_while_attached_closes_the_previous_connection() {
     let (_, resumed) = net.connect_again(a, "a-1");
     assert_eq!(resumed, device);
     assert_eq!(net.closes(first), vec!["replaced by a newer connection"]);
+}
+
+/// Bob publishes; alice joins but her device does not answer its subscribe offer.
+fn alice_does_not_answer() -> (Shards, usize, usize) {
+    let mut net = Shards::new(1);
+    let a = net.add_client("alice", 0, "a-1");
+    let b = net.add_client("bob", 0, "b-1");
+    net.join(b, true);
+    net.publish(b);
+    net.clients[a].auto_answer = false;
+    net.join(a, true);
+    (net, a, b)
+}
+
+#[test]
+fn an_unanswered_subscribe_offer_is_offered_again_and_its_answer_still_works() {
+    let (mut net, a, b) = alice_does_not_answer();
+    let first = net.clients[a].outstanding.clone().expect("an offer waits");
+    let connection = net.connection_of[a];
+    net.run(OFFER_TIMEOUT + Duration::from_secs(1));
+    let again = net.clients[a].outstanding.clone().expect("offered again");
+    assert_eq!(again.sdp_offer, first.sdp_offer, "the same change");
+    assert_eq!(
+        again.sdp_revision,
+        first.sdp_revision + 1,
+        "a new revision: the SDK ignores one it has seen"
+    );
+    // The device answers the repeat: the pending change is applied and media flows.
+    net.answer(a);
+    assert!(net.received(a, b, Duration::from_secs(2)) >= 45);
+    assert!(net.resets(connection).is_empty());
+    // Answered: nothing is offered again later.
+    let offers = net.offer_revisions(connection).len();
+    net.run(OFFER_TIMEOUT * 2);
+    assert_eq!(net.offer_revisions(connection).len(), offers);
+    net.assert_clean();
+}
+
+#[test]
+fn a_device_that_answers_no_subscribe_offer_is_reset() {
+    let (mut net, a, b) = alice_does_not_answer();
+    let connection = net.connection_of[a];
+    let device = net.clients[a].device;
+    let retries = OFFER_RETRIES;
+    net.run(OFFER_TIMEOUT * (retries + 1) + Duration::from_secs(1));
+    let revisions = net.offer_revisions(connection);
+    assert_eq!(
+        revisions.len(),
+        1 + retries as usize,
+        "offered once, then again {retries} times: {revisions:?}"
+    );
+    assert!(revisions.windows(2).all(|w| w[1] > w[0]));
+    assert_eq!(net.resets(connection), vec!["subscribe offer not answered"]);
+    assert!(
+        net.closes(connection).is_empty(),
+        "not a close the SDK obeys"
+    );
+    assert!(
+        !net.shards[0].has_device(device),
+        "its device is gone at once"
+    );
+    // Bob is untouched.
+    assert!(net.shards[0].has_device(net.clients[b].device));
 }
