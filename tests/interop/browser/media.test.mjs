@@ -394,3 +394,39 @@ test("removal: DELETE alice from the session makes her stream unavailable at bob
     );
   })
 );
+
+// The page drops its first `answerSdp` before it reaches the server, as if it were lost: the
+// server offers the same change again (a new sdpRevision) after its answer timeout, the SDK
+// answers that one, and the media arrives.
+async function dropFirstAnswer(p) {
+  await p.evaluate(() => {
+    window.__droppedAnswers = 0;
+    const orig = WebSocket.prototype.send;
+    WebSocket.prototype.send = function (data) {
+      if (window.__droppedAnswers === 0 && typeof data === "string" && data.includes('"answerSdp"')) {
+        window.__droppedAnswers += 1;
+        return;
+      }
+      return orig.call(this, data);
+    };
+  });
+}
+
+test("a lost subscribe answer: the server offers again and the media arrives", { timeout: 90000 }, (t) =>
+  scenario(t, async ({ session, join, connect }) => {
+    const alice = await join("alice");
+    const bob = await join("bob");
+    await dropFirstAnswer(bob.page);
+    await pb.addParticipant(session.id, alice.id, { sessionId: session.id });
+    await pb.addParticipant(session.id, bob.id, { sessionId: session.id });
+    await connect(alice, bob);
+    await alice.page.publishTone({ freqHz: 440, alias: "alice-cam", timeoutMs: T });
+    // The re-offer comes 10 s after the lost answer: allow for it on top of the usual bound.
+    const atBob = await bob.page.waitForStream({ participantId: alice.id, timeoutMs: T + 12000 });
+    await bob.page.expectTone(atBob.streamId, 440, { toleranceHz: TOL_HZ, timeoutMs: T + 12000 });
+    const dropped = await bob.page.evaluate(() => window.__droppedAnswers);
+    assert.equal(dropped, 1, "the page dropped one answer");
+    const offers = (await bob.page.wsLog()).filter((x) => x.method === "sdpOffer");
+    assert.ok(offers.length >= 2, `offered again: ${offers.length} sdpOffer notifications`);
+  })
+);
