@@ -35,6 +35,9 @@ pub struct App {
 }
 
 impl App {
+    /// Opens the store (creating the dev account on an empty embedded database), binds the
+    /// HTTP listener and starts the media shards and the SIP bridge, as `config` says. HTTP is
+    /// served only by [`App::run_until_stopped`].
     pub async fn build(config: &ServeConfig) -> anyhow::Result<App> {
         let (url, embedded) = config.database.resolve()?;
         let store = store::open(&url)
@@ -101,10 +104,12 @@ impl App {
         })
     }
 
+    /// The bound address of the HTTP server (REST and the device WebSocket).
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
     }
 
+    /// The orchestrator of this server.
     pub fn control(&self) -> &Control {
         &self.control
     }

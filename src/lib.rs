@@ -95,6 +95,7 @@
 
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub)]
+#![warn(missing_docs)]
 
 #[allow(unreachable_pub)] // the REST handlers' visibility is settled by the control-port change
 pub mod api;

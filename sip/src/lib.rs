@@ -25,6 +25,7 @@
 
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub)]
+#![warn(missing_docs)]
 
 // Signalling.
 pub mod endpoint;

@@ -36,12 +36,25 @@ pub enum Error {
     /// The path's parameters cannot be read.
     #[error("path: {0}")]
     Path(#[from] RawPathParamsRejection),
+    /// Missing or wrong API credentials (401).
     #[error("Unauthorized")]
     Unauthorized,
+    /// No route matches the path (404).
     #[error("no such endpoint: {method} {path}")]
-    NoSuchEndpoint { method: Method, path: String },
+    NoSuchEndpoint {
+        /// The request's method.
+        method: Method,
+        /// The request's path.
+        path: String,
+    },
+    /// A route matches the path, but not with this method (405).
     #[error("method {method} is not allowed on {path}")]
-    MethodNotAllowed { method: Method, path: String },
+    MethodNotAllowed {
+        /// The request's method.
+        method: Method,
+        /// The request's path.
+        path: String,
+    },
     /// Readiness failed: control cannot serve verbs now.
     #[error("database unreachable: {0}")]
     NotReady(ControlError),
@@ -53,12 +66,19 @@ pub enum Error {
 /// Why a request body was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
+    /// The body is longer than `limit` bytes (413).
     #[error("request body exceeds {limit} bytes")]
-    TooLarge { limit: usize },
+    TooLarge {
+        /// The largest accepted body, in bytes.
+        limit: usize,
+    },
+    /// Reading the body failed for another reason than its size.
     #[error("request body: {0}")]
     Unreadable(BytesRejection),
+    /// The body is not UTF-8 text.
     #[error("request body is not UTF-8")]
     NotUtf8,
+    /// The body is not well-formed JSON.
     #[error("request body is not valid JSON: {0}")]
     NotJson(serde_json::Error),
     /// Valid JSON of the wrong shape as a whole.
@@ -67,14 +87,22 @@ pub enum BodyError {
     /// Valid JSON with a wrong value at `path`.
     #[error("{path}: {error}")]
     Field {
+        /// Where the wrong value is, as a JSON path.
         path: String,
+        /// What is wrong with it.
         error: serde_json::Error,
     },
     /// A required body is absent; says what was expected.
     #[error("request body: expected {0}")]
     Missing(&'static str),
+    /// The body names more participants than a session may hold.
     #[error("request body: names {given} participants; a session has at most {max}")]
-    TooManyParticipants { given: usize, max: usize },
+    TooManyParticipants {
+        /// How many it names.
+        given: usize,
+        /// How many a session holds at most.
+        max: usize,
+    },
 }
 
 /// The error body of 400, 404, 405, 409, 413 and 5xx responses.
@@ -90,6 +118,7 @@ pub struct ErrorBody {
 /// The error body of 401 responses.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct UnauthorizedBody {
+    /// Always `Unauthorized`.
     pub message: String,
 }
 
@@ -98,10 +127,12 @@ pub struct UnauthorizedBody {
 pub struct ServerFault {
     /// The `requestId` of the response body.
     pub request_id: String,
+    /// The fault, for the log.
     pub error: Arc<Error>,
 }
 
 impl Error {
+    /// The HTTP status this error is rendered with.
     pub fn status(&self) -> StatusCode {
         match self {
             Error::Control(e) => match e {

@@ -34,6 +34,7 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// What handlers share.
 #[derive(Clone)]
 pub struct AppState {
+    /// The orchestrator every handler calls.
     pub control: Control,
 }
 

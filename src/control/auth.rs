@@ -22,8 +22,11 @@ const CREDENTIAL_CACHE_MAX: usize = 10_000;
 /// Generated API credentials; the password is shown once and only its hash is stored.
 #[derive(Debug, Clone)]
 pub struct NewCredentials {
+    /// The account they belong to.
     pub account: AccountId,
+    /// The API username.
     pub username: String,
+    /// The password in clear; only its SHA-256 is stored.
     pub password: String,
 }
 

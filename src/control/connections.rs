@@ -25,8 +25,11 @@ pub struct DeviceControl {
 /// A browser device connected through control: what its connection needs to act later.
 #[derive(Debug, Clone)]
 pub struct ConnectedDevice {
+    /// Its device in the media plane.
     pub device: DeviceId,
+    /// The participant whose token it presented.
     pub participant: ParticipantId,
+    /// The SDK instance's `uniqueId` (empty when the device gave none).
     pub unique_id: String,
     connection: Connection,
 }
@@ -45,27 +48,36 @@ pub enum ConnectError {
 /// A phone call that passed admission.
 #[derive(Debug, Clone)]
 pub struct AdmittedPhone {
+    /// The participant's account.
     pub account: AccountId,
+    /// The participant the token names.
     pub participant: ParticipantId,
+    /// The session it is a member of: the call joins it.
     pub session: SessionId,
 }
 
 /// Why a phone call is refused (the SIP runtime renders each as a status and a `Reason`).
 #[derive(Debug, thiserror::Error)]
 pub enum PhoneRefusal {
+    /// The token does not verify (403).
     #[error("{0}")]
     BadToken(TokenError),
+    /// The token's participant no longer exists (404).
     #[error("participant not found")]
     ParticipantNotFound,
+    /// The participant is in no session (480).
     #[error("participant is in no session")]
     NotInSession,
+    /// The participant already has a device in the media plane (486).
     #[error("participant already connected")]
     AlreadyConnected,
+    /// The token cannot be checked now (503).
     #[error("try again later")]
     Unavailable,
 }
 
 impl DeviceControl {
+    /// Control's device verbs over the media plane `media`.
     pub fn new(control: Control, media: Arc<dyn MediaPort>) -> DeviceControl {
         DeviceControl { control, media }
     }

@@ -8,7 +8,9 @@ use crate::token::{DeviceClaims, TokenError};
 /// A device that presented a valid token of an existing participant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedDevice {
+    /// The token's claims.
     pub claims: DeviceClaims,
+    /// The participant it names, as stored now.
     pub participant: Participant,
 }
 

@@ -25,17 +25,26 @@ pub enum ControlError {
     Invalid(#[from] Invalid),
     /// The database cannot be reached now; retrying later may work.
     #[error("database unavailable: {source}")]
-    Unavailable { source: Source },
+    Unavailable {
+        /// The store's error, for logs.
+        source: Source,
+    },
     /// A fault of the server (corrupt data, an unexpected database error).
     #[error("internal error: {source}")]
-    Internal { source: Source },
+    Internal {
+        /// The cause, for logs.
+        source: Source,
+    },
 }
 
 /// What was not found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resource {
+    /// An account.
     Account,
+    /// A session (of the account).
     Session,
+    /// A participant (of the account).
     Participant,
     /// A participant's membership of a session (named when known).
     Member(Option<SessionId>),
@@ -56,13 +65,16 @@ fn not_found(resource: &Resource) -> String {
 /// Why a change conflicts with the current state.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Conflict {
+    /// The session has [`MAX_SESSION_MEMBERS`] members already.
     #[error("session is full ({MAX_SESSION_MEMBERS} participants)")]
     SessionFull,
+    /// The participant is a member of the named session.
     #[error(
         "participant is already a member of session {0}; remove it from that session first \
          (a participant belongs to at most one session)"
     )]
     InAnotherSession(SessionId),
+    /// The account id or its username is taken.
     #[error("account {0} already exists")]
     AccountExists(AccountId),
 }

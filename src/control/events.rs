@@ -10,7 +10,9 @@ use crate::forwarding::TableDiff;
 /// A change of one session's forwarding table.
 #[derive(Debug, Clone)]
 pub struct RoutingUpdate {
+    /// The session whose table changed.
     pub session: SessionId,
+    /// What changed, shared by every receiver.
     pub diff: Arc<TableDiff>,
 }
 
@@ -28,30 +30,46 @@ pub enum ControlEvent {
 /// A participant's device or stream changed. `device` is the device's `uniqueId`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LifecycleEvent {
+    /// A device connected.
     Connected {
+        /// Its participant.
         participant: ParticipantId,
+        /// Its `uniqueId`.
         device: String,
     },
     /// `left`: the device said `leave` (Bandwidth's `onLeave`); otherwise the connection was
     /// lost or replaced (`onDisconnect`).
     Disconnected {
+        /// Its participant.
         participant: ParticipantId,
+        /// Its `uniqueId`.
         device: String,
+        /// It said `leave` first.
         left: bool,
     },
+    /// A participant started publishing a stream.
     StreamPublished {
+        /// The publisher.
         participant: ParticipantId,
+        /// The stream.
         stream: StreamId,
+        /// Its alias, when the device declared one.
         alias: Option<StreamAlias>,
+        /// What it carries (audio, video).
         kinds: MediaKinds,
     },
+    /// A participant stopped publishing a stream.
     StreamUnpublished {
+        /// The publisher.
         participant: ParticipantId,
+        /// The stream.
         stream: StreamId,
     },
     /// A phone participant pressed a key (RFC 4733 telephone-event from the phone).
     PhoneDtmf {
+        /// The phone's participant.
         participant: ParticipantId,
+        /// The key: `0`-`9`, `*`, `#` or `A`-`D`.
         digit: char,
     },
 }

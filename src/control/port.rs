@@ -19,10 +19,13 @@ pub struct Connection(pub u64);
 /// A browser device asking to be connected.
 #[derive(Debug, Clone)]
 pub struct DeviceRequest {
+    /// The participant's account.
     pub account: AccountId,
+    /// The participant whose token the device presented.
     pub participant: ParticipantId,
     /// Its session now, if any: it decides where the device is placed.
     pub session: Option<SessionId>,
+    /// What the participant may publish.
     pub permissions: PublishPermissions,
     /// The SDK instance's `uniqueId`: the same one reconnecting resumes the device.
     pub unique_id: String,
@@ -31,10 +34,15 @@ pub struct DeviceRequest {
 /// A local device (a phone call) asking to be connected: it publishes one audio stream.
 #[derive(Debug, Clone)]
 pub struct LocalRequest {
+    /// The participant's account.
     pub account: AccountId,
+    /// The participant the call's token names.
     pub participant: ParticipantId,
+    /// Its session now, if any: it decides where the device is placed.
     pub session: Option<SessionId>,
+    /// The stream the phone publishes.
     pub stream: StreamId,
+    /// That stream's alias, if any.
     pub alias: Option<StreamAlias>,
 }
 
@@ -52,6 +60,8 @@ pub trait MediaPort: Send + Sync + 'static {
     /// kept for a grace period so that the SDK's automatic reconnect can resume it.
     fn disconnect(&self, connection: Connection, device: DeviceId, left: bool);
 
+    /// The device's publish offer (`offerSdp`) with the streams it declares; returns the
+    /// answer for its publish connection.
     async fn publish_offer(
         &self,
         device: DeviceId,
@@ -59,6 +69,7 @@ pub trait MediaPort: Send + Sync + 'static {
         declared: DeclaredStreams,
     ) -> Result<PublishAnswer, MediaError>;
 
+    /// The device's answer to its pending subscribe offer (`answerSdp`).
     async fn subscribe_answer(&self, device: DeviceId, sdp: String) -> Result<(), MediaError>;
 
     /// Connects a local device; what it receives arrives on the returned channel.

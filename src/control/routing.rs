@@ -22,6 +22,7 @@ pub struct Routing {
 }
 
 impl Routing {
+    /// Nothing published, no tables.
     pub fn new() -> Routing {
         Routing::default()
     }

@@ -12,9 +12,13 @@ use crate::domain::{
 /// What a new participant is created with.
 #[derive(Debug, Clone, Default)]
 pub struct NewParticipant {
+    /// Where its lifecycle webhooks go.
     pub callback_url: Option<CallbackUrl>,
+    /// What it may publish; everything when absent.
     pub publish_permissions: Option<PublishPermissions>,
+    /// The backend's free-form label.
     pub tag: Option<Tag>,
+    /// The protocol version it is created for; the default when absent.
     pub device_api_version: Option<DeviceApiVersion>,
 }
 
@@ -45,6 +49,7 @@ impl Control {
         Ok((participant, token))
     }
 
+    /// A participant of `account`.
     pub async fn participant(
         &self,
         account: &AccountId,
@@ -74,6 +79,7 @@ impl Control {
 
     // ---- sessions -------------------------------------------------------------------------
 
+    /// Creates an empty session.
     pub async fn create_session(
         &self,
         account: &AccountId,
@@ -88,6 +94,7 @@ impl Control {
         Ok(session)
     }
 
+    /// A session of `account`.
     pub async fn session(
         &self,
         account: &AccountId,
@@ -100,6 +107,8 @@ impl Control {
             .ok_or(ControlError::NotFound(Resource::Session))
     }
 
+    /// Deletes a session: its members leave it, with their subscriptions, and the routes it had
+    /// are withdrawn.
     pub async fn delete_session(
         &self,
         account: &AccountId,
@@ -114,6 +123,7 @@ impl Control {
         Ok(())
     }
 
+    /// The members of a session, ordered by id, with their subscriptions.
     pub async fn members(
         &self,
         account: &AccountId,
@@ -137,6 +147,7 @@ impl Control {
         self.recompile(account, session).await
     }
 
+    /// Removes a participant from a session (with its subscriptions) and recompiles the session.
     pub async fn remove_member(
         &self,
         account: &AccountId,

@@ -97,9 +97,13 @@ pub enum DeviceNotice {
 pub enum LocalDownlink {
     /// A frame of one of the audio tracks the device receives.
     Frame {
+        /// Which received track (publisher and stream) the frame belongs to.
         source: SourceKey,
+        /// RTP time of the frame, at 48 kHz.
         rtp_time: u64,
+        /// A telephone-event (RFC 4733) payload rather than Opus.
         dtmf: bool,
+        /// The payload, without RTP header.
         data: Arc<[u8]>,
     },
     /// The tracks it receives now; others are gone.
@@ -129,31 +133,48 @@ pub enum Delivery {
 pub enum ShardOutput {
     /// Tell a device connection.
     Notice {
+        /// The connection to tell.
         connection: u64,
+        /// What to tell it.
         notice: DeviceNotice,
     },
     /// Give a local device's driver this.
     Local {
+        /// The local device.
         device: DeviceId,
+        /// What its driver is given.
         downlink: LocalDownlink,
     },
     /// The streams a participant publishes now, for control (in this order).
     Published {
+        /// The publisher's account.
         account: AccountId,
+        /// The publisher.
         participant: ParticipantId,
+        /// Every stream it publishes now (empty: none).
         streams: Vec<PublishedStream>,
     },
     /// Put this in another shard's inbox.
-    Message { shard: usize, message: ShardMessage },
+    Message {
+        /// The receiving shard.
+        shard: usize,
+        /// What to put there.
+        message: ShardMessage,
+    },
     /// A device connected here (for the placement directory).
     Placed {
+        /// The device placed here.
         device: DeviceId,
+        /// Its participant.
         participant: ParticipantId,
     },
     /// A device was removed here; `last` when its participant has no device here any more.
     Removed {
+        /// The device removed.
         device: DeviceId,
+        /// Its participant.
         participant: ParticipantId,
+        /// No other device of the participant is left on this shard.
         last: bool,
     },
 }
@@ -163,9 +184,13 @@ pub enum ShardOutput {
 pub enum ShardMessage {
     /// A datagram the shard `origin` received on its socket and could not place.
     Datagram {
+        /// The remote address it came from.
         source: SocketAddr,
+        /// The local address it was received on (the origin's socket).
         destination: SocketAddr,
+        /// The datagram.
         data: Vec<u8>,
+        /// The shard whose socket received it.
         origin: usize,
         /// Shards it went through (a bound on forwarding chains).
         hops: u8,
@@ -173,8 +198,11 @@ pub enum ShardMessage {
     /// Datagrams from `addr` reaching the receiver's socket go to `to` (none: nowhere, if
     /// they went to `from` so far).
     Redirect {
+        /// The remote address.
         addr: SocketAddr,
+        /// The shard its datagrams go to now; `None`: drop the redirect if it names `from`.
         to: Option<usize>,
+        /// The sending shard.
         from: usize,
     },
     /// A device moving in.
@@ -200,10 +228,12 @@ impl std::fmt::Debug for Arrival {
 }
 
 impl Arrival {
+    /// The device moving.
     pub fn device(&self) -> DeviceId {
         self.moved.id()
     }
 
+    /// Its participant.
     pub fn participant(&self) -> ParticipantId {
         self.moved.participant()
     }
@@ -271,6 +301,7 @@ impl Shard {
         }
     }
 
+    /// This shard's index among the shards.
     pub fn index(&self) -> usize {
         self.index
     }
@@ -416,6 +447,8 @@ impl Shard {
         self.collect();
     }
 
+    /// The device's publish offer (`offerSdp`) with the streams it declares: the answer for
+    /// its publish connection.
     pub fn handle_publish_offer(
         &mut self,
         device: DeviceId,
@@ -428,6 +461,7 @@ impl Shard {
         answer
     }
 
+    /// The device's answer to its pending subscribe offer (`answerSdp`).
     pub fn handle_subscribe_answer(
         &mut self,
         device: DeviceId,

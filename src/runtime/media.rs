@@ -282,7 +282,9 @@ const RECEIVE_BATCH: usize = 64;
 
 /// One shard: its engine's config and its bound socket.
 pub struct ShardSetup {
+    /// The engine's settings: its public address and the DTLS certificate.
     pub config: EngineConfig,
+    /// The shard's bound UDP socket.
     pub socket: UdpSocket,
 }
 

@@ -24,6 +24,7 @@ pub const MAX_FRAME_BYTES: usize = 8 * 1024 * 1024;
 /// What device connections share: control's device verbs.
 #[derive(Clone)]
 pub struct SignalingState {
+    /// Control's device verbs.
     pub devices: DeviceControl,
 }
 

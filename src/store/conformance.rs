@@ -92,6 +92,7 @@ fn listing(ids: &[ParticipantId]) -> Subscriptions {
     .expect("unique")
 }
 
+/// Accounts: created, found by username (and only by a known one), not created twice.
 pub async fn accounts(store: TestStore) {
     let account = new_account(&store).await;
     let creds = store
@@ -118,6 +119,7 @@ pub async fn accounts(store: TestStore) {
     store.ping().await.expect("ping");
 }
 
+/// Named secrets: the first candidate stored is the one every later call returns.
 pub async fn secrets(store: TestStore) {
     let name = format!("case-{}", rand::random::<u64>());
     let first = store.secret(&name, b"first").await.expect("secret");
@@ -126,6 +128,7 @@ pub async fn secrets(store: TestStore) {
     assert_eq!(second, b"first", "the first stored secret wins");
 }
 
+/// Sessions: created with or without a tag, invisible to other accounts, deleted once.
 pub async fn sessions(store: TestStore) {
     let account = new_account(&store).await;
     let other = new_account(&store).await;
@@ -169,6 +172,8 @@ pub async fn sessions(store: TestStore) {
     ));
 }
 
+/// Participants: stored and read back whole, invisible to other accounts, deleted once,
+/// refused for an unknown account.
 pub async fn participants(store: TestStore) {
     let account = new_account(&store).await;
     let other = new_account(&store).await;
@@ -216,6 +221,8 @@ pub async fn participants(store: TestStore) {
     ));
 }
 
+/// Membership: adding (keeping or replacing rules), one session per participant, removing
+/// (with the rules), listing by id, and what deleting a session or a participant releases.
 pub async fn membership(store: TestStore) {
     let account = new_account(&store).await;
     let s1 = new_session(&store, &account).await;
@@ -345,6 +352,8 @@ pub async fn membership(store: TestStore) {
     ));
 }
 
+/// The member cap: one past [`MAX_SESSION_MEMBERS`] is refused; a member can still be re-added
+/// and a freed place taken.
 pub async fn member_cap(store: TestStore) {
     let account = new_account(&store).await;
     let s = new_session(&store, &account).await;
@@ -374,6 +383,7 @@ pub async fn member_cap(store: TestStore) {
         .expect("room again");
 }
 
+/// The member cap under 50 concurrent joins: exactly [`MAX_SESSION_MEMBERS`] succeed.
 pub async fn concurrent_member_cap(store: TestStore) {
     let account = new_account(&store).await;
     let s = new_session(&store, &account).await;
@@ -403,6 +413,7 @@ pub async fn concurrent_member_cap(store: TestStore) {
     );
 }
 
+/// One participant joining 8 sessions at once ends in exactly one of them.
 pub async fn concurrent_moves(store: TestStore) {
     let account = new_account(&store).await;
     let p = new_participant(&store, &account).await;
@@ -434,6 +445,8 @@ pub async fn concurrent_moves(store: TestStore) {
     assert_eq!(got.session, Some(winners[0]));
 }
 
+/// Subscription rules: stored in order with their aliases, replaced whole, refused (changing
+/// nothing) when they name an unknown or foreign publisher, only for members.
 pub async fn subscriptions(store: TestStore) {
     let account = new_account(&store).await;
     let other = new_account(&store).await;
@@ -537,6 +550,7 @@ pub async fn subscriptions(store: TestStore) {
     );
 }
 
+/// A batch of rule changes with one bad change applies none of them; a good batch applies all.
 pub async fn batch_subscriptions_are_atomic(store: TestStore) {
     let account = new_account(&store).await;
     let s = new_session(&store, &account).await;
@@ -573,6 +587,7 @@ pub async fn batch_subscriptions_are_atomic(store: TestStore) {
     }
 }
 
+/// Deleting a participant takes it out of the rules of the others.
 pub async fn deleting_a_publisher_prunes_subscriptions(store: TestStore) {
     let account = new_account(&store).await;
     let s = new_session(&store, &account).await;

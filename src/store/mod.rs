@@ -34,24 +34,34 @@ pub use sql::{Dialect, SqlStore};
 /// about the data that the API turns into 4xx responses.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// No such account.
     #[error("account not found")]
     AccountNotFound,
+    /// The account id or the username is taken.
     #[error("account {0} already exists")]
     AccountExists(AccountId),
+    /// No such session in the account.
     #[error("session not found")]
     SessionNotFound,
+    /// No such participant in the account.
     #[error("participant not found")]
     ParticipantNotFound,
+    /// The participant is not a member of this session.
     #[error("participant is not a member of this session")]
     NotAMember,
+    /// The session has [`MAX_SESSION_MEMBERS`] members already.
     #[error("session is full ({MAX_SESSION_MEMBERS} participants)")]
     SessionFull,
+    /// The participant is a member of the named session.
     #[error("participant is already a member of session {0}")]
     InAnotherSession(SessionId),
+    /// A subscription names a participant that is not in the account.
     #[error("subscription names unknown participant {0}")]
     UnknownPublisher(ParticipantId),
+    /// A stored value is not a valid domain value.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The database failed or cannot be reached.
     #[error("database error: {0}")]
     Backend(#[from] sqlx::Error),
 }
@@ -59,7 +69,9 @@ pub enum StoreError {
 /// An account's stored credentials.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccountCredentials {
+    /// The account.
     pub account: AccountId,
+    /// Its API username (unique across accounts).
     pub username: String,
     /// Lower-case hex SHA-256 of the password (passwords are random 192-bit secrets, so a fast
     /// hash is the right tool, as for API keys).
@@ -72,18 +84,23 @@ pub trait Store: Send + Sync + 'static {
     /// Is the database reachable?
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// Stores a new account with its credentials.
     async fn create_account(&self, creds: &AccountCredentials) -> Result<(), StoreError>;
+    /// The credentials whose username is `username`, if any.
     async fn account_by_username(
         &self,
         username: &str,
     ) -> Result<Option<AccountCredentials>, StoreError>;
+    /// How many accounts exist.
     async fn account_count(&self) -> Result<u64, StoreError>;
 
     /// The named server secret; `candidate` is stored and returned if none exists yet
     /// (first writer wins, so every process sharing the database uses the same secret).
     async fn secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError>;
 
+    /// Stores a new session.
     async fn create_session(&self, session: &Session) -> Result<(), StoreError>;
+    /// The session `id` of `account`, if it exists.
     async fn session(
         &self,
         account: &AccountId,
@@ -99,6 +116,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores a new participant (its `session` must be `None`, its subscriptions empty).
     async fn create_participant(&self, participant: &Participant) -> Result<(), StoreError>;
+    /// The participant `id` of `account`, if it exists.
     async fn participant(
         &self,
         account: &AccountId,

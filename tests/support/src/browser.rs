@@ -28,14 +28,19 @@ pub const VIDEO_EVERY: Duration = Duration::from_millis(100);
 /// A frame a client received on its subscribe connection.
 #[derive(Debug, Clone)]
 pub struct Rx {
+    /// When it arrived.
     pub at: Instant,
+    /// The m-line it arrived on.
     pub mid: Mid,
     /// The m-line's kind, as negotiated.
     pub mid_kind: MediaKind,
     /// The MediaStream id the engine gave the m-line (`a=msid`).
     pub stream_id: String,
+    /// The sending client's `idx`, as the frame says.
     pub origin: u8,
+    /// The kind the frame says it is.
     pub kind: Kind,
+    /// The frame's number in its sender's sequence of that kind.
     pub counter: u32,
     /// The VP8 payload header says keyframe (P=0); always true for audio.
     pub keyframe: bool,
@@ -46,38 +51,62 @@ pub struct Rx {
 /// A datagram in flight.
 #[derive(Debug, Clone)]
 pub struct Datagram {
+    /// When it is delivered.
     pub at: Instant,
+    /// The sender's address.
     pub from: SocketAddr,
+    /// The receiver's address.
     pub to: SocketAddr,
+    /// The datagram's bytes.
     pub data: Vec<u8>,
 }
 
 /// A browser-like device: a publish `Rtc` (it offers) and a subscribe `Rtc` (it answers the
 /// engine's offers, str0m answers `a=setup:passive` to `actpass`). Both are non-lite.
 pub struct Client {
+    /// A label for messages.
     pub name: String,
+    /// Its number: the origin byte of its frames and part of its addresses.
     pub idx: u8,
+    /// Its participant (random).
     pub participant: ParticipantId,
+    /// Its device in the engine.
     pub device: DeviceId,
+    /// What it may publish (the harness tells the engine).
     pub permissions: MediaKinds,
+    /// The publish connection (it offers).
     pub publish: Rtc,
+    /// The subscribe connection (it answers).
     pub subscribe: Rtc,
+    /// The publish connection's address.
     pub pub_addr: SocketAddr,
+    /// The subscribe connection's address.
     pub sub_addr: SocketAddr,
+    /// When the publish connection needs attention next.
     pub pub_timeout: Instant,
+    /// When the subscribe connection needs attention next.
     pub sub_timeout: Instant,
+    /// The publish connection is up.
     pub pub_connected: bool,
+    /// The subscribe connection is up.
     pub sub_connected: bool,
+    /// The MediaStream id of its published tracks.
     pub msid: String,
+    /// The published audio m-line, once offered.
     pub audio_mid: Option<Mid>,
     /// RFC 4733 payloads to send on the audio m-line at the next audio frames.
     pub dtmf: VecDeque<Vec<u8>>,
+    /// The published video m-line, once offered.
     pub video_mid: Option<Mid>,
     /// Publishing synthetic media when connected.
     pub sending: bool,
+    /// When the next audio frame is due.
     pub next_audio: Instant,
+    /// When the next video frame is due.
     pub next_video: Instant,
+    /// Audio frames sent so far (the next one's number).
     pub audio_sent: u32,
+    /// Video frames sent so far (the next one's number).
     pub video_sent: u32,
     /// Video frames written successfully.
     pub video_written: u32,
@@ -93,19 +122,25 @@ pub struct Client {
     pub auto_answer: bool,
     /// The subscribe connection's built-in data channels exist.
     pub sub_channels_made: bool,
+    /// The synthetic frames received, in order.
     pub received: Vec<Rx>,
     /// Non-synthetic or undecodable media on the subscribe side.
     pub foreign: usize,
     /// `MediaChanged` events on the subscribe connection.
     pub sub_media_changed: Vec<(Mid, Direction)>,
+    /// Data channels opened: (on the subscribe connection, label).
     pub channels_open: Vec<(bool, String)>,
+    /// Errors of its `Rtc`s, as messages.
     pub errors: Vec<String>,
+    /// The engine's last answer to its publish offers.
     pub last_answer: Option<PublishAnswer>,
     /// One-way delay of this client's datagrams (copied from `Net::latency`).
     pub latency: Duration,
 }
 
 impl Client {
+    /// Client number `idx` as `device`; `permissions` are what the harness tells the engine it
+    /// may publish.
     pub fn new(
         name: &str,
         idx: u8,
@@ -208,6 +243,7 @@ impl Client {
         }
     }
 
+    /// Records what one event of a connection (`subscribe` or publish) says.
     pub fn on_event(&mut self, subscribe: bool, event: Event, now: Instant) {
         match event {
             Event::Connected if subscribe => self.sub_connected = true,
@@ -243,6 +279,7 @@ impl Client {
         }
     }
 
+    /// Hands a datagram addressed to this client to the connection it is for.
     pub fn feed(&mut self, dgram: &Datagram, now: Instant, queue: &mut VecDeque<Datagram>) {
         let subscribe = dgram.to == self.sub_addr;
         let rtc = if subscribe {
@@ -265,6 +302,7 @@ impl Client {
         self.drain(subscribe, now, queue);
     }
 
+    /// Handles the timeouts of both connections that are due at `now`.
     pub fn timeouts(&mut self, now: Instant, queue: &mut VecDeque<Datagram>) {
         for subscribe in [false, true] {
             let due = if subscribe {

@@ -8,7 +8,9 @@ const MAGIC: u8 = 0xA5;
 /// The kind a synthetic frame says it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
+    /// Claims to be audio (an Opus frame, always a keyframe).
     Audio,
+    /// Claims to be video (a VP8 frame).
     Video,
 }
 

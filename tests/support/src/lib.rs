@@ -9,6 +9,7 @@
 //! - [`rtc`]: the str0m mechanics of a browser-like device, whatever its transport;
 //! - [`browser`]: the browser-like device of the in-memory media tests, sending the
 //!   synthetic [`frames`].
+#![warn(missing_docs)]
 #![allow(clippy::disallowed_methods)] // the test kit runs servers, phones and clocks for tests
 
 pub mod app;

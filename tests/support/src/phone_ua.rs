@@ -22,6 +22,7 @@ pub struct Dial {
     pub user_to_user: Option<String>,
     /// The `m=audio` formats and their attribute lines.
     pub formats: &'static str,
+    /// The attribute lines of those formats.
     pub attributes: &'static str,
 }
 
@@ -40,7 +41,9 @@ impl Dial {
 /// A final error response to the INVITE.
 #[derive(Debug, Clone)]
 pub struct Refused {
+    /// The status code.
     pub code: u16,
+    /// The `Reason` header, if any.
     pub reason: Option<String>,
 }
 
