@@ -25,16 +25,49 @@ if ((${#missing[@]})); then
   apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-# PostgreSQL for the Postgres half of the store and restart tests (local, trust auth).
-export PATCHBAY_TEST_POSTGRES=${PATCHBAY_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432/test}
-if ! pg_isready -q -h 127.0.0.1 -p 5432; then
-  step "starting PostgreSQL"
-  if [ -d /etc/postgresql ]; then
-    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -n1)" main start || true
-  fi
-  for _ in $(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
-  pg_isready -h 127.0.0.1 -p 5432 || { echo "PostgreSQL is required at 127.0.0.1:5432" >&2; exit 1; }
+# Node.js and npm for the browser interop tests (Debian's packages when missing).
+if ! command -v npm >/dev/null 2>&1; then
+  step "installing nodejs and npm"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq nodejs npm >/dev/null
 fi
+
+# PostgreSQL for the Postgres half of the store and restart tests. A server answering on
+# 127.0.0.1:5432 with trust auth and a `test` database is used as it is; otherwise (or with
+# PATCHBAY_TEST_OWN_POSTGRES=1) the script starts a throwaway cluster of its own: Debian's
+# server package if missing, initdb with trust auth in a temporary directory, a free port,
+# removed when the script ends.
+own_pg=""
+cleanup_pg() {
+  if [ -n "$own_pg" ]; then
+    su postgres -s /bin/sh -c "\"$pg_bin/pg_ctl\" -D '$own_pg/data' -m immediate stop" >/dev/null 2>&1 || true
+    rm -rf "$own_pg"
+  fi
+}
+trap cleanup_pg EXIT
+default_pg=postgres://postgres@127.0.0.1:5432/test
+if [ -z "${PATCHBAY_TEST_POSTGRES:-}" ] && [ -z "${PATCHBAY_TEST_OWN_POSTGRES:-}" ] &&
+  pg_isready -q -h 127.0.0.1 -p 5432 && psql "$default_pg" -Atc 'select 1' >/dev/null 2>&1; then
+  export PATCHBAY_TEST_POSTGRES=$default_pg
+elif [ -z "${PATCHBAY_TEST_POSTGRES:-}" ]; then
+  step "starting a PostgreSQL cluster of the tests' own"
+  if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq postgresql >/dev/null
+  fi
+  pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)
+  id postgres >/dev/null 2>&1 || useradd --system --home-dir /nonexistent postgres
+  own_pg=$(mktemp -d /tmp/patchbay-pg.XXXXXX)
+  chown postgres "$own_pg"
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  su postgres -s /bin/sh -c "\"$pg_bin/initdb\" -D '$own_pg/data' -U postgres --auth=trust -E UTF8 >/dev/null"
+  su postgres -s /bin/sh -c "\"$pg_bin/pg_ctl\" -D '$own_pg/data' -l '$own_pg/log' -w -o \"-p $port -k '$own_pg' -c listen_addresses=127.0.0.1 -c max_connections=300\" start >/dev/null"
+  psql "postgres://postgres@127.0.0.1:$port/postgres" -qc 'CREATE DATABASE test' >/dev/null
+  export PATCHBAY_TEST_POSTGRES=postgres://postgres@127.0.0.1:$port/test
+fi
+echo "PostgreSQL for the tests: $PATCHBAY_TEST_POSTGRES"
 
 # --- Rust: style, lints, tests --------------------------------------------------------------
 step "cargo fmt --check"
