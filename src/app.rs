@@ -40,7 +40,7 @@ impl App {
     /// served only by [`App::run_until_stopped`].
     pub async fn build(config: &ServeConfig) -> anyhow::Result<App> {
         let (url, embedded) = config.database.resolve()?;
-        let store = store::open(&url)
+        let store = store::open_with(&url, config.database_timeouts.timeouts())
             .await
             .map_err(|e| anyhow::anyhow!("cannot open database {}: {e}", redact(&url)))?;
         let store: Arc<dyn Store> = Arc::new(store);

@@ -4,6 +4,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -114,6 +115,10 @@ pub struct ServeConfig {
     /// The stream alias of the audio a phone publishes.
     #[arg(long, env = "PATCHBAY_PHONE_STREAM_ALIAS", default_value = "phone", value_parser = parse_alias)]
     pub phone_stream_alias: crate::domain::StreamAlias,
+    // Issue 9, database slice: how long a sick database may keep a request waiting.
+    /// Bounds on waits for the database.
+    #[command(flatten)]
+    pub database_timeouts: DatabaseTimeoutArgs,
 }
 
 impl ServeConfig {
@@ -132,8 +137,53 @@ impl ServeConfig {
             rtp_ports: (0, 0),
             phone_stream_alias: crate::domain::StreamAlias::parse("phone")
                 .unwrap_or_else(|_| unreachable!("a valid alias")),
+            database_timeouts: DatabaseTimeoutArgs::default(),
         }
     }
+}
+
+// Issue 9, database slice: the database timeouts (docs/security/database.md).
+/// How long requests may wait for a database that does not answer.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct DatabaseTimeoutArgs {
+    /// Longest wait, in seconds, for a database connection; a request that cannot get one
+    /// (database refusing connections, unreachable, or every connection busy) is answered
+    /// 503 after it.
+    #[arg(long, env = "PATCHBAY_DATABASE_ACQUIRE_TIMEOUT", default_value = "5", value_parser = parse_seconds)]
+    pub database_acquire_timeout: Duration,
+    /// Longest run, in seconds, of one database statement, waits for locks included
+    /// (PostgreSQL statement_timeout, SQLite busy_timeout); then the request is answered 503.
+    #[arg(long, env = "PATCHBAY_DATABASE_STATEMENT_TIMEOUT", default_value = "5", value_parser = parse_seconds)]
+    pub database_statement_timeout: Duration,
+}
+
+impl Default for DatabaseTimeoutArgs {
+    fn default() -> DatabaseTimeoutArgs {
+        let defaults = crate::store::Timeouts::default();
+        DatabaseTimeoutArgs {
+            database_acquire_timeout: defaults.acquire,
+            database_statement_timeout: defaults.statement,
+        }
+    }
+}
+
+impl DatabaseTimeoutArgs {
+    /// The store's settings.
+    pub fn timeouts(&self) -> crate::store::Timeouts {
+        crate::store::Timeouts {
+            acquire: self.database_acquire_timeout,
+            statement: self.database_statement_timeout,
+        }
+    }
+}
+
+/// Seconds (fractions allowed) from 0.001 to one day.
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let seconds: f64 = s.trim().parse().map_err(|e| format!("{s:?}: {e}"))?;
+    if !(0.001..=86_400.0).contains(&seconds) {
+        return Err(format!("{s:?}: need 0.001 to 86400 seconds"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
 }
 
 fn parse_port_range(s: &str) -> Result<(u16, u16), String> {

@@ -2,6 +2,7 @@
 //!
 //! 400/404/405/409/413/5xx: `{"error": "<message>", "requestId": "<uuid>"}`;
 //! 401: `{"message": "Unauthorized"}` with `WWW-Authenticate: Basic`.
+//! 503 (the database cannot answer now, or readiness failed) also carries `Retry-After`.
 //!
 //! Rendering ([`IntoResponse`]) is pure: it builds the body and nothing else. A server fault
 //! (5xx) gets a safe message in its body, and its details travel with the response as a
@@ -62,6 +63,10 @@ pub enum Error {
     #[error("route has no {0}")]
     RouteWithout(&'static str),
 }
+
+/// The `Retry-After` of every 503 (the database cannot answer now), in seconds: about how long
+/// the store's timeouts let a probe of a recovered database take.
+pub const RETRY_AFTER_SECONDS: &str = "2";
 
 /// Why a request body was refused.
 #[derive(Debug, thiserror::Error)]
@@ -184,6 +189,8 @@ impl IntoResponse for Error {
             // The rest of the body was not read: this connection cannot carry another request,
             // and the client must know it before reusing it.
             (status, [(header::CONNECTION, "close")], body).into_response()
+        } else if status == StatusCode::SERVICE_UNAVAILABLE {
+            (status, [(header::RETRY_AFTER, RETRY_AFTER_SECONDS)], body).into_response()
         } else {
             (status, body).into_response()
         };
@@ -301,6 +308,32 @@ mod tests {
             })
         );
         assert!(fault.error.to_string().contains("pool timed out"));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn every_503_says_when_to_retry_and_nothing_else_does() {
+        let not_ready = Error::NotReady(ControlError::Unavailable {
+            source: "database did not answer within 1s".into(),
+        });
+        for error in [unavailable(), not_ready] {
+            let response = error.into_response();
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(
+                response.headers().get(header::RETRY_AFTER).unwrap(),
+                RETRY_AFTER_SECONDS
+            );
+            let body = body_json(response).await;
+            assert_eq!(
+                body["error"],
+                "service temporarily unavailable; retry later"
+            );
+        }
+        let internal = Error::Control(ControlError::Internal {
+            source: "bad uuid".into(),
+        })
+        .into_response();
+        assert_eq!(internal.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(internal.headers().get(header::RETRY_AFTER).is_none());
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -108,14 +108,14 @@ impl From<StoreError> for ControlError {
             StoreError::InAnotherSession(s) => Conflict::InAnotherSession(s).into(),
             StoreError::AccountExists(a) => Conflict::AccountExists(a).into(),
             StoreError::UnknownPublisher(p) => Invalid::UnknownPublisher(p).into(),
-            e @ StoreError::Backend(
-                sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_),
-            ) => ControlError::Unavailable {
+            e if e.is_unavailable() => ControlError::Unavailable {
                 source: Box::new(e),
             },
-            e @ (StoreError::Corrupt(_) | StoreError::Backend(_)) => ControlError::Internal {
-                source: Box::new(e),
-            },
+            e @ (StoreError::Corrupt(_) | StoreError::Backend(_) | StoreError::TimedOut(_)) => {
+                ControlError::Internal {
+                    source: Box::new(e),
+                }
+            }
         }
     }
 }
@@ -176,6 +176,20 @@ mod tests {
             timed_out.to_string().contains("pool timed out"),
             "{timed_out}"
         );
+        for cut_off in [
+            sqlx::Error::PoolClosed,
+            sqlx::Error::Io(std::io::ErrorKind::ConnectionRefused.into()),
+        ] {
+            let e = ControlError::from(StoreError::Backend(cut_off));
+            assert!(matches!(e, ControlError::Unavailable { .. }), "{e:?}");
+        }
+        let probe = ControlError::from(StoreError::TimedOut(std::time::Duration::from_secs(1)));
+        assert!(
+            matches!(probe, ControlError::Unavailable { .. }),
+            "{probe:?}"
+        );
+        let other = ControlError::from(StoreError::Backend(sqlx::Error::RowNotFound));
+        assert!(matches!(other, ControlError::Internal { .. }), "{other:?}");
         let corrupt = ControlError::from(StoreError::Corrupt("bad uuid".into()));
         assert!(matches!(corrupt, ControlError::Internal { .. }));
         assert!(corrupt.is_fault());

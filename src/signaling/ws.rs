@@ -72,7 +72,17 @@ async fn connection(state: SignalingState, query: HashMap<String, String>, mut s
             tracing::info!(error = %e, "device refused");
             return close(socket, &e.to_string()).await;
         }
-        Err(e @ ConnectError::Unavailable(_)) => return close(socket, &e.to_string()).await,
+        Err(ConnectError::Unavailable(cause)) => {
+            // 1013 "try again later": the SDK retries on any code but 1000; the cause stays in
+            // the server's log, not in the reason.
+            tracing::info!(%cause, "device told to try again later");
+            let frame = CloseFrame {
+                code: 1013,
+                reason: "try again later".into(),
+            };
+            let _ = socket.send(Message::Close(Some(frame))).await;
+            return;
+        }
     };
     let mut left = false;
     loop {

@@ -17,10 +17,18 @@
 //! both implemented by [`sql::SqlStore`] on sqlx's runtime-checked queries with a [`sql::Dialect`]
 //! for the few differences, and migrations under `migrations/<dialect>/`. `conformance` (behind the
 //! feature of that name) is the one suite both adapters must pass.
+//!
+//! A sick database gets a bounded wait, never an open-ended one: taking a connection from the
+//! pool waits at most [`Timeouts::acquire`], one statement (lock waits included) runs at most
+//! [`Timeouts::statement`], and the readiness probe ([`Store::ping`]) answers within
+//! [`PROBE_TIMEOUT`]. [`StoreError::is_unavailable`] says which failures mean "the database
+//! cannot answer now" (unreachable, timed out, locked, shutting down), as opposed to a fault.
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod sql;
+
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -64,7 +72,47 @@ pub enum StoreError {
     /// The database failed or cannot be reached.
     #[error("database error: {0}")]
     Backend(#[from] sqlx::Error),
+    /// The database did not answer the readiness probe within this bound.
+    #[error("database did not answer within {0:?}")]
+    TimedOut(Duration),
 }
+
+impl StoreError {
+    /// Does this failure mean the database cannot answer now (so retrying later may work)?
+    /// True for an unreachable or closed pool, a lost connection, a statement or lock timeout,
+    /// a server shutting down or out of connections, and SQLite's busy/locked answers.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::TimedOut(_) => true,
+            StoreError::Backend(e) => sql::is_unavailable(e),
+            _ => false,
+        }
+    }
+}
+
+/// How long the store waits on a database that does not answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Longest wait for a connection from the pool (a refused or unreachable database ends
+    /// here: sqlx retries refused connections until this deadline).
+    pub acquire: Duration,
+    /// Longest run of one statement, waits for locks included (PostgreSQL
+    /// `statement_timeout`; SQLite `busy_timeout`).
+    pub statement: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Timeouts {
+        Timeouts {
+            acquire: Duration::from_secs(5),
+            statement: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The readiness probe's own bound: [`Store::ping`] answers within it, whether the pool is
+/// saturated, the database refuses connections or a lock blocks the probe.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// An account's stored credentials.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,7 +129,7 @@ pub struct AccountCredentials {
 /// Durable state. See the module docs for the atomicity and locking contract.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Is the database reachable?
+    /// Does the database answer for every table the server uses, within [`PROBE_TIMEOUT`]?
     async fn ping(&self) -> Result<(), StoreError>;
 
     /// Stores a new account with its credentials.
@@ -162,7 +210,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
 }
 
-/// Opens the store a database URL names and brings its schema up to date.
+/// Opens the store a database URL names and brings its schema up to date, with the default
+/// [`Timeouts`].
 pub async fn open(url: &str) -> Result<SqlStore, StoreError> {
     SqlStore::open(url).await
+}
+
+/// Opens the store a database URL names with the given [`Timeouts`].
+pub async fn open_with(url: &str, timeouts: Timeouts) -> Result<SqlStore, StoreError> {
+    SqlStore::open_with(url, timeouts).await
 }

@@ -9,15 +9,18 @@
 //!   process instead of spinning in SQLite's busy handler. Other processes on the same file
 //!   (the `account create` command) wait on `busy_timeout`.
 //! - PostgreSQL: one pool; concurrent transactions are serialized by row locks (module docs of
-//!   `store`).
+//!   `store`). Each connection sets `statement_timeout` to [`Timeouts::statement`].
+//!
+//! Both pools wait at most [`Timeouts::acquire`] for a connection. [`is_unavailable`] sorts the
+//! driver's errors into "cannot answer now" and faults.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 
-use super::{AccountCredentials, Store, StoreError};
+use super::{AccountCredentials, Store, StoreError, Timeouts, PROBE_TIMEOUT};
 use crate::domain::{
     AccountId, CallbackUrl, DeviceApiVersion, MediaKinds, Participant, ParticipantId,
     ParticipantSubscription, Session, SessionId, StreamAlias, Subscriptions, Tag,
@@ -70,8 +73,13 @@ fn corrupt(what: impl std::fmt::Display) -> StoreError {
 }
 
 impl SqlStore {
-    /// Connects, applies pending migrations and returns the store.
+    /// Connects with the default [`Timeouts`], applies pending migrations and returns the store.
     pub async fn open(url: &str) -> Result<SqlStore, StoreError> {
+        SqlStore::open_with(url, Timeouts::default()).await
+    }
+
+    /// Connects with the given [`Timeouts`], applies pending migrations and returns the store.
+    pub async fn open_with(url: &str, timeouts: Timeouts) -> Result<SqlStore, StoreError> {
         sqlx::any::install_default_drivers();
         let dialect = Dialect::of_url(url).ok_or_else(|| {
             StoreError::Backend(sqlx::Error::Configuration(
@@ -81,9 +89,21 @@ impl SqlStore {
         })?;
         let store = match dialect {
             Dialect::Postgres => {
+                let statement_ms = timeouts.statement.as_millis();
                 let pool = AnyPoolOptions::new()
                     .max_connections(16)
-                    .acquire_timeout(Duration::from_secs(10))
+                    .acquire_timeout(timeouts.acquire)
+                    .after_connect(move |conn, _meta| {
+                        Box::pin(async move {
+                            // Every statement on this connection, lock waits included, ends
+                            // with SQLSTATE 57014 after this long.
+                            conn.execute(
+                                format!("SET statement_timeout = {statement_ms}").as_str(),
+                            )
+                            .await?;
+                            Ok(())
+                        })
+                    })
                     .connect(url)
                     .await?;
                 SqlStore {
@@ -94,12 +114,12 @@ impl SqlStore {
             }
             Dialect::Sqlite => {
                 let memory = url.contains(":memory:") || url.contains("mode=memory");
-                let write = sqlite_pool(url, 1).await?;
+                let write = sqlite_pool(url, 1, timeouts).await?;
                 // A private in-memory database exists once per connection: share the writer.
                 let read = if memory {
                     write.clone()
                 } else {
-                    sqlite_pool(url, 4).await?
+                    sqlite_pool(url, 4, timeouts).await?
                 };
                 SqlStore {
                     dialect,
@@ -217,13 +237,17 @@ impl SqlStore {
     }
 }
 
-async fn sqlite_pool(url: &str, max: u32) -> Result<AnyPool, StoreError> {
+async fn sqlite_pool(url: &str, max: u32, timeouts: Timeouts) -> Result<AnyPool, StoreError> {
+    // SQLite has no statement timeout; what can hang a statement is waiting for another
+    // process's lock, and the busy timeout bounds that wait (then SQLITE_BUSY).
+    let busy_ms = timeouts.statement.as_millis();
     let pool = AnyPoolOptions::new()
         .max_connections(max)
-        .acquire_timeout(Duration::from_secs(10))
-        .after_connect(|conn, _meta| {
+        .acquire_timeout(timeouts.acquire)
+        .after_connect(move |conn, _meta| {
             Box::pin(async move {
-                conn.execute("PRAGMA busy_timeout = 5000").await?;
+                conn.execute(format!("PRAGMA busy_timeout = {busy_ms}").as_str())
+                    .await?;
                 conn.execute("PRAGMA foreign_keys = ON").await?;
                 conn.execute("PRAGMA synchronous = NORMAL").await?;
                 Ok(())
@@ -236,6 +260,70 @@ async fn sqlite_pool(url: &str, max: u32) -> Result<AnyPool, StoreError> {
         .fetch_optional(&pool)
         .await?;
     Ok(pool)
+}
+
+/// Reads no row but takes a read lock on every table, so a table locked by someone else makes
+/// the probe wait (and time out) as the server's own requests would.
+const PROBE_SQL: &str = "SELECT 1 FROM accounts WHERE 1 = 0 \
+     UNION ALL SELECT 1 FROM server_secrets WHERE 1 = 0 \
+     UNION ALL SELECT 1 FROM sessions WHERE 1 = 0 \
+     UNION ALL SELECT 1 FROM participants WHERE 1 = 0 \
+     UNION ALL SELECT 1 FROM subscriptions WHERE 1 = 0";
+
+impl SqlStore {
+    /// The readiness probe, unbounded here ([`Store::ping`] bounds it).
+    async fn probe(&self) -> Result<(), StoreError> {
+        let mut tx = self.read.begin().await?;
+        if self.dialect == Dialect::Postgres {
+            // The server gives up when the caller does: an abandoned probe must not keep its
+            // connection waiting behind a lock for the full statement timeout.
+            let limit = PROBE_TIMEOUT.as_millis();
+            (&mut *tx)
+                .execute(format!("SET LOCAL statement_timeout = {limit}").as_str())
+                .await?;
+        }
+        sqlx::query(PROBE_SQL).fetch_all(&mut *tx).await?;
+        tx.rollback().await?;
+        Ok(())
+    }
+}
+
+/// Does this database error mean "cannot answer now" rather than a fault? See
+/// [`StoreError::is_unavailable`].
+pub(super) fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(d) => {
+            if let Some(pg) = d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                is_unavailable_sqlstate(pg.code())
+            } else if d.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                // The primary result code is the low byte of the extended one.
+                d.code()
+                    .and_then(|c| c.parse::<u32>().ok())
+                    .is_some_and(|c| matches!(c & 0xff, SQLITE_BUSY | SQLITE_LOCKED))
+            } else {
+                false
+            }
+        }
+        _ => false,
+    }
+}
+
+const SQLITE_BUSY: u32 = 5;
+const SQLITE_LOCKED: u32 = 6;
+
+/// PostgreSQL SQLSTATEs of a database that cannot answer now: class 08 (connection exception),
+/// 57014 (statement timeout), 55P03 (lock timeout), 53300 (too many connections), 57P01-57P03
+/// (shutting down, crashed, starting up).
+fn is_unavailable_sqlstate(code: &str) -> bool {
+    code.starts_with("08")
+        || matches!(
+            code,
+            "57014" | "55P03" | "53300" | "57P01" | "57P02" | "57P03"
+        )
 }
 
 fn parse_id<T: std::str::FromStr>(row: &AnyRow, col: &str) -> Result<T, StoreError>
@@ -306,8 +394,9 @@ fn on_foreign_key(answer: StoreError) -> impl FnOnce(sqlx::Error) -> StoreError 
 #[async_trait]
 impl Store for SqlStore {
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").fetch_one(&self.read).await?;
-        Ok(())
+        tokio::time::timeout(PROBE_TIMEOUT, self.probe())
+            .await
+            .map_err(|_| StoreError::TimedOut(PROBE_TIMEOUT))?
     }
 
     async fn create_account(&self, creds: &AccountCredentials) -> Result<(), StoreError> {
