@@ -7,6 +7,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::api::AuthFailureLimits;
+
 // clap turns the doc comments of these types into help text: keep each to one paragraph (a
 // longer one becomes the long help of `patchbay --help`).
 /// The parsed command line.
@@ -173,6 +175,13 @@ pub struct ServeConfig {
     /// The stream alias of the audio a phone publishes.
     #[arg(long, env = "PATCHBAY_PHONE_STREAM_ALIAS", default_value = "phone", value_parser = parse_alias)]
     pub phone_stream_alias: crate::domain::StreamAlias,
+    // Issue 9, input hygiene: failed HTTP Basic authentication budgets (see api::auth_limit).
+    /// Failed REST authentications per minute from one source address (IPv6: per /64) before 429; 0: no limit.
+    #[arg(long, env = "PATCHBAY_AUTH_FAILURES_PER_ADDRESS", default_value_t = AuthFailureLimits::DEFAULT.per_address)]
+    pub auth_failures_per_address: u32,
+    /// Failed REST authentications per minute for one username before 429; 0: no limit.
+    #[arg(long, env = "PATCHBAY_AUTH_FAILURES_PER_USERNAME", default_value_t = AuthFailureLimits::DEFAULT.per_username)]
+    pub auth_failures_per_username: u32,
 }
 
 impl ServeConfig {
@@ -191,6 +200,16 @@ impl ServeConfig {
             rtp_ports: (0, 0),
             phone_stream_alias: crate::domain::StreamAlias::parse("phone")
                 .unwrap_or_else(|_| unreachable!("a valid alias")),
+            auth_failures_per_address: AuthFailureLimits::DEFAULT.per_address,
+            auth_failures_per_username: AuthFailureLimits::DEFAULT.per_username,
+        }
+    }
+
+    /// The failed-authentication budgets of the REST API.
+    pub fn auth_failure_limits(&self) -> AuthFailureLimits {
+        AuthFailureLimits {
+            per_address: self.auth_failures_per_address,
+            per_username: self.auth_failures_per_username,
         }
     }
 }
