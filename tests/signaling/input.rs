@@ -233,3 +233,58 @@ async fn stun_noise_costs_the_log_one_summary_line_per_interval() {
         new.len()
     );
 }
+
+#[tokio::test]
+async fn a_token_with_an_absurd_expiry_is_refused_and_the_server_keeps_serving() {
+    use patchbay::store::Store;
+    let url = patchbay_testkit::db::sqlite_url();
+    let app = spawn_app(&url).await;
+    let account = AccountId::parse("sig").expect("id");
+    app.control
+        .create_account(account.clone())
+        .await
+        .expect("account");
+    let (p, good) = app
+        .control
+        .create_participant(&account, NewParticipant::default())
+        .await
+        .expect("participant");
+    // Whoever holds the signing secret can put anything in a token: a defence in depth.
+    let store = patchbay::store::open(&url).await.expect("store");
+    let secret = store
+        .secret(patchbay::token::SECRET_NAME, &[0; 32])
+        .await
+        .expect("secret");
+    let header = jsonwebtoken::Header {
+        typ: None,
+        ..jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256)
+    };
+    let key = jsonwebtoken::EncodingKey::from_secret(&secret);
+    let s = Server {
+        base: format!("ws://{}", app.http),
+        control: app.control.clone(),
+        account: account.clone(),
+        _app: app,
+    };
+    for exp in [json!(1u64 << 63), json!(u64::MAX), json!(1e300)] {
+        let claims = json!({"a": "sig", "p": p.id.to_string(), "v": "v3", "exp": exp});
+        let forged = jsonwebtoken::encode(&header, &claims, &key).expect("sign");
+        let mut ws = s.connect("/v3", &forged).await;
+        let reason = expect_close_1000(&mut ws).await;
+        assert!(reason.contains("malformed"), "exp {exp}: {reason}");
+    }
+    // Not yet valid: refused with its own reason.
+    let later = json!({"a": "sig", "p": p.id.to_string(), "v": "v3",
+        "exp": 4_000_000_000u64, "nbf": 4_000_000_000u64});
+    let forged = jsonwebtoken::encode(&header, &later, &key).expect("sign");
+    let mut ws = s.connect("/v3", &forged).await;
+    assert!(expect_close_1000(&mut ws).await.contains("not valid yet"));
+    // The connection tasks did not panic: the real token still joins.
+    let mut ws = s.connect("/v3", &good).await;
+    let r = call(
+        &mut ws,
+        r#"{"jsonrpc":"2.0","method":"ping","params":{},"id":1}"#,
+    )
+    .await;
+    assert_eq!(r, json!({"jsonrpc":"2.0","result":{},"id":1}));
+}
