@@ -131,10 +131,10 @@ impl<C: Clock + Clone> AuthFailures<C> {
 
     /// Before checking credentials: whether `source` has spent its budget.
     pub fn check_address(&self, source: Option<IpAddr>) -> Result<(), TooManyFailures> {
-        let Some(ip) = source.map(address_key) else {
+        let inner = &self.inner;
+        let (Some(_), Some(ip)) = (&inner.per_address, source.map(address_key)) else {
             return Ok(());
         };
-        let inner = &self.inner;
         // A poisoned map only loses penalties; authentication goes on.
         let Ok(penalties) = inner.penalties.lock() else {
             return Ok(());
