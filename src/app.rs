@@ -30,6 +30,7 @@ pub struct App {
     http_addr: SocketAddr,
     media_public_addr: SocketAddr,
     sip: SipHandle,
+    auth_failures: api::AuthFailures,
     /// Credentials of the dev account, when this start created it.
     pub dev_credentials: Option<NewCredentials>,
 }
@@ -100,6 +101,7 @@ impl App {
             http_addr,
             media_public_addr,
             sip,
+            auth_failures: api::AuthFailures::new(config.auth_failure_limits()),
             dev_credentials,
         })
     }
@@ -141,6 +143,7 @@ impl App {
             control: self.control,
         })
         .merge(signaling)
+        .layer(axum::Extension(self.auth_failures))
         .layer(tower_http::trace::TraceLayer::new_for_http());
         // Routing sees the path with duplicated leading slashes folded (`//v3/` from SDKs
         // given a base URL that ends in '/').

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::api::AuthFailureLimits;
+
 // clap turns the doc comments of these types into help text: keep each to one paragraph (a
 // longer one becomes the long help of `patchbay --help`).
 /// The parsed command line.
@@ -76,13 +78,72 @@ impl DatabaseArgs {
                     anyhow::anyhow!("no home directory; pass --data-dir or --database-url")
                 })?,
         };
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| anyhow::anyhow!("cannot create data directory {}: {e}", dir.display()))?;
-        Ok((
-            format!("sqlite://{}?mode=rwc", dir.join("patchbay.db").display()),
-            true,
-        ))
+        let db = dir.join("patchbay.db");
+        create_private_data_dir(&dir, &db)?;
+        Ok((format!("sqlite://{}?mode=rwc", db.display()), true))
     }
+}
+
+/// Creates the data directory (mode 0700) and the database file (0600) if they are absent,
+/// and tightens them, and the database's `-wal` and `-shm` files, if they are looser: the
+/// database holds the device-token signing secret. SQLite creates `-wal` and `-shm` with the
+/// database file's mode. A looser mode is fixed rather than refused (these are patchbay's own
+/// files; nobody else should need to read them) and the fix is logged.
+#[cfg(unix)]
+fn create_private_data_dir(dir: &std::path::Path, db: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+
+    fn tighten(path: &std::path::Path, allowed: u32) -> anyhow::Result<()> {
+        let cannot = |e: std::io::Error| anyhow::anyhow!("cannot secure {}: {e}", path.display());
+        let mode = std::fs::metadata(path)
+            .map_err(cannot)?
+            .permissions()
+            .mode()
+            & 0o777;
+        if mode & !allowed != 0 {
+            let fixed = mode & allowed;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(fixed))
+                .map_err(cannot)?;
+            tracing::warn!(
+                path = %path.display(),
+                "was mode {mode:03o}, open to other users; set to {fixed:03o} (it holds the token-signing secret)"
+            );
+        }
+        Ok(())
+    }
+
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| anyhow::anyhow!("cannot create data directory {}: {e}", dir.display()))?;
+    tighten(dir, 0o700)?;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(db)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => anyhow::bail!("cannot create database {}: {e}", db.display()),
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = db.as_os_str().to_owned();
+        name.push(suffix);
+        let path = std::path::PathBuf::from(name);
+        if path.exists() {
+            tighten(&path, 0o600)?;
+        }
+    }
+    Ok(())
+}
+
+/// Elsewhere, the platform's defaults apply.
+#[cfg(not(unix))]
+fn create_private_data_dir(dir: &std::path::Path, _db: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| anyhow::anyhow!("cannot create data directory {}: {e}", dir.display()))
 }
 
 /// `patchbay serve` settings.
@@ -119,6 +180,13 @@ pub struct ServeConfig {
     /// Bounds on waits for the database.
     #[command(flatten)]
     pub database_timeouts: DatabaseTimeoutArgs,
+    // Issue 9, input hygiene: failed HTTP Basic authentication budgets (see api::auth_limit).
+    /// Failed REST authentications per minute from one source address (IPv6: per /64) before 429; 0: no limit.
+    #[arg(long, env = "PATCHBAY_AUTH_FAILURES_PER_ADDRESS", default_value_t = AuthFailureLimits::DEFAULT.per_address)]
+    pub auth_failures_per_address: u32,
+    /// Failed REST authentications per minute for one username before 429; 0: no limit.
+    #[arg(long, env = "PATCHBAY_AUTH_FAILURES_PER_USERNAME", default_value_t = AuthFailureLimits::DEFAULT.per_username)]
+    pub auth_failures_per_username: u32,
 }
 
 impl ServeConfig {
@@ -138,6 +206,16 @@ impl ServeConfig {
             phone_stream_alias: crate::domain::StreamAlias::parse("phone")
                 .unwrap_or_else(|_| unreachable!("a valid alias")),
             database_timeouts: DatabaseTimeoutArgs::default(),
+            auth_failures_per_address: AuthFailureLimits::DEFAULT.per_address,
+            auth_failures_per_username: AuthFailureLimits::DEFAULT.per_username,
+        }
+    }
+
+    /// The failed-authentication budgets of the REST API.
+    pub fn auth_failure_limits(&self) -> AuthFailureLimits {
+        AuthFailureLimits {
+            per_address: self.auth_failures_per_address,
+            per_username: self.auth_failures_per_username,
         }
     }
 }

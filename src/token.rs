@@ -26,10 +26,15 @@ pub const SECRET_NAME: &str = "device-token-hs256";
 /// The longest token patchbay mints (checked by a test with the longest account id).
 pub const MAX_TOKEN_LEN: usize = 186;
 
+/// The largest `exp` or `nbf` accepted: the last second of the year 9999. Anything later is
+/// not a time a token could mean, and would not fit every platform's clock.
+pub const MAX_TIME_CLAIM: u64 = 253_402_300_799;
+
 /// Why a token was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
-    /// Not a JWT, no `exp`, or claims that are not a valid account and participant id.
+    /// Not a JWT, no `exp`, an `exp` or `nbf` that is not a time (see [`MAX_TIME_CLAIM`]), or
+    /// claims that are not a valid account and participant id.
     #[error("token is malformed")]
     Malformed,
     /// Not signed with this installation's secret, or not HS256.
@@ -38,6 +43,9 @@ pub enum TokenError {
     /// `exp` is past, beyond a 5-second leeway.
     #[error("token has expired")]
     Expired,
+    /// `nbf` is in the future, beyond a 5-second leeway.
+    #[error("token is not valid yet")]
+    NotYetValid,
     /// `v` is not `"v3"` (compared case-insensitively).
     #[error("token is not for device protocol v3")]
     WrongVersion,
@@ -64,6 +72,8 @@ struct WireClaims {
     p: String,
     v: String,
     exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nbf: Option<u64>,
 }
 
 /// Signing and verification keys for device tokens.
@@ -82,10 +92,12 @@ impl std::fmt::Debug for TokenKeys {
 
 impl TokenKeys {
     /// Keys for the installation's HS256 secret (normally the 32 bytes stored under
-    /// [`SECRET_NAME`]). Verification requires `exp` and allows 5 seconds of clock skew.
+    /// [`SECRET_NAME`]). Verification requires `exp`, honours `nbf` when present, and allows
+    /// 5 seconds of clock skew on both.
     pub fn from_secret(secret: &[u8]) -> TokenKeys {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 5;
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp"]);
         TokenKeys {
             encoding: EncodingKey::from_secret(secret),
@@ -110,6 +122,7 @@ impl TokenKeys {
             p: participant.to_string(),
             v: "v3".to_owned(),
             exp,
+            nbf: None,
         };
         let header = Header {
             typ: None,
@@ -120,25 +133,33 @@ impl TokenKeys {
             .expect("HS256 encoding of plain claims")
     }
 
-    /// Checks signature, expiry and version, and parses the claims.
+    /// Checks signature, expiry, `nbf` and version, and parses the claims. Never panics,
+    /// whatever the token holds.
     pub fn decode(&self, token: &str) -> Result<DeviceClaims, TokenError> {
         use jsonwebtoken::errors::ErrorKind;
         let data = jsonwebtoken::decode::<WireClaims>(token, &self.decoding, &self.validation)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => TokenError::Expired,
+                ErrorKind::ImmatureSignature => TokenError::NotYetValid,
                 ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => {
                     TokenError::BadSignature
                 }
                 _ => TokenError::Malformed,
             })?;
         let c = data.claims;
+        if c.exp > MAX_TIME_CLAIM || c.nbf.is_some_and(|nbf| nbf > MAX_TIME_CLAIM) {
+            return Err(TokenError::Malformed);
+        }
+        let expires = UNIX_EPOCH
+            .checked_add(Duration::from_secs(c.exp))
+            .ok_or(TokenError::Malformed)?;
         if !c.v.eq_ignore_ascii_case("v3") {
             return Err(TokenError::WrongVersion);
         }
         Ok(DeviceClaims {
             account: AccountId::parse(&c.a).map_err(|_| TokenError::Malformed)?,
             participant: ParticipantId::parse(&c.p).map_err(|_| TokenError::Malformed)?,
-            expires: UNIX_EPOCH + Duration::from_secs(c.exp),
+            expires,
         })
     }
 }
@@ -194,5 +215,104 @@ mod tests {
         assert_eq!(k.decode(&other), Err(TokenError::BadSignature));
         assert_eq!(k.decode("garbage"), Err(TokenError::Malformed));
         assert_eq!(k.decode("a.b.c"), Err(TokenError::Malformed));
+    }
+
+    /// Signs arbitrary claims with `k`'s secret, as a forger who holds the secret would.
+    fn sign(secret: &[u8], claims: &serde_json::Value) -> String {
+        let header = Header {
+            typ: None,
+            ..Header::new(Algorithm::HS256)
+        };
+        jsonwebtoken::encode(&header, claims, &EncodingKey::from_secret(secret)).unwrap()
+    }
+
+    fn now_secs() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    fn claims(exp: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({"a": "acct", "p": ParticipantId::random().to_string(), "v": "v3", "exp": exp})
+    }
+
+    #[test]
+    fn absurd_expiries_are_refused_without_panicking() {
+        let secret = TokenKeys::generate_secret();
+        let k = TokenKeys::from_secret(&secret);
+        for exp in [
+            serde_json::json!(1u64 << 63),
+            serde_json::json!(u64::MAX),
+            serde_json::json!(MAX_TIME_CLAIM + 1),
+            serde_json::json!(1e300),
+            serde_json::json!(-1),
+            serde_json::json!("soon"),
+        ] {
+            let t = sign(&secret, &claims(exp.clone()));
+            assert_eq!(k.decode(&t), Err(TokenError::Malformed), "exp {exp}");
+        }
+        let t = sign(&secret, &claims(serde_json::json!(MAX_TIME_CLAIM)));
+        assert!(k.decode(&t).is_ok(), "the year 9999 is still a time");
+    }
+
+    #[test]
+    fn nbf_is_honoured() {
+        let secret = TokenKeys::generate_secret();
+        let k = TokenKeys::from_secret(&secret);
+        let with_nbf = |nbf: serde_json::Value| {
+            let mut c = claims(serde_json::json!(now_secs() + 3600));
+            c["nbf"] = nbf;
+            sign(&secret, &c)
+        };
+        let later = with_nbf(serde_json::json!(now_secs() + 600));
+        assert_eq!(k.decode(&later), Err(TokenError::NotYetValid));
+        assert_eq!(
+            TokenError::NotYetValid.to_string(),
+            "token is not valid yet"
+        );
+        assert!(k
+            .decode(&with_nbf(serde_json::json!(now_secs() - 10)))
+            .is_ok());
+        assert!(
+            k.decode(&with_nbf(serde_json::json!(now_secs() + 2)))
+                .is_ok(),
+            "leeway"
+        );
+        assert_eq!(
+            k.decode(&with_nbf(serde_json::json!(u64::MAX))),
+            Err(TokenError::NotYetValid)
+        );
+        assert_eq!(
+            k.decode(&with_nbf(serde_json::json!("now"))),
+            Err(TokenError::Malformed)
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decoding_arbitrary_claims_never_panics(
+            exp in proptest::prelude::any::<u64>(),
+            nbf in proptest::option::of(proptest::prelude::any::<u64>()),
+            exp_f in proptest::prelude::any::<f64>(),
+            a in ".{0,20}",
+            v in "(v3|V3|v2|.{0,4})",
+        ) {
+            let secret = [7u8; 32];
+            let k = TokenKeys::from_secret(&secret);
+            let p = ParticipantId::random().to_string();
+            let mut c = serde_json::json!({"a": a, "p": p, "v": v, "exp": exp});
+            if let Some(nbf) = nbf {
+                c["nbf"] = serde_json::json!(nbf);
+            }
+            let _ = k.decode(&sign(&secret, &c));
+            c["exp"] = serde_json::json!(exp_f);
+            let _ = k.decode(&sign(&secret, &c));
+        }
+
+        #[test]
+        fn decoding_arbitrary_text_never_panics(t in ".{0,300}") {
+            let _ = keys().decode(&t);
+        }
     }
 }

@@ -1,13 +1,20 @@
-//! Extractors: the authenticated account scope of a request and lenient JSON bodies.
+//! Extractors: the authenticated account scope of a request (HTTP Basic, with failed attempts
+//! rate-limited by [`AuthFailures`]) and lenient JSON bodies.
+
+use std::net::SocketAddr;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{FromRequest, FromRequestParts, RawPathParams, Request};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, RawPathParams, Request};
 use axum::http::{header, request::Parts, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
 use base64::Engine;
 use serde::de::DeserializeOwned;
+use uuid::Uuid;
 
-use super::{AppState, BodyError, Error};
+use super::auth_limit::{AuthFailures, TooManyFailures};
+use super::{AppState, BodyError, Error, ErrorBody};
 use crate::domain::{AccountId, DomainError, ParticipantId, SessionId};
 
 /// The account the request acts for (authenticated with HTTP Basic and matching the
@@ -39,17 +46,78 @@ impl Scope {
     }
 }
 
-impl FromRequestParts<AppState> for Scope {
-    type Rejection = Error;
+/// Why a request gets no [`Scope`]: an API error, or too many failed authentications.
+#[derive(Debug)]
+pub enum ScopeRejection {
+    /// 401, 400 for the path, 5xx for the store.
+    Api(Error),
+    /// 429 with `Retry-After`.
+    TooManyFailures(TooManyFailures),
+}
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
+impl From<Error> for ScopeRejection {
+    fn from(e: Error) -> Self {
+        ScopeRejection::Api(e)
+    }
+}
+
+impl IntoResponse for ScopeRejection {
+    fn into_response(self) -> Response {
+        match self {
+            ScopeRejection::Api(e) => e.into_response(),
+            ScopeRejection::TooManyFailures(t) => {
+                let body = Json(ErrorBody {
+                    error: format!(
+                        "too many failed authentication attempts; retry after {} seconds",
+                        t.retry_after_secs
+                    ),
+                    request_id: Uuid::new_v4().to_string(),
+                });
+                let retry_after = t.retry_after_secs.to_string();
+                (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [(header::RETRY_AFTER, retry_after)],
+                    body,
+                )
+                    .into_response()
+            }
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Scope {
+    type Rejection = ScopeRejection;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, ScopeRejection> {
+        // Failed attempts are counted when the server installed the counters; the source
+        // address is known when it serves with connect info (else: per username only).
+        let failures = parts.extensions.get::<AuthFailures>().cloned();
+        let source = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        if let Some(f) = &failures {
+            f.check_address(source)
+                .map_err(ScopeRejection::TooManyFailures)?;
+        }
         let (username, password) = basic_credentials(parts).ok_or(Error::Unauthorized)?;
-        let account = state
-            .control
-            .authenticate(&username, &password)
-            .await?
-            .ok_or(Error::Unauthorized)?;
-        let params = RawPathParams::from_request_parts(parts, state).await?;
+        let account = match state.control.authenticate(&username, &password).await {
+            Ok(Some(account)) => account,
+            Ok(None) => {
+                if let Some(f) = &failures {
+                    f.failed(source, &username)
+                        .map_err(ScopeRejection::TooManyFailures)?;
+                }
+                return Err(Error::Unauthorized.into());
+            }
+            Err(e) => return Err(Error::from(e).into()),
+        };
+        let params = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(Error::from)?;
         let mut scope = Scope {
             account,
             session: None,
@@ -58,7 +126,9 @@ impl FromRequestParts<AppState> for Scope {
         for (key, value) in &params {
             match key {
                 // Credentials only act for their own account.
-                "account_id" if value != scope.account.as_str() => return Err(Error::Unauthorized),
+                "account_id" if value != scope.account.as_str() => {
+                    return Err(Error::Unauthorized.into())
+                }
                 "session_id" => scope.session = Some(SessionId::parse(value)),
                 "participant_id" => scope.participant = Some(ParticipantId::parse(value)),
                 _ => {}

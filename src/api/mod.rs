@@ -10,6 +10,7 @@
 //! `PUT …/sessions/{id}/subscriptions` (atomic re-wire), `GET /openapi.json`, `GET /healthz`
 //! and `GET /readyz`.
 
+mod auth_limit;
 mod dto;
 mod error;
 mod extract;
@@ -23,6 +24,7 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use utoipa::OpenApi;
 
+pub use auth_limit::{AuthFailureLimits, AuthFailures};
 pub use error::{log_server_faults, BodyError, Error, ErrorBody, ServerFault, UnauthorizedBody};
 pub use extract::parse_optional_json;
 

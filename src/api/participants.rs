@@ -2,7 +2,8 @@
 //! deleteParticipant).
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
 use axum::Json;
 
 use super::dto::{CreateParticipantRequest, CreateParticipantResponse, ParticipantView};
@@ -10,7 +11,7 @@ use super::extract::{OptionalJson, Scope};
 use super::{AppState, Error};
 use crate::control::NewParticipant;
 
-/// Create a participant and its device token.
+/// Create a participant and its device token. The response is marked `Cache-Control: no-store`.
 #[utoipa::path(post, path = "/v1/accounts/{accountId}/participants", operation_id = "createParticipant",
     tag = "participants", params(("accountId" = String, Path)),
     request_body(content = Option<CreateParticipantRequest>, description = "optional; empty, `null` and `{}` mean defaults"),
@@ -20,16 +21,18 @@ pub async fn create(
     State(state): State<AppState>,
     scope: Scope,
     OptionalJson(body): OptionalJson<CreateParticipantRequest>,
-) -> Result<Json<CreateParticipantResponse>, Error> {
+) -> Result<impl IntoResponse, Error> {
     let new = NewParticipant::try_from(body.unwrap_or_default())?;
     let (participant, token) = state
         .control
         .create_participant(&scope.account, new)
         .await?;
-    Ok(Json(CreateParticipantResponse {
+    let body = Json(CreateParticipantResponse {
         participant: ParticipantView::from(&participant),
         token,
-    }))
+    });
+    // The token is a credential: no cache on the way may keep a copy.
+    Ok(([(header::CACHE_CONTROL, "no-store")], body))
 }
 
 /// Get a participant.

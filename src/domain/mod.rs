@@ -32,6 +32,22 @@ pub struct DomainError {
 }
 
 impl DomainError {
+    /// Refuses text holding a control character (Unicode category Cc: NUL, the other C0
+    /// controls, DEL and the C1 controls), naming `field` and the first offender. Free text is
+    /// checked here, before any store sees it, so both database backends see the same values.
+    pub(crate) fn reject_control_chars(field: &'static str, s: &str) -> Result<(), DomainError> {
+        match s.chars().enumerate().find(|(_, c)| c.is_control()) {
+            None => Ok(()),
+            Some((at, c)) => Err(DomainError::new(
+                field,
+                format!(
+                    "contains the control character U+{:04X} at character {at}; control characters are not allowed",
+                    u32::from(c)
+                ),
+            )),
+        }
+    }
+
     pub(crate) fn new(field: &'static str, problem: impl Into<String>) -> Self {
         DomainError {
             field,

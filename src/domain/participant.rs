@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{AccountId, DomainError, ParticipantId, SessionId, Subscriptions};
 
-/// A free-form label on a session or participant: at most 50 characters, no uniqueness.
+/// A free-form label on a session or participant: at most 50 characters, no control
+/// character, no uniqueness.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Tag(String);
@@ -15,8 +16,10 @@ impl Tag {
     /// The longest tag, counted in Unicode scalar values (characters), not bytes.
     pub const MAX_CHARS: usize = 50;
 
-    /// Accepts any string of at most [`Self::MAX_CHARS`] characters, the empty string included.
+    /// Accepts any string of at most [`Self::MAX_CHARS`] characters without a control
+    /// character, the empty string included.
     pub fn parse(s: &str) -> Result<Self, DomainError> {
+        DomainError::reject_control_chars("tag", s)?;
         let n = s.chars().count();
         if n > Self::MAX_CHARS {
             return Err(DomainError::new(
@@ -46,9 +49,10 @@ impl CallbackUrl {
     pub const MAX_LEN: usize = 2048;
 
     /// Accepts a syntactically valid URL starting with `http://` or `https://` of at most
-    /// [`Self::MAX_LEN`] bytes. Reachability is not checked.
+    /// [`Self::MAX_LEN`] bytes, without a control character. Reachability is not checked.
     pub fn parse(s: &str) -> Result<Self, DomainError> {
         use validator::ValidateUrl;
+        DomainError::reject_control_chars("callbackUrl", s)?;
         let http = s.starts_with("http://") || s.starts_with("https://");
         if s.len() > Self::MAX_LEN || !http || !s.validate_url() {
             return Err(DomainError::new(
@@ -318,5 +322,32 @@ mod tests {
         assert!(CallbackUrl::parse("https://example.com/cb").is_ok());
         assert!(CallbackUrl::parse("ftp://example.com").is_err());
         assert!(CallbackUrl::parse("not a url").is_err());
+    }
+
+    #[test]
+    fn control_characters_are_refused_naming_the_field() {
+        for bad in [
+            "a\0b",
+            "\u{7}",
+            "line\nbreak",
+            "tab\t",
+            "\u{7f}",
+            "c1\u{85}",
+        ] {
+            let e = Tag::parse(bad).unwrap_err();
+            assert_eq!(e.field, "tag", "{bad:?}");
+            assert!(e.problem.contains("control character"), "{e}");
+            let e = CallbackUrl::parse(&format!("https://example.com/{bad}")).unwrap_err();
+            assert_eq!(e.field, "callbackUrl", "{bad:?}");
+            assert!(e.problem.contains("control character"), "{e}");
+        }
+        assert_eq!(
+            Tag::parse("x\0").unwrap_err().to_string(),
+            "tag: contains the control character U+0000 at character 1; control characters are not allowed"
+        );
+        assert!(
+            Tag::parse("caf\u{e9} \u{1f600}").is_ok(),
+            "non-control Unicode is fine"
+        );
     }
 }

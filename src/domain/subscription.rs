@@ -7,7 +7,7 @@ use super::{DomainError, ParticipantId, SessionId};
 
 /// The label a publisher gives one of its streams (e.g. `"cam"`, `"screen"`, `"phone"`).
 ///
-/// Cheap to clone (shared). 1 to 64 characters, not starting with `~` (rpc-websockets 7.4.14–7.4.17 in browsers read
+/// Cheap to clone (shared). 1 to 64 characters, no control character, not starting with `~` (rpc-websockets 7.4.14–7.4.17 in browsers read
 /// strings that start with `~` as circular-JSON references, reference §3.2).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct StreamAlias(std::sync::Arc<str>);
@@ -16,9 +16,11 @@ impl StreamAlias {
     /// The longest alias, counted in characters, not bytes.
     pub const MAX_CHARS: usize = 64;
 
-    /// Accepts 1 to [`Self::MAX_CHARS`] characters not starting with `~`; anything else names
+    /// Accepts 1 to [`Self::MAX_CHARS`] characters, none a control character, not starting
+    /// with `~`; anything else names
     /// `streamAliases` in the error.
     pub fn parse(s: &str) -> Result<Self, DomainError> {
+        DomainError::reject_control_chars("streamAliases", s)?;
         let n = s.chars().count();
         if n == 0 || n > Self::MAX_CHARS || s.starts_with('~') {
             return Err(DomainError::new(

@@ -322,6 +322,7 @@ pub fn spawn(shards: Vec<ShardSetup>, control: Control) -> std::io::Result<Media
             notices: HashMap::new(),
             downlinks: HashMap::new(),
             published: published.clone(),
+            noise: NoiseCounter::default(),
         };
         tokio::spawn(pump.run(inbox, control.watch()));
     }
@@ -372,6 +373,47 @@ struct Pump {
     /// Where each local device's frames go.
     downlinks: HashMap<DeviceId, mpsc::UnboundedSender<LocalDownlink>>,
     published: mpsc::UnboundedSender<Published>,
+    noise: NoiseCounter,
+}
+
+/// How often dropped unauthenticated datagrams are reported (one line per shard, while
+/// they keep coming).
+const NOISE_REPORT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Most distinct source addresses remembered per report.
+const NOISE_MAX_SOURCES: usize = 4096;
+
+/// Datagrams this shard dropped because no device knows them (garbage, probes, STUN for no
+/// connection): network noise anyone can send, so it is counted, never logged one by one,
+/// and reported as at most one INFO line per [`NOISE_REPORT_INTERVAL`].
+#[derive(Default)]
+struct NoiseCounter {
+    since: Option<Instant>,
+    dropped: u64,
+    sources: std::collections::HashSet<std::net::IpAddr>,
+}
+
+impl NoiseCounter {
+    fn count(&mut self, shard: usize, source: SocketAddr, now: Instant) {
+        let since = *self.since.get_or_insert(now);
+        self.dropped += 1;
+        if self.sources.len() < NOISE_MAX_SOURCES {
+            self.sources.insert(source.ip());
+        }
+        let elapsed = now.saturating_duration_since(since);
+        if elapsed >= NOISE_REPORT_INTERVAL {
+            tracing::info!(
+                shard,
+                dropped = self.dropped,
+                sources = self.sources.len(),
+                seconds = elapsed.as_secs(),
+                "dropped {} unauthenticated datagrams from {} sources",
+                self.dropped,
+                self.sources.len()
+            );
+            *self = NoiseCounter::default();
+        }
+    }
 }
 
 impl Pump {
@@ -446,15 +488,18 @@ impl Pump {
         data: &[u8],
         now: Instant,
     ) {
-        if self.shard.handle_receive(source, destination, data, now) != Delivery::Unplaced {
-            return;
+        let mut delivery = self.shard.handle_receive(source, destination, data, now);
+        if delivery == Delivery::Unplaced {
+            // A redirect for this address may be queued: it was put in the inbox before the
+            // datagram that made the peer send this one left (see `media::shard`).
+            while let Ok(message) = inbox.try_recv() {
+                self.handle_inbox(message);
+            }
+            delivery = self.shard.handle_receive(source, destination, data, now);
         }
-        // A redirect for this address may be queued: it was put in the inbox before the
-        // datagram that made the peer send this one left (see `media::shard`).
-        while let Ok(message) = inbox.try_recv() {
-            self.handle_inbox(message);
+        if matches!(delivery, Delivery::Dropped | Delivery::Unplaced) {
+            self.noise.count(self.shard.index(), source, now);
         }
-        self.shard.handle_receive(source, destination, data, now);
     }
 
     fn handle_inbox(&mut self, message: Inbox) {

@@ -171,6 +171,9 @@ async fn handle_frame(
         Ok(r) => r,
         Err((e, id)) => return (Some(rpc::error(&id, &e)), false),
     };
+    if let Err(e) = wire::check_sdp_limits(&request.method, &request.params) {
+        return (request.id.map(|id| rpc::error(&id, &e)), false);
+    }
     let leave = request.method == "leave";
     let outcome: Result<Value, RpcError> = match request.method.as_str() {
         "setMediaPreferences" | "ping" => Ok(json!({})),

@@ -14,6 +14,8 @@
 
 use patchbay_testkit::db as common;
 
+mod input;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use base64::Engine;
