@@ -8,10 +8,13 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::extract::parse_optional_json;
+use super::{BodyError, Error};
 use crate::control::NewParticipant;
 use crate::domain::{
     CallbackUrl, DeviceApiVersion, DomainError, MediaKind, MediaKinds, Participant, ParticipantId,
     ParticipantSubscription, Session, SessionId, StreamAlias, Subscriptions, Tag,
+    MAX_SESSION_MEMBERS,
 };
 use crate::forwarding::{Cause, ForwardingTable};
 
@@ -113,6 +116,16 @@ pub struct CreateSessionRequest {
     pub tag: Option<String>,
 }
 
+impl CreateSessionRequest {
+    /// The session's tag (no body or no `tag`: none).
+    pub fn into_tag(body: Option<Self>) -> Result<Option<Tag>, DomainError> {
+        body.and_then(|b| b.tag)
+            .as_deref()
+            .map(Tag::parse)
+            .transpose()
+    }
+}
+
 /// A session.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SessionView {
@@ -153,6 +166,17 @@ pub struct ParticipantSubscriptionBody {
 impl SubscriptionsBody {
     pub fn is_empty(&self) -> bool {
         self.session_id.is_none() && self.participants.is_none()
+    }
+
+    /// The subscriptions of an add-member body: none (membership only) when the body is
+    /// absent or `{}`, else the rules for the session in the path.
+    pub fn into_member_subscriptions(
+        body: Option<Self>,
+        path_session: SessionId,
+    ) -> Result<Option<Subscriptions>, DomainError> {
+        body.filter(|b| !b.is_empty())
+            .map(|b| b.into_domain(path_session))
+            .transpose()
     }
 
     /// The domain rules, for the session in the path (a different `sessionId` is refused).
@@ -310,3 +334,103 @@ impl RoutesView {
 /// Body of `PUT …/sessions/{sessionId}/subscriptions`: new rules per member, applied at once.
 /// Members not named keep their rules.
 pub type RewireRequest = BTreeMap<String, SubscriptionsBody>;
+
+/// The changes a re-wire body asks for, for the session in the path: a body is required, and
+/// names at most a session's worth of members.
+pub fn rewire_changes(
+    body: Option<RewireRequest>,
+    path_session: SessionId,
+) -> Result<Vec<(ParticipantId, Subscriptions)>, Error> {
+    let body = body.ok_or(BodyError::Missing(
+        "a map of participantId to subscriptions",
+    ))?;
+    if body.len() > MAX_SESSION_MEMBERS {
+        return Err(BodyError::TooManyParticipants {
+            given: body.len(),
+            max: MAX_SESSION_MEMBERS,
+        }
+        .into());
+    }
+    let changes = body
+        .into_iter()
+        .map(|(id, subs)| Ok((ParticipantId::parse(&id)?, subs.into_domain(path_session)?)))
+        .collect::<Result<Vec<_>, DomainError>>()?;
+    Ok(changes)
+}
+
+/// A REST endpoint that takes a JSON body, for [`parse_body`].
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// `POST …/participants`.
+    CreateParticipant,
+    /// `POST …/sessions`.
+    CreateSession,
+    /// `PUT …/sessions/{sessionId}/participants/{participantId}`.
+    AddMember,
+    /// `PUT …/sessions/{sessionId}/participants/{participantId}/subscriptions`.
+    SetSubscriptions,
+    /// `PUT …/sessions/{sessionId}/subscriptions`.
+    Rewire,
+}
+
+/// Parses `bytes` as the body of `kind`'s endpoint, for a request on `path_session`, the way
+/// its handler does (extraction, then conversion to domain types), stopping before control.
+/// Exposed for the fuzz targets only.
+#[doc(hidden)]
+pub fn parse_body(kind: BodyKind, path_session: SessionId, bytes: &[u8]) -> Result<(), Error> {
+    match kind {
+        BodyKind::CreateParticipant => {
+            let body = parse_optional_json::<CreateParticipantRequest>(bytes)?;
+            NewParticipant::try_from(body.unwrap_or_default())?;
+        }
+        BodyKind::CreateSession => {
+            CreateSessionRequest::into_tag(parse_optional_json(bytes)?)?;
+        }
+        BodyKind::AddMember => {
+            SubscriptionsBody::into_member_subscriptions(
+                parse_optional_json(bytes)?,
+                path_session,
+            )?;
+        }
+        BodyKind::SetSubscriptions => {
+            let body = parse_optional_json::<SubscriptionsBody>(bytes)?;
+            body.unwrap_or_default().into_domain(path_session)?;
+        }
+        BodyKind::Rewire => {
+            rewire_changes(parse_optional_json(bytes)?, path_session)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the fuzz target checks, on a few known bodies: parsed as the handlers parse them,
+    /// refused with a 400.
+    #[test]
+    fn parse_body_is_the_handlers_parsing() {
+        let session = SessionId::random();
+        let status = |kind, body: &str| {
+            parse_body(kind, session, body.as_bytes())
+                .err()
+                .map(|e| e.status().as_u16())
+        };
+        assert_eq!(status(BodyKind::CreateParticipant, ""), None);
+        assert_eq!(
+            status(BodyKind::CreateParticipant, r#"{"tag":"a\u0000b"}"#),
+            Some(400)
+        );
+        assert_eq!(status(BodyKind::CreateSession, r#"{"tag":5}"#), Some(400));
+        assert_eq!(status(BodyKind::AddMember, "{}"), None);
+        let other = SessionId::random();
+        let foreign = format!(r#"{{"sessionId":"{other}"}}"#);
+        assert_eq!(status(BodyKind::AddMember, &foreign), Some(400));
+        assert_eq!(status(BodyKind::SetSubscriptions, &foreign), Some(400));
+        assert_eq!(status(BodyKind::Rewire, "null"), Some(400));
+        assert_eq!(status(BodyKind::Rewire, r#"{"x":{}}"#), Some(400));
+        assert_eq!(status(BodyKind::Rewire, "{}"), None);
+    }
+}

@@ -25,6 +25,8 @@ use axum::{Json, Router};
 use utoipa::OpenApi;
 
 pub use auth_limit::{AuthFailureLimits, AuthFailures};
+#[doc(hidden)]
+pub use dto::{parse_body, BodyKind};
 pub use error::{log_server_faults, BodyError, Error, ErrorBody, ServerFault, UnauthorizedBody};
 pub use extract::parse_optional_json;
 

@@ -6,12 +6,11 @@ use axum::http::StatusCode;
 use axum::Json;
 
 use super::dto::{
-    CreateSessionRequest, ParticipantView, RewireRequest, RoutesView, SessionView,
+    rewire_changes, CreateSessionRequest, ParticipantView, RewireRequest, RoutesView, SessionView,
     SubscriptionsBody,
 };
 use super::extract::{OptionalJson, Scope};
-use super::{AppState, BodyError, Error};
-use crate::domain::{ParticipantId, Tag};
+use super::{AppState, Error};
 
 /// Create a session.
 #[utoipa::path(post, path = "/v1/accounts/{accountId}/sessions", operation_id = "createSession",
@@ -24,11 +23,7 @@ pub async fn create(
     scope: Scope,
     OptionalJson(body): OptionalJson<CreateSessionRequest>,
 ) -> Result<Json<SessionView>, Error> {
-    let tag = body
-        .and_then(|b| b.tag)
-        .as_deref()
-        .map(Tag::parse)
-        .transpose()?;
+    let tag = CreateSessionRequest::into_tag(body)?;
     let session = state.control.create_session(&scope.account, tag).await?;
     Ok(Json(SessionView::from(&session)))
 }
@@ -93,10 +88,7 @@ pub async fn add_member(
 ) -> Result<StatusCode, Error> {
     let session = scope.session()?;
     let participant = scope.participant()?;
-    let subs = body
-        .filter(|b| !b.is_empty())
-        .map(|b| b.into_domain(session))
-        .transpose()?;
+    let subs = SubscriptionsBody::into_member_subscriptions(body, session)?;
     state
         .control
         .add_member(&scope.account, session, participant, subs)
@@ -174,20 +166,7 @@ pub async fn rewire(
     OptionalJson(body): OptionalJson<RewireRequest>,
 ) -> Result<StatusCode, Error> {
     let session = scope.session()?;
-    let body = body.ok_or(BodyError::Missing(
-        "a map of participantId to subscriptions",
-    ))?;
-    if body.len() > crate::domain::MAX_SESSION_MEMBERS {
-        return Err(BodyError::TooManyParticipants {
-            given: body.len(),
-            max: crate::domain::MAX_SESSION_MEMBERS,
-        }
-        .into());
-    }
-    let changes = body
-        .into_iter()
-        .map(|(id, subs)| Ok((ParticipantId::parse(&id)?, subs.into_domain(session)?)))
-        .collect::<Result<Vec<_>, crate::domain::DomainError>>()?;
+    let changes = rewire_changes(body, session)?;
     state
         .control
         .set_subscriptions(&scope.account, session, &changes)

@@ -15,4 +15,6 @@ pub mod wire;
 mod ws;
 
 pub use rpc::{RpcError, RpcRequest};
+#[doc(hidden)]
+pub use ws::parse_device_frame;
 pub use ws::{router, SignalingState, MAX_FRAME_BYTES, RESET_CODE};

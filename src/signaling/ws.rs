@@ -16,7 +16,7 @@ use super::rpc::{self, RpcError, RpcRequest};
 use super::wire::{self, PublishMetadata};
 use crate::control::port::DeviceNotice;
 use crate::control::{ConnectError, ConnectedDevice, DeviceControl};
-use crate::media::MediaError;
+use crate::media::{DeclaredStreams, MediaError};
 
 /// Largest accepted frame: `deviceDiagnostics` batches logs with SDPs, several MB at times.
 pub const MAX_FRAME_BYTES: usize = 8 * 1024 * 1024;
@@ -153,6 +153,35 @@ fn params<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, RpcError> {
         .map_err(|e| RpcError::new(RpcError::INVALID_PARAMS, format!("invalid params: {e}")))
 }
 
+/// `offerSdp`'s params: the declared streams (aliases checked) and the offer.
+fn offer_params(value: Value) -> Result<(DeclaredStreams, String), RpcError> {
+    let p = params::<OfferSdpParams>(value)?;
+    Ok((p.media_metadata.declared_streams()?, p.sdp_offer))
+}
+
+/// One text frame as a request with its SDP within limits. On failure, the error and the id
+/// to answer it with (`None`: a notification, answered with nothing).
+fn parse_frame(text: &str) -> Result<RpcRequest, (RpcError, Option<Value>)> {
+    let request = RpcRequest::parse(text).map_err(|(e, id)| (e, Some(id)))?;
+    if let Err(e) = wire::check_sdp_limits(&request.method, &request.params) {
+        return Err((e, request.id));
+    }
+    Ok(request)
+}
+
+/// Parses one text frame as far as the server does before it needs a device: the envelope,
+/// the SDP limits, and the params of `offerSdp` and `answerSdp`. For the fuzz targets only.
+#[doc(hidden)]
+pub fn parse_device_frame(text: &str) -> Result<RpcRequest, RpcError> {
+    let request = parse_frame(text).map_err(|(e, _)| e)?;
+    match request.method.as_str() {
+        "offerSdp" => drop(offer_params(request.params.clone())?),
+        "answerSdp" => drop(params::<AnswerSdpParams>(request.params.clone())?),
+        _ => {}
+    }
+    Ok(request)
+}
+
 fn refused(e: MediaError) -> RpcError {
     match e {
         MediaError::Internal(m) => RpcError::new(RpcError::INTERNAL, m),
@@ -167,19 +196,14 @@ async fn handle_frame(
     device: &ConnectedDevice,
     text: &str,
 ) -> (Option<String>, bool) {
-    let request = match RpcRequest::parse(text) {
+    let request = match parse_frame(text) {
         Ok(r) => r,
-        Err((e, id)) => return (Some(rpc::error(&id, &e)), false),
+        Err((e, id)) => return (id.map(|id| rpc::error(&id, &e)), false),
     };
-    if let Err(e) = wire::check_sdp_limits(&request.method, &request.params) {
-        return (request.id.map(|id| rpc::error(&id, &e)), false);
-    }
     let leave = request.method == "leave";
     let outcome: Result<Value, RpcError> = match request.method.as_str() {
         "setMediaPreferences" | "ping" => Ok(json!({})),
-        "offerSdp" => match params::<OfferSdpParams>(request.params)
-            .and_then(|p| Ok((p.media_metadata.declared_streams()?, p.sdp_offer)))
-        {
+        "offerSdp" => match offer_params(request.params) {
             Ok((declared, sdp)) => state
                 .devices
                 .publish_offer(device, sdp, declared)
@@ -219,4 +243,38 @@ async fn handle_frame(
         Err(e) => rpc::error(&id, &e),
     });
     (reply, leave)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the fuzz target checks, on a few known frames: the envelope, the limits and the
+    /// `offerSdp`/`answerSdp` params, refused with the code the connection answers with.
+    #[test]
+    fn parse_device_frame_checks_what_handle_frame_checks() {
+        let code = |text: &str| parse_device_frame(text).err().map(|e| e.code);
+        assert_eq!(code(r#"{"jsonrpc":"2.0","method":"ping","id":1}"#), None);
+        assert_eq!(code("{"), Some(RpcError::PARSE));
+        assert_eq!(
+            code(r#"{"jsonrpc":"2.0","method":"offerSdp","params":{},"id":1}"#),
+            Some(RpcError::INVALID_PARAMS)
+        );
+        assert_eq!(
+            code(
+                r#"{"jsonrpc":"2.0","method":"offerSdp","params":{"sdpOffer":"v=0",
+                "mediaMetadata":{"mediaStreams":{"s":{"alias":""}}}},"id":1}"#
+            ),
+            Some(RpcError::REFUSED)
+        );
+        assert_eq!(
+            code(r#"{"jsonrpc":"2.0","method":"answerSdp","params":["v=0"],"id":1}"#),
+            None
+        );
+        // JSON-escaped newlines: the SDP has one more m= line than allowed.
+        let many = "m=audio 9 RTP/AVP 0\\n".repeat(wire::MAX_OFFER_MEDIA_SECTIONS + 1);
+        let frame =
+            format!(r#"{{"jsonrpc":"2.0","method":"offerSdp","params":{{"sdpOffer":"{many}"}}}}"#);
+        assert_eq!(code(&frame), Some(RpcError::INVALID_PARAMS));
+    }
 }
