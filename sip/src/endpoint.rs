@@ -1184,6 +1184,18 @@ impl Endpoint {
             Some(contact) => contact.uri.clone(),
             None => fields.from.uri.clone(),
         };
+        // Our BYE goes to this URI, without its headers part: one that is not a URI then would
+        // make a BYE no peer can parse.
+        if let Err(why) = message::check_uri(message::strip_uri_headers(&remote_target)) {
+            let header = if fields.contacts.is_empty() {
+                "From"
+            } else {
+                "Contact"
+            };
+            let refusal = Refusal::new(400, format!("Malformed {header} header: {why}"));
+            self.refuse(now, key, ServerKind::Invite, &reply, refusal, None);
+            return;
+        }
         let id = CallId(self.next_call);
         self.next_call += 1;
         let local_tag = self.random_token();

@@ -878,6 +878,25 @@ fn malformed_requests_get_400_saying_why() {
     assert_eq!(h.ep.stats().malformed_requests, 2);
 }
 
+/// Found by the sip_endpoint fuzz target: without a Contact, the From URI is the remote target
+/// our BYE would go to, so a From URI that is not a URI is refused up front.
+#[test]
+fn invite_whose_remote_target_is_not_a_uri_gets_400() {
+    let mut h = Harness::new();
+    let bad_from = invite("z9hG4bKbadfrom", "z", "", SDP_OFFER)
+        .replace("Contact: <sip:alice@198.51.100.7:5060>\r\n", "")
+        .replace(
+            "<sip:+15557654321@198.51.100.7>",
+            "<sip:?aller@198.51.100.7>",
+        );
+    h.udp(&bad_from);
+    assert_eq!(
+        first_line(&h.one()),
+        "SIP/2.0 400 Malformed From header: nothing after the URI scheme"
+    );
+    assert!(h.events().is_empty(), "no call is offered");
+}
+
 #[test]
 fn stray_responses_are_dropped() {
     let mut h = Harness::new();
