@@ -414,6 +414,17 @@ impl Engine {
             .collect()
     }
 
+    /// The last subscribe revision offered to `device`.
+    pub fn subscribe_revision(&self, device: DeviceId) -> Option<u64> {
+        self.subscribing.revision(device)
+    }
+
+    /// Device `device`, when it is added, numbers its subscribe offers above `revision` (a
+    /// device that replaces one the same SDK instance saw offers from).
+    pub fn continue_revisions(&mut self, device: DeviceId, revision: u64) {
+        self.subscribing.set_floor(device, revision);
+    }
+
     /// The subscribe offer still waiting for this device's answer, if any.
     pub fn pending_offer(&self, device: DeviceId) -> Option<SubscribeOffer> {
         self.subscribing.pending_offer(device).cloned()
