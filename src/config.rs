@@ -29,7 +29,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server (REST API; device signalling, media and SIP as they land).
-    Serve(ServeConfig),
+    Serve(Box<ServeConfig>),
     /// Manage accounts (works while a server runs on the same database).
     #[command(subcommand)]
     Account(AccountCommand),
