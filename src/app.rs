@@ -85,7 +85,6 @@ impl App {
         // Issue 10: webhooks from the outbox, and the session cleanup.
         crate::runtime::webhooks::spawn(
             control.clone(),
-            store.clone(),
             crate::runtime::webhooks::WebhookSettings {
                 policy: config.webhooks.retry_policy(),
                 concurrency: usize::from(config.webhooks.webhook_concurrency),

@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 
 use super::extract::Scope;
 use super::{AppState, Error};
-use crate::store::DeliveryAttempt;
+use crate::control::DeliveryAttempt;
 
 /// How many attempts the delivery log shows.
 const DELIVERY_LOG_LIMIT: u32 = 100;

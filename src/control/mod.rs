@@ -45,6 +45,8 @@ use tokio::sync::broadcast;
 use crate::store::Store;
 use crate::token::{self, TokenKeys};
 
+/// The outbox's vocabulary, as the delivery worker and the delivery log see it.
+pub use crate::store::{AttemptOutcome, DeliveryAttempt, OutboxEvent};
 pub use auth::NewCredentials;
 pub use connections::{AdmittedPhone, ConnectError, ConnectedDevice, DeviceControl, PhoneRefusal};
 pub use devices::VerifiedDevice;

@@ -15,7 +15,9 @@ use tokio::sync::mpsc;
 use super::{Control, ControlError, LifecycleEvent};
 use crate::domain::{AccountId, ParticipantId};
 use crate::events;
-use crate::store::{AccountWebhooks, DeliveryAttempt, NewOutboxEvent, WebhookTarget};
+use crate::store::{
+    AccountWebhooks, AttemptOutcome, DeliveryAttempt, NewOutboxEvent, OutboxEvent, WebhookTarget,
+};
 
 /// Lifecycle events in the order control recorded them, for [`Control::record_webhooks`].
 pub type WebhookFeed = mpsc::UnboundedReceiver<LifecycleEvent>;
@@ -156,6 +158,29 @@ impl Control {
             .set_webhook_bandwidth_only(account, bandwidth_only)
             .await?;
         self.account_webhooks(account).await
+    }
+
+    /// At most `limit` outbox events due at `now_ms`, each first in its participant's queue.
+    pub async fn outbox_due(
+        &self,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<OutboxEvent>, ControlError> {
+        Ok(self.inner.store.outbox_due(now_ms, limit).await?)
+    }
+
+    /// Records a delivery attempt of `event` and what becomes of the event.
+    pub async fn outbox_attempted(
+        &self,
+        event: &OutboxEvent,
+        attempt: &DeliveryAttempt,
+        outcome: AttemptOutcome,
+    ) -> Result<(), ControlError> {
+        Ok(self
+            .inner
+            .store
+            .outbox_attempted(event, attempt, outcome)
+            .await?)
     }
 
     /// The participant's last `limit` delivery attempts, newest first.

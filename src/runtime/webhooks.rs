@@ -11,9 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
-use crate::control::{Control, WebhookFeed};
+use crate::control::{Control, OutboxEvent, WebhookFeed};
 use crate::events::{sign, AttemptResult, Dispatcher, RetryPolicy};
-use crate::store::{OutboxEvent, Store};
 
 /// How often the worker looks for due events when nothing wakes it.
 const POLL: Duration = Duration::from_millis(200);
@@ -44,11 +43,7 @@ fn now_ms() -> i64 {
 
 /// Starts the recorder, the delivery worker and the cleanup timer.
 #[allow(clippy::disallowed_methods)] // the runtime starts tasks
-pub fn spawn(
-    control: Control,
-    store: Arc<dyn Store>,
-    settings: WebhookSettings,
-) -> anyhow::Result<()> {
+pub fn spawn(control: Control, settings: WebhookSettings) -> anyhow::Result<()> {
     let client = reqwest::Client::builder()
         .timeout(settings.policy.attempt_timeout)
         .redirect(reqwest::redirect::Policy::none())
@@ -57,7 +52,7 @@ pub fn spawn(
     let wake = Arc::new(Notify::new());
     let feed = control.webhook_feed();
     tokio::spawn(record(control.clone(), feed, wake.clone()));
-    tokio::spawn(deliver(store, client, settings, wake));
+    tokio::spawn(deliver(control.clone(), client, settings, wake));
     tokio::spawn(cleanup(control, settings.session_max_age));
     Ok(())
 }
@@ -92,7 +87,7 @@ async fn record(control: Control, mut feed: WebhookFeed, wake: Arc<Notify>) {
 
 /// The delivery worker: due heads of the outbox, at most one attempt per participant.
 async fn deliver(
-    store: Arc<dyn Store>,
+    control: Control,
     client: reqwest::Client,
     settings: WebhookSettings,
     wake: Arc<Notify>,
@@ -101,7 +96,7 @@ async fn deliver(
     let mut attempts: JoinSet<(OutboxEvent, AttemptResult)> = JoinSet::new();
     loop {
         if dispatcher.has_room() {
-            match store.outbox_due(now_ms(), BATCH).await {
+            match control.outbox_due(now_ms(), BATCH).await {
                 Ok(due) => {
                     for event in dispatcher.start(due) {
                         attempts.spawn(attempt(client.clone(), event));
@@ -115,7 +110,7 @@ async fn deliver(
                 let Ok((event, result)) = done else { continue };
                 let (log, outcome) = dispatcher.finish(&event, result, now_ms());
                 tracing::debug!(id = %event.event.id, event = %event.event.event, attempt = log.attempt, status = ?log.status, error = ?log.error, ?outcome, "webhook attempt");
-                if let Err(e) = store.outbox_attempted(&event, &log, outcome).await {
+                if let Err(e) = control.outbox_attempted(&event, &log, outcome).await {
                     // The event stays due: it is sent again (at least once).
                     tracing::warn!(error = %e, id = %event.event.id, "cannot record a webhook attempt");
                 }
