@@ -82,6 +82,15 @@ impl App {
             shards.push(ShardSetup { config, socket });
         }
         let media_public_addr = shards[0].config.public_addr;
+        // Issue 10: webhooks from the outbox, and the session cleanup.
+        crate::runtime::webhooks::spawn(
+            control.clone(),
+            crate::runtime::webhooks::WebhookSettings {
+                policy: config.webhooks.retry_policy(),
+                concurrency: usize::from(config.webhooks.webhook_concurrency),
+                session_max_age: config.webhooks.session_max_age,
+            },
+        )?;
         let media = crate::runtime::media::spawn(shards, control.clone())?;
         // Signaling and the SIP bridge reach the media plane only through control's verbs.
         let devices = DeviceControl::new(control.clone(), Arc::new(media.clone()));

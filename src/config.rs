@@ -29,7 +29,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server (REST API; device signalling, media and SIP as they land).
-    Serve(ServeConfig),
+    Serve(Box<ServeConfig>),
     /// Manage accounts (works while a server runs on the same database).
     #[command(subcommand)]
     Account(AccountCommand),
@@ -187,6 +187,10 @@ pub struct ServeConfig {
     /// Failed REST authentications per minute for one username before 429; 0: no limit.
     #[arg(long, env = "PATCHBAY_AUTH_FAILURES_PER_USERNAME", default_value_t = AuthFailureLimits::DEFAULT.per_username)]
     pub auth_failures_per_username: u32,
+    // Issue 10, webhooks slice: delivery of the webhook outbox and session cleanup.
+    /// Webhook delivery and session cleanup.
+    #[command(flatten)]
+    pub webhooks: WebhookArgs,
 }
 
 impl ServeConfig {
@@ -208,6 +212,7 @@ impl ServeConfig {
             database_timeouts: DatabaseTimeoutArgs::default(),
             auth_failures_per_address: AuthFailureLimits::DEFAULT.per_address,
             auth_failures_per_username: AuthFailureLimits::DEFAULT.per_username,
+            webhooks: WebhookArgs::default(),
         }
     }
 
@@ -216,6 +221,51 @@ impl ServeConfig {
         AuthFailureLimits {
             per_address: self.auth_failures_per_address,
             per_username: self.auth_failures_per_username,
+        }
+    }
+}
+
+// Issue 10, webhooks slice: webhook delivery and session cleanup (docs/webhooks.md).
+/// How webhooks are delivered, and when sessions expire.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct WebhookArgs {
+    /// Seconds after an event during which its webhook is retried; then it is given up.
+    #[arg(long, env = "PATCHBAY_WEBHOOK_RETRY_FOR", default_value = "86400", value_parser = parse_seconds)]
+    pub webhook_retry_for: Duration,
+    /// Seconds one delivery attempt may take (connect, send, answer).
+    #[arg(long, env = "PATCHBAY_WEBHOOK_ATTEMPT_TIMEOUT", default_value = "10", value_parser = parse_seconds)]
+    pub webhook_attempt_timeout: Duration,
+    /// Milliseconds before the first retry; each later wait doubles (with jitter), up to 10 minutes.
+    #[arg(long, env = "PATCHBAY_WEBHOOK_FIRST_RETRY_MS", default_value_t = 1000)]
+    pub webhook_first_retry_ms: u64,
+    /// Delivery attempts in flight at once (one per participant at a time).
+    #[arg(long, env = "PATCHBAY_WEBHOOK_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    pub webhook_concurrency: u16,
+    /// Seconds after its creation a session is removed (Bandwidth: 9 hours).
+    #[arg(long, env = "PATCHBAY_SESSION_MAX_AGE", default_value = "32400", value_parser = parse_seconds)]
+    pub session_max_age: Duration,
+}
+
+impl Default for WebhookArgs {
+    fn default() -> WebhookArgs {
+        WebhookArgs {
+            webhook_retry_for: Duration::from_secs(86400),
+            webhook_attempt_timeout: Duration::from_secs(10),
+            webhook_first_retry_ms: 1000,
+            webhook_concurrency: 32,
+            session_max_age: Duration::from_secs(32400),
+        }
+    }
+}
+
+impl WebhookArgs {
+    /// The retry policy these flags describe.
+    pub fn retry_policy(&self) -> crate::events::RetryPolicy {
+        crate::events::RetryPolicy {
+            initial_delay: Duration::from_millis(self.webhook_first_retry_ms.max(1)),
+            max_delay: Duration::from_secs(600),
+            max_age: self.webhook_retry_for,
+            attempt_timeout: self.webhook_attempt_timeout,
         }
     }
 }

@@ -103,6 +103,7 @@ pub mod app;
 pub mod config;
 pub mod control;
 pub mod domain;
+pub mod events;
 pub mod forwarding;
 pub mod media;
 pub mod runtime;

@@ -16,6 +16,7 @@ mod error;
 mod extract;
 mod participants;
 mod sessions;
+mod webhooks;
 
 use axum::extract::{DefaultBodyLimit, OriginalUri, State};
 use axum::http::{Method, StatusCode, Uri};
@@ -64,6 +65,14 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/accounts/{account_id}/sessions/{session_id}/subscriptions", put(sessions::rewire))
         .route("/accounts/{account_id}/sessions/{session_id}/routes", get(sessions::routes))
+        .route(
+            "/accounts/{account_id}/participants/{participant_id}/webhooks",
+            get(webhooks::delivery_log),
+        )
+        .route(
+            "/accounts/{account_id}/webhooks",
+            get(webhooks::settings).put(webhooks::set_settings),
+        )
         .method_not_allowed_fallback(method_not_allowed);
     Router::new()
         .nest("/v1", accounts.clone())
@@ -120,7 +129,8 @@ async fn openapi_json() -> impl IntoResponse {
         participants::create, participants::get, participants::delete,
         sessions::create, sessions::get, sessions::delete, sessions::members,
         sessions::add_member, sessions::remove_member, sessions::subscriptions, sessions::set_subscriptions,
-        sessions::rewire, sessions::routes, healthz, readyz, openapi_json,
+        sessions::rewire, sessions::routes, webhooks::delivery_log, webhooks::settings,
+        webhooks::set_settings, healthz, readyz, openapi_json,
     ),
     modifiers(&BasicAuth),
     security(("basic" = [])),

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use super::port::{
     Connection, DeviceNotice, DeviceRequest, LocalDownlink, LocalRequest, MediaPort,
 };
-use super::{Control, ControlError, DeviceTokenError, LifecycleEvent, Resource};
+use super::{CallEndReason, Control, ControlError, DeviceTokenError, LifecycleEvent, Resource};
 use crate::domain::{AccountId, ParticipantId, SessionId, StreamAlias, StreamId};
 use crate::media::{DeclaredStreams, DeviceId, MediaError, PublishAnswer};
 use crate::token::TokenError;
@@ -222,8 +222,10 @@ impl DeviceControl {
     pub fn phone_joined(&self, participant: ParticipantId, call: String) {
         self.control.device_event(LifecycleEvent::Connected {
             participant,
-            device: call,
+            device: call.clone(),
         });
+        self.control
+            .device_event(LifecycleEvent::CallAnswered { participant, call });
     }
 
     /// An Opus frame of the phone's audio (RTP time at 48 kHz).
@@ -254,8 +256,18 @@ impl DeviceControl {
         self.media.remove_local(device);
         self.control.device_event(LifecycleEvent::Disconnected {
             participant,
-            device: call,
+            device: call.clone(),
             left,
+        });
+        let reason = if left {
+            CallEndReason::Hangup
+        } else {
+            CallEndReason::Ended
+        };
+        self.control.device_event(LifecycleEvent::CallEnded {
+            participant,
+            call,
+            reason,
         });
     }
 

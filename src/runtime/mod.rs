@@ -3,3 +3,4 @@
 
 pub mod media;
 pub mod sip;
+pub mod webhooks;
