@@ -15,4 +15,4 @@ pub mod wire;
 mod ws;
 
 pub use rpc::{RpcError, RpcRequest};
-pub use ws::{router, SignalingState, MAX_FRAME_BYTES};
+pub use ws::{router, OriginPolicy, SignalingState, MAX_FRAME_BYTES};
