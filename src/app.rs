@@ -9,12 +9,14 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, UdpSocket};
 
 use crate::api::{self, AppState};
-use crate::config::ServeConfig;
+use crate::config::{ListenerArgs, ServeConfig};
 use crate::control::{Control, DeviceControl, NewCredentials};
 use crate::domain::AccountId;
 use crate::media::EngineConfig;
+use crate::runtime::http::{HttpSettings, HEALTH_RESERVE};
+use crate::runtime::listen::{descriptor_share, ConnectionLimits};
 use crate::runtime::media::{MediaHandle, ShardSetup};
-use crate::runtime::sip::{SipHandle, SipSettings};
+use crate::runtime::sip::{SipHandle, SipSettings, SipTcpSettings};
 use crate::signaling::{self, SignalingState};
 use crate::store::{self, Store};
 
@@ -31,6 +33,9 @@ pub struct App {
     media_public_addr: SocketAddr,
     sip: SipHandle,
     auth_failures: api::AuthFailures,
+    http: HttpSettings,
+    origins: signaling::OriginPolicy,
+    ws_idle_timeout: std::time::Duration,
     /// Credentials of the dev account, when this start created it.
     pub dev_credentials: Option<NewCredentials>,
 }
@@ -98,6 +103,7 @@ impl App {
             media_ip: public_media_addr(config, config.sip_listen).ip(),
             rtp_ports: config.rtp_ports,
             stream_alias: Some(config.phone_stream_alias.clone()),
+            tcp: sip_tcp_settings(&config.listeners),
         };
         let sip = crate::runtime::sip::spawn(config.sip_listen, sip_settings, devices.clone())
             .await
@@ -111,6 +117,9 @@ impl App {
             media_public_addr,
             sip,
             auth_failures: api::AuthFailures::new(config.auth_failure_limits()),
+            http: http_settings(&config.listeners),
+            origins: signaling::OriginPolicy::new(&config.listeners.allowed_origins),
+            ws_idle_timeout: secs(config.listeners.ws_idle_timeout),
             dev_credentials,
         })
     }
@@ -147,6 +156,8 @@ impl App {
     ) -> anyhow::Result<()> {
         let signaling = signaling::router(SignalingState {
             devices: self.devices,
+            origins: self.origins,
+            idle_timeout: self.ws_idle_timeout,
         });
         let router = api::router(AppState {
             control: self.control,
@@ -163,13 +174,47 @@ impl App {
             // Phones are told the call is over (BYE) while HTTP drains.
             sip.shutdown();
         };
-        axum::serve(self.listener, tower::make::Shared::new(app))
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        crate::runtime::http::serve(self.listener, app, self.http, shutdown).await;
         // Give the BYEs a moment to be answered.
         #[allow(clippy::disallowed_methods)] // the app owns shutdown and its grace period
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         Ok(())
+    }
+}
+
+fn secs(n: u64) -> std::time::Duration {
+    std::time::Duration::from_secs(n)
+}
+
+/// The HTTP listener's limits; an unset connection cap takes half of the open-file limit.
+fn http_settings(args: &ListenerArgs) -> HttpSettings {
+    HttpSettings {
+        header_timeout: secs(args.http_header_timeout),
+        body_timeout: secs(args.http_body_timeout),
+        idle_timeout: secs(args.http_idle_timeout),
+        limits: ConnectionLimits {
+            max_total: args
+                .http_max_connections
+                .unwrap_or_else(|| descriptor_share(0.5, 16_384)),
+            max_per_source: args.http_max_connections_per_ip,
+            reserve: HEALTH_RESERVE,
+        },
+    }
+}
+
+/// The SIP TCP listener's limits; an unset connection cap takes an eighth of the open-file
+/// limit.
+fn sip_tcp_settings(args: &ListenerArgs) -> SipTcpSettings {
+    SipTcpSettings {
+        head_timeout: secs(args.sip_tcp_head_timeout),
+        idle_timeout: secs(args.sip_tcp_idle_timeout),
+        limits: ConnectionLimits {
+            max_total: args
+                .sip_tcp_max_connections
+                .unwrap_or_else(|| descriptor_share(0.125, 4_096)),
+            max_per_source: args.sip_tcp_max_connections_per_ip,
+            reserve: 0,
+        },
     }
 }
 

@@ -191,6 +191,9 @@ pub struct ServeConfig {
     /// Webhook delivery and session cleanup.
     #[command(flatten)]
     pub webhooks: WebhookArgs,
+    /// Listener limits and timeouts (issue 9, listeners slice).
+    #[command(flatten)]
+    pub listeners: ListenerArgs,
 }
 
 impl ServeConfig {
@@ -213,6 +216,7 @@ impl ServeConfig {
             auth_failures_per_address: AuthFailureLimits::DEFAULT.per_address,
             auth_failures_per_username: AuthFailureLimits::DEFAULT.per_username,
             webhooks: WebhookArgs::default(),
+            listeners: ListenerArgs::default(),
         }
     }
 
@@ -313,6 +317,94 @@ fn parse_seconds(s: &str) -> Result<Duration, String> {
     }
     Ok(Duration::from_secs_f64(seconds))
 }
+
+// --- Listeners slice (issue 9): timeouts and connection caps of the HTTP and SIP TCP
+// listeners, the device WebSocket's idle timeout and Origin policy. See docs/security/listeners.md.
+
+/// Timeouts and caps of the network listeners.
+#[derive(Debug, Clone, Args)]
+pub struct ListenerArgs {
+    /// Seconds a client has to send a request's head, counted from when the server waits for
+    /// it (so also how long an idle keep-alive connection stays open).
+    #[arg(long, env = "PATCHBAY_HTTP_HEADER_TIMEOUT", default_value_t = ListenerArgs::HTTP_HEADER_TIMEOUT, value_parser = secs)]
+    pub http_header_timeout: u64,
+    /// Seconds a request body may stall (no bytes) before the request fails.
+    #[arg(long, env = "PATCHBAY_HTTP_BODY_TIMEOUT", default_value_t = ListenerArgs::HTTP_BODY_TIMEOUT, value_parser = secs)]
+    pub http_body_timeout: u64,
+    /// Seconds an HTTP connection may carry no bytes at all (either way) before it is closed.
+    #[arg(long, env = "PATCHBAY_HTTP_IDLE_TIMEOUT", default_value_t = ListenerArgs::HTTP_IDLE_TIMEOUT, value_parser = secs)]
+    pub http_idle_timeout: u64,
+    /// Concurrent HTTP connections (device WebSockets included). Default: half of the open-file
+    /// limit, less a headroom, at most 16384.
+    #[arg(long, env = "PATCHBAY_HTTP_MAX_CONNECTIONS")]
+    pub http_max_connections: Option<usize>,
+    /// Concurrent HTTP connections from one source address (IPv6: one /64).
+    #[arg(long, env = "PATCHBAY_HTTP_MAX_CONNECTIONS_PER_IP", default_value_t = ListenerArgs::HTTP_MAX_PER_IP)]
+    pub http_max_connections_per_ip: usize,
+    /// Seconds a device WebSocket may stay silent: the server pings after half of it and
+    /// closes (1001 "idle timeout") after all of it.
+    #[arg(long, env = "PATCHBAY_WS_IDLE_TIMEOUT", default_value_t = ListenerArgs::WS_IDLE_TIMEOUT, value_parser = secs)]
+    pub ws_idle_timeout: u64,
+    /// Origins allowed to open a device WebSocket (comma separated, e.g.
+    /// `https://app.example.com`). Default: any (the token is the credential). A request
+    /// without an `Origin` header (not a browser) is always allowed.
+    #[arg(long, env = "PATCHBAY_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+    /// Seconds a SIP TCP client has for a whole message, from its first byte (or from the
+    /// connection's start for the first message).
+    #[arg(long, env = "PATCHBAY_SIP_TCP_HEAD_TIMEOUT", default_value_t = ListenerArgs::SIP_TCP_HEAD_TIMEOUT, value_parser = secs)]
+    pub sip_tcp_head_timeout: u64,
+    /// Seconds a SIP TCP connection may carry no bytes (either way) before it is closed.
+    #[arg(long, env = "PATCHBAY_SIP_TCP_IDLE_TIMEOUT", default_value_t = ListenerArgs::SIP_TCP_IDLE_TIMEOUT, value_parser = secs)]
+    pub sip_tcp_idle_timeout: u64,
+    /// Concurrent SIP TCP connections. Default: an eighth of the open-file limit, less a
+    /// headroom, at most 4096.
+    #[arg(long, env = "PATCHBAY_SIP_TCP_MAX_CONNECTIONS")]
+    pub sip_tcp_max_connections: Option<usize>,
+    /// Concurrent SIP TCP connections from one source address (IPv6: one /64).
+    #[arg(long, env = "PATCHBAY_SIP_TCP_MAX_CONNECTIONS_PER_IP", default_value_t = ListenerArgs::SIP_TCP_MAX_PER_IP)]
+    pub sip_tcp_max_connections_per_ip: usize,
+}
+
+impl ListenerArgs {
+    const HTTP_HEADER_TIMEOUT: u64 = 10;
+    const HTTP_BODY_TIMEOUT: u64 = 30;
+    const HTTP_IDLE_TIMEOUT: u64 = 120;
+    const HTTP_MAX_PER_IP: usize = 256;
+    const WS_IDLE_TIMEOUT: u64 = 60;
+    const SIP_TCP_HEAD_TIMEOUT: u64 = 10;
+    const SIP_TCP_IDLE_TIMEOUT: u64 = 3600;
+    const SIP_TCP_MAX_PER_IP: usize = 64;
+}
+
+impl Default for ListenerArgs {
+    fn default() -> Self {
+        ListenerArgs {
+            http_header_timeout: Self::HTTP_HEADER_TIMEOUT,
+            http_body_timeout: Self::HTTP_BODY_TIMEOUT,
+            http_idle_timeout: Self::HTTP_IDLE_TIMEOUT,
+            http_max_connections: None,
+            http_max_connections_per_ip: Self::HTTP_MAX_PER_IP,
+            ws_idle_timeout: Self::WS_IDLE_TIMEOUT,
+            allowed_origins: Vec::new(),
+            sip_tcp_head_timeout: Self::SIP_TCP_HEAD_TIMEOUT,
+            sip_tcp_idle_timeout: Self::SIP_TCP_IDLE_TIMEOUT,
+            sip_tcp_max_connections: None,
+            sip_tcp_max_connections_per_ip: Self::SIP_TCP_MAX_PER_IP,
+        }
+    }
+}
+
+/// A timeout in whole seconds, at least 1.
+fn secs(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(0) => Err("must be at least 1 second".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+// --- end of the listeners slice
 
 fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
     let (low, high) = s

@@ -21,7 +21,7 @@ use patchbay_sip::endpoint::{CallEnd, CallEvent, CallId, Endpoint, EndpointConfi
 use patchbay_sip::mixer::SourceId;
 use patchbay_sip::phone::{PhoneConfig, PhoneMedia};
 use patchbay_sip::sdp::{self, AnswerParams, Negotiated};
-use patchbay_sip::transport::{ConnectionId, Transport};
+use patchbay_sip::transport::{ConnectionId, StreamFramer, StreamItem, Transport};
 use patchbay_sip::uui;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
@@ -31,6 +31,7 @@ use crate::control::port::LocalDownlink;
 use crate::control::{AdmittedPhone, ControlEvent, DeviceControl, PhoneRefusal};
 use crate::domain::{AccountId, ParticipantId, SessionId, StreamAlias, StreamId};
 use crate::media::DeviceId;
+use crate::runtime::listen::{Acceptor, Activity, ConnectionLimits, Gate};
 
 /// Settings of the SIP bridge.
 #[derive(Debug, Clone)]
@@ -41,6 +42,20 @@ pub struct SipSettings {
     pub rtp_ports: (u16, u16),
     /// The alias of the audio stream a phone publishes.
     pub stream_alias: Option<StreamAlias>,
+    /// Timeouts and caps of SIP over TCP.
+    pub tcp: SipTcpSettings,
+}
+
+/// Timeouts and caps of SIP over TCP.
+#[derive(Debug, Clone, Copy)]
+pub struct SipTcpSettings {
+    /// How long a message may take from its first byte (the first message: from the
+    /// connection's start) before the connection is closed.
+    pub head_timeout: Duration,
+    /// How long a connection may carry no bytes either way before it is closed.
+    pub idle_timeout: Duration,
+    /// Caps on concurrent connections, per listener and per source address.
+    pub limits: ConnectionLimits,
 }
 
 /// A handle on the running bridge.
@@ -75,7 +90,7 @@ pub async fn spawn(
     let local_addr = udp.local_addr()?;
     let (tx, rx) = mpsc::unbounded_channel();
     let (stop, stop_rx) = watch::channel(false);
-    tokio::spawn(accept_tcp(tcp, tx.clone()));
+    tokio::spawn(accept_tcp(tcp, settings.tcp, tx.clone()));
     let advertised = SocketAddr::new(
         if local_addr.ip().is_unspecified() {
             settings.media_ip
@@ -692,41 +707,106 @@ fn refusal(refusal: PhoneRefusal) -> Refusal {
     Refusal::new(code, refusal.to_string())
 }
 
-async fn accept_tcp(listener: TcpListener, tx: mpsc::UnboundedSender<Message>) {
+/// Accepts SIP TCP connections (backing off while `accept` fails, within the gate's caps)
+/// and runs a reader and a writer task for each.
+async fn accept_tcp(
+    listener: TcpListener,
+    settings: SipTcpSettings,
+    tx: mpsc::UnboundedSender<Message>,
+) {
+    let gate = Gate::new(settings.limits);
+    let mut acceptor = Acceptor::new(listener, "sip-tcp");
     let mut next = 1u64;
     loop {
-        let Ok((stream, source)) = listener.accept().await else {
-            continue;
+        let (stream, source) = acceptor.accept().await;
+        let Some(permit) = gate.admit(source.ip()) else {
+            continue; // over the caps: closed at once
         };
+        // Both tasks hold the permit: the place is freed when the socket is fully closed.
+        let permit = Arc::new(permit);
         let conn = ConnectionId(next);
         next += 1;
-        let (mut reader, mut writer) = stream.into_split();
+        let (reader, mut writer) = stream.into_split();
         let (wtx, mut wrx) = mpsc::unbounded_channel::<Vec<u8>>();
         if tx.send(Message::TcpOpen { conn, writer: wtx }).is_err() {
             return;
         }
+        let activity = Activity::new();
+        let written = activity.clone();
+        let writer_permit = permit.clone();
         tokio::spawn(async move {
+            let _permit = writer_permit;
             while let Some(bytes) = wrx.recv().await {
                 if writer.write_all(&bytes).await.is_err() {
                     break;
                 }
+                written.touch();
             }
         });
         let tx = tx.clone();
         tokio::spawn(async move {
-            let mut buf = vec![0u8; 16 * 1024];
-            loop {
-                match reader.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        let data = buf[..n].to_vec();
-                        if tx.send(Message::TcpData { conn, source, data }).is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
+            let _permit = permit;
+            let why = read_tcp(reader, conn, source, settings, activity, &tx).await;
+            tracing::debug!(%source, why, "SIP TCP connection closed");
             let _ = tx.send(Message::TcpClosed(conn));
         });
+    }
+}
+
+/// Reads one SIP TCP connection into the driver until it ends, stalls mid-message for the
+/// head timeout, or is idle for the idle timeout; says which.
+async fn read_tcp(
+    mut reader: tokio::net::tcp::OwnedReadHalf,
+    conn: ConnectionId,
+    source: SocketAddr,
+    settings: SipTcpSettings,
+    activity: Activity,
+    tx: &mpsc::UnboundedSender<Message>,
+) -> &'static str {
+    // A framer of its own tells whether a message is under way (the driver's endpoint frames
+    // the same bytes for itself).
+    let mut framer = StreamFramer::new();
+    let mut message_started = Some(Instant::now());
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let idle_at = activity.last() + settings.idle_timeout;
+        let deadline = match message_started {
+            Some(started) => idle_at.min(started + settings.head_timeout),
+            None => idle_at,
+        };
+        let n = tokio::select! {
+            read = reader.read(&mut buf) => match read {
+                Ok(0) => return "closed by the peer",
+                Err(_) => return "read error",
+                Ok(n) => n,
+            },
+            () = tokio::time::sleep_until(deadline.into()) => {
+                let now = Instant::now();
+                if message_started.is_some_and(|s| now >= s + settings.head_timeout) {
+                    return "message incomplete within the head timeout";
+                }
+                if now >= activity.last() + settings.idle_timeout {
+                    return "idle timeout";
+                }
+                continue;
+            }
+        };
+        let data = buf.get(..n).unwrap_or_default();
+        activity.touch();
+        framer.push(data);
+        while let Some(item) = framer.next_item() {
+            if let StreamItem::Error(_) = item {
+                break; // the driver answers and closes the connection
+            }
+        }
+        if !framer.is_mid_message() {
+            message_started = None;
+        } else if message_started.is_none() {
+            message_started = Some(Instant::now());
+        }
+        let data = data.to_vec();
+        if tx.send(Message::TcpData { conn, source, data }).is_err() {
+            return "driver stopped";
+        }
     }
 }

@@ -15,4 +15,4 @@ pub mod wire;
 mod ws;
 
 pub use rpc::{RpcError, RpcRequest};
-pub use ws::{router, SignalingState, MAX_FRAME_BYTES, RESET_CODE};
+pub use ws::{router, OriginPolicy, SignalingState, MAX_FRAME_BYTES, RESET_CODE};

@@ -24,17 +24,23 @@ struct Server {
 }
 
 async fn server() -> Server {
-    let app = spawn_app(&sqlite_url()).await;
-    let account = AccountId::parse("sig").expect("id");
-    app.control
-        .create_account(account.clone())
-        .await
-        .expect("account");
-    Server {
-        base: format!("ws://{}", app.http),
-        control: app.control.clone(),
-        account,
-        _app: app,
+    Server::around(spawn_app(&sqlite_url()).await).await
+}
+
+impl Server {
+    /// The test's account on a running app.
+    async fn around(app: RunningApp) -> Server {
+        let account = AccountId::parse("sig").expect("id");
+        app.control
+            .create_account(account.clone())
+            .await
+            .expect("account");
+        Server {
+            base: format!("ws://{}", app.http),
+            control: app.control.clone(),
+            account,
+            _app: app,
+        }
     }
 }
 
@@ -265,3 +271,5 @@ async fn deleting_the_participant_closes_its_device() {
         .expect("delete");
     assert!(expect_close_1000(&mut ws).await.contains("deleted"));
 }
+
+mod close_frames;
