@@ -11,12 +11,13 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use patchbay::config::ServeConfig;
 use patchbay::control::{Control, ControlEvent, LifecycleEvent, NewParticipant};
 use patchbay::domain::{
     AccountId, MediaKinds, ParticipantId, ParticipantSubscription, SessionId, Subscriptions,
 };
 use patchbay_sip::tone::goertzel_power;
-use patchbay_testkit::app::{spawn_app, RunningApp};
+use patchbay_testkit::app::{spawn_app, spawn_app_with, RunningApp};
 use patchbay_testkit::db::sqlite_url;
 use patchbay_testkit::phone_ua::{self, dial, Dial, Phone};
 use patchbay_testkit::wait::{self, eventually, DEADLINE};
@@ -34,7 +35,18 @@ async fn server() -> Server {
 }
 
 async fn server_for(account: &str) -> Server {
-    let app = spawn_app(&sqlite_url()).await;
+    with_app(spawn_app(&sqlite_url()).await, account).await
+}
+
+/// A server with a hold tone and an RTP timeout of its own.
+async fn server_with(hold_tone: u32, rtp_timeout_s: u64) -> Server {
+    let mut config = ServeConfig::for_database(&sqlite_url());
+    config.phone_hold_tone = hold_tone;
+    config.phone_rtp_timeout = rtp_timeout_s;
+    with_app(spawn_app_with(config).await, "sip").await
+}
+
+async fn with_app(app: RunningApp, account: &str) -> Server {
     let account = AccountId::parse(account).expect("id");
     app.control
         .create_account(account.clone())
@@ -311,7 +323,7 @@ async fn whisper_the_caller_never_hears_the_supervisor() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bye_leaves_media_and_removal_by_rest_hangs_up() {
+async fn bye_leaves_media_and_only_deleting_the_participant_hangs_up() {
     let s = server().await;
     let session = s.session().await;
     let (a, ta) = s.participant().await;
@@ -338,19 +350,16 @@ async fn bye_leaves_media_and_removal_by_rest_hangs_up() {
     assert_eq!(p.session, Some(session));
     // It may dial again (not "already connected").
     let pa = dial_ok(s.sip, &ta).await;
-    // Removing the other phone's participant from the session by REST hangs it up.
+    // Removing the other phone's participant from the session by REST keeps its call up
+    // (reference §4.1): it goes on receiving RTP, and gets no BYE.
     let pb = dial_ok(s.sip, &tb).await;
     s.control
         .remove_member(&s.account, session, b)
         .await
         .expect("remove");
-    eventually(
-        "removing the participant from its session sends BYE",
-        DEADLINE,
-        || async { pb.bye_received() },
-    )
-    .await;
-    // Deleting a participant hangs up too.
+    listen(&pb, 1500).await;
+    assert!(!pb.bye_received(), "leaving the session does not hang up");
+    // Deleting a participant hangs up.
     s.control
         .delete_participant(&s.account, a)
         .await
@@ -359,6 +368,121 @@ async fn bye_leaves_media_and_removal_by_rest_hangs_up() {
         pa.bye_received()
     })
     .await;
+    s.control
+        .delete_participant(&s.account, b)
+        .await
+        .expect("delete");
+    eventually(
+        "deleting the participant in no session sends BYE",
+        DEADLINE,
+        || async { pb.bye_received() },
+    )
+    .await;
+}
+
+/// Issue 10 item 3: a caller moves from a queue session to an agent's session on the same call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_moves_to_another_session_on_the_same_call() {
+    let s = server_with(425, 30).await;
+    let queue = s.session().await;
+    let desk = s.session().await;
+    let (caller, tc) = s.participant().await;
+    let (waiting, tw) = s.participant().await;
+    let (agent, ta) = s.participant().await;
+    s.join(queue, caller, whole(queue)).await;
+    s.join(queue, waiting, whole(queue)).await;
+    s.join(desk, agent, whole(desk)).await;
+    let pc = dial_ok(s.sip, &tc).await;
+    let pw = dial_ok(s.sip, &tw).await;
+    let pa = dial_ok(s.sip, &ta).await;
+    pc.play_tone(1000.0);
+    pw.play_tone(440.0);
+    pa.play_tone(1700.0);
+    hear(&pw, 600).await;
+    assert!(
+        power_at(&listen(&pw, 800).await, 1000.0) > 0.2,
+        "the queue hears the caller"
+    );
+
+    // Out of the queue: the call stays up and hears the hold tone.
+    s.control
+        .remove_member(&s.account, queue, caller)
+        .await
+        .expect("remove");
+    listen(&pc, 400).await;
+    let held = listen(&pc, 800).await;
+    assert!(
+        power_at(&held, 425.0) > 0.2,
+        "the hold tone in no session: {}",
+        power_at(&held, 425.0)
+    );
+    assert!(power_at(&held, 440.0) < 0.01, "nothing of the queue");
+
+    // Into the agent's session by REST: no BYE, no new INVITE, the same call.
+    s.join(desk, caller, whole(desk)).await;
+    listen(&pc, 500).await;
+    pa.clear_heard();
+    pw.clear_heard();
+    let heard_caller = listen(&pc, 1000).await;
+    let heard_agent = pa.heard();
+    let heard_queue = pw.heard();
+    assert!(
+        power_at(&heard_caller, 1700.0) > 0.2,
+        "the caller hears the agent: {}",
+        power_at(&heard_caller, 1700.0)
+    );
+    assert!(
+        power_at(&heard_caller, 425.0) < 0.01,
+        "no hold tone any more"
+    );
+    assert!(
+        power_at(&heard_agent, 1000.0) > 0.2,
+        "the agent hears the caller: {}",
+        power_at(&heard_agent, 1000.0)
+    );
+    assert!(
+        power_at(&heard_queue, 1000.0) < 0.01,
+        "the queue no longer hears the caller: {}",
+        power_at(&heard_queue, 1000.0)
+    );
+    assert!(!pc.bye_received(), "the caller's call was never hung up");
+}
+
+/// Issue 10 item 4: a leg that stops sending RTP without BYE is hung up after the timeout;
+/// a call the phone holds (inactive) is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_phone_is_hung_up_and_may_dial_again() {
+    let s = server_with(0, 1).await;
+    let session = s.session().await;
+    let (a, ta) = s.participant().await;
+    let (b, tb) = s.participant().await;
+    s.join(session, a, whole(session)).await;
+    s.join(session, b, whole(session)).await;
+    let mut events = s.control.watch();
+    let pa = dial_ok(s.sip, &ta).await;
+    let pb = dial_ok(s.sip, &tb).await;
+    pa.play_tone(1000.0);
+    pb.play_tone(440.0);
+    hear(&pa, 300).await;
+    // b puts the call on hold (inactive) and goes quiet first; a goes quiet after it.
+    let (code, _) = pb.reinvite("inactive").await;
+    assert_eq!(code, 200);
+    pb.stop_sending();
+    listen(&pa, 200).await;
+    pa.stop_sending();
+    disconnected(&mut events, a).await;
+    eventually("the dead leg gets BYE", DEADLINE, || async {
+        pa.bye_received()
+    })
+    .await;
+    assert!(
+        !pb.bye_received(),
+        "a held call quiet for longer than a dead one is not dead"
+    );
+    // The same token dials again and is answered (its device is gone, no 486).
+    let again = dial_ok(s.sip, &ta).await;
+    again.play_tone(1000.0);
+    hear(&again, 200).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -386,8 +510,14 @@ async fn phone_dtmf_becomes_a_control_event() {
             .await
             .expect("DTMF events within 5 s")
             .expect("control events");
-        if let ControlEvent::Lifecycle(LifecycleEvent::PhoneDtmf { participant, digit }) = event {
+        if let ControlEvent::Lifecycle(LifecycleEvent::PhoneDtmf {
+            participant,
+            digit,
+            duration_ms,
+        }) = event
+        {
             assert_eq!(participant, a);
+            assert_eq!(duration_ms, 100, "the test phone holds each key 100 ms");
             digits.push(digit);
         }
     }
