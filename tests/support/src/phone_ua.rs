@@ -1,7 +1,8 @@
 //! A minimal phone for tests and examples: a SIP user agent client over UDP that dials
 //! patchbay with a participant token in `User-To-User` (the form Bandwidth's transfer helper
 //! sends), answers the server's BYE, sends a G.711 µ-law tone as RTP and keeps what it hears,
-//! decoded. Used by `tests/sip` and `examples/phone.rs`.
+//! decoded, and the RFC 4733 keys it receives (once per event, as a phone counts them). It can
+//! press keys, re-INVITE (hold, resume) and go silent without hanging up (a dead leg). Used by `tests/sip` and `examples/phone.rs`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
