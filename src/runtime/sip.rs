@@ -573,7 +573,6 @@ impl CallMedia {
         let mut downlink_open = true;
         let mut dead = false;
         loop {
-            let dead_at = self.watch.poll_timeout().filter(|_| !dead);
             tokio::select! {
                 received = rtp.recv_from(&mut buf) => {
                     let Ok((n, source)) = received else { continue };
@@ -584,17 +583,17 @@ impl CallMedia {
                     None => downlink_open = false,
                 },
                 _ = tick.tick() => {
-                    let packets = self.phone.tick(Instant::now());
+                    let now = Instant::now();
+                    // The leg's liveness is checked on the phone's clock (timeouts are seconds).
+                    if !dead && self.watch.is_dead(now) {
+                        dead = true;
+                        let _ = self.bridge.send(Message::Dead(self.call));
+                    }
+                    let packets = self.phone.tick(now);
                     if let Some(remote) = self.remote {
                         for p in packets {
                             let _ = rtp.try_send_to(&p, remote);
                         }
-                    }
-                }
-                _ = until(dead_at) => {
-                    if self.watch.is_dead(Instant::now()) {
-                        dead = true;
-                        let _ = self.bridge.send(Message::Dead(self.call));
                     }
                 }
                 command = commands.recv() => match command {
@@ -685,14 +684,6 @@ fn names(update: &RoutingUpdate, participant: ParticipantId) -> bool {
     upserted
         .chain(links.removed.iter())
         .any(|k| k.subscriber == participant || k.publisher == participant)
-}
-
-/// Sleeps until `deadline`, or forever without one.
-async fn until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d.into()).await,
-        None => std::future::pending().await,
-    }
 }
 
 fn answer_params(settings: &SipSettings, port: u16) -> AnswerParams {
