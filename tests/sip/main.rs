@@ -592,3 +592,167 @@ async fn hold_and_resume_by_reinvite() {
     let stray = pa.unexpected_responses().await;
     assert!(stray.is_empty(), "retransmitted after ACK: {stray:#?}");
 }
+
+/// A browser-like str0m publisher over real UDP: it publishes one audio track (Opus and
+/// telephone-event at 48 kHz, as Chromium offers) and presses `keys`, each held 100 ms the way
+/// Chromium sends it (updates every 20 ms, then the end packet three times, one timestamp),
+/// while Opus frames flow. Runs until `stop` is set.
+#[allow(clippy::disallowed_methods)] // the client's own clock and task
+fn browser_pressing(
+    ws_url: String,
+    keys: &'static [u8],
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    use futures_util::{SinkExt, StreamExt};
+    use patchbay_testkit::rtc;
+    use std::sync::atomic::Ordering;
+    use std::time::Instant;
+    use str0m::change::SdpAnswer;
+    use str0m::format::Codec;
+    use str0m::media::{Direction, Frequency, MediaKind, MediaTime};
+    use str0m::{Candidate, Event, Input, Output};
+    use tokio_tungstenite::tungstenite::Message;
+
+    tokio::spawn(async move {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let local = socket.local_addr().expect("local address");
+        let mut rtc = rtc::browser_rtc(Instant::now());
+        rtc.add_local_candidate(Candidate::host(local, "udp").expect("candidate"));
+        let mut api = rtc.sdp_api();
+        let mid = api.add_media(
+            MediaKind::Audio,
+            Direction::SendOnly,
+            Some("stream-b".into()),
+            None,
+            None,
+        );
+        let (offer, pending) = api.apply().expect("an offer");
+        let (mut ws, _) = tokio_tungstenite::connect_async(ws_url)
+            .await
+            .expect("upgrade");
+        let request = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "offerSdp",
+            "params": {"sdpOffer": offer.to_sdp_string(),
+                "mediaMetadata": {"mediaStreams": {"stream-b": {"alias": "mic"}}}}});
+        ws.send(Message::Text(request.to_string().into()))
+            .await
+            .expect("send");
+        let answer = loop {
+            let Some(Ok(Message::Text(t))) = ws.next().await else {
+                continue;
+            };
+            let v: serde_json::Value = serde_json::from_str(t.as_str()).expect("JSON");
+            if v["id"] == serde_json::json!(1) {
+                break v["result"]["sdpAnswer"]
+                    .as_str()
+                    .expect("answer")
+                    .to_owned();
+            }
+        };
+        let answer = SdpAnswer::from_sdp_string(&answer).expect("a parsable answer");
+        rtc.sdp_api()
+            .accept_answer(pending, answer)
+            .expect("the answer fits");
+
+        let mut buf = vec![0u8; 2048];
+        let mut connected = false;
+        let mut frame = 0u64;
+        let start = Instant::now();
+        let mut next_frame = start;
+        // (key index, packet index within its press).
+        let mut press = (0usize, 0u64);
+        while !stop.load(Ordering::SeqCst) {
+            let timeout = loop {
+                match rtc.poll_output().expect("poll") {
+                    Output::Transmit(t) => {
+                        let _ = socket.send_to(&t.contents, t.destination).await;
+                    }
+                    Output::Event(Event::Connected) => connected = true,
+                    Output::Event(_) => {}
+                    Output::Timeout(t) => break t,
+                }
+            };
+            let wake = if connected {
+                timeout.min(next_frame)
+            } else {
+                timeout
+            };
+            let wait = wake.saturating_duration_since(Instant::now());
+            if let Ok(Ok((n, from))) = tokio::time::timeout(wait, socket.recv_from(&mut buf)).await
+            {
+                let _ = rtc::receive(&mut rtc, from, local, &buf[..n], Instant::now());
+                continue;
+            }
+            let now = Instant::now();
+            let _ = rtc.handle_input(Input::Timeout(now));
+            if !connected || now < next_frame {
+                continue;
+            }
+            next_frame += Duration::from_millis(20);
+            frame += 1;
+            let time = MediaTime::new(frame * 960, Frequency::FORTY_EIGHT_KHZ);
+            // Opus silence; after 1 s of it, the keys, one every 400 ms.
+            rtc::write_frame(
+                &mut rtc,
+                mid,
+                Codec::Opus,
+                time,
+                vec![0xF8, 0xFF, 0xFE],
+                now,
+            );
+            let (key, i) = press;
+            if frame < 50 || key >= keys.len() {
+                continue;
+            }
+            if i < 20 {
+                // Packets 0–3 update, 4–6 are the end packet three times; then a pause.
+                if i < 7 {
+                    let duration = (960 * (i.min(4) + 1)) as u16;
+                    let end = if i >= 4 { 0x80 } else { 0 };
+                    let event_time =
+                        MediaTime::new((50 + key as u64 * 20) * 960, Frequency::FORTY_EIGHT_KHZ);
+                    let mut payload = vec![keys[key], end | 10];
+                    payload.extend_from_slice(&duration.to_be_bytes());
+                    rtc::write_frame(&mut rtc, mid, Codec::Tele, event_time, payload, now);
+                }
+                press = (key, i + 1);
+            } else {
+                press = (key + 1, 0);
+            }
+        }
+    })
+}
+
+/// Issue 10 item 6: a key pressed in the browser reaches the phone once (not once per end
+/// packet), for as long as it was held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_keys_reach_the_phone_once_each() {
+    let s = server().await;
+    let session = s.session().await;
+    let (browser, tb) = s.participant().await;
+    let (phone, tp) = s.participant().await;
+    s.join(session, browser, whole(session)).await;
+    s.join(session, phone, whole(session)).await;
+    let pp = dial_ok(s.sip, &tp).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let url = format!(
+        "ws://{}/v3/?token={tb}&client=browser&sdkVersion=0.12.0-beta.1&uniqueId=b1",
+        s.app.http
+    );
+    // Events 1, 2, 3 (keys '1', '2', '3').
+    let task = browser_pressing(url, &[1, 2, 3], stop.clone());
+    eventually("three keys reach the phone", DEADLINE, || async {
+        pp.digits_heard().len() >= 3
+    })
+    .await;
+    // The end packets still in flight would show up as repeats within this time.
+    listen(&pp, 600).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = task.await;
+    assert_eq!(
+        pp.digits_heard(),
+        vec![('1', 800), ('2', 800), ('3', 800)],
+        "each key once, 100 ms (800 samples at 8 kHz) each"
+    );
+}
