@@ -176,6 +176,14 @@ pub struct ServeConfig {
     /// The stream alias of the audio a phone publishes.
     #[arg(long, env = "PATCHBAY_PHONE_STREAM_ALIAS", default_value = "phone", value_parser = parse_alias)]
     pub phone_stream_alias: crate::domain::StreamAlias,
+    // Issue 10, phones: what a call hears in no session, when a silent leg is dead.
+    /// The tone (Hz) a phone hears while its participant is in no session; 0: silence.
+    #[arg(long, env = "PATCHBAY_PHONE_HOLD_TONE", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=3400))]
+    pub phone_hold_tone: u32,
+    /// Seconds without RTP or RTCP from a phone that should be sending before its call is
+    /// ended (BYE) as a dead leg; 0: never. A call the phone holds is never dead.
+    #[arg(long, env = "PATCHBAY_PHONE_RTP_TIMEOUT", default_value_t = 30)]
+    pub phone_rtp_timeout: u64,
     // Issue 9, database slice: how long a sick database may keep a request waiting.
     /// Bounds on waits for the database.
     #[command(flatten)]
@@ -212,6 +220,8 @@ impl ServeConfig {
             rtp_ports: (0, 0),
             phone_stream_alias: crate::domain::StreamAlias::parse("phone")
                 .unwrap_or_else(|_| unreachable!("a valid alias")),
+            phone_hold_tone: 0,
+            phone_rtp_timeout: 30,
             database_timeouts: DatabaseTimeoutArgs::default(),
             auth_failures_per_address: AuthFailureLimits::DEFAULT.per_address,
             auth_failures_per_username: AuthFailureLimits::DEFAULT.per_username,

@@ -1,7 +1,8 @@
 //! Device verbs: what a browser's signalling connection and a phone call do, decided here and
 //! carried out through the [`MediaPort`]. Signaling and the SIP runtime call these verbs and
 //! nothing else of the media plane: connect with a token, publish, answer, leave; admit a
-//! phone, feed and drain its audio, hang it up.
+//! phone, feed and drain its audio, hang it up. A device whose participant leaves its session
+//! stays connected (a phone keeps its call): added to another session, it is wired there.
 
 use std::sync::Arc;
 
@@ -233,10 +234,13 @@ impl DeviceControl {
         self.media.write_local(device, rtp_time, data);
     }
 
-    /// The phone pressed a key.
-    pub fn phone_dtmf(&self, participant: ParticipantId, digit: char) {
-        self.control
-            .device_event(LifecycleEvent::PhoneDtmf { participant, digit });
+    /// The phone pressed a key, for `duration_ms`.
+    pub fn phone_dtmf(&self, participant: ParticipantId, digit: char, duration_ms: u32) {
+        self.control.device_event(LifecycleEvent::PhoneDtmf {
+            participant,
+            digit,
+            duration_ms,
+        });
     }
 
     /// The phone's media ends (the call was refused late, or failed to start).
@@ -271,17 +275,18 @@ impl DeviceControl {
         });
     }
 
-    /// Whether `participant` is definitely no longer a member of `session` (deleted, or in
-    /// another session or none); a store hiccup answers `false`.
-    pub async fn definitely_left(
+    /// The session a phone's participant is in now (`Some(None)`: in none, or deleted);
+    /// `None` when the store cannot tell. Leaving a session does not end a call: only
+    /// deleting the participant does (the media plane closes its device).
+    pub async fn phone_session(
         &self,
         account: &AccountId,
         participant: ParticipantId,
-        session: SessionId,
-    ) -> bool {
+    ) -> Option<Option<SessionId>> {
         match self.control.participant(account, participant).await {
-            Ok(p) => p.session != Some(session),
-            Err(e) => matches!(e, ControlError::NotFound(Resource::Participant)),
+            Ok(p) => Some(p.session),
+            Err(ControlError::NotFound(Resource::Participant)) => Some(None),
+            Err(_) => None,
         }
     }
 }

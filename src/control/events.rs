@@ -87,6 +87,8 @@ pub enum LifecycleEvent {
         participant: ParticipantId,
         /// The key: `0`-`9`, `*`, `#` or `A`-`D`.
         digit: char,
+        /// How long it was held, in milliseconds (from the RFC 4733 event's duration).
+        duration_ms: u32,
     },
 }
 

@@ -153,9 +153,14 @@ pub fn render(event: &LifecycleEvent, at_ms: i64, tag: Option<&Tag>) -> Vec<Webh
             extra.insert("reason".into(), json!(reason.as_str()));
             (*participant, WebhookKind::CallEnded, Some(call), extra)
         }
-        LifecycleEvent::PhoneDtmf { participant, digit } => {
+        LifecycleEvent::PhoneDtmf {
+            participant,
+            digit,
+            duration_ms,
+        } => {
             let mut extra = Map::new();
             extra.insert("digit".into(), json!(digit.to_string()));
+            extra.insert("durationMs".into(), json!(duration_ms));
             (*participant, WebhookKind::Dtmf, None, extra)
         }
     };
@@ -242,13 +247,16 @@ mod tests {
         let dtmf = LifecycleEvent::PhoneDtmf {
             participant: p,
             digit: '#',
+            duration_ms: 120,
         };
         let hook = &render(&dtmf, 7, None)[0];
         assert_eq!(hook.kind, WebhookKind::Dtmf);
         assert!(!hook.kind.is_bandwidth());
         assert_eq!(
             hook.body,
-            format!(r##"{{"event":"onDtmf","timestamp":"7","participantId":"{p}","digit":"#"}}"##)
+            format!(
+                r##"{{"event":"onDtmf","timestamp":"7","participantId":"{p}","digit":"#","durationMs":120}}"##
+            )
         );
         let ended = LifecycleEvent::CallEnded {
             participant: p,
