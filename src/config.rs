@@ -284,7 +284,7 @@ impl WebhookArgs {
     }
 }
 
-// Issue 9, database slice: the database timeouts (docs/security/database.md).
+// Issue 9, database slice: the database timeouts (docs/security.md).
 /// How long requests may wait for a database that does not answer.
 #[derive(Debug, Clone, Copy, Args)]
 pub struct DatabaseTimeoutArgs {
@@ -329,7 +329,7 @@ fn parse_seconds(s: &str) -> Result<Duration, String> {
 }
 
 // --- Listeners slice (issue 9): timeouts and connection caps of the HTTP and SIP TCP
-// listeners, the device WebSocket's idle timeout and Origin policy. See docs/security/listeners.md.
+// listeners, the device WebSocket's idle timeout and Origin policy. See docs/security.md.
 
 /// Timeouts and caps of the network listeners.
 #[derive(Debug, Clone, Args)]
