@@ -28,7 +28,15 @@ struct Server {
     account: AccountId,
     sip: SocketAddr,
     app: RunningApp,
+    /// Held for the whole test: see [`SERIAL`].
+    _serial: tokio::sync::OwnedMutexGuard<()>,
 }
+
+/// The phone tests play and measure real-time audio (20 ms frames, G.711 and Opus in a debug
+/// build): run in parallel on a 2-core machine they starve each other's mixers and the tones
+/// they measure. Each test holds this for its whole run, so they take turns.
+static SERIAL: std::sync::LazyLock<std::sync::Arc<tokio::sync::Mutex<()>>> =
+    std::sync::LazyLock::new(Default::default);
 
 async fn server() -> Server {
     server_for("sip").await
@@ -47,6 +55,7 @@ async fn server_with(hold_tone: u32, rtp_timeout_s: u64) -> Server {
 }
 
 async fn with_app(app: RunningApp, account: &str) -> Server {
+    let serial = SERIAL.clone().lock_owned().await;
     let account = AccountId::parse(account).expect("id");
     app.control
         .create_account(account.clone())
@@ -57,6 +66,7 @@ async fn with_app(app: RunningApp, account: &str) -> Server {
         account,
         sip: app.sip,
         app,
+        _serial: serial,
     }
 }
 
