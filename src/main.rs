@@ -25,7 +25,7 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().command {
-        Command::Serve(config) => serve(config).await,
+        Command::Serve(config) => serve(*config).await,
         Command::Account(AccountCommand::Create {
             account_id,
             json,
@@ -66,6 +66,7 @@ async fn serve(config: patchbay::config::ServeConfig) -> anyhow::Result<()> {
             creds.account
         );
     }
+    println!("{}", app.addresses());
     println!("patchbay SIP on {} (UDP and TCP)", app.sip_addr());
     println!("patchbay listening on http://{}", app.http_addr());
     tracing::info!(addr = %app.http_addr(), "serving");
