@@ -12,8 +12,9 @@ step() { printf '\n=== %s\n' "$*"; }
 
 # --- what the tests need --------------------------------------------------------------------
 # Debian packages the build and the tests use: libopus (the SIP bridge's Opus codec, found by
-# pkg-config), sipp (package sip-tester) for the SIP tests, Chromium for the browser tests.
-apt_packages=(python3-venv postgresql-client chromium pkg-config libopus-dev sip-tester)
+# pkg-config), sipp (package sip-tester) for the SIP tests, Chromium for the browser tests,
+# coturn (STUN and TURN) for the reach tests.
+apt_packages=(python3-venv postgresql-client chromium pkg-config libopus-dev sip-tester coturn)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

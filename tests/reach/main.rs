@@ -3,6 +3,10 @@
 //! socket on the dual-stack `[::]`); `GET …/participants/{p}/iceServers` answers TURN
 //! credentials by the TURN REST convention, `[]` without TURN, 404 for an unknown participant.
 //!
+//! Against a real coturn (Debian package `coturn`, started by the tests on loopback):
+//! `--public-ip auto` resolves through its STUN, and coturn's own client allocates a relay
+//! with the credentials patchbay minted (and is refused with forged ones).
+//!
 //! Run with `cargo test --test reach`. The device is a str0m `Rtc` on a real UDP socket,
 //! signalling over the real WebSocket like the browser SDK.
 #![allow(clippy::disallowed_methods)] // a test drives a real server in real time
@@ -338,4 +342,145 @@ async fn turn_url_without_secret_is_refused() {
         .err()
         .expect("a TURN URL without a secret is refused");
     assert!(err.to_string().contains("--turn-secret"), "{err}");
+}
+
+// ------------------------------------------------------------------------------------------------
+// Against coturn (Debian package `coturn`): STUN for `--public-ip auto`, TURN allocations with
+// the credentials patchbay mints
+// ------------------------------------------------------------------------------------------------
+
+/// A coturn on 127.0.0.1 with the TURN REST shared secret `secret`, stopped when dropped.
+struct Coturn {
+    port: u16,
+    _process: tokio::process::Child,
+}
+
+async fn coturn(secret: &str) -> Coturn {
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free port")
+        .port();
+    let process = tokio::process::Command::new("turnserver")
+        .args([
+            "-n",
+            "--listening-ip=127.0.0.1",
+            "--relay-ip=127.0.0.1",
+            &format!("--listening-port={port}"),
+            "--use-auth-secret",
+            &format!("--static-auth-secret={secret}"),
+            "--realm=patchbay.test",
+            "--no-tls",
+            "--no-dtls",
+            "--no-cli",
+            "--allow-loopback-peers",
+            "--log-file=stdout",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("coturn's turnserver (apt-get install coturn)");
+    // Ready once it answers a STUN Binding request.
+    let server = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while patchbay::reach::stun_public_ip(&server).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "coturn did not start on {server}"
+        );
+    }
+    Coturn {
+        port,
+        _process: process,
+    }
+}
+
+#[tokio::test]
+async fn public_ip_auto_asks_the_stun_server() {
+    let turn = coturn("unused").await;
+    let mut config = config();
+    config.media_listen = "0.0.0.0:0".parse().expect("addr");
+    config.media_shards = Some(1);
+    config.public_ip = vec![PublicIp::Auto];
+    config.stun_server = format!("127.0.0.1:{}", turn.port);
+    let app = App::build(&config).await.expect("build app");
+    let addresses = app.addresses().clone();
+    assert_eq!(addresses.media[0].len(), 1);
+    assert_eq!(addresses.media[0][0].ip(), IpAddr::from([127, 0, 0, 1]));
+    assert!(!addresses.loopback_only, "the address came from STUN");
+    assert_eq!(addresses.rtp_ip, IpAddr::from([127, 0, 0, 1]));
+    drop(app);
+    drop(turn);
+
+    // Nobody answers: the server does not start, and says what to set.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    config.stun_server = silent.local_addr().expect("addr").to_string();
+    let err = App::build(&config)
+        .await
+        .err()
+        .expect("no STUN answer, no start");
+    assert!(err.to_string().contains("--public-ip IP"), "{err}");
+}
+
+#[tokio::test]
+async fn minted_credentials_allocate_on_coturn() {
+    let turn = coturn("north-wind").await;
+    let mut config = config();
+    config.turn_url = vec![format!("turn:127.0.0.1:{}?transport=udp", turn.port)];
+    config.turn_secret = Some("north-wind".into());
+    let server = start(config).await;
+    let participant = new_participant(&server).await;
+    let body: Value = ice_servers(&server, &server.user, &server.pass, &participant)
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    let username = body[0]["username"].as_str().expect("username").to_owned();
+    let credential = body[0]["credential"]
+        .as_str()
+        .expect("credential")
+        .to_owned();
+
+    // coturn's own client allocates a relay with them and sends through it.
+    let relayed = uclient(turn.port, &username, &credential).await;
+    assert!(
+        !relayed.contains("Cannot complete Allocation"),
+        "allocation with minted credentials: {relayed}"
+    );
+    // Its final tally: `start_mclient: tot_send_msgs=N, tot_recv_msgs=M`.
+    let received = relayed
+        .lines()
+        .filter_map(|l| l.split("start_mclient: tot_send_msgs=").nth(1))
+        .filter_map(|rest| rest.split("tot_recv_msgs=").nth(1))
+        .filter_map(|n| n.trim().parse::<u32>().ok())
+        .next_back();
+    assert!(
+        received.is_some_and(|n| n > 0),
+        "messages went through the relay: {relayed}"
+    );
+    // A credential signed with another secret is refused: coturn really checks.
+    let forged = patchbay::api::turn_credential(b"south-wind", &username);
+    let refused = uclient(turn.port, &username, &forged).await;
+    assert!(refused.contains("Cannot complete Allocation"), "{refused}");
+}
+
+/// Runs coturn's test client against 127.0.0.1:`port` (client-to-client through relays, 3
+/// messages); its output.
+async fn uclient(port: u16, username: &str, credential: &str) -> String {
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new("turnutils_uclient")
+            .args(["-y", "-n", "3", "-m", "1", "-p", &port.to_string()])
+            .args(["-u", username, "-w", credential, "127.0.0.1"])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("turnutils_uclient finishes")
+    .expect("coturn's turnutils_uclient (apt-get install coturn)");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
