@@ -13,6 +13,7 @@ use crate::config::{ListenerArgs, ServeConfig};
 use crate::control::{Control, DeviceControl, NewCredentials};
 use crate::domain::AccountId;
 use crate::media::EngineConfig;
+use crate::reach;
 use crate::runtime::http::{HttpSettings, HEALTH_RESERVE};
 use crate::runtime::listen::{descriptor_share, ConnectionLimits};
 use crate::runtime::media::{MediaHandle, ShardSetup};
@@ -32,6 +33,8 @@ pub struct App {
     http_addr: SocketAddr,
     media_public_addr: SocketAddr,
     sip: SipHandle,
+    addresses: reach::Addresses,
+    turn: Option<Arc<api::TurnServers>>,
     auth_failures: api::AuthFailures,
     http: HttpSettings,
     origins: signaling::OriginPolicy,
@@ -64,6 +67,8 @@ impl App {
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
         let http_addr = listener.local_addr()?;
+        let turn = config.turn_servers()?.map(Arc::new);
+        let public_ips = reach::resolve(&config.public_ip, &config.stun_server).await?;
         let shard_count = config.media_shards.map(usize::from).unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
         });
@@ -78,15 +83,22 @@ impl App {
             }
             let socket = bind_media_socket(addr)
                 .map_err(|e| anyhow::anyhow!("cannot bind media socket {addr}: {e}"))?;
-            let public = public_media_addr(config, socket.local_addr()?);
+            let public_addrs = advertised_media_addrs(&public_ips, socket.local_addr()?)?;
             // One DTLS certificate for the process: a device may move between shards.
             let config = EngineConfig {
-                public_addr: public,
+                public_addrs,
                 cert: first.cert.clone(),
             };
             shards.push(ShardSetup { config, socket });
         }
-        let media_public_addr = shards[0].config.public_addr;
+        let media_public_addr = shards[0]
+            .config
+            .primary_addr()
+            .ok_or_else(|| anyhow::anyhow!("no media address to advertise"))?;
+        let media_addrs: Vec<Vec<SocketAddr>> = shards
+            .iter()
+            .map(|s| s.config.public_addrs.clone())
+            .collect();
         // Issue 10: webhooks from the outbox, and the session cleanup.
         crate::runtime::webhooks::spawn(
             control.clone(),
@@ -99,8 +111,13 @@ impl App {
         let media = crate::runtime::media::spawn(shards, control.clone())?;
         // Signaling and the SIP bridge reach the media plane only through control's verbs.
         let devices = DeviceControl::new(control.clone(), Arc::new(media.clone()));
+        let rtp_ip = public_ips.first().copied().unwrap_or_else(|| {
+            reach::advertised(&[], config.sip_listen)
+                .first()
+                .map_or(std::net::Ipv4Addr::LOCALHOST.into(), SocketAddr::ip)
+        });
         let sip_settings = SipSettings {
-            media_ip: public_media_addr(config, config.sip_listen).ip(),
+            media_ip: rtp_ip,
             rtp_ports: config.rtp_ports,
             stream_alias: Some(config.phone_stream_alias.clone()),
             tcp: sip_tcp_settings(&config.listeners),
@@ -110,6 +127,14 @@ impl App {
         let sip = crate::runtime::sip::spawn(config.sip_listen, sip_settings, devices.clone())
             .await
             .map_err(|e| anyhow::anyhow!("cannot bind SIP {}: {e}", config.sip_listen))?;
+        let addresses = reach::Addresses {
+            http: http_addr,
+            media: media_addrs,
+            sip: sip.local_addr(),
+            rtp_ip,
+            rtp_ports: config.rtp_ports,
+            loopback_only: public_ips.is_empty() && config.media_listen.ip().is_unspecified(),
+        };
         Ok(App {
             control,
             media,
@@ -118,6 +143,8 @@ impl App {
             http_addr,
             media_public_addr,
             sip,
+            addresses,
+            turn,
             auth_failures: api::AuthFailures::new(config.auth_failure_limits()),
             http: http_settings(&config.listeners),
             origins: signaling::OriginPolicy::new(&config.listeners.allowed_origins),
@@ -139,6 +166,11 @@ impl App {
     /// The media address of the first shard (an ICE host candidate devices are told).
     pub fn media_public_addr(&self) -> SocketAddr {
         self.media_public_addr
+    }
+
+    /// Every address a device or phone is told to use (printed at startup).
+    pub fn addresses(&self) -> &reach::Addresses {
+        &self.addresses
     }
 
     /// The address of the SIP bridge (UDP and TCP).
@@ -164,9 +196,14 @@ impl App {
         let router = api::router(AppState {
             control: self.control,
         })
-        .merge(signaling)
-        .layer(axum::Extension(self.auth_failures))
-        .layer(tower_http::trace::TraceLayer::new_for_http());
+        .merge(signaling);
+        let router = match self.turn {
+            Some(turn) => router.layer(axum::Extension(turn)),
+            None => router,
+        };
+        let router = router
+            .layer(axum::Extension(self.auth_failures))
+            .layer(tower_http::trace::TraceLayer::new_for_http());
         // Routing sees the path with duplicated leading slashes folded (`//v3/` from SDKs
         // given a base URL that ends in '/').
         let app = tower::ServiceExt::map_request(router, fold_leading_slashes);
@@ -235,17 +272,26 @@ fn bind_media_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(socket.into())
 }
 
-/// The media address to advertise: `--public-ip` if given, else the bound address, with
-/// 127.0.0.1 standing in for an unspecified one.
-fn public_media_addr(config: &ServeConfig, bound: SocketAddr) -> SocketAddr {
-    let ip = config.public_ip.unwrap_or_else(|| {
-        if bound.ip().is_unspecified() {
-            std::net::Ipv4Addr::LOCALHOST.into()
-        } else {
-            bound.ip()
-        }
-    });
-    SocketAddr::new(ip, bound.port())
+/// The media addresses to advertise for a socket bound to `bound`: the `--public-ip`
+/// addresses it can receive on (see [`reach::advertised`]); an error when none can be.
+fn advertised_media_addrs(
+    public_ips: &[std::net::IpAddr],
+    bound: SocketAddr,
+) -> anyhow::Result<Vec<SocketAddr>> {
+    let (usable, unusable): (Vec<std::net::IpAddr>, Vec<std::net::IpAddr>) = public_ips
+        .iter()
+        .copied()
+        .partition(|ip| reach::receivable(*ip, bound));
+    if !public_ips.is_empty() && usable.is_empty() {
+        anyhow::bail!(
+            "the media socket {bound} cannot receive on --public-ip {unusable:?}: \
+             listen on their address family (--media-listen [::]:PORT takes IPv4 and IPv6)"
+        );
+    }
+    if !unusable.is_empty() {
+        tracing::warn!(addresses = ?unusable, socket = %bound, "--public-ip addresses of another address family than the media socket are not advertised");
+    }
+    Ok(reach::advertised(public_ips, bound))
 }
 
 fn fold_leading_slashes(mut req: axum::extract::Request) -> axum::extract::Request {

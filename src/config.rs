@@ -2,13 +2,14 @@
 //! environment variable; defaults just work (an embedded SQLite database in the local data
 //! directory, HTTP on 127.0.0.1:8080).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::api::AuthFailureLimits;
+use crate::api::{AuthFailureLimits, TurnServers};
+use crate::reach::PublicIp;
 
 // clap turns the doc comments of these types into help text: keep each to one paragraph (a
 // longer one becomes the long help of `patchbay --help`).
@@ -28,7 +29,7 @@ pub struct Cli {
 /// The top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the server (REST API; device signalling, media and SIP as they land).
+    /// Run the server: REST API, device signalling, media and SIP dial-in.
     Serve(Box<ServeConfig>),
     /// Manage accounts (works while a server runs on the same database).
     #[command(subcommand)]
@@ -163,10 +164,29 @@ pub struct ServeConfig {
     /// lives on one. Default: one per CPU core.
     #[arg(long, env = "PATCHBAY_MEDIA_SHARDS", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub media_shards: Option<u16>,
-    /// The IP address devices reach the media plane at (the ICE host candidate). Default: the
-    /// media listen address, or 127.0.0.1 when that is unspecified.
-    #[arg(long, env = "PATCHBAY_PUBLIC_IP")]
-    pub public_ip: Option<IpAddr>,
+    // Issue 11, reachable media: the advertised addresses (see `reach`) and TURN.
+    /// IP addresses devices and phones reach the media plane at, each an ICE host candidate
+    /// (repeatable or comma-separated, IPv4 and IPv6); `auto` asks the --stun-server. Default:
+    /// the media listen address, or 127.0.0.1 (with a warning) when that is unspecified.
+    #[arg(long, env = "PATCHBAY_PUBLIC_IP", value_delimiter = ',')]
+    pub public_ip: Vec<PublicIp>,
+    /// The STUN server `--public-ip auto` asks for this host's public address (HOST:PORT).
+    #[arg(
+        long,
+        env = "PATCHBAY_STUN_SERVER",
+        default_value = "stun.l.google.com:19302"
+    )]
+    pub stun_server: String,
+    /// A TURN server URL given to browsers with minted credentials (`turn:HOST:PORT`,
+    /// `turns:…`; repeatable or comma-separated); needs --turn-secret.
+    #[arg(long, env = "PATCHBAY_TURN_URL", value_delimiter = ',')]
+    pub turn_url: Vec<String>,
+    /// The secret shared with the TURN servers (coturn's `static-auth-secret`).
+    #[arg(long, env = "PATCHBAY_TURN_SECRET", hide_env_values = true)]
+    pub turn_secret: Option<String>,
+    /// How long minted TURN credentials stay valid, in seconds (at most one day).
+    #[arg(long, env = "PATCHBAY_TURN_CREDENTIAL_LIFETIME", default_value = "86400", value_parser = parse_seconds)]
+    pub turn_credential_lifetime: Duration,
     /// SIP address (UDP and TCP) for phone dial-in (port 0: any free port).
     #[arg(long, env = "PATCHBAY_SIP_LISTEN", default_value = "0.0.0.0:5060")]
     pub sip_listen: SocketAddr,
@@ -215,7 +235,11 @@ impl ServeConfig {
             },
             media_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             media_shards: None,
-            public_ip: None,
+            public_ip: Vec::new(),
+            stun_server: "stun.l.google.com:19302".to_owned(),
+            turn_url: Vec::new(),
+            turn_secret: None,
+            turn_credential_lifetime: Duration::from_secs(86_400),
             sip_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             rtp_ports: (0, 0),
             phone_stream_alias: crate::domain::StreamAlias::parse("phone")
@@ -228,6 +252,25 @@ impl ServeConfig {
             webhooks: WebhookArgs::default(),
             listeners: ListenerArgs::default(),
         }
+    }
+
+    /// The TURN servers browsers are given credentials for; `None` without --turn-url, an error
+    /// for a --turn-url without --turn-secret.
+    pub fn turn_servers(&self) -> anyhow::Result<Option<TurnServers>> {
+        if self.turn_url.is_empty() {
+            return Ok(None);
+        }
+        let secret = match &self.turn_secret {
+            Some(s) if !s.is_empty() => s.clone(),
+            _ => anyhow::bail!(
+                "--turn-url needs --turn-secret (the TURN server's shared secret, coturn's static-auth-secret)"
+            ),
+        };
+        Ok(Some(TurnServers {
+            urls: self.turn_url.clone(),
+            secret,
+            lifetime: self.turn_credential_lifetime,
+        }))
     }
 
     /// The failed-authentication budgets of the REST API.

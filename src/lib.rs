@@ -37,6 +37,8 @@
 //! - [`runtime`]: the only owner of sockets, clocks and tasks: the media pump (one task per
 //!   shard) and the SIP driver over the sans-IO `patchbay-sip` crate (`sip/`).
 //! - [`config`] and [`app`]: the command line and the wiring of a running server.
+//! - [`reach`]: the addresses devices and phones are told to use (`--public-ip`, STUN for
+//!   `auto`), printed at startup.
 //!
 //! ## Who may call whom
 //! ```text
@@ -106,6 +108,7 @@ pub mod domain;
 pub mod events;
 pub mod forwarding;
 pub mod media;
+pub mod reach;
 pub mod runtime;
 pub mod signaling;
 pub mod store;

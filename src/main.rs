@@ -67,6 +67,7 @@ async fn serve(config: patchbay::config::ServeConfig) -> anyhow::Result<()> {
             creds.account
         );
     }
+    println!("{}", app.addresses());
     println!("patchbay SIP on {} (UDP and TCP)", app.sip_addr());
     println!("patchbay listening on http://{}", app.http_addr());
     tracing::info!(addr = %app.http_addr(), "serving");

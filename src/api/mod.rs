@@ -7,13 +7,15 @@
 //! faults are logged once, by a layer of [`router`] (see `error.rs`).
 //!
 //! Beyond Bandwidth: `GET …/sessions/{id}/routes` (the compiled forwarding table),
-//! `PUT …/sessions/{id}/subscriptions` (atomic re-wire), `GET /openapi.json`, `GET /healthz`
+//! `PUT …/sessions/{id}/subscriptions` (atomic re-wire),
+//! `GET …/participants/{id}/iceServers` (TURN credentials, `ice`), `GET /openapi.json`, `GET /healthz`
 //! and `GET /readyz`.
 
 mod auth_limit;
 mod dto;
 mod error;
 mod extract;
+mod ice;
 mod participants;
 mod sessions;
 mod webhooks;
@@ -28,6 +30,7 @@ use utoipa::OpenApi;
 pub use auth_limit::{AuthFailureLimits, AuthFailures};
 pub use error::{log_server_faults, BodyError, Error, ErrorBody, ServerFault, UnauthorizedBody};
 pub use extract::parse_optional_json;
+pub use ice::{turn_credential, IceServer, TurnServers};
 
 use crate::control::Control;
 
@@ -49,6 +52,7 @@ pub fn router(state: AppState) -> Router {
             "/accounts/{account_id}/participants/{participant_id}",
             get(participants::get).delete(participants::delete),
         )
+        .route("/accounts/{account_id}/participants/{participant_id}/iceServers", get(ice::get))
         .route("/accounts/{account_id}/sessions", post(sessions::create))
         .route(
             "/accounts/{account_id}/sessions/{session_id}",
@@ -126,7 +130,7 @@ async fn openapi_json() -> impl IntoResponse {
 #[openapi(
     info(title = "patchbay", description = "Bandwidth-compatible WebRTC call control. Every `/v1/accounts/...` path is also served without the `/v1` prefix. Authentication: HTTP Basic with the account's API credentials."),
     paths(
-        participants::create, participants::get, participants::delete,
+        participants::create, participants::get, participants::delete, ice::get,
         sessions::create, sessions::get, sessions::delete, sessions::members,
         sessions::add_member, sessions::remove_member, sessions::subscriptions, sessions::set_subscriptions,
         sessions::rewire, sessions::routes, webhooks::delivery_log, webhooks::settings,
