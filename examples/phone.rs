@@ -60,6 +60,11 @@ async fn main() {
     tokio::time::sleep(Duration::from_secs_f64((args.seconds - 1.0).max(0.5))).await;
     let heard = phone.heard();
     let hung_up_by_server = phone.bye_received();
+    let digits: Vec<serde_json::Value> = phone
+        .digits_heard()
+        .into_iter()
+        .map(|(digit, samples)| serde_json::json!({"digit": digit, "ms": u32::from(samples) / 8}))
+        .collect();
     phone.hangup().await;
     let mean_square =
         heard.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / heard.len().max(1) as f64;
@@ -84,6 +89,8 @@ async fn main() {
             "dominant_hz": dominant,
             "share": probes,
             "bye_from_server": hung_up_by_server,
+            // RFC 4733 keys received (one per event), with their duration in ms.
+            "digits": digits,
         })
     );
 }

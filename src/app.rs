@@ -9,12 +9,15 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, UdpSocket};
 
 use crate::api::{self, AppState};
-use crate::config::ServeConfig;
+use crate::config::{ListenerArgs, ServeConfig};
 use crate::control::{Control, DeviceControl, NewCredentials};
 use crate::domain::AccountId;
 use crate::media::EngineConfig;
+use crate::reach;
+use crate::runtime::http::{HttpSettings, HEALTH_RESERVE};
+use crate::runtime::listen::{descriptor_share, ConnectionLimits};
 use crate::runtime::media::{MediaHandle, ShardSetup};
-use crate::runtime::sip::{SipHandle, SipSettings};
+use crate::runtime::sip::{SipHandle, SipSettings, SipTcpSettings};
 use crate::signaling::{self, SignalingState};
 use crate::store::{self, Store};
 
@@ -30,7 +33,12 @@ pub struct App {
     http_addr: SocketAddr,
     media_public_addr: SocketAddr,
     sip: SipHandle,
+    addresses: reach::Addresses,
+    turn: Option<Arc<api::TurnServers>>,
     auth_failures: api::AuthFailures,
+    http: HttpSettings,
+    origins: signaling::OriginPolicy,
+    ws_idle_timeout: std::time::Duration,
     /// Credentials of the dev account, when this start created it.
     pub dev_credentials: Option<NewCredentials>,
 }
@@ -59,6 +67,8 @@ impl App {
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
         let http_addr = listener.local_addr()?;
+        let turn = config.turn_servers()?.map(Arc::new);
+        let public_ips = reach::resolve(&config.public_ip, &config.stun_server).await?;
         let shard_count = config.media_shards.map(usize::from).unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
         });
@@ -73,26 +83,58 @@ impl App {
             }
             let socket = bind_media_socket(addr)
                 .map_err(|e| anyhow::anyhow!("cannot bind media socket {addr}: {e}"))?;
-            let public = public_media_addr(config, socket.local_addr()?);
+            let public_addrs = advertised_media_addrs(&public_ips, socket.local_addr()?)?;
             // One DTLS certificate for the process: a device may move between shards.
             let config = EngineConfig {
-                public_addr: public,
+                public_addrs,
                 cert: first.cert.clone(),
             };
             shards.push(ShardSetup { config, socket });
         }
-        let media_public_addr = shards[0].config.public_addr;
+        let media_public_addr = shards[0]
+            .config
+            .primary_addr()
+            .ok_or_else(|| anyhow::anyhow!("no media address to advertise"))?;
+        let media_addrs: Vec<Vec<SocketAddr>> = shards
+            .iter()
+            .map(|s| s.config.public_addrs.clone())
+            .collect();
+        // Issue 10: webhooks from the outbox, and the session cleanup.
+        crate::runtime::webhooks::spawn(
+            control.clone(),
+            crate::runtime::webhooks::WebhookSettings {
+                policy: config.webhooks.retry_policy(),
+                concurrency: usize::from(config.webhooks.webhook_concurrency),
+                session_max_age: config.webhooks.session_max_age,
+            },
+        )?;
         let media = crate::runtime::media::spawn(shards, control.clone())?;
         // Signaling and the SIP bridge reach the media plane only through control's verbs.
         let devices = DeviceControl::new(control.clone(), Arc::new(media.clone()));
+        let rtp_ip = public_ips.first().copied().unwrap_or_else(|| {
+            reach::advertised(&[], config.sip_listen)
+                .first()
+                .map_or(std::net::Ipv4Addr::LOCALHOST.into(), SocketAddr::ip)
+        });
         let sip_settings = SipSettings {
-            media_ip: public_media_addr(config, config.sip_listen).ip(),
+            media_ip: rtp_ip,
             rtp_ports: config.rtp_ports,
             stream_alias: Some(config.phone_stream_alias.clone()),
+            tcp: sip_tcp_settings(&config.listeners),
+            hold_tone_hz: config.phone_hold_tone,
+            rtp_timeout: std::time::Duration::from_secs(config.phone_rtp_timeout),
         };
         let sip = crate::runtime::sip::spawn(config.sip_listen, sip_settings, devices.clone())
             .await
             .map_err(|e| anyhow::anyhow!("cannot bind SIP {}: {e}", config.sip_listen))?;
+        let addresses = reach::Addresses {
+            http: http_addr,
+            media: media_addrs,
+            sip: sip.local_addr(),
+            rtp_ip,
+            rtp_ports: config.rtp_ports,
+            loopback_only: public_ips.is_empty() && config.media_listen.ip().is_unspecified(),
+        };
         Ok(App {
             control,
             media,
@@ -101,7 +143,12 @@ impl App {
             http_addr,
             media_public_addr,
             sip,
+            addresses,
+            turn,
             auth_failures: api::AuthFailures::new(config.auth_failure_limits()),
+            http: http_settings(&config.listeners),
+            origins: signaling::OriginPolicy::new(&config.listeners.allowed_origins),
+            ws_idle_timeout: secs(config.listeners.ws_idle_timeout),
             dev_credentials,
         })
     }
@@ -121,6 +168,11 @@ impl App {
         self.media_public_addr
     }
 
+    /// Every address a device or phone is told to use (printed at startup).
+    pub fn addresses(&self) -> &reach::Addresses {
+        &self.addresses
+    }
+
     /// The address of the SIP bridge (UDP and TCP).
     pub fn sip_addr(&self) -> SocketAddr {
         self.sip.local_addr()
@@ -138,13 +190,20 @@ impl App {
     ) -> anyhow::Result<()> {
         let signaling = signaling::router(SignalingState {
             devices: self.devices,
+            origins: self.origins,
+            idle_timeout: self.ws_idle_timeout,
         });
         let router = api::router(AppState {
             control: self.control,
         })
-        .merge(signaling)
-        .layer(axum::Extension(self.auth_failures))
-        .layer(tower_http::trace::TraceLayer::new_for_http());
+        .merge(signaling);
+        let router = match self.turn {
+            Some(turn) => router.layer(axum::Extension(turn)),
+            None => router,
+        };
+        let router = router
+            .layer(axum::Extension(self.auth_failures))
+            .layer(tower_http::trace::TraceLayer::new_for_http());
         // Routing sees the path with duplicated leading slashes folded (`//v3/` from SDKs
         // given a base URL that ends in '/').
         let app = tower::ServiceExt::map_request(router, fold_leading_slashes);
@@ -154,13 +213,47 @@ impl App {
             // Phones are told the call is over (BYE) while HTTP drains.
             sip.shutdown();
         };
-        axum::serve(self.listener, tower::make::Shared::new(app))
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        crate::runtime::http::serve(self.listener, app, self.http, shutdown).await;
         // Give the BYEs a moment to be answered.
         #[allow(clippy::disallowed_methods)] // the app owns shutdown and its grace period
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         Ok(())
+    }
+}
+
+fn secs(n: u64) -> std::time::Duration {
+    std::time::Duration::from_secs(n)
+}
+
+/// The HTTP listener's limits; an unset connection cap takes half of the open-file limit.
+fn http_settings(args: &ListenerArgs) -> HttpSettings {
+    HttpSettings {
+        header_timeout: secs(args.http_header_timeout),
+        body_timeout: secs(args.http_body_timeout),
+        idle_timeout: secs(args.http_idle_timeout),
+        limits: ConnectionLimits {
+            max_total: args
+                .http_max_connections
+                .unwrap_or_else(|| descriptor_share(0.5, 16_384)),
+            max_per_source: args.http_max_connections_per_ip,
+            reserve: HEALTH_RESERVE,
+        },
+    }
+}
+
+/// The SIP TCP listener's limits; an unset connection cap takes an eighth of the open-file
+/// limit.
+fn sip_tcp_settings(args: &ListenerArgs) -> SipTcpSettings {
+    SipTcpSettings {
+        head_timeout: secs(args.sip_tcp_head_timeout),
+        idle_timeout: secs(args.sip_tcp_idle_timeout),
+        limits: ConnectionLimits {
+            max_total: args
+                .sip_tcp_max_connections
+                .unwrap_or_else(|| descriptor_share(0.125, 4_096)),
+            max_per_source: args.sip_tcp_max_connections_per_ip,
+            reserve: 0,
+        },
     }
 }
 
@@ -179,17 +272,26 @@ fn bind_media_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(socket.into())
 }
 
-/// The media address to advertise: `--public-ip` if given, else the bound address, with
-/// 127.0.0.1 standing in for an unspecified one.
-fn public_media_addr(config: &ServeConfig, bound: SocketAddr) -> SocketAddr {
-    let ip = config.public_ip.unwrap_or_else(|| {
-        if bound.ip().is_unspecified() {
-            std::net::Ipv4Addr::LOCALHOST.into()
-        } else {
-            bound.ip()
-        }
-    });
-    SocketAddr::new(ip, bound.port())
+/// The media addresses to advertise for a socket bound to `bound`: the `--public-ip`
+/// addresses it can receive on (see [`reach::advertised`]); an error when none can be.
+fn advertised_media_addrs(
+    public_ips: &[std::net::IpAddr],
+    bound: SocketAddr,
+) -> anyhow::Result<Vec<SocketAddr>> {
+    let (usable, unusable): (Vec<std::net::IpAddr>, Vec<std::net::IpAddr>) = public_ips
+        .iter()
+        .copied()
+        .partition(|ip| reach::receivable(*ip, bound));
+    if !public_ips.is_empty() && usable.is_empty() {
+        anyhow::bail!(
+            "the media socket {bound} cannot receive on --public-ip {unusable:?}: \
+             listen on their address family (--media-listen [::]:PORT takes IPv4 and IPv6)"
+        );
+    }
+    if !unusable.is_empty() {
+        tracing::warn!(addresses = ?unusable, socket = %bound, "--public-ip addresses of another address family than the media socket are not advertised");
+    }
+    Ok(reach::advertised(public_ips, bound))
 }
 
 fn fold_leading_slashes(mut req: axum::extract::Request) -> axum::extract::Request {

@@ -2,13 +2,14 @@
 //! environment variable; defaults just work (an embedded SQLite database in the local data
 //! directory, HTTP on 127.0.0.1:8080).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::api::AuthFailureLimits;
+use crate::api::{AuthFailureLimits, TurnServers};
+use crate::reach::PublicIp;
 
 // clap turns the doc comments of these types into help text: keep each to one paragraph (a
 // longer one becomes the long help of `patchbay --help`).
@@ -28,8 +29,8 @@ pub struct Cli {
 /// The top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the server (REST API; device signalling, media and SIP as they land).
-    Serve(ServeConfig),
+    /// Run the server: REST API, device signalling, media and SIP dial-in.
+    Serve(Box<ServeConfig>),
     /// Manage accounts (works while a server runs on the same database).
     #[command(subcommand)]
     Account(AccountCommand),
@@ -163,10 +164,29 @@ pub struct ServeConfig {
     /// lives on one. Default: one per CPU core.
     #[arg(long, env = "PATCHBAY_MEDIA_SHARDS", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub media_shards: Option<u16>,
-    /// The IP address devices reach the media plane at (the ICE host candidate). Default: the
-    /// media listen address, or 127.0.0.1 when that is unspecified.
-    #[arg(long, env = "PATCHBAY_PUBLIC_IP")]
-    pub public_ip: Option<IpAddr>,
+    // Issue 11, reachable media: the advertised addresses (see `reach`) and TURN.
+    /// IP addresses devices and phones reach the media plane at, each an ICE host candidate
+    /// (repeatable or comma-separated, IPv4 and IPv6); `auto` asks the --stun-server. Default:
+    /// the media listen address, or 127.0.0.1 (with a warning) when that is unspecified.
+    #[arg(long, env = "PATCHBAY_PUBLIC_IP", value_delimiter = ',')]
+    pub public_ip: Vec<PublicIp>,
+    /// The STUN server `--public-ip auto` asks for this host's public address (HOST:PORT).
+    #[arg(
+        long,
+        env = "PATCHBAY_STUN_SERVER",
+        default_value = "stun.l.google.com:19302"
+    )]
+    pub stun_server: String,
+    /// A TURN server URL given to browsers with minted credentials (`turn:HOST:PORT`,
+    /// `turns:…`; repeatable or comma-separated); needs --turn-secret.
+    #[arg(long, env = "PATCHBAY_TURN_URL", value_delimiter = ',')]
+    pub turn_url: Vec<String>,
+    /// The secret shared with the TURN servers (coturn's `static-auth-secret`).
+    #[arg(long, env = "PATCHBAY_TURN_SECRET", hide_env_values = true)]
+    pub turn_secret: Option<String>,
+    /// How long minted TURN credentials stay valid, in seconds (at most one day).
+    #[arg(long, env = "PATCHBAY_TURN_CREDENTIAL_LIFETIME", default_value = "86400", value_parser = parse_seconds)]
+    pub turn_credential_lifetime: Duration,
     /// SIP address (UDP and TCP) for phone dial-in (port 0: any free port).
     #[arg(long, env = "PATCHBAY_SIP_LISTEN", default_value = "0.0.0.0:5060")]
     pub sip_listen: SocketAddr,
@@ -176,6 +196,14 @@ pub struct ServeConfig {
     /// The stream alias of the audio a phone publishes.
     #[arg(long, env = "PATCHBAY_PHONE_STREAM_ALIAS", default_value = "phone", value_parser = parse_alias)]
     pub phone_stream_alias: crate::domain::StreamAlias,
+    // Issue 10, phones: what a call hears in no session, when a silent leg is dead.
+    /// The tone (Hz) a phone hears while its participant is in no session; 0: silence.
+    #[arg(long, env = "PATCHBAY_PHONE_HOLD_TONE", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=3400))]
+    pub phone_hold_tone: u32,
+    /// Seconds without RTP or RTCP from a phone that should be sending before its call is
+    /// ended (BYE) as a dead leg; 0: never. A call the phone holds is never dead.
+    #[arg(long, env = "PATCHBAY_PHONE_RTP_TIMEOUT", default_value_t = 30)]
+    pub phone_rtp_timeout: u64,
     // Issue 9, database slice: how long a sick database may keep a request waiting.
     /// Bounds on waits for the database.
     #[command(flatten)]
@@ -187,6 +215,13 @@ pub struct ServeConfig {
     /// Failed REST authentications per minute for one username before 429; 0: no limit.
     #[arg(long, env = "PATCHBAY_AUTH_FAILURES_PER_USERNAME", default_value_t = AuthFailureLimits::DEFAULT.per_username)]
     pub auth_failures_per_username: u32,
+    // Issue 10, webhooks slice: delivery of the webhook outbox and session cleanup.
+    /// Webhook delivery and session cleanup.
+    #[command(flatten)]
+    pub webhooks: WebhookArgs,
+    /// Listener limits and timeouts (issue 9, listeners slice).
+    #[command(flatten)]
+    pub listeners: ListenerArgs,
 }
 
 impl ServeConfig {
@@ -200,15 +235,42 @@ impl ServeConfig {
             },
             media_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             media_shards: None,
-            public_ip: None,
+            public_ip: Vec::new(),
+            stun_server: "stun.l.google.com:19302".to_owned(),
+            turn_url: Vec::new(),
+            turn_secret: None,
+            turn_credential_lifetime: Duration::from_secs(86_400),
             sip_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             rtp_ports: (0, 0),
             phone_stream_alias: crate::domain::StreamAlias::parse("phone")
                 .unwrap_or_else(|_| unreachable!("a valid alias")),
+            phone_hold_tone: 0,
+            phone_rtp_timeout: 30,
             database_timeouts: DatabaseTimeoutArgs::default(),
             auth_failures_per_address: AuthFailureLimits::DEFAULT.per_address,
             auth_failures_per_username: AuthFailureLimits::DEFAULT.per_username,
+            webhooks: WebhookArgs::default(),
+            listeners: ListenerArgs::default(),
         }
+    }
+
+    /// The TURN servers browsers are given credentials for; `None` without --turn-url, an error
+    /// for a --turn-url without --turn-secret.
+    pub fn turn_servers(&self) -> anyhow::Result<Option<TurnServers>> {
+        if self.turn_url.is_empty() {
+            return Ok(None);
+        }
+        let secret = match &self.turn_secret {
+            Some(s) if !s.is_empty() => s.clone(),
+            _ => anyhow::bail!(
+                "--turn-url needs --turn-secret (the TURN server's shared secret, coturn's static-auth-secret)"
+            ),
+        };
+        Ok(Some(TurnServers {
+            urls: self.turn_url.clone(),
+            secret,
+            lifetime: self.turn_credential_lifetime,
+        }))
     }
 
     /// The failed-authentication budgets of the REST API.
@@ -220,7 +282,52 @@ impl ServeConfig {
     }
 }
 
-// Issue 9, database slice: the database timeouts (docs/security/database.md).
+// Issue 10, webhooks slice: webhook delivery and session cleanup (docs/webhooks.md).
+/// How webhooks are delivered, and when sessions expire.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct WebhookArgs {
+    /// Seconds after an event during which its webhook is retried; then it is given up.
+    #[arg(long, env = "PATCHBAY_WEBHOOK_RETRY_FOR", default_value = "86400", value_parser = parse_seconds)]
+    pub webhook_retry_for: Duration,
+    /// Seconds one delivery attempt may take (connect, send, answer).
+    #[arg(long, env = "PATCHBAY_WEBHOOK_ATTEMPT_TIMEOUT", default_value = "10", value_parser = parse_seconds)]
+    pub webhook_attempt_timeout: Duration,
+    /// Milliseconds before the first retry; each later wait doubles (with jitter), up to 10 minutes.
+    #[arg(long, env = "PATCHBAY_WEBHOOK_FIRST_RETRY_MS", default_value_t = 1000)]
+    pub webhook_first_retry_ms: u64,
+    /// Delivery attempts in flight at once (one per participant at a time).
+    #[arg(long, env = "PATCHBAY_WEBHOOK_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    pub webhook_concurrency: u16,
+    /// Seconds after its creation a session is removed (Bandwidth: 9 hours).
+    #[arg(long, env = "PATCHBAY_SESSION_MAX_AGE", default_value = "32400", value_parser = parse_seconds)]
+    pub session_max_age: Duration,
+}
+
+impl Default for WebhookArgs {
+    fn default() -> WebhookArgs {
+        WebhookArgs {
+            webhook_retry_for: Duration::from_secs(86400),
+            webhook_attempt_timeout: Duration::from_secs(10),
+            webhook_first_retry_ms: 1000,
+            webhook_concurrency: 32,
+            session_max_age: Duration::from_secs(32400),
+        }
+    }
+}
+
+impl WebhookArgs {
+    /// The retry policy these flags describe.
+    pub fn retry_policy(&self) -> crate::events::RetryPolicy {
+        crate::events::RetryPolicy {
+            initial_delay: Duration::from_millis(self.webhook_first_retry_ms.max(1)),
+            max_delay: Duration::from_secs(600),
+            max_age: self.webhook_retry_for,
+            attempt_timeout: self.webhook_attempt_timeout,
+        }
+    }
+}
+
+// Issue 9, database slice: the database timeouts (docs/security.md).
 /// How long requests may wait for a database that does not answer.
 #[derive(Debug, Clone, Copy, Args)]
 pub struct DatabaseTimeoutArgs {
@@ -263,6 +370,94 @@ fn parse_seconds(s: &str) -> Result<Duration, String> {
     }
     Ok(Duration::from_secs_f64(seconds))
 }
+
+// --- Listeners slice (issue 9): timeouts and connection caps of the HTTP and SIP TCP
+// listeners, the device WebSocket's idle timeout and Origin policy. See docs/security.md.
+
+/// Timeouts and caps of the network listeners.
+#[derive(Debug, Clone, Args)]
+pub struct ListenerArgs {
+    /// Seconds a client has to send a request's head, counted from when the server waits for
+    /// it (so also how long an idle keep-alive connection stays open).
+    #[arg(long, env = "PATCHBAY_HTTP_HEADER_TIMEOUT", default_value_t = ListenerArgs::HTTP_HEADER_TIMEOUT, value_parser = secs)]
+    pub http_header_timeout: u64,
+    /// Seconds a request body may stall (no bytes) before the request fails.
+    #[arg(long, env = "PATCHBAY_HTTP_BODY_TIMEOUT", default_value_t = ListenerArgs::HTTP_BODY_TIMEOUT, value_parser = secs)]
+    pub http_body_timeout: u64,
+    /// Seconds an HTTP connection may carry no bytes at all (either way) before it is closed.
+    #[arg(long, env = "PATCHBAY_HTTP_IDLE_TIMEOUT", default_value_t = ListenerArgs::HTTP_IDLE_TIMEOUT, value_parser = secs)]
+    pub http_idle_timeout: u64,
+    /// Concurrent HTTP connections (device WebSockets included). Default: half of the open-file
+    /// limit, less a headroom, at most 16384.
+    #[arg(long, env = "PATCHBAY_HTTP_MAX_CONNECTIONS")]
+    pub http_max_connections: Option<usize>,
+    /// Concurrent HTTP connections from one source address (IPv6: one /64).
+    #[arg(long, env = "PATCHBAY_HTTP_MAX_CONNECTIONS_PER_IP", default_value_t = ListenerArgs::HTTP_MAX_PER_IP)]
+    pub http_max_connections_per_ip: usize,
+    /// Seconds a device WebSocket may stay silent: the server pings after half of it and
+    /// closes (1001 "idle timeout") after all of it.
+    #[arg(long, env = "PATCHBAY_WS_IDLE_TIMEOUT", default_value_t = ListenerArgs::WS_IDLE_TIMEOUT, value_parser = secs)]
+    pub ws_idle_timeout: u64,
+    /// Origins allowed to open a device WebSocket (comma separated, e.g.
+    /// `https://app.example.com`). Default: any (the token is the credential). A request
+    /// without an `Origin` header (not a browser) is always allowed.
+    #[arg(long, env = "PATCHBAY_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+    /// Seconds a SIP TCP client has for a whole message, from its first byte (or from the
+    /// connection's start for the first message).
+    #[arg(long, env = "PATCHBAY_SIP_TCP_HEAD_TIMEOUT", default_value_t = ListenerArgs::SIP_TCP_HEAD_TIMEOUT, value_parser = secs)]
+    pub sip_tcp_head_timeout: u64,
+    /// Seconds a SIP TCP connection may carry no bytes (either way) before it is closed.
+    #[arg(long, env = "PATCHBAY_SIP_TCP_IDLE_TIMEOUT", default_value_t = ListenerArgs::SIP_TCP_IDLE_TIMEOUT, value_parser = secs)]
+    pub sip_tcp_idle_timeout: u64,
+    /// Concurrent SIP TCP connections. Default: an eighth of the open-file limit, less a
+    /// headroom, at most 4096.
+    #[arg(long, env = "PATCHBAY_SIP_TCP_MAX_CONNECTIONS")]
+    pub sip_tcp_max_connections: Option<usize>,
+    /// Concurrent SIP TCP connections from one source address (IPv6: one /64).
+    #[arg(long, env = "PATCHBAY_SIP_TCP_MAX_CONNECTIONS_PER_IP", default_value_t = ListenerArgs::SIP_TCP_MAX_PER_IP)]
+    pub sip_tcp_max_connections_per_ip: usize,
+}
+
+impl ListenerArgs {
+    const HTTP_HEADER_TIMEOUT: u64 = 10;
+    const HTTP_BODY_TIMEOUT: u64 = 30;
+    const HTTP_IDLE_TIMEOUT: u64 = 120;
+    const HTTP_MAX_PER_IP: usize = 256;
+    const WS_IDLE_TIMEOUT: u64 = 60;
+    const SIP_TCP_HEAD_TIMEOUT: u64 = 10;
+    const SIP_TCP_IDLE_TIMEOUT: u64 = 3600;
+    const SIP_TCP_MAX_PER_IP: usize = 64;
+}
+
+impl Default for ListenerArgs {
+    fn default() -> Self {
+        ListenerArgs {
+            http_header_timeout: Self::HTTP_HEADER_TIMEOUT,
+            http_body_timeout: Self::HTTP_BODY_TIMEOUT,
+            http_idle_timeout: Self::HTTP_IDLE_TIMEOUT,
+            http_max_connections: None,
+            http_max_connections_per_ip: Self::HTTP_MAX_PER_IP,
+            ws_idle_timeout: Self::WS_IDLE_TIMEOUT,
+            allowed_origins: Vec::new(),
+            sip_tcp_head_timeout: Self::SIP_TCP_HEAD_TIMEOUT,
+            sip_tcp_idle_timeout: Self::SIP_TCP_IDLE_TIMEOUT,
+            sip_tcp_max_connections: None,
+            sip_tcp_max_connections_per_ip: Self::SIP_TCP_MAX_PER_IP,
+        }
+    }
+}
+
+/// A timeout in whole seconds, at least 1.
+fn secs(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(0) => Err("must be at least 1 second".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+// --- end of the listeners slice
 
 fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
     let (low, high) = s

@@ -34,9 +34,15 @@
 //! - [`signaling`]: the device WebSocket (JSON-RPC 2.0, protocol v3); `wire.rs` holds
 //!   Bandwidth's JSON shapes of offers and answers.
 //! - [`media`]: the SFU on str0m and its shard, sans-IO (no tokio, no sockets, no clock).
+//! - [`events`]: webhooks, sans-IO: the bodies of each event, Standard Webhooks signing, the
+//!   retry schedule and the per-participant ordering of deliveries (`Dispatcher`).
 //! - [`runtime`]: the only owner of sockets, clocks and tasks: the media pump (one task per
-//!   shard) and the SIP driver over the sans-IO `patchbay-sip` crate (`sip/`).
+//!   shard, `media.rs`), the SIP driver over the sans-IO `patchbay-sip` crate (`sip.rs`), the
+//!   HTTP listener with its connection gate and timeouts (`http.rs`, `listen.rs`), and the
+//!   webhook outbox's recorder, delivery worker and session cleanup (`webhooks.rs`).
 //! - [`config`] and [`app`]: the command line and the wiring of a running server.
+//! - [`reach`]: the addresses devices and phones are told to use (`--public-ip`, STUN for
+//!   `auto`), printed at startup.
 //!
 //! ## Who may call whom
 //! ```text
@@ -103,8 +109,10 @@ pub mod app;
 pub mod config;
 pub mod control;
 pub mod domain;
+pub mod events;
 pub mod forwarding;
 pub mod media;
+pub mod reach;
 pub mod runtime;
 pub mod signaling;
 pub mod store;

@@ -25,7 +25,7 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().command {
-        Command::Serve(config) => serve(config).await,
+        Command::Serve(config) => serve(*config).await,
         Command::Account(AccountCommand::Create {
             account_id,
             json,
@@ -39,12 +39,12 @@ async fn main() -> anyhow::Result<()> {
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({"accountId": creds.account.as_str(), "username": creds.username, "password": creds.password})
+                    serde_json::json!({"accountId": creds.account.as_str(), "username": creds.username, "password": creds.password, "webhookSecret": creds.webhook_secret})
                 );
             } else {
                 println!(
-                    "account:  {}\nusername: {}\npassword: {}",
-                    creds.account, creds.username, creds.password
+                    "account:  {}\nusername: {}\npassword: {}\nwebhook secret: {}",
+                    creds.account, creds.username, creds.password, creds.webhook_secret
                 );
             }
             Ok(())
@@ -56,16 +56,18 @@ async fn serve(config: patchbay::config::ServeConfig) -> anyhow::Result<()> {
     let app = App::build(&config).await?;
     if let Some(creds) = &app.dev_credentials {
         println!(
-            "patchbay created the account {:?} on first start (shown once):\n  username: {}\n  password: {}\n  try: curl -u {}:{} -X POST http://{}/v1/accounts/{}/sessions",
+            "patchbay created the account {:?} on first start (shown once):\n  username: {}\n  password: {}\n  webhook secret: {}\n  try: curl -u {}:{} -X POST http://{}/v1/accounts/{}/sessions",
             creds.account.as_str(),
             creds.username,
             creds.password,
+            creds.webhook_secret,
             creds.username,
             creds.password,
             app.http_addr(),
             creds.account
         );
     }
+    println!("{}", app.addresses());
     println!("patchbay SIP on {} (UDP and TCP)", app.sip_addr());
     println!("patchbay listening on http://{}", app.http_addr());
     tracing::info!(addr = %app.http_addr(), "serving");

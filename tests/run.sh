@@ -12,8 +12,9 @@ step() { printf '\n=== %s\n' "$*"; }
 
 # --- what the tests need --------------------------------------------------------------------
 # Debian packages the build and the tests use: libopus (the SIP bridge's Opus codec, found by
-# pkg-config), sipp (package sip-tester) for the SIP tests, Chromium for the browser tests.
-apt_packages=(python3-venv postgresql-client chromium pkg-config libopus-dev sip-tester)
+# pkg-config), sipp (package sip-tester) for the SIP tests, Chromium for the browser tests,
+# coturn (STUN and TURN) for the reach tests.
+apt_packages=(python3-venv postgresql-client chromium pkg-config libopus-dev sip-tester coturn)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -82,6 +83,7 @@ cargo test --locked --workspace --all-targets 2>&1 | tee "$logdir/cargo-test.log
 step "end to end over real UDP: str0m devices against the running server"
 PATCHBAY_BIN="$root/target/debug/patchbay" bash tests/e2e/media_udp.sh 2>&1 | tee "$logdir/e2e.log"
 
+step "packaging: the container image's steps on the host"; bash tests/packaging.sh 2>&1 | tee "$logdir/packaging.log"
 step "fuzz: every target, 20 s each"
 bash fuzz/run.sh 2>&1 | tee "$logdir/fuzz.log"
 
@@ -104,7 +106,8 @@ browser_passed=$(grep -Eo '^browser-interop: [0-9]+ passed' "$logdir/browser.log
 sip_passed=$(grep -Eo '^sip-interop: [0-9]+ passed' "$logdir/sip.log" | tail -n1 | awk '{print $2+0}')
 fuzz_passed=$(grep -Eo '^fuzz: [0-9]+ passed' "$logdir/fuzz.log" | tail -n1 | awk '{print $2+0}')
 e2e_passed=$(grep -Eo '^media_load check: [0-9]+ passed' "$logdir/e2e.log" | awk '{s+=$3} END {print s+0}')
-total=$((passed + ${py_passed:-0} + ${browser_passed:-0} + ${e2e_passed:-0} + ${sip_passed:-0} + ${fuzz_passed:-0}))
+packaging_passed=$(grep -Eo '^packaging: [0-9]+ passed' "$logdir/packaging.log" | awk '{print $2+0}')
+total=$((passed + ${py_passed:-0} + ${browser_passed:-0} + ${e2e_passed:-0} + ${sip_passed:-0} + ${packaging_passed:-0} + ${fuzz_passed:-0}))
 if [ "$total" -eq 0 ]; then
   echo "no test ran" >&2
   exit 1

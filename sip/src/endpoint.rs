@@ -37,8 +37,8 @@
 //! - Checks, in order: syntax (400/505) → unknown method (501 with Allow) → CSeq method
 //!   mismatch (400) → method we do not serve (405 with Allow) → Request-URI scheme other than
 //!   sip/sips/tel (416) → Max-Forwards 0 (483, except OPTIONS, which we answer as its final
-//!   recipient per RFC 3261 §16.3) → Require with any option tag (420 with Unsupported; none
-//!   are supported) → for INVITE: a body that is not `application/sdp` or is content-encoded
+//!   recipient per RFC 3261 §16.3) → Require with any option tag but `timer` (420 with
+//!   Unsupported listing every required tag) → for INVITE: a body that is not `application/sdp` or is content-encoded
 //!   (415 with Accept), an Accept without SDP (406).
 //! - Methods served: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO. INFO in a dialog is answered 200
 //!   and ignored (DTMF travels in RTP, RFC 4733, handled by the media side).
@@ -59,9 +59,14 @@
 //!   matched by Request-URI, From tag, Call-ID, CSeq and top Via; their remote target is the
 //!   From URI when they send no Contact.
 //! - After our 2xx, hangup() waits for the ACK (RFC 3261 §15) and sends BYE then.
+//! - Session timers (RFC 4028, see `timer`): when the INVITE asks for one and supports the
+//!   extension, our 2xx carries `Session-Expires: N;refresher=uac` and `Require: timer`; each
+//!   2xx to a re-INVITE that asks again restarts it; without a refresh the call gets BYE and
+//!   ends with [`CallEnd::SessionExpired`]. Intervals under [`MIN_SE`] get 422 with `Min-SE`.
 
 mod call;
 mod reply;
+mod timer;
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -71,6 +76,8 @@ use std::time::Instant;
 
 use self::call::{contact_for, Call, DialogKey, OkRetransmit, PendingReoffer, Phase};
 use self::reply::Reply;
+pub use self::timer::MIN_SE;
+use self::timer::{Asked, SessionTimer};
 use crate::message::{self, Message, Method, ParseError, Request, RequestFields, Response};
 pub use crate::transaction::Timers;
 use crate::transaction::{
@@ -153,6 +160,8 @@ pub enum CallEnd {
     ByeTimeout,
     /// The TCP connection that carried the call closed.
     TransportClosed,
+    /// The caller asked for a session timer (RFC 4028) and did not refresh in time; we sent BYE.
+    SessionExpired,
 }
 
 impl CallEnd {
@@ -166,6 +175,7 @@ impl CallEnd {
             Self::AckTimeout => "ack_timeout",
             Self::ByeTimeout => "bye_timeout",
             Self::TransportClosed => "transport_closed",
+            Self::SessionExpired => "session_expired",
         }
     }
 }
@@ -180,6 +190,7 @@ impl fmt::Display for CallEnd {
             Self::AckTimeout => f.write_str("no ACK for our 200 OK"),
             Self::ByeTimeout => f.write_str("no answer to our BYE"),
             Self::TransportClosed => f.write_str("the TCP connection closed"),
+            Self::SessionExpired => f.write_str("the session timer expired without a refresh"),
         }
     }
 }
@@ -482,6 +493,18 @@ impl Endpoint {
         for id in due {
             self.on_ok_timer(now, id);
         }
+
+        let expired: Vec<CallId> = self
+            .calls
+            .values()
+            .filter(|c| c.phase == Phase::Confirmed)
+            .filter(|c| c.session_timer.is_some_and(|t| t.expires <= now))
+            .map(|c| c.id)
+            .collect();
+        for id in expired {
+            self.send_bye(now, id, false);
+            self.end_call(id, CallEnd::SessionExpired);
+        }
     }
 
     /// The earliest instant `handle_timeout` has something to do.
@@ -492,7 +515,12 @@ impl Endpoint {
             .calls
             .values()
             .filter_map(|c| c.ok.as_ref().map(OkRetransmit::deadline));
-        server.chain(client).chain(calls).min()
+        let sessions = self
+            .calls
+            .values()
+            .filter(|c| c.phase == Phase::Confirmed)
+            .filter_map(|c| c.session_timer.map(|t| t.expires));
+        server.chain(client).chain(calls).chain(sessions).min()
     }
 
     /// The next message to send.
@@ -522,11 +550,18 @@ impl Endpoint {
                 state: c.phase.describe(),
             });
         }
+        c.session_timer = c.session_expires.map(|s| SessionTimer::start(s, now));
+        let supported = if c.session_timer.is_some() {
+            "timer"
+        } else {
+            ""
+        };
         let mut extra = vec![
             ("Contact", c.contact(local_addr)),
             ("Allow", ALLOW.to_string()),
-            ("Supported", String::new()),
+            ("Supported", supported.to_string()),
         ];
+        extra.extend(c.session_timer.iter().flat_map(SessionTimer::headers));
         extra.extend(
             c.invite_reply
                 .record_route()
@@ -640,10 +675,12 @@ impl Endpoint {
         })?;
         let (code, bytes) = match sdp_answer {
             Ok(sdp) => {
-                let extra = [
+                c.session_timer = pending.session_expires.map(|s| SessionTimer::start(s, now));
+                let mut extra = vec![
                     ("Contact", c.contact(local_addr)),
                     ("Allow", ALLOW.to_string()),
                 ];
+                extra.extend(c.session_timer.iter().flat_map(SessionTimer::headers));
                 let bytes = pending.reply.build(
                     200,
                     "OK",
@@ -1196,6 +1233,15 @@ impl Endpoint {
             self.refuse(now, key, ServerKind::Invite, &reply, refusal, None);
             return;
         }
+        let session_expires = match timer::asked(&request.headers) {
+            Asked::Nothing => None,
+            Asked::Interval(seconds) => Some(seconds),
+            Asked::TooSmall => {
+                let refusal = Refusal::new(422, "").with("Min-SE", MIN_SE.to_string());
+                self.refuse(now, key, ServerKind::Invite, &reply, refusal, None);
+                return;
+            }
+        };
         let id = CallId(self.next_call);
         self.next_call += 1;
         let local_tag = self.random_token();
@@ -1231,6 +1277,8 @@ impl Endpoint {
             reoffer: None,
             hangup_requested: false,
             local_sdp: None,
+            session_expires,
+            session_timer: None,
         };
         self.calls.insert(id, call);
         let user_to_user = headers
@@ -1362,10 +1410,18 @@ impl Endpoint {
             return;
         };
         let local_tag = c.local_tag.clone();
+        let asked = timer::asked(&request.headers);
         let refusal = match c.phase {
             Phase::Terminating => Some(Refusal::new(481, "Call is being terminated")),
             _ if c.reoffer.is_some() || c.ok.is_some() => Some(Refusal::new(491, "")),
+            _ if asked == Asked::TooSmall => {
+                Some(Refusal::new(422, "").with("Min-SE", MIN_SE.to_string()))
+            }
             _ => None,
+        };
+        let session_expires = match asked {
+            Asked::Interval(seconds) => Some(seconds),
+            Asked::Nothing | Asked::TooSmall => None,
         };
         if let Some(refusal) = refusal {
             self.refuse(
@@ -1397,6 +1453,7 @@ impl Endpoint {
                     key,
                     reply,
                     cseq: fields.cseq.seq,
+                    session_expires,
                 });
                 self.events.push_back(CallEvent::Reoffer {
                     call: id,
@@ -1406,10 +1463,12 @@ impl Endpoint {
             None => {
                 // Offerless re-INVITE (a session refresh): offer our current session again.
                 let sdp = c.local_sdp.clone().unwrap_or_default();
-                let extra = [
+                c.session_timer = session_expires.map(|s| SessionTimer::start(s, now));
+                let mut extra = vec![
                     ("Contact", c.contact(local_addr)),
                     ("Allow", ALLOW.to_string()),
                 ];
+                extra.extend(c.session_timer.iter().flat_map(SessionTimer::headers));
                 let bytes = reply.build(
                     200,
                     "OK",
@@ -1465,7 +1524,11 @@ fn policy(request: &Request, fields: &RequestFields) -> Result<(), Refusal> {
             .get_all("Require")
             .flat_map(|v| message::parse_token_list(v).unwrap_or_else(|_| vec![v.to_string()]))
             .collect();
-        if !required.is_empty() {
+        // `timer` (RFC 4028) alone is supported; with any other tag, all are listed.
+        if required
+            .iter()
+            .any(|tag| !tag.eq_ignore_ascii_case("timer"))
+        {
             return Err(Refusal::new(420, "").with("Unsupported", required.join(", ")));
         }
     }

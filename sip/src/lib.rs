@@ -21,6 +21,7 @@
 //! - [`g711`], [`opus`]: the codecs;
 //! - [`jitter`]: a small jitter buffer;
 //! - [`mixer`] and [`phone`]: one phone's audio in both directions;
+//! - [`liveness`]: whether a phone's media leg is still alive (RTP inactivity);
 //! - [`tone`]: sine/DTMF generators and Goertzel detection for tests and diagnostics.
 
 #![forbid(unsafe_code)]
@@ -37,6 +38,7 @@ pub mod uui;
 // Media.
 pub mod g711;
 pub mod jitter;
+pub mod liveness;
 pub mod mixer;
 pub mod opus;
 pub mod phone;

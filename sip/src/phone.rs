@@ -25,7 +25,8 @@
 //!   (see [`crate::jitter`]).
 //! - **Phone DTMF**: a digit is reported when its first end packet arrives, or when a new
 //!   event or later audio shows that an event whose end packets were lost is over; the event
-//!   timestamp de-duplicates the three end copies. At most 64 digits wait in
+//!   timestamp de-duplicates the three end copies. Its duration is the longest its packets
+//!   announced ([`PhoneMedia::poll_digit`]). At most 64 digits wait in
 //!   [`PhoneMedia::poll_dtmf`]'s queue.
 //! - **Downlink decode**: each Opus frame is decoded on push; a timestamp gap of one or two
 //!   frames is filled first (one frame from the packet's in-band FEC, otherwise Opus PLC); a
@@ -42,6 +43,11 @@
 //!   end packets on the next three ticks, all with the event's start timestamp; 40 ms of audio
 //!   separates digits. Without one, the digit is played in band as a Q.23 dual tone replacing
 //!   the mix. Durations are clamped to 40–6000 ms; at most 64 digits are queued.
+//! - **Browser DTMF**: [`PhoneMedia::push_downlink_event`] turns a subscribed stream's RFC 4733
+//!   events into digits for the phone: one digit per event, at its first end packet, with the
+//!   event's duration; the other end copies share its timestamp and are dropped.
+//! - **Hold tone**: with [`PhoneMedia::set_hold_tone`] (the caller sets it while the call is
+//!   in no session) a sine of that frequency replaces the mix whenever no source is mixed.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -82,6 +88,8 @@ const DTMF_MAX_MS: u32 = 6000;
 const DTMF_VOLUME: u8 = 10;
 /// Peak of each component of an in-band DTMF tone (about -10 dBm0).
 const INBAND_DTMF_AMPLITUDE: i16 = 7000;
+/// Peak of the hold tone (about -16 dBm0).
+const HOLD_TONE_AMPLITUDE: i16 = 3000;
 /// Largest downlink gap (in frames) filled with FEC/PLC; larger gaps are DTX.
 const MAX_DOWNLINK_FILL: u32 = 2;
 
@@ -192,6 +200,18 @@ struct IncomingEvent {
     ssrc: u32,
     timestamp: u32,
     digit: char,
+    /// The longest duration its packets announced (8 kHz samples).
+    duration: u16,
+}
+
+/// A key pressed on the phone, reported once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PhoneDigit {
+    /// `0`-`9`, `*`, `#` or `A`-`D`.
+    pub digit: char,
+    /// How long it was held, from the event's duration (0 if its end packets were lost and no
+    /// packet announced one).
+    pub duration_ms: u32,
 }
 
 /// A digit being sent to the phone.
@@ -235,7 +255,12 @@ pub struct PhoneMedia {
     // phone DTMF
     current_event: Option<IncomingEvent>,
     last_reported: Option<(u32, u32)>,
-    digits_in: VecDeque<char>,
+    digits_in: VecDeque<PhoneDigit>,
+    /// The last browser event queued for the phone: (source, event timestamp).
+    last_forwarded_event: Option<(SourceId, u32)>,
+    /// Played while the phone hears nobody and is in no session (0: silence).
+    hold_tone_hz: u32,
+    hold_tone_phase: u64,
 
     // SFU → phone
     sources: BTreeMap<SourceId, DownlinkSource>,
@@ -316,6 +341,9 @@ impl PhoneMedia {
             current_event: None,
             last_reported: None,
             digits_in: VecDeque::new(),
+            last_forwarded_event: None,
+            hold_tone_hz: 0,
+            hold_tone_phase: 0,
             sources: BTreeMap::new(),
             mixer: Mixer::new(MixerConfig::default()),
             downlink_pcm: VecDeque::with_capacity(2 * FRAME_SAMPLES),
@@ -414,7 +442,10 @@ impl PhoneMedia {
         if self.digits_in.len() >= MAX_QUEUED_DIGITS {
             self.digits_in.pop_front();
         }
-        self.digits_in.push_back(event.digit);
+        self.digits_in.push_back(PhoneDigit {
+            digit: event.digit,
+            duration_ms: u32::from(event.duration) * 1000 / PHONE_RATE,
+        });
         self.stats.dtmf_received += 1;
     }
 
@@ -433,13 +464,16 @@ impl PhoneMedia {
         let Some(digit) = event.digit() else {
             return; // not DTMF (flash hook, tones, …)
         };
-        let this = IncomingEvent {
+        let mut this = IncomingEvent {
             ssrc,
             timestamp,
             digit,
+            duration: event.duration,
         };
         if let Some(current) = self.current_event {
-            if current.ssrc != ssrc || current.timestamp != timestamp {
+            if current.ssrc == ssrc && current.timestamp == timestamp {
+                this.duration = this.duration.max(current.duration);
+            } else {
                 // A new event began: the previous one is over even if its end was lost.
                 self.current_event = None;
                 self.report_digit(current);
@@ -455,6 +489,11 @@ impl PhoneMedia {
 
     /// The next digit the phone sent, oldest first.
     pub fn poll_dtmf(&mut self) -> Option<char> {
+        self.poll_digit().map(|d| d.digit)
+    }
+
+    /// The next digit the phone sent, oldest first, with how long it was held.
+    pub fn poll_digit(&mut self) -> Option<PhoneDigit> {
         self.digits_in.pop_front()
     }
 
@@ -633,6 +672,42 @@ impl PhoneMedia {
         self.mixer.remove(source);
     }
 
+    /// Takes one RFC 4733 telephone-event payload of a subscribed stream (a browser's DTMF),
+    /// stamped with its RTP timestamp on a `clock_rate` clock. One digit is queued for the
+    /// phone per event, at its first end packet, with the event's duration: the repeated end
+    /// packets (RFC 4733 sends three) share the event's timestamp and are dropped. Returns
+    /// whether a digit was queued.
+    pub fn push_downlink_event(
+        &mut self,
+        source: SourceId,
+        payload: &[u8],
+        rtp_time: u32,
+        clock_rate: u32,
+    ) -> bool {
+        let Ok(event) = TelephoneEvent::parse(payload) else {
+            return false;
+        };
+        let Some(digit) = event.digit() else {
+            return false;
+        };
+        if !event.end || self.last_forwarded_event == Some((source, rtp_time)) {
+            return false;
+        }
+        self.last_forwarded_event = Some((source, rtp_time));
+        let duration_ms = u64::from(event.duration) * 1000 / u64::from(clock_rate.max(1));
+        self.send_dtmf(digit, u32::try_from(duration_ms).unwrap_or(DTMF_MAX_MS));
+        true
+    }
+
+    /// Plays a tone of `hz` to the phone while it hears no source (0: silence), for a call
+    /// in no session.
+    pub fn set_hold_tone(&mut self, hz: u32) {
+        if hz != self.hold_tone_hz {
+            self.hold_tone_hz = hz;
+            self.hold_tone_phase = 0;
+        }
+    }
+
     /// Queues a digit to play to the phone (RFC 4733 if negotiated, in band otherwise).
     /// Non-DTMF characters, and digits beyond 64 waiting, are refused (counted).
     pub fn send_dtmf(&mut self, digit: char, duration_ms: u32) {
@@ -675,6 +750,19 @@ impl PhoneMedia {
             self.downlink_pcm.extend(frame);
         }
         let mut audio: Vec<i16> = self.downlink_pcm.drain(..spp).collect();
+        if self.hold_tone_hz > 0 && self.sources.is_empty() {
+            let tone = crate::tone::sine_from(
+                f64::from(self.hold_tone_hz),
+                PHONE_RATE,
+                self.hold_tone_phase,
+                spp,
+                HOLD_TONE_AMPLITUDE,
+            );
+            self.hold_tone_phase += spp as u64;
+            for (slot, s) in audio.iter_mut().zip(tone) {
+                *slot = s;
+            }
+        }
 
         if self.playing_digit.is_none() {
             if self.digit_gap_ticks > 0 {

@@ -150,6 +150,12 @@ impl StreamFramer {
         self.failed
     }
 
+    /// Whether part of a message is buffered (bytes received that do not yet make a whole
+    /// message), once [`StreamFramer::next_item`] has returned `None`.
+    pub fn is_mid_message(&self) -> bool {
+        !self.failed && (self.pending.is_some() || !self.buf.is_empty())
+    }
+
     /// The next complete message, a framing error, or `None` when more bytes are needed.
     pub fn next_item(&mut self) -> Option<StreamItem> {
         if self.failed {

@@ -1077,3 +1077,150 @@ fn trying_copies_the_timestamp() {
     assert_eq!(status(&trying), 100);
     assert_eq!(header(&trying, "Timestamp").as_deref(), Some("54.2 0.5"));
 }
+
+// ---------------------------------------------------------------- session timers (RFC 4028)
+
+const TIMER: &str = "Supported: timer\r\nSession-Expires: 120\r\n";
+
+/// A call that asked for a 120 s session timer, answered at 0 and ACKed.
+fn timed_call(h: &mut Harness, call_id: &str) -> (CallId, String) {
+    let call = offer(h, "z9hG4bKst1", call_id, TIMER);
+    let now = h.now;
+    h.ep.accept(call, SDP_ANSWER, now).expect("accept");
+    let ok = h.one();
+    assert_eq!(status(&ok), 200);
+    assert_eq!(
+        header(&ok, "Session-Expires").as_deref(),
+        Some("120;refresher=uac"),
+        "the caller refreshes"
+    );
+    assert_eq!(header(&ok, "Require").as_deref(), Some("timer"));
+    assert_eq!(header(&ok, "Supported").as_deref(), Some("timer"));
+    let tag = to_tag(&ok).expect("To tag");
+    h.udp(&ack("z9hG4bKsta", call_id, 1, &tag));
+    assert!(matches!(
+        h.events().as_slice(),
+        [CallEvent::Established { .. }]
+    ));
+    (call, tag)
+}
+
+#[test]
+fn session_timer_without_refresh_ends_the_call_with_bye() {
+    let mut h = Harness::new();
+    let (call, _) = timed_call(&mut h, "st1@phone");
+    // 120 s − min(32, 40) = 88 s: nothing before, BYE then.
+    assert!(h.advance(87_999).is_empty());
+    assert!(h.events().is_empty());
+    let sent = h.advance(88_000);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].0, 88_000);
+    assert!(first_line(&sent[0].1).starts_with("BYE "));
+    assert_eq!(
+        h.events(),
+        vec![CallEvent::Ended {
+            call,
+            end: CallEnd::SessionExpired
+        }]
+    );
+    assert_eq!(h.ep.calls(), 0);
+}
+
+#[test]
+fn session_refresh_by_reinvite_keeps_the_call() {
+    let mut h = Harness::new();
+    let (call, tag) = timed_call(&mut h, "st2@phone");
+    h.set(60_000);
+    h.udp(&in_dialog(
+        "INVITE",
+        "z9hG4bKst2r",
+        "st2@phone",
+        2,
+        &tag,
+        TIMER,
+        SDP_OFFER,
+    ));
+    assert_eq!(status(&h.one()), 100);
+    assert!(matches!(h.events().as_slice(), [CallEvent::Reoffer { .. }]));
+    let now = h.now;
+    h.ep.answer_update(call, Ok(SDP_ANSWER), now)
+        .expect("answer");
+    let ok = h.one();
+    assert_eq!(status(&ok), 200);
+    assert_eq!(
+        header(&ok, "Session-Expires").as_deref(),
+        Some("120;refresher=uac")
+    );
+    h.udp(&ack("z9hG4bKst2a", "st2@phone", 2, &tag));
+    // The first deadline (88 s) passed without effect; the refreshed one is 60 + 88 s.
+    assert!(h.advance(147_999).is_empty());
+    assert!(h.events().is_empty());
+    let sent = h.advance(148_000);
+    assert!(sent.iter().any(|(_, t)| first_line(t).starts_with("BYE ")));
+    assert_eq!(
+        h.events(),
+        vec![CallEvent::Ended {
+            call,
+            end: CallEnd::SessionExpired
+        }]
+    );
+}
+
+#[test]
+fn session_interval_below_min_se_gets_422() {
+    let mut h = Harness::new();
+    h.udp(&invite(
+        "z9hG4bKst3",
+        "st3@phone",
+        "Supported: timer\r\nSession-Expires: 30\r\n",
+        SDP_OFFER,
+    ));
+    let refusal = h.one();
+    assert_eq!(status(&refusal), 422);
+    assert_eq!(header(&refusal, "Min-SE").as_deref(), Some("90"));
+    assert!(h.events().is_empty());
+    assert_eq!(h.ep.calls(), 0);
+}
+
+#[test]
+fn no_session_timer_unless_the_caller_supports_and_refreshes_it() {
+    for (i, extra) in [
+        "Session-Expires: 120\r\n",
+        "Supported: timer\r\nSession-Expires: 120;refresher=uas\r\n",
+        "Supported: timer\r\n",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut h = Harness::new();
+        let call_id = format!("st4-{i}@phone");
+        let call = offer(&mut h, "z9hG4bKst4", &call_id, extra);
+        let now = h.now;
+        h.ep.accept(call, SDP_ANSWER, now).expect("accept");
+        let ok = h.one();
+        assert_eq!(header(&ok, "Session-Expires"), None, "{extra}");
+        let tag = to_tag(&ok).expect("To tag");
+        h.udp(&ack("z9hG4bKst4a", &call_id, 1, &tag));
+        h.events();
+        assert!(h.advance(3_600_000).is_empty(), "{extra}");
+        assert!(h.events().is_empty());
+        assert_eq!(h.ep.calls(), 1);
+    }
+}
+
+#[test]
+fn require_timer_alone_is_accepted() {
+    let mut h = Harness::new();
+    let call = offer(
+        &mut h,
+        "z9hG4bKst5",
+        "st5@phone",
+        "Require: timer\r\nSession-Expires: 90\r\n",
+    );
+    let now = h.now;
+    h.ep.accept(call, SDP_ANSWER, now).expect("accept");
+    assert_eq!(
+        header(&h.one(), "Session-Expires").as_deref(),
+        Some("90;refresher=uac")
+    );
+}

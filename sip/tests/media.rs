@@ -1204,6 +1204,96 @@ fn e2e_dtmf_to_phone_rfc4733() {
 }
 
 #[test]
+fn phone_digits_carry_their_duration() {
+    let mut p = phone(G711Law::MuLaw, true, 20);
+    let t0 = Instant::now();
+    // '3' held 120 ms (960 samples): updates, then its three end copies.
+    for (i, e) in telephone_event_sequence(3, 10, 960, 160).iter().enumerate() {
+        let payload = e.to_bytes();
+        let b = RtpPacket::new(DTMF_PT, 10 + i as u16, 8000, PHONE_SSRC, i == 0, &payload);
+        p.receive_rtp(&b.to_bytes(), t0).unwrap();
+    }
+    assert_eq!(
+        p.poll_digit().map(|d| (d.digit, d.duration_ms)),
+        Some(('3', 120))
+    );
+    assert_eq!(p.poll_digit(), None, "one digit for the three end copies");
+}
+
+#[test]
+fn browser_event_plays_once_per_digit_with_its_duration() {
+    let mut p = phone(G711Law::MuLaw, true, 20);
+    let t0 = Instant::now();
+    let source = SourceId(7);
+    // A browser's '8' on a 48 kHz clock, 200 ms: updates, then three end copies; then '2'.
+    let eight = telephone_event_sequence(8, 10, 9600, 960);
+    let queued: usize = eight
+        .iter()
+        .filter(|e| p.push_downlink_event(source, &e.to_bytes(), 96_000, 48_000))
+        .count();
+    assert_eq!(queued, 1, "only the first end packet queues the digit");
+    let two = telephone_event_sequence(2, 10, 4800, 960);
+    let queued: usize = two
+        .iter()
+        .filter(|e| p.push_downlink_event(source, &e.to_bytes(), 105_600, 48_000))
+        .count();
+    assert_eq!(queued, 1);
+    let mut packets = Vec::new();
+    for i in 0..40u64 {
+        packets.extend(p.tick(t0 + ms(20 * i)));
+    }
+    let events: Vec<TelephoneEvent> = packets
+        .iter()
+        .map(|b| RtpPacket::parse(b).unwrap())
+        .filter(|r| r.payload_type == DTMF_PT)
+        .map(|r| TelephoneEvent::parse(r.payload).unwrap())
+        .collect();
+    let ends = |code: u8| events.iter().filter(|e| e.event == code && e.end).count();
+    assert_eq!(
+        (ends(8), ends(2)),
+        (3, 3),
+        "each digit sent once (three end copies)"
+    );
+    let longest = |code: u8| {
+        events
+            .iter()
+            .filter(|e| e.event == code)
+            .map(|e| e.duration)
+            .max()
+    };
+    assert_eq!(longest(8), Some(1600), "200 ms at 8 kHz");
+    assert_eq!(longest(2), Some(800), "100 ms at 8 kHz");
+    assert_eq!(p.stats().dtmf_sent, 2);
+}
+
+#[test]
+fn hold_tone_plays_while_nobody_is_heard() {
+    let law = G711Law::MuLaw;
+    let mut p = phone(law, true, 20);
+    let t0 = Instant::now();
+    let mut silent = Vec::new();
+    for i in 0..5u64 {
+        decode_downlink(&p.tick(t0 + ms(20 * i)), law, &mut silent);
+    }
+    assert!(tone::rms(&silent) < 20.0, "silence by default");
+    p.set_hold_tone(425);
+    let mut held = Vec::new();
+    for i in 5..30u64 {
+        decode_downlink(&p.tick(t0 + ms(20 * i)), law, &mut held);
+    }
+    assert_eq!(
+        tone::dominant_frequency(&held, 8000, &[350.0, 425.0, 440.0, 1000.0]),
+        Some(425.0)
+    );
+    p.set_hold_tone(0);
+    let mut after = Vec::new();
+    for i in 30..35u64 {
+        decode_downlink(&p.tick(t0 + ms(20 * i)), law, &mut after);
+    }
+    assert!(tone::rms(&after) < 20.0, "silence again");
+}
+
+#[test]
 fn e2e_dtmf_to_phone_in_band_without_telephone_event() {
     let law = G711Law::ALaw;
     let mut p = phone(law, false, 20);

@@ -7,15 +7,18 @@
 //! faults are logged once, by a layer of [`router`] (see `error.rs`).
 //!
 //! Beyond Bandwidth: `GET …/sessions/{id}/routes` (the compiled forwarding table),
-//! `PUT …/sessions/{id}/subscriptions` (atomic re-wire), `GET /openapi.json`, `GET /healthz`
+//! `PUT …/sessions/{id}/subscriptions` (atomic re-wire),
+//! `GET …/participants/{id}/iceServers` (TURN credentials, `ice`), `GET /openapi.json`, `GET /healthz`
 //! and `GET /readyz`.
 
 mod auth_limit;
 mod dto;
 mod error;
 mod extract;
+mod ice;
 mod participants;
 mod sessions;
+mod webhooks;
 
 use axum::extract::{DefaultBodyLimit, OriginalUri, State};
 use axum::http::{Method, StatusCode, Uri};
@@ -29,6 +32,7 @@ pub use auth_limit::{AuthFailureLimits, AuthFailures};
 pub use dto::{parse_body, BodyKind};
 pub use error::{log_server_faults, BodyError, Error, ErrorBody, ServerFault, UnauthorizedBody};
 pub use extract::parse_optional_json;
+pub use ice::{turn_credential, IceServer, TurnServers};
 
 use crate::control::Control;
 
@@ -50,6 +54,7 @@ pub fn router(state: AppState) -> Router {
             "/accounts/{account_id}/participants/{participant_id}",
             get(participants::get).delete(participants::delete),
         )
+        .route("/accounts/{account_id}/participants/{participant_id}/iceServers", get(ice::get))
         .route("/accounts/{account_id}/sessions", post(sessions::create))
         .route(
             "/accounts/{account_id}/sessions/{session_id}",
@@ -66,6 +71,14 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/accounts/{account_id}/sessions/{session_id}/subscriptions", put(sessions::rewire))
         .route("/accounts/{account_id}/sessions/{session_id}/routes", get(sessions::routes))
+        .route(
+            "/accounts/{account_id}/participants/{participant_id}/webhooks",
+            get(webhooks::delivery_log),
+        )
+        .route(
+            "/accounts/{account_id}/webhooks",
+            get(webhooks::settings).put(webhooks::set_settings),
+        )
         .method_not_allowed_fallback(method_not_allowed);
     Router::new()
         .nest("/v1", accounts.clone())
@@ -119,10 +132,11 @@ async fn openapi_json() -> impl IntoResponse {
 #[openapi(
     info(title = "patchbay", description = "Bandwidth-compatible WebRTC call control. Every `/v1/accounts/...` path is also served without the `/v1` prefix. Authentication: HTTP Basic with the account's API credentials."),
     paths(
-        participants::create, participants::get, participants::delete,
+        participants::create, participants::get, participants::delete, ice::get,
         sessions::create, sessions::get, sessions::delete, sessions::members,
         sessions::add_member, sessions::remove_member, sessions::subscriptions, sessions::set_subscriptions,
-        sessions::rewire, sessions::routes, healthz, readyz, openapi_json,
+        sessions::rewire, sessions::routes, webhooks::delivery_log, webhooks::settings,
+        webhooks::set_settings, healthz, readyz, openapi_json,
     ),
     modifiers(&BasicAuth),
     security(("basic" = [])),

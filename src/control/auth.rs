@@ -28,6 +28,8 @@ pub struct NewCredentials {
     pub username: String,
     /// The password in clear; only its SHA-256 is stored.
     pub password: String,
+    /// The secret that signs the account's webhooks (`whsec_<base64>`).
+    pub webhook_secret: String,
 }
 
 /// username → (credentials, fetched at).
@@ -75,10 +77,16 @@ impl Control {
                 password_sha256: sha256_hex(&password),
             })
             .await?;
+        let webhooks = self
+            .inner
+            .store
+            .account_webhooks(&account, &crate::events::new_secret())
+            .await?;
         Ok(NewCredentials {
             account,
             username,
             password,
+            webhook_secret: webhooks.secret,
         })
     }
 

@@ -1,7 +1,8 @@
 //! Device verbs: what a browser's signalling connection and a phone call do, decided here and
 //! carried out through the [`MediaPort`]. Signaling and the SIP runtime call these verbs and
 //! nothing else of the media plane: connect with a token, publish, answer, leave; admit a
-//! phone, feed and drain its audio, hang it up.
+//! phone, feed and drain its audio, hang it up. A device whose participant leaves its session
+//! stays connected (a phone keeps its call): added to another session, it is wired there.
 
 use std::sync::Arc;
 
@@ -10,7 +11,7 @@ use tokio::sync::mpsc;
 use super::port::{
     Connection, DeviceNotice, DeviceRequest, LocalDownlink, LocalRequest, MediaPort,
 };
-use super::{Control, ControlError, DeviceTokenError, LifecycleEvent, Resource};
+use super::{CallEndReason, Control, ControlError, DeviceTokenError, LifecycleEvent, Resource};
 use crate::domain::{AccountId, ParticipantId, SessionId, StreamAlias, StreamId};
 use crate::media::{DeclaredStreams, DeviceId, MediaError, PublishAnswer};
 use crate::token::TokenError;
@@ -222,8 +223,10 @@ impl DeviceControl {
     pub fn phone_joined(&self, participant: ParticipantId, call: String) {
         self.control.device_event(LifecycleEvent::Connected {
             participant,
-            device: call,
+            device: call.clone(),
         });
+        self.control
+            .device_event(LifecycleEvent::CallAnswered { participant, call });
     }
 
     /// An Opus frame of the phone's audio (RTP time at 48 kHz).
@@ -231,10 +234,13 @@ impl DeviceControl {
         self.media.write_local(device, rtp_time, data);
     }
 
-    /// The phone pressed a key.
-    pub fn phone_dtmf(&self, participant: ParticipantId, digit: char) {
-        self.control
-            .device_event(LifecycleEvent::PhoneDtmf { participant, digit });
+    /// The phone pressed a key, for `duration_ms`.
+    pub fn phone_dtmf(&self, participant: ParticipantId, digit: char, duration_ms: u32) {
+        self.control.device_event(LifecycleEvent::PhoneDtmf {
+            participant,
+            digit,
+            duration_ms,
+        });
     }
 
     /// The phone's media ends (the call was refused late, or failed to start).
@@ -254,22 +260,33 @@ impl DeviceControl {
         self.media.remove_local(device);
         self.control.device_event(LifecycleEvent::Disconnected {
             participant,
-            device: call,
+            device: call.clone(),
             left,
+        });
+        let reason = if left {
+            CallEndReason::Hangup
+        } else {
+            CallEndReason::Ended
+        };
+        self.control.device_event(LifecycleEvent::CallEnded {
+            participant,
+            call,
+            reason,
         });
     }
 
-    /// Whether `participant` is definitely no longer a member of `session` (deleted, or in
-    /// another session or none); a store hiccup answers `false`.
-    pub async fn definitely_left(
+    /// The session a phone's participant is in now (`Some(None)`: in none, or deleted);
+    /// `None` when the store cannot tell. Leaving a session does not end a call: only
+    /// deleting the participant does (the media plane closes its device).
+    pub async fn phone_session(
         &self,
         account: &AccountId,
         participant: ParticipantId,
-        session: SessionId,
-    ) -> bool {
+    ) -> Option<Option<SessionId>> {
         match self.control.participant(account, participant).await {
-            Ok(p) => p.session != Some(session),
-            Err(e) => matches!(e, ControlError::NotFound(Resource::Participant)),
+            Ok(p) => Some(p.session),
+            Err(ControlError::NotFound(Resource::Participant)) => Some(None),
+            Err(_) => None,
         }
     }
 }

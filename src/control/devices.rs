@@ -35,9 +35,11 @@ impl Control {
         })
     }
 
-    /// Records a lifecycle event of a device (connected, disconnected) for whoever watches.
+    /// Records a lifecycle event of a device (connected, disconnected) for whoever watches,
+    /// and for the webhook outbox.
     pub fn device_event(&self, event: LifecycleEvent) {
         tracing::info!(?event, "device lifecycle");
+        self.inner.webhooks.record(&event);
         self.inner.events.send(ControlEvent::Lifecycle(event));
     }
 }

@@ -65,13 +65,40 @@ pub enum LifecycleEvent {
         /// The stream.
         stream: StreamId,
     },
+    /// A phone call was answered. `call` is the call's device id (as in `Connected`).
+    CallAnswered {
+        /// The phone's participant.
+        participant: ParticipantId,
+        /// The call's device id.
+        call: String,
+    },
+    /// A phone call ended.
+    CallEnded {
+        /// The phone's participant.
+        participant: ParticipantId,
+        /// The call's device id.
+        call: String,
+        /// Why.
+        reason: CallEndReason,
+    },
     /// A phone participant pressed a key (RFC 4733 telephone-event from the phone).
     PhoneDtmf {
         /// The phone's participant.
         participant: ParticipantId,
         /// The key: `0`-`9`, `*`, `#` or `A`-`D`.
         digit: char,
+        /// How long it was held, in milliseconds (from the RFC 4733 event's duration).
+        duration_ms: u32,
     },
+}
+
+/// Why a phone call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallEndReason {
+    /// The phone hung up (BYE from the phone).
+    Hangup,
+    /// The server ended it (participant deleted or out of its session, shutdown, failure).
+    Ended,
 }
 
 /// How many events a slow watcher may lag behind before it misses some (and resynchronizes).

@@ -23,6 +23,8 @@
 //! - `routing.rs`: [`Routing`], the pure core: published streams and last tables → diffs.
 //! - `serial.rs`: per-session serialization of recompiles (striped locks).
 //! - `events.rs`: [`ControlEvent`]s and the bus that carries them.
+//! - `webhooks.rs`: lifecycle events into the webhook outbox (through one ordered feed the
+//!   runtime drains), account webhook settings, the delivery log, and the session cleanup.
 
 mod auth;
 mod connections;
@@ -34,6 +36,7 @@ mod routes;
 mod routing;
 mod serial;
 mod sessions;
+mod webhooks;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -42,13 +45,16 @@ use tokio::sync::broadcast;
 use crate::store::Store;
 use crate::token::{self, TokenKeys};
 
+/// The outbox's vocabulary, as the delivery worker and the delivery log see it.
+pub use crate::store::{AttemptOutcome, DeliveryAttempt, OutboxEvent};
 pub use auth::NewCredentials;
 pub use connections::{AdmittedPhone, ConnectError, ConnectedDevice, DeviceControl, PhoneRefusal};
 pub use devices::VerifiedDevice;
 pub use error::{Conflict, ControlError, DeviceTokenError, Invalid, Resource, Source};
-pub use events::{ControlEvent, LifecycleEvent, RoutingUpdate};
+pub use events::{CallEndReason, ControlEvent, LifecycleEvent, RoutingUpdate};
 pub use routing::Routing;
 pub use sessions::NewParticipant;
+pub use webhooks::WebhookFeed;
 
 /// The orchestrator. Cheap to clone; share one per process.
 #[derive(Clone)]
@@ -65,6 +71,8 @@ struct Inner {
     /// Serializes "read the session, compile, publish" per session.
     stripes: serial::Stripes,
     credentials: auth::CredentialCache,
+    /// Lifecycle events on their way to the webhook outbox, once the runtime drains them.
+    webhooks: webhooks::Recorder,
 }
 
 impl Control {
@@ -81,6 +89,7 @@ impl Control {
                 routing: Mutex::new(Routing::new()),
                 stripes: serial::Stripes::new(),
                 credentials: auth::CredentialCache::default(),
+                webhooks: webhooks::Recorder::default(),
             }),
         })
     }

@@ -32,9 +32,11 @@ use crate::forwarding::{ForwardingTable, PublishedStream, TableDiff};
 /// How an engine presents itself to devices.
 #[derive(Clone)]
 pub struct EngineConfig {
-    /// The address devices send media to: the ICE host candidate. Datagrams are handed to the
-    /// engine as received on it.
-    pub public_addr: SocketAddr,
+    /// The addresses devices send media to, each an ICE host candidate (`--public-ip` may
+    /// name several, IPv4 and IPv6). Never empty; the first is the engine's own address (see
+    /// [`EngineConfig::primary_addr`]). Datagrams are handed to the engine as received on the
+    /// one of the source's address family.
+    pub public_addrs: Vec<SocketAddr>,
     /// The DTLS certificate shared by every peer connection of the process.
     pub cert: DtlsCert,
 }
@@ -47,7 +49,15 @@ impl EngineConfig {
             .dtls_provider
             .generate_certificate()
             .ok_or_else(|| MediaError::Internal("cannot generate a DTLS certificate".into()))?;
-        Ok(EngineConfig { public_addr, cert })
+        Ok(EngineConfig {
+            public_addrs: vec![public_addr],
+            cert,
+        })
+    }
+
+    /// The engine's own address: the first advertised one.
+    pub fn primary_addr(&self) -> Option<SocketAddr> {
+        self.public_addrs.first().copied()
     }
 }
 
@@ -412,6 +422,17 @@ impl Engine {
         dev.peers()
             .flat_map(|p| self.demux.paths(p).iter().copied())
             .collect()
+    }
+
+    /// The last subscribe revision offered to `device`.
+    pub fn subscribe_revision(&self, device: DeviceId) -> Option<u64> {
+        self.subscribing.revision(device)
+    }
+
+    /// Device `device`, when it is added, numbers its subscribe offers above `revision` (a
+    /// device that replaces one the same SDK instance saw offers from).
+    pub fn continue_revisions(&mut self, device: DeviceId, revision: u64) {
+        self.subscribing.set_floor(device, revision);
     }
 
     /// The subscribe offer still waiting for this device's answer, if any.
@@ -882,10 +903,12 @@ impl Engine {
         now: Instant,
     ) -> PeerId {
         let mut rtc = peer_config(&self.config.cert, kinds).build(now);
-        // Invariant: the configured public address is a unicast host address (checked when the
-        // driver starts), so the candidate is valid.
-        if let Ok(c) = Candidate::host(self.config.public_addr, "udp") {
-            rtc.add_local_candidate(c);
+        // Invariant: the configured public addresses are unicast host addresses (checked when
+        // the driver starts), so the candidates are valid.
+        for addr in &self.config.public_addrs {
+            if let Ok(c) = Candidate::host(*addr, "udp") {
+                rtc.add_local_candidate(c);
+            }
         }
         let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
         let id = self

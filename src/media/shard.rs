@@ -281,6 +281,9 @@ pub struct Shard {
     claims_queued: usize,
     /// Devices the engine gave up on (they answer no subscribe offer), to reset.
     unanswered: Vec<DeviceId>,
+    /// The last subscribe revision of a reset device, by participant and `uniqueId`: the SDK
+    /// instance reconnecting after the reset ignores offers numbered at or below it.
+    reset_revisions: HashMap<(ParticipantId, String), u64>,
 }
 
 impl Shard {
@@ -298,6 +301,7 @@ impl Shard {
             outputs: VecDeque::new(),
             claims_queued: 0,
             unanswered: Vec::new(),
+            reset_revisions: HashMap::new(),
         }
     }
 
@@ -366,6 +370,12 @@ impl Shard {
             device,
             participant,
         });
+        if let Some(revision) = self
+            .reset_revisions
+            .remove(&(participant, unique_id.clone()))
+        {
+            self.engine.continue_revisions(device, revision);
+        }
         let replaced = self
             .engine
             .add_device(device, participant, permissions, now);
@@ -804,9 +814,14 @@ impl Shard {
         // code the SDK reconnects on, and the device goes now (no grace), so the reconnect
         // builds new peer connections.
         for device in std::mem::take(&mut self.unanswered) {
-            let Some(connection) = self.devices.get(&device).map(|d| d.connection) else {
+            let Some(entry) = self.devices.get(&device) else {
                 continue;
             };
+            let connection = entry.connection;
+            let key = (entry.participant, entry.unique_id.clone());
+            if let Some(revision) = self.engine.subscribe_revision(device) {
+                self.reset_revisions.insert(key, revision);
+            }
             tracing::info!(
                 device = device.0,
                 "device answers no subscribe offer: resetting it"

@@ -71,6 +71,8 @@ pub(super) struct Subscribing {
     by_device: HashMap<DeviceId, Subscriber>,
     /// The deadlines of pending offers, earliest first.
     deadlines: BTreeSet<(Instant, DeviceId)>,
+    /// Revisions a device's offers must start above (set before the device is opened).
+    floors: HashMap<DeviceId, u64>,
 }
 
 impl Subscribing {
@@ -79,7 +81,7 @@ impl Subscribing {
             device,
             Subscriber {
                 endpoint: uuid::Uuid::new_v4().to_string(),
-                revision: 0,
+                revision: self.floors.remove(&device).unwrap_or(0),
                 pending: None,
                 pending_offer: None,
                 dirty: false,
@@ -105,6 +107,17 @@ impl Subscribing {
             self.deadlines.remove(&(at, device));
         }
         Some(sub)
+    }
+
+    /// The next device `device` opened numbers its offers above `revision`: an SDK that
+    /// reconnects after a reset ignores revisions it has seen.
+    pub(super) fn set_floor(&mut self, device: DeviceId, revision: u64) {
+        self.floors.insert(device, revision);
+    }
+
+    /// The last revision offered to `device`.
+    pub(super) fn revision(&self, device: DeviceId) -> Option<u64> {
+        self.by_device.get(&device).map(|s| s.revision)
     }
 
     /// When the earliest pending offer times out.

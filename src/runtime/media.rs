@@ -93,8 +93,10 @@ pub struct MediaHandle {
 struct Shared {
     inboxes: Vec<mpsc::UnboundedSender<Inbox>>,
     sockets: Vec<Arc<UdpSocket>>,
-    /// The public address of each shard's socket (its ICE candidate), by shard.
+    /// The public address of each shard's socket (its first ICE candidate), by shard.
     public: Vec<SocketAddr>,
+    /// Every advertised address of each shard's socket (its ICE candidates), by shard.
+    advertised: Vec<Vec<SocketAddr>>,
     placement: Mutex<Placement>,
 }
 
@@ -137,7 +139,7 @@ impl Shared {
 
     /// The socket bound for the public address `source`.
     fn socket_for(&self, source: SocketAddr) -> Option<&Arc<UdpSocket>> {
-        let i = self.public.iter().position(|a| *a == source)?;
+        let i = self.advertised.iter().position(|a| a.contains(&source))?;
         self.sockets.get(i)
     }
 }
@@ -277,6 +279,18 @@ impl MediaPort for MediaHandle {
     }
 }
 
+/// Which of a shard's advertised addresses a datagram from `source` was sent to, as far as
+/// the socket can tell: the first of the source's address family (an ICE check pairs
+/// candidates of one family), else the first.
+fn sent_to(source: SocketAddr, advertised: &[SocketAddr]) -> SocketAddr {
+    advertised
+        .iter()
+        .find(|a| a.is_ipv4() == source.is_ipv4())
+        .or_else(|| advertised.first())
+        .copied()
+        .unwrap_or(source)
+}
+
 /// Datagrams taken from the socket in one go before the driver looks at anything else.
 const RECEIVE_BATCH: usize = 64;
 
@@ -298,12 +312,18 @@ pub fn spawn(shards: Vec<ShardSetup>, control: Control) -> std::io::Result<Media
     let mut receivers = Vec::new();
     let mut sockets = Vec::new();
     let mut public = Vec::new();
+    let mut advertised = Vec::new();
     let mut engines = Vec::new();
     for setup in shards {
         let (tx, rx) = mpsc::unbounded_channel();
         inboxes.push(tx);
         receivers.push(rx);
-        public.push(setup.config.public_addr);
+        let primary = setup
+            .config
+            .primary_addr()
+            .ok_or_else(|| std::io::Error::other("a media shard needs a public address"))?;
+        public.push(primary);
+        advertised.push(setup.config.public_addrs.clone());
         sockets.push(Arc::new(setup.socket));
         engines.push(Engine::new(setup.config));
     }
@@ -311,6 +331,7 @@ pub fn spawn(shards: Vec<ShardSetup>, control: Control) -> std::io::Result<Media
         inboxes,
         sockets,
         public,
+        advertised,
         placement: Mutex::new(Placement::default()),
     });
     let published = spawn_reporter(control.clone());
@@ -426,7 +447,7 @@ impl Pump {
         let Some(socket) = self.shared.sockets.get(index).cloned() else {
             return;
         };
-        let Some(&public) = self.shared.public.get(index) else {
+        let Some(advertised) = self.shared.advertised.get(index).cloned() else {
             return;
         };
         let mut buf = vec![0u8; 2048];
@@ -439,11 +460,15 @@ impl Pump {
                 received = socket.recv_from(&mut buf) => match received {
                     Ok((n, source)) => {
                         let now = Instant::now();
+                        let public = sent_to(source, &advertised);
                         self.receive(&mut inbox, source, public, &buf[..n], now);
                         // Take what else is already queued before going round the loop again.
                         for _ in 0..RECEIVE_BATCH {
                             match socket.try_recv_from(&mut buf) {
-                                Ok((n, source)) => self.receive(&mut inbox, source, public, &buf[..n], now),
+                                Ok((n, source)) => {
+                                    let public = sent_to(source, &advertised);
+                                    self.receive(&mut inbox, source, public, &buf[..n], now);
+                                }
                                 Err(_) => break,
                             }
                         }

@@ -1,5 +1,8 @@
 //! Drivers: the only code that owns sockets, clocks and tasks. Each pumps a sans-IO engine
 //! (see the engines' drive contracts) and talks to the rest over channels.
 
+pub mod http;
+pub mod listen;
 pub mod media;
 pub mod sip;
+pub mod webhooks;

@@ -6,6 +6,14 @@
 //! tracks its participant is subscribed to come back, are decoded and mixed into the G.711
 //! stream the phone hears.
 //!
+//! A call outlives its participant's session membership (reference §4.1): removed from its
+//! session, the phone stays on the line and hears silence or the hold tone
+//! ([`SipSettings::hold_tone_hz`]); added to another session, its device is wired there (the
+//! media plane moves it to that session's shard, downlink included) without a new INVITE.
+//! Only deleting the participant hangs up (the media plane closes its device). A call ends
+//! by itself when its leg is dead: no RTP or RTCP for [`SipSettings::rtp_timeout`] from a phone
+//! that should be sending, or a session timer (RFC 4028) not refreshed in time.
+//!
 //! Admission (reference §4.2): the participant token from `User-To-User` is verified like a
 //! browser's; refusals carry a precise status and a `Reason` header: no, bad or expired token
 //! 403; deleted participant 404; participant in no session 480; already connected 486; no
@@ -18,19 +26,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use patchbay_sip::endpoint::{CallEnd, CallEvent, CallId, Endpoint, EndpointConfig};
+use patchbay_sip::liveness::MediaWatch;
 use patchbay_sip::mixer::SourceId;
 use patchbay_sip::phone::{PhoneConfig, PhoneMedia};
 use patchbay_sip::sdp::{self, AnswerParams, Negotiated};
-use patchbay_sip::transport::{ConnectionId, Transport};
+use patchbay_sip::transport::{ConnectionId, StreamFramer, StreamItem, Transport};
 use patchbay_sip::uui;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::control::port::LocalDownlink;
-use crate::control::{AdmittedPhone, ControlEvent, DeviceControl, PhoneRefusal};
+use crate::control::{AdmittedPhone, ControlEvent, DeviceControl, PhoneRefusal, RoutingUpdate};
 use crate::domain::{AccountId, ParticipantId, SessionId, StreamAlias, StreamId};
 use crate::media::DeviceId;
+use crate::runtime::listen::{Acceptor, Activity, ConnectionLimits, Gate};
 
 /// Settings of the SIP bridge.
 #[derive(Debug, Clone)]
@@ -41,7 +51,29 @@ pub struct SipSettings {
     pub rtp_ports: (u16, u16),
     /// The alias of the audio stream a phone publishes.
     pub stream_alias: Option<StreamAlias>,
+    /// Timeouts and caps of SIP over TCP.
+    pub tcp: SipTcpSettings,
+    /// The tone (Hz) a call hears while its participant is in no session; 0: silence.
+    pub hold_tone_hz: u32,
+    /// A phone that should be sending and sent no RTP or RTCP for this long is hung up
+    /// (zero: never).
+    pub rtp_timeout: Duration,
 }
+
+/// Timeouts and caps of SIP over TCP.
+#[derive(Debug, Clone, Copy)]
+pub struct SipTcpSettings {
+    /// How long a message may take from its first byte (the first message: from the
+    /// connection's start) before the connection is closed.
+    pub head_timeout: Duration,
+    /// How long a connection may carry no bytes either way before it is closed.
+    pub idle_timeout: Duration,
+    /// Caps on concurrent connections, per listener and per source address.
+    pub limits: ConnectionLimits,
+}
+
+/// The clock of telephone-event payloads from the media plane (see `media::engine`).
+const TELEPHONE_EVENT_CLOCK: u32 = 48_000;
 
 /// A handle on the running bridge.
 #[derive(Clone)]
@@ -75,7 +107,7 @@ pub async fn spawn(
     let local_addr = udp.local_addr()?;
     let (tx, rx) = mpsc::unbounded_channel();
     let (stop, stop_rx) = watch::channel(false);
-    tokio::spawn(accept_tcp(tcp, tx.clone()));
+    tokio::spawn(accept_tcp(tcp, settings.tcp, tx.clone()));
     let advertised = SocketAddr::new(
         if local_addr.ip().is_unspecified() {
             settings.media_ip
@@ -128,8 +160,15 @@ enum Message {
     },
     TcpClosed(ConnectionId),
     Admitted(CallId, Result<Box<Admitted>, Refusal>),
-    /// The participant left its session (by REST): hang up.
+    /// The call's device was closed (its participant was deleted): hang up.
     Hangup(CallId),
+    /// Nothing arrived from the phone for the RTP timeout: hang up, its device goes now.
+    Dead(CallId),
+    /// The session the call's participant is in now (`None`: in none).
+    Membership {
+        call: CallId,
+        session: Option<SessionId>,
+    },
 }
 
 struct Refusal {
@@ -160,7 +199,8 @@ struct Admitted {
 struct Call {
     participant: ParticipantId,
     account: AccountId,
-    session: SessionId,
+    /// The session its participant is in (`None`: in none, the call hears the hold tone).
+    session: Option<SessionId>,
     device: DeviceId,
     /// The port of its RTP socket (for answers to re-offers).
     rtp_port: u16,
@@ -170,10 +210,17 @@ struct Call {
 
 /// What the signalling task tells a call's audio task.
 enum CallCommand {
-    /// Where to send RTP now (`None`: on hold).
-    Remote(Option<SocketAddr>),
-    /// The call is over: log the stats and stop.
-    End(CallEnd),
+    /// The direction changed (re-INVITE).
+    Remote {
+        /// Where to send RTP now (`None`: on hold).
+        to: Option<SocketAddr>,
+        /// Whether the phone is meant to send (else its silence is not a dead leg).
+        phone_sends: bool,
+    },
+    /// The tone to play while nobody is heard (0: silence).
+    HoldTone(u32),
+    /// The call is over (how, for the log): log the stats and stop.
+    End(String),
 }
 
 struct Bridge {
@@ -214,14 +261,9 @@ impl Bridge {
                     None => break,
                 },
                 event = control_events.recv() => match event {
-                    Ok(ControlEvent::Routes(update)) => self.check_membership(update.session),
+                    Ok(ControlEvent::Routes(update)) => self.check_membership(Some(&update)),
                     Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        let sessions: Vec<SessionId> = self.calls.values().map(|c| c.session).collect();
-                        for s in sessions {
-                            self.check_membership(s);
-                        }
-                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => self.check_membership(None),
                     Err(broadcast::error::RecvError::Closed) => break,
                 },
                 _ = tokio::time::sleep_until(deadline.into()) => self.endpoint.handle_timeout(Instant::now()),
@@ -273,6 +315,25 @@ impl Bridge {
             Message::Hangup(call) => {
                 let _ = self.endpoint.hangup(call, now);
             }
+            Message::Dead(call) => {
+                tracing::info!(call = %call, timeout = ?self.settings.rtp_timeout, "no RTP from the phone: hanging up");
+                let _ = self.endpoint.hangup(call, now);
+                // The BYE will not be answered by a dead phone: the device goes now, so that
+                // the participant may dial again at once.
+                self.finish_call(call, "rtp_timeout", "no RTP from the phone".into(), false);
+            }
+            Message::Membership { call, session } => {
+                let hold_tone = self.settings.hold_tone_hz;
+                let Some(c) = self.calls.get_mut(&call) else {
+                    return;
+                };
+                if c.session != session {
+                    tracing::info!(call = %call, participant = %c.participant, from = ?c.session, to = ?session, "phone moved");
+                    c.session = session;
+                    let tone = if session.is_none() { hold_tone } else { 0 };
+                    let _ = c.media.send(CallCommand::HoldTone(tone));
+                }
+            }
         }
     }
 
@@ -312,6 +373,11 @@ impl Bridge {
             device,
             phone,
             rtp,
+            watch: MediaWatch::new(
+                self.settings.rtp_timeout,
+                negotiated.direction.receives(),
+                now,
+            ),
             remote: negotiated.remote.filter(|_| negotiated.direction.sends()),
             ptime: Duration::from_millis(u64::from(negotiated.ptime_ms)),
             sources: Default::default(),
@@ -327,7 +393,7 @@ impl Bridge {
             Call {
                 participant,
                 account,
-                session,
+                session: Some(session),
                 device,
                 rtp_port,
                 media: commands,
@@ -336,22 +402,31 @@ impl Bridge {
         );
     }
 
-    /// Hangs up the calls of participants no longer in `session`.
-    fn check_membership(&self, session: SessionId) {
-        for (&call, c) in self.calls.iter().filter(|(_, c)| c.session == session) {
-            let devices = self.devices.clone();
-            let tx = self.tx.clone();
-            let (account, participant) = (c.account.clone(), c.participant);
-            tokio::spawn(async move {
-                // Hang up only on a definite answer: a store hiccup keeps the call.
-                if devices
-                    .definitely_left(&account, participant, session)
-                    .await
-                {
-                    let _ = tx.send(Message::Hangup(call));
-                }
-            });
+    /// Looks up, in one task, the session of every call a routing change may concern (all of
+    /// them after missed changes): calls of that session, calls in none, calls of the
+    /// participants the change names. A store hiccup changes nothing.
+    fn check_membership(&self, update: Option<&RoutingUpdate>) {
+        let concerned: Vec<(CallId, AccountId, ParticipantId)> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| match update {
+                None => true,
+                Some(u) => c.session.is_none_or(|s| s == u.session) || names(u, c.participant),
+            })
+            .map(|(&call, c)| (call, c.account.clone(), c.participant))
+            .collect();
+        if concerned.is_empty() {
+            return;
         }
+        let devices = self.devices.clone();
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            for (call, account, participant) in concerned {
+                if let Some(session) = devices.phone_session(&account, participant).await {
+                    let _ = tx.send(Message::Membership { call, session });
+                }
+            }
+        });
     }
 
     /// Sends what the endpoint produced and acts on its events, until neither is left:
@@ -423,9 +498,10 @@ impl Bridge {
                     let params = answer_params(&self.settings, c.rtp_port);
                     match sdp::answer(&sdp_offer, &params) {
                         Ok(n) => {
-                            let _ = c.media.send(CallCommand::Remote(
-                                n.remote.filter(|_| n.direction.sends()),
-                            ));
+                            let _ = c.media.send(CallCommand::Remote {
+                                to: n.remote.filter(|_| n.direction.sends()),
+                                phone_sends: n.direction.receives(),
+                            });
                             let _ = self.endpoint.answer_update(call, Ok(&n.answer_sdp), now);
                         }
                         Err(e) => {
@@ -447,20 +523,23 @@ impl Bridge {
     }
 
     fn end_call(&mut self, call: CallId, end: CallEnd) {
-        *self.ends.entry(end.as_str()).or_default() += 1;
+        let left = matches!(end, CallEnd::RemoteBye);
+        self.finish_call(call, end.as_str(), end.to_string(), left);
+    }
+
+    /// The call is over (`how` counts it; `left`: the phone hung up): its device goes.
+    fn finish_call(&mut self, call: CallId, how: &'static str, why: String, left: bool) {
         let Some(c) = self.calls.remove(&call) else {
-            tracing::info!(call = %call, end = %end, ends = ?self.ends, "SIP call ended before it was answered");
+            // Not answered yet, or its device already went (a dead leg's BYE ending).
+            tracing::info!(call = %call, end = %why, "SIP call ended");
             return;
         };
+        *self.ends.entry(how).or_default() += 1;
         // The audio task logs the call's stats and stops.
-        let _ = c.media.send(CallCommand::End(end));
+        let _ = c.media.send(CallCommand::End(why));
         tracing::debug!(call = %call, ends = ?self.ends, "calls ended so far, by how");
-        self.devices.phone_ended(
-            c.device,
-            c.participant,
-            format!("sip-{call}"),
-            matches!(end, CallEnd::RemoteBye),
-        );
+        self.devices
+            .phone_ended(c.device, c.participant, format!("sip-{call}"), left);
     }
 
     /// The next RTP port to try (0 when any free port will do).
@@ -484,6 +563,8 @@ struct CallMedia {
     device: DeviceId,
     phone: PhoneMedia,
     rtp: Arc<UdpSocket>,
+    /// Whether the leg is alive (RTP or RTCP from the phone).
+    watch: MediaWatch,
     remote: Option<SocketAddr>,
     ptime: Duration,
     /// The downlink sources fed into the mixer so far.
@@ -505,6 +586,7 @@ impl CallMedia {
         // The media plane drops the device when the call ends, maybe before the End command
         // arrives: the call's stats are logged on End either way.
         let mut downlink_open = true;
+        let mut dead = false;
         loop {
             tokio::select! {
                 received = rtp.recv_from(&mut buf) => {
@@ -516,7 +598,13 @@ impl CallMedia {
                     None => downlink_open = false,
                 },
                 _ = tick.tick() => {
-                    let packets = self.phone.tick(Instant::now());
+                    let now = Instant::now();
+                    // The leg's liveness is checked on the phone's clock (timeouts are seconds).
+                    if !dead && self.watch.is_dead(now) {
+                        dead = true;
+                        let _ = self.bridge.send(Message::Dead(self.call));
+                    }
+                    let packets = self.phone.tick(now);
                     if let Some(remote) = self.remote {
                         for p in packets {
                             let _ = rtp.try_send_to(&p, remote);
@@ -524,7 +612,11 @@ impl CallMedia {
                     }
                 }
                 command = commands.recv() => match command {
-                    Some(CallCommand::Remote(remote)) => self.remote = remote,
+                    Some(CallCommand::Remote { to, phone_sends }) => {
+                        self.remote = to;
+                        self.watch.set_expecting(phone_sends, Instant::now());
+                    }
+                    Some(CallCommand::HoldTone(hz)) => self.phone.set_hold_tone(hz),
                     Some(CallCommand::End(end)) => {
                         let stats = self.phone.stats();
                         tracing::info!(call = %self.call, end = %end, participant = %self.participant, ?stats, "SIP call ended");
@@ -538,6 +630,7 @@ impl CallMedia {
 
     fn heard_from_phone(&mut self, source: SocketAddr, data: &[u8]) {
         let now = Instant::now();
+        self.watch.heard(now);
         // Symmetric RTP: answer where the phone actually sends from (unless on hold).
         if self.remote.is_some() && self.remote != Some(source) {
             self.remote = Some(source);
@@ -549,8 +642,9 @@ impl CallMedia {
             self.devices
                 .phone_audio(self.device, u64::from(frame.rtp_time_48k), frame.opus);
         }
-        while let Some(digit) = self.phone.poll_dtmf() {
-            self.devices.phone_dtmf(self.participant, digit);
+        while let Some(d) = self.phone.poll_digit() {
+            self.devices
+                .phone_dtmf(self.participant, d.digit, d.duration_ms);
         }
     }
 
@@ -563,14 +657,13 @@ impl CallMedia {
                 data,
             } => {
                 if dtmf {
-                    // Browser DTMF: one digit per completed event.
-                    if let Ok(event) = patchbay_sip::rtp::TelephoneEvent::parse(&data) {
-                        if event.end {
-                            if let Some(digit) = event.digit() {
-                                self.phone.send_dtmf(digit, 160);
-                            }
-                        }
-                    }
+                    // Browser DTMF: one digit per event, however many end packets repeat it.
+                    self.phone.push_downlink_event(
+                        SourceId(source.0),
+                        &data,
+                        rtp_time as u32,
+                        TELEPHONE_EVENT_CLOCK,
+                    );
                 } else {
                     self.sources.insert(source.0);
                     self.phone
@@ -596,6 +689,16 @@ impl CallMedia {
             }
         }
     }
+}
+
+/// Whether a routing change names `participant` (every route has its link: the links'
+/// changes name everyone whose wiring changed).
+fn names(update: &RoutingUpdate, participant: ParticipantId) -> bool {
+    let links = &update.diff.links;
+    let upserted = links.upserted.iter().map(|(k, _)| k);
+    upserted
+        .chain(links.removed.iter())
+        .any(|k| k.subscriber == participant || k.publisher == participant)
 }
 
 fn answer_params(settings: &SipSettings, port: u16) -> AnswerParams {
@@ -692,41 +795,106 @@ fn refusal(refusal: PhoneRefusal) -> Refusal {
     Refusal::new(code, refusal.to_string())
 }
 
-async fn accept_tcp(listener: TcpListener, tx: mpsc::UnboundedSender<Message>) {
+/// Accepts SIP TCP connections (backing off while `accept` fails, within the gate's caps)
+/// and runs a reader and a writer task for each.
+async fn accept_tcp(
+    listener: TcpListener,
+    settings: SipTcpSettings,
+    tx: mpsc::UnboundedSender<Message>,
+) {
+    let gate = Gate::new(settings.limits);
+    let mut acceptor = Acceptor::new(listener, "sip-tcp");
     let mut next = 1u64;
     loop {
-        let Ok((stream, source)) = listener.accept().await else {
-            continue;
+        let (stream, source) = acceptor.accept().await;
+        let Some(permit) = gate.admit(source.ip()) else {
+            continue; // over the caps: closed at once
         };
+        // Both tasks hold the permit: the place is freed when the socket is fully closed.
+        let permit = Arc::new(permit);
         let conn = ConnectionId(next);
         next += 1;
-        let (mut reader, mut writer) = stream.into_split();
+        let (reader, mut writer) = stream.into_split();
         let (wtx, mut wrx) = mpsc::unbounded_channel::<Vec<u8>>();
         if tx.send(Message::TcpOpen { conn, writer: wtx }).is_err() {
             return;
         }
+        let activity = Activity::new();
+        let written = activity.clone();
+        let writer_permit = permit.clone();
         tokio::spawn(async move {
+            let _permit = writer_permit;
             while let Some(bytes) = wrx.recv().await {
                 if writer.write_all(&bytes).await.is_err() {
                     break;
                 }
+                written.touch();
             }
         });
         let tx = tx.clone();
         tokio::spawn(async move {
-            let mut buf = vec![0u8; 16 * 1024];
-            loop {
-                match reader.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        let data = buf[..n].to_vec();
-                        if tx.send(Message::TcpData { conn, source, data }).is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
+            let _permit = permit;
+            let why = read_tcp(reader, conn, source, settings, activity, &tx).await;
+            tracing::debug!(%source, why, "SIP TCP connection closed");
             let _ = tx.send(Message::TcpClosed(conn));
         });
+    }
+}
+
+/// Reads one SIP TCP connection into the driver until it ends, stalls mid-message for the
+/// head timeout, or is idle for the idle timeout; says which.
+async fn read_tcp(
+    mut reader: tokio::net::tcp::OwnedReadHalf,
+    conn: ConnectionId,
+    source: SocketAddr,
+    settings: SipTcpSettings,
+    activity: Activity,
+    tx: &mpsc::UnboundedSender<Message>,
+) -> &'static str {
+    // A framer of its own tells whether a message is under way (the driver's endpoint frames
+    // the same bytes for itself).
+    let mut framer = StreamFramer::new();
+    let mut message_started = Some(Instant::now());
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let idle_at = activity.last() + settings.idle_timeout;
+        let deadline = match message_started {
+            Some(started) => idle_at.min(started + settings.head_timeout),
+            None => idle_at,
+        };
+        let n = tokio::select! {
+            read = reader.read(&mut buf) => match read {
+                Ok(0) => return "closed by the peer",
+                Err(_) => return "read error",
+                Ok(n) => n,
+            },
+            () = tokio::time::sleep_until(deadline.into()) => {
+                let now = Instant::now();
+                if message_started.is_some_and(|s| now >= s + settings.head_timeout) {
+                    return "message incomplete within the head timeout";
+                }
+                if now >= activity.last() + settings.idle_timeout {
+                    return "idle timeout";
+                }
+                continue;
+            }
+        };
+        let data = buf.get(..n).unwrap_or_default();
+        activity.touch();
+        framer.push(data);
+        while let Some(item) = framer.next_item() {
+            if let StreamItem::Error(_) = item {
+                break; // the driver answers and closes the connection
+            }
+        }
+        if !framer.is_mid_message() {
+            message_started = None;
+        } else if message_started.is_none() {
+            message_started = Some(Instant::now());
+        }
+        let data = data.to_vec();
+        if tx.send(Message::TcpData { conn, source, data }).is_err() {
+            return "driver stopped";
+        }
     }
 }

@@ -17,4 +17,4 @@ mod ws;
 pub use rpc::{RpcError, RpcRequest};
 #[doc(hidden)]
 pub use ws::parse_device_frame;
-pub use ws::{router, SignalingState, MAX_FRAME_BYTES, RESET_CODE};
+pub use ws::{router, OriginPolicy, SignalingState, MAX_FRAME_BYTES, RESET_CODE};

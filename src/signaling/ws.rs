@@ -1,11 +1,24 @@
 //! The device connection loop: one task per WebSocket, translating JSON-RPC to control's
 //! device verbs ([`DeviceControl`]) and the media plane's notices to JSON-RPC notifications.
+//!
+//! Every close the server starts sends a close frame with a code and a reason. 1000 (the
+//! browser SDK does not reconnect): token refused, replaced by a newer connection, deleted,
+//! and after `leave` ("left"). Others (the SDK reconnects): 1001 "idle timeout" when nothing
+//! (not even a pong to the server's ping) was heard for the idle timeout, 1001 "server
+//! shutting down", 1009 for a frame over [`MAX_FRAME_BYTES`], 1002 for a protocol error.
+//!
+//! Origin policy: the participant token is the credential and the SDK runs on customers' own
+//! origins, so any `Origin` is accepted unless an allow-list is configured; then a browser's
+//! upgrade from another origin is refused with 403 before the upgrade.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
-use axum::response::Response;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use serde::Deserialize;
@@ -21,11 +34,54 @@ use crate::media::{DeclaredStreams, MediaError};
 /// Largest accepted frame: `deviceDiagnostics` batches logs with SDPs, several MB at times.
 pub const MAX_FRAME_BYTES: usize = 8 * 1024 * 1024;
 
-/// What device connections share: control's device verbs.
+/// What device connections share: control's device verbs and the listener's policy.
 #[derive(Clone)]
 pub struct SignalingState {
     /// Control's device verbs.
     pub devices: DeviceControl,
+    /// Which browser origins may connect.
+    pub origins: OriginPolicy,
+    /// Silence after which a device is closed (pinged after half of it).
+    pub idle_timeout: Duration,
+}
+
+/// Which `Origin` may open a device WebSocket.
+#[derive(Debug, Clone, Default)]
+pub struct OriginPolicy {
+    /// Empty: any origin.
+    allowed: Arc<[String]>,
+}
+
+impl OriginPolicy {
+    /// Allows `origins` (compared without case and trailing '/'); none given: any origin.
+    pub fn new(origins: &[String]) -> OriginPolicy {
+        OriginPolicy {
+            allowed: origins
+                .iter()
+                .map(|o| normalize_origin(o))
+                .filter(|o| !o.is_empty())
+                .collect(),
+        }
+    }
+
+    /// Whether a request with these headers may connect: any without an `Origin` header (not
+    /// a browser: the token still decides).
+    pub fn allows(&self, headers: &HeaderMap) -> bool {
+        if self.allowed.is_empty() {
+            return true;
+        }
+        match headers.get(header::ORIGIN) {
+            None => true,
+            Some(origin) => origin.to_str().is_ok_and(|o| {
+                let o = normalize_origin(o);
+                self.allowed.contains(&o)
+            }),
+        }
+    }
+}
+
+fn normalize_origin(origin: &str) -> String {
+    origin.trim().trim_end_matches('/').to_ascii_lowercase()
 }
 
 /// `/v3` and `/v3/` (duplicated leading slashes are folded by the app).
@@ -38,20 +94,33 @@ pub fn router(state: SignalingState) -> Router {
 
 async fn upgrade(
     ws: WebSocketUpgrade,
+    headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
     State(state): State<SignalingState>,
 ) -> Response {
+    if !state.origins.allows(&headers) {
+        tracing::info!(origin = ?headers.get(header::ORIGIN), "device WebSocket from an origin not allowed");
+        return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
+    }
     ws.max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
         .on_upgrade(move |socket| connection(state, query, socket))
 }
 
-/// Closes with code 1000: the browser SDK does not reconnect after it.
-async fn close(socket: WebSocket, reason: &str) {
-    close_with(socket, 1000, reason).await
+/// Close codes the server sends (see the module doc).
+mod code {
+    /// Normal: the browser SDK does not reconnect.
+    pub(super) const NORMAL: u16 = 1000;
+    /// Going away: idle, or the server stops.
+    pub(super) const GOING_AWAY: u16 = 1001;
+    pub(super) const PROTOCOL_ERROR: u16 = 1002;
+    pub(super) const TOO_BIG: u16 = 1009;
+    /// Try again later: the database cannot check the token now.
+    pub(super) const TRY_AGAIN_LATER: u16 = 1013;
 }
 
-/// A close code the browser SDK reconnects on (any but 1000): the device was reset.
+/// A close code the browser SDK reconnects on (any but 1000): the device was reset (it answered
+/// no subscribe offer) and is started afresh by the reconnect.
 pub const RESET_CODE: u16 = 4000;
 
 async fn close_with(mut socket: WebSocket, code: u16, reason: &str) {
@@ -61,6 +130,26 @@ async fn close_with(mut socket: WebSocket, code: u16, reason: &str) {
     };
     let _ = socket.send(Message::Close(Some(frame))).await;
 }
+
+async fn close(socket: WebSocket, reason: &str) {
+    close_with(socket, code::NORMAL, reason).await;
+}
+
+/// The close frame owed after a receive error, if the peer can still get one.
+fn close_for(error: axum::Error) -> Option<(u16, &'static str)> {
+    let inner = error.into_inner();
+    match inner.downcast_ref::<tungstenite::Error>()? {
+        tungstenite::Error::Capacity(_) => Some((code::TOO_BIG, "frame too large")),
+        tungstenite::Error::Protocol(_) | tungstenite::Error::Utf8(_) => {
+            Some((code::PROTOCOL_ERROR, "protocol error"))
+        }
+        _ => None,
+    }
+}
+
+/// Idle checks per idle timeout: the device is pinged after half of them pass in silence
+/// and closed after all of them (so after between 3/4 and all of the timeout).
+const IDLE_TICKS: u32 = 4;
 
 async fn connection(state: SignalingState, query: HashMap<String, String>, mut socket: WebSocket) {
     let token = query.get("token").map(String::as_str).unwrap_or_default();
@@ -76,18 +165,19 @@ async fn connection(state: SignalingState, query: HashMap<String, String>, mut s
             // 1013 "try again later": the SDK retries on any code but 1000; the cause stays in
             // the server's log, not in the reason.
             tracing::info!(%cause, "device told to try again later");
-            let frame = CloseFrame {
-                code: 1013,
-                reason: "try again later".into(),
-            };
-            let _ = socket.send(Message::Close(Some(frame))).await;
-            return;
+            return close_with(socket, code::TRY_AGAIN_LATER, "try again later").await;
         }
     };
     let mut left = false;
+    let mut idle_check =
+        tokio::time::interval((state.idle_timeout / IDLE_TICKS).max(Duration::from_millis(10)));
+    idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    idle_check.tick().await; // the first tick is immediate
+    let mut silent_ticks = 0u32;
     loop {
         tokio::select! {
             frame = socket.recv() => match frame {
+                Some(Ok(_)) if { silent_ticks = 0; false } => {}
                 Some(Ok(Message::Text(text))) => {
                     let (reply, leave) = handle_frame(&state, &device, text.as_str()).await;
                     if leave && !left {
@@ -110,6 +200,20 @@ async fn connection(state: SignalingState, query: HashMap<String, String>, mut s
                 Some(Ok(_)) => {} // ping and pong: answered by the WebSocket layer
                 Some(Err(e)) => {
                     tracing::debug!(error = %e, "device socket error");
+                    if let Some((code, reason)) = close_for(e) {
+                        close_with(socket, code, reason).await;
+                    }
+                    break;
+                }
+            },
+            _ = idle_check.tick() => {
+                silent_ticks += 1;
+                if silent_ticks >= IDLE_TICKS {
+                    tracing::debug!(device = device.device.0, "device idle: closing");
+                    close_with(socket, code::GOING_AWAY, "idle timeout").await;
+                    break;
+                }
+                if silent_ticks == IDLE_TICKS / 2 && socket.send(Message::Ping(Default::default())).await.is_err() {
                     break;
                 }
             },
@@ -127,7 +231,15 @@ async fn connection(state: SignalingState, query: HashMap<String, String>, mut s
                     close_with(socket, RESET_CODE, reason).await;
                     break;
                 }
-                None => break,
+                // The media plane let the device go: after `leave`, or because it stops.
+                None if left => {
+                    close(socket, "left").await;
+                    break;
+                }
+                None => {
+                    close_with(socket, code::GOING_AWAY, "server shutting down").await;
+                    break;
+                }
             },
         }
     }

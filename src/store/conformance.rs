@@ -8,7 +8,10 @@
 
 use std::sync::Arc;
 
-use super::{AccountCredentials, Store, StoreError};
+use super::{
+    AccountCredentials, AttemptOutcome, DeliveryAttempt, NewOutboxEvent, OutboxEvent, Store,
+    StoreError,
+};
 use crate::domain::{
     AccountId, CallbackUrl, DeviceApiVersion, MediaKinds, Participant, ParticipantId,
     ParticipantSubscription, Session, SessionId, StreamAlias, Subscriptions, Tag,
@@ -31,6 +34,9 @@ pub const CASES: &[&str] = &[
     "subscriptions",
     "batch_subscriptions_are_atomic",
     "deleting_a_publisher_prunes_subscriptions",
+    "webhook_settings",
+    "webhook_outbox",
+    "sessions_by_age",
 ];
 
 async fn new_account(store: &TestStore) -> AccountId {
@@ -613,4 +619,201 @@ pub async fn deleting_a_publisher_prunes_subscriptions(store: TestStore) {
         .expect("get")
         .expect("found");
     assert_eq!(got.subscriptions, listing(&[c]));
+}
+
+/// Webhook settings: the first secret offered stays, the Bandwidth-only choice is stored, the
+/// target of a participant names its account, `callbackUrl` and tag.
+pub async fn webhook_settings(store: TestStore) {
+    let account = new_account(&store).await;
+    let first = store
+        .account_webhooks(&account, "whsec_first")
+        .await
+        .expect("settings");
+    assert_eq!(first.secret, "whsec_first");
+    assert!(!first.bandwidth_only);
+    let again = store
+        .account_webhooks(&account, "whsec_second")
+        .await
+        .expect("settings");
+    assert_eq!(again.secret, "whsec_first", "first writer wins");
+    store
+        .set_webhook_bandwidth_only(&account, true)
+        .await
+        .expect("set");
+    assert!(
+        store
+            .account_webhooks(&account, "x")
+            .await
+            .expect("settings")
+            .bandwidth_only
+    );
+    let nobody = AccountId::parse("nobody-here").expect("id");
+    assert!(matches!(
+        store.account_webhooks(&nobody, "x").await,
+        Err(StoreError::AccountNotFound)
+    ));
+    assert!(matches!(
+        store.set_webhook_bandwidth_only(&nobody, true).await,
+        Err(StoreError::AccountNotFound)
+    ));
+    let mut p = participant(&account);
+    p.callback_url = Some(CallbackUrl::parse("https://backend.example/hooks").expect("url"));
+    p.tag = Some(Tag::parse("agent").expect("tag"));
+    store.create_participant(&p).await.expect("participant");
+    let target = store
+        .webhook_target(p.id)
+        .await
+        .expect("target")
+        .expect("exists");
+    assert_eq!(target.account, account);
+    assert_eq!(target.callback_url, p.callback_url);
+    assert_eq!(target.tag, p.tag);
+    assert_eq!(
+        store
+            .webhook_target(ParticipantId::random())
+            .await
+            .expect("target"),
+        None
+    );
+}
+
+fn outbox_event(account: &AccountId, participant: ParticipantId, n: u32) -> NewOutboxEvent {
+    NewOutboxEvent {
+        id: format!("msg_{}_{n}", participant.to_string().replace('-', "")),
+        account: account.clone(),
+        participant,
+        url: "http://127.0.0.1:9/hook".into(),
+        event: "onConnect".into(),
+        body: format!("{{\"n\":{n}}}"),
+        created_at_ms: 1_000,
+    }
+}
+
+/// The account's due heads: other cases' rows share the database.
+async fn due_of(store: &TestStore, account: &AccountId, now_ms: i64) -> Vec<OutboxEvent> {
+    store
+        .outbox_due(now_ms, 100_000)
+        .await
+        .expect("due")
+        .into_iter()
+        .filter(|e| &e.event.account == account)
+        .collect()
+}
+
+fn attempt(event: &OutboxEvent, status: Option<u16>, at_ms: i64) -> DeliveryAttempt {
+    DeliveryAttempt {
+        event_id: event.event.id.clone(),
+        event: event.event.event.clone(),
+        attempt: event.attempts + 1,
+        status,
+        error: status.is_none().then(|| "timed out".to_owned()),
+        at_ms,
+    }
+}
+
+/// The outbox: only the head of each participant's queue is due; a retry holds the queue
+/// behind it and lets other participants' move; delivered and given-up events leave it;
+/// every attempt is logged, newest first.
+pub async fn webhook_outbox(store: TestStore) {
+    let account = new_account(&store).await;
+    store
+        .account_webhooks(&account, "whsec_k")
+        .await
+        .expect("secret");
+    let (a, b) = (ParticipantId::random(), ParticipantId::random());
+    let (a1, a2, b1) = (
+        outbox_event(&account, a, 1),
+        outbox_event(&account, a, 2),
+        outbox_event(&account, b, 1),
+    );
+    store
+        .outbox_append(&[a1.clone(), a2.clone(), b1.clone()])
+        .await
+        .expect("append");
+    let due = due_of(&store, &account, 2_000).await;
+    let heads: Vec<&NewOutboxEvent> = due.iter().map(|e| &e.event).collect();
+    assert_eq!(heads, vec![&a1, &b1], "heads only, in order");
+    assert!(due.iter().all(|e| e.attempts == 0 && e.secret == "whsec_k"));
+    assert!(
+        due_of(&store, &account, 500).await.is_empty(),
+        "not due yet"
+    );
+
+    let head_a = due[0].clone();
+    store
+        .outbox_attempted(
+            &head_a,
+            &attempt(&head_a, Some(500), 2_000),
+            AttemptOutcome::RetryAt(5_000),
+        )
+        .await
+        .expect("attempted");
+    let due = due_of(&store, &account, 3_000).await;
+    assert_eq!(due.len(), 1, "a's queue waits behind its head");
+    assert_eq!(due[0].event, b1);
+    let due = due_of(&store, &account, 5_000).await;
+    let retried = due.iter().find(|e| e.event == a1).expect("a1 due again");
+    assert_eq!(retried.attempts, 1);
+    let retried = retried.clone();
+    store
+        .outbox_attempted(
+            &retried,
+            &attempt(&retried, Some(204), 5_000),
+            AttemptOutcome::Delivered,
+        )
+        .await
+        .expect("attempted");
+    let head_b = due.iter().find(|e| e.event == b1).expect("b1").clone();
+    store
+        .outbox_attempted(
+            &head_b,
+            &attempt(&head_b, None, 5_000),
+            AttemptOutcome::GaveUp,
+        )
+        .await
+        .expect("attempted");
+    let due = due_of(&store, &account, 6_000).await;
+    let heads: Vec<&NewOutboxEvent> = due.iter().map(|e| &e.event).collect();
+    assert_eq!(heads, vec![&a2], "a1 delivered, b1 given up");
+
+    let log = store.delivery_log(&account, a, 10).await.expect("log");
+    assert_eq!(
+        log.iter()
+            .map(|l| (l.attempt, l.status))
+            .collect::<Vec<_>>(),
+        vec![(2, Some(204)), (1, Some(500))]
+    );
+    let log = store.delivery_log(&account, b, 10).await.expect("log");
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].error.as_deref(), Some("timed out"));
+    assert!(store.outbox_pending().await.expect("pending") >= 1);
+}
+
+/// Sessions are listed by age for the cleanup.
+pub async fn sessions_by_age(store: TestStore) {
+    let account = new_account(&store).await;
+    let session = new_session(&store, &account).await;
+    let mine = |list: Vec<(AccountId, SessionId)>| {
+        list.into_iter()
+            .filter(|(a, _)| *a == account)
+            .map(|(_, s)| s)
+            .collect::<Vec<_>>()
+    };
+    let later = super::epoch_ms() + 60_000;
+    assert_eq!(
+        mine(
+            store
+                .sessions_created_before(later, 100_000)
+                .await
+                .expect("old")
+        ),
+        vec![session]
+    );
+    assert!(mine(
+        store
+            .sessions_created_before(0, 100_000)
+            .await
+            .expect("old")
+    )
+    .is_empty());
 }

@@ -1,7 +1,9 @@
 //! Persistence: the [`Store`] trait and its adapters.
 //!
 //! The store owns durable state: accounts and their API credentials, the device-token secret,
-//! sessions, participants, membership and subscription rules. Each trait method is one atomic
+//! sessions, participants, membership and subscription rules, and the webhook outbox (each
+//! account's signing secret and event filter, events waiting for delivery, the log of delivery
+//! attempts; `webhooks.rs`). Each trait method is one atomic
 //! unit: it commits entirely or not at all, and a method that returned `Ok` has committed, so
 //! everything the API acknowledged survives `kill -9` and a restart.
 //!
@@ -27,16 +29,19 @@
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod sql;
+mod webhooks;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 
 use crate::domain::{
-    AccountId, Participant, ParticipantId, Session, SessionId, Subscriptions, MAX_SESSION_MEMBERS,
+    AccountId, CallbackUrl, Participant, ParticipantId, Session, SessionId, Subscriptions, Tag,
+    MAX_SESSION_MEMBERS,
 };
 
 pub use sql::{Dialect, SqlStore};
+pub use webhooks::epoch_ms;
 
 /// What can go wrong in the store. Variants other than `Backend` and `Corrupt` are answers
 /// about the data that the API turns into 4xx responses.
@@ -128,7 +133,7 @@ pub struct AccountCredentials {
 
 /// Durable state. See the module docs for the atomicity and locking contract.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: WebhookStore {
     /// Does the database answer for every table the server uses, within [`PROBE_TIMEOUT`]?
     async fn ping(&self) -> Result<(), StoreError>;
 
@@ -208,6 +213,137 @@ pub trait Store: Send + Sync + 'static {
         session: SessionId,
         changes: &[(ParticipantId, Subscriptions)],
     ) -> Result<(), StoreError>;
+}
+
+/// Where a participant's webhooks go, and what they say about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookTarget {
+    /// The participant's account (whose secret signs the deliveries).
+    pub account: AccountId,
+    /// Its `callbackUrl`; no webhooks without one.
+    pub callback_url: Option<CallbackUrl>,
+    /// Its tag, repeated in Bandwidth's bodies.
+    pub tag: Option<Tag>,
+}
+
+/// An account's webhook settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountWebhooks {
+    /// The Standard Webhooks signing secret, `whsec_<base64>`.
+    pub secret: String,
+    /// Send only Bandwidth's three events (`onConnect`, `onLeave`, `onDisconnect`).
+    pub bandwidth_only: bool,
+}
+
+/// An event to put in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewOutboxEvent {
+    /// Its id (`webhook-id`), the same on every attempt.
+    pub id: String,
+    /// The participant's account.
+    pub account: AccountId,
+    /// The participant it is about (events of one participant are delivered in order).
+    pub participant: ParticipantId,
+    /// Where it is posted.
+    pub url: String,
+    /// Its type (`onConnect`, …).
+    pub event: String,
+    /// The JSON body, exactly as posted.
+    pub body: String,
+    /// When it happened (epoch milliseconds); retries stop a bounded time after it.
+    pub created_at_ms: i64,
+}
+
+/// An event waiting in the outbox, at the head of its participant's queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEvent {
+    /// Its position in the outbox (order of emission).
+    pub seq: i64,
+    /// What was stored.
+    pub event: NewOutboxEvent,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// The account's signing secret.
+    pub secret: String,
+}
+
+/// What became of one delivery attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// Acknowledged with a 2xx: the event leaves the queue.
+    Delivered,
+    /// Not acknowledged: try again at this time (epoch milliseconds).
+    RetryAt(i64),
+    /// Not acknowledged and out of time: the event leaves the queue undelivered.
+    GaveUp,
+}
+
+/// One delivery attempt, as the delivery log shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryAttempt {
+    /// The event's id (`webhook-id`).
+    pub event_id: String,
+    /// The event's type.
+    pub event: String,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    /// The HTTP status, when the receiver answered.
+    pub status: Option<u16>,
+    /// What went wrong, when it did.
+    pub error: Option<String>,
+    /// When the attempt ended (epoch milliseconds).
+    pub at_ms: i64,
+}
+
+/// Durable webhook state: account settings, the outbox and its delivery log, and the session
+/// ages the cleanup reads. See the module docs for the atomicity contract.
+#[async_trait]
+pub trait WebhookStore: Send + Sync + 'static {
+    /// The participant's account, `callbackUrl` and tag, if the participant exists.
+    async fn webhook_target(
+        &self,
+        participant: ParticipantId,
+    ) -> Result<Option<WebhookTarget>, StoreError>;
+    /// The account's webhook settings; `candidate` becomes its secret if it has none yet
+    /// (first writer wins). `AccountNotFound` if there is no such account.
+    async fn account_webhooks(
+        &self,
+        account: &AccountId,
+        candidate: &str,
+    ) -> Result<AccountWebhooks, StoreError>;
+    /// Sets whether the account receives only Bandwidth's three events.
+    async fn set_webhook_bandwidth_only(
+        &self,
+        account: &AccountId,
+        bandwidth_only: bool,
+    ) -> Result<(), StoreError>;
+    /// Appends events to the outbox, in this order, all or none; each is due at once.
+    async fn outbox_append(&self, events: &[NewOutboxEvent]) -> Result<(), StoreError>;
+    /// At most `limit` events that are due at `now_ms` and first in their participant's queue,
+    /// earliest due first.
+    async fn outbox_due(&self, now_ms: i64, limit: u32) -> Result<Vec<OutboxEvent>, StoreError>;
+    /// How many events are still waiting for delivery.
+    async fn outbox_pending(&self) -> Result<u64, StoreError>;
+    /// Records attempt number `attempt` of `event` (its status or error) and its outcome, at once.
+    async fn outbox_attempted(
+        &self,
+        event: &OutboxEvent,
+        attempt: &DeliveryAttempt,
+        outcome: AttemptOutcome,
+    ) -> Result<(), StoreError>;
+    /// The participant's last `limit` delivery attempts, newest first.
+    async fn delivery_log(
+        &self,
+        account: &AccountId,
+        participant: ParticipantId,
+        limit: u32,
+    ) -> Result<Vec<DeliveryAttempt>, StoreError>;
+    /// At most `limit` sessions created before `cutoff_ms` (epoch milliseconds), oldest first.
+    async fn sessions_created_before(
+        &self,
+        cutoff_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<(AccountId, SessionId)>, StoreError>;
 }
 
 /// Opens the store a database URL names and brings its schema up to date, with the default

@@ -55,20 +55,20 @@ impl Dialect {
 #[derive(Debug, Clone)]
 pub struct SqlStore {
     dialect: Dialect,
-    read: AnyPool,
-    write: AnyPool,
+    pub(super) read: AnyPool,
+    pub(super) write: AnyPool,
 }
 
 // The store stamps rows with the wall-clock time of the write.
 #[allow(clippy::disallowed_methods)]
-fn now_ms() -> i64 {
+pub(super) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
 
-fn corrupt(what: impl std::fmt::Display) -> StoreError {
+pub(super) fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(what.to_string())
 }
 
@@ -326,7 +326,7 @@ fn is_unavailable_sqlstate(code: &str) -> bool {
         )
 }
 
-fn parse_id<T: std::str::FromStr>(row: &AnyRow, col: &str) -> Result<T, StoreError>
+pub(super) fn parse_id<T: std::str::FromStr>(row: &AnyRow, col: &str) -> Result<T, StoreError>
 where
     T::Err: std::fmt::Display,
 {

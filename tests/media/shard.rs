@@ -686,4 +686,14 @@ fn a_device_that_answers_no_subscribe_offer_is_reset() {
     );
     // Bob is untouched.
     assert!(net.shards[0].has_device(net.clients[b].device));
+    // The same SDK instance reconnects: its new device numbers its offers above the old ones
+    // (the SDK ignores a revision it has seen).
+    let (again, fresh) = net.connect_again(a, "a-1");
+    assert_ne!(fresh, device);
+    let last = revisions.last().copied().unwrap_or(0);
+    let next = net.offer_revisions(again);
+    assert!(
+        next.first().is_some_and(|&r| r > last),
+        "offers after the reset {next:?}, before {revisions:?}"
+    );
 }

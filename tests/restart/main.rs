@@ -70,7 +70,7 @@ fn account_create(db: &str, id: &str) -> (String, String) {
         .keys()
         .map(String::as_str)
         .collect();
-    assert_eq!(keys, ["accountId", "password", "username"]);
+    assert_eq!(keys, ["accountId", "password", "username", "webhookSecret"]);
     assert_eq!(v["accountId"], id);
     (
         v["username"].as_str().expect("username").to_owned(),

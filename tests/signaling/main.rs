@@ -24,17 +24,23 @@ struct Server {
 }
 
 async fn server() -> Server {
-    let app = spawn_app(&sqlite_url()).await;
-    let account = AccountId::parse("sig").expect("id");
-    app.control
-        .create_account(account.clone())
-        .await
-        .expect("account");
-    Server {
-        base: format!("ws://{}", app.http),
-        control: app.control.clone(),
-        account,
-        _app: app,
+    Server::around(spawn_app(&sqlite_url()).await).await
+}
+
+impl Server {
+    /// The test's account on a running app.
+    async fn around(app: RunningApp) -> Server {
+        let account = AccountId::parse("sig").expect("id");
+        app.control
+            .create_account(account.clone())
+            .await
+            .expect("account");
+        Server {
+            base: format!("ws://{}", app.http),
+            control: app.control.clone(),
+            account,
+            _app: app,
+        }
     }
 }
 
@@ -265,3 +271,43 @@ async fn deleting_the_participant_closes_its_device() {
         .expect("delete");
     assert!(expect_close_1000(&mut ws).await.contains("deleted"));
 }
+
+/// Issue 10 item 3: leaving a session is not leaving the call: the device's WebSocket stays,
+/// and the participant may be added to another session (only deleting it closes).
+#[tokio::test]
+async fn leaving_a_session_keeps_the_device_connected() {
+    let s = server().await;
+    let (p, token) = s
+        .control
+        .create_participant(&s.account, NewParticipant::default())
+        .await
+        .expect("p");
+    let first = s.control.create_session(&s.account, None).await.expect("s");
+    let second = s.control.create_session(&s.account, None).await.expect("s");
+    s.control
+        .add_member(&s.account, first.id, p.id, None)
+        .await
+        .expect("member");
+    let mut ws = s.connect("/v3/", &token).await;
+    let r = call(&mut ws, r#"{"jsonrpc":"2.0","method":"ping","id":1}"#).await;
+    assert_eq!(r["id"], json!(1));
+    s.control
+        .remove_member(&s.account, first.id, p.id)
+        .await
+        .expect("remove");
+    let r = call(&mut ws, r#"{"jsonrpc":"2.0","method":"ping","id":2}"#).await;
+    assert_eq!(r["id"], json!(2), "still connected in no session");
+    s.control
+        .add_member(&s.account, second.id, p.id, None)
+        .await
+        .expect("member again");
+    let r = call(&mut ws, r#"{"jsonrpc":"2.0","method":"ping","id":3}"#).await;
+    assert_eq!(r["id"], json!(3), "still connected in another session");
+    s.control
+        .delete_participant(&s.account, p.id)
+        .await
+        .expect("delete");
+    assert!(expect_close_1000(&mut ws).await.contains("deleted"));
+}
+
+mod close_frames;

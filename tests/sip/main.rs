@@ -11,12 +11,13 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use patchbay::config::ServeConfig;
 use patchbay::control::{Control, ControlEvent, LifecycleEvent, NewParticipant};
 use patchbay::domain::{
     AccountId, MediaKinds, ParticipantId, ParticipantSubscription, SessionId, Subscriptions,
 };
 use patchbay_sip::tone::goertzel_power;
-use patchbay_testkit::app::{spawn_app, RunningApp};
+use patchbay_testkit::app::{spawn_app, spawn_app_with, RunningApp};
 use patchbay_testkit::db::sqlite_url;
 use patchbay_testkit::phone_ua::{self, dial, Dial, Phone};
 use patchbay_testkit::wait::{self, eventually, DEADLINE};
@@ -27,14 +28,34 @@ struct Server {
     account: AccountId,
     sip: SocketAddr,
     app: RunningApp,
+    /// Held for the whole test: see [`SERIAL`].
+    _serial: tokio::sync::OwnedMutexGuard<()>,
 }
+
+/// The phone tests play and measure real-time audio (20 ms frames, G.711 and Opus in a debug
+/// build): run in parallel on a 2-core machine they starve each other's mixers and the tones
+/// they measure. Each test holds this for its whole run, so they take turns.
+static SERIAL: std::sync::LazyLock<std::sync::Arc<tokio::sync::Mutex<()>>> =
+    std::sync::LazyLock::new(Default::default);
 
 async fn server() -> Server {
     server_for("sip").await
 }
 
 async fn server_for(account: &str) -> Server {
-    let app = spawn_app(&sqlite_url()).await;
+    with_app(spawn_app(&sqlite_url()).await, account).await
+}
+
+/// A server with a hold tone and an RTP timeout of its own.
+async fn server_with(hold_tone: u32, rtp_timeout_s: u64) -> Server {
+    let mut config = ServeConfig::for_database(&sqlite_url());
+    config.phone_hold_tone = hold_tone;
+    config.phone_rtp_timeout = rtp_timeout_s;
+    with_app(spawn_app_with(&config).await, "sip").await
+}
+
+async fn with_app(app: RunningApp, account: &str) -> Server {
+    let serial = SERIAL.clone().lock_owned().await;
     let account = AccountId::parse(account).expect("id");
     app.control
         .create_account(account.clone())
@@ -45,6 +66,7 @@ async fn server_for(account: &str) -> Server {
         account,
         sip: app.sip,
         app,
+        _serial: serial,
     }
 }
 
@@ -311,7 +333,7 @@ async fn whisper_the_caller_never_hears_the_supervisor() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bye_leaves_media_and_removal_by_rest_hangs_up() {
+async fn bye_leaves_media_and_only_deleting_the_participant_hangs_up() {
     let s = server().await;
     let session = s.session().await;
     let (a, ta) = s.participant().await;
@@ -338,19 +360,16 @@ async fn bye_leaves_media_and_removal_by_rest_hangs_up() {
     assert_eq!(p.session, Some(session));
     // It may dial again (not "already connected").
     let pa = dial_ok(s.sip, &ta).await;
-    // Removing the other phone's participant from the session by REST hangs it up.
+    // Removing the other phone's participant from the session by REST keeps its call up
+    // (reference §4.1): it goes on receiving RTP, and gets no BYE.
     let pb = dial_ok(s.sip, &tb).await;
     s.control
         .remove_member(&s.account, session, b)
         .await
         .expect("remove");
-    eventually(
-        "removing the participant from its session sends BYE",
-        DEADLINE,
-        || async { pb.bye_received() },
-    )
-    .await;
-    // Deleting a participant hangs up too.
+    listen(&pb, 1500).await;
+    assert!(!pb.bye_received(), "leaving the session does not hang up");
+    // Deleting a participant hangs up.
     s.control
         .delete_participant(&s.account, a)
         .await
@@ -359,6 +378,121 @@ async fn bye_leaves_media_and_removal_by_rest_hangs_up() {
         pa.bye_received()
     })
     .await;
+    s.control
+        .delete_participant(&s.account, b)
+        .await
+        .expect("delete");
+    eventually(
+        "deleting the participant in no session sends BYE",
+        DEADLINE,
+        || async { pb.bye_received() },
+    )
+    .await;
+}
+
+/// Issue 10 item 3: a caller moves from a queue session to an agent's session on the same call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_moves_to_another_session_on_the_same_call() {
+    let s = server_with(425, 30).await;
+    let queue = s.session().await;
+    let desk = s.session().await;
+    let (caller, tc) = s.participant().await;
+    let (waiting, tw) = s.participant().await;
+    let (agent, ta) = s.participant().await;
+    s.join(queue, caller, whole(queue)).await;
+    s.join(queue, waiting, whole(queue)).await;
+    s.join(desk, agent, whole(desk)).await;
+    let pc = dial_ok(s.sip, &tc).await;
+    let pw = dial_ok(s.sip, &tw).await;
+    let pa = dial_ok(s.sip, &ta).await;
+    pc.play_tone(1000.0);
+    pw.play_tone(440.0);
+    pa.play_tone(1700.0);
+    hear(&pw, 600).await;
+    assert!(
+        power_at(&listen(&pw, 800).await, 1000.0) > 0.2,
+        "the queue hears the caller"
+    );
+
+    // Out of the queue: the call stays up and hears the hold tone.
+    s.control
+        .remove_member(&s.account, queue, caller)
+        .await
+        .expect("remove");
+    listen(&pc, 400).await;
+    let held = listen(&pc, 800).await;
+    assert!(
+        power_at(&held, 425.0) > 0.2,
+        "the hold tone in no session: {}",
+        power_at(&held, 425.0)
+    );
+    assert!(power_at(&held, 440.0) < 0.01, "nothing of the queue");
+
+    // Into the agent's session by REST: no BYE, no new INVITE, the same call.
+    s.join(desk, caller, whole(desk)).await;
+    listen(&pc, 500).await;
+    pa.clear_heard();
+    pw.clear_heard();
+    let heard_caller = listen(&pc, 1000).await;
+    let heard_agent = pa.heard();
+    let heard_queue = pw.heard();
+    assert!(
+        power_at(&heard_caller, 1700.0) > 0.2,
+        "the caller hears the agent: {}",
+        power_at(&heard_caller, 1700.0)
+    );
+    assert!(
+        power_at(&heard_caller, 425.0) < 0.01,
+        "no hold tone any more"
+    );
+    assert!(
+        power_at(&heard_agent, 1000.0) > 0.2,
+        "the agent hears the caller: {}",
+        power_at(&heard_agent, 1000.0)
+    );
+    assert!(
+        power_at(&heard_queue, 1000.0) < 0.01,
+        "the queue no longer hears the caller: {}",
+        power_at(&heard_queue, 1000.0)
+    );
+    assert!(!pc.bye_received(), "the caller's call was never hung up");
+}
+
+/// Issue 10 item 4: a leg that stops sending RTP without BYE is hung up after the timeout;
+/// a call the phone holds (inactive) is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_phone_is_hung_up_and_may_dial_again() {
+    let s = server_with(0, 1).await;
+    let session = s.session().await;
+    let (a, ta) = s.participant().await;
+    let (b, tb) = s.participant().await;
+    s.join(session, a, whole(session)).await;
+    s.join(session, b, whole(session)).await;
+    let mut events = s.control.watch();
+    let pa = dial_ok(s.sip, &ta).await;
+    let pb = dial_ok(s.sip, &tb).await;
+    pa.play_tone(1000.0);
+    pb.play_tone(440.0);
+    hear(&pa, 300).await;
+    // b puts the call on hold (inactive) and goes quiet first; a goes quiet after it.
+    let (code, _) = pb.reinvite("inactive").await;
+    assert_eq!(code, 200);
+    pb.stop_sending();
+    listen(&pa, 200).await;
+    pa.stop_sending();
+    disconnected(&mut events, a).await;
+    eventually("the dead leg gets BYE", DEADLINE, || async {
+        pa.bye_received()
+    })
+    .await;
+    assert!(
+        !pb.bye_received(),
+        "a held call quiet for longer than a dead one is not dead"
+    );
+    // The same token dials again and is answered (its device is gone, no 486).
+    let again = dial_ok(s.sip, &ta).await;
+    again.play_tone(1000.0);
+    hear(&again, 200).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -386,8 +520,14 @@ async fn phone_dtmf_becomes_a_control_event() {
             .await
             .expect("DTMF events within 5 s")
             .expect("control events");
-        if let ControlEvent::Lifecycle(LifecycleEvent::PhoneDtmf { participant, digit }) = event {
+        if let ControlEvent::Lifecycle(LifecycleEvent::PhoneDtmf {
+            participant,
+            digit,
+            duration_ms,
+        }) = event
+        {
             assert_eq!(participant, a);
+            assert_eq!(duration_ms, 100, "the test phone holds each key 100 ms");
             digits.push(digit);
         }
     }
@@ -461,4 +601,168 @@ async fn hold_and_resume_by_reinvite() {
     listen(&pa, 1500).await;
     let stray = pa.unexpected_responses().await;
     assert!(stray.is_empty(), "retransmitted after ACK: {stray:#?}");
+}
+
+/// A browser-like str0m publisher over real UDP: it publishes one audio track (Opus and
+/// telephone-event at 48 kHz, as Chromium offers) and presses `keys`, each held 100 ms the way
+/// Chromium sends it (updates every 20 ms, then the end packet three times, one timestamp),
+/// while Opus frames flow. Runs until `stop` is set.
+#[allow(clippy::disallowed_methods)] // the client's own clock and task
+fn browser_pressing(
+    ws_url: String,
+    keys: &'static [u8],
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    use futures_util::{SinkExt, StreamExt};
+    use patchbay_testkit::rtc;
+    use std::sync::atomic::Ordering;
+    use std::time::Instant;
+    use str0m::change::SdpAnswer;
+    use str0m::format::Codec;
+    use str0m::media::{Direction, Frequency, MediaKind, MediaTime};
+    use str0m::{Candidate, Event, Input, Output};
+    use tokio_tungstenite::tungstenite::Message;
+
+    tokio::spawn(async move {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let local = socket.local_addr().expect("local address");
+        let mut rtc = rtc::browser_rtc(Instant::now());
+        rtc.add_local_candidate(Candidate::host(local, "udp").expect("candidate"));
+        let mut api = rtc.sdp_api();
+        let mid = api.add_media(
+            MediaKind::Audio,
+            Direction::SendOnly,
+            Some("stream-b".into()),
+            None,
+            None,
+        );
+        let (offer, pending) = api.apply().expect("an offer");
+        let (mut ws, _) = tokio_tungstenite::connect_async(ws_url)
+            .await
+            .expect("upgrade");
+        let request = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "offerSdp",
+            "params": {"sdpOffer": offer.to_sdp_string(),
+                "mediaMetadata": {"mediaStreams": {"stream-b": {"alias": "mic"}}}}});
+        ws.send(Message::Text(request.to_string().into()))
+            .await
+            .expect("send");
+        let answer = loop {
+            let Some(Ok(Message::Text(t))) = ws.next().await else {
+                continue;
+            };
+            let v: serde_json::Value = serde_json::from_str(t.as_str()).expect("JSON");
+            if v["id"] == serde_json::json!(1) {
+                break v["result"]["sdpAnswer"]
+                    .as_str()
+                    .expect("answer")
+                    .to_owned();
+            }
+        };
+        let answer = SdpAnswer::from_sdp_string(&answer).expect("a parsable answer");
+        rtc.sdp_api()
+            .accept_answer(pending, answer)
+            .expect("the answer fits");
+
+        let mut buf = vec![0u8; 2048];
+        let mut connected = false;
+        let mut frame = 0u64;
+        let start = Instant::now();
+        let mut next_frame = start;
+        // (key index, packet index within its press).
+        let mut press = (0usize, 0u64);
+        while !stop.load(Ordering::SeqCst) {
+            let timeout = loop {
+                match rtc.poll_output().expect("poll") {
+                    Output::Transmit(t) => {
+                        let _ = socket.send_to(&t.contents, t.destination).await;
+                    }
+                    Output::Event(Event::Connected) => connected = true,
+                    Output::Event(_) => {}
+                    Output::Timeout(t) => break t,
+                }
+            };
+            let wake = if connected {
+                timeout.min(next_frame)
+            } else {
+                timeout
+            };
+            let wait = wake.saturating_duration_since(Instant::now());
+            if let Ok(Ok((n, from))) = tokio::time::timeout(wait, socket.recv_from(&mut buf)).await
+            {
+                let _ = rtc::receive(&mut rtc, from, local, &buf[..n], Instant::now());
+                continue;
+            }
+            let now = Instant::now();
+            let _ = rtc.handle_input(Input::Timeout(now));
+            if !connected || now < next_frame {
+                continue;
+            }
+            next_frame += Duration::from_millis(20);
+            frame += 1;
+            let time = MediaTime::new(frame * 960, Frequency::FORTY_EIGHT_KHZ);
+            // Opus silence; after 1 s of it, the keys, one every 400 ms.
+            rtc::write_frame(
+                &mut rtc,
+                mid,
+                Codec::Opus,
+                time,
+                vec![0xF8, 0xFF, 0xFE],
+                now,
+            );
+            let (key, i) = press;
+            if frame < 50 || key >= keys.len() {
+                continue;
+            }
+            if i < 20 {
+                // Packets 0–3 update, 4–6 are the end packet three times; then a pause.
+                if i < 7 {
+                    let duration = (960 * (i.min(4) + 1)) as u16;
+                    let end = if i >= 4 { 0x80 } else { 0 };
+                    let event_time =
+                        MediaTime::new((50 + key as u64 * 20) * 960, Frequency::FORTY_EIGHT_KHZ);
+                    let mut payload = vec![keys[key], end | 10];
+                    payload.extend_from_slice(&duration.to_be_bytes());
+                    rtc::write_frame(&mut rtc, mid, Codec::Tele, event_time, payload, now);
+                }
+                press = (key, i + 1);
+            } else {
+                press = (key + 1, 0);
+            }
+        }
+    })
+}
+
+/// Issue 10 item 6: a key pressed in the browser reaches the phone once (not once per end
+/// packet), for as long as it was held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_keys_reach_the_phone_once_each() {
+    let s = server().await;
+    let session = s.session().await;
+    let (browser, tb) = s.participant().await;
+    let (phone, tp) = s.participant().await;
+    s.join(session, browser, whole(session)).await;
+    s.join(session, phone, whole(session)).await;
+    let pp = dial_ok(s.sip, &tp).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let url = format!(
+        "ws://{}/v3/?token={tb}&client=browser&sdkVersion=0.12.0-beta.1&uniqueId=b1",
+        s.app.http
+    );
+    // Events 1, 2, 3 (keys '1', '2', '3').
+    let task = browser_pressing(url, &[1, 2, 3], stop.clone());
+    eventually("three keys reach the phone", DEADLINE, || async {
+        pp.digits_heard().len() >= 3
+    })
+    .await;
+    // The end packets still in flight would show up as repeats within this time.
+    listen(&pp, 600).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = task.await;
+    assert_eq!(
+        pp.digits_heard(),
+        vec![('1', 800), ('2', 800), ('3', 800)],
+        "each key once, 100 ms (800 samples at 8 kHz) each"
+    );
 }

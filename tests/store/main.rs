@@ -60,6 +60,9 @@ both!(
     subscriptions,
     batch_subscriptions_are_atomic,
     deleting_a_publisher_prunes_subscriptions,
+    webhook_settings,
+    webhook_outbox,
+    sessions_by_age,
 );
 
 /// State written through one handle is there for a new process-like handle on the same file.

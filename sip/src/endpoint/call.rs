@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::reply::Reply;
+use super::timer::SessionTimer;
 use super::CallId;
 use crate::message::{self, MessageWriter};
 use crate::transaction::{Timers, TransactionKey};
@@ -85,6 +86,8 @@ pub(super) struct PendingReoffer {
     pub(super) key: TransactionKey,
     pub(super) reply: Reply,
     pub(super) cseq: u32,
+    /// The session timer its 2xx keeps (seconds), if it asked for one.
+    pub(super) session_expires: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -114,6 +117,10 @@ pub(super) struct Call {
     pub(super) reoffer: Option<PendingReoffer>,
     pub(super) hangup_requested: bool,
     pub(super) local_sdp: Option<String>,
+    /// The session timer the INVITE asked for (seconds), started by `accept`.
+    pub(super) session_expires: Option<u32>,
+    /// The running session timer (RFC 4028).
+    pub(super) session_timer: Option<SessionTimer>,
 }
 
 impl Call {

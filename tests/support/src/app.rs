@@ -26,9 +26,12 @@ pub struct RunningApp {
 
 /// Builds the app on `database_url` with every listener on 127.0.0.1 port 0 and runs it.
 pub async fn spawn_app(database_url: &str) -> RunningApp {
-    let app = App::build(&ServeConfig::for_database(database_url))
-        .await
-        .expect("build app");
+    spawn_app_with(&ServeConfig::for_database(database_url)).await
+}
+
+/// Builds the app with `config` (start from [`ServeConfig::for_database`]) and runs it.
+pub async fn spawn_app_with(config: &ServeConfig) -> RunningApp {
+    let app = App::build(config).await.expect("build app");
     let (http, sip, media) = (
         app.http_addr(),
         app.sip_addr(),

@@ -11,7 +11,7 @@ use patchbay::domain::StreamAlias;
 use patchbay::domain::{MediaKinds, ParticipantId};
 use patchbay::media::{DeclaredStreams, DeviceId, PublishAnswer, SubscribeOffer};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
-use str0m::format::{Codec, FormatParams};
+use str0m::format::Codec;
 use str0m::media::{Direction, Frequency, KeyframeRequestKind, MediaKind, MediaTime, Mid};
 use str0m::{Candidate, Event, Input, Rtc};
 
@@ -151,16 +151,7 @@ impl Client {
         let pub_addr: SocketAddr = format!("10.0.{idx}.1:5000").parse().unwrap();
         let sub_addr: SocketAddr = format!("10.0.{idx}.2:5002").parse().unwrap();
         // Like a browser: Opus with telephone-event (RFC 4733) for DTMF.
-        let mut builder = Rtc::builder();
-        builder.codec_config().add_config(
-            110.into(),
-            None,
-            Codec::Tele,
-            Frequency::FORTY_EIGHT_KHZ,
-            None,
-            FormatParams::parse_line("0-16"),
-        );
-        let mut publish = builder.build(now);
+        let mut publish = rtc::browser_rtc(now);
         publish.add_local_candidate(Candidate::host(pub_addr, "udp").unwrap());
         let mut subscribe = Rtc::builder().build(now);
         subscribe.add_local_candidate(Candidate::host(sub_addr, "udp").unwrap());

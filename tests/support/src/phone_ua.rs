@@ -1,7 +1,8 @@
 //! A minimal phone for tests and examples: a SIP user agent client over UDP that dials
 //! patchbay with a participant token in `User-To-User` (the form Bandwidth's transfer helper
 //! sends), answers the server's BYE, sends a G.711 µ-law tone as RTP and keeps what it hears,
-//! decoded. Used by `tests/sip` and `examples/phone.rs`.
+//! decoded, and the RFC 4733 keys it receives (once per event, as a phone counts them). It can
+//! press keys, re-INVITE (hold, resume) and go silent without hanging up (a dead leg). Used by `tests/sip` and `examples/phone.rs`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -59,6 +60,9 @@ pub struct Phone {
     /// Where the server wants RTP.
     pub remote_rtp: SocketAddr,
     heard: Arc<Mutex<Vec<i16>>>,
+    /// RFC 4733 digits received: one per event (its timestamp), at its first end packet,
+    /// with the duration that packet announced (8 kHz samples).
+    digits_heard: Arc<Mutex<Vec<(char, u16)>>>,
     bye_received: Arc<AtomicBool>,
     /// Responses to our in-dialog requests (re-INVITE, BYE), as received.
     responses: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<String>>,
@@ -206,14 +210,29 @@ pub async fn dial(server: SocketAddr, how: &Dial) -> Result<Phone, Refused> {
     let remote_rtp: SocketAddr = format!("{ip}:{port}").parse().expect("RTP address");
 
     let heard = Arc::new(Mutex::new(Vec::new()));
+    let digits_heard = Arc::new(Mutex::new(Vec::new()));
     let bye_received = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     {
-        let (rtp, heard) = (rtp.clone(), heard.clone());
+        let (rtp, heard, digits) = (rtp.clone(), heard.clone(), digits_heard.clone());
         tasks.push(tokio::spawn(async move {
             let mut buf = vec![0u8; 2048];
+            let mut last_event: Option<u32> = None;
             while let Ok((n, _)) = rtp.recv_from(&mut buf).await {
                 let p = &buf[..n];
+                // Telephone events (payload type 101 in the offer), as a phone counts them.
+                if n >= 16 && p[1] & 0x7f == 101 && p[13] & 0x80 != 0 {
+                    let timestamp = u32::from_be_bytes([p[4], p[5], p[6], p[7]]);
+                    let digit = "0123456789*#".chars().nth(usize::from(p[12]));
+                    if let (Some(digit), true) = (digit, last_event != Some(timestamp)) {
+                        last_event = Some(timestamp);
+                        let duration = u16::from_be_bytes([p[14], p[15]]);
+                        if let Ok(mut d) = digits.lock() {
+                            d.push((digit, duration));
+                        }
+                    }
+                    continue;
+                }
                 // PCMU only (what a tone-reading test offers first); RFC 4733 events ignored.
                 if n > 12 && p[1] & 0x7f == 0 {
                     let pcm: Vec<i16> = p[12..]
@@ -260,6 +279,7 @@ pub async fn dial(server: SocketAddr, how: &Dial) -> Result<Phone, Refused> {
         rtp,
         remote_rtp,
         heard,
+        digits_heard,
         bye_received,
         responses: tokio::sync::Mutex::new(responses),
         digits: Arc::default(),
@@ -282,10 +302,11 @@ impl Phone {
                 tick.tick().await;
                 let digit = digits.lock().ok().and_then(|mut d| d.pop_front());
                 if let Some(event) = digit.and_then(|d| "0123456789*#".find(d)) {
-                    // One event of 100 ms: 5 packets sharing the event's timestamp, the last
-                    // three marked "end" (RFC 4733 §2.5.1.4), then audio goes on.
-                    for i in 0..5u16 {
-                        let end = i >= 2;
+                    // One key held 100 ms: 4 updates, then the end packet (duration 800)
+                    // sent three times (RFC 4733 §2.5.1.4), all sharing the event's
+                    // timestamp, then audio goes on.
+                    for i in 0..7u16 {
+                        let end = i >= 4;
                         let duration = 160 * (i.min(4) + 1);
                         let mut packet = vec![0x80, 101 | if i == 0 { 0x80 } else { 0 }];
                         packet.extend_from_slice(&seq.to_be_bytes());
@@ -298,8 +319,8 @@ impl Phone {
                         seq = seq.wrapping_add(1);
                         tick.tick().await;
                     }
-                    ts = ts.wrapping_add(800);
-                    phase += 800;
+                    ts = ts.wrapping_add(1120);
+                    phase += 1120;
                     continue;
                 }
                 let pcm: Vec<i16> = (0..160)
@@ -331,6 +352,23 @@ impl Phone {
         if let Ok(mut d) = self.digits.lock() {
             d.push_back(digit);
         }
+    }
+
+    /// Stops sending RTP without hanging up (a phone gone dead).
+    pub fn stop_sending(&self) {
+        if let Ok(mut tone) = self.tone.lock() {
+            if let Some(t) = tone.take() {
+                t.abort();
+            }
+        }
+    }
+
+    /// The RFC 4733 digits received so far, each once, with its duration in 8 kHz samples.
+    pub fn digits_heard(&self) -> Vec<(char, u16)> {
+        self.digits_heard
+            .lock()
+            .map(|d| d.clone())
+            .unwrap_or_default()
     }
 
     /// Forgets what was heard so far.

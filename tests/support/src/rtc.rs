@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use str0m::channel::ChannelConfig;
-use str0m::format::Codec;
-use str0m::media::{MediaTime, Mid, Pt};
+use str0m::format::{Codec, FormatParams};
+use str0m::media::{Frequency, MediaTime, Mid, Pt};
 use str0m::net::{Protocol, Receive, Transmit};
 use str0m::{Event, Input, Output, Rtc, RtcError};
 
@@ -49,6 +49,21 @@ pub enum ReceiveError {
     Unparsable,
     /// The `Rtc` refused it.
     Input(RtcError),
+}
+
+/// An `Rtc` set up like a browser: str0m's codecs plus telephone-event (RFC 4733) at 48 kHz,
+/// as Chromium offers it next to Opus for DTMF.
+pub fn browser_rtc(now: Instant) -> Rtc {
+    let mut builder = Rtc::builder();
+    builder.codec_config().add_config(
+        110.into(),
+        None,
+        Codec::Tele,
+        Frequency::FORTY_EIGHT_KHZ,
+        None,
+        FormatParams::parse_line("0-16"),
+    );
+    builder.build(now)
 }
 
 /// Hands a UDP datagram from `from` to `to` to `rtc` (the caller drains it afterwards).

@@ -1,0 +1,227 @@
+//! Lifecycle events into the webhook outbox, account webhook settings, the delivery log, and
+//! the cleanup of old sessions.
+//!
+//! Every [`LifecycleEvent`] control records goes, in order, on one feed ([`WebhookFeed`]) that
+//! the runtime drains into [`Control::record_webhooks`]: that verb renders the webhooks of a
+//! participant with a `callbackUrl` and appends them to the outbox; only then do they count as
+//! emitted. Until the runtime takes the feed, nothing is recorded (unit tests, commands).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::{Control, ControlError, LifecycleEvent};
+use crate::domain::{AccountId, ParticipantId};
+use crate::events;
+use crate::store::{
+    AccountWebhooks, AttemptOutcome, DeliveryAttempt, NewOutboxEvent, OutboxEvent, WebhookTarget,
+};
+
+/// Lifecycle events in the order control recorded them, for [`Control::record_webhooks`].
+pub type WebhookFeed = mpsc::UnboundedReceiver<LifecycleEvent>;
+
+/// The sending end of the feed, once someone drains it.
+#[derive(Default)]
+pub(super) struct Recorder {
+    feed: Mutex<Option<mpsc::UnboundedSender<LifecycleEvent>>>,
+    /// Where a connected participant's webhooks go, remembered from its first event so that
+    /// the events after its deletion (its devices' disconnection) still reach its backend.
+    targets: Mutex<HashMap<ParticipantId, WebhookTarget>>,
+}
+
+impl Recorder {
+    pub(super) fn record(&self, event: &LifecycleEvent) {
+        let feed = self.feed.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(feed) = feed.as_ref() {
+            let _ = feed.send(event.clone());
+        }
+    }
+}
+
+fn participant_of(event: &LifecycleEvent) -> ParticipantId {
+    match event {
+        LifecycleEvent::Connected { participant, .. }
+        | LifecycleEvent::Disconnected { participant, .. }
+        | LifecycleEvent::StreamPublished { participant, .. }
+        | LifecycleEvent::StreamUnpublished { participant, .. }
+        | LifecycleEvent::CallAnswered { participant, .. }
+        | LifecycleEvent::CallEnded { participant, .. }
+        | LifecycleEvent::PhoneDtmf { participant, .. } => *participant,
+    }
+}
+
+impl Control {
+    /// Starts recording lifecycle events for webhooks: from now on every event goes, in order,
+    /// on the returned feed. A second call replaces the feed.
+    pub fn webhook_feed(&self) -> WebhookFeed {
+        let (tx, rx) = mpsc::unbounded_channel();
+        *self
+            .inner
+            .webhooks
+            .feed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        rx
+    }
+
+    /// Appends the webhooks `event` raises (if its participant has a `callbackUrl`) to the
+    /// outbox, stamped `at_ms` (epoch milliseconds). Returns how many were appended.
+    pub async fn record_webhooks(
+        &self,
+        event: &LifecycleEvent,
+        at_ms: i64,
+    ) -> Result<usize, ControlError> {
+        let participant = participant_of(event);
+        let Some(target) = self.webhook_target(participant, event).await? else {
+            return Ok(0);
+        };
+        let Some(url) = target.callback_url.as_ref() else {
+            return Ok(0);
+        };
+        let settings = self.account_webhooks(&target.account).await?;
+        let rows: Vec<NewOutboxEvent> = events::render(event, at_ms, target.tag.as_ref())
+            .into_iter()
+            .filter(|w| w.kind.is_bandwidth() || !settings.bandwidth_only)
+            .map(|w| NewOutboxEvent {
+                id: format!("msg_{}", uuid::Uuid::new_v4().simple()),
+                account: target.account.clone(),
+                participant: w.participant,
+                url: url.as_str().to_owned(),
+                event: w.kind.name().to_owned(),
+                body: w.body,
+                created_at_ms: at_ms,
+            })
+            .collect();
+        self.inner.store.outbox_append(&rows).await?;
+        Ok(rows.len())
+    }
+
+    /// The participant's webhook target: remembered while it has devices, else from the store.
+    async fn webhook_target(
+        &self,
+        participant: ParticipantId,
+        event: &LifecycleEvent,
+    ) -> Result<Option<WebhookTarget>, ControlError> {
+        let remembered = {
+            let targets = self
+                .inner
+                .webhooks
+                .targets
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            targets.get(&participant).cloned()
+        };
+        let target = match remembered {
+            Some(t) => Some(t),
+            None => self.inner.store.webhook_target(participant).await?,
+        };
+        let mut targets = self
+            .inner
+            .webhooks
+            .targets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match (event, &target) {
+            (LifecycleEvent::Connected { .. }, Some(t)) => {
+                targets.insert(participant, t.clone());
+            }
+            (LifecycleEvent::Disconnected { .. }, _) => {
+                targets.remove(&participant);
+            }
+            _ => {}
+        }
+        Ok(target)
+    }
+
+    /// The account's webhook settings (its signing secret is created if it has none).
+    pub async fn account_webhooks(
+        &self,
+        account: &AccountId,
+    ) -> Result<AccountWebhooks, ControlError> {
+        Ok(self
+            .inner
+            .store
+            .account_webhooks(account, &events::new_secret())
+            .await?)
+    }
+
+    /// Sets whether the account receives only Bandwidth's three events.
+    pub async fn set_webhook_bandwidth_only(
+        &self,
+        account: &AccountId,
+        bandwidth_only: bool,
+    ) -> Result<AccountWebhooks, ControlError> {
+        self.inner
+            .store
+            .set_webhook_bandwidth_only(account, bandwidth_only)
+            .await?;
+        self.account_webhooks(account).await
+    }
+
+    /// At most `limit` outbox events due at `now_ms`, each first in its participant's queue.
+    pub async fn outbox_due(
+        &self,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<OutboxEvent>, ControlError> {
+        Ok(self.inner.store.outbox_due(now_ms, limit).await?)
+    }
+
+    /// Records a delivery attempt of `event` and what becomes of the event.
+    pub async fn outbox_attempted(
+        &self,
+        event: &OutboxEvent,
+        attempt: &DeliveryAttempt,
+        outcome: AttemptOutcome,
+    ) -> Result<(), ControlError> {
+        Ok(self
+            .inner
+            .store
+            .outbox_attempted(event, attempt, outcome)
+            .await?)
+    }
+
+    /// The participant's last `limit` delivery attempts, newest first.
+    pub async fn delivery_log(
+        &self,
+        account: &AccountId,
+        participant: ParticipantId,
+        limit: u32,
+    ) -> Result<Vec<DeliveryAttempt>, ControlError> {
+        // The participant must exist in the account (a 404 otherwise).
+        self.participant(account, participant).await?;
+        Ok(self
+            .inner
+            .store
+            .delivery_log(account, participant, limit)
+            .await?)
+    }
+
+    /// Deletes the sessions created more than `max_age` before `now_ms` (epoch milliseconds),
+    /// as `DELETE` of each would: members leave (phones in them are hung up, browsers lose
+    /// their routes). Returns how many were deleted.
+    pub async fn expire_sessions(
+        &self,
+        max_age: Duration,
+        now_ms: i64,
+    ) -> Result<usize, ControlError> {
+        let cutoff = now_ms.saturating_sub(i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX));
+        let old = self
+            .inner
+            .store
+            .sessions_created_before(cutoff, 100)
+            .await?;
+        let mut deleted = 0;
+        for (account, session) in old {
+            match self.delete_session(&account, session).await {
+                Ok(()) => deleted += 1,
+                Err(ControlError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+            tracing::info!(%account, %session, "session expired");
+        }
+        Ok(deleted)
+    }
+}

@@ -1,0 +1,162 @@
+//! The webhook tasks: the recorder (control's lifecycle feed into the outbox, in order), the
+//! delivery worker (the outbox to the receivers, signed, retried) and the session cleanup
+//! timer. The worker reads the outbox in batches and keeps a bounded number of attempts in
+//! flight, so a slow or dead receiver costs it waiting time only, never the REST API's or the
+//! media plane's, and never unbounded memory; what it sends next and when it retries is
+//! decided by [`crate::events::Dispatcher`].
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+
+use crate::control::{Control, OutboxEvent, WebhookFeed};
+use crate::events::{sign, AttemptResult, Dispatcher, RetryPolicy};
+
+/// How often the worker looks for due events when nothing wakes it.
+const POLL: Duration = Duration::from_millis(200);
+/// How many due events one read of the outbox returns at most.
+const BATCH: u32 = 256;
+/// How often the cleanup looks for expired sessions.
+const CLEANUP_EVERY: Duration = Duration::from_secs(60);
+
+/// Webhook delivery settings.
+#[derive(Debug, Clone, Copy)]
+pub struct WebhookSettings {
+    /// Retry bounds and the per-attempt timeout.
+    pub policy: RetryPolicy,
+    /// Attempts in flight at once.
+    pub concurrency: usize,
+    /// Sessions older than this are removed.
+    pub session_max_age: Duration,
+}
+
+// The runtime owns the clock: outbox rows and attempts are stamped in wall-clock time.
+#[allow(clippy::disallowed_methods)]
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Starts the recorder, the delivery worker and the cleanup timer.
+#[allow(clippy::disallowed_methods)] // the runtime starts tasks
+pub fn spawn(control: Control, settings: WebhookSettings) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
+        .timeout(settings.policy.attempt_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("patchbay/", env!("CARGO_PKG_VERSION")))
+        .build()?;
+    let wake = Arc::new(Notify::new());
+    let feed = control.webhook_feed();
+    tokio::spawn(record(control.clone(), feed, wake.clone()));
+    tokio::spawn(deliver(control.clone(), client, settings, wake));
+    tokio::spawn(cleanup(control, settings.session_max_age));
+    Ok(())
+}
+
+/// Control's lifecycle events into the outbox, one at a time, in order. A database that
+/// cannot answer holds the feed back (it is retried) rather than dropping the event.
+async fn record(control: Control, mut feed: WebhookFeed, wake: Arc<Notify>) {
+    while let Some(event) = feed.recv().await {
+        let at = now_ms();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match control.record_webhooks(&event, at).await {
+                Ok(0) => break,
+                Ok(_) => {
+                    wake.notify_one();
+                    break;
+                }
+                Err(e @ crate::control::ControlError::Unavailable { .. }) => {
+                    tracing::warn!(error = %e, "cannot record a webhook now; retrying");
+                    #[allow(clippy::disallowed_methods)] // the runtime sleeps
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, ?event, "cannot record a webhook");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// The delivery worker: due heads of the outbox, at most one attempt per participant.
+async fn deliver(
+    control: Control,
+    client: reqwest::Client,
+    settings: WebhookSettings,
+    wake: Arc<Notify>,
+) {
+    let mut dispatcher = Dispatcher::new(settings.policy, settings.concurrency);
+    let mut attempts: JoinSet<(OutboxEvent, AttemptResult)> = JoinSet::new();
+    loop {
+        if dispatcher.has_room() {
+            match control.outbox_due(now_ms(), BATCH).await {
+                Ok(due) => {
+                    for event in dispatcher.start(due) {
+                        attempts.spawn(attempt(client.clone(), event));
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read the webhook outbox"),
+            }
+        }
+        tokio::select! {
+            Some(done) = attempts.join_next(), if !attempts.is_empty() => {
+                let Ok((event, result)) = done else { continue };
+                let (log, outcome) = dispatcher.finish(&event, result, now_ms());
+                tracing::debug!(id = %event.event.id, event = %event.event.event, attempt = log.attempt, status = ?log.status, error = ?log.error, ?outcome, "webhook attempt");
+                if let Err(e) = control.outbox_attempted(&event, &log, outcome).await {
+                    // The event stays due: it is sent again (at least once).
+                    tracing::warn!(error = %e, id = %event.event.id, "cannot record a webhook attempt");
+                }
+            }
+            _ = wake.notified() => {}
+            _ = tokio_sleep(POLL) => {}
+        }
+    }
+}
+
+#[allow(clippy::disallowed_methods)] // the runtime sleeps
+async fn tokio_sleep(d: Duration) {
+    tokio::time::sleep(d).await
+}
+
+/// One signed POST of `event`; its result.
+async fn attempt(client: reqwest::Client, event: OutboxEvent) -> (OutboxEvent, AttemptResult) {
+    let timestamp = now_ms() / 1000;
+    let e = &event.event;
+    let signature = sign(&event.secret, &e.id, timestamp, &e.body);
+    let sent = client
+        .post(&e.url)
+        .header("content-type", "application/json")
+        .header("webhook-id", &e.id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header("webhook-signature", signature)
+        .body(e.body.clone())
+        .send()
+        .await;
+    let result = match sent {
+        Ok(response) => AttemptResult::Status(response.status().as_u16()),
+        Err(err) if err.is_timeout() => AttemptResult::Failed("timed out".into()),
+        Err(err) if err.is_connect() => AttemptResult::Failed("cannot connect".into()),
+        Err(err) => AttemptResult::Failed(format!("failed: {err}")),
+    };
+    (event, result)
+}
+
+/// Removes expired sessions every [`CLEANUP_EVERY`].
+async fn cleanup(control: Control, max_age: Duration) {
+    loop {
+        match control.expire_sessions(max_age, now_ms()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(sessions = n, "expired sessions removed"),
+            Err(e) => tracing::warn!(error = %e, "cannot remove expired sessions"),
+        }
+        tokio_sleep(CLEANUP_EVERY).await;
+    }
+}

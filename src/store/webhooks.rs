@@ -1,0 +1,261 @@
+//! [`WebhookStore`] on [`SqlStore`]: account webhook settings, the outbox and the delivery log.
+//!
+//! The outbox is one table in emission order (`seq`); an event is "pending" until an attempt
+//! is acknowledged ("delivered") or its retries run out ("failed"). Only the head of each
+//! participant's pending queue is ever due, so a participant's events are delivered in order
+//! while other participants' queues move on.
+
+use async_trait::async_trait;
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use super::sql::{corrupt, now_ms, parse_id};
+use super::{
+    AccountWebhooks, AttemptOutcome, DeliveryAttempt, NewOutboxEvent, OutboxEvent, SqlStore,
+    StoreError, WebhookStore, WebhookTarget,
+};
+use crate::domain::{AccountId, CallbackUrl, ParticipantId, SessionId, Tag};
+
+fn outbox_event_from_row(row: &AnyRow) -> Result<OutboxEvent, StoreError> {
+    let account: String = row.try_get("account_id")?;
+    let attempts: i64 = row.try_get("attempts")?;
+    Ok(OutboxEvent {
+        seq: row.try_get("seq")?,
+        event: NewOutboxEvent {
+            id: row.try_get("id")?,
+            account: AccountId::parse(&account).map_err(corrupt)?,
+            participant: parse_id(row, "participant_id")?,
+            url: row.try_get("url")?,
+            event: row.try_get("event")?,
+            body: row.try_get("body")?,
+            created_at_ms: row.try_get("created_at")?,
+        },
+        attempts: u32::try_from(attempts).map_err(corrupt)?,
+        secret: row.try_get("secret")?,
+    })
+}
+
+fn attempt_from_row(row: &AnyRow) -> Result<DeliveryAttempt, StoreError> {
+    let attempt: i64 = row.try_get("attempt")?;
+    let status: Option<i64> = row.try_get("status")?;
+    Ok(DeliveryAttempt {
+        event_id: row.try_get("event_id")?,
+        event: row.try_get("event")?,
+        attempt: u32::try_from(attempt).map_err(corrupt)?,
+        status: status.map(u16::try_from).transpose().map_err(corrupt)?,
+        error: row.try_get("error")?,
+        at_ms: row.try_get("at")?,
+    })
+}
+
+#[async_trait]
+impl WebhookStore for SqlStore {
+    async fn webhook_target(
+        &self,
+        participant: ParticipantId,
+    ) -> Result<Option<WebhookTarget>, StoreError> {
+        let row =
+            sqlx::query("SELECT account_id, callback_url, tag FROM participants WHERE id = $1")
+                .bind(participant.to_string())
+                .fetch_optional(&self.read)
+                .await?;
+        row.map(|row| {
+            let account: String = row.try_get("account_id")?;
+            let callback: Option<String> = row.try_get("callback_url")?;
+            let tag: Option<String> = row.try_get("tag")?;
+            Ok(WebhookTarget {
+                account: AccountId::parse(&account).map_err(corrupt)?,
+                callback_url: callback
+                    .map(|c| CallbackUrl::parse(&c))
+                    .transpose()
+                    .map_err(corrupt)?,
+                tag: tag.map(|t| Tag::parse(&t)).transpose().map_err(corrupt)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn account_webhooks(
+        &self,
+        account: &AccountId,
+        candidate: &str,
+    ) -> Result<AccountWebhooks, StoreError> {
+        sqlx::query(
+            "UPDATE accounts SET webhook_secret = $1 WHERE id = $2 AND webhook_secret IS NULL",
+        )
+        .bind(candidate)
+        .bind(account.as_str())
+        .execute(&self.write)
+        .await?;
+        let row = sqlx::query(
+            "SELECT webhook_secret, webhook_bandwidth_only FROM accounts WHERE id = $1",
+        )
+        .bind(account.as_str())
+        .fetch_optional(&self.write)
+        .await?
+        .ok_or(StoreError::AccountNotFound)?;
+        let secret: Option<String> = row.try_get("webhook_secret")?;
+        let only: i64 = row.try_get("webhook_bandwidth_only")?;
+        Ok(AccountWebhooks {
+            secret: secret.ok_or_else(|| corrupt("account without a webhook secret"))?,
+            bandwidth_only: only != 0,
+        })
+    }
+
+    async fn set_webhook_bandwidth_only(
+        &self,
+        account: &AccountId,
+        bandwidth_only: bool,
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query("UPDATE accounts SET webhook_bandwidth_only = $1 WHERE id = $2")
+            .bind(i64::from(bandwidth_only))
+            .bind(account.as_str())
+            .execute(&self.write)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::AccountNotFound);
+        }
+        Ok(())
+    }
+
+    async fn outbox_append(&self, events: &[NewOutboxEvent]) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.write.begin().await?;
+        for e in events {
+            sqlx::query(
+                "INSERT INTO webhook_outbox (id, account_id, participant_id, url, event, body, \
+                 created_at, attempts, next_at, state) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $7, 'pending')",
+            )
+            .bind(e.id.as_str())
+            .bind(e.account.as_str())
+            .bind(e.participant.to_string())
+            .bind(e.url.as_str())
+            .bind(e.event.as_str())
+            .bind(e.body.as_str())
+            .bind(e.created_at_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn outbox_due(&self, now_ms: i64, limit: u32) -> Result<Vec<OutboxEvent>, StoreError> {
+        sqlx::query(
+            "SELECT o.seq, o.id, o.account_id, o.participant_id, o.url, o.event, o.body, \
+             o.created_at, o.attempts, COALESCE(a.webhook_secret, '') AS secret \
+             FROM webhook_outbox o JOIN accounts a ON a.id = o.account_id \
+             WHERE o.state = 'pending' AND o.next_at <= $1 AND o.seq = \
+             (SELECT MIN(h.seq) FROM webhook_outbox h \
+              WHERE h.state = 'pending' AND h.participant_id = o.participant_id) \
+             ORDER BY o.next_at, o.seq LIMIT $2",
+        )
+        .bind(now_ms)
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await?
+        .iter()
+        .map(outbox_event_from_row)
+        .collect()
+    }
+
+    async fn outbox_pending(&self) -> Result<u64, StoreError> {
+        let n: i64 =
+            sqlx::query("SELECT COUNT(*) AS n FROM webhook_outbox WHERE state = 'pending'")
+                .fetch_one(&self.read)
+                .await?
+                .try_get("n")?;
+        Ok(n.max(0) as u64)
+    }
+
+    async fn outbox_attempted(
+        &self,
+        event: &OutboxEvent,
+        attempt: &DeliveryAttempt,
+        outcome: AttemptOutcome,
+    ) -> Result<(), StoreError> {
+        let (state, next_at) = match outcome {
+            AttemptOutcome::Delivered => ("delivered", attempt.at_ms),
+            AttemptOutcome::RetryAt(at) => ("pending", at),
+            AttemptOutcome::GaveUp => ("failed", attempt.at_ms),
+        };
+        let mut tx = self.write.begin().await?;
+        sqlx::query(
+            "UPDATE webhook_outbox SET state = $1, next_at = $2, attempts = $3 WHERE id = $4",
+        )
+        .bind(state)
+        .bind(next_at)
+        .bind(i64::from(attempt.attempt))
+        .bind(event.event.id.as_str())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO webhook_attempts (event_id, account_id, participant_id, event, attempt, \
+             status, error, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(event.event.id.as_str())
+        .bind(event.event.account.as_str())
+        .bind(event.event.participant.to_string())
+        .bind(event.event.event.as_str())
+        .bind(i64::from(attempt.attempt))
+        .bind(attempt.status.map(i64::from))
+        .bind(attempt.error.clone())
+        .bind(attempt.at_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn delivery_log(
+        &self,
+        account: &AccountId,
+        participant: ParticipantId,
+        limit: u32,
+    ) -> Result<Vec<DeliveryAttempt>, StoreError> {
+        sqlx::query(
+            "SELECT event_id, event, attempt, status, error, at FROM webhook_attempts \
+             WHERE account_id = $1 AND participant_id = $2 ORDER BY seq DESC LIMIT $3",
+        )
+        .bind(account.as_str())
+        .bind(participant.to_string())
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await?
+        .iter()
+        .map(attempt_from_row)
+        .collect()
+    }
+
+    async fn sessions_created_before(
+        &self,
+        cutoff_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<(AccountId, SessionId)>, StoreError> {
+        sqlx::query(
+            "SELECT id, account_id FROM sessions WHERE created_at < $1 \
+             ORDER BY created_at LIMIT $2",
+        )
+        .bind(cutoff_ms)
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await?
+        .iter()
+        .map(|row| {
+            let account: String = row.try_get("account_id")?;
+            Ok((
+                AccountId::parse(&account).map_err(corrupt)?,
+                parse_id(row, "id")?,
+            ))
+        })
+        .collect()
+    }
+}
+
+/// The store's clock, for callers that stamp outbox rows the same way (epoch milliseconds).
+pub fn epoch_ms() -> i64 {
+    now_ms()
+}

@@ -1,0 +1,310 @@
+//! Slow clients against the real binary with the common open-file limit of 1,024: 1,100
+//! connections from one address that send half a request head, nothing, half a body, or half
+//! a SIP message over TCP, and hold. Meanwhile `/healthz`, a REST call and a device
+//! WebSocket from another address must succeed; every slow connection must be closed by the
+//! server within its timeout (2 s here, set by flags), and afterwards the server holds no more
+//! descriptors than before; the server's CPU must stay low.
+//!
+//! Bounds are generous on purpose (the machine is shared and noisy): the issue asks for the
+//! good requests to succeed "within a second", we assert 5 s and print the time taken; the
+//! slow connections must be closed within the 2 s timeout plus 8 s; CPU below half a core
+//! (a spinning accept loop takes a whole one).
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpSocket;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+
+const SLOW: usize = 1_100;
+/// The header, body and SIP head timeouts given to the server.
+const TIMEOUT: Duration = Duration::from_secs(2);
+/// Slack on the server's timeouts before a slow connection counts as never closed.
+const SLACK: Duration = Duration::from_secs(8);
+/// Bound on each good request ("within a second" in the issue; generous here).
+const GOOD: Duration = Duration::from_secs(5);
+
+struct Server {
+    child: Child,
+    http: SocketAddr,
+    sip: SocketAddr,
+    basic: String,
+    _dir: TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn start() -> Server {
+    let dir = std::env::temp_dir().join(format!("patchbay-slow-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir = TempDir(dir);
+    let secs = TIMEOUT.as_secs().to_string();
+    let mut child = Command::new("prlimit")
+        .arg("--nofile=1024:1024")
+        .arg(env!("CARGO_BIN_EXE_patchbay"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--media-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--media-shards", "1", "--sip-listen", "127.0.0.1:0"])
+        .args(["--http-header-timeout", &secs, "--http-body-timeout", &secs])
+        .args(["--sip-tcp-head-timeout", &secs])
+        .arg("--data-dir")
+        .arg(&dir.0)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prlimit and the patchbay binary");
+    let stdout = child.stdout.take().expect("stdout");
+    let (mut http, mut sip, mut user, mut pass) = (None, None, None, None);
+    for line in BufReader::new(stdout).lines() {
+        let line = line.expect("a line");
+        let line = line.trim();
+        if let Some(rest) = line.strip_prefix("username: ") {
+            user = Some(rest.to_owned());
+        } else if let Some(rest) = line.strip_prefix("password: ") {
+            pass = Some(rest.to_owned());
+        } else if let Some(rest) = line.strip_prefix("patchbay SIP on ") {
+            sip = rest.split(' ').next().and_then(|a| a.parse().ok());
+        } else if let Some(rest) = line.strip_prefix("patchbay listening on http://") {
+            http = rest.parse().ok();
+            break;
+        }
+    }
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+        "{}:{}",
+        user.expect("username"),
+        pass.expect("password")
+    ));
+    Server {
+        child,
+        http: http.expect("http address"),
+        sip: sip.expect("sip address"),
+        basic,
+        _dir: dir,
+    }
+}
+
+/// Descriptors the process has open.
+fn open_descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(usize::MAX)
+}
+
+/// CPU seconds the process has used (user + system).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    // Fields after the command name (which may hold spaces): utime and stime are 14 and 15.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks: f64 =
+        fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
+    let hz = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .unwrap_or(100.0);
+    ticks / hz
+}
+
+/// One slow connection from 127.0.0.2: how long after sending `start` the server closed it
+/// (zero: refused at the door, which is fine), or an error if it stayed open too long.
+async fn slow(
+    to: SocketAddr,
+    start: Arc<Vec<u8>>,
+    sent: Arc<AtomicUsize>,
+) -> Result<Duration, String> {
+    let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    socket
+        .bind("127.0.0.2:0".parse().expect("addr"))
+        .map_err(|e| e.to_string())?;
+    let connected = tokio::time::timeout(SLACK, socket.connect(to)).await;
+    let mut stream = match connected {
+        Ok(Ok(s)) => s,
+        _ => {
+            sent.fetch_add(1, Ordering::Relaxed);
+            return Ok(Duration::ZERO); // refused at the door
+        }
+    };
+    let began = Instant::now();
+    let _ = stream.write_all(&start).await;
+    sent.fetch_add(1, Ordering::Relaxed);
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout_at(began + TIMEOUT + SLACK, stream.read(&mut buf)).await {
+            Err(_) => return Err("still open after the timeout and its slack".into()),
+            Ok(Ok(0) | Err(_)) => return Ok(began.elapsed()),
+            Ok(Ok(_)) => {} // a response (408/400/...) before the close
+        }
+    }
+}
+
+async fn good_requests(server: &Server) {
+    let client = reqwest::Client::builder()
+        .timeout(GOOD)
+        .build()
+        .expect("client");
+    let began = Instant::now();
+    let health = client
+        .get(format!("http://{}/healthz", server.http))
+        .send()
+        .await
+        .expect("/healthz answered");
+    assert!(health.status().is_success());
+    let created: serde_json::Value = client
+        .post(format!(
+            "http://{}/v1/accounts/dev/participants",
+            server.http
+        ))
+        .header("authorization", format!("Basic {}", server.basic))
+        .send()
+        .await
+        .expect("REST answered")
+        .error_for_status()
+        .expect("REST succeeded")
+        .json()
+        .await
+        .expect("JSON");
+    let token = created["token"].as_str().expect("a token");
+    let url = format!("ws://{}/v3?token={token}&uniqueId=slow-test", server.http);
+    let (mut ws, _) = tokio::time::timeout(GOOD, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("WebSocket within the bound")
+        .expect("WebSocket upgrade");
+    ws.send(Message::Text(
+        r#"{"jsonrpc":"2.0","method":"ping","id":1}"#.into(),
+    ))
+    .await
+    .expect("send");
+    loop {
+        match tokio::time::timeout(GOOD, ws.next())
+            .await
+            .expect("a reply")
+        {
+            Some(Ok(Message::Text(t))) => {
+                assert!(t.contains("\"result\""), "{t}");
+                break;
+            }
+            Some(Ok(_)) => continue,
+            other => panic!("device WebSocket: {other:?}"),
+        }
+    }
+    let _ = ws.close(None).await;
+    let took = began.elapsed();
+    println!("  health, REST and device WebSocket answered in {took:?}");
+    assert!(took < GOOD * 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_cannot_take_the_server_down() {
+    let server = start();
+    let pid = server.child.id();
+    let half_body = format!(
+        "POST /v1/accounts/dev/participants HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {}\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n{{\"tag\":",
+        server.basic
+    );
+    let variants: [(&str, SocketAddr, Vec<u8>); 4] = [
+        ("half a header", server.http, b"GET /healthz HTTP/1.1\r\nHost: x\r\nUser-Ag".to_vec()),
+        ("idle", server.http, Vec::new()),
+        ("half a body", server.http, half_body.into_bytes()),
+        (
+            "half a SIP message over TCP",
+            server.sip,
+            b"OPTIONS sip:patchbay@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.2;branch=z9hG4bK1\r\nCSeq: 1 OP".to_vec(),
+        ),
+    ];
+    for (name, to, start) in variants {
+        println!("{SLOW} slow connections: {name}");
+        let baseline = open_descriptors(pid);
+        let cpu_before = cpu_seconds(pid);
+        let wall = Instant::now();
+        let start = Arc::new(start);
+        let sent = Arc::new(AtomicUsize::new(0));
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..SLOW {
+            tasks.spawn(slow(to, start.clone(), sent.clone()));
+        }
+        let deadline = Instant::now() + SLACK;
+        let mut poll = tokio::time::interval(Duration::from_millis(20));
+        while sent.load(Ordering::Relaxed) < SLOW && Instant::now() < deadline {
+            poll.tick().await;
+        }
+        good_requests(&server).await;
+        let mut held = 0;
+        let mut never_closed = 0;
+        while let Some(outcome) = tasks.join_next().await {
+            match outcome.expect("task") {
+                Ok(closed_after) if closed_after >= TIMEOUT / 2 => held += 1,
+                Ok(_) => {}
+                Err(_) => never_closed += 1,
+            }
+        }
+        // The server holds none of them any more: its descriptors are back near where they
+        // were before the attack. Connections still queued in the kernel when the clients gave
+        // up are accepted late and then time out on the server's clock, so allow the timeout
+        // once more (plus the slack for a loaded machine) before reading the count.
+        let settle = Instant::now() + TIMEOUT + SLACK;
+        let mut fds = open_descriptors(pid);
+        let mut recheck = tokio::time::interval(Duration::from_millis(100));
+        while fds > baseline + 16 && Instant::now() < settle {
+            recheck.tick().await;
+            fds = open_descriptors(pid);
+        }
+        println!(
+            "  held until the timeout: {held}; server descriptors after: {fds} (before {baseline})"
+        );
+        assert!(
+            fds <= baseline + 16,
+            "{name}: the server still holds {fds} descriptors"
+        );
+        // A connection that sent bytes always reaches the server and must have been closed.
+        // One that sends nothing may never reach it: when the burst overflows the kernel's
+        // accept queue, the client's handshake completes (SYN cookies) while the server has no
+        // state for it at all, so it cannot close it (nor does it cost the server anything).
+        if start.is_empty() {
+            println!("  never reached the server (accept-queue overflow): {never_closed}");
+        } else {
+            assert_eq!(
+                never_closed, 0,
+                "{name}: connections left open by the server"
+            );
+        }
+        let cpu = (cpu_seconds(pid) - cpu_before) / wall.elapsed().as_secs_f64();
+        println!("  server CPU {:.0}% of a core", cpu * 100.0);
+        assert!(
+            held > 0,
+            "{name}: no connection was held: the test tested nothing"
+        );
+        assert!(cpu < 0.5, "{name}: server CPU {cpu:.2} of a core");
+    }
+    // Still serving once the attack is over.
+    good_requests(&server).await;
+}

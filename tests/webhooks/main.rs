@@ -1,0 +1,387 @@
+//! Webhooks end to end: a real HTTP receiver in the test process checks every delivery's
+//! Standard Webhooks signature, answers 500 and then times out on purpose for the first
+//! attempts of each event, and records what arrives; devices connect over the real WebSocket,
+//! leave and disconnect. Every event arrives once per id, in order per participant, with
+//! Bandwidth's exact body for its three events. Then `kill -9` of the real binary with events
+//! pending and the receiver down: after a restart every event is delivered, none lost.
+// A test harness: the receiver and the server run as tasks, the receiver hangs on purpose, and
+// the test polls for deliveries.
+#![allow(clippy::disallowed_methods)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use base64::Engine;
+use futures_util::SinkExt;
+use hmac::{Hmac, Mac};
+use patchbay::app::App;
+use patchbay::config::ServeConfig;
+use patchbay::control::{Control, NewParticipant};
+use patchbay::domain::{AccountId, CallbackUrl, Tag};
+use patchbay_testkit::db::sqlite_url;
+use serde_json::Value;
+use sha2::Sha256;
+use tokio_tungstenite::tungstenite::Message;
+
+/// One delivery the receiver accepted.
+#[derive(Debug, Clone)]
+struct Delivery {
+    id: String,
+    body: String,
+}
+
+/// The receiver's state: the secret it verifies with, attempts per id, accepted deliveries.
+#[derive(Default)]
+struct Receiver {
+    secret: Mutex<String>,
+    /// Fail the first attempts of each id: 500, then a hang longer than the attempt timeout.
+    flaky: bool,
+    attempts: Mutex<HashMap<String, u32>>,
+    accepted: Mutex<Vec<Delivery>>,
+    bad_signatures: Mutex<u32>,
+}
+
+fn verify(secret: &str, headers: &HeaderMap, body: &str) -> Option<String> {
+    let id = headers.get("webhook-id")?.to_str().ok()?;
+    let ts = headers.get("webhook-timestamp")?.to_str().ok()?;
+    let sig = headers.get("webhook-signature")?.to_str().ok()?;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(secret.strip_prefix("whsec_")?)
+        .ok()?;
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).ok()?;
+    mac.update(format!("{id}.{ts}.{body}").as_bytes());
+    let expected = format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    );
+    (sig == expected).then(|| id.to_owned())
+}
+
+async fn receive(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: String) -> StatusCode {
+    let secret = r.secret.lock().unwrap().clone();
+    let Some(id) = verify(&secret, &headers, &body) else {
+        *r.bad_signatures.lock().unwrap() += 1;
+        return StatusCode::UNAUTHORIZED;
+    };
+    let n = {
+        let mut attempts = r.attempts.lock().unwrap();
+        let n = attempts.entry(id.clone()).or_default();
+        *n += 1;
+        *n
+    };
+    if r.flaky && n == 1 {
+        return StatusCode::INTERNAL_SERVER_ERROR;
+    }
+    if r.flaky && n == 2 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        return StatusCode::NO_CONTENT;
+    }
+    r.accepted.lock().unwrap().push(Delivery { id, body });
+    StatusCode::NO_CONTENT
+}
+
+async fn start_receiver(
+    addr: SocketAddr,
+    receiver: Arc<Receiver>,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .expect("bind receiver");
+    let addr = listener.local_addr().expect("addr");
+    let app = axum::Router::new()
+        .route("/hook", axum::routing::post(receive))
+        .with_state(receiver);
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (addr, task)
+}
+
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..300 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(http: SocketAddr, token: &str, unique_id: &str) -> Ws {
+    let url = format!(
+        "ws://{http}/v3/?token={token}&client=browser&sdkVersion=0.12.0-beta.1&uniqueId={unique_id}"
+    );
+    tokio_tungstenite::connect_async(url)
+        .await
+        .expect("upgrade")
+        .0
+}
+
+async fn participant(
+    control: &Control,
+    account: &AccountId,
+    hook: &str,
+    tag: Option<&str>,
+) -> (String, String) {
+    let (p, token) = control
+        .create_participant(
+            account,
+            NewParticipant {
+                callback_url: Some(CallbackUrl::parse(hook).expect("url")),
+                tag: tag.map(|t| Tag::parse(t).expect("tag")),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("participant");
+    (p.id.to_string(), token)
+}
+
+fn by_participant(accepted: &[Delivery]) -> BTreeMap<String, Vec<Value>> {
+    let mut out: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for d in accepted {
+        let v: Value = serde_json::from_str(&d.body).expect("JSON body");
+        out.entry(
+            v["participantId"]
+                .as_str()
+                .expect("participantId")
+                .to_owned(),
+        )
+        .or_default()
+        .push(v);
+    }
+    out
+}
+
+#[tokio::test]
+async fn events_arrive_signed_once_each_in_order_despite_errors_and_timeouts() {
+    let receiver = Arc::new(Receiver {
+        flaky: true,
+        ..Default::default()
+    });
+    let (hook_addr, _hook) = start_receiver("127.0.0.1:0".parse().unwrap(), receiver.clone()).await;
+    let hook = format!("http://{hook_addr}/hook");
+    let mut config = ServeConfig::for_database(&sqlite_url());
+    config.webhooks.webhook_first_retry_ms = 50;
+    config.webhooks.webhook_attempt_timeout = Duration::from_millis(500);
+    let app = App::build(&config).await.expect("build app");
+    let (http, control) = (app.http_addr(), app.control().clone());
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let _server = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    let account = AccountId::parse("hooks").unwrap();
+    let creds = control
+        .create_account(account.clone())
+        .await
+        .expect("account");
+    assert!(creds.webhook_secret.starts_with("whsec_"));
+    *receiver.secret.lock().unwrap() = creds.webhook_secret.clone();
+
+    // A leaves (onConnect, onLeave); B's connection is lost (onConnect, onDisconnect); C has
+    // no callbackUrl and raises nothing.
+    let (a, token_a) = participant(&control, &account, &hook, Some("caller")).await;
+    let (b, token_b) = participant(&control, &account, &hook, None).await;
+    let (_, token_c) = control
+        .create_participant(&account, NewParticipant::default())
+        .await
+        .expect("participant");
+    let mut ws_a = connect(http, &token_a, "dev-a").await;
+    let ws_b = connect(http, &token_b, "dev-b").await;
+    let ws_c = connect(http, &token_c, "dev-c").await;
+    ws_a.send(Message::Text(
+        r#"{"jsonrpc":"2.0","id":"1","method":"leave","params":{}}"#.into(),
+    ))
+    .await
+    .expect("leave");
+    drop(ws_b);
+    drop(ws_c);
+
+    wait_for("four deliveries", || {
+        receiver.accepted.lock().unwrap().len() >= 4
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let accepted = receiver.accepted.lock().unwrap().clone();
+    assert_eq!(*receiver.bad_signatures.lock().unwrap(), 0);
+    assert_eq!(accepted.len(), 4, "{accepted:?}");
+    let mut ids: Vec<&str> = accepted.iter().map(|d| d.id.as_str()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 4, "each event once");
+    for (id, n) in receiver.attempts.lock().unwrap().iter() {
+        assert_eq!(
+            *n, 3,
+            "{id}: a 500, a timeout, then the acknowledged attempt"
+        );
+    }
+    let events = by_participant(&accepted);
+    assert_eq!(events.len(), 2, "{events:?}");
+    let a_events = &events[&a];
+    assert_eq!(a_events[0]["event"], "onConnect");
+    assert_eq!(a_events[1]["event"], "onLeave");
+    for (v, name) in a_events.iter().zip(["onConnect", "onLeave"]) {
+        let ts = v["timestamp"].as_str().expect("timestamp is a string");
+        assert!(ts.parse::<u64>().is_ok(), "{ts}");
+        let exact = format!(
+            r#"{{"event":"{name}","timestamp":"{ts}","participantId":"{a}","deviceId":"dev-a","tag":"caller"}}"#
+        );
+        let body = accepted
+            .iter()
+            .find(|d| serde_json::from_str::<Value>(&d.body).unwrap() == *v)
+            .unwrap();
+        assert_eq!(body.body, exact);
+    }
+    let b_events: Vec<&str> = events[&b]
+        .iter()
+        .map(|v| v["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(b_events, ["onConnect", "onDisconnect"]);
+    assert!(events[&b][0].get("tag").is_none(), "no tag: omitted");
+
+    // The delivery log shows every attempt.
+    let log = control
+        .delivery_log(&account, a.parse().unwrap(), 100)
+        .await
+        .expect("log");
+    assert_eq!(log.len(), 6, "{log:?}");
+    assert_eq!(log.iter().filter(|l| l.status == Some(500)).count(), 2);
+    assert_eq!(log.iter().filter(|l| l.error.is_some()).count(), 2);
+    assert_eq!(log.iter().filter(|l| l.status == Some(204)).count(), 2);
+}
+
+// ---- kill -9 ------------------------------------------------------------------------------
+
+const BIN: &str = env!("CARGO_BIN_EXE_patchbay");
+
+struct Server {
+    child: Child,
+    http: String,
+}
+
+impl Server {
+    fn start(db: &str) -> Server {
+        use std::io::{BufRead, BufReader};
+        let mut child = Command::new(BIN)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--media-listen",
+                "127.0.0.1:0",
+                "--sip-listen",
+                "127.0.0.1:0",
+                "--rtp-ports",
+                "0-0",
+                "--database-url",
+                db,
+                "--webhook-first-retry-ms",
+                "50",
+                "--webhook-attempt-timeout",
+                "1",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn patchbay");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let http = loop {
+            let line = lines.next().expect("server exited").expect("stdout");
+            if let Some(url) = line.strip_prefix("patchbay listening on http://") {
+                break url.trim().to_owned();
+            }
+        };
+        Server { child, http }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn pending_events_survive_kill_9_and_are_delivered_after_restart() {
+    let db = sqlite_url();
+    let out = Command::new(BIN)
+        .args(["account", "create", "k9", "--json", "--database-url", &db])
+        .output()
+        .expect("account create");
+    assert!(out.status.success());
+    let creds: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let secret = creds["webhookSecret"]
+        .as_str()
+        .expect("webhookSecret")
+        .to_owned();
+    let (user, pass) = (
+        creds["username"].as_str().unwrap().to_owned(),
+        creds["password"].as_str().unwrap().to_owned(),
+    );
+    // The receiver's address is reserved, then closed: it is down while events are emitted.
+    let hook_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let hook = format!("http://{hook_addr}/hook");
+
+    let server = Server::start(&db);
+    let http = reqwest::Client::new();
+    let mut tokens = Vec::new();
+    for _ in 0..3 {
+        let v: Value = http
+            .post(format!(
+                "http://{}/v1/accounts/k9/participants",
+                server.http
+            ))
+            .basic_auth(&user, Some(&pass))
+            .json(&serde_json::json!({"callbackUrl": hook}))
+            .send()
+            .await
+            .expect("create")
+            .json()
+            .await
+            .expect("json");
+        tokens.push(v["token"].as_str().expect("token").to_owned());
+    }
+    let addr: SocketAddr = server.http.parse().unwrap();
+    for (i, token) in tokens.iter().enumerate() {
+        let ws = connect(addr, token, &format!("d{i}")).await;
+        drop(ws);
+    }
+    // Give the recorder time to write the six events; the receiver refuses connections.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    drop(server); // kill -9
+
+    let receiver = Arc::new(Receiver::default());
+    *receiver.secret.lock().unwrap() = secret;
+    let (_, _hook) = start_receiver(hook_addr, receiver.clone()).await;
+    let _server = Server::start(&db);
+    wait_for("six deliveries", || {
+        receiver.accepted.lock().unwrap().len() >= 6
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let accepted = receiver.accepted.lock().unwrap().clone();
+    assert_eq!(*receiver.bad_signatures.lock().unwrap(), 0);
+    let mut ids: Vec<&str> = accepted.iter().map(|d| d.id.as_str()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 6, "six distinct events, none lost: {accepted:?}");
+    for (p, events) in by_participant(&accepted) {
+        let names: Vec<&str> = events
+            .iter()
+            .map(|v| v["event"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["onConnect", "onDisconnect"], "{p}");
+    }
+}
