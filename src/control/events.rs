@@ -23,6 +23,14 @@ pub enum ControlEvent {
     Routes(RoutingUpdate),
     /// A participant was deleted: its devices must be disconnected (its token is revoked).
     ParticipantDeleted(ParticipantId),
+    /// A participant's devices must be disconnected (browsers closed, phones hung up), for
+    /// this reason; the participant itself stays (its session expired).
+    Disconnect {
+        /// Whose devices.
+        participant: ParticipantId,
+        /// Why, as the device is told.
+        reason: &'static str,
+    },
     /// Something happened to a participant's device or streams (for webhooks and logs).
     Lifecycle(LifecycleEvent),
 }

@@ -54,7 +54,7 @@ pub use error::{Conflict, ControlError, DeviceTokenError, Invalid, Resource, Sou
 pub use events::{CallEndReason, ControlEvent, LifecycleEvent, RoutingUpdate};
 pub use routing::Routing;
 pub use sessions::NewParticipant;
-pub use webhooks::WebhookFeed;
+pub use webhooks::{WebhookFeed, SESSION_EXPIRED};
 
 /// The orchestrator. Cheap to clone; share one per process.
 #[derive(Clone)]

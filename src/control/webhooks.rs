@@ -19,6 +19,9 @@ use crate::store::{
     AccountWebhooks, AttemptOutcome, DeliveryAttempt, NewOutboxEvent, OutboxEvent, WebhookTarget,
 };
 
+/// Why a device of an expired session is disconnected (its close reason).
+pub const SESSION_EXPIRED: &str = "session expired";
+
 /// Lifecycle events in the order control recorded them, for [`Control::record_webhooks`].
 pub type WebhookFeed = mpsc::UnboundedReceiver<LifecycleEvent>;
 
@@ -215,10 +218,23 @@ impl Control {
             .await?;
         let mut deleted = 0;
         for (account, session) in old {
+            let members = match self.members(&account, session).await {
+                Ok(m) => m,
+                Err(ControlError::NotFound(_)) => continue,
+                Err(e) => return Err(e),
+            };
             match self.delete_session(&account, session).await {
                 Ok(()) => deleted += 1,
                 Err(ControlError::NotFound(_)) => {}
                 Err(e) => return Err(e),
+            }
+            // Its members' devices go with it: browsers are closed (the connection loop reports
+            // onLeave: a server action), phones are hung up.
+            for member in members {
+                self.inner.events.send(super::ControlEvent::Disconnect {
+                    participant: member.id,
+                    reason: SESSION_EXPIRED,
+                });
             }
             tracing::info!(%account, %session, "session expired");
         }

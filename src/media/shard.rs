@@ -506,6 +506,26 @@ impl Shard {
     /// The participant was deleted: its devices here are closed.
     pub fn handle_participant_deleted(&mut self, participant: ParticipantId, now: Instant) {
         self.accounts.remove(&participant);
+        self.disconnect_participant(participant, PARTICIPANT_DELETED, now);
+    }
+
+    /// `participant`'s devices here are removed and their connections (or local drivers)
+    /// told `reason`; the participant stays known.
+    pub fn handle_participant_disconnect(
+        &mut self,
+        participant: ParticipantId,
+        reason: &'static str,
+        now: Instant,
+    ) {
+        self.disconnect_participant(participant, reason, now);
+    }
+
+    fn disconnect_participant(
+        &mut self,
+        participant: ParticipantId,
+        reason: &'static str,
+        now: Instant,
+    ) {
         let gone: Vec<DeviceId> = self
             .devices
             .iter()
@@ -514,7 +534,7 @@ impl Shard {
             .collect();
         for device in gone {
             if let Some(entry) = self.remove_device(device, now) {
-                self.close(device, &entry, PARTICIPANT_DELETED);
+                self.close(device, &entry, reason);
             }
         }
         self.collect();

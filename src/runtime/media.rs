@@ -486,6 +486,9 @@ impl Pump {
                     Ok(ControlEvent::ParticipantDeleted(participant)) => {
                         self.shard.handle_participant_deleted(participant, Instant::now());
                     }
+                    Ok(ControlEvent::Disconnect { participant, reason }) => {
+                        self.shard.handle_participant_disconnect(participant, reason, Instant::now());
+                    }
                     Ok(ControlEvent::Lifecycle(_)) => {}
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         // Missed diffs: start again from control's current tables. Diffs still

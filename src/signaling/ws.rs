@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 use super::rpc::{self, RpcError, RpcRequest};
 use super::wire::{self, PublishMetadata};
 use crate::control::port::DeviceNotice;
-use crate::control::{ConnectError, ConnectedDevice, DeviceControl};
+use crate::control::{ConnectError, ConnectedDevice, DeviceControl, SESSION_EXPIRED};
 use crate::media::{DeclaredStreams, MediaError};
 
 /// Largest accepted frame: `deviceDiagnostics` batches logs with SDPs, several MB at times.
@@ -224,6 +224,11 @@ async fn connection(state: SignalingState, query: HashMap<String, String>, mut s
                     }
                 }
                 Some(DeviceNotice::Close(reason)) => {
+                    // The server ended it because its session expired: reported as a leave
+                    // (Bandwidth's onLeave: signalling removed by server action).
+                    if reason == SESSION_EXPIRED {
+                        left = true;
+                    }
                     close(socket, reason).await;
                     break;
                 }

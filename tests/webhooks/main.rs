@@ -258,6 +258,75 @@ async fn events_arrive_signed_once_each_in_order_despite_errors_and_timeouts() {
     assert_eq!(log.iter().filter(|l| l.status == Some(204)).count(), 2);
 }
 
+/// Issue 10 item 5: a session past its age is removed, and its members' devices are
+/// disconnected (close 1000 "session expired") and reported with onLeave.
+#[tokio::test]
+async fn an_expired_session_disconnects_its_members_with_on_leave() {
+    use futures_util::StreamExt;
+    let receiver = Arc::new(Receiver::default());
+    let (hook_addr, _hook) = start_receiver("127.0.0.1:0".parse().unwrap(), receiver.clone()).await;
+    let hook = format!("http://{hook_addr}/hook");
+    let config = ServeConfig::for_database(&sqlite_url());
+    let app = App::build(&config).await.expect("build app");
+    let (http, control) = (app.http_addr(), app.control().clone());
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let _server = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    let account = AccountId::parse("expiry").unwrap();
+    let creds = control
+        .create_account(account.clone())
+        .await
+        .expect("account");
+    *receiver.secret.lock().unwrap() = creds.webhook_secret.clone();
+    let (a, token) = participant(&control, &account, &hook, None).await;
+    let session = control
+        .create_session(&account, None)
+        .await
+        .expect("session");
+    control
+        .add_member(&account, session.id, a.parse().unwrap(), None)
+        .await
+        .expect("member");
+    let mut ws = connect(http, &token, "dev-x").await;
+    wait_for("onConnect", || {
+        !receiver.accepted.lock().unwrap().is_empty()
+    })
+    .await;
+
+    // Every session counts as old with a zero age: this one expires.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        + 1000;
+    let expired = control
+        .expire_sessions(Duration::ZERO, now_ms)
+        .await
+        .expect("expire");
+    assert_eq!(expired, 1);
+    let close = loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => break frame,
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("no close frame: {other:?}"),
+        }
+    };
+    let close = close.expect("a close frame with a reason");
+    assert_eq!(u16::from(close.code), 1000);
+    assert_eq!(close.reason.as_str(), "session expired");
+    wait_for("onLeave", || receiver.accepted.lock().unwrap().len() >= 2).await;
+    let events: Vec<String> = by_participant(&receiver.accepted.lock().unwrap().clone())[&a]
+        .iter()
+        .map(|v| v["event"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(events, ["onConnect", "onLeave"]);
+    assert!(
+        control.session(&account, session.id).await.is_err(),
+        "the session is gone"
+    );
+}
+
 // ---- kill -9 ------------------------------------------------------------------------------
 
 const BIN: &str = env!("CARGO_BIN_EXE_patchbay");
