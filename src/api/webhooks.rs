@@ -6,7 +6,8 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::extract::Scope;
+use super::error::BodyError;
+use super::extract::{OptionalJson, Scope};
 use super::{AppState, Error};
 use crate::control::DeliveryAttempt;
 
@@ -99,8 +100,12 @@ pub async fn settings(
 pub async fn set_settings(
     State(state): State<AppState>,
     scope: Scope,
-    Json(body): Json<WebhookSettingsView>,
+    OptionalJson(body): OptionalJson<WebhookSettingsView>,
 ) -> Result<Json<WebhookSettingsView>, Error> {
+    // The project's body extractor: garbage gets the JSON error body naming what is wrong.
+    let body = body.ok_or(Error::Body(BodyError::Missing(
+        r#"{"bandwidthOnly": true|false}"#,
+    )))?;
     let s = state
         .control
         .set_webhook_bandwidth_only(&scope.account, body.bandwidth_only)

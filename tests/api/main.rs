@@ -2263,3 +2263,30 @@ async fn keeps_serving_after_garbage() {
     assert_eq!(api.member_ids(&s).await, BTreeSet::from([p]));
     server.stop().await;
 }
+
+/// `PUT …/webhooks` answers garbage like every other body: 400 with the JSON error body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn webhook_settings_refuse_malformed_bodies_with_json_errors() {
+    let server = Server::sqlite().await;
+    let acct = server.account("acct").await;
+    let api = server.api(&acct, "/v1");
+    api.put("/webhooks", Body::None)
+        .await
+        .bad_request(&["bandwidthOnly"]);
+    for garbage in [
+        r#"{"bandwidthOnly":"yes"}"#,
+        "{",
+        "[1]",
+        r#"{"bandwidthOnly":true} x"#,
+    ] {
+        api.put("/webhooks", raw(garbage)).await.bad_request(&[]);
+    }
+    let set = api
+        .put("/webhooks", Body::Json(json!({"bandwidthOnly": true})))
+        .await;
+    assert_eq!(set.ok(StatusCode::OK)["bandwidthOnly"], json!(true));
+    let got = api.get("/webhooks").await;
+    assert_eq!(got.ok(StatusCode::OK)["bandwidthOnly"], json!(true));
+    api.still_serving().await;
+    server.stop().await;
+}
