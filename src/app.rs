@@ -39,6 +39,7 @@ pub struct App {
     http: HttpSettings,
     origins: signaling::OriginPolicy,
     ws_idle_timeout: std::time::Duration,
+    drain_timeout: std::time::Duration,
     /// Credentials of the dev account, when this start created it.
     pub dev_credentials: Option<NewCredentials>,
 }
@@ -149,6 +150,7 @@ impl App {
             http: http_settings(&config.listeners),
             origins: signaling::OriginPolicy::new(&config.listeners.allowed_origins),
             ws_idle_timeout: secs(config.listeners.ws_idle_timeout),
+            drain_timeout: secs(config.drain_timeout),
             dev_credentials,
         })
     }
@@ -183,11 +185,13 @@ impl App {
         self.media.public_addrs()
     }
 
-    /// Serves until `shutdown` completes, then lets in-flight requests finish.
+    /// Serves until `shutdown` completes, then drains (see [`drain`]) and lets in-flight
+    /// requests finish.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        let control = self.control.clone();
         let signaling = signaling::router(SignalingState {
             devices: self.devices,
             origins: self.origins,
@@ -208,17 +212,48 @@ impl App {
         // given a base URL that ends in '/').
         let app = tower::ServiceExt::map_request(router, fold_leading_slashes);
         let sip = self.sip.clone();
+        let drain_timeout = self.drain_timeout;
         let shutdown = async move {
             shutdown.await;
-            // Phones are told the call is over (BYE) while HTTP drains.
-            sip.shutdown();
+            drain(&control, &sip, drain_timeout).await;
         };
         crate::runtime::http::serve(self.listener, app, self.http, shutdown).await;
-        // Give the BYEs a moment to be answered.
-        #[allow(clippy::disallowed_methods)] // the app owns shutdown and its grace period
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         Ok(())
     }
+}
+
+/// The graceful stop. Control starts draining (`/readyz` answers 503; new device connections
+/// are closed with 1013 "server draining", new calls answered 503); connected devices and
+/// calls keep going until they have all left or `timeout` has passed. Then phones get BYE and
+/// browsers a close with 1001 "server shutting down" (the SDK reconnects: through a balancer,
+/// to another server), and the stop waits a few seconds for both before HTTP stops.
+/// Acknowledged state is in the store all along; nothing waits on it here.
+#[allow(clippy::disallowed_methods)] // the app owns shutdown and its waits
+async fn drain(control: &Control, sip: &SipHandle, timeout: std::time::Duration) {
+    use tokio::time::{sleep, Instant};
+    const POLL: std::time::Duration = std::time::Duration::from_millis(100);
+    const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+    control.begin_drain();
+    tracing::info!(
+        devices = control.live_devices(),
+        drain_timeout_s = timeout.as_secs(),
+        "draining: /readyz answers 503 and new devices and calls are refused; connected ones \
+         are closed once they have left or after the drain timeout (a second signal stops now)"
+    );
+    let deadline = Instant::now() + timeout;
+    while control.live_devices() > 0 && Instant::now() < deadline {
+        sleep(POLL.min(deadline - Instant::now())).await;
+    }
+    let remaining = control.live_devices();
+    tracing::info!(devices = remaining, "closing what is still connected");
+    sip.shutdown();
+    control.stop_devices();
+    let deadline = Instant::now() + CLOSE_WAIT;
+    let _ = tokio::time::timeout(CLOSE_WAIT, sip.stopped()).await;
+    while control.live_devices() > 0 && Instant::now() < deadline {
+        sleep(POLL).await;
+    }
+    tracing::info!(devices = control.live_devices(), "drained: stopping");
 }
 
 fn secs(n: u64) -> std::time::Duration {

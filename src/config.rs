@@ -1,5 +1,5 @@
-//! The command line: `patchbay serve` and `patchbay account create`. Every flag has an
-//! environment variable; defaults just work (an embedded SQLite database in the local data
+//! The command line: `patchbay serve`, `patchbay account create` and `patchbay config print`.
+//! Every flag has an environment variable and a config-file key ([`crate::config_file`]); defaults just work (an embedded SQLite database in the local data
 //! directory, HTTP on 127.0.0.1:8080).
 
 use std::net::SocketAddr;
@@ -34,6 +34,55 @@ pub enum Command {
     /// Manage accounts (works while a server runs on the same database).
     #[command(subcommand)]
     Account(AccountCommand),
+    /// The configuration file and the effective configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// The commands under `patchbay config`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective configuration of `patchbay serve` with the same flags, environment
+    /// and config file, as TOML with each value's source; secrets are hidden.
+    Print(Box<ServeConfig>),
+    /// Print a commented config file with every setting at its default (the repository's
+    /// `deploy/patchbay.toml`).
+    Example,
+}
+
+/// The parsed command line with the config file layered in (see [`crate::config_file`]).
+pub struct Parsed {
+    /// The command.
+    pub cli: Cli,
+    /// What clap matched, for `config print`.
+    pub matches: clap::ArgMatches,
+    /// The settings that came from the config file.
+    pub from_file: std::collections::BTreeSet<String>,
+}
+
+impl Cli {
+    /// Parses the process's command line, environment and config file; exits with a message
+    /// (status 2) when they are wrong, like clap does for a bad flag.
+    pub fn parse_layered() -> Parsed {
+        use clap::{CommandFactory, FromArgMatches};
+        let command = Cli::command();
+        let layered = crate::config_file::layer(
+            &command,
+            std::env::args_os().collect(),
+            |name: &std::ffi::OsStr| std::env::var_os(name),
+        )
+        .unwrap_or_else(|e| {
+            eprintln!("error: {e}");
+            std::process::exit(2)
+        });
+        let matches = command.get_matches_from(layered.args);
+        let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        Parsed {
+            cli,
+            matches,
+            from_file: layered.from_file,
+        }
+    }
 }
 
 /// The commands under `patchbay account`.
@@ -150,6 +199,10 @@ fn create_private_data_dir(dir: &std::path::Path, _db: &std::path::Path) -> anyh
 /// `patchbay serve` settings.
 #[derive(Debug, Clone, Args)]
 pub struct ServeConfig {
+    /// A TOML config file whose keys are these flags' long names with underscores
+    /// (`media_listen = "0.0.0.0:3478"`); the environment and flags override it.
+    #[arg(long, env = "PATCHBAY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// HTTP address for the REST API and the device WebSocket (port 0: any free port).
     #[arg(long, env = "PATCHBAY_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -222,12 +275,18 @@ pub struct ServeConfig {
     /// Listener limits and timeouts (issue 9, listeners slice).
     #[command(flatten)]
     pub listeners: ListenerArgs,
+    /// Seconds the first SIGTERM/SIGINT leaves connected devices and calls before they are
+    /// closed (browsers: 1001 "server shutting down", phones: BYE); meanwhile /readyz answers
+    /// 503 and new devices and calls are refused. A second signal stops at once.
+    #[arg(long, env = "PATCHBAY_DRAIN_TIMEOUT", default_value_t = 20)]
+    pub drain_timeout: u64,
 }
 
 impl ServeConfig {
     /// Settings for tests: any free port, the given database.
     pub fn for_database(url: &str) -> ServeConfig {
         ServeConfig {
+            config: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             database: DatabaseArgs {
                 database_url: Some(url.to_owned()),
@@ -251,6 +310,7 @@ impl ServeConfig {
             auth_failures_per_username: AuthFailureLimits::DEFAULT.per_username,
             webhooks: WebhookArgs::default(),
             listeners: ListenerArgs::default(),
+            drain_timeout: 0,
         }
     }
 

@@ -107,6 +107,7 @@
 pub mod api;
 pub mod app;
 pub mod config;
+pub mod config_file;
 pub mod control;
 pub mod domain;
 pub mod events;

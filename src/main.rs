@@ -1,8 +1,7 @@
 //! The `patchbay` binary: parse the command line, start telemetry, run the command.
 
-use clap::Parser;
 use patchbay::app::App;
-use patchbay::config::{AccountCommand, Cli, Command};
+use patchbay::config::{AccountCommand, Cli, Command, ConfigCommand};
 use patchbay::control::Control;
 use patchbay::domain::AccountId;
 use tracing_subscriber::EnvFilter;
@@ -24,8 +23,36 @@ async fn main() -> anyhow::Result<()> {
         // Colours only for a terminal: logs written to files stay plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match Cli::parse().command {
+    let parsed = Cli::parse_layered();
+    match parsed.cli.command {
         Command::Serve(config) => serve(*config).await,
+        Command::Config(ConfigCommand::Example) => {
+            use clap::CommandFactory;
+            let cli = Cli::command();
+            let serve = cli
+                .find_subcommand("serve")
+                .ok_or_else(|| anyhow::anyhow!("no `serve` command"))?;
+            print!("{}", patchbay::config_file::example(serve));
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Print(_)) => {
+            use clap::CommandFactory;
+            let cli = Cli::command();
+            let print = cli
+                .find_subcommand("config")
+                .and_then(|c| c.find_subcommand("print"))
+                .ok_or_else(|| anyhow::anyhow!("no `config print` command"))?;
+            let matches = parsed
+                .matches
+                .subcommand_matches("config")
+                .and_then(|m| m.subcommand_matches("print"))
+                .ok_or_else(|| anyhow::anyhow!("no `config print` arguments"))?;
+            print!(
+                "{}",
+                patchbay::config_file::render(print, matches, &parsed.from_file)
+            );
+            Ok(())
+        }
         Command::Account(AccountCommand::Create {
             account_id,
             json,
@@ -74,7 +101,20 @@ async fn serve(config: patchbay::config::ServeConfig) -> anyhow::Result<()> {
     app.run_until_stopped(shutdown_signal()).await
 }
 
+/// The first SIGTERM or SIGINT starts the graceful stop ([`App::run_until_stopped`] drains);
+/// a second one exits at once (status 130), without waiting for devices or calls.
 async fn shutdown_signal() {
+    signal().await;
+    tracing::info!("stopping: draining first (a second signal stops at once)");
+    #[allow(clippy::disallowed_methods)] // the binary owns the process's signals
+    tokio::spawn(async {
+        signal().await;
+        tracing::warn!("second signal: stopping now");
+        std::process::exit(130);
+    });
+}
+
+async fn signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -93,5 +133,4 @@ async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = term => {},
     }
-    tracing::info!("shutting down");
 }

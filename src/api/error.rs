@@ -59,6 +59,9 @@ pub enum Error {
     /// Readiness failed: control cannot serve verbs now.
     #[error("database unreachable: {0}")]
     NotReady(ControlError),
+    /// Readiness failed: the server is draining before it stops.
+    #[error("server draining: it takes no new devices or calls")]
+    Draining,
     /// A handler asked for a path parameter its route does not have (a bug).
     #[error("route has no {0}")]
     RouteWithout(&'static str),
@@ -153,7 +156,7 @@ impl Error {
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
             Error::NoSuchEndpoint { .. } => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Error::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::NotReady(_) | Error::Draining => StatusCode::SERVICE_UNAVAILABLE,
             Error::RouteWithout(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -174,7 +177,10 @@ impl IntoResponse for Error {
                 .into_response();
         }
         let request_id = Uuid::new_v4().to_string();
+        let draining = matches!(self, Error::Draining);
         let message = match status {
+            // Not a fault, and nothing to hide: the balancer's probe says why.
+            _ if draining => self.to_string(),
             StatusCode::SERVICE_UNAVAILABLE => {
                 "service temporarily unavailable; retry later".to_owned()
             }
@@ -194,7 +200,7 @@ impl IntoResponse for Error {
         } else {
             (status, body).into_response()
         };
-        if status.is_server_error() {
+        if status.is_server_error() && !draining {
             response.extensions_mut().insert(ServerFault {
                 request_id,
                 error: Arc::new(self),

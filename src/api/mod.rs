@@ -113,10 +113,14 @@ async fn healthz() -> impl IntoResponse {
     Json(serde_json::json!({"status": "ok"}))
 }
 
-/// Readiness: the database answers for every table within 1 s (else 503 with `Retry-After`).
+/// Readiness: the database answers for every table within 1 s, and the server is not draining
+/// before it stops (else 503 with `Retry-After`).
 #[utoipa::path(get, path = "/readyz", tag = "operations", security(()),
     responses((status = 200, description = "ready"), (status = 503, body = ErrorBody)))]
 async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, Error> {
+    if state.control.is_draining() {
+        return Err(Error::Draining);
+    }
     state.control.ready().await.map_err(Error::NotReady)?;
     Ok((StatusCode::OK, Json(serde_json::json!({"status": "ready"}))))
 }

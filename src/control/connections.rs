@@ -44,6 +44,9 @@ pub enum ConnectError {
     /// The token could not be checked now, or the media plane is down: retry later.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The server is draining before it stops: connect to another one.
+    #[error("server draining")]
+    Draining,
 }
 
 /// A phone call that passed admission.
@@ -75,6 +78,9 @@ pub enum PhoneRefusal {
     /// The token cannot be checked now (503).
     #[error("try again later")]
     Unavailable,
+    /// The server is draining before it stops (503).
+    #[error("server draining")]
+    Draining,
 }
 
 impl DeviceControl {
@@ -98,6 +104,9 @@ impl DeviceControl {
         unique_id: String,
         notices: mpsc::UnboundedSender<DeviceNotice>,
     ) -> Result<ConnectedDevice, ConnectError> {
+        if self.control.is_draining() {
+            return Err(ConnectError::Draining);
+        }
         let verified = match self.control.verify_device_token(token).await {
             Ok(v) => v,
             Err(DeviceTokenError::Control(e)) => {
@@ -174,6 +183,9 @@ impl DeviceControl {
 
     /// Decides whether a call carrying `token` may join (reference §4.2).
     pub async fn admit_phone(&self, token: &str) -> Result<AdmittedPhone, PhoneRefusal> {
+        if self.control.is_draining() {
+            return Err(PhoneRefusal::Draining);
+        }
         let verified = match self.control.verify_device_token(token).await {
             Ok(v) => v,
             Err(DeviceTokenError::Token(TokenError::Revoked)) => {

@@ -39,6 +39,25 @@ impl Control {
     /// and for the webhook outbox.
     pub fn device_event(&self, event: LifecycleEvent) {
         tracing::info!(?event, "device lifecycle");
+        {
+            let mut live = self.inner.live.lock().unwrap_or_else(|e| e.into_inner());
+            match &event {
+                LifecycleEvent::Connected {
+                    participant,
+                    device,
+                } => {
+                    live.insert((*participant, device.clone()));
+                }
+                LifecycleEvent::Disconnected {
+                    participant,
+                    device,
+                    ..
+                } => {
+                    live.remove(&(*participant, device.clone()));
+                }
+                _ => {}
+            }
+        }
         self.inner.webhooks.record(&event);
         self.inner.events.send(ControlEvent::Lifecycle(event));
     }

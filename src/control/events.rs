@@ -33,6 +33,9 @@ pub enum ControlEvent {
     },
     /// Something happened to a participant's device or streams (for webhooks and logs).
     Lifecycle(LifecycleEvent),
+    /// The process stops: the media plane lets every device go (browsers are closed with
+    /// 1001 "server shutting down").
+    Shutdown,
 }
 
 /// A participant's device or stream changed. `device` is the device's `uniqueId`.

@@ -73,6 +73,11 @@ struct Inner {
     credentials: auth::CredentialCache,
     /// Lifecycle events on their way to the webhook outbox, once the runtime drains them.
     webhooks: webhooks::Recorder,
+    /// The devices (browsers and phone calls) connected to this process, by participant and
+    /// `uniqueId` (call id for phones), from their lifecycle events.
+    live: Mutex<std::collections::HashSet<(crate::domain::ParticipantId, String)>>,
+    /// Set once the process drains before it stops (see [`Control::begin_drain`]).
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl Control {
@@ -90,6 +95,8 @@ impl Control {
                 stripes: serial::Stripes::new(),
                 credentials: auth::CredentialCache::default(),
                 webhooks: webhooks::Recorder::default(),
+                live: Mutex::default(),
+                draining: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -97,6 +104,36 @@ impl Control {
     /// Can control serve verbs now (its database answers)?
     pub async fn ready(&self) -> Result<(), ControlError> {
         Ok(self.inner.store.ping().await?)
+    }
+
+    /// The process is stopping: from now on readiness fails, and new device connections and
+    /// phone calls are refused; what is connected stays until [`Control::stop_devices`].
+    pub fn begin_drain(&self) {
+        self.inner
+            .draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Is the process draining?
+    pub fn is_draining(&self) -> bool {
+        self.inner
+            .draining
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Tells the media plane to let every device go: browsers' WebSockets are closed with
+    /// 1001 "server shutting down" (the SDK reconnects, to another server behind a balancer).
+    pub fn stop_devices(&self) {
+        self.inner.events.send(ControlEvent::Shutdown);
+    }
+
+    /// How many devices (browsers and phone calls) are connected to this process.
+    pub fn live_devices(&self) -> usize {
+        self.inner
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 
     /// Routing updates and deletions, in the order they were made.

@@ -490,6 +490,9 @@ impl Pump {
                         self.shard.handle_participant_disconnect(participant, reason, Instant::now());
                     }
                     Ok(ControlEvent::Lifecycle(_)) => {}
+                    // Dropping the shard drops its devices' notice channels: each connection
+                    // closes with 1001 "server shutting down".
+                    Ok(ControlEvent::Shutdown) => break,
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         // Missed diffs: start again from control's current tables. Diffs still
                         // queued after this are replayed in order on top, which converges.

@@ -80,6 +80,7 @@ const TELEPHONE_EVENT_CLOCK: u32 = 48_000;
 pub struct SipHandle {
     local_addr: SocketAddr,
     stop: watch::Sender<bool>,
+    stopped: watch::Receiver<bool>,
 }
 
 impl SipHandle {
@@ -91,6 +92,12 @@ impl SipHandle {
     /// Sends BYE to every call; the driver ends once they are answered (or after a while).
     pub fn shutdown(&self) {
         let _ = self.stop.send(true);
+    }
+
+    /// Completes when the driver has ended (after [`SipHandle::shutdown`]: every call hung up).
+    pub async fn stopped(&self) {
+        let mut stopped = self.stopped.clone();
+        let _ = stopped.wait_for(|s| *s).await;
     }
 }
 
@@ -127,8 +134,17 @@ pub async fn spawn(
         ends: HashMap::new(),
         next_port: 0,
     };
-    tokio::spawn(bridge.run(rx, devices.control().watch(), stop_rx));
-    Ok(SipHandle { local_addr, stop })
+    let (stopped_tx, stopped) = watch::channel(false);
+    let control_events = devices.control().watch();
+    tokio::spawn(async move {
+        bridge.run(rx, control_events, stop_rx).await;
+        let _ = stopped_tx.send(true);
+    });
+    Ok(SipHandle {
+        local_addr,
+        stop,
+        stopped,
+    })
 }
 
 /// UDP and TCP on the same port. With port 0 the port UDP got may be taken for TCP: try again.
@@ -790,7 +806,7 @@ fn refusal(refusal: PhoneRefusal) -> Refusal {
         PhoneRefusal::ParticipantNotFound => 404,
         PhoneRefusal::NotInSession => 480,
         PhoneRefusal::AlreadyConnected => 486,
-        PhoneRefusal::Unavailable => 503,
+        PhoneRefusal::Unavailable | PhoneRefusal::Draining => 503,
     };
     Refusal::new(code, refusal.to_string())
 }

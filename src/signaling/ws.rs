@@ -5,7 +5,8 @@
 //! browser SDK does not reconnect): token refused, replaced by a newer connection, deleted,
 //! and after `leave` ("left"). Others (the SDK reconnects): 1001 "idle timeout" when nothing
 //! (not even a pong to the server's ping) was heard for the idle timeout, 1001 "server
-//! shutting down", 1009 for a frame over [`MAX_FRAME_BYTES`], 1002 for a protocol error.
+//! shutting down", 1009 for a frame over [`MAX_FRAME_BYTES`], 1002 for a protocol error, 1013 "try again later" when
+//! the token cannot be checked now and 1013 "server draining" while the server drains.
 //!
 //! Origin policy: the participant token is the credential and the SDK runs on customers' own
 //! origins, so any `Origin` is accepted unless an allow-list is configured; then a browser's
@@ -160,6 +161,11 @@ async fn connection(state: SignalingState, query: HashMap<String, String>, mut s
         Err(e @ ConnectError::Refused(_)) => {
             tracing::info!(error = %e, "device refused");
             return close(socket, &e.to_string()).await;
+        }
+        Err(ConnectError::Draining) => {
+            // 1013 as well: the SDK retries, and a balancer sends it to another server.
+            tracing::info!("device refused: the server is draining");
+            return close_with(socket, code::TRY_AGAIN_LATER, "server draining").await;
         }
         Err(ConnectError::Unavailable(cause)) => {
             // 1013 "try again later": the SDK retries on any code but 1000; the cause stays in

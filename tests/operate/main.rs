@@ -1,0 +1,439 @@
+//! Operating the server binary (issue 12): the config file and its precedence, and the
+//! graceful drain on SIGTERM with real devices (a WebSocket device and a SIP phone).
+//!
+//! Every test runs the real `patchbay` binary on its own SQLite database and free ports.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use patchbay_testkit::phone_ua::{self, Dial};
+use patchbay_testkit::wait::eventually;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+
+const BIN: &str = env!("CARGO_BIN_EXE_patchbay");
+
+/// A throwaway directory.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        let p = std::env::temp_dir().join(format!("patchbay-operate-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&p).expect("mkdir");
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `patchbay config print` with this file, environment and flags.
+fn config_print(file: &str, env: &[(&str, &str)], flags: &[&str]) -> String {
+    let dir = TempDir::new();
+    let path = dir.0.join("patchbay.toml");
+    std::fs::write(&path, file).expect("write");
+    let mut cmd = Command::new(BIN);
+    cmd.args(["config", "print", "--config"])
+        .arg(&path)
+        .args(flags);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run patchbay");
+    assert!(
+        out.status.success(),
+        "config print failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+fn line<'a>(printed: &'a str, key: &str) -> &'a str {
+    printed
+        .lines()
+        .find(|l| l.starts_with(&format!("{key} = ")))
+        .unwrap_or_else(|| panic!("no {key} in:\n{printed}"))
+}
+
+#[test]
+fn the_file_is_overridden_by_the_environment_which_is_overridden_by_flags() {
+    let file = "media_shards = 3\nhttp_header_timeout = 7\nphone_hold_tone = 440\n\
+                public_ip = [\"192.0.2.1\", \"192.0.2.2\"]\nturn_secret = \"s3cret-in-file\"\n\
+                database_url = \"postgres://app:hunter2@db.example/patchbay\"\n";
+    let env = [
+        ("PATCHBAY_MEDIA_SHARDS", "4"),
+        ("PATCHBAY_HTTP_HEADER_TIMEOUT", "8"),
+    ];
+    let printed = config_print(file, &env, &["--media-shards", "5"]);
+    assert_eq!(line(&printed, "media_shards"), "media_shards = 5  # flag");
+    assert_eq!(
+        line(&printed, "http_header_timeout"),
+        "http_header_timeout = 8  # env"
+    );
+    assert_eq!(
+        line(&printed, "phone_hold_tone"),
+        "phone_hold_tone = 440  # file"
+    );
+    assert_eq!(
+        line(&printed, "public_ip"),
+        "public_ip = [\"192.0.2.1\", \"192.0.2.2\"]  # file"
+    );
+    assert_eq!(
+        line(&printed, "phone_rtp_timeout"),
+        "phone_rtp_timeout = 30  # default"
+    );
+    // Secrets are hidden.
+    assert!(!printed.contains("s3cret-in-file"), "{printed}");
+    assert!(!printed.contains("hunter2"), "{printed}");
+    assert_eq!(
+        line(&printed, "turn_secret"),
+        "turn_secret = \"(hidden)\"  # file"
+    );
+}
+
+#[test]
+fn a_bad_file_is_refused_with_the_key_and_the_reason() {
+    let dir = TempDir::new();
+    let path = dir.0.join("bad.toml");
+    for (text, needle) in [
+        (
+            "media_lisen = \"127.0.0.1:1\"",
+            "`media_lisen`: no such setting",
+        ),
+        ("listen = \"nope\"", "invalid value 'nope' for '--listen"),
+        ("media_shards = 0", "--media-shards"),
+        ("listen = [1, 2]", "takes one value"),
+        ("[listen]\na = 1", "must be a string"),
+    ] {
+        std::fs::write(&path, text).expect("write");
+        let out = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&path)
+            .output()
+            .expect("run patchbay");
+        assert_eq!(out.status.code(), Some(2), "{text:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(needle), "{text:?}: {stderr}");
+    }
+}
+
+#[test]
+fn the_example_config_in_the_repository_is_what_the_binary_generates_and_is_accepted() {
+    let out = Command::new(BIN)
+        .args(["config", "example"])
+        .output()
+        .expect("run patchbay");
+    assert!(out.status.success());
+    let generated = String::from_utf8(out.stdout).expect("utf-8");
+    let committed =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/patchbay.toml"))
+            .expect("deploy/patchbay.toml");
+    assert_eq!(
+        committed, generated,
+        "deploy/patchbay.toml is stale: run `patchbay config example > deploy/patchbay.toml`"
+    );
+    // Uncommented, every line with a value is a valid setting at its default.
+    let uncommented: String = generated
+        .lines()
+        .filter_map(|l| l.strip_prefix("# "))
+        .filter(|l| l.contains(" = ") && !l.starts_with('('))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let printed = config_print(&uncommented, &[], &[]);
+    assert!(printed.contains("# file"), "{printed}");
+    assert!(!printed.contains("# default\nlisten"), "{printed}");
+}
+
+/// A `patchbay serve` child process and what it printed.
+struct Server {
+    _stdout: std::io::Lines<BufReader<std::process::ChildStdout>>,
+    child: Child,
+    http: SocketAddr,
+    sip: SocketAddr,
+}
+
+impl Server {
+    fn spawn(mut cmd: Command) -> Server {
+        // PATCHBAY_TEST_SERVER_LOGS=1 shows the servers' logs.
+        let stderr = if std::env::var_os("PATCHBAY_TEST_SERVER_LOGS").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        };
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn patchbay");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let (mut http, mut sip) = (None, None);
+        while http.is_none() || sip.is_none() {
+            let line = lines.next().expect("server exited").expect("stdout");
+            if let Some(a) = line.strip_prefix("patchbay listening on http://") {
+                http = a.trim().parse().ok();
+            }
+            if let Some(a) = line.strip_prefix("patchbay SIP on ") {
+                sip = a.split_whitespace().next().and_then(|a| a.parse().ok());
+            }
+        }
+        Server {
+            // Kept open: the server prints nothing more after its addresses.
+            _stdout: lines,
+            child,
+            http: http.expect("http address"),
+            sip: sip.expect("sip address"),
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit (60 s at most, a bound against hanging); its exit code.
+    async fn exit_code(&mut self) -> Option<i32> {
+        let child = std::sync::Mutex::new(&mut self.child);
+        let code = std::sync::Mutex::new(None);
+        eventually("the server exits", Duration::from_secs(60), || async {
+            let mut child = child.lock().unwrap_or_else(|e| e.into_inner());
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    *code.lock().unwrap_or_else(|e| e.into_inner()) = status.code();
+                    true
+                }
+                _ => false,
+            }
+        })
+        .await;
+        let code = *code.lock().unwrap_or_else(|e| e.into_inner());
+        code
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(db: &str, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--media-listen",
+        "127.0.0.1:0",
+        "--sip-listen",
+        "127.0.0.1:0",
+        "--rtp-ports",
+        "0-0",
+        "--database-url",
+        db,
+    ])
+    .args(extra);
+    cmd
+}
+
+#[tokio::test]
+async fn a_server_starts_from_a_config_file_alone() {
+    let dir = TempDir::new();
+    let db = format!("sqlite://{}?mode=rwc", dir.0.join("db.sqlite").display());
+    let path = dir.0.join("patchbay.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "listen = \"127.0.0.1:0\"\nmedia_listen = \"127.0.0.1:0\"\nsip_listen = \"127.0.0.1:0\"\n\
+             rtp_ports = \"0-0\"\ndatabase_url = \"{db}\"\n"
+        ),
+    )
+    .expect("write");
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve").env("PATCHBAY_CONFIG", &path);
+    let server = Server::spawn(cmd);
+    let ready = reqwest::get(format!("http://{}/readyz", server.http))
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 200);
+}
+
+/// An account, a session and `n` participants in it; their tokens.
+async fn session_with(http: SocketAddr, db: &str, n: usize) -> (String, Vec<String>) {
+    let out = Command::new(BIN)
+        .args(["account", "create", "ops", "--json", "--database-url", db])
+        .output()
+        .expect("account create");
+    assert!(out.status.success());
+    let creds: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let (user, pass) = (
+        creds["username"].as_str().expect("username").to_owned(),
+        creds["password"].as_str().expect("password").to_owned(),
+    );
+    let client = reqwest::Client::new();
+    let base = format!("http://{http}/v1/accounts/ops");
+    let session: Value = client
+        .post(format!("{base}/sessions"))
+        .basic_auth(&user, Some(&pass))
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("session")
+        .json()
+        .await
+        .expect("json");
+    let session = session["id"].as_str().expect("id").to_owned();
+    let mut tokens = Vec::new();
+    for _ in 0..n {
+        let p: Value = client
+            .post(format!("{base}/participants"))
+            .basic_auth(&user, Some(&pass))
+            .json(&json!({"publishPermissions": ["AUDIO"]}))
+            .send()
+            .await
+            .expect("participant")
+            .json()
+            .await
+            .expect("json");
+        let id = p["participant"]["id"].as_str().expect("participant id");
+        let status = client
+            .put(format!("{base}/sessions/{session}/participants/{id}"))
+            .basic_auth(&user, Some(&pass))
+            .json(&json!({}))
+            .send()
+            .await
+            .expect("add")
+            .status();
+        assert!(status.is_success(), "{status}");
+        tokens.push(p["token"].as_str().expect("token").to_owned());
+    }
+    (format!("{base}/sessions/{session}|{user}|{pass}"), tokens)
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn device(http: SocketAddr, token: &str) -> Ws {
+    let url = format!(
+        "ws://{http}/v3/?token={token}&client=browser&sdkVersion=0.12.0-beta.1&uniqueId={}",
+        uuid::Uuid::new_v4()
+    );
+    tokio_tungstenite::connect_async(url)
+        .await
+        .expect("upgrade")
+        .0
+}
+
+/// The close frame the server ends `ws` with (skipping other frames).
+async fn close_of(ws: &mut Ws) -> (CloseCode, String) {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(60), ws.next()).await {
+            Ok(Some(Ok(Message::Close(Some(frame))))) => {
+                return (frame.code, frame.reason.to_string())
+            }
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("no close frame: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn sigterm_drains_then_closes_devices_and_calls_and_exits_0_keeping_state() {
+    let dir = TempDir::new();
+    let db = format!("sqlite://{}?mode=rwc", dir.0.join("db.sqlite").display());
+    // A first start creates the schema for `account create`.
+    let mut server = Server::spawn(serve(&db, &["--drain-timeout", "4"]));
+    let (session, tokens) = session_with(server.http, &db, 3).await;
+    let mut browser = device(server.http, &tokens[0]).await;
+    let phone = phone_ua::dial(server.sip, &Dial::with_token(&tokens[1]))
+        .await
+        .unwrap_or_else(|r| panic!("phone refused: {r:?}"));
+    phone.play_tone(440.0);
+
+    server.signal("TERM");
+    let client = reqwest::Client::new();
+    let readyz = format!("http://{}/readyz", server.http);
+    eventually(
+        "/readyz answers 503 draining",
+        Duration::from_secs(10),
+        || async {
+            let r = client.get(&readyz).send().await.expect("readyz");
+            r.status() == 503
+                && r.json::<Value>().await.expect("json")["error"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("draining")
+        },
+    )
+    .await;
+
+    // A new device is refused with 1013 "server draining"; a new call with 503.
+    let mut late = device(server.http, &tokens[2]).await;
+    assert_eq!(
+        close_of(&mut late).await,
+        (CloseCode::Again, "server draining".to_owned())
+    );
+    match phone_ua::dial(server.sip, &Dial::with_token(&tokens[2])).await {
+        Err(refused) => assert_eq!(refused.code, 503, "{refused:?}"),
+        Ok(_) => panic!("a call was admitted while draining"),
+    }
+    // The connected browser and phone are still up, then closed after the drain timeout.
+    assert!(!phone.bye_received());
+    assert_eq!(
+        close_of(&mut browser).await,
+        (CloseCode::Away, "server shutting down".to_owned())
+    );
+    eventually("the phone gets BYE", Duration::from_secs(30), || async {
+        phone.bye_received()
+    })
+    .await;
+    assert_eq!(server.exit_code().await, Some(0));
+
+    // What was acknowledged is still there after a restart.
+    let again = Server::spawn(serve(&db, &[]));
+    let mut parts = session.split('|');
+    let (url, user, pass) = (
+        parts.next().expect("url"),
+        parts.next().expect("user"),
+        parts.next().expect("pass"),
+    );
+    let url = url.replace(&server.http.to_string(), &again.http.to_string());
+    let members: Value = client
+        .get(format!("{url}/participants"))
+        .basic_auth(user, Some(pass))
+        .send()
+        .await
+        .expect("members")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(members.as_array().map(Vec::len), Some(3), "{members}");
+}
+
+#[tokio::test]
+async fn a_second_signal_stops_at_once() {
+    let dir = TempDir::new();
+    let db = format!("sqlite://{}?mode=rwc", dir.0.join("db.sqlite").display());
+    let mut server = Server::spawn(serve(&db, &["--drain-timeout", "600"]));
+    let (_, tokens) = session_with(server.http, &db, 1).await;
+    let _browser = device(server.http, &tokens[0]).await;
+    server.signal("TERM");
+    let readyz = format!("http://{}/readyz", server.http);
+    eventually("/readyz answers 503", Duration::from_secs(10), || async {
+        reqwest::get(&readyz).await.expect("readyz").status() == 503
+    })
+    .await;
+    server.signal("INT");
+    // Without the second signal it would wait 600 s for the device.
+    assert_eq!(server.exit_code().await, Some(130));
+}
