@@ -109,6 +109,7 @@ impl App {
                 session_max_age: config.webhooks.session_max_age,
             },
         )?;
+        crate::runtime::webhooks::spawn_heartbeat(control.clone(), http_addr.to_string());
         let media = crate::runtime::media::spawn(shards, control.clone())?;
         // Signaling and the SIP bridge reach the media plane only through control's verbs.
         let devices = DeviceControl::new(control.clone(), Arc::new(media.clone()));
@@ -252,6 +253,9 @@ async fn drain(control: &Control, sip: &SipHandle, timeout: std::time::Duration)
     let _ = tokio::time::timeout(CLOSE_WAIT, sip.stopped()).await;
     while control.live_devices() > 0 && Instant::now() < deadline {
         sleep(POLL).await;
+    }
+    if let Err(e) = control.forget_live().await {
+        tracing::warn!(error = %e, "cannot clear this process's live state");
     }
     tracing::info!(devices = control.live_devices(), "drained: stopping");
 }

@@ -34,6 +34,13 @@ pub enum Command {
     /// Manage accounts (works while a server runs on the same database).
     #[command(subcommand)]
     Account(AccountCommand),
+    /// Look at sessions: members, live devices and calls, who hears whom (works while servers
+    /// run on the same database).
+    #[command(subcommand)]
+    Session(SessionCommand),
+    /// Rotate the secret that signs device tokens (works while servers run on it).
+    #[command(subcommand, name = "token-secret")]
+    TokenSecret(TokenSecretCommand),
     /// The configuration file and the effective configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -96,6 +103,74 @@ pub enum AccountCommand {
         #[arg(long)]
         json: bool,
         /// The database holding the account.
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// List the accounts with their usernames and how many sessions and participants each has.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// The database.
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Replace an account's API credentials with new random ones, printed once; the old ones
+    /// stop working (on running servers within 5 seconds). The webhook secret is unchanged.
+    Rotate {
+        /// The account id.
+        account_id: String,
+        /// Print `{"accountId": …, "username": …, "password": …}` instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The database holding the account.
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+}
+
+/// The commands under `patchbay session`.
+#[derive(Debug, Subcommand)]
+pub enum SessionCommand {
+    /// List sessions with their member counts and live devices and calls.
+    List {
+        /// Only this account's sessions.
+        #[arg(long)]
+        account: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// The database.
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Show a session: its members, their live devices and calls, the streams they publish,
+    /// and who hears whom (the forwarding table compiled from the rules and those streams).
+    Inspect {
+        /// The session's account.
+        account_id: String,
+        /// The session id.
+        session_id: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The database.
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+}
+
+/// The commands under `patchbay token-secret`.
+#[derive(Debug, Subcommand)]
+pub enum TokenSecretCommand {
+    /// Replace the device-token secret with a new random one. Tokens signed with the old one
+    /// keep working for the grace period (0: they stop at once, for a leaked secret); running
+    /// servers sign new tokens with the new secret within 10 seconds.
+    Rotate {
+        /// Seconds the old secret still verifies tokens (default: a token's whole lifetime).
+        #[arg(long, default_value_t = 86_400)]
+        grace: u64,
+        /// The database.
         #[command(flatten)]
         database: DatabaseArgs,
     },

@@ -106,6 +106,7 @@
 #[allow(unreachable_pub)] // the REST handlers' visibility is settled by the control-port change
 pub mod api;
 pub mod app;
+pub mod cli;
 pub mod config;
 pub mod config_file;
 pub mod control;

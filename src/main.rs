@@ -1,9 +1,7 @@
 //! The `patchbay` binary: parse the command line, start telemetry, run the command.
 
 use patchbay::app::App;
-use patchbay::config::{AccountCommand, Cli, Command, ConfigCommand};
-use patchbay::control::Control;
-use patchbay::domain::AccountId;
+use patchbay::config::{Cli, Command, ConfigCommand};
 use tracing_subscriber::EnvFilter;
 
 /// The log filter when `RUST_LOG` is not set: INFO, except the ICE library's STUN parser,
@@ -53,27 +51,19 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Account(AccountCommand::Create {
-            account_id,
-            json,
-            database,
-        }) => {
-            let account = AccountId::parse(&account_id)?;
-            let (url, _) = database.resolve()?;
-            let store = patchbay::store::open(&url).await?;
-            let control = Control::new(std::sync::Arc::new(store)).await?;
-            let creds = control.create_account(account).await?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"accountId": creds.account.as_str(), "username": creds.username, "password": creds.password, "webhookSecret": creds.webhook_secret})
-                );
-            } else {
-                println!(
-                    "account:  {}\nusername: {}\npassword: {}\nwebhook secret: {}",
-                    creds.account, creds.username, creds.password, creds.webhook_secret
-                );
-            }
+        Command::Account(command) => {
+            print!("{}", patchbay::cli::account(command).await?);
+            Ok(())
+        }
+        Command::Session(command) => {
+            print!(
+                "{}",
+                patchbay::cli::session(command, patchbay::store::epoch_ms()).await?
+            );
+            Ok(())
+        }
+        Command::TokenSecret(command) => {
+            print!("{}", patchbay::cli::token_secret(command).await?);
             Ok(())
         }
     }

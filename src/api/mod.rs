@@ -30,6 +30,16 @@ use utoipa::OpenApi;
 pub use auth_limit::{AuthFailureLimits, AuthFailures};
 #[doc(hidden)]
 pub use dto::{parse_body, BodyKind};
+
+/// A session's forwarding table as `GET …/sessions/{s}/routes` answers it (for the operator
+/// commands, which print the same shape).
+pub fn routes_json(
+    session: crate::domain::SessionId,
+    members: &[crate::domain::Participant],
+    table: &crate::forwarding::ForwardingTable,
+) -> serde_json::Value {
+    serde_json::to_value(dto::RoutesView::new(session, members, table)).unwrap_or_default()
+}
 pub use error::{log_server_faults, BodyError, Error, ErrorBody, ServerFault, UnauthorizedBody};
 pub use extract::parse_optional_json;
 pub use ice::{turn_credential, IceServer, TurnServers};

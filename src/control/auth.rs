@@ -12,8 +12,9 @@ use super::{Control, ControlError};
 use crate::domain::AccountId;
 use crate::store::AccountCredentials;
 
-/// How long a verified credential lookup is reused before the store is asked again.
-const CREDENTIAL_CACHE_TTL: Duration = Duration::from_secs(60);
+/// How long a verified credential lookup is reused before the store is asked again: also how
+/// long rotated credentials may keep working on a running server (`patchbay account rotate`).
+pub const CREDENTIAL_CACHE_TTL: Duration = Duration::from_secs(5);
 
 /// Above this many cached usernames the cache starts over (bounds memory under a flood of
 /// unknown names).
@@ -59,16 +60,54 @@ impl CredentialCache {
     }
 }
 
+/// Rotated API credentials, shown once.
+#[derive(Debug, Clone)]
+pub struct RotatedCredentials {
+    /// The account.
+    pub account: AccountId,
+    /// The new API username.
+    pub username: String,
+    /// The new password in clear; only its SHA-256 is stored.
+    pub password: String,
+}
+
+fn generate(account: &AccountId) -> (String, String) {
+    use rand::distr::{Alphanumeric, SampleString};
+    let mut rng = rand::rng();
+    let username = format!(
+        "{account}-{}",
+        Alphanumeric.sample_string(&mut rng, 8).to_lowercase()
+    );
+    (username, Alphanumeric.sample_string(&mut rng, 32))
+}
+
 impl Control {
+    /// Replaces an account's API credentials with fresh random ones: the old ones stop working
+    /// (on a running server, once its credential cache forgets them: within
+    /// [`CREDENTIAL_CACHE_TTL`]). The webhook secret is unchanged.
+    pub async fn rotate_credentials(
+        &self,
+        account: AccountId,
+    ) -> Result<RotatedCredentials, ControlError> {
+        let (username, password) = generate(&account);
+        self.inner
+            .store
+            .replace_credentials(&AccountCredentials {
+                account: account.clone(),
+                username: username.clone(),
+                password_sha256: sha256_hex(&password),
+            })
+            .await?;
+        Ok(RotatedCredentials {
+            account,
+            username,
+            password,
+        })
+    }
+
     /// Creates an account with fresh random API credentials.
     pub async fn create_account(&self, account: AccountId) -> Result<NewCredentials, ControlError> {
-        use rand::distr::{Alphanumeric, SampleString};
-        let mut rng = rand::rng();
-        let username = format!(
-            "{account}-{}",
-            Alphanumeric.sample_string(&mut rng, 8).to_lowercase()
-        );
-        let password = Alphanumeric.sample_string(&mut rng, 32);
+        let (username, password) = generate(&account);
         self.inner
             .store
             .create_account(&AccountCredentials {

@@ -21,7 +21,7 @@ impl Control {
         &self,
         token: &str,
     ) -> Result<VerifiedDevice, DeviceTokenError> {
-        let claims = self.inner.tokens.decode(token)?;
+        let claims = self.decode_device_token(token).await?;
         let participant = self
             .inner
             .store

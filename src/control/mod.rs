@@ -23,6 +23,10 @@
 //! - `routing.rs`: [`Routing`], the pure core: published streams and last tables → diffs.
 //! - `serial.rs`: per-session serialization of recompiles (striped locks).
 //! - `events.rs`: [`ControlEvent`]s and the bus that carries them.
+//! - `keys.rs`: the device-token keys (current and, after a rotation, previous) and their
+//!   reload from the store.
+//! - `operator.rs`: the operator's verbs (accounts, credential and secret rotation, session
+//!   summaries and inspection) and this process's live state in the store.
 //! - `webhooks.rs`: lifecycle events into the webhook outbox (through one ordered feed the
 //!   runtime drains), account webhook settings, the delivery log, and the session cleanup.
 
@@ -31,6 +35,8 @@ mod connections;
 mod devices;
 mod error;
 mod events;
+mod keys;
+mod operator;
 pub mod port;
 mod routes;
 mod routing;
@@ -47,11 +53,13 @@ use crate::token::{self, TokenKeys};
 
 /// The outbox's vocabulary, as the delivery worker and the delivery log see it.
 pub use crate::store::{AttemptOutcome, DeliveryAttempt, OutboxEvent};
-pub use auth::NewCredentials;
+pub use auth::{NewCredentials, RotatedCredentials, CREDENTIAL_CACHE_TTL};
 pub use connections::{AdmittedPhone, ConnectError, ConnectedDevice, DeviceControl, PhoneRefusal};
 pub use devices::VerifiedDevice;
 pub use error::{Conflict, ControlError, DeviceTokenError, Invalid, Resource, Source};
 pub use events::{CallEndReason, ControlEvent, LifecycleEvent, RoutingUpdate};
+pub use keys::PREVIOUS_SECRET_NAME;
+pub use operator::{Inspection, LiveDeviceView};
 pub use routing::Routing;
 pub use sessions::NewParticipant;
 pub use webhooks::{WebhookFeed, SESSION_EXPIRED};
@@ -64,7 +72,9 @@ pub struct Control {
 
 struct Inner {
     store: Arc<dyn Store>,
-    tokens: TokenKeys,
+    tokens: keys::DeviceKeys,
+    /// This process's id in the live-state tables (see `operator.rs`).
+    instance: String,
     events: events::EventBus,
     /// Published streams and the last table of each session.
     routing: Mutex<Routing>,
@@ -86,9 +96,11 @@ impl Control {
         let secret = store
             .secret(token::SECRET_NAME, &TokenKeys::generate_secret())
             .await?;
+        let previous = store.secret_value(keys::PREVIOUS_SECRET_NAME).await?;
         Ok(Control {
             inner: Arc::new(Inner {
-                tokens: TokenKeys::from_secret(&secret),
+                tokens: keys::DeviceKeys::new(&secret, previous.as_deref()),
+                instance: uuid::Uuid::new_v4().to_string(),
                 store,
                 events: events::EventBus::new(),
                 routing: Mutex::new(Routing::new()),

@@ -60,7 +60,7 @@ impl Control {
 }
 
 /// The members as the compiler sees them.
-fn rules_of(members: &[Participant]) -> Vec<Member> {
+pub(super) fn rules_of(members: &[Participant]) -> Vec<Member> {
     members
         .iter()
         .map(|p| Member {

@@ -1,5 +1,5 @@
-//! The webhook tasks: the recorder (control's lifecycle feed into the outbox, in order), the
-//! delivery worker (the outbox to the receivers, signed, retried) and the session cleanup
+//! The webhook tasks: the recorder (control's lifecycle feed into the outbox, in order, and
+//! into this process's live state), the heartbeat of that live state, the delivery worker (the outbox to the receivers, signed, retried) and the session cleanup
 //! timer. The worker reads the outbox in batches and keeps a bounded number of attempts in
 //! flight, so a slow or dead receiver costs it waiting time only, never the REST API's or the
 //! media plane's, and never unbounded memory; what it sends next and when it retries is
@@ -58,10 +58,15 @@ pub fn spawn(control: Control, settings: WebhookSettings) -> anyhow::Result<()> 
 }
 
 /// Control's lifecycle events into the outbox, one at a time, in order. A database that
-/// cannot answer holds the feed back (it is retried) rather than dropping the event.
+/// cannot answer holds the feed back (it is retried) rather than dropping the event. Each
+/// event also updates this process's live state for the operator commands (best effort: a
+/// failure is logged, and a dead process's rows are pruned by the heartbeat anyway).
 async fn record(control: Control, mut feed: WebhookFeed, wake: Arc<Notify>) {
     while let Some(event) = feed.recv().await {
         let at = now_ms();
+        if let Err(e) = control.record_live(&event, at).await {
+            tracing::warn!(error = %e, ?event, "cannot record live state");
+        }
         let mut backoff = Duration::from_millis(100);
         loop {
             match control.record_webhooks(&event, at).await {
@@ -147,6 +152,22 @@ async fn attempt(client: reqwest::Client, event: OutboxEvent) -> (OutboxEvent, A
         Err(err) => AttemptResult::Failed(format!("failed: {err}")),
     };
     (event, result)
+}
+
+/// How often this process tells the store it is alive (and reloads the token keys).
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
+
+/// Starts the heartbeat of this process's live state, serving at `address`.
+#[allow(clippy::disallowed_methods)] // the runtime starts tasks
+pub fn spawn_heartbeat(control: Control, address: String) {
+    tokio::spawn(async move {
+        loop {
+            if let Err(e) = control.heartbeat(&address, now_ms()).await {
+                tracing::warn!(error = %e, "cannot record this process's heartbeat");
+            }
+            tokio_sleep(HEARTBEAT_EVERY).await;
+        }
+    });
 }
 
 /// Removes expired sessions every [`CLEANUP_EVERY`].

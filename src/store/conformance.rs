@@ -37,6 +37,7 @@ pub const CASES: &[&str] = &[
     "webhook_settings",
     "webhook_outbox",
     "sessions_by_age",
+    "operator",
 ];
 
 async fn new_account(store: &TestStore) -> AccountId {
@@ -816,4 +817,189 @@ pub async fn sessions_by_age(store: TestStore) {
             .expect("old")
     )
     .is_empty());
+}
+
+/// The operator's view: account and session summaries, credential replacement, secrets set
+/// and removed together, and live state: written per process, read with the process's last
+/// heartbeat, pruned with a process that stopped beating, forgotten on a clean stop.
+pub async fn operator(store: TestStore) {
+    use super::{LiveChange, LiveStream, STALE_AFTER_MS};
+    use crate::domain::StreamId;
+    let account = new_account(&store).await;
+    let session = new_session(&store, &account).await;
+    let (a, b) = (
+        new_participant(&store, &account).await,
+        new_participant(&store, &account).await,
+    );
+    store
+        .add_member(&account, session, a, None)
+        .await
+        .expect("add a");
+    let mine = store.accounts().await.expect("accounts");
+    let mine = mine.iter().find(|s| s.account == account).expect("listed");
+    assert_eq!((mine.sessions, mine.participants), (1, 2));
+    let sessions = store
+        .session_summaries(Some(&account))
+        .await
+        .expect("sessions");
+    assert_eq!(sessions.len(), 1);
+    assert_eq!((sessions[0].session, sessions[0].members), (session, 1));
+    assert!(store
+        .session_summaries(None)
+        .await
+        .expect("all sessions")
+        .iter()
+        .any(|s| s.session == session));
+
+    // Credentials are replaced; the old username no longer finds the account.
+    store
+        .replace_credentials(&AccountCredentials {
+            account: account.clone(),
+            username: format!("rotated-{account}"),
+            password_sha256: "22".repeat(32),
+        })
+        .await
+        .expect("rotate");
+    assert!(store
+        .account_by_username(&format!("user-{account}"))
+        .await
+        .expect("lookup")
+        .is_none());
+    let other = AccountId::parse("zz-missing").expect("id");
+    assert!(matches!(
+        store
+            .replace_credentials(&AccountCredentials {
+                account: other,
+                username: format!("x-{account}"),
+                password_sha256: "33".repeat(32),
+            })
+            .await,
+        Err(StoreError::AccountNotFound)
+    ));
+
+    // Secrets: set and removed in one go.
+    let (s1, s2) = (
+        format!("op-{}", rand::random::<u64>()),
+        format!("op-{}", rand::random::<u64>()),
+    );
+    store
+        .set_secrets(&[(&s1, Some(b"one".to_vec())), (&s2, Some(b"two".to_vec()))])
+        .await
+        .expect("set");
+    store
+        .set_secrets(&[(&s1, Some(b"uno".to_vec())), (&s2, None)])
+        .await
+        .expect("replace");
+    assert_eq!(
+        store.secret_value(&s1).await.expect("get").as_deref(),
+        Some(&b"uno"[..])
+    );
+    assert_eq!(store.secret_value(&s2).await.expect("get"), None);
+
+    // Live state of two processes; one stops beating and is pruned by the other's heartbeat.
+    let (p1, p2) = (
+        format!("proc-{}", rand::random::<u64>()),
+        format!("proc-{}", rand::random::<u64>()),
+    );
+    let t0 = 1_000_000_000_000_i64 + i64::from(rand::random::<u16>());
+    store
+        .heartbeat(&p1, "10.0.0.1:8080", t0)
+        .await
+        .expect("beat");
+    store
+        .heartbeat(&p2, "10.0.0.2:8080", t0)
+        .await
+        .expect("beat");
+    let stream = LiveStream {
+        participant: a,
+        stream: StreamId::parse("s1").expect("stream"),
+        alias: Some(StreamAlias::parse("cam").expect("alias")),
+        kinds: MediaKinds::ALL,
+    };
+    for (instance, change) in [
+        (
+            &p1,
+            LiveChange::Connected {
+                participant: a,
+                device: "d-a".into(),
+            },
+        ),
+        (&p1, LiveChange::Published(stream.clone())),
+        (
+            &p2,
+            LiveChange::Connected {
+                participant: b,
+                device: "call-b".into(),
+            },
+        ),
+        (
+            &p2,
+            LiveChange::IsPhone {
+                participant: b,
+                device: "call-b".into(),
+            },
+        ),
+    ] {
+        store
+            .record_live(instance, &change, t0)
+            .await
+            .expect("record");
+    }
+    let devices = store.live_devices(&[a, b]).await.expect("devices");
+    assert_eq!(devices.len(), 2, "{devices:?}");
+    let phone = devices
+        .iter()
+        .find(|d| d.participant == b)
+        .expect("b's device");
+    assert_eq!(
+        (phone.kind, phone.instance.as_str(), phone.instance_seen_ms),
+        (super::DeviceKind::Phone, p2.as_str(), t0)
+    );
+    assert_eq!(
+        store.live_streams(&[a, b]).await.expect("streams"),
+        vec![stream.clone()]
+    );
+    assert!(store.live_devices(&[]).await.expect("none").is_empty());
+
+    // p1 goes on beating, p2 does not: a minute later p2's rows are gone.
+    store
+        .heartbeat(&p1, "10.0.0.1:8080", t0 + STALE_AFTER_MS + 1)
+        .await
+        .expect("beat");
+    let devices = store.live_devices(&[a, b]).await.expect("devices");
+    assert_eq!(
+        devices.iter().map(|d| d.participant).collect::<Vec<_>>(),
+        vec![a]
+    );
+    // A disconnection recorded by another process does not remove p1's device.
+    store
+        .record_live(
+            &p2,
+            &LiveChange::Disconnected {
+                participant: a,
+                device: "d-a".into(),
+            },
+            t0,
+        )
+        .await
+        .expect("record");
+    assert_eq!(store.live_devices(&[a]).await.expect("devices").len(), 1);
+    store
+        .record_live(
+            &p1,
+            &LiveChange::Unpublished {
+                participant: a,
+                stream: stream.stream.clone(),
+            },
+            t0,
+        )
+        .await
+        .expect("record");
+    assert!(store.live_streams(&[a]).await.expect("streams").is_empty());
+    store.forget_instance(&p1).await.expect("forget");
+    assert!(store
+        .live_devices(&[a, b])
+        .await
+        .expect("devices")
+        .is_empty());
 }

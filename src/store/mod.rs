@@ -3,7 +3,9 @@
 //! The store owns durable state: accounts and their API credentials, the device-token secret,
 //! sessions, participants, membership and subscription rules, and the webhook outbox (each
 //! account's signing secret and event filter, events waiting for delivery, the log of delivery
-//! attempts; `webhooks.rs`). Each trait method is one atomic
+//! attempts; `webhooks.rs`), and the operator's view: account and session summaries, credential
+//! and secret rotation, and the live state each server process records (`operator.rs`). Each
+//! trait method is one atomic
 //! unit: it commits entirely or not at all, and a method that returned `Ok` has committed, so
 //! everything the API acknowledged survives `kill -9` and a restart.
 //!
@@ -28,6 +30,7 @@
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+mod operator;
 mod sql;
 mod webhooks;
 
@@ -40,6 +43,10 @@ use crate::domain::{
     MAX_SESSION_MEMBERS,
 };
 
+pub use operator::{
+    AccountSummary, DeviceKind, LiveChange, LiveDevice, LiveStream, OperatorStore, SessionSummary,
+    STALE_AFTER_MS,
+};
 pub use sql::{Dialect, SqlStore};
 pub use webhooks::epoch_ms;
 
@@ -133,7 +140,7 @@ pub struct AccountCredentials {
 
 /// Durable state. See the module docs for the atomicity and locking contract.
 #[async_trait]
-pub trait Store: WebhookStore {
+pub trait Store: WebhookStore + OperatorStore {
     /// Does the database answer for every table the server uses, within [`PROBE_TIMEOUT`]?
     async fn ping(&self) -> Result<(), StoreError>;
 

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use patchbay_testkit::phone_ua::{self, Dial};
 use patchbay_testkit::wait::eventually;
 use serde_json::{json, Value};
@@ -294,11 +294,11 @@ async fn session_with(http: SocketAddr, db: &str, n: usize) -> (String, Vec<Stri
         .expect("json");
     let session = session["id"].as_str().expect("id").to_owned();
     let mut tokens = Vec::new();
-    for _ in 0..n {
+    for i in 0..n {
         let p: Value = client
             .post(format!("{base}/participants"))
             .basic_auth(&user, Some(&pass))
-            .json(&json!({"publishPermissions": ["AUDIO"]}))
+            .json(&json!({"publishPermissions": ["AUDIO"], "tag": format!("p{i}")}))
             .send()
             .await
             .expect("participant")
@@ -309,7 +309,7 @@ async fn session_with(http: SocketAddr, db: &str, n: usize) -> (String, Vec<Stri
         let status = client
             .put(format!("{base}/sessions/{session}/participants/{id}"))
             .basic_auth(&user, Some(&pass))
-            .json(&json!({}))
+            .json(&json!({"sessionId": session}))
             .send()
             .await
             .expect("add")
@@ -336,12 +336,20 @@ async fn device(http: SocketAddr, token: &str) -> Ws {
 
 /// The close frame the server ends `ws` with (skipping other frames).
 async fn close_of(ws: &mut Ws) -> (CloseCode, String) {
+    close_within(ws, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|| panic!("no close frame within 60 s"))
+}
+
+/// The close frame the server ends `ws` with, if one comes within `wait`.
+async fn close_within(ws: &mut Ws, wait: Duration) -> Option<(CloseCode, String)> {
     loop {
-        match tokio::time::timeout(Duration::from_secs(60), ws.next()).await {
+        match tokio::time::timeout(wait, ws.next()).await {
             Ok(Some(Ok(Message::Close(Some(frame))))) => {
-                return (frame.code, frame.reason.to_string())
+                return Some((frame.code, frame.reason.to_string()))
             }
             Ok(Some(Ok(_))) => continue,
+            Err(_) => return None,
             other => panic!("no close frame: {other:?}"),
         }
     }
@@ -436,4 +444,242 @@ async fn a_second_signal_stops_at_once() {
     server.signal("INT");
     // Without the second signal it would wait 600 s for the device.
     assert_eq!(server.exit_code().await, Some(130));
+}
+
+// ---- the operator commands ------------------------------------------------------------------
+
+/// Runs `patchbay ARGS… --database-url DB`; its stdout (it must succeed).
+fn cli(db: &str, args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .args(args)
+        .args(["--database-url", db])
+        .output()
+        .expect("run patchbay");
+    assert!(
+        out.status.success(),
+        "patchbay {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+async fn status_with(http: SocketAddr, user: &str, pass: &str) -> u16 {
+    reqwest::Client::new()
+        .get(format!(
+            "http://{http}/v1/accounts/ops/participants/00000000-0000-0000-0000-000000000000"
+        ))
+        .basic_auth(user, Some(pass))
+        .send()
+        .await
+        .expect("request")
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn accounts_are_listed_and_rotated_credentials_replace_the_old_ones() {
+    let dir = TempDir::new();
+    let db = format!("sqlite://{}?mode=rwc", dir.0.join("db.sqlite").display());
+    let server = Server::spawn(serve(&db, &[]));
+    let (_, _) = session_with(server.http, &db, 2).await;
+    let list: Value =
+        serde_json::from_str(&cli(&db, &["account", "list", "--json"])).expect("json");
+    assert_eq!(list[0]["accountId"], "ops", "{list}");
+    assert_eq!(list[0]["sessions"], 1, "{list}");
+    assert_eq!(list[0]["participants"], 2, "{list}");
+    let old_user = list[0]["username"].as_str().expect("username").to_owned();
+    assert!(cli(&db, &["account", "list"]).contains(&old_user));
+
+    // The credentials session_with used are gone from here; get the current ones by rotating
+    // twice: the first rotation's credentials must work, then stop working after the second.
+    let first: Value =
+        serde_json::from_str(&cli(&db, &["account", "rotate", "ops", "--json"])).expect("json");
+    let (u1, p1) = (
+        first["username"].as_str().expect("username").to_owned(),
+        first["password"].as_str().expect("password").to_owned(),
+    );
+    assert_ne!(u1, old_user);
+    assert_eq!(
+        status_with(server.http, &u1, &p1).await,
+        404,
+        "new credentials work"
+    );
+    let second: Value =
+        serde_json::from_str(&cli(&db, &["account", "rotate", "ops", "--json"])).expect("json");
+    let (u2, p2) = (
+        second["username"].as_str().expect("username").to_owned(),
+        second["password"].as_str().expect("password").to_owned(),
+    );
+    eventually(
+        "the rotated-away credentials stop working",
+        Duration::from_secs(30),
+        || {
+            let (u1, p1) = (u1.clone(), p1.clone());
+            async move { status_with(server.http, &u1, &p1).await == 401 }
+        },
+    )
+    .await;
+    assert_eq!(status_with(server.http, &u2, &p2).await, 404);
+    // Garbage is refused with a message.
+    let out = Command::new(BIN)
+        .args(["account", "rotate", "no such!", "--database-url", &db])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+}
+
+#[tokio::test]
+async fn sessions_list_and_inspect_show_members_live_devices_calls_and_who_hears_whom() {
+    let dir = TempDir::new();
+    let db = format!("sqlite://{}?mode=rwc", dir.0.join("db.sqlite").display());
+    let server = Server::spawn(serve(&db, &[]));
+    let (session, tokens) = session_with(server.http, &db, 2).await;
+    let session_id = session
+        .split('|')
+        .next()
+        .and_then(|u| u.rsplit('/').next())
+        .expect("session id")
+        .to_owned();
+    let _browser = device(server.http, &tokens[0]).await;
+    let phone = phone_ua::dial(server.sip, &Dial::with_token(&tokens[1]))
+        .await
+        .unwrap_or_else(|r| panic!("phone refused: {r:?}"));
+    phone.play_tone(440.0);
+
+    // The live state is written from the lifecycle feed: wait for it.
+    let list = std::sync::Mutex::new(Value::Null);
+    eventually(
+        "session list shows one browser and one phone",
+        Duration::from_secs(30),
+        || async {
+            let v: Value =
+                serde_json::from_str(&cli(&db, &["session", "list", "--json"])).expect("json");
+            let ok = v[0]["browsers"] == 1 && v[0]["phones"] == 1;
+            *list.lock().unwrap_or_else(|e| e.into_inner()) = v;
+            ok
+        },
+    )
+    .await;
+    let list = list.into_inner().unwrap_or_else(|e| e.into_inner());
+    assert_eq!(list[0]["sessionId"], session_id.as_str(), "{list}");
+    assert_eq!(list[0]["members"], 2, "{list}");
+    let text = cli(&db, &["session", "list", "--account", "ops"]);
+    assert!(text.contains(&session_id), "{text}");
+
+    let inspected = std::sync::Mutex::new(Value::Null);
+    eventually(
+        "inspect shows the phone's stream forwarded",
+        Duration::from_secs(30),
+        || async {
+            let v: Value = serde_json::from_str(&cli(
+                &db,
+                &["session", "inspect", "ops", &session_id, "--json"],
+            ))
+            .expect("json");
+            let ok = v["streams"].as_array().is_some_and(|s| s.len() == 1);
+            *inspected.lock().unwrap_or_else(|e| e.into_inner()) = v;
+            ok
+        },
+    )
+    .await;
+    let v = inspected.into_inner().unwrap_or_else(|e| e.into_inner());
+    assert_eq!(v["streams"][0]["alias"], "phone", "{v}");
+    assert_eq!(v["devices"].as_array().map(Vec::len), Some(2), "{v}");
+    // Everyone subscribes to the session: the browser's participant hears the phone's stream.
+    let browser_participant = v["devices"]
+        .as_array()
+        .and_then(|d| d.iter().find(|d| d["kind"] == "browser"))
+        .map(|d| d["participantId"].clone())
+        .expect("browser device");
+    let routes = &v["routes"]["subscribers"];
+    let hears = routes
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["participantId"] == browser_participant))
+        .expect("browser's routes");
+    assert_eq!(hears["receives"][0]["streams"][0]["alias"], "phone", "{v}");
+    let text = cli(&db, &["session", "inspect", "ops", &session_id]);
+    assert!(text.contains("phone call"), "{text}");
+    assert!(text.contains("p0 ("), "{text}");
+    assert!(text.contains("phone [AUDIO]"), "{text}");
+
+    // A session that does not exist is an error, not an empty answer.
+    let out = Command::new(BIN)
+        .args([
+            "session",
+            "inspect",
+            "ops",
+            "00000000-0000-0000-0000-000000000000",
+            "--database-url",
+            &db,
+        ])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("session not found"));
+
+    // After the call ends, the phone is no longer listed.
+    assert!(phone.hangup().await);
+    eventually(
+        "the call is gone from the list",
+        Duration::from_secs(30),
+        || async {
+            let v: Value =
+                serde_json::from_str(&cli(&db, &["session", "list", "--json"])).expect("json");
+            v[0]["phones"] == 0 && v[0]["browsers"] == 1
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_rotated_token_secret_without_grace_refuses_old_tokens_and_signs_new_ones() {
+    let dir = TempDir::new();
+    let db = format!("sqlite://{}?mode=rwc", dir.0.join("db.sqlite").display());
+    let server = Server::spawn(serve(&db, &[]));
+    let (session, tokens) = session_with(server.http, &db, 1).await;
+    let out = cli(&db, &["token-secret", "rotate", "--grace", "0"]);
+    assert!(out.contains("no longer verify"), "{out}");
+    eventually(
+        "the old token is refused",
+        Duration::from_secs(30),
+        || async {
+            let mut ws = device(server.http, &tokens[0]).await;
+            // A token that still verifies connects: no close frame comes.
+            close_within(&mut ws, Duration::from_secs(1))
+                .await
+                .is_some_and(|(code, reason)| {
+                    code == CloseCode::Normal && reason.contains("signature")
+                })
+        },
+    )
+    .await;
+    // A participant created now gets a token signed with the new secret, which connects.
+    let mut parts = session.split('|');
+    let (url, user, pass) = (
+        parts.next().expect("url"),
+        parts.next().expect("user"),
+        parts.next().expect("pass"),
+    );
+    let base = url.split("/sessions/").next().expect("base");
+    let p: Value = reqwest::Client::new()
+        .post(format!("{base}/participants"))
+        .basic_auth(user, Some(pass))
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("participant")
+        .json()
+        .await
+        .expect("json");
+    let mut ws = device(server.http, p["token"].as_str().expect("token")).await;
+    // A connected device gets no close frame; ask for something to prove the connection works.
+    ws.send(Message::Text(
+        r#"{"jsonrpc":"2.0","id":1,"method":"nosuch","params":{}}"#.into(),
+    ))
+    .await
+    .expect("send");
+    match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+        Ok(Some(Ok(Message::Text(t)))) => assert!(t.contains("\"error\""), "{t}"),
+        other => panic!("no answer from a connected device: {other:?}"),
+    }
 }

@@ -63,6 +63,7 @@ both!(
     webhook_settings,
     webhook_outbox,
     sessions_by_age,
+    operator,
 );
 
 /// State written through one handle is there for a new process-like handle on the same file.

@@ -1,0 +1,200 @@
+//! The operator's verbs, for the `patchbay` commands that work on a running server's database
+//! (`account list|rotate`, `token-secret rotate`, `session list|inspect`), and this process's
+//! part of the live state they read: its heartbeat, the devices connected to it and the
+//! streams they publish (written from the lifecycle feed, in order, by the runtime).
+
+use super::{Control, ControlError, LifecycleEvent};
+use crate::domain::{AccountId, Participant, SessionId};
+use crate::forwarding::{self, ForwardingTable, PublishedStream, SessionState};
+use crate::store::{
+    AccountSummary, LiveChange, LiveDevice, LiveStream, SessionSummary, STALE_AFTER_MS,
+};
+
+/// A live device as the operator sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveDeviceView {
+    /// The device.
+    pub device: LiveDevice,
+    /// Its process has not been seen for a while (it may have died): not to be trusted.
+    pub stale: bool,
+}
+
+/// What `patchbay session inspect` shows.
+#[derive(Debug, Clone)]
+pub struct Inspection {
+    /// The session's summary.
+    pub summary: SessionSummary,
+    /// Its members with their rules.
+    pub members: Vec<Participant>,
+    /// Their live devices.
+    pub devices: Vec<LiveDeviceView>,
+    /// The streams they publish now.
+    pub streams: Vec<LiveStream>,
+    /// Who hears whom: the session compiled from its rules and the streams published now.
+    pub table: ForwardingTable,
+}
+
+/// A process seen within this long (milliseconds) counts as alive for readers: a few
+/// heartbeats.
+const ALIVE_WITHIN_MS: i64 = 30_000;
+
+fn view(device: LiveDevice, now_ms: i64) -> LiveDeviceView {
+    let stale = now_ms - device.instance_seen_ms > ALIVE_WITHIN_MS;
+    LiveDeviceView { device, stale }
+}
+
+impl Control {
+    /// This process's id in the live-state tables.
+    pub fn instance(&self) -> &str {
+        &self.inner.instance
+    }
+
+    /// Records what `event` changes in this process's live state.
+    pub async fn record_live(
+        &self,
+        event: &LifecycleEvent,
+        at_ms: i64,
+    ) -> Result<(), ControlError> {
+        let change = match event {
+            LifecycleEvent::Connected {
+                participant,
+                device,
+            } => LiveChange::Connected {
+                participant: *participant,
+                device: device.clone(),
+            },
+            LifecycleEvent::CallAnswered { participant, call } => LiveChange::IsPhone {
+                participant: *participant,
+                device: call.clone(),
+            },
+            LifecycleEvent::Disconnected {
+                participant,
+                device,
+                ..
+            } => LiveChange::Disconnected {
+                participant: *participant,
+                device: device.clone(),
+            },
+            LifecycleEvent::StreamPublished {
+                participant,
+                stream,
+                alias,
+                kinds,
+            } => LiveChange::Published(LiveStream {
+                participant: *participant,
+                stream: stream.clone(),
+                alias: alias.clone(),
+                kinds: *kinds,
+            }),
+            LifecycleEvent::StreamUnpublished {
+                participant,
+                stream,
+            } => LiveChange::Unpublished {
+                participant: *participant,
+                stream: stream.clone(),
+            },
+            LifecycleEvent::CallEnded { .. } | LifecycleEvent::PhoneDtmf { .. } => return Ok(()),
+        };
+        Ok(self
+            .inner
+            .store
+            .record_live(&self.inner.instance, &change, at_ms)
+            .await?)
+    }
+
+    /// This process is alive (serving at `address`); dead processes' rows are pruned. Also
+    /// reloads the device-token keys, so a rotation reaches this process within a heartbeat.
+    pub async fn heartbeat(&self, address: &str, now_ms: i64) -> Result<(), ControlError> {
+        self.inner
+            .store
+            .heartbeat(&self.inner.instance, address, now_ms)
+            .await?;
+        self.reload_token_keys().await?;
+        Ok(())
+    }
+
+    /// This process stops: its live rows go.
+    pub async fn forget_live(&self) -> Result<(), ControlError> {
+        Ok(self
+            .inner
+            .store
+            .forget_instance(&self.inner.instance)
+            .await?)
+    }
+
+    /// Every account with its counts.
+    pub async fn accounts(&self) -> Result<Vec<AccountSummary>, ControlError> {
+        Ok(self.inner.store.accounts().await?)
+    }
+
+    /// Sessions (of one account, or all) with their live devices.
+    pub async fn session_summaries(
+        &self,
+        account: Option<&AccountId>,
+        now_ms: i64,
+    ) -> Result<Vec<(SessionSummary, Vec<LiveDeviceView>)>, ControlError> {
+        let sessions = self.inner.store.session_summaries(account).await?;
+        let mut out = Vec::with_capacity(sessions.len());
+        for s in sessions {
+            let members = self.inner.store.members(&s.account, s.session).await?;
+            let ids: Vec<_> = members.iter().map(|m| m.id).collect();
+            let devices = self.inner.store.live_devices(&ids).await?;
+            out.push((s, devices.into_iter().map(|d| view(d, now_ms)).collect()));
+        }
+        Ok(out)
+    }
+
+    /// A session's members, live devices, published streams and who hears whom.
+    pub async fn inspect(
+        &self,
+        account: &AccountId,
+        session: SessionId,
+        now_ms: i64,
+    ) -> Result<Inspection, ControlError> {
+        let summary = self
+            .inner
+            .store
+            .session_summaries(Some(account))
+            .await?
+            .into_iter()
+            .find(|s| s.session == session)
+            .ok_or(ControlError::NotFound(super::Resource::Session))?;
+        let members = self.inner.store.members(account, session).await?;
+        let ids: Vec<_> = members.iter().map(|m| m.id).collect();
+        let devices = self.inner.store.live_devices(&ids).await?;
+        // Streams of a dead process are not forwarded by anyone.
+        let alive: std::collections::HashSet<_> = devices
+            .iter()
+            .filter(|d| now_ms - d.instance_seen_ms <= ALIVE_WITHIN_MS.max(STALE_AFTER_MS))
+            .map(|d| d.participant)
+            .collect();
+        let streams: Vec<LiveStream> = self
+            .inner
+            .store
+            .live_streams(&ids)
+            .await?
+            .into_iter()
+            .filter(|s| alive.contains(&s.participant))
+            .collect();
+        let table = forwarding::compile(&SessionState {
+            session: Some(session),
+            members: super::routes::rules_of(&members),
+            streams: streams
+                .iter()
+                .map(|s| PublishedStream {
+                    publisher: s.participant,
+                    stream: s.stream.clone(),
+                    alias: s.alias.clone(),
+                    kinds: s.kinds,
+                })
+                .collect(),
+        });
+        Ok(Inspection {
+            summary,
+            members,
+            devices: devices.into_iter().map(|d| view(d, now_ms)).collect(),
+            streams,
+            table,
+        })
+    }
+}

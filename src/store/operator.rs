@@ -1,0 +1,497 @@
+//! [`OperatorStore`] on [`SqlStore`]: what the operator commands read and change (accounts
+//! and their credentials, sessions with member counts, the device-token secrets) and the live
+//! state each server process records for them (its heartbeat, connected devices, published
+//! streams).
+//!
+//! Live rows belong to the process (instance) that holds the device; a process that stops
+//! cleanly removes its own, and one not seen for [`STALE_AFTER_MS`] is pruned, rows and all,
+//! by any other process's heartbeat (or the next start). Readers are told how long ago each
+//! row's process was seen, so a reader never presents a dead process's devices as live.
+
+use async_trait::async_trait;
+use sqlx::Row;
+
+use super::sql::{corrupt, parse_id};
+use super::{AccountCredentials, SqlStore, StoreError};
+use crate::domain::{AccountId, MediaKinds, ParticipantId, SessionId, StreamAlias, StreamId, Tag};
+
+/// A process not seen for this long (milliseconds) is dead: its live rows are pruned.
+pub const STALE_AFTER_MS: i64 = 60_000;
+
+/// An account as the operator lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountSummary {
+    /// The account.
+    pub account: AccountId,
+    /// Its API username.
+    pub username: String,
+    /// When it was created (epoch milliseconds).
+    pub created_at_ms: i64,
+    /// Its sessions.
+    pub sessions: u64,
+    /// Its participants.
+    pub participants: u64,
+}
+
+/// A session as the operator lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSummary {
+    /// Its account.
+    pub account: AccountId,
+    /// The session.
+    pub session: SessionId,
+    /// The backend's label.
+    pub tag: Option<Tag>,
+    /// When it was created (epoch milliseconds).
+    pub created_at_ms: i64,
+    /// Its members.
+    pub members: u64,
+}
+
+/// What kind of device a live device is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceKind {
+    /// A device on the WebSocket (a browser, or any client of the device protocol).
+    Browser,
+    /// A phone call through the SIP bridge.
+    Phone,
+}
+
+impl DeviceKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            DeviceKind::Browser => "browser",
+            DeviceKind::Phone => "phone",
+        }
+    }
+}
+
+/// A device connected to some server process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveDevice {
+    /// Its participant.
+    pub participant: ParticipantId,
+    /// Its `uniqueId` (browsers) or call id (phones).
+    pub device: String,
+    /// Browser or phone.
+    pub kind: DeviceKind,
+    /// The process holding it.
+    pub instance: String,
+    /// When it connected (epoch milliseconds).
+    pub connected_at_ms: i64,
+    /// When its process was last seen (epoch milliseconds).
+    pub instance_seen_ms: i64,
+}
+
+/// A stream a live device publishes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveStream {
+    /// The publisher.
+    pub participant: ParticipantId,
+    /// The stream.
+    pub stream: StreamId,
+    /// Its alias.
+    pub alias: Option<StreamAlias>,
+    /// What it carries.
+    pub kinds: MediaKinds,
+}
+
+/// One change of a process's live state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LiveChange {
+    /// A device connected.
+    Connected {
+        /// Its participant.
+        participant: ParticipantId,
+        /// Its id.
+        device: String,
+    },
+    /// A connected device is a phone call.
+    IsPhone {
+        /// Its participant.
+        participant: ParticipantId,
+        /// Its id.
+        device: String,
+    },
+    /// A device is gone.
+    Disconnected {
+        /// Its participant.
+        participant: ParticipantId,
+        /// Its id.
+        device: String,
+    },
+    /// A stream is published.
+    Published(LiveStream),
+    /// A stream is no longer published.
+    Unpublished {
+        /// Its publisher.
+        participant: ParticipantId,
+        /// The stream.
+        stream: StreamId,
+    },
+}
+
+/// The operator's view of the database. See the module docs.
+#[async_trait]
+pub trait OperatorStore: Send + Sync + 'static {
+    /// Every account, by id.
+    async fn accounts(&self) -> Result<Vec<AccountSummary>, StoreError>;
+    /// Replaces an account's API username and password hash; `AccountNotFound` if none.
+    async fn replace_credentials(&self, creds: &AccountCredentials) -> Result<(), StoreError>;
+    /// The sessions of `account` (of every account with `None`), oldest first.
+    async fn session_summaries(
+        &self,
+        account: Option<&AccountId>,
+    ) -> Result<Vec<SessionSummary>, StoreError>;
+    /// The value of a server secret, if set.
+    async fn secret_value(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Sets (`Some`) or removes (`None`) server secrets, all or none.
+    async fn set_secrets(&self, secrets: &[(&str, Option<Vec<u8>>)]) -> Result<(), StoreError>;
+    /// Records that the process `instance` at `address` is alive at `now_ms`, and prunes the
+    /// processes not seen for [`STALE_AFTER_MS`] with their live rows.
+    async fn heartbeat(&self, instance: &str, address: &str, now_ms: i64)
+        -> Result<(), StoreError>;
+    /// Applies one change of `instance`'s live state, stamped `at_ms`.
+    async fn record_live(
+        &self,
+        instance: &str,
+        change: &LiveChange,
+        at_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// Removes the process `instance` and its live rows (a clean stop).
+    async fn forget_instance(&self, instance: &str) -> Result<(), StoreError>;
+    /// The live devices of these participants, with their process's last heartbeat.
+    async fn live_devices(
+        &self,
+        participants: &[ParticipantId],
+    ) -> Result<Vec<LiveDevice>, StoreError>;
+    /// The streams these participants publish.
+    async fn live_streams(
+        &self,
+        participants: &[ParticipantId],
+    ) -> Result<Vec<LiveStream>, StoreError>;
+}
+
+fn count(row: &sqlx::any::AnyRow, col: &str) -> Result<u64, StoreError> {
+    let n: i64 = row.try_get(col)?;
+    u64::try_from(n).map_err(corrupt)
+}
+
+/// `participant_id IN ($1, …)` for `n` ids (at least one placeholder).
+fn in_list(n: usize) -> String {
+    (1..=n.max(1))
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[async_trait]
+impl OperatorStore for SqlStore {
+    async fn accounts(&self) -> Result<Vec<AccountSummary>, StoreError> {
+        sqlx::query(
+            "SELECT a.id, a.username, a.created_at, \
+             (SELECT COUNT(*) FROM sessions s WHERE s.account_id = a.id) AS sessions, \
+             (SELECT COUNT(*) FROM participants p WHERE p.account_id = a.id) AS participants \
+             FROM accounts a ORDER BY a.id",
+        )
+        .fetch_all(&self.read)
+        .await?
+        .iter()
+        .map(|row| {
+            let account: String = row.try_get("id")?;
+            Ok(AccountSummary {
+                account: AccountId::parse(&account).map_err(corrupt)?,
+                username: row.try_get("username")?,
+                created_at_ms: row.try_get("created_at")?,
+                sessions: count(row, "sessions")?,
+                participants: count(row, "participants")?,
+            })
+        })
+        .collect()
+    }
+
+    async fn replace_credentials(&self, creds: &AccountCredentials) -> Result<(), StoreError> {
+        let done =
+            sqlx::query("UPDATE accounts SET username = $1, password_sha256 = $2 WHERE id = $3")
+                .bind(&creds.username)
+                .bind(&creds.password_sha256)
+                .bind(creds.account.as_str())
+                .execute(&self.write)
+                .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::AccountNotFound);
+        }
+        Ok(())
+    }
+
+    async fn session_summaries(
+        &self,
+        account: Option<&AccountId>,
+    ) -> Result<Vec<SessionSummary>, StoreError> {
+        let sql = "SELECT s.id, s.account_id, s.tag, s.created_at, \
+                   (SELECT COUNT(*) FROM participants p WHERE p.session_id = s.id) AS members \
+                   FROM sessions s WHERE ($1 = '' OR s.account_id = $1) ORDER BY s.created_at, s.id";
+        sqlx::query(sql)
+            .bind(account.map_or("", AccountId::as_str))
+            .fetch_all(&self.read)
+            .await?
+            .iter()
+            .map(|row| {
+                let account: String = row.try_get("account_id")?;
+                let tag: Option<String> = row.try_get("tag")?;
+                Ok(SessionSummary {
+                    account: AccountId::parse(&account).map_err(corrupt)?,
+                    session: parse_id(row, "id")?,
+                    tag: tag.map(|t| Tag::parse(&t)).transpose().map_err(corrupt)?,
+                    created_at_ms: row.try_get("created_at")?,
+                    members: count(row, "members")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn secret_value(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let row = sqlx::query("SELECT value FROM server_secrets WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.write)
+            .await?;
+        Ok(row.map(|r| r.try_get("value")).transpose()?)
+    }
+
+    async fn set_secrets(&self, secrets: &[(&str, Option<Vec<u8>>)]) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        for (name, value) in secrets {
+            match value {
+                Some(v) => {
+                    sqlx::query(
+                        "INSERT INTO server_secrets (name, value) VALUES ($1, $2) \
+                         ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                    )
+                    .bind(*name)
+                    .bind(v.clone())
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                None => {
+                    sqlx::query("DELETE FROM server_secrets WHERE name = $1")
+                        .bind(*name)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn heartbeat(
+        &self,
+        instance: &str,
+        address: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        sqlx::query(
+            "INSERT INTO server_instances (id, address, started_at, seen_at) VALUES ($1, $2, $3, $3) \
+             ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at, address = excluded.address",
+        )
+        .bind(instance)
+        .bind(address)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        let cutoff = now_ms - STALE_AFTER_MS;
+        for table in ["live_devices", "live_streams"] {
+            sqlx::query(&format!(
+                "DELETE FROM {table} WHERE instance_id NOT IN \
+                 (SELECT id FROM server_instances WHERE seen_at >= $1)"
+            ))
+            .bind(cutoff)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query("DELETE FROM server_instances WHERE seen_at < $1")
+            .bind(cutoff)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn record_live(
+        &self,
+        instance: &str,
+        change: &LiveChange,
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
+        match change {
+            LiveChange::Connected {
+                participant,
+                device,
+            } => {
+                sqlx::query(
+                    "INSERT INTO live_devices (instance_id, participant_id, device, kind, connected_at) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (participant_id, device) DO UPDATE \
+                     SET instance_id = excluded.instance_id, connected_at = excluded.connected_at",
+                )
+                .bind(instance)
+                .bind(participant.to_string())
+                .bind(device)
+                .bind(DeviceKind::Browser.as_str())
+                .bind(at_ms)
+                .execute(&self.write)
+                .await?;
+            }
+            LiveChange::IsPhone {
+                participant,
+                device,
+            } => {
+                sqlx::query(
+                    "UPDATE live_devices SET kind = $1 WHERE participant_id = $2 AND device = $3",
+                )
+                .bind(DeviceKind::Phone.as_str())
+                .bind(participant.to_string())
+                .bind(device)
+                .execute(&self.write)
+                .await?;
+            }
+            LiveChange::Disconnected {
+                participant,
+                device,
+            } => {
+                sqlx::query(
+                    "DELETE FROM live_devices WHERE participant_id = $1 AND device = $2 AND instance_id = $3",
+                )
+                .bind(participant.to_string())
+                .bind(device)
+                .bind(instance)
+                .execute(&self.write)
+                .await?;
+            }
+            LiveChange::Published(s) => {
+                sqlx::query(
+                    "INSERT INTO live_streams (instance_id, participant_id, stream_id, alias, audio, video, published_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (participant_id, stream_id) DO UPDATE \
+                     SET instance_id = excluded.instance_id, alias = excluded.alias, audio = excluded.audio, \
+                     video = excluded.video, published_at = excluded.published_at",
+                )
+                .bind(instance)
+                .bind(s.participant.to_string())
+                .bind(s.stream.as_str())
+                .bind(s.alias.as_ref().map(|a| a.as_str().to_owned()))
+                .bind(i64::from(s.kinds.audio))
+                .bind(i64::from(s.kinds.video))
+                .bind(at_ms)
+                .execute(&self.write)
+                .await?;
+            }
+            LiveChange::Unpublished {
+                participant,
+                stream,
+            } => {
+                sqlx::query(
+                    "DELETE FROM live_streams WHERE participant_id = $1 AND stream_id = $2 AND instance_id = $3",
+                )
+                .bind(participant.to_string())
+                .bind(stream.as_str())
+                .bind(instance)
+                .execute(&self.write)
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn forget_instance(&self, instance: &str) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        for sql in [
+            "DELETE FROM live_devices WHERE instance_id = $1",
+            "DELETE FROM live_streams WHERE instance_id = $1",
+            "DELETE FROM server_instances WHERE id = $1",
+        ] {
+            sqlx::query(sql).bind(instance).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn live_devices(
+        &self,
+        participants: &[ParticipantId],
+    ) -> Result<Vec<LiveDevice>, StoreError> {
+        if participants.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT d.participant_id, d.device, d.kind, d.instance_id, d.connected_at, \
+             COALESCE(i.seen_at, 0) AS seen_at FROM live_devices d \
+             LEFT JOIN server_instances i ON i.id = d.instance_id \
+             WHERE d.participant_id IN ({}) ORDER BY d.connected_at, d.device",
+            in_list(participants.len())
+        );
+        let mut query = sqlx::query(&sql);
+        for p in participants {
+            query = query.bind(p.to_string());
+        }
+        query
+            .fetch_all(&self.read)
+            .await?
+            .iter()
+            .map(|row| {
+                let kind: String = row.try_get("kind")?;
+                Ok(LiveDevice {
+                    participant: parse_id(row, "participant_id")?,
+                    device: row.try_get("device")?,
+                    kind: match kind.as_str() {
+                        "phone" => DeviceKind::Phone,
+                        _ => DeviceKind::Browser,
+                    },
+                    instance: row.try_get("instance_id")?,
+                    connected_at_ms: row.try_get("connected_at")?,
+                    instance_seen_ms: row.try_get("seen_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn live_streams(
+        &self,
+        participants: &[ParticipantId],
+    ) -> Result<Vec<LiveStream>, StoreError> {
+        if participants.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT participant_id, stream_id, alias, audio, video FROM live_streams \
+             WHERE participant_id IN ({}) ORDER BY participant_id, stream_id",
+            in_list(participants.len())
+        );
+        let mut query = sqlx::query(&sql);
+        for p in participants {
+            query = query.bind(p.to_string());
+        }
+        query
+            .fetch_all(&self.read)
+            .await?
+            .iter()
+            .map(|row| {
+                let stream: String = row.try_get("stream_id")?;
+                let alias: Option<String> = row.try_get("alias")?;
+                let audio: i64 = row.try_get("audio")?;
+                let video: i64 = row.try_get("video")?;
+                Ok(LiveStream {
+                    participant: parse_id(row, "participant_id")?,
+                    stream: StreamId::parse(&stream).map_err(corrupt)?,
+                    alias: alias
+                        .map(|a| StreamAlias::parse(&a))
+                        .transpose()
+                        .map_err(corrupt)?,
+                    kinds: MediaKinds {
+                        audio: audio != 0,
+                        video: video != 0,
+                    },
+                })
+            })
+            .collect()
+    }
+}
