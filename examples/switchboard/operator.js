@@ -5,8 +5,9 @@ const $ = (id) => document.getElementById(id);
 let state = null;
 let busy = false;
 
-function el(tag, props = {}, ...children) {
+function el(tag, { dataset = {}, ...props } = {}, ...children) {
   const e = Object.assign(document.createElement(tag), props);
+  Object.assign(e.dataset, dataset);
   for (const c of children) e.append(c);
   return e;
 }
@@ -111,6 +112,9 @@ async function refresh() {
     const res = await fetch("/api/state");
     if (!res.ok) throw new Error(`${res.status} ${await res.text()}`);
     state = await res.json();
+    // callers first, then agents, then supervisors (patchbay lists members in id order)
+    const rank = { caller: 0, agent: 1, supervisor: 2 };
+    state.members.sort((a, b) => (rank[a.role] ?? 3) - (rank[b.role] ?? 3) || String(a.name).localeCompare(String(b.name)));
   } catch (e) {
     $("webhooks").textContent = `backend unreachable: ${e.message}`;
     return;
