@@ -128,7 +128,7 @@ async function participant(role) {
 
 const memberNamed = (state, role) => state.members.find((m) => m.name === NAMES[role]);
 
-test("operator applies whisper: the caller's page decodes no supervisor, the agent's both; Leave deletes", { timeout: 180000 }, async (t) => {
+test("operator applies whisper: the caller's page decodes no supervisor, the agent's both; cell and alias clicks re-wire; Leave deletes", { timeout: 180000 }, async (t) => {
   const pages = [];
   const pageErrors = [];
   try {
@@ -184,6 +184,23 @@ test("operator applies whisper: the caller's page decodes no supervisor, the age
     await sleep(1500); // let the talking lights settle (cosmetic only)
     await operator.screenshot({ path: shot, fullPage: true });
     t.diagnostic(`operator page screenshot: ${shot}`);
+
+    // Clicking: the caller's chip for the supervisor's "voice" wires that stream alias only (a
+    // streamAlias rule, heard again), and the cell's button unwires the whole participant.
+    const routeOf = async (listener, speaker) => {
+      const r = await pb.routes(ready.s.sessionId);
+      return r.subscribers.find((x) => x.participantId === ids[listener]).receives.find((x) => x.publisherId === ids[speaker]) ?? null;
+    };
+    await operator.click(`${cell("caller", "supervisor")} button.chip:text-is("voice")`);
+    await operator.waitForSelector(`${cell("caller", "supervisor")}[data-on="true"]`, { timeout: T });
+    const aliasRoute = await routeOf("caller", "supervisor");
+    assert.equal(aliasRoute?.cause, "streamAlias", JSON.stringify(aliasRoute));
+    assert.deepEqual(aliasRoute.streamAliases, ["voice"]);
+    await until(async () => ({ ok: anyCarries(await receivedAudioSpectra(caller.page, ALL, { durationMs: 1000 }), HZ.supervisor) }), T, "the caller hearing the supervisor's voice alias");
+    await operator.click(`${cell("caller", "supervisor")} button.wire`);
+    await operator.waitForSelector(`${cell("caller", "supervisor")}[data-on="false"]`, { timeout: T });
+    assert.equal(await routeOf("caller", "supervisor"), null);
+    assert.ok(await routeOf("caller", "agent"), "the caller still hears the agent");
 
     // Leave deletes the participant: its seat is freed and its token revoked.
     await supervisor.page.click("#leave");
