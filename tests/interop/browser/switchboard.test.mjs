@@ -128,7 +128,7 @@ async function participant(role) {
 
 const memberNamed = (state, role) => state.members.find((m) => m.name === NAMES[role]);
 
-test("operator applies whisper: the caller's page decodes no supervisor, the agent's both; cell and alias clicks re-wire; Leave deletes", { timeout: 180000 }, async (t) => {
+test("operator applies whisper: the caller's page decodes no supervisor, the agent's both; cell and alias clicks re-wire; Leave deletes (seats freed)", { timeout: 180000 }, async (t) => {
   const pages = [];
   const pageErrors = [];
   try {
@@ -207,6 +207,16 @@ test("operator applies whisper: the caller's page decodes no supervisor, the age
     await supervisor.page.waitForSelector('#status[data-state="left"]', { timeout: T });
     await assert.rejects(pb.rest("GET", `/participants/${ids.supervisor}`), (e) => e.status === 404);
     await until(async () => ({ ok: (await sb.state()).members.length === 2 }), T, "the operator's list without the supervisor");
+
+    // Seats are freed: 25 more joins and leaves through the backend, in a session of at most 20.
+    for (let i = 0; i < 25; i++) {
+      const res = await fetch(sb.url + "api/join", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ name: `guest ${i}`, role: "caller" }) });
+      assert.equal(res.status, 200, `join ${i}: ${await res.clone().text()}`);
+      const { participantId } = await res.json();
+      const left = await fetch(sb.url + "api/leave", { method: "POST", body: JSON.stringify({ participantId }) });
+      assert.equal(left.status, 204, `leave ${i}`);
+    }
+    assert.equal((await pb.listParticipants(ready.s.sessionId)).length, 2);
 
     // A webhook with a wrong signature is refused.
     const forged = await fetch(sb.url + "webhooks", {
