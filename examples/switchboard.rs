@@ -238,9 +238,13 @@ impl Backend {
 
     async fn leave_participant(&self, id: &str) -> Result<(), Failure> {
         self.board.lock().await.members.remove(id);
-        self.call(reqwest::Method::DELETE, &format!("/participants/{id}"), None)
-            .await
-            .map(|_| ())
+        self.call(
+            reqwest::Method::DELETE,
+            &format!("/participants/{id}"),
+            None,
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Applies new subscription rules to several members at once (all or nothing).
@@ -319,10 +323,7 @@ struct LevelReport {
     level: f64,
 }
 
-async fn level(
-    State(backend): State<Arc<Backend>>,
-    Json(report): Json<LevelReport>,
-) -> StatusCode {
+async fn level(State(backend): State<Arc<Backend>>, Json(report): Json<LevelReport>) -> StatusCode {
     let mut board = backend.board.lock().await;
     match board.members.get_mut(&report.participant_id) {
         Some(m) if report.level.is_finite() => {
@@ -381,7 +382,11 @@ struct Webhook {
     alias: Option<String>,
 }
 
-async fn webhook(State(backend): State<Arc<Backend>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+async fn webhook(
+    State(backend): State<Arc<Backend>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
     let mut board = backend.board.lock().await;
     if let Some(secret) = &backend.args.webhook_secret {
         if let Err(why) = signature_ok(secret, &headers, &body) {
@@ -426,7 +431,11 @@ async fn state(State(backend): State<Arc<Backend>>) -> Result<Json<Value>, Failu
     let (listing, routes) = match &session {
         Some(s) => (
             backend
-                .call(reqwest::Method::GET, &format!("/sessions/{s}/participants"), None)
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/sessions/{s}/participants"),
+                    None,
+                )
                 .await?,
             backend
                 .call(reqwest::Method::GET, &format!("/sessions/{s}/routes"), None)
@@ -666,7 +675,9 @@ async fn main() -> anyhow::Result<()> {
         .route("/webhooks", post(webhook))
         .fallback_service(get_service(tower_http::services::ServeDir::new(pages)))
         .with_state(backend);
-    println!("switchboard: operator page http://{local}/ , participants http://{local}/participant.html");
+    println!(
+        "switchboard: operator page http://{local}/ , participants http://{local}/participant.html"
+    );
     axum::serve(listener, app).await?;
     Ok(())
 }
