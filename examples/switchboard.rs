@@ -21,6 +21,11 @@
 //!   phones cannot, so a phone's talking state is shown as unknown.
 //!
 //! Leave deletes the participant (its token is revoked, its seat in the session freed).
+//!
+//! Limits (it is a demo): one session; roles and live state are kept in memory, so a restart
+//! forgets them; presets wire only participants this backend created; clicking a cell turns a
+//! session-wide rule into an explicit list of today's members (a later joiner is not heard by
+//! that member until a preset or a click adds it).
 #![allow(clippy::disallowed_methods)] // a customer backend reads its own clock
 
 use std::collections::{BTreeMap, BTreeSet};
