@@ -3,13 +3,18 @@
 # (Bandwidth's unmodified browser SDK, esbuild, playwright-core, which never downloads a browser),
 # bundles page/, then runs selftest.mjs and every *.test.mjs here with node's test runner.
 # Needs target/debug/patchbay (`cargo build`) and, for phone.test.mjs, the test phone
-# target/debug/examples/phone, which it builds if missing (`cargo build --example phone`).
+# target/debug/examples/phone, which it builds if missing (`cargo build --example phone`), and for
+# switchboard.test.mjs the demo backend target/debug/examples/switchboard (built likewise).
 # Exits non-zero on any failure, and also when no test ran.
 set -euo pipefail
 cd "$(dirname "$0")"
 if [ -z "${PHONE_BIN:-}" ] && [ ! -x ../../../target/debug/examples/phone ]; then
   echo "=== building the test phone (examples/phone.rs)"
   (cd ../../.. && cargo build --example phone)
+fi
+if [ -z "${SWITCHBOARD_BIN:-}" ] && [ ! -x ../../../target/debug/examples/switchboard ]; then
+  echo "=== building the switchboard demo backend (examples/switchboard.rs)"
+  (cd ../../.. && cargo build --example switchboard)
 fi
 
 export CHROMIUM_PATH=${CHROMIUM_PATH:-/usr/bin/chromium}

@@ -305,6 +305,109 @@ export class Participant {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Page-side instrumentation for tests (the SDK and page stay as they are). Each function takes
+// anything with evaluate(fn, arg): a Participant or a Playwright Page.
+
+// Records every RTCPeerConnection the SDK uses, so that negative checks can look at everything
+// the page receives, whether or not the SDK raised onStreamAvailable for it.
+export async function instrumentPeerConnections(p) {
+  await p.evaluate(() => {
+    if (window.__pcs) return;
+    window.__pcs = new Set();
+    const orig = RTCPeerConnection.prototype.setRemoteDescription;
+    RTCPeerConnection.prototype.setRemoteDescription = function (...args) {
+      window.__pcs.add(this);
+      return orig.apply(this, args);
+    };
+  });
+}
+
+// For every audio track the page's peer connections currently receive (transceiver direction
+// recvonly/sendrecv), measures over durationMs: RMS and the fraction of spectral power within
+// ±bandHz of each frequency in `freqs`. -> [{ trackId, mid, streams, rms, windows, bands: {hz: fraction} }]
+export function receivedAudioSpectra(p, freqs, { durationMs = 3000, bandHz = 25 } = {}) {
+  return p.evaluate(
+    async ({ freqs, durationMs, bandHz }) => {
+      const c = (window.__specCtx = window.__specCtx || new AudioContext());
+      if (c.state !== "running") await c.resume().catch(() => {});
+      const box = document.getElementById("media") || document.body;
+      const probes = [];
+      for (const pc of window.__pcs || []) {
+        if (pc.connectionState === "closed") continue;
+        for (const tr of pc.getTransceivers()) {
+          const t = tr.receiver.track;
+          if (!t || t.kind !== "audio" || t.readyState !== "live") continue;
+          if (!["recvonly", "sendrecv"].includes(tr.currentDirection)) continue;
+          const ms = new MediaStream([t]);
+          // Chromium feeds a remote track to WebAudio only while a media element plays it.
+          const el = document.createElement("audio");
+          el.muted = true;
+          el.srcObject = ms;
+          box.appendChild(el);
+          el.play().catch(() => {});
+          const src = c.createMediaStreamSource(ms);
+          const an = c.createAnalyser();
+          an.fftSize = 8192;
+          an.smoothingTimeConstant = 0;
+          const sink = c.createGain();
+          sink.gain.value = 0;
+          src.connect(an);
+          an.connect(sink);
+          sink.connect(c.destination);
+          probes.push({ t, tr, el, src, an, sink, power: new Float64Array(an.frequencyBinCount), sumSq: 0, n: 0, windows: 0 });
+        }
+      }
+      const td = new Float32Array(8192);
+      const fd = new Float32Array(4096);
+      const deadline = performance.now() + durationMs;
+      do {
+        await new Promise((r) => setTimeout(r, 150));
+        for (const pr of probes) {
+          pr.an.getFloatTimeDomainData(td);
+          for (let i = 0; i < td.length; i++) pr.sumSq += td[i] * td[i];
+          pr.n += td.length;
+          pr.an.getFloatFrequencyData(fd);
+          for (let i = 0; i < fd.length; i++) if (Number.isFinite(fd[i])) pr.power[i] += Math.pow(10, fd[i] / 10);
+          pr.windows++;
+        }
+      } while (performance.now() < deadline);
+      const binHz = c.sampleRate / 8192;
+      const out = probes.map((pr) => {
+        let total = 0;
+        for (let i = Math.ceil(50 / binHz); i < pr.power.length; i++) total += pr.power[i];
+        const bands = {};
+        for (const f of freqs) {
+          let s = 0;
+          for (let i = Math.max(0, Math.floor((f - bandHz) / binHz)); i <= Math.ceil((f + bandHz) / binHz); i++) s += pr.power[i] || 0;
+          bands[f] = total > 0 ? s / total : 0;
+        }
+        try {
+          pr.src.disconnect();
+          pr.sink.disconnect();
+        } catch {}
+        pr.el.srcObject = null;
+        pr.el.remove();
+        return {
+          trackId: pr.t.id,
+          mid: pr.tr.mid,
+          muted: pr.t.muted,
+          rms: Math.sqrt(pr.sumSq / Math.max(1, pr.n)),
+          windows: pr.windows,
+          bands,
+        };
+      });
+      return out;
+    },
+    { freqs, durationMs, bandHz }
+  );
+}
+
+// A track "carries" hz when it is audible and most of its power sits at hz.
+export const carries = (spectrum, hz) => spectrum.rms > 0.005 && spectrum.bands[hz] > 0.05;
+export const anyCarries = (spectra, hz) => spectra.some((s) => carries(s, hz));
+
+
+// ---------------------------------------------------------------------------------------------
 // CLI
 
 function usage() {

@@ -11,8 +11,8 @@
 // The binary is $PATCHBAY_BIN, or ../../../target/debug/patchbay relative to this folder
 // (build it with `cargo build`). It listens on loopback only, on free ports for everything: HTTP,
 // media, SIP (`--sip-listen 127.0.0.1:0`, UDP and TCP) and phones' RTP (`--rtp-ports 0-0`). Its
-// stdout gives the dev account's credentials (printed on first start, so the data dir is always a
-// fresh temporary one), the SIP address (pb.sip, "127.0.0.1:PORT") and the listening URL; its stderr is
+// stdout gives the dev account's credentials and webhook secret (pb.webhookSecret; printed on first
+// start, so the data dir is always a fresh temporary one), the SIP address (pb.sip, "127.0.0.1:PORT") and the listening URL; its stderr is
 // kept (RUST_LOG passes through, default "info") and is available as stderrTail() for failure
 // messages. PATCHBAY_KEEP_LOGS=1 keeps the data dir (with server.log) after stop().
 
@@ -72,7 +72,9 @@ export async function startPatchbay({ bin = process.env.PATCHBAY_BIN || DEFAULT_
       const url = stdout.match(/patchbay listening on (http:\/\/\S+)/);
       // printed before the "listening on" line
       const sip = stdout.match(/^patchbay SIP on (\S+) /m);
-      if (user && pass && url) resolve({ username: user[1], password: pass[1], url: url[1].replace(/\/$/, ""), sip: sip ? sip[1] : null });
+      const secret = stdout.match(/^\s*webhook secret:\s*(\S+)\s*$/m);
+      if (user && pass && url)
+        resolve({ username: user[1], password: pass[1], url: url[1].replace(/\/$/, ""), sip: sip ? sip[1] : null, webhookSecret: secret ? secret[1] : null });
     });
     exited.then(({ code, signal }) =>
       reject(new Error(`patchbay exited before it was ready (code ${code}, signal ${signal})\nstdout:\n${stdout}\nstderr:\n${stderrLines.slice(-40).join("\n")}`))
