@@ -18,7 +18,8 @@
 //!
 //! ```text
 //! press 12#     press keys (RFC 4733 events, each held 100 ms)
-//! report        print a report line of what was heard since the last one ({"report": {...}})
+//! report        print a report line of what was heard since the last one, and the keys
+//!               received so far ({"report": {...}})
 //! hangup        hang up now (the final report follows; it covers what was heard since the
 //!               last report line)
 //! ```
@@ -80,6 +81,15 @@ fn heard_report(heard: &[i16], probe: &[f64]) -> serde_json::Value {
     })
 }
 
+/// The RFC 4733 keys received so far (one per event), with their duration in ms.
+fn digits_report(phone: &phone_ua::Phone) -> Vec<serde_json::Value> {
+    phone
+        .digits_heard()
+        .into_iter()
+        .map(|(digit, samples)| serde_json::json!({"digit": digit, "ms": u32::from(samples) / 8}))
+        .collect()
+}
+
 /// Runs stdin commands until `hangup` (returns then) or the end of input (never returns).
 async fn run_commands(phone: &phone_ua::Phone, probe: &[f64]) {
     use tokio::io::AsyncBufReadExt;
@@ -95,10 +105,11 @@ async fn run_commands(phone: &phone_ua::Phone, probe: &[f64]) {
             (Some("report"), None) => {
                 let heard = phone.heard();
                 phone.clear_heard();
-                println!(
-                    "{}",
-                    serde_json::json!({"report": heard_report(&heard, probe)})
-                );
+                let mut report = heard_report(&heard, probe);
+                if let Some(fields) = report.as_object_mut() {
+                    fields.insert("digits".into(), digits_report(phone).into());
+                }
+                println!("{}", serde_json::json!({ "report": report }));
             }
             (Some("hangup"), None) => return,
             (None, _) => {}
@@ -143,11 +154,7 @@ async fn main() {
     }
     let heard = phone.heard();
     let hung_up_by_server = phone.bye_received();
-    let digits: Vec<serde_json::Value> = phone
-        .digits_heard()
-        .into_iter()
-        .map(|(digit, samples)| serde_json::json!({"digit": digit, "ms": u32::from(samples) / 8}))
-        .collect();
+    let digits = digits_report(&phone);
     let requests = phone.requests_received();
     if !hung_up_by_server {
         phone.hangup().await;
