@@ -4,8 +4,9 @@
 #   1. throughput: examples/webhook_load.rs churns devices of participants with a callbackUrl
 #      (onConnect + onDisconnect per cycle) towards its local receiver, and reports the events
 #      per second delivered and how long the backlog took to drain;
-#   2. REST p99: examples/rest_load.rs alone, then again while webhook_load churns towards a
-#      dead receiver (one that accepts and never answers, or a refused port).
+#   2. REST p99: examples/rest_load.rs alone, then beside webhook_load's device churn with its
+#      webhooks going to a live local receiver, then to a dead one (it accepts and never
+#      answers, or a refused port): the last two runs differ only in the receiver.
 #
 #   benches/webhook_load.sh                            # sqlite and postgres, release build
 #   PROFILE=debug BACKENDS=sqlite benches/webhook_load.sh
@@ -96,34 +97,36 @@ for backend in $BACKENDS; do
     start_server "$backend-throughput"
     # shellcheck disable=SC2046
     "$HOOKS" $(creds_args) --receiver local --devices "$DEVICES" --duration "${DURATION}s" \
-        --label "$backend" | tee "$WORK/throughput-$backend.txt"
-    RESULTS+=("$(grep '^RESULT ' "$WORK/throughput-$backend.txt")")
+        --label "$backend" | tee "$WORK/throughput-$backend.txt" || true
+    RESULTS+=("$(grep '^RESULT ' "$WORK/throughput-$backend.txt" || echo "RESULT {\"label\":\"$backend throughput\",\"failed\":true}")")
     cleanup
 
-    echo
-    echo "=== $backend: REST at ${REST_RATE}/s, no webhooks ==="
-    start_server "$backend-rest"
-    # shellcheck disable=SC2046
-    "$REST" $(creds_args) --rate "$REST_RATE" --duration "${DURATION}s" --warmup 3s \
-        --server-pid "$SERVER_PID" --label "$backend quiet" | tee "$WORK/rest-quiet-$backend.txt"
-    RESULTS+=("$(grep '^RESULT ' "$WORK/rest-quiet-$backend.txt")")
-    cleanup
-
-    echo
-    echo "=== $backend: REST at ${REST_RATE}/s while ${CHURN_RATE} cycles/s raise webhooks for a dead ($DEAD) receiver ==="
-    start_server "$backend-dead"
-    # shellcheck disable=SC2046
-    "$HOOKS" $(creds_args) --receiver "$DEAD" --devices "$DEVICES" --cycles-per-sec "$CHURN_RATE" \
-        --duration "$((DURATION + 30))s" --label "$backend dead" >"$WORK/churn-$backend.txt" &
-    CHURN=$!
-    sleep 2
-    # shellcheck disable=SC2046
-    "$REST" $(creds_args) --rate "$REST_RATE" --duration "${DURATION}s" --warmup 3s \
-        --server-pid "$SERVER_PID" --label "$backend dead receiver" | tee "$WORK/rest-dead-$backend.txt"
-    wait "$CHURN"
-    cat "$WORK/churn-$backend.txt"
-    RESULTS+=("$(grep '^RESULT ' "$WORK/rest-dead-$backend.txt")" "$(grep '^RESULT ' "$WORK/churn-$backend.txt")")
-    cleanup
+    # REST alone, then beside device churn whose webhooks go to a live receiver, then to a dead
+    # one: the last two differ only in the receiver.
+    for mode in quiet local "$DEAD"; do
+        echo
+        echo "=== $backend: REST at ${REST_RATE}/s; webhooks: $mode ==="
+        start_server "$backend-rest-$mode"
+        CHURN=""
+        if [[ $mode != quiet ]]; then
+            # shellcheck disable=SC2046
+            "$HOOKS" $(creds_args) --receiver "$mode" --devices "$DEVICES" --cycles-per-sec "$CHURN_RATE" \
+                --duration "$((DURATION + 30))s" --drain-timeout 1s --label "$backend churn $mode" \
+                >"$WORK/churn-$backend-$mode.txt" 2>&1 &
+            CHURN=$!
+            sleep 2
+        fi
+        # shellcheck disable=SC2046
+        "$REST" $(creds_args) --rate "$REST_RATE" --duration "${DURATION}s" --warmup 3s \
+            --server-pid "$SERVER_PID" --label "$backend REST, webhooks $mode" | tee "$WORK/rest-$backend-$mode.txt" || true
+        RESULTS+=("$(grep '^RESULT ' "$WORK/rest-$backend-$mode.txt" || echo "RESULT {\"label\":\"$backend $mode\",\"failed\":true}")")
+        if [[ -n $CHURN ]]; then
+            wait "$CHURN" || true
+            cat "$WORK/churn-$backend-$mode.txt"
+            RESULTS+=("$(grep '^RESULT ' "$WORK/churn-$backend-$mode.txt" || echo "RESULT {\"label\":\"$backend churn $mode\",\"failed\":true}")")
+        fi
+        cleanup
+    done
 done
 
 echo

@@ -256,12 +256,14 @@ async fn main() -> anyhow::Result<()> {
         result["delivered"] = json!(delivered);
         result["deliver_per_sec"] = json!(rate);
         result["drain_s_after_churn"] = json!(drained.as_secs_f64());
-        anyhow::ensure!(
-            delivered >= raised,
-            "not every event was delivered within {:?}: {delivered} of {raised}",
+        result["drained"] = json!(delivered >= raised);
+    }
+    println!("RESULT {result}");
+    if args.receiver == Receiver::Local && result["drained"] != json!(true) {
+        anyhow::bail!(
+            "not every event was delivered within {:?} of the churn's end",
             args.drain_timeout
         );
     }
-    println!("RESULT {result}");
     Ok(())
 }
