@@ -30,9 +30,15 @@ pub type WebhookFeed = mpsc::UnboundedReceiver<LifecycleEvent>;
 pub(super) struct Recorder {
     feed: Mutex<Option<mpsc::UnboundedSender<LifecycleEvent>>>,
     /// Where a connected participant's webhooks go, remembered from its first event so that
-    /// the events after its deletion (its devices' disconnection) still reach its backend.
-    targets: Mutex<HashMap<ParticipantId, WebhookTarget>>,
+    /// the events after its deletion (its devices' disconnection, then a phone's call end and
+    /// its streams' end) still reach its backend. Kept [`LINGER_MS`] after a disconnection
+    /// (the time it went, epoch milliseconds).
+    targets: Mutex<HashMap<ParticipantId, (WebhookTarget, Option<i64>)>>,
 }
+
+/// How long a disconnected participant's webhook target is remembered: the events that follow
+/// a disconnection (`onCallEnded`, `onStreamUnpublished`) come within moments of it.
+const LINGER_MS: i64 = 60_000;
 
 impl Recorder {
     pub(super) fn record(&self, event: &LifecycleEvent) {
@@ -77,7 +83,7 @@ impl Control {
         at_ms: i64,
     ) -> Result<usize, ControlError> {
         let participant = participant_of(event);
-        let Some(target) = self.webhook_target(participant, event).await? else {
+        let Some(target) = self.webhook_target(participant, event, at_ms).await? else {
             return Ok(0);
         };
         let Some(url) = target.callback_url.as_ref() else {
@@ -101,20 +107,23 @@ impl Control {
         Ok(rows.len())
     }
 
-    /// The participant's webhook target: remembered while it has devices, else from the store.
+    /// The participant's webhook target: remembered while it has devices (and shortly after),
+    /// else from the store.
     async fn webhook_target(
         &self,
         participant: ParticipantId,
         event: &LifecycleEvent,
+        at_ms: i64,
     ) -> Result<Option<WebhookTarget>, ControlError> {
         let remembered = {
-            let targets = self
+            let mut targets = self
                 .inner
                 .webhooks
                 .targets
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            targets.get(&participant).cloned()
+            targets.retain(|_, (_, gone)| gone.is_none_or(|gone| at_ms - gone < LINGER_MS));
+            targets.get(&participant).map(|(t, _)| t.clone())
         };
         let target = match remembered {
             Some(t) => Some(t),
@@ -128,10 +137,12 @@ impl Control {
             .unwrap_or_else(|e| e.into_inner());
         match (event, &target) {
             (LifecycleEvent::Connected { .. }, Some(t)) => {
-                targets.insert(participant, t.clone());
+                targets.insert(participant, (t.clone(), None));
             }
             (LifecycleEvent::Disconnected { .. }, _) => {
-                targets.remove(&participant);
+                if let Some((_, gone)) = targets.get_mut(&participant) {
+                    *gone = Some(at_ms);
+                }
             }
             _ => {}
         }

@@ -202,7 +202,15 @@ async fn connection(state: SignalingState, query: HashMap<String, String>, mut s
                         break;
                     }
                 }
-                Some(Ok(Message::Close(_))) | None => break,
+                Some(Ok(Message::Close(_))) => {
+                    // Complete the closing handshake: the echo of the device's close frame is
+                    // queued, and the next read flushes it (then ends: nothing more is read
+                    // after a close). Dropped unsent, the browser sees 1006 and the SDK
+                    // reconnects a second after its own disconnect().
+                    let _ = socket.recv().await;
+                    break;
+                }
+                None => break,
                 Some(Ok(_)) => {} // ping and pong: answered by the WebSocket layer
                 Some(Err(e)) => {
                     tracing::debug!(error = %e, "device socket error");

@@ -54,6 +54,25 @@ async fn leave_is_answered_then_closed_with_1000_left() {
     assert_eq!(frame.reason.as_str(), "left");
 }
 
+/// A close from the device is answered with a close frame (the closing handshake completes).
+/// Dropping the socket instead reads as 1006 in the browser, and the SDK, whose disconnect()
+/// sends `leave` and closes at once, then reconnects with the same token a second later.
+#[tokio::test]
+async fn a_close_from_the_device_is_answered_with_a_close_frame() {
+    use futures_util::SinkExt;
+    let s = server().await;
+    let token = s.token(MediaKinds::ALL).await;
+    let mut ws = s.connect("/v3", &token).await;
+    ws.send(Message::Close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "bye".into(),
+    })))
+    .await
+    .expect("send close");
+    let frame = next_close(&mut ws).await;
+    assert_eq!(frame.code, CloseCode::Normal);
+}
+
 #[tokio::test]
 async fn a_frame_over_the_limit_is_closed_with_1009() {
     let s = server().await;

@@ -327,6 +327,78 @@ async fn an_expired_session_disconnects_its_members_with_on_leave() {
     );
 }
 
+/// Deleting a connected phone's participant hangs up its call; its `onDisconnect` and the
+/// `onCallEnded` after it still reach its backend (the participant is gone from the store by
+/// then: its target is remembered past the disconnection).
+#[tokio::test]
+async fn a_deleted_phone_participant_still_gets_its_last_events() {
+    let receiver = Arc::new(Receiver::default());
+    let (hook_addr, _hook) = start_receiver("127.0.0.1:0".parse().unwrap(), receiver.clone()).await;
+    let hook = format!("http://{hook_addr}/hook");
+    let app = App::build(&ServeConfig::for_database(&sqlite_url()))
+        .await
+        .expect("build app");
+    let (sip, control) = (app.sip_addr(), app.control().clone());
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let _server = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    let account = AccountId::parse("deleted").unwrap();
+    let creds = control
+        .create_account(account.clone())
+        .await
+        .expect("account");
+    *receiver.secret.lock().unwrap() = creds.webhook_secret.clone();
+    let (p, token) = participant(&control, &account, &hook, Some("caller")).await;
+    let session = control
+        .create_session(&account, None)
+        .await
+        .expect("session");
+    control
+        .add_member(&account, session.id, p.parse().unwrap(), None)
+        .await
+        .expect("member");
+    let phone = patchbay_testkit::phone_ua::dial(
+        sip,
+        &patchbay_testkit::phone_ua::Dial::with_token(&token),
+    )
+    .await
+    .expect("answered");
+    phone.play_tone(1000.0);
+    wait_for("onCallAnswered", || {
+        receiver
+            .accepted
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|d| d.body.contains("onCallAnswered"))
+    })
+    .await;
+    control
+        .delete_participant(&account, p.parse().unwrap())
+        .await
+        .expect("delete");
+    wait_for("onCallEnded", || {
+        receiver
+            .accepted
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|d| d.body.contains("onCallEnded"))
+    })
+    .await;
+    assert!(phone.bye_received(), "deleting the participant hangs up");
+    let events: Vec<String> = by_participant(&receiver.accepted.lock().unwrap().clone())[&p]
+        .iter()
+        .map(|v| v["event"].as_str().unwrap().to_owned())
+        .filter(|e| !e.starts_with("onStream"))
+        .collect();
+    assert_eq!(
+        events,
+        ["onConnect", "onCallAnswered", "onDisconnect", "onCallEnded"]
+    );
+}
+
 // ---- kill -9 ------------------------------------------------------------------------------
 
 const BIN: &str = env!("CARGO_BIN_EXE_patchbay");

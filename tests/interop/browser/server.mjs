@@ -11,10 +11,11 @@
 // The binary is $PATCHBAY_BIN, or ../../../target/debug/patchbay relative to this folder
 // (build it with `cargo build`). It listens on loopback only, on free ports for everything: HTTP,
 // media, SIP (`--sip-listen 127.0.0.1:0`, UDP and TCP) and phones' RTP (`--rtp-ports 0-0`). Its
-// stdout gives the dev account's credentials and webhook secret (pb.webhookSecret; printed on first
-// start, so the data dir is always a fresh temporary one), the SIP address (pb.sip, "127.0.0.1:PORT") and the listening URL; its stderr is
-// kept (RUST_LOG passes through, default "info") and is available as stderrTail() for failure
-// messages. PATCHBAY_KEEP_LOGS=1 keeps the data dir (with server.log) after stop().
+// stdout gives the dev account's credentials and webhook secret (pb.webhookSecret; printed on
+// first start, so the data dir is always a fresh temporary one), the SIP address (pb.sip,
+// "127.0.0.1:PORT") and the listening URL; its stderr is kept (RUST_LOG passes through, default
+// "info") and is available as stderrTail() for failure messages. PATCHBAY_KEEP_LOGS=1 keeps the
+// data dir (with server.log) after stop().
 
 import { spawn } from "node:child_process";
 import { mkdtemp, rm } from "node:fs/promises";
@@ -142,6 +143,8 @@ export async function startPatchbay({ bin = process.env.PATCHBAY_BIN || DEFAULT_
     /** Full replace; body undefined = no body (clears every subscription). */
     updateSubscriptions: (s, p, body) => rest("PUT", `/sessions/${s}/participants/${p}/subscriptions`, body),
     routes: (s) => rest("GET", `/sessions/${s}/routes`),
+    /** The participant's webhook delivery log: { attempts: [...] }, newest first. */
+    webhookLog: (p) => rest("GET", `/participants/${p}/webhooks`),
 
     async stop({ keep = !!process.env.PATCHBAY_KEEP_LOGS } = {}) {
       if (stopped) return;

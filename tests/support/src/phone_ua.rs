@@ -2,7 +2,9 @@
 //! patchbay with a participant token in `User-To-User` (the form Bandwidth's transfer helper
 //! sends), answers the server's BYE, sends a G.711 µ-law tone as RTP and keeps what it hears,
 //! decoded, and the RFC 4733 keys it receives (once per event, as a phone counts them). It can
-//! press keys, re-INVITE (hold, resume) and go silent without hanging up (a dead leg). Used by `tests/sip` and `examples/phone.rs`.
+//! press keys, re-INVITE (hold, resume) and go silent without hanging up (a dead leg). It keeps
+//! the methods of the requests the server sends it (a transfer must bring no BYE and no
+//! INVITE). Used by `tests/sip` and `examples/phone.rs`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -64,6 +66,8 @@ pub struct Phone {
     /// with the duration that packet announced (8 kHz samples).
     digits_heard: Arc<Mutex<Vec<(char, u16)>>>,
     bye_received: Arc<AtomicBool>,
+    /// The methods of the requests the server sent, in order of arrival.
+    requests_received: Arc<Mutex<Vec<String>>>,
     /// Responses to our in-dialog requests (re-INVITE, BYE), as received.
     responses: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<String>>,
     /// Digits to send as RFC 4733 events (payload type 101) in place of the tone.
@@ -212,6 +216,7 @@ pub async fn dial(server: SocketAddr, how: &Dial) -> Result<Phone, Refused> {
     let heard = Arc::new(Mutex::new(Vec::new()));
     let digits_heard = Arc::new(Mutex::new(Vec::new()));
     let bye_received = Arc::new(AtomicBool::new(false));
+    let requests_received = Arc::new(Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
     {
         let (rtp, heard, digits) = (rtp.clone(), heard.clone(), digits_heard.clone());
@@ -248,14 +253,20 @@ pub async fn dial(server: SocketAddr, how: &Dial) -> Result<Phone, Refused> {
     }
     let (responses_tx, responses) = tokio::sync::mpsc::unbounded_channel();
     {
-        let (sip, bye_received) = (sip.clone(), bye_received.clone());
+        let (sip, bye_received, requests) =
+            (sip.clone(), bye_received.clone(), requests_received.clone());
         tasks.push(tokio::spawn(async move {
             let mut buf = vec![0u8; 65_535];
             while let Ok((n, from)) = sip.recv_from(&mut buf).await {
                 let text = String::from_utf8_lossy(&buf[..n]).into_owned();
                 if text.starts_with("SIP/2.0 ") {
                     let _ = responses_tx.send(text);
-                } else if text.starts_with("BYE ") {
+                    continue;
+                }
+                if let (Some(method), Ok(mut r)) = (text.split(' ').next(), requests.lock()) {
+                    r.push(method.to_owned());
+                }
+                if text.starts_with("BYE ") {
                     bye_received.store(true, Ordering::SeqCst);
                     let mut reply = String::from("SIP/2.0 200 OK\r\n");
                     for name in ["Via", "From", "To", "Call-ID", "CSeq"] {
@@ -281,6 +292,7 @@ pub async fn dial(server: SocketAddr, how: &Dial) -> Result<Phone, Refused> {
         heard,
         digits_heard,
         bye_received,
+        requests_received,
         responses: tokio::sync::Mutex::new(responses),
         digits: Arc::default(),
         tone: Mutex::new(None),
@@ -386,6 +398,19 @@ impl Phone {
     /// Whether the server sent BYE.
     pub fn bye_received(&self) -> bool {
         self.bye_received.load(Ordering::SeqCst)
+    }
+
+    /// The methods of the requests the server sent so far (retransmissions included), in order.
+    pub fn requests_received(&self) -> Vec<String> {
+        self.requests_received
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
+    }
+
+    /// The call's `Call-ID`.
+    pub fn call_id(&self) -> &str {
+        &self.call_id
     }
 
     /// Sends a re-INVITE offering `direction` (`sendonly` puts the call on hold, `sendrecv`

@@ -368,6 +368,19 @@ const harness = {
     else published.clear();
   },
 
+  // DTMF through the SDK (RTCDTMFSender: RFC 4733 telephone-events on the published audio).
+  sendDtmf(tone, streamId) {
+    if (!rtc) throw new Error("not connected");
+    rtc.sendDtmf(tone, streamId);
+    return true;
+  },
+
+  // The `uniqueId` the SDK put in its signalling URL (the device id patchbay reports).
+  uniqueId() {
+    const created = wsLog.filter((e) => e.event === "create").pop();
+    return created ? new URL(created.url).searchParams.get("uniqueId") : null;
+  },
+
   disconnect() {
     if (!rtc) return false;
     const instance = rtc;
