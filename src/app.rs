@@ -30,6 +30,7 @@ pub struct App {
     media: MediaHandle,
     devices: DeviceControl,
     listener: TcpListener,
+    tls: Option<crate::runtime::tls::TlsAcceptor>,
     http_addr: SocketAddr,
     media_public_addr: SocketAddr,
     sip: SipHandle,
@@ -48,6 +49,9 @@ impl App {
     /// HTTP listener and starts the media shards and the SIP bridge, as `config` says. HTTP is
     /// served only by [`App::run_until_stopped`].
     pub async fn build(config: &ServeConfig) -> anyhow::Result<App> {
+        // Unusable TLS files refuse the start before anything is opened.
+        let tls = config.tls()?;
+        crate::runtime::tls::install_crypto_provider();
         let (url, embedded) = config.database.resolve()?;
         let store = store::open_with(&url, config.database_timeouts.timeouts())
             .await
@@ -140,6 +144,7 @@ impl App {
             media,
             devices,
             listener,
+            tls,
             http_addr,
             media_public_addr,
             sip,
@@ -156,6 +161,11 @@ impl App {
     /// The bound address of the HTTP server (REST and the device WebSocket).
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// Whether the HTTP listener speaks TLS (https and wss) rather than plain http and ws.
+    pub fn tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// The orchestrator of this server.
@@ -213,7 +223,7 @@ impl App {
             // Phones are told the call is over (BYE) while HTTP drains.
             sip.shutdown();
         };
-        crate::runtime::http::serve(self.listener, app, self.http, shutdown).await;
+        crate::runtime::http::serve(self.listener, app, self.http, self.tls, shutdown).await;
         // Give the BYEs a moment to be answered.
         #[allow(clippy::disallowed_methods)] // the app owns shutdown and its grace period
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
