@@ -10,7 +10,6 @@
 //!
 //! A client speaking plain HTTP to the TLS port gets a `400` telling it to use https (its
 //! first byte is not a TLS handshake record), then the connection is closed.
-#![allow(clippy::disallowed_methods)] // the runtime owns the handshake's timer
 
 use std::io;
 use std::net::SocketAddr;
