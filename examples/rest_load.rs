@@ -380,7 +380,7 @@ fn id_of(v: &Value, pointer: &str) -> Result<String, String> {
 /// explicit list of two other members (one with a stream-alias filter).
 fn subscriptions_body(session: &PoolSession, j: usize, k: u64) -> Value {
     let m = session.members.len();
-    if k % 2 == 0 || m < 2 {
+    if k.is_multiple_of(2) || m < 2 {
         json!({ "sessionId": session.id })
     } else {
         let a = &session.members[(j + 1) % m];

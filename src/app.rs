@@ -30,6 +30,7 @@ pub struct App {
     media: MediaHandle,
     devices: DeviceControl,
     listener: TcpListener,
+    tls: Option<crate::runtime::tls::TlsAcceptor>,
     http_addr: SocketAddr,
     media_public_addr: SocketAddr,
     sip: SipHandle,
@@ -49,6 +50,9 @@ impl App {
     /// HTTP listener and starts the media shards and the SIP bridge, as `config` says. HTTP is
     /// served only by [`App::run_until_stopped`].
     pub async fn build(config: &ServeConfig) -> anyhow::Result<App> {
+        // Unusable TLS files refuse the start before anything is opened.
+        let tls = config.tls()?;
+        crate::runtime::tls::install_crypto_provider();
         let (url, embedded) = config.database.resolve()?;
         let store = store::open_with(&url, config.database_timeouts.timeouts())
             .await
@@ -142,6 +146,7 @@ impl App {
             media,
             devices,
             listener,
+            tls,
             http_addr,
             media_public_addr,
             sip,
@@ -159,6 +164,11 @@ impl App {
     /// The bound address of the HTTP server (REST and the device WebSocket).
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// Whether the HTTP listener speaks TLS (https and wss) rather than plain http and ws.
+    pub fn tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// The orchestrator of this server.
@@ -218,7 +228,7 @@ impl App {
             shutdown.await;
             drain(&control, &sip, drain_timeout).await;
         };
-        crate::runtime::http::serve(self.listener, app, self.http, shutdown).await;
+        crate::runtime::http::serve(self.listener, app, self.http, self.tls, shutdown).await;
         Ok(())
     }
 }

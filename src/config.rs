@@ -281,6 +281,24 @@ pub struct ServeConfig {
     /// HTTP address for the REST API and the device WebSocket (port 0: any free port).
     #[arg(long, env = "PATCHBAY_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    // Issue 11, TLS: https and wss on the --listen address (runtime::tls).
+    /// PEM certificate chain (leaf first) for https and wss on --listen; needs --tls-key.
+    /// Read once at startup: a renewed certificate takes a restart.
+    #[arg(
+        long,
+        env = "PATCHBAY_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert; needs --tls-cert.
+    #[arg(
+        long,
+        env = "PATCHBAY_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
     /// Where the server's state lives.
     #[command(flatten)]
     pub database: DatabaseArgs,
@@ -363,6 +381,8 @@ impl ServeConfig {
         ServeConfig {
             config: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls_cert: None,
+            tls_key: None,
             database: DatabaseArgs {
                 database_url: Some(url.to_owned()),
                 data_dir: None,
@@ -406,6 +426,21 @@ impl ServeConfig {
             secret,
             lifetime: self.turn_credential_lifetime,
         }))
+    }
+
+    /// The TLS acceptor of --tls-cert and --tls-key, `None` without them; an error when only
+    /// one is given or the files are unusable (the message names the file and the problem).
+    pub fn tls(&self) -> anyhow::Result<Option<crate::runtime::tls::TlsAcceptor>> {
+        match (&self.tls_cert, &self.tls_key) {
+            (None, None) => Ok(None),
+            (Some(cert), Some(key)) => {
+                crate::runtime::tls::TlsAcceptor::from_pem_files(cert, key).map(Some)
+            }
+            (Some(_), None) => {
+                anyhow::bail!("--tls-cert needs --tls-key (the certificate's private key)")
+            }
+            (None, Some(_)) => anyhow::bail!("--tls-key needs --tls-cert (the certificate chain)"),
+        }
     }
 
     /// The failed-authentication budgets of the REST API.

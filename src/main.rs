@@ -73,20 +73,28 @@ async fn serve(config: patchbay::config::ServeConfig) -> anyhow::Result<()> {
     let app = App::build(&config).await?;
     if let Some(creds) = &app.dev_credentials {
         println!(
-            "patchbay created the account {:?} on first start (shown once):\n  username: {}\n  password: {}\n  webhook secret: {}\n  try: curl -u {}:{} -X POST http://{}/v1/accounts/{}/sessions",
+            "patchbay created the account {:?} on first start (shown once):\n  username: {}\n  password: {}\n  webhook secret: {}\n  try: curl -u {}:{} -X POST {}://{}/v1/accounts/{}/sessions",
             creds.account.as_str(),
             creds.username,
             creds.password,
             creds.webhook_secret,
             creds.username,
             creds.password,
+            if app.tls() { "https" } else { "http" },
             app.http_addr(),
             creds.account
         );
     }
     println!("{}", app.addresses());
     println!("patchbay SIP on {} (UDP and TCP)", app.sip_addr());
-    println!("patchbay listening on http://{}", app.http_addr());
+    if app.tls() {
+        println!(
+            "patchbay listening on https://{0} (device WebSocket wss://{0})",
+            app.http_addr()
+        );
+    } else {
+        println!("patchbay listening on http://{}", app.http_addr());
+    }
     tracing::info!(addr = %app.http_addr(), "serving");
     app.run_until_stopped(shutdown_signal()).await
 }

@@ -1,7 +1,8 @@
 //! Device tokens: the JWT a participant's device (browser or phone leg) presents to join.
 //!
-//! HS256 with a 256-bit server secret that lives in the store (so it survives restarts and is
-//! shared by every process on one database). Claims (reference §2, §10): `a` account, `p`
+//! HS256 (jsonwebtoken on aws-lc-rs, the binary's one crypto library) with a 256-bit server
+//! secret that lives in the store (so it survives restarts and is shared by every process on
+//! one database). Claims (reference §2, §10): `a` account, `p`
 //! participant, `v` = `"v3"` (the browser SDK refuses anything else), `exp` epoch seconds.
 //! The header carries no `typ`, which keeps a token within 186 characters for the longest
 //! account id: the transfer helper's `User-To-User` value must fit in 256 characters.
@@ -198,6 +199,21 @@ mod tests {
             t.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)),
             "URL-safe"
+        );
+    }
+
+    /// The exact bytes of a token: `{"alg":"HS256"}` header, claims in this order, HMAC-SHA256
+    /// (the expected value was computed independently, with Python's `hmac`), so a change of
+    /// JWT library cannot change what SDKs and stored tokens see.
+    #[test]
+    fn tokens_are_byte_for_byte_stable() {
+        let k = TokenKeys::from_secret(&[7u8; 32]);
+        let a = AccountId::parse("acct").unwrap();
+        let p = ParticipantId::parse("0f8e2c1a-3b4d-4e5f-8a9b-0c1d2e3f4a5b").unwrap();
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(
+            k.mint(&a, p, now),
+            "eyJhbGciOiJIUzI1NiJ9.eyJhIjoiYWNjdCIsInAiOiIwZjhlMmMxYS0zYjRkLTRlNWYtOGE5Yi0wYzFkMmUzZjRhNWIiLCJ2IjoidjMiLCJleHAiOjE3MDAwODY0MDB9.s6803o86z-FJIGZsl4RxvKhl894yvzxG-uyYDqJXvAk"
         );
     }
 

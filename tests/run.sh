@@ -71,6 +71,12 @@ fi
 echo "PostgreSQL for the tests: $PATCHBAY_TEST_POSTGRES"
 
 # --- Rust: style, lints, tests --------------------------------------------------------------
+step "toolchain truth: rust-version against the locked dependencies and the toolchain"
+bash tests/msrv.sh 2>&1 | tee "$logdir/msrv.log"
+
+step "cargo deny: licenses, bans (one crypto library), sources"
+bash tests/deny.sh 2>&1 | tee "$logdir/deny.log"
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -84,6 +90,8 @@ step "end to end over real UDP: str0m devices against the running server"
 PATCHBAY_BIN="$root/target/debug/patchbay" bash tests/e2e/media_udp.sh 2>&1 | tee "$logdir/e2e.log"
 
 step "packaging: the container image's steps on the host"; bash tests/packaging.sh 2>&1 | tee "$logdir/packaging.log"
+step "reverse proxy: nginx with deploy/nginx.conf in front of patchbay (https, wss)"
+PATCHBAY_BIN="$root/target/debug/patchbay" bash tests/reverse_proxy.sh 2>&1 | tee "$logdir/reverse-proxy.log"
 step "fuzz: every target, 20 s each"
 bash fuzz/run.sh 2>&1 | tee "$logdir/fuzz.log"
 
@@ -107,7 +115,10 @@ sip_passed=$(grep -Eo '^sip-interop: [0-9]+ passed' "$logdir/sip.log" | tail -n1
 fuzz_passed=$(grep -Eo '^fuzz: [0-9]+ passed' "$logdir/fuzz.log" | tail -n1 | awk '{print $2+0}')
 e2e_passed=$(grep -Eo '^media_load check: [0-9]+ passed' "$logdir/e2e.log" | awk '{s+=$3} END {print s+0}')
 packaging_passed=$(grep -Eo '^packaging: [0-9]+ passed' "$logdir/packaging.log" | awk '{print $2+0}')
-total=$((passed + ${py_passed:-0} + ${browser_passed:-0} + ${e2e_passed:-0} + ${sip_passed:-0} + ${packaging_passed:-0} + ${fuzz_passed:-0}))
+msrv_passed=$(grep -Eo '^msrv: [0-9]+ passed' "$logdir/msrv.log" | awk '{print $2+0}')
+deny_passed=$(grep -Eo '^deny: [0-9]+ passed' "$logdir/deny.log" | awk '{print $2+0}')
+proxy_passed=$(grep -Eo '^reverse-proxy: [0-9]+ passed' "$logdir/reverse-proxy.log" | awk '{print $2+0}')
+total=$((passed + ${py_passed:-0} + ${browser_passed:-0} + ${e2e_passed:-0} + ${sip_passed:-0} + ${packaging_passed:-0} + ${proxy_passed:-0} + ${msrv_passed:-0} + ${deny_passed:-0} + ${fuzz_passed:-0}))
 if [ "$total" -eq 0 ]; then
   echo "no test ran" >&2
   exit 1

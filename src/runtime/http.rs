@@ -15,6 +15,9 @@
 //!   by `Transfer-Encoding` alone and the connection is closed after the response, so bytes
 //!   after that body are never read as another request (tested in `tests/listeners`).
 //!
+//! - With TLS (`--tls-cert`, see [`super::tls`]), the handshake must finish within the header
+//!   timeout, counted from `accept`, and holds the connection's place at the gate.
+//!
 //! Every request carries the peer's address as `ConnectInfo<SocketAddr>`.
 #![allow(clippy::disallowed_methods)] // the runtime owns the listener's tasks and timers
 
@@ -38,6 +41,7 @@ use tokio::sync::watch;
 use tower::ServiceExt;
 
 use super::listen::{Acceptor, Activity, Admission, ConnectionLimits, Gate, Permit};
+use super::tls::TlsAcceptor;
 
 /// Timeouts and caps of the HTTP listener.
 #[derive(Debug, Clone, Copy)]
@@ -77,12 +81,14 @@ where
 /// Connections kept beyond the caps for health checks.
 pub const HEALTH_RESERVE: usize = 32;
 
-/// Serves `app` on `listener` until `shutdown` completes, then lets every connection finish
-/// its in-flight request (upgraded WebSockets live on in their own tasks).
+/// Serves `app` on `listener` (over TLS when `tls` is given) until `shutdown` completes, then
+/// lets every connection finish its in-flight request (upgraded WebSockets live on in their
+/// own tasks).
 pub async fn serve<S>(
     listener: TcpListener,
     app: S,
     settings: HttpSettings,
+    tls: Option<TlsAcceptor>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) where
     S: Handler,
@@ -106,14 +112,20 @@ pub async fn serve<S>(
             continue;
         };
         let io = Watched::new(stream, permit);
-        tokio::spawn(connection(
-            io,
-            remote,
-            app.clone(),
-            builder.clone(),
-            settings,
-            stopped.clone(),
-        ));
+        let (service, http, stopping) = (app.clone(), builder.clone(), stopped.clone());
+        let Some(tls) = tls.clone() else {
+            tokio::spawn(connection(io, remote, service, http, settings, stopping));
+            continue;
+        };
+        // The handshake counts against the header timeout, holding the connection's permit.
+        tokio::spawn(async move {
+            if let Some(io) = tls
+                .accept(io, tcp_of, settings.header_timeout, remote)
+                .await
+            {
+                connection(io, remote, service, http, settings, stopping).await;
+            }
+        });
     }
     let _ = stop.send(true);
     drop(stopped);
@@ -121,8 +133,8 @@ pub async fn serve<S>(
     stop.closed().await;
 }
 
-async fn connection<S>(
-    io: Watched,
+async fn connection<S, IO>(
+    io: IO,
     remote: SocketAddr,
     app: S,
     builder: Arc<http1::Builder>,
@@ -130,9 +142,10 @@ async fn connection<S>(
     mut stop: watch::Receiver<bool>,
 ) where
     S: Handler,
+    IO: Connection,
 {
-    let reserve = io.admission == Admission::Reserve;
-    let activity = io.activity.clone();
+    let reserve = io.watched().admission == Admission::Reserve;
+    let activity = io.watched().activity.clone();
     let body_timeout = settings.body_timeout;
     let service = tower::service_fn(move |req: Request<hyper::body::Incoming>| {
         let app = app.clone();
@@ -209,6 +222,27 @@ fn closing(mut response: Response) -> Response {
         .headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
     response
+}
+
+fn tcp_of(io: &Watched) -> &TcpStream {
+    &io.stream
+}
+
+/// A connection's byte stream, plain or TLS, over its [`Watched`] socket.
+trait Connection: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    fn watched(&self) -> &Watched;
+}
+
+impl Connection for Watched {
+    fn watched(&self) -> &Watched {
+        self
+    }
+}
+
+impl Connection for tokio_rustls::server::TlsStream<Watched> {
+    fn watched(&self) -> &Watched {
+        self.get_ref().0
+    }
 }
 
 /// A connection's socket with its gate permit (freed when the socket is dropped, upgraded

@@ -5,4 +5,5 @@ pub mod http;
 pub mod listen;
 pub mod media;
 pub mod sip;
+pub mod tls;
 pub mod webhooks;

@@ -567,7 +567,7 @@ fn forged_binding_request(rng: &mut Rng, username: &str) -> Vec<u8> {
         out.extend_from_slice(&typ.to_be_bytes());
         out.extend_from_slice(&(value.len() as u16).to_be_bytes());
         out.extend_from_slice(value);
-        while out.len() % 4 != 0 {
+        while !out.len().is_multiple_of(4) {
             out.push(0);
         }
     }

@@ -16,8 +16,13 @@
 // "127.0.0.1:PORT") and the listening URL; its stderr is kept (RUST_LOG passes through, default
 // "info") and is available as stderrTail() for failure messages. PATCHBAY_KEEP_LOGS=1 keeps the
 // data dir (with server.log) after stop().
+//
+// TLS: startPatchbay({ tls: { cert, key, ca } }) passes --tls-cert/--tls-key (PEM file paths);
+// the server then serves https and wss (pb.url https://…, pb.websocketUrl wss://…), and REST
+// calls verify its certificate against `ca` (PEM text, e.g. the self-signed certificate itself).
 
 import { spawn } from "node:child_process";
+import https from "node:https";
 import { mkdtemp, rm } from "node:fs/promises";
 import { createWriteStream, existsSync } from "node:fs";
 import os from "node:os";
@@ -35,13 +40,29 @@ export class RestError extends Error {
   }
 }
 
-export async function startPatchbay({ bin = process.env.PATCHBAY_BIN || DEFAULT_BIN, startTimeoutMs = 30000, env = {} } = {}) {
+// One HTTPS request verifying the server against `ca` (Node's fetch takes no CA option).
+function httpsRequest(url, { method, headers, body }, ca) {
+  return new Promise((resolve, reject) => {
+    const req = https.request(url, { method, headers, ca }, (res) => {
+      let text = "";
+      res.setEncoding("utf8");
+      res.on("data", (d) => (text += d));
+      res.on("end", () => resolve({ ok: res.statusCode >= 200 && res.statusCode < 300, status: res.statusCode, text: async () => text }));
+    });
+    req.on("error", reject);
+    if (body !== undefined) req.write(body);
+    req.end();
+  });
+}
+
+export async function startPatchbay({ bin = process.env.PATCHBAY_BIN || DEFAULT_BIN, startTimeoutMs = 30000, env = {}, tls = null } = {}) {
   if (!existsSync(bin)) throw new Error(`patchbay binary not found at ${bin}: run \`cargo build\` (or set PATCHBAY_BIN)`);
   const dataDir = await mkdtemp(path.join(os.tmpdir(), "patchbay-browser-"));
   const logPath = path.join(dataDir, "server.log");
   const log = createWriteStream(logPath);
   const args = ["serve", "--data-dir", dataDir, "--listen", "127.0.0.1:0", "--media-listen", "127.0.0.1:0",
     "--sip-listen", "127.0.0.1:0", "--rtp-ports", "0-0"];
+  if (tls) args.push("--tls-cert", tls.cert, "--tls-key", tls.key);
   const child = spawn(bin, args, {
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "info", NO_COLOR: "1", ...env },
     stdio: ["ignore", "pipe", "pipe"],
@@ -70,7 +91,7 @@ export async function startPatchbay({ bin = process.env.PATCHBAY_BIN || DEFAULT_
       stdout += d;
       const user = stdout.match(/^\s*username:\s*(\S+)\s*$/m);
       const pass = stdout.match(/^\s*password:\s*(\S+)\s*$/m);
-      const url = stdout.match(/patchbay listening on (http:\/\/\S+)/);
+      const url = stdout.match(/patchbay listening on (https?:\/\/\S+)/);
       // printed before the "listening on" line
       const sip = stdout.match(/^patchbay SIP on (\S+) /m);
       const secret = stdout.match(/^\s*webhook secret:\s*(\S+)\s*$/m);
@@ -110,7 +131,7 @@ export async function startPatchbay({ bin = process.env.PATCHBAY_BIN || DEFAULT_
       headers["content-type"] = "application/json; charset=utf-8";
       init.body = JSON.stringify(body);
     }
-    const res = await fetch(url, init);
+    const res = tls ? await httpsRequest(url, init, tls.ca) : await fetch(url, init);
     const text = await res.text();
     if (!res.ok) throw new RestError(method, url, res.status, text);
     return text ? JSON.parse(text) : null;

@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# The reverse-proxy alternative to --tls-cert, as docs/deploy.md documents it: nginx (Debian's
+# package, installed if missing) runs deploy/nginx.conf, the very text the docs show (checked
+# here), in front of a real patchbay, as a non-daemon with its own prefix, on free ports and a
+# self-signed certificate made now for the documented name (call.example.com). Only the port,
+# the certificate paths and patchbay's address are substituted. Through it: a REST call
+# (create a session and a participant), and a WebSocket upgrade on /v3 with the participant's
+# token that answers a ping with a pong. Prints `reverse-proxy: N passed, M failed`; exits
+# non-zero on a failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+bin=${PATCHBAY_BIN:-$root/target/debug/patchbay}
+[ -x "$bin" ] || { echo "no patchbay binary at $bin: cargo build --bin patchbay" >&2; exit 1; }
+
+if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+  echo "=== installing nginx (Debian)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq nginx >/dev/null
+fi
+nginx=$(command -v nginx || echo /usr/sbin/nginx)
+
+passed=0
+failed=0
+check() {
+  local name=$1
+  shift
+  if "$@"; then
+    passed=$((passed + 1))
+    echo "ok: $name"
+  else
+    failed=$((failed + 1))
+    echo "FAILED: $name"
+  fi
+}
+
+work=$(mktemp -d)
+chmod 755 "$work" # nginx's workers (user nobody when started as root) use its temp dirs
+server_pid=
+nginx_pid=
+cleanup() {
+  [ -n "$nginx_pid" ] && kill "$nginx_pid" 2>/dev/null || true
+  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# --- the documented snippet is the tested one ---------------------------------------------------
+snippet_in_docs() {
+  # The ```nginx block of docs/deploy.md, byte for byte deploy/nginx.conf.
+  awk '/^```nginx$/ {on=1; next} on && /^```$/ {exit} on {print}' docs/deploy.md >"$work/from-docs.conf"
+  cmp -s "$work/from-docs.conf" deploy/nginx.conf
+}
+check "docs/deploy.md shows deploy/nginx.conf as it is" snippet_in_docs
+
+# --- patchbay -----------------------------------------------------------------------------------
+"$bin" serve --data-dir "$work/data" --listen 127.0.0.1:0 --media-listen 127.0.0.1:0 \
+  --sip-listen 127.0.0.1:0 --rtp-ports 0-0 >"$work/server.out" 2>"$work/server.err" &
+server_pid=$!
+for _ in $(seq 1 300); do
+  grep -q '^patchbay listening on' "$work/server.out" 2>/dev/null && break
+  kill -0 "$server_pid" 2>/dev/null || { cat "$work/server.err" >&2; exit 1; }
+  sleep 0.1
+done
+upstream=$(sed -n 's|^patchbay listening on http://\(.*\)$|\1|p' "$work/server.out")
+user=$(sed -n 's/^ *username: *//p' "$work/server.out")
+pass=$(sed -n 's/^ *password: *//p' "$work/server.out")
+[ -n "$upstream" ] && [ -n "$user" ] || { echo "patchbay did not start" >&2; cat "$work/server.out" "$work/server.err" >&2; exit 1; }
+
+# --- nginx with the documented site -------------------------------------------------------------
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -subj /CN=call.example.com -addext subjectAltName=DNS:call.example.com \
+  -keyout "$work/privkey.pem" -out "$work/fullchain.pem" 2>/dev/null
+port=$(free_port)
+sed -e "s|listen 443 ssl;|listen 127.0.0.1:$port ssl;|" \
+  -e "s|/etc/letsencrypt/live/call.example.com/|$work/|" \
+  -e "s|http://127.0.0.1:8080;|http://$upstream;|" deploy/nginx.conf >"$work/patchbay.conf"
+mkdir -p "$work/tmp"
+cat >"$work/nginx.conf" <<EOF
+pid $work/nginx.pid;
+error_log $work/error.log;
+events {}
+http {
+    access_log $work/access.log;
+    client_body_temp_path $work/tmp/body;
+    proxy_temp_path $work/tmp/proxy;
+    fastcgi_temp_path $work/tmp/fastcgi;
+    uwsgi_temp_path $work/tmp/uwsgi;
+    scgi_temp_path $work/tmp/scgi;
+    include $work/patchbay.conf;
+}
+EOF
+"$nginx" -p "$work" -c "$work/nginx.conf" -g 'daemon off;' 2>"$work/nginx.err" &
+nginx_pid=$!
+for _ in $(seq 1 300); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+  kill -0 "$nginx_pid" 2>/dev/null || { cat "$work/nginx.err" "$work/error.log" >&2; exit 1; }
+  sleep 0.1
+done
+https() { curl -sS --max-time 30 --cacert "$work/fullchain.pem" --resolve "call.example.com:$port:127.0.0.1" "$@"; }
+
+# --- through the proxy --------------------------------------------------------------------------
+ready() { [ "$(https -o /dev/null -w '%{http_code}' https://call.example.com:$port/readyz)" = 200 ]; }
+check "GET /readyz over https through nginx" ready
+
+base="https://call.example.com:$port/v1/accounts/dev"
+rest_calls() {
+  session=$(https -u "$user:$pass" -X POST -H 'content-type: application/json' -d '{"tag":"proxy"}' \
+    "$base/sessions" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])') &&
+    participant=$(https -u "$user:$pass" -X POST -H 'content-type: application/json' \
+      -d '{"publishPermissions":["AUDIO"]}' "$base/participants") &&
+    token=$(printf '%s' "$participant" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])') &&
+    [ -n "$session" ] && [ -n "$token" ]
+}
+check "REST through nginx: a session and a participant with its token" rest_calls
+
+websocket() {
+  python3 - "$port" "$work/fullchain.pem" "$token" <<'PY'
+# A WebSocket client on a raw TLS socket: the upgrade on /v3 must answer 101, then a ping must
+# come back as a pong (so frames cross the proxy both ways on the upgraded connection).
+import base64, os, socket, ssl, sys
+port, ca, token = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+ctx = ssl.create_default_context(cafile=ca)
+raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+s = ctx.wrap_socket(raw, server_hostname="call.example.com")
+key = base64.b64encode(os.urandom(16)).decode()
+s.sendall((f"GET /v3?token={token}&client=proxy-test HTTP/1.1\r\nHost: call.example.com\r\n"
+           f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+           "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+head = b""
+while b"\r\n\r\n" not in head:
+    chunk = s.recv(4096)
+    if not chunk:
+        sys.exit(f"closed during the upgrade: {head!r}")
+    head += chunk
+status = head.split(b"\r\n", 1)[0]
+if not status.startswith(b"HTTP/1.1 101"):
+    sys.exit(f"upgrade refused: {head!r}")
+buf = head.split(b"\r\n\r\n", 1)[1]
+payload, mask = b"patchbay", os.urandom(4)
+s.sendall(bytes([0x89, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+def read(n):
+    global buf
+    while len(buf) < n:
+        chunk = s.recv(4096)
+        if not chunk:
+            sys.exit("closed before the pong")
+        buf += chunk
+    out, buf = buf[:n], buf[n:]
+    return out
+while True:
+    b0, b1 = read(2)
+    n = b1 & 0x7F
+    if n == 126:
+        n = int.from_bytes(read(2), "big")
+    elif n == 127:
+        n = int.from_bytes(read(8), "big")
+    data = read(n)
+    opcode = b0 & 0x0F
+    if opcode == 0x8:
+        sys.exit(f"closed by the server: {data!r}")
+    if opcode == 0xA:
+        if data != payload:
+            sys.exit(f"pong with {data!r}")
+        break
+print("websocket: 101, ping answered")
+PY
+}
+check "WebSocket upgrade on /v3 through nginx, ping answered by a pong" websocket
+
+echo "reverse-proxy: $passed passed, $failed failed"
+if [ "$failed" -ne 0 ]; then
+  echo "--- nginx error log" >&2
+  cat "$work/error.log" "$work/nginx.err" >&2 || true
+  echo "--- patchbay stderr (tail)" >&2
+  tail -n 30 "$work/server.err" >&2 || true
+  exit 1
+fi
