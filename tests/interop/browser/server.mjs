@@ -15,6 +15,8 @@
 // fresh temporary one), the SIP address (pb.sip, "127.0.0.1:PORT") and the listening URL; its stderr is
 // kept (RUST_LOG passes through, default "info") and is available as stderrTail() for failure
 // messages. PATCHBAY_KEEP_LOGS=1 keeps the data dir (with server.log) after stop().
+// startPatchbay({ args }) appends server flags; pb.media is { udp, tcp }: per shard, the ICE
+// candidates ("HOST:PORT") the server printed at startup.
 
 import { spawn } from "node:child_process";
 import { mkdtemp, rm } from "node:fs/promises";
@@ -34,13 +36,13 @@ export class RestError extends Error {
   }
 }
 
-export async function startPatchbay({ bin = process.env.PATCHBAY_BIN || DEFAULT_BIN, startTimeoutMs = 30000, env = {} } = {}) {
+export async function startPatchbay({ bin = process.env.PATCHBAY_BIN || DEFAULT_BIN, startTimeoutMs = 30000, env = {}, args: extraArgs = [] } = {}) {
   if (!existsSync(bin)) throw new Error(`patchbay binary not found at ${bin}: run \`cargo build\` (or set PATCHBAY_BIN)`);
   const dataDir = await mkdtemp(path.join(os.tmpdir(), "patchbay-browser-"));
   const logPath = path.join(dataDir, "server.log");
   const log = createWriteStream(logPath);
   const args = ["serve", "--data-dir", dataDir, "--listen", "127.0.0.1:0", "--media-listen", "127.0.0.1:0",
-    "--sip-listen", "127.0.0.1:0", "--rtp-ports", "0-0"];
+    "--sip-listen", "127.0.0.1:0", "--rtp-ports", "0-0", ...extraArgs];
   const child = spawn(bin, args, {
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "info", NO_COLOR: "1", ...env },
     stdio: ["ignore", "pipe", "pipe"],
@@ -96,6 +98,10 @@ export async function startPatchbay({ bin = process.env.PATCHBAY_BIN || DEFAULT_
     clearTimeout(timer);
   }
   const account = (stdout.match(/created the account "([^"]+)"/) || [])[1] || "dev";
+  // The media candidates printed at startup, per shard: "HOST:PORT" strings.
+  const candidates = (kind) =>
+    [...stdout.matchAll(new RegExp(`^patchbay media shard (\\d+): ${kind}\\b.*?ICE candidates (.+)$`, "gm"))].map((m) => m[2].trim().split(/\s+/));
+  const media = { udp: candidates("UDP"), tcp: candidates("TCP") };
   const auth = "Basic " + Buffer.from(`${info.username}:${info.password}`).toString("base64");
   const base = `${info.url}/v1/accounts/${account}`;
 
@@ -117,6 +123,7 @@ export async function startPatchbay({ bin = process.env.PATCHBAY_BIN || DEFAULT_
   const pb = {
     ...info,
     account,
+    media,
     dataDir,
     logPath,
     websocketUrl: info.url.replace(/^http/, "ws"),
