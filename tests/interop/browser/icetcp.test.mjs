@@ -25,9 +25,11 @@ import { startPatchbay } from "./server.mjs";
 const T = 30000; // bound for every "eventually" condition (ICE over TCP starts after UDP fails)
 const TOL_HZ = 30;
 const TABLE = "patchbay_icetcp_test";
-// Frames a connection that carried media moved, at least (the tone and video checks take a
-// second or two; a connection Chromium only checked carries 3 each way).
-const MEDIA_FRAMES = 50;
+// Audio packets each page receives before the evidence is collected (about 3 s of audio), and
+// the frames a connection that carried media moved in its media direction, at least (a
+// connection Chromium only checked carries 3 each way).
+const AUDIO_PACKETS = 150;
+const MEDIA_FRAMES = 100;
 
 let b;
 let pb;
@@ -69,6 +71,20 @@ async function until(pred, timeoutMs, what) {
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}; last: ${JSON.stringify(last)}`);
     await sleep(200);
   }
+}
+
+// Waits until the page's subscribe connection has received `n` audio packets (media keeps
+// flowing for a while, so the counters below are well clear of a connectivity check's).
+async function receivedAudio(page, n) {
+  return until(
+    async () => {
+      const stats = await page.rtpStats("subscribe");
+      const packets = (stats?.rtp || []).filter((s) => s.type === "inbound-rtp" && s.kind === "audio").reduce((a, s) => a + (s.packets || 0), 0);
+      return { ok: packets >= n, packets };
+    },
+    T,
+    `${page.name} to receive ${n} audio packets`
+  );
 }
 
 before(async () => {
@@ -126,6 +142,8 @@ test("UDP to the media ports dropped: two parties hear and see each other over I
       alice.page.expectVideo(atAlice.streamId, { minFrames: 10, timeoutMs: T }),
     ]);
     for (const v of videos) assert.ok(v.frames >= 10 && v.width > 0, JSON.stringify(v));
+
+    await Promise.all([receivedAudio(alice.page, AUDIO_PACKETS), receivedAudio(bob.page, AUDIO_PACKETS)]);
 
     // Both peer connections of both pages run on a TCP pair to one of the server's TCP ports.
     for (const p of [alice.page, bob.page]) {
