@@ -19,6 +19,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -285,13 +286,24 @@ struct Connection {
     _permit: Permit,
 }
 
-/// What a connection moved, for its closing log line.
+/// What a connection moved, for its closing log line (shared by its reading and writing
+/// halves, which run in one task).
 #[derive(Default)]
 struct Counts {
-    frames_in: u64,
-    frames_out: u64,
-    bytes_in: u64,
-    bytes_out: u64,
+    frames_in: AtomicU64,
+    frames_out: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    /// When a frame last came in, in milliseconds after the connection opened.
+    last_in_ms: AtomicU64,
+}
+
+fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+fn get(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
 }
 
 impl Connection {
@@ -300,82 +312,108 @@ impl Connection {
         let key = (self.destination, self.remote);
         let (queue, mut outgoing) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
         self.connections.lock().insert(key, Writer { queue });
-        let mut counts = Counts::default();
-        let why = self.pump(&mut stream, &mut outgoing, &mut counts).await;
+        let counts = Counts::default();
+        let why = self.pump(&mut stream, &mut outgoing, &counts).await;
         self.connections.lock().remove(&key);
-        let answered = counts.frames_out > 0;
-        if answered {
+        let (frames_in, frames_out) = (get(&counts.frames_in), get(&counts.frames_out));
+        if frames_out > 0 {
             tracing::info!(
                 shard = self.shard,
                 remote = %self.remote,
                 local = %self.destination,
-                frames_in = counts.frames_in,
-                frames_out = counts.frames_out,
-                bytes_in = counts.bytes_in,
-                bytes_out = counts.bytes_out,
-                "ICE-TCP connection closed ({why}): {} frames in, {} frames out",
-                counts.frames_in,
-                counts.frames_out
+                frames_in,
+                frames_out,
+                bytes_in = get(&counts.bytes_in),
+                bytes_out = get(&counts.bytes_out),
+                "ICE-TCP connection closed ({why}): {frames_in} frames in, {frames_out} frames out"
             );
         } else {
-            tracing::debug!(shard = self.shard, remote = %self.remote, "media TCP connection closed unanswered ({why})");
+            tracing::debug!(shard = self.shard, remote = %self.remote, frames_in, "media TCP connection closed unanswered ({why})");
         }
     }
 
-    /// Moves frames both ways until the connection ends; returns why it ended.
+    /// Moves frames both ways until the connection ends; returns why it ended. Reading and
+    /// writing run side by side: a reader waiting for room in the shard's queue does not
+    /// hold up what the shard has to send.
     async fn pump(
         &self,
         stream: &mut TcpStream,
         outgoing: &mut mpsc::Receiver<Vec<u8>>,
-        counts: &mut Counts,
+        counts: &Counts,
     ) -> String {
-        let mut deframer = Deframer::default();
-        let mut buf = vec![0u8; 4096];
-        let mut deadline = tokio::time::Instant::now() + ANSWER_TIMEOUT;
-        loop {
-            let answered = counts.frames_out > 0;
-            tokio::select! {
-                read = stream.read(&mut buf) => {
-                    let n = match read {
-                        Ok(0) => return "closed by the peer".into(),
-                        Ok(n) => n,
-                        Err(e) => return format!("read error: {e}"),
-                    };
-                    deframer.push(&buf[..n]);
-                    loop {
-                        match deframer.next_frame() {
-                            Ok(Some(data)) => {
-                                counts.frames_in += 1;
-                                counts.bytes_in += data.len() as u64;
-                                let frame = TcpFrame { source: self.remote, destination: self.destination, data };
-                                if self.to_shard.send(frame).await.is_err() {
-                                    return "media plane stopped".into();
-                                }
+        let (mut reader, mut writer) = stream.split();
+        let opened = tokio::time::Instant::now();
+        let read = async {
+            let mut deframer = Deframer::default();
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let n = match reader.read(&mut buf).await {
+                    Ok(0) => return "closed by the peer".to_owned(),
+                    Ok(n) => n,
+                    Err(e) => return format!("read error: {e}"),
+                };
+                deframer.push(&buf[..n]);
+                loop {
+                    match deframer.next_frame() {
+                        Ok(Some(data)) => {
+                            add(&counts.frames_in, 1);
+                            add(&counts.bytes_in, data.len() as u64);
+                            let ms = opened.elapsed().as_millis();
+                            counts
+                                .last_in_ms
+                                .store(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::Relaxed);
+                            let frame = TcpFrame {
+                                source: self.remote,
+                                destination: self.destination,
+                                data,
+                            };
+                            if self.to_shard.send(frame).await.is_err() {
+                                return "media plane stopped".to_owned();
                             }
-                            Ok(None) => break,
-                            Err(e) => return e.to_string(),
                         }
+                        Ok(None) => break,
+                        Err(e) => return e.to_string(),
                     }
-                    if answered {
-                        deadline = tokio::time::Instant::now() + IDLE_TIMEOUT;
-                    }
-                }
-                out = outgoing.recv() => {
-                    let Some(framed) = out else { return "write queue closed".into() };
-                    if !answered {
-                        tracing::info!(shard = self.shard, remote = %self.remote, local = %self.destination, "ICE-TCP connection answered");
-                        deadline = tokio::time::Instant::now() + IDLE_TIMEOUT;
-                    }
-                    counts.frames_out += 1;
-                    counts.bytes_out += framed.len().saturating_sub(2) as u64;
-                    if let Err(e) = stream.write_all(&framed).await {
-                        return format!("write error: {e}");
-                    }
-                }
-                _ = tokio::time::sleep_until(deadline) => {
-                    return if answered { "idle".into() } else { "no STUN request answered in time".into() };
                 }
             }
+        };
+        let write = async {
+            while let Some(framed) = outgoing.recv().await {
+                if get(&counts.frames_out) == 0 {
+                    tracing::info!(shard = self.shard, remote = %self.remote, local = %self.destination, "ICE-TCP connection answered");
+                }
+                add(&counts.frames_out, 1);
+                add(&counts.bytes_out, framed.len().saturating_sub(2) as u64);
+                if let Err(e) = writer.write_all(&framed).await {
+                    return format!("write error: {e}");
+                }
+            }
+            "write queue closed".to_owned()
+        };
+        // Unanswered: the answer timeout from the start; answered: the idle timeout from the
+        // last frame in.
+        let timer = async {
+            loop {
+                let answered = get(&counts.frames_out) > 0;
+                let deadline = if answered {
+                    opened + Duration::from_millis(get(&counts.last_in_ms)) + IDLE_TIMEOUT
+                } else {
+                    opened + ANSWER_TIMEOUT
+                };
+                if tokio::time::Instant::now() >= deadline {
+                    return if !answered {
+                        "no STUN request answered in time".to_owned()
+                    } else {
+                        "idle".to_owned()
+                    };
+                }
+                tokio::time::sleep_until(deadline).await;
+            }
+        };
+        tokio::select! {
+            why = read => why,
+            why = write => why,
+            why = timer => why,
         }
     }
 }
