@@ -174,7 +174,12 @@ pub enum Sent {
 pub struct TcpWriters {
     shared: TcpConnections,
     cache: HashMap<(SocketAddr, SocketAddr), Writer>,
+    /// The cache is swept of closed connections when it grows past this.
+    sweep_at: usize,
 }
+
+/// The smallest cache size at which closed connections are swept out.
+const SWEEP_MIN: usize = 64;
 
 impl TcpWriters {
     /// A cache in front of `shared`.
@@ -182,6 +187,7 @@ impl TcpWriters {
         TcpWriters {
             shared,
             cache: HashMap::new(),
+            sweep_at: SWEEP_MIN,
         }
     }
 
@@ -191,10 +197,17 @@ impl TcpWriters {
         let key = (local, remote);
         let writer = match self.cache.get(&key) {
             Some(w) => w,
-            None => match self.shared.get(key) {
-                Some(w) => self.cache.entry(key).or_insert(w),
-                None => return Sent::Gone,
-            },
+            None => {
+                let Some(w) = self.shared.get(key) else {
+                    return Sent::Gone;
+                };
+                if self.cache.len() >= self.sweep_at {
+                    // Connections that closed without a packet for them since.
+                    self.cache.retain(|_, w| !w.queue.is_closed());
+                    self.sweep_at = (self.cache.len() * 2).max(SWEEP_MIN);
+                }
+                self.cache.entry(key).or_insert(w)
+            }
         };
         let Some(framed) = frame(payload) else {
             return Sent::Full;
@@ -455,6 +468,25 @@ mod tests {
         let mut d = Deframer::default();
         d.push(&[0x00]);
         assert_eq!(d.next_frame(), Ok(None));
+    }
+
+    #[test]
+    fn writes_queue_until_full_and_stop_when_the_connection_is_gone() {
+        let shared = TcpConnections::default();
+        let local: SocketAddr = "127.0.0.1:3478".parse().unwrap();
+        let remote: SocketAddr = "127.0.0.1:50000".parse().unwrap();
+        let mut writers = TcpWriters::new(shared.clone());
+        assert_eq!(writers.send(local, remote, b"x"), Sent::Gone);
+        let (queue, mut rx) = mpsc::channel(2);
+        shared.lock().insert((local, remote), Writer { queue });
+        assert_eq!(writers.send(local, remote, b"ab"), Sent::Queued);
+        assert_eq!(writers.send(local, remote, b"c"), Sent::Queued);
+        assert_eq!(writers.send(local, remote, b"d"), Sent::Full);
+        assert_eq!(rx.try_recv().unwrap(), vec![0, 2, b'a', b'b']);
+        drop(rx);
+        shared.lock().remove(&(local, remote));
+        assert_eq!(writers.send(local, remote, b"e"), Sent::Gone);
+        assert!(writers.cache.is_empty());
     }
 
     #[test]
