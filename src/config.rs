@@ -165,8 +165,9 @@ pub struct ServeConfig {
     #[arg(long, env = "PATCHBAY_MEDIA_SHARDS", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub media_shards: Option<u16>,
     /// ICE over TCP (RFC 6544 passive candidates, RFC 4571 framing) for devices whose UDP is
-    /// blocked: `same` listens on each shard's UDP address and port, `off` disables it,
-    /// ADDR:PORT listens there (shard `i` on port + `i`).
+    /// blocked: `same` listens on each shard's UDP address and port (with --media-listen port
+    /// 0: any free TCP port if that one is taken), `off` disables it, ADDR:PORT listens there
+    /// (shard `i` on port + `i`).
     #[arg(long, env = "PATCHBAY_MEDIA_TCP_LISTEN", default_value = "same")]
     pub media_tcp_listen: crate::reach::MediaTcpListen,
     // Issue 11, reachable media: the advertised addresses (see `reach`) and TURN.
