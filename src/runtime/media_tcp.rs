@@ -251,11 +251,14 @@ pub fn spawn(
             let mut acceptor = Acceptor::new(setup.listener, "media TCP");
             loop {
                 let (stream, remote) = acceptor.accept().await;
+                // A dual-stack listener reports IPv4 peers as IPv4-mapped IPv6 addresses: the
+                // engine and the candidates speak of them as IPv4.
+                let remote = canonical(remote);
                 let Some(permit) = gate.admit(remote.ip()) else {
                     tracing::debug!(%remote, "media TCP connection refused: connection cap reached");
                     continue;
                 };
-                let local = stream.local_addr().ok();
+                let local = stream.local_addr().ok().map(canonical);
                 let destination = advertised_for(local, remote, &setup.advertised);
                 let connection = Connection {
                     shard: setup.shard,
@@ -269,6 +272,10 @@ pub fn spawn(
             }
         });
     }
+}
+
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 /// Which advertised address a connection reached: its local address if advertised as such,
