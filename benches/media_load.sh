@@ -10,11 +10,14 @@
 #   20av          1 × 20, every participant publishes audio+video (the issue's target mix)
 #   20av-4video   1 × 20, all publish audio, 4 publish video (lighter: the tool shares the CPU)
 #   4x5av         4 × 5, every participant publishes audio+video
+#   5av           1 × 5, every participant publishes audio+video (small: debug builds)
 #
 # Environment: DURATION (seconds, default 20), WARMUP (default 3), RELAY_DURATION (default
 # 10), VARIANTS, LOAD_ARGS (extra tool arguments), SERVER_ARGS (extra server arguments, e.g.
 # "--media-shards 1"), SERVER_RUST_LOG (default warn),
-# SKIP_BUILD=1 (reuse binaries). A fresh server per variant.
+# SKIP_BUILD=1 (reuse binaries), PROFILE (target/PROFILE holds the binaries; default release).
+# LOAD_ARGS=--tcp has the devices use ICE over TCP instead of UDP (issue #11). A fresh server
+# per variant.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -26,11 +29,14 @@ SERVER_ARGS=${SERVER_ARGS:-}
 SERVER_RUST_LOG=${SERVER_RUST_LOG:-warn}
 LOAD_ARGS=${LOAD_ARGS:-}
 
+PROFILE=${PROFILE:-release}
 if [[ -z "${SKIP_BUILD:-}" ]]; then
-    cargo build --release --example media_load --bin patchbay
+    # target/debug is cargo's `dev` profile.
+    cargo build --profile "$([[ $PROFILE == debug ]] && echo dev || echo "$PROFILE")" \
+        --example media_load --bin patchbay
 fi
-BIN=target/release/patchbay
-LOAD=target/release/examples/media_load
+BIN=target/$PROFILE/patchbay
+LOAD=target/$PROFILE/examples/media_load
 [[ -x $BIN && -x $LOAD ]] || { echo "missing $BIN or $LOAD" >&2; exit 1; }
 
 WORK=$(mktemp -d /tmp/pb_media_load.XXXXXX)
@@ -50,6 +56,7 @@ for variant in $VARIANTS; do
         20av) ARGS="--sessions 1 --participants 20" ;;
         20av-4video) ARGS="--sessions 1 --participants 20 --video-publishers 4" ;;
         4x5av) ARGS="--sessions 4 --participants 5" ;;
+        5av) ARGS="--sessions 1 --participants 5" ;;
         8x5av) ARGS="--sessions 8 --participants 5" ;;
         *) echo "unknown variant $variant" >&2; exit 1 ;;
     esac

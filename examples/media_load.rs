@@ -37,6 +37,10 @@
 //!     --username U --password P --server-pid PID --sessions 1 --participants 20
 //! ```
 //!
+//! `--tcp`: every device's two `Rtc`s use ICE over TCP instead of UDP (an active TCP
+//! candidate; one TCP connection per `Rtc` to the passive candidate the server's SDP names,
+//! RFC 4571 framing), so the server's ICE-TCP path carries all media (issue #11).
+//!
 //! Output: human-readable lines, then one line `RESULT {json}`. Traffic goes only to
 //! 127.0.0.1 (other hosts are refused).
 #![allow(clippy::disallowed_methods)] // a load generator: real clocks, tasks and threads
@@ -133,6 +137,9 @@ struct Args {
     /// server must move each device to the shard of the session it then joins.
     #[arg(long)]
     lobby: bool,
+    /// Devices use ICE over TCP (the server's passive TCP candidates) instead of UDP.
+    #[arg(long)]
+    tcp: bool,
 }
 
 // ---- clock, payload header ----------------------------------------------------------------
@@ -344,6 +351,8 @@ struct Pattern {
     keyframe_interval: Duration,
     audio_min: usize,
     audio_max: usize,
+    /// ICE over TCP instead of UDP (`--tcp`).
+    tcp: bool,
 }
 
 impl Pattern {
@@ -421,6 +430,159 @@ enum Rpc {
     Answer,
 }
 
+/// The address an active TCP candidate stands for (RFC 6544: port 9, the discard port).
+const ACTIVE_TCP: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9);
+
+/// How one `Rtc` of a device reaches the server: its own UDP socket, or (`--tcp`) a TCP
+/// connection to the server's passive candidate, opened once the SDP names it.
+enum Link {
+    Udp(UdpSocket),
+    Tcp(TcpLink),
+}
+
+#[derive(Default)]
+struct TcpLink {
+    stream: Option<tokio::net::TcpStream>,
+    remote: Option<SocketAddr>,
+    /// Bytes read and not yet a whole frame.
+    inbuf: Vec<u8>,
+    /// Framed bytes not yet written.
+    outbuf: Vec<u8>,
+}
+
+impl Link {
+    /// Queues or sends one packet; false when it could not be.
+    fn send(&mut self, t: &str0m::net::Transmit) -> bool {
+        match self {
+            Link::Udp(sock) => sock.try_send_to(&t.contents, t.destination).is_ok(),
+            Link::Tcp(l) => {
+                if l.stream.is_none() || Some(t.destination) != l.remote {
+                    return false;
+                }
+                let Ok(len) = u16::try_from(t.contents.len()) else {
+                    return false;
+                };
+                l.outbuf.extend_from_slice(&len.to_be_bytes());
+                l.outbuf.extend_from_slice(&t.contents);
+                true
+            }
+        }
+    }
+
+    /// Writes what the socket takes now of the queued frames.
+    fn flush(&mut self) {
+        if let Link::Tcp(TcpLink {
+            stream: Some(stream),
+            outbuf,
+            ..
+        }) = self
+        {
+            while !outbuf.is_empty() {
+                match stream.try_write(outbuf) {
+                    Ok(n) => {
+                        outbuf.drain(..n);
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+
+    /// Opens the TCP connection to the passive candidate in `sdp`, once.
+    fn connect_from_sdp(&mut self, sdp: &str) -> Result<(), String> {
+        let Link::Tcp(l) = self else {
+            return Ok(());
+        };
+        if l.stream.is_some() {
+            return Ok(());
+        }
+        let remote = passive_candidate(sdp).ok_or("no passive TCP candidate in the SDP")?;
+        // Loopback only: the blocking connect returns at once.
+        let stream = std::net::TcpStream::connect(remote)
+            .map_err(|e| format!("tcp connect {remote}: {e}"))?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        stream.set_nonblocking(true).map_err(|e| e.to_string())?;
+        l.stream = Some(tokio::net::TcpStream::from_std(stream).map_err(|e| e.to_string())?);
+        l.remote = Some(remote);
+        Ok(())
+    }
+
+    /// The next packets from the server: one datagram, or the whole frames one read gave
+    /// (also writes queued frames when the socket takes them; then possibly none).
+    async fn recv(
+        &mut self,
+        buf: &mut [u8],
+        out: &mut Vec<(SocketAddr, Vec<u8>)>,
+    ) -> std::io::Result<()> {
+        match self {
+            Link::Udp(sock) => {
+                let (n, src) = sock.recv_from(buf).await?;
+                out.push((src, buf[..n].to_vec()));
+                for _ in 0..64 {
+                    match sock.try_recv_from(buf) {
+                        Ok((n, src)) => out.push((src, buf[..n].to_vec())),
+                        Err(_) => break,
+                    }
+                }
+                Ok(())
+            }
+            Link::Tcp(l) => {
+                let (Some(stream), Some(remote)) = (&l.stream, l.remote) else {
+                    return std::future::pending().await;
+                };
+                let pending = !l.outbuf.is_empty();
+                tokio::select! {
+                    r = stream.readable() => r?,
+                    r = stream.writable(), if pending => { r?; return Ok(()); }
+                }
+                match stream.try_read(buf) {
+                    Ok(0) => {
+                        l.stream = None;
+                        return Err(std::io::Error::other("closed by the server"));
+                    }
+                    Ok(n) => l.inbuf.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                    Err(e) => {
+                        l.stream = None;
+                        return Err(e);
+                    }
+                }
+                while l.inbuf.len() >= 2 {
+                    let len = usize::from(u16::from_be_bytes([l.inbuf[0], l.inbuf[1]]));
+                    if l.inbuf.len() < 2 + len {
+                        break;
+                    }
+                    out.push((remote, l.inbuf[2..2 + len].to_vec()));
+                    l.inbuf.drain(..2 + len);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn protocol(&self) -> str0m::net::Protocol {
+        match self {
+            Link::Udp(_) => str0m::net::Protocol::Udp,
+            Link::Tcp(_) => str0m::net::Protocol::Tcp,
+        }
+    }
+}
+
+/// The address of the first passive TCP host candidate in `sdp`.
+fn passive_candidate(sdp: &str) -> Option<SocketAddr> {
+    sdp.lines().find_map(|line| {
+        let c = line.strip_prefix("a=candidate:")?;
+        let f: Vec<&str> = c.split_whitespace().collect();
+        let passive = f.windows(2).any(|w| w == ["tcptype", "passive"]);
+        if f.get(2)?.eq_ignore_ascii_case("tcp") && passive {
+            format!("{}:{}", f.get(4)?, f.get(5)?).parse().ok()
+        } else {
+            None
+        }
+    })
+}
+
 struct Dev {
     spec: Spec,
     window: Arc<Window>,
@@ -428,8 +590,8 @@ struct Dev {
     pattern: Pattern,
     publish: Rtc,
     subscribe: Rtc,
-    pub_sock: UdpSocket,
-    sub_sock: UdpSocket,
+    pub_sock: Link,
+    sub_sock: Link,
     pub_addr: SocketAddr,
     sub_addr: SocketAddr,
     pub_timeout: Instant,
@@ -476,12 +638,18 @@ impl Dev {
         window: Arc<Window>,
         progress: Arc<Progress>,
         pattern: Pattern,
+        tcp: bool,
     ) -> std::io::Result<Dev> {
         let now = Instant::now();
-        let pub_sock = UdpSocket::bind("127.0.0.1:0").await?;
-        let sub_sock = UdpSocket::bind("127.0.0.1:0").await?;
-        let pub_addr = pub_sock.local_addr()?;
-        let sub_addr = sub_sock.local_addr()?;
+        let (pub_sock, sub_sock, pub_addr, sub_addr) = if tcp {
+            let link = || Link::Tcp(TcpLink::default());
+            (link(), link(), ACTIVE_TCP, ACTIVE_TCP)
+        } else {
+            let pub_sock = UdpSocket::bind("127.0.0.1:0").await?;
+            let sub_sock = UdpSocket::bind("127.0.0.1:0").await?;
+            let (pub_addr, sub_addr) = (pub_sock.local_addr()?, sub_sock.local_addr()?);
+            (Link::Udp(pub_sock), Link::Udp(sub_sock), pub_addr, sub_addr)
+        };
         let config = || {
             Rtc::builder()
                 .clear_codecs()
@@ -493,7 +661,18 @@ impl Dev {
         // frames here (str0m holds up to 15 packets by default), so the latency measured is
         // the server's.
         let mut subscribe = config().set_reordering_size_audio(0).build(now);
-        let host = |a| Candidate::host(a, "udp").map_err(|e| std::io::Error::other(e.to_string()));
+        let host = |a| {
+            let c = if tcp {
+                Candidate::builder()
+                    .tcp()
+                    .host(a)
+                    .tcptype(str0m::net::TcpType::Active)
+                    .build()
+            } else {
+                Candidate::host(a, "udp")
+            };
+            c.map_err(|e| std::io::Error::other(e.to_string()))
+        };
         publish.add_local_candidate(host(pub_addr)?);
         subscribe.add_local_candidate(host(sub_addr)?);
         let seed = u64::from(spec.idx) * 7919 + 17;
@@ -563,9 +742,9 @@ impl Dev {
         let error;
         {
             let (rtc, sock, rtx_pts) = if sub {
-                (&mut self.subscribe, &self.sub_sock, &self.sub_rtx)
+                (&mut self.subscribe, &mut self.sub_sock, &self.sub_rtx)
             } else {
-                (&mut self.publish, &self.pub_sock, &self.pub_rtx)
+                (&mut self.publish, &mut self.pub_sock, &self.pub_rtx)
             };
             let (timeout, failed) = rtc::drain(
                 rtc,
@@ -581,12 +760,13 @@ impl Dev {
                             audio += 1;
                         }
                     }
-                    if sock.try_send_to(&t.contents, t.destination).is_err() {
+                    if !sock.send(&t) {
                         send_errors += 1;
                     }
                 },
                 &mut events,
             );
+            sock.flush();
             error = failed.map(|e| e.to_string());
             if sub {
                 self.sub_timeout = timeout;
@@ -681,12 +861,21 @@ impl Dev {
             }
         }
         let destination = if sub { self.sub_addr } else { self.pub_addr };
-        let rtc = if sub {
-            &mut self.subscribe
+        let (rtc, link) = if sub {
+            (&mut self.subscribe, &self.sub_sock)
         } else {
-            &mut self.publish
+            (&mut self.publish, &self.pub_sock)
         };
-        match rtc::receive(rtc, source, destination, data, now) {
+        let received = match link {
+            Link::Udp(_) => rtc::receive(rtc, source, destination, data, now),
+            Link::Tcp(_) => str0m::net::Receive::new(link.protocol(), source, destination, data)
+                .map_err(|_| ReceiveError::Unparsable)
+                .and_then(|r| {
+                    rtc.handle_input(Input::Receive(now, r))
+                        .map_err(ReceiveError::Input)
+                }),
+        };
+        match received {
             Ok(()) => {}
             Err(ReceiveError::Unparsable) => return,
             Err(ReceiveError::Input(e)) => self.rtc_error(format!("{} input: {e}", side(sub))),
@@ -903,6 +1092,7 @@ impl Dev {
         let sdp = result["sdpAnswer"]
             .as_str()
             .ok_or("offerSdp result without sdpAnswer")?;
+        self.pub_sock.connect_from_sdp(sdp)?;
         let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| format!("answer: {e}"))?;
         self.publish
             .sdp_api()
@@ -991,6 +1181,7 @@ impl Dev {
             return Ok(None);
         }
         let sdp = params["sdpOffer"].as_str().ok_or("no sdpOffer")?;
+        self.sub_sock.connect_from_sdp(sdp)?;
         let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| format!("offer: {e}"))?;
         let _ = self.subscribe.handle_input(Input::Timeout(now));
         self.drain(true, now);
@@ -1057,12 +1248,15 @@ async fn run_device(
         Ok(Err(e)) => return fail(format!("websocket: {e}")),
         Err(_) => return fail("websocket: connect timed out".into()),
     };
-    let mut dev = match Dev::new(spec, window, progress.clone(), pattern).await {
+    let tcp = pattern.tcp;
+    let mut dev = match Dev::new(spec, window, progress.clone(), pattern, tcp).await {
         Ok(d) => d,
         Err(e) => return fail(format!("sockets: {e}")),
     };
-    let mut pub_buf = vec![0u8; 2048];
-    let mut sub_buf = vec![0u8; 2048];
+    let mut pub_buf = vec![0u8; 65536];
+    let mut sub_buf = vec![0u8; 65536];
+    let mut pub_packets = Vec::new();
+    let mut sub_packets = Vec::new();
     let mut outgoing = dev.start();
     loop {
         for msg in outgoing.drain(..) {
@@ -1092,28 +1286,24 @@ async fn run_device(
                     None => break,
                 }
             }
-            r = dev.pub_sock.recv_from(&mut pub_buf) => {
+            r = dev.pub_sock.recv(&mut pub_buf, &mut pub_packets) => {
                 let now = Instant::now();
-                if let Ok((n, src)) = r {
-                    dev.on_datagram(false, src, &pub_buf[..n], now);
-                    for _ in 0..64 {
-                        match dev.pub_sock.try_recv_from(&mut pub_buf) {
-                            Ok((n, src)) => dev.on_datagram(false, src, &pub_buf[..n], now),
-                            Err(_) => break,
-                        }
-                    }
+                if let Err(e) = r {
+                    dev.rtc_error(format!("publish link: {e}"));
+                }
+                dev.pub_sock.flush();
+                for (src, p) in pub_packets.drain(..) {
+                    dev.on_datagram(false, src, &p, now);
                 }
             }
-            r = dev.sub_sock.recv_from(&mut sub_buf) => {
+            r = dev.sub_sock.recv(&mut sub_buf, &mut sub_packets) => {
                 let now = Instant::now();
-                if let Ok((n, src)) = r {
-                    dev.on_datagram(true, src, &sub_buf[..n], now);
-                    for _ in 0..64 {
-                        match dev.sub_sock.try_recv_from(&mut sub_buf) {
-                            Ok((n, src)) => dev.on_datagram(true, src, &sub_buf[..n], now),
-                            Err(_) => break,
-                        }
-                    }
+                if let Err(e) = r {
+                    dev.rtc_error(format!("subscribe link: {e}"));
+                }
+                dev.sub_sock.flush();
+                for (src, p) in sub_packets.drain(..) {
+                    dev.on_datagram(true, src, &p, now);
                 }
             }
             _ = tokio::time::sleep_until(wake.into()) => {}
@@ -1409,6 +1599,7 @@ async fn run(args: Args) -> Result<(), String> {
         keyframe_interval: args.keyframe_interval,
         audio_min: args.audio_min_bytes,
         audio_max: args.audio_max_bytes.max(args.audio_min_bytes),
+        tcp: args.tcp,
     };
     let ticks = clock_ticks();
     let server_stat = args.server_pid.map(|p| format!("/proc/{p}/stat"));

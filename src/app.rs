@@ -88,13 +88,25 @@ impl App {
             }
             let socket = bind_media_socket(addr)
                 .map_err(|e| anyhow::anyhow!("cannot bind media socket {addr}: {e}"))?;
-            let public_addrs = advertised_media_addrs(&public_ips, socket.local_addr()?)?;
+            let bound = socket.local_addr()?;
+            let public_addrs = advertised_media_addrs(&public_ips, bound)?;
+            let any_port = config.media_listen.port() == 0;
+            let tcp = bind_media_tcp(config.media_tcp_listen, bound, any_port, i).await?;
+            let tcp_addrs = match &tcp {
+                Some(listener) => advertised_media_addrs(&public_ips, listener.local_addr()?)?,
+                None => Vec::new(),
+            };
             // One DTLS certificate for the process: a device may move between shards.
             let config = EngineConfig {
                 public_addrs,
+                tcp_addrs,
                 cert: first.cert.clone(),
             };
-            shards.push(ShardSetup { config, socket });
+            shards.push(ShardSetup {
+                config,
+                socket,
+                tcp,
+            });
         }
         let media_public_addr = shards[0]
             .config
@@ -103,6 +115,11 @@ impl App {
         let media_addrs: Vec<Vec<SocketAddr>> = shards
             .iter()
             .map(|s| s.config.public_addrs.clone())
+            .collect();
+        let media_tcp_addrs: Vec<Vec<SocketAddr>> = shards
+            .iter()
+            .filter(|s| s.tcp.is_some())
+            .map(|s| s.config.tcp_addrs.clone())
             .collect();
         // Issue 10: webhooks from the outbox, and the session cleanup.
         crate::runtime::webhooks::spawn(
@@ -136,6 +153,7 @@ impl App {
         let addresses = reach::Addresses {
             http: http_addr,
             media: media_addrs,
+            media_tcp: media_tcp_addrs,
             sip: sip.local_addr(),
             rtp_ip,
             rtp_ports: config.rtp_ports,
@@ -319,6 +337,43 @@ fn bind_media_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     UdpSocket::from_std(socket.into())
+}
+
+/// Binds shard `shard`'s ICE-TCP listener as `--media-tcp-listen` says; `udp` is the shard's
+/// bound UDP address. `same` takes the UDP address and port; when the UDP port was chosen by
+/// the system (`any_port`: `--media-listen` port 0) and that TCP port is taken, any free TCP
+/// port.
+async fn bind_media_tcp(
+    setting: reach::MediaTcpListen,
+    udp: SocketAddr,
+    any_port: bool,
+    shard: usize,
+) -> anyhow::Result<Option<TcpListener>> {
+    let addr = match setting {
+        reach::MediaTcpListen::Off => return Ok(None),
+        reach::MediaTcpListen::Same => udp,
+        reach::MediaTcpListen::Addr(mut addr) => {
+            if addr.port() != 0 {
+                let port = u16::try_from(usize::from(addr.port()) + shard)
+                    .map_err(|_| anyhow::anyhow!("media TCP ports run past 65535"))?;
+                addr.set_port(port);
+            }
+            addr
+        }
+    };
+    match TcpListener::bind(addr).await {
+        Ok(listener) => Ok(Some(listener)),
+        Err(_) if setting == reach::MediaTcpListen::Same && any_port => {
+            let mut any = addr;
+            any.set_port(0);
+            Ok(Some(TcpListener::bind(any).await.map_err(|e| {
+                anyhow::anyhow!("cannot listen on media TCP {any}: {e}")
+            })?))
+        }
+        Err(e) => Err(anyhow::anyhow!(
+            "cannot listen on media TCP {addr}: {e} (--media-tcp-listen off disables ICE over TCP)"
+        )),
+    }
 }
 
 /// The media addresses to advertise for a socket bound to `bound`: the `--public-ip`

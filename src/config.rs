@@ -310,6 +310,12 @@ pub struct ServeConfig {
     /// lives on one. Default: one per CPU core.
     #[arg(long, env = "PATCHBAY_MEDIA_SHARDS", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub media_shards: Option<u16>,
+    /// ICE over TCP (RFC 6544 passive candidates, RFC 4571 framing) for devices whose UDP is
+    /// blocked: `same` listens on each shard's UDP address and port (with --media-listen port
+    /// 0: any free TCP port if that one is taken), `off` disables it, ADDR:PORT listens there
+    /// (shard `i` on port + `i`).
+    #[arg(long, env = "PATCHBAY_MEDIA_TCP_LISTEN", default_value = "same")]
+    pub media_tcp_listen: crate::reach::MediaTcpListen,
     // Issue 11, reachable media: the advertised addresses (see `reach`) and TURN.
     /// IP addresses devices and phones reach the media plane at, each an ICE host candidate
     /// (repeatable or comma-separated, IPv4 and IPv6); `auto` asks the --stun-server. Default:
@@ -389,6 +395,7 @@ impl ServeConfig {
             },
             media_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             media_shards: None,
+            media_tcp_listen: crate::reach::MediaTcpListen::Same,
             public_ip: Vec::new(),
             stun_server: "stun.l.google.com:19302".to_owned(),
             turn_url: Vec::new(),

@@ -42,6 +42,35 @@ impl FromStr for PublicIp {
     }
 }
 
+/// The `--media-tcp-listen` value: where ICE-TCP connections are accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaTcpListen {
+    /// On the address and port each shard's UDP socket got (TCP and UDP ports are separate
+    /// namespaces, so one number serves both).
+    Same,
+    /// No ICE over TCP: devices are offered UDP candidates only.
+    Off,
+    /// On this address; shard `i` listens on its port + `i` (port 0: any free port).
+    Addr(SocketAddr),
+}
+
+impl FromStr for MediaTcpListen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<MediaTcpListen, String> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("same") {
+            return Ok(MediaTcpListen::Same);
+        }
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(MediaTcpListen::Off);
+        }
+        s.parse()
+            .map(MediaTcpListen::Addr)
+            .map_err(|_| format!("{s:?} is neither ADDR:PORT, `same` nor `off`"))
+    }
+}
+
 /// How long `auto` waits for each of its STUN attempts (three in all).
 const STUN_WAITS: [Duration; 3] = [
     Duration::from_millis(500),
@@ -217,6 +246,8 @@ pub struct Addresses {
     pub http: SocketAddr,
     /// The ICE host candidates of each media shard (UDP).
     pub media: Vec<Vec<SocketAddr>>,
+    /// The passive ICE-TCP host candidates of each media shard (none: ICE over TCP is off).
+    pub media_tcp: Vec<Vec<SocketAddr>>,
     /// The SIP bridge's bound address (UDP and TCP).
     pub sip: SocketAddr,
     /// The address phones are told to send RTP to, and the port range.
@@ -236,6 +267,14 @@ impl std::fmt::Display for Addresses {
             writeln!(
                 f,
                 "patchbay media shard {shard}: UDP, ICE candidates {}",
+                list.join(" ")
+            )?;
+        }
+        for (shard, addrs) in self.media_tcp.iter().enumerate() {
+            let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+            writeln!(
+                f,
+                "patchbay media shard {shard}: TCP (ICE-TCP, passive), ICE candidates {}",
                 list.join(" ")
             )?;
         }
@@ -279,6 +318,17 @@ mod tests {
         );
         assert!("0.0.0.0".parse::<PublicIp>().is_err());
         assert!("example.com".parse::<PublicIp>().is_err());
+    }
+
+    #[test]
+    fn media_tcp_listen_values() {
+        assert_eq!("same".parse(), Ok(MediaTcpListen::Same));
+        assert_eq!("OFF".parse(), Ok(MediaTcpListen::Off));
+        assert_eq!(
+            "0.0.0.0:3478".parse(),
+            Ok(MediaTcpListen::Addr("0.0.0.0:3478".parse().unwrap()))
+        );
+        assert!("3478".parse::<MediaTcpListen>().is_err());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use str0m::config::DtlsCert;
 use str0m::format::{Codec, PayloadParams};
 use str0m::ice::StunMessage;
 use str0m::media::{Frequency, KeyframeRequestKind, MediaTime, Mid};
-use str0m::net::{Protocol, Receive};
+use str0m::net::{Protocol, Receive, TcpType};
 use str0m::{Candidate, Event, Input, Output};
 
 use super::demux::Demux;
@@ -37,6 +37,10 @@ pub struct EngineConfig {
     /// [`EngineConfig::primary_addr`]). Datagrams are handed to the engine as received on the
     /// one of the source's address family.
     pub public_addrs: Vec<SocketAddr>,
+    /// The addresses devices may open ICE-TCP connections to (RFC 6544 passive host
+    /// candidates, offered next to the UDP ones); empty when ICE over TCP is off. Segments
+    /// of those connections are handed in with [`Transport::Tcp`].
+    pub tcp_addrs: Vec<SocketAddr>,
     /// The DTLS certificate shared by every peer connection of the process.
     pub cert: DtlsCert,
 }
@@ -51,6 +55,7 @@ impl EngineConfig {
             .ok_or_else(|| MediaError::Internal("cannot generate a DTLS certificate".into()))?;
         Ok(EngineConfig {
             public_addrs: vec![public_addr],
+            tcp_addrs: Vec::new(),
             cert,
         })
     }
@@ -58,6 +63,25 @@ impl EngineConfig {
     /// The engine's own address: the first advertised one.
     pub fn primary_addr(&self) -> Option<SocketAddr> {
         self.public_addrs.first().copied()
+    }
+}
+
+/// How a packet travels between a device and the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// One UDP datagram.
+    Udp,
+    /// One RFC 4571 frame on an ICE-TCP connection (the driver owns the connection and the
+    /// framing; the engine sees the frame's payload).
+    Tcp,
+}
+
+impl Transport {
+    fn protocol(self) -> Protocol {
+        match self {
+            Transport::Udp => Protocol::Udp,
+            Transport::Tcp => Protocol::Tcp,
+        }
     }
 }
 
@@ -70,7 +94,9 @@ pub struct Transmit {
     pub source: SocketAddr,
     /// The peer's remote address, on the ICE path its connection uses.
     pub destination: SocketAddr,
-    /// One UDP payload: a STUN message, a DTLS record or an SRTP/SRTCP packet.
+    /// UDP, or a frame on the ICE-TCP connection from `destination` to `source`.
+    pub transport: Transport,
+    /// One packet: a STUN message, a DTLS record or an SRTP/SRTCP packet.
     pub contents: Vec<u8>,
 }
 
@@ -601,7 +627,21 @@ impl Engine {
         data: &[u8],
         now: Instant,
     ) -> bool {
-        let Ok(receive) = Receive::new(Protocol::Udp, source, destination, data) else {
+        self.handle_receive_on(Transport::Udp, source, destination, data, now)
+    }
+
+    /// [`Engine::handle_receive`] for a packet that came over `transport` (for ICE over TCP:
+    /// one frame's payload; `source` is the connection's remote address, `destination` our
+    /// TCP address).
+    pub fn handle_receive_on(
+        &mut self,
+        transport: Transport,
+        source: SocketAddr,
+        destination: SocketAddr,
+        data: &[u8],
+        now: Instant,
+    ) -> bool {
+        let Ok(receive) = Receive::new(transport.protocol(), source, destination, data) else {
             return false;
         };
         let input = Input::Receive(now, receive);
@@ -910,6 +950,16 @@ impl Engine {
                 rtc.add_local_candidate(c);
             }
         }
+        for addr in &self.config.tcp_addrs {
+            let passive = Candidate::builder()
+                .tcp()
+                .host(*addr)
+                .tcptype(TcpType::Passive)
+                .build();
+            if let Ok(c) = passive {
+                rtc.add_local_candidate(c);
+            }
+        }
         let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
         let id = self
             .peers
@@ -956,6 +1006,10 @@ impl Engine {
                 Ok(Output::Transmit(t)) => self.transmits.push_back(Transmit {
                     source: t.source,
                     destination: t.destination,
+                    transport: match t.proto {
+                        Protocol::Udp => Transport::Udp,
+                        _ => Transport::Tcp,
+                    },
                     contents: t.contents.into(),
                 }),
                 Ok(Output::Event(event)) => match event {

@@ -78,7 +78,7 @@ mod routes;
 pub mod shard;
 mod subscribing;
 
-pub use engine::{Engine, EngineConfig, EngineEvent, MediaError, MovedDevice, Transmit};
+pub use engine::{Engine, EngineConfig, EngineEvent, MediaError, MovedDevice, Transmit, Transport};
 pub use local::SourceKey;
 pub use placement::Placement;
 pub use shard::{

@@ -7,6 +7,7 @@
 //! ```text
 //! Shard::new(index, shards, engine)
 //! handle_receive(source, destination, bytes, now) -> Delivery   a datagram on this shard's socket
+//! handle_receive_on(transport, source, destination, bytes, now)  the same, or an ICE-TCP frame
 //! handle_message(ShardMessage, now)             what another shard's poll_output addressed here
 //! handle_connect / handle_connect_local / handle_disconnect / handle_publish_offer /
 //! handle_subscribe_answer / handle_write_local / handle_remove_local       device commands
@@ -65,7 +66,7 @@ use crate::forwarding::{ForwardingTable, PublishedStream, TableDiff};
 use crate::media::placement::home_of_session;
 use crate::media::{
     DeclaredStreams, DeviceId, Engine, EngineEvent, MediaError, MovedDevice, PublishAnswer,
-    SourceKey, SubscribeOffer, Transmit,
+    SourceKey, SubscribeOffer, Transmit, Transport,
 };
 
 /// How long a device whose signalling connection dropped (without `leave`) keeps its media,
@@ -190,6 +191,8 @@ pub enum ShardMessage {
         destination: SocketAddr,
         /// The datagram.
         data: Vec<u8>,
+        /// UDP, or a frame of an ICE-TCP connection the origin's listener accepted.
+        transport: Transport,
         /// The shard whose socket received it.
         origin: usize,
         /// Shards it went through (a bound on forwarding chains).
@@ -255,6 +258,9 @@ struct DeviceEntry {
     /// A local device (a phone): its driver is told through [`ShardOutput::Local`].
     local: bool,
 }
+
+/// A packet on its way between shards: how it came, from where, to which of our addresses.
+type Datagram = (Transport, SocketAddr, SocketAddr, Vec<u8>);
 
 /// A first byte below 2 and a header's length: a STUN message (RFC 7983 demultiplexing).
 fn looks_like_stun(data: &[u8]) -> bool {
@@ -662,19 +668,43 @@ impl Shard {
         data: &[u8],
         now: Instant,
     ) -> Delivery {
-        let delivery = if self.engine.handle_receive(source, destination, data, now) {
+        self.handle_receive_on(Transport::Udp, source, destination, data, now)
+    }
+
+    /// A packet received on this shard's socket, or a frame of an ICE-TCP connection its
+    /// listener accepted (`transport`); placed like a datagram: the remote address and the
+    /// first STUN request's ufrag find the device, here or on another shard.
+    pub fn handle_receive_on(
+        &mut self,
+        transport: Transport,
+        source: SocketAddr,
+        destination: SocketAddr,
+        data: &[u8],
+        now: Instant,
+    ) -> Delivery {
+        let delivery = if self
+            .engine
+            .handle_receive_on(transport, source, destination, data, now)
+        {
             Delivery::Taken
         } else {
-            self.not_taken(source, destination, data)
+            self.not_taken(transport, source, destination, data)
         };
         self.collect();
         delivery
     }
 
     /// A datagram on this shard's socket that no device here took.
-    fn not_taken(&mut self, source: SocketAddr, destination: SocketAddr, data: &[u8]) -> Delivery {
+    fn not_taken(
+        &mut self,
+        transport: Transport,
+        source: SocketAddr,
+        destination: SocketAddr,
+        data: &[u8],
+    ) -> Delivery {
+        let datagram = |data: &[u8]| (transport, source, destination, data.to_vec());
         if let Some(&shard) = self.redirects.get(&source) {
-            self.forward(shard, source, destination, data.to_vec(), self.index, 0);
+            self.forward(shard, datagram(data), self.index, 0);
             return Delivery::Forwarded;
         }
         if !looks_like_stun(data) {
@@ -689,26 +719,20 @@ impl Shard {
         }
         let index = self.index;
         for shard in (0..self.shards).filter(|&s| s != index) {
-            self.forward(shard, source, destination, data.to_vec(), index, 0);
+            self.forward(shard, datagram(data), index, 0);
         }
         Delivery::Offered
     }
 
-    fn forward(
-        &mut self,
-        shard: usize,
-        source: SocketAddr,
-        destination: SocketAddr,
-        data: Vec<u8>,
-        origin: usize,
-        hops: u8,
-    ) {
+    fn forward(&mut self, shard: usize, datagram: Datagram, origin: usize, hops: u8) {
+        let (transport, source, destination, data) = datagram;
         self.message(
             shard,
             ShardMessage::Datagram {
                 source,
                 destination,
                 data,
+                transport,
                 origin,
                 hops,
             },
@@ -722,9 +746,10 @@ impl Shard {
                 source,
                 destination,
                 data,
+                transport,
                 origin,
                 hops,
-            } => self.receive_forwarded(source, destination, data, origin, hops, now),
+            } => self.receive_forwarded((transport, source, destination, data), origin, hops, now),
             ShardMessage::Redirect { addr, to, from } => match to {
                 Some(shard) if shard != self.index => {
                     self.redirects.insert(addr, shard);
@@ -743,17 +768,13 @@ impl Shard {
         self.collect();
     }
 
-    fn receive_forwarded(
-        &mut self,
-        source: SocketAddr,
-        destination: SocketAddr,
-        data: Vec<u8>,
-        origin: usize,
-        hops: u8,
-        now: Instant,
-    ) {
+    fn receive_forwarded(&mut self, datagram: Datagram, origin: usize, hops: u8, now: Instant) {
+        let (transport, source, destination, data) = datagram;
         let stun = looks_like_stun(&data);
-        if self.engine.handle_receive(source, destination, &data, now) {
+        if self
+            .engine
+            .handle_receive_on(transport, source, destination, &data, now)
+        {
             if stun && origin != self.index && self.origins.get(&source) != Some(&origin) {
                 // A peer of a device here on a path through `origin`'s socket: its datagrams
                 // come here from now on. Queued before the STUN reply can leave.
@@ -771,7 +792,12 @@ impl Shard {
         }
         if let Some(&shard) = self.redirects.get(&source) {
             if shard != origin && usize::from(hops) < self.shards {
-                self.forward(shard, source, destination, data, origin, hops + 1);
+                self.forward(
+                    shard,
+                    (transport, source, destination, data),
+                    origin,
+                    hops + 1,
+                );
                 return;
             }
         }

@@ -1,5 +1,6 @@
 //! The media driver: one task per shard (one per core by default), each pumping one UDP
-//! socket, its inbox, control's routing events and a timer into one [`Shard`], and carrying
+//! socket, the frames of its ICE-TCP connections (`runtime::media_tcp` owns those), its
+//! inbox, control's routing events and a timer into one [`Shard`], and carrying
 //! out what the shard asks: datagrams to send, notices to device connections, frames to local
 //! devices, messages to other shards, published streams to control. All decisions (devices,
 //! resume and replacement, the reconnect grace, moves, redirects) are the shard's; see
@@ -34,8 +35,10 @@ use crate::forwarding::PublishedStream;
 pub use crate::media::RECONNECT_GRACE;
 use crate::media::{
     DeclaredStreams, Delivery, DeviceId, Engine, EngineConfig, MediaError, Placement,
-    PublishAnswer, Shard, ShardMessage, ShardOutput,
+    PublishAnswer, Shard, ShardMessage, ShardOutput, Transport,
 };
+use crate::runtime::listen::{descriptor_share, ConnectionLimits, Gate};
+use crate::runtime::media_tcp::{self, Sent, TcpConnections, TcpFrame, TcpShard, TcpWriters};
 
 enum Command {
     Connect {
@@ -294,13 +297,20 @@ fn sent_to(source: SocketAddr, advertised: &[SocketAddr]) -> SocketAddr {
 /// Datagrams taken from the socket in one go before the driver looks at anything else.
 const RECEIVE_BATCH: usize = 64;
 
-/// One shard: its engine's config and its bound socket.
+/// One shard: its engine's config and its bound sockets.
 pub struct ShardSetup {
-    /// The engine's settings: its public address and the DTLS certificate.
+    /// The engine's settings: its public addresses (UDP and TCP) and the DTLS certificate.
     pub config: EngineConfig,
     /// The shard's bound UDP socket.
     pub socket: UdpSocket,
+    /// The shard's ICE-TCP listener (advertised at `config.tcp_addrs`); none when ICE over
+    /// TCP is off.
+    pub tcp: Option<tokio::net::TcpListener>,
 }
+
+/// Connections from one source address the media TCP listeners take at once (IPv6: per /64):
+/// room for a few hundred devices behind one NAT, two connections each.
+const TCP_MAX_PER_SOURCE: usize = 512;
 
 /// Starts one task per shard and the reporter of published streams.
 pub fn spawn(shards: Vec<ShardSetup>, control: Control) -> std::io::Result<MediaHandle> {
@@ -314,10 +324,23 @@ pub fn spawn(shards: Vec<ShardSetup>, control: Control) -> std::io::Result<Media
     let mut public = Vec::new();
     let mut advertised = Vec::new();
     let mut engines = Vec::new();
-    for setup in shards {
+    let mut tcp_listeners = Vec::new();
+    let mut tcp_senders = Vec::new();
+    let mut tcp_receivers = Vec::new();
+    for (index, setup) in shards.into_iter().enumerate() {
         let (tx, rx) = mpsc::unbounded_channel();
         inboxes.push(tx);
         receivers.push(rx);
+        let (frames_tx, frames_rx) = mpsc::channel(media_tcp::FRAME_QUEUE);
+        tcp_senders.push(frames_tx);
+        tcp_receivers.push(frames_rx);
+        if let Some(listener) = setup.tcp {
+            tcp_listeners.push(TcpShard {
+                shard: index,
+                listener,
+                advertised: setup.config.tcp_addrs.clone(),
+            });
+        }
         let primary = setup
             .config
             .primary_addr()
@@ -335,7 +358,20 @@ pub fn spawn(shards: Vec<ShardSetup>, control: Control) -> std::io::Result<Media
         placement: Mutex::new(Placement::default()),
     });
     let published = spawn_reporter(control.clone());
-    for (index, (engine, inbox)) in engines.into_iter().zip(receivers).enumerate() {
+    let connections = TcpConnections::default();
+    let max_total = descriptor_share(0.25, 16_384);
+    let gate = Gate::new(ConnectionLimits {
+        max_total,
+        max_per_source: TCP_MAX_PER_SOURCE.min(max_total),
+        reserve: 0,
+    });
+    media_tcp::spawn(tcp_listeners, tcp_senders, connections.clone(), gate);
+    for (index, ((engine, inbox), frames)) in engines
+        .into_iter()
+        .zip(receivers)
+        .zip(tcp_receivers)
+        .enumerate()
+    {
         let pump = Pump {
             shard: Shard::new(index, count, engine),
             shared: shared.clone(),
@@ -344,8 +380,9 @@ pub fn spawn(shards: Vec<ShardSetup>, control: Control) -> std::io::Result<Media
             downlinks: HashMap::new(),
             published: published.clone(),
             noise: NoiseCounter::default(),
+            tcp: TcpWriters::new(connections.clone()),
         };
-        tokio::spawn(pump.run(inbox, control.watch()));
+        tokio::spawn(pump.run(inbox, frames, control.watch()));
     }
     Ok(MediaHandle {
         shared,
@@ -395,6 +432,8 @@ struct Pump {
     downlinks: HashMap<DeviceId, mpsc::UnboundedSender<LocalDownlink>>,
     published: mpsc::UnboundedSender<Published>,
     noise: NoiseCounter,
+    /// The write queues of ICE-TCP connections (any shard's).
+    tcp: TcpWriters,
 }
 
 /// How often dropped unauthenticated datagrams are reported (one line per shard, while
@@ -441,6 +480,7 @@ impl Pump {
     async fn run(
         mut self,
         mut inbox: mpsc::UnboundedReceiver<Inbox>,
+        mut frames: mpsc::Receiver<TcpFrame>,
         mut control_events: broadcast::Receiver<ControlEvent>,
     ) {
         let index = self.shard.index();
@@ -461,13 +501,13 @@ impl Pump {
                     Ok((n, source)) => {
                         let now = Instant::now();
                         let public = sent_to(source, &advertised);
-                        self.receive(&mut inbox, source, public, &buf[..n], now);
+                        self.receive(&mut inbox, Transport::Udp, source, public, &buf[..n], now);
                         // Take what else is already queued before going round the loop again.
                         for _ in 0..RECEIVE_BATCH {
                             match socket.try_recv_from(&mut buf) {
                                 Ok((n, source)) => {
                                     let public = sent_to(source, &advertised);
-                                    self.receive(&mut inbox, source, public, &buf[..n], now);
+                                    self.receive(&mut inbox, Transport::Udp, source, public, &buf[..n], now);
                                 }
                                 Err(_) => break,
                             }
@@ -475,6 +515,16 @@ impl Pump {
                     }
                     Err(e) => tracing::debug!(error = %e, "media socket receive error"),
                 },
+                Some(frame) = frames.recv() => {
+                    let now = Instant::now();
+                    self.receive(&mut inbox, Transport::Tcp, frame.source, frame.destination, &frame.data, now);
+                    for _ in 0..RECEIVE_BATCH {
+                        match frames.try_recv() {
+                            Ok(f) => self.receive(&mut inbox, Transport::Tcp, f.source, f.destination, &f.data, now),
+                            Err(_) => break,
+                        }
+                    }
+                }
                 message = inbox.recv() => {
                     let Some(message) = message else { break };
                     self.handle_inbox(message);
@@ -510,23 +560,28 @@ impl Pump {
         }
     }
 
-    /// A datagram on this shard's own socket.
+    /// A datagram on this shard's own socket, or a frame of a TCP connection its listener took.
     fn receive(
         &mut self,
         inbox: &mut mpsc::UnboundedReceiver<Inbox>,
+        transport: Transport,
         source: SocketAddr,
         destination: SocketAddr,
         data: &[u8],
         now: Instant,
     ) {
-        let mut delivery = self.shard.handle_receive(source, destination, data, now);
+        let mut delivery = self
+            .shard
+            .handle_receive_on(transport, source, destination, data, now);
         if delivery == Delivery::Unplaced {
             // A redirect for this address may be queued: it was put in the inbox before the
             // datagram that made the peer send this one left (see `media::shard`).
             while let Ok(message) = inbox.try_recv() {
                 self.handle_inbox(message);
             }
-            delivery = self.shard.handle_receive(source, destination, data, now);
+            delivery = self
+                .shard
+                .handle_receive_on(transport, source, destination, data, now);
         }
         if matches!(delivery, Delivery::Dropped | Delivery::Unplaced) {
             self.noise.count(self.shard.index(), source, now);
@@ -552,6 +607,15 @@ impl Pump {
     async fn flush(&mut self, socket: &Arc<UdpSocket>) {
         self.route_outputs();
         while let Some(t) = self.shard.poll_transmit() {
+            if t.transport == Transport::Tcp {
+                // A slow or gone connection loses the packet, like a congested UDP path; the
+                // shard never waits for it.
+                let sent = self.tcp.send(t.source, t.destination, &t.contents);
+                if sent != Sent::Queued {
+                    tracing::debug!(to = %t.destination, ?sent, "media TCP frame dropped");
+                }
+                continue;
+            }
             let socket = self.shared.socket_for(t.source).unwrap_or(socket);
             let sent = match socket.try_send_to(&t.contents, t.destination) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {

@@ -4,6 +4,7 @@
 pub mod http;
 pub mod listen;
 pub mod media;
+pub mod media_tcp;
 pub mod sip;
 pub mod tls;
 pub mod webhooks;

@@ -6,7 +6,10 @@
 # 1. 2 sessions × 3 participants with audio+video, one subscribed late;
 # 2. a lobby: 3 sessions × 4 devices connect and publish before joining their session, so
 #    devices placed on one shard must move to their session's shard with media flowing (the
-#    server's log must show that they moved).
+#    server's log must show that they moved);
+# 3. ICE over TCP: the devices of run 1 with active TCP candidates only (`--tcp`), so all media
+#    crosses the server's passive TCP candidates (the server's log must show answered ICE-TCP
+#    connections).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bin=${PATCHBAY_BIN:-target/debug/patchbay}
@@ -30,6 +33,13 @@ check() {
 }
 check --sessions 2 --participants 3 --late 1 --label e2e
 check --sessions 3 --participants 4 --late 1 --label e2e-lobby --lobby
+check --sessions 2 --participants 3 --late 1 --label e2e-tcp --tcp
+tcp=$(grep -ac "ICE-TCP connection answered" "$dir/stderr" || true)
+echo "ICE-TCP connections answered: $tcp"
+if [ "$tcp" -eq 0 ]; then
+  echo "the --tcp run made no ICE-TCP connection: the TCP path was not exercised" >&2
+  exit 1
+fi
 moves=$(grep -ac "device moves" "$dir/stderr" || true)
 echo "devices moved between shards: $moves"
 if [ "$moves" -eq 0 ]; then

@@ -20,6 +20,9 @@
 // TLS: startPatchbay({ tls: { cert, key, ca } }) passes --tls-cert/--tls-key (PEM file paths);
 // the server then serves https and wss (pb.url https://…, pb.websocketUrl wss://…), and REST
 // calls verify its certificate against `ca` (PEM text, e.g. the self-signed certificate itself).
+//
+// startPatchbay({ args }) appends server flags; pb.media is { udp, tcp }: per shard, the ICE
+// candidates ("HOST:PORT") the server printed at startup.
 
 import { spawn } from "node:child_process";
 import https from "node:https";
@@ -55,13 +58,13 @@ function httpsRequest(url, { method, headers, body }, ca) {
   });
 }
 
-export async function startPatchbay({ bin = process.env.PATCHBAY_BIN || DEFAULT_BIN, startTimeoutMs = 30000, env = {}, tls = null } = {}) {
+export async function startPatchbay({ bin = process.env.PATCHBAY_BIN || DEFAULT_BIN, startTimeoutMs = 30000, env = {}, tls = null, args: extraArgs = [] } = {}) {
   if (!existsSync(bin)) throw new Error(`patchbay binary not found at ${bin}: run \`cargo build\` (or set PATCHBAY_BIN)`);
   const dataDir = await mkdtemp(path.join(os.tmpdir(), "patchbay-browser-"));
   const logPath = path.join(dataDir, "server.log");
   const log = createWriteStream(logPath);
   const args = ["serve", "--data-dir", dataDir, "--listen", "127.0.0.1:0", "--media-listen", "127.0.0.1:0",
-    "--sip-listen", "127.0.0.1:0", "--rtp-ports", "0-0"];
+    "--sip-listen", "127.0.0.1:0", "--rtp-ports", "0-0", ...extraArgs];
   if (tls) args.push("--tls-cert", tls.cert, "--tls-key", tls.key);
   const child = spawn(bin, args, {
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "info", NO_COLOR: "1", ...env },
@@ -120,6 +123,10 @@ export async function startPatchbay({ bin = process.env.PATCHBAY_BIN || DEFAULT_
     clearTimeout(timer);
   }
   const account = (stdout.match(/created the account "([^"]+)"/) || [])[1] || "dev";
+  // The media candidates printed at startup, per shard: "HOST:PORT" strings.
+  const candidates = (kind) =>
+    [...stdout.matchAll(new RegExp(`^patchbay media shard (\\d+): ${kind}\\b.*?ICE candidates (.+)$`, "gm"))].map((m) => m[2].trim().split(/\s+/));
+  const media = { udp: candidates("UDP"), tcp: candidates("TCP") };
   const auth = "Basic " + Buffer.from(`${info.username}:${info.password}`).toString("base64");
   const base = `${info.url}/v1/accounts/${account}`;
 
@@ -141,6 +148,7 @@ export async function startPatchbay({ bin = process.env.PATCHBAY_BIN || DEFAULT_
   const pb = {
     ...info,
     account,
+    media,
     dataDir,
     logPath,
     websocketUrl: info.url.replace(/^http/, "ws"),

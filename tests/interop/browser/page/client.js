@@ -471,6 +471,34 @@ const harness = {
     return { connectionState: pc.connectionState, iceConnectionState: pc.iceConnectionState, rtp: out };
   },
 
+  // The ICE path each of the SDK's peer connections uses now: the selected candidate pair's
+  // local and remote candidates (protocol, type, address, port; relayProtocol for a relay).
+  async selectedPaths() {
+    const d = rtc && rtc.delegate;
+    const out = {};
+    for (const [name, pc] of [
+      ["publish", d && d.publishingPeerConnection],
+      ["subscribe", d && d.subscribingPeerConnection],
+    ]) {
+      if (!pc) continue;
+      const stats = await pc.getStats();
+      const byId = new Map();
+      stats.forEach((s) => byId.set(s.id, s));
+      let pair = null;
+      stats.forEach((s) => {
+        if (s.type === "transport" && s.selectedCandidatePairId) pair = byId.get(s.selectedCandidatePairId) || pair;
+      });
+      const cand = (id) => {
+        const c = id && byId.get(id);
+        return c ? { protocol: c.protocol, type: c.candidateType, address: c.address, port: c.port, relayProtocol: c.relayProtocol, tcpType: c.tcpType } : null;
+      };
+      out[name] = pair
+        ? { state: pair.state, bytesSent: pair.bytesSent, bytesReceived: pair.bytesReceived, local: cand(pair.localCandidateId), remote: cand(pair.remoteCandidateId) }
+        : { state: pc.iceConnectionState };
+    }
+    return out;
+  },
+
   // --- local media ---
   localToneMediaStream: (freqHz, opts) => localToneMediaStream(freqHz, opts).id,
   localSilentMediaStream: () => localToneMediaStream(0).id,
