@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use patchbay::app::App;
-use patchbay::config::{AccountCommand, Cli, Command};
+use patchbay::config::{AccountCommand, Cli, Command, LogFormat};
 use patchbay::control::Control;
 use patchbay::domain::AccountId;
 use tracing_subscriber::EnvFilter;
@@ -13,18 +13,36 @@ use tracing_subscriber::EnvFilter;
 /// interval.
 const DEFAULT_LOG_FILTER: &str = "info,is::stun=error";
 
+/// Starts the log subscriber: `RUST_LOG` (else [`DEFAULT_LOG_FILTER`]) to stderr, as text or
+/// as one JSON object per line with the fields of the current span (`request_id`, …).
+fn init_logs(format: LogFormat) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+        // Colours only for a terminal: logs written to files stay plain text.
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER)),
-        )
-        .with_writer(std::io::stderr)
-        // Colours only for a terminal: logs written to files stay plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    init_logs(match &cli.command {
+        Command::Serve(config) => config.telemetry.log_format,
+        Command::Account(_) => LogFormat::Text,
+    });
+    match cli.command {
         Command::Serve(config) => serve(*config).await,
         Command::Account(AccountCommand::Create {
             account_id,
@@ -70,6 +88,9 @@ async fn serve(config: patchbay::config::ServeConfig) -> anyhow::Result<()> {
     println!("{}", app.addresses());
     println!("patchbay SIP on {} (UDP and TCP)", app.sip_addr());
     println!("patchbay listening on http://{}", app.http_addr());
+    if let Some(addr) = app.metrics_addr() {
+        println!("patchbay metrics on http://{addr}/metrics");
+    }
     tracing::info!(addr = %app.http_addr(), "serving");
     app.run_until_stopped(shutdown_signal()).await
 }

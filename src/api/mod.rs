@@ -30,7 +30,10 @@ use utoipa::OpenApi;
 pub use auth_limit::{AuthFailureLimits, AuthFailures};
 #[doc(hidden)]
 pub use dto::{parse_body, BodyKind};
-pub use error::{log_server_faults, BodyError, Error, ErrorBody, ServerFault, UnauthorizedBody};
+pub use error::{
+    log_server_faults, scope_request_id, BodyError, ClientFault, Error, ErrorBody, Logged,
+    ServerFault, UnauthorizedBody,
+};
 pub use extract::parse_optional_json;
 pub use ice::{turn_credential, IceServer, TurnServers};
 

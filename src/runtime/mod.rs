@@ -4,5 +4,6 @@
 pub mod http;
 pub mod listen;
 pub mod media;
+pub mod metrics;
 pub mod sip;
 pub mod webhooks;

@@ -40,7 +40,7 @@ use crate::domain::{
     MAX_SESSION_MEMBERS,
 };
 
-pub use sql::{Dialect, SqlStore};
+pub use sql::{Dialect, PoolStats, RowCounts, SqlStore};
 pub use webhooks::epoch_ms;
 
 /// What can go wrong in the store. Variants other than `Backend` and `Corrupt` are answers
