@@ -56,6 +56,12 @@ impl App {
     /// HTTP listener and starts the media shards and the SIP bridge, as `config` says. HTTP is
     /// served only by [`App::run_until_stopped`].
     pub async fn build(config: &ServeConfig) -> anyhow::Result<App> {
+        // First: the media shards and the SIP bridge take their metric handles when they start.
+        let metrics_handle = if config.telemetry.metrics {
+            Some(crate::runtime::metrics::install()?)
+        } else {
+            None
+        };
         let (url, embedded) = config.database.resolve()?;
         let store = store::open_with(&url, config.database_timeouts.timeouts())
             .await
@@ -136,8 +142,7 @@ impl App {
         let sip = crate::runtime::sip::spawn(config.sip_listen, sip_settings, devices.clone())
             .await
             .map_err(|e| anyhow::anyhow!("cannot bind SIP {}: {e}", config.sip_listen))?;
-        let metrics = if config.telemetry.metrics {
-            let handle = crate::runtime::metrics::install()?;
+        let metrics = if let Some(handle) = metrics_handle {
             Some(crate::runtime::metrics::Scrape::new(
                 handle,
                 Arc::new(StoreGauges(sql_store)),
