@@ -41,13 +41,13 @@ pub(super) fn propagate_request_id() -> PropagateRequestIdLayer {
 /// `-`, `_`, `.`), so that a fresh UUID takes its place: ids end up in log lines, and a
 /// client must not be able to write arbitrary text (or very long text) there.
 pub(super) fn drop_insane_request_id(mut request: Request) -> Request {
-    let sane = request
-        .headers()
-        .get_all(&REQUEST_ID_HEADER)
-        .iter()
-        .map(|v| is_sane(v))
-        .collect::<Vec<_>>();
-    if sane != [true] && !sane.is_empty() {
+    let mut ids = request.headers().get_all(&REQUEST_ID_HEADER).iter();
+    let sane = match (ids.next(), ids.next()) {
+        (None, _) => true,
+        (Some(id), None) => is_sane(id),
+        (Some(_), Some(_)) => false, // two ids: neither is trusted
+    };
+    if !sane {
         request.headers_mut().remove(&REQUEST_ID_HEADER);
     }
     request
