@@ -143,6 +143,7 @@ impl App {
             .await
             .map_err(|e| anyhow::anyhow!("cannot bind SIP {}: {e}", config.sip_listen))?;
         let metrics = if let Some(handle) = metrics_handle {
+            crate::runtime::metrics::spawn_upkeep(handle.clone());
             Some(crate::runtime::metrics::Scrape::new(
                 handle,
                 Arc::new(StoreGauges(sql_store)),

@@ -177,6 +177,22 @@ pub trait DatabaseGauges: Send + Sync + 'static {
     async fn rows(&self) -> anyhow::Result<RowGauges>;
 }
 
+/// How often the recorder drains its histograms' pending samples into their buckets (else they
+/// pile up between scrapes, or forever without any).
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Runs the recorder's upkeep every [`UPKEEP_EVERY`] for as long as the runtime lives.
+pub fn spawn_upkeep(handle: PrometheusHandle) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(UPKEEP_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            handle.run_upkeep();
+        }
+    });
+}
+
 /// What the scrape-time gauges are read from.
 #[derive(Clone)]
 pub struct Scrape {
