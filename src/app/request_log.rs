@@ -114,7 +114,7 @@ mod tests {
             "quote\"",
             "{\"json\":1}",
             &"a".repeat(65),
-            "é".as_ref(),
+            "é",
         ] {
             let Ok(value) = HeaderValue::from_str(bad) else {
                 continue;

@@ -7,6 +7,7 @@
 //! - the 400's body `requestId` is its `x-request-id` header, and a log line at INFO carries
 //!   it with the reason of the refusal;
 //! - the request span of the WebSocket upgrade is logged (with its path, not its query).
+#![allow(clippy::disallowed_methods)] // a test runs the binary and reads its output
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
