@@ -9,7 +9,8 @@
 # default 3), BACKENDS (default "sqlite postgres"), PG_ADMIN_URL (default
 # postgres://postgres@127.0.0.1:5432, trust auth; databases are created from its `test`
 # database and dropped afterwards), LOAD_ARGS (extra arguments for the load tool),
-# SERVER_RUST_LOG (server log filter, default info), SKIP_BUILD=1 (reuse existing binaries).
+# SERVER_RUST_LOG (server log filter, default info), SERVER_ARGS (extra server arguments, e.g.
+# "--metrics false"), SKIP_BUILD=1 (reuse existing binaries).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -20,6 +21,7 @@ BACKENDS=${BACKENDS:-"sqlite postgres"}
 PG_ADMIN_URL=${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432}
 SERVER_RUST_LOG=${SERVER_RUST_LOG:-info}
 LOAD_ARGS=${LOAD_ARGS:-}
+SERVER_ARGS=${SERVER_ARGS:-}
 
 if [[ -z "${SKIP_BUILD:-}" ]]; then
     cargo build --release --examples
@@ -70,9 +72,10 @@ for backend in $BACKENDS; do
 
     OUT="$WORK/server-$backend.out"
     ERR="$WORK/server-$backend.err"
+    # shellcheck disable=SC2086
     RUST_LOG=$SERVER_RUST_LOG "$BIN" serve --listen 127.0.0.1:0 \
         --media-listen 127.0.0.1:0 --sip-listen 127.0.0.1:0 \
-        --database-url "$DB_URL" >"$OUT" 2>"$ERR" &
+        --database-url "$DB_URL" $SERVER_ARGS >"$OUT" 2>"$ERR" &
     SERVER_PID=$!
     URL=""
     for _ in $(seq 1 300); do

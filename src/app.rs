@@ -1,6 +1,10 @@
 //! Wiring: open the store, build [`Control`], bind the listeners and run until stopped.
 //! Tests and `main` use the same entry points ([`App::build`] binds port 0 if asked and
-//! reports the address; [`App::run_until_stopped`] drains gracefully).
+//! reports the address; [`App::run_until_stopped`] drains gracefully). The HTTP layers are
+//! wired here: request ids and request logging (`request_log`), and the metrics of
+//! `runtime::metrics`.
+
+mod request_log;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -41,6 +45,10 @@ pub struct App {
     origins: signaling::OriginPolicy,
     ws_idle_timeout: std::time::Duration,
     drain_timeout: std::time::Duration,
+    /// The metrics scrape, when metrics are on.
+    metrics: Option<crate::runtime::metrics::Scrape>,
+    /// A listener of its own for `/metrics` (`--metrics-listen`).
+    metrics_listener: Option<TcpListener>,
     /// Credentials of the dev account, when this start created it.
     pub dev_credentials: Option<NewCredentials>,
 }
@@ -53,11 +61,18 @@ impl App {
         // Unusable TLS files refuse the start before anything is opened.
         let tls = config.tls()?;
         crate::runtime::tls::install_crypto_provider();
+        // First: the media shards and the SIP bridge take their metric handles when they start.
+        let metrics_handle = if config.telemetry.metrics {
+            Some(crate::runtime::metrics::install()?)
+        } else {
+            None
+        };
         let (url, embedded) = config.database.resolve()?;
         let store = store::open_with(&url, config.database_timeouts.timeouts())
             .await
             .map_err(|e| anyhow::anyhow!("cannot open database {}: {e}", redact(&url)))?;
-        let store: Arc<dyn Store> = Arc::new(store);
+        let sql_store = Arc::new(store);
+        let store: Arc<dyn Store> = sql_store.clone();
         let control = Control::new(store.clone()).await?;
         let dev_credentials = if embedded && store.account_count().await? == 0 {
             Some(
@@ -150,6 +165,23 @@ impl App {
         let sip = crate::runtime::sip::spawn(config.sip_listen, sip_settings, devices.clone())
             .await
             .map_err(|e| anyhow::anyhow!("cannot bind SIP {}: {e}", config.sip_listen))?;
+        let metrics = if let Some(handle) = metrics_handle {
+            crate::runtime::metrics::spawn_upkeep(handle.clone());
+            Some(crate::runtime::metrics::Scrape::new(
+                handle,
+                Arc::new(StoreGauges(sql_store)),
+                media.clone(),
+            ))
+        } else {
+            None
+        };
+        let metrics_listener =
+            match (config.telemetry.metrics, config.telemetry.metrics_listen) {
+                (true, Some(addr)) => Some(TcpListener::bind(addr).await.map_err(|e| {
+                    anyhow::anyhow!("cannot listen on {addr} (--metrics-listen): {e}")
+                })?),
+                _ => None,
+            };
         let addresses = reach::Addresses {
             http: http_addr,
             media: media_addrs,
@@ -175,6 +207,8 @@ impl App {
             origins: signaling::OriginPolicy::new(&config.listeners.allowed_origins),
             ws_idle_timeout: secs(config.listeners.ws_idle_timeout),
             drain_timeout: secs(config.drain_timeout),
+            metrics,
+            metrics_listener,
             dev_credentials,
         })
     }
@@ -209,6 +243,13 @@ impl App {
         self.sip.local_addr()
     }
 
+    /// The address `/metrics` is served on by a listener of its own (`--metrics-listen`).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
     /// The media address of every shard.
     pub fn media_public_addrs(&self) -> &[SocketAddr] {
         self.media.public_addrs()
@@ -234,9 +275,40 @@ impl App {
             Some(turn) => router.layer(axum::Extension(turn)),
             None => router,
         };
-        let router = router
-            .layer(axum::Extension(self.auth_failures))
-            .layer(tower_http::trace::TraceLayer::new_for_http());
+        let metrics_on = self.metrics.is_some();
+        // `/metrics` on the API listener, unless it has a listener of its own.
+        let (router, metrics_server) = match (self.metrics, self.metrics_listener) {
+            (Some(scrape), Some(listener)) => (
+                router,
+                Some((listener, crate::runtime::metrics::router(scrape))),
+            ),
+            (Some(scrape), None) => (router.merge(crate::runtime::metrics::router(scrape)), None),
+            (None, _) => (router, None),
+        };
+        let router = router.layer(axum::Extension(self.auth_failures));
+        // Per route (the route template is known only inside the router).
+        let router = if metrics_on {
+            router.layer(axum::middleware::from_fn(
+                crate::runtime::metrics::track_http,
+            ))
+        } else {
+            router
+        };
+        // Outermost first: a sane id for each request, its span and response log line, the id
+        // on the response, and the id as the `requestId` of error bodies.
+        let router = router.layer(
+            tower::ServiceBuilder::new()
+                .map_request(request_log::drop_insane_request_id)
+                .layer(request_log::set_request_id())
+                .layer(
+                    tower_http::trace::TraceLayer::new_for_http()
+                        .make_span_with(request_log::make_span)
+                        .on_response(request_log::on_response)
+                        .on_failure(()),
+                )
+                .layer(request_log::propagate_request_id())
+                .layer(axum::middleware::from_fn(api::scope_request_id)),
+        );
         // Routing sees the path with duplicated leading slashes folded (`//v3/` from SDKs
         // given a base URL that ends in '/').
         let app = tower::ServiceExt::map_request(router, fold_leading_slashes);
@@ -246,7 +318,18 @@ impl App {
             shutdown.await;
             drain(&control, &sip, drain_timeout).await;
         };
+        let (stop_metrics, metrics_stopped) = tokio::sync::watch::channel(false);
+        let shutdown = async move {
+            shutdown.await;
+            let _ = stop_metrics.send(true);
+        };
+        let metrics_task = metrics_server.map(|(listener, router)| {
+            crate::runtime::metrics::serve(listener, router, self.http, metrics_stopped)
+        });
         crate::runtime::http::serve(self.listener, app, self.http, self.tls, shutdown).await;
+        if let Some(task) = metrics_task {
+            let _ = task.await;
+        }
         Ok(())
     }
 }
@@ -286,6 +369,35 @@ async fn drain(control: &Control, sip: &SipHandle, timeout: std::time::Duration)
         tracing::warn!(error = %e, "cannot clear this process's live state");
     }
     tracing::info!(devices = control.live_devices(), "drained: stopping");
+}
+
+/// The database gauges of the metrics, read from the store.
+struct StoreGauges(Arc<store::SqlStore>);
+
+#[async_trait::async_trait]
+impl crate::runtime::metrics::DatabaseGauges for StoreGauges {
+    fn pools(&self) -> Vec<crate::runtime::metrics::PoolGauge> {
+        self.0
+            .pool_stats()
+            .into_iter()
+            .map(|p| crate::runtime::metrics::PoolGauge {
+                name: p.name,
+                in_use: p.in_use,
+                idle: p.idle,
+            })
+            .collect()
+    }
+
+    async fn rows(&self) -> anyhow::Result<crate::runtime::metrics::RowGauges> {
+        use crate::store::WebhookStore;
+        let rows = self.0.row_counts().await?;
+        let outbox_pending = self.0.outbox_pending().await?;
+        Ok(crate::runtime::metrics::RowGauges {
+            sessions: rows.sessions,
+            participants: rows.participants,
+            outbox_pending,
+        })
+    }
 }
 
 fn secs(n: u64) -> std::time::Duration {

@@ -379,6 +379,9 @@ pub struct ServeConfig {
     /// 503 and new devices and calls are refused. A second signal stops at once.
     #[arg(long, env = "PATCHBAY_DRAIN_TIMEOUT", default_value_t = 20)]
     pub drain_timeout: u64,
+    /// Metrics and logs (issue 12).
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
 }
 
 impl ServeConfig {
@@ -413,6 +416,7 @@ impl ServeConfig {
             webhooks: WebhookArgs::default(),
             listeners: ListenerArgs::default(),
             drain_timeout: 0,
+            telemetry: TelemetryArgs::default(),
         }
     }
 
@@ -457,6 +461,40 @@ impl ServeConfig {
             per_username: self.auth_failures_per_username,
         }
     }
+}
+
+// Issue 12: Prometheus metrics and the log format (docs/metrics.md).
+/// Metrics and logs.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct TelemetryArgs {
+    /// Serve Prometheus metrics at `GET /metrics` (`false`: no recorder, no route).
+    #[arg(long, env = "PATCHBAY_METRICS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub metrics: bool,
+    /// Serve `/metrics` on this address instead of the API listener (which then answers 404).
+    #[arg(long, env = "PATCHBAY_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Log lines as `text` (human) or `json` (one object per line, for log shippers).
+    #[arg(long, env = "PATCHBAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl Default for TelemetryArgs {
+    fn default() -> TelemetryArgs {
+        TelemetryArgs {
+            metrics: true,
+            metrics_listen: None,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, with the span fields (`request_id`, …).
+    Json,
 }
 
 // Issue 10, webhooks slice: webhook delivery and session cleanup (docs/webhooks.md).

@@ -1,7 +1,7 @@
 //! The `patchbay` binary: parse the command line, start telemetry, run the command.
 
 use patchbay::app::App;
-use patchbay::config::{Cli, Command, ConfigCommand};
+use patchbay::config::{Cli, Command, ConfigCommand, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 /// The log filter when `RUST_LOG` is not set: INFO, except the ICE library's STUN parser,
@@ -10,18 +10,35 @@ use tracing_subscriber::EnvFilter;
 /// interval.
 const DEFAULT_LOG_FILTER: &str = "info,is::stun=error";
 
+/// Starts the log subscriber: `RUST_LOG` (else [`DEFAULT_LOG_FILTER`]) to stderr, as text or
+/// as one JSON object per line with the fields of the current span (`request_id`, …).
+fn init_logs(format: LogFormat) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+        // Colours only for a terminal: logs written to files stay plain text.
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER)),
-        )
-        .with_writer(std::io::stderr)
-        // Colours only for a terminal: logs written to files stay plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let parsed = Cli::parse_layered();
+    init_logs(match &parsed.cli.command {
+        Command::Serve(config) => config.telemetry.log_format,
+        _ => LogFormat::Text,
+    });
     match parsed.cli.command {
         Command::Serve(config) => serve(*config).await,
         Command::Config(ConfigCommand::Example) => {
@@ -94,6 +111,9 @@ async fn serve(config: patchbay::config::ServeConfig) -> anyhow::Result<()> {
         );
     } else {
         println!("patchbay listening on http://{}", app.http_addr());
+    }
+    if let Some(addr) = app.metrics_addr() {
+        println!("patchbay metrics on http://{addr}/metrics");
     }
     tracing::info!(addr = %app.http_addr(), "serving");
     app.run_until_stopped(shutdown_signal()).await

@@ -6,8 +6,14 @@
 //!
 //! Rendering ([`IntoResponse`]) is pure: it builds the body and nothing else. A server fault
 //! (5xx) gets a safe message in its body, and its details travel with the response as a
-//! [`ServerFault`] extension; [`log_server_faults`], a layer of the API router, logs each one
-//! once with the same request id as the body, and takes the extension off the response.
+//! [`ServerFault`] extension; a client's mistake (4xx) carries its reason as a
+//! [`ClientFault`]. [`log_server_faults`], a layer of the API router, logs each one once with
+//! the same request id as the body (5xx at ERROR, 4xx at INFO), takes the extension off the
+//! response and marks it [`Logged`] for the request logger of the app.
+//!
+//! The `requestId` of a body is the request's id (the `x-request-id` the app's request-id
+//! layer set, which the response also carries and every log line of the request shows), made
+//! known to rendering by [`scope_request_id`]; outside such a scope it is a fresh UUID.
 
 use std::sync::Arc;
 
@@ -119,7 +125,8 @@ pub enum BodyError {
 pub struct ErrorBody {
     /// What went wrong, naming the field or resource at fault.
     pub error: String,
-    /// A unique id for this failure, also written to the server log for 5xx.
+    /// The request's id (its `x-request-id` response header), also in the server's log
+    /// lines of this request.
     pub request_id: String,
 }
 
@@ -129,6 +136,48 @@ pub struct UnauthorizedBody {
     /// Always `Unauthorized`.
     pub message: String,
 }
+
+tokio::task_local! {
+    /// The id of the request being handled (see [`scope_request_id`]).
+    static REQUEST_ID: String;
+}
+
+/// A layer (`axum::middleware::from_fn`) making the request's `x-request-id` the `requestId`
+/// of any error body rendered while it is handled.
+pub async fn scope_request_id(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    match id {
+        Some(id) => REQUEST_ID.scope(id, next.run(request)).await,
+        None => next.run(request).await,
+    }
+}
+
+/// The id of the request being handled, else a fresh UUID.
+fn current_request_id() -> String {
+    REQUEST_ID
+        .try_with(Clone::clone)
+        .unwrap_or_else(|_| Uuid::new_v4().to_string())
+}
+
+/// A client's mistake (4xx) carried by its response to the layer that logs it.
+#[derive(Debug, Clone)]
+pub struct ClientFault {
+    /// The `requestId` of the response body (none for 401, whose body has none).
+    pub request_id: Option<String>,
+    /// Why the request was refused (the body's message).
+    pub reason: String,
+}
+
+/// Marks a response whose outcome the API already logged (the app's request logger skips it).
+#[derive(Debug, Clone, Copy)]
+pub struct Logged;
 
 /// A server fault carried by its response (as an extension) to the layer that logs it.
 #[derive(Debug, Clone)]
@@ -169,14 +218,19 @@ impl IntoResponse for Error {
             let body = UnauthorizedBody {
                 message: "Unauthorized".into(),
             };
-            return (
+            let mut response = (
                 status,
                 [(header::WWW_AUTHENTICATE, "Basic realm=\"patchbay\"")],
                 Json(body),
             )
                 .into_response();
+            response.extensions_mut().insert(ClientFault {
+                request_id: None,
+                reason: "missing or wrong API credentials".into(),
+            });
+            return response;
         }
-        let request_id = Uuid::new_v4().to_string();
+        let request_id = current_request_id();
         let draining = matches!(self, Error::Draining);
         let message = match status {
             // Not a fault, and nothing to hide: the balancer's probe says why.
@@ -188,7 +242,7 @@ impl IntoResponse for Error {
             _ => self.to_string(),
         };
         let body = Json(ErrorBody {
-            error: message,
+            error: message.clone(),
             request_id: request_id.clone(),
         });
         let mut response = if status == StatusCode::PAYLOAD_TOO_LARGE {
@@ -205,13 +259,19 @@ impl IntoResponse for Error {
                 request_id,
                 error: Arc::new(self),
             });
+        } else {
+            response.extensions_mut().insert(ClientFault {
+                request_id: Some(request_id),
+                reason: message,
+            });
         }
         response
     }
 }
 
-/// Logs the server fault a response carries, once, with its request id (a response layer of
-/// the API router), and takes it off the response.
+/// Logs the fault a response carries, once, with its request id (a response layer of the
+/// API router): a server fault at ERROR, a client's mistake at INFO with its reason; takes
+/// it off the response and marks the response [`Logged`].
 pub async fn log_server_faults(mut response: Response) -> Response {
     if let Some(fault) = response.extensions_mut().remove::<ServerFault>() {
         tracing::error!(
@@ -220,6 +280,16 @@ pub async fn log_server_faults(mut response: Response) -> Response {
             error = %fault.error,
             "request failed"
         );
+        response.extensions_mut().insert(Logged);
+    } else if let Some(fault) = response.extensions_mut().remove::<ClientFault>() {
+        // The request's span carries its id; the body's (the same) is repeated for 400-409.
+        tracing::info!(
+            request_id = fault.request_id.as_deref(),
+            status = response.status().as_u16(),
+            reason = %fault.reason,
+            "request refused"
+        );
+        response.extensions_mut().insert(Logged);
     }
     response
 }
@@ -383,10 +453,13 @@ mod tests {
         assert!(field("error").contains("pool timed out"), "{events:?}");
         let response = app.oneshot(request("/missing")).await.unwrap();
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-        assert_eq!(
-            recorder.events.lock().unwrap().len(),
-            1,
-            "4xx are not logged"
+        let events = recorder.events.lock().unwrap().clone();
+        assert_eq!(events.len(), 2, "one line per failed request: {events:?}");
+        assert!(
+            events[1]
+                .iter()
+                .any(|(n, v)| n == "reason" && v.contains("credentials")),
+            "a 4xx is logged with its reason: {events:?}"
         );
     }
 }

@@ -40,7 +40,10 @@ pub fn routes_json(
 ) -> serde_json::Value {
     serde_json::to_value(dto::RoutesView::new(session, members, table)).unwrap_or_default()
 }
-pub use error::{log_server_faults, BodyError, Error, ErrorBody, ServerFault, UnauthorizedBody};
+pub use error::{
+    log_server_faults, scope_request_id, BodyError, ClientFault, Error, ErrorBody, Logged,
+    ServerFault, UnauthorizedBody,
+};
 pub use extract::parse_optional_json;
 pub use ice::{turn_credential, IceServer, TurnServers};
 

@@ -228,6 +228,27 @@ enum Payload {
 /// The one "m-line" of a local device's published audio.
 const LOCAL_AUDIO_MID: &str = "phone";
 
+/// What an engine counts, cumulative since it started: plain integers, no allocation or lock
+/// per packet; the driver reads them ([`Engine::counters`]) and publishes them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MediaCounters {
+    /// Media packets written to subscribers (peers and local devices).
+    pub forwarded_packets: u64,
+    /// Their payload bytes.
+    pub forwarded_bytes: u64,
+    /// Frames that could not be written to a subscriber (no matching codec, write refused).
+    pub forward_failures: u64,
+    /// Datagrams from a known peer that the WebRTC stack refused.
+    pub unusable_datagrams: u64,
+}
+
+impl MediaCounters {
+    fn forwarded(&mut self, bytes: usize) {
+        self.forwarded_packets += 1;
+        self.forwarded_bytes += bytes as u64;
+    }
+}
+
 /// The SFU of one shard. See the module docs.
 pub struct Engine {
     config: EngineConfig,
@@ -241,7 +262,7 @@ pub struct Engine {
     fanout: Fanout,
     transmits: VecDeque<Transmit>,
     events: VecDeque<EngineEvent>,
-    forwarded: u64,
+    counters: MediaCounters,
     /// A reused buffer: no allocation per forwarded frame.
     scratch: Vec<Target>,
 }
@@ -261,14 +282,19 @@ impl Engine {
             fanout: Fanout::default(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
-            forwarded: 0,
+            counters: MediaCounters::default(),
             scratch: Vec::new(),
         }
     }
 
     /// Media packets forwarded so far (frames written to subscribers).
     pub fn forwarded(&self) -> u64 {
-        self.forwarded
+        self.counters.forwarded_packets
+    }
+
+    /// What this engine counted so far (plain integers: the driver publishes them).
+    pub fn counters(&self) -> MediaCounters {
+        self.counters
     }
 
     // ---- devices ----------------------------------------------------------------------------
@@ -676,6 +702,7 @@ impl Engine {
         // A datagram str0m cannot use is dropped; it never ends the call (its source may be
         // spoofed).
         if let Err(e) = peer.rtc.handle_input(input) {
+            self.counters.unusable_datagrams += 1;
             tracing::debug!(peer = peer_id, error = %e, "dropped an unusable datagram");
         }
         self.drain_peer(peer_id, now);
@@ -1077,7 +1104,7 @@ impl Engine {
                             dtmf: codec == Codec::Tele,
                             data: frame.data.clone(),
                         });
-                        self.forwarded += 1;
+                        self.counters.forwarded(frame.data.len());
                     }
                 }
                 Target::Peer { peer, mid } => {
@@ -1095,13 +1122,16 @@ impl Engine {
                             .map(|p| p.pt()),
                     };
                     let Some(pt) = pt else {
+                        self.counters.forward_failures += 1;
                         continue;
                     };
                     if writer
                         .write(pt, frame.network_time, frame.time, frame.data.clone())
                         .is_ok()
                     {
-                        self.forwarded += 1;
+                        self.counters.forwarded(frame.data.len());
+                    } else {
+                        self.counters.forward_failures += 1;
                     }
                     self.drain_peer(peer, now);
                 }

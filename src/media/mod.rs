@@ -78,7 +78,9 @@ mod routes;
 pub mod shard;
 mod subscribing;
 
-pub use engine::{Engine, EngineConfig, EngineEvent, MediaError, MovedDevice, Transmit, Transport};
+pub use engine::{
+    Engine, EngineConfig, EngineEvent, MediaCounters, MediaError, MovedDevice, Transmit, Transport,
+};
 pub use local::SourceKey;
 pub use placement::Placement;
 pub use shard::{

@@ -34,6 +34,11 @@ pub struct Placement {
 }
 
 impl Placement {
+    /// How many devices are placed (browsers and phones' local devices).
+    pub fn device_count(&self) -> usize {
+        self.devices.len()
+    }
+
     /// Records that `device` of `participant` lives on `shard` now.
     pub fn place(&mut self, device: DeviceId, participant: ParticipantId, shard: usize) {
         self.devices.insert(device, shard);

@@ -166,6 +166,11 @@ impl MediaHandle {
     pub fn public_addrs(&self) -> &[SocketAddr] {
         &self.shared.public
     }
+
+    /// How many devices (browsers and phones) are attached to the media plane now.
+    pub fn connected_devices(&self) -> usize {
+        self.shared.placement().device_count()
+    }
 }
 
 /// The media plane as control drives it.
@@ -381,6 +386,8 @@ pub fn spawn(shards: Vec<ShardSetup>, control: Control) -> std::io::Result<Media
             published: published.clone(),
             noise: NoiseCounter::default(),
             tcp: TcpWriters::new(connections.clone()),
+            dropped: 0,
+            meter: super::metrics::ShardMeter::new(index, Instant::now()),
         };
         tokio::spawn(pump.run(inbox, frames, control.watch()));
     }
@@ -434,6 +441,10 @@ struct Pump {
     noise: NoiseCounter,
     /// The write queues of ICE-TCP connections (any shard's).
     tcp: TcpWriters,
+    /// Datagrams no device took, since the start (the noise counter's are per report).
+    dropped: u64,
+    /// The shard's counters on their way to the metrics recorder.
+    meter: super::metrics::ShardMeter,
 }
 
 /// How often dropped unauthenticated datagrams are reported (one line per shard, while
@@ -496,24 +507,29 @@ impl Pump {
                 .shard
                 .poll_timeout()
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
-            tokio::select! {
-                received = socket.recv_from(&mut buf) => match received {
-                    Ok((n, source)) => {
-                        let now = Instant::now();
-                        let public = sent_to(source, &advertised);
-                        self.receive(&mut inbox, Transport::Udp, source, public, &buf[..n], now);
-                        // Take what else is already queued before going round the loop again.
-                        for _ in 0..RECEIVE_BATCH {
-                            match socket.try_recv_from(&mut buf) {
-                                Ok((n, source)) => {
-                                    let public = sent_to(source, &advertised);
-                                    self.receive(&mut inbox, Transport::Udp, source, public, &buf[..n], now);
+            // Each branch answers when it woke: the time from there to the end of the flush is
+            // the shard's busy time.
+            let woke = tokio::select! {
+                received = socket.recv_from(&mut buf) => {
+                    let now = Instant::now();
+                    match received {
+                        Ok((n, source)) => {
+                            let public = sent_to(source, &advertised);
+                            self.receive(&mut inbox, Transport::Udp, source, public, &buf[..n], now);
+                            // Take what else is already queued before going round the loop again.
+                            for _ in 0..RECEIVE_BATCH {
+                                match socket.try_recv_from(&mut buf) {
+                                    Ok((n, source)) => {
+                                        let public = sent_to(source, &advertised);
+                                        self.receive(&mut inbox, Transport::Udp, source, public, &buf[..n], now);
+                                    }
+                                    Err(_) => break,
                                 }
-                                Err(_) => break,
                             }
                         }
+                        Err(e) => tracing::debug!(error = %e, "media socket receive error"),
                     }
-                    Err(e) => tracing::debug!(error = %e, "media socket receive error"),
+                    now
                 },
                 Some(frame) = frames.recv() => {
                     let now = Instant::now();
@@ -524,39 +540,55 @@ impl Pump {
                             Err(_) => break,
                         }
                     }
+                    now
                 }
                 message = inbox.recv() => {
+                    let woke = Instant::now();
                     let Some(message) = message else { break };
                     self.handle_inbox(message);
+                    woke
                 }
-                event = control_events.recv() => match event {
-                    Ok(ControlEvent::Routes(update)) => {
-                        self.shard.handle_routes(update.session, &update.diff, Instant::now());
+                event = control_events.recv() => {
+                    let woke = Instant::now();
+                    match event {
+                        Ok(ControlEvent::Routes(update)) => {
+                            self.shard.handle_routes(update.session, &update.diff, woke);
+                        }
+                        Ok(ControlEvent::ParticipantDeleted(participant)) => {
+                            self.shard.handle_participant_deleted(participant, woke);
+                        }
+                        Ok(ControlEvent::Disconnect { participant, reason }) => {
+                            self.shard.handle_participant_disconnect(participant, reason, woke);
+                        }
+                        Ok(ControlEvent::Lifecycle(_)) => {}
+                        // Dropping the shard drops its devices' notice channels: each
+                        // connection closes with 1001 "server shutting down".
+                        Ok(ControlEvent::Shutdown) => break,
+                        Err(broadcast::error::RecvError::Lagged(n)) => {
+                            // Missed diffs: start again from control's current tables. Diffs still
+                            // queued after this are replayed in order on top, which converges.
+                            tracing::warn!(missed = n, shard = index, "media plane fell behind control; resynchronizing routes");
+                            let tables = self.control.tables_snapshot();
+                            self.shard.handle_all_routes(&tables, Instant::now());
+                        }
+                        Err(broadcast::error::RecvError::Closed) => break,
                     }
-                    Ok(ControlEvent::ParticipantDeleted(participant)) => {
-                        self.shard.handle_participant_deleted(participant, Instant::now());
-                    }
-                    Ok(ControlEvent::Disconnect { participant, reason }) => {
-                        self.shard.handle_participant_disconnect(participant, reason, Instant::now());
-                    }
-                    Ok(ControlEvent::Lifecycle(_)) => {}
-                    // Dropping the shard drops its devices' notice channels: each connection
-                    // closes with 1001 "server shutting down".
-                    Ok(ControlEvent::Shutdown) => break,
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        // Missed diffs: start again from control's current tables. Diffs still
-                        // queued after this are replayed in order on top, which converges.
-                        tracing::warn!(missed = n, shard = index, "media plane fell behind control; resynchronizing routes");
-                        let tables = self.control.tables_snapshot();
-                        self.shard.handle_all_routes(&tables, Instant::now());
-                    }
-                    Err(broadcast::error::RecvError::Closed) => break,
+                    woke
                 },
                 _ = tokio::time::sleep_until(deadline.into()) => {
-                    self.shard.handle_timeout(Instant::now());
+                    let woke = Instant::now();
+                    self.shard.handle_timeout(woke);
+                    woke
                 }
-            }
+            };
             self.flush(&socket).await;
+            let done = Instant::now();
+            self.meter.busy(done.saturating_duration_since(woke));
+            if self.meter.due(done) {
+                let counters = self.shard.engine().counters();
+                self.meter
+                    .publish(counters, self.dropped, inbox.len(), done);
+            }
         }
     }
 
@@ -584,6 +616,7 @@ impl Pump {
                 .handle_receive_on(transport, source, destination, data, now);
         }
         if matches!(delivery, Delivery::Dropped | Delivery::Unplaced) {
+            self.dropped += 1;
             self.noise.count(self.shard.index(), source, now);
         }
     }

@@ -305,7 +305,10 @@ impl Bridge {
         for (_, call) in self.calls.drain() {
             self.devices.phone_dropped(call.device);
             call.task.abort();
+            metrics::counter!("patchbay_sip_calls_ended_total", "reason" => "shutdown")
+                .increment(1);
         }
+        metrics::gauge!("patchbay_phone_calls").set(0.0);
     }
 
     fn handle(&mut self, message: Message) {
@@ -399,6 +402,7 @@ impl Bridge {
             sources: Default::default(),
             devices: self.devices.clone(),
             bridge: self.tx.clone(),
+            underruns: UnderrunMeter::new(Instant::now()),
         };
         let task = tokio::spawn(audio.run(downlink, commands_rx));
         tracing::info!(call = %call, %participant, "phone joined");
@@ -416,6 +420,8 @@ impl Bridge {
                 task,
             },
         );
+        metrics::counter!("patchbay_sip_calls_started_total").increment(1);
+        metrics::gauge!("patchbay_phone_calls").set(self.calls.len() as f64);
     }
 
     /// Looks up, in one task, the session of every call a routing change may concern (all of
@@ -551,6 +557,8 @@ impl Bridge {
             return;
         };
         *self.ends.entry(how).or_default() += 1;
+        metrics::counter!("patchbay_sip_calls_ended_total", "reason" => how).increment(1);
+        metrics::gauge!("patchbay_phone_calls").set(self.calls.len() as f64);
         // The audio task logs the call's stats and stops.
         let _ = c.media.send(CallCommand::End(why));
         tracing::debug!(call = %call, ends = ?self.ends, "calls ended so far, by how");
@@ -587,6 +595,41 @@ struct CallMedia {
     sources: std::collections::HashSet<u64>,
     devices: DeviceControl,
     bridge: mpsc::UnboundedSender<Message>,
+    /// The call's jitter-buffer underruns on their way to the metrics.
+    underruns: UnderrunMeter,
+}
+
+/// A call's underrun counts published so far, by direction; published once a second and at
+/// the end of the call.
+struct UnderrunMeter {
+    uplink: u64,
+    downlink: u64,
+    last: Instant,
+}
+
+impl UnderrunMeter {
+    fn new(now: Instant) -> UnderrunMeter {
+        UnderrunMeter {
+            uplink: 0,
+            downlink: 0,
+            last: now,
+        }
+    }
+
+    fn due(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.last) >= super::metrics::PUBLISH_EVERY
+    }
+
+    fn publish(&mut self, stats: &patchbay_sip::phone::PhoneStats) {
+        let (up, down) = (stats.uplink_underruns, stats.mixer_underruns);
+        metrics::counter!("patchbay_sip_jitter_underruns_total", "direction" => "uplink")
+            .increment(up.saturating_sub(self.uplink));
+        metrics::counter!("patchbay_sip_jitter_underruns_total", "direction" => "downlink")
+            .increment(down.saturating_sub(self.downlink));
+        self.uplink = up;
+        self.downlink = down;
+        self.last = Instant::now();
+    }
 }
 
 impl CallMedia {
@@ -621,6 +664,9 @@ impl CallMedia {
                         let _ = self.bridge.send(Message::Dead(self.call));
                     }
                     let packets = self.phone.tick(now);
+                    if self.underruns.due(now) {
+                        self.underruns.publish(&self.phone.stats());
+                    }
                     if let Some(remote) = self.remote {
                         for p in packets {
                             let _ = rtp.try_send_to(&p, remote);
@@ -635,6 +681,7 @@ impl CallMedia {
                     Some(CallCommand::HoldTone(hz)) => self.phone.set_hold_tone(hz),
                     Some(CallCommand::End(end)) => {
                         let stats = self.phone.stats();
+                        self.underruns.publish(&stats);
                         tracing::info!(call = %self.call, end = %end, participant = %self.participant, ?stats, "SIP call ended");
                         break;
                     }

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
-use crate::control::{Control, OutboxEvent, WebhookFeed};
+use crate::control::{AttemptOutcome, Control, OutboxEvent, WebhookFeed};
 use crate::events::{sign, AttemptResult, Dispatcher, RetryPolicy};
 
 /// How often the worker looks for due events when nothing wakes it.
@@ -114,6 +114,12 @@ async fn deliver(
             Some(done) = attempts.join_next(), if !attempts.is_empty() => {
                 let Ok((event, result)) = done else { continue };
                 let (log, outcome) = dispatcher.finish(&event, result, now_ms());
+                let label = match outcome {
+                    AttemptOutcome::Delivered => "delivered",
+                    AttemptOutcome::RetryAt(_) => "retry",
+                    AttemptOutcome::GaveUp => "gave_up",
+                };
+                metrics::counter!("patchbay_webhook_deliveries_total", "outcome" => label).increment(1);
                 tracing::debug!(id = %event.event.id, event = %event.event.event, attempt = log.attempt, status = ?log.status, error = ?log.error, ?outcome, "webhook attempt");
                 if let Err(e) = control.outbox_attempted(&event, &log, outcome).await {
                     // The event stays due: it is sent again (at least once).

@@ -47,7 +47,7 @@ pub use operator::{
     AccountSummary, DeviceKind, LiveChange, LiveDevice, LiveStream, OperatorStore, SessionSummary,
     STALE_AFTER_MS,
 };
-pub use sql::{Dialect, SqlStore};
+pub use sql::{Dialect, PoolStats, RowCounts, SqlStore};
 pub use webhooks::epoch_ms;
 
 /// What can go wrong in the store. Variants other than `Backend` and `Corrupt` are answers

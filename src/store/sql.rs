@@ -57,6 +57,33 @@ pub struct SqlStore {
     dialect: Dialect,
     pub(super) read: AnyPool,
     pub(super) write: AnyPool,
+    /// `read` and `write` are one pool (PostgreSQL, in-memory SQLite).
+    shared_pool: bool,
+}
+
+/// Times one store operation into `patchbay_db_query_duration_seconds{op}` when dropped
+/// (whatever the outcome; a no-op without a metrics recorder).
+pub(super) struct QueryTimer {
+    op: &'static str,
+    started: std::time::Instant,
+}
+
+impl QueryTimer {
+    // The store reads the monotonic clock to time its own statements, for the metrics only.
+    #[allow(clippy::disallowed_methods)]
+    pub(super) fn start(op: &'static str) -> QueryTimer {
+        QueryTimer {
+            op,
+            started: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Drop for QueryTimer {
+    fn drop(&mut self) {
+        metrics::histogram!("patchbay_db_query_duration_seconds", "op" => self.op)
+            .record(self.started.elapsed().as_secs_f64());
+    }
 }
 
 // The store stamps rows with the wall-clock time of the write.
@@ -72,7 +99,61 @@ pub(super) fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(what.to_string())
 }
 
+/// One connection pool's occupancy, for the metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolStats {
+    /// `read` or `write` (SQLite; one pool serves both on PostgreSQL and in memory: `main`).
+    pub name: &'static str,
+    /// Connections checked out.
+    pub in_use: u32,
+    /// Connections open and idle.
+    pub idle: u32,
+}
+
+/// Rows of the tables the metrics show.
+#[derive(Debug, Clone, Copy)]
+pub struct RowCounts {
+    /// Sessions.
+    pub sessions: u64,
+    /// Participants.
+    pub participants: u64,
+}
+
 impl SqlStore {
+    /// The pools' occupancy now (no query).
+    pub fn pool_stats(&self) -> Vec<PoolStats> {
+        fn stats(name: &'static str, pool: &AnyPool) -> PoolStats {
+            let size = pool.size();
+            let idle = u32::try_from(pool.num_idle()).unwrap_or(u32::MAX).min(size);
+            PoolStats {
+                name,
+                in_use: size - idle,
+                idle,
+            }
+        }
+        if self.shared_pool {
+            vec![stats("main", &self.write)]
+        } else {
+            vec![stats("read", &self.read), stats("write", &self.write)]
+        }
+    }
+
+    /// How many sessions and participants the database holds.
+    pub async fn row_counts(&self) -> Result<RowCounts, StoreError> {
+        let _timer = QueryTimer::start("row_counts");
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM sessions) AS sessions, (SELECT COUNT(*) FROM participants) AS participants",
+        )
+        .fetch_one(&self.read)
+        .await?;
+        let sessions: i64 = row.try_get("sessions")?;
+        let participants: i64 = row.try_get("participants")?;
+        Ok(RowCounts {
+            sessions: sessions.max(0) as u64,
+            participants: participants.max(0) as u64,
+        })
+    }
+
     /// Connects with the default [`Timeouts`], applies pending migrations and returns the store.
     pub async fn open(url: &str) -> Result<SqlStore, StoreError> {
         SqlStore::open_with(url, Timeouts::default()).await
@@ -110,6 +191,7 @@ impl SqlStore {
                     dialect,
                     read: pool.clone(),
                     write: pool,
+                    shared_pool: true,
                 }
             }
             Dialect::Sqlite => {
@@ -125,6 +207,7 @@ impl SqlStore {
                     dialect,
                     read,
                     write,
+                    shared_pool: memory,
                 }
             }
         };
@@ -394,12 +477,14 @@ fn on_foreign_key(answer: StoreError) -> impl FnOnce(sqlx::Error) -> StoreError 
 #[async_trait]
 impl Store for SqlStore {
     async fn ping(&self) -> Result<(), StoreError> {
+        let _timer = QueryTimer::start("ping");
         tokio::time::timeout(PROBE_TIMEOUT, self.probe())
             .await
             .map_err(|_| StoreError::TimedOut(PROBE_TIMEOUT))?
     }
 
     async fn create_account(&self, creds: &AccountCredentials) -> Result<(), StoreError> {
+        let _timer = QueryTimer::start("create_account");
         sqlx::query("INSERT INTO accounts (id, username, password_sha256, created_at) VALUES ($1, $2, $3, $4)")
             .bind(creds.account.as_str())
             .bind(creds.username.as_str())
@@ -421,6 +506,7 @@ impl Store for SqlStore {
         &self,
         username: &str,
     ) -> Result<Option<AccountCredentials>, StoreError> {
+        let _timer = QueryTimer::start("account_by_username");
         let row =
             sqlx::query("SELECT id, username, password_sha256 FROM accounts WHERE username = $1")
                 .bind(username)
@@ -438,6 +524,7 @@ impl Store for SqlStore {
     }
 
     async fn account_count(&self) -> Result<u64, StoreError> {
+        let _timer = QueryTimer::start("account_count");
         let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM accounts")
             .fetch_one(&self.read)
             .await?
@@ -446,6 +533,7 @@ impl Store for SqlStore {
     }
 
     async fn secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let _timer = QueryTimer::start("secret");
         sqlx::query("INSERT INTO server_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
             .bind(name)
             .bind(candidate.to_vec())
@@ -460,6 +548,7 @@ impl Store for SqlStore {
     }
 
     async fn create_session(&self, session: &Session) -> Result<(), StoreError> {
+        let _timer = QueryTimer::start("create_session");
         sqlx::query(
             "INSERT INTO sessions (id, account_id, tag, created_at) VALUES ($1, $2, $3, $4)",
         )
@@ -478,6 +567,7 @@ impl Store for SqlStore {
         account: &AccountId,
         id: SessionId,
     ) -> Result<Option<Session>, StoreError> {
+        let _timer = QueryTimer::start("session");
         let row = sqlx::query("SELECT tag FROM sessions WHERE id = $1 AND account_id = $2")
             .bind(id.to_string())
             .bind(account.as_str())
@@ -499,6 +589,7 @@ impl Store for SqlStore {
         account: &AccountId,
         id: SessionId,
     ) -> Result<Vec<ParticipantId>, StoreError> {
+        let _timer = QueryTimer::start("delete_session");
         let mut tx = self.write.begin().await?;
         Self::lock_session(&mut tx, account, id).await?;
         let members = sqlx::query("SELECT id FROM participants WHERE session_id = $1 ORDER BY id")
@@ -525,6 +616,7 @@ impl Store for SqlStore {
     }
 
     async fn create_participant(&self, p: &Participant) -> Result<(), StoreError> {
+        let _timer = QueryTimer::start("create_participant");
         sqlx::query(
             "INSERT INTO participants (id, account_id, callback_url, publish_permissions, tag, \
              device_api_version, session_id, subscribed_session_id, created_at) \
@@ -548,6 +640,7 @@ impl Store for SqlStore {
         account: &AccountId,
         id: ParticipantId,
     ) -> Result<Option<Participant>, StoreError> {
+        let _timer = QueryTimer::start("participant");
         let sql = format!("SELECT {PARTICIPANT_COLUMNS} FROM participants p WHERE p.id = $1 AND p.account_id = $2");
         let Some(row) = sqlx::query(&sql)
             .bind(id.to_string())
@@ -568,6 +661,7 @@ impl Store for SqlStore {
         account: &AccountId,
         id: ParticipantId,
     ) -> Result<Option<SessionId>, StoreError> {
+        let _timer = QueryTimer::start("delete_participant");
         let row = sqlx::query(
             "DELETE FROM participants WHERE id = $1 AND account_id = $2 RETURNING session_id",
         )
@@ -590,6 +684,7 @@ impl Store for SqlStore {
         participant: ParticipantId,
         subscriptions: Option<&Subscriptions>,
     ) -> Result<(), StoreError> {
+        let _timer = QueryTimer::start("add_member");
         let mut tx = self.write.begin().await?;
         Self::lock_session(&mut tx, account, session).await?;
         let current =
@@ -654,6 +749,7 @@ impl Store for SqlStore {
         session: SessionId,
         participant: ParticipantId,
     ) -> Result<(), StoreError> {
+        let _timer = QueryTimer::start("remove_member");
         let mut tx = self.write.begin().await?;
         Self::lock_session(&mut tx, account, session).await?;
         let done = sqlx::query(
@@ -691,6 +787,7 @@ impl Store for SqlStore {
         account: &AccountId,
         session: SessionId,
     ) -> Result<Vec<Participant>, StoreError> {
+        let _timer = QueryTimer::start("members");
         if self.session(account, session).await?.is_none() {
             return Err(StoreError::SessionNotFound);
         }
@@ -716,6 +813,7 @@ impl Store for SqlStore {
         session: SessionId,
         changes: &[(ParticipantId, Subscriptions)],
     ) -> Result<(), StoreError> {
+        let _timer = QueryTimer::start("set_subscriptions");
         let mut tx = self.write.begin().await?;
         Self::lock_session(&mut tx, account, session).await?;
         for (participant, subs) in changes {

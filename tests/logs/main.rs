@@ -1,0 +1,277 @@
+//! Logs that answer questions and keep secrets (issue 12), against the real binary with JSON
+//! logs at `RUST_LOG=debug`: a device connects over the WebSocket with its token, REST calls
+//! carry Basic credentials (right and wrong), a request fails with a 400. Then:
+//! - no secret appears anywhere in stdout or stderr: the device token, the password, the
+//!   `Authorization` values, a wrong password, the account's webhook secret;
+//! - every stderr line is one JSON object;
+//! - the 400's body `requestId` is its `x-request-id` header, and a log line at INFO carries
+//!   it with the reason of the refusal;
+//! - the request span of the WebSocket upgrade is logged (with its path, not its query).
+#![allow(clippy::disallowed_methods)] // a test runs the binary and reads its output
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+
+use base64::Engine;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Server {
+    child: Child,
+    http: SocketAddr,
+    stdout: std::thread::JoinHandle<String>,
+    stderr: std::path::PathBuf,
+}
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_patchbay"))
+}
+
+/// Starts the server on `database` with JSON logs at debug; stderr goes to `stderr`.
+fn start(database: &str, stderr: std::path::PathBuf) -> Server {
+    let mut child = bin()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--media-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--media-shards", "1", "--sip-listen", "127.0.0.1:0"])
+        .args(["--database-url", database, "--log-format", "json"])
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+        .spawn()
+        .expect("the patchbay binary");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut reader = BufReader::new(stdout);
+    let mut seen = String::new();
+    let mut http = None;
+    while http.is_none() {
+        let mut line = String::new();
+        if reader.read_line(&mut line).expect("a line") == 0 {
+            panic!("the server stopped: {seen}");
+        }
+        if let Some(rest) = line.trim().strip_prefix("patchbay listening on http://") {
+            http = rest.parse().ok();
+        }
+        seen.push_str(&line);
+    }
+    // The rest of stdout is kept for the secret check.
+    let stdout = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = reader.read_to_string(&mut rest);
+        seen + &rest
+    });
+    Server {
+        child,
+        http: http.expect("address"),
+        stdout,
+        stderr,
+    }
+}
+
+#[tokio::test]
+async fn logs_carry_request_ids_and_reasons_and_never_secrets() {
+    let dir = std::env::temp_dir().join(format!("patchbay-logs-{:016x}", rand_id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir = TempDir(dir);
+    let database = format!("sqlite://{}/patchbay.db?mode=rwc", dir.0.display());
+    let created = bin()
+        .args([
+            "account",
+            "create",
+            "logs",
+            "--json",
+            "--database-url",
+            &database,
+        ])
+        .output()
+        .expect("account create");
+    assert!(created.status.success(), "{created:?}");
+    let creds: Value = serde_json::from_slice(&created.stdout).expect("JSON credentials");
+    let user = creds["username"].as_str().expect("username").to_owned();
+    let pass = creds["password"].as_str().expect("password").to_owned();
+    let webhook_secret = creds["webhookSecret"].as_str().expect("secret").to_owned();
+
+    let server = start(&database, dir.0.join("stderr.log"));
+    let base = format!("http://{}/v1/accounts/logs", server.http);
+    let client = reqwest::Client::new();
+
+    // A participant (Basic credentials), and its device on the WebSocket (the token).
+    let participant: Value = client
+        .post(format!("{base}/participants"))
+        .basic_auth(&user, Some(&pass))
+        .json(&serde_json::json!({"publishPermissions": ["AUDIO"]}))
+        .send()
+        .await
+        .expect("REST")
+        .error_for_status()
+        .expect("created")
+        .json()
+        .await
+        .expect("JSON");
+    let token = participant["token"].as_str().expect("token").to_owned();
+    let url = format!("ws://{}/v3?token={token}&uniqueId=logs-test", server.http);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("upgrade");
+    ws.send(Message::Text(
+        r#"{"jsonrpc":"2.0","method":"ping","id":1}"#.into(),
+    ))
+    .await
+    .expect("send");
+    loop {
+        match ws.next().await.expect("a frame").expect("frame") {
+            Message::Text(t) if t.contains("\"id\":1") => break,
+            _ => continue,
+        }
+    }
+    let _ = ws.close(None).await;
+
+    // Wrong credentials: 401.
+    let wrong_pass = "not-the-password-7f3a9c";
+    let refused = client
+        .get(format!("{base}/webhooks"))
+        .basic_auth(&user, Some(wrong_pass))
+        .send()
+        .await
+        .expect("REST");
+    assert_eq!(refused.status(), 401);
+
+    // A 400 with a body: its requestId is the response's x-request-id.
+    let bad = client
+        .get(format!("{base}/sessions/not-a-session-id"))
+        .basic_auth(&user, Some(&pass))
+        .send()
+        .await
+        .expect("REST");
+    assert_eq!(bad.status(), 400);
+    let header_id = bad.headers()["x-request-id"]
+        .to_str()
+        .expect("ASCII")
+        .to_owned();
+    let body: Value = bad.json().await.expect("JSON body");
+    let request_id = body["requestId"].as_str().expect("requestId").to_owned();
+    assert_eq!(request_id, header_id, "the body's id is the response's");
+    let reason = body["error"].as_str().expect("error").to_owned();
+
+    // A sane id from the client is kept; anything else is replaced.
+    let kept = client
+        .get(format!("http://{}/healthz", server.http))
+        .header("x-request-id", "lb-1234.abc")
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(kept.headers()["x-request-id"], "lb-1234.abc");
+    let replaced = client
+        .get(format!("http://{}/healthz", server.http))
+        .header("x-request-id", "spaces and \"quotes\"")
+        .send()
+        .await
+        .expect("healthz");
+    assert_ne!(replaced.headers()["x-request-id"], "spaces and \"quotes\"");
+
+    // Stop the server and read everything it wrote.
+    let Server {
+        mut child,
+        stdout,
+        stderr,
+        ..
+    } = server;
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().expect("exit");
+    assert!(status.success(), "exit status {status:?}");
+    let stdout = stdout.join().expect("stdout reader");
+    let stderr = std::fs::read_to_string(&stderr).expect("stderr");
+    assert!(
+        stderr.lines().count() > 10,
+        "debug logs were written: {stderr}"
+    );
+
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let secrets = [
+        ("the device token", token.clone()),
+        ("the password", pass.clone()),
+        ("the Basic credentials", b64(&format!("{user}:{pass}"))),
+        ("a wrong password", wrong_pass.to_owned()),
+        (
+            "wrong Basic credentials",
+            b64(&format!("{user}:{wrong_pass}")),
+        ),
+        ("the webhook secret", webhook_secret.clone()),
+    ];
+    for (what, secret) in &secrets {
+        for (stream, text) in [("stdout", &stdout), ("stderr", &stderr)] {
+            if let Some(line) = text.lines().find(|l| l.contains(secret.as_str())) {
+                panic!("{what} appears in {stream}: {line}");
+            }
+        }
+        // Also its longest part a log line could carry alone (a JWT's signature).
+        if let Some(signature) = secret.rsplit('.').next().filter(|s| s.len() >= 16) {
+            assert!(
+                !stderr.contains(signature),
+                "part of {what} appears in stderr"
+            );
+        }
+    }
+
+    let lines: Vec<Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let span_field = |l: &Value, k: &str| l["span"][k].as_str().map(str::to_owned);
+    // The 400 is logged at INFO with its reason and the body's request id.
+    let refusal = lines
+        .iter()
+        .find(|l| {
+            l["level"] == "INFO"
+                && span_field(l, "request_id").as_deref() == Some(request_id.as_str())
+                && l["reason"].as_str() == Some(reason.as_str())
+        })
+        .unwrap_or_else(|| {
+            panic!("no INFO line with request id {request_id} and the reason {reason:?}:\n{stderr}")
+        });
+    assert_eq!(refusal["status"], 400);
+    // The 401 too, with why.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["level"] == "INFO" && l["status"] == 401 && l["reason"].is_string()),
+        "the 401 is logged with its reason"
+    );
+    // The upgrade's request span was logged: its path, not its query.
+    assert!(
+        lines
+            .iter()
+            .any(|l| span_field(l, "path").as_deref() == Some("/v3")),
+        "the WebSocket request's span shows in the log"
+    );
+    // Every line of a request carries its id: none of the span lines lacks it.
+    for l in lines.iter().filter(|l| l["span"]["name"] == "request") {
+        assert!(
+            span_field(l, "request_id").is_some_and(|id| id != "-"),
+            "{l}"
+        );
+    }
+}
+
+fn rand_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.finish()
+}
