@@ -177,7 +177,9 @@ mod tests {
         let (old, new) = (TokenKeys::generate_secret(), TokenKeys::generate_secret());
         let account = AccountId::parse("acct").unwrap_or_else(|e| panic!("{e}"));
         let p = ParticipantId::random();
-        let token = TokenKeys::from_secret(&old).mint(&account, p, SystemTime::now());
+        let now = SystemTime::UNIX_EPOCH
+            + Duration::from_millis(u64::try_from(crate::store::epoch_ms()).unwrap_or(0));
+        let token = TokenKeys::from_secret(&old).mint(&account, p, now);
         let until = crate::store::epoch_ms() + 60_000;
         let keys = DeviceKeys::new(&new, Some(&encode_previous(&old, until)));
         assert_eq!(keys.decode(&token, until - 1).map(|c| c.participant), Ok(p));
@@ -189,7 +191,7 @@ mod tests {
             Err(TokenError::BadSignature)
         );
         // New tokens are signed with the current secret.
-        let fresh = keys.mint(&account, p, SystemTime::now());
+        let fresh = keys.mint(&account, p, now);
         assert!(TokenKeys::from_secret(&new).decode(&fresh).is_ok());
         assert!(TokenKeys::from_secret(&old).decode(&fresh).is_err());
     }
