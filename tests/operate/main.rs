@@ -334,6 +334,21 @@ async fn device(http: SocketAddr, token: &str) -> Ws {
         .0
 }
 
+/// A device whose connection the server has taken (verified, placed): it answers a request.
+async fn connected_device(http: SocketAddr, token: &str) -> Ws {
+    let mut ws = device(http, token).await;
+    ws.send(Message::Text(
+        r#"{"jsonrpc":"2.0","id":1,"method":"nosuch","params":{}}"#.into(),
+    ))
+    .await
+    .expect("send");
+    match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+        Ok(Some(Ok(Message::Text(t)))) => assert!(t.contains("\"error\""), "{t}"),
+        other => panic!("no answer from a connected device: {other:?}"),
+    }
+    ws
+}
+
 /// The close frame the server ends `ws` with (skipping other frames).
 async fn close_of(ws: &mut Ws) -> (CloseCode, String) {
     close_within(ws, Duration::from_secs(60))
@@ -362,7 +377,7 @@ async fn sigterm_drains_then_closes_devices_and_calls_and_exits_0_keeping_state(
     // A first start creates the schema for `account create`.
     let mut server = Server::spawn(serve(&db, &["--drain-timeout", "4"]));
     let (session, tokens) = session_with(server.http, &db, 3).await;
-    let mut browser = device(server.http, &tokens[0]).await;
+    let mut browser = connected_device(server.http, &tokens[0]).await;
     let phone = phone_ua::dial(server.sip, &Dial::with_token(&tokens[1]))
         .await
         .unwrap_or_else(|r| panic!("phone refused: {r:?}"));
@@ -434,7 +449,7 @@ async fn a_second_signal_stops_at_once() {
     let db = format!("sqlite://{}?mode=rwc", dir.0.join("db.sqlite").display());
     let mut server = Server::spawn(serve(&db, &["--drain-timeout", "600"]));
     let (_, tokens) = session_with(server.http, &db, 1).await;
-    let _browser = device(server.http, &tokens[0]).await;
+    let _browser = connected_device(server.http, &tokens[0]).await;
     server.signal("TERM");
     let readyz = format!("http://{}/readyz", server.http);
     eventually("/readyz answers 503", Duration::from_secs(10), || async {
@@ -671,15 +686,6 @@ async fn a_rotated_token_secret_without_grace_refuses_old_tokens_and_signs_new_o
         .json()
         .await
         .expect("json");
-    let mut ws = device(server.http, p["token"].as_str().expect("token")).await;
-    // A connected device gets no close frame; ask for something to prove the connection works.
-    ws.send(Message::Text(
-        r#"{"jsonrpc":"2.0","id":1,"method":"nosuch","params":{}}"#.into(),
-    ))
-    .await
-    .expect("send");
-    match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
-        Ok(Some(Ok(Message::Text(t)))) => assert!(t.contains("\"error\""), "{t}"),
-        other => panic!("no answer from a connected device: {other:?}"),
-    }
+    // A connected device gets no close frame: it answers a request.
+    connected_device(server.http, p["token"].as_str().expect("token")).await;
 }
