@@ -11,16 +11,20 @@ use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::config::DtlsCert;
 use str0m::format::{Codec, PayloadParams};
 use str0m::ice::StunMessage;
-use str0m::media::{Frequency, KeyframeRequestKind, MediaTime, Mid};
+use str0m::media::{Frequency, KeyframeRequestKind, Mid, Pt};
 use str0m::net::{Protocol, Receive, TcpType};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, VideoOrientation};
 use str0m::{Candidate, Event, Input, Output};
 
 use super::demux::Demux;
 use super::devices::{Device, Devices};
 use super::fanout::{Fanout, Source, Target};
 use super::local::{LocalDevice, LocalDevices, SourceKey};
-use super::peers::{open_builtin_channels, peer_config, Peer, PeerId, Peers};
+use super::peers::{
+    open_builtin_channels, peer_config, Peer, PeerId, Peers, KEYFRAME_REQUEST_INTERVAL,
+};
 use super::publishing::{self, Publication, Published, Publishing, TrackKey};
+use super::rewrite::Origin;
 use super::routes::HostedRoutes;
 use super::subscribing::{Overdue, Subscriber, Subscribing};
 use super::{DeclaredStreams, DeviceId, PublishAnswer, StreamMetadata, SubscribeOffer};
@@ -210,20 +214,33 @@ impl MovedDevice {
     }
 }
 
-/// A frame on its way through [`Engine::forward`].
-struct Frame {
-    data: Arc<[u8]>,
-    time: MediaTime,
-    network_time: Instant,
-    payload: Payload,
+/// A packet on its way through [`Engine::forward`]: an incoming RTP packet of a publisher,
+/// or a phone's audio frame numbered by the engine. Borrowed: forwarding copies nothing but
+/// the reference count of the payload.
+struct Packet<'a> {
+    origin: Origin,
+    /// The origin's payload type and codec parameters; `None` for a phone's Opus.
+    params: Option<PayloadParams>,
+    codec: Codec,
+    clock_rate: u32,
+    seq: u64,
+    ts: u32,
+    /// Extended RTP time at 48 kHz (what a local device receives).
+    time_48k: u64,
+    marker: bool,
+    audio_level: Option<i8>,
+    voice_activity: Option<bool>,
+    video_orientation: Option<VideoOrientation>,
+    arrival: Instant,
+    payload: &'a Arc<[u8]>,
 }
 
-enum Payload {
-    /// As received from a browser's publish connection.
-    Params(PayloadParams),
-    /// Opus written by a local device's driver.
-    LocalOpus,
-}
+/// How long a subscriber's video packets stay available for retransmission (answering its
+/// NACKs), and at most how many. Audio is not retransmitted (browsers do not NACK Opus; its
+/// FEC and concealment cover a loss), so audio packets are never cached.
+pub const VIDEO_RTX_WINDOW: Duration = Duration::from_secs(1);
+/// The packet cap of [`VIDEO_RTX_WINDOW`] (a 4 Mbit/s stream sends about 400 packets a second).
+pub const VIDEO_RTX_PACKETS: usize = 500;
 
 /// The one "m-line" of a local device's published audio.
 const LOCAL_AUDIO_MID: &str = "phone";
@@ -240,6 +257,10 @@ pub struct MediaCounters {
     pub forward_failures: u64,
     /// Datagrams from a known peer that the WebRTC stack refused.
     pub unusable_datagrams: u64,
+    /// Keyframe requests sent to publishers.
+    pub keyframe_requests: u64,
+    /// Keyframe requests not sent because one had just been sent to the same track.
+    pub keyframe_requests_merged: u64,
 }
 
 impl MediaCounters {
@@ -263,8 +284,9 @@ pub struct Engine {
     transmits: VecDeque<Transmit>,
     events: VecDeque<EngineEvent>,
     counters: MediaCounters,
-    /// A reused buffer: no allocation per forwarded frame.
+    /// Reused buffers: no allocation per forwarded packet.
     scratch: Vec<Target>,
+    incoming: Vec<(Mid, RtpPacket)>,
 }
 
 impl Engine {
@@ -284,6 +306,7 @@ impl Engine {
             events: VecDeque::new(),
             counters: MediaCounters::default(),
             scratch: Vec::new(),
+            incoming: Vec::new(),
         }
     }
 
@@ -344,18 +367,35 @@ impl Engine {
     }
 
     /// An Opus frame (20 ms, RTP time at 48 kHz) of a local device's published stream:
-    /// forwarded to its subscribers like a frame received from a browser.
+    /// forwarded to its subscribers like a packet received from a browser (the engine gives it
+    /// the sequence number a publisher's RTP would carry).
     pub fn write_local(&mut self, device: DeviceId, rtp_time: u64, data: Vec<u8>, now: Instant) {
         if !self.devices.get(device).is_some_and(Device::is_local) {
             return;
         }
-        let frame = Frame {
-            data: data.into(),
-            time: MediaTime::new(rtp_time, Frequency::FORTY_EIGHT_KHZ),
-            network_time: now,
-            payload: Payload::LocalOpus,
+        let Some(seq) = self.local.next_seq(device) else {
+            return;
         };
-        self.forward(Source::Local(device), &frame, now);
+        let payload: Arc<[u8]> = data.into();
+        let packet = Packet {
+            origin: Origin {
+                source: Source::Local(device),
+                ssrc: 0,
+            },
+            params: None,
+            codec: Codec::Opus,
+            clock_rate: 48_000,
+            seq,
+            ts: rtp_time as u32,
+            time_48k: rtp_time,
+            marker: false,
+            audio_level: None,
+            voice_activity: None,
+            video_orientation: None,
+            arrival: now,
+            payload: &payload,
+        };
+        self.forward(&packet, now);
     }
 
     /// The device left or its connection closed: its peers go away, and so do its streams.
@@ -1002,6 +1042,8 @@ impl Engine {
         self.demux.forget_peer(id);
     }
 
+    /// Asks a publisher's track for a keyframe, unless one was asked of it within
+    /// [`KEYFRAME_REQUEST_INTERVAL`] (the keyframe that request brings serves this one too).
     fn request_keyframe(
         &mut self,
         peer_id: PeerId,
@@ -1009,12 +1051,42 @@ impl Engine {
         kind: KeyframeRequestKind,
         now: Instant,
     ) {
-        if let Some(peer) = self.peers.get_mut(peer_id) {
-            if let Some(mut writer) = peer.rtc.writer(mid) {
-                if writer.is_request_keyframe_possible(kind) {
-                    let _ = writer.request_keyframe(None, kind);
-                }
-            }
+        let Some(peer) = self.peers.get_mut(peer_id) else {
+            return;
+        };
+        if peer
+            .keyframe_asked
+            .get(&mid)
+            .is_some_and(|at| now.saturating_duration_since(*at) < KEYFRAME_REQUEST_INTERVAL)
+        {
+            self.counters.keyframe_requests_merged += 1;
+            return;
+        }
+        // FIR only where the publisher negotiated it; PLI otherwise.
+        let possible = |kind| {
+            peer.rtc.codec_config().params().iter().any(|p| match kind {
+                KeyframeRequestKind::Pli => p.fb_pli(),
+                KeyframeRequestKind::Fir => p.fb_fir(),
+            })
+        };
+        let kind = if possible(kind) {
+            kind
+        } else {
+            KeyframeRequestKind::Pli
+        };
+        if !possible(kind) {
+            return;
+        }
+        let mut api = peer.rtc.direct_api();
+        let Some(stream) = api.stream_rx_by_mid(mid, None) else {
+            return;
+        };
+        stream.request_keyframe(kind);
+        peer.keyframe_asked.insert(mid, now);
+        self.counters.keyframe_requests += 1;
+        // The request becomes RTCP feedback on the connection's next timeout: run it now.
+        if peer.rtc.handle_input(Input::Timeout(now)).is_err() {
+            peer.rtc.disconnect();
         }
         self.drain_peer(peer_id, now);
     }
@@ -1022,9 +1094,10 @@ impl Engine {
     /// Runs a peer's output to completion, then acts on what it said: media is forwarded,
     /// keyframe requests go upstream.
     fn drain_peer(&mut self, peer_id: PeerId, now: Instant) {
-        let mut media = Vec::new();
+        let mut incoming = std::mem::take(&mut self.incoming);
         let mut keyframe_requests = Vec::new();
         let Some(peer) = self.peers.get_mut(peer_id) else {
+            self.incoming = incoming;
             return;
         };
         let next_timeout = loop {
@@ -1040,7 +1113,12 @@ impl Engine {
                     contents: t.contents.into(),
                 }),
                 Ok(Output::Event(event)) => match event {
-                    Event::MediaData(data) => media.push(data),
+                    Event::RtpPacket(packet) => {
+                        let ssrc = packet.header.ssrc;
+                        if let Some(stream) = peer.rtc.direct_api().stream_rx(&ssrc) {
+                            incoming.push((stream.mid(), packet));
+                        }
+                    }
                     Event::KeyframeRequest(req) => keyframe_requests.push(req),
                     Event::Connected => self.events.push_back(EngineEvent::Connected {
                         device: peer.device,
@@ -1061,21 +1139,47 @@ impl Engine {
             }
         };
         self.peers.set_timeout(peer_id, next_timeout);
-        for data in media {
-            let frame = Frame {
-                data: data.data,
-                time: data.time,
-                network_time: data.network_time,
-                payload: Payload::Params(data.params),
+        for (mid, rtp) in incoming.drain(..) {
+            let Some(peer) = self.peers.get(peer_id) else {
+                break;
             };
-            self.forward(
-                Source::Peer {
-                    peer: peer_id,
-                    mid: data.mid,
+            let pt = rtp.header.payload_type;
+            let Some(params) = peer
+                .rtc
+                .codec_config()
+                .params()
+                .iter()
+                .find(|p| p.pt() == pt)
+                .copied()
+            else {
+                self.counters.forward_failures += 1;
+                continue;
+            };
+            let spec = params.spec();
+            let ext = &rtp.header.ext_vals;
+            let packet = Packet {
+                origin: Origin {
+                    source: Source::Peer { peer: peer_id, mid },
+                    ssrc: *rtp.header.ssrc,
                 },
-                &frame,
-                now,
-            );
+                params: Some(params),
+                codec: spec.codec,
+                clock_rate: spec.clock_rate.get(),
+                seq: *rtp.seq_no,
+                ts: rtp.header.timestamp,
+                time_48k: rtp.time.rebase(Frequency::FORTY_EIGHT_KHZ).numer(),
+                marker: rtp.header.marker,
+                audio_level: ext.audio_level,
+                voice_activity: ext.voice_activity,
+                video_orientation: ext.video_orientation,
+                arrival: rtp.timestamp,
+                payload: &rtp.payload,
+            };
+            self.forward(&packet, now);
+        }
+        // Keep the buffer (a nested drain may have left its own in place: either will do).
+        if self.incoming.capacity() < incoming.capacity() {
+            self.incoming = incoming;
         }
         for req in keyframe_requests {
             if let Some(Source::Peer { peer, mid }) = self.fanout.upstream(peer_id, req.mid) {
@@ -1084,60 +1188,103 @@ impl Engine {
         }
     }
 
-    /// The one forwarding loop: a frame of `source` goes to every target of the fan-out.
-    fn forward(&mut self, source: Source, frame: &Frame, now: Instant) {
+    /// The one forwarding loop: a packet of a source goes to every target of the fan-out,
+    /// renumbered for each subscriber's m-line (`Rewrite`).
+    fn forward(&mut self, packet: &Packet<'_>, now: Instant) {
         let mut targets = std::mem::take(&mut self.scratch);
         targets.clear();
-        targets.extend_from_slice(self.fanout.targets(&source));
+        targets.extend_from_slice(self.fanout.targets(&packet.origin.source));
+        let video = packet.codec.is_video();
+        let mut switched = false;
         for &target in &targets {
             match target {
                 Target::Local { device, source } => {
-                    let codec = match &frame.payload {
-                        Payload::Params(p) => p.spec().codec,
-                        Payload::LocalOpus => Codec::Opus,
-                    };
-                    if matches!(codec, Codec::Opus | Codec::Tele) {
+                    if matches!(packet.codec, Codec::Opus | Codec::Tele) {
                         self.events.push_back(EngineEvent::LocalMedia {
                             device,
                             source,
-                            rtp_time: frame.time.rebase(Frequency::FORTY_EIGHT_KHZ).numer(),
-                            dtmf: codec == Codec::Tele,
-                            data: frame.data.clone(),
+                            rtp_time: packet.time_48k,
+                            dtmf: packet.codec == Codec::Tele,
+                            data: packet.payload.clone(),
                         });
-                        self.counters.forwarded(frame.data.len());
+                        self.counters.forwarded(packet.payload.len());
                     }
                 }
                 Target::Peer { peer, mid } => {
                     let Some(sub) = self.peers.get_mut(peer) else {
                         continue;
                     };
-                    let Some(writer) = sub.rtc.writer(mid) else {
-                        continue;
-                    };
-                    let pt = match &frame.payload {
-                        Payload::Params(p) => writer.match_params(*p),
-                        Payload::LocalOpus => writer
-                            .payload_params()
-                            .find(|p| p.spec().codec == Codec::Opus)
-                            .map(|p| p.pt()),
-                    };
+                    let rewrite = sub.outgoing.entry(mid).or_default();
+                    let config = sub.rtc.codec_config();
+                    let pt =
+                        rewrite.pt(
+                            packet.params.map_or(Pt::from(0), |p| p.pt()),
+                            || match packet.params {
+                                Some(p) => config.match_params(p).map(|p| p.pt()),
+                                None => config
+                                    .params()
+                                    .iter()
+                                    .find(|p| p.spec().codec == Codec::Opus)
+                                    .map(|p| p.pt()),
+                            },
+                        );
                     let Some(pt) = pt else {
                         self.counters.forward_failures += 1;
                         continue;
                     };
-                    if writer
-                        .write(pt, frame.network_time, frame.time, frame.data.clone())
-                        .is_ok()
-                    {
-                        self.counters.forwarded(frame.data.len());
-                    } else {
+                    let Some(out) =
+                        rewrite.map(packet.origin, packet.seq, packet.ts, packet.clock_rate, now)
+                    else {
+                        continue;
+                    };
+                    switched |= out.switched;
+                    let sized_for = rewrite.sized_for;
+                    let mut api = sub.rtc.direct_api();
+                    let Some(tx) = api.stream_tx_by_mid(mid, None) else {
                         self.counters.forward_failures += 1;
+                        continue;
+                    };
+                    let ssrc = *tx.ssrc();
+                    if sized_for != Some(ssrc) {
+                        if video {
+                            tx.set_rtx_cache(VIDEO_RTX_PACKETS, VIDEO_RTX_WINDOW, Some(0.15));
+                        } else {
+                            tx.set_rtx_cache(0, Duration::ZERO, None);
+                        }
                     }
+                    let ext = ExtensionValues {
+                        audio_level: packet.audio_level,
+                        voice_activity: packet.voice_activity,
+                        video_orientation: packet.video_orientation,
+                        ..ExtensionValues::default()
+                    };
+                    tx.write_rtp(
+                        RtpWrite::new(
+                            pt,
+                            out.seq.into(),
+                            out.ts,
+                            packet.arrival,
+                            packet.payload.clone(),
+                        )
+                        .marker(packet.marker)
+                        .ext_vals(ext)
+                        .nackable(video),
+                    );
+                    if let Some(rewrite) = sub.outgoing.get_mut(&mid) {
+                        rewrite.sized_for = Some(ssrc);
+                    }
+                    self.counters.forwarded(packet.payload.len());
                     self.drain_peer(peer, now);
                 }
             }
         }
         self.scratch = targets;
+        // A subscriber switched to this source mid-stream: its decoder needs a keyframe.
+        if switched && video {
+            if let Source::Peer { peer, mid } = packet.origin.source {
+                self.request_keyframe(peer, mid, KeyframeRequestKind::Pli, now);
+            }
+        }
     }
 }
 

@@ -24,10 +24,13 @@ impl SourceKey {
     }
 }
 
-/// What one local device receives.
+/// What one local device receives, and the numbering of what it publishes.
 #[derive(Default)]
 pub(super) struct LocalDevice {
     tracks: BTreeMap<TrackKey, SourceKey>,
+    /// The sequence number of the next packet of its published audio (its frames have none:
+    /// the engine numbers them like a publisher's RTP).
+    next_seq: u64,
 }
 
 #[derive(Default)]
@@ -42,6 +45,14 @@ impl LocalDevices {
 
     pub(super) fn remove(&mut self, device: DeviceId) -> Option<LocalDevice> {
         self.by_device.remove(&device)
+    }
+
+    /// The sequence number for the device's next published packet.
+    pub(super) fn next_seq(&mut self, device: DeviceId) -> Option<u64> {
+        let state = self.by_device.get_mut(&device)?;
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        Some(seq)
     }
 
     /// The device receives the audio of `desired` from now on. Returns its fan-out targets

@@ -23,6 +23,7 @@
 //! | `LocalDevices` | `local.rs` | each local device's published stream and received audio tracks |
 //! | `HostedRoutes` | `routes.rs` | the forwarding tables of the sessions given to this engine; participant → session |
 //! | `Fanout` | `fanout.rs` | source track → targets (the hot path), target → source (keyframe requests upstream) |
+//! | `Rewrite` | `rewrite.rs` | per subscriber m-line: the origin it carries now, sequence/timestamp offsets, payload-type map (kept in the subscriber's `Peer`) |
 //! | `Shard` | `shard.rs` | the device entries of one shard: resume, replacement, reconnect grace, moves, redirects |
 //!
 //! ## Drive contract
@@ -44,16 +45,29 @@
 //!
 //! ## The three paths through the engine
 //! - **A datagram**: `Engine::handle_receive` → `Demux::lookup` (or, for a new path, a STUN
-//!   request naming a known ufrag and passing that peer's integrity check) → the peer's `Rtc` →
-//!   `Engine::drain_peer` → for each media frame `Engine::forward` → `Fanout::targets_of(source)`
-//!   → each target's `Rtc` writer (a browser) or a `LocalMedia` event (a phone).
+//!   request naming a known ufrag and passing that peer's integrity check) → the peer's `Rtc`
+//!   (str0m in RTP mode: SRTP, NACK bookkeeping, repair of retransmissions; no depacketizing)
+//!   → `Engine::drain_peer` → for each RTP packet `Engine::forward` →
+//!   `Fanout::targets(source)` → for a browser target, the m-line's `Rewrite` (SSRC, sequence
+//!   number and timestamp made continuous) and its send stream's `write_rtp` (the payload is
+//!   shared, not copied); for a phone, a `LocalMedia` event.
 //! - **A subscription change**: `Engine::apply_routes(session, diff)` →
 //!   `HostedRoutes::apply` (returns the affected subscribers) → for each one
 //!   `Engine::renegotiate` → `Subscribing::renegotiate` (one pending offer per device, later
 //!   changes folded into the next) or `LocalDevices::set_tracks` → `Engine::refresh_targets` →
 //!   `Fanout::set_targets` (only that subscriber's entries change: O(changes), never a rebuild).
-//! - **A phone's audio frame**: `Engine::write_local(device, …)` → `Engine::forward` with the
-//!   local source: the same forwarding loop as a browser's frame.
+//! - **A phone's audio frame**: `Engine::write_local(device, …)` numbers it like an RTP packet
+//!   → `Engine::forward` with the local source: the same forwarding loop as a browser's packet.
+//!
+//! ## Packets, not frames
+//! The engine forwards each RTP packet as it arrives; nothing is reassembled or held back. Per
+//! subscriber m-line, `Rewrite` keeps the outgoing stream continuous across a re-wire, a
+//! publisher's reconnect (new SSRC) and moves between shards. Keyframe requests (PLI, FIR where
+//! negotiated) from subscribers go to the publisher of their m-line, at most one per track per
+//! `KEYFRAME_REQUEST_INTERVAL` (300 ms; requests in between are merged), and one is sent when an
+//! m-line switches to a new video origin. Video packets stay in each subscriber's send stream
+//! for `VIDEO_RTX_WINDOW` (1 s, at most 500 packets) to answer its NACKs over RTX; the payloads
+//! there are shared with every other subscriber. Audio is not cached or retransmitted.
 //!
 //! ## What it forwards
 //! Exactly the routes of the forwarding tables it was given: a publisher's stream reaches a
@@ -74,6 +88,7 @@ mod local;
 mod peers;
 pub mod placement;
 mod publishing;
+mod rewrite;
 mod routes;
 pub mod shard;
 mod subscribing;
@@ -81,7 +96,9 @@ mod subscribing;
 pub use engine::{
     Engine, EngineConfig, EngineEvent, MediaCounters, MediaError, MovedDevice, Transmit, Transport,
 };
+pub use engine::{VIDEO_RTX_PACKETS, VIDEO_RTX_WINDOW};
 pub use local::SourceKey;
+pub use peers::KEYFRAME_REQUEST_INTERVAL;
 pub use placement::Placement;
 pub use shard::{
     Delivery, DeviceNotice, LocalDownlink, Shard, ShardMessage, ShardOutput, RECONNECT_GRACE,

@@ -3,19 +3,22 @@
 //! so a timeout runs only the peers that are due and the next deadline is the queue's first.
 
 use std::collections::{BTreeSet, HashMap};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use str0m::channel::ChannelConfig;
 use str0m::config::DtlsCert;
 use str0m::format::{Codec, FormatParams};
-use str0m::media::Frequency;
+use str0m::media::{Frequency, Mid};
 use str0m::{Rtc, RtcConfig};
 
+use super::rewrite::Rewrite;
 use super::DeviceId;
 use crate::domain::MediaKinds;
 
-/// Audio packets held back at most waiting for a missing one.
-const AUDIO_REORDER_PACKETS: usize = 2;
+/// The shortest interval between two keyframe requests sent to one publisher's track: the
+/// requests of many subscribers asking at once (a re-wire, a burst of loss) become one, and
+/// the keyframe it brings serves them all.
+pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(300);
 
 /// The SDK's pre-negotiated data channels: (id, label).
 pub(super) const BUILTIN_CHANNELS: [(u16, &str); 2] =
@@ -41,14 +44,16 @@ pub(super) fn open_builtin_channels(rtc: &mut Rtc) {
 
 /// The codecs of a peer connection: Opus (+ telephone-event) for audio, VP8 and H.264 for
 /// video, each only when `kinds` allows it, so a refused kind's m-lines are rejected.
+///
+/// RTP mode: str0m hands over each incoming packet as it arrives (after SRTP, NACK
+/// bookkeeping and the repair of retransmissions) instead of reassembled frames, and sends
+/// what the engine writes per packet. Nothing is held back waiting for a missing packet: the
+/// receiving browser's jitter buffer orders and conceals.
 pub(super) fn peer_config(cert: &DtlsCert, kinds: MediaKinds) -> RtcConfig {
     let mut rtc = Rtc::builder()
         .set_ice_lite(true)
         .set_dtls_cert(cert.clone())
-        // An SFU should not delay audio waiting for a lost packet: release after at most two
-        // (40 ms); the receiving browser's jitter buffer conceals the gap (str0m's default, 15
-        // packets, held up to 300 ms of audio behind each loss).
-        .set_reordering_size_audio(AUDIO_REORDER_PACKETS)
+        .set_rtp_mode(true)
         .clear_codecs()
         .enable_opus(kinds.audio, false)
         .enable_vp8(kinds.video)
@@ -75,6 +80,10 @@ pub(super) struct Peer {
     pub(super) subscribe: bool,
     pub(super) rtc: Rtc,
     pub(super) ufrag: String,
+    /// A subscribe connection's outgoing m-lines: each one's numbering.
+    pub(super) outgoing: HashMap<Mid, Rewrite>,
+    /// A publish connection's tracks: when a keyframe was last asked of each.
+    pub(super) keyframe_asked: HashMap<Mid, Instant>,
     timeout: Instant,
 }
 
@@ -92,6 +101,8 @@ impl Peer {
             subscribe,
             rtc,
             ufrag,
+            outgoing: HashMap::new(),
+            keyframe_asked: HashMap::new(),
             timeout: now,
         }
     }

@@ -10,6 +10,7 @@
 #![allow(clippy::disallowed_methods)] // the harness runs a virtual clock that starts at the real time
 
 mod peer;
+mod rtp;
 mod shard;
 
 use std::time::Duration;

@@ -90,7 +90,41 @@ pub struct Net {
     pub local_frames: Vec<(Instant, DeviceId, SourceKey, bool, Vec<u8>)>,
     /// The sources each local device receives, as last told.
     pub local_sources: BTreeMap<DeviceId, Vec<SourceKey>>,
+    /// The clear-text RTP header of every SRTP packet delivered to a client's subscribe
+    /// connection, in delivery order (SRTP encrypts only the payload).
+    pub wire: Vec<WireRtp>,
     next_device: u64,
+}
+
+/// An RTP header seen on the wire towards a subscriber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WireRtp {
+    pub at: Instant,
+    /// The receiving client (index into `Net::clients`).
+    pub client: usize,
+    pub ssrc: u32,
+    pub seq: u16,
+    pub ts: u32,
+    pub pt: u8,
+    pub marker: bool,
+}
+
+impl WireRtp {
+    /// The RTP header of an SRTP packet; `None` for STUN, DTLS and SRTCP (RFC 7983, RFC 5761).
+    pub fn parse(at: Instant, client: usize, data: &[u8]) -> Option<WireRtp> {
+        if data.len() < 12 || !(128..=191).contains(&data[0]) || (192..=223).contains(&data[1]) {
+            return None;
+        }
+        Some(WireRtp {
+            at,
+            client,
+            marker: data[1] & 0x80 != 0,
+            pt: data[1] & 0x7f,
+            seq: u16::from_be_bytes([data[2], data[3]]),
+            ts: u32::from_be_bytes([data[4], data[5], data[6], data[7]]),
+            ssrc: u32::from_be_bytes([data[8], data[9], data[10], data[11]]),
+        })
+    }
 }
 
 impl Default for Net {
@@ -124,6 +158,7 @@ impl Net {
             latency: LATENCY,
             local_frames: Vec::new(),
             local_sources: BTreeMap::new(),
+            wire: Vec::new(),
             next_device: 1,
         }
     }
@@ -458,11 +493,15 @@ impl Net {
                 self.engine
                     .handle_receive(dgram.from, dgram.to, &dgram.data, now);
                 self.pump();
-            } else if let Some(c) = self
+            } else if let Some((i, c)) = self
                 .clients
                 .iter_mut()
-                .find(|c| c.pub_addr == dgram.to || c.sub_addr == dgram.to)
+                .enumerate()
+                .find(|(_, c)| c.pub_addr == dgram.to || c.sub_addr == dgram.to)
             {
+                if dgram.to == c.sub_addr {
+                    self.wire.extend(WireRtp::parse(now, i, &dgram.data));
+                }
                 c.feed(&dgram, now, &mut self.queue);
             } else {
                 self.undeliverable += 1;

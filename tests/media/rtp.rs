@@ -1,0 +1,220 @@
+//! Packet forwarding (issue #13): what subscribers see on the wire. The harness records the
+//! clear-text RTP header of every SRTP packet delivered to a subscribe connection
+//! (`Net::wire`), so these tests check sequence numbers, timestamps and SSRCs as a receiver
+//! gets them, and the keyframe requests publishers actually receive.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use patchbay::domain::MediaKinds;
+use patchbay::media::KEYFRAME_REQUEST_INTERVAL;
+use str0m::media::KeyframeRequestKind;
+
+use super::peer::{Kind, Net, Rules, WireRtp};
+
+/// The packets `client` received, per SSRC, in delivery order.
+fn streams_of(net: &Net, client: usize) -> BTreeMap<u32, Vec<WireRtp>> {
+    let mut out: BTreeMap<u32, Vec<WireRtp>> = BTreeMap::new();
+    for w in net.wire.iter().filter(|w| w.client == client) {
+        out.entry(w.ssrc).or_default().push(*w);
+    }
+    out
+}
+
+/// Every stream a client receives is one RTP stream: each packet's sequence number is the
+/// previous one's plus one (the harness loses nothing), and timestamps never go backwards.
+fn assert_continuous(net: &Net, client: usize) {
+    for (ssrc, packets) in streams_of(net, client) {
+        for pair in packets.windows(2) {
+            let (a, b) = (pair[0], pair[1]);
+            assert_eq!(
+                b.seq,
+                a.seq.wrapping_add(1),
+                "{}: SSRC {ssrc:08x} jumps from {} to {}",
+                net.clients[client].name,
+                a.seq,
+                b.seq
+            );
+            let step = b.ts.wrapping_sub(a.ts);
+            assert!(
+                step < u32::MAX / 2,
+                "{}: SSRC {ssrc:08x} timestamp goes back from {} to {}",
+                net.clients[client].name,
+                a.ts,
+                b.ts
+            );
+        }
+    }
+}
+
+/// The SSRC on which `client` receives `origin`'s frames of `kind` (through the m-line the
+/// frames arrived on).
+fn ssrc_of(
+    net: &mut Net,
+    client: usize,
+    origin: usize,
+    kind: Kind,
+    since: std::time::Instant,
+) -> u32 {
+    let id = net.id(origin);
+    let mid = net.clients[client]
+        .rx_since(since)
+        .find(|r| r.origin == id && r.kind == kind)
+        .map(|r| r.mid)
+        .expect("frames of the origin");
+    let ssrc = net.clients[client]
+        .subscribe
+        .direct_api()
+        .stream_rx_by_mid(mid, None)
+        .map(|s| *s.ssrc())
+        .expect("a receive stream for the m-line");
+    ssrc
+}
+
+#[test]
+fn a_subscriber_stream_stays_continuous_across_the_publishers_reconnect() {
+    let mut net = Net::new();
+    let a = net.add_client("alice", MediaKinds::ALL);
+    let b = net.add_client("bob", MediaKinds::ALL);
+    net.set_rules(a, Rules::Session);
+    net.set_rules(b, Rules::Session);
+    net.publish(a, true, true, None);
+    net.publish(b, true, true, None);
+    net.run(Duration::from_secs(2));
+    net.assert_clean();
+    let before = net.now - Duration::from_secs(1);
+    let audio_before = ssrc_of(&mut net, b, a, Kind::Audio, before);
+    let last_before = *net
+        .wire
+        .iter()
+        .rev()
+        .find(|w| w.client == b && w.ssrc == audio_before)
+        .expect("alice's audio on the wire");
+
+    // Alice's device reconnects: new connections, new SSRCs, new sequence numbers.
+    net.reconnect(a);
+    net.publish(a, true, true, None);
+    let back = net.now;
+    net.run(Duration::from_secs(2));
+    net.assert_clean();
+    assert!(net.clients[b].count(net.id(a), Kind::Audio, back) >= 45);
+    assert!(net.clients[b].count(net.id(a), Kind::Video, back) >= 8);
+
+    // Bob receives alice on the same m-lines and SSRCs as before, numbered on.
+    let audio_after = ssrc_of(&mut net, b, a, Kind::Audio, back);
+    assert_eq!(
+        audio_after, audio_before,
+        "alice's audio reaches bob on the same stream"
+    );
+    assert_continuous(&net, b);
+    assert_continuous(&net, a);
+    let first_after = *net
+        .wire
+        .iter()
+        .find(|w| w.client == b && w.ssrc == audio_before && w.at > last_before.at)
+        .expect("alice's audio after the reconnect");
+    // The timestamp moved on by about the wall-clock time between the two packets.
+    let gap = first_after.at - last_before.at;
+    let expected = gap.as_secs_f64() * 48_000.0;
+    let step = f64::from(first_after.ts.wrapping_sub(last_before.ts));
+    assert!(
+        (step - expected).abs() < 0.02 * 48_000.0,
+        "timestamp step {step} for a gap of {gap:?}"
+    );
+    // Alice's publisher SSRCs changed (a new connection), so the rewrite did the work.
+    let alice_mid = net.clients[a].audio_mid.expect("alice's audio m-line");
+    let alice_ssrc = net.clients[a]
+        .publish
+        .direct_api()
+        .stream_tx_by_mid(alice_mid, None)
+        .map(|s| *s.ssrc());
+    assert!(alice_ssrc.is_some());
+    assert_ne!(alice_ssrc, Some(audio_before));
+}
+
+#[test]
+fn keyframe_requests_of_many_subscribers_become_one() {
+    let mut net = Net::new();
+    let a = net.add_client("alice", MediaKinds::ALL);
+    let watchers: Vec<usize> = (0..5)
+        .map(|i| net.add_client(&format!("watcher{i}"), MediaKinds::ALL))
+        .collect();
+    net.set_rules(a, Rules::Nothing);
+    for &w in &watchers {
+        net.set_rules(w, Rules::Session);
+    }
+    net.publish(a, true, true, None);
+    net.run(Duration::from_secs(3));
+    net.assert_clean();
+    let video_mid = net.clients[a].video_mid.expect("alice publishes video");
+    let since = net.now - Duration::from_secs(1);
+    let mids: Vec<_> = watchers
+        .iter()
+        .map(|&w| {
+            net.clients[w]
+                .rx_since(since)
+                .find(|r| r.origin == net.id(a) && r.kind == Kind::Video)
+                .map(|r| r.mid)
+                .expect("each watcher receives alice's video")
+        })
+        .collect();
+
+    // All five ask at once, twice, 50 ms apart.
+    let asked = net.now;
+    let before = net.clients[a].keyframe_requests.len();
+    for _ in 0..2 {
+        for (&w, &mid) in watchers.iter().zip(&mids) {
+            let client = &mut net.clients[w];
+            client
+                .subscribe
+                .writer(mid)
+                .expect("a writer for the receiving m-line")
+                .request_keyframe(None, KeyframeRequestKind::Pli)
+                .expect("the watcher asks for a keyframe");
+            client.sub_timeout = net.now;
+        }
+        net.run(Duration::from_millis(50));
+    }
+    net.run(Duration::from_millis(100));
+    net.assert_clean();
+    let got: Vec<_> = net.clients[a].keyframe_requests[before..]
+        .iter()
+        .filter(|(at, mid, _)| *at >= asked && *mid == video_mid)
+        .collect();
+    assert_eq!(
+        got.len(),
+        1,
+        "ten requests within 100 ms reach alice as one: {got:?}"
+    );
+    // The keyframe that one brings reaches every watcher.
+    for &w in &watchers {
+        assert!(
+            net.clients[w]
+                .rx_since(got[0].0)
+                .any(|r| r.origin == net.id(a) && r.kind == Kind::Video && r.keyframe),
+            "{} gets the keyframe",
+            net.clients[w].name
+        );
+    }
+
+    // After the interval, a new request goes through again.
+    net.run(KEYFRAME_REQUEST_INTERVAL);
+    let again = net.now;
+    {
+        let client = &mut net.clients[watchers[0]];
+        client
+            .subscribe
+            .writer(mids[0])
+            .expect("a writer")
+            .request_keyframe(None, KeyframeRequestKind::Pli)
+            .expect("asks again");
+        client.sub_timeout = net.now;
+    }
+    net.run(Duration::from_millis(100));
+    let later = net.clients[a]
+        .keyframe_requests
+        .iter()
+        .filter(|(at, mid, _)| *at >= again && *mid == video_mid)
+        .count();
+    assert_eq!(later, 1, "a request after the interval is sent");
+}
