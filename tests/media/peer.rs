@@ -93,6 +93,10 @@ pub struct Net {
     /// The clear-text RTP header of every SRTP packet delivered to a client's subscribe
     /// connection, in delivery order (SRTP encrypts only the payload).
     pub wire: Vec<WireRtp>,
+    /// Loses every n-th SRTP packet towards this client's subscribe connection: (client, n).
+    pub lossy: Option<(usize, usize)>,
+    /// Packets lost that way.
+    pub lost: usize,
     next_device: u64,
 }
 
@@ -159,6 +163,8 @@ impl Net {
             local_frames: Vec::new(),
             local_sources: BTreeMap::new(),
             wire: Vec::new(),
+            lossy: None,
+            lost: 0,
             next_device: 1,
         }
     }
@@ -500,7 +506,17 @@ impl Net {
                 .find(|(_, c)| c.pub_addr == dgram.to || c.sub_addr == dgram.to)
             {
                 if dgram.to == c.sub_addr {
-                    self.wire.extend(WireRtp::parse(now, i, &dgram.data));
+                    if let Some(rtp) = WireRtp::parse(now, i, &dgram.data) {
+                        self.wire.push(rtp);
+                        let seen = self.wire.iter().filter(|w| w.client == i).count();
+                        if self
+                            .lossy
+                            .is_some_and(|(client, n)| client == i && seen % n == 0)
+                        {
+                            self.lost += 1;
+                            continue;
+                        }
+                    }
                 }
                 c.feed(&dgram, now, &mut self.queue);
             } else {

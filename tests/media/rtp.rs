@@ -218,3 +218,43 @@ fn keyframe_requests_of_many_subscribers_become_one() {
         .count();
     assert_eq!(later, 1, "a request after the interval is sent");
 }
+
+#[test]
+fn lost_video_packets_are_retransmitted_to_the_subscriber() {
+    let mut net = Net::new();
+    let a = net.add_client("alice", MediaKinds::ALL);
+    let b = net.add_client("bob", MediaKinds::ALL);
+    net.set_rules(a, Rules::Nothing);
+    net.set_rules(b, Rules::Session);
+    net.publish(a, true, true, None);
+    net.run(Duration::from_secs(2));
+    net.assert_clean();
+    let ssrcs_before = streams_of(&net, b).len();
+    // Every 7th packet to bob is lost from now on (video frames span several packets).
+    net.lossy = Some((b, 7));
+    let since = net.now;
+    net.run(Duration::from_secs(3));
+    net.assert_clean();
+    assert!(net.lost > 20, "the link lost {} packets", net.lost);
+    // Retransmissions travel on an RTX stream of their own (RFC 4588).
+    assert!(
+        streams_of(&net, b).len() > ssrcs_before,
+        "bob received retransmissions on an RTX SSRC"
+    );
+    // Every video frame alice sent in the window (but the last few, in flight) reached bob
+    // whole: the lost packets were asked for and resent from bob's window.
+    let mut frames: Vec<u32> = net.clients[b]
+        .rx_since(since + Duration::from_millis(300))
+        .filter(|r| r.origin == net.id(a) && r.kind == Kind::Video)
+        .map(|r| r.counter)
+        .collect();
+    frames.sort_unstable();
+    frames.dedup();
+    let (first, last) = (frames[0], frames[frames.len() - 1]);
+    assert!(last - first >= 20, "frames {first}..{last}");
+    assert_eq!(
+        frames.len() as u32,
+        last - first + 1,
+        "no video frame missing between {first} and {last}: {frames:?}"
+    );
+}
