@@ -256,6 +256,11 @@ test("alias subscription: the viewer decodes the subscribed alias only, across r
         assert.equal(atViewer.filter((s) => carries(s, hz)).length, 1, `${label}: ${alias}'s tone on one track: ${JSON.stringify(atViewer)}`);
         assert.equal(colViewer.filter((s) => shows(s, STREAMS[alias])).length, 1, `${label}: ${alias}'s colour on one track: ${JSON.stringify(colViewer)}`);
       }
+      if (i === 0) {
+        // Before any re-wire the screen was never the viewer's: never announced, let alone decoded.
+        const screenEvents = (await viewer.page.events()).filter((e) => e.type === "available" && e.alias === "screen");
+        assert.deepEqual(screenEvents, [], `${label}: the viewer was offered the screen`);
+      }
       const stats = await viewer.page.rtpStats("subscribe");
       t.diagnostic(`${label}: viewer colours ${JSON.stringify(colViewer.map((c) => c.rgb))}, at ${Date.now() - t0} ms`);
       assert.ok(stats && stats.connectionState === "connected", `${label}: ${JSON.stringify(stats)}`);
