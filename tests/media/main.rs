@@ -9,6 +9,7 @@
 //! Run with `cargo test --test media`.
 #![allow(clippy::disallowed_methods)] // the harness runs a virtual clock that starts at the real time
 
+mod alias;
 mod peer;
 mod rtp;
 mod shard;
