@@ -68,14 +68,15 @@
 //! | `media/local.rs` | `LocalDevices` | each phone's received audio tracks (`SourceKey`s) |
 //! | `media/routes.rs` | `HostedRoutes` | the tables of the sessions this shard hosts; participant → session |
 //! | `media/fanout.rs` | `Fanout` | source → targets (the hot path), track → source, subscriber → targets, upstream |
+//! | `media/rewrite.rs` | `Rewrite` | per subscriber m-line: its origin, sequence/timestamp offsets, payload-type map |
 //! | `media/shard.rs` | `Shard` | device entries, resume/replacement, reconnect grace, moves, shard-local redirects |
 //! | `media/placement.rs` | `Placement` | participant/device → shard (the runtime's directory, never per packet) |
 //!
 //! ## Three paths
 //! - **A datagram**: `runtime::media` `Pump::run` (socket) → `Shard::handle_receive` →
 //!   `Engine::handle_receive` → `Demux::lookup` → the peer's `Rtc` → `Engine::drain_peer` →
-//!   `Engine::forward` → `Fanout::targets` → each subscriber's `Rtc` writer, or a `LocalMedia`
-//!   event for a phone. Datagrams for a device that moved away: `Shard`'s redirect map →
+//!   `Engine::forward` (per RTP packet) → `Fanout::targets` → each subscriber m-line's
+//!   `Rewrite` and send stream (`write_rtp`), or a `LocalMedia` event for a phone. Datagrams for a device that moved away: `Shard`'s redirect map →
 //!   `ShardOutput::Message` → the other shard's inbox.
 //! - **A subscription change**: `api` handler → `Control::set_subscriptions` → store →
 //!   `Routing::compile` (a diff) → `ControlEvent::Routes` → `Pump::run` →
@@ -85,7 +86,7 @@
 //! - **A phone's audio frame**: `runtime::sip` `CallMedia` (RTP socket) → `PhoneMedia`
 //!   (jitter buffer, G.711 → Opus) → `DeviceControl::phone_audio` → `MediaPort::write_local`
 //!   → the shard's inbox → `Shard::handle_write_local` → `Engine::write_local` →
-//!   `Engine::forward` (the same loop as a browser's frame).
+//!   `Engine::forward` (the same loop as a browser's packet).
 //!
 //! ## Drive contracts
 //! `media::Engine` and `media::Shard` take inputs through `handle_*(…, now)` and give outputs
