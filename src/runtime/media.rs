@@ -10,6 +10,9 @@
 //! devices that moved), and the [`Placement`] directory behind a lock, touched when a device
 //! connects, moves or goes away and when a command picks its shard, never per datagram.
 //!
+//! The UDP socket is read and written in batches (`recvmmsg`, UDP GRO and GSO where the kernel
+//! has them): `runtime::media_udp` owns that; a shard still sees one datagram at a time.
+//!
 //! Published streams go to control through one channel and one reporter task, so control
 //! sees a participant's updates in the order the shards produced them.
 #![allow(clippy::disallowed_methods)] // the runtime owns the clock, the tasks and the threads
@@ -39,6 +42,7 @@ use crate::media::{
 };
 use crate::runtime::listen::{descriptor_share, ConnectionLimits, Gate};
 use crate::runtime::media_tcp::{self, Sent, TcpConnections, TcpFrame, TcpShard, TcpWriters};
+use crate::runtime::media_udp::{MediaSocket, Receiver, Sender};
 
 enum Command {
     Connect {
@@ -95,7 +99,7 @@ pub struct MediaHandle {
 /// What every shard task and handle can see.
 struct Shared {
     inboxes: Vec<mpsc::UnboundedSender<Inbox>>,
-    sockets: Vec<Arc<UdpSocket>>,
+    sockets: Vec<Arc<MediaSocket>>,
     /// The public address of each shard's socket (its first ICE candidate), by shard.
     public: Vec<SocketAddr>,
     /// Every advertised address of each shard's socket (its ICE candidates), by shard.
@@ -140,10 +144,9 @@ impl Shared {
         self.placement().shard_of_device(device)
     }
 
-    /// The socket bound for the public address `source`.
-    fn socket_for(&self, source: SocketAddr) -> Option<&Arc<UdpSocket>> {
-        let i = self.advertised.iter().position(|a| a.contains(&source))?;
-        self.sockets.get(i)
+    /// The number of the socket bound for the public address `source`.
+    fn socket_for(&self, source: SocketAddr) -> Option<usize> {
+        self.advertised.iter().position(|a| a.contains(&source))
     }
 }
 
@@ -299,7 +302,8 @@ fn sent_to(source: SocketAddr, advertised: &[SocketAddr]) -> SocketAddr {
         .unwrap_or(source)
 }
 
-/// Datagrams taken from the socket in one go before the driver looks at anything else.
+/// Datagrams taken from the socket or the TCP frames in one go before the driver looks at
+/// anything else (for UDP, rounded up to whole `recvmmsg` batches).
 const RECEIVE_BATCH: usize = 64;
 
 /// One shard: its engine's config and its bound sockets.
@@ -352,7 +356,7 @@ pub fn spawn(shards: Vec<ShardSetup>, control: Control) -> std::io::Result<Media
             .ok_or_else(|| std::io::Error::other("a media shard needs a public address"))?;
         public.push(primary);
         advertised.push(setup.config.public_addrs.clone());
-        sockets.push(Arc::new(setup.socket));
+        sockets.push(Arc::new(MediaSocket::new(setup.socket)?));
         engines.push(Engine::new(setup.config));
     }
     let shared = Arc::new(Shared {
@@ -386,6 +390,7 @@ pub fn spawn(shards: Vec<ShardSetup>, control: Control) -> std::io::Result<Media
             published: published.clone(),
             noise: NoiseCounter::default(),
             tcp: TcpWriters::new(connections.clone()),
+            udp: Sender::default(),
             dropped: 0,
             meter: super::metrics::ShardMeter::new(index, Instant::now()),
         };
@@ -441,6 +446,8 @@ struct Pump {
     noise: NoiseCounter,
     /// The write queues of ICE-TCP connections (any shard's).
     tcp: TcpWriters,
+    /// The UDP datagrams of a flush, on their way out in batches.
+    udp: Sender<Vec<u8>>,
     /// Datagrams no device took, since the start (the noise counter's are per report).
     dropped: u64,
     /// The shard's counters on their way to the metrics recorder.
@@ -501,7 +508,7 @@ impl Pump {
         let Some(advertised) = self.shared.advertised.get(index).cloned() else {
             return;
         };
-        let mut buf = vec![0u8; 2048];
+        let mut received = Receiver::new(&socket);
         loop {
             let deadline = self
                 .shard
@@ -510,23 +517,10 @@ impl Pump {
             // Each branch answers when it woke: the time from there to the end of the flush is
             // the shard's busy time.
             let woke = tokio::select! {
-                received = socket.recv_from(&mut buf) => {
+                ready = socket.readable() => {
                     let now = Instant::now();
-                    match received {
-                        Ok((n, source)) => {
-                            let public = sent_to(source, &advertised);
-                            self.receive(&mut inbox, Transport::Udp, source, public, &buf[..n], now);
-                            // Take what else is already queued before going round the loop again.
-                            for _ in 0..RECEIVE_BATCH {
-                                match socket.try_recv_from(&mut buf) {
-                                    Ok((n, source)) => {
-                                        let public = sent_to(source, &advertised);
-                                        self.receive(&mut inbox, Transport::Udp, source, public, &buf[..n], now);
-                                    }
-                                    Err(_) => break,
-                                }
-                            }
-                        }
+                    match ready {
+                        Ok(()) => self.receive_udp(&socket, &mut received, &mut inbox, &advertised, now),
                         Err(e) => tracing::debug!(error = %e, "media socket receive error"),
                     }
                     now
@@ -581,13 +575,47 @@ impl Pump {
                     woke
                 }
             };
-            self.flush(&socket).await;
+            self.flush(index).await;
             let done = Instant::now();
             self.meter.busy(done.saturating_duration_since(woke));
             if self.meter.due(done) {
                 let counters = self.shard.engine().counters();
                 self.meter
                     .publish(counters, self.dropped, inbox.len(), done);
+            }
+        }
+    }
+
+    /// Takes what this shard's socket has queued, [`RECEIVE_BATCH`] datagrams at most (whole
+    /// `recvmmsg` batches), and hands it to the shard one datagram at a time.
+    fn receive_udp(
+        &mut self,
+        socket: &MediaSocket,
+        received: &mut Receiver,
+        inbox: &mut mpsc::UnboundedReceiver<Inbox>,
+        advertised: &[SocketAddr],
+        now: Instant,
+    ) {
+        let mut taken = 0;
+        while taken < RECEIVE_BATCH {
+            let filled = match received.recv(socket) {
+                Ok(filled) => filled,
+                Err(e) => {
+                    if e.kind() != std::io::ErrorKind::WouldBlock {
+                        tracing::debug!(error = %e, "media socket receive error");
+                    }
+                    break;
+                }
+            };
+            for (source, data) in received.datagrams() {
+                let public = sent_to(source, advertised);
+                self.receive(inbox, Transport::Udp, source, public, data, now);
+            }
+            taken += filled;
+            // A short batch emptied the queue: the next wake-up finds what arrives after it
+            // (the socket stays readable until a receive finds nothing).
+            if filled < quinn_udp::BATCH_SIZE {
+                break;
             }
         }
     }
@@ -636,8 +664,10 @@ impl Pump {
         }
     }
 
-    /// Carries out the shard's outputs, then sends its datagrams.
-    async fn flush(&mut self, socket: &Arc<UdpSocket>) {
+    /// Carries out the shard's outputs, then sends its datagrams: TCP frames to their
+    /// connections' queues, UDP datagrams in batches (see `runtime::media_udp`) from the socket
+    /// of their source address, else shard `own`'s.
+    async fn flush(&mut self, own: usize) {
         self.route_outputs();
         while let Some(t) = self.shard.poll_transmit() {
             if t.transport == Transport::Tcp {
@@ -649,17 +679,10 @@ impl Pump {
                 }
                 continue;
             }
-            let socket = self.shared.socket_for(t.source).unwrap_or(socket);
-            let sent = match socket.try_send_to(&t.contents, t.destination) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    socket.send_to(&t.contents, t.destination).await
-                }
-                other => other,
-            };
-            if let Err(e) = sent {
-                tracing::debug!(error = %e, to = %t.destination, "media send failed");
-            }
+            let socket = self.shared.socket_for(t.source).unwrap_or(own);
+            self.udp.push(socket, t.destination, t.contents);
         }
+        self.udp.send_all(&self.shared.sockets, own).await;
     }
 
     fn route_outputs(&mut self) {

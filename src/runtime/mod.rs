@@ -5,6 +5,7 @@ pub mod http;
 pub mod listen;
 pub mod media;
 pub mod media_tcp;
+pub mod media_udp;
 pub mod metrics;
 pub mod sip;
 pub mod tls;
