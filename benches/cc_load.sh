@@ -119,13 +119,13 @@ done
 
 echo
 echo "=== results (${DURATION}s each, $CORES cores shared by the server and the tool) ==="
-printf '%s\n' "calls | phones | zero loss | violations | browser loss % | seq gaps | phone pkts short | underruns | server CPU % | rcvd pkts / server CPU-s | fwd pkts (server) / CPU-s | audio p50 / p99 ms | RSS MB"
+printf '%s\n' "calls | phones | zero loss | violations | browser loss % | seq gaps | phone pkts short | underruns | server CPU % | rcvd pkts / server CPU-s | fwd pkts (server) / CPU-s | audio p50 / p99 ms | RSS MB | tool CPU s | tool skipped slots"
 for r in "${RESULTS[@]}"; do
     jq -r '[.calls, .phone_callers, .zero_loss, .wiring_violations, .browser_loss_pct, .rtp_seq_gaps,
             .phones.pkts_short, ((.server.underruns_uplink // 0) + (.server.underruns_downlink // 0)),
             .server_cpu_pct, .received_pkts_per_server_cpu_s, .server_fwd_pkts_per_server_cpu_s,
             "\(.latency_audio_browser_to_browser.p50_ms) / \(.latency_audio_browser_to_browser.p99_ms)",
-            .server_rss_mb] | map(tostring) | join(" | ")' <<<"$r" 2>/dev/null || echo "$r"
+            .server_rss_mb, .tool_cpu_s, .tool_skipped_slots] | map(tostring) | join(" | ")' <<<"$r" 2>/dev/null || echo "$r"
 done
 for r in "${RESULTS[@]}"; do
     echo "RESULT $r"
