@@ -206,7 +206,7 @@ import json, re, statistics, subprocess, sys
 
 # Instructions attributed to metrics and request logging: the inclusive cost of their entry
 # points in the dump (needs a binary with symbols; all zero with a stripped one).
-TRACK = (r"^<axum::middleware::from_fn::FromFn<F,S,I,\(T1,T2\)> as "
+TRACK = (r"^<patchbay::runtime::metrics::TrackHttp<S> as "
          r"tower_service::Service<http::request::Request<axum_core::body::Body>>>::call")
 def attribute(dump):
     out = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--tree=calling",
@@ -222,12 +222,13 @@ def attribute(dump):
         elif cur is not None:
             cur["callees"][name] = cur["callees"].get(name, 0) + n
     incl = lambda pat: sum(v["incl"] for k, v in funcs.items() if re.search(pat, k))
+    # The layer's future, less the route's future it awaits.
     track_own = sum(v["incl"] - sum(c for ck, c in v["callees"].items()
-                                    if ck.startswith("axum::middleware::from_fn::Next::run::{{closure}}"))
+                                    if re.search(r"Oneshot<S,Req>|RouteFuture<E> as", ck))
                     for k, v in funcs.items() if re.search(TRACK + r"::\{\{closure\}\}$", k))
     return {
         "metrics: HTTP layer": track_own + incl(TRACK + "$") + incl(
-            r"^core::ptr::drop_in_place<tower::util::map_future::MapFuture<.*FromFn<patchbay::runtime::metrics::track_http"),
+            r"^core::ptr::drop_in_place<<patchbay::runtime::metrics::TrackHttp<"),
         "metrics: store-operation histogram": incl(r"QueryTimer as core::ops::drop::Drop"),
         "metrics: recorder upkeep (every 5 s)": incl(r"^patchbay::runtime::metrics::spawn_upkeep::\{\{closure\}\}$"),
         "metrics: shard meter publish (every 1 s)": incl(r"^patchbay::runtime::metrics::ShardMeter::publish$"),

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -256,21 +255,63 @@ async fn render(State(scrape): State<Scrape>) -> Response {
         .into_response()
 }
 
-/// A layer (`axum::middleware::from_fn`) counting each request by method, route template
-/// (never the raw path: ids would make a series per resource) and status, with its latency.
-/// Requests no route matched count as `route="unmatched"`.
-pub async fn track_http(matched: Option<MatchedPath>, request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = method_label(request.method());
-    let response = next.run(request).await;
-    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
-    HTTP_SERIES.get_or_init(HttpSeries::default).record(
-        method,
-        route,
-        response.status().as_u16(),
-        started.elapsed(),
-    );
-    response
+/// The layer counting each request by method, route template (never the raw path: ids would
+/// make a series per resource) and status, with its latency. Requests no route matched count
+/// as `route="unmatched"`. Applied with `Router::layer`, so it wraps each route and sees the
+/// route's template ([`MatchedPath`]). A plain tower layer rather than `from_fn`: no boxed
+/// clone of the inner service per request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TrackHttpLayer;
+
+impl<S> tower::Layer<S> for TrackHttpLayer {
+    type Service = TrackHttp<S>;
+
+    fn layer(&self, inner: S) -> TrackHttp<S> {
+        TrackHttp { inner }
+    }
+}
+
+/// The service of [`TrackHttpLayer`].
+#[derive(Debug, Clone)]
+pub struct TrackHttp<S> {
+    inner: S,
+}
+
+impl<S> tower::Service<Request> for TrackHttp<S>
+where
+    S: tower::Service<Request, Response = Response>,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response, S::Error>> + Send + 'static>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let started = Instant::now();
+        let method = method_label(request.method());
+        let matched = request.extensions().get::<MatchedPath>().cloned();
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
+            HTTP_SERIES.get_or_init(HttpSeries::default).record(
+                method,
+                route,
+                response.status().as_u16(),
+                started.elapsed(),
+            );
+            Ok(response)
+        })
+    }
 }
 
 /// The HTTP series' handles, each looked up in the recorder once and kept: a request then
