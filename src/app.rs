@@ -288,9 +288,7 @@ impl App {
         let router = router.layer(axum::Extension(self.auth_failures));
         // Per route (the route template is known only inside the router).
         let router = if metrics_on {
-            router.layer(axum::middleware::from_fn(
-                crate::runtime::metrics::track_http,
-            ))
+            router.layer(crate::runtime::metrics::TrackHttpLayer)
         } else {
             router
         };

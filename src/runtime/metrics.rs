@@ -13,17 +13,17 @@
 //! once per [`PUBLISH_EVERY`] ([`ShardMeter`]), with its busy time and inbox depth.
 #![allow(clippy::disallowed_methods)] // the runtime reads the clock
 
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use metrics::{counter, gauge, histogram, Counter, Gauge};
+use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::media::MediaCounters;
@@ -255,20 +255,136 @@ async fn render(State(scrape): State<Scrape>) -> Response {
         .into_response()
 }
 
-/// A layer (`axum::middleware::from_fn`) counting each request by method, route template
-/// (never the raw path: ids would make a series per resource) and status, with its latency.
-/// Requests no route matched count as `route="unmatched"`.
-pub async fn track_http(matched: Option<MatchedPath>, request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = method_label(request.method());
-    let route = matched.map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
-    let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    counter!("patchbay_http_requests_total", "method" => method, "route" => route.clone(), "status" => status)
-        .increment(1);
-    histogram!("patchbay_http_request_duration_seconds", "method" => method, "route" => route)
-        .record(started.elapsed().as_secs_f64());
-    response
+/// The layer counting each request by method, route template (never the raw path: ids would
+/// make a series per resource) and status, with its latency. Requests no route matched count
+/// as `route="unmatched"`. Applied with `Router::layer`, so it wraps each route and sees the
+/// route's template ([`MatchedPath`]). A plain tower layer rather than `from_fn`: no boxed
+/// clone of the inner service per request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TrackHttpLayer;
+
+impl<S> tower::Layer<S> for TrackHttpLayer {
+    type Service = TrackHttp<S>;
+
+    fn layer(&self, inner: S) -> TrackHttp<S> {
+        TrackHttp { inner }
+    }
+}
+
+/// The service of [`TrackHttpLayer`].
+#[derive(Debug, Clone)]
+pub struct TrackHttp<S> {
+    inner: S,
+}
+
+impl<S> tower::Service<Request> for TrackHttp<S>
+where
+    S: tower::Service<Request, Response = Response>,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response, S::Error>> + Send + 'static>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let started = Instant::now();
+        let method = method_label(request.method());
+        let matched = request.extensions().get::<MatchedPath>().cloned();
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
+            HTTP_SERIES.get_or_init(HttpSeries::default).record(
+                method,
+                route,
+                response.status().as_u16(),
+                started.elapsed(),
+            );
+            Ok(response)
+        })
+    }
+}
+
+/// The HTTP series' handles, each looked up in the recorder once and kept: a request then
+/// pays a read lock, a map lookup by route template and two short scans, instead of building
+/// two label sets (with their strings) and looking each up in the recorder's registry.
+/// Bounded: route templates are the router's (plus `unmatched`), methods are labelled from a
+/// fixed set, statuses are the server's own.
+static HTTP_SERIES: OnceLock<HttpSeries> = OnceLock::new();
+
+#[derive(Default)]
+struct HttpSeries {
+    routes: RwLock<HashMap<Box<str>, RouteSeries>>,
+}
+
+/// One route template's series: a counter per (method, status), a histogram per method.
+#[derive(Default)]
+struct RouteSeries {
+    requests: Vec<(&'static str, u16, Counter)>,
+    durations: Vec<(&'static str, Histogram)>,
+}
+
+impl RouteSeries {
+    /// Counts one request; false when a series is missing (the caller adds it).
+    fn record(&self, method: &'static str, status: u16, took: Duration) -> bool {
+        let counter = self
+            .requests
+            .iter()
+            .find(|(m, s, _)| *m == method && *s == status);
+        let histogram = self.durations.iter().find(|(m, _)| *m == method);
+        match (counter, histogram) {
+            (Some((_, _, counter)), Some((_, histogram))) => {
+                counter.increment(1);
+                histogram.record(took.as_secs_f64());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn add(&mut self, method: &'static str, route: &str, status: u16) {
+        if !self
+            .requests
+            .iter()
+            .any(|(m, s, _)| *m == method && *s == status)
+        {
+            let counter = counter!("patchbay_http_requests_total",
+                "method" => method, "route" => route.to_owned(), "status" => status.to_string());
+            self.requests.push((method, status, counter));
+        }
+        if !self.durations.iter().any(|(m, _)| *m == method) {
+            let histogram = histogram!("patchbay_http_request_duration_seconds",
+                "method" => method, "route" => route.to_owned());
+            self.durations.push((method, histogram));
+        }
+    }
+}
+
+impl HttpSeries {
+    fn record(&self, method: &'static str, route: &str, status: u16, took: Duration) {
+        {
+            let routes = self.routes.read().unwrap_or_else(PoisonError::into_inner);
+            if routes
+                .get(route)
+                .is_some_and(|series| series.record(method, status, took))
+            {
+                return;
+            }
+        }
+        let mut routes = self.routes.write().unwrap_or_else(PoisonError::into_inner);
+        let series = routes.entry(route.into()).or_default();
+        series.add(method, route, status);
+        series.record(method, status, took);
+    }
 }
 
 /// The method as a label: the standard ones, else `other` (no series per invented method).
