@@ -1,4 +1,5 @@
-//! Media load generator for a running patchbay server, with a raw UDP relay as the ceiling.
+//! Media load generator for a running patchbay (or Janus) server, with a raw UDP relay as the
+//! ceiling.
 //!
 //! Phase 1 (patchbay): creates `--sessions` × `--participants` participants over REST (the
 //! dev account, HTTP Basic), adds each to its session with a session-wide subscription
@@ -41,8 +42,21 @@
 //! candidate; one TCP connection per `Rtc` to the passive candidate the server's SDP names,
 //! RFC 4571 framing), so the server's ICE-TCP path carries all media (issue #11).
 //!
-//! Output: human-readable lines, then one line `RESULT {json}`. Traffic goes only to
-//! 127.0.0.1 (other hosts are refused).
+//! `--server janus --url ws://127.0.0.1:PORT`: the same devices, traffic and counting against
+//! Janus's VideoRoom plugin instead (signalled through the Janus API over WebSocket; see
+//! `support/janus.rs`: one room per session created by the tool, one publisher handle and one
+//! multistream subscriber handle per device); the figures come out under `"janus"` instead of
+//! `"patchbay"` in the RESULT line (`"server"` names which). `benches/media_load.sh` runs the
+//! two side by side.
+//!
+//! `--media-ip`: the local address every media socket of the tool (devices and raw relay)
+//! binds to, 127.0.0.1 by default; the bench uses a veth address inside a network namespace
+//! because Janus never gathers loopback candidates. The server's RSS (VmRSS, VmHWM of
+//! `--server-pid`) is read at the end of the measured window.
+//!
+//! Output: human-readable lines, then one line `RESULT {json}`. `--url` must be on 127.0.0.1
+//! and `--media-ip` an address of this host (others are refused); media goes to the addresses
+//! the server's SDP names.
 #![allow(clippy::disallowed_methods)] // a load generator: real clocks, tasks and threads
 
 #[path = "support/janus.rs"]
@@ -86,7 +100,9 @@ impl Server {
 }
 
 #[derive(Parser, Debug, Clone)]
-#[command(about = "Media load generator for patchbay, with a raw UDP relay as the ceiling")]
+#[command(
+    about = "Media load generator for patchbay or Janus, with a raw UDP relay as the ceiling"
+)]
 struct Args {
     /// Which server `--url` is: `patchbay` (its REST API and signalling v3) or `janus` (the
     /// Janus API over WebSocket, VideoRoom plugin; see the `janus` module).
@@ -375,6 +391,9 @@ struct Progress {
     publishing: AtomicBool,
     /// Distinct publishers heard on the subscribe connection.
     heard: AtomicU32,
+    /// Janus only: the server reported the publisher's PeerConnection up (`webrtcup`); until
+    /// then VideoRoom refuses subscriptions to its feed ("No such feed").
+    server_up: AtomicBool,
     failed: AtomicBool,
 }
 
@@ -1870,10 +1889,13 @@ async fn run(args: Args) -> Result<(), String> {
     let mut room_told = vec![false; n];
     while connect_started.elapsed() < args.setup_timeout {
         if janus {
-            // A room's subscribers join once all its publishers publish.
+            // A room's subscribers join once all its publishers publish and Janus has them up.
             for (s, told) in room_told.iter_mut().enumerate() {
                 let room = || specs.iter().zip(&progress).filter(|(x, _)| x.session == s);
-                if !*told && room().all(|(_, p)| p.publishing.load(Ordering::Relaxed)) {
+                let up = |p: &Progress| {
+                    p.publishing.load(Ordering::Relaxed) && p.server_up.load(Ordering::Relaxed)
+                };
+                if !*told && room().all(|(_, p)| up(p)) {
                     *told = true;
                     for (x, _) in room().filter(|(x, _)| !x.late) {
                         let _ = go[x.idx as usize].send(true);

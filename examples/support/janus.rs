@@ -13,9 +13,10 @@
 //!   1.x's multistream subscriber: one handle and one PeerConnection carrying every other
 //!   publisher's streams (Janus offers, str0m answers, `start` carries the answer), the same
 //!   shape as a patchbay device's single subscribe connection. It joins once the tool says so:
-//!   when every publisher of its room is publishing, or, for a late participant, when the
-//!   tool "subscribes" it after everyone else hears everyone (that moment stands in for the
-//!   REST subscription PUT in the late-subscription figures).
+//!   when every publisher of its room is publishing and Janus reported each publisher's
+//!   PeerConnection up (`webrtcup`; joins sent earlier got "No such feed" on a busy machine),
+//!   or, for a late participant, when the tool "subscribes" it after everyone else hears
+//!   everyone (that moment stands in for the REST subscription PUT in the late figures).
 //!
 //! Offers and answers carry their candidates (`trickle: false`); trickled candidates from
 //! Janus are applied too. Keep-alives go every 20 s.
@@ -242,7 +243,13 @@ impl JanusDev {
         };
         let kind = v["janus"].as_str().unwrap_or_default();
         match kind {
-            "ack" | "webrtcup" | "media" | "slowlink" | "detached" => return out,
+            "webrtcup" => {
+                if v["sender"].as_u64().is_some() && v["sender"].as_u64() == self.pub_handle {
+                    self.dev.progress.server_up.store(true, Ordering::Relaxed);
+                }
+                return out;
+            }
+            "ack" | "media" | "slowlink" | "detached" => return out,
             "hangup" => {
                 let side = side(v["sender"].as_u64() == self.sub_handle);
                 self.dev
