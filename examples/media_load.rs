@@ -1,4 +1,5 @@
-//! Media load generator for a running patchbay server, with a raw UDP relay as the ceiling.
+//! Media load generator for a running patchbay (or Janus) server, with a raw UDP relay as the
+//! ceiling.
 //!
 //! Phase 1 (patchbay): creates `--sessions` × `--participants` participants over REST (the
 //! dev account, HTTP Basic), adds each to its session with a session-wide subscription
@@ -41,10 +42,25 @@
 //! candidate; one TCP connection per `Rtc` to the passive candidate the server's SDP names,
 //! RFC 4571 framing), so the server's ICE-TCP path carries all media (issue #11).
 //!
-//! Output: human-readable lines, then one line `RESULT {json}`. Traffic goes only to
-//! 127.0.0.1 (other hosts are refused).
+//! `--server janus --url ws://127.0.0.1:PORT`: the same devices, traffic and counting against
+//! Janus's VideoRoom plugin instead (signalled through the Janus API over WebSocket; see
+//! `support/janus.rs`: one room per session created by the tool, one publisher handle and one
+//! multistream subscriber handle per device); the figures come out under `"janus"` instead of
+//! `"patchbay"` in the RESULT line (`"server"` names which). `benches/media_load.sh` runs the
+//! two side by side.
+//!
+//! `--media-ip`: the local address every media socket of the tool (devices and raw relay)
+//! binds to, 127.0.0.1 by default; the bench uses a veth address inside a network namespace
+//! because Janus never gathers loopback candidates. The server's RSS (VmRSS, VmHWM of
+//! `--server-pid`) is read at the end of the measured window.
+//!
+//! Output: human-readable lines, then one line `RESULT {json}`. `--url` must be on 127.0.0.1
+//! and `--media-ip` an address of this host (others are refused); media goes to the addresses
+//! the server's SDP names.
 #![allow(clippy::disallowed_methods)] // a load generator: real clocks, tasks and threads
 
+#[path = "support/janus.rs"]
+mod janus;
 #[path = "support/mod.rs"]
 mod support;
 use support::parse_duration;
@@ -68,18 +84,46 @@ use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum Server {
+    Patchbay,
+    Janus,
+}
+
+impl Server {
+    fn name(self) -> &'static str {
+        match self {
+            Server::Patchbay => "patchbay",
+            Server::Janus => "janus",
+        }
+    }
+}
+
 #[derive(Parser, Debug, Clone)]
-#[command(about = "Media load generator for patchbay, with a raw UDP relay as the ceiling")]
+#[command(
+    about = "Media load generator for patchbay or Janus, with a raw UDP relay as the ceiling"
+)]
 struct Args {
-    /// Base URL of the running server; must be http://127.0.0.1:PORT.
+    /// Which server `--url` is: `patchbay` (its REST API and signalling v3) or `janus` (the
+    /// Janus API over WebSocket, VideoRoom plugin; see the `janus` module).
+    #[arg(long, value_enum, default_value_t = Server::Patchbay)]
+    server: Server,
+    /// Base URL of the running server; must be http://127.0.0.1:PORT (patchbay) or
+    /// ws://127.0.0.1:PORT (Janus's WebSocket transport).
     #[arg(long)]
     url: String,
     #[arg(long, default_value = "dev")]
     account: String,
-    #[arg(long)]
+    /// patchbay's dev account credentials (HTTP Basic); unused with `--server janus`.
+    #[arg(long, default_value = "")]
     username: String,
-    #[arg(long)]
+    #[arg(long, default_value = "")]
     password: String,
+    /// The local address the tool's media sockets (devices and raw relay) bind to: 127.0.0.1,
+    /// or an address of this host (the bench runs both servers inside a network namespace on a
+    /// veth address, because Janus never gathers loopback candidates). Must be bindable here.
+    #[arg(long, default_value = "127.0.0.1")]
+    media_ip: std::net::IpAddr,
     /// Number of sessions.
     #[arg(long, default_value_t = 1)]
     sessions: usize,
@@ -281,6 +325,13 @@ fn thread_cpu_seconds() -> Option<f64> {
     Some(ns / 1e9)
 }
 
+/// A `kB` field of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`).
+fn proc_status_kb(pid: u32, key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(key))?;
+    line[key.len()..].split_whitespace().next()?.parse().ok()
+}
+
 /// Host-wide UDP receive-buffer overflows (`RcvbufErrors` in /proc/net/snmp).
 fn udp_rcvbuf_errors() -> Option<u64> {
     let snmp = std::fs::read_to_string("/proc/net/snmp").ok()?;
@@ -340,6 +391,9 @@ struct Progress {
     publishing: AtomicBool,
     /// Distinct publishers heard on the subscribe connection.
     heard: AtomicU32,
+    /// Janus only: the server reported the publisher's PeerConnection up (`webrtcup`); until
+    /// then VideoRoom refuses subscriptions to its feed ("No such feed").
+    server_up: AtomicBool,
     failed: AtomicBool,
 }
 
@@ -639,14 +693,15 @@ impl Dev {
         progress: Arc<Progress>,
         pattern: Pattern,
         tcp: bool,
+        media_ip: std::net::IpAddr,
     ) -> std::io::Result<Dev> {
         let now = Instant::now();
         let (pub_sock, sub_sock, pub_addr, sub_addr) = if tcp {
             let link = || Link::Tcp(TcpLink::default());
             (link(), link(), ACTIVE_TCP, ACTIVE_TCP)
         } else {
-            let pub_sock = UdpSocket::bind("127.0.0.1:0").await?;
-            let sub_sock = UdpSocket::bind("127.0.0.1:0").await?;
+            let pub_sock = UdpSocket::bind((media_ip, 0)).await?;
+            let sub_sock = UdpSocket::bind((media_ip, 0)).await?;
             let (pub_addr, sub_addr) = (pub_sock.local_addr()?, sub_sock.local_addr()?);
             (Link::Udp(pub_sock), Link::Udp(sub_sock), pub_addr, sub_addr)
         };
@@ -1053,6 +1108,17 @@ impl Dev {
     }
 
     fn media_offer(&mut self, now: Instant) -> Result<String, String> {
+        let (offer, pending) = self.publish_media_offer(now)?;
+        let msid = self.msid.clone();
+        let params = json!({
+            "sdpOffer": offer,
+            "mediaMetadata": self.metadata(json!({ msid: {"alias": "cam"} })),
+        });
+        Ok(self.request("offerSdp", params, Rpc::MediaOffer(pending)))
+    }
+
+    /// An offer adding audio (and video, for a video publisher) sendonly under one msid.
+    fn publish_media_offer(&mut self, now: Instant) -> Result<(String, SdpPendingOffer), String> {
         let mut api = self.publish.sdp_api();
         let msid = self.msid.clone();
         let a = api.add_media(
@@ -1076,22 +1142,15 @@ impl Dev {
         // Remember the mids; the payload types are known once the answer is in.
         self.audio = Some((a, Pt::from(0)));
         self.video = v.map(|m| (m, Pt::from(0)));
-        let params = json!({
-            "sdpOffer": offer.to_sdp_string(),
-            "mediaMetadata": self.metadata(json!({ msid: {"alias": "cam"} })),
-        });
-        Ok(self.request("offerSdp", params, Rpc::MediaOffer(pending)))
+        Ok((offer.to_sdp_string(), pending))
     }
 
     fn accept_publish_answer(
         &mut self,
         pending: SdpPendingOffer,
-        result: &Value,
+        sdp: &str,
         now: Instant,
     ) -> Result<(), String> {
-        let sdp = result["sdpAnswer"]
-            .as_str()
-            .ok_or("offerSdp result without sdpAnswer")?;
         self.pub_sock.connect_from_sdp(sdp)?;
         let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| format!("answer: {e}"))?;
         self.publish
@@ -1138,31 +1197,23 @@ impl Dev {
             return out;
         }
         let result = &v["result"];
+        let answer = || {
+            result["sdpAnswer"]
+                .as_str()
+                .ok_or_else(|| "offerSdp result without sdpAnswer".to_owned())
+        };
         let step = match kind {
             Rpc::Prefs => self.data_offer(now).map(Some),
-            Rpc::DataOffer(pending) => self
-                .accept_publish_answer(pending, result, now)
+            Rpc::DataOffer(pending) => answer()
+                .and_then(|sdp| self.accept_publish_answer(pending, sdp, now))
                 .and_then(|()| self.media_offer(now))
                 .map(Some),
-            Rpc::MediaOffer(pending) => {
-                self.accept_publish_answer(pending, result, now).map(|()| {
-                    self.pub_rtx = rtx_pts(&self.publish);
-                    if let Some((mid, _)) = self.audio {
-                        self.audio =
-                            payload_type(&mut self.publish, mid, Codec::Opus).map(|pt| (mid, pt));
-                    }
-                    if let Some((mid, _)) = self.video {
-                        self.video =
-                            payload_type(&mut self.publish, mid, Codec::Vp8).map(|pt| (mid, pt));
-                    }
-                    if self.audio.is_none() || (self.spec.video && self.video.is_none()) {
-                        self.rtc_error("publish answer lacks Opus or VP8".into());
-                    }
-                    self.media_ready = true;
-                    self.update_publishing();
+            Rpc::MediaOffer(pending) => answer()
+                .and_then(|sdp| self.accept_publish_answer(pending, sdp, now))
+                .map(|()| {
+                    self.publish_negotiated();
                     None
-                })
-            }
+                }),
             Rpc::Answer => Ok(None),
         };
         match step {
@@ -1173,14 +1224,30 @@ impl Dev {
         out
     }
 
-    fn on_sdp_offer(&mut self, params: &Value, now: Instant) -> Result<Option<String>, String> {
-        let revision = params["sdpRevision"].as_u64().ok_or("no sdpRevision")?;
-        if revision <= self.revision {
-            // The SDK silently ignores these.
-            self.res.stale_revisions += 1;
-            return Ok(None);
+    /// The media m-lines' payload types, once the publish answer is in; publishing starts.
+    fn publish_negotiated(&mut self) {
+        self.pub_rtx = rtx_pts(&self.publish);
+        if let Some((mid, _)) = self.audio {
+            self.audio = payload_type(&mut self.publish, mid, Codec::Opus).map(|pt| (mid, pt));
         }
-        let sdp = params["sdpOffer"].as_str().ok_or("no sdpOffer")?;
+        if let Some((mid, _)) = self.video {
+            self.video = payload_type(&mut self.publish, mid, Codec::Vp8).map(|pt| (mid, pt));
+        }
+        if self.audio.is_none() || (self.spec.video && self.video.is_none()) {
+            self.rtc_error("publish answer lacks Opus or VP8".into());
+        }
+        self.media_ready = true;
+        self.update_publishing();
+    }
+
+    /// Applies a subscribe offer from the server; returns the answer's SDP. `channels`: open
+    /// the SDK's built-in data channels (patchbay) on the first offer.
+    fn accept_sub_offer(
+        &mut self,
+        sdp: &str,
+        now: Instant,
+        channels: bool,
+    ) -> Result<String, String> {
         self.sub_sock.connect_from_sdp(sdp)?;
         let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| format!("offer: {e}"))?;
         let _ = self.subscribe.handle_input(Input::Timeout(now));
@@ -1190,7 +1257,7 @@ impl Dev {
             .sdp_api()
             .accept_offer(offer)
             .map_err(|e| format!("accept_offer: {e}"))?;
-        if !self.sub_channels {
+        if channels && !self.sub_channels {
             self.sub_channels = true;
             for (id, label) in [(0, HEARTBEAT), (1, DIAGNOSTICS)] {
                 self.subscribe
@@ -1200,12 +1267,24 @@ impl Dev {
         }
         self.drain(true, now);
         self.sub_rtx = rtx_pts(&self.subscribe);
-        self.revision = revision;
         self.res.offers += 1;
         self.res.first_offer.get_or_insert(now);
+        Ok(answer.to_sdp_string())
+    }
+
+    fn on_sdp_offer(&mut self, params: &Value, now: Instant) -> Result<Option<String>, String> {
+        let revision = params["sdpRevision"].as_u64().ok_or("no sdpRevision")?;
+        if revision <= self.revision {
+            // The SDK silently ignores these.
+            self.res.stale_revisions += 1;
+            return Ok(None);
+        }
+        let sdp = params["sdpOffer"].as_str().ok_or("no sdpOffer")?;
+        let answer = self.accept_sub_offer(sdp, now, true)?;
+        self.revision = revision;
         Ok(Some(self.request(
             "answerSdp",
-            json!({"sdpAnswer": answer.to_sdp_string()}),
+            json!({"sdpAnswer": answer}),
             Rpc::Answer,
         )))
     }
@@ -1223,6 +1302,7 @@ async fn run_device(
     window: Arc<Window>,
     progress: Arc<Progress>,
     pattern: Pattern,
+    media_ip: std::net::IpAddr,
     mut stop: watch::Receiver<bool>,
 ) -> DevResult {
     let idx = spec.idx;
@@ -1249,7 +1329,7 @@ async fn run_device(
         Err(_) => return fail("websocket: connect timed out".into()),
     };
     let tcp = pattern.tcp;
-    let mut dev = match Dev::new(spec, window, progress.clone(), pattern, tcp).await {
+    let mut dev = match Dev::new(spec, window, progress.clone(), pattern, tcp, media_ip).await {
         Ok(d) => d,
         Err(e) => return fail(format!("sockets: {e}")),
     };
@@ -1565,6 +1645,63 @@ fn percentiles(mut v: Vec<u32>) -> Value {
     })
 }
 
+/// patchbay's REST setup: one session per load-tool session, its participants (joined now
+/// unless `--lobby`; late ones without a subscription).
+async fn rest_setup(
+    rest: &Rest,
+    args: &Args,
+    n: usize,
+    m: usize,
+    video_per_session: usize,
+    sessions: &mut Vec<String>,
+    specs: &mut Vec<Spec>,
+) -> Result<(), String> {
+    let is_late = |s: usize, i: usize| (0..args.late).any(|k| k % n == s && m - 1 - k / n == i);
+    for s in 0..n {
+        let v = rest
+            .call(
+                reqwest::Method::POST,
+                "/sessions",
+                Some(json!({"tag": format!("media-load-{s}")})),
+            )
+            .await?;
+        sessions.push(v["id"].as_str().ok_or("session without id")?.to_owned());
+    }
+    for (s, sid) in sessions.iter().enumerate() {
+        for i in 0..m {
+            let v = rest
+                .call(
+                    reqwest::Method::POST,
+                    "/participants",
+                    Some(json!({
+                        "publishPermissions": ["AUDIO", "VIDEO"],
+                        "tag": format!("load-{s}-{i}"),
+                        "deviceApiVersion": "V3",
+                    })),
+                )
+                .await?;
+            let participant = v["participant"]["id"]
+                .as_str()
+                .ok_or("participant without id")?
+                .to_owned();
+            let token = v["token"].as_str().ok_or("no token")?.to_owned();
+            let late = is_late(s, i);
+            if !args.lobby {
+                join(rest, sid, &participant, late).await?;
+            }
+            specs.push(Spec {
+                idx: specs.len() as u32,
+                session: s,
+                participant,
+                token,
+                video: i < video_per_session,
+                late,
+            });
+        }
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() {
     let _ = base();
@@ -1577,11 +1714,25 @@ async fn main() {
 
 async fn run(args: Args) -> Result<(), String> {
     let url = args.url.trim_end_matches('/').to_owned();
+    let janus = args.server == Server::Janus;
+    let scheme = if janus { "ws://" } else { "http://" };
     let host = url
-        .strip_prefix("http://")
-        .ok_or("--url must start with http://")?;
+        .strip_prefix(scheme)
+        .ok_or_else(|| format!("--url must start with {scheme}"))?;
     if !host.starts_with("127.0.0.1:") {
-        return Err("--url must be http://127.0.0.1:PORT (local traffic only)".into());
+        return Err(format!(
+            "--url must be {scheme}127.0.0.1:PORT (local traffic only)"
+        ));
+    }
+    // Media stays on this host: the address must be one of its own.
+    std::net::UdpSocket::bind((args.media_ip, 0)).map_err(|e| {
+        format!(
+            "--media-ip {} is not an address of this host: {e}",
+            args.media_ip
+        )
+    })?;
+    if janus && (args.lobby || args.tcp) {
+        return Err("--lobby and --tcp are patchbay-only".into());
     }
     let m = args.participants;
     let n = args.sessions;
@@ -1618,64 +1769,54 @@ async fn run(args: Args) -> Result<(), String> {
         pattern.keyframe_bytes, pattern.keyframe_interval, args.duration, args.warmup, loadavg()
     );
 
-    // ---- REST setup
-    let rest = Rest {
-        client: reqwest::Client::builder()
-            .timeout(Duration::from_secs(20))
-            .build()
-            .map_err(|e| e.to_string())?,
-        base: format!("{url}/v1/accounts/{}", args.account),
-        username: args.username.clone(),
-        password: args.password.clone(),
-    };
+    // ---- setup: patchbay's sessions and participants over REST, or Janus's rooms
     let setup_started = Instant::now();
-    let mut sessions = Vec::new();
-    for s in 0..n {
-        let v = rest
-            .call(
-                reqwest::Method::POST,
-                "/sessions",
-                Some(json!({"tag": format!("media-load-{s}")})),
-            )
-            .await?;
-        sessions.push(v["id"].as_str().ok_or("session without id")?.to_owned());
-    }
     let is_late = |s: usize, i: usize| (0..args.late).any(|k| k % n == s && m - 1 - k / n == i);
     let mut specs = Vec::new();
-    for (s, sid) in sessions.iter().enumerate() {
-        for i in 0..m {
-            let v = rest
-                .call(
-                    reqwest::Method::POST,
-                    "/participants",
-                    Some(json!({
-                        "publishPermissions": ["AUDIO", "VIDEO"],
-                        "tag": format!("load-{s}-{i}"),
-                        "deviceApiVersion": "V3",
-                    })),
-                )
-                .await?;
-            let participant = v["participant"]["id"]
-                .as_str()
-                .ok_or("participant without id")?
-                .to_owned();
-            let token = v["token"].as_str().ok_or("no token")?.to_owned();
-            let late = is_late(s, i);
-            if !args.lobby {
-                join(&rest, sid, &participant, late).await?;
+    let mut sessions = Vec::new();
+    let mut rest = None;
+    let mut control = None;
+    if janus {
+        control = Some(janus::create_rooms(&url, n, m).await?);
+        for s in 0..n {
+            sessions.push(janus::room_id(s).to_string());
+            for i in 0..m {
+                let idx = specs.len() as u32;
+                specs.push(Spec {
+                    idx,
+                    session: s,
+                    participant: format!("feed-{}", janus::feed_id(idx)),
+                    token: String::new(),
+                    video: i < video_per_session,
+                    late: is_late(s, i),
+                });
             }
-            specs.push(Spec {
-                idx: specs.len() as u32,
-                session: s,
-                participant,
-                token,
-                video: i < video_per_session,
-                late,
-            });
         }
+    } else {
+        let r = Rest {
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .map_err(|e| e.to_string())?,
+            base: format!("{url}/v1/accounts/{}", args.account),
+            username: args.username.clone(),
+            password: args.password.clone(),
+        };
+        rest_setup(
+            &r,
+            &args,
+            n,
+            m,
+            video_per_session,
+            &mut sessions,
+            &mut specs,
+        )
+        .await?;
+        rest = Some(r);
     }
     println!(
-        "REST setup: {} sessions, {} participants in {:.2}s",
+        "{} setup: {} sessions, {} participants in {:.2}s",
+        args.server.name(),
         n,
         specs.len(),
         setup_started.elapsed().as_secs_f64()
@@ -1691,17 +1832,41 @@ async fn run(args: Args) -> Result<(), String> {
     let progress: Vec<Arc<Progress>> = specs.iter().map(|_| Arc::default()).collect();
     let connect_started = Instant::now();
     let mut tasks = Vec::new();
+    // Janus: when each device's subscriber may join (its room publishing, or a late one's turn).
+    let mut go = Vec::new();
     for (spec, p) in specs.iter().zip(&progress) {
-        tasks.push(tokio::spawn(run_device(
-            spec.clone(),
-            ws_base.clone(),
-            window.clone(),
-            p.clone(),
-            pattern.clone(),
-            stop_rx.clone(),
-        )));
+        if janus {
+            let (tx, rx) = watch::channel(false);
+            go.push(tx);
+            let feeds = specs
+                .iter()
+                .filter(|o| o.session == spec.session && o.idx != spec.idx)
+                .map(|o| janus::feed_id(o.idx))
+                .collect();
+            tasks.push(tokio::spawn(janus::run_device(
+                spec.clone(),
+                url.clone(),
+                feeds,
+                window.clone(),
+                p.clone(),
+                pattern.clone(),
+                args.media_ip,
+                rx,
+                stop_rx.clone(),
+            )));
+        } else {
+            tasks.push(tokio::spawn(run_device(
+                spec.clone(),
+                ws_base.clone(),
+                window.clone(),
+                p.clone(),
+                pattern.clone(),
+                args.media_ip,
+                stop_rx.clone(),
+            )));
+        }
     }
-    if args.lobby {
+    if let (true, Some(rest)) = (args.lobby, &rest) {
         // Everyone connects and publishes outside any session, then joins.
         while connect_started.elapsed() < args.setup_timeout
             && !progress
@@ -1715,13 +1880,29 @@ async fn run(args: Args) -> Result<(), String> {
             connect_started.elapsed().as_secs_f64()
         );
         for spec in &specs {
-            join(&rest, &sessions[spec.session], &spec.participant, spec.late).await?;
+            join(rest, &sessions[spec.session], &spec.participant, spec.late).await?;
         }
     }
     let expected_heard = (m - 1) as u32;
     let mut ready = false;
     let mut last_print = Instant::now();
+    let mut room_told = vec![false; n];
     while connect_started.elapsed() < args.setup_timeout {
+        if janus {
+            // A room's subscribers join once all its publishers publish and Janus has them up.
+            for (s, told) in room_told.iter_mut().enumerate() {
+                let room = || specs.iter().zip(&progress).filter(|(x, _)| x.session == s);
+                let up = |p: &Progress| {
+                    p.publishing.load(Ordering::Relaxed) && p.server_up.load(Ordering::Relaxed)
+                };
+                if !*told && room().all(|(_, p)| up(p)) {
+                    *told = true;
+                    for (x, _) in room().filter(|(x, _)| !x.late) {
+                        let _ = go[x.idx as usize].send(true);
+                    }
+                }
+            }
+        }
         let publishing = progress
             .iter()
             .filter(|p| p.publishing.load(Ordering::Relaxed))
@@ -1763,6 +1944,11 @@ async fn run(args: Args) -> Result<(), String> {
     for spec in specs.iter().filter(|s| s.late) {
         let sid = &sessions[spec.session];
         put_at.insert(spec.idx, Instant::now());
+        let Some(rest) = &rest else {
+            // Janus: the subscriber joins now (stands in for the subscription PUT).
+            let _ = go[spec.idx as usize].send(true);
+            continue;
+        };
         rest.call(
             reqwest::Method::PUT,
             &format!(
@@ -1783,6 +1969,9 @@ async fn run(args: Args) -> Result<(), String> {
     let (srv0, tool0, load0, drops0) = (server_cpu(), tool_cpu(), loadavg(), udp_rcvbuf_errors());
     tokio::time::sleep_until(end.into()).await;
     let (srv1, tool1, load1, drops1) = (server_cpu(), tool_cpu(), loadavg(), udp_rcvbuf_errors());
+    let rss = args
+        .server_pid
+        .map(|p| (proc_status_kb(p, "VmRSS:"), proc_status_kb(p, "VmHWM:")));
     let udp_drops = drops0.zip(drops1).map(|(a, b)| b.saturating_sub(a));
     tokio::time::sleep(Duration::from_millis(1000)).await; // frames in flight
     let _ = stop_tx.send(true);
@@ -1794,23 +1983,29 @@ async fn run(args: Args) -> Result<(), String> {
         }
     }
     results.sort_by_key(|r| r.idx);
-    for sid in &sessions {
-        let _ = rest
-            .call(reqwest::Method::DELETE, &format!("/sessions/{sid}"), None)
-            .await;
+    if let Some(rest) = &rest {
+        for sid in &sessions {
+            let _ = rest
+                .call(reqwest::Method::DELETE, &format!("/sessions/{sid}"), None)
+                .await;
+        }
+        for spec in &specs {
+            let _ = rest
+                .call(
+                    reqwest::Method::DELETE,
+                    &format!("/participants/{}", spec.participant),
+                    None,
+                )
+                .await;
+        }
     }
-    for spec in &specs {
-        let _ = rest
-            .call(
-                reqwest::Method::DELETE,
-                &format!("/participants/{}", spec.participant),
-                None,
-            )
-            .await;
+    if let Some(c) = control {
+        c.finish(n).await;
     }
 
     let secs = args.duration.as_secs_f64();
-    let mut pb = report_patchbay(
+    let mut pb = report_server(
+        args.server.name(),
         &specs,
         &results,
         &put_at,
@@ -1821,6 +2016,16 @@ async fn run(args: Args) -> Result<(), String> {
         ready,
     );
     pb["udp_rcvbuf_errors"] = json!(udp_drops);
+    let (rss_kb, hwm_kb) = rss.unwrap_or((None, None));
+    pb["server_rss_kb"] = json!(rss_kb);
+    pb["server_peak_rss_kb"] = json!(hwm_kb);
+    if let Some(kb) = rss_kb {
+        println!(
+            "server RSS at the window's end: {:.1} MB (peak {:.1} MB)",
+            kb as f64 / 1024.0,
+            hwm_kb.unwrap_or(0) as f64 / 1024.0
+        );
+    }
     pb["loadavg_window"] = json!([load0, load1]);
     println!(
         "host UDP receive-buffer overflows in the window: {}; loadavg at window start {load0}, at end {load1}",
@@ -1839,7 +2044,16 @@ async fn run(args: Args) -> Result<(), String> {
                 pattern.video_frame_bytes.div_ceil(1100) as u32,
                 pattern.keyframe_bytes.div_ceil(1100) as u32,
             ));
-        run_relay(&specs, m, &pattern, video_pkts, args.relay_duration, ticks).await?
+        run_relay(
+            &specs,
+            m,
+            &pattern,
+            video_pkts,
+            args.relay_duration,
+            ticks,
+            args.media_ip,
+        )
+        .await?
     };
 
     let pb_per_cpu = pb["fwd_pkts_per_server_cpu_s"].as_f64().unwrap_or(0.0);
@@ -1847,12 +2061,14 @@ async fn run(args: Args) -> Result<(), String> {
     let r = ratio(pb_per_cpu, raw_per_cpu);
     if raw_per_cpu > 0.0 && pb_per_cpu > 0.0 {
         println!(
-            "patchbay/raw relay packets per CPU-second: {pb_per_cpu:.0} / {raw_per_cpu:.0} = {:.1} % (target ≥ 60 %)",
+            "{}/raw relay packets per CPU-second: {pb_per_cpu:.0} / {raw_per_cpu:.0} = {:.1} % (target ≥ 60 %)",
+            args.server.name(),
             r * 100.0
         );
     }
-    let result = json!({
+    let mut result = json!({
         "label": args.label,
+        "server": args.server.name(),
         "sessions": n,
         "participants": m,
         "video_publishers_per_session": video_per_session,
@@ -1865,12 +2081,13 @@ async fn run(args: Args) -> Result<(), String> {
             "keyframe_bytes": pattern.keyframe_bytes,
             "keyframe_interval_s": pattern.keyframe_interval.as_secs_f64(),
         },
-        "patchbay": pb,
         "relay": relay,
         "ratio_per_cpu": round(r, 3),
         "meets_60pct": r >= 0.6,
         "loadavg_end": loadavg(),
     });
+    // The server's figures under its own name ("patchbay" or "janus").
+    result[args.server.name()] = pb.clone();
     println!("RESULT {result}");
     if args.check {
         let problems: Vec<String> = [
@@ -1899,8 +2116,10 @@ async fn run(args: Args) -> Result<(), String> {
     Ok(())
 }
 
+/// The server phase's figures (the same for patchbay and Janus), printed and as JSON.
 #[allow(clippy::too_many_arguments)]
-fn report_patchbay(
+fn report_server(
+    name: &str,
     specs: &[Spec],
     results: &[DevResult],
     put_at: &HashMap<u32, Instant>,
@@ -2093,7 +2312,7 @@ fn report_patchbay(
         "foreign_frames": sum(|r| r.foreign),
         "errors": errors,
     });
-    println!("--- patchbay (measured {secs:.0}s)");
+    println!("--- {name} (measured {secs:.0}s)");
     println!(
         "publishers sent {pub_rtp} RTP pkts ({:.0}/s, {} RTX); subscribers got {fwd} forwarded + {sub_rtx} RTX ({:.0}/s) of {expected_pkts} expected: packet loss {:.2} %",
         pub_rtp as f64 / secs,
@@ -2159,15 +2378,16 @@ async fn run_relay(
     video_pkts: (u32, u32),
     duration: Duration,
     ticks: f64,
+    media_ip: std::net::IpAddr,
 ) -> Result<Value, String> {
-    let relay_sock = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let relay_sock = std::net::UdpSocket::bind((media_ip, 0)).map_err(|e| e.to_string())?;
     relay_sock
         .set_read_timeout(Some(Duration::from_millis(20)))
         .map_err(|e| e.to_string())?;
     let relay_addr = relay_sock.local_addr().map_err(|e| e.to_string())?;
     let mut socks = Vec::new();
     for _ in specs {
-        let s = UdpSocket::bind("127.0.0.1:0")
+        let s = UdpSocket::bind((media_ip, 0))
             .await
             .map_err(|e| e.to_string())?;
         socks.push(s);
