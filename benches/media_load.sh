@@ -10,6 +10,7 @@
 # Variants (sessions × participants, video publishers per session):
 #   20av          1 × 20, every participant publishes audio+video (the target mix)
 #   20av-4video   1 × 20, all publish audio, 4 publish video (lighter: the tool shares the CPU)
+#   2x20av        2 × 20, all audio+video: two full sessions at once (one per shard)
 #   4x5av         4 × 5, every participant publishes audio+video
 #   8x5av         8 × 5, every participant publishes audio+video
 #   5av           1 × 5, every participant publishes audio+video (small: debug builds)
@@ -191,6 +192,7 @@ for rep in $(seq 1 "$REPS"); do
     for variant in $VARIANTS; do
         case $variant in
             20av) ARGS="--sessions 1 --participants 20" ;;
+            2x20av) ARGS="--sessions 2 --participants 20" ;;
             20av-4video) ARGS="--sessions 1 --participants 20 --video-publishers 4" ;;
             4x5av) ARGS="--sessions 4 --participants 5" ;;
             5av) ARGS="--sessions 1 --participants 5" ;;

@@ -184,6 +184,11 @@ struct Args {
     /// Devices use ICE over TCP (the server's passive TCP candidates) instead of UDP.
     #[arg(long)]
     tcp: bool,
+    /// Idle devices: each connects (WebSocket, the data-channel-only publish connection, its
+    /// subscribe connection) and publishes nothing; the tool reports the server's RSS before
+    /// the devices and with all of them connected (`IDLE` line and `RESULT`), then exits.
+    #[arg(long)]
+    idle: bool,
 }
 
 // ---- clock, payload header ----------------------------------------------------------------
@@ -407,6 +412,8 @@ struct Pattern {
     audio_max: usize,
     /// ICE over TCP instead of UDP (`--tcp`).
     tcp: bool,
+    /// Publish nothing after the data-channel offer (`--idle`).
+    idle: bool,
 }
 
 impl Pattern {
@@ -1204,6 +1211,14 @@ impl Dev {
         };
         let step = match kind {
             Rpc::Prefs => self.data_offer(now).map(Some),
+            Rpc::DataOffer(pending) if self.pattern.idle => answer()
+                .and_then(|sdp| self.accept_publish_answer(pending, sdp, now))
+                .map(|()| {
+                    // Connected and publishing nothing: "ready" for the idle report.
+                    self.media_ready = true;
+                    self.update_publishing();
+                    None
+                }),
             Rpc::DataOffer(pending) => answer()
                 .and_then(|sdp| self.accept_publish_answer(pending, sdp, now))
                 .and_then(|()| self.media_offer(now))
@@ -1751,6 +1766,7 @@ async fn run(args: Args) -> Result<(), String> {
         audio_min: args.audio_min_bytes,
         audio_max: args.audio_max_bytes.max(args.audio_min_bytes),
         tcp: args.tcp,
+        idle: args.idle,
     };
     let ticks = clock_ticks();
     let server_stat = args.server_pid.map(|p| format!("/proc/{p}/stat"));
@@ -1830,6 +1846,7 @@ async fn run(args: Args) -> Result<(), String> {
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let progress: Vec<Arc<Progress>> = specs.iter().map(|_| Arc::default()).collect();
+    let rss_before = args.server_pid.and_then(|p| proc_status_kb(p, "VmRSS:"));
     let connect_started = Instant::now();
     let mut tasks = Vec::new();
     // Janus: when each device's subscriber may join (its room publishing, or a late one's turn).
@@ -1882,6 +1899,44 @@ async fn run(args: Args) -> Result<(), String> {
         for spec in &specs {
             join(rest, &sessions[spec.session], &spec.participant, spec.late).await?;
         }
+    }
+    if args.idle {
+        while connect_started.elapsed() < args.setup_timeout
+            && !progress
+                .iter()
+                .all(|p| p.publishing.load(Ordering::Relaxed))
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let connected = progress
+            .iter()
+            .filter(|p| p.publishing.load(Ordering::Relaxed))
+            .count();
+        // Let the connections settle (DTLS, SCTP, the subscribe offers answered).
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let rss_after = args.server_pid.and_then(|p| proc_status_kb(p, "VmRSS:"));
+        let per_device = rss_before
+            .zip(rss_after)
+            .map(|(b, a)| a.saturating_sub(b) as f64 / connected.max(1) as f64);
+        println!(
+            "IDLE: {connected}/{} devices connected; server RSS {rss_before:?} kB before, {rss_after:?} kB with them; {per_device:.1?} kB per device",
+            specs.len()
+        );
+        println!(
+            "RESULT {}",
+            json!({"label": args.label, "idle_devices": connected, "devices": specs.len(),
+                   "server_rss_kb_before": rss_before, "server_rss_kb": rss_after,
+                   "kb_per_device": per_device})
+        );
+        let _ = stop_tx.send(true);
+        for t in tasks {
+            let _ = t.await;
+        }
+        return if connected == specs.len() {
+            Ok(())
+        } else {
+            Err("not every idle device connected".into())
+        };
     }
     let expected_heard = (m - 1) as u32;
     let mut ready = false;

@@ -13,8 +13,9 @@ step() { printf '\n=== %s\n' "$*"; }
 # --- what the tests need --------------------------------------------------------------------
 # Debian packages the build and the tests use: libopus (the SIP bridge's Opus codec, found by
 # pkg-config), sipp (package sip-tester) for the SIP tests, Chromium for the browser tests,
-# coturn (STUN and TURN) for the reach tests.
-apt_packages=(python3-venv postgresql-client chromium pkg-config libopus-dev sip-tester coturn)
+# coturn (STUN and TURN) for the reach tests, janus and iproute2 for the load tool's Janus mode
+# (tests/e2e/media_janus.sh runs it in a network namespace).
+apt_packages=(python3-venv postgresql-client chromium pkg-config libopus-dev sip-tester coturn janus iproute2)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -88,6 +89,8 @@ cargo test --locked --workspace --all-targets 2>&1 | tee "$logdir/cargo-test.log
 
 step "end to end over real UDP: str0m devices against the running server"
 PATCHBAY_BIN="$root/target/debug/patchbay" bash tests/e2e/media_udp.sh 2>&1 | tee "$logdir/e2e.log"
+step "end to end: the load tool's Janus mode (Debian's janus, VideoRoom) next to patchbay"
+bash tests/e2e/media_janus.sh 2>&1 | tee "$logdir/e2e-janus.log"
 
 step "packaging: the container image's steps on the host"; bash tests/packaging.sh 2>&1 | tee "$logdir/packaging.log"
 step "reverse proxy: nginx with deploy/nginx.conf in front of patchbay (https, wss)"
@@ -114,6 +117,7 @@ browser_passed=$(grep -Eo '^browser-interop: [0-9]+ passed' "$logdir/browser.log
 sip_passed=$(grep -Eo '^sip-interop: [0-9]+ passed' "$logdir/sip.log" | tail -n1 | awk '{print $2+0}')
 fuzz_passed=$(grep -Eo '^fuzz: [0-9]+ passed' "$logdir/fuzz.log" | tail -n1 | awk '{print $2+0}')
 e2e_passed=$(grep -Eo '^media_load check: [0-9]+ passed' "$logdir/e2e.log" | awk '{s+=$3} END {print s+0}')
+e2e_passed=$((e2e_passed + $(grep -Eo '^media_janus: [0-9]+ of' "$logdir/e2e-janus.log" | awk '{s+=$2} END {print s+0}')))
 packaging_passed=$(grep -Eo '^packaging: [0-9]+ passed' "$logdir/packaging.log" | awk '{print $2+0}')
 msrv_passed=$(grep -Eo '^msrv: [0-9]+ passed' "$logdir/msrv.log" | awk '{print $2+0}')
 deny_passed=$(grep -Eo '^deny: [0-9]+ passed' "$logdir/deny.log" | awk '{print $2+0}')
