@@ -7,8 +7,8 @@
 # client error. Fails unless both servers' runs pass the check.
 #
 # Needs root (ip netns) and Debian's janus (`apt-get install -y janus`); without them it says
-# SKIPPED and exits 77 (not a pass). Uses target/$PROFILE binaries (default debug), built if
-# missing.
+# SKIPPED and exits 77 (not a pass). Uses target/$PROFILE binaries (default debug), brought up to date
+# by cargo first.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 if [[ $(id -u) -ne 0 ]] || ! command -v janus >/dev/null || ! command -v ip >/dev/null; then
@@ -16,10 +16,9 @@ if [[ $(id -u) -ne 0 ]] || ! command -v janus >/dev/null || ! command -v ip >/de
     exit 77
 fi
 PROFILE=${PROFILE:-debug}
-if [[ ! -x target/$PROFILE/examples/media_load || ! -x target/$PROFILE/patchbay ]]; then
-    cargo build --profile "$([[ $PROFILE == debug ]] && echo dev || echo "$PROFILE")" \
-        --example media_load --bin patchbay
-fi
+# Always through cargo (a no-op when current): a stale tool from an older tree lacks the mode.
+cargo build --profile "$([[ $PROFILE == debug ]] && echo dev || echo "$PROFILE")" \
+    --example media_load --bin patchbay
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 SERVERS="patchbay janus" VARIANTS=5av REPS=1 DURATION=3 WARMUP=1 RELAY_DURATION=0 \

@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 bin=${PATCHBAY_BIN:-target/debug/patchbay}
 load=${MEDIA_LOAD_BIN:-target/debug/examples/media_load}
-[ -x "$load" ] || cargo build --example media_load
+[ -n "${MEDIA_LOAD_BIN:-}" ] || cargo build --example media_load # a no-op when current; never a stale tool
 dir=$(mktemp -d)
 out="$dir/stdout"
 RUST_LOG=info,patchbay::runtime::media=debug "$bin" serve --data-dir "$dir" --listen 127.0.0.1:0 \
