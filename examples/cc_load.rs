@@ -60,8 +60,11 @@
 //! 127.0.0.1.
 #![allow(clippy::disallowed_methods)] // a load generator: real clocks, tasks and threads
 
+#[path = "support/load.rs"]
+mod load;
 #[path = "support/mod.rs"]
 mod support;
+use load::{clock_ticks, is_rtp, loadavg, ratio, round, rpc_request, rtx_pts, stat_cpu_seconds};
 use support::parse_duration;
 
 use patchbay_sip::opus::{OpusDecoder, OpusEncoder, FRAME_SAMPLES_8K};
@@ -287,32 +290,7 @@ fn tone_share(pcm: &[i16], hz: f64) -> f64 {
     }
 }
 
-fn is_rtp(b: &[u8]) -> bool {
-    b.len() >= 12 && (b[0] & 0xC0) == 0x80 && !(192..=223).contains(&b[1])
-}
-
 // ---- /proc, /metrics ----------------------------------------------------------------------
-
-fn clock_ticks() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .filter(|t| *t > 0.0)
-        .unwrap_or(100.0)
-}
-
-/// utime+stime of a process (all threads), in seconds.
-fn stat_cpu_seconds(path: &str, ticks: f64) -> Option<f64> {
-    let stat = std::fs::read_to_string(path).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = f.get(11)?.parse().ok()?;
-    let stime: f64 = f.get(12)?.parse().ok()?;
-    Some((utime + stime) / ticks)
-}
 
 /// VmRSS of a process, in MB.
 fn rss_mb(pid: u32) -> Option<f64> {
@@ -325,12 +303,6 @@ fn rss_mb(pid: u32) -> Option<f64> {
         .parse()
         .ok()?;
     Some(kb / 1024.0)
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
 }
 
 /// The sum of a Prometheus metric's samples whose labels contain `label` ("" for all).
@@ -392,19 +364,6 @@ fn percentiles(mut v: Vec<u32>) -> Value {
         round(f64::from(v[rank.clamp(1, v.len()) - 1]) / 1000.0, 2)
     };
     json!({"n": v.len(), "p50_ms": pct(50.0), "p99_ms": pct(99.0), "max_ms": pct(100.0)})
-}
-
-fn round(v: f64, digits: i32) -> f64 {
-    let m = 10f64.powi(digits);
-    (v * m).round() / m
-}
-
-fn ratio(a: f64, b: f64) -> f64 {
-    if b > 0.0 {
-        a / b
-    } else {
-        0.0
-    }
 }
 
 // ---- shared state --------------------------------------------------------------------------
@@ -514,18 +473,6 @@ struct Dev {
     last_seq: HashMap<Mid, u64>,
     events: Vec<Event>,
     res: DevResult,
-}
-
-fn rtx_pts(rtc: &Rtc) -> Vec<u8> {
-    rtc.codec_config()
-        .params()
-        .iter()
-        .filter_map(|p| p.resend().map(|pt| *pt))
-        .collect()
-}
-
-fn rpc_request(id: u64, method: &str, params: Value) -> String {
-    json!({"jsonrpc": "2.0", "method": method, "params": params, "id": id}).to_string()
 }
 
 /// Each m-line of `sdp` with the msid it carries.

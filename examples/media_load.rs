@@ -61,8 +61,11 @@
 
 #[path = "support/janus.rs"]
 mod janus;
+#[path = "support/load.rs"]
+mod load;
 #[path = "support/mod.rs"]
 mod support;
+use load::{clock_ticks, is_rtp, loadavg, ratio, round, rpc_request, rtx_pts, stat_cpu_seconds};
 use support::parse_duration;
 
 use patchbay_testkit::rtc::{self, builtin_channel, payload_type, side, ReceiveError};
@@ -296,32 +299,7 @@ fn vp8_template(len: usize, key: bool, seed: u64) -> Vec<u8> {
     v
 }
 
-fn is_rtp(b: &[u8]) -> bool {
-    b.len() >= 12 && (b[0] & 0xC0) == 0x80 && !(192..=223).contains(&b[1])
-}
-
 // ---- /proc ---------------------------------------------------------------------------------
-
-fn clock_ticks() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .filter(|t| *t > 0.0)
-        .unwrap_or(100.0)
-}
-
-/// utime+stime of a process (all threads) or task, in seconds.
-fn stat_cpu_seconds(path: &str, ticks: f64) -> Option<f64> {
-    let stat = std::fs::read_to_string(path).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = f.get(11)?.parse().ok()?;
-    let stime: f64 = f.get(12)?.parse().ok()?;
-    Some((utime + stime) / ticks)
-}
 
 /// CPU time of the calling thread in seconds (ns resolution).
 fn thread_cpu_seconds() -> Option<f64> {
@@ -347,12 +325,6 @@ fn udp_rcvbuf_errors() -> Option<u64> {
     values.get(i)?.parse().ok()
 }
 
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
 /// Nearest-rank percentile of sorted microseconds, in milliseconds.
 fn pct_ms(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -360,19 +332,6 @@ fn pct_ms(sorted: &[u32], p: f64) -> f64 {
     }
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     f64::from(sorted[rank.clamp(1, sorted.len()) - 1]) / 1000.0
-}
-
-fn round(v: f64, digits: i32) -> f64 {
-    let m = 10f64.powi(digits);
-    (v * m).round() / m
-}
-
-fn ratio(a: f64, b: f64) -> f64 {
-    if b > 0.0 {
-        a / b
-    } else {
-        0.0
-    }
 }
 
 // ---- shared state --------------------------------------------------------------------------
@@ -679,18 +638,6 @@ struct Dev {
     sub_rtx: Vec<u8>,
     events: Vec<Event>,
     res: DevResult,
-}
-
-fn rtx_pts(rtc: &Rtc) -> Vec<u8> {
-    rtc.codec_config()
-        .params()
-        .iter()
-        .filter_map(|p| p.resend().map(|pt| *pt))
-        .collect()
-}
-
-fn rpc_request(id: u64, method: &str, params: Value) -> String {
-    json!({"jsonrpc": "2.0", "method": method, "params": params, "id": id}).to_string()
 }
 
 impl Dev {
