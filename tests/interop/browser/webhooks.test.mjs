@@ -134,12 +134,19 @@ test("webhooks: browsers and phones connect, leave, drop and are deleted; each e
     await rx.waitFor((acc) => acc.length >= total, DELIVERY_T, `${total} events`);
     // Anything late (a duplicate, an event for frank) would show up within this time.
     await new Promise((r) => setTimeout(r, 1500));
+    // An event still being retried (the receiver fails each twice) must finish before counting.
+    await rx.waitFor(() => [...rx.attempts.keys()].every((id) => rx.accepted.some((d) => d.id === id)), DELIVERY_T, "every attempted event delivered");
     t.diagnostic(`${rx.accepted.length} events accepted ${Date.now() - t0} ms after the start`);
+    // Dave is deleted while his call is up: his stream may be withdrawn by the media plane
+    // before control has forgotten him (then onStreamUnpublished is sent) or after (then not).
+    const daveUnpublished = rx.of(dave.id).some((d) => d.json.event === "onStreamUnpublished");
+    if (daveUnpublished) streamEvents[dave.id] = STREAM_EVENTS;
+    const expected = total + (daveUnpublished ? 1 : 0);
 
     assert.deepEqual(rx.rejected, [], "every delivery carries a valid signature");
-    assert.equal(rx.accepted.length, total, `exactly the expected events: ${rx.accepted.map((d) => d.body).join("\n")}`);
+    assert.equal(rx.accepted.length, expected, `exactly the expected events: ${rx.accepted.map((d) => d.body).join("\n")}`);
     const ids = new Set(rx.accepted.map((d) => d.id));
-    assert.equal(ids.size, total, "one webhook-id per event, each accepted once");
+    assert.equal(ids.size, expected, "one webhook-id per event, each accepted once");
     for (const [id, n] of rx.attempts) assert.equal(n, 3, `${id}: a 500, a timeout, then the acknowledged attempt`);
     for (const d of rx.accepted) {
       assert.match(d.contentType || "", /^application\/json/, `content type of ${d.body}`);
