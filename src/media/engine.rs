@@ -257,9 +257,10 @@ pub struct MediaCounters {
     pub forward_failures: u64,
     /// Datagrams from a known peer that the WebRTC stack refused.
     pub unusable_datagrams: u64,
-    /// Keyframe requests sent to publishers.
+    /// Keyframe requests sent to publishers (counted, not yet exported as a metric).
     pub keyframe_requests: u64,
-    /// Keyframe requests not sent because one had just been sent to the same track.
+    /// Keyframe requests not sent because one had just been sent to the same track (counted,
+    /// not yet exported as a metric).
     pub keyframe_requests_merged: u64,
 }
 

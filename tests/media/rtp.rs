@@ -73,15 +73,7 @@ fn ssrc_of(
 
 #[test]
 fn a_subscriber_stream_stays_continuous_across_the_publishers_reconnect() {
-    let mut net = Net::new();
-    let a = net.add_client("alice", MediaKinds::ALL);
-    let b = net.add_client("bob", MediaKinds::ALL);
-    net.set_rules(a, Rules::Session);
-    net.set_rules(b, Rules::Session);
-    net.publish(a, true, true, None);
-    net.publish(b, true, true, None);
-    net.run(Duration::from_secs(2));
-    net.assert_clean();
+    let (mut net, a, b) = super::call_of_two();
     let before = net.now - Duration::from_secs(1);
     let audio_before = ssrc_of(&mut net, b, a, Kind::Audio, before);
     let last_before = *net
