@@ -6,6 +6,8 @@
 
 mod request_log;
 
+pub use request_log::{init_logs, DEFAULT_LOG_FILTER};
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -292,20 +294,14 @@ impl App {
         } else {
             router
         };
-        // Outermost first: a sane id for each request, its span and response log line, the id
-        // on the response, and the id as the `requestId` of error bodies.
+        // Outermost first: a sane id for each request, the id on the response, then the
+        // request's scope (its id in log lines and error bodies) and its response's log line.
         let router = router.layer(
             tower::ServiceBuilder::new()
                 .map_request(request_log::drop_insane_request_id)
                 .layer(request_log::set_request_id())
-                .layer(
-                    tower_http::trace::TraceLayer::new_for_http()
-                        .make_span_with(request_log::make_span)
-                        .on_response(request_log::on_response)
-                        .on_failure(()),
-                )
                 .layer(request_log::propagate_request_id())
-                .layer(axum::middleware::from_fn(api::scope_request_id)),
+                .layer(request_log::RequestLogLayer),
         );
         // Routing sees the path with duplicated leading slashes folded (`//v3/` from SDKs
         // given a base URL that ends in '/').

@@ -1,36 +1,7 @@
 //! The `patchbay` binary: parse the command line, start telemetry, run the command.
 
-use patchbay::app::App;
+use patchbay::app::{init_logs, App};
 use patchbay::config::{Cli, Command, ConfigCommand, LogFormat};
-use tracing_subscriber::EnvFilter;
-
-/// The log filter when `RUST_LOG` is not set: INFO, except the ICE library's STUN parser,
-/// which warns about odd attributes in any datagram anyone sends to the media port (four
-/// lines for one 96-byte packet); the media runtime counts such noise instead, in one line per
-/// interval.
-const DEFAULT_LOG_FILTER: &str = "info,is::stun=error";
-
-/// Starts the log subscriber: `RUST_LOG` (else [`DEFAULT_LOG_FILTER`]) to stderr, as text or
-/// as one JSON object per line with the fields of the current span (`request_id`, …).
-fn init_logs(format: LogFormat) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => logs
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .init(),
-        // Colours only for a terminal: logs written to files stay plain text.
-        LogFormat::Text => logs
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
-    }
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

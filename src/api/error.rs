@@ -13,7 +13,7 @@
 //!
 //! The `requestId` of a body is the request's id (the `x-request-id` the app's request-id
 //! layer set, which the response also carries and every log line of the request shows), made
-//! known to rendering by [`scope_request_id`]; outside such a scope it is a fresh UUID.
+//! known to rendering by the request's [`RequestScope`]; outside one it is a fresh UUID.
 
 use std::sync::Arc;
 
@@ -25,6 +25,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::RequestScope;
 use crate::control::ControlError;
 use crate::domain::DomainError;
 
@@ -137,33 +138,10 @@ pub struct UnauthorizedBody {
     pub message: String,
 }
 
-tokio::task_local! {
-    /// The id of the request being handled (see [`scope_request_id`]).
-    static REQUEST_ID: String;
-}
-
-/// A layer (`axum::middleware::from_fn`) making the request's `x-request-id` the `requestId`
-/// of any error body rendered while it is handled.
-pub async fn scope_request_id(
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let id = request
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    match id {
-        Some(id) => REQUEST_ID.scope(id, next.run(request)).await,
-        None => next.run(request).await,
-    }
-}
-
-/// The id of the request being handled, else a fresh UUID.
+/// The id of the request being handled ([`RequestScope`]), else a fresh UUID.
 fn current_request_id() -> String {
-    REQUEST_ID
-        .try_with(Clone::clone)
-        .unwrap_or_else(|_| Uuid::new_v4().to_string())
+    RequestScope::with_current(|request| request.id().to_owned())
+        .unwrap_or_else(|| Uuid::new_v4().to_string())
 }
 
 /// A client's mistake (4xx) carried by its response to the layer that logs it.
@@ -282,7 +260,8 @@ pub async fn log_server_faults(mut response: Response) -> Response {
         );
         response.extensions_mut().insert(Logged);
     } else if let Some(fault) = response.extensions_mut().remove::<ClientFault>() {
-        // The request's span carries its id; the body's (the same) is repeated for 400-409.
+        // The line's request (the app's log format) carries its id; the body's (the same) is
+        // repeated here for 400-409.
         tracing::info!(
             request_id = fault.request_id.as_deref(),
             status = response.status().as_u16(),

@@ -17,6 +17,7 @@ mod error;
 mod extract;
 mod ice;
 mod participants;
+mod request_scope;
 mod sessions;
 mod webhooks;
 
@@ -41,11 +42,12 @@ pub fn routes_json(
     serde_json::to_value(dto::RoutesView::new(session, members, table)).unwrap_or_default()
 }
 pub use error::{
-    log_server_faults, scope_request_id, BodyError, ClientFault, Error, ErrorBody, Logged,
-    ServerFault, UnauthorizedBody,
+    log_server_faults, BodyError, ClientFault, Error, ErrorBody, Logged, ServerFault,
+    UnauthorizedBody,
 };
 pub use extract::parse_optional_json;
 pub use ice::{turn_credential, IceServer, TurnServers};
+pub use request_scope::{RequestScope, REQUEST_ID_HEADER};
 
 use crate::control::Control;
 

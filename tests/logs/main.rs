@@ -6,7 +6,7 @@
 //! - every stderr line is one JSON object;
 //! - the 400's body `requestId` is its `x-request-id` header, and a log line at INFO carries
 //!   it with the reason of the refusal;
-//! - the request span of the WebSocket upgrade is logged (with its path, not its query).
+//! - the WebSocket upgrade's request is logged (with its path, not its query).
 #![allow(clippy::disallowed_methods)] // a test runs the binary and reads its output
 
 use std::io::{BufRead, BufReader, Read};
@@ -233,13 +233,14 @@ async fn logs_carry_request_ids_and_reasons_and_never_secrets() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
         .collect();
-    let span_field = |l: &Value, k: &str| l["span"][k].as_str().map(str::to_owned);
+    // A line written while a request is handled names it under `request`.
+    let request_field = |l: &Value, k: &str| l["request"][k].as_str().map(str::to_owned);
     // The 400 is logged at INFO with its reason and the body's request id.
     let refusal = lines
         .iter()
         .find(|l| {
             l["level"] == "INFO"
-                && span_field(l, "request_id").as_deref() == Some(request_id.as_str())
+                && request_field(l, "id").as_deref() == Some(request_id.as_str())
                 && l["reason"].as_str() == Some(reason.as_str())
         })
         .unwrap_or_else(|| {
@@ -253,20 +254,30 @@ async fn logs_carry_request_ids_and_reasons_and_never_secrets() {
             .any(|l| l["level"] == "INFO" && l["status"] == 401 && l["reason"].is_string()),
         "the 401 is logged with its reason"
     );
-    // The upgrade's request span was logged: its path, not its query.
-    assert!(
-        lines
-            .iter()
-            .any(|l| span_field(l, "path").as_deref() == Some("/v3")),
-        "the WebSocket request's span shows in the log"
-    );
-    // Every line of a request carries its id: none of the span lines lacks it.
-    for l in lines.iter().filter(|l| l["span"]["name"] == "request") {
+    // The upgrade's request was logged: its path, not its query.
+    let upgrade = lines
+        .iter()
+        .find(|l| request_field(l, "path").as_deref() == Some("/v3"))
+        .unwrap_or_else(|| panic!("no line of the WebSocket request:\n{stderr}"));
+    assert_eq!(upgrade["request"]["method"], "GET");
+    // Every line of a request carries its id, and the lines of the 400 are all its own.
+    for l in lines.iter().filter(|l| !l["request"].is_null()) {
         assert!(
-            span_field(l, "request_id").is_some_and(|id| id != "-"),
+            request_field(l, "id").is_some_and(|id| !id.is_empty()),
             "{l}"
         );
     }
+    let of_the_400: Vec<&Value> = lines
+        .iter()
+        .filter(|l| request_field(l, "id").as_deref() == Some(request_id.as_str()))
+        .collect();
+    assert!(
+        of_the_400
+            .iter()
+            .all(|l| request_field(l, "path").as_deref()
+                == Some("/v1/accounts/logs/sessions/not-a-session-id")),
+        "{of_the_400:?}"
+    );
 }
 
 fn rand_id() -> u64 {
