@@ -1,6 +1,7 @@
 //! `Peers`: the WebRTC peer connections of one engine. Owns peer id → `str0m::Rtc` (with the
 //! device it belongs to and its role) and the timer queue: each peer's next deadline, ordered,
-//! so a timeout runs only the peers that are due and the next deadline is the queue's first.
+//! so a timeout runs only the peers that are due and the next deadline is the queue's first;
+//! and which peers were written to and not drained since (their packets leave when they are).
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -85,6 +86,8 @@ pub(super) struct Peer {
     /// A publish connection's tracks: when a keyframe was last asked of each.
     pub(super) keyframe_asked: HashMap<Mid, Instant>,
     timeout: Instant,
+    /// In [`Peers`]' written list.
+    written: bool,
 }
 
 impl Peer {
@@ -104,6 +107,7 @@ impl Peer {
             outgoing: HashMap::new(),
             keyframe_asked: HashMap::new(),
             timeout: now,
+            written: false,
         }
     }
 }
@@ -113,6 +117,10 @@ pub(super) struct Peers {
     peers: HashMap<PeerId, Peer>,
     next: PeerId,
     timers: BTreeSet<(Instant, PeerId)>,
+    /// Peers written to since they were last drained, each once; and when the first of those
+    /// writes was.
+    written: Vec<PeerId>,
+    written_at: Option<Instant>,
 }
 
 impl Peers {
@@ -126,9 +134,43 @@ impl Peers {
     }
 
     pub(super) fn remove(&mut self, id: PeerId) -> Option<Peer> {
-        let peer = self.peers.remove(&id)?;
+        let mut peer = self.peers.remove(&id)?;
         self.timers.remove(&(peer.timeout, id));
+        // Whatever it still holds leaves at its next drain, wherever it is inserted again.
+        peer.written = false;
         Some(peer)
+    }
+
+    /// Packets were written to the peer's send streams at `now`: they leave when it is next
+    /// drained. The engine drains written peers once per batch of input (see
+    /// [`Peers::take_written`]), not after every packet written.
+    pub(super) fn mark_written(&mut self, id: PeerId, now: Instant) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        if !peer.written {
+            peer.written = true;
+            self.written.push(id);
+            self.written_at.get_or_insert(now);
+        }
+    }
+
+    /// A peer written to and not drained since (no longer marked), with the time of the first
+    /// write still unsent; `None` when there is none left.
+    pub(super) fn take_written(&mut self) -> Option<(PeerId, Instant)> {
+        while let Some(id) = self.written.pop() {
+            if let Some(peer) = self.peers.get_mut(&id) {
+                peer.written = false;
+                return Some((id, self.written_at.unwrap_or(peer.timeout)));
+            }
+        }
+        self.written_at = None;
+        None
+    }
+
+    /// When the first write still unsent was: the engine is due to drain at that time.
+    pub(super) fn written_at(&self) -> Option<Instant> {
+        self.written_at
     }
 
     pub(super) fn get(&self, id: PeerId) -> Option<&Peer> {
@@ -197,5 +239,41 @@ mod tests {
         peers.remove(b);
         assert_eq!(peers.next_timeout(), Some(now + Duration::from_millis(50)));
         assert_eq!(peers.len(), 1);
+    }
+
+    #[test]
+    fn a_written_peer_is_taken_once_and_a_removed_one_never() {
+        #[allow(clippy::disallowed_methods)] // any instant will do as the test's origin
+        let now = Instant::now();
+        let later = now + Duration::from_millis(5);
+        let mut peers = Peers::default();
+        let mut add = |name: &str| {
+            peers.insert(Peer::new(
+                DeviceId(1),
+                true,
+                Rtc::new(now),
+                name.into(),
+                now,
+            ))
+        };
+        let (a, b, c) = (add("a"), add("b"), add("c"));
+        assert_eq!(peers.written_at(), None);
+        peers.mark_written(a, now);
+        peers.mark_written(b, later);
+        peers.mark_written(a, later);
+        peers.mark_written(c, later);
+        assert_eq!(peers.written_at(), Some(now), "the first unsent write");
+        peers.remove(c);
+        let mut taken = vec![];
+        while let Some((id, at)) = peers.take_written() {
+            assert_eq!(at, now);
+            taken.push(id);
+        }
+        taken.sort_unstable();
+        assert_eq!(taken, vec![a, b]);
+        assert_eq!(peers.written_at(), None);
+        // Taken means unmarked: the next write marks it again.
+        peers.mark_written(b, later);
+        assert_eq!(peers.take_written(), Some((b, later)));
     }
 }
