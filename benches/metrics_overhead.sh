@@ -4,11 +4,11 @@
 # every round). Prints every run's figures, then the medians and the on/off ratios.
 #
 #   "on"  = the defaults: --metrics true (a recorder, the per-route HTTP layer, the shard
-#           meters publishing), RUST_LOG=info (an INFO `request` span per request);
+#           meters publishing), RUST_LOG=info (INFO lines, each with its request's scope);
 #   "off" = --metrics false (no recorder: every metric macro and shard-meter handle is a no-op,
-#           no HTTP metrics layer) and RUST_LOG=warn (the INFO span is never created; 4xx
-#           lines are not written). The request-id layers stay in both: the id is part of the
-#           API (the `x-request-id` header and error bodies' `requestId`), not a log feature.
+#           no HTTP metrics layer) and RUST_LOG=warn (4xx lines are not written). The request-id
+#           layers and the request's scope stay in both: the id is part of the API (the
+#           `x-request-id` header and error bodies' `requestId`), not a log feature.
 #
 # Two modes:
 #   MODE=wall (default): release binaries at full rate; server CPU % (REST) and forwarded
@@ -29,7 +29,7 @@
 # callgrind files and logs there).
 # wall: REST_RATE (default 1000), REST_DURATION (default 15), MEDIA_VARIANT (default 4x5av),
 #   MEDIA_DURATION (default 15).
-# instructions: IC_REST_RATE (req/s, default 20), IC_REST_DURATION (s, default 30),
+# instructions: IC_REST_RATE (req/s, default 60), IC_REST_DURATION (s, default 10),
 #   IC_REST_ARGS (extra rest_load arguments; default "--sessions 10"), IC_MEDIA_ARGS (media_load
 #   arguments; default "--sessions 1 --participants 4 --video-publishers 1 --late 0"),
 #   IC_MEDIA_WINDOW (s, default 20).
@@ -44,8 +44,8 @@ REST_RATE=${REST_RATE:-1000}
 REST_DURATION=${REST_DURATION:-15}
 MEDIA_VARIANT=${MEDIA_VARIANT:-4x5av}
 MEDIA_DURATION=${MEDIA_DURATION:-15}
-IC_REST_RATE=${IC_REST_RATE:-20}
-IC_REST_DURATION=${IC_REST_DURATION:-30}
+IC_REST_RATE=${IC_REST_RATE:-60}
+IC_REST_DURATION=${IC_REST_DURATION:-10}
 IC_REST_ARGS=${IC_REST_ARGS:---sessions 10}
 IC_MEDIA_ARGS=${IC_MEDIA_ARGS:---sessions 1 --participants 4 --video-publishers 1 --late 0}
 IC_MEDIA_WINDOW=${IC_MEDIA_WINDOW:-20}
@@ -230,6 +230,9 @@ def attribute(dump):
         "metrics: HTTP layer": track_own + incl(TRACK + "$") + incl(
             r"^core::ptr::drop_in_place<<patchbay::runtime::metrics::TrackHttp<"),
         "metrics: store-operation histogram": incl(r"QueryTimer as core::ops::drop::Drop"),
+        # Taking a histogram's handle (each store operation; the HTTP layer only the first time).
+        "metrics: histogram handle lookups": incl(
+            r"^<metrics_exporter_prometheus::recorder::PrometheusRecorder as metrics::recorder::Recorder>::register_histogram$"),
         "metrics: recorder upkeep (every 5 s)": incl(r"^patchbay::runtime::metrics::spawn_upkeep::\{\{closure\}\}$"),
         "metrics: shard meter publish (every 1 s)": incl(r"^patchbay::runtime::metrics::ShardMeter::publish$"),
         "logging: tracing subscriber (spans, events)": incl(

@@ -14,6 +14,7 @@
 //! Both pools wait at most [`Timeouts::acquire`] for a connection. [`is_unavailable`] sorts the
 //! driver's errors into "cannot answer now" and faults.
 
+use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -59,44 +60,108 @@ pub struct SqlStore {
     pub(super) write: AnyPool,
     /// `read` and `write` are one pool (PostgreSQL, in-memory SQLite).
     shared_pool: bool,
+    timers: Arc<OpHistograms>,
 }
 
-/// Times one store operation into `patchbay_db_query_duration_seconds{op}` when dropped
-/// (whatever the outcome; a no-op without a metrics recorder). Made by [`query_timer!`].
-pub(super) struct QueryTimer {
-    histogram: metrics::Histogram,
-    started: std::time::Instant,
+/// The store's operations, each timed into `patchbay_db_query_duration_seconds{op}` (the
+/// `op` label is [`Op::name`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Op {
+    RowCounts,
+    Ping,
+    CreateAccount,
+    AccountByUsername,
+    AccountCount,
+    Secret,
+    CreateSession,
+    Session,
+    DeleteSession,
+    CreateParticipant,
+    Participant,
+    DeleteParticipant,
+    AddMember,
+    RemoveMember,
+    Members,
+    SetSubscriptions,
+    WebhookTarget,
+    AccountWebhooks,
+    SetWebhookBandwidthOnly,
+    OutboxAppend,
+    OutboxDue,
+    OutboxPending,
+    OutboxAttempted,
+    DeliveryLog,
+    SessionsCreatedBefore,
 }
 
-impl QueryTimer {
-    // The store reads the monotonic clock to time its own statements, for the metrics only.
-    #[allow(clippy::disallowed_methods)]
-    pub(super) fn start(histogram: metrics::Histogram) -> QueryTimer {
-        QueryTimer {
-            histogram,
-            started: std::time::Instant::now(),
+impl Op {
+    const COUNT: usize = Op::SessionsCreatedBefore as usize + 1;
+
+    /// The `op` label.
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Op::RowCounts => "row_counts",
+            Op::Ping => "ping",
+            Op::CreateAccount => "create_account",
+            Op::AccountByUsername => "account_by_username",
+            Op::AccountCount => "account_count",
+            Op::Secret => "secret",
+            Op::CreateSession => "create_session",
+            Op::Session => "session",
+            Op::DeleteSession => "delete_session",
+            Op::CreateParticipant => "create_participant",
+            Op::Participant => "participant",
+            Op::DeleteParticipant => "delete_participant",
+            Op::AddMember => "add_member",
+            Op::RemoveMember => "remove_member",
+            Op::Members => "members",
+            Op::SetSubscriptions => "set_subscriptions",
+            Op::WebhookTarget => "webhook_target",
+            Op::AccountWebhooks => "account_webhooks",
+            Op::SetWebhookBandwidthOnly => "set_webhook_bandwidth_only",
+            Op::OutboxAppend => "outbox_append",
+            Op::OutboxDue => "outbox_due",
+            Op::OutboxPending => "outbox_pending",
+            Op::OutboxAttempted => "outbox_attempted",
+            Op::DeliveryLog => "delivery_log",
+            Op::SessionsCreatedBefore => "sessions_created_before",
         }
     }
 }
 
-impl Drop for QueryTimer {
+/// Each operation's histogram handle, taken from the metrics recorder at the operation's
+/// first use by this store and kept: timing an operation then costs an index, not a lookup in
+/// the recorder's registry (which cost about 300 instructions per operation). A store opened
+/// before a recorder is installed keeps the no-op handles (`App::build` installs first).
+#[derive(Default)]
+pub(super) struct OpHistograms([OnceLock<metrics::Histogram>; Op::COUNT]);
+
+impl std::fmt::Debug for OpHistograms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OpHistograms")
+    }
+}
+
+impl OpHistograms {
+    fn get(&self, op: Op) -> &metrics::Histogram {
+        self.0[op as usize].get_or_init(
+            || metrics::histogram!("patchbay_db_query_duration_seconds", "op" => op.name()),
+        )
+    }
+}
+
+/// Times one store operation into its histogram when dropped (whatever the outcome; a no-op
+/// without a metrics recorder). Made by [`SqlStore::timer`].
+pub(super) struct QueryTimer<'a> {
+    histogram: &'a metrics::Histogram,
+    started: std::time::Instant,
+}
+
+impl Drop for QueryTimer<'_> {
     fn drop(&mut self) {
         self.histogram.record(self.started.elapsed().as_secs_f64());
     }
 }
-
-/// A [`QueryTimer`] for the store operation named by the literal `op`. A literal, so that
-/// the metric's key is a `static` of the call site: taking the histogram allocates nothing
-/// and hashes nothing (a key built per call cost about 1,600 instructions per operation).
-macro_rules! query_timer {
-    ($op:literal) => {
-        $crate::store::sql::QueryTimer::start(metrics::histogram!(
-            "patchbay_db_query_duration_seconds",
-            "op" => $op
-        ))
-    };
-}
-pub(super) use query_timer;
 
 // The store stamps rows with the wall-clock time of the write.
 #[allow(clippy::disallowed_methods)]
@@ -132,6 +197,16 @@ pub struct RowCounts {
 }
 
 impl SqlStore {
+    /// A timer of `op` (see [`QueryTimer`]).
+    // The store reads the monotonic clock to time its own statements, for the metrics only.
+    #[allow(clippy::disallowed_methods)]
+    pub(super) fn timer(&self, op: Op) -> QueryTimer<'_> {
+        QueryTimer {
+            histogram: self.timers.get(op),
+            started: std::time::Instant::now(),
+        }
+    }
+
     /// The pools' occupancy now (no query).
     pub fn pool_stats(&self) -> Vec<PoolStats> {
         fn stats(name: &'static str, pool: &AnyPool) -> PoolStats {
@@ -152,7 +227,7 @@ impl SqlStore {
 
     /// How many sessions and participants the database holds.
     pub async fn row_counts(&self) -> Result<RowCounts, StoreError> {
-        let _timer = query_timer!("row_counts");
+        let _timer = self.timer(Op::RowCounts);
         let row = sqlx::query(
             "SELECT (SELECT COUNT(*) FROM sessions) AS sessions, (SELECT COUNT(*) FROM participants) AS participants",
         )
@@ -204,6 +279,7 @@ impl SqlStore {
                     read: pool.clone(),
                     write: pool,
                     shared_pool: true,
+                    timers: Arc::default(),
                 }
             }
             Dialect::Sqlite => {
@@ -220,6 +296,7 @@ impl SqlStore {
                     read,
                     write,
                     shared_pool: memory,
+                    timers: Arc::default(),
                 }
             }
         };
@@ -489,14 +566,14 @@ fn on_foreign_key(answer: StoreError) -> impl FnOnce(sqlx::Error) -> StoreError 
 #[async_trait]
 impl Store for SqlStore {
     async fn ping(&self) -> Result<(), StoreError> {
-        let _timer = query_timer!("ping");
+        let _timer = self.timer(Op::Ping);
         tokio::time::timeout(PROBE_TIMEOUT, self.probe())
             .await
             .map_err(|_| StoreError::TimedOut(PROBE_TIMEOUT))?
     }
 
     async fn create_account(&self, creds: &AccountCredentials) -> Result<(), StoreError> {
-        let _timer = query_timer!("create_account");
+        let _timer = self.timer(Op::CreateAccount);
         sqlx::query("INSERT INTO accounts (id, username, password_sha256, created_at) VALUES ($1, $2, $3, $4)")
             .bind(creds.account.as_str())
             .bind(creds.username.as_str())
@@ -518,7 +595,7 @@ impl Store for SqlStore {
         &self,
         username: &str,
     ) -> Result<Option<AccountCredentials>, StoreError> {
-        let _timer = query_timer!("account_by_username");
+        let _timer = self.timer(Op::AccountByUsername);
         let row =
             sqlx::query("SELECT id, username, password_sha256 FROM accounts WHERE username = $1")
                 .bind(username)
@@ -536,7 +613,7 @@ impl Store for SqlStore {
     }
 
     async fn account_count(&self) -> Result<u64, StoreError> {
-        let _timer = query_timer!("account_count");
+        let _timer = self.timer(Op::AccountCount);
         let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM accounts")
             .fetch_one(&self.read)
             .await?
@@ -545,7 +622,7 @@ impl Store for SqlStore {
     }
 
     async fn secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError> {
-        let _timer = query_timer!("secret");
+        let _timer = self.timer(Op::Secret);
         sqlx::query("INSERT INTO server_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
             .bind(name)
             .bind(candidate.to_vec())
@@ -560,7 +637,7 @@ impl Store for SqlStore {
     }
 
     async fn create_session(&self, session: &Session) -> Result<(), StoreError> {
-        let _timer = query_timer!("create_session");
+        let _timer = self.timer(Op::CreateSession);
         sqlx::query(
             "INSERT INTO sessions (id, account_id, tag, created_at) VALUES ($1, $2, $3, $4)",
         )
@@ -579,7 +656,7 @@ impl Store for SqlStore {
         account: &AccountId,
         id: SessionId,
     ) -> Result<Option<Session>, StoreError> {
-        let _timer = query_timer!("session");
+        let _timer = self.timer(Op::Session);
         let row = sqlx::query("SELECT tag FROM sessions WHERE id = $1 AND account_id = $2")
             .bind(id.to_string())
             .bind(account.as_str())
@@ -601,7 +678,7 @@ impl Store for SqlStore {
         account: &AccountId,
         id: SessionId,
     ) -> Result<Vec<ParticipantId>, StoreError> {
-        let _timer = query_timer!("delete_session");
+        let _timer = self.timer(Op::DeleteSession);
         let mut tx = self.write.begin().await?;
         Self::lock_session(&mut tx, account, id).await?;
         let members = sqlx::query("SELECT id FROM participants WHERE session_id = $1 ORDER BY id")
@@ -628,7 +705,7 @@ impl Store for SqlStore {
     }
 
     async fn create_participant(&self, p: &Participant) -> Result<(), StoreError> {
-        let _timer = query_timer!("create_participant");
+        let _timer = self.timer(Op::CreateParticipant);
         sqlx::query(
             "INSERT INTO participants (id, account_id, callback_url, publish_permissions, tag, \
              device_api_version, session_id, subscribed_session_id, created_at) \
@@ -652,7 +729,7 @@ impl Store for SqlStore {
         account: &AccountId,
         id: ParticipantId,
     ) -> Result<Option<Participant>, StoreError> {
-        let _timer = query_timer!("participant");
+        let _timer = self.timer(Op::Participant);
         let sql = format!("SELECT {PARTICIPANT_COLUMNS} FROM participants p WHERE p.id = $1 AND p.account_id = $2");
         let Some(row) = sqlx::query(&sql)
             .bind(id.to_string())
@@ -673,7 +750,7 @@ impl Store for SqlStore {
         account: &AccountId,
         id: ParticipantId,
     ) -> Result<Option<SessionId>, StoreError> {
-        let _timer = query_timer!("delete_participant");
+        let _timer = self.timer(Op::DeleteParticipant);
         let row = sqlx::query(
             "DELETE FROM participants WHERE id = $1 AND account_id = $2 RETURNING session_id",
         )
@@ -696,7 +773,7 @@ impl Store for SqlStore {
         participant: ParticipantId,
         subscriptions: Option<&Subscriptions>,
     ) -> Result<(), StoreError> {
-        let _timer = query_timer!("add_member");
+        let _timer = self.timer(Op::AddMember);
         let mut tx = self.write.begin().await?;
         Self::lock_session(&mut tx, account, session).await?;
         let current =
@@ -761,7 +838,7 @@ impl Store for SqlStore {
         session: SessionId,
         participant: ParticipantId,
     ) -> Result<(), StoreError> {
-        let _timer = query_timer!("remove_member");
+        let _timer = self.timer(Op::RemoveMember);
         let mut tx = self.write.begin().await?;
         Self::lock_session(&mut tx, account, session).await?;
         let done = sqlx::query(
@@ -799,7 +876,7 @@ impl Store for SqlStore {
         account: &AccountId,
         session: SessionId,
     ) -> Result<Vec<Participant>, StoreError> {
-        let _timer = query_timer!("members");
+        let _timer = self.timer(Op::Members);
         if self.session(account, session).await?.is_none() {
             return Err(StoreError::SessionNotFound);
         }
@@ -825,7 +902,7 @@ impl Store for SqlStore {
         session: SessionId,
         changes: &[(ParticipantId, Subscriptions)],
     ) -> Result<(), StoreError> {
-        let _timer = query_timer!("set_subscriptions");
+        let _timer = self.timer(Op::SetSubscriptions);
         let mut tx = self.write.begin().await?;
         Self::lock_session(&mut tx, account, session).await?;
         for (participant, subs) in changes {

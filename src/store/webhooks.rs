@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::sql::{corrupt, now_ms, parse_id, query_timer};
+use super::sql::{corrupt, now_ms, parse_id, Op};
 use super::{
     AccountWebhooks, AttemptOutcome, DeliveryAttempt, NewOutboxEvent, OutboxEvent, SqlStore,
     StoreError, WebhookStore, WebhookTarget,
@@ -54,7 +54,7 @@ impl WebhookStore for SqlStore {
         &self,
         participant: ParticipantId,
     ) -> Result<Option<WebhookTarget>, StoreError> {
-        let _timer = query_timer!("webhook_target");
+        let _timer = self.timer(Op::WebhookTarget);
         let row =
             sqlx::query("SELECT account_id, callback_url, tag FROM participants WHERE id = $1")
                 .bind(participant.to_string())
@@ -81,7 +81,7 @@ impl WebhookStore for SqlStore {
         account: &AccountId,
         candidate: &str,
     ) -> Result<AccountWebhooks, StoreError> {
-        let _timer = query_timer!("account_webhooks");
+        let _timer = self.timer(Op::AccountWebhooks);
         sqlx::query(
             "UPDATE accounts SET webhook_secret = $1 WHERE id = $2 AND webhook_secret IS NULL",
         )
@@ -109,7 +109,7 @@ impl WebhookStore for SqlStore {
         account: &AccountId,
         bandwidth_only: bool,
     ) -> Result<(), StoreError> {
-        let _timer = query_timer!("set_webhook_bandwidth_only");
+        let _timer = self.timer(Op::SetWebhookBandwidthOnly);
         let done = sqlx::query("UPDATE accounts SET webhook_bandwidth_only = $1 WHERE id = $2")
             .bind(i64::from(bandwidth_only))
             .bind(account.as_str())
@@ -122,7 +122,7 @@ impl WebhookStore for SqlStore {
     }
 
     async fn outbox_append(&self, events: &[NewOutboxEvent]) -> Result<(), StoreError> {
-        let _timer = query_timer!("outbox_append");
+        let _timer = self.timer(Op::OutboxAppend);
         if events.is_empty() {
             return Ok(());
         }
@@ -148,7 +148,7 @@ impl WebhookStore for SqlStore {
     }
 
     async fn outbox_due(&self, now_ms: i64, limit: u32) -> Result<Vec<OutboxEvent>, StoreError> {
-        let _timer = query_timer!("outbox_due");
+        let _timer = self.timer(Op::OutboxDue);
         sqlx::query(
             "SELECT o.seq, o.id, o.account_id, o.participant_id, o.url, o.event, o.body, \
              o.created_at, o.attempts, COALESCE(a.webhook_secret, '') AS secret \
@@ -168,7 +168,7 @@ impl WebhookStore for SqlStore {
     }
 
     async fn outbox_pending(&self) -> Result<u64, StoreError> {
-        let _timer = query_timer!("outbox_pending");
+        let _timer = self.timer(Op::OutboxPending);
         let n: i64 =
             sqlx::query("SELECT COUNT(*) AS n FROM webhook_outbox WHERE state = 'pending'")
                 .fetch_one(&self.read)
@@ -183,7 +183,7 @@ impl WebhookStore for SqlStore {
         attempt: &DeliveryAttempt,
         outcome: AttemptOutcome,
     ) -> Result<(), StoreError> {
-        let _timer = query_timer!("outbox_attempted");
+        let _timer = self.timer(Op::OutboxAttempted);
         let (state, next_at) = match outcome {
             AttemptOutcome::Delivered => ("delivered", attempt.at_ms),
             AttemptOutcome::RetryAt(at) => ("pending", at),
@@ -223,7 +223,7 @@ impl WebhookStore for SqlStore {
         participant: ParticipantId,
         limit: u32,
     ) -> Result<Vec<DeliveryAttempt>, StoreError> {
-        let _timer = query_timer!("delivery_log");
+        let _timer = self.timer(Op::DeliveryLog);
         sqlx::query(
             "SELECT event_id, event, attempt, status, error, at FROM webhook_attempts \
              WHERE account_id = $1 AND participant_id = $2 ORDER BY seq DESC LIMIT $3",
@@ -243,7 +243,7 @@ impl WebhookStore for SqlStore {
         cutoff_ms: i64,
         limit: u32,
     ) -> Result<Vec<(AccountId, SessionId)>, StoreError> {
-        let _timer = query_timer!("sessions_created_before");
+        let _timer = self.timer(Op::SessionsCreatedBefore);
         sqlx::query(
             "SELECT id, account_id FROM sessions WHERE created_at < $1 \
              ORDER BY created_at LIMIT $2",
