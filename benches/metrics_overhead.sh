@@ -223,12 +223,13 @@ def attribute(dump):
             cur["callees"][name] = cur["callees"].get(name, 0) + n
     incl = lambda pat: sum(v["incl"] for k, v in funcs.items() if re.search(pat, k))
     # The layer's future, less the route's future it awaits.
+    FUT = r"^<patchbay::runtime::metrics::TrackHttpFuture<F> as core::future::future::Future>::poll$"
     track_own = sum(v["incl"] - sum(c for ck, c in v["callees"].items()
-                                    if re.search(r"Oneshot<S,Req>|RouteFuture<E> as", ck))
-                    for k, v in funcs.items() if re.search(TRACK + r"::\{\{closure\}\}$", k))
+                                    if re.search(r"Oneshot<S,Req>|RouteFuture<E> as|MapResponseFuture|map_response", ck))
+                    for k, v in funcs.items() if re.search(FUT, k))
     return {
         "metrics: HTTP layer": track_own + incl(TRACK + "$") + incl(
-            r"^core::ptr::drop_in_place<<patchbay::runtime::metrics::TrackHttp<"),
+            r"^core::ptr::drop_in_place<patchbay::runtime::metrics::TrackHttpFuture<"),
         "metrics: store-operation histogram": incl(r"QueryTimer as core::ops::drop::Drop"),
         # Taking a histogram's handle (each store operation; the HTTP layer only the first time).
         "metrics: histogram handle lookups": incl(

@@ -280,13 +280,10 @@ pub struct TrackHttp<S> {
 impl<S> tower::Service<Request> for TrackHttp<S>
 where
     S: tower::Service<Request, Response = Response>,
-    S::Future: Send + 'static,
 {
     type Response = Response;
     type Error = S::Error;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Response, S::Error>> + Send + 'static>,
-    >;
+    type Future = TrackHttpFuture<S::Future>;
 
     fn poll_ready(
         &mut self,
@@ -299,18 +296,50 @@ where
         let started = Instant::now();
         let method = method_label(request.method());
         let matched = request.extensions().get::<MatchedPath>().cloned();
-        let response = self.inner.call(request);
-        Box::pin(async move {
-            let response = response.await?;
-            let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
-            HTTP_SERIES.get_or_init(HttpSeries::default).record(
-                method,
-                route,
-                response.status().as_u16(),
-                started.elapsed(),
-            );
-            Ok(response)
-        })
+        TrackHttpFuture {
+            response: self.inner.call(request),
+            started,
+            method,
+            matched,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`TrackHttp`]: records the request once its response is ready
+    /// (no allocation of its own).
+    pub struct TrackHttpFuture<F> {
+        #[pin]
+        response: F,
+        started: Instant,
+        method: &'static str,
+        matched: Option<MatchedPath>,
+    }
+}
+
+impl<F, E> std::future::Future for TrackHttpFuture<F>
+where
+    F: std::future::Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        let response = std::task::ready!(this.response.poll(cx))?;
+        let route = this
+            .matched
+            .as_ref()
+            .map_or("unmatched", MatchedPath::as_str);
+        HTTP_SERIES.get_or_init(HttpSeries::default).record(
+            this.method,
+            route,
+            response.status().as_u16(),
+            this.started.elapsed(),
+        );
+        std::task::Poll::Ready(Ok(response))
     }
 }
 
