@@ -774,39 +774,19 @@ impl Engine {
             }
             self.drain_peer(id, now);
         }
-        self.send_written();
     }
 
-    /// When the engine next needs [`Engine::handle_timeout`] (now, if packets written to
-    /// subscribers have not been sent yet: see [`Engine::poll_transmit`]).
+    /// When the engine next needs [`Engine::handle_timeout`].
     pub fn poll_timeout(&self) -> Option<Instant> {
-        [
-            self.peers.next_timeout(),
-            self.subscribing.next_deadline(),
-            self.peers.written_at(),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        match (self.peers.next_timeout(), self.subscribing.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The next datagram to send, in the order produced; `None` when the queue is empty.
-    ///
-    /// Packets forwarded to a subscriber are written to its send streams and leave when it
-    /// is drained: here, once the driver has handed over a batch of input, so a subscriber fed
-    /// by many of the batch's packets is drained once rather than after every packet.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        if self.transmits.is_empty() {
-            self.send_written();
-        }
         self.transmits.pop_front()
-    }
-
-    /// Drains every subscriber written to since its last drain (see [`Engine::poll_transmit`]).
-    fn send_written(&mut self) {
-        while let Some((peer, at)) = self.peers.take_written() {
-            self.drain_peer(peer, at);
-        }
     }
 
     /// The next event for the driver, in the order produced; `None` when the queue is empty.
@@ -1295,8 +1275,8 @@ impl Engine {
                         rewrite.sized_for = Some(ssrc);
                     }
                     self.counters.forwarded(packet.payload.len());
-                    // Sent when the subscriber is drained, once per batch of input.
-                    self.peers.mark_written(peer, now);
+                    // Sent at the subscriber's next timeout, once for the whole batch.
+                    self.peers.written(peer, now);
                 }
             }
         }

@@ -42,9 +42,10 @@
 //! After a call, or a batch of calls (the datagrams one read of the socket returned), the
 //! driver sends every [`Engine::poll_transmit`], handles every [`Engine::poll_event`], and
 //! sleeps until [`Engine::poll_timeout`] at the latest, always passing `now`. Packets forwarded
-//! to a subscriber leave when it is drained, which `poll_transmit` does once for the whole
-//! batch: a subscriber fed by twenty publishers' packets in one batch is drained once, not
-//! twenty times.
+//! to a subscriber leave at its connection's next timeout (str0m sends what was written to a
+//! send stream when time next moves forward): forwarding makes the subscriber due now, and the
+//! driver's next [`Engine::handle_timeout`] sends all that was written to it since, so a
+//! subscriber fed by twenty publishers' packets in one batch is run once, not twenty times.
 //!
 //! ## The three paths through the engine
 //! - **A datagram**: `Engine::handle_receive` → `Demux::lookup` (or, for a new path, a STUN
@@ -53,8 +54,8 @@
 //!   → `Engine::drain_peer` → for each RTP packet `Engine::forward` →
 //!   `Fanout::targets(source)` → for a browser target, the m-line's `Rewrite` (SSRC, sequence
 //!   number and timestamp made continuous) and its send stream's `write_rtp` (the payload is
-//!   shared, not copied; the subscriber is marked written and drained by the next
-//!   `Engine::poll_transmit`); for a phone, a `LocalMedia` event.
+//!   shared, not copied; the subscriber is made due now and its next timeout sends it); for
+//!   a phone, a `LocalMedia` event.
 //! - **A subscription change**: `Engine::apply_routes(session, diff)` →
 //!   `HostedRoutes::apply` (returns the affected subscribers) → for each one
 //!   `Engine::renegotiate` → `Subscribing::renegotiate` (one pending offer per device, later

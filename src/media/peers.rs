@@ -1,7 +1,6 @@
 //! `Peers`: the WebRTC peer connections of one engine. Owns peer id → `str0m::Rtc` (with the
 //! device it belongs to and its role) and the timer queue: each peer's next deadline, ordered,
-//! so a timeout runs only the peers that are due and the next deadline is the queue's first;
-//! and which peers were written to and not drained since (their packets leave when they are).
+//! so a timeout runs only the peers that are due and the next deadline is the queue's first.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -86,8 +85,6 @@ pub(super) struct Peer {
     /// A publish connection's tracks: when a keyframe was last asked of each.
     pub(super) keyframe_asked: HashMap<Mid, Instant>,
     timeout: Instant,
-    /// In [`Peers`]' written list.
-    written: bool,
 }
 
 impl Peer {
@@ -107,7 +104,6 @@ impl Peer {
             outgoing: HashMap::new(),
             keyframe_asked: HashMap::new(),
             timeout: now,
-            written: false,
         }
     }
 }
@@ -117,10 +113,6 @@ pub(super) struct Peers {
     peers: HashMap<PeerId, Peer>,
     next: PeerId,
     timers: BTreeSet<(Instant, PeerId)>,
-    /// Peers written to since they were last drained, each once; and when the first of those
-    /// writes was.
-    written: Vec<PeerId>,
-    written_at: Option<Instant>,
 }
 
 impl Peers {
@@ -134,43 +126,9 @@ impl Peers {
     }
 
     pub(super) fn remove(&mut self, id: PeerId) -> Option<Peer> {
-        let mut peer = self.peers.remove(&id)?;
+        let peer = self.peers.remove(&id)?;
         self.timers.remove(&(peer.timeout, id));
-        // Whatever it still holds leaves at its next drain, wherever it is inserted again.
-        peer.written = false;
         Some(peer)
-    }
-
-    /// Packets were written to the peer's send streams at `now`: they leave when it is next
-    /// drained. The engine drains written peers once per batch of input (see
-    /// [`Peers::take_written`]), not after every packet written.
-    pub(super) fn mark_written(&mut self, id: PeerId, now: Instant) {
-        let Some(peer) = self.peers.get_mut(&id) else {
-            return;
-        };
-        if !peer.written {
-            peer.written = true;
-            self.written.push(id);
-            self.written_at.get_or_insert(now);
-        }
-    }
-
-    /// A peer written to and not drained since (no longer marked), with the time of the first
-    /// write still unsent; `None` when there is none left.
-    pub(super) fn take_written(&mut self) -> Option<(PeerId, Instant)> {
-        while let Some(id) = self.written.pop() {
-            if let Some(peer) = self.peers.get_mut(&id) {
-                peer.written = false;
-                return Some((id, self.written_at.unwrap_or(peer.timeout)));
-            }
-        }
-        self.written_at = None;
-        None
-    }
-
-    /// When the first write still unsent was: the engine is due to drain at that time.
-    pub(super) fn written_at(&self) -> Option<Instant> {
-        self.written_at
     }
 
     pub(super) fn get(&self, id: PeerId) -> Option<&Peer> {
@@ -190,6 +148,16 @@ impl Peers {
             self.timers.remove(&(peer.timeout, id));
             self.timers.insert((at, id));
             peer.timeout = at;
+        }
+    }
+
+    /// Packets were written to the peer's send streams at `now`. str0m sends written packets
+    /// at the connection's next timeout input, so the peer is made due at `now` (unless it is
+    /// due earlier): the engine's next [`Peers::due`] runs it once, however many packets were
+    /// written to it meanwhile (a whole batch of received datagrams' worth).
+    pub(super) fn written(&mut self, id: PeerId, now: Instant) {
+        if self.peers.get(&id).is_some_and(|peer| peer.timeout > now) {
+            self.set_timeout(id, now);
         }
     }
 
@@ -242,10 +210,9 @@ mod tests {
     }
 
     #[test]
-    fn a_written_peer_is_taken_once_and_a_removed_one_never() {
+    fn a_written_peer_is_due_now_unless_it_is_due_earlier() {
         #[allow(clippy::disallowed_methods)] // any instant will do as the test's origin
         let now = Instant::now();
-        let later = now + Duration::from_millis(5);
         let mut peers = Peers::default();
         let mut add = |name: &str| {
             peers.insert(Peer::new(
@@ -256,24 +223,21 @@ mod tests {
                 now,
             ))
         };
-        let (a, b, c) = (add("a"), add("b"), add("c"));
-        assert_eq!(peers.written_at(), None);
-        peers.mark_written(a, now);
-        peers.mark_written(b, later);
-        peers.mark_written(a, later);
-        peers.mark_written(c, later);
-        assert_eq!(peers.written_at(), Some(now), "the first unsent write");
-        peers.remove(c);
-        let mut taken = vec![];
-        while let Some((id, at)) = peers.take_written() {
-            assert_eq!(at, now);
-            taken.push(id);
-        }
-        taken.sort_unstable();
-        assert_eq!(taken, vec![a, b]);
-        assert_eq!(peers.written_at(), None);
-        // Taken means unmarked: the next write marks it again.
-        peers.mark_written(b, later);
-        assert_eq!(peers.take_written(), Some((b, later)));
+        let (a, b) = (add("a"), add("b"));
+        peers.set_timeout(a, now + Duration::from_millis(40));
+        peers.set_timeout(b, now + Duration::from_millis(2));
+        let written = now + Duration::from_millis(5);
+        peers.written(a, written);
+        peers.written(a, written + Duration::from_millis(1));
+        peers.written(b, written);
+        assert_eq!(
+            peers.due(written),
+            vec![b, a],
+            "a is due when written, b kept its earlier deadline"
+        );
+        assert_eq!(peers.next_timeout(), Some(now + Duration::from_millis(2)));
+        peers.remove(a);
+        peers.written(a, written); // a removed peer is ignored
+        assert_eq!(peers.due(written), vec![b]);
     }
 }
