@@ -1,7 +1,8 @@
 //! The device connection loop: one task per WebSocket, translating JSON-RPC to control's
 //! device verbs ([`DeviceControl`]) and the media plane's notices to JSON-RPC notifications.
 //!
-//! Every close the server starts sends a close frame with a code and a reason. 1000 (the
+//! Every close the server starts sends a close frame with a code and a reason, and waits a
+//! moment for the device's answering close frame before dropping the connection. 1000 (the
 //! browser SDK does not reconnect): token refused, replaced by a newer connection, deleted,
 //! and after `leave` ("left"). Others (the SDK reconnects): 1001 "idle timeout" when nothing
 //! (not even a pong to the server's ping) was heard for the idle timeout, 1001 "server
@@ -124,12 +125,31 @@ mod code {
 /// no subscribe offer) and is started afresh by the reconnect.
 pub const RESET_CODE: u16 = 4000;
 
+/// How long a close the server starts waits for the device's answering close frame.
+const CLOSE_ANSWER_WAIT: Duration = Duration::from_secs(2);
+
+/// Sends a close frame, then waits (at most [`CLOSE_ANSWER_WAIT`]) for the device's own before
+/// the connection is dropped (RFC 6455 section 7.1.1: the TCP connection ends after both close
+/// frames). Dropped at once, a device still sending (its own close after `leave`, a last
+/// request) gets a TCP reset, which can reach the browser before our close frame is read: it
+/// then reports 1006 and the SDK reconnects a second later (a ghost device, a second
+/// `onConnect`).
 async fn close_with(mut socket: WebSocket, code: u16, reason: &str) {
     let frame = CloseFrame {
         code,
         reason: reason.into(),
     };
-    let _ = socket.send(Message::Close(Some(frame))).await;
+    if socket.send(Message::Close(Some(frame))).await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(CLOSE_ANSWER_WAIT, async {
+        while let Some(Ok(message)) = socket.recv().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 async fn close(socket: WebSocket, reason: &str) {
