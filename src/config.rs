@@ -493,7 +493,8 @@ impl Default for TelemetryArgs {
 pub enum LogFormat {
     /// Human-readable lines.
     Text,
-    /// One JSON object per line, with the span fields (`request_id`, …).
+    /// One JSON object per line, with the request being handled under `request` (`id`,
+    /// `method`, `path`).
     Json,
 }
 

@@ -23,12 +23,23 @@ tokio::task_local! {
     static CURRENT: RequestScope;
 }
 
-/// What the log lines and error bodies of one request say about it.
-#[derive(Debug, Clone)]
+/// What the log lines and error bodies of one request say about it. Its `Debug` shows the
+/// path only, never the query.
+#[derive(Clone)]
 pub struct RequestScope {
     id: String,
     method: Method,
     uri: Uri,
+}
+
+impl std::fmt::Debug for RequestScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestScope")
+            .field("id", &self.id)
+            .field("method", &self.method)
+            .field("path", &self.path())
+            .finish()
+    }
 }
 
 impl RequestScope {
@@ -97,6 +108,18 @@ mod tests {
             Some(("abc-1".to_owned(), Method::POST, "/v3/x".to_owned()))
         );
         assert!(RequestScope::with_current(|_| ()).is_none());
+    }
+
+    #[test]
+    fn debug_never_shows_the_query() {
+        let request = Request::get("/v3?token=secret-token")
+            .body(())
+            .expect("request");
+        let shown = format!("{:?}", RequestScope::of(&request));
+        assert!(
+            shown.contains("/v3") && !shown.contains("secret"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -235,13 +235,22 @@ fn add_request(line: &mut String, request: &RequestScope, json: bool) {
             text(request.path()),
         )
     } else {
-        // Ids are sane tokens (see `drop_insane_request_id`) and a URI path has no spaces or
-        // control characters: nothing needs quoting.
+        // Ids are sane tokens (see `drop_insane_request_id`) and methods are tokens; a path
+        // has no spaces but may carry non-ASCII text, whose control characters are escaped so
+        // that no request can write terminal escapes into a log.
         format!(
             " request.id={} request.method={} request.path={}",
             request.id(),
             request.method(),
-            request.path()
+            request
+                .path()
+                .chars()
+                .map(|c| if c.is_control() {
+                    c.escape_unicode().to_string()
+                } else {
+                    c.to_string()
+                })
+                .collect::<String>()
         )
     };
     line.insert_str(at, &added);
@@ -292,6 +301,13 @@ mod tests {
             "2026-11-29T00:00:00Z  INFO patchbay: m status=400 \
              request.id=id-1 request.method=DELETE request.path=/x/y\n"
         );
+    }
+
+    #[test]
+    fn a_text_line_escapes_control_characters_of_the_path() {
+        let mut line = "m\n".to_owned();
+        add_request(&mut line, &scope("/a/\u{9b}31m"), false);
+        assert!(line.ends_with("request.path=/a/\\u{9b}31m\n"), "{line:?}");
     }
 
     #[test]

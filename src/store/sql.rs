@@ -63,70 +63,56 @@ pub struct SqlStore {
     timers: Arc<OpHistograms>,
 }
 
-/// The store's operations, each timed into `patchbay_db_query_duration_seconds{op}` (the
-/// `op` label is [`Op::name`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Op {
-    RowCounts,
-    Ping,
-    CreateAccount,
-    AccountByUsername,
-    AccountCount,
-    Secret,
-    CreateSession,
-    Session,
-    DeleteSession,
-    CreateParticipant,
-    Participant,
-    DeleteParticipant,
-    AddMember,
-    RemoveMember,
-    Members,
-    SetSubscriptions,
-    WebhookTarget,
-    AccountWebhooks,
-    SetWebhookBandwidthOnly,
-    OutboxAppend,
-    OutboxDue,
-    OutboxPending,
-    OutboxAttempted,
-    DeliveryLog,
-    SessionsCreatedBefore,
+/// Declares [`Op`] from one list of (variant, label), so that the variants, their labels and
+/// [`Op::COUNT`] cannot disagree.
+macro_rules! store_ops {
+    ($($op:ident => $name:literal,)*) => {
+        /// The store's operations, each timed into `patchbay_db_query_duration_seconds{op}`
+        /// (the `op` label is [`Op::name`]).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub(super) enum Op {
+            $($op,)*
+        }
+
+        impl Op {
+            const COUNT: usize = [$(Op::$op,)*].len();
+
+            /// The `op` label.
+            pub(super) fn name(self) -> &'static str {
+                match self {
+                    $(Op::$op => $name,)*
+                }
+            }
+        }
+    };
 }
 
-impl Op {
-    const COUNT: usize = Op::SessionsCreatedBefore as usize + 1;
-
-    /// The `op` label.
-    pub(super) fn name(self) -> &'static str {
-        match self {
-            Op::RowCounts => "row_counts",
-            Op::Ping => "ping",
-            Op::CreateAccount => "create_account",
-            Op::AccountByUsername => "account_by_username",
-            Op::AccountCount => "account_count",
-            Op::Secret => "secret",
-            Op::CreateSession => "create_session",
-            Op::Session => "session",
-            Op::DeleteSession => "delete_session",
-            Op::CreateParticipant => "create_participant",
-            Op::Participant => "participant",
-            Op::DeleteParticipant => "delete_participant",
-            Op::AddMember => "add_member",
-            Op::RemoveMember => "remove_member",
-            Op::Members => "members",
-            Op::SetSubscriptions => "set_subscriptions",
-            Op::WebhookTarget => "webhook_target",
-            Op::AccountWebhooks => "account_webhooks",
-            Op::SetWebhookBandwidthOnly => "set_webhook_bandwidth_only",
-            Op::OutboxAppend => "outbox_append",
-            Op::OutboxDue => "outbox_due",
-            Op::OutboxPending => "outbox_pending",
-            Op::OutboxAttempted => "outbox_attempted",
-            Op::DeliveryLog => "delivery_log",
-            Op::SessionsCreatedBefore => "sessions_created_before",
-        }
-    }
+store_ops! {
+    RowCounts => "row_counts",
+    Ping => "ping",
+    CreateAccount => "create_account",
+    AccountByUsername => "account_by_username",
+    AccountCount => "account_count",
+    Secret => "secret",
+    CreateSession => "create_session",
+    Session => "session",
+    DeleteSession => "delete_session",
+    CreateParticipant => "create_participant",
+    Participant => "participant",
+    DeleteParticipant => "delete_participant",
+    AddMember => "add_member",
+    RemoveMember => "remove_member",
+    Members => "members",
+    SetSubscriptions => "set_subscriptions",
+    WebhookTarget => "webhook_target",
+    AccountWebhooks => "account_webhooks",
+    SetWebhookBandwidthOnly => "set_webhook_bandwidth_only",
+    OutboxAppend => "outbox_append",
+    OutboxDue => "outbox_due",
+    OutboxPending => "outbox_pending",
+    OutboxAttempted => "outbox_attempted",
+    DeliveryLog => "delivery_log",
+    SessionsCreatedBefore => "sessions_created_before",
 }
 
 /// Each operation's histogram handle, taken from the metrics recorder at the operation's
