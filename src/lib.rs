@@ -76,7 +76,9 @@
 //! - **A datagram**: `runtime::media` `Pump::run` (socket) → `Shard::handle_receive` →
 //!   `Engine::handle_receive` → `Demux::lookup` → the peer's `Rtc` → `Engine::drain_peer` →
 //!   `Engine::forward` (per RTP packet) → `Fanout::targets` → each subscriber m-line's
-//!   `Rewrite` and send stream (`write_rtp`), or a `LocalMedia` event for a phone. Datagrams for a device that moved away: `Shard`'s redirect map →
+//!   `Rewrite` and send stream (`write_rtp`; the subscriber is made due now, and the next
+//!   `Engine::handle_timeout` sends all that was written to it), or a `LocalMedia` event for
+//!   a phone. Datagrams for a device that moved away: `Shard`'s redirect map →
 //!   `ShardOutput::Message` → the other shard's inbox.
 //! - **A subscription change**: `api` handler → `Control::set_subscriptions` → store →
 //!   `Routing::compile` (a diff) → `ControlEvent::Routes` → `Pump::run` →
