@@ -23,6 +23,12 @@
 
 #[path = "support/mod.rs"]
 mod support;
+
+// The /proc readings the media load tools use too (the rest of the module is theirs).
+#[path = "support/load.rs"]
+#[allow(dead_code)]
+mod load;
+use load::{clock_ticks, loadavg, stat_cpu_seconds};
 use support::parse_duration;
 
 use std::collections::{BTreeMap, HashMap};
@@ -555,34 +561,6 @@ async fn run_slot(ctx: Arc<Ctx>, slot: Slot, r: u64, scheduled: Instant, measure
     }
 }
 
-/// utime+stime of a process, in seconds.
-fn proc_cpu_seconds(pid: &str, ticks: f64) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // After "pid (comm) ", field 3 (state) is index 0; utime is field 14, stime field 15.
-    let utime: f64 = f.get(11)?.parse().ok()?;
-    let stime: f64 = f.get(12)?.parse().ok()?;
-    Some((utime + stime) / ticks)
-}
-
-fn clock_ticks() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .filter(|t| *t > 0.0)
-        .unwrap_or(100.0)
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
 /// Nearest-rank percentile of sorted microseconds, in milliseconds.
 fn pct_ms(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -769,8 +747,8 @@ async fn run(args: Args) -> Result<(), String> {
                     Instant::now(),
                     sched_pid
                         .as_deref()
-                        .and_then(|p| proc_cpu_seconds(p, ticks)),
-                    proc_cpu_seconds("self", ticks),
+                        .and_then(|p| stat_cpu_seconds(&format!("/proc/{p}/stat"), ticks)),
+                    stat_cpu_seconds("/proc/self/stat", ticks),
                     loadavg(),
                 ));
             }
@@ -812,10 +790,10 @@ async fn run(args: Args) -> Result<(), String> {
     let wall = end.saturating_duration_since(t0).as_secs_f64();
     let server_cpu = server_pid
         .as_deref()
-        .and_then(|p| proc_cpu_seconds(p, ticks))
+        .and_then(|p| stat_cpu_seconds(&format!("/proc/{p}/stat"), ticks))
         .zip(server0)
         .map(|(a, b)| a - b);
-    let client_cpu = proc_cpu_seconds("self", ticks)
+    let client_cpu = stat_cpu_seconds("/proc/self/stat", ticks)
         .zip(client0)
         .map(|(a, b)| a - b);
     let load1 = loadavg();
