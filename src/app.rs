@@ -118,6 +118,7 @@ impl App {
                 public_addrs,
                 tcp_addrs,
                 cert: first.cert.clone(),
+                ice_prefix: first.ice_prefix.clone(),
             };
             shards.push(ShardSetup {
                 config,
@@ -147,6 +148,19 @@ impl App {
                 session_max_age: config.webhooks.session_max_age,
             },
         )?;
+        // What other processes had live, read before this one's first heartbeat prunes it:
+        // the devices of a process that died get their end events if they do not come back.
+        match control.foreign_live_devices().await {
+            Ok(snapshot) => {
+                control.note_foreign_devices(&snapshot);
+                crate::runtime::webhooks::spawn_reaper(control.clone(), snapshot);
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                "cannot read other processes' live devices: a dead process's devices get no \
+                 onDisconnect"
+            ),
+        }
         crate::runtime::webhooks::spawn_heartbeat(control.clone(), http_addr.to_string());
         let media = crate::runtime::media::spawn(shards, control.clone())?;
         // Signaling and the SIP bridge reach the media plane only through control's verbs.
@@ -331,14 +345,17 @@ impl App {
 /// The graceful stop. Control starts draining (`/readyz` answers 503; new device connections
 /// are closed with 1013 "server draining", new calls answered 503); connected devices and
 /// calls keep going until they have all left or `timeout` has passed. Then phones get BYE and
-/// browsers a close with 1001 "server shutting down" (the SDK reconnects: through a balancer,
-/// to another server), and the stop waits a few seconds for both before HTTP stops.
-/// Acknowledged state is in the store all along; nothing waits on it here.
+/// browsers a close with 1001 "server shutting down" (the SDK keeps reconnecting; this
+/// process's successor on the same ports and database resumes their calls),
+/// and the stop waits a few seconds for both, then (at most 10 s) until every lifecycle event
+/// raised is in the webhook outbox, before HTTP stops. Acknowledged state is in the store all
+/// along.
 #[allow(clippy::disallowed_methods)] // the app owns shutdown and its waits
 async fn drain(control: &Control, sip: &SipHandle, timeout: std::time::Duration) {
     use tokio::time::{sleep, Instant};
     const POLL: std::time::Duration = std::time::Duration::from_millis(100);
     const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+    const EVENTS_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
     control.begin_drain();
     tracing::info!(
         devices = control.live_devices(),
@@ -358,6 +375,20 @@ async fn drain(control: &Control, sip: &SipHandle, timeout: std::time::Duration)
     let _ = tokio::time::timeout(CLOSE_WAIT, sip.stopped()).await;
     while control.live_devices() > 0 && Instant::now() < deadline {
         sleep(POLL).await;
+    }
+    // The events of those closings (onDisconnect, onCallEnded...) are in the outbox before
+    // the process goes, so the next process delivers them.
+    let deadline = Instant::now() + EVENTS_WAIT;
+    while control.events_unsettled() > 0 && Instant::now() < deadline {
+        sleep(POLL.min(deadline - Instant::now())).await;
+    }
+    let unsettled = control.events_unsettled();
+    if unsettled > 0 {
+        tracing::warn!(
+            events = unsettled,
+            "stopping with lifecycle events not yet in the outbox (the database is slow or \
+             unavailable): their webhooks are lost"
+        );
     }
     if let Err(e) = control.forget_live().await {
         tracing::warn!(error = %e, "cannot clear this process's live state");

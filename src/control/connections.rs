@@ -116,21 +116,34 @@ impl DeviceControl {
             Err(e) => return Err(ConnectError::Refused(e)),
         };
         let participant = verified.participant.id;
+        // What this SDK instance's subscribe connection looks like, if a process offered it
+        // one: without it a restarted process cannot resume that connection, but the device
+        // still connects (its subscribe side starts afresh).
+        let layout = match self.control.subscribe_layout(participant).await {
+            Ok(layout) => layout.filter(|l| !unique_id.is_empty() && l.unique_id == unique_id),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read a device's subscribe layout");
+                None
+            }
+        };
         let request = DeviceRequest {
             account: verified.claims.account,
             participant,
             session: verified.participant.session,
             permissions: verified.participant.publish_permissions,
             unique_id: unique_id.clone(),
+            layout,
         };
         let (device, connection) = self
             .media
             .connect(request, notices)
             .await
             .map_err(|e| ConnectError::Unavailable(e.to_string()))?;
+        let resumed = self.control.resumes_foreign(participant, &unique_id);
         self.control.device_event(LifecycleEvent::Connected {
             participant,
             device: unique_id.clone(),
+            resumed,
         });
         Ok(ConnectedDevice {
             device,
@@ -236,6 +249,7 @@ impl DeviceControl {
         self.control.device_event(LifecycleEvent::Connected {
             participant,
             device: call.clone(),
+            resumed: false,
         });
         self.control
             .device_event(LifecycleEvent::CallAnswered { participant, call });

@@ -45,6 +45,7 @@ impl Control {
                 LifecycleEvent::Connected {
                     participant,
                     device,
+                    ..
                 } => {
                     live.insert((*participant, device.clone()));
                 }

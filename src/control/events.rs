@@ -47,6 +47,10 @@ pub enum LifecycleEvent {
         participant: ParticipantId,
         /// Its `uniqueId`.
         device: String,
+        /// The device was connected to a process that died, and its call resumes here: the
+        /// backend was told `onConnect` already, so no webhook is sent (the live state is
+        /// still recorded).
+        resumed: bool,
     },
     /// `left`: the device said `leave` (Bandwidth's `onLeave`); otherwise the connection was
     /// lost or replaced (`onDisconnect`).

@@ -23,6 +23,8 @@
 //! - `routing.rs`: [`Routing`], the pure core: published streams and last tables → diffs.
 //! - `serial.rs`: per-session serialization of recompiles (striped locks).
 //! - `events.rs`: [`ControlEvent`]s and the bus that carries them.
+//! - `layouts.rs`: devices' subscribe layouts in the store (what a restarted process resumes
+//!   a subscribe connection from).
 //! - `keys.rs`: the device-token keys (current and, after a rotation, previous) and their
 //!   reload from the store.
 //! - `operator.rs`: the operator's verbs (accounts, credential and secret rotation, session
@@ -36,6 +38,7 @@ mod devices;
 mod error;
 mod events;
 mod keys;
+mod layouts;
 mod operator;
 pub mod port;
 mod routes;
@@ -86,6 +89,10 @@ struct Inner {
     /// The devices (browsers and phone calls) connected to this process, by participant and
     /// `uniqueId` (call id for phones), from their lifecycle events.
     live: Mutex<std::collections::HashSet<(crate::domain::ParticipantId, String)>>,
+    /// Devices another process had live when this one started (by participant and
+    /// `uniqueId`): one reconnecting here resumes its call, and its backend is not told a
+    /// second `onConnect`.
+    foreign: Mutex<std::collections::HashSet<(crate::domain::ParticipantId, String)>>,
     /// Set once the process drains before it stops (see [`Control::begin_drain`]).
     draining: std::sync::atomic::AtomicBool,
 }
@@ -108,6 +115,7 @@ impl Control {
                 credentials: auth::CredentialCache::default(),
                 webhooks: webhooks::Recorder::default(),
                 live: Mutex::default(),
+                foreign: Mutex::default(),
                 draining: std::sync::atomic::AtomicBool::new(false),
             }),
         })
@@ -134,7 +142,8 @@ impl Control {
     }
 
     /// Tells the media plane to let every device go: browsers' WebSockets are closed with
-    /// 1001 "server shutting down" (the SDK reconnects, to another server behind a balancer).
+    /// 1001 "server shutting down" (the SDK keeps reconnecting; the next process on the same
+    /// ports and database resumes the call).
     pub fn stop_devices(&self) {
         self.inner.events.send(ControlEvent::Shutdown);
     }

@@ -3,11 +3,11 @@
 //! part of the live state they read: its heartbeat, the devices connected to it and the
 //! streams they publish (written from the lifecycle feed, in order, by the runtime).
 
-use super::{Control, ControlError, LifecycleEvent};
-use crate::domain::{AccountId, Participant, SessionId};
+use super::{CallEndReason, Control, ControlError, LifecycleEvent};
+use crate::domain::{AccountId, Participant, ParticipantId, SessionId};
 use crate::forwarding::{self, ForwardingTable, PublishedStream, SessionState};
 use crate::store::{
-    AccountSummary, LiveChange, LiveDevice, LiveStream, SessionSummary, STALE_AFTER_MS,
+    AccountSummary, DeviceKind, LiveChange, LiveDevice, LiveStream, SessionSummary, STALE_AFTER_MS,
 };
 
 /// A live device as the operator sees it.
@@ -59,6 +59,7 @@ impl Control {
             LifecycleEvent::Connected {
                 participant,
                 device,
+                ..
             } => LiveChange::Connected {
                 participant: *participant,
                 device: device.clone(),
@@ -111,6 +112,106 @@ impl Control {
             .await?;
         self.reload_token_keys().await?;
         Ok(())
+    }
+
+    /// The devices other processes have live now, each with its process's last heartbeat:
+    /// read at start, before this process's first heartbeat prunes anything, they are what
+    /// [`Control::reap`] later accounts for if their process turns out dead.
+    pub async fn foreign_live_devices(&self) -> Result<Vec<LiveDevice>, ControlError> {
+        Ok(self
+            .inner
+            .store
+            .foreign_live_devices(&self.inner.instance)
+            .await?)
+    }
+
+    /// Notes the devices of `snapshot` (other processes' at start): one that reconnects here
+    /// resumes its call (see [`Control::resumes_foreign`]).
+    pub fn note_foreign_devices(&self, snapshot: &[LiveDevice]) {
+        let mut foreign = self.inner.foreign.lock().unwrap_or_else(|e| e.into_inner());
+        foreign.extend(snapshot.iter().map(|d| (d.participant, d.device.clone())));
+    }
+
+    /// Whether a device connecting now (`participant`, `unique_id`) was live in another
+    /// process at this one's start: its backend was told `onConnect` then. Asked once per
+    /// device (the answer is forgotten).
+    pub fn resumes_foreign(&self, participant: ParticipantId, unique_id: &str) -> bool {
+        !unique_id.is_empty()
+            && self
+                .inner
+                .foreign
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&(participant, unique_id.to_owned()))
+    }
+
+    /// Accounts for the devices of `snapshot` (from [`Control::foreign_live_devices`]) whose
+    /// process died: a process that has not beaten since the snapshot, or whose row is gone,
+    /// is dead. Each of its devices that did not reconnect to this process (same participant,
+    /// same `uniqueId` or call) gets the events of its end, through the ordered feed like
+    /// every lifecycle event: `onDisconnect`, and for a phone `onCallEnded`. The dead
+    /// processes' rows are then removed, so the next process does not account for them
+    /// again. Returns how many devices ended.
+    pub async fn reap(&self, snapshot: &[LiveDevice]) -> Result<usize, ControlError> {
+        let seen: std::collections::HashMap<String, i64> = self
+            .inner
+            .store
+            .instances_seen()
+            .await?
+            .into_iter()
+            .collect();
+        let dead: std::collections::BTreeSet<&str> = snapshot
+            .iter()
+            .filter(|d| {
+                seen.get(&d.instance)
+                    .is_none_or(|&at| at <= d.instance_seen_ms)
+            })
+            .map(|d| d.instance.as_str())
+            .collect();
+        let mut ended = 0;
+        for device in snapshot
+            .iter()
+            .filter(|d| dead.contains(d.instance.as_str()))
+        {
+            let back = self
+                .inner
+                .live
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&(device.participant, device.device.clone()));
+            if back {
+                continue;
+            }
+            tracing::info!(
+                participant = %device.participant,
+                device = %device.device,
+                process = %device.instance,
+                "a device of a process that died did not come back: it is disconnected"
+            );
+            self.device_event(LifecycleEvent::Disconnected {
+                participant: device.participant,
+                device: device.device.clone(),
+                left: false,
+            });
+            if device.kind == DeviceKind::Phone {
+                self.device_event(LifecycleEvent::CallEnded {
+                    participant: device.participant,
+                    call: device.device.clone(),
+                    reason: CallEndReason::Ended,
+                });
+            }
+            ended += 1;
+        }
+        for instance in dead {
+            self.inner.store.forget_instance(instance).await?;
+        }
+        // Those not back by now reconnect as new devices.
+        self.inner
+            .foreign
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        Ok(ended)
     }
 
     /// This process stops: its live rows go.

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 
 use crate::domain::{
-    AccountId, ParticipantId, PublishPermissions, SessionId, StreamAlias, StreamId,
+    AccountId, ParticipantId, PublishPermissions, SessionId, StreamAlias, StreamId, SubscribeLayout,
 };
 use crate::media::{DeclaredStreams, DeviceId, MediaError, PublishAnswer};
 pub use crate::media::{DeviceNotice, LocalDownlink};
@@ -29,6 +29,9 @@ pub struct DeviceRequest {
     pub permissions: PublishPermissions,
     /// The SDK instance's `uniqueId`: the same one reconnecting resumes the device.
     pub unique_id: String,
+    /// The stored shape of the participant's subscribe connection (possibly offered by
+    /// another process): a new device of the same SDK instance resumes it.
+    pub layout: Option<SubscribeLayout>,
 }
 
 /// A local device (a phone call) asking to be connected: it publishes one audio stream.

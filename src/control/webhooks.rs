@@ -7,6 +7,7 @@
 //! emitted. Until the runtime takes the feed, nothing is recorded (unit tests, commands).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -29,6 +30,10 @@ pub type WebhookFeed = mpsc::UnboundedReceiver<LifecycleEvent>;
 #[derive(Default)]
 pub(super) struct Recorder {
     feed: Mutex<Option<mpsc::UnboundedSender<LifecycleEvent>>>,
+    /// Events put on the feed, and events the runtime finished recording: a graceful stop
+    /// waits until they are equal.
+    raised: AtomicU64,
+    settled: AtomicU64,
     /// Where a connected participant's webhooks go, remembered from its first event so that
     /// the events after its deletion (its devices' disconnection, then a phone's call end and
     /// its streams' end) still reach its backend. Kept [`LINGER_MS`] after a disconnection
@@ -44,7 +49,9 @@ impl Recorder {
     pub(super) fn record(&self, event: &LifecycleEvent) {
         let feed = self.feed.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(feed) = feed.as_ref() {
-            let _ = feed.send(event.clone());
+            if feed.send(event.clone()).is_ok() {
+                self.raised.fetch_add(1, Ordering::SeqCst);
+            }
         }
     }
 }
@@ -62,6 +69,17 @@ fn participant_of(event: &LifecycleEvent) -> ParticipantId {
 }
 
 impl Control {
+    /// The runtime finished recording one event of the feed (in the outbox, or given up on).
+    pub fn event_settled(&self) {
+        self.inner.webhooks.settled.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Events raised that the runtime has not finished recording yet.
+    pub fn events_unsettled(&self) -> u64 {
+        let raised = self.inner.webhooks.raised.load(Ordering::SeqCst);
+        raised.saturating_sub(self.inner.webhooks.settled.load(Ordering::SeqCst))
+    }
+
     /// Starts recording lifecycle events for webhooks: from now on every event goes, in order,
     /// on the returned feed. A second call replaces the feed.
     pub fn webhook_feed(&self) -> WebhookFeed {

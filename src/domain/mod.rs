@@ -8,10 +8,12 @@
 //! participant) belong to `control` and the store.
 
 mod ids;
+mod layout;
 mod participant;
 mod subscription;
 
 pub use ids::{AccountId, ParticipantId, SessionId, StreamId};
+pub use layout::{LayoutLine, LineContent, SubscribeLayout};
 pub use participant::{
     CallbackUrl, DeviceApiVersion, MediaKind, MediaKinds, Participant, PublishPermissions, Session,
     Tag,

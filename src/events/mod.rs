@@ -99,9 +99,12 @@ struct Body<'a> {
 pub fn render(event: &LifecycleEvent, at_ms: i64, tag: Option<&Tag>) -> Vec<Webhook> {
     use serde_json::{json, Map, Value};
     let (participant, kind, device, extra): (_, _, Option<&str>, Map<String, Value>) = match event {
+        // A call resumed after its process died: the backend had its onConnect.
+        LifecycleEvent::Connected { resumed: true, .. } => return Vec::new(),
         LifecycleEvent::Connected {
             participant,
             device,
+            resumed: false,
         } => (*participant, WebhookKind::Connect, Some(device), Map::new()),
         LifecycleEvent::Disconnected {
             participant,
@@ -225,7 +228,17 @@ mod tests {
         let connect = LifecycleEvent::Connected {
             participant: p,
             device: "dev-1".into(),
+            resumed: false,
         };
+        let resumed = LifecycleEvent::Connected {
+            participant: p,
+            device: "dev-1".into(),
+            resumed: true,
+        };
+        assert!(
+            render(&resumed, 5, None).is_empty(),
+            "a resumed call's backend had its onConnect"
+        );
         assert_eq!(
             render(&connect, 5, None)[0].body,
             format!(

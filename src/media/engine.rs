@@ -7,10 +7,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use str0m::change::{SdpAnswer, SdpOffer};
+use str0m::change::SdpOffer;
 use str0m::config::DtlsCert;
 use str0m::format::{Codec, PayloadParams};
-use str0m::ice::StunMessage;
+use str0m::ice::{IceCreds, StunMessage, StunMessageBuilder, TransId};
 use str0m::media::{Frequency, KeyframeRequestKind, Mid, Pt};
 use str0m::net::{Protocol, Receive, TcpType};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, VideoOrientation};
@@ -30,6 +30,7 @@ use super::subscribing::{Overdue, Subscriber, Subscribing};
 use super::{DeclaredStreams, DeviceId, PublishAnswer, StreamMetadata, SubscribeOffer};
 use crate::domain::{
     MediaKind, MediaKinds, ParticipantId, PublishPermissions, SessionId, StreamAlias, StreamId,
+    SubscribeLayout,
 };
 use crate::forwarding::{ForwardingTable, PublishedStream, TableDiff};
 
@@ -47,6 +48,11 @@ pub struct EngineConfig {
     pub tcp_addrs: Vec<SocketAddr>,
     /// The DTLS certificate shared by every peer connection of the process.
     pub cert: DtlsCert,
+    /// The prefix of every local ICE username fragment the process issues, random per
+    /// process and the same for all its shards. A connectivity check naming a ufrag without it was addressed to another
+    /// process (one this process replaced): it is refused at once, so the browser drops that
+    /// path and renegotiates instead of waiting for consent to expire.
+    pub ice_prefix: String,
 }
 
 impl EngineConfig {
@@ -61,6 +67,7 @@ impl EngineConfig {
             public_addrs: vec![public_addr],
             tcp_addrs: Vec::new(),
             cert,
+            ice_prefix: random_ice_chars(ICE_PREFIX_LEN),
         })
     }
 
@@ -111,8 +118,11 @@ pub enum EngineEvent {
     SubscribeOffer {
         /// The browser device whose subscribe connection the offer is for.
         device: DeviceId,
-        /// The offer; its revision is one more than the device's previous one.
+        /// The offer; its revision is above the device's previous one.
         offer: SubscribeOffer,
+        /// The connection's shape as this offer gives it to the device (to store, so that
+        /// another process can resume the connection).
+        layout: SubscribeLayout,
     },
     /// The streams a device publishes changed (control recompiles the session's routes).
     StreamsChanged {
@@ -262,6 +272,9 @@ pub struct MediaCounters {
     /// Keyframe requests not sent because one had just been sent to the same track (counted,
     /// not yet exported as a metric).
     pub keyframe_requests_merged: u64,
+    /// Connectivity checks addressed to another process, answered with an error
+    /// ([`Engine::refuse_check`]; counted, not yet exported as a metric).
+    pub refused_checks: u64,
 }
 
 impl MediaCounters {
@@ -528,6 +541,18 @@ impl Engine {
         self.subscribing.set_floor(device, revision);
     }
 
+    /// Device `device`, when it is added, belongs to SDK instance `unique_id`, whose subscribe
+    /// connection was last offered `layout` (by this process or another, as stored): its
+    /// first offer resumes that connection (see `media::subscribing`).
+    pub fn resume_subscriber(
+        &mut self,
+        device: DeviceId,
+        unique_id: String,
+        layout: Option<SubscribeLayout>,
+    ) {
+        self.subscribing.prepare(device, unique_id, layout);
+    }
+
     /// The subscribe offer still waiting for this device's answer, if any.
     pub fn pending_offer(&self, device: DeviceId) -> Option<SubscribeOffer> {
         self.subscribing.pending_offer(device).cloned()
@@ -574,11 +599,34 @@ impl Engine {
         if created {
             open_builtin_channels(&mut peer.rtc);
         }
-        // An ICE restart gives the peer a new local ufrag: keep the demux map current.
-        let ufrag = peer.rtc.direct_api().local_ice_credentials().ufrag;
-        if ufrag != peer.ufrag {
-            peer.ufrag = ufrag.clone();
-            self.demux.add_ufrag(peer_id, ufrag);
+        // An ICE restart gives the peer new local credentials, str0m's own: they get this
+        // process's prefix (in the answer too), and the demux map follows.
+        let mut answer = answer.to_sdp_string();
+        let restarted = peer.rtc.direct_api().local_ice_credentials();
+        if restarted.ufrag != peer.ufrag {
+            let tagged = IceCreds {
+                ufrag: tagged_ufrag(&self.config.ice_prefix),
+                pass: restarted.pass,
+            };
+            // The session's and each m-section's `a=ice-ufrag`, and each candidate's `ufrag`
+            // (a browser drops candidates whose ufrag is not the session's).
+            for (old, new) in [
+                (
+                    format!("a=ice-ufrag:{}", restarted.ufrag),
+                    format!("a=ice-ufrag:{}", tagged.ufrag),
+                ),
+                (
+                    format!(" ufrag {}", restarted.ufrag),
+                    format!(" ufrag {}", tagged.ufrag),
+                ),
+            ] {
+                answer = answer.replace(&old, &new);
+            }
+            peer.rtc
+                .direct_api()
+                .set_local_ice_credentials(tagged.clone());
+            peer.ufrag = tagged.ufrag.clone();
+            self.demux.add_ufrag(peer_id, tagged.ufrag);
         }
         let published =
             publishing::publications(&peer.rtc, &offer_mids(sdp), declared, permissions);
@@ -610,7 +658,7 @@ impl Engine {
         self.set_publications(device, published);
         self.drain_peer(peer_id, now);
         Ok(PublishAnswer {
-            sdp_answer: answer.to_sdp_string(),
+            sdp_answer: answer,
             endpoint_id,
             stream_metadata,
         })
@@ -623,17 +671,13 @@ impl Engine {
         sdp: &str,
         now: Instant,
     ) -> Result<(), MediaError> {
-        let answer =
-            SdpAnswer::from_sdp_string(sdp).map_err(|e| MediaError::BadSdp(e.to_string()))?;
         let dev = self.devices.get(device).ok_or(MediaError::UnknownDevice)?;
         let peer_id = dev.subscribe_peer().ok_or(MediaError::NoPendingOffer)?;
         let peer = self
             .peers
             .get_mut(peer_id)
             .ok_or(MediaError::UnknownDevice)?;
-        let accepted = self
-            .subscribing
-            .accept_answer(device, &mut peer.rtc, answer)?;
+        let accepted = self.subscribing.accept_answer(device, &mut peer.rtc, sdp)?;
         self.drain_peer(peer_id, now);
         self.refresh_targets(device);
         // A new subscriber of a video track needs a keyframe to start decoding.
@@ -717,12 +761,23 @@ impl Engine {
             None => {
                 // Only a STUN binding request naming one of our ufrags, and carrying a valid
                 // MESSAGE-INTEGRITY for that peer, opens a new path (ufrags travel in clear).
-                let Some(p) = StunMessage::parse(data)
+                let Some(request) = StunMessage::parse(data)
                     .ok()
                     .filter(|m| m.is_binding_request())
-                    .and_then(|m| m.split_username().map(|(local, _)| local.to_owned()))
-                    .and_then(|local| self.demux.by_ufrag(&local))
                 else {
+                    return false;
+                };
+                let Some(local) = request.split_username().map(|(local, _)| local) else {
+                    return false;
+                };
+                let Some(p) = self.demux.by_ufrag(local) else {
+                    if !local.starts_with(self.config.ice_prefix.as_str()) {
+                        // Another process's ufrag (the one this process replaced): no shard
+                        // of this process knows it, so refuse it and let the browser drop
+                        // the path now.
+                        self.refuse_check(transport, source, destination, request.trans_id());
+                        return true;
+                    }
                     return false;
                 };
                 if !self
@@ -760,10 +815,16 @@ impl Engine {
                         revision = offer.sdp_revision,
                         "subscribe offer unanswered: offering it again"
                     );
-                    self.events
-                        .push_back(EngineEvent::SubscribeOffer { device, offer });
+                    if let Some(layout) = self.subscribing.layout(device) {
+                        self.events.push_back(EngineEvent::SubscribeOffer {
+                            device,
+                            offer,
+                            layout,
+                        });
+                    }
                 }
                 Overdue::GiveUp => self.events.push_back(EngineEvent::Unanswered { device }),
+                Overdue::Release => self.renegotiate(device, now),
             }
         }
         for id in self.peers.due(now) {
@@ -928,8 +989,8 @@ impl Engine {
             return;
         }
         let existing = dev.subscribe_peer();
-        if !self.subscribing.fold_if_pending(device) && (existing.is_some() || !desired.is_empty())
-        {
+        let wanted = existing.is_some() || !desired.is_empty() || self.subscribing.resuming(device);
+        if !self.subscribing.fold_if_pending(device) && wanted {
             let peer_id = match existing {
                 Some(p) => p,
                 None => {
@@ -945,8 +1006,13 @@ impl Engine {
                     self.subscribing
                         .renegotiate(device, &mut peer.rtc, &desired, now)
                 {
-                    self.events
-                        .push_back(EngineEvent::SubscribeOffer { device, offer });
+                    if let Some(layout) = self.subscribing.layout(device) {
+                        self.events.push_back(EngineEvent::SubscribeOffer {
+                            device,
+                            offer,
+                            layout,
+                        });
+                    }
                 }
             }
             self.drain_peer(peer_id, now);
@@ -1010,7 +1076,9 @@ impl Engine {
         kinds: MediaKinds,
         now: Instant,
     ) -> PeerId {
-        let mut rtc = peer_config(&self.config.cert, kinds).build(now);
+        let mut rtc = peer_config(&self.config.cert, kinds)
+            .set_local_ice_credentials(self.local_ice_credentials())
+            .build(now);
         // Invariant: the configured public addresses are unicast host addresses (checked when
         // the driver starts), so the candidates are valid.
         for addr in &self.config.public_addrs {
@@ -1034,6 +1102,47 @@ impl Engine {
             .insert(Peer::new(device, subscribe, rtc, ufrag.clone(), now));
         self.demux.add_ufrag(id, ufrag);
         id
+    }
+
+    /// This process's local ICE credentials for a new peer connection.
+    fn local_ice_credentials(&self) -> IceCreds {
+        IceCreds {
+            ufrag: tagged_ufrag(&self.config.ice_prefix),
+            pass: random_ice_chars(24),
+        }
+    }
+
+    /// Answers a connectivity check addressed to another process with an error response
+    /// ([`STALE_CHECK_ERROR`]), unsigned (this process does not know the password). A browser
+    /// takes an error other than 401, 420, 487 or 500 as "this path is dead" and drops it;
+    /// once it has no path left, the connection is failed, which makes Bandwidth's SDK
+    /// renegotiate its publish connection with an ICE restart.
+    fn refuse_check(
+        &mut self,
+        transport: Transport,
+        source: SocketAddr,
+        destination: SocketAddr,
+        trans_id: TransId,
+    ) {
+        let (code, reason) = STALE_CHECK_ERROR;
+        let reply = StunMessageBuilder::new()
+            .binding()
+            .failure()
+            .error_code(code, reason)
+            .build(trans_id);
+        let mut buf = vec![0u8; 128];
+        // No password: no MESSAGE-INTEGRITY, so the HMAC is never computed.
+        let Ok(len) = reply.to_bytes(None, &mut buf, |_, _| [0; 20]) else {
+            return;
+        };
+        buf.truncate(len);
+        self.counters.refused_checks += 1;
+        self.transmits.push_back(Transmit {
+            source: destination,
+            destination: source,
+            transport,
+            contents: buf,
+        });
     }
 
     fn remove_peer(&mut self, id: PeerId) {
@@ -1291,6 +1400,25 @@ impl Engine {
 }
 
 /// The `a=mid` values of an SDP, in order.
+/// Length of [`EngineConfig::ice_prefix`]: 62^4 prefixes make two processes in a row
+/// sharing one a one-in-fourteen-million event.
+const ICE_PREFIX_LEN: usize = 4;
+
+/// The STUN error a connectivity check addressed to another process gets (see
+/// [`Engine::refuse_check`]).
+const STALE_CHECK_ERROR: (u16, &str) = (403, "Forbidden: unknown ICE session");
+
+/// `len` random ICE characters (RFC 8445 ice-char, letters and digits only).
+fn random_ice_chars(len: usize) -> String {
+    use rand::distr::{Alphanumeric, SampleString};
+    Alphanumeric.sample_string(&mut rand::rng(), len)
+}
+
+/// A local ufrag of this process: its prefix and 8 random characters.
+fn tagged_ufrag(prefix: &str) -> String {
+    format!("{prefix}{}", random_ice_chars(8))
+}
+
 fn offer_mids(sdp: &str) -> Vec<Mid> {
     sdp.lines()
         .filter_map(|l| l.trim_end().strip_prefix("a=mid:"))

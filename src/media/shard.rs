@@ -60,7 +60,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::domain::{
-    AccountId, ParticipantId, PublishPermissions, SessionId, StreamAlias, StreamId,
+    AccountId, ParticipantId, PublishPermissions, SessionId, StreamAlias, StreamId, SubscribeLayout,
 };
 use crate::forwarding::{ForwardingTable, PublishedStream, TableDiff};
 use crate::media::placement::home_of_session;
@@ -168,6 +168,20 @@ pub enum ShardOutput {
         device: DeviceId,
         /// Its participant.
         participant: ParticipantId,
+    },
+    /// The shape of a device's subscribe connection after an offer (for the store).
+    Layout {
+        /// The device's participant.
+        participant: ParticipantId,
+        /// The connection as the offer gives it to the device.
+        layout: SubscribeLayout,
+    },
+    /// A device left: its SDK instance's subscribe connection is closed (for the store).
+    LayoutForgotten {
+        /// The device's participant.
+        participant: ParticipantId,
+        /// The SDK instance whose connection is gone.
+        unique_id: String,
     },
     /// A device was removed here; `last` when its participant has no device here any more.
     Removed {
@@ -343,6 +357,10 @@ impl Shard {
 
     /// A device connection of `participant`: resumes its device (same non-empty `unique_id`)
     /// or replaces it with a new one, [`DeviceId`]`(connection)`.
+    /// `layout` is the stored shape of the SDK instance's subscribe connection, offered by
+    /// this process or another (a restart): a new device's subscribe connection resumes it
+    /// (see `media::subscribing`).
+    #[allow(clippy::too_many_arguments)] // the connect verb's fields, plus what it resumes
     pub fn handle_connect(
         &mut self,
         connection: u64,
@@ -350,6 +368,7 @@ impl Shard {
         participant: ParticipantId,
         permissions: PublishPermissions,
         unique_id: String,
+        layout: Option<SubscribeLayout>,
         now: Instant,
     ) -> DeviceId {
         self.accounts.insert(participant, account);
@@ -382,6 +401,8 @@ impl Shard {
         {
             self.engine.continue_revisions(device, revision);
         }
+        self.engine
+            .resume_subscriber(device, unique_id.clone(), layout);
         let replaced = self
             .engine
             .add_device(device, participant, permissions, now);
@@ -455,7 +476,13 @@ impl Shard {
             return; // a superseded connection
         }
         if left {
+            // The SDK closes its connections after `leave`: nothing to resume.
+            let forgotten = ShardOutput::LayoutForgotten {
+                participant: entry.participant,
+                unique_id: entry.unique_id.clone(),
+            };
             self.remove_device(device, now);
+            self.outputs.push_back(forgotten);
         } else {
             entry.connection = None;
             entry.expires = Some(now + RECONNECT_GRACE);
@@ -982,10 +1009,22 @@ impl Shard {
     fn collect(&mut self) {
         while let Some(event) = self.engine.poll_event() {
             match event {
-                EngineEvent::SubscribeOffer { device, offer } => {
-                    if let Some(c) = self.devices.get(&device).and_then(|d| d.connection) {
+                EngineEvent::SubscribeOffer {
+                    device,
+                    offer,
+                    layout,
+                } => {
+                    let Some(entry) = self.devices.get(&device) else {
+                        continue;
+                    };
+                    let (participant, connection) = (entry.participant, entry.connection);
+                    if let Some(c) = connection {
                         self.notice(c, DeviceNotice::Offer(offer));
                     }
+                    self.outputs.push_back(ShardOutput::Layout {
+                        participant,
+                        layout,
+                    });
                 }
                 EngineEvent::StreamsChanged {
                     participant,

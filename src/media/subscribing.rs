@@ -1,7 +1,18 @@
 //! `Subscribing`: the subscribe side of each browser device. Owns, per device, the tracks its
 //! subscribe connection carries (m-line, sending or not, accepted or not), the MediaStream ids
-//! it sees, its `sdpRevision`, and the one offer that may be pending; changes that arrive while
-//! an offer is pending are folded into the next one.
+//! it sees, its `sdpRevision`, the one offer that may be pending (changes that arrive while an
+//! offer is pending are folded into the next one), and the connection's *layout*: its m-lines
+//! in order with the mids the device knows them by.
+//!
+//! # Resumption
+//! Every offer comes with the layout it gives the device ([`SubscribeLayout`]), which the
+//! runtime has stored. A device whose SDK instance was offered a layout by another process (a
+//! restart) is opened with it ([`Subscribing::prepare`]): its first offer rebuilds the same
+//! m-lines in the same order (tracks no longer wanted as `inactive`), numbered above every
+//! revision the SDK may have seen. str0m picks its own mids, so the offer and the answer are
+//! translated between str0m's mids and the device's, and the MID header extension is left out
+//! of such a connection's offers: the device demultiplexes by the SSRCs the offer signals
+//! (str0m writes its own mid into that extension, which the device would not know).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -13,12 +24,28 @@ use str0m::{Input, Rtc};
 use super::peers::{builtin_channel, BUILTIN_CHANNELS};
 use super::publishing::TrackKey;
 use super::{DeviceId, MediaError, StreamMetadata, SubscribeOffer};
-use crate::domain::{MediaKind, MediaKinds, ParticipantId, StreamAlias, StreamId};
+use crate::domain::{
+    LayoutLine, LineContent, MediaKind, MediaKinds, ParticipantId, StreamAlias, StreamId,
+    SubscribeLayout,
+};
 
 /// How long a subscribe offer may wait for its answer before it is offered again.
 pub const OFFER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many times an unanswered offer is offered again before the device is given up on.
 pub const OFFER_RETRIES: u32 = 2;
+/// How far above a stored layout's revision a resumed connection numbers its offers: the
+/// layout is stored after its offer left, so the device may have seen a few revisions more
+/// than the store holds (one offer is pending at a time, and each needs an answer).
+pub(super) const RESUME_REVISION_STEP: u64 = 100;
+
+/// How long a resumed connection keeps sending the tracks it was sending before the restart,
+/// waiting for their publishers to come back (their SDKs restart their publish connections
+/// once the browser declares the old path failed), before it renegotiates them `inactive`:
+/// the application sees no stream go and come back.
+pub(super) const RESUME_HOLD: Duration = Duration::from_secs(30);
+
+/// The RTP header extension that carries a packet's mid (RFC 8843).
+const MID_EXTENSION: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
 
 #[derive(Debug, Clone)]
 struct OutTrack {
@@ -30,10 +57,46 @@ struct OutTrack {
     alias: Option<StreamAlias>,
 }
 
+/// One m-line of a subscribe connection.
+#[derive(Debug, Clone)]
+struct Line {
+    /// The mid the device knows it by; `None` until the offer that adds it is made.
+    wire: Option<String>,
+    /// str0m's mid for it; `None` until the offer that adds it is made.
+    rtc: Option<String>,
+    /// What it carries.
+    content: LineContent,
+}
+
+/// How a device's subscribe side starts: the SDK instance, and what that instance was
+/// offered before (by this process or another).
+#[derive(Debug, Default)]
+struct Opening {
+    unique_id: String,
+    floor: u64,
+    layout: Option<SubscribeLayout>,
+}
+
 /// One device's subscribe side.
 pub(super) struct Subscriber {
     endpoint: String,
+    /// The SDK instance (`uniqueId`) the connection belongs to.
+    unique_id: String,
     revision: u64,
+    /// The first offer was made (the data channels are negotiated).
+    started: bool,
+    /// The connection's m-lines, in order, as offered.
+    lines: Vec<Line>,
+    /// A layout to rebuild at the first offer (a resumed connection).
+    resume: Option<SubscribeLayout>,
+    /// Mids differ between str0m and the device: offers and answers are translated, and the
+    /// MID header extension is not offered.
+    translated: bool,
+    /// Tracks a resumed connection keeps sending until [`RESUME_HOLD`] passed, though no
+    /// route wants them (yet): their publishers are still coming back.
+    held: BTreeSet<TrackKey>,
+    /// When `held` is released.
+    held_until: Option<Instant>,
     pending: Option<SdpPendingOffer>,
     /// The offer `pending` belongs to, to send again if the device reconnects meanwhile.
     pending_offer: Option<SubscribeOffer>,
@@ -56,6 +119,8 @@ pub(super) enum Overdue {
     Reoffer(SubscribeOffer),
     /// Offered too often: the device does not answer.
     GiveUp,
+    /// The tracks a resumed connection held are released: renegotiate the device.
+    Release,
 }
 
 /// What accepting an answer changed.
@@ -71,17 +136,36 @@ pub(super) struct Subscribing {
     by_device: HashMap<DeviceId, Subscriber>,
     /// The deadlines of pending offers, earliest first.
     deadlines: BTreeSet<(Instant, DeviceId)>,
-    /// Revisions a device's offers must start above (set before the device is opened).
-    floors: HashMap<DeviceId, u64>,
+    /// When resumed connections release the tracks they hold, earliest first.
+    releases: BTreeSet<(Instant, DeviceId)>,
+    /// How a device's subscribe side starts (set before the device is opened).
+    openings: HashMap<DeviceId, Opening>,
 }
 
 impl Subscribing {
     pub(super) fn open(&mut self, device: DeviceId) {
+        let opening = self.openings.remove(&device).unwrap_or_default();
+        let stored = opening
+            .layout
+            .as_ref()
+            .filter(|l| !opening.unique_id.is_empty() && l.unique_id == opening.unique_id);
+        let revision = stored
+            .map(|l| l.revision.saturating_add(RESUME_REVISION_STEP))
+            .unwrap_or(0)
+            .max(opening.floor);
+        let resume = stored.cloned();
         self.by_device.insert(
             device,
             Subscriber {
                 endpoint: uuid::Uuid::new_v4().to_string(),
-                revision: self.floors.remove(&device).unwrap_or(0),
+                unique_id: opening.unique_id,
+                revision,
+                started: false,
+                lines: Vec::new(),
+                translated: resume.is_some(),
+                resume,
+                held: BTreeSet::new(),
+                held_until: None,
                 pending: None,
                 pending_offer: None,
                 dirty: false,
@@ -98,6 +182,9 @@ impl Subscribing {
         if let Some(at) = subscriber.deadline {
             self.deadlines.insert((at, device));
         }
+        if let Some(at) = subscriber.held_until {
+            self.releases.insert((at, device));
+        }
         self.by_device.insert(device, subscriber);
     }
 
@@ -106,13 +193,43 @@ impl Subscribing {
         if let Some(at) = sub.deadline {
             self.deadlines.remove(&(at, device));
         }
+        if let Some(at) = sub.held_until {
+            self.releases.remove(&(at, device));
+        }
         Some(sub)
     }
 
     /// The next device `device` opened numbers its offers above `revision`: an SDK that
     /// reconnects after a reset ignores revisions it has seen.
     pub(super) fn set_floor(&mut self, device: DeviceId, revision: u64) {
-        self.floors.insert(device, revision);
+        self.openings.entry(device).or_default().floor = revision;
+    }
+
+    /// The next device `device` opened belongs to SDK instance `unique_id`, which was offered
+    /// `layout` before (stored; `None`: nothing known). A layout of another instance is
+    /// ignored: that instance has a connection of its own.
+    pub(super) fn prepare(
+        &mut self,
+        device: DeviceId,
+        unique_id: String,
+        layout: Option<SubscribeLayout>,
+    ) {
+        let opening = self.openings.entry(device).or_default();
+        opening.unique_id = unique_id;
+        opening.layout = layout;
+    }
+
+    /// Whether `device` has a connection to resume (offer it even with nothing to send: the
+    /// device's connection must be brought back to this process).
+    pub(super) fn resuming(&self, device: DeviceId) -> bool {
+        self.by_device
+            .get(&device)
+            .is_some_and(|s| s.resume.is_some())
+    }
+
+    /// The layout `device` was last offered.
+    pub(super) fn layout(&self, device: DeviceId) -> Option<SubscribeLayout> {
+        self.by_device.get(&device).map(Subscriber::layout)
     }
 
     /// The last revision offered to `device`.
@@ -122,7 +239,12 @@ impl Subscribing {
 
     /// When the earliest pending offer times out.
     pub(super) fn next_deadline(&self) -> Option<Instant> {
-        self.deadlines.first().map(|(at, _)| *at)
+        let offer = self.deadlines.first().map(|(at, _)| *at);
+        let release = self.releases.first().map(|(at, _)| *at);
+        match (offer, release) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The pending offers whose time is up at `now`: each is offered again, or given up on
@@ -135,6 +257,20 @@ impl Subscribing {
             .copied()
             .collect();
         let mut out = Vec::new();
+        let released: Vec<(Instant, DeviceId)> = self
+            .releases
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .copied()
+            .collect();
+        for (at, device) in released {
+            self.releases.remove(&(at, device));
+            if let Some(sub) = self.by_device.get_mut(&device) {
+                sub.held_until = None;
+                sub.held.clear();
+                out.push((device, Overdue::Release));
+            }
+        }
         for (at, device) in due {
             self.deadlines.remove(&(at, device));
             let Some(sub) = self.by_device.get_mut(&device) else {
@@ -186,12 +322,29 @@ impl Subscribing {
         now: Instant,
     ) -> Option<SubscribeOffer> {
         let sub = self.by_device.get_mut(&device)?;
-        let first = sub.revision == 0;
         let _ = rtc.handle_input(Input::Timeout(now));
         let mut api = rtc.sdp_api();
-        if first {
-            for (id, label) in BUILTIN_CHANNELS {
-                api.add_channel_with_config(builtin_channel(id, label));
+        if !sub.started {
+            sub.started = true;
+            match sub.resume.take() {
+                Some(layout) => {
+                    sub.rebuild(&mut api, layout, desired);
+                    if !sub.held.is_empty() {
+                        let at = now + RESUME_HOLD;
+                        sub.held_until = Some(at);
+                        self.releases.insert((at, device));
+                    }
+                }
+                None => {
+                    for (id, label) in BUILTIN_CHANNELS {
+                        api.add_channel_with_config(builtin_channel(id, label));
+                    }
+                    sub.lines.push(Line {
+                        wire: None,
+                        rtc: None,
+                        content: LineContent::Channels,
+                    });
+                }
             }
         }
         for (key, alias) in desired {
@@ -203,49 +356,21 @@ impl Subscribing {
                     track.negotiated = false;
                     track.alias = alias.clone();
                 }
-                None => {
-                    sub.next_track += 1;
-                    let kind = match key.kind {
-                        MediaKind::Audio => RtcKind::Audio,
-                        MediaKind::Video => RtcKind::Video,
-                    };
-                    let track_id =
-                        format!("{}-{}", key.kind.as_str().to_lowercase(), sub.next_track);
-                    let stream_id = sub
-                        .stream_ids
-                        .entry((key.publisher, key.stream.clone()))
-                        .or_insert_with(|| uuid::Uuid::new_v4().simple().to_string())
-                        .clone();
-                    let mid = api.add_media(
-                        kind,
-                        Direction::SendOnly,
-                        Some(stream_id),
-                        Some(track_id),
-                        None,
-                    );
-                    sub.tracks.insert(
-                        key.clone(),
-                        OutTrack {
-                            mid,
-                            active: true,
-                            negotiated: false,
-                            alias: alias.clone(),
-                        },
-                    );
-                }
+                None => sub.add_track(&mut api, key, alias.clone(), true, None),
             }
         }
         for (key, track) in sub.tracks.iter_mut() {
-            if track.active && !desired.contains_key(key) {
+            if track.active && !desired.contains_key(key) && !sub.held.contains(key) {
                 api.set_direction(track.mid, Direction::Inactive);
                 track.active = false;
             }
         }
         let (offer, pending) = api.apply()?;
+        let sdp = sub.outgoing(&offer.to_sdp_string());
         sub.pending = Some(pending);
         sub.revision += 1;
         let offer = SubscribeOffer {
-            sdp_offer: offer.to_sdp_string(),
+            sdp_offer: sdp,
             sdp_revision: sub.revision,
             endpoint_id: sub.endpoint.clone(),
             stream_metadata: sub.metadata(),
@@ -265,12 +390,17 @@ impl Subscribing {
         &mut self,
         device: DeviceId,
         rtc: &mut Rtc,
-        answer: SdpAnswer,
+        sdp: &str,
     ) -> Result<Accepted, MediaError> {
         let sub = self
             .by_device
             .get_mut(&device)
             .ok_or(MediaError::UnknownDevice)?;
+        if sub.pending.is_none() {
+            return Err(MediaError::NoPendingOffer);
+        }
+        let answer = SdpAnswer::from_sdp_string(&sub.incoming(sdp))
+            .map_err(|e| MediaError::BadSdp(e.to_string()))?;
         let pending = sub.pending.take().ok_or(MediaError::NoPendingOffer)?;
         sub.pending_offer = None;
         sub.retries = 0;
@@ -316,6 +446,209 @@ impl Subscribing {
 }
 
 impl Subscriber {
+    /// Re-creates the m-lines of `layout`, in its order and under its mids: tracks `desired`
+    /// still wants send, the others are `inactive`.
+    fn rebuild(
+        &mut self,
+        api: &mut str0m::change::SdpApi<'_>,
+        layout: SubscribeLayout,
+        desired: &BTreeMap<TrackKey, Option<StreamAlias>>,
+    ) {
+        for line in layout.lines {
+            match line.content {
+                LineContent::Channels => {
+                    for (id, label) in BUILTIN_CHANNELS {
+                        api.add_channel_with_config(builtin_channel(id, label));
+                    }
+                    self.lines.push(Line {
+                        wire: Some(line.mid),
+                        rtc: None,
+                        content: LineContent::Channels,
+                    });
+                }
+                LineContent::Track {
+                    kind,
+                    publisher,
+                    stream,
+                    msid,
+                    track_id,
+                    sending,
+                } => {
+                    let key = TrackKey {
+                        publisher,
+                        stream: stream.clone(),
+                        kind,
+                    };
+                    if self.tracks.contains_key(&key) {
+                        continue; // a layout names a track once; a stored one might not
+                    }
+                    self.stream_ids.insert((publisher, stream), msid);
+                    let alias = desired.get(&key).cloned().flatten();
+                    let wanted = desired.contains_key(&key);
+                    if sending && !wanted {
+                        self.held.insert(key.clone());
+                    }
+                    let active = wanted || sending;
+                    self.add_track(api, &key, alias, active, Some((line.mid, track_id)));
+                }
+            }
+        }
+        self.next_track = self.lines.len() as u64;
+    }
+
+    /// Adds an m-line for `key` (sending when `active`), under the device's mid and track id
+    /// of `known` when it had one.
+    fn add_track(
+        &mut self,
+        api: &mut str0m::change::SdpApi<'_>,
+        key: &TrackKey,
+        alias: Option<StreamAlias>,
+        active: bool,
+        known: Option<(String, String)>,
+    ) {
+        let kind = match key.kind {
+            MediaKind::Audio => RtcKind::Audio,
+            MediaKind::Video => RtcKind::Video,
+        };
+        let (wire, track_id) = match known {
+            Some((mid, track_id)) => (Some(mid), track_id),
+            None => {
+                self.next_track += 1;
+                let track_id = format!("{}-{}", key.kind.as_str().to_lowercase(), self.next_track);
+                (None, track_id)
+            }
+        };
+        let stream_id = self
+            .stream_ids
+            .entry((key.publisher, key.stream.clone()))
+            .or_insert_with(|| uuid::Uuid::new_v4().simple().to_string())
+            .clone();
+        let direction = if active {
+            Direction::SendOnly
+        } else {
+            Direction::Inactive
+        };
+        let mid = api.add_media(
+            kind,
+            direction,
+            Some(stream_id.clone()),
+            Some(track_id.clone()),
+            None,
+        );
+        self.tracks.insert(
+            key.clone(),
+            OutTrack {
+                mid,
+                active,
+                negotiated: false,
+                alias,
+            },
+        );
+        self.lines.push(Line {
+            wire,
+            rtc: None,
+            content: LineContent::Track {
+                kind: key.kind,
+                publisher: key.publisher,
+                stream: key.stream.clone(),
+                msid: stream_id,
+                track_id,
+                // Kept in `tracks`; filled in by `layout()`.
+                sending: false,
+            },
+        });
+    }
+
+    /// str0m's offer as the device must see it: each m-line gets the mid the device knows
+    /// (new m-lines keep str0m's, unless the device knows that mid for another line), and a
+    /// translated connection offers no MID header extension.
+    fn outgoing(&mut self, sdp: &str) -> String {
+        let rtc_mids = section_mids(sdp);
+        let mut map = HashMap::new();
+        for (line, rtc) in self.lines.iter_mut().zip(&rtc_mids) {
+            let wire = match &line.wire {
+                Some(w) => w.clone(),
+                None => rtc.clone(),
+            };
+            line.wire = Some(wire.clone());
+            line.rtc = Some(rtc.clone());
+            map.insert(rtc.clone(), wire);
+        }
+        // A new line whose str0m mid the device knows for another line gets a fresh one.
+        let mut used: BTreeSet<String> = BTreeSet::new();
+        let mut n = 0u32;
+        for (line, rtc) in self.lines.iter_mut().zip(&rtc_mids) {
+            let wire = line.wire.clone().unwrap_or_default();
+            if used.insert(wire.clone()) {
+                continue;
+            }
+            let fresh = loop {
+                n += 1;
+                let candidate = format!("r{n}");
+                if !used.contains(&candidate) && !map.values().any(|w| *w == candidate) {
+                    break candidate;
+                }
+            };
+            used.insert(fresh.clone());
+            line.wire = Some(fresh.clone());
+            map.insert(rtc.clone(), fresh);
+        }
+        if map.iter().any(|(rtc, wire)| rtc != wire) {
+            self.translated = true;
+        }
+        if !self.translated {
+            return sdp.to_string();
+        }
+        rewrite_mids(sdp, &map, true)
+    }
+
+    /// The device's answer as str0m must see it (the reverse of [`Subscriber::outgoing`]).
+    fn incoming(&self, sdp: &str) -> String {
+        if !self.translated {
+            return sdp.to_string();
+        }
+        let map: HashMap<String, String> = self
+            .lines
+            .iter()
+            .filter_map(|line| Some((line.wire.clone()?, line.rtc.clone()?)))
+            .collect();
+        rewrite_mids(sdp, &map, false)
+    }
+
+    /// The layout the device was last offered.
+    fn layout(&self) -> SubscribeLayout {
+        SubscribeLayout {
+            unique_id: self.unique_id.clone(),
+            revision: self.revision,
+            lines: self
+                .lines
+                .iter()
+                .filter_map(|l| {
+                    let mut content = l.content.clone();
+                    if let LineContent::Track {
+                        kind,
+                        publisher,
+                        stream,
+                        sending,
+                        ..
+                    } = &mut content
+                    {
+                        let key = TrackKey {
+                            publisher: *publisher,
+                            stream: stream.clone(),
+                            kind: *kind,
+                        };
+                        *sending = self.tracks.get(&key).is_some_and(|t| t.active);
+                    }
+                    Some(LayoutLine {
+                        mid: l.wire.clone()?,
+                        content,
+                    })
+                })
+                .collect(),
+        }
+    }
+
     /// What the offer says about each stream it sends.
     fn metadata(&self) -> BTreeMap<String, StreamMetadata> {
         let mut out: BTreeMap<String, StreamMetadata> = BTreeMap::new();
@@ -335,4 +668,49 @@ impl Subscriber {
         }
         out
     }
+}
+
+/// The mid of each m-section of `sdp`, in order (an m-section without one gets "").
+fn section_mids(sdp: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for line in sdp.lines() {
+        let line = line.trim_end();
+        if line.starts_with("m=") {
+            out.push(String::new());
+        } else if let (Some(mid), Some(last)) = (line.strip_prefix("a=mid:"), out.last_mut()) {
+            *last = mid.trim().to_string();
+        }
+    }
+    out
+}
+
+/// `sdp` with every mid of `map` replaced (in `a=mid` and the BUNDLE group), and without the
+/// MID header extension when `strip_mid_extension`. Lines keep their order and CRLF endings;
+/// anything else passes through untouched (a device's garbage is str0m's to refuse).
+fn rewrite_mids(sdp: &str, map: &HashMap<String, String>, strip_mid_extension: bool) -> String {
+    let mapped = |m: &str| map.get(m).cloned().unwrap_or_else(|| m.to_string());
+    let mut out = String::with_capacity(sdp.len());
+    for line in sdp.split_inclusive('\n') {
+        let body = line.trim_end_matches(['\r', '\n']);
+        let ending = &line[body.len()..];
+        if let Some(mid) = body.strip_prefix("a=mid:") {
+            out.push_str("a=mid:");
+            out.push_str(&mapped(mid.trim()));
+        } else if let Some(mids) = body.strip_prefix("a=group:BUNDLE") {
+            out.push_str("a=group:BUNDLE");
+            for mid in mids.split_whitespace() {
+                out.push(' ');
+                out.push_str(&mapped(mid));
+            }
+        } else if strip_mid_extension
+            && body.starts_with("a=extmap:")
+            && body.contains(MID_EXTENSION)
+        {
+            continue;
+        } else {
+            out.push_str(body);
+        }
+        out.push_str(ending);
+    }
+    out
 }

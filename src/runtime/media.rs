@@ -13,8 +13,9 @@
 //! The UDP socket is read and written in batches (`recvmmsg`, UDP GRO and GSO where the kernel
 //! has them): `runtime::media_udp` owns that; a shard still sees one datagram at a time.
 //!
-//! Published streams go to control through one channel and one reporter task, so control
-//! sees a participant's updates in the order the shards produced them.
+//! Reports (published streams, subscribe layouts) go to control through one channel and one
+//! reporter task, so control sees a participant's updates in the order the shards produced
+//! them.
 #![allow(clippy::disallowed_methods)] // the runtime owns the clock, the tasks and the threads
 
 use std::collections::HashMap;
@@ -32,7 +33,7 @@ use crate::control::port::{
 };
 use crate::control::{Control, ControlError, ControlEvent, Resource};
 use crate::domain::{
-    AccountId, ParticipantId, PublishPermissions, SessionId, StreamAlias, StreamId,
+    AccountId, ParticipantId, PublishPermissions, SessionId, StreamAlias, StreamId, SubscribeLayout,
 };
 use crate::forwarding::PublishedStream;
 pub use crate::media::RECONNECT_GRACE;
@@ -51,6 +52,7 @@ enum Command {
         participant: ParticipantId,
         permissions: PublishPermissions,
         unique_id: String,
+        layout: Option<SubscribeLayout>,
         notices: mpsc::UnboundedSender<DeviceNotice>,
         reply: oneshot::Sender<DeviceId>,
     },
@@ -197,6 +199,7 @@ impl MediaPort for MediaHandle {
                 participant: request.participant,
                 permissions: request.permissions,
                 unique_id: request.unique_id,
+                layout: request.layout,
                 notices,
                 reply,
             })
@@ -321,7 +324,7 @@ pub struct ShardSetup {
 /// room for a few hundred devices behind one NAT, two connections each.
 const TCP_MAX_PER_SOURCE: usize = 512;
 
-/// Starts one task per shard and the reporter of published streams.
+/// Starts one task per shard and the reporter of their reports.
 pub fn spawn(shards: Vec<ShardSetup>, control: Control) -> std::io::Result<MediaHandle> {
     if shards.is_empty() {
         return Err(std::io::Error::other("at least one media shard is needed"));
@@ -366,7 +369,7 @@ pub fn spawn(shards: Vec<ShardSetup>, control: Control) -> std::io::Result<Media
         advertised,
         placement: Mutex::new(Placement::default()),
     });
-    let published = spawn_reporter(control.clone());
+    let reports = spawn_reporter(control.clone());
     let connections = TcpConnections::default();
     let max_total = descriptor_share(0.25, 16_384);
     let gate = Gate::new(ConnectionLimits {
@@ -387,7 +390,7 @@ pub fn spawn(shards: Vec<ShardSetup>, control: Control) -> std::io::Result<Media
             control: control.clone(),
             notices: HashMap::new(),
             downlinks: HashMap::new(),
-            published: published.clone(),
+            reports: reports.clone(),
             noise: NoiseCounter::default(),
             tcp: TcpWriters::new(connections.clone()),
             udp: Sender::default(),
@@ -402,31 +405,60 @@ pub fn spawn(shards: Vec<ShardSetup>, control: Control) -> std::io::Result<Media
     })
 }
 
-/// A participant's published streams, on their way to control.
-struct Published {
-    account: AccountId,
-    participant: ParticipantId,
-    streams: Vec<PublishedStream>,
+/// What the shards report to control, in order.
+enum Report {
+    /// A participant's published streams.
+    Published {
+        account: AccountId,
+        participant: ParticipantId,
+        streams: Vec<PublishedStream>,
+    },
+    /// The layout a device's subscribe connection was last offered.
+    Layout {
+        participant: ParticipantId,
+        layout: SubscribeLayout,
+    },
+    /// A device left: its SDK instance's layout is of no further use.
+    LayoutForgotten {
+        participant: ParticipantId,
+        unique_id: String,
+    },
 }
 
-/// One task records every shard's published streams with control, one after the other.
+/// One task records every shard's reports with control, one after the other.
 ///
 /// Order holds per participant, even across a move: the shard a device leaves queues its
 /// updates here before it queues the device's arrival in the new shard's inbox, and the new
 /// shard queues its own only after taking the device from its inbox, so every update of the
 /// old shard is in this channel before any of the new one.
-fn spawn_reporter(control: Control) -> mpsc::UnboundedSender<Published> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Published>();
+fn spawn_reporter(control: Control) -> mpsc::UnboundedSender<Report> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Report>();
     tokio::spawn(async move {
-        while let Some(p) = rx.recv().await {
-            match control
-                .set_published(&p.account, p.participant, p.streams)
-                .await
-            {
+        while let Some(report) = rx.recv().await {
+            let outcome = match report {
+                Report::Published {
+                    account,
+                    participant,
+                    streams,
+                } => control.set_published(&account, participant, streams).await,
+                Report::Layout {
+                    participant,
+                    layout,
+                } => control.save_subscribe_layout(participant, &layout).await,
+                Report::LayoutForgotten {
+                    participant,
+                    unique_id,
+                } => {
+                    control
+                        .forget_subscribe_layout(participant, &unique_id)
+                        .await
+                }
+            };
+            match outcome {
                 Ok(()) => {}
                 // Deleted meanwhile (a device leaving just before a REST delete).
                 Err(ControlError::NotFound(Resource::Participant | Resource::Session)) => {}
-                Err(e) => tracing::warn!(error = %e, "cannot record published streams"),
+                Err(e) => tracing::warn!(error = %e, "cannot record a media report"),
             }
         }
     });
@@ -442,7 +474,7 @@ struct Pump {
     notices: HashMap<u64, mpsc::UnboundedSender<DeviceNotice>>,
     /// Where each local device's frames go.
     downlinks: HashMap<DeviceId, mpsc::UnboundedSender<LocalDownlink>>,
-    published: mpsc::UnboundedSender<Published>,
+    reports: mpsc::UnboundedSender<Report>,
     noise: NoiseCounter,
     /// The write queues of ICE-TCP connections (any shard's).
     tcp: TcpWriters,
@@ -702,10 +734,28 @@ impl Pump {
                     participant,
                     streams,
                 } => {
-                    let _ = self.published.send(Published {
+                    let _ = self.reports.send(Report::Published {
                         account,
                         participant,
                         streams,
+                    });
+                }
+                ShardOutput::Layout {
+                    participant,
+                    layout,
+                } => {
+                    let _ = self.reports.send(Report::Layout {
+                        participant,
+                        layout,
+                    });
+                }
+                ShardOutput::LayoutForgotten {
+                    participant,
+                    unique_id,
+                } => {
+                    let _ = self.reports.send(Report::LayoutForgotten {
+                        participant,
+                        unique_id,
                     });
                 }
                 ShardOutput::Message { shard, message } => self.send_message(shard, message),
@@ -779,6 +829,7 @@ impl Pump {
                 participant,
                 permissions,
                 unique_id,
+                layout,
                 notices,
                 reply,
             } => {
@@ -789,6 +840,7 @@ impl Pump {
                     participant,
                     permissions,
                     unique_id,
+                    layout,
                     now,
                 );
                 // The directory knows the device before its connection can address it.

@@ -87,6 +87,7 @@ async fn record(control: Control, mut feed: WebhookFeed, wake: Arc<Notify>) {
                 }
             }
         }
+        control.event_settled();
     }
 }
 
@@ -172,6 +173,43 @@ pub fn spawn_heartbeat(control: Control, address: String) {
                 tracing::warn!(error = %e, "cannot record this process's heartbeat");
             }
             tokio_sleep(HEARTBEAT_EVERY).await;
+        }
+    });
+}
+
+/// How long after this process started the devices of dead processes are accounted for: the
+/// reconnect grace (the SDK reconnects within it, and its call resumes here), plus a
+/// heartbeat and a margin, so that a process still alive has beaten since the snapshot.
+pub const REAP_AFTER: Duration = Duration::from_secs(30);
+
+/// Accounts, [`REAP_AFTER`] from now, for the devices other processes had live at start
+/// (`snapshot`, read before this process's first heartbeat) whose process died and which did
+/// not reconnect here: their `onDisconnect`/`onCallEnded` (see [`Control::reap`]).
+#[allow(clippy::disallowed_methods)] // the runtime starts tasks
+pub fn spawn_reaper(control: Control, snapshot: Vec<crate::store::LiveDevice>) {
+    if snapshot.is_empty() {
+        return;
+    }
+    tracing::info!(
+        devices = snapshot.len(),
+        "devices of other processes were live at start: those of a dead process that do not \
+         reconnect within the grace get their disconnection events"
+    );
+    tokio::spawn(async move {
+        tokio_sleep(REAP_AFTER).await;
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            match control.reap(&snapshot).await {
+                Ok(n) => {
+                    tracing::info!(devices = n, "devices of dead processes disconnected");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot account for dead processes' devices yet");
+                    tokio_sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
         }
     });
 }

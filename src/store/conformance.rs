@@ -13,9 +13,9 @@ use super::{
     StoreError,
 };
 use crate::domain::{
-    AccountId, CallbackUrl, DeviceApiVersion, MediaKinds, Participant, ParticipantId,
-    ParticipantSubscription, Session, SessionId, StreamAlias, Subscriptions, Tag,
-    MAX_SESSION_MEMBERS,
+    AccountId, CallbackUrl, DeviceApiVersion, LayoutLine, LineContent, MediaKind, MediaKinds,
+    Participant, ParticipantId, ParticipantSubscription, Session, SessionId, StreamAlias, StreamId,
+    SubscribeLayout, Subscriptions, Tag, MAX_SESSION_MEMBERS,
 };
 
 /// A handle on the store under test.
@@ -38,6 +38,7 @@ pub const CASES: &[&str] = &[
     "webhook_outbox",
     "sessions_by_age",
     "operator",
+    "subscribe_layouts",
 ];
 
 async fn new_account(store: &TestStore) -> AccountId {
@@ -788,6 +789,86 @@ pub async fn webhook_outbox(store: TestStore) {
     assert_eq!(log.len(), 1);
     assert_eq!(log[0].error.as_deref(), Some("timed out"));
     assert!(store.outbox_pending().await.expect("pending") >= 1);
+}
+
+/// A two-line layout (channels, one audio track of `publisher`).
+fn layout(unique_id: &str, revision: u64, publisher: ParticipantId) -> SubscribeLayout {
+    SubscribeLayout {
+        unique_id: unique_id.into(),
+        revision,
+        lines: vec![
+            LayoutLine {
+                mid: "0".into(),
+                content: LineContent::Channels,
+            },
+            LayoutLine {
+                mid: "1".into(),
+                content: LineContent::Track {
+                    kind: MediaKind::Audio,
+                    publisher,
+                    stream: StreamId::parse("mic").expect("stream id"),
+                    msid: "s1".into(),
+                    track_id: "audio-1".into(),
+                    sending: true,
+                },
+            },
+        ],
+    }
+}
+
+/// A device's subscribe layout: kept per participant, a lower revision of the same SDK
+/// instance never overwrites a higher one, another instance's replaces it, forgotten only for
+/// the instance named, and gone with the participant (or never kept for one that is gone).
+pub async fn subscribe_layouts(store: TestStore) {
+    let account = new_account(&store).await;
+    let subscriber = new_participant(&store, &account).await;
+    let publisher = new_participant(&store, &account).await;
+    let stored = || async { store.subscribe_layout(subscriber).await.expect("read") };
+    let save = |layout: SubscribeLayout| {
+        let store = store.clone();
+        async move {
+            store
+                .save_subscribe_layout(subscriber, &layout)
+                .await
+                .expect("save (a deleted participant is no error)")
+        }
+    };
+    assert_eq!(stored().await, None);
+
+    let first = layout("sdk-a", 3, publisher);
+    save(first.clone()).await;
+    assert_eq!(stored().await, Some(first.clone()));
+    let mut older = layout("sdk-a", 2, publisher);
+    older.lines.truncate(1);
+    save(older).await;
+    assert_eq!(
+        stored().await,
+        Some(first.clone()),
+        "a lower revision of the same instance is stale"
+    );
+    let other = layout("sdk-b", 1, publisher);
+    save(other.clone()).await;
+    assert_eq!(
+        stored().await,
+        Some(other.clone()),
+        "another instance's replaces it"
+    );
+    for (instance, left) in [("sdk-a", Some(other)), ("sdk-b", None)] {
+        store
+            .forget_subscribe_layout(subscriber, instance)
+            .await
+            .expect("forget");
+        assert_eq!(stored().await, left, "forgetting {instance}");
+    }
+
+    save(first.clone()).await;
+    store
+        .delete_participant(&account, subscriber)
+        .await
+        .expect("delete");
+    assert_eq!(stored().await, None, "gone with the participant");
+    save(first).await;
+    assert_eq!(stored().await, None, "never kept for a deleted participant");
 }
 
 /// Sessions are listed by age for the cleanup.

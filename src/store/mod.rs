@@ -39,8 +39,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::domain::{
-    AccountId, CallbackUrl, Participant, ParticipantId, Session, SessionId, Subscriptions, Tag,
-    MAX_SESSION_MEMBERS,
+    AccountId, CallbackUrl, Participant, ParticipantId, Session, SessionId, SubscribeLayout,
+    Subscriptions, Tag, MAX_SESSION_MEMBERS,
 };
 
 pub use operator::{
@@ -219,6 +219,27 @@ pub trait Store: WebhookStore + OperatorStore {
         account: &AccountId,
         session: SessionId,
         changes: &[(ParticipantId, Subscriptions)],
+    ) -> Result<(), StoreError>;
+
+    /// Keeps `layout` as the shape of `participant`'s subscribe connection. A layout of the
+    /// same SDK instance with a lower revision than the stored one is ignored (the stored
+    /// one is newer); a participant that does not exist (deleted meanwhile) keeps nothing.
+    async fn save_subscribe_layout(
+        &self,
+        participant: ParticipantId,
+        layout: &SubscribeLayout,
+    ) -> Result<(), StoreError>;
+    /// The stored shape of `participant`'s subscribe connection, if any.
+    async fn subscribe_layout(
+        &self,
+        participant: ParticipantId,
+    ) -> Result<Option<SubscribeLayout>, StoreError>;
+    /// Forgets the layout of `participant` when it belongs to SDK instance `unique_id` (its
+    /// device left: the SDK closed the connection).
+    async fn forget_subscribe_layout(
+        &self,
+        participant: ParticipantId,
+        unique_id: &str,
     ) -> Result<(), StoreError>;
 }
 

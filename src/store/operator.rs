@@ -170,6 +170,26 @@ pub trait OperatorStore: Send + Sync + 'static {
         &self,
         participants: &[ParticipantId],
     ) -> Result<Vec<LiveStream>, StoreError>;
+    /// The live devices of every process other than `instance`, with each process's last
+    /// heartbeat (0 when the process row is gone).
+    async fn foreign_live_devices(&self, instance: &str) -> Result<Vec<LiveDevice>, StoreError>;
+    /// Every process's last heartbeat (epoch milliseconds), by process.
+    async fn instances_seen(&self) -> Result<Vec<(String, i64)>, StoreError>;
+}
+
+fn live_device(row: &sqlx::any::AnyRow) -> Result<LiveDevice, StoreError> {
+    let kind: String = row.try_get("kind")?;
+    Ok(LiveDevice {
+        participant: parse_id(row, "participant_id")?,
+        device: row.try_get("device")?,
+        kind: match kind.as_str() {
+            "phone" => DeviceKind::Phone,
+            _ => DeviceKind::Browser,
+        },
+        instance: row.try_get("instance_id")?,
+        connected_at_ms: row.try_get("connected_at")?,
+        instance_seen_ms: row.try_get("seen_at")?,
+    })
 }
 
 fn count(row: &sqlx::any::AnyRow, col: &str) -> Result<u64, StoreError> {
@@ -437,20 +457,31 @@ impl OperatorStore for SqlStore {
             .fetch_all(&self.read)
             .await?
             .iter()
-            .map(|row| {
-                let kind: String = row.try_get("kind")?;
-                Ok(LiveDevice {
-                    participant: parse_id(row, "participant_id")?,
-                    device: row.try_get("device")?,
-                    kind: match kind.as_str() {
-                        "phone" => DeviceKind::Phone,
-                        _ => DeviceKind::Browser,
-                    },
-                    instance: row.try_get("instance_id")?,
-                    connected_at_ms: row.try_get("connected_at")?,
-                    instance_seen_ms: row.try_get("seen_at")?,
-                })
-            })
+            .map(live_device)
+            .collect()
+    }
+
+    async fn foreign_live_devices(&self, instance: &str) -> Result<Vec<LiveDevice>, StoreError> {
+        sqlx::query(
+            "SELECT d.participant_id, d.device, d.kind, d.instance_id, d.connected_at, \
+             COALESCE(i.seen_at, 0) AS seen_at FROM live_devices d \
+             LEFT JOIN server_instances i ON i.id = d.instance_id \
+             WHERE d.instance_id <> $1 ORDER BY d.connected_at, d.device",
+        )
+        .bind(instance)
+        .fetch_all(&self.read)
+        .await?
+        .iter()
+        .map(live_device)
+        .collect()
+    }
+
+    async fn instances_seen(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        sqlx::query("SELECT id, seen_at FROM server_instances ORDER BY id")
+            .fetch_all(&self.read)
+            .await?
+            .iter()
+            .map(|row| Ok((row.try_get("id")?, row.try_get("seen_at")?)))
             .collect()
     }
 

@@ -24,7 +24,7 @@ use sqlx::{AnyPool, Executor, Row};
 use super::{AccountCredentials, Store, StoreError, Timeouts, PROBE_TIMEOUT};
 use crate::domain::{
     AccountId, CallbackUrl, DeviceApiVersion, MediaKinds, Participant, ParticipantId,
-    ParticipantSubscription, Session, SessionId, StreamAlias, Subscriptions, Tag,
+    ParticipantSubscription, Session, SessionId, StreamAlias, SubscribeLayout, Subscriptions, Tag,
     MAX_SESSION_MEMBERS,
 };
 
@@ -113,6 +113,9 @@ store_ops! {
     OutboxAttempted => "outbox_attempted",
     DeliveryLog => "delivery_log",
     SessionsCreatedBefore => "sessions_created_before",
+    SaveSubscribeLayout => "save_subscribe_layout",
+    SubscribeLayout => "subscribe_layout",
+    ForgetSubscribeLayout => "forget_subscribe_layout",
 }
 
 /// Each operation's histogram handle, taken from the metrics recorder at the operation's
@@ -909,6 +912,69 @@ impl Store for SqlStore {
         tx.commit()
             .await
             .map_err(on_foreign_key(StoreError::ParticipantNotFound))?;
+        Ok(())
+    }
+
+    async fn save_subscribe_layout(
+        &self,
+        participant: ParticipantId,
+        layout: &SubscribeLayout,
+    ) -> Result<(), StoreError> {
+        let _timer = self.timer(Op::SaveSubscribeLayout);
+        let revision = i64::try_from(layout.revision).map_err(corrupt)?;
+        sqlx::query(
+            "INSERT INTO subscribe_layouts (participant_id, unique_id, revision, layout, updated_at) \
+             SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM participants WHERE id = $1) \
+             ON CONFLICT (participant_id) DO UPDATE SET unique_id = excluded.unique_id, \
+             revision = excluded.revision, layout = excluded.layout, updated_at = excluded.updated_at \
+             WHERE subscribe_layouts.unique_id <> excluded.unique_id \
+             OR subscribe_layouts.revision <= excluded.revision",
+        )
+        .bind(participant.to_string())
+        .bind(layout.unique_id.as_str())
+        .bind(revision)
+        .bind(layout.to_json())
+        .bind(now_ms())
+        .execute(&self.write)
+        .await
+        // Deleted between the check and the insert: nothing to keep.
+        .map_err(on_foreign_key(StoreError::ParticipantNotFound))
+        .or_else(|e| match e {
+            StoreError::ParticipantNotFound => Ok(Default::default()),
+            other => Err(other),
+        })?;
+        Ok(())
+    }
+
+    async fn subscribe_layout(
+        &self,
+        participant: ParticipantId,
+    ) -> Result<Option<SubscribeLayout>, StoreError> {
+        let _timer = self.timer(Op::SubscribeLayout);
+        let row = sqlx::query("SELECT layout FROM subscribe_layouts WHERE participant_id = $1")
+            .bind(participant.to_string())
+            .fetch_optional(&self.read)
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let layout: String = row.try_get("layout")?;
+        SubscribeLayout::from_json(&layout)
+            .map(Some)
+            .map_err(corrupt)
+    }
+
+    async fn forget_subscribe_layout(
+        &self,
+        participant: ParticipantId,
+        unique_id: &str,
+    ) -> Result<(), StoreError> {
+        let _timer = self.timer(Op::ForgetSubscribeLayout);
+        sqlx::query("DELETE FROM subscribe_layouts WHERE participant_id = $1 AND unique_id = $2")
+            .bind(participant.to_string())
+            .bind(unique_id)
+            .execute(&self.write)
+            .await?;
         Ok(())
     }
 }

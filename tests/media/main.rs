@@ -11,6 +11,7 @@
 
 mod alias;
 mod peer;
+mod resume;
 mod rtp;
 mod shard;
 

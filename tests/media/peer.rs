@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use patchbay::domain::{
-    MediaKinds, ParticipantId, ParticipantSubscription, SessionId, Subscriptions,
+    MediaKinds, ParticipantId, ParticipantSubscription, SessionId, SubscribeLayout, Subscriptions,
 };
 use patchbay::forwarding::{compile, ForwardingTable, Member, PublishedStream, SessionState};
 use patchbay::media::{DeviceId, Engine, EngineConfig, EngineEvent, PublishAnswer, SourceKey};
@@ -95,6 +95,8 @@ pub struct Net {
     pub wire: Vec<WireRtp>,
     /// Loses every n-th SRTP packet towards this client's subscribe connection: (client, n).
     pub lossy: Option<(usize, usize)>,
+    /// The subscribe layout each device was last offered (what the store would keep).
+    pub layouts: BTreeMap<DeviceId, SubscribeLayout>,
     /// Packets lost that way.
     pub lost: usize,
     next_device: u64,
@@ -164,6 +166,7 @@ impl Net {
             local_sources: BTreeMap::new(),
             wire: Vec::new(),
             lossy: None,
+            layouts: BTreeMap::new(),
             lost: 0,
             next_device: 1,
         }
@@ -176,6 +179,8 @@ impl Net {
         self.next_device += 1;
         let mut client = Client::new(name, idx as u8 + 1, permissions, device, self.now);
         client.latency = self.latency;
+        self.engine
+            .resume_subscriber(device, format!("sdk-{name}"), None);
         let replaced = self
             .engine
             .add_device(device, client.participant, permissions, self.now);
@@ -416,7 +421,12 @@ impl Net {
                 event: event.clone(),
             });
             match event {
-                EngineEvent::SubscribeOffer { device, offer } => {
+                EngineEvent::SubscribeOffer {
+                    device,
+                    offer,
+                    layout,
+                } => {
+                    self.layouts.insert(device, layout);
                     let Some(i) = self.clients.iter().position(|c| c.device == device) else {
                         self.violations
                             .push(format!("offer for unknown device {device:?}"));

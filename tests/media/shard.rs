@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use patchbay::domain::{AccountId, MediaKinds, ParticipantId, SessionId, Subscriptions};
+use patchbay::domain::{
+    AccountId, MediaKinds, ParticipantId, SessionId, SubscribeLayout, Subscriptions,
+};
 use patchbay::forwarding::{compile, ForwardingTable, Member, PublishedStream, SessionState};
 use patchbay::media::placement::home_of_session;
 use patchbay::media::{
@@ -46,6 +48,8 @@ struct Shards {
     table: ForwardingTable,
     /// Every published-streams output, in order.
     published: Vec<(ParticipantId, Vec<PublishedStream>)>,
+    /// The last subscribe layout reported per participant (what the store would hold).
+    layouts: HashMap<ParticipantId, SubscribeLayout>,
     next_connection: u64,
 }
 
@@ -59,11 +63,16 @@ impl Shards {
         let addrs: Vec<SocketAddr> = (0..count)
             .map(|i| format!("192.0.2.{}:3478", i + 1).parse().unwrap())
             .collect();
+        // One process: one certificate and one ICE prefix for every shard.
+        let base = EngineConfig::generate(addrs[0]).expect("engine config");
         let shards = addrs
             .iter()
             .enumerate()
             .map(|(i, a)| {
-                let engine = Engine::new(EngineConfig::generate(*a).expect("engine config"));
+                let engine = Engine::new(EngineConfig {
+                    public_addrs: vec![*a],
+                    ..base.clone()
+                });
                 Shard::new(i, count, engine)
             })
             .collect();
@@ -86,6 +95,7 @@ impl Shards {
             streams: BTreeMap::new(),
             table: ForwardingTable::default(),
             published: Vec::new(),
+            layouts: HashMap::new(),
             next_connection: 1,
         }
     }
@@ -109,12 +119,15 @@ impl Shards {
             DeviceId(connection),
             self.now,
         );
+        // What control does: the participant's stored layout goes along.
+        let layout = self.layouts.get(&client.participant).cloned();
         let device = self.shards[shard].handle_connect(
             connection,
             account(),
             client.participant,
             MediaKinds::ALL,
             unique_id.to_owned(),
+            layout,
             self.now,
         );
         client.device = device;
@@ -132,12 +145,14 @@ impl Shards {
         let shard = self
             .placement
             .shard_for(participant, None, self.shards.len());
+        let layout = self.layouts.get(&participant).cloned();
         let device = self.shards[shard].handle_connect(
             connection,
             account(),
             participant,
             MediaKinds::ALL,
             unique_id.to_owned(),
+            layout,
             self.now,
         );
         self.connection_of[client] = connection;
@@ -278,6 +293,24 @@ impl Shards {
                     self.notices.entry(connection).or_default().push(notice);
                 }
                 ShardOutput::Local { .. } => {}
+                ShardOutput::Layout {
+                    participant,
+                    layout,
+                } => {
+                    self.layouts.insert(participant, layout);
+                }
+                ShardOutput::LayoutForgotten {
+                    participant,
+                    unique_id,
+                } => {
+                    if self
+                        .layouts
+                        .get(&participant)
+                        .is_some_and(|l| l.unique_id == unique_id)
+                    {
+                        self.layouts.remove(&participant);
+                    }
+                }
                 ShardOutput::Published {
                     participant,
                     streams,

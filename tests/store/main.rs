@@ -64,6 +64,7 @@ both!(
     webhook_outbox,
     sessions_by_age,
     operator,
+    subscribe_layouts,
 );
 
 /// State written through one handle is there for a new process-like handle on the same file.

@@ -1,0 +1,14 @@
+-- What each device's subscribe connection looks like to the device (its SDK instance, the
+-- highest sdpRevision offered to it, its m-lines in order with their mids and what each
+-- carries; JSON, see domain::SubscribeLayout). Written by the media plane after every offer,
+-- read when the same SDK instance connects to a process that never met it (a restart), so
+-- that process can offer a connection the SDK accepts. One row per participant (one device
+-- each); removed with the participant, and when its device leaves. sqlite dialect. Never edit a
+-- released migration; add a new one.
+CREATE TABLE subscribe_layouts (
+    participant_id TEXT PRIMARY KEY REFERENCES participants(id) ON DELETE CASCADE,
+    unique_id      TEXT NOT NULL,
+    revision       INTEGER NOT NULL,
+    layout         TEXT NOT NULL,
+    updated_at     INTEGER NOT NULL
+);
