@@ -526,3 +526,95 @@ async fn pending_events_survive_kill_9_and_are_delivered_after_restart() {
         assert_eq!(names, ["onConnect", "onDisconnect"], "{p}");
     }
 }
+
+/// `kill -9` with two devices connected: the one whose SDK reconnects to the next process
+/// (same `uniqueId`) resumes its call and its backend hears nothing more (no second
+/// `onConnect`, no `onDisconnect`); the one that does not come back gets exactly one
+/// `onDisconnect`, from the next process, once the reconnect grace has passed.
+#[tokio::test]
+async fn a_dead_process_s_devices_that_do_not_come_back_get_one_on_disconnect() {
+    let db = sqlite_url();
+    let out = Command::new(BIN)
+        .args(["account", "create", "k9r", "--json", "--database-url", &db])
+        .output()
+        .expect("account create");
+    assert!(out.status.success());
+    let creds: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let receiver = Arc::new(Receiver::default());
+    *receiver.secret.lock().unwrap() = creds["webhookSecret"].as_str().unwrap().to_owned();
+    let (hook_addr, _hook) = start_receiver("127.0.0.1:0".parse().unwrap(), receiver.clone()).await;
+    let hook = format!("http://{hook_addr}/hook");
+    let (user, pass) = (
+        creds["username"].as_str().unwrap().to_owned(),
+        creds["password"].as_str().unwrap().to_owned(),
+    );
+
+    let server = Server::start(&db);
+    let http = reqwest::Client::new();
+    let mut ids = Vec::new();
+    let mut tokens = Vec::new();
+    for _ in 0..2 {
+        let v: Value = http
+            .post(format!(
+                "http://{}/v1/accounts/k9r/participants",
+                server.http
+            ))
+            .basic_auth(&user, Some(&pass))
+            .json(&serde_json::json!({"callbackUrl": hook}))
+            .send()
+            .await
+            .expect("create")
+            .json()
+            .await
+            .expect("json");
+        ids.push(v["participant"]["id"].as_str().expect("id").to_owned());
+        tokens.push(v["token"].as_str().expect("token").to_owned());
+    }
+    let addr: SocketAddr = server.http.parse().unwrap();
+    let comes_back = connect(addr, &tokens[0], "back").await;
+    let stays_away = connect(addr, &tokens[1], "away").await;
+    wait_for("two onConnect", || {
+        receiver.accepted.lock().unwrap().len() >= 2
+    })
+    .await;
+    drop(server); // kill -9
+    drop((comes_back, stays_away));
+
+    let server = Server::start(&db);
+    let addr: SocketAddr = server.http.parse().unwrap();
+    let _back = connect(addr, &tokens[0], "back").await;
+    // The next process accounts for the dead one's devices after the reconnect grace.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while receiver.accepted.lock().unwrap().len() < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no onDisconnect for the device that did not come back: {:?}",
+            receiver.accepted.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Anything spurious would follow at once; give it the time to.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let events = by_participant(&receiver.accepted.lock().unwrap().clone());
+    let names = |p: &str| -> Vec<String> {
+        events
+            .get(p)
+            .map(|v| {
+                v.iter()
+                    .map(|e| e["event"].as_str().unwrap().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        names(&ids[0]),
+        ["onConnect"],
+        "the device that came back resumed its call: nothing more"
+    );
+    assert_eq!(
+        names(&ids[1]),
+        ["onConnect", "onDisconnect"],
+        "the device that did not come back: one onDisconnect"
+    );
+    drop(server);
+}
