@@ -94,7 +94,20 @@ impl App {
         let shard_count = config.media_shards.map(usize::from).unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
         });
-        let first = EngineConfig::generate(config.media_listen)?;
+        let mut first = EngineConfig::generate(config.media_listen)?;
+        // The publish connections the previous process answered: their checks are refused,
+        // signed, once their device is back (issue 19).
+        match control.publish_credentials().await {
+            Ok(list) => {
+                first.previous_credentials =
+                    Arc::new(list.into_iter().map(|c| (c.ufrag.clone(), c)).collect());
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                "cannot read the stored publish credentials: resumed calls wait for the \
+                 browser to notice the restart by itself"
+            ),
+        }
         let mut shards = Vec::with_capacity(shard_count);
         for i in 0..shard_count {
             let mut addr = config.media_listen;
@@ -119,6 +132,7 @@ impl App {
                 tcp_addrs,
                 cert: first.cert.clone(),
                 ice_prefix: first.ice_prefix.clone(),
+                previous_credentials: first.previous_credentials.clone(),
             };
             shards.push(ShardSetup {
                 config,

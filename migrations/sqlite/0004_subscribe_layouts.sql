@@ -1,3 +1,5 @@
+-- What a device's connections need to be resumed by another process (issue 19).
+--
 -- What each device's subscribe connection looks like to the device (its SDK instance, the
 -- highest sdpRevision offered to it, its m-lines in order with their mids and what each
 -- carries; JSON, see domain::SubscribeLayout). Written by the media plane after every offer,
@@ -10,5 +12,17 @@ CREATE TABLE subscribe_layouts (
     unique_id      TEXT NOT NULL,
     revision       INTEGER NOT NULL,
     layout         TEXT NOT NULL,
+    updated_at     INTEGER NOT NULL
+);
+
+-- The ICE credentials of each device's publish connection (the server's ufrag and password on
+-- it), so that the process after this one can answer that connection's consent checks with a
+-- signed error and the browser renegotiates at once. One row per participant; removed with
+-- the participant, and when its device leaves.
+CREATE TABLE publish_credentials (
+    participant_id TEXT PRIMARY KEY REFERENCES participants(id) ON DELETE CASCADE,
+    unique_id      TEXT NOT NULL,
+    ufrag          TEXT NOT NULL,
+    pwd            TEXT NOT NULL,
     updated_at     INTEGER NOT NULL
 );

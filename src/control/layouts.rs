@@ -4,7 +4,7 @@
 //! offer it makes; a connecting device's stored layout goes with it to the media plane.
 
 use super::{Control, ControlError};
-use crate::domain::{ParticipantId, SubscribeLayout};
+use crate::domain::{ParticipantId, PublishCredentials, SubscribeLayout};
 
 impl Control {
     /// Keeps the layout the media plane last offered `participant`'s device.
@@ -39,5 +39,23 @@ impl Control {
             .forget_subscribe_layout(participant, unique_id)
             .await?;
         Ok(())
+    }
+
+    /// Keeps the ICE credentials the media plane gave a device's publish connection.
+    pub async fn save_publish_credentials(
+        &self,
+        credentials: &PublishCredentials,
+    ) -> Result<(), ControlError> {
+        self.inner
+            .store
+            .save_publish_credentials(credentials)
+            .await?;
+        Ok(())
+    }
+
+    /// Every stored publish connection's credentials (a starting process reads them, to
+    /// refuse the checks of the connections its predecessor answered).
+    pub async fn publish_credentials(&self) -> Result<Vec<PublishCredentials>, ControlError> {
+        Ok(self.inner.store.publish_credentials().await?)
     }
 }

@@ -13,6 +13,22 @@ use serde::{Deserialize, Serialize};
 
 use super::{DomainError, MediaKind, ParticipantId, StreamId};
 
+/// The ICE credentials a process gave a device's publish connection. A process that replaced
+/// it answers that connection's consent checks with an error signed with them (the browser
+/// ignores an unsigned one), so the browser drops the dead path at once and the SDK
+/// re-offers the connection; see `media::engine`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishCredentials {
+    /// The device's participant.
+    pub participant: ParticipantId,
+    /// The SDK instance (`uniqueId`).
+    pub unique_id: String,
+    /// The server's ICE username fragment on that connection.
+    pub ufrag: String,
+    /// The server's ICE password on that connection.
+    pub pwd: String,
+}
+
 /// The shape of one device's subscribe connection, as the device has been offered it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubscribeLayout {

@@ -13,7 +13,7 @@ mod participant;
 mod subscription;
 
 pub use ids::{AccountId, ParticipantId, SessionId, StreamId};
-pub use layout::{LayoutLine, LineContent, SubscribeLayout};
+pub use layout::{LayoutLine, LineContent, PublishCredentials, SubscribeLayout};
 pub use participant::{
     CallbackUrl, DeviceApiVersion, MediaKind, MediaKinds, Participant, PublishPermissions, Session,
     Tag,

@@ -29,8 +29,8 @@ use super::routes::HostedRoutes;
 use super::subscribing::{Overdue, Subscriber, Subscribing};
 use super::{DeclaredStreams, DeviceId, PublishAnswer, StreamMetadata, SubscribeOffer};
 use crate::domain::{
-    MediaKind, MediaKinds, ParticipantId, PublishPermissions, SessionId, StreamAlias, StreamId,
-    SubscribeLayout,
+    MediaKind, MediaKinds, ParticipantId, PublishCredentials, PublishPermissions, SessionId,
+    StreamAlias, StreamId, SubscribeLayout,
 };
 use crate::forwarding::{ForwardingTable, PublishedStream, TableDiff};
 
@@ -49,10 +49,13 @@ pub struct EngineConfig {
     /// The DTLS certificate shared by every peer connection of the process.
     pub cert: DtlsCert,
     /// The prefix of every local ICE username fragment the process issues, random per
-    /// process and the same for all its shards. A connectivity check naming a ufrag without it was addressed to another
-    /// process (one this process replaced): it is refused at once, so the browser drops that
-    /// path and renegotiates instead of waiting for consent to expire.
+    /// process and the same for all its shards: a ufrag without it was issued by another
+    /// process.
     pub ice_prefix: String,
+    /// The publish connections' credentials other processes issued (stored), by ufrag: a
+    /// consent check naming one, from a device that has reconnected here, is answered with a
+    /// signed error (see [`Engine::refuse_check`]).
+    pub previous_credentials: Arc<HashMap<String, PublishCredentials>>,
 }
 
 impl EngineConfig {
@@ -68,6 +71,7 @@ impl EngineConfig {
             tcp_addrs: Vec::new(),
             cert,
             ice_prefix: random_ice_chars(ICE_PREFIX_LEN),
+            previous_credentials: Arc::default(),
         })
     }
 
@@ -159,6 +163,17 @@ pub enum EngineEvent {
         device: DeviceId,
         /// Every audio track it receives now; replaces the previous list.
         sources: Vec<SourceKey>,
+    },
+    /// A device's publish connection got new local ICE credentials (its first offer, or an
+    /// ICE restart): to store, so that the next process can refuse its checks (see
+    /// [`EngineConfig::previous_credentials`]).
+    PublishCredentials {
+        /// The browser device.
+        device: DeviceId,
+        /// The server's ufrag on the connection.
+        ufrag: String,
+        /// The server's ICE password on the connection.
+        pwd: String,
     },
     /// The device answered none of the offers of one change (each offered again after
     /// `OFFER_TIMEOUT`, `OFFER_RETRIES` times): its subscribe side is stuck and the driver
@@ -603,6 +618,7 @@ impl Engine {
         // process's prefix (in the answer too), and the demux map follows.
         let mut answer = answer.to_sdp_string();
         let restarted = peer.rtc.direct_api().local_ice_credentials();
+        let mut issued = created.then(|| restarted.clone());
         if restarted.ufrag != peer.ufrag {
             let tagged = IceCreds {
                 ufrag: tagged_ufrag(&self.config.ice_prefix),
@@ -626,7 +642,15 @@ impl Engine {
                 .direct_api()
                 .set_local_ice_credentials(tagged.clone());
             peer.ufrag = tagged.ufrag.clone();
-            self.demux.add_ufrag(peer_id, tagged.ufrag);
+            self.demux.add_ufrag(peer_id, tagged.ufrag.clone());
+            issued = Some(tagged);
+        }
+        if let Some(IceCreds { ufrag, pass }) = issued {
+            self.events.push_back(EngineEvent::PublishCredentials {
+                device,
+                ufrag,
+                pwd: pass,
+            });
         }
         let published =
             publishing::publications(&peer.rtc, &offer_mids(sdp), declared, permissions);
@@ -771,14 +795,22 @@ impl Engine {
                     return false;
                 };
                 let Some(p) = self.demux.by_ufrag(local) else {
-                    if !local.starts_with(self.config.ice_prefix.as_str()) {
-                        // Another process's ufrag (the one this process replaced): no shard
-                        // of this process knows it, so refuse it and let the browser drop
-                        // the path now.
-                        self.refuse_check(transport, source, destination, request.trans_id());
-                        return true;
+                    if local.starts_with(self.config.ice_prefix.as_str()) {
+                        return false; // ours, unknown here: another shard may know it
                     }
-                    return false;
+                    // Issued by the process this one replaced: refused once its device is
+                    // back here (its signalling can carry the renegotiation).
+                    let Some(pwd) = self
+                        .config
+                        .previous_credentials
+                        .get(local)
+                        .filter(|c| self.devices.of_participant(c.participant).is_some())
+                        .map(|c| c.pwd.to_owned())
+                    else {
+                        return false;
+                    };
+                    self.refuse_check(transport, source, destination, request.trans_id(), &pwd);
+                    return true;
                 };
                 if !self
                     .peers
@@ -1112,17 +1144,20 @@ impl Engine {
         }
     }
 
-    /// Answers a connectivity check addressed to another process with an error response
-    /// ([`STALE_CHECK_ERROR`]), unsigned (this process does not know the password). A browser
-    /// takes an error other than 401, 420, 487 or 500 as "this path is dead" and drops it;
-    /// once it has no path left, the connection is failed, which makes Bandwidth's SDK
-    /// renegotiate its publish connection with an ICE restart.
+    /// Answers a consent check of a publish connection another process answered before (a
+    /// restart) with an error response ([`STALE_CHECK_ERROR`]) signed with that connection's
+    /// password. Chrome ignores an unsigned error (measured: it went on checking for 14 s),
+    /// but takes a signed one other than 401, 420, 487 or 500 as "this path is dead" and drops
+    /// it; with no path left the connection is failed, and Bandwidth's SDK re-offers it with
+    /// an ICE restart at once. The device must be connected here first: the SDK's re-offer of
+    /// a failed connection is made once, and lost if its WebSocket is still reconnecting.
     fn refuse_check(
         &mut self,
         transport: Transport,
         source: SocketAddr,
         destination: SocketAddr,
         trans_id: TransId,
+        pwd: &str,
     ) {
         let (code, reason) = STALE_CHECK_ERROR;
         let reply = StunMessageBuilder::new()
@@ -1131,12 +1166,17 @@ impl Engine {
             .error_code(code, reason)
             .build(trans_id);
         let mut buf = vec![0u8; 128];
-        // No password: no MESSAGE-INTEGRITY, so the HMAC is never computed.
-        let Ok(len) = reply.to_bytes(None, &mut buf, |_, _| [0; 20]) else {
+        let hmac = |key: &[u8], data: &[&[u8]]| -> [u8; 20] {
+            str0m::crypto::from_feature_flags()
+                .sha1_hmac_provider
+                .sha1_hmac(key, data)
+        };
+        let Ok(len) = reply.to_bytes(Some(pwd.as_bytes()), &mut buf, hmac) else {
             return;
         };
         buf.truncate(len);
         self.counters.refused_checks += 1;
+        tracing::debug!(from = %source, "refused a connectivity check meant for another process");
         self.transmits.push_back(Transmit {
             source: destination,
             destination: source,

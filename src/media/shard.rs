@@ -60,7 +60,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::domain::{
-    AccountId, ParticipantId, PublishPermissions, SessionId, StreamAlias, StreamId, SubscribeLayout,
+    AccountId, ParticipantId, PublishCredentials, PublishPermissions, SessionId, StreamAlias,
+    StreamId, SubscribeLayout,
 };
 use crate::forwarding::{ForwardingTable, PublishedStream, TableDiff};
 use crate::media::placement::home_of_session;
@@ -176,6 +177,8 @@ pub enum ShardOutput {
         /// The connection as the offer gives it to the device.
         layout: SubscribeLayout,
     },
+    /// A device's publish connection got new ICE credentials (for the store).
+    PublishCredentials(PublishCredentials),
     /// A device left: its SDK instance's subscribe connection is closed (for the store).
     LayoutForgotten {
         /// The device's participant.
@@ -1066,6 +1069,18 @@ impl Shard {
                     })
                 }
                 EngineEvent::Unanswered { device } => self.unanswered.push(device),
+                EngineEvent::PublishCredentials { device, ufrag, pwd } => {
+                    if let Some(entry) = self.devices.get(&device) {
+                        self.outputs.push_back(ShardOutput::PublishCredentials(
+                            PublishCredentials {
+                                participant: entry.participant,
+                                unique_id: entry.unique_id.clone(),
+                                ufrag,
+                                pwd,
+                            },
+                        ));
+                    }
+                }
             }
         }
     }

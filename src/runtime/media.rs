@@ -33,7 +33,8 @@ use crate::control::port::{
 };
 use crate::control::{Control, ControlError, ControlEvent, Resource};
 use crate::domain::{
-    AccountId, ParticipantId, PublishPermissions, SessionId, StreamAlias, StreamId, SubscribeLayout,
+    AccountId, ParticipantId, PublishCredentials, PublishPermissions, SessionId, StreamAlias,
+    StreamId, SubscribeLayout,
 };
 use crate::forwarding::PublishedStream;
 pub use crate::media::RECONNECT_GRACE;
@@ -418,6 +419,8 @@ enum Report {
         participant: ParticipantId,
         layout: SubscribeLayout,
     },
+    /// A device's publish connection's ICE credentials.
+    PublishCredentials(PublishCredentials),
     /// A device left: its SDK instance's layout is of no further use.
     LayoutForgotten {
         participant: ParticipantId,
@@ -445,6 +448,9 @@ fn spawn_reporter(control: Control) -> mpsc::UnboundedSender<Report> {
                     participant,
                     layout,
                 } => control.save_subscribe_layout(participant, &layout).await,
+                Report::PublishCredentials(credentials) => {
+                    control.save_publish_credentials(&credentials).await
+                }
                 Report::LayoutForgotten {
                     participant,
                     unique_id,
@@ -748,6 +754,9 @@ impl Pump {
                         participant,
                         layout,
                     });
+                }
+                ShardOutput::PublishCredentials(credentials) => {
+                    let _ = self.reports.send(Report::PublishCredentials(credentials));
                 }
                 ShardOutput::LayoutForgotten {
                     participant,

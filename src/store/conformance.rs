@@ -14,8 +14,8 @@ use super::{
 };
 use crate::domain::{
     AccountId, CallbackUrl, DeviceApiVersion, LayoutLine, LineContent, MediaKind, MediaKinds,
-    Participant, ParticipantId, ParticipantSubscription, Session, SessionId, StreamAlias, StreamId,
-    SubscribeLayout, Subscriptions, Tag, MAX_SESSION_MEMBERS,
+    Participant, ParticipantId, ParticipantSubscription, PublishCredentials, Session, SessionId,
+    StreamAlias, StreamId, SubscribeLayout, Subscriptions, Tag, MAX_SESSION_MEMBERS,
 };
 
 /// A handle on the store under test.
@@ -819,6 +819,7 @@ fn layout(unique_id: &str, revision: u64, publisher: ParticipantId) -> Subscribe
 /// A device's subscribe layout: kept per participant, a lower revision of the same SDK
 /// instance never overwrites a higher one, another instance's replaces it, forgotten only for
 /// the instance named, and gone with the participant (or never kept for one that is gone).
+/// Its publish connection's credentials likewise.
 pub async fn subscribe_layouts(store: TestStore) {
     let account = new_account(&store).await;
     let subscriber = new_participant(&store, &account).await;
@@ -861,14 +862,57 @@ pub async fn subscribe_layouts(store: TestStore) {
         assert_eq!(stored().await, left, "forgetting {instance}");
     }
 
+    // The publish connection's credentials: kept, replaced, forgotten with the instance.
+    let credentials = |unique_id: &str, ufrag: &str| PublishCredentials {
+        participant: subscriber,
+        unique_id: unique_id.into(),
+        ufrag: ufrag.into(),
+        pwd: format!("pwd-of-{ufrag}"),
+    };
+    let mine = || async {
+        store
+            .publish_credentials()
+            .await
+            .expect("read")
+            .into_iter()
+            .filter(|c| c.participant == subscriber)
+            .collect::<Vec<_>>()
+    };
+    for c in [credentials("sdk-c", "uf1"), credentials("sdk-c", "uf2")] {
+        store.save_publish_credentials(&c).await.expect("save");
+    }
+    assert_eq!(
+        mine().await,
+        vec![credentials("sdk-c", "uf2")],
+        "the last ones"
+    );
+    store
+        .forget_subscribe_layout(subscriber, "sdk-c")
+        .await
+        .expect("forget");
+    assert!(mine().await.is_empty());
+
     save(first.clone()).await;
+    store
+        .save_publish_credentials(&credentials("sdk-a", "uf3"))
+        .await
+        .expect("save");
     store
         .delete_participant(&account, subscriber)
         .await
         .expect("delete");
     assert_eq!(stored().await, None, "gone with the participant");
+    assert!(mine().await.is_empty(), "gone with the participant");
     save(first).await;
+    store
+        .save_publish_credentials(&credentials("sdk-a", "uf4"))
+        .await
+        .expect("saving for a deleted participant is not an error");
     assert_eq!(stored().await, None, "never kept for a deleted participant");
+    assert!(
+        mine().await.is_empty(),
+        "never kept for a deleted participant"
+    );
 }
 
 /// Sessions are listed by age for the cleanup.

@@ -39,8 +39,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::domain::{
-    AccountId, CallbackUrl, Participant, ParticipantId, Session, SessionId, SubscribeLayout,
-    Subscriptions, Tag, MAX_SESSION_MEMBERS,
+    AccountId, CallbackUrl, Participant, ParticipantId, PublishCredentials, Session, SessionId,
+    SubscribeLayout, Subscriptions, Tag, MAX_SESSION_MEMBERS,
 };
 
 pub use operator::{
@@ -234,13 +234,21 @@ pub trait Store: WebhookStore + OperatorStore {
         &self,
         participant: ParticipantId,
     ) -> Result<Option<SubscribeLayout>, StoreError>;
-    /// Forgets the layout of `participant` when it belongs to SDK instance `unique_id` (its
-    /// device left: the SDK closed the connection).
+    /// Forgets the layout and the publish credentials of `participant` when they belong to
+    /// SDK instance `unique_id` (its device left: the SDK closed its connections).
     async fn forget_subscribe_layout(
         &self,
         participant: ParticipantId,
         unique_id: &str,
     ) -> Result<(), StoreError>;
+    /// Keeps the ICE credentials of a device's publish connection (replacing the
+    /// participant's previous ones); nothing for a participant that does not exist.
+    async fn save_publish_credentials(
+        &self,
+        credentials: &PublishCredentials,
+    ) -> Result<(), StoreError>;
+    /// Every stored publish connection's credentials (read once, when a process starts).
+    async fn publish_credentials(&self) -> Result<Vec<PublishCredentials>, StoreError>;
 }
 
 /// Where a participant's webhooks go, and what they say about it.

@@ -24,8 +24,8 @@ use sqlx::{AnyPool, Executor, Row};
 use super::{AccountCredentials, Store, StoreError, Timeouts, PROBE_TIMEOUT};
 use crate::domain::{
     AccountId, CallbackUrl, DeviceApiVersion, MediaKinds, Participant, ParticipantId,
-    ParticipantSubscription, Session, SessionId, StreamAlias, SubscribeLayout, Subscriptions, Tag,
-    MAX_SESSION_MEMBERS,
+    ParticipantSubscription, PublishCredentials, Session, SessionId, StreamAlias, SubscribeLayout,
+    Subscriptions, Tag, MAX_SESSION_MEMBERS,
 };
 
 /// The SQL dialect behind a [`SqlStore`].
@@ -116,6 +116,8 @@ store_ops! {
     SaveSubscribeLayout => "save_subscribe_layout",
     SubscribeLayout => "subscribe_layout",
     ForgetSubscribeLayout => "forget_subscribe_layout",
+    SavePublishCredentials => "save_publish_credentials",
+    PublishCredentials => "publish_credentials",
 }
 
 /// Each operation's histogram handle, taken from the metrics recorder at the operation's
@@ -970,11 +972,64 @@ impl Store for SqlStore {
         unique_id: &str,
     ) -> Result<(), StoreError> {
         let _timer = self.timer(Op::ForgetSubscribeLayout);
-        sqlx::query("DELETE FROM subscribe_layouts WHERE participant_id = $1 AND unique_id = $2")
+        let mut tx = self.write.begin().await?;
+        for table in ["subscribe_layouts", "publish_credentials"] {
+            sqlx::query(&format!(
+                "DELETE FROM {table} WHERE participant_id = $1 AND unique_id = $2"
+            ))
             .bind(participant.to_string())
             .bind(unique_id)
-            .execute(&self.write)
+            .execute(&mut *tx)
             .await?;
+        }
+        tx.commit().await?;
         Ok(())
+    }
+
+    async fn save_publish_credentials(
+        &self,
+        credentials: &PublishCredentials,
+    ) -> Result<(), StoreError> {
+        let _timer = self.timer(Op::SavePublishCredentials);
+        sqlx::query(
+            "INSERT INTO publish_credentials (participant_id, unique_id, ufrag, pwd, updated_at) \
+             SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM participants WHERE id = $1) \
+             ON CONFLICT (participant_id) DO UPDATE SET unique_id = excluded.unique_id, \
+             ufrag = excluded.ufrag, pwd = excluded.pwd, updated_at = excluded.updated_at",
+        )
+        .bind(credentials.participant.to_string())
+        .bind(credentials.unique_id.as_str())
+        .bind(credentials.ufrag.as_str())
+        .bind(credentials.pwd.as_str())
+        .bind(now_ms())
+        .execute(&self.write)
+        .await
+        .map_err(on_foreign_key(StoreError::ParticipantNotFound))
+        .or_else(|e| match e {
+            StoreError::ParticipantNotFound => Ok(Default::default()),
+            other => Err(other),
+        })?;
+        Ok(())
+    }
+
+    async fn publish_credentials(&self) -> Result<Vec<PublishCredentials>, StoreError> {
+        let _timer = self.timer(Op::PublishCredentials);
+        sqlx::query(
+            "SELECT participant_id, unique_id, ufrag, pwd FROM publish_credentials \
+             ORDER BY participant_id",
+        )
+        .fetch_all(&self.read)
+        .await?
+        .iter()
+        .map(|row| {
+            let participant: String = row.try_get("participant_id")?;
+            Ok(PublishCredentials {
+                participant: ParticipantId::parse(&participant).map_err(corrupt)?,
+                unique_id: row.try_get("unique_id")?,
+                ufrag: row.try_get("ufrag")?,
+                pwd: row.try_get("pwd")?,
+            })
+        })
+        .collect()
     }
 }

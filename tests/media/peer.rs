@@ -474,6 +474,8 @@ impl Net {
                 }
                 // Kept in `events`; the driver's reaction is the shard's (tests/media/shard.rs).
                 EngineEvent::Unanswered { .. } => {}
+                // Stored by the runtime for the next process; nothing to emulate here.
+                EngineEvent::PublishCredentials { .. } => {}
             }
         }
     }

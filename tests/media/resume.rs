@@ -1,11 +1,13 @@
 //! Resumption across processes, on the engine: a new engine (its own certificate and ICE
 //! prefix, as after a restart) given a device's stored subscribe layout offers the device's
-//! subscribe connection again in the shape the device holds, and refuses connectivity checks
-//! addressed to the process it replaced.
+//! subscribe connection again in the shape the device holds, and refuses, signed, the
+//! consent checks of the publish connections the process it replaced answered.
 
 use std::time::Duration;
 
-use patchbay::domain::{LineContent, MediaKinds, SubscribeLayout};
+use std::sync::Arc;
+
+use patchbay::domain::{LineContent, MediaKinds, PublishCredentials, SubscribeLayout};
 use patchbay::media::{DeviceId, Engine, EngineConfig, EngineEvent, SubscribeOffer};
 use str0m::change::SdpOffer;
 use str0m::ice::StunMessage;
@@ -191,17 +193,45 @@ fn another_sdk_instance_starts_afresh() {
     assert_eq!(engine.subscribe_revision(device), Some(0));
 }
 
-/// A connectivity check naming a ufrag this process never issued (the previous process's) is
-/// answered with a STUN error at once; one naming an unknown ufrag of this process's own
-/// prefix is only dropped (it may be in flight to another shard).
+/// A consent check of a publish connection the previous process answered (its stored
+/// credentials) is refused with a STUN error signed with that connection's password, once the
+/// device is connected to the new engine; before that, and for ufrags nobody stored or of the
+/// engine's own prefix, nothing is sent.
 #[test]
-fn checks_addressed_to_the_replaced_process_are_refused() {
+fn checks_addressed_to_the_replaced_process_are_refused_once_the_device_is_back() {
     let (mut net, a, _) = crate::call_of_two();
-    let old_ufrag = crate::ufrag(&net.clients[a].last_answer.as_ref().unwrap().sdp_answer);
-    let mut engine = Engine::new(EngineConfig::generate(net.engine_addr).expect("config"));
+    let answer = net.clients[a].last_answer.clone().expect("an answer");
+    let old_ufrag = crate::ufrag(&answer.sdp_answer);
+    let old_pwd = answer
+        .sdp_answer
+        .lines()
+        .find_map(|l| l.trim_end().strip_prefix("a=ice-pwd:"))
+        .expect("an ice-pwd")
+        .to_owned();
+    let participant = net.clients[a].participant;
+    let mut config = EngineConfig::generate(net.engine_addr).expect("config");
+    let stored = PublishCredentials {
+        participant,
+        unique_id: "sdk-alice".into(),
+        ufrag: old_ufrag.clone(),
+        pwd: old_pwd.clone(),
+    };
+    config.previous_credentials = Arc::new([(old_ufrag.clone(), stored)].into_iter().collect());
+    let mut engine = Engine::new(config);
     let mut rng = crate::Rng(0x00DD_BA11);
-    let request = crate::forged_binding_request(&mut rng, &format!("{old_ufrag}:browser"));
     let from: std::net::SocketAddr = "198.51.100.7:50000".parse().unwrap();
+    let check = |rng: &mut crate::Rng, ufrag: &str| {
+        crate::forged_binding_request(rng, &format!("{ufrag}:browser"))
+    };
+
+    // The device is not back yet: its SDK could not renegotiate; nothing is sent.
+    let request = check(&mut rng, &old_ufrag);
+    assert!(!engine.handle_receive(from, net.engine_addr, &request, net.now));
+    assert!(engine.poll_transmit().is_none());
+
+    engine.add_device(DeviceId(1_000), participant, MediaKinds::ALL, net.now);
+    while engine.poll_transmit().is_some() {}
+    let request = check(&mut rng, &old_ufrag);
     assert!(engine.handle_receive(from, net.engine_addr, &request, net.now));
     let reply = engine.poll_transmit().expect("an error response");
     assert_eq!(reply.destination, from);
@@ -212,15 +242,27 @@ fn checks_addressed_to_the_replaced_process_are_refused() {
         parsed.trans_id(),
         StunMessage::parse(&request).expect("request").trans_id()
     );
+    let hmac = |key: &[u8], data: &[&[u8]]| -> [u8; 20] {
+        str0m::crypto::from_feature_flags()
+            .sha1_hmac_provider
+            .sha1_hmac(key, data)
+    };
+    assert!(
+        parsed.verify(old_pwd.as_bytes(), hmac),
+        "signed with the old connection's password (a browser ignores an unsigned error)"
+    );
     assert!(engine.poll_transmit().is_none());
 
-    // The same engine's own prefix: not refused (another shard may know it).
-    // Every ufrag of a process starts with its prefix (4 characters).
-    let own = old_ufrag[..4].to_string();
-    let request = crate::forged_binding_request(&mut rng, &format!("{own}zzzzzzzz:browser"));
-    assert!(!net
-        .engine
-        .handle_receive(from, net.engine_addr, &request, net.now));
+    // A ufrag nobody stored, and one of the engine's own prefix: not refused.
+    for ufrag in [
+        "nosuchufrag".to_string(),
+        format!("{}zzzzzzzz", &old_ufrag[..4]),
+    ] {
+        let request = check(&mut rng, &ufrag);
+        assert!(!net
+            .engine
+            .handle_receive(from, net.engine_addr, &request, net.now));
+    }
     net.pump();
     assert_eq!(
         net.undeliverable, 0,

@@ -299,6 +299,7 @@ impl Shards {
                 } => {
                     self.layouts.insert(participant, layout);
                 }
+                ShardOutput::PublishCredentials(_) => {}
                 ShardOutput::LayoutForgotten {
                     participant,
                     unique_id,

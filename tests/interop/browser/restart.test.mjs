@@ -1,0 +1,360 @@
+// A call survives a server restart: two pages in headless Chromium with Bandwidth's unmodified
+// browser SDK are in a call through patchbay (each publishes its own tone and the fake camera, each is
+// subscribed to the session); the server process is stopped and a new one is started with the
+// same arguments (the same fixed HTTP, media UDP/ICE-TCP, SIP and RTP ports, the same data dir or
+// database), and WITHOUT reloading the pages the media must come back, both ways, audio and
+// video. Four cases: {embedded SQLite in a data dir of the case's own, PostgreSQL in a database
+// of the case's own} x {kill -9 (SIGKILL), graceful stop (SIGTERM, waiting for the exit)}.
+//
+// Evidence is only what the pages DECODE, measured the same way before and after the restart:
+// every audio track a page's peer connections receive is analysed with WebAudio (the other
+// page's tone frequency: A sends 440 Hz, B 1000 Hz), and every received video track is played
+// in a fresh <video> whose painted frames are counted (requestVideoFrameCallback) over a window.
+// "Back" means seen in windows that began after the new process printed its listening line. While no process runs, the same measurement must
+// show nothing (proof that it is not stale). Server state is never used as evidence.
+//
+// Per case it prints one line, e.g.
+//   restart: sqlite SIGKILL media back both ways after 3.4 s (audio A<-B 2.1 s, audio B<-A 3.0 s, video A<-B 2.1 s, video B<-A 3.4 s; stop took 0.0 s)
+// with the times measured from the new process's listening line to the end of the first
+// measurement window (1 s each) that showed each direction, and "both ways" to the first window
+// that showed all four at once (no timing is asserted); a failure says which direction/kind did
+// not come back, with each page's signalling (the subscribe offers' sdpRevisions) and the log.
+// The graceful stop uses --drain-timeout 2 (the default 20 s only makes the case longer).
+//
+// PostgreSQL: $PATCHBAY_TEST_POSTGRES (tests/run.sh sets it; e.g.
+// postgres://postgres@127.0.0.1:5432/test) is the admin connection; each case creates a fresh
+// database pb_restart_<random> with psql (and its account with `patchbay account create`: only
+// the default SQLite database gets one on first start) and drops it at the end. Without the
+// variable the PostgreSQL cases fail (they never skip).
+//
+//   cargo build && cd tests/interop/browser && bash run.sh            # everything
+//   cd tests/interop/browser && node --test restart.test.mjs           # this file (after run.sh once)
+//   RUST_LOG=debug PATCHBAY_KEEP_LOGS=1 node --test restart.test.mjs   # keep each case's server.log
+//   PATCHBAY_TEST_POSTGRES=postgres://postgres@127.0.0.1:5432/test node --test restart.test.mjs
+
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { launchBrowser, instrumentPeerConnections, receivedAudioSpectra, anyCarries, withTimeout } from "./runner.mjs";
+import { startPatchbay, freePortBlock, createAccount } from "./server.mjs";
+
+const HZ = { A: 440, B: 1000 };
+const SHARDS = 2; // media shards: UDP (and ICE-TCP) ports media .. media + SHARDS - 1
+const DRAIN_S = 2; // --drain-timeout: the graceful stop's drain, short to keep the case short
+const SETUP_MS = 20000; // bound for the call to carry media both ways before the restart
+const BACK_MS = 60000; // bound, from the new process's listening line, for the media to come back
+const STOP_MS = 30000; // bound for the process to exit after the signal
+const WINDOW_MS = 1000; // one measurement window (audio and video, both pages at once)
+const SETTLE_MS = 1000; // after the old process exited, before the "nothing while down" window
+const MIN_FRAMES = 5; // painted frames in one window that count as "video is flowing" (~30 fps sent)
+const MAX_FRAMES_DOWN = 1; // painted frames tolerated in the window while no server runs
+
+const DIRECTIONS = ["audio A<-B", "audio B<-A", "video A<-B", "video B<-A"];
+
+let b; // one Chromium for the file
+
+before(async () => {
+  b = await launchBrowser();
+});
+after(async () => {
+  await b?.close();
+});
+
+// ---------------------------------------------------------------------------------------------
+// PostgreSQL: a fresh database per case, through psql on $PATCHBAY_TEST_POSTGRES.
+
+function psql(url, sql) {
+  return new Promise((resolve, reject) =>
+    execFile("psql", [url, "-v", "ON_ERROR_STOP=1", "-qAtc", sql], { timeout: 30000 }, (err, stdout, stderr) => {
+      if (err) {
+        const why = err.code === "ENOENT" ? "psql not found (apt-get install postgresql-client)" : stderr.trim() || err.message;
+        reject(new Error(`psql ${url.replace(/\/\/[^@/]*@/, "//…@")} -c ${JSON.stringify(sql)}: ${why}`));
+      } else resolve(stdout);
+    })
+  );
+}
+
+async function createPostgresDatabase() {
+  const admin = process.env.PATCHBAY_TEST_POSTGRES;
+  assert.ok(
+    admin,
+    "PATCHBAY_TEST_POSTGRES is not set: the PostgreSQL restart cases need an admin connection URL " +
+      "(tests/run.sh sets it; e.g. PATCHBAY_TEST_POSTGRES=postgres://postgres@127.0.0.1:5432/test)"
+  );
+  const name = `pb_restart_${randomBytes(8).toString("hex")}`;
+  await psql(admin, `CREATE DATABASE ${name}`);
+  const url = new URL(admin);
+  url.pathname = `/${name}`;
+  return { name, url: url.toString(), drop: () => psql(admin, `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`) };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measurements: what a page decodes, over every track its peer connections receive.
+
+// For every video track the page's peer connections currently receive, the frames painted in a
+// fresh muted <video> playing it over durationMs. -> [{ trackId, mid, muted, frames, width, height }]
+function receivedVideoFrames(p, { durationMs = WINDOW_MS } = {}) {
+  return p.evaluate(
+    async ({ durationMs }) => {
+      const box = document.getElementById("media") || document.body;
+      const probes = [];
+      for (const pc of window.__pcs || []) {
+        if (pc.connectionState === "closed") continue;
+        for (const tr of pc.getTransceivers()) {
+          const t = tr.receiver.track;
+          if (!t || t.kind !== "video" || t.readyState !== "live") continue;
+          if (!["recvonly", "sendrecv"].includes(tr.currentDirection)) continue;
+          const el = document.createElement("video");
+          el.muted = true;
+          el.autoplay = true;
+          el.playsInline = true;
+          el.srcObject = new MediaStream([t]);
+          box.appendChild(el);
+          const pr = { t, tr, el, frames: 0, width: 0, height: 0, done: false };
+          const onFrame = (_now, md) => {
+            if (pr.done) return;
+            pr.frames++;
+            pr.width = md.width;
+            pr.height = md.height;
+            el.requestVideoFrameCallback(onFrame);
+          };
+          el.requestVideoFrameCallback(onFrame);
+          el.play().catch(() => {});
+          probes.push(pr);
+        }
+      }
+      await new Promise((r) => setTimeout(r, durationMs));
+      return probes.map((pr) => {
+        pr.done = true;
+        pr.el.srcObject = null;
+        pr.el.remove();
+        return { trackId: pr.t.id, mid: pr.tr.mid, muted: pr.t.muted, frames: pr.frames, width: pr.width, height: pr.height };
+      });
+    },
+    { durationMs }
+  );
+}
+
+const videoFlows = (frames) => frames.some((v) => v.frames >= MIN_FRAMES && v.width > 0 && v.height > 0);
+
+// One window on both pages at once. -> { at (Date.now() at its end), ok: {direction: bool}, readings }
+async function measure(A, B) {
+  const bound = WINDOW_MS + 15000;
+  const [audioAtA, audioAtB, videoAtA, videoAtB] = await Promise.all([
+    withTimeout(receivedAudioSpectra(A.page, [HZ.A, HZ.B], { durationMs: WINDOW_MS }), bound, "A: received audio"),
+    withTimeout(receivedAudioSpectra(B.page, [HZ.A, HZ.B], { durationMs: WINDOW_MS }), bound, "B: received audio"),
+    withTimeout(receivedVideoFrames(A.page), bound, "A: received video"),
+    withTimeout(receivedVideoFrames(B.page), bound, "B: received video"),
+  ]);
+  return {
+    at: Date.now(),
+    ok: {
+      "audio A<-B": anyCarries(audioAtA, HZ.B),
+      "audio B<-A": anyCarries(audioAtB, HZ.A),
+      "video A<-B": videoFlows(videoAtA),
+      "video B<-A": videoFlows(videoAtB),
+    },
+    readings: { audioAtA, audioAtB, videoAtA, videoAtB },
+  };
+}
+
+// Measures window after window (each starting after `since`) until one shows all four
+// directions at once, or until `since + timeoutMs`. -> { all: ms or null, first: {direction: ms}, last }
+async function watch(A, B, { since, timeoutMs }) {
+  const first = {};
+  let last;
+  for (;;) {
+    last = await measure(A, B);
+    const at = last.at - since;
+    for (const d of DIRECTIONS) if (last.ok[d] && first[d] === undefined) first[d] = at;
+    if (DIRECTIONS.every((d) => last.ok[d])) return { all: at, first, last };
+    if (last.at >= since + timeoutMs) return { all: null, first, last };
+  }
+}
+
+const secs = (ms) => `${(ms / 1000).toFixed(1)} s`;
+const fmtFirst = (first) => DIRECTIONS.map((d) => `${d} ${first[d] === undefined ? "never" : secs(first[d])}`).join(", ");
+
+// One signalling log entry, short: the subscribe offers' sdpRevision instead of their SDP.
+function brief(x) {
+  const out = { at: x.at, s: x.socket, ev: x.event, m: x.method, id: x.id, code: x.code };
+  let msg = null;
+  try {
+    msg = x.raw ? JSON.parse(x.raw) : null;
+  } catch {}
+  if (msg?.params?.sdpRevision !== undefined) out.sdpRevision = msg.params.sdpRevision;
+  else if (msg?.error) out.error = msg.error;
+  else if (x.raw && !/sdp(Offer|Answer)/.test(x.raw)) out.raw = x.raw.slice(0, 160);
+  return out;
+}
+
+function readingsText({ readings }) {
+  const a = (xs) => JSON.stringify(xs.map((s) => ({ mid: s.mid, muted: s.muted, rms: +s.rms.toFixed(4), bands: Object.fromEntries(Object.entries(s.bands).map(([k, v]) => [k, +v.toFixed(3)])) })));
+  const v = (xs) => JSON.stringify(xs.map((f) => ({ mid: f.mid, muted: f.muted, frames: f.frames, size: `${f.width}x${f.height}` })));
+  return `audio at A ${a(readings.audioAtA)}; audio at B ${a(readings.audioAtB)}; video at A ${v(readings.videoAtA)}; video at B ${v(readings.videoAtB)}`;
+}
+
+// ---------------------------------------------------------------------------------------------
+// One case
+
+async function restartCase(t, { store, signal }) {
+  const label = `${store} ${signal}`;
+  const t0 = Date.now();
+  const pages = [];
+  let pb = null;
+  let db = null;
+  let phase = "setup";
+  let restartedAt = null; // Date.now() when the new process was listening
+  try {
+    const env = {};
+    let databaseUrl = null;
+    let account = null;
+    if (store === "postgres") {
+      db = await createPostgresDatabase();
+      databaseUrl = db.url;
+      account = await createAccount({ databaseUrl }); // only the default SQLite gets one on first start
+    } else {
+      env.DATABASE_URL = undefined; // the default: SQLite in the case's own data dir
+    }
+    const base = await freePortBlock(SHARDS + 4);
+    const ports = { http: base, sip: base + 1, media: base + 2, rtp: [base + 2 + SHARDS, base + 3 + SHARDS] };
+    pb = await startPatchbay({
+      ports,
+      databaseUrl,
+      account,
+      env,
+      args: ["--media-shards", String(SHARDS), "--media-tcp-listen", "same", "--drain-timeout", String(DRAIN_S)],
+    });
+    const session = await pb.createSession(`restart ${label}`);
+    const join = async (tag) => {
+      const { participant, token } = await pb.createParticipant({ tag, publishPermissions: ["AUDIO", "VIDEO"] });
+      await pb.addParticipant(session.id, participant.id, { sessionId: session.id });
+      const page = await b.newParticipant(`${tag} (${label})`);
+      pages.push(page);
+      await instrumentPeerConnections(page);
+      page.participantId = participant.id;
+      return { id: participant.id, token, page };
+    };
+    const A = await join("A");
+    const B = await join("B");
+    await Promise.all([A, B].map((x) => x.page.connect({ websocketUrl: pb.websocketUrl, token: x.token, timeoutMs: 15000 })));
+    await Promise.all([
+      A.page.publishTone({ freqHz: HZ.A, alias: "A", video: true, timeoutMs: 15000 }),
+      B.page.publishTone({ freqHz: HZ.B, alias: "B", video: true, timeoutMs: 15000 }),
+    ]);
+    await Promise.all([
+      A.page.waitForStream({ participantId: B.id, timeoutMs: SETUP_MS }),
+      B.page.waitForStream({ participantId: A.id, timeoutMs: SETUP_MS }),
+    ]);
+
+    // 1. The call carries media both ways.
+    phase = "before the restart";
+    const setupFrom = Date.now();
+    const setup = await watch(A, B, { since: setupFrom, timeoutMs: SETUP_MS });
+    assert.ok(
+      setup.all !== null,
+      `before the restart (${label}) the call never carried media both ways within ${SETUP_MS} ms: ` +
+        `${DIRECTIONS.filter((d) => !setup.last.ok[d]).join(", ")} missing (first seen: ${fmtFirst(setup.first)}); last: ${readingsText(setup.last)}`
+    );
+
+    // 2. Stop the process; while none runs, the pages decode nothing (the measurement is fresh).
+    phase = `stopping (${signal})`;
+    const stopped = await pb.kill(signal, { timeoutMs: STOP_MS });
+    if (signal === "SIGKILL") assert.equal(stopped.signal, "SIGKILL", `the process was killed: ${JSON.stringify(stopped)}`);
+    phase = "server down";
+    await new Promise((r) => setTimeout(r, SETTLE_MS));
+    const down = await measure(A, B);
+    const leaked = ["audio A<-B", "audio B<-A"].filter((d) => down.ok[d]);
+    const downFrames = [...down.readings.videoAtA, ...down.readings.videoAtB].reduce((m, v) => Math.max(m, v.frames), 0);
+    assert.deepEqual(leaked, [], `with no server running (${label}) the pages still decoded the other's tone: the measurement is stale; ${readingsText(down)}`);
+    assert.ok(downFrames <= MAX_FRAMES_DOWN, `with no server running (${label}) a page still painted ${downFrames} video frames in ${WINDOW_MS} ms: ${readingsText(down)}`);
+
+    // 3. A new process with the same arguments; the pages are left as they are.
+    phase = "restarting";
+    const again = await pb.startAgain();
+    restartedAt = again.readyAt;
+    assert.equal(again.url, pb.url, "the new process listens on the same HTTP address");
+    assert.deepEqual(again.media, pb.media, "the new process has the same media candidates (UDP and ICE-TCP)");
+    assert.equal(again.sip, pb.sip, "the new process has the same SIP address");
+
+    // 4. The media comes back, both ways, audio and video, measured from its listening line.
+    phase = "after the restart";
+    const back = await watch(A, B, { since: again.readyAt, timeoutMs: BACK_MS });
+    if (back.all === null) {
+      const missing = DIRECTIONS.filter((d) => back.first[d] === undefined);
+      const notNow = DIRECTIONS.filter((d) => back.first[d] !== undefined && !back.last.ok[d]);
+      console.log(`restart: ${label} media NOT back within ${secs(BACK_MS)} of the new process listening (${fmtFirst(back.first)})`);
+      assert.fail(
+        `after the restart (${label}) the media did not come back within ${BACK_MS} ms of the new process listening: ` +
+          (missing.length ? `never came back: ${missing.join(", ")}` : "") +
+          (missing.length && notNow.length ? "; " : "") +
+          (notNow.length ? `came back but not all at once: ${notNow.join(", ")}` : "") +
+          ` (first seen: ${fmtFirst(back.first)}); last window: ${readingsText(back.last)}`
+      );
+    }
+    const line = `restart: ${label} media back both ways after ${secs(back.all)} (${fmtFirst(back.first)}; stop took ${secs(stopped.ms)})`;
+    console.log(line);
+  } catch (e) {
+    const diag = [];
+    for (const p of pages) {
+      const events = await p.events().catch(() => []);
+      const ws = await p.wsLog().catch(() => []);
+      const sub = await p.rtpStats("subscribe").catch(() => null);
+      const pub = await p.rtpStats("publish").catch(() => null);
+      // The sdpRevision of every subscribe offer the page got, "|" where the new process listened.
+      const revs = [];
+      for (const x of ws) {
+        const r = brief(x);
+        if (restartedAt !== null && x.at >= restartedAt && !revs.includes("|")) revs.push("|");
+        if (r.m === "sdpOffer" && r.ev === "recv") revs.push(r.sdpRevision);
+      }
+      diag.push(
+        `--- page ${p.name} (participant ${p.participantId})`,
+        `events: ${JSON.stringify(events)}`,
+        `subscribe offers' sdpRevision, in order ("|": the new process listening): ${revs.join(" ")}`,
+        `publish pc: ${JSON.stringify(pub)}`,
+        `subscribe pc: ${JSON.stringify(sub)}`,
+        `signalling (last 15): ${JSON.stringify(ws.slice(-15).map(brief))}`,
+        `console (last 10): ${p.console.slice(-10).join(" | ")}`
+      );
+    }
+    let extra = `\n\n[${label}, during "${phase}", after ${Date.now() - t0} ms]\n${diag.join("\n")}`;
+    if (pb) {
+      const tail = pb.stderrLines().filter((l) => !/^\S+\s+(DEBUG|TRACE) /.test(l)).slice(-40);
+      extra += `\n--- patchbay stderr (last 40 lines above DEBUG; log ${pb.logPath}${process.env.PATCHBAY_KEEP_LOGS ? ", kept" : ""}):\n${tail.join("\n")}`;
+    }
+    e.message += extra;
+    // The spec reporter prints the stack, which holds the message as it was when thrown.
+    if (typeof e.stack === "string") {
+      const at = e.stack.indexOf("\n    at ");
+      e.stack = `${e.name}: ${e.message}${at >= 0 ? e.stack.slice(at) : ""}`;
+    }
+    throw e;
+  } finally {
+    for (const p of pages) await p.close().catch(() => {});
+    await pb?.stop().catch(() => {});
+    if (db) await db.drop().catch((e) => console.error(`restart: could not drop database ${db.name}: ${e.message}`));
+    t.diagnostic(`${t.name}: ${Date.now() - t0} ms`);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+const CASE_TIMEOUT = 300000; // above the sum of the bounds inside; a passing case takes ~20 s, a failing one ~70 s
+
+test("restart: SQLite (data dir), kill -9: the call's media comes back both ways", { timeout: CASE_TIMEOUT }, (t) =>
+  restartCase(t, { store: "sqlite", signal: "SIGKILL" })
+);
+
+test("restart: SQLite (data dir), graceful stop (SIGTERM): the call's media comes back both ways", { timeout: CASE_TIMEOUT }, (t) =>
+  restartCase(t, { store: "sqlite", signal: "SIGTERM" })
+);
+
+test("restart: PostgreSQL, kill -9: the call's media comes back both ways", { timeout: CASE_TIMEOUT }, (t) =>
+  restartCase(t, { store: "postgres", signal: "SIGKILL" })
+);
+
+test("restart: PostgreSQL, graceful stop (SIGTERM): the call's media comes back both ways", { timeout: CASE_TIMEOUT }, (t) =>
+  restartCase(t, { store: "postgres", signal: "SIGTERM" })
+);
