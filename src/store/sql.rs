@@ -554,6 +554,18 @@ fn on_foreign_key(answer: StoreError) -> impl FnOnce(sqlx::Error) -> StoreError 
     }
 }
 
+/// The outcome of a write kept only while its participant exists: a participant deleted between
+/// the write's check and its insert (a foreign key violation) leaves nothing to keep.
+fn unless_participant_gone(
+    done: Result<sqlx::any::AnyQueryResult, sqlx::Error>,
+) -> Result<(), StoreError> {
+    match done {
+        Ok(_) => Ok(()),
+        Err(sqlx::Error::Database(d)) if d.is_foreign_key_violation() => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 #[async_trait]
 impl Store for SqlStore {
     async fn ping(&self) -> Result<(), StoreError> {
@@ -924,7 +936,7 @@ impl Store for SqlStore {
     ) -> Result<(), StoreError> {
         let _timer = self.timer(Op::SaveSubscribeLayout);
         let revision = i64::try_from(layout.revision).map_err(corrupt)?;
-        sqlx::query(
+        let done = sqlx::query(
             "INSERT INTO subscribe_layouts (participant_id, unique_id, revision, layout, updated_at) \
              SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM participants WHERE id = $1) \
              ON CONFLICT (participant_id) DO UPDATE SET unique_id = excluded.unique_id, \
@@ -938,14 +950,8 @@ impl Store for SqlStore {
         .bind(layout.to_json())
         .bind(now_ms())
         .execute(&self.write)
-        .await
-        // Deleted between the check and the insert: nothing to keep.
-        .map_err(on_foreign_key(StoreError::ParticipantNotFound))
-        .or_else(|e| match e {
-            StoreError::ParticipantNotFound => Ok(Default::default()),
-            other => Err(other),
-        })?;
-        Ok(())
+        .await;
+        unless_participant_gone(done)
     }
 
     async fn subscribe_layout(
@@ -991,7 +997,7 @@ impl Store for SqlStore {
         credentials: &PublishCredentials,
     ) -> Result<(), StoreError> {
         let _timer = self.timer(Op::SavePublishCredentials);
-        sqlx::query(
+        let done = sqlx::query(
             "INSERT INTO publish_credentials (participant_id, unique_id, ufrag, pwd, updated_at) \
              SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM participants WHERE id = $1) \
              ON CONFLICT (participant_id) DO UPDATE SET unique_id = excluded.unique_id, \
@@ -1003,13 +1009,8 @@ impl Store for SqlStore {
         .bind(credentials.pwd.as_str())
         .bind(now_ms())
         .execute(&self.write)
-        .await
-        .map_err(on_foreign_key(StoreError::ParticipantNotFound))
-        .or_else(|e| match e {
-            StoreError::ParticipantNotFound => Ok(Default::default()),
-            other => Err(other),
-        })?;
-        Ok(())
+        .await;
+        unless_participant_gone(done)
     }
 
     async fn publish_credentials(&self) -> Result<Vec<PublishCredentials>, StoreError> {
