@@ -356,6 +356,13 @@ pub struct ServeConfig {
     /// ended (BYE) as a dead leg; 0: never. A call the phone holds is never dead.
     #[arg(long, env = "PATCHBAY_PHONE_RTP_TIMEOUT", default_value_t = 30)]
     pub phone_rtp_timeout: u64,
+    /// What a graceful stop does with phone calls the next process can take over (calls over
+    /// UDP, established): `keep` leaves them up, so that a new process on the same ports and
+    /// database takes them over with no BYE (without one, the phone hears silence until its
+    /// own timeout); `hang-up` sends each a BYE (a stop with no successor). Calls over TCP are
+    /// always hung up.
+    #[arg(long, env = "PATCHBAY_DRAIN_PHONES", value_enum, default_value_t = DrainPhones::Keep)]
+    pub drain_phones: DrainPhones,
     // Issue 9, database slice: how long a sick database may keep a request waiting.
     /// Bounds on waits for the database.
     #[command(flatten)]
@@ -410,6 +417,7 @@ impl ServeConfig {
                 .unwrap_or_else(|_| unreachable!("a valid alias")),
             phone_hold_tone: 0,
             phone_rtp_timeout: 30,
+            drain_phones: DrainPhones::Keep,
             database_timeouts: DatabaseTimeoutArgs::default(),
             auth_failures_per_address: AuthFailureLimits::DEFAULT.per_address,
             auth_failures_per_username: AuthFailureLimits::DEFAULT.per_username,
@@ -689,4 +697,13 @@ fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
 
 fn parse_alias(s: &str) -> Result<crate::domain::StreamAlias, String> {
     crate::domain::StreamAlias::parse(s).map_err(|e| e.to_string())
+}
+
+/// What a graceful stop does with phone calls the next process can take over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DrainPhones {
+    /// Leave them up for the next process on the same ports and database.
+    Keep,
+    /// Send each a BYE.
+    HangUp,
 }

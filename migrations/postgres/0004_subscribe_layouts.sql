@@ -26,3 +26,15 @@ CREATE TABLE publish_credentials (
     pwd            TEXT NOT NULL,
     updated_at     BIGINT NOT NULL
 );
+
+-- Each phone call's dialog and media (JSON, written by the SIP bridge: the dialog's Call-ID,
+-- tags, parties, remote target, route set and CSeqs, the phone's address, the RTP port and
+-- the negotiated codec), so that the process after this one binds the same RTP port and takes
+-- the call over without a new INVITE, or sends it a BYE when it cannot. One row per
+-- participant (one call each); removed when the call ends and with the participant.
+CREATE TABLE phone_calls (
+    participant_id TEXT PRIMARY KEY REFERENCES participants(id) ON DELETE CASCADE,
+    call           TEXT NOT NULL,
+    record         TEXT NOT NULL,
+    updated_at     BIGINT NOT NULL
+);

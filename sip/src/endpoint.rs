@@ -20,6 +20,8 @@
 //! reject(call, code, reason, now)              4xx–6xx with a Reason header
 //! answer_update(call, Ok(sdp) | Err((code, reason)), now)   answers a Reoffer
 //! hangup(call, now)                            BYE (timers E/F); ends LocalBye or ByeTimeout
+//! dialog(call) -> Option<DialogState>          an established UDP call's dialog, to store
+//! restore(DialogState, now) -> CallId          takes over a dialog another process stored
 //! calls() -> usize
 //! ```
 //!
@@ -87,6 +89,38 @@ use crate::transaction::{
 use crate::transport::{self, FramingError, StreamFramer, StreamItem};
 pub use crate::transport::{ConnectionId, Transmit, Transport};
 use crate::uui;
+
+/// What an established call's dialog needs to go on in another process (RFC 3261 §12.1.1:
+/// Call-ID, tags, the parties, the remote target, the route set, both CSeqs) and where the
+/// peer's requests come from; the driver stores it, and [`Endpoint::restore`] makes a call of
+/// it again. UDP only: a TCP connection ends with its process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DialogState {
+    /// The SIP Call-ID.
+    pub call_id: String,
+    /// Our tag.
+    pub local_tag: String,
+    /// The peer's tag (empty for RFC 2543 peers).
+    pub remote_tag: String,
+    /// The INVITE's To value: our From in requests we send.
+    pub local_party: String,
+    /// The INVITE's From value (with the peer's tag): our To in requests we send.
+    pub remote_party: String,
+    /// Where our requests are addressed (the peer's Contact).
+    pub remote_target: String,
+    /// Record-Route URIs, in order.
+    pub route_set: Vec<String>,
+    /// The last CSeq we sent in the dialog.
+    pub local_cseq: u32,
+    /// The last CSeq the peer sent in the dialog.
+    pub remote_cseq: u32,
+    /// Where the peer's requests came from; our requests go there.
+    pub peer: SocketAddr,
+    /// Our last SDP (answered to a re-INVITE without an offer).
+    pub local_sdp: Option<String>,
+    /// The session timer the call runs (seconds), if any.
+    pub session_expires: Option<u32>,
+}
 
 /// Methods this endpoint serves (the Allow header).
 pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO";
@@ -361,6 +395,70 @@ impl Endpoint {
             events: VecDeque::new(),
             stats: EndpointStats::default(),
         }
+    }
+
+    /// The dialog of `call`, to store: `None` unless the call is established (its ACK came)
+    /// and runs over UDP.
+    pub fn dialog(&self, call: CallId) -> Option<DialogState> {
+        let c = self.calls.get(&call)?;
+        if c.phase != Phase::Confirmed || c.transport != Transport::Udp {
+            return None;
+        }
+        Some(DialogState {
+            call_id: c.call_id.clone(),
+            local_tag: c.local_tag.clone(),
+            remote_tag: c.remote_tag.clone(),
+            local_party: c.local_party.clone(),
+            remote_party: c.remote_party.clone(),
+            remote_target: c.remote_target.clone(),
+            route_set: c.route_set.clone(),
+            local_cseq: c.local_cseq,
+            remote_cseq: c.remote_cseq,
+            peer: c.peer,
+            local_sdp: c.local_sdp.clone(),
+            session_expires: c.session_expires,
+        })
+    }
+
+    /// Takes over an established call another process stored ([`Endpoint::dialog`]), over
+    /// UDP: the peer's in-dialog requests (BYE, re-INVITE, INFO) match it again and
+    /// [`Endpoint::hangup`] sends its BYE. Its session timer, if it runs one, starts anew at
+    /// `now`. No event is reported for it.
+    pub fn restore(&mut self, state: DialogState, now: Instant) -> CallId {
+        let id = CallId(self.next_call);
+        self.next_call += 1;
+        let call = Call {
+            id,
+            phase: Phase::Confirmed,
+            transport: Transport::Udp,
+            peer: state.peer,
+            call_id: state.call_id,
+            local_tag: state.local_tag,
+            remote_tag: state.remote_tag,
+            local_party: state.local_party,
+            remote_party: state.remote_party,
+            remote_target: state.remote_target,
+            route_set: state.route_set,
+            remote_cseq: state.remote_cseq,
+            local_cseq: state.local_cseq,
+            invite_cseq: 0,
+            // No INVITE transaction: the dialog's INVITE was answered by another process.
+            invite_key: TransactionKey::Rfc3261 {
+                branch: format!("restored-{}", id.0),
+                sent_by: String::new(),
+                method: "INVITE".into(),
+            },
+            invite_reply: Reply::restored(Transport::Udp, state.peer),
+            ok: None,
+            reoffer: None,
+            hangup_requested: false,
+            local_sdp: state.local_sdp,
+            session_expires: state.session_expires,
+            session_timer: state.session_expires.map(|s| SessionTimer::start(s, now)),
+        };
+        self.dialogs.insert(call.dialog_key(), id);
+        self.calls.insert(id, call);
+        id
     }
 
     /// Calls not ended yet (offered, answered, up or hanging up).

@@ -1224,3 +1224,65 @@ fn require_timer_alone_is_accepted() {
         Some("90;refresher=uac")
     );
 }
+
+/// A call established by one endpoint goes on in another (a restarted process) from its
+/// stored dialog: the phone's BYE matches it, and our hangup sends the BYE the first endpoint
+/// would have sent (same Call-ID, tags, route set, next CSeq, to the phone).
+#[test]
+fn a_stored_dialog_goes_on_in_another_endpoint() {
+    let mut h = Harness::new();
+    let rr = "Record-Route: <sip:sbc1.example.net;lr>\r\n";
+    let call = offer(&mut h, "z9hG4bKinv1", "moved@phone", rr);
+    h.ep.accept(call, SDP_ANSWER, h.now).expect("accept");
+    let tag = to_tag(&h.one()).expect("tag");
+    assert_eq!(h.ep.dialog(call), None, "not established before its ACK");
+    h.udp(&ack("z9hG4bKack1", "moved@phone", 1, &tag));
+    h.events();
+    let state = h.ep.dialog(call).expect("an established UDP call's dialog");
+    assert_eq!(state.local_tag, tag);
+    assert_eq!(state.remote_tag, "alice1");
+    assert_eq!(state.peer, addr(PHONE));
+    assert_eq!(state.route_set, ["sip:sbc1.example.net;lr"]);
+
+    // The next process hangs up: the BYE the first one would have sent.
+    let mut next = Harness::new();
+    let restored = next.ep.restore(state.clone(), next.now);
+    assert_eq!(next.ep.calls(), 1);
+    assert!(next.events().is_empty(), "a restored call reports nothing");
+    next.ep.hangup(restored, next.now).expect("hangup");
+    let bye = next.one();
+    assert!(udp_to_phone(&bye));
+    assert_eq!(first_line(&bye), "BYE sip:alice@198.51.100.7:5060 SIP/2.0");
+    assert_eq!(header(&bye, "Call-ID").as_deref(), Some("moved@phone"));
+    assert_eq!(header(&bye, "CSeq").as_deref(), Some("1 BYE"));
+    assert_eq!(
+        header(&bye, "From"),
+        Some(format!("<sip:+15550001111@192.0.2.10>;tag={tag}"))
+    );
+    assert_eq!(
+        header(&bye, "To").as_deref(),
+        Some("\"Alice\" <sip:+15557654321@198.51.100.7>;tag=alice1")
+    );
+    assert_eq!(headers(&bye, "Route"), ["<sip:sbc1.example.net;lr>"]);
+
+    // Another: the phone hangs up; its BYE matches the restored dialog.
+    let mut other = Harness::new();
+    let restored = other.ep.restore(state, other.now);
+    other.udp(&in_dialog(
+        "BYE",
+        "z9hG4bKbye2",
+        "moved@phone",
+        2,
+        &tag,
+        "",
+        "",
+    ));
+    assert_eq!(status(&other.one()), 200);
+    assert_eq!(
+        other.events(),
+        vec![CallEvent::Ended {
+            call: restored,
+            end: CallEnd::RemoteBye
+        }]
+    );
+}

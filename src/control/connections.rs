@@ -60,6 +60,17 @@ pub struct AdmittedPhone {
     pub session: SessionId,
 }
 
+/// A phone call taken over from another process, joined to the media plane.
+#[derive(Debug)]
+pub struct ResumedPhone {
+    /// Its participant's session now (`None`: in none).
+    pub session: Option<SessionId>,
+    /// Its device in the media plane.
+    pub device: DeviceId,
+    /// What it receives.
+    pub downlink: mpsc::UnboundedReceiver<LocalDownlink>,
+}
+
 /// Why a phone call is refused (the SIP runtime renders each as a status and a `Reason`).
 #[derive(Debug, thiserror::Error)]
 pub enum PhoneRefusal {
@@ -242,6 +253,107 @@ impl DeviceControl {
                 alias,
             })
             .await
+    }
+
+    /// A phone call another process carried (stored by the SIP bridge) is taken over: its
+    /// participant must still exist and have no device here; its media joins as a local device
+    /// publishing `stream`. Returns the participant's session now (`None`: in none, the call
+    /// hears the hold tone), its device and what it receives.
+    pub async fn resume_phone(
+        &self,
+        account: &AccountId,
+        participant: ParticipantId,
+        stream: StreamId,
+        alias: Option<StreamAlias>,
+    ) -> Result<ResumedPhone, PhoneRefusal> {
+        let found = match self.control.participant(account, participant).await {
+            Ok(p) => p,
+            Err(ControlError::NotFound(_)) => return Err(PhoneRefusal::ParticipantNotFound),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read a resumed phone's participant");
+                return Err(PhoneRefusal::Unavailable);
+            }
+        };
+        if self.media.is_connected(participant) {
+            return Err(PhoneRefusal::AlreadyConnected);
+        }
+        let (device, downlink) = self
+            .media
+            .connect_local(LocalRequest {
+                account: account.clone(),
+                participant,
+                session: found.session,
+                stream,
+                alias,
+            })
+            .await
+            .map_err(|_| PhoneRefusal::Unavailable)?;
+        Ok(ResumedPhone {
+            session: found.session,
+            device,
+            downlink,
+        })
+    }
+
+    /// A call taken over from another process is up again: its backend was told
+    /// `onConnect` and `onCallAnswered` by that process, so nothing is sent.
+    pub fn phone_resumed(&self, participant: ParticipantId, call: String) {
+        self.control.device_event(LifecycleEvent::Connected {
+            participant,
+            device: call,
+            resumed: true,
+        });
+    }
+
+    /// A graceful stop leaves the call up for the next process: its media here ends, and it
+    /// no longer counts as this process's device (nothing is announced: the call goes on).
+    pub fn phone_left_up(&self, device: DeviceId, participant: ParticipantId, call: &str) {
+        self.media.remove_local(device);
+        self.control.forget_device(participant, call);
+    }
+
+    /// A call another process carried could not be taken over (it got a BYE): its
+    /// participant's device is gone.
+    pub fn phone_lost(&self, participant: ParticipantId, call: String) {
+        self.control.device_event(LifecycleEvent::Disconnected {
+            participant,
+            device: call.clone(),
+            left: false,
+        });
+        self.control.device_event(LifecycleEvent::CallEnded {
+            participant,
+            call,
+            reason: CallEndReason::Ended,
+        });
+    }
+
+    /// Keeps what the SIP bridge needs to take `participant`'s call `call` over in another
+    /// process (its own JSON).
+    pub async fn save_phone_call(
+        &self,
+        participant: ParticipantId,
+        call: &str,
+        record: &str,
+    ) -> Result<(), ControlError> {
+        self.control
+            .save_phone_call(participant, call, record)
+            .await
+    }
+
+    /// Forgets the stored call `call` of `participant` (it ended).
+    pub async fn forget_phone_call(
+        &self,
+        participant: ParticipantId,
+        call: &str,
+    ) -> Result<(), ControlError> {
+        self.control.forget_phone_call(participant, call).await
+    }
+
+    /// Every stored phone call (participant, call, record), for a starting bridge.
+    pub async fn stored_phone_calls(
+        &self,
+    ) -> Result<Vec<(ParticipantId, String, String)>, ControlError> {
+        self.control.phone_calls().await
     }
 
     /// The call is answered: announced like a browser's connection.

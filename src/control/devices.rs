@@ -2,7 +2,7 @@
 //! the lifecycle events devices report.
 
 use super::{Control, ControlEvent, DeviceTokenError, LifecycleEvent};
-use crate::domain::Participant;
+use crate::domain::{Participant, ParticipantId};
 use crate::token::{DeviceClaims, TokenError};
 
 /// A device that presented a valid token of an existing participant.
@@ -33,6 +33,16 @@ impl Control {
             claims,
             participant,
         })
+    }
+
+    /// `participant`'s device `device` stops counting as this process's without an event (a
+    /// phone call a graceful stop leaves up for the next process).
+    pub fn forget_device(&self, participant: ParticipantId, device: &str) {
+        self.inner
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(participant, device.to_owned()));
     }
 
     /// Records a lifecycle event of a device (connected, disconnected) for whoever watches,

@@ -1,7 +1,8 @@
-//! The subscribe layouts of devices: what each device's subscribe connection looks like to it
-//! (`domain::SubscribeLayout`), kept in the store so that a process that never met the device
-//! (after a restart) can resume the connection. The media plane reports a layout after every
-//! offer it makes; a connecting device's stored layout goes with it to the media plane.
+//! What a live call needs to be resumed by another process (issue 19), kept in the store: the
+//! subscribe layouts of devices (what each device's subscribe connection looks like to it,
+//! `domain::SubscribeLayout`: the media plane reports one after every offer it makes, and a
+//! connecting device's stored layout goes with it to the media plane), the ICE credentials of
+//! their publish connections, and phone calls' dialogs (the SIP bridge's own records).
 
 use super::{Control, ControlError};
 use crate::domain::{ParticipantId, PublishCredentials, SubscribeLayout};
@@ -57,5 +58,38 @@ impl Control {
     /// refuse the checks of the connections its predecessor answered).
     pub async fn publish_credentials(&self) -> Result<Vec<PublishCredentials>, ControlError> {
         Ok(self.inner.store.publish_credentials().await?)
+    }
+
+    /// Keeps what the SIP bridge needs to take `participant`'s phone call `call` over in
+    /// another process.
+    pub async fn save_phone_call(
+        &self,
+        participant: ParticipantId,
+        call: &str,
+        record: &str,
+    ) -> Result<(), ControlError> {
+        self.inner
+            .store
+            .save_phone_call(participant, call, record)
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets `participant`'s stored call `call` (it ended).
+    pub async fn forget_phone_call(
+        &self,
+        participant: ParticipantId,
+        call: &str,
+    ) -> Result<(), ControlError> {
+        self.inner
+            .store
+            .forget_phone_call(participant, call)
+            .await?;
+        Ok(())
+    }
+
+    /// Every stored phone call: participant, call, record.
+    pub async fn phone_calls(&self) -> Result<Vec<(ParticipantId, String, String)>, ControlError> {
+        Ok(self.inner.store.phone_calls().await?)
     }
 }

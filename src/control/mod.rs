@@ -23,8 +23,8 @@
 //! - `routing.rs`: [`Routing`], the pure core: published streams and last tables → diffs.
 //! - `serial.rs`: per-session serialization of recompiles (striped locks).
 //! - `events.rs`: [`ControlEvent`]s and the bus that carries them.
-//! - `layouts.rs`: devices' subscribe layouts in the store (what a restarted process resumes
-//!   a subscribe connection from).
+//! - `layouts.rs`: what a restarted process resumes calls from, in the store: devices'
+//!   subscribe layouts and publish credentials, phone calls' dialogs.
 //! - `keys.rs`: the device-token keys (current and, after a rotation, previous) and their
 //!   reload from the store.
 //! - `operator.rs`: the operator's verbs (accounts, credential and secret rotation, session
@@ -55,9 +55,11 @@ use crate::store::Store;
 use crate::token::{self, TokenKeys};
 
 /// The outbox's vocabulary, as the delivery worker and the delivery log see it.
-pub use crate::store::{AttemptOutcome, DeliveryAttempt, OutboxEvent};
+pub use crate::store::{AttemptOutcome, DeliveryAttempt, LiveDevice, OutboxEvent};
 pub use auth::{NewCredentials, RotatedCredentials, CREDENTIAL_CACHE_TTL};
-pub use connections::{AdmittedPhone, ConnectError, ConnectedDevice, DeviceControl, PhoneRefusal};
+pub use connections::{
+    AdmittedPhone, ConnectError, ConnectedDevice, DeviceControl, PhoneRefusal, ResumedPhone,
+};
 pub use devices::VerifiedDevice;
 pub use error::{Conflict, ControlError, DeviceTokenError, Invalid, Resource, Source};
 pub use events::{CallEndReason, ControlEvent, LifecycleEvent, RoutingUpdate};

@@ -148,7 +148,8 @@ impl Control {
     /// Accounts for the devices of `snapshot` (from [`Control::foreign_live_devices`]) whose
     /// process died: a process that has not beaten since the snapshot, or whose row is gone,
     /// is dead. Each of its devices that did not reconnect to this process (same participant,
-    /// same `uniqueId` or call) gets the events of its end, through the ordered feed like
+    /// same `uniqueId`) and whose call the SIP bridge did not take over (or end) gets the
+    /// events of its end, through the ordered feed like
     /// every lifecycle event: `onDisconnect`, and for a phone `onCallEnded`. The dead
     /// processes' rows are then removed, so the next process does not account for them
     /// again. Returns how many devices ended.
@@ -173,13 +174,22 @@ impl Control {
             .iter()
             .filter(|d| dead.contains(d.instance.as_str()))
         {
+            let key = (device.participant, device.device.clone());
+            // Accounted for here already: it reconnected, or the SIP bridge took its call
+            // over (or ended it, with its events).
+            let claimed = !self
+                .inner
+                .foreign
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&key);
             let back = self
                 .inner
                 .live
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .contains(&(device.participant, device.device.clone()));
-            if back {
+                .contains(&key);
+            if claimed || back {
                 continue;
             }
             tracing::info!(

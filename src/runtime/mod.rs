@@ -7,6 +7,7 @@ pub mod media;
 pub mod media_tcp;
 pub mod media_udp;
 pub mod metrics;
+pub mod phone_records;
 pub mod sip;
 pub mod tls;
 pub mod webhooks;

@@ -41,6 +41,7 @@ use crate::control::{AdmittedPhone, ControlEvent, DeviceControl, PhoneRefusal, R
 use crate::domain::{AccountId, ParticipantId, SessionId, StreamAlias, StreamId};
 use crate::media::DeviceId;
 use crate::runtime::listen::{Acceptor, Activity, ConnectionLimits, Gate};
+use crate::runtime::phone_records::{self, PhoneRecord, RecordChange, StoredCall};
 
 /// Settings of the SIP bridge.
 #[derive(Debug, Clone)]
@@ -58,6 +59,8 @@ pub struct SipSettings {
     /// A phone that should be sending and sent no RTP or RTCP for this long is hung up
     /// (zero: never).
     pub rtp_timeout: Duration,
+    /// A graceful stop leaves up the calls the next process can take over (else: BYE).
+    pub keep_calls_on_stop: bool,
 }
 
 /// Timeouts and caps of SIP over TCP.
@@ -133,6 +136,7 @@ pub async fn spawn(
         tcp: HashMap::new(),
         ends: HashMap::new(),
         next_port: 0,
+        records: phone_records::spawn_writer(devices.clone()),
     };
     let (stopped_tx, stopped) = watch::channel(false);
     let control_events = devices.control().watch();
@@ -209,6 +213,7 @@ struct Admitted {
     downlink: mpsc::UnboundedReceiver<LocalDownlink>,
     rtp: Arc<UdpSocket>,
     negotiated: Negotiated,
+    stream: StreamId,
 }
 
 /// A call as the signalling task sees it; its audio runs in its own task ([`CallMedia`]).
@@ -222,6 +227,17 @@ struct Call {
     rtp_port: u16,
     media: mpsc::UnboundedSender<CallCommand>,
     task: tokio::task::JoinHandle<()>,
+    /// Its device id in webhooks and the live state (`sip-N`; kept across a restart).
+    name: String,
+    /// The stream it publishes.
+    stream: StreamId,
+    /// Its codec settings.
+    phone: PhoneConfig,
+    /// Where its RTP goes (`None`: on hold), and whether the phone is meant to send.
+    remote: Option<SocketAddr>,
+    phone_sends: bool,
+    /// Its record is in the store: the next process can take it over.
+    stored: bool,
 }
 
 /// What the signalling task tells a call's audio task.
@@ -250,6 +266,8 @@ struct Bridge {
     /// Calls ended, by how.
     ends: HashMap<&'static str, u64>,
     next_port: u32,
+    /// Changes to the stored calls, written in order (`runtime::phone_records`).
+    records: mpsc::UnboundedSender<RecordChange>,
 }
 
 impl Bridge {
@@ -261,6 +279,8 @@ impl Bridge {
     ) {
         let mut buf = vec![0u8; 65_535];
         let mut stopping: Option<Instant> = None;
+        self.resume_stored().await;
+        self.flush().await;
         loop {
             let deadline = self
                 .endpoint
@@ -288,9 +308,14 @@ impl Bridge {
                         let now = Instant::now();
                         stopping = Some(now + SHUTDOWN_GRACE);
                         let calls: Vec<CallId> = self.calls.keys().copied().collect();
-                        tracing::info!(calls = calls.len(), "SIP bridge stopping: hanging up every call");
+                        tracing::info!(calls = calls.len(), "SIP bridge stopping: hanging up every call the next process cannot take over");
                         for call in calls {
-                            let _ = self.endpoint.hangup(call, now);
+                            let keep = self.settings.keep_calls_on_stop;
+                            if keep && self.calls.get(&call).is_some_and(|c| c.stored) {
+                                self.leave_up(call);
+                            } else {
+                                let _ = self.endpoint.hangup(call, now);
+                            }
                         }
                     }
                 }
@@ -365,9 +390,11 @@ impl Bridge {
             downlink,
             rtp,
             negotiated,
+            stream,
         } = admitted;
         let ssrc = rand::random::<u32>();
-        let phone = match PhoneMedia::new(PhoneConfig::from_negotiated(&negotiated, ssrc)) {
+        let config = PhoneConfig::from_negotiated(&negotiated, ssrc);
+        let phone = match PhoneMedia::new(config) {
             Ok(p) => p,
             Err(e) => {
                 self.devices.phone_dropped(device);
@@ -406,8 +433,8 @@ impl Bridge {
         };
         let task = tokio::spawn(audio.run(downlink, commands_rx));
         tracing::info!(call = %call, %participant, "phone joined");
-        self.devices
-            .phone_joined(participant, format!("sip-{call}"));
+        let name = format!("sip-{call}");
+        self.devices.phone_joined(participant, name.clone());
         self.calls.insert(
             call,
             Call {
@@ -418,6 +445,12 @@ impl Bridge {
                 rtp_port,
                 media: commands,
                 task,
+                name,
+                stream,
+                phone: config,
+                remote: negotiated.remote.filter(|_| negotiated.direction.sends()),
+                phone_sends: negotiated.direction.receives(),
+                stored: false,
             },
         );
         metrics::counter!("patchbay_sip_calls_started_total").increment(1);
@@ -509,6 +542,7 @@ impl Bridge {
                 }
                 CallEvent::Established { call, .. } => {
                     tracing::debug!(call = %call, "SIP call established");
+                    self.store_call(call);
                 }
                 CallEvent::Reoffer { call, sdp_offer } => {
                     let Some(c) = self.calls.get_mut(&call) else {
@@ -520,11 +554,17 @@ impl Bridge {
                     let params = answer_params(&self.settings, c.rtp_port);
                     match sdp::answer(&sdp_offer, &params) {
                         Ok(n) => {
+                            c.remote = n.remote.filter(|_| n.direction.sends());
+                            c.phone_sends = n.direction.receives();
                             let _ = c.media.send(CallCommand::Remote {
-                                to: n.remote.filter(|_| n.direction.sends()),
-                                phone_sends: n.direction.receives(),
+                                to: c.remote,
+                                phone_sends: c.phone_sends,
                             });
+                            let stored = c.stored;
                             let _ = self.endpoint.answer_update(call, Ok(&n.answer_sdp), now);
+                            if stored {
+                                self.store_call(call);
+                            }
                         }
                         Err(e) => {
                             let _ = self.endpoint.answer_update(
@@ -562,8 +602,165 @@ impl Bridge {
         // The audio task logs the call's stats and stops.
         let _ = c.media.send(CallCommand::End(why));
         tracing::debug!(call = %call, ends = ?self.ends, "calls ended so far, by how");
+        if c.stored {
+            let _ = self
+                .records
+                .send(RecordChange::Forget(c.participant, c.name.clone()));
+        }
         self.devices
-            .phone_ended(c.device, c.participant, format!("sip-{call}"), left);
+            .phone_ended(c.device, c.participant, c.name, left);
+    }
+
+    /// Stores what the next process needs to take `call` over (an established call over
+    /// UDP; a call over TCP ends with its connection, and with this process).
+    fn store_call(&mut self, call: CallId) {
+        let Some(dialog) = self.endpoint.dialog(call) else {
+            return;
+        };
+        let Some(c) = self.calls.get_mut(&call) else {
+            return;
+        };
+        c.stored = true;
+        let record = PhoneRecord {
+            account: c.account.as_str().to_owned(),
+            name: c.name.clone(),
+            stream: c.stream.as_str().to_owned(),
+            dialog: dialog.into(),
+            rtp_port: c.rtp_port,
+            remote: c.remote,
+            phone_sends: c.phone_sends,
+            codec: PhoneRecord::law_name(c.phone.codec).to_owned(),
+            payload_type: c.phone.payload_type,
+            dtmf_pt: c.phone.dtmf_pt,
+            ptime_ms: c.phone.ptime_ms,
+        };
+        let _ = self
+            .records
+            .send(RecordChange::Save(c.participant, Box::new(record)));
+    }
+
+    /// A graceful stop leaves a stored call up, for the next process on the same ports and
+    /// database: no BYE; its media stops with this process and its record stays.
+    fn leave_up(&mut self, call: CallId) {
+        let Some(c) = self.calls.remove(&call) else {
+            return;
+        };
+        tracing::info!(call = %call, participant = %c.participant, "phone call left up for the next process");
+        self.devices.phone_left_up(c.device, c.participant, &c.name);
+        let _ = c
+            .media
+            .send(CallCommand::End("left up for the next process".into()));
+        metrics::gauge!("patchbay_phone_calls").set(self.calls.len() as f64);
+    }
+
+    /// Takes over the calls a previous process stored (issue 19): each binds its RTP port
+    /// again and its dialog goes on, with no new INVITE; a call that cannot (its port is
+    /// taken, its participant is gone, its record unreadable) gets a BYE instead of silence.
+    async fn resume_stored(&mut self) {
+        let stored = match self.devices.stored_phone_calls().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the stored phone calls: none is taken over");
+                return;
+            }
+        };
+        for (participant, name, json) in stored {
+            match PhoneRecord::parse(participant, &json) {
+                Ok(call) => self.resume_call(call).await,
+                Err(why) => {
+                    tracing::warn!(%participant, call = %name, %why, "a stored phone call cannot be read: forgotten");
+                    let _ = self.records.send(RecordChange::Forget(participant, name));
+                }
+            }
+        }
+    }
+
+    async fn resume_call(&mut self, stored: StoredCall) {
+        let now = Instant::now();
+        let StoredCall {
+            participant,
+            account,
+            record,
+            stream,
+            phone: config,
+        } = stored;
+        let name = record.name.clone();
+        // This process accounts for the call from here on, whatever becomes of it.
+        self.devices.control().resumes_foreign(participant, &name);
+        let call = self.endpoint.restore(record.dialog.clone().into(), now);
+        let taken = match UdpSocket::bind((IpAddr::from([0, 0, 0, 0]), record.rtp_port)).await {
+            Err(e) => Err(format!("its RTP port {} is taken: {e}", record.rtp_port)),
+            Ok(rtp) => match PhoneMedia::new(config) {
+                Err(e) => Err(format!("media: {e}")),
+                Ok(phone) => match self
+                    .devices
+                    .resume_phone(
+                        &account,
+                        participant,
+                        stream.clone(),
+                        self.settings.stream_alias.clone(),
+                    )
+                    .await
+                {
+                    Err(refusal) => Err(refusal.to_string()),
+                    Ok(resumed) => Ok((rtp, phone, resumed)),
+                },
+            },
+        };
+        let (rtp, phone, resumed) = match taken {
+            Ok(t) => t,
+            Err(why) => {
+                tracing::warn!(call = %call, %participant, %why, "cannot take a phone call over: hanging up");
+                let _ = self.endpoint.hangup(call, now);
+                let _ = self
+                    .records
+                    .send(RecordChange::Forget(participant, name.clone()));
+                self.devices.phone_lost(participant, name);
+                metrics::counter!("patchbay_sip_calls_ended_total", "reason" => "not_resumed")
+                    .increment(1);
+                return;
+            }
+        };
+        let (commands, commands_rx) = mpsc::unbounded_channel();
+        if resumed.session.is_none() {
+            let _ = commands.send(CallCommand::HoldTone(self.settings.hold_tone_hz));
+        }
+        let audio = CallMedia {
+            call,
+            participant,
+            device: resumed.device,
+            phone,
+            rtp: Arc::new(rtp),
+            watch: MediaWatch::new(self.settings.rtp_timeout, record.phone_sends, now),
+            remote: record.remote,
+            ptime: Duration::from_millis(u64::from(config.ptime_ms)),
+            sources: Default::default(),
+            devices: self.devices.clone(),
+            bridge: self.tx.clone(),
+            underruns: UnderrunMeter::new(Instant::now()),
+        };
+        let task = tokio::spawn(audio.run(resumed.downlink, commands_rx));
+        tracing::info!(call = %call, %participant, name = %name, "phone call taken over from the previous process");
+        self.devices.phone_resumed(participant, name.clone());
+        self.calls.insert(
+            call,
+            Call {
+                participant,
+                account,
+                session: resumed.session,
+                device: resumed.device,
+                rtp_port: record.rtp_port,
+                media: commands,
+                task,
+                name,
+                stream,
+                phone: config,
+                remote: record.remote,
+                phone_sends: record.phone_sends,
+                stored: true,
+            },
+        );
+        metrics::gauge!("patchbay_phone_calls").set(self.calls.len() as f64);
     }
 
     /// The next RTP port to try (0 when any free port will do).
@@ -827,7 +1024,7 @@ async fn admit_inner(
     let stream = StreamId::parse(&format!("phone-{}", uuid::Uuid::new_v4().simple()))
         .map_err(|e| Refusal::new(500, e.to_string()))?;
     let (device, downlink) = devices
-        .connect_phone(&phone, stream, settings.stream_alias.clone())
+        .connect_phone(&phone, stream.clone(), settings.stream_alias.clone())
         .await
         .map_err(|e| Refusal::new(503, e.to_string()))?;
     let AdmittedPhone {
@@ -843,6 +1040,7 @@ async fn admit_inner(
         downlink,
         rtp: Arc::new(rtp),
         negotiated,
+        stream,
     })
 }
 

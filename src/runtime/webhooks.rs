@@ -186,7 +186,7 @@ pub const REAP_AFTER: Duration = Duration::from_secs(30);
 /// (`snapshot`, read before this process's first heartbeat) whose process died and which did
 /// not reconnect here: their `onDisconnect`/`onCallEnded` (see [`Control::reap`]).
 #[allow(clippy::disallowed_methods)] // the runtime starts tasks
-pub fn spawn_reaper(control: Control, snapshot: Vec<crate::store::LiveDevice>) {
+pub fn spawn_reaper(control: Control, snapshot: Vec<crate::control::LiveDevice>) {
     if snapshot.is_empty() {
         return;
     }

@@ -892,9 +892,47 @@ pub async fn subscribe_layouts(store: TestStore) {
         .expect("forget");
     assert!(mine().await.is_empty());
 
+    // A phone call's record: replaced by the participant's next call, forgotten only for
+    // the call named.
+    let calls = || async {
+        store
+            .phone_calls()
+            .await
+            .expect("read")
+            .into_iter()
+            .filter(|(p, _, _)| *p == subscriber)
+            .map(|(_, call, record)| (call, record))
+            .collect::<Vec<_>>()
+    };
+    for (call, record) in [("sip-1", "{\"a\":1}"), ("sip-2", "{\"a\":2}")] {
+        store
+            .save_phone_call(subscriber, call, record)
+            .await
+            .expect("save");
+    }
+    assert_eq!(calls().await, vec![("sip-2".into(), "{\"a\":2}".into())]);
+    store
+        .forget_phone_call(subscriber, "sip-1")
+        .await
+        .expect("forget another call");
+    assert_eq!(
+        calls().await.len(),
+        1,
+        "an older call's end keeps the newer"
+    );
+    store
+        .forget_phone_call(subscriber, "sip-2")
+        .await
+        .expect("forget");
+    assert!(calls().await.is_empty());
+
     save(first.clone()).await;
     store
         .save_publish_credentials(&credentials("sdk-a", "uf3"))
+        .await
+        .expect("save");
+    store
+        .save_phone_call(subscriber, "sip-3", "{}")
         .await
         .expect("save");
     store
@@ -903,6 +941,7 @@ pub async fn subscribe_layouts(store: TestStore) {
         .expect("delete");
     assert_eq!(stored().await, None, "gone with the participant");
     assert!(mine().await.is_empty(), "gone with the participant");
+    assert!(calls().await.is_empty(), "gone with the participant");
     save(first).await;
     store
         .save_publish_credentials(&credentials("sdk-a", "uf4"))

@@ -249,6 +249,23 @@ pub trait Store: WebhookStore + OperatorStore {
     ) -> Result<(), StoreError>;
     /// Every stored publish connection's credentials (read once, when a process starts).
     async fn publish_credentials(&self) -> Result<Vec<PublishCredentials>, StoreError>;
+    /// Keeps what the SIP bridge needs to take `participant`'s phone call `call` over in
+    /// another process (`record`, the bridge's own JSON), replacing the participant's previous
+    /// one; nothing for a participant that does not exist.
+    async fn save_phone_call(
+        &self,
+        participant: ParticipantId,
+        call: &str,
+        record: &str,
+    ) -> Result<(), StoreError>;
+    /// Every stored phone call: participant, call, record.
+    async fn phone_calls(&self) -> Result<Vec<(ParticipantId, String, String)>, StoreError>;
+    /// Forgets `participant`'s stored call when it is `call` (it ended).
+    async fn forget_phone_call(
+        &self,
+        participant: ParticipantId,
+        call: &str,
+    ) -> Result<(), StoreError>;
 }
 
 /// Where a participant's webhooks go, and what they say about it.

@@ -118,14 +118,23 @@ store_ops! {
     ForgetSubscribeLayout => "forget_subscribe_layout",
     SavePublishCredentials => "save_publish_credentials",
     PublishCredentials => "publish_credentials",
+    SavePhoneCall => "save_phone_call",
+    PhoneCalls => "phone_calls",
+    ForgetPhoneCall => "forget_phone_call",
 }
 
 /// Each operation's histogram handle, taken from the metrics recorder at the operation's
 /// first use by this store and kept: timing an operation then costs an index, not a lookup in
 /// the recorder's registry (which cost about 300 instructions per operation). A store opened
 /// before a recorder is installed keeps the no-op handles (`App::build` installs first).
-#[derive(Default)]
 pub(super) struct OpHistograms([OnceLock<metrics::Histogram>; Op::COUNT]);
+
+impl Default for OpHistograms {
+    fn default() -> Self {
+        // `Default` for arrays stops at 32 elements.
+        OpHistograms(std::array::from_fn(|_| OnceLock::new()))
+    }
+}
 
 impl std::fmt::Debug for OpHistograms {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -1011,6 +1020,59 @@ impl Store for SqlStore {
         .execute(&self.write)
         .await;
         unless_participant_gone(done)
+    }
+
+    async fn save_phone_call(
+        &self,
+        participant: ParticipantId,
+        call: &str,
+        record: &str,
+    ) -> Result<(), StoreError> {
+        let _timer = self.timer(Op::SavePhoneCall);
+        let done = sqlx::query(
+            "INSERT INTO phone_calls (participant_id, call, record, updated_at) \
+             SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM participants WHERE id = $1) \
+             ON CONFLICT (participant_id) DO UPDATE SET call = excluded.call, \
+             record = excluded.record, updated_at = excluded.updated_at",
+        )
+        .bind(participant.to_string())
+        .bind(call)
+        .bind(record)
+        .bind(now_ms())
+        .execute(&self.write)
+        .await;
+        unless_participant_gone(done)
+    }
+
+    async fn phone_calls(&self) -> Result<Vec<(ParticipantId, String, String)>, StoreError> {
+        let _timer = self.timer(Op::PhoneCalls);
+        sqlx::query("SELECT participant_id, call, record FROM phone_calls ORDER BY participant_id")
+            .fetch_all(&self.read)
+            .await?
+            .iter()
+            .map(|row| {
+                let participant: String = row.try_get("participant_id")?;
+                Ok((
+                    ParticipantId::parse(&participant).map_err(corrupt)?,
+                    row.try_get("call")?,
+                    row.try_get("record")?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn forget_phone_call(
+        &self,
+        participant: ParticipantId,
+        call: &str,
+    ) -> Result<(), StoreError> {
+        let _timer = self.timer(Op::ForgetPhoneCall);
+        sqlx::query("DELETE FROM phone_calls WHERE participant_id = $1 AND call = $2")
+            .bind(participant.to_string())
+            .bind(call)
+            .execute(&self.write)
+            .await?;
+        Ok(())
     }
 
     async fn publish_credentials(&self) -> Result<Vec<PublishCredentials>, StoreError> {

@@ -374,8 +374,13 @@ async fn close_within(ws: &mut Ws, wait: Duration) -> Option<(CloseCode, String)
 async fn sigterm_drains_then_closes_devices_and_calls_and_exits_0_keeping_state() {
     let dir = TempDir::new();
     let db = format!("sqlite://{}?mode=rwc", dir.0.join("db.sqlite").display());
-    // A first start creates the schema for `account create`.
-    let mut server = Server::spawn(serve(&db, &["--drain-timeout", "4"]));
+    // A first start creates the schema for `account create`. With `--drain-phones hang-up`
+    // the stop hangs the phone up (by default it would be left up for a successor:
+    // tests/interop/browser/restart.test.mjs).
+    let mut server = Server::spawn(serve(
+        &db,
+        &["--drain-timeout", "4", "--drain-phones", "hang-up"],
+    ));
     let (session, tokens) = session_with(server.http, &db, 3).await;
     let mut browser = connected_device(server.http, &tokens[0]).await;
     let phone = phone_ua::dial(server.sip, &Dial::with_token(&tokens[1]))

@@ -534,9 +534,12 @@ async fn phone_dtmf_becomes_a_control_event() {
     assert_eq!(digits, vec!['4', '#'], "each key once, in order");
 }
 
+/// With `--drain-phones hang-up`, a graceful stop sends every call a BYE.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_the_server_hangs_up_every_call() {
-    let s = server_for("stop").await;
+    let mut config = ServeConfig::for_database(&sqlite_url());
+    config.drain_phones = patchbay::config::DrainPhones::HangUp;
+    let s = with_app(spawn_app_with(&config).await, "stop").await;
     let session = s.session().await;
     let mut phones = Vec::new();
     for _ in 0..3 {
@@ -551,6 +554,48 @@ async fn stopping_the_server_hangs_up_every_call() {
             p.bye_received(),
             "every phone got BYE before the server stopped"
         );
+    }
+}
+
+/// By default a graceful stop leaves established calls up for the next process on the same
+/// ports and database: no BYE, and each call's record (dialog, RTP port, codec) is stored for
+/// it (tests/interop/browser/restart.test.mjs shows the next process taking them over).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_server_leaves_calls_up_for_the_next_process() {
+    let s = server_for("keep").await;
+    let session = s.session().await;
+    let mut phones = Vec::new();
+    let mut participants = Vec::new();
+    for _ in 0..2 {
+        let (p, token) = s.participant().await;
+        s.join(session, p, whole(session)).await;
+        phones.push(dial_ok(s.sip, &token).await);
+        participants.push(p);
+    }
+    let control = s.control.clone();
+    eventually("both calls stored", DEADLINE, || async {
+        let stored = control.phone_calls().await.expect("stored calls");
+        participants
+            .iter()
+            .all(|p| stored.iter().any(|(q, _, _)| q == p))
+    })
+    .await;
+    s.app.stop().await.expect("clean stop");
+    // An absence, checked over a window: a BYE sent before the stop returned arrives in it.
+    #[allow(clippy::disallowed_methods)]
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        phones.iter().all(|p| !p.bye_received()),
+        "no phone got a BYE"
+    );
+    let stored = control.phone_calls().await.expect("stored calls");
+    for p in &participants {
+        let (_, call, record) = stored
+            .iter()
+            .find(|(q, _, _)| q == p)
+            .expect("the call is still stored for the next process");
+        assert!(call.starts_with("sip-"), "{call}");
+        assert!(record.contains("\"rtpPort\""), "{record}");
     }
 }
 

@@ -25,6 +25,23 @@ pub(super) struct Reply {
 }
 
 impl Reply {
+    /// The reply of a call taken over from another process (its INVITE is long answered): it
+    /// answers nothing; in-dialog requests bring replies of their own.
+    pub(super) fn restored(transport: Transport, destination: SocketAddr) -> Self {
+        Self {
+            vias: Vec::new(),
+            from: None,
+            to: None,
+            to_taggable: false,
+            call_id: None,
+            cseq: None,
+            record_route: Vec::new(),
+            timestamp: None,
+            transport,
+            destination,
+        }
+    }
+
     /// `None` when the request has no Via at all: a response could not be matched by the peer.
     pub(super) fn new(request: &Request, transport: Transport, source: SocketAddr) -> Option<Self> {
         let headers = &request.headers;

@@ -5,6 +5,8 @@
 // database), and WITHOUT reloading the pages the media must come back, both ways, audio and
 // video. Four cases: {embedded SQLite in a data dir of the case's own, PostgreSQL in a database
 // of the case's own} x {kill -9 (SIGKILL), graceful stop (SIGTERM, waiting for the exit)}.
+// Three more cases do the same for a PHONE call (the test phone, target/debug/examples/phone,
+// with a page in its session): see "Phone calls survive a restart too" below.
 //
 // Evidence is only what the pages DECODE, measured the same way before and after the restart:
 // every audio track a page's peer connections receive is analysed with WebAudio (the other
@@ -36,8 +38,11 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
+import dgram from "node:dgram";
+import { existsSync } from "node:fs";
 import { launchBrowser, instrumentPeerConnections, receivedAudioSpectra, anyCarries, withTimeout } from "./runner.mjs";
 import { startPatchbay, freePortBlock, createAccount } from "./server.mjs";
+import { dialPhone, PHONE_BIN } from "./phone.mjs";
 
 const HZ = { A: 440, B: 1000 };
 const SHARDS = 2; // media shards: UDP (and ICE-TCP) ports media .. media + SHARDS - 1
@@ -357,4 +362,279 @@ test("restart: PostgreSQL, kill -9: the call's media comes back both ways", { ti
 
 test("restart: PostgreSQL, graceful stop (SIGTERM): the call's media comes back both ways", { timeout: CASE_TIMEOUT }, (t) =>
   restartCase(t, { store: "postgres", signal: "SIGTERM" })
+);
+
+// ---------------------------------------------------------------------------------------------
+// Phone calls survive a restart too. A page (publishing PHONE_HZ.page, subscribed to the
+// session) and the test phone (target/debug/examples/phone with --commands: it sends
+// PHONE_HZ.phone as µ-law RTP, prints on `report` what it heard since the last report, and on
+// `hangup` a final line with the methods of the requests the server sent it) are in one session.
+// The phone never re-dials: after the restart it is the same process and the same SIP call, its
+// RTP still going to the same server port. Evidence, per measurement window (WINDOW_MS): the
+// page's WebAudio spectra of every audio track it receives (anyCarries PHONE_HZ.phone) and the
+// phone's report over the same window (dominant frequency near PHONE_HZ.page, share of power
+// there). Three cases:
+//   - SQLite, kill -9: media back both ways, and no request at all from the server (no BYE);
+//   - PostgreSQL, SIGTERM: the graceful stop sends the phone no BYE (it is still in the call
+//     after the stop), media back both ways, and no request at all from the server;
+//   - SQLite, kill -9 with every port of --rtp-ports bound by the test before the new process
+//     starts: it cannot take the call over, so the phone gets a BYE (within BYE_MS).
+// Each prints one line, e.g.
+//   restart: phone sqlite SIGKILL media back both ways after 2.3 s (page<-phone 1.1 s, phone<-page 2.3 s; stop took 0.0 s)
+// with the times from the new process's listening line (no timing is asserted).
+
+const PHONE_HZ = { page: 440, phone: 1000 };
+const PHONE_BACK_MS = 45000; // bound, from the new process's listening line, for the media to come back
+const BYE_MS = 20000; // bound, from the new process's listening line, for the BYE of a call not taken over
+const PHONE_TOL_HZ = 15; // the phone's dominant-frequency scan has 10 Hz steps
+// The phone's report over one window: the page's tone (gain 0.3) has RMS ~6950 when it arrives
+// for the whole window; its share of the power is ~0.5 for a clean tone and lower with every
+// concealed or skipped frame (phone.test.mjs); absent frequencies measure ~1e-7.
+const PHONE_MIN_SAMPLES = 1600; // 0.2 s of the window heard
+const PHONE_MIN_RMS = 300;
+const PHONE_MIN_SHARE = 0.02;
+const PHONE_DIRECTIONS = ["page<-phone", "phone<-page"];
+
+const near = (hz, want, tol) => typeof hz === "number" && Math.abs(hz - want) <= tol;
+const phoneHears = (r, hz) =>
+  !!r && r.samples >= PHONE_MIN_SAMPLES && r.rms > PHONE_MIN_RMS && near(r.dominant_hz, hz, PHONE_TOL_HZ) && (r.share?.[String(hz)] ?? 0) > PHONE_MIN_SHARE;
+const briefReport = (r) =>
+  r ? JSON.stringify({ samples: r.samples, rms: Math.round(r.rms), dominant_hz: r.dominant_hz, share: Object.fromEntries(Object.entries(r.share || {}).map(([k, v]) => [k, +v.toPrecision(3)])) }) : "none (the phone is gone)";
+
+// One window: the page's received audio and the phone's report over the same time (a report
+// just before it clears what the phone heard until then). -> { at, ok: {direction: bool}, spectra, heard }
+async function measurePhone(A, ph) {
+  await withTimeout(ph.report(), 10000, "phone: report");
+  const spectra = await withTimeout(receivedAudioSpectra(A.page, [PHONE_HZ.page, PHONE_HZ.phone], { durationMs: WINDOW_MS }), WINDOW_MS + 15000, "page: received audio");
+  const heard = await withTimeout(ph.report(), 10000, "phone: report");
+  return {
+    at: Date.now(),
+    ok: { "page<-phone": anyCarries(spectra, PHONE_HZ.phone), "phone<-page": phoneHears(heard, PHONE_HZ.page) },
+    spectra,
+    heard,
+  };
+}
+
+// Window after window until one shows both directions, or until since + timeoutMs.
+async function watchPhone(A, ph, { since, timeoutMs }) {
+  const first = {};
+  let last;
+  for (;;) {
+    last = await measurePhone(A, ph);
+    const at = last.at - since;
+    for (const d of PHONE_DIRECTIONS) if (last.ok[d] && first[d] === undefined) first[d] = at;
+    if (PHONE_DIRECTIONS.every((d) => last.ok[d])) return { all: at, first, last };
+    if (last.at >= since + timeoutMs) return { all: null, first, last };
+  }
+}
+
+const fmtPhoneFirst = (first) => PHONE_DIRECTIONS.map((d) => `${d} ${first[d] === undefined ? "never" : secs(first[d])}`).join(", ");
+const phoneReadings = (m) =>
+  `page's received audio ${JSON.stringify(m.spectra.map((s) => ({ mid: s.mid, muted: s.muted, rms: +s.rms.toFixed(4), bands: Object.fromEntries(Object.entries(s.bands).map(([k, v]) => [k, +v.toFixed(3)])) })))}; ` +
+  `phone heard ${briefReport(m.heard)}`;
+
+// Binds UDP on every port low..high (0.0.0.0, as the server binds its RTP ports) so that no
+// process can. -> { close() }
+async function occupyUdpPorts(low, high) {
+  const socks = [];
+  const close = () => Promise.all(socks.map((s) => new Promise((r) => { try { s.close(r); } catch { r(); } })));
+  try {
+    for (let port = low; port <= high; port++) {
+      const s = dgram.createSocket({ type: "udp4", reuseAddr: false });
+      await new Promise((resolve, reject) => {
+        s.once("error", (e) => reject(new Error(`cannot occupy UDP port ${port}: ${e.message}`)));
+        s.bind(port, "0.0.0.0", resolve);
+      });
+      s.on("error", () => {});
+      socks.push(s);
+    }
+  } catch (e) {
+    await close();
+    throw e;
+  }
+  return { ports: socks.map((s) => s.address().port), close };
+}
+
+async function phoneRestartCase(t, { store, signal, occupyRtp = false }) {
+  const label = `phone ${store} ${signal}${occupyRtp ? " (RTP ports taken)" : ""}`;
+  const t0 = Date.now();
+  const pages = [];
+  let pb = null;
+  let db = null;
+  let ph = null;
+  let occupied = null;
+  let phase = "setup";
+  let restartedAt = null;
+  try {
+    assert.ok(existsSync(PHONE_BIN), `test phone not found at ${PHONE_BIN}: run \`cargo build --example phone\` (or set PHONE_BIN)`);
+    const env = {};
+    let databaseUrl = null;
+    let account = null;
+    if (store === "postgres") {
+      db = await createPostgresDatabase();
+      databaseUrl = db.url;
+      account = await createAccount({ databaseUrl });
+    } else {
+      env.DATABASE_URL = undefined;
+    }
+    const base = await freePortBlock(SHARDS + 4);
+    const ports = { http: base, sip: base + 1, media: base + 2, rtp: [base + 2 + SHARDS, base + 3 + SHARDS] };
+    pb = await startPatchbay({
+      ports,
+      databaseUrl,
+      account,
+      env,
+      args: ["--media-shards", String(SHARDS), "--media-tcp-listen", "same", "--drain-timeout", String(DRAIN_S)],
+    });
+    assert.ok(pb.sip, `patchbay did not print "patchbay SIP on ..." (${pb.logPath})`);
+    const session = await pb.createSession(`restart ${label}`);
+
+    // The page: publishes its tone, subscribed to the session.
+    const a = await pb.createParticipant({ tag: "page", publishPermissions: ["AUDIO"] });
+    await pb.addParticipant(session.id, a.participant.id, { sessionId: session.id });
+    const page = await b.newParticipant(`page (${label})`);
+    pages.push(page);
+    await instrumentPeerConnections(page);
+    page.participantId = a.participant.id;
+    const A = { id: a.participant.id, page };
+    await page.connect({ websocketUrl: pb.websocketUrl, token: a.token, timeoutMs: 15000 });
+    await page.publishTone({ freqHz: PHONE_HZ.page, alias: "page", timeoutMs: 15000 });
+
+    // The phone: subscribed to the session, dials with its token and stays on through the restart.
+    const p = await pb.createParticipant({ tag: "phone", publishPermissions: ["AUDIO"] });
+    await pb.addParticipant(session.id, p.participant.id, { sessionId: session.id });
+    ph = dialPhone({ sip: pb.sip, token: p.token, toneHz: PHONE_HZ.phone, probe: [PHONE_HZ.page, PHONE_HZ.phone], seconds: 600 });
+    let phoneEnded = false;
+    ph.done.then(() => (phoneEnded = true));
+    assert.ok(await withTimeout(ph.answered, 15000, "phone: answered"), `the phone's call was not answered: ${ph.describe()}`);
+    await page.waitForStream({ participantId: p.participant.id, timeoutMs: SETUP_MS });
+
+    // 1. The call carries the tones both ways.
+    phase = "before the restart";
+    const setup = await watchPhone(A, ph, { since: Date.now(), timeoutMs: SETUP_MS });
+    assert.ok(
+      setup.all !== null,
+      `before the restart (${label}) the call never carried the tones both ways within ${SETUP_MS} ms: ` +
+        `${PHONE_DIRECTIONS.filter((d) => !setup.last.ok[d]).join(", ")} missing (first seen: ${fmtPhoneFirst(setup.first)}); last: ${phoneReadings(setup.last)}`
+    );
+
+    // 2. Stop the process. A graceful stop leaves the call up: the phone gets no BYE (it would
+    //    end its call on one). While no process runs, neither side hears the other.
+    phase = `stopping (${signal})`;
+    const stopped = await pb.kill(signal, { timeoutMs: STOP_MS });
+    if (signal === "SIGKILL") assert.equal(stopped.signal, "SIGKILL", `the process was killed: ${JSON.stringify(stopped)}`);
+    phase = "server down";
+    await new Promise((r) => setTimeout(r, SETTLE_MS));
+    assert.ok(!phoneEnded, `the phone's call ended when the server stopped (${label}): ${ph.describe()}`);
+    const down = await measurePhone(A, ph);
+    const leaked = PHONE_DIRECTIONS.filter((d) => down.ok[d]);
+    assert.deepEqual(leaked, [], `with no server running (${label}) a side still heard the other: the measurement is stale; ${phoneReadings(down)}`);
+    assert.ok(!phoneEnded, `the phone's call ended while no server ran (${label}): ${ph.describe()}`);
+
+    // 3. The call cannot be taken over: its RTP port (every port of the range) is taken.
+    if (occupyRtp) {
+      phase = "occupying the RTP ports";
+      occupied = await occupyUdpPorts(ports.rtp[0], ports.rtp[1]);
+    }
+
+    // 4. A new process with the same arguments; the page and the phone are left as they are.
+    phase = "restarting";
+    const again = await pb.startAgain();
+    restartedAt = again.readyAt;
+    assert.equal(again.sip, pb.sip, "the new process has the same SIP address");
+
+    if (occupyRtp) {
+      // 5a. The phone gets a BYE: its call ends, its final line lists it.
+      phase = "waiting for the BYE";
+      const left = Math.max(0, again.readyAt + BYE_MS - Date.now());
+      let timer;
+      const r = await Promise.race([ph.done, new Promise((res) => (timer = setTimeout(() => res(null), left)))]).finally(() => clearTimeout(timer));
+      const byeAt = Date.now() - again.readyAt;
+      if (r === null) {
+        console.log(`restart: ${label} NO BYE within ${secs(BYE_MS)} of the new process listening`);
+        assert.fail(`the new process (${label}) could not re-bind the call's RTP port (${occupied.ports.join(", ")} held by the test) but the phone got no BYE within ${BYE_MS} ms of it listening: ${ph.describe()}`);
+      }
+      assert.ok(r.final, `the phone printed no final line: ${ph.describe()}`);
+      assert.equal(r.final.bye_from_server, true, `the phone's call ended without a BYE from the server: ${ph.describe()}`);
+      assert.ok(r.final.server_requests.includes("BYE"), `the phone's final line lists no BYE: ${ph.describe()}`);
+      console.log(`restart: ${label} BYE to the phone after ${secs(byeAt)} (server requests ${JSON.stringify(r.final.server_requests)}; stop took ${secs(stopped.ms)})`);
+      return;
+    }
+
+    // 5b. The media comes back both ways, measured from the new process's listening line.
+    phase = "after the restart";
+    const back = await watchPhone(A, ph, { since: again.readyAt, timeoutMs: PHONE_BACK_MS });
+    if (back.all === null) {
+      console.log(`restart: ${label} media NOT back within ${secs(PHONE_BACK_MS)} of the new process listening (${fmtPhoneFirst(back.first)})`);
+      assert.fail(
+        `after the restart (${label}) the tones did not come back both ways within ${PHONE_BACK_MS} ms of the new process listening ` +
+          `(first seen: ${fmtPhoneFirst(back.first)}; phone's call ${phoneEnded ? "ENDED" : "still up"}); last window: ${phoneReadings(back.last)}`
+      );
+    }
+
+    // 6. The same call all along: the phone hangs up now; the server sent it nothing (no BYE).
+    phase = "hanging up";
+    assert.ok(!phoneEnded, `the phone's call ended (${label}): ${ph.describe()}`);
+    const final = await ph.hangup();
+    const answers = (ph.describe().match(/phone: answered/g) || []).length;
+    assert.equal(answers, 1, `the phone answered ${answers} times: ${ph.describe()}`);
+    assert.equal(final.bye_from_server, false, `the server hung up on the phone (${label}): ${ph.describe()}`);
+    assert.deepEqual(final.server_requests, [], `the server sent the phone requests during the call (${label}): ${ph.describe()}`);
+    console.log(`restart: ${label} media back both ways after ${secs(back.all)} (${fmtPhoneFirst(back.first)}; stop took ${secs(stopped.ms)}; server requests to the phone ${JSON.stringify(final.server_requests)})`);
+  } catch (e) {
+    const diag = [];
+    if (ph) {
+      ph.kill();
+      await ph.done;
+      diag.push(`--- ${ph.describe()}`);
+    }
+    for (const p of pages) {
+      const events = await p.events().catch(() => []);
+      const ws = await p.wsLog().catch(() => []);
+      const sub = await p.rtpStats("subscribe").catch(() => null);
+      diag.push(
+        `--- page ${p.name} (participant ${p.participantId})`,
+        `events: ${JSON.stringify(events)}`,
+        `subscribe pc: ${JSON.stringify(sub)}`,
+        `signalling (last 15): ${JSON.stringify(ws.slice(-15).map(brief))}`,
+        `console (last 10): ${p.console.slice(-10).join(" | ")}`
+      );
+    }
+    let extra = `\n\n[${label}, during "${phase}", after ${Date.now() - t0} ms${restartedAt ? `, ${Date.now() - restartedAt} ms after the new process listened` : ""}]\n${diag.join("\n")}`;
+    if (pb) {
+      const lines = pb.stderrLines();
+      const phoneLines = lines.filter((l) => /phone call|SIP|stored phone|# server\.mjs/.test(l)).slice(-30);
+      const tail = lines.filter((l) => !/^\S+\s+(DEBUG|TRACE) /.test(l)).slice(-40);
+      extra += `\n--- patchbay stderr, phone/SIP lines (last 30):\n${phoneLines.join("\n")}`;
+      extra += `\n--- patchbay stderr (last 40 lines above DEBUG; log ${pb.logPath}${process.env.PATCHBAY_KEEP_LOGS ? ", kept" : ""}):\n${tail.join("\n")}`;
+    }
+    e.message += extra;
+    if (typeof e.stack === "string") {
+      const at = e.stack.indexOf("\n    at ");
+      e.stack = `${e.name}: ${e.message}${at >= 0 ? e.stack.slice(at) : ""}`;
+    }
+    throw e;
+  } finally {
+    if (ph) {
+      ph.kill();
+      await ph.done;
+    }
+    for (const p of pages) await p.close().catch(() => {});
+    await pb?.stop().catch(() => {});
+    await occupied?.close().catch(() => {});
+    if (db) await db.drop().catch((e) => console.error(`restart: could not drop database ${db.name}: ${e.message}`));
+    t.diagnostic(`${t.name}: ${Date.now() - t0} ms`);
+  }
+}
+
+test("restart: phone call, SQLite (data dir), kill -9: taken over, the tones come back both ways, no BYE", { timeout: CASE_TIMEOUT }, (t) =>
+  phoneRestartCase(t, { store: "sqlite", signal: "SIGKILL" })
+);
+
+test("restart: phone call, PostgreSQL, graceful stop (SIGTERM): no BYE, taken over, the tones come back both ways", { timeout: CASE_TIMEOUT }, (t) =>
+  phoneRestartCase(t, { store: "postgres", signal: "SIGTERM" })
+);
+
+test("restart: phone call, SQLite (data dir), kill -9, its RTP port taken: the new process sends the phone a BYE", { timeout: CASE_TIMEOUT }, (t) =>
+  phoneRestartCase(t, { store: "sqlite", signal: "SIGKILL", occupyRtp: true })
 );

@@ -1,0 +1,237 @@
+//! Phone calls that outlive their process (issue 19): what the SIP bridge stores of each
+//! established call over UDP ([`PhoneRecord`]: the dialog, the RTP port, the negotiated codec,
+//! the published stream), the one task that writes those records in order, and the parsing of
+//! what a previous process stored. The bridge (`runtime::sip`) takes the calls over at start.
+#![allow(clippy::disallowed_methods)] // the runtime owns the tasks
+
+use std::net::SocketAddr;
+
+use patchbay_sip::endpoint::DialogState;
+use patchbay_sip::g711::G711Law;
+use patchbay_sip::phone::PhoneConfig;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::control::DeviceControl;
+use crate::domain::{AccountId, ParticipantId, StreamId};
+
+/// What a process needs to take an established phone call over: stored as JSON by the bridge
+/// when the call is established and after each re-INVITE, forgotten when it ends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PhoneRecord {
+    /// The participant's account.
+    pub account: String,
+    /// The call's device id in webhooks and the live state (`sip-N`).
+    pub name: String,
+    /// The stream the phone publishes (kept, so subscribers see the same stream).
+    pub stream: String,
+    /// The SIP dialog.
+    pub dialog: StoredDialog,
+    /// The local RTP port the phone sends to.
+    pub rtp_port: u16,
+    /// Where RTP goes to the phone (`None`: on hold).
+    pub remote: Option<SocketAddr>,
+    /// Whether the phone is meant to send (else its silence is not a dead leg).
+    pub phone_sends: bool,
+    /// `PCMU` or `PCMA`.
+    pub codec: String,
+    /// The codec's payload type.
+    pub payload_type: u8,
+    /// The telephone-event payload type, if negotiated.
+    pub dtmf_pt: Option<u8>,
+    /// Packetisation interval, milliseconds.
+    pub ptime_ms: u32,
+}
+
+/// [`DialogState`] as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredDialog {
+    call_id: String,
+    local_tag: String,
+    remote_tag: String,
+    local_party: String,
+    remote_party: String,
+    remote_target: String,
+    route_set: Vec<String>,
+    local_cseq: u32,
+    remote_cseq: u32,
+    peer: SocketAddr,
+    local_sdp: Option<String>,
+    session_expires: Option<u32>,
+}
+
+impl From<DialogState> for StoredDialog {
+    fn from(d: DialogState) -> Self {
+        StoredDialog {
+            call_id: d.call_id,
+            local_tag: d.local_tag,
+            remote_tag: d.remote_tag,
+            local_party: d.local_party,
+            remote_party: d.remote_party,
+            remote_target: d.remote_target,
+            route_set: d.route_set,
+            local_cseq: d.local_cseq,
+            remote_cseq: d.remote_cseq,
+            peer: d.peer,
+            local_sdp: d.local_sdp,
+            session_expires: d.session_expires,
+        }
+    }
+}
+
+impl From<StoredDialog> for DialogState {
+    fn from(d: StoredDialog) -> Self {
+        DialogState {
+            call_id: d.call_id,
+            local_tag: d.local_tag,
+            remote_tag: d.remote_tag,
+            local_party: d.local_party,
+            remote_party: d.remote_party,
+            remote_target: d.remote_target,
+            route_set: d.route_set,
+            local_cseq: d.local_cseq,
+            remote_cseq: d.remote_cseq,
+            peer: d.peer,
+            local_sdp: d.local_sdp,
+            session_expires: d.session_expires,
+        }
+    }
+}
+
+/// A stored call, parsed: what the bridge needs to take it over.
+#[derive(Debug, Clone)]
+pub struct StoredCall {
+    /// Its participant.
+    pub participant: ParticipantId,
+    /// Its account.
+    pub account: AccountId,
+    /// The record.
+    pub record: PhoneRecord,
+    /// The stream it publishes.
+    pub stream: StreamId,
+    /// Its codec settings (with a fresh SSRC).
+    pub phone: PhoneConfig,
+}
+
+impl PhoneRecord {
+    /// The codec's name as stored.
+    pub fn law_name(law: G711Law) -> &'static str {
+        match law {
+            G711Law::MuLaw => "PCMU",
+            G711Law::ALaw => "PCMA",
+        }
+    }
+
+    /// Parses a stored record of `participant`; the reason when it is unusable.
+    pub fn parse(participant: ParticipantId, json: &str) -> Result<StoredCall, String> {
+        let record: PhoneRecord =
+            serde_json::from_str(json).map_err(|e| format!("not a phone call record: {e}"))?;
+        let account = AccountId::parse(&record.account).map_err(|e| e.to_string())?;
+        let stream = StreamId::parse(&record.stream).map_err(|e| e.to_string())?;
+        let codec = match record.codec.as_str() {
+            "PCMU" => G711Law::MuLaw,
+            "PCMA" => G711Law::ALaw,
+            other => return Err(format!("unknown codec {other:?}")),
+        };
+        let phone = PhoneConfig {
+            codec,
+            payload_type: record.payload_type,
+            dtmf_pt: record.dtmf_pt,
+            ptime_ms: record.ptime_ms,
+            ssrc: rand::random(),
+        };
+        Ok(StoredCall {
+            participant,
+            account,
+            record,
+            stream,
+            phone,
+        })
+    }
+}
+
+/// A change to the stored calls, written in order by [`spawn_writer`].
+pub enum RecordChange {
+    /// Keep (or replace) `participant`'s record.
+    Save(ParticipantId, Box<PhoneRecord>),
+    /// Forget `participant`'s call `name` (it ended).
+    Forget(ParticipantId, String),
+}
+
+/// One task writes every change, in the order the bridge made them (a call's end is never
+/// overtaken by its last save). A failure is logged: the call goes on, and is only not
+/// resumable (or, for a lost forget, the next process finds a dead call and ends it).
+pub fn spawn_writer(devices: DeviceControl) -> mpsc::UnboundedSender<RecordChange> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<RecordChange>();
+    tokio::spawn(async move {
+        while let Some(change) = rx.recv().await {
+            let done = match &change {
+                RecordChange::Save(participant, record) => match serde_json::to_string(record) {
+                    Ok(json) => {
+                        devices
+                            .save_phone_call(*participant, &record.name, &json)
+                            .await
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot serialize a phone call record");
+                        Ok(())
+                    }
+                },
+                RecordChange::Forget(participant, name) => {
+                    devices.forget_phone_call(*participant, name).await
+                }
+            };
+            if let Err(e) = done {
+                tracing::warn!(error = %e, "cannot store a phone call's record");
+            }
+        }
+    });
+    tx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_round_trips_and_garbage_is_refused() {
+        let record = PhoneRecord {
+            account: "acct".into(),
+            name: "sip-3".into(),
+            stream: "phone-1".into(),
+            dialog: StoredDialog::from(DialogState {
+                call_id: "c@phone".into(),
+                local_tag: "t1".into(),
+                remote_tag: "t2".into(),
+                local_party: "<sip:a@b>".into(),
+                remote_party: "<sip:c@d>;tag=t2".into(),
+                remote_target: "sip:c@198.51.100.7".into(),
+                route_set: vec![],
+                local_cseq: 0,
+                remote_cseq: 1,
+                peer: "198.51.100.7:5060".parse().unwrap(),
+                local_sdp: None,
+                session_expires: Some(1800),
+            }),
+            rtp_port: 40000,
+            remote: Some("198.51.100.7:40002".parse().unwrap()),
+            phone_sends: true,
+            codec: "PCMA".into(),
+            payload_type: 8,
+            dtmf_pt: Some(101),
+            ptime_ms: 20,
+        };
+        let json = serde_json::to_string(&record).unwrap();
+        let participant = ParticipantId::random();
+        let parsed = PhoneRecord::parse(participant, &json).expect("parses");
+        assert_eq!(parsed.record, record);
+        assert_eq!(parsed.phone.codec, G711Law::ALaw);
+        assert!(PhoneRecord::parse(participant, "{").is_err());
+        let bad = json.replace("PCMA", "GSM");
+        assert!(PhoneRecord::parse(participant, &bad)
+            .unwrap_err()
+            .contains("codec"));
+    }
+}
