@@ -95,6 +95,11 @@ use crate::uui;
 /// peer's requests come from; the driver stores it, and [`Endpoint::restore`] makes a call of
 /// it again. UDP only: a TCP connection ends with its process.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "camelCase")
+)]
 pub struct DialogState {
     /// The SIP Call-ID.
     pub call_id: String,

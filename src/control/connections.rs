@@ -327,35 +327,6 @@ impl DeviceControl {
         });
     }
 
-    /// Keeps what the SIP bridge needs to take `participant`'s call `call` over in another
-    /// process (its own JSON).
-    pub async fn save_phone_call(
-        &self,
-        participant: ParticipantId,
-        call: &str,
-        record: &str,
-    ) -> Result<(), ControlError> {
-        self.control
-            .save_phone_call(participant, call, record)
-            .await
-    }
-
-    /// Forgets the stored call `call` of `participant` (it ended).
-    pub async fn forget_phone_call(
-        &self,
-        participant: ParticipantId,
-        call: &str,
-    ) -> Result<(), ControlError> {
-        self.control.forget_phone_call(participant, call).await
-    }
-
-    /// Every stored phone call (participant, call, record), for a starting bridge.
-    pub async fn stored_phone_calls(
-        &self,
-    ) -> Result<Vec<(ParticipantId, String, String)>, ControlError> {
-        self.control.phone_calls().await
-    }
-
     /// The call is answered: announced like a browser's connection.
     pub fn phone_joined(&self, participant: ParticipantId, call: String) {
         self.control.device_event(LifecycleEvent::Connected {

@@ -12,7 +12,7 @@ use patchbay_sip::phone::PhoneConfig;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::control::DeviceControl;
+use crate::control::Control;
 use crate::domain::{AccountId, ParticipantId, StreamId};
 
 /// What a process needs to take an established phone call over: stored as JSON by the bridge
@@ -27,7 +27,7 @@ pub struct PhoneRecord {
     /// The stream the phone publishes (kept, so subscribers see the same stream).
     pub stream: String,
     /// The SIP dialog.
-    pub dialog: StoredDialog,
+    pub dialog: DialogState,
     /// The local RTP port the phone sends to.
     pub rtp_port: u16,
     /// Where RTP goes to the phone (`None`: on hold).
@@ -42,62 +42,6 @@ pub struct PhoneRecord {
     pub dtmf_pt: Option<u8>,
     /// Packetisation interval, milliseconds.
     pub ptime_ms: u32,
-}
-
-/// [`DialogState`] as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StoredDialog {
-    call_id: String,
-    local_tag: String,
-    remote_tag: String,
-    local_party: String,
-    remote_party: String,
-    remote_target: String,
-    route_set: Vec<String>,
-    local_cseq: u32,
-    remote_cseq: u32,
-    peer: SocketAddr,
-    local_sdp: Option<String>,
-    session_expires: Option<u32>,
-}
-
-impl From<DialogState> for StoredDialog {
-    fn from(d: DialogState) -> Self {
-        StoredDialog {
-            call_id: d.call_id,
-            local_tag: d.local_tag,
-            remote_tag: d.remote_tag,
-            local_party: d.local_party,
-            remote_party: d.remote_party,
-            remote_target: d.remote_target,
-            route_set: d.route_set,
-            local_cseq: d.local_cseq,
-            remote_cseq: d.remote_cseq,
-            peer: d.peer,
-            local_sdp: d.local_sdp,
-            session_expires: d.session_expires,
-        }
-    }
-}
-
-impl From<StoredDialog> for DialogState {
-    fn from(d: StoredDialog) -> Self {
-        DialogState {
-            call_id: d.call_id,
-            local_tag: d.local_tag,
-            remote_tag: d.remote_tag,
-            local_party: d.local_party,
-            remote_party: d.remote_party,
-            remote_target: d.remote_target,
-            route_set: d.route_set,
-            local_cseq: d.local_cseq,
-            remote_cseq: d.remote_cseq,
-            peer: d.peer,
-            local_sdp: d.local_sdp,
-            session_expires: d.session_expires,
-        }
-    }
 }
 
 /// A stored call, parsed: what the bridge needs to take it over.
@@ -163,14 +107,14 @@ pub enum RecordChange {
 /// One task writes every change, in the order the bridge made them (a call's end is never
 /// overtaken by its last save). A failure is logged: the call goes on, and is only not
 /// resumable (or, for a lost forget, the next process finds a dead call and ends it).
-pub fn spawn_writer(devices: DeviceControl) -> mpsc::UnboundedSender<RecordChange> {
+pub fn spawn_writer(control: Control) -> mpsc::UnboundedSender<RecordChange> {
     let (tx, mut rx) = mpsc::unbounded_channel::<RecordChange>();
     tokio::spawn(async move {
         while let Some(change) = rx.recv().await {
             let done = match &change {
                 RecordChange::Save(participant, record) => match serde_json::to_string(record) {
                     Ok(json) => {
-                        devices
+                        control
                             .save_phone_call(*participant, &record.name, &json)
                             .await
                     }
@@ -180,7 +124,7 @@ pub fn spawn_writer(devices: DeviceControl) -> mpsc::UnboundedSender<RecordChang
                     }
                 },
                 RecordChange::Forget(participant, name) => {
-                    devices.forget_phone_call(*participant, name).await
+                    control.forget_phone_call(*participant, name).await
                 }
             };
             if let Err(e) = done {
@@ -201,7 +145,7 @@ mod tests {
             account: "acct".into(),
             name: "sip-3".into(),
             stream: "phone-1".into(),
-            dialog: StoredDialog::from(DialogState {
+            dialog: DialogState {
                 call_id: "c@phone".into(),
                 local_tag: "t1".into(),
                 remote_tag: "t2".into(),
@@ -214,7 +158,7 @@ mod tests {
                 peer: "198.51.100.7:5060".parse().unwrap(),
                 local_sdp: None,
                 session_expires: Some(1800),
-            }),
+            },
             rtp_port: 40000,
             remote: Some("198.51.100.7:40002".parse().unwrap()),
             phone_sends: true,

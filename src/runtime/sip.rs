@@ -136,7 +136,7 @@ pub async fn spawn(
         tcp: HashMap::new(),
         ends: HashMap::new(),
         next_port: 0,
-        records: phone_records::spawn_writer(devices.clone()),
+        records: phone_records::spawn_writer(devices.control().clone()),
     };
     let (stopped_tx, stopped) = watch::channel(false);
     let control_events = devices.control().watch();
@@ -625,7 +625,7 @@ impl Bridge {
             account: c.account.as_str().to_owned(),
             name: c.name.clone(),
             stream: c.stream.as_str().to_owned(),
-            dialog: dialog.into(),
+            dialog,
             rtp_port: c.rtp_port,
             remote: c.remote,
             phone_sends: c.phone_sends,
@@ -657,7 +657,7 @@ impl Bridge {
     /// again and its dialog goes on, with no new INVITE; a call that cannot (its port is
     /// taken, its participant is gone, its record unreadable) gets a BYE instead of silence.
     async fn resume_stored(&mut self) {
-        let stored = match self.devices.stored_phone_calls().await {
+        let stored = match self.devices.control().phone_calls().await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the stored phone calls: none is taken over");
@@ -687,7 +687,7 @@ impl Bridge {
         let name = record.name.clone();
         // This process accounts for the call from here on, whatever becomes of it.
         self.devices.control().resumes_foreign(participant, &name);
-        let call = self.endpoint.restore(record.dialog.clone().into(), now);
+        let call = self.endpoint.restore(record.dialog.clone(), now);
         let taken = match UdpSocket::bind((IpAddr::from([0, 0, 0, 0]), record.rtp_port)).await {
             Err(e) => Err(format!("its RTP port {} is taken: {e}", record.rtp_port)),
             Ok(rtp) => match PhoneMedia::new(config) {
