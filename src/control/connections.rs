@@ -9,11 +9,12 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use super::port::{
-    Connection, DeviceNotice, DeviceRequest, LocalDownlink, LocalRequest, MediaPort,
+    Connection, DeviceNotice, DeviceRequest, LocalConnection, LocalRequest, MediaPort,
 };
 use super::{CallEndReason, Control, ControlError, DeviceTokenError, LifecycleEvent, Resource};
 use crate::domain::{AccountId, ParticipantId, SessionId, StreamAlias, StreamId};
-use crate::media::{DeclaredStreams, DeviceId, MediaError, PublishAnswer};
+use crate::domain::{DeclaredStreams, PublishAnswer};
+use crate::media::{DeviceId, MediaError};
 use crate::token::TokenError;
 
 /// Control's device verbs, bound to the media plane. Cheap to clone.
@@ -66,9 +67,7 @@ pub struct ResumedPhone {
     /// Its participant's session now (`None`: in none).
     pub session: Option<SessionId>,
     /// Its device in the media plane.
-    pub device: DeviceId,
-    /// What it receives.
-    pub downlink: mpsc::UnboundedReceiver<LocalDownlink>,
+    pub connection: LocalConnection,
 }
 
 /// Why a phone call is refused (the SIP runtime renders each as a status and a `Reason`).
@@ -243,7 +242,7 @@ impl DeviceControl {
         phone: &AdmittedPhone,
         stream: StreamId,
         alias: Option<StreamAlias>,
-    ) -> Result<(DeviceId, mpsc::UnboundedReceiver<LocalDownlink>), MediaError> {
+    ) -> Result<LocalConnection, MediaError> {
         self.media
             .connect_local(LocalRequest {
                 account: phone.account.clone(),
@@ -277,7 +276,7 @@ impl DeviceControl {
         if self.media.is_connected(participant) {
             return Err(PhoneRefusal::AlreadyConnected);
         }
-        let (device, downlink) = self
+        let connection = self
             .media
             .connect_local(LocalRequest {
                 account: account.clone(),
@@ -290,8 +289,7 @@ impl DeviceControl {
             .map_err(|_| PhoneRefusal::Unavailable)?;
         Ok(ResumedPhone {
             session: found.session,
-            device,
-            downlink,
+            connection,
         })
     }
 
@@ -336,11 +334,6 @@ impl DeviceControl {
         });
         self.control
             .device_event(LifecycleEvent::CallAnswered { participant, call });
-    }
-
-    /// An Opus frame of the phone's audio (RTP time at 48 kHz).
-    pub fn phone_audio(&self, device: DeviceId, rtp_time: u64, data: Vec<u8>) {
-        self.media.write_local(device, rtp_time, data);
     }
 
     /// The phone pressed a key, for `duration_ms`.

@@ -9,8 +9,9 @@ use tokio::sync::mpsc;
 use crate::domain::{
     AccountId, ParticipantId, PublishPermissions, SessionId, StreamAlias, StreamId, SubscribeLayout,
 };
-use crate::media::{DeclaredStreams, DeviceId, MediaError, PublishAnswer};
-pub use crate::media::{DeviceNotice, LocalDownlink};
+use crate::domain::{DeclaredStreams, PublishAnswer};
+use crate::media::DeviceId;
+pub use crate::media::{DeviceNotice, LocalDownlink, MediaError};
 
 /// One signalling connection of a device (a device may be resumed by a later connection).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -49,6 +50,31 @@ pub struct LocalRequest {
     pub alias: Option<StreamAlias>,
 }
 
+/// Where a local device's frames go: straight to the media shard that holds the device (one
+/// that moved on is followed from there), so a frame takes no lock on its way.
+pub trait LocalUplink: Send + Sync + 'static {
+    /// An Opus frame of the device's stream (RTP time at 48 kHz).
+    fn write(&self, rtp_time: u64, data: Vec<u8>);
+}
+
+/// A local device connected to the media plane.
+pub struct LocalConnection {
+    /// Its id.
+    pub device: DeviceId,
+    /// Where its frames go.
+    pub uplink: Box<dyn LocalUplink>,
+    /// What it receives.
+    pub downlink: mpsc::UnboundedReceiver<LocalDownlink>,
+}
+
+impl std::fmt::Debug for LocalConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalConnection")
+            .field("device", &self.device)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The media plane as control sees it.
 #[async_trait]
 pub trait MediaPort: Send + Sync + 'static {
@@ -75,14 +101,8 @@ pub trait MediaPort: Send + Sync + 'static {
     /// The device's answer to its pending subscribe offer (`answerSdp`).
     async fn subscribe_answer(&self, device: DeviceId, sdp: String) -> Result<(), MediaError>;
 
-    /// Connects a local device; what it receives arrives on the returned channel.
-    async fn connect_local(
-        &self,
-        request: LocalRequest,
-    ) -> Result<(DeviceId, mpsc::UnboundedReceiver<LocalDownlink>), MediaError>;
-
-    /// An Opus frame of a local device's stream (RTP time at 48 kHz).
-    fn write_local(&self, device: DeviceId, rtp_time: u64, data: Vec<u8>);
+    /// Connects a local device: its id, where its frames go, and what it receives.
+    async fn connect_local(&self, request: LocalRequest) -> Result<LocalConnection, MediaError>;
 
     /// The local device's call ended: its stream is unpublished.
     fn remove_local(&self, device: DeviceId);

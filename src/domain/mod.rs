@@ -9,11 +9,13 @@
 
 mod ids;
 mod layout;
+mod negotiation;
 mod participant;
 mod subscription;
 
 pub use ids::{AccountId, ParticipantId, SessionId, StreamId};
 pub use layout::{LayoutLine, LineContent, PublishCredentials, SubscribeLayout};
+pub use negotiation::{DeclaredStreams, PublishAnswer, StreamMetadata, SubscribeOffer};
 pub use participant::{
     CallbackUrl, DeviceApiVersion, MediaKind, MediaKinds, Participant, PublishPermissions, Session,
     Tag,

@@ -29,7 +29,8 @@ use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::control::port::{
-    Connection, DeviceNotice, DeviceRequest, LocalDownlink, LocalRequest, MediaPort,
+    Connection, DeviceNotice, DeviceRequest, LocalConnection, LocalDownlink, LocalRequest,
+    LocalUplink, MediaPort,
 };
 use crate::control::{Control, ControlError, ControlEvent, Resource};
 use crate::domain::{
@@ -252,10 +253,7 @@ impl MediaPort for MediaHandle {
         self.shared.placement().is_connected(participant)
     }
 
-    async fn connect_local(
-        &self,
-        request: LocalRequest,
-    ) -> Result<(DeviceId, mpsc::UnboundedReceiver<LocalDownlink>), MediaError> {
+    async fn connect_local(&self, request: LocalRequest) -> Result<LocalConnection, MediaError> {
         let connection = self.next_connection.fetch_add(1, Ordering::Relaxed);
         let shard = self.shared.shard_for(request.participant, request.session);
         let (downlink, frames) = mpsc::unbounded_channel();
@@ -271,19 +269,20 @@ impl MediaPort for MediaHandle {
                 reply,
             })
             .await?;
-        Ok((device, frames))
-    }
-
-    fn write_local(&self, device: DeviceId, rtp_time: u64, data: Vec<u8>) {
-        let shard = self.shared.shard_of_device(device);
-        let _ = self.shared.send(
-            shard,
-            Inbox::Command(Command::WriteLocal {
-                device,
-                rtp_time,
-                data,
-            }),
-        );
+        // The shard that took it (the command may have followed the participant's device
+        // elsewhere): looked up once here, never per frame.
+        let placed = self.shared.shard_of_device(device);
+        let inbox = self
+            .shared
+            .inboxes
+            .get(placed)
+            .cloned()
+            .ok_or_else(|| MediaError::Internal("no such media shard".into()))?;
+        Ok(LocalConnection {
+            device,
+            uplink: Box::new(ShardUplink { device, inbox }),
+            downlink: frames,
+        })
     }
 
     fn remove_local(&self, device: DeviceId) {
@@ -291,6 +290,23 @@ impl MediaPort for MediaHandle {
         let _ = self
             .shared
             .send(shard, Inbox::Command(Command::RemoveLocal { device }));
+    }
+}
+
+/// A local device's frames into the inbox of the shard that took it; a shard the device
+/// has moved away from sends the command on (`Shard::locate`).
+struct ShardUplink {
+    device: DeviceId,
+    inbox: mpsc::UnboundedSender<Inbox>,
+}
+
+impl LocalUplink for ShardUplink {
+    fn write(&self, rtp_time: u64, data: Vec<u8>) {
+        let _ = self.inbox.send(Inbox::Command(Command::WriteLocal {
+            device: self.device,
+            rtp_time,
+            data,
+        }));
     }
 }
 

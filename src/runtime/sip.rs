@@ -36,7 +36,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{broadcast, mpsc, watch};
 
-use crate::control::port::LocalDownlink;
+use crate::control::port::{LocalConnection, LocalDownlink, LocalUplink};
 use crate::control::{AdmittedPhone, ControlEvent, DeviceControl, PhoneRefusal, RoutingUpdate};
 use crate::domain::{AccountId, ParticipantId, SessionId, StreamAlias, StreamId};
 use crate::media::DeviceId;
@@ -209,8 +209,7 @@ struct Admitted {
     account: AccountId,
     participant: ParticipantId,
     session: SessionId,
-    device: DeviceId,
-    downlink: mpsc::UnboundedReceiver<LocalDownlink>,
+    connection: LocalConnection,
     rtp: Arc<UdpSocket>,
     negotiated: Negotiated,
     stream: StreamId,
@@ -386,12 +385,16 @@ impl Bridge {
             account,
             participant,
             session,
-            device,
-            downlink,
+            connection,
             rtp,
             negotiated,
             stream,
         } = admitted;
+        let LocalConnection {
+            device,
+            uplink,
+            downlink,
+        } = connection;
         let ssrc = rand::random::<u32>();
         let config = PhoneConfig::from_negotiated(&negotiated, ssrc);
         let phone = match PhoneMedia::new(config) {
@@ -416,7 +419,7 @@ impl Bridge {
         let audio = CallMedia {
             call,
             participant,
-            device,
+            uplink,
             phone,
             rtp,
             watch: MediaWatch::new(
@@ -725,10 +728,15 @@ impl Bridge {
         if resumed.session.is_none() {
             let _ = commands.send(CallCommand::HoldTone(self.settings.hold_tone_hz));
         }
+        let LocalConnection {
+            device,
+            uplink,
+            downlink,
+        } = resumed.connection;
         let audio = CallMedia {
             call,
             participant,
-            device: resumed.device,
+            uplink,
             phone,
             rtp: Arc::new(rtp),
             watch: MediaWatch::new(self.settings.rtp_timeout, record.phone_sends, now),
@@ -739,7 +747,7 @@ impl Bridge {
             bridge: self.tx.clone(),
             underruns: UnderrunMeter::new(Instant::now()),
         };
-        let task = tokio::spawn(audio.run(resumed.downlink, commands_rx));
+        let task = tokio::spawn(audio.run(downlink, commands_rx));
         tracing::info!(call = %call, %participant, name = %name, "phone call taken over from the previous process");
         self.devices.phone_resumed(participant, name.clone());
         self.calls.insert(
@@ -748,7 +756,7 @@ impl Bridge {
                 participant,
                 account,
                 session: resumed.session,
-                device: resumed.device,
+                device,
                 rtp_port: record.rtp_port,
                 media: commands,
                 task,
@@ -781,7 +789,8 @@ impl Bridge {
 struct CallMedia {
     call: CallId,
     participant: ParticipantId,
-    device: DeviceId,
+    /// Where the phone's frames go, straight to its media shard.
+    uplink: Box<dyn LocalUplink>,
     phone: PhoneMedia,
     rtp: Arc<UdpSocket>,
     /// Whether the leg is alive (RTP or RTCP from the phone).
@@ -899,8 +908,7 @@ impl CallMedia {
             tracing::trace!(call = %self.call, error = %e, "unusable RTP from the phone");
         }
         while let Some(frame) = self.phone.poll_uplink(now) {
-            self.devices
-                .phone_audio(self.device, u64::from(frame.rtp_time_48k), frame.opus);
+            self.uplink.write(u64::from(frame.rtp_time_48k), frame.opus);
         }
         while let Some(d) = self.phone.poll_digit() {
             self.devices
@@ -1023,7 +1031,7 @@ async fn admit_inner(
         .map_err(|e| Refusal::new(e.sip_status(), e.to_string()))?;
     let stream = StreamId::parse(&format!("phone-{}", uuid::Uuid::new_v4().simple()))
         .map_err(|e| Refusal::new(500, e.to_string()))?;
-    let (device, downlink) = devices
+    let connection = devices
         .connect_phone(&phone, stream.clone(), settings.stream_alias.clone())
         .await
         .map_err(|e| Refusal::new(503, e.to_string()))?;
@@ -1036,8 +1044,7 @@ async fn admit_inner(
         account,
         participant,
         session,
-        device,
-        downlink,
+        connection,
         rtp: Arc::new(rtp),
         negotiated,
         stream,

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::rpc::RpcError;
+use crate::domain::{self, DeclaredStreams};
 use crate::domain::{MediaKind, StreamAlias};
-use crate::media::{self, DeclaredStreams};
 
 /// The metadata a device sends with `offerSdp` (`PublishMetadata`).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -168,7 +168,7 @@ pub struct SubscribeOffer {
 }
 
 fn render_streams(
-    streams: &BTreeMap<String, media::StreamMetadata>,
+    streams: &BTreeMap<String, domain::StreamMetadata>,
 ) -> BTreeMap<String, StreamMetadata> {
     streams
         .iter()
@@ -184,8 +184,8 @@ fn render_streams(
         .collect()
 }
 
-impl From<&media::PublishAnswer> for PublishAnswer {
-    fn from(a: &media::PublishAnswer) -> Self {
+impl From<&domain::PublishAnswer> for PublishAnswer {
+    fn from(a: &domain::PublishAnswer) -> Self {
         PublishAnswer {
             sdp_answer: a.sdp_answer.clone(),
             endpoint_id: a.endpoint_id.clone(),
@@ -194,8 +194,8 @@ impl From<&media::PublishAnswer> for PublishAnswer {
     }
 }
 
-impl From<&media::SubscribeOffer> for SubscribeOffer {
-    fn from(o: &media::SubscribeOffer) -> Self {
+impl From<&domain::SubscribeOffer> for SubscribeOffer {
+    fn from(o: &domain::SubscribeOffer) -> Self {
         SubscribeOffer {
             sdp_offer: o.sdp_offer.clone(),
             sdp_revision: o.sdp_revision,
@@ -214,13 +214,13 @@ mod tests {
     #[test]
     fn offers_render_bandwidths_field_names() {
         let participant = ParticipantId::random();
-        let offer = media::SubscribeOffer {
+        let offer = domain::SubscribeOffer {
             sdp_offer: "v=0".into(),
             sdp_revision: 3,
             endpoint_id: "e".into(),
             stream_metadata: BTreeMap::from([(
                 "ms".to_owned(),
-                media::StreamMetadata {
+                domain::StreamMetadata {
                     endpoint_id: "e:ms".into(),
                     kinds: MediaKinds::ALL,
                     alias: None,

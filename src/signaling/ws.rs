@@ -30,8 +30,9 @@ use tokio::sync::mpsc;
 use super::rpc::{self, RpcError, RpcRequest};
 use super::wire::{self, PublishMetadata};
 use crate::control::port::DeviceNotice;
+use crate::control::port::MediaError;
 use crate::control::{ConnectError, ConnectedDevice, DeviceControl, SESSION_EXPIRED};
-use crate::media::{DeclaredStreams, MediaError};
+use crate::domain::DeclaredStreams;
 
 /// Largest accepted frame: `deviceDiagnostics` batches logs with SDPs, several MB at times.
 pub const MAX_FRAME_BYTES: usize = 8 * 1024 * 1024;

@@ -75,12 +75,12 @@ const RULES: &[(&str, &[&str], &str)] = &[
         &["app", "media", "runtime", "signaling", "store"],
         "api calls control only",
     ),
-    // The device adapter calls control; it may use media's vocabulary types (a device's
-    // publish metadata) but not the runtime that drives the engines, nor the store.
+    // The device adapter calls control; the vocabulary of negotiations is the domain's, so it
+    // names neither the media plane nor the runtime that drives it, nor the store.
     (
         "signaling",
-        &["api", "app", "runtime", "store"],
-        "signaling calls control only",
+        &["api", "app", "media", "runtime", "store"],
+        "signaling calls control only (its vocabulary is the domain's)",
     ),
     // The drivers pump the engines and hold no decisions: admission and what a store error
     // means are control's.
