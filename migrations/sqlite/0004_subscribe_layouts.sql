@@ -31,9 +31,10 @@ CREATE TABLE publish_credentials (
 -- tags, parties, remote target, route set and CSeqs, the phone's address, the RTP port and
 -- the negotiated codec), so that the process after this one binds the same RTP port and takes
 -- the call over without a new INVITE, or sends it a BYE when it cannot. One row per
--- participant (one call each); removed when the call ends and with the participant.
+-- participant (one call each); removed when the call ends. Not removed with the participant: a
+-- participant deleted while no process carried its call still gets its BYE from the next.
 CREATE TABLE phone_calls (
-    participant_id TEXT PRIMARY KEY REFERENCES participants(id) ON DELETE CASCADE,
+    participant_id TEXT PRIMARY KEY,
     call           TEXT NOT NULL,
     record         TEXT NOT NULL,
     updated_at     INTEGER NOT NULL

@@ -298,9 +298,11 @@ impl DeviceControl {
     pub fn phone_resumed(&self, participant: ParticipantId, call: String) {
         self.control.device_event(LifecycleEvent::Connected {
             participant,
-            device: call,
+            device: call.clone(),
             resumed: true,
         });
+        self.control
+            .device_event(LifecycleEvent::CallResumed { participant, call });
     }
 
     /// A graceful stop leaves the call up for the next process: its media here ends, and it

@@ -87,6 +87,14 @@ pub enum LifecycleEvent {
         /// The call's device id.
         call: String,
     },
+    /// A phone call another process answered was taken over by this one (no webhook: the
+    /// backend had its `onCallAnswered`); it marks the device as a phone in the live state.
+    CallResumed {
+        /// The phone's participant.
+        participant: ParticipantId,
+        /// The call's device id.
+        call: String,
+    },
     /// A phone call ended.
     CallEnded {
         /// The phone's participant.

@@ -64,7 +64,8 @@ impl Control {
                 participant: *participant,
                 device: device.clone(),
             },
-            LifecycleEvent::CallAnswered { participant, call } => LiveChange::IsPhone {
+            LifecycleEvent::CallAnswered { participant, call }
+            | LifecycleEvent::CallResumed { participant, call } => LiveChange::IsPhone {
                 participant: *participant,
                 device: call.clone(),
             },
@@ -175,21 +176,23 @@ impl Control {
             .filter(|d| dead.contains(d.instance.as_str()))
         {
             let key = (device.participant, device.device.clone());
-            // Accounted for here already: it reconnected, or the SIP bridge took its call
-            // over (or ended it, with its events).
-            let claimed = !self
+            // Claimed in one step: a device still foreign is this reap's from now on (a
+            // reconnect after this point is a new device, announced with `onConnect`); one no
+            // longer foreign reconnected, or the SIP bridge took its call over (or ended it,
+            // with its events). A retried reap finds nothing left to claim.
+            let claimed = self
                 .inner
                 .foreign
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .contains(&key);
+                .remove(&key);
             let back = self
                 .inner
                 .live
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .contains(&key);
-            if claimed || back {
+            if !claimed || back {
                 continue;
             }
             tracing::info!(
@@ -212,15 +215,20 @@ impl Control {
             }
             ended += 1;
         }
-        for instance in dead {
-            self.inner.store.forget_instance(instance).await?;
-        }
         // Those not back by now reconnect as new devices.
         self.inner
             .foreign
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
+        // Best effort: the events are raised, and a row left behind is pruned by the
+        // heartbeat anyway (a next process would find its devices claimed by nobody, though:
+        // at least once).
+        for instance in dead {
+            if let Err(e) = self.inner.store.forget_instance(instance).await {
+                tracing::warn!(error = %e, %instance, "cannot remove a dead process's live rows");
+            }
+        }
         Ok(ended)
     }
 

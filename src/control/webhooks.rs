@@ -63,6 +63,7 @@ fn participant_of(event: &LifecycleEvent) -> ParticipantId {
         | LifecycleEvent::StreamPublished { participant, .. }
         | LifecycleEvent::StreamUnpublished { participant, .. }
         | LifecycleEvent::CallAnswered { participant, .. }
+        | LifecycleEvent::CallResumed { participant, .. }
         | LifecycleEvent::CallEnded { participant, .. }
         | LifecycleEvent::PhoneDtmf { participant, .. } => *participant,
     }

@@ -99,8 +99,11 @@ struct Body<'a> {
 pub fn render(event: &LifecycleEvent, at_ms: i64, tag: Option<&Tag>) -> Vec<Webhook> {
     use serde_json::{json, Map, Value};
     let (participant, kind, device, extra): (_, _, Option<&str>, Map<String, Value>) = match event {
-        // A call resumed after its process died: the backend had its onConnect.
-        LifecycleEvent::Connected { resumed: true, .. } => return Vec::new(),
+        // A call resumed after its process died: the backend had its onConnect (and a phone's
+        // onCallAnswered).
+        LifecycleEvent::Connected { resumed: true, .. } | LifecycleEvent::CallResumed { .. } => {
+            return Vec::new()
+        }
         LifecycleEvent::Connected {
             participant,
             device,

@@ -624,26 +624,25 @@ impl Engine {
                 ufrag: tagged_ufrag(&self.config.ice_prefix),
                 pass: restarted.pass,
             };
-            // The session's and each m-section's `a=ice-ufrag`, and each candidate's `ufrag`
-            // (a browser drops candidates whose ufrag is not the session's).
-            for (old, new) in [
-                (
-                    format!("a=ice-ufrag:{}", restarted.ufrag),
-                    format!("a=ice-ufrag:{}", tagged.ufrag),
-                ),
-                (
-                    format!(" ufrag {}", restarted.ufrag),
-                    format!(" ufrag {}", tagged.ufrag),
-                ),
-            ] {
-                answer = answer.replace(&old, &new);
-            }
             peer.rtc
                 .direct_api()
                 .set_local_ice_credentials(tagged.clone());
+            // str0m's candidates keep its own ufrag (in this and every later answer).
+            peer.candidate_ufrag = Some(restarted.ufrag.clone());
+            answer = answer.replace(
+                &format!("a=ice-ufrag:{}", restarted.ufrag),
+                &format!("a=ice-ufrag:{}", tagged.ufrag),
+            );
             peer.ufrag = tagged.ufrag.clone();
             self.demux.add_ufrag(peer_id, tagged.ufrag.clone());
             issued = Some(tagged);
+        }
+        // A browser drops candidates whose ufrag is not the session's.
+        if let Some(stale) = &peer.candidate_ufrag {
+            answer = answer.replace(
+                &format!(" ufrag {stale}"),
+                &format!(" ufrag {}", peer.ufrag),
+            );
         }
         if let Some(IceCreds { ufrag, pass }) = issued {
             self.events.push_back(EngineEvent::PublishCredentials {

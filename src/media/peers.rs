@@ -80,6 +80,10 @@ pub(super) struct Peer {
     pub(super) subscribe: bool,
     pub(super) rtc: Rtc,
     pub(super) ufrag: String,
+    /// str0m's own ufrag for the connection after an ICE restart the engine answered, which
+    /// its candidates keep (the engine gave the connection a tagged one): rewritten in every
+    /// answer.
+    pub(super) candidate_ufrag: Option<String>,
     /// A subscribe connection's outgoing m-lines: each one's numbering.
     pub(super) outgoing: HashMap<Mid, Rewrite>,
     /// A publish connection's tracks: when a keyframe was last asked of each.
@@ -101,6 +105,7 @@ impl Peer {
             subscribe,
             rtc,
             ufrag,
+            candidate_ufrag: None,
             outgoing: HashMap::new(),
             keyframe_asked: HashMap::new(),
             timeout: now,

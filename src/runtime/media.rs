@@ -386,7 +386,7 @@ pub fn spawn(shards: Vec<ShardSetup>, control: Control) -> std::io::Result<Media
         advertised,
         placement: Mutex::new(Placement::default()),
     });
-    let reports = spawn_reporter(control.clone());
+    let reports = spawn_reporters(control.clone());
     let connections = TcpConnections::default();
     let max_total = descriptor_share(0.25, 16_384);
     let gate = Gate::new(ConnectionLimits {
@@ -444,12 +444,39 @@ enum Report {
     },
 }
 
-/// One task records every shard's reports with control, one after the other.
+/// Where the shards' reports go: two tasks, each recording its reports with control one after
+/// the other. Published streams (each a recompile that routes media) never wait behind the
+/// store writes of resumption state (a layout per subscriber per offer); each kind keeps its
+/// own order, which is the one that matters (a participant's streams; a device's layouts,
+/// then its forgetting).
 ///
 /// Order holds per participant, even across a move: the shard a device leaves queues its
-/// updates here before it queues the device's arrival in the new shard's inbox, and the new
-/// shard queues its own only after taking the device from its inbox, so every update of the
-/// old shard is in this channel before any of the new one.
+/// updates before it queues the device's arrival in the new shard's inbox, and the new shard
+/// queues its own only after taking the device from its inbox, so every update of the old
+/// shard is in its channel before any of the new one.
+#[derive(Clone)]
+struct Reporters {
+    published: mpsc::UnboundedSender<Report>,
+    resumption: mpsc::UnboundedSender<Report>,
+}
+
+impl Reporters {
+    fn send(&self, report: Report) {
+        let to = match report {
+            Report::Published { .. } => &self.published,
+            _ => &self.resumption,
+        };
+        let _ = to.send(report);
+    }
+}
+
+fn spawn_reporters(control: Control) -> Reporters {
+    Reporters {
+        published: spawn_reporter(control.clone()),
+        resumption: spawn_reporter(control),
+    }
+}
+
 fn spawn_reporter(control: Control) -> mpsc::UnboundedSender<Report> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Report>();
     tokio::spawn(async move {
@@ -496,7 +523,7 @@ struct Pump {
     notices: HashMap<u64, mpsc::UnboundedSender<DeviceNotice>>,
     /// Where each local device's frames go.
     downlinks: HashMap<DeviceId, mpsc::UnboundedSender<LocalDownlink>>,
-    reports: mpsc::UnboundedSender<Report>,
+    reports: Reporters,
     noise: NoiseCounter,
     /// The write queues of ICE-TCP connections (any shard's).
     tcp: TcpWriters,
@@ -756,7 +783,7 @@ impl Pump {
                     participant,
                     streams,
                 } => {
-                    let _ = self.reports.send(Report::Published {
+                    self.reports.send(Report::Published {
                         account,
                         participant,
                         streams,
@@ -766,19 +793,19 @@ impl Pump {
                     participant,
                     layout,
                 } => {
-                    let _ = self.reports.send(Report::Layout {
+                    self.reports.send(Report::Layout {
                         participant,
                         layout,
                     });
                 }
                 ShardOutput::PublishCredentials(credentials) => {
-                    let _ = self.reports.send(Report::PublishCredentials(credentials));
+                    self.reports.send(Report::PublishCredentials(credentials));
                 }
                 ShardOutput::LayoutForgotten {
                     participant,
                     unique_id,
                 } => {
-                    let _ = self.reports.send(Report::LayoutForgotten {
+                    self.reports.send(Report::LayoutForgotten {
                         participant,
                         unique_id,
                     });

@@ -98,8 +98,12 @@ impl PhoneRecord {
 
 /// A change to the stored calls, written in order by [`spawn_writer`].
 pub enum RecordChange {
-    /// Keep (or replace) `participant`'s record.
-    Save(ParticipantId, Box<PhoneRecord>),
+    /// Keep (or replace) `participant`'s record; `ack`, if any, learns whether it was written.
+    Save(
+        ParticipantId,
+        Box<PhoneRecord>,
+        Option<tokio::sync::oneshot::Sender<bool>>,
+    ),
     /// Forget `participant`'s call `name` (it ended).
     Forget(ParticipantId, String),
 }
@@ -111,24 +115,30 @@ pub fn spawn_writer(control: Control) -> mpsc::UnboundedSender<RecordChange> {
     let (tx, mut rx) = mpsc::unbounded_channel::<RecordChange>();
     tokio::spawn(async move {
         while let Some(change) = rx.recv().await {
-            let done = match &change {
-                RecordChange::Save(participant, record) => match serde_json::to_string(record) {
-                    Ok(json) => {
-                        control
-                            .save_phone_call(*participant, &record.name, &json)
+            let (done, ack) = match change {
+                RecordChange::Save(participant, record, ack) => {
+                    let done = match serde_json::to_string(&record) {
+                        Ok(json) => control
+                            .save_phone_call(participant, &record.name, &json)
                             .await
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot serialize a phone call record");
-                        Ok(())
-                    }
-                },
-                RecordChange::Forget(participant, name) => {
-                    control.forget_phone_call(*participant, name).await
+                            .map_err(|e| e.to_string()),
+                        Err(e) => Err(format!("cannot serialize a phone call record: {e}")),
+                    };
+                    (done, ack)
                 }
+                RecordChange::Forget(participant, name) => (
+                    control
+                        .forget_phone_call(participant, &name)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    None,
+                ),
             };
-            if let Err(e) = done {
+            if let Err(e) = &done {
                 tracing::warn!(error = %e, "cannot store a phone call's record");
+            }
+            if let Some(ack) = ack {
+                let _ = ack.send(done.is_ok());
             }
         }
     });

@@ -137,6 +137,8 @@ pub async fn spawn(
         ends: HashMap::new(),
         next_port: 0,
         records: phone_records::spawn_writer(devices.control().clone()),
+        name_tag: format!("{:06x}", rand::random::<u32>() & 0x00ff_ffff),
+        left_up: HashMap::new(),
     };
     let (stopped_tx, stopped) = watch::channel(false);
     let control_events = devices.control().watch();
@@ -267,6 +269,11 @@ struct Bridge {
     next_port: u32,
     /// Changes to the stored calls, written in order (`runtime::phone_records`).
     records: mpsc::UnboundedSender<RecordChange>,
+    /// Random per process: call names (`sip-TAG-N`) never repeat across processes, whose
+    /// call numbers all start at 1.
+    name_tag: String,
+    /// Calls a graceful stop left up for the next process (participant, name), until it exits.
+    left_up: HashMap<CallId, (ParticipantId, String)>,
 }
 
 impl Bridge {
@@ -308,12 +315,25 @@ impl Bridge {
                         stopping = Some(now + SHUTDOWN_GRACE);
                         let calls: Vec<CallId> = self.calls.keys().copied().collect();
                         tracing::info!(calls = calls.len(), "SIP bridge stopping: hanging up every call the next process cannot take over");
+                        let mut saving = Vec::new();
                         for call in calls {
-                            let keep = self.settings.keep_calls_on_stop;
-                            if keep && self.calls.get(&call).is_some_and(|c| c.stored) {
-                                self.leave_up(call);
+                            let keep = self.settings.keep_calls_on_stop
+                                && self.calls.get(&call).is_some_and(|c| c.stored);
+                            // A call is left up only once its latest record is written.
+                            let (ack, written) = tokio::sync::oneshot::channel();
+                            if keep && self.store_call(call, Some(ack)) {
+                                saving.push((call, written));
                             } else {
                                 let _ = self.endpoint.hangup(call, now);
+                            }
+                        }
+                        for (call, written) in saving {
+                            match tokio::time::timeout(SHUTDOWN_GRACE, written).await {
+                                Ok(Ok(true)) => self.leave_up(call),
+                                _ => {
+                                    tracing::warn!(call = %call, "cannot store a call for the next process: hanging up");
+                                    let _ = self.endpoint.hangup(call, Instant::now());
+                                }
                             }
                         }
                     }
@@ -436,7 +456,7 @@ impl Bridge {
         };
         let task = tokio::spawn(audio.run(downlink, commands_rx));
         tracing::info!(call = %call, %participant, "phone joined");
-        let name = format!("sip-{call}");
+        let name = format!("sip-{}-{call}", self.name_tag);
         self.devices.phone_joined(participant, name.clone());
         self.calls.insert(
             call,
@@ -545,7 +565,7 @@ impl Bridge {
                 }
                 CallEvent::Established { call, .. } => {
                     tracing::debug!(call = %call, "SIP call established");
-                    self.store_call(call);
+                    self.store_call(call, None);
                 }
                 CallEvent::Reoffer { call, sdp_offer } => {
                     let Some(c) = self.calls.get_mut(&call) else {
@@ -566,7 +586,7 @@ impl Bridge {
                             let stored = c.stored;
                             let _ = self.endpoint.answer_update(call, Ok(&n.answer_sdp), now);
                             if stored {
-                                self.store_call(call);
+                                self.store_call(call, None);
                             }
                         }
                         Err(e) => {
@@ -588,6 +608,15 @@ impl Bridge {
     }
 
     fn end_call(&mut self, call: CallId, end: CallEnd) {
+        if let Some((participant, name)) = self.left_up.remove(&call) {
+            // Ended while the stop finishes (the phone hung up): not the next process's.
+            tracing::info!(call = %call, end = %end, "a call left up ended before the stop");
+            let _ = self
+                .records
+                .send(RecordChange::Forget(participant, name.clone()));
+            self.devices.phone_lost(participant, name);
+            return;
+        }
         let left = matches!(end, CallEnd::RemoteBye);
         self.finish_call(call, end.as_str(), end.to_string(), left);
     }
@@ -615,13 +644,18 @@ impl Bridge {
     }
 
     /// Stores what the next process needs to take `call` over (an established call over
-    /// UDP; a call over TCP ends with its connection, and with this process).
-    fn store_call(&mut self, call: CallId) {
+    /// UDP; a call over TCP ends with its connection, and with this process); `ack` learns
+    /// whether it was written. Whether a record was queued.
+    fn store_call(
+        &mut self,
+        call: CallId,
+        ack: Option<tokio::sync::oneshot::Sender<bool>>,
+    ) -> bool {
         let Some(dialog) = self.endpoint.dialog(call) else {
-            return;
+            return false;
         };
         let Some(c) = self.calls.get_mut(&call) else {
-            return;
+            return false;
         };
         c.stored = true;
         let record = PhoneRecord {
@@ -637,9 +671,9 @@ impl Bridge {
             dtmf_pt: c.phone.dtmf_pt,
             ptime_ms: c.phone.ptime_ms,
         };
-        let _ = self
-            .records
-            .send(RecordChange::Save(c.participant, Box::new(record)));
+        self.records
+            .send(RecordChange::Save(c.participant, Box::new(record), ack))
+            .is_ok()
     }
 
     /// A graceful stop leaves a stored call up, for the next process on the same ports and
@@ -650,6 +684,7 @@ impl Bridge {
         };
         tracing::info!(call = %call, participant = %c.participant, "phone call left up for the next process");
         self.devices.phone_left_up(c.device, c.participant, &c.name);
+        self.left_up.insert(call, (c.participant, c.name.clone()));
         let _ = c
             .media
             .send(CallCommand::End("left up for the next process".into()));

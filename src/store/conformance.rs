@@ -819,7 +819,9 @@ fn layout(unique_id: &str, revision: u64, publisher: ParticipantId) -> Subscribe
 /// A device's subscribe layout: kept per participant, a lower revision of the same SDK
 /// instance never overwrites a higher one, another instance's replaces it, forgotten only for
 /// the instance named, and gone with the participant (or never kept for one that is gone).
-/// Its publish connection's credentials likewise.
+/// Its publish connection's credentials likewise. A phone call's record is replaced by the
+/// participant's next call, forgotten only for the call named, and kept when the participant
+/// is deleted.
 pub async fn subscribe_layouts(store: TestStore) {
     let account = new_account(&store).await;
     let subscriber = new_participant(&store, &account).await;
@@ -941,7 +943,15 @@ pub async fn subscribe_layouts(store: TestStore) {
         .expect("delete");
     assert_eq!(stored().await, None, "gone with the participant");
     assert!(mine().await.is_empty(), "gone with the participant");
-    assert!(calls().await.is_empty(), "gone with the participant");
+    assert_eq!(
+        calls().await.len(),
+        1,
+        "a call outlives its participant's deletion (the next process sends its BYE)"
+    );
+    store
+        .forget_phone_call(subscriber, "sip-3")
+        .await
+        .expect("forget");
     save(first).await;
     store
         .save_publish_credentials(&credentials("sdk-a", "uf4"))
