@@ -714,3 +714,48 @@ fn rewrite_mids(sdp: &str, map: &HashMap<String, String>, strip_mid_extension: b
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mids_are_rewritten_in_mid_lines_and_the_bundle_group_only() {
+        let sdp = "v=0\r\na=group:BUNDLE x y\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n\
+                   a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\na=mid:x\r\n\
+                   m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:y\r\na=msid:x y\r\n";
+        let map: HashMap<String, String> = [("x", "0"), ("y", "1")]
+            .into_iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        let out = rewrite_mids(sdp, &map, true);
+        assert_eq!(section_mids(&out), ["0", "1"]);
+        assert!(out.contains("a=group:BUNDLE 0 1\r\n"));
+        assert!(out.contains("a=msid:x y\r\n"), "only mids are touched");
+        assert!(!out.contains("sdes:mid"));
+        assert_eq!(
+            rewrite_mids(sdp, &map, false).lines().count(),
+            sdp.lines().count()
+        );
+    }
+
+    /// A device's answer goes through the translation before str0m parses it: garbage passes
+    /// through unchanged (str0m refuses it with a clear error), and nothing panics.
+    #[test]
+    fn garbage_passes_through_the_translation() {
+        let map: HashMap<String, String> = [("0".to_string(), "abc".to_string())].into();
+        for garbage in [
+            "",
+            "\r\n\r\n",
+            "a=mid:",
+            "a=group:BUNDLE",
+            "m=\na=mid:0\na=mid:0",
+            "a=mid:0ü\r\na=group:BUNDLE 0 ü 0\r",
+            "\u{0}\u{feff}a=extmap:1 urn:ietf:params:rtp-hdrext:sdes:mid",
+        ] {
+            let out = rewrite_mids(garbage, &map, true);
+            assert!(out.len() <= garbage.len() + 8 * garbage.matches('0').count());
+            let _ = section_mids(&out);
+        }
+    }
+}

@@ -171,6 +171,11 @@ fn a_new_engine_offers_a_resumed_device_the_connection_it_holds() {
         .sdp_api()
         .accept_offer(SdpOffer::from_sdp_string(&offer.sdp_offer).expect("parses"))
         .expect("the device's existing connection takes the resumed offer");
+    // Garbage first: a clear error, and the offer stays pending for the real answer.
+    assert!(matches!(
+        engine.handle_subscribe_answer(device, "v=0\r\na=mid:ü\r\nnonsense", net.now),
+        Err(patchbay::media::MediaError::BadSdp(_))
+    ));
     engine
         .handle_subscribe_answer(device, &answer.to_sdp_string(), net.now)
         .expect("the new engine takes the device's answer");
