@@ -106,7 +106,8 @@ pub use local::SourceKey;
 pub use peers::KEYFRAME_REQUEST_INTERVAL;
 pub use placement::Placement;
 pub use shard::{
-    Delivery, DeviceNotice, LocalDownlink, Shard, ShardMessage, ShardOutput, RECONNECT_GRACE,
+    Delivery, DeviceNotice, LocalDownlink, Resumption, Shard, ShardMessage, ShardOutput,
+    RECONNECT_GRACE,
 };
 pub use subscribing::{OFFER_RETRIES, OFFER_TIMEOUT};
 

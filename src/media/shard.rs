@@ -170,22 +170,8 @@ pub enum ShardOutput {
         /// Its participant.
         participant: ParticipantId,
     },
-    /// The shape of a device's subscribe connection after an offer (for the store).
-    Layout {
-        /// The device's participant.
-        participant: ParticipantId,
-        /// The connection as the offer gives it to the device.
-        layout: SubscribeLayout,
-    },
-    /// A device's publish connection got new ICE credentials (for the store).
-    PublishCredentials(PublishCredentials),
-    /// A device left: its SDK instance's subscribe connection is closed (for the store).
-    LayoutForgotten {
-        /// The device's participant.
-        participant: ParticipantId,
-        /// The SDK instance whose connection is gone.
-        unique_id: String,
-    },
+    /// What a later process needs to resume a device's connections changed (for the store).
+    Resumption(Resumption),
     /// A device was removed here; `last` when its participant has no device here any more.
     Removed {
         /// The device removed.
@@ -194,6 +180,27 @@ pub enum ShardOutput {
         participant: ParticipantId,
         /// No other device of the participant is left on this shard.
         last: bool,
+    },
+}
+
+/// What a later process needs to resume a device's connections (issue 19), for the store.
+#[derive(Debug)]
+pub enum Resumption {
+    /// The shape of a device's subscribe connection after an offer.
+    Layout {
+        /// The device's participant.
+        participant: ParticipantId,
+        /// The connection as the offer gives it to the device.
+        layout: SubscribeLayout,
+    },
+    /// A device's publish connection got new ICE credentials.
+    PublishCredentials(PublishCredentials),
+    /// A device left: its SDK instance's connections are closed, nothing to resume.
+    Forgotten {
+        /// The device's participant.
+        participant: ParticipantId,
+        /// The SDK instance whose connections are gone.
+        unique_id: String,
     },
 }
 
@@ -480,10 +487,10 @@ impl Shard {
         }
         if left {
             // The SDK closes its connections after `leave`: nothing to resume.
-            let forgotten = ShardOutput::LayoutForgotten {
+            let forgotten = ShardOutput::Resumption(Resumption::Forgotten {
                 participant: entry.participant,
                 unique_id: entry.unique_id.clone(),
-            };
+            });
             self.remove_device(device, now);
             self.outputs.push_back(forgotten);
         } else {
@@ -1024,10 +1031,11 @@ impl Shard {
                     if let Some(c) = connection {
                         self.notice(c, DeviceNotice::Offer(offer));
                     }
-                    self.outputs.push_back(ShardOutput::Layout {
-                        participant,
-                        layout,
-                    });
+                    self.outputs
+                        .push_back(ShardOutput::Resumption(Resumption::Layout {
+                            participant,
+                            layout,
+                        }));
                 }
                 EngineEvent::StreamsChanged {
                     participant,
@@ -1071,13 +1079,14 @@ impl Shard {
                 EngineEvent::Unanswered { device } => self.unanswered.push(device),
                 EngineEvent::PublishCredentials { device, ufrag, pwd } => {
                     if let Some(entry) = self.devices.get(&device) {
-                        self.outputs.push_back(ShardOutput::PublishCredentials(
-                            PublishCredentials {
-                                participant: entry.participant,
-                                unique_id: entry.unique_id.clone(),
-                                ufrag,
-                                pwd,
-                            },
+                        let credentials = PublishCredentials {
+                            participant: entry.participant,
+                            unique_id: entry.unique_id.clone(),
+                            ufrag,
+                            pwd,
+                        };
+                        self.outputs.push_back(ShardOutput::Resumption(
+                            Resumption::PublishCredentials(credentials),
                         ));
                     }
                 }

@@ -34,14 +34,13 @@ use crate::control::port::{
 };
 use crate::control::{Control, ControlError, ControlEvent, Resource};
 use crate::domain::{
-    AccountId, ParticipantId, PublishCredentials, PublishPermissions, SessionId, StreamAlias,
-    StreamId, SubscribeLayout,
+    AccountId, ParticipantId, PublishPermissions, SessionId, StreamAlias, StreamId, SubscribeLayout,
 };
 use crate::forwarding::PublishedStream;
 pub use crate::media::RECONNECT_GRACE;
 use crate::media::{
     DeclaredStreams, Delivery, DeviceId, Engine, EngineConfig, MediaError, Placement,
-    PublishAnswer, Shard, ShardMessage, ShardOutput, Transport,
+    PublishAnswer, Resumption, Shard, ShardMessage, ShardOutput, Transport,
 };
 use crate::runtime::listen::{descriptor_share, ConnectionLimits, Gate};
 use crate::runtime::media_tcp::{self, Sent, TcpConnections, TcpFrame, TcpShard, TcpWriters};
@@ -430,18 +429,8 @@ enum Report {
         participant: ParticipantId,
         streams: Vec<PublishedStream>,
     },
-    /// The layout a device's subscribe connection was last offered.
-    Layout {
-        participant: ParticipantId,
-        layout: SubscribeLayout,
-    },
-    /// A device's publish connection's ICE credentials.
-    PublishCredentials(PublishCredentials),
-    /// A device left: its SDK instance's layout is of no further use.
-    LayoutForgotten {
-        participant: ParticipantId,
-        unique_id: String,
-    },
+    /// What a later process needs to resume a device's connections.
+    Resumption(Resumption),
 }
 
 /// Where the shards' reports go: two tasks, each recording its reports with control one after
@@ -487,17 +476,17 @@ fn spawn_reporter(control: Control) -> mpsc::UnboundedSender<Report> {
                     participant,
                     streams,
                 } => control.set_published(&account, participant, streams).await,
-                Report::Layout {
+                Report::Resumption(Resumption::Layout {
                     participant,
                     layout,
-                } => control.save_subscribe_layout(participant, &layout).await,
-                Report::PublishCredentials(credentials) => {
+                }) => control.save_subscribe_layout(participant, &layout).await,
+                Report::Resumption(Resumption::PublishCredentials(credentials)) => {
                     control.save_publish_credentials(&credentials).await
                 }
-                Report::LayoutForgotten {
+                Report::Resumption(Resumption::Forgotten {
                     participant,
                     unique_id,
-                } => {
+                }) => {
                     control
                         .forget_subscribe_layout(participant, &unique_id)
                         .await
@@ -789,26 +778,8 @@ impl Pump {
                         streams,
                     });
                 }
-                ShardOutput::Layout {
-                    participant,
-                    layout,
-                } => {
-                    self.reports.send(Report::Layout {
-                        participant,
-                        layout,
-                    });
-                }
-                ShardOutput::PublishCredentials(credentials) => {
-                    self.reports.send(Report::PublishCredentials(credentials));
-                }
-                ShardOutput::LayoutForgotten {
-                    participant,
-                    unique_id,
-                } => {
-                    self.reports.send(Report::LayoutForgotten {
-                        participant,
-                        unique_id,
-                    });
+                ShardOutput::Resumption(resumption) => {
+                    self.reports.send(Report::Resumption(resumption));
                 }
                 ShardOutput::Message { shard, message } => self.send_message(shard, message),
                 ShardOutput::Placed {

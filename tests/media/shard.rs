@@ -13,8 +13,8 @@ use patchbay::domain::{
 use patchbay::forwarding::{compile, ForwardingTable, Member, PublishedStream, SessionState};
 use patchbay::media::placement::home_of_session;
 use patchbay::media::{
-    Delivery, DeviceId, DeviceNotice, Engine, EngineConfig, Placement, Shard, ShardMessage,
-    ShardOutput, RECONNECT_GRACE,
+    Delivery, DeviceId, DeviceNotice, Engine, EngineConfig, Placement, Resumption, Shard,
+    ShardMessage, ShardOutput, RECONNECT_GRACE,
 };
 use patchbay::media::{OFFER_RETRIES, OFFER_TIMEOUT};
 
@@ -293,17 +293,17 @@ impl Shards {
                     self.notices.entry(connection).or_default().push(notice);
                 }
                 ShardOutput::Local { .. } => {}
-                ShardOutput::Layout {
+                ShardOutput::Resumption(Resumption::Layout {
                     participant,
                     layout,
-                } => {
+                }) => {
                     self.layouts.insert(participant, layout);
                 }
-                ShardOutput::PublishCredentials(_) => {}
-                ShardOutput::LayoutForgotten {
+                ShardOutput::Resumption(Resumption::PublishCredentials(_)) => {}
+                ShardOutput::Resumption(Resumption::Forgotten {
                     participant,
                     unique_id,
-                } => {
+                }) => {
                     if self
                         .layouts
                         .get(&participant)

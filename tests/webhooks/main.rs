@@ -451,23 +451,55 @@ impl Drop for Server {
     }
 }
 
-#[tokio::test]
-async fn pending_events_survive_kill_9_and_are_delivered_after_restart() {
-    let db = sqlite_url();
+/// An account made with `patchbay account create ID --json` on `db`: its API username and
+/// password and its webhook secret.
+struct CliAccount {
+    id: String,
+    user: String,
+    pass: String,
+    secret: String,
+}
+
+fn cli_account(db: &str, id: &str) -> CliAccount {
     let out = Command::new(BIN)
-        .args(["account", "create", "k9", "--json", "--database-url", &db])
+        .args(["account", "create", id, "--json", "--database-url", db])
         .output()
         .expect("account create");
     assert!(out.status.success());
     let creds: Value = serde_json::from_slice(&out.stdout).expect("json");
-    let secret = creds["webhookSecret"]
-        .as_str()
-        .expect("webhookSecret")
-        .to_owned();
-    let (user, pass) = (
-        creds["username"].as_str().unwrap().to_owned(),
-        creds["password"].as_str().unwrap().to_owned(),
-    );
+    let field = |name: &str| creds[name].as_str().expect(name).to_owned();
+    CliAccount {
+        id: id.to_owned(),
+        user: field("username"),
+        pass: field("password"),
+        secret: field("webhookSecret"),
+    }
+}
+
+/// A participant created over REST with `callbackUrl` `hook`: its id and token.
+async fn rest_participant(server: &Server, account: &CliAccount, hook: &str) -> (String, String) {
+    let v: Value = reqwest::Client::new()
+        .post(format!(
+            "http://{}/v1/accounts/{}/participants",
+            server.http, account.id
+        ))
+        .basic_auth(&account.user, Some(&account.pass))
+        .json(&serde_json::json!({"callbackUrl": hook}))
+        .send()
+        .await
+        .expect("create")
+        .json()
+        .await
+        .expect("json");
+    (
+        v["participant"]["id"].as_str().expect("id").to_owned(),
+        v["token"].as_str().expect("token").to_owned(),
+    )
+}
+#[tokio::test]
+async fn pending_events_survive_kill_9_and_are_delivered_after_restart() {
+    let db = sqlite_url();
+    let account = cli_account(&db, "k9");
     // The receiver's address is reserved, then closed: it is down while events are emitted.
     let hook_addr = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -476,23 +508,9 @@ async fn pending_events_survive_kill_9_and_are_delivered_after_restart() {
     let hook = format!("http://{hook_addr}/hook");
 
     let server = Server::start(&db);
-    let http = reqwest::Client::new();
     let mut tokens = Vec::new();
     for _ in 0..3 {
-        let v: Value = http
-            .post(format!(
-                "http://{}/v1/accounts/k9/participants",
-                server.http
-            ))
-            .basic_auth(&user, Some(&pass))
-            .json(&serde_json::json!({"callbackUrl": hook}))
-            .send()
-            .await
-            .expect("create")
-            .json()
-            .await
-            .expect("json");
-        tokens.push(v["token"].as_str().expect("token").to_owned());
+        tokens.push(rest_participant(&server, &account, &hook).await.1);
     }
     let addr: SocketAddr = server.http.parse().unwrap();
     for (i, token) in tokens.iter().enumerate() {
@@ -504,7 +522,7 @@ async fn pending_events_survive_kill_9_and_are_delivered_after_restart() {
     drop(server); // kill -9
 
     let receiver = Arc::new(Receiver::default());
-    *receiver.secret.lock().unwrap() = secret;
+    *receiver.secret.lock().unwrap() = account.secret.clone();
     let (_, _hook) = start_receiver(hook_addr, receiver.clone()).await;
     let _server = Server::start(&db);
     wait_for("six deliveries", || {
@@ -534,41 +552,19 @@ async fn pending_events_survive_kill_9_and_are_delivered_after_restart() {
 #[tokio::test]
 async fn a_dead_process_s_devices_that_do_not_come_back_get_one_on_disconnect() {
     let db = sqlite_url();
-    let out = Command::new(BIN)
-        .args(["account", "create", "k9r", "--json", "--database-url", &db])
-        .output()
-        .expect("account create");
-    assert!(out.status.success());
-    let creds: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let account = cli_account(&db, "k9r");
     let receiver = Arc::new(Receiver::default());
-    *receiver.secret.lock().unwrap() = creds["webhookSecret"].as_str().unwrap().to_owned();
+    *receiver.secret.lock().unwrap() = account.secret.clone();
     let (hook_addr, _hook) = start_receiver("127.0.0.1:0".parse().unwrap(), receiver.clone()).await;
     let hook = format!("http://{hook_addr}/hook");
-    let (user, pass) = (
-        creds["username"].as_str().unwrap().to_owned(),
-        creds["password"].as_str().unwrap().to_owned(),
-    );
 
     let server = Server::start(&db);
-    let http = reqwest::Client::new();
     let mut ids = Vec::new();
     let mut tokens = Vec::new();
     for _ in 0..2 {
-        let v: Value = http
-            .post(format!(
-                "http://{}/v1/accounts/k9r/participants",
-                server.http
-            ))
-            .basic_auth(&user, Some(&pass))
-            .json(&serde_json::json!({"callbackUrl": hook}))
-            .send()
-            .await
-            .expect("create")
-            .json()
-            .await
-            .expect("json");
-        ids.push(v["participant"]["id"].as_str().expect("id").to_owned());
-        tokens.push(v["token"].as_str().expect("token").to_owned());
+        let (id, token) = rest_participant(&server, &account, &hook).await;
+        ids.push(id);
+        tokens.push(token);
     }
     let addr: SocketAddr = server.http.parse().unwrap();
     let comes_back = connect(addr, &tokens[0], "back").await;
