@@ -177,8 +177,13 @@ impl App {
         }
         crate::runtime::webhooks::spawn_heartbeat(control.clone(), http_addr.to_string());
         let media = crate::runtime::media::spawn(shards, control.clone())?;
-        // Signaling and the SIP bridge reach the media plane only through control's verbs.
-        let devices = DeviceControl::new(control.clone(), Arc::new(media.clone()));
+        // Control's one door to the media plane; signaling and the SIP bridge reach it only
+        // through control's verbs.
+        let port: Arc<dyn crate::control::port::MediaPort> = Arc::new(media.clone());
+        if !control.attach_media(port.clone()) {
+            anyhow::bail!("a media plane is attached to control already");
+        }
+        let devices = DeviceControl::new(control.clone(), port);
         let rtp_ip = public_ips.first().copied().unwrap_or_else(|| {
             reach::advertised(&[], config.sip_listen)
                 .first()
@@ -257,6 +262,11 @@ impl App {
     /// The orchestrator of this server.
     pub fn control(&self) -> &Control {
         &self.control
+    }
+
+    /// The media plane, as control's port drives it (for tests of the port).
+    pub fn media(&self) -> &MediaHandle {
+        &self.media
     }
 
     /// The media address of the first shard (an ICE host candidate devices are told).

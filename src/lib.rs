@@ -49,9 +49,10 @@
 //! api ─────────┐
 //! signaling ───┼──▶ control ──▶ store, forwarding, token ──▶ domain
 //! runtime::sip ┘       │  ▲
-//!                      │  └── published streams (one ordered channel), routing events
+//!                      │  └── reports: published streams, resumption state (ordered channels)
 //!                      ▼
 //!              port::MediaPort ◀── implemented by runtime::media ──▶ media::Shard ──▶ media::Engine
+//!              (device commands, routing diffs, deletions, disconnects, stop: one inbox a shard)
 //! ```
 //! Adapters call control only; control never names the runtime or an adapter; `media` names
 //! neither tokio nor control. `tests/layering` fails on an import that breaks this, and clippy's
@@ -81,7 +82,8 @@
 //!   a phone. Datagrams for a device that moved away: `Shard`'s redirect map →
 //!   `ShardOutput::Message` → the other shard's inbox.
 //! - **A subscription change**: `api` handler → `Control::set_subscriptions` → store →
-//!   `Routing::compile` (a diff) → `ControlEvent::Routes` → `Pump::run` →
+//!   `Routing::compile` (a diff) → `MediaPort::apply_routes` → every shard's inbox →
+//!   `Pump::run` →
 //!   `Shard::handle_routes` (hosted sessions only; others just move devices home) →
 //!   `Engine::apply_routes` → `HostedRoutes::apply` → `Engine::renegotiate` (an offer, or a
 //!   phone's new sources) → `Fanout::set_targets` for that subscriber only.

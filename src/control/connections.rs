@@ -17,6 +17,10 @@ use crate::domain::{DeclaredStreams, PublishAnswer};
 use crate::media::{DeviceId, MediaError};
 use crate::token::TokenError;
 
+/// How many times a connect is tried with checked routing counts before the device is placed
+/// where the session last read says (see [`MediaPort::routes_applied`]).
+const PLACE_ATTEMPTS: u32 = 4;
+
 /// Control's device verbs, bound to the media plane. Cheap to clone.
 #[derive(Clone)]
 pub struct DeviceControl {
@@ -59,6 +63,8 @@ pub struct AdmittedPhone {
     pub participant: ParticipantId,
     /// The session it is a member of: the call joins it.
     pub session: SessionId,
+    /// The media plane's routing changes before `session` was read.
+    routes_seen: u64,
 }
 
 /// A phone call taken over from another process, joined to the media plane.
@@ -117,6 +123,8 @@ impl DeviceControl {
         if self.control.is_draining() {
             return Err(ConnectError::Draining);
         }
+        // Before the participant's session is read (see `MediaPort::routes_applied`).
+        let routes_seen = self.media.routes_applied();
         let verified = match self.control.verify_device_token(token).await {
             Ok(v) => v,
             Err(DeviceTokenError::Control(e)) => {
@@ -136,19 +144,31 @@ impl DeviceControl {
                 None
             }
         };
-        let request = DeviceRequest {
+        let mut request = DeviceRequest {
             account: verified.claims.account,
             participant,
             session: verified.participant.session,
             permissions: verified.participant.publish_permissions,
             unique_id: unique_id.clone(),
             layout,
+            routes_seen: Some(routes_seen),
         };
-        let (device, connection) = self
-            .media
-            .connect(request, notices)
-            .await
-            .map_err(|e| ConnectError::Unavailable(e.to_string()))?;
+        let mut attempt = 1;
+        let (device, connection) = loop {
+            match self.media.connect(request.clone(), notices.clone()).await {
+                Ok(placed) => break placed,
+                Err(MediaError::SessionChanged) => {
+                    let (session, seen) = self
+                        .session_again(&request.account, participant, attempt)
+                        .await
+                        .map_err(|e| ConnectError::Unavailable(e.to_string()))?;
+                    request.session = session;
+                    request.routes_seen = seen;
+                    attempt += 1;
+                }
+                Err(e) => return Err(ConnectError::Unavailable(e.to_string())),
+            }
+        };
         let resumed = self.control.resumes_foreign(participant, &unique_id);
         self.control.device_event(LifecycleEvent::Connected {
             participant,
@@ -209,6 +229,7 @@ impl DeviceControl {
         if self.control.is_draining() {
             return Err(PhoneRefusal::Draining);
         }
+        let routes_seen = self.media.routes_applied();
         let verified = match self.control.verify_device_token(token).await {
             Ok(v) => v,
             Err(DeviceTokenError::Token(TokenError::Revoked)) => {
@@ -232,6 +253,7 @@ impl DeviceControl {
             account: verified.claims.account,
             participant,
             session,
+            routes_seen,
         })
     }
 
@@ -243,15 +265,60 @@ impl DeviceControl {
         stream: StreamId,
         alias: Option<StreamAlias>,
     ) -> Result<LocalConnection, MediaError> {
-        self.media
-            .connect_local(LocalRequest {
-                account: phone.account.clone(),
-                participant: phone.participant,
-                session: Some(phone.session),
-                stream,
-                alias,
-            })
-            .await
+        self.place_local(LocalRequest {
+            account: phone.account.clone(),
+            participant: phone.participant,
+            session: Some(phone.session),
+            stream,
+            alias,
+            routes_seen: Some(phone.routes_seen),
+        })
+        .await
+        .map(|(_, connection)| connection)
+    }
+
+    /// Connects a local device; while routing changes keep coming between reading the
+    /// participant's session and placing the device, reads the session again. Returns the
+    /// session it was placed for.
+    async fn place_local(
+        &self,
+        mut request: LocalRequest,
+    ) -> Result<(Option<SessionId>, LocalConnection), MediaError> {
+        let mut attempt = 1;
+        loop {
+            match self.media.connect_local(request.clone()).await {
+                Ok(connection) => return Ok((request.session, connection)),
+                Err(MediaError::SessionChanged) => {
+                    let (session, seen) = self
+                        .session_again(&request.account, request.participant, attempt)
+                        .await
+                        .map_err(|e| MediaError::Internal(e.to_string()))?;
+                    request.session = session;
+                    request.routes_seen = seen;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The participant's session read again after a connect found it changed, and the
+    /// routing count read before it; after [`PLACE_ATTEMPTS`] the count is not checked any
+    /// more (the device is placed where the session last read says; a routing change naming
+    /// its participant moves it).
+    async fn session_again(
+        &self,
+        account: &AccountId,
+        participant: ParticipantId,
+        attempt: u32,
+    ) -> Result<(Option<SessionId>, Option<u64>), ControlError> {
+        let seen = (attempt < PLACE_ATTEMPTS).then(|| self.media.routes_applied());
+        let session = match self.control.participant(account, participant).await {
+            Ok(p) => p.session,
+            Err(ControlError::NotFound(Resource::Participant)) => None,
+            Err(e) => return Err(e),
+        };
+        Ok((session, seen))
     }
 
     /// A phone call another process carried (stored by the SIP bridge) is taken over: its
@@ -265,6 +332,7 @@ impl DeviceControl {
         stream: StreamId,
         alias: Option<StreamAlias>,
     ) -> Result<ResumedPhone, PhoneRefusal> {
+        let routes_seen = self.media.routes_applied();
         let found = match self.control.participant(account, participant).await {
             Ok(p) => p,
             Err(ControlError::NotFound(_)) => return Err(PhoneRefusal::ParticipantNotFound),
@@ -276,19 +344,19 @@ impl DeviceControl {
         if self.media.is_connected(participant) {
             return Err(PhoneRefusal::AlreadyConnected);
         }
-        let connection = self
-            .media
-            .connect_local(LocalRequest {
+        let (session, connection) = self
+            .place_local(LocalRequest {
                 account: account.clone(),
                 participant,
                 session: found.session,
                 stream,
                 alias,
+                routes_seen: Some(routes_seen),
             })
             .await
             .map_err(|_| PhoneRefusal::Unavailable)?;
         Ok(ResumedPhone {
-            session: found.session,
+            session,
             connection,
         })
     }

@@ -1,4 +1,5 @@
-//! The event bus: what control tells the media plane and the device connections, in order.
+//! The event bus: what control did, in order, for observers (tests, logs). The media plane
+//! does not act on it: it is told through the port (`control::port`).
 
 use std::sync::Arc;
 
@@ -16,7 +17,7 @@ pub struct RoutingUpdate {
     pub diff: Arc<TableDiff>,
 }
 
-/// What control tells the media plane and the device connections.
+/// What control did, as observers see it.
 #[derive(Debug, Clone)]
 pub enum ControlEvent {
     /// A session's forwarding table changed.
@@ -124,7 +125,7 @@ pub enum CallEndReason {
     Ended,
 }
 
-/// How many events a slow watcher may lag behind before it misses some (and resynchronizes).
+/// How many events a slow observer may lag behind before it misses some.
 const CAPACITY: usize = 4096;
 
 /// Fan-out of [`ControlEvent`]s to every watcher, in the order they were sent.
@@ -145,12 +146,5 @@ impl EventBus {
     /// Sends to whoever watches; nobody watching (yet) is fine.
     pub(super) fn send(&self, event: ControlEvent) {
         let _ = self.sender.send(event);
-    }
-
-    pub(super) fn routes(&self, session: SessionId, diff: TableDiff) {
-        self.send(ControlEvent::Routes(RoutingUpdate {
-            session,
-            diff: Arc::new(diff),
-        }));
     }
 }

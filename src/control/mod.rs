@@ -4,9 +4,12 @@
 //! forwarding table, publish the difference". Adapters (REST, signaling, the SIP bridge) call
 //! it with domain types and render its results; they never touch the store, and they only see
 //! control's own errors ([`ControlError`]), never the store's. After each change to membership
-//! or subscriptions, Control recompiles the session with the pure [`Routing`] core and sends a
-//! [`RoutingUpdate`] (the table diff) to whoever watches (the media plane), so engines only
-//! ever apply differences.
+//! or subscriptions, Control recompiles the session with the pure [`Routing`] core and hands
+//! the table diff to the media plane through its port ([`port::MediaPort::apply_routes`]), so
+//! engines only ever apply differences. The port is control's one door to the media plane:
+//! diffs, deletions, disconnects and the stop go through it in order with device commands.
+//! [`Control::watch`] is a feed for observers (tests, logs) of what control did; nothing acts
+//! on it.
 //!
 //! Files, by concern:
 //! - `mod.rs`: [`Control`], its constructor, readiness and event subscription.
@@ -22,7 +25,7 @@
 //! - `routes.rs`: published streams, recompiles and tables on request.
 //! - `routing.rs`: [`Routing`], the pure core: published streams and last tables → diffs.
 //! - `serial.rs`: per-session serialization of recompiles (striped locks).
-//! - `events.rs`: [`ControlEvent`]s and the bus that carries them.
+//! - `events.rs`: [`ControlEvent`]s and the bus that carries them to observers.
 //! - `layouts.rs`: what a restarted process resumes calls from, in the store: devices'
 //!   subscribe layouts and publish credentials, phone calls' dialogs.
 //! - `keys.rs`: the device-token keys (current and, after a rotation, previous) and their
@@ -81,6 +84,9 @@ struct Inner {
     /// This process's id in the live-state tables (see `operator.rs`).
     instance: String,
     events: events::EventBus,
+    /// The media plane, once the runtime attached it ([`Control::attach_media`]): before that,
+    /// changes reach the observers only.
+    media: std::sync::OnceLock<Arc<dyn port::MediaPort>>,
     /// Published streams and the last table of each session.
     routing: Mutex<Routing>,
     /// Serializes "read the session, compile, publish" per session.
@@ -112,6 +118,7 @@ impl Control {
                 instance: uuid::Uuid::new_v4().to_string(),
                 store,
                 events: events::EventBus::new(),
+                media: std::sync::OnceLock::new(),
                 routing: Mutex::new(Routing::new()),
                 stripes: serial::Stripes::new(),
                 credentials: auth::CredentialCache::default(),
@@ -147,7 +154,61 @@ impl Control {
     /// 1001 "server shutting down" (the SDK keeps reconnecting; the next process on the same
     /// ports and database resumes the call).
     pub fn stop_devices(&self) {
+        if let Some(media) = self.media() {
+            media.stop();
+        }
         self.inner.events.send(ControlEvent::Shutdown);
+    }
+
+    /// Attaches the media plane: routing changes, deletions, disconnects and the stop go to it
+    /// from now on. Once per control: false (and `media` is not attached) if one was already.
+    #[must_use]
+    pub fn attach_media(&self, media: Arc<dyn port::MediaPort>) -> bool {
+        self.inner.media.set(media).is_ok()
+    }
+
+    fn media(&self) -> Option<&Arc<dyn port::MediaPort>> {
+        self.inner.media.get()
+    }
+
+    /// A session's table changed by `diff`: the media plane applies it, observers see it.
+    fn publish_routes(
+        &self,
+        session: crate::domain::SessionId,
+        diff: crate::forwarding::TableDiff,
+    ) {
+        let diff = Arc::new(diff);
+        if let Some(media) = self.media() {
+            media.apply_routes(session, diff.clone());
+        }
+        self.inner
+            .events
+            .send(ControlEvent::Routes(RoutingUpdate { session, diff }));
+    }
+
+    /// The participant was deleted: its devices are closed.
+    fn participant_deleted(&self, participant: crate::domain::ParticipantId) {
+        if let Some(media) = self.media() {
+            media.participant_deleted(participant);
+        }
+        self.inner
+            .events
+            .send(ControlEvent::ParticipantDeleted(participant));
+    }
+
+    /// `participant`'s devices are closed, told `reason`; the participant stays.
+    fn disconnect_participant(
+        &self,
+        participant: crate::domain::ParticipantId,
+        reason: &'static str,
+    ) {
+        if let Some(media) = self.media() {
+            media.disconnect_participant(participant, reason);
+        }
+        self.inner.events.send(ControlEvent::Disconnect {
+            participant,
+            reason,
+        });
     }
 
     /// How many devices (browsers and phone calls) are connected to this process.
@@ -159,7 +220,8 @@ impl Control {
             .len()
     }
 
-    /// Routing updates and deletions, in the order they were made.
+    /// What control did (routing updates, deletions, lifecycle events), in order, for
+    /// observers: tests and logs. The media plane does not act on it (it has the port).
     pub fn watch(&self) -> broadcast::Receiver<ControlEvent> {
         self.inner.events.watch()
     }

@@ -2,6 +2,13 @@
 //! by the runtime (`runtime::media::MediaHandle`). Control never imports the runtime; the
 //! adapters (signaling, the SIP runtime) reach the media plane only through control's device
 //! verbs ([`super::DeviceControl`]), which use this port.
+//!
+//! It is the one door from control to the media plane: device commands, routing diffs,
+//! deletions, disconnects and the stop all go through it, into each shard's one inbox, so a
+//! shard sees them in the order control made them. What comes back (published streams,
+//! resumption state) comes as reports, through the runtime's reporters.
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;
@@ -10,6 +17,7 @@ use crate::domain::{
     AccountId, ParticipantId, PublishPermissions, SessionId, StreamAlias, StreamId, SubscribeLayout,
 };
 use crate::domain::{DeclaredStreams, PublishAnswer};
+use crate::forwarding::TableDiff;
 use crate::media::DeviceId;
 pub use crate::media::{DeviceNotice, LocalDownlink, MediaError};
 
@@ -33,6 +41,10 @@ pub struct DeviceRequest {
     /// The stored shape of the participant's subscribe connection (possibly offered by
     /// another process): a new device of the same SDK instance resumes it.
     pub layout: Option<SubscribeLayout>,
+    /// [`MediaPort::routes_applied`] before `session` was read: a routing change taken since
+    /// may have moved the participant, and the connect is refused with
+    /// [`MediaError::SessionChanged`] (read the session again). `None`: not checked.
+    pub routes_seen: Option<u64>,
 }
 
 /// A local device (a phone call) asking to be connected: it publishes one audio stream.
@@ -48,6 +60,8 @@ pub struct LocalRequest {
     pub stream: StreamId,
     /// That stream's alias, if any.
     pub alias: Option<StreamAlias>,
+    /// As in [`DeviceRequest::routes_seen`].
+    pub routes_seen: Option<u64>,
 }
 
 /// Where a local device's frames go: straight to the media shard that holds the device (one
@@ -109,4 +123,25 @@ pub trait MediaPort: Send + Sync + 'static {
 
     /// Whether `participant` has a live device (a browser or a phone) anywhere.
     fn is_connected(&self, participant: ParticipantId) -> bool;
+
+    /// How many routing changes the media plane has taken ([`MediaPort::apply_routes`]). A
+    /// connect carries the count it read before the participant's session, and is refused if
+    /// a change came in between: the placement of a device and the routing changes are
+    /// ordered, so a device never lands away from its session's shard unnoticed.
+    fn routes_applied(&self) -> u64;
+
+    /// A session's forwarding table changed by `diff`.
+    fn apply_routes(&self, session: SessionId, diff: Arc<TableDiff>);
+
+    /// The participant was deleted: its devices are removed and their connections closed
+    /// (browsers' WebSockets; phones are hung up).
+    fn participant_deleted(&self, participant: ParticipantId);
+
+    /// `participant`'s devices are removed and their connections closed with `reason`; the
+    /// participant stays.
+    fn disconnect_participant(&self, participant: ParticipantId, reason: &'static str);
+
+    /// The process stops: every device is let go (browsers' WebSockets are closed with 1001
+    /// "server shutting down").
+    fn stop(&self);
 }

@@ -37,8 +37,8 @@ impl Control {
         Ok((members, table))
     }
 
-    /// The last forwarding table published for every session with any route or link: what a
-    /// watcher that missed updates resynchronizes from.
+    /// The last forwarding table published for every session with any route or link (for
+    /// inspection and tests).
     pub fn tables_snapshot(&self) -> HashMap<SessionId, ForwardingTable> {
         self.lock_routing().tables_snapshot()
     }
@@ -53,7 +53,7 @@ impl Control {
         let members = self.inner.store.members(account, session).await?;
         let diff = self.lock_routing().compile(session, &rules_of(&members));
         if let Some(diff) = diff {
-            self.inner.events.routes(session, diff);
+            self.publish_routes(session, diff);
         }
         Ok(())
     }

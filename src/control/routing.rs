@@ -3,8 +3,8 @@
 //! mutex and feeds it members read from the store; the media engine's tests drive it directly.
 //!
 //! Each compile diffs the new table against the last one of the session and keeps the new one,
-//! so watchers only ever receive differences, and a watcher that missed some can resynchronize
-//! from [`Routing::tables_snapshot`].
+//! so the media plane only ever receives differences; [`Routing::tables_snapshot`] gives
+//! every session's last table (inspection, tests).
 
 use std::collections::HashMap;
 

@@ -3,7 +3,7 @@
 
 use std::time::SystemTime;
 
-use super::{Control, ControlError, ControlEvent, Resource};
+use super::{Control, ControlError, Resource};
 use crate::domain::{
     AccountId, CallbackUrl, DeviceApiVersion, Participant, ParticipantId, PublishPermissions,
     Session, SessionId, Subscriptions, Tag,
@@ -70,7 +70,7 @@ impl Control {
     ) -> Result<(), ControlError> {
         let session = self.inner.store.delete_participant(account, id).await?;
         self.lock_routing().forget_participant(id);
-        self.inner.events.send(ControlEvent::ParticipantDeleted(id));
+        self.participant_deleted(id);
         if let Some(session) = session {
             self.recompile(account, session).await?;
         }
@@ -118,7 +118,7 @@ impl Control {
         let _turn = self.inner.stripes.lock(id).await;
         let diff = self.lock_routing().forget(id);
         if let Some(diff) = diff {
-            self.inner.events.routes(id, diff);
+            self.publish_routes(id, diff);
         }
         Ok(())
     }

@@ -261,10 +261,7 @@ impl Control {
             // Its members' devices go with it: browsers are closed (the connection loop reports
             // onLeave: a server action), phones are hung up.
             for member in members {
-                self.inner.events.send(super::ControlEvent::Disconnect {
-                    participant: member.id,
-                    reason: SESSION_EXPIRED,
-                });
+                self.disconnect_participant(member.id, SESSION_EXPIRED);
             }
             tracing::info!(%account, %session, "session expired");
         }

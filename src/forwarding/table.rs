@@ -116,6 +116,15 @@ impl TableDiff {
         self.links.is_empty() && self.routes.is_empty()
     }
 
+    /// Whether the change names `participant`, as subscriber or publisher (every route has
+    /// its link: the links' changes name everyone whose wiring changed).
+    pub fn names(&self, participant: ParticipantId) -> bool {
+        let upserted = self.links.upserted.iter().map(|(k, _)| k);
+        upserted
+            .chain(self.links.removed.iter())
+            .any(|k| k.subscriber == participant || k.publisher == participant)
+    }
+
     /// Replays this diff onto `table`. `old.apply(diff(old, new))` gives `new`.
     pub fn apply(&self, table: &mut ForwardingTable) {
         self.links.apply(&mut table.links);

@@ -203,6 +203,10 @@ pub enum MediaError {
     /// A declared stream alias is not a valid [`StreamAlias`]; the reason.
     #[error("invalid stream alias: {0}")]
     BadAlias(String),
+    /// A routing change reached the media plane after the participant's session was read
+    /// for this connect: read it again and retry (see `control::port::MediaPort`).
+    #[error("the participant's session changed while connecting")]
+    SessionChanged,
     /// A failure of the server, not of the request (answered as an internal error).
     #[error("{0}")]
     Internal(String),
@@ -727,7 +731,7 @@ impl Engine {
     }
 
     /// Replaces every session's table with `tables` (sessions absent from it lose their
-    /// routes): the resynchronization after missed updates. Only differences renegotiate.
+    /// routes), as a node taking over sessions would load them. Only differences renegotiate.
     pub fn set_all_routes(&mut self, tables: &HashMap<SessionId, ForwardingTable>, now: Instant) {
         let mut sessions: Vec<SessionId> = self
             .routes

@@ -31,6 +31,9 @@ pub fn home_of_session(session: SessionId, shards: usize) -> usize {
 pub struct Placement {
     participants: HashMap<ParticipantId, usize>,
     devices: HashMap<DeviceId, usize>,
+    /// How many routing changes were handed to the shards: a connect that read its session
+    /// before the last of them must read it again.
+    routes_applied: u64,
 }
 
 impl Placement {
@@ -93,6 +96,17 @@ impl Placement {
     /// Whether `participant` has a live device anywhere.
     pub fn is_connected(&self, participant: ParticipantId) -> bool {
         self.participants.contains_key(&participant)
+    }
+
+    /// How many routing changes were handed to the shards.
+    pub fn routes_applied(&self) -> u64 {
+        self.routes_applied
+    }
+
+    /// One more routing change is handed to the shards (under the same lock as the
+    /// placements, so every connect is ordered before or after it).
+    pub fn note_routes(&mut self) {
+        self.routes_applied += 1;
     }
 }
 

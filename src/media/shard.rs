@@ -11,7 +11,7 @@
 //! handle_message(ShardMessage, now)             what another shard's poll_output addressed here
 //! handle_connect / handle_connect_local / handle_disconnect / handle_publish_offer /
 //! handle_subscribe_answer / handle_write_local / handle_remove_local       device commands
-//! handle_routes(session, diff, now) / handle_all_routes(tables, now) / handle_participant_deleted
+//! handle_routes(session, diff, now) / handle_participant_deleted / handle_participant_disconnect
 //! handle_timeout(now)                           at (or after) poll_timeout()
 //! poll_output() -> Option<ShardOutput>          drain after every call above, before transmits
 //! poll_transmit() -> Option<Transmit>           send from the socket of `transmit.source`
@@ -63,7 +63,7 @@ use crate::domain::{
     AccountId, ParticipantId, PublishCredentials, PublishPermissions, SessionId, StreamAlias,
     StreamId, SubscribeLayout,
 };
-use crate::forwarding::{ForwardingTable, PublishedStream, TableDiff};
+use crate::forwarding::{PublishedStream, TableDiff};
 use crate::media::placement::home_of_session;
 use crate::media::{
     DeclaredStreams, DeviceId, Engine, EngineEvent, MediaError, MovedDevice, PublishAnswer,
@@ -112,6 +112,14 @@ pub enum LocalDownlink {
     Sources(Vec<SourceKey>),
     /// The device was removed (participant deleted, or replaced by another device).
     Closed(&'static str),
+    /// A session's forwarding table changed; `names_device`: the change names the device's
+    /// participant. Its driver may check whether the participant's session changed.
+    Routes {
+        /// The session.
+        session: SessionId,
+        /// The change names the device's participant.
+        names_device: bool,
+    },
 }
 
 /// What became of a datagram received on the shard's own socket.
@@ -588,6 +596,16 @@ impl Shard {
     /// A session's forwarding table changed: applied here if this shard hosts the session;
     /// otherwise this shard's devices of the participants it names go to the session's home.
     pub fn handle_routes(&mut self, session: SessionId, diff: &TableDiff, now: Instant) {
+        // Local devices' drivers learn of every change before their device may move.
+        for (&device, entry) in self.devices.iter().filter(|(_, d)| d.local) {
+            self.outputs.push_back(ShardOutput::Local {
+                device,
+                downlink: LocalDownlink::Routes {
+                    session,
+                    names_device: diff.names(entry.participant),
+                },
+            });
+        }
         if self.hosts(session) {
             self.engine.apply_routes(session, diff, now);
             self.collect();
@@ -607,37 +625,6 @@ impl Shard {
             .flat_map(|(s, p)| [s, p]);
         let home = home_of_session(session, self.shards);
         self.move_home(named.collect(), home, now);
-    }
-
-    /// Every session's table at once (after missed diffs): the hosted ones replace the
-    /// engine's tables, and devices of members of the others go home.
-    pub fn handle_all_routes(
-        &mut self,
-        tables: &HashMap<SessionId, ForwardingTable>,
-        now: Instant,
-    ) {
-        let hosted: HashMap<SessionId, ForwardingTable> = tables
-            .iter()
-            .filter(|(s, _)| self.hosts(**s))
-            .map(|(s, t)| (*s, t.clone()))
-            .collect();
-        self.engine.set_all_routes(&hosted, now);
-        self.collect();
-        let elsewhere: Vec<(usize, Vec<ParticipantId>)> = tables
-            .iter()
-            .filter(|(s, _)| !self.hosts(**s))
-            .map(|(session, table)| {
-                let members = table
-                    .links
-                    .keys()
-                    .flat_map(|k| [k.subscriber, k.publisher])
-                    .collect();
-                (home_of_session(*session, self.shards), members)
-            })
-            .collect();
-        for (home, members) in elsewhere {
-            self.move_home(members, home, now);
-        }
     }
 
     fn move_home(&mut self, mut participants: Vec<ParticipantId>, home: usize, now: Instant) {

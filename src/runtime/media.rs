@@ -1,6 +1,8 @@
 //! The media driver: one task per shard (one per core by default), each pumping one UDP
 //! socket, the frames of its ICE-TCP connections (`runtime::media_tcp` owns those), its
-//! inbox, control's routing events and a timer into one [`Shard`], and carrying
+//! inbox (device commands, routing diffs, deletions, disconnects and the stop from control's
+//! port, in the order control made them; messages of other shards) and a timer into one
+//! [`Shard`], and carrying
 //! out what the shard asks: datagrams to send, notices to device connections, frames to local
 //! devices, messages to other shards, published streams to control. All decisions (devices,
 //! resume and replacement, the reconnect grace, moves, redirects) are the shard's; see
@@ -26,17 +28,17 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio::net::UdpSocket;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::control::port::{
     Connection, DeviceNotice, DeviceRequest, LocalConnection, LocalDownlink, LocalRequest,
     LocalUplink, MediaPort,
 };
-use crate::control::{Control, ControlError, ControlEvent, Resource};
+use crate::control::{Control, ControlError, Resource};
 use crate::domain::{
     AccountId, ParticipantId, PublishPermissions, SessionId, StreamAlias, StreamId, SubscribeLayout,
 };
-use crate::forwarding::PublishedStream;
+use crate::forwarding::{PublishedStream, TableDiff};
 pub use crate::media::RECONNECT_GRACE;
 use crate::media::{
     DeclaredStreams, Delivery, DeviceId, Engine, EngineConfig, MediaError, Placement,
@@ -138,9 +140,39 @@ impl Shared {
             .map_err(|_| MediaError::Internal("media plane stopped".into()))
     }
 
-    fn shard_for(&self, participant: ParticipantId, session: Option<SessionId>) -> usize {
-        self.placement()
-            .shard_for(participant, session, self.inboxes.len())
+    /// Sends a connect command to the shard a new device of `participant` goes to, and waits
+    /// for the reply. Chosen and sent under the placement lock, which routing changes also
+    /// take to be sent ([`MediaHandle::apply_routes`]): each shard's inbox has the connect
+    /// and every routing change in one order, so a change that moves the participant reaches
+    /// the shard after its device. A change taken after `routes_seen` (the count when the
+    /// session was read) may already have moved the participant: refused, to be retried
+    /// with the session read again.
+    async fn place<T>(
+        &self,
+        participant: ParticipantId,
+        session: Option<SessionId>,
+        routes_seen: Option<u64>,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, MediaError> {
+        let (reply, answer) = oneshot::channel();
+        {
+            let placement = self.placement();
+            if routes_seen.is_some_and(|seen| seen != placement.routes_applied()) {
+                return Err(MediaError::SessionChanged);
+            }
+            let shard = placement.shard_for(participant, session, self.inboxes.len());
+            self.send(shard, Inbox::Command(make(reply)))?;
+        }
+        answer
+            .await
+            .map_err(|_| MediaError::Internal("media plane stopped".into()))
+    }
+
+    /// Sends `message` to every shard, in the order of every other message sent to them.
+    fn send_all(&self, message: impl Fn() -> Inbox) {
+        for inbox in &self.inboxes {
+            let _ = inbox.send(message());
+        }
     }
 
     fn shard_of_device(&self, device: DeviceId) -> usize {
@@ -153,11 +185,23 @@ impl Shared {
     }
 }
 
-/// What a shard's task receives besides its socket and control's events.
+/// What a shard's task receives besides its socket and its TCP frames: everything control and
+/// the other shards tell it, in one order.
 enum Inbox {
     Command(Command),
     /// A message of another shard, with the channels of a device moving in.
     Shard(ShardMessage, Links),
+    /// A session's forwarding table changed.
+    Routes(SessionId, Arc<TableDiff>),
+    /// A participant was deleted: its devices go.
+    ParticipantDeleted(ParticipantId),
+    /// A participant's devices go, told `reason`.
+    Disconnect {
+        participant: ParticipantId,
+        reason: &'static str,
+    },
+    /// The process stops: the shard lets its devices go and its task ends.
+    Stop,
 }
 
 /// Where a moving device's notices and frames go: they travel with it.
@@ -191,19 +235,23 @@ impl MediaPort for MediaHandle {
         notices: mpsc::UnboundedSender<DeviceNotice>,
     ) -> Result<(DeviceId, Connection), MediaError> {
         let connection = self.next_connection.fetch_add(1, Ordering::Relaxed);
-        let shard = self.shared.shard_for(request.participant, request.session);
         let device = self
             .shared
-            .request(shard, |reply| Command::Connect {
-                connection,
-                account: request.account,
-                participant: request.participant,
-                permissions: request.permissions,
-                unique_id: request.unique_id,
-                layout: request.layout,
-                notices,
-                reply,
-            })
+            .place(
+                request.participant,
+                request.session,
+                request.routes_seen,
+                |reply| Command::Connect {
+                    connection,
+                    account: request.account,
+                    participant: request.participant,
+                    permissions: request.permissions,
+                    unique_id: request.unique_id,
+                    layout: request.layout,
+                    notices,
+                    reply,
+                },
+            )
             .await?;
         Ok((device, Connection(connection)))
     }
@@ -254,19 +302,23 @@ impl MediaPort for MediaHandle {
 
     async fn connect_local(&self, request: LocalRequest) -> Result<LocalConnection, MediaError> {
         let connection = self.next_connection.fetch_add(1, Ordering::Relaxed);
-        let shard = self.shared.shard_for(request.participant, request.session);
         let (downlink, frames) = mpsc::unbounded_channel();
         let device = self
             .shared
-            .request(shard, |reply| Command::ConnectLocal {
-                connection,
-                account: request.account,
-                participant: request.participant,
-                stream: request.stream,
-                alias: request.alias,
-                downlink,
-                reply,
-            })
+            .place(
+                request.participant,
+                request.session,
+                request.routes_seen,
+                |reply| Command::ConnectLocal {
+                    connection,
+                    account: request.account,
+                    participant: request.participant,
+                    stream: request.stream,
+                    alias: request.alias,
+                    downlink,
+                    reply,
+                },
+            )
             .await?;
         // The shard that took it (the command may have followed the participant's device
         // elsewhere): looked up once here, never per frame.
@@ -289,6 +341,36 @@ impl MediaPort for MediaHandle {
         let _ = self
             .shared
             .send(shard, Inbox::Command(Command::RemoveLocal { device }));
+    }
+
+    fn routes_applied(&self) -> u64 {
+        self.shared.placement().routes_applied()
+    }
+
+    /// Every shard takes the change: the session's home applies it, the others send their
+    /// devices of the participants it names home.
+    fn apply_routes(&self, session: SessionId, diff: Arc<TableDiff>) {
+        let mut placement = self.shared.placement();
+        placement.note_routes();
+        self.shared
+            .send_all(|| Inbox::Routes(session, diff.clone()));
+        drop(placement);
+    }
+
+    fn participant_deleted(&self, participant: ParticipantId) {
+        self.shared
+            .send_all(|| Inbox::ParticipantDeleted(participant));
+    }
+
+    fn disconnect_participant(&self, participant: ParticipantId, reason: &'static str) {
+        self.shared.send_all(|| Inbox::Disconnect {
+            participant,
+            reason,
+        });
+    }
+
+    fn stop(&self) {
+        self.shared.send_all(|| Inbox::Stop);
     }
 }
 
@@ -403,7 +485,7 @@ pub fn spawn(shards: Vec<ShardSetup>, control: Control) -> std::io::Result<Media
         let pump = Pump {
             shard: Shard::new(index, count, engine),
             shared: shared.clone(),
-            control: control.clone(),
+            stopped: false,
             notices: HashMap::new(),
             downlinks: HashMap::new(),
             reports: reports.clone(),
@@ -413,7 +495,7 @@ pub fn spawn(shards: Vec<ShardSetup>, control: Control) -> std::io::Result<Media
             dropped: 0,
             meter: super::metrics::ShardMeter::new(index, Instant::now()),
         };
-        tokio::spawn(pump.run(inbox, frames, control.watch()));
+        tokio::spawn(pump.run(inbox, frames));
     }
     Ok(MediaHandle {
         shared,
@@ -507,7 +589,8 @@ fn spawn_reporter(control: Control) -> mpsc::UnboundedSender<Report> {
 struct Pump {
     shard: Shard,
     shared: Arc<Shared>,
-    control: Control,
+    /// The stop came: the task ends after this turn.
+    stopped: bool,
     /// Where each attached connection's notices go.
     notices: HashMap<u64, mpsc::UnboundedSender<DeviceNotice>>,
     /// Where each local device's frames go.
@@ -569,7 +652,6 @@ impl Pump {
         mut self,
         mut inbox: mpsc::UnboundedReceiver<Inbox>,
         mut frames: mpsc::Receiver<TcpFrame>,
-        mut control_events: broadcast::Receiver<ControlEvent>,
     ) {
         let index = self.shard.index();
         let Some(socket) = self.shared.sockets.get(index).cloned() else {
@@ -612,33 +694,6 @@ impl Pump {
                     self.handle_inbox(message);
                     woke
                 }
-                event = control_events.recv() => {
-                    let woke = Instant::now();
-                    match event {
-                        Ok(ControlEvent::Routes(update)) => {
-                            self.shard.handle_routes(update.session, &update.diff, woke);
-                        }
-                        Ok(ControlEvent::ParticipantDeleted(participant)) => {
-                            self.shard.handle_participant_deleted(participant, woke);
-                        }
-                        Ok(ControlEvent::Disconnect { participant, reason }) => {
-                            self.shard.handle_participant_disconnect(participant, reason, woke);
-                        }
-                        Ok(ControlEvent::Lifecycle(_)) => {}
-                        // Dropping the shard drops its devices' notice channels: each
-                        // connection closes with 1001 "server shutting down".
-                        Ok(ControlEvent::Shutdown) => break,
-                        Err(broadcast::error::RecvError::Lagged(n)) => {
-                            // Missed diffs: start again from control's current tables. Diffs still
-                            // queued after this are replayed in order on top, which converges.
-                            tracing::warn!(missed = n, shard = index, "media plane fell behind control; resynchronizing routes");
-                            let tables = self.control.tables_snapshot();
-                            self.shard.handle_all_routes(&tables, Instant::now());
-                        }
-                        Err(broadcast::error::RecvError::Closed) => break,
-                    }
-                    woke
-                },
                 _ = tokio::time::sleep_until(deadline.into()) => {
                     let woke = Instant::now();
                     self.shard.handle_timeout(woke);
@@ -646,6 +701,11 @@ impl Pump {
                 }
             };
             self.flush(index).await;
+            if self.stopped {
+                // Dropping the shard drops its devices' notice channels: each connection
+                // closes with 1001 "server shutting down".
+                break;
+            }
             let done = Instant::now();
             self.meter.busy(done.saturating_duration_since(woke));
             if self.meter.due(done) {
@@ -731,6 +791,21 @@ impl Pump {
                 }
                 self.shard.handle_message(message, Instant::now());
             }
+            Inbox::Routes(session, diff) => {
+                self.shard.handle_routes(session, &diff, Instant::now());
+            }
+            Inbox::ParticipantDeleted(participant) => {
+                self.shard
+                    .handle_participant_deleted(participant, Instant::now());
+            }
+            Inbox::Disconnect {
+                participant,
+                reason,
+            } => {
+                self.shard
+                    .handle_participant_disconnect(participant, reason, Instant::now());
+            }
+            Inbox::Stop => self.stopped = true,
         }
     }
 

@@ -34,10 +34,10 @@ use patchbay_sip::transport::{ConnectionId, StreamFramer, StreamItem, Transport}
 use patchbay_sip::uui;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 
 use crate::control::port::{LocalConnection, LocalDownlink, LocalUplink};
-use crate::control::{AdmittedPhone, ControlEvent, DeviceControl, PhoneRefusal, RoutingUpdate};
+use crate::control::{AdmittedPhone, DeviceControl, PhoneRefusal};
 use crate::domain::{AccountId, ParticipantId, SessionId, StreamAlias, StreamId};
 use crate::media::DeviceId;
 use crate::runtime::listen::{Acceptor, Activity, ConnectionLimits, Gate};
@@ -141,9 +141,8 @@ pub async fn spawn(
         left_up: HashMap::new(),
     };
     let (stopped_tx, stopped) = watch::channel(false);
-    let control_events = devices.control().watch();
     tokio::spawn(async move {
-        bridge.run(rx, control_events, stop_rx).await;
+        bridge.run(rx, stop_rx).await;
         let _ = stopped_tx.send(true);
     });
     Ok(SipHandle {
@@ -169,7 +168,8 @@ async fn bind_both(listen: SocketAddr) -> std::io::Result<(UdpSocket, TcpListene
     }
 }
 
-/// What the driver's task receives besides the UDP socket and control's events.
+/// What the driver's task receives besides the UDP socket: from its listeners, its calls'
+/// tasks and admissions.
 enum Message {
     TcpOpen {
         conn: ConnectionId,
@@ -186,10 +186,19 @@ enum Message {
     Hangup(CallId),
     /// Nothing arrived from the phone for the RTP timeout: hang up, its device goes now.
     Dead(CallId),
-    /// The session the call's participant is in now (`None`: in none).
+    /// The session the call's participant is in now (`None`: in none), by the call's
+    /// `lookup`th lookup.
     Membership {
         call: CallId,
         session: Option<SessionId>,
+        lookup: u64,
+    },
+    /// A session's forwarding table changed (`names_call`: the change names the call's
+    /// participant): the call's session may have changed.
+    Routes {
+        call: CallId,
+        session: SessionId,
+        names_call: bool,
     },
 }
 
@@ -239,6 +248,8 @@ struct Call {
     phone_sends: bool,
     /// Its record is in the store: the next process can take it over.
     stored: bool,
+    /// Session lookups started for the call: only the latest one's answer is taken.
+    lookups: u64,
 }
 
 /// What the signalling task tells a call's audio task.
@@ -280,7 +291,6 @@ impl Bridge {
     async fn run(
         mut self,
         mut messages: mpsc::UnboundedReceiver<Message>,
-        mut control_events: broadcast::Receiver<ControlEvent>,
         mut stop: watch::Receiver<bool>,
     ) {
         let mut buf = vec![0u8; 65_535];
@@ -301,12 +311,6 @@ impl Bridge {
                 message = messages.recv() => match message {
                     Some(m) => self.handle(m),
                     None => break,
-                },
-                event = control_events.recv() => match event {
-                    Ok(ControlEvent::Routes(update)) => self.check_membership(Some(&update)),
-                    Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(_)) => self.check_membership(None),
-                    Err(broadcast::error::RecvError::Closed) => break,
                 },
                 _ = tokio::time::sleep_until(deadline.into()) => self.endpoint.handle_timeout(Instant::now()),
                 changed = stop.changed(), if stopping.is_none() => {
@@ -385,9 +389,28 @@ impl Bridge {
                 // the participant may dial again at once.
                 self.finish_call(call, "rtp_timeout", "no RTP from the phone".into(), false);
             }
-            Message::Membership { call, session } => {
+            Message::Routes {
+                call,
+                session,
+                names_call,
+            } => {
+                // A change of the call's session, or naming its participant, or any change
+                // while it is in none, may have moved it. A store hiccup changes nothing.
+                let concerned = self
+                    .calls
+                    .get(&call)
+                    .is_some_and(|c| names_call || c.session.is_none_or(|s| s == session));
+                if concerned {
+                    self.check_membership(call);
+                }
+            }
+            Message::Membership {
+                call,
+                session,
+                lookup,
+            } => {
                 let hold_tone = self.settings.hold_tone_hz;
-                let Some(c) = self.calls.get_mut(&call) else {
+                let Some(c) = self.calls.get_mut(&call).filter(|c| c.lookups == lookup) else {
                     return;
                 };
                 if c.session != session {
@@ -474,35 +497,34 @@ impl Bridge {
                 remote: negotiated.remote.filter(|_| negotiated.direction.sends()),
                 phone_sends: negotiated.direction.receives(),
                 stored: false,
+                lookups: 0,
             },
         );
+        // Its session may have changed between admission and the media plane taking the
+        // device (changes before that reached no device of the call).
+        self.check_membership(call);
         metrics::counter!("patchbay_sip_calls_started_total").increment(1);
         metrics::gauge!("patchbay_phone_calls").set(self.calls.len() as f64);
     }
 
-    /// Looks up, in one task, the session of every call a routing change may concern (all of
-    /// them after missed changes): calls of that session, calls in none, calls of the
-    /// participants the change names. A store hiccup changes nothing.
-    fn check_membership(&self, update: Option<&RoutingUpdate>) {
-        let concerned: Vec<(CallId, AccountId, ParticipantId)> = self
-            .calls
-            .iter()
-            .filter(|(_, c)| match update {
-                None => true,
-                Some(u) => c.session.is_none_or(|s| s == u.session) || names(u, c.participant),
-            })
-            .map(|(&call, c)| (call, c.account.clone(), c.participant))
-            .collect();
-        if concerned.is_empty() {
+    /// Looks up, in a task, the session of `call`'s participant (a store hiccup changes
+    /// nothing). Lookups may finish out of order: only the answer of the latest one started,
+    /// which read the store after the latest change, is taken.
+    fn check_membership(&mut self, call: CallId) {
+        let Some(c) = self.calls.get_mut(&call) else {
             return;
-        }
+        };
+        c.lookups += 1;
+        let (account, participant, lookup) = (c.account.clone(), c.participant, c.lookups);
         let devices = self.devices.clone();
         let tx = self.tx.clone();
         tokio::spawn(async move {
-            for (call, account, participant) in concerned {
-                if let Some(session) = devices.phone_session(&account, participant).await {
-                    let _ = tx.send(Message::Membership { call, session });
-                }
+            if let Some(session) = devices.phone_session(&account, participant).await {
+                let _ = tx.send(Message::Membership {
+                    call,
+                    session,
+                    lookup,
+                });
             }
         });
     }
@@ -801,6 +823,7 @@ impl Bridge {
                 remote: record.remote,
                 phone_sends: record.phone_sends,
                 stored: true,
+                lookups: 0,
             },
         );
         metrics::gauge!("patchbay_phone_calls").set(self.calls.len() as f64);
@@ -990,18 +1013,18 @@ impl CallMedia {
                 tracing::info!(call = %self.call, reason, "phone's device closed: hanging up");
                 let _ = self.bridge.send(Message::Hangup(self.call));
             }
+            LocalDownlink::Routes {
+                session,
+                names_device,
+            } => {
+                let _ = self.bridge.send(Message::Routes {
+                    call: self.call,
+                    session,
+                    names_call: names_device,
+                });
+            }
         }
     }
-}
-
-/// Whether a routing change names `participant` (every route has its link: the links'
-/// changes name everyone whose wiring changed).
-fn names(update: &RoutingUpdate, participant: ParticipantId) -> bool {
-    let links = &update.diff.links;
-    let upserted = links.upserted.iter().map(|(k, _)| k);
-    upserted
-        .chain(links.removed.iter())
-        .any(|k| k.subscriber == participant || k.publisher == participant)
 }
 
 fn answer_params(settings: &SipSettings, port: u16) -> AnswerParams {
@@ -1074,6 +1097,7 @@ async fn admit_inner(
         account,
         participant,
         session,
+        ..
     } = phone;
     Ok(Admitted {
         account,

@@ -3,15 +3,20 @@
 //! unpublish, and end with none of its streams.
 
 use futures_util::{SinkExt, StreamExt};
+use patchbay::config::ServeConfig;
+use patchbay::control::port::{DeviceRequest, MediaPort};
 use patchbay::control::{Control, ControlEvent, LifecycleEvent, NewParticipant};
+use patchbay::domain::PublishPermissions;
 use patchbay::domain::{AccountId, MediaKinds, ParticipantId, SessionId, Subscriptions};
-use patchbay_testkit::app::spawn_app;
+use patchbay::media::MediaError;
+use patchbay_testkit::app::{spawn_app, spawn_app_with};
 use patchbay_testkit::db::sqlite_url;
 use patchbay_testkit::wait::{event, eventually, DEADLINE};
 use serde_json::{json, Value};
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::media::{Direction, MediaKind};
 use str0m::Rtc;
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
 type Ws =
@@ -24,6 +29,33 @@ fn routes_from(control: &Control, session: SessionId, publisher: ParticipantId) 
         .get(&session)
         .map(|t| t.routes.keys().filter(|k| k.publisher == publisher).count())
         .unwrap_or(0)
+}
+
+/// Two new participants of `account` that may publish anything, members of `session`
+/// subscribed to all of it: their ids and device tokens.
+async fn two_members(
+    control: &Control,
+    account: &AccountId,
+    session: SessionId,
+) -> Vec<(ParticipantId, String)> {
+    let mut members = Vec::new();
+    for _ in 0..2 {
+        let new = NewParticipant {
+            publish_permissions: Some(MediaKinds::ALL),
+            ..Default::default()
+        };
+        let (p, token) = control
+            .create_participant(account, new)
+            .await
+            .expect("participant");
+        let rules = Subscriptions::new(Some(session), vec![]).expect("rules");
+        control
+            .add_member(account, session, p.id, Some(rules))
+            .await
+            .expect("member");
+        members.push((p.id, token));
+    }
+    members
 }
 
 /// Sends a JSON-RPC request and returns its reply (notifications in between are skipped).
@@ -96,25 +128,10 @@ async fn republish_then_leave_ends_with_no_published_streams() {
         .await
         .expect("session")
         .id;
-    let mut ids = Vec::new();
-    let mut tokens = Vec::new();
-    for _ in 0..2 {
-        let new = NewParticipant {
-            publish_permissions: Some(MediaKinds::ALL),
-            ..Default::default()
-        };
-        let (p, token) = control
-            .create_participant(&account, new)
-            .await
-            .expect("participant");
-        let rules = Subscriptions::new(Some(session), vec![]).expect("rules");
-        control
-            .add_member(&account, session, p.id, Some(rules))
-            .await
-            .expect("member");
-        ids.push(p.id);
-        tokens.push(token);
-    }
+    let (ids, tokens): (Vec<ParticipantId>, Vec<String>) = two_members(&control, &account, session)
+        .await
+        .into_iter()
+        .unzip();
     let publisher = ids[0];
     let url = format!(
         "{base}/v3/?token={}&client=browser&sdkVersion=0.12.0-beta.1&uniqueId=u1",
@@ -173,4 +190,64 @@ async fn republish_then_leave_ends_with_no_published_streams() {
     })
     .await;
     app.stop().await.expect("server stopped");
+}
+
+/// The port orders a device's placement and routing changes: a connect that read its
+/// participant's session before a change the media plane has since taken is refused (the
+/// session must be read again), so a device never lands away from its session's shard
+/// unnoticed; read after the change, it is placed.
+#[tokio::test]
+async fn a_connect_that_read_its_session_before_a_routing_change_is_refused() {
+    let mut config = ServeConfig::for_database(&sqlite_url());
+    config.media_shards = Some(2);
+    let app = spawn_app_with(&config).await;
+    let account = AccountId::parse("door").expect("id");
+    let control = app.control.clone();
+    control
+        .create_account(account.clone())
+        .await
+        .expect("account");
+    let session = control
+        .create_session(&account, None)
+        .await
+        .expect("session")
+        .id;
+    let seen = app.media_port.routes_applied();
+    let ids: Vec<ParticipantId> = two_members(&control, &account, session)
+        .await
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert!(
+        app.media_port.routes_applied() > seen,
+        "joining the session changed its routes"
+    );
+    let request = |session, routes_seen| DeviceRequest {
+        account: account.clone(),
+        participant: ids[0],
+        session,
+        permissions: PublishPermissions::default(),
+        unique_id: "u1".into(),
+        layout: None,
+        routes_seen,
+    };
+    let (notices, _notices) = mpsc::unbounded_channel();
+    let stale = app
+        .media_port
+        .connect(request(None, Some(seen)), notices.clone())
+        .await;
+    assert!(
+        matches!(stale, Err(MediaError::SessionChanged)),
+        "{stale:?}"
+    );
+    assert!(!app.media_port.is_connected(ids[0]));
+    let fresh = request(Some(session), Some(app.media_port.routes_applied()));
+    app.media_port
+        .connect(fresh, notices)
+        .await
+        .expect("placed with the session read after the change");
+    eventually("the device is placed", DEADLINE, || async {
+        app.media_port.is_connected(ids[0])
+    })
+    .await;
 }

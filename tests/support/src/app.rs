@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use patchbay::app::App;
 use patchbay::config::ServeConfig;
 use patchbay::control::Control;
+use patchbay::runtime::media::MediaHandle;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -20,6 +21,8 @@ pub struct RunningApp {
     pub media: Vec<SocketAddr>,
     /// The control handle, as the API uses it.
     pub control: Control,
+    /// The media plane, as control's port drives it.
+    pub media_port: MediaHandle,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -38,6 +41,7 @@ pub async fn spawn_app_with(config: &ServeConfig) -> RunningApp {
         app.media_public_addrs().to_vec(),
     );
     let control = app.control().clone();
+    let media_port = app.media().clone();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(app.run_until_stopped(async move {
         let _ = stopped.await;
@@ -47,6 +51,7 @@ pub async fn spawn_app_with(config: &ServeConfig) -> RunningApp {
         sip,
         media,
         control,
+        media_port,
         stop: Some(stop),
         task: Some(task),
     }
