@@ -489,12 +489,25 @@ const SQLITE_LOCKED: u32 = 6;
 
 /// PostgreSQL SQLSTATEs of a database that cannot answer now: class 08 (connection exception),
 /// 57014 (statement timeout), 55P03 (lock timeout), 53300 (too many connections), 57P01-57P03
-/// (shutting down, crashed, starting up).
+/// (shutting down, crashed, starting up); and the refusals of a new connection that an
+/// operator's change causes and undoes: 55000 (the database does not accept connections,
+/// `ALLOW_CONNECTIONS false`), 3D000 (it does not exist, e.g. while restored), 28000 and 28P01
+/// (the role may not log in, or its password changed). None of them says the request was
+/// wrong: retrying later may work, so an event is kept rather than dropped.
 fn is_unavailable_sqlstate(code: &str) -> bool {
     code.starts_with("08")
         || matches!(
             code,
-            "57014" | "55P03" | "53300" | "57P01" | "57P02" | "57P03"
+            "57014"
+                | "55P03"
+                | "53300"
+                | "57P01"
+                | "57P02"
+                | "57P03"
+                | "55000"
+                | "3D000"
+                | "28000"
+                | "28P01"
         )
 }
 

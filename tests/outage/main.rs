@@ -228,6 +228,52 @@ async fn a_refused_connection_is_unavailable_within_the_acquire_timeout() {
     assert_eq!(found, Some(account));
 }
 
+/// A database that stops accepting connections (`ALTER DATABASE … ALLOW_CONNECTIONS false`,
+/// as an operator does during maintenance: SQLSTATE 55000) is unavailable, not a fault: REST
+/// answers 503 and the webhook recorder retries instead of dropping events. It recovers when
+/// connections are allowed again.
+#[tokio::test]
+async fn a_database_not_accepting_connections_is_unavailable() {
+    let (url, _) = fresh_postgres().await;
+    let name = url.rsplit('/').next().expect("a database name").to_owned();
+    let store = SqlStore::open_with(&url, SHORT).await.expect("open");
+    let account = credentials("closed");
+    store.create_account(&account).await.expect("account");
+    let mut admin = sqlx::PgConnection::connect(&postgres_admin_url())
+        .await
+        .expect("admin connection");
+    admin
+        .execute(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false").as_str())
+        .await
+        .expect("close the database");
+    // The store's open connections go too, so its next query must connect anew.
+    admin
+        .execute(
+            format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+            )
+            .as_str(),
+        )
+        .await
+        .expect("end the store's sessions");
+    assert_unavailable(
+        "account while not accepting connections",
+        SHORT.acquire + SHORT.statement,
+        store.account_by_username(&account.username),
+    )
+    .await;
+    admin
+        .execute(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true").as_str())
+        .await
+        .expect("open the database");
+    let found = store
+        .account_by_username(&account.username)
+        .await
+        .expect("answers again");
+    assert_eq!(found, Some(account));
+}
+
 #[tokio::test]
 async fn a_busy_sqlite_file_is_unavailable_within_the_busy_timeout() {
     let url = sqlite_url();
