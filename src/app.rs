@@ -579,16 +579,57 @@ fn fold_leading_slashes(mut req: axum::extract::Request) -> axum::extract::Reque
     req
 }
 
-/// A database URL without its password, for messages.
+/// A database URL without its passwords, for messages: the one in its userinfo
+/// (`user:***@`) and any `password` or `sslpassword` query parameter (`password=***`).
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let mut out = match (base.find("://"), base.rfind('@')) {
+        (Some(s), Some(at)) if at > s => match base[s + 3..at].split_once(':') {
+            Some((user, _)) => format!("{}{user}:***{}", &base[..s + 3], &base[at..]),
+            None => base.to_owned(),
+        },
+        _ => base.to_owned(),
+    };
+    if let Some(query) = query {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _))
+                    if key.eq_ignore_ascii_case("password")
+                        || key.eq_ignore_ascii_case("sslpassword") =>
+                {
+                    format!("{key}=***")
+                }
+                _ => pair.to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&pairs.join("&"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_in_the_userinfo_and_the_query_are_hidden() {
+        assert_eq!(
+            redact("postgres://app:s3cret@db:5432/pb?sslmode=require&password=q&sslpassword=k"),
+            "postgres://app:***@db:5432/pb?sslmode=require&password=***&sslpassword=***"
+        );
+        assert_eq!(
+            redact("postgres://db/pb?user=app&Password=x"),
+            "postgres://db/pb?user=app&Password=***"
+        );
+        assert_eq!(
+            redact("sqlite://data/pb.db?mode=rwc"),
+            "sqlite://data/pb.db?mode=rwc"
+        );
+        assert_eq!(redact("postgres://app@db/pb"), "postgres://app@db/pb");
     }
 }

@@ -167,8 +167,9 @@ pub enum TokenSecretCommand {
     /// keep working for the grace period (0: they stop at once, for a leaked secret); running
     /// servers sign new tokens with the new secret within 10 seconds.
     Rotate {
-        /// Seconds the old secret still verifies tokens (default: a token's whole lifetime).
-        #[arg(long, default_value_t = 86_400)]
+        /// Seconds the old secret still verifies tokens (default and most: a token's whole
+        /// lifetime, 86400; a longer grace would verify no token more).
+        #[arg(long, default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(0..=86_400))]
         grace: u64,
         /// The database.
         #[command(flatten)]

@@ -694,3 +694,31 @@ async fn a_rotated_token_secret_without_grace_refuses_old_tokens_and_signs_new_o
     // A connected device gets no close frame: it answers a request.
     connected_device(server.http, p["token"].as_str().expect("token")).await;
 }
+
+/// A grace longer than a token's lifetime would keep a replaced secret verifying nothing more
+/// for up to 2^64 s: refused with the bound, and the secret is not rotated.
+#[test]
+fn a_token_secret_grace_beyond_a_tokens_lifetime_is_refused() {
+    let dir = TempDir::new();
+    let db = format!("sqlite://{}?mode=rwc", dir.0.join("db.sqlite").display());
+    for grace in ["86401", "18446744073709551615"] {
+        let out = Command::new(BIN)
+            .args([
+                "token-secret",
+                "rotate",
+                "--grace",
+                grace,
+                "--database-url",
+                &db,
+            ])
+            .output()
+            .expect("run patchbay");
+        assert_eq!(out.status.code(), Some(2), "--grace {grace}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("0..=86400"), "--grace {grace}: {stderr}");
+    }
+    assert!(
+        !dir.0.join("db.sqlite").exists(),
+        "a refused command opened no database"
+    );
+}
