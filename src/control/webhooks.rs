@@ -23,6 +23,9 @@ use crate::store::{
 /// Why a device of an expired session is disconnected (its close reason).
 pub const SESSION_EXPIRED: &str = "session expired";
 
+/// How many expired sessions are read from the store at a time.
+pub const EXPIRE_BATCH: u32 = 100;
+
 /// Lifecycle events in the order control recorded them, for [`Control::record_webhooks`].
 pub type WebhookFeed = mpsc::UnboundedReceiver<LifecycleEvent>;
 
@@ -234,37 +237,84 @@ impl Control {
 
     /// Deletes the sessions created more than `max_age` before `now_ms` (epoch milliseconds),
     /// as `DELETE` of each would: members leave (phones in them are hung up, browsers lose
-    /// their routes). Returns how many were deleted.
+    /// their routes). All of them, [`EXPIRE_BATCH`] at a time, so a backlog never outgrows
+    /// the cleanup's period. Returns how many were deleted.
     pub async fn expire_sessions(
         &self,
         max_age: Duration,
         now_ms: i64,
     ) -> Result<usize, ControlError> {
         let cutoff = now_ms.saturating_sub(i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX));
-        let old = self
-            .inner
-            .store
-            .sessions_created_before(cutoff, 100)
-            .await?;
         let mut deleted = 0;
-        for (account, session) in old {
-            let members = match self.members(&account, session).await {
-                Ok(m) => m,
-                Err(ControlError::NotFound(_)) => continue,
-                Err(e) => return Err(e),
-            };
-            match self.delete_session(&account, session).await {
-                Ok(()) => deleted += 1,
-                Err(ControlError::NotFound(_)) => {}
-                Err(e) => return Err(e),
+        loop {
+            let old = self
+                .inner
+                .store
+                .sessions_created_before(cutoff, EXPIRE_BATCH)
+                .await?;
+            let full = old.len() >= EXPIRE_BATCH as usize;
+            let before = deleted;
+            for (account, session) in old {
+                let members = match self.members(&account, session).await {
+                    Ok(m) => m,
+                    Err(ControlError::NotFound(_)) => continue,
+                    Err(e) => return Err(e),
+                };
+                match self.delete_session(&account, session).await {
+                    Ok(()) => deleted += 1,
+                    Err(ControlError::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+                // Its members' devices go with it: browsers are closed (the connection loop
+                // reports onLeave: a server action), phones are hung up.
+                for member in members {
+                    self.disconnect_participant(member.id, SESSION_EXPIRED);
+                }
+                tracing::info!(%account, %session, "session expired");
             }
-            // Its members' devices go with it: browsers are closed (the connection loop reports
-            // onLeave: a server action), phones are hung up.
-            for member in members {
-                self.disconnect_participant(member.id, SESSION_EXPIRED);
+            // A batch that deleted nothing would come back the same: stop rather than spin.
+            if !full || deleted == before {
+                return Ok(deleted);
             }
-            tracing::info!(%account, %session, "session expired");
         }
-        Ok(deleted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::test_control;
+    use super::EXPIRE_BATCH;
+    use crate::control::ControlError;
+
+    /// A backlog larger than one batch goes in one cleanup, not one batch a period.
+    #[tokio::test]
+    async fn every_expired_session_goes_in_one_cleanup() {
+        let (control, account) = test_control().await;
+        let count = EXPIRE_BATCH as usize * 2 + 7;
+        let mut sessions = Vec::new();
+        for _ in 0..count {
+            sessions.push(control.create_session(&account, None).await.unwrap().id);
+        }
+        let later = crate::store::epoch_ms() + 1000;
+        let deleted = control
+            .expire_sessions(Duration::ZERO, later)
+            .await
+            .unwrap();
+        assert_eq!(deleted, count);
+        for id in sessions {
+            assert!(matches!(
+                control.session(&account, id).await,
+                Err(ControlError::NotFound(_))
+            ));
+        }
+        assert_eq!(
+            control
+                .expire_sessions(Duration::ZERO, later)
+                .await
+                .unwrap(),
+            0
+        );
     }
 }
