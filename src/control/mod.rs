@@ -70,7 +70,7 @@ pub use keys::PREVIOUS_SECRET_NAME;
 pub use operator::{Inspection, LiveDeviceView};
 pub use routing::Routing;
 pub use sessions::NewParticipant;
-pub use webhooks::{WebhookFeed, SESSION_EXPIRED};
+pub use webhooks::{WebhookFeed, EXPIRE_BATCH, SESSION_EXPIRED};
 
 /// The orchestrator. Cheap to clone; share one per process.
 #[derive(Clone)]
