@@ -3,7 +3,7 @@
 //! API and webhooks, as a customer's backend would; the API credentials never reach a page.
 //!
 //! ```sh
-//! cargo run --release -- serve                        # terminal 1: prints the dev credentials
+//! cargo run --release -- serve --webhook-allow-network 127.0.0.1   # terminal 1: prints the dev credentials; webhooks come here
 //! (cd examples/switchboard && npm ci && npm run build)   # once: bundles Bandwidth's browser SDK
 //! cargo run --example switchboard -- --username U --password P --webhook-secret whsec_…
 //! # operator:     http://127.0.0.1:3001/

@@ -159,6 +159,7 @@ impl App {
             crate::runtime::webhooks::WebhookSettings {
                 policy: config.webhooks.retry_policy(),
                 concurrency: usize::from(config.webhooks.webhook_concurrency),
+                destinations: config.webhooks.destinations(),
                 session_max_age: config.webhooks.session_max_age,
             },
         )?;

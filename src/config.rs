@@ -393,7 +393,7 @@ pub struct ServeConfig {
 }
 
 impl ServeConfig {
-    /// Settings for tests: any free port, the given database.
+    /// Settings for tests: any free port, the given database, webhooks allowed to 127.0.0.1.
     pub fn for_database(url: &str) -> ServeConfig {
         ServeConfig {
             config: None,
@@ -422,7 +422,13 @@ impl ServeConfig {
             database_timeouts: DatabaseTimeoutArgs::default(),
             auth_failures_per_address: AuthFailureLimits::DEFAULT.per_address,
             auth_failures_per_username: AuthFailureLimits::DEFAULT.per_username,
-            webhooks: WebhookArgs::default(),
+            // Test receivers listen on this machine.
+            webhooks: WebhookArgs {
+                webhook_allow_network: vec![ipnet::IpNet::from(std::net::IpAddr::from([
+                    127, 0, 0, 1,
+                ]))],
+                ..WebhookArgs::default()
+            },
             listeners: ListenerArgs::default(),
             drain_timeout: 0,
             telemetry: TelemetryArgs::default(),
@@ -509,7 +515,7 @@ pub enum LogFormat {
 
 // Issue 10, webhooks slice: webhook delivery and session cleanup (docs/webhooks.md).
 /// How webhooks are delivered, and when sessions expire.
-#[derive(Debug, Clone, Copy, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct WebhookArgs {
     /// Seconds after an event during which its webhook is retried; then it is given up.
     #[arg(long, env = "PATCHBAY_WEBHOOK_RETRY_FOR", default_value = "86400", value_parser = parse_seconds)]
@@ -523,6 +529,13 @@ pub struct WebhookArgs {
     /// Delivery attempts in flight at once (one per participant at a time).
     #[arg(long, env = "PATCHBAY_WEBHOOK_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
     pub webhook_concurrency: u16,
+    /// A network (CIDR, or one address) webhooks may be delivered to besides public
+    /// addresses; repeat, or separate with commas. Without it, a `callbackUrl` on loopback, a
+    /// private or link-local network or any other special-purpose address is refused (for
+    /// example `--webhook-allow-network 10.20.0.0/16` for a backend on the private network,
+    /// `127.0.0.1` for one on this machine).
+    #[arg(long, env = "PATCHBAY_WEBHOOK_ALLOW_NETWORK", value_delimiter = ',', value_parser = parse_network)]
+    pub webhook_allow_network: Vec<ipnet::IpNet>,
     /// Seconds after its creation a session is removed (Bandwidth: 9 hours).
     #[arg(long, env = "PATCHBAY_SESSION_MAX_AGE", default_value = "32400", value_parser = parse_seconds)]
     pub session_max_age: Duration,
@@ -535,12 +548,27 @@ impl Default for WebhookArgs {
             webhook_attempt_timeout: Duration::from_secs(10),
             webhook_first_retry_ms: 1000,
             webhook_concurrency: 32,
+            webhook_allow_network: Vec::new(),
             session_max_age: Duration::from_secs(32400),
         }
     }
 }
 
+/// A network in CIDR notation, or one address (a /32 or /128).
+fn parse_network(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map(|net| net.trunc())
+        .map_err(|_| format!("{s:?} is not a network (10.0.0.0/8, fd00::/8) or an address"))
+}
+
 impl WebhookArgs {
+    /// Where deliveries may go: public addresses and the allowed networks.
+    pub fn destinations(&self) -> crate::events::Destinations {
+        crate::events::Destinations::new(self.webhook_allow_network.clone())
+    }
+
     /// The retry policy these flags describe.
     pub fn retry_policy(&self) -> crate::events::RetryPolicy {
         crate::events::RetryPolicy {

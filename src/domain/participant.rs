@@ -49,8 +49,27 @@ impl CallbackUrl {
     pub const MAX_LEN: usize = 2048;
 
     /// Accepts a syntactically valid URL starting with `http://` or `https://` of at most
-    /// [`Self::MAX_LEN`] bytes, without a control character. Reachability is not checked.
+    /// [`Self::MAX_LEN`] bytes, without a control character or credentials (`user:pass@`).
+    /// Reachability is not checked; where deliveries may go is the webhook runtime's
+    /// decision (`events::Destinations`), made at each delivery.
     pub fn parse(s: &str) -> Result<Self, DomainError> {
+        let url = Self::stored(s)?;
+        if let Some((_, rest)) = s.split_once("://") {
+            let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+            if authority.contains('@') {
+                return Err(DomainError::new(
+                    "callbackUrl",
+                    "must not carry credentials (user:password@): webhooks are authenticated \
+                     by their signature",
+                ));
+            }
+        }
+        Ok(url)
+    }
+
+    /// What [`CallbackUrl::parse`] accepted before URLs with credentials were refused: for
+    /// URLs read back from the store, which must load (their deliveries are refused).
+    pub fn stored(s: &str) -> Result<Self, DomainError> {
         use validator::ValidateUrl;
         DomainError::reject_control_chars("callbackUrl", s)?;
         let http = s.starts_with("http://") || s.starts_with("https://");
@@ -322,6 +341,21 @@ mod tests {
         assert!(CallbackUrl::parse("https://example.com/cb").is_ok());
         assert!(CallbackUrl::parse("ftp://example.com").is_err());
         assert!(CallbackUrl::parse("not a url").is_err());
+    }
+
+    #[test]
+    fn callback_urls_with_credentials_are_refused_but_stored_ones_load() {
+        for bad in [
+            "http://user:pass@example.com/cb",
+            "https://admin@example.com/",
+            "http://a:b@127.0.0.1:8080/v1/accounts/x/sessions",
+        ] {
+            let e = CallbackUrl::parse(bad).unwrap_err();
+            assert!(e.to_string().contains("credentials"), "{bad}: {e}");
+            assert!(CallbackUrl::stored(bad).is_ok(), "{bad}");
+        }
+        // An @ after the authority is part of the path or query, not credentials.
+        assert!(CallbackUrl::parse("https://example.com/hooks?by=me@example.com").is_ok());
     }
 
     #[test]

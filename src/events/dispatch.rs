@@ -17,6 +17,9 @@ pub enum AttemptResult {
     Status(u16),
     /// No answer: connection refused or reset, timed out, bad URL.
     Failed(String),
+    /// Not sent: the destination is not allowed (see [`super::Destinations`]). Final: the
+    /// event is given up at once.
+    Refused(String),
 }
 
 /// The sans-IO core of the delivery worker.
@@ -76,13 +79,16 @@ impl Dispatcher {
     ) -> (DeliveryAttempt, AttemptOutcome) {
         self.in_flight.remove(&event.event.participant);
         let attempt = event.attempts.saturating_add(1);
-        let (status, error) = match result {
-            AttemptResult::Status(s) => (Some(s), None),
-            AttemptResult::Failed(e) => (None, Some(e)),
+        let (status, error, refused) = match result {
+            AttemptResult::Status(s) => (Some(s), None, false),
+            AttemptResult::Failed(e) => (None, Some(e), false),
+            AttemptResult::Refused(e) => (None, Some(format!("refused: {e}")), true),
         };
         let delivered = status.is_some_and(|s| (200..300).contains(&s));
         let outcome = if delivered {
             AttemptOutcome::Delivered
+        } else if refused {
+            AttemptOutcome::GaveUp
         } else {
             self.policy
                 .after_failure(event.event.created_at_ms, now_ms, attempt)
@@ -162,5 +168,23 @@ mod tests {
         let (log, outcome) = d.finish(&late, AttemptResult::Failed("timed out".into()), day);
         assert_eq!(outcome, AttemptOutcome::GaveUp);
         assert_eq!((log.attempt, log.error.as_deref()), (41, Some("timed out")));
+    }
+
+    #[test]
+    fn a_refused_destination_is_given_up_at_once() {
+        let a = ParticipantId::random();
+        let mut d = Dispatcher::new(RetryPolicy::default(), 4);
+        let e = d.start(vec![event(1, a)]).remove(0);
+        let (log, outcome) = d.finish(
+            &e,
+            AttemptResult::Refused("10.0.0.1 is not public".into()),
+            1_000,
+        );
+        assert_eq!(outcome, AttemptOutcome::GaveUp);
+        assert_eq!(log.status, None);
+        assert_eq!(
+            log.error.as_deref(),
+            Some("refused: 10.0.0.1 is not public")
+        );
     }
 }

@@ -9,11 +9,15 @@
 //! - `schedule.rs`: [`RetryPolicy`], exponential backoff with jitter for a bounded time.
 //! - `dispatch.rs`: [`Dispatcher`], which due events to send now (one in flight per
 //!   participant, bounded concurrency) and what an attempt's result means for the outbox.
+//! - `destinations.rs`: [`Destinations`], where deliveries may go (public addresses and the
+//!   operator's allowed networks).
 
+mod destinations;
 mod dispatch;
 mod schedule;
 mod signature;
 
+pub use destinations::{is_public, Destinations, Refusal};
 pub use dispatch::{AttemptResult, Dispatcher};
 pub use schedule::RetryPolicy;
 pub use signature::{new_secret, sign, SECRET_PREFIX};

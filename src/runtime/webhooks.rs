@@ -3,7 +3,10 @@
 //! timer. The worker reads the outbox in batches and keeps a bounded number of attempts in
 //! flight, so a slow or dead receiver costs it waiting time only, never the REST API's or the
 //! media plane's, and never unbounded memory; what it sends next and when it retries is
-//! decided by [`crate::events::Dispatcher`].
+//! decided by [`crate::events::Dispatcher`]. Where it may send is decided by
+//! [`crate::events::Destinations`]: a URL is checked before connecting, and host names are
+//! resolved by [`GuardedResolver`], which hands the client only allowed addresses, so the
+//! connection goes to an address that was checked (no second lookup can differ).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -12,7 +15,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use crate::control::{AttemptOutcome, Control, OutboxEvent, WebhookFeed};
-use crate::events::{sign, AttemptResult, Dispatcher, RetryPolicy};
+use crate::events::{sign, AttemptResult, Destinations, Dispatcher, Refusal, RetryPolicy};
 
 /// How often the worker looks for due events when nothing wakes it.
 const POLL: Duration = Duration::from_millis(200);
@@ -22,12 +25,14 @@ const BATCH: u32 = 256;
 const CLEANUP_EVERY: Duration = Duration::from_secs(60);
 
 /// Webhook delivery settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct WebhookSettings {
     /// Retry bounds and the per-attempt timeout.
     pub policy: RetryPolicy,
     /// Attempts in flight at once.
     pub concurrency: usize,
+    /// Where deliveries may go.
+    pub destinations: Destinations,
     /// Sessions older than this are removed.
     pub session_max_age: Duration,
 }
@@ -44,16 +49,29 @@ fn now_ms() -> i64 {
 /// Starts the recorder, the delivery worker and the cleanup timer.
 #[allow(clippy::disallowed_methods)] // the runtime starts tasks
 pub fn spawn(control: Control, settings: WebhookSettings) -> anyhow::Result<()> {
+    let destinations = Arc::new(settings.destinations.clone());
     let client = reqwest::Client::builder()
         .timeout(settings.policy.attempt_timeout)
         .redirect(reqwest::redirect::Policy::none())
+        // A proxy would resolve and connect on the server's behalf, past the checks.
+        .no_proxy()
+        .dns_resolver(Arc::new(GuardedResolver {
+            destinations: destinations.clone(),
+        }))
         .user_agent(concat!("patchbay/", env!("CARGO_PKG_VERSION")))
         .build()?;
     let wake = Arc::new(Notify::new());
     let feed = control.webhook_feed();
+    let max_age = settings.session_max_age;
     tokio::spawn(record(control.clone(), feed, wake.clone()));
-    tokio::spawn(deliver(control.clone(), client, settings, wake));
-    tokio::spawn(cleanup(control, settings.session_max_age));
+    tokio::spawn(deliver(
+        control.clone(),
+        client,
+        destinations,
+        settings,
+        wake,
+    ));
+    tokio::spawn(cleanup(control, max_age));
     Ok(())
 }
 
@@ -95,6 +113,7 @@ async fn record(control: Control, mut feed: WebhookFeed, wake: Arc<Notify>) {
 async fn deliver(
     control: Control,
     client: reqwest::Client,
+    destinations: Arc<Destinations>,
     settings: WebhookSettings,
     wake: Arc<Notify>,
 ) {
@@ -105,7 +124,7 @@ async fn deliver(
             match control.outbox_due(now_ms(), BATCH).await {
                 Ok(due) => {
                     for event in dispatcher.start(due) {
-                        attempts.spawn(attempt(client.clone(), event));
+                        attempts.spawn(attempt(client.clone(), destinations.clone(), event));
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot read the webhook outbox"),
@@ -118,6 +137,7 @@ async fn deliver(
                 let label = match outcome {
                     AttemptOutcome::Delivered => "delivered",
                     AttemptOutcome::RetryAt(_) => "retry",
+                    AttemptOutcome::GaveUp if log.error.as_deref().is_some_and(|e| e.starts_with("refused")) => "refused",
                     AttemptOutcome::GaveUp => "gave_up",
                 };
                 metrics::counter!("patchbay_webhook_deliveries_total", "outcome" => label).increment(1);
@@ -138,8 +158,15 @@ async fn tokio_sleep(d: Duration) {
     tokio::time::sleep(d).await
 }
 
-/// One signed POST of `event`; its result.
-async fn attempt(client: reqwest::Client, event: OutboxEvent) -> (OutboxEvent, AttemptResult) {
+/// One signed POST of `event`, if its destination is allowed; its result.
+async fn attempt(
+    client: reqwest::Client,
+    destinations: Arc<Destinations>,
+    event: OutboxEvent,
+) -> (OutboxEvent, AttemptResult) {
+    if let Err(refusal) = destinations.check_url(&event.event.url) {
+        return (event, AttemptResult::Refused(refusal.to_string()));
+    }
     let timestamp = now_ms() / 1000;
     let e = &event.event;
     let signature = sign(&event.secret, &e.id, timestamp, &e.body);
@@ -154,11 +181,51 @@ async fn attempt(client: reqwest::Client, event: OutboxEvent) -> (OutboxEvent, A
         .await;
     let result = match sent {
         Ok(response) => AttemptResult::Status(response.status().as_u16()),
-        Err(err) if err.is_timeout() => AttemptResult::Failed("timed out".into()),
-        Err(err) if err.is_connect() => AttemptResult::Failed("cannot connect".into()),
-        Err(err) => AttemptResult::Failed(format!("failed: {err}")),
+        Err(err) => match refusal_in(&err) {
+            Some(refusal) => AttemptResult::Refused(refusal.to_string()),
+            None if err.is_timeout() => AttemptResult::Failed("timed out".into()),
+            None if err.is_connect() => AttemptResult::Failed("cannot connect".into()),
+            None => AttemptResult::Failed(format!("failed: {err}")),
+        },
     };
     (event, result)
+}
+
+/// The destination refusal somewhere in `err`'s causes (the resolver's), if any.
+fn refusal_in<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a Refusal> {
+    let mut cause: Option<&'a (dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cause {
+        if let Some(refusal) = e.downcast_ref::<Refusal>() {
+            return Some(refusal);
+        }
+        cause = e.source();
+    }
+    None
+}
+
+/// Resolves webhook hosts with the system resolver and keeps only the addresses deliveries
+/// may connect to; a host with none left fails with [`Refusal::NoAllowedAddress`].
+struct GuardedResolver {
+    destinations: Arc<Destinations>,
+}
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let destinations = self.destinations.clone();
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let found = tokio::net::lookup_host((host.as_str(), 0)).await?;
+            let allowed: Vec<std::net::SocketAddr> =
+                found.filter(|a| destinations.allows(a.ip())).collect();
+            if allowed.is_empty() {
+                let refused: Box<dyn std::error::Error + Send + Sync> =
+                    Box::new(Refusal::NoAllowedAddress(host));
+                return Err(refused);
+            }
+            let addrs: reqwest::dns::Addrs = Box::new(allowed.into_iter());
+            Ok(addrs)
+        })
+    }
 }
 
 /// How often this process tells the store it is alive (and reloads the token keys).

@@ -546,7 +546,7 @@ fn participant_from_row(
         id: parse_id(row, "id")?,
         account: AccountId::parse(&account).map_err(corrupt)?,
         callback_url: callback
-            .map(|c| CallbackUrl::parse(&c))
+            .map(|c| CallbackUrl::stored(&c))
             .transpose()
             .map_err(corrupt)?,
         publish_permissions: MediaKinds::from_csv(&perms).map_err(corrupt)?,

@@ -67,7 +67,7 @@ impl WebhookStore for SqlStore {
             Ok(WebhookTarget {
                 account: AccountId::parse(&account).map_err(corrupt)?,
                 callback_url: callback
-                    .map(|c| CallbackUrl::parse(&c))
+                    .map(|c| CallbackUrl::stored(&c))
                     .transpose()
                     .map_err(corrupt)?,
                 tag: tag.map(|t| Tag::parse(&t)).transpose().map_err(corrupt)?,

@@ -258,6 +258,101 @@ async fn events_arrive_signed_once_each_in_order_despite_errors_and_timeouts() {
     assert_eq!(log.iter().filter(|l| l.status == Some(204)).count(), 2);
 }
 
+/// Issue 22: a tenant cannot make the server POST to the server's own network. With no
+/// network allowed, a `callbackUrl` on loopback (as an IP literal, as a host name that
+/// resolves there, or spelled as a decimal number) gets no request at all: the receiver
+/// listening there sees nothing, and each event's one attempt is logged as refused, without
+/// telling whether anything listens. A URL with credentials is refused when it is set.
+#[tokio::test]
+async fn deliveries_to_addresses_that_are_not_public_are_refused() {
+    let receiver = Arc::new(Receiver::default());
+    let (hook_addr, _hook) = start_receiver("127.0.0.1:0".parse().unwrap(), receiver.clone()).await;
+    let port = hook_addr.port();
+    let mut config = ServeConfig::for_database(&sqlite_url());
+    config.webhooks.webhook_allow_network.clear();
+    let app = App::build(&config).await.expect("build app");
+    let (http, control) = (app.http_addr(), app.control().clone());
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let _server = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    let account = AccountId::parse("tenant").unwrap();
+    let creds = control
+        .create_account(account.clone())
+        .await
+        .expect("account");
+    *receiver.secret.lock().unwrap() = creds.webhook_secret.clone();
+    let hooks = [
+        (
+            format!("http://127.0.0.1:{port}/hook"),
+            "127.0.0.1 is not a public address",
+        ),
+        (
+            format!("http://localhost:{port}/hook"),
+            "localhost resolves to no allowed address",
+        ),
+        (
+            format!("http://2130706433:{port}/hook"),
+            "127.0.0.1 is not a public address",
+        ),
+        (
+            format!("http://[::ffff:127.0.0.1]:{port}/hook"),
+            "is not a public address",
+        ),
+    ];
+    let mut devices = Vec::new();
+    let mut ids = Vec::new();
+    for (i, (hook, _)) in hooks.iter().enumerate() {
+        let (id, token) = participant(&control, &account, hook, None).await;
+        devices.push(connect(http, &token, &format!("dev-{i}")).await);
+        ids.push(id);
+    }
+    for ((_, why), id) in hooks.iter().zip(&ids) {
+        let mut log = Vec::new();
+        for _ in 0..300 {
+            log = control
+                .delivery_log(&account, id.parse().unwrap(), 10)
+                .await
+                .expect("log");
+            if !log.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(log.len(), 1, "one attempt, given up: {log:?}");
+        let error = log[0].error.as_deref().unwrap_or_default();
+        assert!(
+            error.starts_with("refused: ") && error.contains(why),
+            "{error}"
+        );
+        assert_eq!(log[0].status, None);
+    }
+    assert!(receiver.accepted.lock().unwrap().is_empty());
+    assert!(
+        receiver.attempts.lock().unwrap().is_empty(),
+        "no request reached the receiver"
+    );
+    assert_eq!(
+        *receiver.bad_signatures.lock().unwrap(),
+        0,
+        "no request reached the receiver"
+    );
+    drop(devices);
+
+    // Credentials in a callbackUrl are refused when it is set.
+    let client = reqwest::Client::new();
+    let created = client
+        .post(format!("http://{http}/v1/accounts/tenant/participants"))
+        .basic_auth(&creds.username, Some(&creds.password))
+        .json(&serde_json::json!({"callbackUrl": "https://user:pw@hooks.example.com/x"}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(created.status(), 400);
+    let body: Value = created.json().await.expect("JSON error");
+    assert!(body.to_string().contains("credentials"), "{body}");
+}
+
 /// Issue 10 item 5: a session past its age is removed, and its members' devices are
 /// disconnected (close 1000 "session expired") and reported with onLeave.
 #[tokio::test]
@@ -428,6 +523,8 @@ impl Server {
                 "50",
                 "--webhook-attempt-timeout",
                 "1",
+                "--webhook-allow-network",
+                "127.0.0.1",
             ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

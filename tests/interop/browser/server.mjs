@@ -150,7 +150,9 @@ export async function startPatchbay({
   const log = createWriteStream(logPath);
   const addr = (port) => `127.0.0.1:${port ?? 0}`;
   const rtpPorts = ports.rtp ? `${ports.rtp[0]}-${ports.rtp[1]}` : "0-0";
+  // Test webhook receivers listen on this machine: deliveries there must be allowed.
   const args = ["serve", "--data-dir", dataDir, "--listen", addr(ports.http), "--media-listen", addr(ports.media),
+    "--webhook-allow-network", "127.0.0.1",
     "--sip-listen", addr(ports.sip), "--rtp-ports", rtpPorts];
   if (databaseUrl) args.push("--database-url", databaseUrl);
   args.push(...extraArgs);
