@@ -487,28 +487,45 @@ pub(super) fn is_unavailable(e: &sqlx::Error) -> bool {
 const SQLITE_BUSY: u32 = 5;
 const SQLITE_LOCKED: u32 = 6;
 
-/// PostgreSQL SQLSTATEs of a database that cannot answer now: class 08 (connection exception),
-/// 57014 (statement timeout), 55P03 (lock timeout), 53300 (too many connections), 57P01-57P03
-/// (shutting down, crashed, starting up); and the refusals of a new connection that an
-/// operator's change causes and undoes: 55000 (the database does not accept connections,
-/// `ALLOW_CONNECTIONS false`), 3D000 (it does not exist, e.g. while restored), 28000 and 28P01
-/// (the role may not log in, or its password changed). None of them says the request was
-/// wrong: retrying later may work, so an event is kept rather than dropped.
+/// PostgreSQL SQLSTATE classes of a database that cannot serve now, whatever the request: a
+/// retry later may work, so the request is answered "unavailable" (REST 503) and an event is
+/// kept rather than dropped. By class, not by code, so that a condition of the same kind that
+/// no list named is not taken for a fault:
+/// - 08 connection exception; 53 insufficient resources (too many connections, disk full,
+///   out of memory); 57 operator intervention (statement timeout, shutting down, crashed,
+///   starting up); 58 system error (I/O);
+/// - 55 object not in prerequisite state (lock timeout 55P03; 55000, e.g. a database that
+///   does not accept connections); 40 transaction rollback (serialization failure, deadlock);
+/// - 28 invalid authorization and 3D invalid catalog name: the role may not log in, its
+///   password or the database is being changed or restored by an operator.
+///
+/// Every other class (a constraint, a syntax error, data out of range) is a fault of the
+/// request or of the server, not of the database's availability.
 fn is_unavailable_sqlstate(code: &str) -> bool {
-    code.starts_with("08")
-        || matches!(
-            code,
-            "57014"
-                | "55P03"
-                | "53300"
-                | "57P01"
-                | "57P02"
-                | "57P03"
-                | "55000"
-                | "3D000"
-                | "28000"
-                | "28P01"
-        )
+    matches!(
+        code.get(..2),
+        Some("08" | "28" | "3D" | "40" | "53" | "55" | "57" | "58")
+    )
+}
+
+#[cfg(test)]
+mod sqlstate_tests {
+    use super::is_unavailable_sqlstate;
+
+    #[test]
+    fn unavailability_is_decided_by_class() {
+        for code in [
+            "08006", "08001", "28000", "28P01", "3D000", "40001", "40P01", "53300", "53100",
+            "55000", "55P03", "57014", "57P01", "57P03", "57P04", "58030",
+        ] {
+            assert!(is_unavailable_sqlstate(code), "{code}");
+        }
+        for code in [
+            "23505", "23503", "42601", "42P01", "22003", "XX000", "", "0",
+        ] {
+            assert!(!is_unavailable_sqlstate(code), "{code}");
+        }
+    }
 }
 
 pub(super) fn parse_id<T: std::str::FromStr>(row: &AnyRow, col: &str) -> Result<T, StoreError>
