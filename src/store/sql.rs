@@ -508,26 +508,6 @@ fn is_unavailable_sqlstate(code: &str) -> bool {
     )
 }
 
-#[cfg(test)]
-mod sqlstate_tests {
-    use super::is_unavailable_sqlstate;
-
-    #[test]
-    fn unavailability_is_decided_by_class() {
-        for code in [
-            "08006", "08001", "28000", "28P01", "3D000", "40001", "40P01", "53300", "53100",
-            "55000", "55P03", "57014", "57P01", "57P03", "57P04", "58030",
-        ] {
-            assert!(is_unavailable_sqlstate(code), "{code}");
-        }
-        for code in [
-            "23505", "23503", "42601", "42P01", "22003", "XX000", "", "0",
-        ] {
-            assert!(!is_unavailable_sqlstate(code), "{code}");
-        }
-    }
-}
-
 pub(super) fn parse_id<T: std::str::FromStr>(row: &AnyRow, col: &str) -> Result<T, StoreError>
 where
     T::Err: std::fmt::Display,
@@ -1124,5 +1104,25 @@ impl Store for SqlStore {
             })
         })
         .collect()
+    }
+}
+
+#[cfg(test)]
+mod sqlstate_tests {
+    use super::is_unavailable_sqlstate;
+
+    #[test]
+    fn unavailability_is_decided_by_class() {
+        for code in [
+            "08006", "08001", "28000", "28P01", "3D000", "40001", "40P01", "53300", "53100",
+            "55000", "55P03", "57014", "57P01", "57P03", "57P04", "58030",
+        ] {
+            assert!(is_unavailable_sqlstate(code), "{code}");
+        }
+        for code in [
+            "23505", "23503", "42601", "42P01", "22003", "XX000", "", "0",
+        ] {
+            assert!(!is_unavailable_sqlstate(code), "{code}");
+        }
     }
 }
