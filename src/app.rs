@@ -154,6 +154,7 @@ impl App {
             .map(|s| s.config.tcp_addrs.clone())
             .collect();
         // Issue 10: webhooks from the outbox, and the session cleanup.
+        control.set_webhook_destinations(config.webhooks.destinations());
         crate::runtime::webhooks::spawn(
             control.clone(),
             crate::runtime::webhooks::WebhookSettings {

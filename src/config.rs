@@ -536,6 +536,11 @@ pub struct WebhookArgs {
     /// `127.0.0.1` for one on this machine).
     #[arg(long, env = "PATCHBAY_WEBHOOK_ALLOW_NETWORK", value_delimiter = ',', value_parser = parse_network)]
     pub webhook_allow_network: Vec<ipnet::IpNet>,
+    /// Deliver webhooks to any address, private and loopback ones included (an on-premise
+    /// deployment whose every account is trusted); `--webhook-allow-network` is the narrower
+    /// choice.
+    #[arg(long, env = "PATCHBAY_WEBHOOK_ALLOW_PRIVATE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub webhook_allow_private: bool,
     /// Seconds after its creation a session is removed (Bandwidth: 9 hours).
     #[arg(long, env = "PATCHBAY_SESSION_MAX_AGE", default_value = "32400", value_parser = parse_seconds)]
     pub session_max_age: Duration,
@@ -549,6 +554,7 @@ impl Default for WebhookArgs {
             webhook_first_retry_ms: 1000,
             webhook_concurrency: 32,
             webhook_allow_network: Vec::new(),
+            webhook_allow_private: false,
             session_max_age: Duration::from_secs(32400),
         }
     }
@@ -566,7 +572,11 @@ fn parse_network(s: &str) -> Result<ipnet::IpNet, String> {
 impl WebhookArgs {
     /// Where deliveries may go: public addresses and the allowed networks.
     pub fn destinations(&self) -> crate::events::Destinations {
-        crate::events::Destinations::new(self.webhook_allow_network.clone())
+        if self.webhook_allow_private {
+            crate::events::Destinations::anywhere()
+        } else {
+            crate::events::Destinations::new(self.webhook_allow_network.clone())
+        }
     }
 
     /// The retry policy these flags describe.

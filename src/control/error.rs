@@ -85,6 +85,10 @@ pub enum Invalid {
     /// A subscription names a participant that is not in the account.
     #[error("participants: participant {0} does not exist in this account")]
     UnknownPublisher(ParticipantId),
+    /// A `callbackUrl` webhooks may not be delivered to (an address that is not public and
+    /// not allowed by the operator); the reason.
+    #[error("callbackUrl: {0}")]
+    CallbackDestination(String),
 }
 
 impl ControlError {

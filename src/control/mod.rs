@@ -101,6 +101,9 @@ struct Inner {
     /// `uniqueId`): one reconnecting here resumes its call, and its backend is not told a
     /// second `onConnect`.
     foreign: Mutex<std::collections::HashSet<(crate::domain::ParticipantId, String)>>,
+    /// Where webhooks may be delivered: checked when a `callbackUrl` is set (IP literals; host
+    /// names are checked when a delivery resolves them).
+    destinations: std::sync::RwLock<crate::events::Destinations>,
     /// Set once the process drains before it stops (see [`Control::begin_drain`]).
     draining: std::sync::atomic::AtomicBool,
 }
@@ -125,6 +128,7 @@ impl Control {
                 webhooks: webhooks::Recorder::default(),
                 live: Mutex::default(),
                 foreign: Mutex::default(),
+                destinations: std::sync::RwLock::default(),
                 draining: std::sync::atomic::AtomicBool::new(false),
             }),
         })
@@ -141,6 +145,27 @@ impl Control {
         self.inner
             .draining
             .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Where webhooks may be delivered (public addresses only until this is called): a
+    /// `callbackUrl` whose host is an address outside it is refused when it is set.
+    pub fn set_webhook_destinations(&self, destinations: crate::events::Destinations) {
+        *self
+            .inner
+            .destinations
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = destinations;
+    }
+
+    /// Refuses a `callbackUrl` webhooks could not be delivered to (see
+    /// [`Control::set_webhook_destinations`]).
+    fn check_callback(&self, url: &crate::domain::CallbackUrl) -> Result<(), ControlError> {
+        self.inner
+            .destinations
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .check_url(url.as_str())
+            .map_err(|refusal| error::Invalid::CallbackDestination(refusal.to_string()).into())
     }
 
     /// Is the process draining?

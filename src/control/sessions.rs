@@ -31,6 +31,9 @@ impl Control {
         account: &AccountId,
         new: NewParticipant,
     ) -> Result<(Participant, String), ControlError> {
+        if let Some(url) = &new.callback_url {
+            self.check_callback(url)?;
+        }
         let participant = Participant {
             id: ParticipantId::random(),
             account: account.clone(),

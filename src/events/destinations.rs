@@ -115,12 +115,25 @@ pub enum Refusal {
 #[derive(Debug, Clone, Default)]
 pub struct Destinations {
     allowed: Vec<IpNet>,
+    anywhere: bool,
 }
 
 impl Destinations {
     /// Public addresses, plus the addresses of `allowed`.
     pub fn new(allowed: Vec<IpNet>) -> Destinations {
-        Destinations { allowed }
+        Destinations {
+            allowed,
+            anywhere: false,
+        }
+    }
+
+    /// Every address (`--webhook-allow-private`): URLs are still checked for scheme and
+    /// credentials.
+    pub fn anywhere() -> Destinations {
+        Destinations {
+            allowed: Vec::new(),
+            anywhere: true,
+        }
     }
 
     /// Whether a delivery may connect to `ip`.
@@ -130,7 +143,7 @@ impl Destinations {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
             v4 => v4,
         };
-        is_public(ip) || self.allowed.iter().any(|net| net.contains(&ip))
+        self.anywhere || is_public(ip) || self.allowed.iter().any(|net| net.contains(&ip))
     }
 
     /// Checks `url` before any connection: http(s), no credentials, and an IP literal host
@@ -279,6 +292,13 @@ mod tests {
         assert_eq!(lan.check_url("http://127.0.0.1:9/hook"), Ok(()));
         assert_eq!(
             lan.check_url("http://u:p@127.0.0.1:9/hook"),
+            Err(Refusal::Credentials)
+        );
+        let any = Destinations::anywhere();
+        assert_eq!(any.check_url("http://10.1.2.3/hook"), Ok(()));
+        assert_eq!(any.check_url("http://[::1]/hook"), Ok(()));
+        assert_eq!(
+            any.check_url("http://u:p@10.1.2.3/"),
             Err(Refusal::Credentials)
         );
     }

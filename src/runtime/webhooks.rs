@@ -21,6 +21,10 @@ use crate::events::{sign, AttemptResult, Destinations, Dispatcher, Refusal, Retr
 const POLL: Duration = Duration::from_millis(200);
 /// How many due events one read of the outbox returns at most.
 const BATCH: u32 = 256;
+/// How long an idle connection to a receiver is kept for the next delivery.
+const IDLE_KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// Idle connections kept per receiver host.
+const IDLE_PER_HOST: usize = 4;
 /// How often the cleanup looks for expired sessions.
 const CLEANUP_EVERY: Duration = Duration::from_secs(60);
 
@@ -55,6 +59,11 @@ pub fn spawn(control: Control, settings: WebhookSettings) -> anyhow::Result<()> 
         .redirect(reqwest::redirect::Policy::none())
         // A proxy would resolve and connect on the server's behalf, past the checks.
         .no_proxy()
+        // Idle connections are descriptors: kept briefly (a burst of one participant's events
+        // reuses one), a few per receiver host. This shortens their life (reqwest keeps them
+        // 90 s by default); it does not bound their number across many hosts.
+        .pool_idle_timeout(IDLE_KEEP_ALIVE)
+        .pool_max_idle_per_host(IDLE_PER_HOST)
         .dns_resolver(Arc::new(GuardedResolver {
             destinations: destinations.clone(),
         }))

@@ -781,7 +781,7 @@ async fn callback_url_validation() {
     let api = server.api(&acct, "/v1");
     for url in [
         "https://example.com/callback",
-        "http://10.0.0.1:8080/hooks/webrtc?x=1",
+        "http://93.184.215.14:8080/hooks/webrtc?x=1",
     ] {
         let (p, _) = api
             .create_participant_with(Body::Json(json!({"callbackUrl": url})))

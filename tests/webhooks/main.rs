@@ -258,74 +258,189 @@ async fn events_arrive_signed_once_each_in_order_despite_errors_and_timeouts() {
     assert_eq!(log.iter().filter(|l| l.status == Some(204)).count(), 2);
 }
 
-/// Issue 22: a tenant cannot make the server POST to the server's own network. With no
-/// network allowed, a `callbackUrl` on loopback (as an IP literal, as a host name that
-/// resolves there, or spelled as a decimal number) gets no request at all: the receiver
-/// listening there sees nothing, and each event's one attempt is logged as refused, without
-/// telling whether anything listens. A URL with credentials is refused when it is set.
+/// Starts the app on a fresh database with `allowed` networks for webhooks (and `private`:
+/// every address); returns its HTTP address, control, and the stop handle.
+async fn app_with_destinations(
+    allowed: &[&str],
+    private: bool,
+) -> (SocketAddr, Control, tokio::sync::oneshot::Sender<()>) {
+    let mut config = ServeConfig::for_database(&sqlite_url());
+    config.webhooks.webhook_allow_network = allowed
+        .iter()
+        .map(|n| n.parse().expect("network"))
+        .collect();
+    config.webhooks.webhook_allow_private = private;
+    config.webhooks.webhook_first_retry_ms = 50;
+    let app = App::build(&config).await.expect("build app");
+    let (http, control) = (app.http_addr(), app.control().clone());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    (http, control, stop)
+}
+
+/// `POST …/participants` with `callbackUrl`: the status and the body.
+async fn create_with_callback(
+    http: SocketAddr,
+    creds: &patchbay::control::NewCredentials,
+    callback: &str,
+) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(format!(
+            "http://{http}/v1/accounts/{}/participants",
+            creds.account
+        ))
+        .basic_auth(&creds.username, Some(&creds.password))
+        .json(&serde_json::json!({"callbackUrl": callback}))
+        .send()
+        .await
+        .expect("request");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("JSON"))
+}
+
+/// The delivery log of `participant` once it has at least one attempt.
+async fn first_attempts(
+    control: &Control,
+    account: &AccountId,
+    participant: &str,
+) -> Vec<patchbay::control::DeliveryAttempt> {
+    for _ in 0..300 {
+        let log = control
+            .delivery_log(account, participant.parse().expect("id"), 10)
+            .await
+            .expect("log");
+        if !log.is_empty() {
+            return log;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no delivery attempt for {participant}");
+}
+
+/// Answers every POST with a redirect to `to`.
+async fn start_redirector(addr: &str, to: String) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .expect("bind redirector");
+    let local = listener.local_addr().expect("addr");
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move || {
+            let to = to.clone();
+            async move { (StatusCode::TEMPORARY_REDIRECT, [("location", to)]) }
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    local
+}
+
+/// Issue 22: a tenant cannot make the server POST into the server's own network. With only
+/// 127.0.0.2 allowed, 28 spellings of loopback, private, link-local, multicast and other
+/// special addresses, and URLs with credentials, are refused with 400 when they are set;
+/// host names that resolve to loopback are refused at delivery (one attempt, logged as
+/// refused, saying nothing of what listens); a redirect from an allowed receiver to loopback
+/// is not followed. Nothing reaches the listener on 127.0.0.1. Then `--webhook-allow-private`
+/// lets a delivery there through.
 #[tokio::test]
 async fn deliveries_to_addresses_that_are_not_public_are_refused() {
     let receiver = Arc::new(Receiver::default());
     let (hook_addr, _hook) = start_receiver("127.0.0.1:0".parse().unwrap(), receiver.clone()).await;
     let port = hook_addr.port();
-    let mut config = ServeConfig::for_database(&sqlite_url());
-    config.webhooks.webhook_allow_network.clear();
-    let app = App::build(&config).await.expect("build app");
-    let (http, control) = (app.http_addr(), app.control().clone());
-    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let _server = tokio::spawn(app.run_until_stopped(async move {
-        let _ = stopped.await;
-    }));
+    let (http, control, _stop) = app_with_destinations(&["127.0.0.2/32"], false).await;
     let account = AccountId::parse("tenant").unwrap();
     let creds = control
         .create_account(account.clone())
         .await
         .expect("account");
     *receiver.secret.lock().unwrap() = creds.webhook_secret.clone();
-    let hooks = [
+
+    let at_creation: Vec<(String, &str)> = [
+        ("http://127.0.0.1:{P}/hook", "not a public address"),
+        ("http://127.1:{P}/hook", "not a public address"),
+        ("http://127.0.0.9:{P}/hook", "not a public address"),
+        ("http://2130706433:{P}/hook", "not a public address"),
+        ("http://0x7f000001:{P}/hook", "not a public address"),
+        ("http://0177.0.0.1:{P}/hook", "not a public address"),
+        ("http://0x7f.0.0.1:{P}/hook", "not a public address"),
+        ("http://[::1]:{P}/hook", "not a public address"),
+        ("http://[::ffff:127.0.0.1]:{P}/hook", "not a public address"),
+        ("http://[::ffff:7f00:1]:{P}/hook", "not a public address"),
+        ("http://[64:ff9b::7f00:1]:{P}/hook", "not a public address"),
+        ("http://[2002:7f00:1::1]:{P}/hook", "not a public address"),
+        ("http://0.0.0.0:{P}/hook", "not a public address"),
+        ("http://[::]:{P}/hook", "not a public address"),
         (
-            format!("http://127.0.0.1:{port}/hook"),
-            "127.0.0.1 is not a public address",
+            "http://169.254.169.254/latest/meta-data/",
+            "not a public address",
         ),
+        ("http://[fe80::1]/hook", "not a public address"),
+        ("http://10.0.0.1/hook", "not a public address"),
+        ("http://172.16.5.4/hook", "not a public address"),
+        ("http://192.168.0.1/hook", "not a public address"),
+        ("http://100.64.0.1/hook", "not a public address"),
+        ("http://[fd00::1]/hook", "not a public address"),
+        ("http://224.0.0.1/hook", "not a public address"),
+        ("http://[ff02::1]/hook", "not a public address"),
+        ("http://255.255.255.255/hook", "not a public address"),
+        ("http://198.18.0.1/hook", "not a public address"),
+        ("http://user:pass@127.0.0.2:{P}/hook", "credentials"),
+        ("https://user@hooks.example.com/hook", "credentials"),
+        ("https://:secret@hooks.example.com/hook", "credentials"),
+    ]
+    .into_iter()
+    .map(|(url, why)| (url.replace("{P}", &port.to_string()), why))
+    .collect();
+    assert!(at_creation.len() >= 25);
+    for (url, why) in &at_creation {
+        let (status, body) = create_with_callback(http, &creds, url).await;
+        assert_eq!(status, 400, "{url}: {body}");
+        let message = body.to_string();
+        assert!(
+            message.contains("callbackUrl") && message.contains(why),
+            "{url}: {body}"
+        );
+    }
+
+    // Host names are resolved at delivery; a redirect to loopback is not followed.
+    let redirector = start_redirector("127.0.0.2:0", format!("http://127.0.0.1:{port}/hook")).await;
+    let at_delivery = [
         (
             format!("http://localhost:{port}/hook"),
-            "localhost resolves to no allowed address",
+            Some("refused: localhost resolves to no allowed address"),
         ),
         (
-            format!("http://2130706433:{port}/hook"),
-            "127.0.0.1 is not a public address",
+            format!("http://LOCALHOST:{port}/hook"),
+            Some("refused: localhost resolves to no allowed address"),
         ),
-        (
-            format!("http://[::ffff:127.0.0.1]:{port}/hook"),
-            "is not a public address",
-        ),
+        (format!("http://{redirector}/hook"), None),
     ];
     let mut devices = Vec::new();
-    let mut ids = Vec::new();
-    for (i, (hook, _)) in hooks.iter().enumerate() {
-        let (id, token) = participant(&control, &account, hook, None).await;
-        devices.push(connect(http, &token, &format!("dev-{i}")).await);
-        ids.push(id);
-    }
-    for ((_, why), id) in hooks.iter().zip(&ids) {
-        let mut log = Vec::new();
-        for _ in 0..300 {
-            log = control
-                .delivery_log(&account, id.parse().unwrap(), 10)
-                .await
-                .expect("log");
-            if !log.is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert_eq!(log.len(), 1, "one attempt, given up: {log:?}");
-        let error = log[0].error.as_deref().unwrap_or_default();
-        assert!(
-            error.starts_with("refused: ") && error.contains(why),
-            "{error}"
+    for (i, (url, why)) in at_delivery.iter().enumerate() {
+        let (status, body) = create_with_callback(http, &creds, url).await;
+        assert_eq!(status, 200, "{url}: {body}");
+        let (id, token) = (
+            body["participant"]["id"].as_str().expect("id").to_owned(),
+            body["token"].as_str().expect("token").to_owned(),
         );
-        assert_eq!(log[0].status, None);
+        devices.push(connect(http, &token, &format!("dev-{i}")).await);
+        let log = first_attempts(&control, &account, &id).await;
+        match why {
+            Some(why) => {
+                assert_eq!(log.len(), 1, "refused once, not retried: {log:?}");
+                let error = log[0].error.as_deref().unwrap_or_default();
+                assert!(error.starts_with(why), "{url}: {error}");
+                assert_eq!(log[0].status, None);
+            }
+            None => assert_eq!(
+                log[0].status,
+                Some(307),
+                "{url}: the redirect is the answer"
+            ),
+        }
     }
     assert!(receiver.accepted.lock().unwrap().is_empty());
     assert!(
@@ -339,18 +454,21 @@ async fn deliveries_to_addresses_that_are_not_public_are_refused() {
     );
     drop(devices);
 
-    // Credentials in a callbackUrl are refused when it is set.
-    let client = reqwest::Client::new();
-    let created = client
-        .post(format!("http://{http}/v1/accounts/tenant/participants"))
-        .basic_auth(&creds.username, Some(&creds.password))
-        .json(&serde_json::json!({"callbackUrl": "https://user:pw@hooks.example.com/x"}))
-        .send()
+    // The operator's switch lets a delivery to loopback through.
+    let (http, control, _stop) = app_with_destinations(&[], true).await;
+    let creds = control
+        .create_account(account.clone())
         .await
-        .expect("request");
-    assert_eq!(created.status(), 400);
-    let body: Value = created.json().await.expect("JSON error");
-    assert!(body.to_string().contains("credentials"), "{body}");
+        .expect("account");
+    *receiver.secret.lock().unwrap() = creds.webhook_secret.clone();
+    let (status, body) =
+        create_with_callback(http, &creds, &format!("http://127.0.0.1:{port}/hook")).await;
+    assert_eq!(status, 200, "{body}");
+    let _device = connect(http, body["token"].as_str().expect("token"), "dev-ok").await;
+    wait_for("the allowed delivery", || {
+        !receiver.accepted.lock().unwrap().is_empty()
+    })
+    .await;
 }
 
 /// Issue 10 item 5: a session past its age is removed, and its members' devices are
