@@ -162,6 +162,7 @@ impl App {
                 concurrency: usize::from(config.webhooks.webhook_concurrency),
                 destinations: config.webhooks.destinations(),
                 session_max_age: config.webhooks.session_max_age,
+                retention: config.webhooks.webhook_retention,
             },
         )?;
         // What other processes had live, read before this one's first heartbeat prunes it:

@@ -541,6 +541,10 @@ pub struct WebhookArgs {
     /// choice.
     #[arg(long, env = "PATCHBAY_WEBHOOK_ALLOW_PRIVATE", default_value_t = false, action = clap::ArgAction::Set)]
     pub webhook_allow_private: bool,
+    /// Seconds delivered and given-up webhook events, and delivery attempts (the delivery
+    /// log), are kept; then they are deleted. Events still waiting for delivery are kept.
+    #[arg(long, env = "PATCHBAY_WEBHOOK_RETENTION", default_value = "604800", value_parser = parse_retention)]
+    pub webhook_retention: Duration,
     /// Seconds after its creation a session is removed (Bandwidth: 9 hours).
     #[arg(long, env = "PATCHBAY_SESSION_MAX_AGE", default_value = "32400", value_parser = parse_seconds)]
     pub session_max_age: Duration,
@@ -555,6 +559,7 @@ impl Default for WebhookArgs {
             webhook_concurrency: 32,
             webhook_allow_network: Vec::new(),
             webhook_allow_private: false,
+            webhook_retention: Duration::from_secs(604_800),
             session_max_age: Duration::from_secs(32400),
         }
     }
@@ -632,6 +637,16 @@ fn parse_seconds(s: &str) -> Result<Duration, String> {
         return Err(format!("{s:?}: need 0.001 to 86400 seconds"));
     }
     Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Whole seconds from one hour to ten years: how long webhook history is kept.
+fn parse_retention(s: &str) -> Result<Duration, String> {
+    const MAX: u64 = 10 * 365 * 86_400;
+    let seconds: u64 = s.trim().parse().map_err(|e| format!("{s:?}: {e}"))?;
+    if !(3_600..=MAX).contains(&seconds) {
+        return Err(format!("{s:?}: need 3600 to {MAX} seconds"));
+    }
+    Ok(Duration::from_secs(seconds))
 }
 
 // --- Listeners slice (issue 9): timeouts and connection caps of the HTTP and SIP TCP

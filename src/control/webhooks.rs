@@ -23,6 +23,9 @@ use crate::store::{
 /// Why a device of an expired session is disconnected (its close reason).
 pub const SESSION_EXPIRED: &str = "session expired";
 
+/// How many rows of each webhook table one prune deletes at a time.
+const PRUNE_BATCH: u32 = 1000;
+
 /// How many expired sessions are read from the store at a time.
 pub const EXPIRE_BATCH: u32 = 100;
 
@@ -233,6 +236,26 @@ impl Control {
             .store
             .delivery_log(account, participant, limit)
             .await?)
+    }
+
+    /// Deletes the delivered and given-up webhook events, and the delivery attempts, older than
+    /// `retention` at `now_ms` (epoch milliseconds), [`PRUNE_BATCH`] rows at a time; events
+    /// still waiting for delivery stay. Returns how many rows went.
+    pub async fn prune_webhooks(
+        &self,
+        retention: Duration,
+        now_ms: i64,
+    ) -> Result<u64, ControlError> {
+        let before =
+            now_ms.saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+        let mut total = 0;
+        loop {
+            let n = self.inner.store.prune_webhooks(before, PRUNE_BATCH).await?;
+            total += n;
+            if n < u64::from(PRUNE_BATCH) {
+                return Ok(total);
+            }
+        }
     }
 
     /// Deletes the sessions created more than `max_age` before `now_ms` (epoch milliseconds),

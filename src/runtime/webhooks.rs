@@ -39,6 +39,8 @@ pub struct WebhookSettings {
     pub destinations: Destinations,
     /// Sessions older than this are removed.
     pub session_max_age: Duration,
+    /// Delivered and given-up events, and delivery attempts, older than this are deleted.
+    pub retention: Duration,
 }
 
 // The runtime owns the clock: outbox rows and attempts are stamped in wall-clock time.
@@ -71,7 +73,7 @@ pub fn spawn(control: Control, settings: WebhookSettings) -> anyhow::Result<()> 
         .build()?;
     let wake = Arc::new(Notify::new());
     let feed = control.webhook_feed();
-    let max_age = settings.session_max_age;
+    let (max_age, retention) = (settings.session_max_age, settings.retention);
     tokio::spawn(record(control.clone(), feed, wake.clone()));
     tokio::spawn(deliver(
         control.clone(),
@@ -80,7 +82,7 @@ pub fn spawn(control: Control, settings: WebhookSettings) -> anyhow::Result<()> 
         settings,
         wake,
     ));
-    tokio::spawn(cleanup(control, max_age));
+    tokio::spawn(cleanup(control, max_age, retention));
     Ok(())
 }
 
@@ -290,13 +292,18 @@ pub fn spawn_reaper(control: Control, snapshot: Vec<crate::control::LiveDevice>)
     });
 }
 
-/// Removes expired sessions every [`CLEANUP_EVERY`].
-async fn cleanup(control: Control, max_age: Duration) {
+/// Removes expired sessions, and webhook rows past their retention, every [`CLEANUP_EVERY`].
+async fn cleanup(control: Control, max_age: Duration, retention: Duration) {
     loop {
         match control.expire_sessions(max_age, now_ms()).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(sessions = n, "expired sessions removed"),
             Err(e) => tracing::warn!(error = %e, "cannot remove expired sessions"),
+        }
+        match control.prune_webhooks(retention, now_ms()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, "old webhook events and attempts deleted"),
+            Err(e) => tracing::warn!(error = %e, "cannot delete old webhook events"),
         }
         tokio_sleep(CLEANUP_EVERY).await;
     }

@@ -36,6 +36,7 @@ pub const CASES: &[&str] = &[
     "deleting_a_publisher_prunes_subscriptions",
     "webhook_settings",
     "webhook_outbox",
+    "webhook_retention",
     "sessions_by_age",
     "operator",
     "subscribe_layouts",
@@ -789,6 +790,93 @@ pub async fn webhook_outbox(store: TestStore) {
     assert_eq!(log.len(), 1);
     assert_eq!(log[0].error.as_deref(), Some("timed out"));
     assert!(store.outbox_pending().await.expect("pending") >= 1);
+}
+
+/// Retention: delivered and given-up events, and attempts, that ended before the cutoff are
+/// deleted (at most `limit` rows of each per call); pending events and newer rows stay.
+/// Times here are below 1.5 s after the epoch, before any other case's rows.
+pub async fn webhook_retention(store: TestStore) {
+    let account = new_account(&store).await;
+    store
+        .account_webhooks(&account, "whsec_k")
+        .await
+        .expect("secret");
+    let (a, b, c) = (
+        ParticipantId::random(),
+        ParticipantId::random(),
+        ParticipantId::random(),
+    );
+    let mut events = vec![
+        outbox_event(&account, a, 1),
+        outbox_event(&account, b, 1),
+        outbox_event(&account, c, 1),
+    ];
+    for e in &mut events {
+        e.created_at_ms = 10;
+    }
+    store.outbox_append(&events).await.expect("append");
+    let due = due_of(&store, &account, 100).await;
+    let find = |p: ParticipantId| {
+        due.iter()
+            .find(|e| e.event.participant == p)
+            .expect("due")
+            .clone()
+    };
+    // a: delivered at 200; b: given up at 1_400 (after the cutoff); c: still pending.
+    let (ea, eb, ec) = (find(a), find(b), find(c));
+    store
+        .outbox_attempted(
+            &ea,
+            &attempt(&ea, Some(204), 200),
+            AttemptOutcome::Delivered,
+        )
+        .await
+        .expect("attempted");
+    store
+        .outbox_attempted(&eb, &attempt(&eb, None, 1_400), AttemptOutcome::GaveUp)
+        .await
+        .expect("attempted");
+    store
+        .outbox_attempted(
+            &ec,
+            &attempt(&ec, Some(500), 300),
+            AttemptOutcome::RetryAt(350),
+        )
+        .await
+        .expect("attempted");
+    // One row of each table at a time: a's event, then the attempts of a and c (both before
+    // the cutoff); never c's pending event nor anything of b.
+    let mut gone = 0;
+    for _ in 0..10 {
+        let n = store.prune_webhooks(1_000, 1).await.expect("prune");
+        assert!(n <= 2, "at most one row of each table: {n}");
+        if n == 0 {
+            break;
+        }
+        gone += n;
+    }
+    assert!(gone >= 3, "a's event and the two old attempts went: {gone}");
+    assert!(store
+        .delivery_log(&account, a, 10)
+        .await
+        .expect("log")
+        .is_empty());
+    assert!(store
+        .delivery_log(&account, c, 10)
+        .await
+        .expect("log")
+        .is_empty());
+    assert_eq!(
+        store
+            .delivery_log(&account, b, 10)
+            .await
+            .expect("log")
+            .len(),
+        1
+    );
+    let due = due_of(&store, &account, 400).await;
+    assert_eq!(due.len(), 1, "c's pending event stays");
+    assert_eq!(due[0].event.participant, c);
 }
 
 /// A two-line layout (channels, one audio track of `publisher`).

@@ -384,6 +384,10 @@ pub trait WebhookStore: Send + Sync + 'static {
         attempt: &DeliveryAttempt,
         outcome: AttemptOutcome,
     ) -> Result<(), StoreError>;
+    /// Deletes delivered and given-up outbox events whose last attempt ended before
+    /// `before_ms`, and delivery attempts made before it, at most `limit` rows of each; how
+    /// many rows went. Pending events are never deleted.
+    async fn prune_webhooks(&self, before_ms: i64, limit: u32) -> Result<u64, StoreError>;
     /// The participant's last `limit` delivery attempts, newest first.
     async fn delivery_log(
         &self,

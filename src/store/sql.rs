@@ -112,6 +112,7 @@ store_ops! {
     OutboxPending => "outbox_pending",
     OutboxAttempted => "outbox_attempted",
     DeliveryLog => "delivery_log",
+    PruneWebhooks => "prune_webhooks",
     SessionsCreatedBefore => "sessions_created_before",
     SaveSubscribeLayout => "save_subscribe_layout",
     SubscribeLayout => "subscribe_layout",

@@ -217,6 +217,30 @@ impl WebhookStore for SqlStore {
         Ok(())
     }
 
+    async fn prune_webhooks(&self, before_ms: i64, limit: u32) -> Result<u64, StoreError> {
+        let _timer = self.timer(Op::PruneWebhooks);
+        let limit = i64::from(limit);
+        let events = sqlx::query(
+            "DELETE FROM webhook_outbox WHERE seq IN (SELECT seq FROM webhook_outbox \
+             WHERE state IN ('delivered', 'failed') AND next_at < $1 LIMIT $2)",
+        )
+        .bind(before_ms)
+        .bind(limit)
+        .execute(&self.write)
+        .await?
+        .rows_affected();
+        let attempts = sqlx::query(
+            "DELETE FROM webhook_attempts WHERE seq IN (SELECT seq FROM webhook_attempts \
+             WHERE at < $1 LIMIT $2)",
+        )
+        .bind(before_ms)
+        .bind(limit)
+        .execute(&self.write)
+        .await?
+        .rows_affected();
+        Ok(events + attempts)
+    }
+
     async fn delivery_log(
         &self,
         account: &AccountId,

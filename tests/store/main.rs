@@ -62,6 +62,7 @@ both!(
     deleting_a_publisher_prunes_subscriptions,
     webhook_settings,
     webhook_outbox,
+    webhook_retention,
     sessions_by_age,
     operator,
     subscribe_layouts,
