@@ -78,6 +78,25 @@ pub async fn account(command: AccountCommand) -> anyhow::Result<String> {
             }
             Ok(out)
         }
+        AccountCommand::RotateWebhookSecret {
+            account_id,
+            grace,
+            json,
+            database,
+        } => {
+            let account = AccountId::parse(&account_id)?;
+            let secret = control(&database)
+                .await?
+                .rotate_webhook_secret(&account, Duration::from_secs(grace))
+                .await?;
+            Ok(if json {
+                json!({"accountId": account.as_str(), "webhookSecret": secret}).to_string() + "\n"
+            } else if grace == 0 {
+                format!("account:        {account}\nwebhook secret: {secret}\n(shown once; deliveries are signed with it alone from now on)\n")
+            } else {
+                format!("account:        {account}\nwebhook secret: {secret}\n(shown once; deliveries carry a signature with the old secret too for {grace} s)\n")
+            })
+        }
         AccountCommand::Rotate {
             account_id,
             json,

@@ -115,6 +115,23 @@ pub enum AccountCommand {
         #[command(flatten)]
         database: DatabaseArgs,
     },
+    /// Replace an account's webhook secret with a new random one, printed once. For the grace
+    /// period deliveries are signed with the old secret too (Standard Webhooks: two
+    /// signatures in one header), so receivers can switch without missing an event.
+    RotateWebhookSecret {
+        /// The account id.
+        account_id: String,
+        /// Seconds the old secret still signs deliveries (0: it stops at once, for a leaked
+        /// secret; at most 30 days).
+        #[arg(long, default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(0..=2_592_000))]
+        grace: u64,
+        /// Print `{"accountId": …, "webhookSecret": …}` instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The database holding the account.
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
     /// Replace an account's API credentials with new random ones, printed once; the old ones
     /// stop working (on running servers within 5 seconds). The webhook secret is unchanged.
     Rotate {

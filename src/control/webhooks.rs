@@ -238,6 +238,27 @@ impl Control {
             .await?)
     }
 
+    /// Replaces the account's webhook secret with a new random one, returned (`whsec_…`).
+    /// For `grace`, deliveries carry a signature with the old secret too (Standard Webhooks
+    /// allows several in one header), so receivers can switch without losing an event; zero
+    /// ends the old secret at once (a leaked one).
+    pub async fn rotate_webhook_secret(
+        &self,
+        account: &AccountId,
+        grace: Duration,
+    ) -> Result<String, ControlError> {
+        let secret = events::new_secret();
+        let until = (!grace.is_zero()).then(|| {
+            crate::store::epoch_ms()
+                .saturating_add(i64::try_from(grace.as_millis()).unwrap_or(i64::MAX))
+        });
+        self.inner
+            .store
+            .rotate_webhook_secret(account, &secret, until)
+            .await?;
+        Ok(secret)
+    }
+
     /// Deletes the delivered and given-up webhook events, and the delivery attempts, older than
     /// `retention` at `now_ms` (epoch milliseconds), [`PRUNE_BATCH`] rows at a time; events
     /// still waiting for delivery stay. Returns how many rows went.

@@ -125,6 +125,7 @@ mod tests {
             },
             attempts: 0,
             secret: String::new(),
+            previous_secret: None,
         }
     }
 

@@ -20,7 +20,7 @@ mod signature;
 pub use destinations::{is_public, Destinations, Refusal};
 pub use dispatch::{AttemptResult, Dispatcher};
 pub use schedule::RetryPolicy;
-pub use signature::{new_secret, sign, SECRET_PREFIX};
+pub use signature::{new_secret, sign, sign_all, SECRET_PREFIX};
 
 use serde::Serialize;
 

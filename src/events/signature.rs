@@ -32,9 +32,40 @@ pub fn sign(secret: &str, id: &str, timestamp_s: i64, body: &str) -> String {
     format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
 }
 
+/// The `webhook-signature` header for `secrets` (the current one first): one `v1,` signature
+/// each, separated by spaces, as Standard Webhooks allows during a secret rotation.
+pub fn sign_all(secrets: &[&str], id: &str, timestamp_s: i64, body: &str) -> String {
+    secrets
+        .iter()
+        .map(|secret| sign(secret, id, timestamp_s, body))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn several_secrets_give_one_signature_each_current_first() {
+        let (new, old) = (
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "whsec_b2xkc2VjcmV0",
+        );
+        let header = sign_all(&[new, old], "msg_1", 1614265330, "{}");
+        let parts: Vec<&str> = header.split(' ').collect();
+        assert_eq!(
+            parts,
+            [
+                sign(new, "msg_1", 1614265330, "{}"),
+                sign(old, "msg_1", 1614265330, "{}")
+            ]
+        );
+        assert_eq!(
+            sign_all(&[new], "msg_1", 1, "{}"),
+            sign(new, "msg_1", 1, "{}")
+        );
+    }
 
     #[test]
     fn signs_id_timestamp_and_body_with_the_decoded_key() {

@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use crate::control::{AttemptOutcome, Control, OutboxEvent, WebhookFeed};
-use crate::events::{sign, AttemptResult, Destinations, Dispatcher, Refusal, RetryPolicy};
+use crate::events::{sign_all, AttemptResult, Destinations, Dispatcher, Refusal, RetryPolicy};
 
 /// How often the worker looks for due events when nothing wakes it.
 const POLL: Duration = Duration::from_millis(200);
@@ -180,7 +180,9 @@ async fn attempt(
     }
     let timestamp = now_ms() / 1000;
     let e = &event.event;
-    let signature = sign(&event.secret, &e.id, timestamp, &e.body);
+    let mut secrets = vec![event.secret.as_str()];
+    secrets.extend(event.previous_secret.as_deref());
+    let signature = sign_all(&secrets, &e.id, timestamp, &e.body);
     let sent = client
         .post(&e.url)
         .header("content-type", "application/json")

@@ -37,6 +37,7 @@ pub const CASES: &[&str] = &[
     "webhook_settings",
     "webhook_outbox",
     "webhook_retention",
+    "webhook_secret_rotation",
     "sessions_by_age",
     "operator",
     "subscribe_layouts",
@@ -877,6 +878,58 @@ pub async fn webhook_retention(store: TestStore) {
     let due = due_of(&store, &account, 400).await;
     assert_eq!(due.len(), 1, "c's pending event stays");
     assert_eq!(due[0].event.participant, c);
+}
+
+/// A rotated webhook secret: due events carry the new secret, and the previous one only
+/// while its grace lasts (judged at the time they are read); a rotation without grace drops
+/// the previous one; an unknown account is refused.
+pub async fn webhook_secret_rotation(store: TestStore) {
+    let account = new_account(&store).await;
+    store
+        .account_webhooks(&account, "whsec_old")
+        .await
+        .expect("secret");
+    let p = ParticipantId::random();
+    store
+        .outbox_append(&[outbox_event(&account, p, 1)])
+        .await
+        .expect("append");
+    store
+        .rotate_webhook_secret(&account, "whsec_new", Some(9_000))
+        .await
+        .expect("rotate");
+    assert_eq!(
+        store
+            .account_webhooks(&account, "whsec_x")
+            .await
+            .expect("settings")
+            .secret,
+        "whsec_new"
+    );
+    let due = due_of(&store, &account, 8_000).await;
+    assert_eq!(due.len(), 1);
+    assert_eq!(
+        (due[0].secret.as_str(), due[0].previous_secret.as_deref()),
+        ("whsec_new", Some("whsec_old")),
+        "in the grace"
+    );
+    let due = due_of(&store, &account, 9_000).await;
+    assert_eq!(due[0].previous_secret, None, "the grace is over");
+    store
+        .rotate_webhook_secret(&account, "whsec_newer", None)
+        .await
+        .expect("rotate");
+    let due = due_of(&store, &account, 8_000).await;
+    assert_eq!(
+        (due[0].secret.as_str(), due[0].previous_secret.as_deref()),
+        ("whsec_newer", None),
+        "no grace: the previous secret is gone at once"
+    );
+    let missing = AccountId::parse("nobody-here").expect("id");
+    assert!(matches!(
+        store.rotate_webhook_secret(&missing, "whsec_z", None).await,
+        Err(StoreError::AccountNotFound)
+    ));
 }
 
 /// A two-line layout (channels, one audio track of `publisher`).

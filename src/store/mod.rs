@@ -318,6 +318,9 @@ pub struct OutboxEvent {
     pub attempts: u32,
     /// The account's signing secret.
     pub secret: String,
+    /// The account's previous secret, while the grace of its rotation lasts (at the time the
+    /// event was read): deliveries are signed with both.
+    pub previous_secret: Option<String>,
 }
 
 /// What became of one delivery attempt.
@@ -364,6 +367,15 @@ pub trait WebhookStore: Send + Sync + 'static {
         account: &AccountId,
         candidate: &str,
     ) -> Result<AccountWebhooks, StoreError>;
+    /// Replaces the account's webhook secret with `secret`; the old one stays valid for
+    /// signing until `previous_until_ms` (epoch milliseconds), or not at all (`None`).
+    /// `AccountNotFound` if there is no such account.
+    async fn rotate_webhook_secret(
+        &self,
+        account: &AccountId,
+        secret: &str,
+        previous_until_ms: Option<i64>,
+    ) -> Result<(), StoreError>;
     /// Sets whether the account receives only Bandwidth's three events.
     async fn set_webhook_bandwidth_only(
         &self,

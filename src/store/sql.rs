@@ -107,6 +107,7 @@ store_ops! {
     WebhookTarget => "webhook_target",
     AccountWebhooks => "account_webhooks",
     SetWebhookBandwidthOnly => "set_webhook_bandwidth_only",
+    RotateWebhookSecret => "rotate_webhook_secret",
     OutboxAppend => "outbox_append",
     OutboxDue => "outbox_due",
     OutboxPending => "outbox_pending",

@@ -32,6 +32,7 @@ fn outbox_event_from_row(row: &AnyRow) -> Result<OutboxEvent, StoreError> {
         },
         attempts: u32::try_from(attempts).map_err(corrupt)?,
         secret: row.try_get("secret")?,
+        previous_secret: row.try_get("previous_secret")?,
     })
 }
 
@@ -104,6 +105,28 @@ impl WebhookStore for SqlStore {
         })
     }
 
+    async fn rotate_webhook_secret(
+        &self,
+        account: &AccountId,
+        secret: &str,
+        previous_until_ms: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let _timer = self.timer(Op::RotateWebhookSecret);
+        let done = sqlx::query(
+            "UPDATE accounts SET webhook_secret_previous = CASE WHEN $3 > 0 THEN webhook_secret END, \
+             webhook_secret_previous_until = $3, webhook_secret = $1 WHERE id = $2",
+        )
+        .bind(secret)
+        .bind(account.as_str())
+        .bind(previous_until_ms.unwrap_or(0))
+        .execute(&self.write)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::AccountNotFound);
+        }
+        Ok(())
+    }
+
     async fn set_webhook_bandwidth_only(
         &self,
         account: &AccountId,
@@ -151,7 +174,9 @@ impl WebhookStore for SqlStore {
         let _timer = self.timer(Op::OutboxDue);
         sqlx::query(
             "SELECT o.seq, o.id, o.account_id, o.participant_id, o.url, o.event, o.body, \
-             o.created_at, o.attempts, COALESCE(a.webhook_secret, '') AS secret \
+             o.created_at, o.attempts, COALESCE(a.webhook_secret, '') AS secret, \
+             CASE WHEN a.webhook_secret_previous_until > $1 THEN a.webhook_secret_previous \
+             END AS previous_secret \
              FROM webhook_outbox o JOIN accounts a ON a.id = o.account_id \
              WHERE o.state = 'pending' AND o.next_at <= $1 AND o.seq = \
              (SELECT MIN(h.seq) FROM webhook_outbox h \

@@ -510,6 +510,38 @@ async fn accounts_are_listed_and_rotated_credentials_replace_the_old_ones() {
     let old_user = list[0]["username"].as_str().expect("username").to_owned();
     assert!(cli(&db, &["account", "list"]).contains(&old_user));
 
+    // The webhook secret rotates on its own, printed once; an unknown account is an error.
+    let rotated: Value = serde_json::from_str(&cli(
+        &db,
+        &[
+            "account",
+            "rotate-webhook-secret",
+            "ops",
+            "--grace",
+            "60",
+            "--json",
+        ],
+    ))
+    .expect("json");
+    assert_eq!(rotated["accountId"], "ops", "{rotated}");
+    assert!(
+        rotated["webhookSecret"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("whsec_")),
+        "{rotated}"
+    );
+    let unknown = Command::new(BIN)
+        .args([
+            "account",
+            "rotate-webhook-secret",
+            "nobody",
+            "--database-url",
+            &db,
+        ])
+        .output()
+        .expect("run patchbay");
+    assert!(!unknown.status.success());
+
     // The credentials session_with used are gone from here; get the current ones by rotating
     // twice: the first rotation's credentials must work, then stop working after the second.
     let first: Value =

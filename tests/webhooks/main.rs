@@ -59,7 +59,8 @@ fn verify(secret: &str, headers: &HeaderMap, body: &str) -> Option<String> {
         "v1,{}",
         base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
     );
-    (sig == expected).then(|| id.to_owned())
+    // Standard Webhooks: any of the space-separated signatures may match (secret rotation).
+    sig.split(' ').any(|s| s == expected).then(|| id.to_owned())
 }
 
 async fn receive(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: String) -> StatusCode {
@@ -467,6 +468,62 @@ async fn deliveries_to_addresses_that_are_not_public_are_refused() {
     let _device = connect(http, body["token"].as_str().expect("token"), "dev-ok").await;
     wait_for("the allowed delivery", || {
         !receiver.accepted.lock().unwrap().is_empty()
+    })
+    .await;
+}
+
+/// Issue 22: an account's webhook secret is rotated with a grace: deliveries verify with the
+/// new secret and with the old one, so a receiver can switch without losing an event. A
+/// rotation without grace ends the old secret at once.
+#[tokio::test]
+async fn a_rotated_webhook_secret_signs_with_both_secrets_during_its_grace() {
+    let receiver = Arc::new(Receiver::default());
+    let (hook_addr, _hook) = start_receiver("127.0.0.1:0".parse().unwrap(), receiver.clone()).await;
+    let hook = format!("http://{hook_addr}/hook");
+    let (http, control, _stop) = app_with_destinations(&["127.0.0.1/32"], false).await;
+    let account = AccountId::parse("rotating").unwrap();
+    let creds = control
+        .create_account(account.clone())
+        .await
+        .expect("account");
+    let old = creds.webhook_secret.clone();
+    let new = control
+        .rotate_webhook_secret(&account, Duration::from_secs(3600))
+        .await
+        .expect("rotate");
+    assert!(new.starts_with("whsec_") && new != old);
+
+    // A receiver still on the old secret accepts the delivery, and so does one on the new.
+    *receiver.secret.lock().unwrap() = old.clone();
+    let (_, token) = participant(&control, &account, &hook, None).await;
+    let _a = connect(http, &token, "dev-a").await;
+    wait_for("a delivery verified with the old secret", || {
+        receiver.accepted.lock().unwrap().len() == 1
+    })
+    .await;
+    *receiver.secret.lock().unwrap() = new.clone();
+    let (_, token) = participant(&control, &account, &hook, None).await;
+    let _b = connect(http, &token, "dev-b").await;
+    wait_for("a delivery verified with the new secret", || {
+        receiver.accepted.lock().unwrap().len() == 2
+    })
+    .await;
+
+    // Without grace the old secret signs nothing more.
+    let newest = control
+        .rotate_webhook_secret(&account, Duration::ZERO)
+        .await
+        .expect("rotate");
+    *receiver.secret.lock().unwrap() = new;
+    let (_, token) = participant(&control, &account, &hook, None).await;
+    let _c = connect(http, &token, "dev-c").await;
+    wait_for("a delivery the previous secret does not verify", || {
+        *receiver.bad_signatures.lock().unwrap() >= 1
+    })
+    .await;
+    *receiver.secret.lock().unwrap() = newest;
+    wait_for("the retry, verified with the newest secret", || {
+        receiver.accepted.lock().unwrap().len() == 3
     })
     .await;
 }
