@@ -40,6 +40,17 @@ pub struct ConnectedDevice {
     connection: Connection,
 }
 
+/// How a device's connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The device said `leave` ([`DeviceControl::leave`] recorded it).
+    Left,
+    /// The server removed it (its session expired): reported as a leave.
+    Removed,
+    /// The connection was lost or closed without `leave`.
+    Lost,
+}
+
 /// Why a device could not connect.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -170,11 +181,27 @@ impl DeviceControl {
             }
         };
         let resumed = self.control.resumes_foreign(participant, &unique_id);
-        self.control.device_event(LifecycleEvent::Connected {
+        let recorded = self.control.device_event(LifecycleEvent::Connected {
             participant,
             device: unique_id.clone(),
             resumed,
         });
+        // The connect is acknowledged only once its event is in the outbox: a crash after it
+        // must not lose the backend's onConnect. A database that cannot take it in time gets
+        // the device "try again later" (its media stays for the reconnect grace), and the
+        // connection's end is recorded after it, so the backend never sees a device left
+        // connected.
+        if !recorded.wait().await {
+            self.media.disconnect(connection, device, false);
+            let _ = self.control.device_event(LifecycleEvent::Disconnected {
+                participant,
+                device: unique_id,
+                left: false,
+            });
+            return Err(ConnectError::Unavailable(
+                "the connection's event cannot be recorded now".into(),
+            ));
+        }
         Ok(ConnectedDevice {
             device,
             participant,
@@ -202,20 +229,34 @@ impl DeviceControl {
         self.media.subscribe_answer(device.device, sdp).await
     }
 
-    /// The device said `leave`: its media ends now.
-    pub fn leave(&self, device: &ConnectedDevice) {
+    /// The device said `leave`: its media ends now, and its `onLeave` is recorded; answer the
+    /// `leave` once the returned receipt resolves (a leave cannot be refused: a database that
+    /// cannot take the event in time delays the answer by the recorder's bound, and the event
+    /// is still written when it can be).
+    pub fn leave(&self, device: &ConnectedDevice) -> super::Recorded {
         self.media
             .disconnect(device.connection, device.device, true);
+        self.control.device_event(LifecycleEvent::Disconnected {
+            participant: device.participant,
+            device: device.unique_id.clone(),
+            left: true,
+        })
     }
 
-    /// The connection is over (`left`: after `leave`). Without `leave` the media plane keeps
-    /// the device for a while, for the SDK's reconnect.
-    pub fn disconnected(&self, device: ConnectedDevice, left: bool) {
-        if !left {
-            self.media
-                .disconnect(device.connection, device.device, false);
-        }
-        self.control.device_event(LifecycleEvent::Disconnected {
+    /// The connection is over. `ended`: how (after [`DeviceControl::leave`] its event is
+    /// recorded already). Without `leave` the media plane keeps the device for a while, for
+    /// the SDK's reconnect.
+    pub fn disconnected(&self, device: ConnectedDevice, ended: Ended) {
+        let left = match ended {
+            Ended::Left => return,
+            Ended::Removed => true,
+            Ended::Lost => {
+                self.media
+                    .disconnect(device.connection, device.device, false);
+                false
+            }
+        };
+        let _ = self.control.device_event(LifecycleEvent::Disconnected {
             participant: device.participant,
             device: device.unique_id,
             left,

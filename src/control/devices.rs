@@ -46,8 +46,8 @@ impl Control {
     }
 
     /// Records a lifecycle event of a device (connected, disconnected) for whoever watches,
-    /// and for the webhook outbox.
-    pub fn device_event(&self, event: LifecycleEvent) {
+    /// and for the webhook outbox: the receipt says when it is there.
+    pub fn device_event(&self, event: LifecycleEvent) -> super::webhooks::Recorded {
         tracing::info!(?event, "device lifecycle");
         {
             let mut live = self.inner.live.lock().unwrap_or_else(|e| e.into_inner());
@@ -69,8 +69,9 @@ impl Control {
                 _ => {}
             }
         }
-        self.inner.webhooks.record(&event);
+        let recorded = self.inner.webhooks.record(&event);
         self.inner.events.send(ControlEvent::Lifecycle(event));
+        recorded
     }
 }
 

@@ -61,7 +61,7 @@ use crate::token::{self, TokenKeys};
 pub use crate::store::{AttemptOutcome, DeliveryAttempt, LiveDevice, OutboxEvent};
 pub use auth::{NewCredentials, RotatedCredentials, CREDENTIAL_CACHE_TTL};
 pub use connections::{
-    AdmittedPhone, ConnectError, ConnectedDevice, DeviceControl, PhoneRefusal, ResumedPhone,
+    AdmittedPhone, ConnectError, ConnectedDevice, DeviceControl, Ended, PhoneRefusal, ResumedPhone,
 };
 pub use devices::VerifiedDevice;
 pub use error::{Conflict, ControlError, DeviceTokenError, Invalid, Resource, Source};
@@ -70,7 +70,7 @@ pub use keys::PREVIOUS_SECRET_NAME;
 pub use operator::{Inspection, LiveDeviceView};
 pub use routing::Routing;
 pub use sessions::NewParticipant;
-pub use webhooks::{WebhookFeed, EXPIRE_BATCH, SESSION_EXPIRED};
+pub use webhooks::{FeedItem, Recorded, WebhookFeed, EXPIRE_BATCH, SESSION_EXPIRED};
 
 /// The orchestrator. Cheap to clone; share one per process.
 #[derive(Clone)]

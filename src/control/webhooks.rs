@@ -2,16 +2,19 @@
 //! the cleanup of old sessions.
 //!
 //! Every [`LifecycleEvent`] control records goes, in order, on one feed ([`WebhookFeed`]) that
-//! the runtime drains into [`Control::record_webhooks`]: that verb renders the webhooks of a
-//! participant with a `callbackUrl` and appends them to the outbox; only then do they count as
-//! emitted. Until the runtime takes the feed, nothing is recorded (unit tests, commands).
+//! the runtime drains in batches into [`Control::record_webhooks`]: that verb renders the
+//! webhooks of participants with a `callbackUrl` and appends them to the outbox in one write;
+//! only then do they count as emitted. Each event comes with a [`Recorded`] receipt: a verb
+//! whose acknowledgment must not outrun its event (a device's connect, its `leave`) waits for
+//! it, so that a crash after the acknowledgment loses nothing. Until the runtime takes the
+//! feed, nothing is recorded and every receipt is ready (unit tests, commands).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::{Control, ControlError, LifecycleEvent};
 use crate::domain::{AccountId, ParticipantId};
@@ -30,12 +33,43 @@ const PRUNE_BATCH: u32 = 1000;
 pub const EXPIRE_BATCH: u32 = 100;
 
 /// Lifecycle events in the order control recorded them, for [`Control::record_webhooks`].
-pub type WebhookFeed = mpsc::UnboundedReceiver<LifecycleEvent>;
+pub type WebhookFeed = mpsc::UnboundedReceiver<FeedItem>;
+
+/// One event on the feed, and the receipt to answer once it is in the outbox (`true`) or
+/// could not be written in time (`false`: the recorder keeps trying).
+#[derive(Debug)]
+pub struct FeedItem {
+    /// The event.
+    pub event: LifecycleEvent,
+    /// Answered once, by the recorder.
+    pub recorded: Option<oneshot::Sender<bool>>,
+}
+
+/// The receipt of one event: whether it reached the outbox (see the module docs).
+#[derive(Debug)]
+pub struct Recorded(Option<oneshot::Receiver<bool>>);
+
+impl Recorded {
+    /// Waits for the recorder's answer: `true` once the event is in the outbox (or when
+    /// nothing records events), `false` if the database could not take it within the
+    /// recorder's bound. Never longer than that bound, unless the recorder is stuck.
+    pub async fn wait(self) -> bool {
+        match self.0 {
+            None => true,
+            Some(answer) => answer.await.unwrap_or(false),
+        }
+    }
+}
+
+/// How long an account's webhook settings are reused before they are read again.
+const SETTINGS_TTL_MS: i64 = 5_000;
 
 /// The sending end of the feed, once someone drains it.
 #[derive(Default)]
 pub(super) struct Recorder {
-    feed: Mutex<Option<mpsc::UnboundedSender<LifecycleEvent>>>,
+    feed: Mutex<Option<mpsc::UnboundedSender<FeedItem>>>,
+    /// Each account's webhook settings, with when they were read (epoch milliseconds).
+    settings: Mutex<HashMap<AccountId, (AccountWebhooks, i64)>>,
     /// Events put on the feed, and events the runtime finished recording: a graceful stop
     /// waits until they are equal.
     raised: AtomicU64,
@@ -52,12 +86,21 @@ pub(super) struct Recorder {
 const LINGER_MS: i64 = 60_000;
 
 impl Recorder {
-    pub(super) fn record(&self, event: &LifecycleEvent) {
+    pub(super) fn record(&self, event: &LifecycleEvent) -> Recorded {
         let feed = self.feed.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(feed) = feed.as_ref() {
-            if feed.send(event.clone()).is_ok() {
-                self.raised.fetch_add(1, Ordering::SeqCst);
-            }
+        let Some(feed) = feed.as_ref() else {
+            return Recorded(None);
+        };
+        let (tx, rx) = oneshot::channel();
+        let item = FeedItem {
+            event: event.clone(),
+            recorded: Some(tx),
+        };
+        if feed.send(item).is_ok() {
+            self.raised.fetch_add(1, Ordering::SeqCst);
+            Recorded(Some(rx))
+        } else {
+            Recorded(None)
         }
     }
 }
@@ -100,36 +143,70 @@ impl Control {
         rx
     }
 
-    /// Appends the webhooks `event` raises (if its participant has a `callbackUrl`) to the
-    /// outbox, stamped `at_ms` (epoch milliseconds). Returns how many were appended.
+    /// Appends the webhooks `events` raise (those of participants with a `callbackUrl`) to
+    /// the outbox, in order, in one write, stamped `at_ms` (epoch milliseconds). Returns how
+    /// many were appended. All or none: on an error nothing of the batch is in the outbox.
     pub async fn record_webhooks(
         &self,
-        event: &LifecycleEvent,
+        events: &[&LifecycleEvent],
         at_ms: i64,
     ) -> Result<usize, ControlError> {
-        let participant = participant_of(event);
-        let Some(target) = self.webhook_target(participant, event, at_ms).await? else {
-            return Ok(0);
-        };
-        let Some(url) = target.callback_url.as_ref() else {
-            return Ok(0);
-        };
-        let settings = self.account_webhooks(&target.account).await?;
-        let rows: Vec<NewOutboxEvent> = events::render(event, at_ms, target.tag.as_ref())
-            .into_iter()
-            .filter(|w| w.kind.is_bandwidth() || !settings.bandwidth_only)
-            .map(|w| NewOutboxEvent {
-                id: format!("msg_{}", uuid::Uuid::new_v4().simple()),
-                account: target.account.clone(),
-                participant: w.participant,
-                url: url.as_str().to_owned(),
-                event: w.kind.name().to_owned(),
-                body: w.body,
-                created_at_ms: at_ms,
-            })
-            .collect();
+        let mut rows: Vec<NewOutboxEvent> = Vec::new();
+        for event in events {
+            let participant = participant_of(event);
+            let Some(target) = self.webhook_target(participant, event, at_ms).await? else {
+                continue;
+            };
+            let Some(url) = target.callback_url.as_ref() else {
+                continue;
+            };
+            let settings = self.cached_webhook_settings(&target.account, at_ms).await?;
+            rows.extend(
+                events::render(event, at_ms, target.tag.as_ref())
+                    .into_iter()
+                    .filter(|w| w.kind.is_bandwidth() || !settings.bandwidth_only)
+                    .map(|w| NewOutboxEvent {
+                        id: format!("msg_{}", uuid::Uuid::new_v4().simple()),
+                        account: target.account.clone(),
+                        participant: w.participant,
+                        url: url.as_str().to_owned(),
+                        event: w.kind.name().to_owned(),
+                        body: w.body,
+                        created_at_ms: at_ms,
+                    }),
+            );
+        }
         self.inner.store.outbox_append(&rows).await?;
         Ok(rows.len())
+    }
+
+    /// The account's webhook settings, read at most every [`SETTINGS_TTL_MS`] (a change made
+    /// through this process is seen at once; one made elsewhere within that time).
+    async fn cached_webhook_settings(
+        &self,
+        account: &AccountId,
+        at_ms: i64,
+    ) -> Result<AccountWebhooks, ControlError> {
+        let cached = self
+            .inner
+            .webhooks
+            .settings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(account)
+            .filter(|(_, read)| (at_ms - read).abs() < SETTINGS_TTL_MS)
+            .map(|(s, _)| s.clone());
+        if let Some(settings) = cached {
+            return Ok(settings);
+        }
+        let settings = self.account_webhooks(account).await?;
+        self.inner
+            .webhooks
+            .settings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(account.clone(), (settings.clone(), at_ms));
+        Ok(settings)
     }
 
     /// The participant's webhook target: remembered while it has devices (and shortly after),
@@ -196,6 +273,12 @@ impl Control {
             .store
             .set_webhook_bandwidth_only(account, bandwidth_only)
             .await?;
+        self.inner
+            .webhooks
+            .settings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(account);
         self.account_webhooks(account).await
     }
 

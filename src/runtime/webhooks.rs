@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
-use crate::control::{AttemptOutcome, Control, OutboxEvent, WebhookFeed};
+use crate::control::{AttemptOutcome, Control, FeedItem, LifecycleEvent, OutboxEvent, WebhookFeed};
 use crate::events::{sign_all, AttemptResult, Destinations, Dispatcher, Refusal, RetryPolicy};
 
 /// How often the worker looks for due events when nothing wakes it.
@@ -25,6 +25,11 @@ const BATCH: u32 = 256;
 const IDLE_KEEP_ALIVE: Duration = Duration::from_secs(5);
 /// Idle connections kept per receiver host.
 const IDLE_PER_HOST: usize = 4;
+/// Events recorded in one write at most.
+const RECORD_BATCH: usize = 256;
+/// How long a receipt waits for a database that cannot take its event before it is answered
+/// `false` (the event is still written when the database answers again).
+pub const RECORD_WAIT: Duration = Duration::from_secs(5);
 /// How often the cleanup looks for expired sessions.
 const CLEANUP_EVERY: Duration = Duration::from_secs(60);
 
@@ -86,37 +91,87 @@ pub fn spawn(control: Control, settings: WebhookSettings) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// Control's lifecycle events into the outbox, one at a time, in order. A database that
-/// cannot answer holds the feed back (it is retried) rather than dropping the event. Each
-/// event also updates this process's live state for the operator commands (best effort: a
-/// failure is logged, and a dead process's rows are pruned by the heartbeat anyway).
+/// Control's lifecycle events into the outbox, in order, in batches of what has queued up
+/// (at most [`RECORD_BATCH`], one write each), each event's receipt answered once its batch
+/// is written. A database that cannot answer holds the feed back (the batch is retried)
+/// rather than dropping events; the receipts of a batch not written within [`RECORD_WAIT`]
+/// are answered `false` meanwhile (the connect waiting on one is refused "try again later"),
+/// and the batch is still written when it can be. Then each event updates this process's
+/// live state for the operator commands (best effort: a failure is logged, and a dead
+/// process's rows are pruned by the heartbeat anyway).
 async fn record(control: Control, mut feed: WebhookFeed, wake: Arc<Notify>) {
-    while let Some(event) = feed.recv().await {
-        let at = now_ms();
-        if let Err(e) = control.record_live(&event, at).await {
-            tracing::warn!(error = %e, ?event, "cannot record live state");
+    let mut batch: Vec<FeedItem> = Vec::new();
+    while let Some(first) = feed.recv().await {
+        batch.push(first);
+        while batch.len() < RECORD_BATCH {
+            match feed.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
         }
+        let at = now_ms();
+        let started = tokio::time::Instant::now();
         let mut backoff = Duration::from_millis(100);
         loop {
-            match control.record_webhooks(&event, at).await {
-                Ok(0) => break,
-                Ok(_) => {
-                    wake.notify_one();
+            let events: Vec<&LifecycleEvent> = batch.iter().map(|i| &i.event).collect();
+            match control.record_webhooks(&events, at).await {
+                Ok(n) => {
+                    if n > 0 {
+                        wake.notify_one();
+                    }
+                    answer(&mut batch, true);
                     break;
                 }
                 Err(e @ crate::control::ControlError::Unavailable { .. }) => {
-                    tracing::warn!(error = %e, "cannot record a webhook now; retrying");
-                    #[allow(clippy::disallowed_methods)] // the runtime sleeps
-                    tokio::time::sleep(backoff).await;
+                    tracing::warn!(error = %e, events = batch.len(), "cannot record webhooks now; retrying");
+                    if started.elapsed() >= RECORD_WAIT {
+                        answer(&mut batch, false);
+                    }
+                    tokio_sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
+                Err(e) if batch.len() > 1 => {
+                    // One event the store refuses must not take the others with it: record
+                    // them one by one.
+                    tracing::warn!(error = %e, "a batch of webhooks failed; recording its events one by one");
+                    for item in &mut batch {
+                        let one = [&item.event];
+                        let ok = match control.record_webhooks(&one, at).await {
+                            Ok(_) => true,
+                            Err(e) => {
+                                tracing::error!(error = %e, event = ?item.event, "cannot record a webhook");
+                                false
+                            }
+                        };
+                        if let Some(tx) = item.recorded.take() {
+                            let _ = tx.send(ok);
+                        }
+                    }
+                    wake.notify_one();
+                    break;
+                }
                 Err(e) => {
-                    tracing::error!(error = %e, ?event, "cannot record a webhook");
+                    tracing::error!(error = %e, event = ?batch[0].event, "cannot record a webhook");
+                    answer(&mut batch, false);
                     break;
                 }
             }
         }
-        control.event_settled();
+        for item in batch.drain(..) {
+            if let Err(e) = control.record_live(&item.event, at).await {
+                tracing::warn!(error = %e, event = ?item.event, "cannot record live state");
+            }
+            control.event_settled();
+        }
+    }
+}
+
+/// Answers the receipts of `batch` not answered yet.
+fn answer(batch: &mut [FeedItem], recorded: bool) {
+    for item in batch {
+        if let Some(tx) = item.recorded.take() {
+            let _ = tx.send(recorded);
+        }
     }
 }
 

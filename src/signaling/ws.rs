@@ -31,7 +31,7 @@ use super::rpc::{self, RpcError, RpcRequest};
 use super::wire::{self, PublishMetadata};
 use crate::control::port::DeviceNotice;
 use crate::control::port::MediaError;
-use crate::control::{ConnectError, ConnectedDevice, DeviceControl, SESSION_EXPIRED};
+use crate::control::{ConnectError, ConnectedDevice, DeviceControl, Ended, SESSION_EXPIRED};
 use crate::domain::DeclaredStreams;
 
 /// Largest accepted frame: `deviceDiagnostics` batches logs with SDPs, several MB at times.
@@ -196,6 +196,8 @@ async fn connection(state: SignalingState, query: HashMap<String, String>, mut s
         }
     };
     let mut left = false;
+    // The device said `leave` (its event is recorded then), not the server for it.
+    let mut said_leave = false;
     let mut idle_check =
         tokio::time::interval((state.idle_timeout / IDLE_TICKS).max(Duration::from_millis(10)));
     idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -209,7 +211,9 @@ async fn connection(state: SignalingState, query: HashMap<String, String>, mut s
                     let (reply, leave) = handle_frame(&state, &device, text.as_str()).await;
                     if leave && !left {
                         left = true;
-                        state.devices.leave(&device);
+                        said_leave = true;
+                        // Answered once its onLeave is in the outbox.
+                        state.devices.leave(&device).wait().await;
                     }
                     if let Some(reply) = reply {
                         if socket.send(Message::Text(reply.into())).await.is_err() {
@@ -283,7 +287,12 @@ async fn connection(state: SignalingState, query: HashMap<String, String>, mut s
             },
         }
     }
-    state.devices.disconnected(device, left);
+    let ended = match (said_leave, left) {
+        (true, _) => Ended::Left,
+        (false, true) => Ended::Removed,
+        (false, false) => Ended::Lost,
+    };
+    state.devices.disconnected(device, ended);
 }
 
 #[derive(Deserialize)]
