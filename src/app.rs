@@ -154,13 +154,16 @@ impl App {
             .map(|s| s.config.tcp_addrs.clone())
             .collect();
         // Issue 10: webhooks from the outbox, and the session cleanup.
-        control.set_webhook_destinations(config.webhooks.destinations());
+        // One policy, read once: control checks a callbackUrl when it is set, the delivery
+        // worker at each delivery.
+        let destinations = config.webhooks.destinations();
+        control.set_webhook_destinations(destinations.clone());
         crate::runtime::webhooks::spawn(
             control.clone(),
             crate::runtime::webhooks::WebhookSettings {
                 policy: config.webhooks.retry_policy(),
                 concurrency: usize::from(config.webhooks.webhook_concurrency),
-                destinations: config.webhooks.destinations(),
+                destinations,
                 session_max_age: config.webhooks.session_max_age,
                 retention: config.webhooks.webhook_retention,
             },

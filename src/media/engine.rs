@@ -731,7 +731,9 @@ impl Engine {
     }
 
     /// Replaces every session's table with `tables` (sessions absent from it lose their
-    /// routes), as a node taking over sessions would load them. Only differences renegotiate.
+    /// routes). Only differences renegotiate. The runtime does not call it (routing diffs reach
+    /// each shard in order through its inbox, so none is missed); the engine tests check that
+    /// resynchronizing from whole tables converges.
     pub fn set_all_routes(&mut self, tables: &HashMap<SessionId, ForwardingTable>, now: Instant) {
         let mut sessions: Vec<SessionId> = self
             .routes
