@@ -162,7 +162,7 @@ impl App {
             control.clone(),
             crate::runtime::webhooks::WebhookSettings {
                 policy: config.webhooks.retry_policy(),
-                concurrency: usize::from(config.webhooks.webhook_concurrency),
+                concurrency: config.webhooks.concurrency(),
                 destinations,
                 session_max_age: config.webhooks.session_max_age,
                 retention: config.webhooks.webhook_retention,

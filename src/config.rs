@@ -543,9 +543,17 @@ pub struct WebhookArgs {
     /// Milliseconds before the first retry; each later wait doubles (with jitter), up to 10 minutes.
     #[arg(long, env = "PATCHBAY_WEBHOOK_FIRST_RETRY_MS", default_value_t = 1000)]
     pub webhook_first_retry_ms: u64,
-    /// Delivery attempts in flight at once (one per participant at a time).
+    /// Delivery attempts in flight at once (one per participant at a time). Each holds a
+    /// connection; besides them at most 64 idle connections are kept (2 for each of the 32
+    /// receivers used last), so webhooks never hold more than this plus 64 descriptors.
     #[arg(long, env = "PATCHBAY_WEBHOOK_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
     pub webhook_concurrency: u16,
+    /// Delivery attempts in flight at once for one account, and, separately, to one receiver
+    /// (a URL's scheme, host and port): an account whose receivers hang or fail holds at most
+    /// this many places and the other accounts' events still go out at once. A deployment
+    /// with a single account may raise it to `webhook_concurrency`.
+    #[arg(long, env = "PATCHBAY_WEBHOOK_ACCOUNT_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    pub webhook_account_concurrency: u16,
     /// A network (CIDR, or one address) webhooks may be delivered to besides public
     /// addresses; repeat, or separate with commas. Without it, a `callbackUrl` on loopback, a
     /// private or link-local network or any other special-purpose address is refused (for
@@ -574,6 +582,7 @@ impl Default for WebhookArgs {
             webhook_attempt_timeout: Duration::from_secs(10),
             webhook_first_retry_ms: 1000,
             webhook_concurrency: 32,
+            webhook_account_concurrency: 8,
             webhook_allow_network: Vec::new(),
             webhook_allow_private: false,
             webhook_retention: Duration::from_secs(604_800),
@@ -598,6 +607,14 @@ impl WebhookArgs {
             crate::events::Destinations::anywhere()
         } else {
             crate::events::Destinations::new(self.webhook_allow_network.clone())
+        }
+    }
+
+    /// The attempts in flight these flags allow.
+    pub fn concurrency(&self) -> crate::events::Concurrency {
+        crate::events::Concurrency {
+            total: usize::from(self.webhook_concurrency),
+            share: usize::from(self.webhook_account_concurrency),
         }
     }
 

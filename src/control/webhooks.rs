@@ -282,13 +282,19 @@ impl Control {
         self.account_webhooks(account).await
     }
 
-    /// At most `limit` outbox events due at `now_ms`, each first in its participant's queue.
+    /// At most `limit` outbox events due at `now_ms`, each first in its participant's queue,
+    /// at most `per_account` of one account, accounts taking turns.
     pub async fn outbox_due(
         &self,
         now_ms: i64,
         limit: u32,
+        per_account: u32,
     ) -> Result<Vec<OutboxEvent>, ControlError> {
-        Ok(self.inner.store.outbox_due(now_ms, limit).await?)
+        Ok(self
+            .inner
+            .store
+            .outbox_due(now_ms, limit, per_account)
+            .await?)
     }
 
     /// Records a delivery attempt of `event` and what becomes of the event.

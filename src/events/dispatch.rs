@@ -2,12 +2,14 @@
 //!
 //! The store hands out only the head of each participant's queue; the dispatcher keeps at
 //! most one attempt in flight per participant (so a participant's events stay in order while
-//! its head is retried, and other participants are not blocked) and at most `capacity` in all.
+//! its head is retried, and other participants are not blocked), at most a share per account
+//! and per receiver (so one account's hanging or failing receivers hold only its own share
+//! and every other account's events still go out at once) and at most a total in all.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use super::RetryPolicy;
-use crate::domain::ParticipantId;
+use crate::domain::{AccountId, ParticipantId};
 use crate::store::{AttemptOutcome, DeliveryAttempt, OutboxEvent};
 
 /// How one attempt ended.
@@ -22,21 +24,61 @@ pub enum AttemptResult {
     Refused(String),
 }
 
+/// How many attempts may be in flight at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Concurrency {
+    /// In all.
+    pub total: usize,
+    /// For one account, and, separately, to one receiver (scheme, host and port of the URL).
+    pub share: usize,
+}
+
 /// The sans-IO core of the delivery worker.
 #[derive(Debug)]
 pub struct Dispatcher {
     policy: RetryPolicy,
-    capacity: usize,
+    limits: Concurrency,
     in_flight: HashSet<ParticipantId>,
+    per_account: HashMap<AccountId, usize>,
+    per_receiver: HashMap<String, usize>,
+}
+
+/// The receiver an event goes to, as the share counts it: the URL's origin (an unparsable URL
+/// counts as itself; its attempt fails without connecting).
+pub fn receiver_of(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => u.origin().ascii_serialization(),
+        Err(_) => url.to_owned(),
+    }
+}
+
+/// One attempt fewer under `key`; a count that reaches zero is removed.
+fn release<K, Q>(counts: &mut HashMap<K, usize>, key: &Q)
+where
+    K: std::borrow::Borrow<Q> + std::hash::Hash + Eq,
+    Q: std::hash::Hash + Eq + ?Sized,
+{
+    if let Some(n) = counts.get_mut(key) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            counts.remove(key);
+        }
+    }
 }
 
 impl Dispatcher {
-    /// A dispatcher with at most `capacity` attempts in flight.
-    pub fn new(policy: RetryPolicy, capacity: usize) -> Dispatcher {
+    /// A dispatcher within `limits` (each at least 1; the share at most the total).
+    pub fn new(policy: RetryPolicy, limits: Concurrency) -> Dispatcher {
+        let total = limits.total.max(1);
         Dispatcher {
             policy,
-            capacity: capacity.max(1),
+            limits: Concurrency {
+                total,
+                share: limits.share.clamp(1, total),
+            },
             in_flight: HashSet::new(),
+            per_account: HashMap::new(),
+            per_receiver: HashMap::new(),
         }
     }
 
@@ -52,19 +94,37 @@ impl Dispatcher {
 
     /// Is there room for another attempt?
     pub fn has_room(&self) -> bool {
-        self.in_flight.len() < self.capacity
+        self.in_flight.len() < self.limits.total
     }
 
-    /// Of the due heads `due`, those to send now (their participants become busy).
+    /// Of the due heads `due`, those to send now (their participants become busy): in the
+    /// order given, skipping a participant with an attempt in flight and an account or a
+    /// receiver whose share is taken.
     pub fn start(&mut self, due: Vec<OutboxEvent>) -> Vec<OutboxEvent> {
         let mut out = Vec::new();
         for event in due {
             if !self.has_room() {
                 break;
             }
-            if self.in_flight.insert(event.event.participant) {
-                out.push(event);
+            let e = &event.event;
+            let receiver = receiver_of(&e.url);
+            let share = self.limits.share;
+            if self.in_flight.contains(&e.participant)
+                || self
+                    .per_account
+                    .get(&e.account)
+                    .is_some_and(|n| *n >= share)
+                || self
+                    .per_receiver
+                    .get(&receiver)
+                    .is_some_and(|n| *n >= share)
+            {
+                continue;
             }
+            self.in_flight.insert(e.participant);
+            *self.per_account.entry(e.account.clone()).or_default() += 1;
+            *self.per_receiver.entry(receiver).or_default() += 1;
+            out.push(event);
         }
         out
     }
@@ -77,7 +137,10 @@ impl Dispatcher {
         result: AttemptResult,
         now_ms: i64,
     ) -> (DeliveryAttempt, AttemptOutcome) {
-        self.in_flight.remove(&event.event.participant);
+        if self.in_flight.remove(&event.event.participant) {
+            release(&mut self.per_account, &event.event.account);
+            release(&mut self.per_receiver, &receiver_of(&event.event.url));
+        }
         let attempt = event.attempts.saturating_add(1);
         let (status, error, refused) = match result {
             AttemptResult::Status(s) => (Some(s), None, false),
@@ -108,17 +171,20 @@ impl Dispatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::AccountId;
     use crate::store::NewOutboxEvent;
 
     fn event(seq: i64, participant: ParticipantId) -> OutboxEvent {
+        sent_to(seq, participant, "acct", "http://127.0.0.1:1/hook")
+    }
+
+    fn sent_to(seq: i64, participant: ParticipantId, account: &str, url: &str) -> OutboxEvent {
         OutboxEvent {
             seq,
             event: NewOutboxEvent {
                 id: format!("msg_{seq}"),
-                account: AccountId::parse("acct").unwrap(),
+                account: AccountId::parse(account).unwrap(),
                 participant,
-                url: "http://127.0.0.1:1/hook".into(),
+                url: url.into(),
                 event: "onConnect".into(),
                 body: "{}".into(),
                 created_at_ms: 0,
@@ -129,6 +195,46 @@ mod tests {
         }
     }
 
+    fn limits(total: usize, share: usize) -> Concurrency {
+        Concurrency { total, share }
+    }
+
+    #[test]
+    fn one_account_or_receiver_takes_only_its_share() {
+        let mut d = Dispatcher::new(RetryPolicy::default(), limits(6, 2));
+        let hanging: Vec<OutboxEvent> = (0..5)
+            .map(|i| {
+                sent_to(
+                    i,
+                    ParticipantId::random(),
+                    "a",
+                    &format!("http://a{i}.example/h"),
+                )
+            })
+            .collect();
+        let started = d.start(hanging.clone());
+        assert_eq!(started.len(), 2, "account a holds its share only");
+        let other = sent_to(10, ParticipantId::random(), "b", "http://b.example/h");
+        let same_host = sent_to(11, ParticipantId::random(), "c", "http://b.example:80/x");
+        let third = sent_to(12, ParticipantId::random(), "c", "HTTP://B.example/y");
+        let mut due = hanging[2..].to_vec();
+        due.extend([other, same_host, third]);
+        let started: Vec<i64> = d.start(due).iter().map(|e| e.seq).collect();
+        assert_eq!(
+            started,
+            vec![10, 11],
+            "b.example's share is 2 whatever the account"
+        );
+        let (_, outcome) = d.finish(&hanging[0], AttemptResult::Failed("timed out".into()), 1);
+        assert!(matches!(outcome, AttemptOutcome::RetryAt(_)));
+        assert_eq!(
+            d.start(hanging[2..].to_vec()).len(),
+            1,
+            "a's finished attempt frees one place of its share"
+        );
+        assert_eq!(d.in_flight(), 4);
+    }
+
     #[test]
     fn one_attempt_per_participant_and_bounded_in_all() {
         let (a, b, c) = (
@@ -136,7 +242,7 @@ mod tests {
             ParticipantId::random(),
             ParticipantId::random(),
         );
-        let mut d = Dispatcher::new(RetryPolicy::default(), 2);
+        let mut d = Dispatcher::new(RetryPolicy::default(), limits(2, 2));
         let started = d.start(vec![event(1, a), event(2, a), event(3, b), event(4, c)]);
         assert_eq!(
             started.iter().map(|e| e.seq).collect::<Vec<_>>(),
@@ -157,7 +263,7 @@ mod tests {
     #[test]
     fn failures_are_retried_later_then_given_up() {
         let a = ParticipantId::random();
-        let mut d = Dispatcher::new(RetryPolicy::default(), 4);
+        let mut d = Dispatcher::new(RetryPolicy::default(), limits(4, 4));
         let e = d.start(vec![event(1, a)]).remove(0);
         let (log, outcome) = d.finish(&e, AttemptResult::Status(500), 1_000);
         assert_eq!(log.status, Some(500));
@@ -174,7 +280,7 @@ mod tests {
     #[test]
     fn a_refused_destination_is_given_up_at_once() {
         let a = ParticipantId::random();
-        let mut d = Dispatcher::new(RetryPolicy::default(), 4);
+        let mut d = Dispatcher::new(RetryPolicy::default(), limits(4, 4));
         let e = d.start(vec![event(1, a)]).remove(0);
         let (log, outcome) = d.finish(
             &e,

@@ -18,7 +18,7 @@ mod schedule;
 mod signature;
 
 pub use destinations::{is_public, Destinations, Refusal};
-pub use dispatch::{AttemptResult, Dispatcher};
+pub use dispatch::{receiver_of, AttemptResult, Concurrency, Dispatcher};
 pub use schedule::RetryPolicy;
 pub use signature::{new_secret, sign, sign_all, SECRET_PREFIX};
 

@@ -15,7 +15,10 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use crate::control::{AttemptOutcome, Control, FeedItem, LifecycleEvent, OutboxEvent, WebhookFeed};
-use crate::events::{sign_all, AttemptResult, Destinations, Dispatcher, Refusal, RetryPolicy};
+use crate::events::{
+    receiver_of, sign_all, AttemptResult, Concurrency, Destinations, Dispatcher, Refusal,
+    RetryPolicy,
+};
 
 /// How often the worker looks for due events when nothing wakes it.
 const POLL: Duration = Duration::from_millis(200);
@@ -23,8 +26,10 @@ const POLL: Duration = Duration::from_millis(200);
 const BATCH: u32 = 256;
 /// How long an idle connection to a receiver is kept for the next delivery.
 const IDLE_KEEP_ALIVE: Duration = Duration::from_secs(5);
-/// Idle connections kept per receiver host.
-const IDLE_PER_HOST: usize = 4;
+/// Idle connections kept per receiver.
+const IDLE_PER_RECEIVER: usize = 2;
+/// Receivers whose idle connections are kept: the ones used last.
+const KEPT_RECEIVERS: usize = 32;
 /// Events recorded in one write at most.
 const RECORD_BATCH: usize = 256;
 /// How long a receipt waits for a database that cannot take its event before it is answered
@@ -38,8 +43,8 @@ const CLEANUP_EVERY: Duration = Duration::from_secs(60);
 pub struct WebhookSettings {
     /// Retry bounds and the per-attempt timeout.
     pub policy: RetryPolicy,
-    /// Attempts in flight at once.
-    pub concurrency: usize,
+    /// Attempts in flight at once, in all and per account or receiver.
+    pub concurrency: Concurrency,
     /// Where deliveries may go.
     pub destinations: Destinations,
     /// Sessions older than this are removed.
@@ -61,28 +66,14 @@ fn now_ms() -> i64 {
 #[allow(clippy::disallowed_methods)] // the runtime starts tasks
 pub fn spawn(control: Control, settings: WebhookSettings) -> anyhow::Result<()> {
     let destinations = Arc::new(settings.destinations.clone());
-    let client = reqwest::Client::builder()
-        .timeout(settings.policy.attempt_timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        // A proxy would resolve and connect on the server's behalf, past the checks.
-        .no_proxy()
-        // Idle connections are descriptors: kept briefly (a burst of one participant's events
-        // reuses one), a few per receiver host. This shortens their life (reqwest keeps them
-        // 90 s by default); it does not bound their number across many hosts.
-        .pool_idle_timeout(IDLE_KEEP_ALIVE)
-        .pool_max_idle_per_host(IDLE_PER_HOST)
-        .dns_resolver(Arc::new(GuardedResolver {
-            destinations: destinations.clone(),
-        }))
-        .user_agent(concat!("patchbay/", env!("CARGO_PKG_VERSION")))
-        .build()?;
+    let receivers = Receivers::new(settings.policy.attempt_timeout, destinations.clone())?;
     let wake = Arc::new(Notify::new());
     let feed = control.webhook_feed();
     let (max_age, retention) = (settings.session_max_age, settings.retention);
     tokio::spawn(record(control.clone(), feed, wake.clone()));
     tokio::spawn(deliver(
         control.clone(),
-        client,
+        receivers,
         destinations,
         settings,
         wake,
@@ -178,7 +169,7 @@ fn answer(batch: &mut [FeedItem], recorded: bool) {
 /// The delivery worker: due heads of the outbox, at most one attempt per participant.
 async fn deliver(
     control: Control,
-    client: reqwest::Client,
+    mut receivers: Receivers,
     destinations: Arc<Destinations>,
     settings: WebhookSettings,
     wake: Arc<Notify>,
@@ -187,10 +178,12 @@ async fn deliver(
     let mut attempts: JoinSet<(OutboxEvent, AttemptResult)> = JoinSet::new();
     loop {
         if dispatcher.has_room() {
-            match control.outbox_due(now_ms(), BATCH).await {
+            let share = u32::try_from(settings.concurrency.share).unwrap_or(u32::MAX);
+            match control.outbox_due(now_ms(), BATCH, share).await {
                 Ok(due) => {
                     for event in dispatcher.start(due) {
-                        attempts.spawn(attempt(client.clone(), destinations.clone(), event));
+                        let client = receivers.client(&receiver_of(&event.event.url));
+                        attempts.spawn(attempt(client, destinations.clone(), event));
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot read the webhook outbox"),
@@ -224,15 +217,89 @@ async fn tokio_sleep(d: Duration) {
     tokio::time::sleep(d).await
 }
 
+/// One HTTP client per receiver (a URL's origin) for the [`KEPT_RECEIVERS`] receivers used
+/// last, each keeping at most [`IDLE_PER_RECEIVER`] idle connections for
+/// [`IDLE_KEEP_ALIVE`]. reqwest bounds idle connections per host only, so a single client
+/// delivering to a thousand receivers would hold a thousand descriptors; here a receiver's
+/// client is dropped when others were used since, and its idle connections close with it (an
+/// attempt in flight keeps its client until it ends). Descriptors held for webhooks: the
+/// attempts in flight plus at most `KEPT_RECEIVERS × IDLE_PER_RECEIVER` idle connections.
+struct Receivers {
+    attempt_timeout: Duration,
+    resolver: Arc<GuardedResolver>,
+    kept: std::collections::HashMap<String, (reqwest::Client, u64)>,
+    uses: u64,
+}
+
+impl Receivers {
+    /// The clients' settings; fails when an HTTP client cannot be built at all (no TLS).
+    fn new(attempt_timeout: Duration, destinations: Arc<Destinations>) -> anyhow::Result<Self> {
+        let receivers = Receivers {
+            attempt_timeout,
+            resolver: Arc::new(GuardedResolver { destinations }),
+            kept: std::collections::HashMap::new(),
+            uses: 0,
+        };
+        receivers.build()?;
+        Ok(receivers)
+    }
+
+    fn build(&self) -> reqwest::Result<reqwest::Client> {
+        reqwest::Client::builder()
+            .timeout(self.attempt_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            // A proxy would resolve and connect on the server's behalf, past the checks.
+            .no_proxy()
+            .pool_idle_timeout(IDLE_KEEP_ALIVE)
+            .pool_max_idle_per_host(IDLE_PER_RECEIVER)
+            .dns_resolver(self.resolver.clone())
+            .user_agent(concat!("patchbay/", env!("CARGO_PKG_VERSION")))
+            .build()
+    }
+
+    /// The client for `receiver`, kept or new; the receiver used longest ago is let go when
+    /// more than [`KEPT_RECEIVERS`] are kept.
+    fn client(&mut self, receiver: &str) -> Option<reqwest::Client> {
+        self.uses += 1;
+        if let Some((client, used)) = self.kept.get_mut(receiver) {
+            *used = self.uses;
+            return Some(client.clone());
+        }
+        let client = match self.build() {
+            Ok(client) => client,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot build a webhook client");
+                return None;
+            }
+        };
+        if self.kept.len() >= KEPT_RECEIVERS {
+            let oldest = self
+                .kept
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(r, _)| r.clone());
+            if let Some(oldest) = oldest {
+                self.kept.remove(&oldest);
+            }
+        }
+        self.kept
+            .insert(receiver.to_owned(), (client.clone(), self.uses));
+        Some(client)
+    }
+}
+
 /// One signed POST of `event`, if its destination is allowed; its result.
 async fn attempt(
-    client: reqwest::Client,
+    client: Option<reqwest::Client>,
     destinations: Arc<Destinations>,
     event: OutboxEvent,
 ) -> (OutboxEvent, AttemptResult) {
     if let Err(refusal) = destinations.check_url(&event.event.url) {
         return (event, AttemptResult::Refused(refusal.to_string()));
     }
+    let Some(client) = client else {
+        return (event, AttemptResult::Failed("no HTTP client".into()));
+    };
     let timestamp = now_ms() / 1000;
     let e = &event.event;
     let mut secrets = vec![event.secret.as_str()];

@@ -36,6 +36,7 @@ pub const CASES: &[&str] = &[
     "deleting_a_publisher_prunes_subscriptions",
     "webhook_settings",
     "webhook_outbox",
+    "webhook_outbox_turns",
     "webhook_retention",
     "webhook_secret_rotation",
     "sessions_by_age",
@@ -696,7 +697,7 @@ fn outbox_event(account: &AccountId, participant: ParticipantId, n: u32) -> NewO
 /// The account's due heads: other cases' rows share the database.
 async fn due_of(store: &TestStore, account: &AccountId, now_ms: i64) -> Vec<OutboxEvent> {
     store
-        .outbox_due(now_ms, 100_000)
+        .outbox_due(now_ms, 100_000, u32::MAX)
         .await
         .expect("due")
         .into_iter()
@@ -713,6 +714,45 @@ fn attempt(event: &OutboxEvent, status: Option<u16>, at_ms: i64) -> DeliveryAtte
         error: status.is_none().then(|| "timed out".to_owned()),
         at_ms,
     }
+}
+
+/// Accounts take turns in the due list: at most `per_account` heads of one account, every
+/// account's first before any account's second, so one account's backlog of due events never
+/// hides another account's.
+pub async fn webhook_outbox_turns(store: TestStore) {
+    let (a, b) = (new_account(&store).await, new_account(&store).await);
+    for account in [&a, &b] {
+        store
+            .account_webhooks(account, "whsec_k")
+            .await
+            .expect("secret");
+    }
+    let backlog: Vec<NewOutboxEvent> = (0..3)
+        .map(|n| outbox_event(&a, ParticipantId::random(), n))
+        .collect();
+    store.outbox_append(&backlog).await.expect("append a");
+    let late = outbox_event(&b, ParticipantId::random(), 1);
+    store
+        .outbox_append(std::slice::from_ref(&late))
+        .await
+        .expect("append b");
+    let due: Vec<String> = store
+        .outbox_due(i64::MAX / 2, 100_000, 2)
+        .await
+        .expect("due")
+        .into_iter()
+        .filter(|e| e.event.account == a || e.event.account == b)
+        .map(|e| e.event.id)
+        .collect();
+    assert_eq!(
+        due,
+        vec![
+            backlog[0].id.clone(),
+            late.id.clone(),
+            backlog[1].id.clone()
+        ],
+        "a's first, b's first, a's second; a's third waits for a place"
+    );
 }
 
 /// The outbox: only the head of each participant's queue is due; a retry holds the queue

@@ -385,8 +385,15 @@ pub trait WebhookStore: Send + Sync + 'static {
     /// Appends events to the outbox, in this order, all or none; each is due at once.
     async fn outbox_append(&self, events: &[NewOutboxEvent]) -> Result<(), StoreError>;
     /// At most `limit` events that are due at `now_ms` and first in their participant's queue,
-    /// earliest due first.
-    async fn outbox_due(&self, now_ms: i64, limit: u32) -> Result<Vec<OutboxEvent>, StoreError>;
+    /// at most `per_account` of one account, taken in turns: every account's earliest due
+    /// event first (earliest due first), then every account's second, and so on, so one
+    /// account's backlog never hides another's events.
+    async fn outbox_due(
+        &self,
+        now_ms: i64,
+        limit: u32,
+        per_account: u32,
+    ) -> Result<Vec<OutboxEvent>, StoreError>;
     /// How many events are still waiting for delivery.
     async fn outbox_pending(&self) -> Result<u64, StoreError>;
     /// Records attempt number `attempt` of `event` (its status or error) and its outcome, at once.

@@ -170,21 +170,31 @@ impl WebhookStore for SqlStore {
         Ok(())
     }
 
-    async fn outbox_due(&self, now_ms: i64, limit: u32) -> Result<Vec<OutboxEvent>, StoreError> {
+    async fn outbox_due(
+        &self,
+        now_ms: i64,
+        limit: u32,
+        per_account: u32,
+    ) -> Result<Vec<OutboxEvent>, StoreError> {
         let _timer = self.timer(Op::OutboxDue);
+        // Heads ranked within their account; rank first in the order is what makes accounts
+        // take turns.
         sqlx::query(
-            "SELECT o.seq, o.id, o.account_id, o.participant_id, o.url, o.event, o.body, \
-             o.created_at, o.attempts, COALESCE(a.webhook_secret, '') AS secret, \
+            "SELECT * FROM (SELECT o.seq, o.id, o.account_id, o.participant_id, o.url, o.event, \
+             o.body, o.created_at, o.attempts, o.next_at, \
+             COALESCE(a.webhook_secret, '') AS secret, \
              CASE WHEN a.webhook_secret_previous_until > $1 THEN a.webhook_secret_previous \
-             END AS previous_secret \
+             END AS previous_secret, \
+             ROW_NUMBER() OVER (PARTITION BY o.account_id ORDER BY o.next_at, o.seq) AS turn \
              FROM webhook_outbox o JOIN accounts a ON a.id = o.account_id \
              WHERE o.state = 'pending' AND o.next_at <= $1 AND o.seq = \
              (SELECT MIN(h.seq) FROM webhook_outbox h \
-              WHERE h.state = 'pending' AND h.participant_id = o.participant_id) \
-             ORDER BY o.next_at, o.seq LIMIT $2",
+              WHERE h.state = 'pending' AND h.participant_id = o.participant_id)) due \
+             WHERE due.turn <= $3 ORDER BY due.turn, due.next_at, due.seq LIMIT $2",
         )
         .bind(now_ms)
         .bind(i64::from(limit))
+        .bind(i64::from(per_account.max(1)))
         .fetch_all(&self.read)
         .await?
         .iter()

@@ -62,6 +62,7 @@ both!(
     deleting_a_publisher_prunes_subscriptions,
     webhook_settings,
     webhook_outbox,
+    webhook_outbox_turns,
     webhook_retention,
     webhook_secret_rotation,
     sessions_by_age,

@@ -1042,3 +1042,94 @@ async fn acknowledged_events_survive_kill_9_on_sqlite() {
 async fn acknowledged_events_survive_kill_9_on_postgres() {
     acknowledged_events_survive_kill_9(patchbay_testkit::db::postgres_url()).await;
 }
+
+/// Receivers that accept a connection and never answer: counts of connections accepted and of
+/// connections the server closed (an attempt that timed out).
+#[derive(Default)]
+struct Hanging {
+    accepted: std::sync::atomic::AtomicUsize,
+    closed: std::sync::atomic::AtomicUsize,
+}
+
+async fn start_hanging(hanging: Arc<Hanging>) -> SocketAddr {
+    use std::sync::atomic::Ordering;
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind hanging receiver");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            hanging.accepted.fetch_add(1, Ordering::SeqCst);
+            let hanging = hanging.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+                hanging.closed.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    addr
+}
+
+/// Issue 22: account A has 300 receivers that accept and never answer, and a backlog of events
+/// for them; account B's event still goes out at once, while every one of A's attempts is
+/// still hanging (none has timed out yet: the attempt timeout is a minute), and A holds no more
+/// than its share of the attempts in flight. Before the per-account share, A's events filled
+/// every place and B's waited for A's attempts to time out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_with_hanging_receivers_does_not_delay_another_account() {
+    use std::sync::atomic::Ordering;
+    const HANGING: usize = 300;
+    let mut config = ServeConfig::for_database(&sqlite_url());
+    config.webhooks.webhook_attempt_timeout = Duration::from_secs(60);
+    let share = usize::from(config.webhooks.webhook_account_concurrency);
+    let app = App::build(&config).await.expect("build app");
+    let (http, control) = (app.http_addr(), app.control().clone());
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let _server = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    let (a, b) = (
+        AccountId::parse("hangs").unwrap(),
+        AccountId::parse("fine").unwrap(),
+    );
+    control.create_account(a.clone()).await.expect("account a");
+    let creds_b = control.create_account(b.clone()).await.expect("account b");
+
+    let hanging = Arc::new(Hanging::default());
+    for i in 0..HANGING {
+        let addr = start_hanging(hanging.clone()).await;
+        let (_, token) = participant(&control, &a, &format!("http://{addr}/hook"), None).await;
+        drop(connect(http, &token, &format!("a-{i}")).await);
+    }
+    wait_for("A's attempts to start", || {
+        hanging.accepted.load(Ordering::SeqCst) >= share
+    })
+    .await;
+
+    let receiver = Arc::new(Receiver::default());
+    *receiver.secret.lock().unwrap() = creds_b.webhook_secret.clone();
+    let (hook_addr, _hook) = start_receiver("127.0.0.1:0".parse().unwrap(), receiver.clone()).await;
+    let (_, token) = participant(&control, &b, &format!("http://{hook_addr}/hook"), None).await;
+    let began = tokio::time::Instant::now();
+    let _ws = connect(http, &token, "b").await;
+    wait_for("B's onConnect", || {
+        !receiver.accepted.lock().unwrap().is_empty()
+    })
+    .await;
+    let took = began.elapsed();
+    let (accepted, closed) = (
+        hanging.accepted.load(Ordering::SeqCst),
+        hanging.closed.load(Ordering::SeqCst),
+    );
+    println!("B's onConnect arrived {took:?} after its connect; A: {accepted} attempts hanging, {closed} ended");
+    assert_eq!(
+        closed, 0,
+        "B's event waited until one of A's attempts timed out"
+    );
+    assert!(
+        accepted <= share,
+        "A has {accepted} attempts in flight, more than its share of {share}"
+    );
+}
