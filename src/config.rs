@@ -703,7 +703,9 @@ pub struct ListenerArgs {
     /// limit, less a headroom, at most 16384.
     #[arg(long, env = "PATCHBAY_HTTP_MAX_CONNECTIONS")]
     pub http_max_connections: Option<usize>,
-    /// Concurrent HTTP connections from one source address (IPv6: one /64).
+    /// Concurrent HTTP connections from one source network (IPv4: one /24, IPv6: one /64)
+    /// while the listener is less than half full; beyond half, a source holds at most an
+    /// eighth of the listener's cap (see docs/security.md, "Connection caps").
     #[arg(long, env = "PATCHBAY_HTTP_MAX_CONNECTIONS_PER_IP", default_value_t = ListenerArgs::HTTP_MAX_PER_IP)]
     pub http_max_connections_per_ip: usize,
     /// Seconds a device WebSocket may stay silent: the server pings after half of it and
@@ -726,7 +728,9 @@ pub struct ListenerArgs {
     /// headroom, at most 4096.
     #[arg(long, env = "PATCHBAY_SIP_TCP_MAX_CONNECTIONS")]
     pub sip_tcp_max_connections: Option<usize>,
-    /// Concurrent SIP TCP connections from one source address (IPv6: one /64).
+    /// Concurrent SIP TCP connections from one source network (IPv4: one /24, IPv6: one /64)
+    /// while the listener is less than half full; beyond half, a source holds at most an
+    /// eighth of the listener's cap (see docs/security.md, "Connection caps").
     #[arg(long, env = "PATCHBAY_SIP_TCP_MAX_CONNECTIONS_PER_IP", default_value_t = ListenerArgs::SIP_TCP_MAX_PER_IP)]
     pub sip_tcp_max_connections_per_ip: usize,
 }

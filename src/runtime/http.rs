@@ -7,6 +7,8 @@
 //! - A request body that stalls (no bytes) for the body timeout fails the request.
 //! - A connection that carries no bytes either way for the idle timeout is shut down
 //!   gracefully (covers stalled requests and readers); an in-flight request is finished first.
+//! - When the listener is full, a newcomer within its source's share sheds the oldest
+//!   connection that has not yet delivered a request head (see [`super::listen`]).
 //! - Connections beyond the listener's or a source's cap, within a small reserve, are served
 //!   for `/healthz` and `/readyz` only (others: 503 with `Retry-After`), one request each;
 //!   beyond the reserve they are closed at once.
@@ -40,7 +42,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tower::ServiceExt;
 
-use super::listen::{Acceptor, Activity, Admission, ConnectionLimits, Gate, Permit};
+use super::listen::{Acceptor, Activity, Admission, ConnectionLimits, Gate, Head, Permit};
 use super::tls::TlsAcceptor;
 
 /// Timeouts and caps of the HTTP listener.
@@ -93,7 +95,7 @@ pub async fn serve<S>(
 ) where
     S: Handler,
 {
-    let gate = Gate::new(settings.limits);
+    let gate = Gate::new("http", settings.limits);
     let mut acceptor = Acceptor::new(listener, "http");
     let mut builder = http1::Builder::new();
     builder
@@ -111,19 +113,24 @@ pub async fn serve<S>(
             drop(stream); // over every cap: closed at once, the descriptor freed
             continue;
         };
+        let head = permit.head();
         let io = Watched::new(stream, permit);
         let (service, http, stopping) = (app.clone(), builder.clone(), stopped.clone());
         let Some(tls) = tls.clone() else {
-            tokio::spawn(connection(io, remote, service, http, settings, stopping));
+            tokio::spawn(connection(
+                io, remote, service, http, settings, head, stopping,
+            ));
             continue;
         };
-        // The handshake counts against the header timeout, holding the connection's permit.
+        // The handshake counts against the header timeout, holding the connection's permit;
+        // a connection shed meanwhile is dropped.
         tokio::spawn(async move {
-            if let Some(io) = tls
-                .accept(io, tcp_of, settings.header_timeout, remote)
-                .await
-            {
-                connection(io, remote, service, http, settings, stopping).await;
+            let accepted = tokio::select! {
+                io = tls.accept(io, tcp_of, settings.header_timeout, remote) => io,
+                () = head.shed() => None,
+            };
+            if let Some(io) = accepted {
+                connection(io, remote, service, http, settings, head, stopping).await;
             }
         });
     }
@@ -139,6 +146,7 @@ async fn connection<S, IO>(
     app: S,
     builder: Arc<http1::Builder>,
     settings: HttpSettings,
+    head: Head,
     mut stop: watch::Receiver<bool>,
 ) where
     S: Handler,
@@ -147,8 +155,14 @@ async fn connection<S, IO>(
     let reserve = io.watched().admission == Admission::Reserve;
     let activity = io.watched().activity.clone();
     let body_timeout = settings.body_timeout;
+    let established = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (arrived, request_head) = (established.clone(), head.clone());
     let service = tower::service_fn(move |req: Request<hyper::body::Incoming>| {
         let app = app.clone();
+        // A request's head arrived: the connection is established, never shed.
+        if !arrived.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            request_head.done();
+        }
         async move {
             let req =
                 req.map(|b| Body::new(tower_http::timeout::TimeoutBody::new(body_timeout, b)));
@@ -180,6 +194,10 @@ async fn connection<S, IO>(
                 tracing::debug!(%remote, "HTTP connection idle: closing");
                 conn.as_mut().graceful_shutdown();
                 closing = true;
+            }
+            () = head.shed(), if !established.load(std::sync::atomic::Ordering::Relaxed) => {
+                tracing::debug!(%remote, "HTTP connection shed: the listener is full");
+                break;
             }
             _ = stop.changed(), if !closing => {
                 conn.as_mut().graceful_shutdown();

@@ -1,29 +1,60 @@
-//! What every TCP listener shares: the connection gate (a cap on concurrent connections per
-//! listener and per source address, with a small reserve kept for health checks) and an
-//! accept loop that backs off when `accept` fails (out of descriptors) instead of spinning.
+//! What every TCP listener shares: the connection gate (caps on concurrent connections per
+//! listener and per source network, with a small reserve kept for health checks, and the
+//! shedding of connections still in their head when the listener is full) and an accept loop
+//! that backs off when `accept` fails (out of descriptors) instead of spinning.
 //!
 //! The gate counts a connection from `accept` until its socket is dropped: a [`Permit`] travels
 //! with the socket (inside the I/O type handed to the protocol), so a connection upgraded to a
 //! WebSocket keeps counting until the WebSocket ends.
+//!
+//! How the places are shared out, so that a few addresses cannot fill a listener:
+//! - A source is a network: an IPv4 /24, an IPv6 /64 (one site's or one host's usual share).
+//! - A source may hold up to the listener's per-source cap while the listener is less than half
+//!   full; beyond that, at most an eighth of the listener's total (its fair share under
+//!   pressure).
+//! - When the listener is full, a newcomer within its share takes the place of the oldest
+//!   connection still in its head (a request head, a SIP message, an ICE-TCP connection not yet
+//!   answered): that one is shed, the established ones (devices, calls, requests under way)
+//!   never are. A slow client therefore holds a place only until others need it.
+//! - The health-check reserve is shared too: one source takes at most an eighth of it.
 #![allow(clippy::disallowed_methods)] // the runtime owns the accept loops' clock and pauses
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 
 /// How many connections a listener takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionLimits {
     /// Concurrent connections on the listener, beyond which only the reserve is served.
     pub max_total: usize,
-    /// Concurrent connections from one source address (IPv6: one /64).
+    /// Concurrent connections from one source network (IPv4 /24, IPv6 /64) while the listener
+    /// is less than half full; beyond half, a source holds at most an eighth of `max_total`.
     pub max_per_source: usize,
-    /// Connections taken beyond either cap and served restricted (health checks only).
+    /// Connections taken beyond either cap and served restricted (health checks only); one
+    /// source takes at most an eighth of it.
     pub reserve: usize,
+}
+
+impl ConnectionLimits {
+    /// The most a source may hold when `open` connections are open on the listener.
+    fn share(&self, open: usize) -> usize {
+        if open < self.max_total / 2 {
+            self.max_per_source
+        } else {
+            self.max_per_source.min((self.max_total / 8).max(1))
+        }
+    }
+
+    /// The most of the reserve one source may hold.
+    fn reserve_share(&self) -> usize {
+        (self.reserve / 8).max(1)
+    }
 }
 
 /// How a connection was let in.
@@ -40,6 +71,7 @@ pub enum Admission {
 pub struct Gate {
     inner: Arc<Mutex<Counts>>,
     limits: ConnectionLimits,
+    name: &'static str,
 }
 
 #[derive(Debug, Default)]
@@ -47,14 +79,41 @@ struct Counts {
     total: usize,
     reserve: usize,
     per_source: HashMap<IpAddr, usize>,
+    reserve_per_source: HashMap<IpAddr, usize>,
+    /// Connections still in their head, oldest first, with the signal that sheds each.
+    heads: BTreeMap<u64, Arc<Notify>>,
+    admitted: u64,
 }
 
 /// The right of one connection to be open; dropping it frees its place.
 #[derive(Debug)]
 pub struct Permit {
-    gate: Gate,
+    head: Head,
     source: IpAddr,
     admission: Admission,
+}
+
+/// A connection's place in the queue of connections that may be shed: the protocol says when
+/// its head is complete, and stops serving it when it is shed.
+#[derive(Debug, Clone)]
+pub struct Head {
+    gate: Gate,
+    id: u64,
+    shed: Arc<Notify>,
+}
+
+impl Head {
+    /// The connection's head is complete (a request or message arrived, or an ICE-TCP check
+    /// was answered): it is established and never shed. Idempotent.
+    pub fn done(&self) {
+        self.gate.counts().heads.remove(&self.id);
+    }
+
+    /// Completes when the connection is shed to make room for another; the protocol then
+    /// closes it. A connection shed before anyone waited is told at the first wait.
+    pub async fn shed(&self) {
+        self.shed.notified().await
+    }
 }
 
 impl Permit {
@@ -62,14 +121,20 @@ impl Permit {
     pub fn admission(&self) -> Admission {
         self.admission
     }
+
+    /// The connection's head: tell it when the head is complete, wait on it to be shed.
+    pub fn head(&self) -> Head {
+        self.head.clone()
+    }
 }
 
 impl Gate {
-    /// A gate admitting connections within `limits`.
-    pub fn new(limits: ConnectionLimits) -> Gate {
+    /// A gate admitting connections within `limits`; `name` labels its metrics and logs.
+    pub fn new(name: &'static str, limits: ConnectionLimits) -> Gate {
         Gate {
             inner: Arc::new(Mutex::new(Counts::default())),
             limits,
+            name,
         }
     }
 
@@ -80,27 +145,62 @@ impl Gate {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Lets a connection from `source` in, or `None` when even the reserve is used up.
+    /// Lets a connection from `source` in, or `None` when even the reserve is used up (or
+    /// this source's share of it). A newcomer within its share when the listener is full
+    /// sheds the oldest connection still in its head.
     pub fn admit(&self, source: IpAddr) -> Option<Permit> {
         let source = source_key(source);
         let mut counts = self.counts();
         let from_source = counts.per_source.get(&source).copied().unwrap_or(0);
-        let admission =
-            if counts.total < self.limits.max_total && from_source < self.limits.max_per_source {
+        let within_share = from_source < self.limits.share(counts.total);
+        let admission = if within_share && counts.total < self.limits.max_total {
+            Admission::Full
+        } else if within_share {
+            match counts.heads.pop_first() {
+                Some((_, victim)) => {
+                    // Its place passes to the newcomer; its permit is dropped when the
+                    // protocol has closed it.
+                    victim.notify_one();
+                    metrics::counter!("patchbay_connections_shed_total", "listener" => self.name)
+                        .increment(1);
+                    Admission::Full
+                }
+                None => self.reserve_or_refuse(&counts, source)?,
+            }
+        } else {
+            self.reserve_or_refuse(&counts, source)?
+        };
+        match admission {
+            Admission::Full => {
                 counts.total += 1;
-                Admission::Full
-            } else if counts.reserve < self.limits.reserve {
+                *counts.per_source.entry(source).or_default() += 1;
+            }
+            Admission::Reserve => {
                 counts.reserve += 1;
-                Admission::Reserve
-            } else {
-                return None;
-            };
-        *counts.per_source.entry(source).or_default() += 1;
+                *counts.reserve_per_source.entry(source).or_default() += 1;
+            }
+        }
+        counts.admitted += 1;
+        let id = counts.admitted;
+        let shed = Arc::new(Notify::new());
+        if admission == Admission::Full {
+            counts.heads.insert(id, shed.clone());
+        }
         Some(Permit {
-            gate: self.clone(),
+            head: Head {
+                gate: self.clone(),
+                id,
+                shed,
+            },
             source,
             admission,
         })
+    }
+
+    fn reserve_or_refuse(&self, counts: &Counts, source: IpAddr) -> Option<Admission> {
+        let from_source = counts.reserve_per_source.get(&source).copied().unwrap_or(0);
+        (counts.reserve < self.limits.reserve && from_source < self.limits.reserve_share())
+            .then_some(Admission::Reserve)
     }
 
     /// Connections open now (full and reserve).
@@ -112,32 +212,44 @@ impl Gate {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        let mut counts = self.gate.counts();
-        match self.admission {
-            Admission::Full => counts.total = counts.total.saturating_sub(1),
-            Admission::Reserve => counts.reserve = counts.reserve.saturating_sub(1),
-        }
-        if let Some(n) = counts.per_source.get_mut(&self.source) {
+        let mut counts = self.head.gate.counts();
+        counts.heads.remove(&self.head.id);
+        let per_source = match self.admission {
+            Admission::Full => {
+                counts.total = counts.total.saturating_sub(1);
+                &mut counts.per_source
+            }
+            Admission::Reserve => {
+                counts.reserve = counts.reserve.saturating_sub(1);
+                &mut counts.reserve_per_source
+            }
+        };
+        if let Some(n) = per_source.get_mut(&self.source) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                counts.per_source.remove(&self.source);
+                per_source.remove(&self.source);
             }
         }
     }
 }
 
-/// The address a per-source cap counts: IPv4 as is, IPv6 by its /64 (one host's usual share).
+/// The network a per-source cap counts: IPv4 by its /24, IPv6 by its /64.
 fn source_key(ip: IpAddr) -> IpAddr {
     match ip {
-        IpAddr::V4(_) => ip,
+        IpAddr::V4(v4) => IpAddr::V4(by_24(v4)),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
+            Some(v4) => IpAddr::V4(by_24(v4)),
             None => {
                 let s = v6.segments();
                 IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
             }
         },
     }
+}
+
+fn by_24(v4: std::net::Ipv4Addr) -> std::net::Ipv4Addr {
+    let [a, b, c, _] = v4.octets();
+    std::net::Ipv4Addr::new(a, b, c, 0)
 }
 
 /// When a connection last moved bytes.
@@ -237,9 +349,10 @@ impl Acceptor {
     }
 }
 
-/// Descriptors the process may hold besides its listeners' connections (database pool, media
-/// and RTP sockets, files).
-const DESCRIPTOR_HEADROOM: u64 = 128;
+/// Descriptors the process may hold besides its listeners' connections: the database pool,
+/// media and RTP sockets, files, and webhook deliveries (at most their concurrency plus 64
+/// idle connections, 96 by default).
+const DESCRIPTOR_HEADROOM: u64 = 256;
 
 /// A default cap for a listener: `share` of the descriptors the process may open (its soft
 /// `RLIMIT_NOFILE`, less a headroom), at least 16 and at most `ceiling`.
@@ -269,47 +382,108 @@ mod tests {
         s.parse().expect("an address")
     }
 
+    fn limits(max_total: usize, max_per_source: usize, reserve: usize) -> ConnectionLimits {
+        ConnectionLimits {
+            max_total,
+            max_per_source,
+            reserve,
+        }
+    }
+
+    fn established(permit: Permit) -> Permit {
+        permit.head().done();
+        permit
+    }
+
     #[test]
-    fn caps_per_source_and_total_then_reserve_then_refuse() {
-        let gate = Gate::new(ConnectionLimits {
-            max_total: 3,
-            max_per_source: 2,
-            reserve: 1,
-        });
-        let a1 = gate.admit(ip("10.0.0.1")).expect("a1");
-        let a2 = gate.admit(ip("10.0.0.1")).expect("a2");
-        assert_eq!(a2.admission(), Admission::Full);
-        let a3 = gate.admit(ip("10.0.0.1")).expect("reserve");
-        assert_eq!(a3.admission(), Admission::Reserve);
-        assert!(gate.admit(ip("10.0.0.1")).is_none());
-        let b1 = gate.admit(ip("10.0.0.2")).expect("b1");
-        assert_eq!(b1.admission(), Admission::Full);
-        // Total reached and the reserve taken.
-        assert!(gate.admit(ip("10.0.0.3")).is_none());
-        drop(a3);
-        assert_eq!(
-            gate.admit(ip("10.0.0.3")).map(|p| p.admission()),
-            Some(Admission::Reserve)
+    fn a_source_holds_its_cap_while_there_is_room_then_its_share() {
+        let gate = Gate::new("test", limits(16, 10, 8));
+        let mut open = Vec::new();
+        for _ in 0..8 {
+            open.push(established(gate.admit(ip("10.0.1.1")).expect("room")));
+        }
+        // Half full: 10.0.1.0/24 already holds more than its share (16 / 8 = 2).
+        let restricted = gate.admit(ip("10.0.1.77")).expect("the reserve");
+        assert_eq!(restricted.admission(), Admission::Reserve);
+        assert!(
+            gate.admit(ip("10.0.1.1")).is_none(),
+            "one source takes one eighth of the reserve"
         );
-        drop((a1, a2, b1));
+        for source in ["10.0.2.1", "10.0.3.1", "10.0.4.1", "10.0.5.1"] {
+            for _ in 0..2 {
+                let p = gate.admit(ip(source)).expect("within the share");
+                assert_eq!(p.admission(), Admission::Full);
+                open.push(established(p));
+            }
+            let over = gate.admit(ip(source)).expect("the reserve");
+            assert_eq!(over.admission(), Admission::Reserve);
+            open.push(over);
+        }
+        // Full, and nobody in a head to shed: the reserve, then nothing once it is used up.
+        assert_eq!(gate.open(), 16 + 5);
+        let reserve: Vec<Permit> = (6..=8)
+            .map(|n| gate.admit(ip(&format!("10.0.{n}.1"))).expect("reserve"))
+            .collect();
+        assert!(reserve.iter().all(|p| p.admission() == Admission::Reserve));
+        assert!(gate.admit(ip("10.0.9.1")).is_none());
+        drop((open, reserve, restricted));
         assert_eq!(gate.open(), 0);
         assert_eq!(
-            gate.admit(ip("10.0.0.1")).map(|p| p.admission()),
+            gate.admit(ip("10.0.1.1")).map(|p| p.admission()),
             Some(Admission::Full)
         );
     }
 
     #[test]
+    fn a_full_listener_sheds_the_oldest_connection_still_in_its_head() {
+        use futures_util::FutureExt;
+        let gate = Gate::new("test", limits(4, 4, 0));
+        let slow1 = gate.admit(ip("10.0.1.1")).expect("slow 1");
+        let slow2 = gate.admit(ip("10.0.1.2")).expect("slow 2");
+        let device = established(gate.admit(ip("10.0.2.1")).expect("device"));
+        let slow3 = gate.admit(ip("10.0.3.1")).expect("slow 3");
+        let newcomer = gate.admit(ip("10.0.4.1")).expect("room made");
+        assert_eq!(newcomer.admission(), Admission::Full);
+        assert!(
+            slow1.head().shed().now_or_never().is_some(),
+            "the oldest head is shed"
+        );
+        assert!(slow2.head().shed().now_or_never().is_none());
+        // 10.0.1.0/24 holds 2, more than its share of a full listener (4 / 8 → 1): it cannot
+        // shed others to come back.
+        assert!(gate.admit(ip("10.0.1.3")).is_none());
+        let _second = gate.admit(ip("10.0.5.1")).expect("sheds slow 2");
+        assert!(slow2.head().shed().now_or_never().is_some());
+        assert!(device.head().shed().now_or_never().is_none());
+        let _third = gate.admit(ip("10.0.6.1")).expect("sheds slow 3");
+        assert!(slow3.head().shed().now_or_never().is_some());
+        newcomer.head().done();
+        let _fourth = gate
+            .admit(ip("10.0.7.1"))
+            .expect("sheds the second newcomer");
+        assert!(
+            device.head().shed().now_or_never().is_none(),
+            "an established connection is never shed"
+        );
+        drop((slow1, slow2, slow3));
+        assert_eq!(gate.open(), 5, "the newcomers and the device");
+    }
+
+    #[test]
     fn ipv6_counts_by_prefix() {
-        let gate = Gate::new(ConnectionLimits {
-            max_total: 10,
-            max_per_source: 1,
-            reserve: 0,
-        });
+        let gate = Gate::new(
+            "test",
+            ConnectionLimits {
+                max_total: 10,
+                max_per_source: 1,
+                reserve: 0,
+            },
+        );
         let _a = gate.admit(ip("2001:db8:1:2::1")).expect("first");
         assert!(gate.admit(ip("2001:db8:1:2::ffff")).is_none());
         assert!(gate.admit(ip("2001:db8:1:3::1")).is_some());
-        assert_eq!(source_key(ip("::ffff:10.1.2.3")), ip("10.1.2.3"));
+        assert_eq!(source_key(ip("::ffff:10.1.2.3")), ip("10.1.2.0"));
+        assert_eq!(source_key(ip("10.1.2.200")), ip("10.1.2.0"));
     }
 
     #[test]

@@ -418,8 +418,10 @@ pub struct ShardSetup {
     pub tcp: Option<tokio::net::TcpListener>,
 }
 
-/// Connections from one source address the media TCP listeners take at once (IPv6: per /64):
-/// room for a few hundred devices behind one NAT, two connections each.
+/// Connections from one source network (IPv4 /24, IPv6 /64) the media TCP listeners take at
+/// once while they are less than half full (and never more than half of their total; see
+/// [`crate::runtime::listen`]): room for a few hundred devices behind one NAT, two
+/// connections each.
 const TCP_MAX_PER_SOURCE: usize = 512;
 
 /// Starts one task per shard and the reporter of their reports.
@@ -470,11 +472,14 @@ pub fn spawn(shards: Vec<ShardSetup>, control: Control) -> std::io::Result<Media
     let reports = spawn_reporters(control.clone());
     let connections = TcpConnections::default();
     let max_total = descriptor_share(0.25, 16_384);
-    let gate = Gate::new(ConnectionLimits {
-        max_total,
-        max_per_source: TCP_MAX_PER_SOURCE.min(max_total),
-        reserve: 0,
-    });
+    let gate = Gate::new(
+        "ice-tcp",
+        ConnectionLimits {
+            max_total,
+            max_per_source: TCP_MAX_PER_SOURCE.min(max_total / 2),
+            reserve: 0,
+        },
+    );
     media_tcp::spawn(tcp_listeners, tcp_senders, connections.clone(), gate);
     for (index, ((engine, inbox), frames)) in engines
         .into_iter()

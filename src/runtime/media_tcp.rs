@@ -266,7 +266,7 @@ pub fn spawn(
                     destination,
                     to_shard: to_shard.clone(),
                     connections: connections.clone(),
-                    _permit: permit,
+                    permit,
                 };
                 tokio::spawn(connection.run(stream));
             }
@@ -303,7 +303,7 @@ struct Connection {
     destination: SocketAddr,
     to_shard: mpsc::Sender<TcpFrame>,
     connections: TcpConnections,
-    _permit: Permit,
+    permit: Permit,
 }
 
 /// What a connection moved, for its closing log line (shared by its reading and writing
@@ -400,6 +400,8 @@ impl Connection {
         let write = async {
             while let Some(framed) = outgoing.recv().await {
                 if get(&counts.frames_out) == 0 {
+                    // Answered: established, never shed.
+                    self.permit.head().done();
                     tracing::info!(shard = self.shard, remote = %self.remote, local = %self.destination, "ICE-TCP connection answered");
                 }
                 add(&counts.frames_out, 1);
@@ -430,10 +432,16 @@ impl Connection {
                 tokio::time::sleep_until(deadline).await;
             }
         };
+        let head = self.permit.head();
+        let shed = async {
+            head.shed().await;
+            "shed: the listener is full".to_owned()
+        };
         tokio::select! {
             why = read => why,
             why = write => why,
             why = timer => why,
+            why = shed => why,
         }
     }
 }

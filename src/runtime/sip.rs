@@ -40,7 +40,7 @@ use crate::control::port::{LocalConnection, LocalDownlink, LocalUplink};
 use crate::control::{AdmittedPhone, DeviceControl, PhoneRefusal};
 use crate::domain::{AccountId, ParticipantId, SessionId, StreamAlias, StreamId};
 use crate::media::DeviceId;
-use crate::runtime::listen::{Acceptor, Activity, ConnectionLimits, Gate};
+use crate::runtime::listen::{Acceptor, Activity, ConnectionLimits, Gate, Head as ConnectionHead};
 use crate::runtime::phone_records::{self, PhoneRecord, RecordChange, StoredCall};
 
 /// Settings of the SIP bridge.
@@ -1129,7 +1129,7 @@ async fn accept_tcp(
     settings: SipTcpSettings,
     tx: mpsc::UnboundedSender<Message>,
 ) {
-    let gate = Gate::new(settings.limits);
+    let gate = Gate::new("sip-tcp", settings.limits);
     let mut acceptor = Acceptor::new(listener, "sip-tcp");
     let mut next = 1u64;
     loop {
@@ -1159,9 +1159,10 @@ async fn accept_tcp(
             }
         });
         let tx = tx.clone();
+        let head = permit.head();
         tokio::spawn(async move {
             let _permit = permit;
-            let why = read_tcp(reader, conn, source, settings, activity, &tx).await;
+            let why = read_tcp(reader, conn, source, settings, activity, head, &tx).await;
             tracing::debug!(%source, why, "SIP TCP connection closed");
             let _ = tx.send(Message::TcpClosed(conn));
         });
@@ -1176,12 +1177,14 @@ async fn read_tcp(
     source: SocketAddr,
     settings: SipTcpSettings,
     activity: Activity,
+    head: ConnectionHead,
     tx: &mpsc::UnboundedSender<Message>,
 ) -> &'static str {
     // A framer of its own tells whether a message is under way (the driver's endpoint frames
     // the same bytes for itself).
     let mut framer = StreamFramer::new();
     let mut message_started = Some(Instant::now());
+    let mut established = false;
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let idle_at = activity.last() + settings.idle_timeout;
@@ -1195,6 +1198,7 @@ async fn read_tcp(
                 Err(_) => return "read error",
                 Ok(n) => n,
             },
+            () = head.shed(), if !established => return "shed: the listener is full",
             () = tokio::time::sleep_until(deadline.into()) => {
                 let now = Instant::now();
                 if message_started.is_some_and(|s| now >= s + settings.head_timeout) {
@@ -1210,8 +1214,14 @@ async fn read_tcp(
         activity.touch();
         framer.push(data);
         while let Some(item) = framer.next_item() {
-            if let StreamItem::Error(_) = item {
-                break; // the driver answers and closes the connection
+            match item {
+                StreamItem::Error(_) => break, // the driver answers and closes the connection
+                StreamItem::Message(..) if !established => {
+                    // A whole message arrived: established, never shed.
+                    head.done();
+                    established = true;
+                }
+                StreamItem::Message(..) => {}
             }
         }
         if !framer.is_mid_message() {
