@@ -8,7 +8,10 @@
 //! test's, so the test can cut the database off: it refuses connections for 15 s, then a lock
 //! held by another session hangs it for 15 s. During each phase REST answers 503 with
 //! `Retry-After`, a device's WebSocket is closed with the retryable 1013, a phone's INVITE gets
-//! 503, and `/readyz` turns 503; after each, everything works again without help.
+//! 503, and `/readyz` turns 503; after each, everything works again without help. Then the
+//! database stops accepting connections (`ALLOW_CONNECTIONS false`, SQLSTATE 55000) with its
+//! sessions ended: the same answers, and a device that drops meanwhile still gets its
+//! `onDisconnect` delivered once the database is back.
 //!
 //! Time bounds here are generous on purpose (the machine running the tests is shared and
 //! noisy): each says which configured timeout it checks and how much slack it adds.
@@ -21,7 +24,7 @@ use futures_util::{SinkExt, StreamExt};
 use patchbay::app::App;
 use patchbay::config::ServeConfig;
 use patchbay::control::{ControlError, NewParticipant};
-use patchbay::domain::{AccountId, ParticipantId};
+use patchbay::domain::{AccountId, CallbackUrl, ParticipantId};
 use patchbay::store::{AccountCredentials, SqlStore, Store, StoreError, Timeouts, PROBE_TIMEOUT};
 use patchbay_testkit::db::{postgres_admin_url, sqlite_url};
 use patchbay_testkit::phone_ua::{dial, Dial};
@@ -302,6 +305,50 @@ async fn a_busy_sqlite_file_is_unavailable_within_the_busy_timeout() {
 
 // ---- the whole server through an outage -----------------------------------------------------
 
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A webhook receiver on 127.0.0.1 that keeps every body it is sent.
+struct Hooks {
+    url: String,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Hooks {
+    async fn start() -> Hooks {
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = bodies.clone();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |body: String| {
+                if let Ok(v) = serde_json::from_str(&body) {
+                    kept.lock().expect("bodies").push(v);
+                }
+                async { axum::http::StatusCode::NO_CONTENT }
+            }),
+        );
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Hooks { url, bodies }
+    }
+
+    /// Waits (at most `bound`) for `event` of `participant` to be delivered.
+    async fn arrives(&self, participant: &ParticipantId, event: &str, bound: Duration) {
+        let id = participant.to_string();
+        eventually(&format!("{event} delivered"), bound, || async {
+            self.bodies
+                .lock()
+                .expect("bodies")
+                .iter()
+                .any(|v| v["event"] == event && v["participantId"] == id.as_str())
+        })
+        .await;
+    }
+}
+
 /// The server's timeouts in this test: short, so each phase has room for every check.
 const APP: Timeouts = Timeouts {
     acquire: Duration::from_secs(2),
@@ -405,6 +452,26 @@ impl Outage {
         answer
     }
 
+    /// A device connected with `token` (it answered a ping), kept open.
+    async fn connected(&self, token: &str) -> Ws {
+        let url = format!(
+            "ws://{}/v3/?token={token}&client=browser&sdkVersion=0.12.0-beta.1&uniqueId=kept",
+            self.http
+        );
+        let (mut ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("upgrade");
+        let ping = r#"{"jsonrpc":"2.0","method":"ping","id":1}"#;
+        ws.send(Message::Text(ping.into())).await.expect("ping");
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(text))) if text.contains("\"id\":1") => return ws,
+                Some(Ok(_)) => continue,
+                other => panic!("the device is not connected: {other:?}"),
+            }
+        }
+    }
+
     /// What every client sees while the database cannot answer.
     async fn assert_outage(&self, phase: &str, device_token: &str) {
         // The probe's own bound is 1 s and the issue asks for two; the rest is slack for
@@ -478,7 +545,7 @@ async fn the_server_answers_clearly_through_a_refusing_then_a_hung_database_and_
         .expect("account");
     // One participant per device check: a participant has one live device at a time.
     let mut tokens = Vec::new();
-    for _ in 0..5 {
+    for _ in 0..7 {
         let (participant, token) = control
             .create_participant(&account, NewParticipant::default())
             .await
@@ -514,6 +581,59 @@ async fn the_server_answers_clearly_through_a_refusing_then_a_hung_database_and_
     tokio::time::sleep(PHASE.saturating_sub(started.elapsed())).await;
     lock.release().await;
     outage.assert_recovered("after locked", &tokens[4].1).await;
+
+    // Phase 3: the database stops accepting connections (SQLSTATE 55000), as an operator's
+    // maintenance does, and the server's sessions are ended. A device that was connected
+    // before drops during it: its onDisconnect cannot be refused, so it waits and is written
+    // and delivered once the database is back. Nothing is lost.
+    let hooks = Hooks::start().await;
+    let (watched, watched_token) = control
+        .create_participant(
+            &outage.account,
+            NewParticipant {
+                callback_url: Some(CallbackUrl::parse(&hooks.url).expect("callback")),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("participant");
+    let device = outage.connected(&watched_token).await;
+    hooks
+        .arrives(&watched.id, "onConnect", APP.acquire + SLACK * 3)
+        .await;
+    let name = url.rsplit('/').next().expect("a database name").to_owned();
+    let mut admin = sqlx::PgConnection::connect(&postgres_admin_url())
+        .await
+        .expect("admin connection");
+    admin
+        .execute(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false").as_str())
+        .await
+        .expect("close the database");
+    admin
+        .execute(
+            format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+            )
+            .as_str(),
+        )
+        .await
+        .expect("end the server's sessions");
+    outage
+        .assert_outage("not accepting connections", &tokens[5].1)
+        .await;
+    drop(device);
+    tokio::time::sleep(APP.acquire + APP.statement).await;
+    admin
+        .execute(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true").as_str())
+        .await
+        .expect("open the database");
+    outage
+        .assert_recovered("after not accepting connections", &tokens[6].1)
+        .await;
+    hooks
+        .arrives(&watched.id, "onDisconnect", APP.acquire + SLACK * 10)
+        .await;
 
     let _ = stop.send(());
     server
