@@ -5,6 +5,8 @@
 //!   waits for it (HTTP/1: hyper's header-read timer also runs while a keep-alive connection
 //!   sits idle, so this is also the keep-alive idle limit).
 //! - A request body that stalls (no bytes) for the body timeout fails the request.
+//! - A response to a request whose body was not read to its end (refused before reading it)
+//!   carries `Connection: close`, and the connection is closed after it.
 //! - A connection that carries no bytes either way for the idle timeout is shut down
 //!   gracefully (covers stalled requests and readers); an in-flight request is finished first.
 //! - When the listener is full, a newcomer within its source's share sheds the oldest
@@ -164,9 +166,17 @@ async fn connection<S, IO>(
             request_head.done();
         }
         async move {
-            let req =
-                req.map(|b| Body::new(tower_http::timeout::TimeoutBody::new(body_timeout, b)));
-            Ok::<_, Infallible>(respond(app, req, remote, reserve).await)
+            let read = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let req = req.map(|b| {
+                let b = ReadToEnd::new(b, read.clone());
+                Body::new(tower_http::timeout::TimeoutBody::new(body_timeout, b))
+            });
+            let response = respond(app, req, remote, reserve).await;
+            // A body left unread cannot be skipped: hyper closes the connection after this
+            // response, so the response says so and the client does not reuse it.
+            let unread = !read.load(std::sync::atomic::Ordering::Relaxed)
+                && response.status() != StatusCode::SWITCHING_PROTOCOLS;
+            Ok::<_, Infallible>(if unread { closing(response) } else { response })
         }
     });
     let service = hyper_util::service::TowerToHyperService::new(service);
@@ -231,6 +241,49 @@ where
         closing(response)
     } else {
         response
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request body that notes when it has been read to its end (or had none).
+    struct ReadToEnd<B> {
+        #[pin]
+        inner: B,
+        read: Arc<std::sync::atomic::AtomicBool>,
+    }
+}
+
+impl<B: hyper::body::Body> ReadToEnd<B> {
+    fn new(inner: B, read: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        if inner.is_end_stream() {
+            read.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        ReadToEnd { inner, read }
+    }
+}
+
+impl<B: hyper::body::Body> hyper::body::Body for ReadToEnd<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || this.inner.is_end_stream() {
+            this.read.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -59,10 +59,12 @@ async fn content_length_with_transfer_encoding_ends_the_connection_after_one_res
     let response = read_to_close(&mut s).await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert_eq!(response.matches("HTTP/1.1 ").count(), 1, "{response}");
-    // Without Content-Length the same two requests are both served on one connection.
+    // Without a body the same two requests are both served on one connection. (With only
+    // `Transfer-Encoding` the health check leaves the body unread, and its response says
+    // `Connection: close`: see below.)
     let mut s = send(
         app.http,
-        "GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     )
     .await;
     let response = read_to_close(&mut s).await;
@@ -190,4 +192,45 @@ async fn sip_tcp_connections_beyond_the_per_source_cap_are_closed_at_once() {
     let mut second = send(app.sip, "").await;
     assert_eq!(read_to_close(&mut second).await, "");
     drop(first);
+}
+
+/// A request refused before its body is read (here: no credentials) gets a response that says
+/// `Connection: close`, and the connection is closed after it; a request whose body was read
+/// keeps its connection (keep-alive, no such header).
+#[tokio::test]
+async fn a_response_to_a_request_with_an_unread_body_says_connection_close() {
+    let app = app_with(|_| {}).await;
+    let body = "{\"tag\":\"unread\"}";
+    let mut s = send(
+        app.http,
+        &format!(
+            "POST /v1/accounts/x/participants HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .await;
+    let response = read_to_close(&mut s).await;
+    assert!(response.starts_with("HTTP/1.1 401"), "{response}");
+    assert!(
+        response
+            .to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{response}"
+    );
+    // No body (nothing left unread): keep-alive, two answers on one connection.
+    let mut s = send(
+        app.http,
+        "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let response = read_to_close(&mut s).await;
+    assert_eq!(response.matches("HTTP/1.1 200").count(), 2, "{response}");
+    assert_eq!(
+        response
+            .to_ascii_lowercase()
+            .matches("connection: close")
+            .count(),
+        1,
+        "only the second, which asked for it: {response}"
+    );
 }
