@@ -165,6 +165,7 @@ impl App {
                 concurrency: config.webhooks.concurrency(),
                 destinations,
                 session_max_age: config.webhooks.session_max_age,
+                participant_max_age: config.webhooks.participant_max_age,
                 retention: config.webhooks.webhook_retention,
             },
         )?;

@@ -573,6 +573,11 @@ pub struct WebhookArgs {
     /// Seconds after its creation a session is removed (Bandwidth: 9 hours).
     #[arg(long, env = "PATCHBAY_SESSION_MAX_AGE", default_value = "32400", value_parser = parse_seconds)]
     pub session_max_age: Duration,
+    /// Seconds after its creation a participant is deleted, as `DELETE …/participants/{id}`
+    /// does (its devices are disconnected, its calls end). Default: never; a backend that
+    /// forgets to delete its participants can set a day or more (checked every minute).
+    #[arg(long, env = "PATCHBAY_PARTICIPANT_MAX_AGE", value_parser = parse_seconds)]
+    pub participant_max_age: Option<Duration>,
 }
 
 impl Default for WebhookArgs {
@@ -587,6 +592,7 @@ impl Default for WebhookArgs {
             webhook_allow_private: false,
             webhook_retention: Duration::from_secs(604_800),
             session_max_age: Duration::from_secs(32400),
+            participant_max_age: None,
         }
     }
 }

@@ -411,6 +411,39 @@ impl Control {
             }
         }
     }
+
+    /// Deletes every participant created more than `max_age` before `now_ms` (the optional
+    /// `--participant-max-age`), as `DELETE …/participants/{id}` does: its devices are
+    /// disconnected (onDisconnect), its calls hung up, its subscriptions pruned. Returns how
+    /// many.
+    pub async fn expire_participants(
+        &self,
+        max_age: Duration,
+        now_ms: i64,
+    ) -> Result<usize, ControlError> {
+        let cutoff = now_ms.saturating_sub(i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX));
+        let mut deleted = 0;
+        loop {
+            let old = self
+                .inner
+                .store
+                .participants_created_before(cutoff, EXPIRE_BATCH)
+                .await?;
+            let full = old.len() >= EXPIRE_BATCH as usize;
+            let before = deleted;
+            for (account, participant) in old {
+                match self.delete_participant(&account, participant).await {
+                    Ok(()) => deleted += 1,
+                    Err(ControlError::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+                tracing::info!(%account, %participant, "participant expired");
+            }
+            if !full || deleted == before {
+                return Ok(deleted);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -49,6 +49,8 @@ pub struct WebhookSettings {
     pub destinations: Destinations,
     /// Sessions older than this are removed.
     pub session_max_age: Duration,
+    /// Participants older than this are deleted (none when unset).
+    pub participant_max_age: Option<Duration>,
     /// Delivered and given-up events, and delivery attempts, older than this are deleted.
     pub retention: Duration,
 }
@@ -69,7 +71,11 @@ pub fn spawn(control: Control, settings: WebhookSettings) -> anyhow::Result<()> 
     let receivers = Receivers::new(settings.policy.attempt_timeout, destinations.clone())?;
     let wake = Arc::new(Notify::new());
     let feed = control.webhook_feed();
-    let (max_age, retention) = (settings.session_max_age, settings.retention);
+    let ages = Ages {
+        session: settings.session_max_age,
+        participant: settings.participant_max_age,
+        retention: settings.retention,
+    };
     tokio::spawn(record(control.clone(), feed, wake.clone()));
     tokio::spawn(deliver(
         control.clone(),
@@ -78,7 +84,7 @@ pub fn spawn(control: Control, settings: WebhookSettings) -> anyhow::Result<()> 
         settings,
         wake,
     ));
-    tokio::spawn(cleanup(control, max_age, retention));
+    tokio::spawn(cleanup(control, ages));
     Ok(())
 }
 
@@ -417,14 +423,28 @@ pub fn spawn_reaper(control: Control, snapshot: Vec<crate::control::LiveDevice>)
 }
 
 /// Removes expired sessions, and webhook rows past their retention, every [`CLEANUP_EVERY`].
-async fn cleanup(control: Control, max_age: Duration, retention: Duration) {
+/// What the cleanup removes, by age.
+struct Ages {
+    session: Duration,
+    participant: Option<Duration>,
+    retention: Duration,
+}
+
+async fn cleanup(control: Control, ages: Ages) {
     loop {
-        match control.expire_sessions(max_age, now_ms()).await {
+        match control.expire_sessions(ages.session, now_ms()).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(sessions = n, "expired sessions removed"),
             Err(e) => tracing::warn!(error = %e, "cannot remove expired sessions"),
         }
-        match control.prune_webhooks(retention, now_ms()).await {
+        if let Some(max_age) = ages.participant {
+            match control.expire_participants(max_age, now_ms()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(participants = n, "expired participants deleted"),
+                Err(e) => tracing::warn!(error = %e, "cannot delete expired participants"),
+            }
+        }
+        match control.prune_webhooks(ages.retention, now_ms()).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(rows = n, "old webhook events and attempts deleted"),
             Err(e) => tracing::warn!(error = %e, "cannot delete old webhook events"),

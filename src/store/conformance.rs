@@ -40,6 +40,7 @@ pub const CASES: &[&str] = &[
     "webhook_retention",
     "webhook_secret_rotation",
     "sessions_by_age",
+    "participants_by_age",
     "operator",
     "subscribe_layouts",
 ];
@@ -1168,6 +1169,39 @@ pub async fn sessions_by_age(store: TestStore) {
     assert!(mine(
         store
             .sessions_created_before(0, 100_000)
+            .await
+            .expect("old")
+    )
+    .is_empty());
+}
+
+/// Participants by creation time, for the optional participant expiry: oldest first, none
+/// created before the epoch.
+pub async fn participants_by_age(store: TestStore) {
+    let account = new_account(&store).await;
+    let (first, second) = (
+        new_participant(&store, &account).await,
+        new_participant(&store, &account).await,
+    );
+    let mine = |list: Vec<(AccountId, ParticipantId)>| {
+        list.into_iter()
+            .filter(|(a, _)| *a == account)
+            .map(|(_, p)| p)
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    let later = super::epoch_ms() + 60_000;
+    assert_eq!(
+        mine(
+            store
+                .participants_created_before(later, 100_000)
+                .await
+                .expect("old")
+        ),
+        [first, second].into_iter().collect()
+    );
+    assert!(mine(
+        store
+            .participants_created_before(0, 100_000)
             .await
             .expect("old")
     )

@@ -420,6 +420,12 @@ pub trait WebhookStore: Send + Sync + 'static {
         cutoff_ms: i64,
         limit: u32,
     ) -> Result<Vec<(AccountId, SessionId)>, StoreError>;
+    /// At most `limit` participants created before `cutoff_ms`, oldest first.
+    async fn participants_created_before(
+        &self,
+        cutoff_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<(AccountId, ParticipantId)>, StoreError>;
 }
 
 /// Opens the store a database URL names and brings its schema up to date, with the default

@@ -115,6 +115,7 @@ store_ops! {
     DeliveryLog => "delivery_log",
     PruneWebhooks => "prune_webhooks",
     SessionsCreatedBefore => "sessions_created_before",
+    ParticipantsCreatedBefore => "participants_created_before",
     SaveSubscribeLayout => "save_subscribe_layout",
     SubscribeLayout => "subscribe_layout",
     ForgetSubscribeLayout => "forget_subscribe_layout",

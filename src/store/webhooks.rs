@@ -303,23 +303,57 @@ impl WebhookStore for SqlStore {
         limit: u32,
     ) -> Result<Vec<(AccountId, SessionId)>, StoreError> {
         let _timer = self.timer(Op::SessionsCreatedBefore);
-        sqlx::query(
+        self.created_before(
             "SELECT id, account_id FROM sessions WHERE created_at < $1 \
              ORDER BY created_at LIMIT $2",
+            cutoff_ms,
+            limit,
         )
-        .bind(cutoff_ms)
-        .bind(i64::from(limit))
-        .fetch_all(&self.read)
-        .await?
-        .iter()
-        .map(|row| {
-            let account: String = row.try_get("account_id")?;
-            Ok((
-                AccountId::parse(&account).map_err(corrupt)?,
-                parse_id(row, "id")?,
-            ))
-        })
-        .collect()
+        .await
+    }
+
+    async fn participants_created_before(
+        &self,
+        cutoff_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<(AccountId, ParticipantId)>, StoreError> {
+        let _timer = self.timer(Op::ParticipantsCreatedBefore);
+        self.created_before(
+            "SELECT id, account_id FROM participants WHERE created_at < $1 \
+             ORDER BY created_at LIMIT $2",
+            cutoff_ms,
+            limit,
+        )
+        .await
+    }
+}
+
+impl SqlStore {
+    /// The `(account_id, id)` rows `query` selects with the cutoff and limit bound.
+    async fn created_before<I>(
+        &self,
+        query: &'static str,
+        cutoff_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<(AccountId, I)>, StoreError>
+    where
+        I: std::str::FromStr,
+        I::Err: std::fmt::Display,
+    {
+        sqlx::query(query)
+            .bind(cutoff_ms)
+            .bind(i64::from(limit))
+            .fetch_all(&self.read)
+            .await?
+            .iter()
+            .map(|row| {
+                let account: String = row.try_get("account_id")?;
+                Ok((
+                    AccountId::parse(&account).map_err(corrupt)?,
+                    parse_id(row, "id")?,
+                ))
+            })
+            .collect()
     }
 }
 

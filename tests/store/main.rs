@@ -66,6 +66,7 @@ both!(
     webhook_retention,
     webhook_secret_rotation,
     sessions_by_age,
+    participants_by_age,
     operator,
     subscribe_layouts,
 );

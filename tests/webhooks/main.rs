@@ -1133,3 +1133,67 @@ async fn an_account_with_hanging_receivers_does_not_delay_another_account() {
         "A has {accepted} attempts in flight, more than its share of {share}"
     );
 }
+
+/// Issue 22: the optional participant expiry deletes a participant as `DELETE` does: its
+/// connected device is closed and its backend gets `onDisconnect` (as for a deletion through
+/// the REST API); the participant is gone.
+#[tokio::test]
+async fn an_expired_participant_is_deleted_and_its_device_leaves() {
+    use futures_util::StreamExt;
+    let receiver = Arc::new(Receiver::default());
+    let (hook_addr, _hook) = start_receiver("127.0.0.1:0".parse().unwrap(), receiver.clone()).await;
+    let hook = format!("http://{hook_addr}/hook");
+    let config = ServeConfig::for_database(&sqlite_url());
+    let app = App::build(&config).await.expect("build app");
+    let (http, control) = (app.http_addr(), app.control().clone());
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let _server = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    let account = AccountId::parse("aging").unwrap();
+    let creds = control
+        .create_account(account.clone())
+        .await
+        .expect("account");
+    *receiver.secret.lock().unwrap() = creds.webhook_secret.clone();
+    let (a, token) = participant(&control, &account, &hook, None).await;
+    let mut ws = connect(http, &token, "dev-old").await;
+    wait_for("onConnect", || {
+        !receiver.accepted.lock().unwrap().is_empty()
+    })
+    .await;
+    // With an age of zero and the clock a second ahead, every participant is old.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        + 1000;
+    let expired = control
+        .expire_participants(Duration::ZERO, now_ms)
+        .await
+        .expect("expire");
+    assert_eq!(expired, 1);
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Close(_))) | None) => break,
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("the device was not closed: {other:?}"),
+        }
+    }
+    wait_for("onDisconnect", || {
+        receiver.accepted.lock().unwrap().len() >= 2
+    })
+    .await;
+    let events: Vec<String> = by_participant(&receiver.accepted.lock().unwrap().clone())[&a]
+        .iter()
+        .map(|v| v["event"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(events, ["onConnect", "onDisconnect"]);
+    assert!(
+        control
+            .participant(&account, a.parse().unwrap())
+            .await
+            .is_err(),
+        "the participant is gone"
+    );
+}
