@@ -608,25 +608,25 @@ fn parse_network(s: &str) -> Result<ipnet::IpNet, String> {
 
 impl WebhookArgs {
     /// Where deliveries may go: public addresses and the allowed networks.
-    pub fn destinations(&self) -> crate::events::Destinations {
+    pub fn destinations(&self) -> crate::webhooks::Destinations {
         if self.webhook_allow_private {
-            crate::events::Destinations::anywhere()
+            crate::webhooks::Destinations::anywhere()
         } else {
-            crate::events::Destinations::new(self.webhook_allow_network.clone())
+            crate::webhooks::Destinations::new(self.webhook_allow_network.clone())
         }
     }
 
     /// The attempts in flight these flags allow.
-    pub fn concurrency(&self) -> crate::events::Concurrency {
-        crate::events::Concurrency {
+    pub fn concurrency(&self) -> crate::webhooks::Concurrency {
+        crate::webhooks::Concurrency {
             total: usize::from(self.webhook_concurrency),
             share: usize::from(self.webhook_account_concurrency),
         }
     }
 
     /// The retry policy these flags describe.
-    pub fn retry_policy(&self) -> crate::events::RetryPolicy {
-        crate::events::RetryPolicy {
+    pub fn retry_policy(&self) -> crate::webhooks::RetryPolicy {
+        crate::webhooks::RetryPolicy {
             initial_delay: Duration::from_millis(self.webhook_first_retry_ms.max(1)),
             max_delay: Duration::from_secs(600),
             max_age: self.webhook_retry_for,

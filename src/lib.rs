@@ -34,8 +34,11 @@
 //! - [`signaling`]: the device WebSocket (JSON-RPC 2.0, protocol v3); `wire.rs` holds
 //!   Bandwidth's JSON shapes of offers and answers.
 //! - [`media`]: the SFU on str0m and its shard, sans-IO (no tokio, no sockets, no clock).
-//! - [`events`]: webhooks, sans-IO: the bodies of each event, Standard Webhooks signing, the
-//!   retry schedule and the per-participant ordering of deliveries (`Dispatcher`).
+//! - [`webhooks`]: the webhook slice, sans-IO over domain types: the bodies of each event,
+//!   Standard Webhooks signing, the retry schedule, the per-participant ordering and per-account
+//!   shares of deliveries (`Dispatcher`), where deliveries may go (`Destinations`), and the
+//!   outbox's types, which the store maps its rows to. The lifecycle events it renders are
+//!   `domain::LifecycleEvent`, raised by control.
 //! - [`runtime`]: the only owner of sockets, clocks and tasks: the media pump (one task per
 //!   shard, `media.rs`), the SIP driver over the sans-IO `patchbay-sip` crate (`sip.rs`), the
 //!   HTTP listener with its connection gate and timeouts (`http.rs`, `listen.rs`), and the
@@ -116,7 +119,6 @@ pub mod config;
 pub mod config_file;
 pub mod control;
 pub mod domain;
-pub mod events;
 pub mod forwarding;
 pub mod media;
 pub mod reach;
@@ -124,3 +126,4 @@ pub mod runtime;
 pub mod signaling;
 pub mod store;
 pub mod token;
+pub mod webhooks;

@@ -119,7 +119,7 @@ impl Control {
         let webhooks = self
             .inner
             .store
-            .account_webhooks(&account, &crate::events::new_secret())
+            .account_webhooks(&account, &crate::webhooks::new_secret())
             .await?;
         Ok(NewCredentials {
             account,

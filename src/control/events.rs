@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokio::sync::broadcast;
 
-use crate::domain::{MediaKinds, ParticipantId, SessionId, StreamAlias, StreamId};
+use crate::domain::{LifecycleEvent, ParticipantId, SessionId};
 use crate::forwarding::TableDiff;
 
 /// A change of one session's forwarding table.
@@ -37,92 +37,6 @@ pub enum ControlEvent {
     /// The process stops: the media plane lets every device go (browsers are closed with
     /// 1001 "server shutting down").
     Shutdown,
-}
-
-/// A participant's device or stream changed. `device` is the device's `uniqueId`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LifecycleEvent {
-    /// A device connected.
-    Connected {
-        /// Its participant.
-        participant: ParticipantId,
-        /// Its `uniqueId`.
-        device: String,
-        /// The device was connected to a process that died, and its call resumes here: the
-        /// backend was told `onConnect` already, so no webhook is sent (the live state is
-        /// still recorded).
-        resumed: bool,
-    },
-    /// `left`: the device said `leave` (Bandwidth's `onLeave`); otherwise the connection was
-    /// lost or replaced (`onDisconnect`).
-    Disconnected {
-        /// Its participant.
-        participant: ParticipantId,
-        /// Its `uniqueId`.
-        device: String,
-        /// It said `leave` first.
-        left: bool,
-    },
-    /// A participant started publishing a stream.
-    StreamPublished {
-        /// The publisher.
-        participant: ParticipantId,
-        /// The stream.
-        stream: StreamId,
-        /// Its alias, when the device declared one.
-        alias: Option<StreamAlias>,
-        /// What it carries (audio, video).
-        kinds: MediaKinds,
-    },
-    /// A participant stopped publishing a stream.
-    StreamUnpublished {
-        /// The publisher.
-        participant: ParticipantId,
-        /// The stream.
-        stream: StreamId,
-    },
-    /// A phone call was answered. `call` is the call's device id (as in `Connected`).
-    CallAnswered {
-        /// The phone's participant.
-        participant: ParticipantId,
-        /// The call's device id.
-        call: String,
-    },
-    /// A phone call another process answered was taken over by this one (no webhook: the
-    /// backend had its `onCallAnswered`); it marks the device as a phone in the live state.
-    CallResumed {
-        /// The phone's participant.
-        participant: ParticipantId,
-        /// The call's device id.
-        call: String,
-    },
-    /// A phone call ended.
-    CallEnded {
-        /// The phone's participant.
-        participant: ParticipantId,
-        /// The call's device id.
-        call: String,
-        /// Why.
-        reason: CallEndReason,
-    },
-    /// A phone participant pressed a key (RFC 4733 telephone-event from the phone).
-    PhoneDtmf {
-        /// The phone's participant.
-        participant: ParticipantId,
-        /// The key: `0`-`9`, `*`, `#` or `A`-`D`.
-        digit: char,
-        /// How long it was held, in milliseconds (from the RFC 4733 event's duration).
-        duration_ms: u32,
-    },
-}
-
-/// Why a phone call ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CallEndReason {
-    /// The phone hung up (BYE from the phone).
-    Hangup,
-    /// The server ended it (participant deleted or out of its session, shutdown, failure).
-    Ended,
 }
 
 /// How many events a slow observer may lag behind before it misses some.

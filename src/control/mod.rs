@@ -57,15 +57,17 @@ use tokio::sync::broadcast;
 use crate::store::Store;
 use crate::token::{self, TokenKeys};
 
+pub use crate::domain::{CallEndReason, LifecycleEvent};
 /// The outbox's vocabulary, as the delivery worker and the delivery log see it.
-pub use crate::store::{AttemptOutcome, DeliveryAttempt, LiveDevice, OutboxEvent};
+pub use crate::store::LiveDevice;
+pub use crate::webhooks::{AttemptOutcome, DeliveryAttempt, OutboxEvent};
 pub use auth::{NewCredentials, RotatedCredentials, CREDENTIAL_CACHE_TTL};
 pub use connections::{
     AdmittedPhone, ConnectError, ConnectedDevice, DeviceControl, Ended, PhoneRefusal, ResumedPhone,
 };
 pub use devices::VerifiedDevice;
 pub use error::{Conflict, ControlError, DeviceTokenError, Invalid, Resource, Source};
-pub use events::{CallEndReason, ControlEvent, LifecycleEvent, RoutingUpdate};
+pub use events::{ControlEvent, RoutingUpdate};
 pub use keys::PREVIOUS_SECRET_NAME;
 pub use operator::{Inspection, LiveDeviceView};
 pub use routing::Routing;
@@ -103,7 +105,7 @@ struct Inner {
     foreign: Mutex<std::collections::HashSet<(crate::domain::ParticipantId, String)>>,
     /// Where webhooks may be delivered: checked when a `callbackUrl` is set (IP literals; host
     /// names are checked when a delivery resolves them).
-    destinations: std::sync::RwLock<crate::events::Destinations>,
+    destinations: std::sync::RwLock<crate::webhooks::Destinations>,
     /// Set once the process drains before it stops (see [`Control::begin_drain`]).
     draining: std::sync::atomic::AtomicBool,
 }
@@ -149,7 +151,7 @@ impl Control {
 
     /// Where webhooks may be delivered (public addresses only until this is called): a
     /// `callbackUrl` whose host is an address outside it is refused when it is set.
-    pub fn set_webhook_destinations(&self, destinations: crate::events::Destinations) {
+    pub fn set_webhook_destinations(&self, destinations: crate::webhooks::Destinations) {
         *self
             .inner
             .destinations

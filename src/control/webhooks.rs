@@ -18,10 +18,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Control, ControlError, LifecycleEvent};
 use crate::domain::{AccountId, ParticipantId};
-use crate::events;
 use crate::store::{
     AccountWebhooks, AttemptOutcome, DeliveryAttempt, NewOutboxEvent, OutboxEvent, WebhookTarget,
 };
+use crate::webhooks;
 
 /// Why a device of an expired session is disconnected (its close reason).
 pub const SESSION_EXPIRED: &str = "session expired";
@@ -162,7 +162,7 @@ impl Control {
             };
             let settings = self.cached_webhook_settings(&target.account, at_ms).await?;
             rows.extend(
-                events::render(event, at_ms, target.tag.as_ref())
+                webhooks::render(event, at_ms, target.tag.as_ref())
                     .into_iter()
                     .filter(|w| w.kind.is_bandwidth() || !settings.bandwidth_only)
                     .map(|w| NewOutboxEvent {
@@ -259,7 +259,7 @@ impl Control {
         Ok(self
             .inner
             .store
-            .account_webhooks(account, &events::new_secret())
+            .account_webhooks(account, &webhooks::new_secret())
             .await?)
     }
 
@@ -336,7 +336,7 @@ impl Control {
         account: &AccountId,
         grace: Duration,
     ) -> Result<String, ControlError> {
-        let secret = events::new_secret();
+        let secret = webhooks::new_secret();
         let until = (!grace.is_zero()).then(|| {
             crate::store::epoch_ms()
                 .saturating_add(i64::try_from(grace.as_millis()).unwrap_or(i64::MAX))

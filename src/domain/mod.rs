@@ -9,12 +9,14 @@
 
 mod ids;
 mod layout;
+mod lifecycle;
 mod negotiation;
 mod participant;
 mod subscription;
 
 pub use ids::{AccountId, ParticipantId, SessionId, StreamId};
 pub use layout::{LayoutLine, LineContent, PublishCredentials, SubscribeLayout};
+pub use lifecycle::{CallEndReason, LifecycleEvent};
 pub use negotiation::{DeclaredStreams, PublishAnswer, StreamMetadata, SubscribeOffer};
 pub use participant::{
     CallbackUrl, DeviceApiVersion, MediaKind, MediaKinds, Participant, PublishPermissions, Session,

@@ -51,7 +51,7 @@ impl CallbackUrl {
     /// Accepts a syntactically valid URL starting with `http://` or `https://` of at most
     /// [`Self::MAX_LEN`] bytes, without a control character or credentials (`user:pass@`).
     /// Reachability is not checked; where deliveries may go is the webhook runtime's
-    /// decision (`events::Destinations`), made at each delivery.
+    /// decision (`webhooks::Destinations`), made at each delivery.
     pub fn parse(s: &str) -> Result<Self, DomainError> {
         let url = Self::stored(s)?;
         if let Some((_, rest)) = s.split_once("://") {

@@ -3,8 +3,8 @@
 //! timer. The worker reads the outbox in batches and keeps a bounded number of attempts in
 //! flight, so a slow or dead receiver costs it waiting time only, never the REST API's or the
 //! media plane's, and never unbounded memory; what it sends next and when it retries is
-//! decided by [`crate::events::Dispatcher`]. Where it may send is decided by
-//! [`crate::events::Destinations`]: a URL is checked before connecting, and host names are
+//! decided by [`crate::webhooks::Dispatcher`]. Where it may send is decided by
+//! [`crate::webhooks::Destinations`]: a URL is checked before connecting, and host names are
 //! resolved by [`GuardedResolver`], which hands the client only allowed addresses, so the
 //! connection goes to an address that was checked (no second lookup can differ).
 
@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use crate::control::{AttemptOutcome, Control, FeedItem, LifecycleEvent, OutboxEvent, WebhookFeed};
-use crate::events::{
+use crate::webhooks::{
     receiver_of, sign_all, AttemptResult, Concurrency, Destinations, Dispatcher, Refusal,
     RetryPolicy,
 };

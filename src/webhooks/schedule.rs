@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 
-use crate::store::AttemptOutcome;
+use super::AttemptOutcome;
 
 /// The retry bounds of webhook delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

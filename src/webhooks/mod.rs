@@ -4,27 +4,34 @@
 //! (`runtime::webhooks`) owns the tasks, the clock and the HTTP client, and the store owns the
 //! durable outbox. Files, by concern:
 //! - `mod.rs`: [`WebhookKind`], the event types, and [`render`], the one translation of a
-//!   control [`LifecycleEvent`] into webhook bodies (Bandwidth's exact body for its three).
+//!   [`LifecycleEvent`] into webhook bodies (Bandwidth's exact body for its three).
 //! - `signature.rs`: Standard Webhooks signing ([`sign`], [`new_secret`]).
 //! - `schedule.rs`: [`RetryPolicy`], exponential backoff with jitter for a bounded time.
 //! - `dispatch.rs`: [`Dispatcher`], which due events to send now (one in flight per
 //!   participant, bounded concurrency) and what an attempt's result means for the outbox.
 //! - `destinations.rs`: [`Destinations`], where deliveries may go (public addresses and the
 //!   operator's allowed networks).
+//! - `outbox.rs`: [`OutboxEvent`], [`DeliveryAttempt`], [`AttemptOutcome`]: what the store
+//!   keeps for delivery, in this module's terms (the store maps its rows to them).
+//!
+//! It names only `domain`: control raises [`LifecycleEvent`]s (a domain type) and calls
+//! [`render`]; nothing here calls back.
 
 mod destinations;
 mod dispatch;
+mod outbox;
 mod schedule;
 mod signature;
 
 pub use destinations::{is_public, Destinations, Refusal};
 pub use dispatch::{receiver_of, AttemptResult, Concurrency, Dispatcher};
+pub use outbox::{AttemptOutcome, DeliveryAttempt, NewOutboxEvent, OutboxEvent};
 pub use schedule::RetryPolicy;
 pub use signature::{new_secret, sign, sign_all, SECRET_PREFIX};
 
 use serde::Serialize;
 
-use crate::control::{CallEndReason, LifecycleEvent};
+use crate::domain::{CallEndReason, LifecycleEvent};
 use crate::domain::{ParticipantId, Tag};
 
 /// A webhook event type. The first three are Bandwidth's; the others are patchbay's own.

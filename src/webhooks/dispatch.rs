@@ -9,8 +9,8 @@
 use std::collections::{HashMap, HashSet};
 
 use super::RetryPolicy;
+use super::{AttemptOutcome, DeliveryAttempt, OutboxEvent};
 use crate::domain::{AccountId, ParticipantId};
-use crate::store::{AttemptOutcome, DeliveryAttempt, OutboxEvent};
 
 /// How one attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,7 +171,7 @@ impl Dispatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::NewOutboxEvent;
+    use crate::webhooks::NewOutboxEvent;
 
     fn event(seq: i64, participant: ParticipantId) -> OutboxEvent {
         sent_to(seq, participant, "acct", "http://127.0.0.1:1/hook")
