@@ -15,7 +15,8 @@
 # DURATION (seconds of churn / of measured REST load, default 20), DEVICES (default 64),
 # REST_RATE (req/s, default 1000), DEAD (hang|refuse, default hang), CHURN_RATE (cycles/s during
 # the REST runs, default 100), PG_ADMIN_URL (default postgres://postgres@127.0.0.1:5432),
-# SKIP_BUILD=1 (reuse existing binaries).
+# SKIP_BUILD=1 (reuse existing binaries), SERVER_FLAGS (more flags for `patchbay serve`), MODES
+# (the REST runs, default "quiet local $DEAD"; empty: throughput only).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -27,6 +28,8 @@ REST_RATE=${REST_RATE:-1000}
 DEAD=${DEAD:-hang}
 CHURN_RATE=${CHURN_RATE:-100}
 PG_ADMIN_URL=${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432}
+SERVER_FLAGS=${SERVER_FLAGS:-}
+MODES=${MODES-"quiet local $DEAD"}
 
 if [[ -z "${SKIP_BUILD:-}" ]]; then
     if [[ $PROFILE == release ]]; then
@@ -76,8 +79,11 @@ start_server() {
     ACCOUNT=$(jq -r .accountId <<<"$creds")
     USERNAME=$(jq -r .username <<<"$creds")
     PASSWORD=$(jq -r .password <<<"$creds")
+    # The receivers are on this machine: deliveries to loopback must be allowed (issue 22).
+    # shellcheck disable=SC2086
     RUST_LOG=warn "$BIN" serve --listen 127.0.0.1:0 --media-listen 127.0.0.1:0 \
-        --sip-listen 127.0.0.1:0 --database-url "$db" >"$WORK/$name.out" 2>"$WORK/$name.err" &
+        --sip-listen 127.0.0.1:0 --database-url "$db" --webhook-allow-network 127.0.0.1 \
+        $SERVER_FLAGS >"$WORK/$name.out" 2>"$WORK/$name.err" &
     SERVER_PID=$!
     URL=""
     for _ in $(seq 1 300); do
@@ -103,7 +109,7 @@ for backend in $BACKENDS; do
 
     # REST alone, then beside device churn whose webhooks go to a live receiver, then to a dead
     # one: the last two differ only in the receiver.
-    for mode in quiet local "$DEAD"; do
+    for mode in $MODES; do
         echo
         echo "=== $backend: REST at ${REST_RATE}/s; webhooks: $mode ==="
         start_server "$backend-rest-$mode"
