@@ -9,7 +9,7 @@
 //! connection goes to an address that was checked (no second lookup can differ).
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -24,6 +24,8 @@ use crate::webhooks::{
 const POLL: Duration = Duration::from_millis(200);
 /// How many due events one read of the outbox returns at most.
 const BATCH: u32 = 256;
+/// The shortest time between two reads of the outbox.
+const FETCH_GAP: Duration = Duration::from_millis(50);
 /// How long an idle connection to a receiver is kept for the next delivery.
 const IDLE_KEEP_ALIVE: Duration = Duration::from_secs(5);
 /// Idle connections kept per receiver.
@@ -173,6 +175,7 @@ fn answer(batch: &mut [FeedItem], recorded: bool) {
 }
 
 /// The delivery worker: due heads of the outbox, at most one attempt per participant.
+#[allow(clippy::disallowed_methods)] // the runtime reads the clock and sleeps
 async fn deliver(
     control: Control,
     mut receivers: Receivers,
@@ -182,19 +185,33 @@ async fn deliver(
 ) {
     let mut dispatcher = Dispatcher::new(settings.policy, settings.concurrency);
     let mut attempts: JoinSet<(OutboxEvent, AttemptResult)> = JoinSet::new();
+    let share = u32::try_from(settings.concurrency.share).unwrap_or(u32::MAX);
+    // The due heads last read, less those started: places that free up are filled from here,
+    // and the outbox is read again when something may have changed (an attempt ended, events
+    // were recorded, the poll interval passed), at most once per FETCH_GAP. One read per
+    // attempt would bound deliveries by the read's latency.
+    let mut queue: Vec<OutboxEvent> = Vec::new();
+    let mut changed = true;
+    let mut last_read: Option<Instant> = None;
     loop {
-        if dispatcher.has_room() {
-            let share = u32::try_from(settings.concurrency.share).unwrap_or(u32::MAX);
+        let now = Instant::now();
+        let may_read = last_read.is_none_or(|at| now >= at + FETCH_GAP);
+        if dispatcher.has_room() && changed && may_read {
             match control.outbox_due(now_ms(), BATCH, share).await {
-                Ok(due) => {
-                    for event in dispatcher.start(due) {
-                        let client = receivers.client(&receiver_of(&event.event.url));
-                        attempts.spawn(attempt(client, destinations.clone(), event));
-                    }
-                }
+                Ok(due) => queue = due,
                 Err(e) => tracing::warn!(error = %e, "cannot read the webhook outbox"),
             }
+            changed = false;
+            last_read = Some(now);
         }
+        for event in dispatcher.start(&mut queue) {
+            let client = receivers.client(&receiver_of(&event.event.url));
+            attempts.spawn(attempt(client, destinations.clone(), event));
+        }
+        let next_read = match last_read {
+            Some(at) if changed => (at + FETCH_GAP).max(now),
+            _ => now + POLL,
+        };
         tokio::select! {
             Some(done) = attempts.join_next(), if !attempts.is_empty() => {
                 let Ok((event, result)) = done else { continue };
@@ -211,9 +228,13 @@ async fn deliver(
                     // The event stays due: it is sent again (at least once).
                     tracing::warn!(error = %e, id = %event.event.id, "cannot record a webhook attempt");
                 }
+                // What was read of this participant is stale (its head was just attempted):
+                // its next event is due from the next read.
+                queue.retain(|q| q.event.participant != event.event.participant);
+                changed = true;
             }
-            _ = wake.notified() => {}
-            _ = tokio_sleep(POLL) => {}
+            _ = wake.notified() => changed = true,
+            _ = tokio::time::sleep_until(next_read.into()) => changed = true,
         }
     }
 }

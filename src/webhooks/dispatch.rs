@@ -97,19 +97,18 @@ impl Dispatcher {
         self.in_flight.len() < self.limits.total
     }
 
-    /// Of the due heads `due`, those to send now (their participants become busy): in the
-    /// order given, skipping a participant with an attempt in flight and an account or a
-    /// receiver whose share is taken.
-    pub fn start(&mut self, due: Vec<OutboxEvent>) -> Vec<OutboxEvent> {
+    /// Of the due heads in `due`, those to send now, taken out of it (their participants
+    /// become busy): in the order given, skipping a participant with an attempt in flight and
+    /// an account or a receiver whose share is taken. What is left stays in `due`, in order.
+    pub fn start(&mut self, due: &mut Vec<OutboxEvent>) -> Vec<OutboxEvent> {
         let mut out = Vec::new();
-        for event in due {
-            if !self.has_room() {
-                break;
-            }
+        let mut left = Vec::with_capacity(due.len());
+        for event in due.drain(..) {
             let e = &event.event;
             let receiver = receiver_of(&e.url);
             let share = self.limits.share;
-            if self.in_flight.contains(&e.participant)
+            if !self.has_room()
+                || self.in_flight.contains(&e.participant)
                 || self
                     .per_account
                     .get(&e.account)
@@ -119,6 +118,7 @@ impl Dispatcher {
                     .get(&receiver)
                     .is_some_and(|n| *n >= share)
             {
+                left.push(event);
                 continue;
             }
             self.in_flight.insert(e.participant);
@@ -126,6 +126,7 @@ impl Dispatcher {
             *self.per_receiver.entry(receiver).or_default() += 1;
             out.push(event);
         }
+        *due = left;
         out
     }
 
@@ -212,14 +213,14 @@ mod tests {
                 )
             })
             .collect();
-        let started = d.start(hanging.clone());
+        let started = d.start(&mut hanging.clone());
         assert_eq!(started.len(), 2, "account a holds its share only");
         let other = sent_to(10, ParticipantId::random(), "b", "http://b.example/h");
         let same_host = sent_to(11, ParticipantId::random(), "c", "http://b.example:80/x");
         let third = sent_to(12, ParticipantId::random(), "c", "HTTP://B.example/y");
         let mut due = hanging[2..].to_vec();
         due.extend([other, same_host, third]);
-        let started: Vec<i64> = d.start(due).iter().map(|e| e.seq).collect();
+        let started: Vec<i64> = d.start(&mut due).iter().map(|e| e.seq).collect();
         assert_eq!(
             started,
             vec![10, 11],
@@ -228,7 +229,7 @@ mod tests {
         let (_, outcome) = d.finish(&hanging[0], AttemptResult::Failed("timed out".into()), 1);
         assert!(matches!(outcome, AttemptOutcome::RetryAt(_)));
         assert_eq!(
-            d.start(hanging[2..].to_vec()).len(),
+            d.start(&mut hanging[2..].to_vec()).len(),
             1,
             "a's finished attempt frees one place of its share"
         );
@@ -243,19 +244,24 @@ mod tests {
             ParticipantId::random(),
         );
         let mut d = Dispatcher::new(RetryPolicy::default(), limits(2, 2));
-        let started = d.start(vec![event(1, a), event(2, a), event(3, b), event(4, c)]);
+        let started = d.start(&mut vec![
+            event(1, a),
+            event(2, a),
+            event(3, b),
+            event(4, c),
+        ]);
         assert_eq!(
             started.iter().map(|e| e.seq).collect::<Vec<_>>(),
             vec![1, 3]
         );
         assert!(!d.has_room());
-        assert!(d.start(vec![event(4, c)]).is_empty(), "full");
+        assert!(d.start(&mut vec![event(4, c)]).is_empty(), "full");
         let (log, outcome) = d.finish(&started[0], AttemptResult::Status(204), 10);
         assert_eq!(outcome, AttemptOutcome::Delivered);
         assert_eq!((log.attempt, log.status), (1, Some(204)));
-        assert_eq!(d.start(vec![event(4, c)]).len(), 1);
+        assert_eq!(d.start(&mut vec![event(4, c)]).len(), 1);
         assert!(
-            d.start(vec![event(5, b)]).is_empty(),
+            d.start(&mut vec![event(5, b)]).is_empty(),
             "b is still in flight"
         );
     }
@@ -264,13 +270,13 @@ mod tests {
     fn failures_are_retried_later_then_given_up() {
         let a = ParticipantId::random();
         let mut d = Dispatcher::new(RetryPolicy::default(), limits(4, 4));
-        let e = d.start(vec![event(1, a)]).remove(0);
+        let e = d.start(&mut vec![event(1, a)]).remove(0);
         let (log, outcome) = d.finish(&e, AttemptResult::Status(500), 1_000);
         assert_eq!(log.status, Some(500));
         assert!(matches!(outcome, AttemptOutcome::RetryAt(at) if at >= 2_000));
         let mut late = e.clone();
         late.attempts = 40;
-        d.start(vec![late.clone()]);
+        d.start(&mut vec![late.clone()]);
         let day = 24 * 3600 * 1000;
         let (log, outcome) = d.finish(&late, AttemptResult::Failed("timed out".into()), day);
         assert_eq!(outcome, AttemptOutcome::GaveUp);
@@ -281,7 +287,7 @@ mod tests {
     fn a_refused_destination_is_given_up_at_once() {
         let a = ParticipantId::random();
         let mut d = Dispatcher::new(RetryPolicy::default(), limits(4, 4));
-        let e = d.start(vec![event(1, a)]).remove(0);
+        let e = d.start(&mut vec![event(1, a)]).remove(0);
         let (log, outcome) = d.finish(
             &e,
             AttemptResult::Refused("10.0.0.1 is not public".into()),
