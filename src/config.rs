@@ -548,10 +548,10 @@ pub struct WebhookArgs {
     /// receivers used last), so webhooks never hold more than this plus 64 descriptors.
     #[arg(long, env = "PATCHBAY_WEBHOOK_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
     pub webhook_concurrency: u16,
-    /// Delivery attempts in flight at once for one account, and, separately, to one receiver
-    /// (a URL's scheme, host and port): an account whose receivers hang or fail holds at most
-    /// this many places and the other accounts' events still go out at once. A deployment
-    /// with a single account may raise it to `webhook_concurrency`.
+    /// A share of the delivery attempts in flight: beyond it, an account, and separately a
+    /// receiver (a URL's scheme, host and port), takes only places that leave this many free.
+    /// Alone, an account uses all but a share; an account whose receivers hang or fail leaves
+    /// a share free, so the other accounts' events still go out at once.
     #[arg(long, env = "PATCHBAY_WEBHOOK_ACCOUNT_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
     pub webhook_account_concurrency: u16,
     /// A network (CIDR, or one address) webhooks may be delivered to besides public

@@ -185,7 +185,8 @@ async fn deliver(
 ) {
     let mut dispatcher = Dispatcher::new(settings.policy, settings.concurrency);
     let mut attempts: JoinSet<(OutboxEvent, AttemptResult)> = JoinSet::new();
-    let share = u32::try_from(settings.concurrency.share).unwrap_or(u32::MAX);
+    // Accounts take turns in each read; one account alone may fill all but a share.
+    let per_account = u32::try_from(settings.concurrency.total).unwrap_or(u32::MAX);
     // The due heads last read, less those started: places that free up are filled from here,
     // and the outbox is read again when something may have changed (an attempt ended, events
     // were recorded, the poll interval passed), at most once per FETCH_GAP. One read per
@@ -197,7 +198,7 @@ async fn deliver(
         let now = Instant::now();
         let may_read = last_read.is_none_or(|at| now >= at + FETCH_GAP);
         if dispatcher.has_room() && changed && may_read {
-            match control.outbox_due(now_ms(), BATCH, share).await {
+            match control.outbox_due(now_ms(), BATCH, per_account).await {
                 Ok(due) => queue = due,
                 Err(e) => tracing::warn!(error = %e, "cannot read the webhook outbox"),
             }

@@ -2,9 +2,10 @@
 //!
 //! The store hands out only the head of each participant's queue; the dispatcher keeps at
 //! most one attempt in flight per participant (so a participant's events stay in order while
-//! its head is retried, and other participants are not blocked), at most a share per account
-//! and per receiver (so one account's hanging or failing receivers hold only its own share
-//! and every other account's events still go out at once) and at most a total in all.
+//! its head is retried, and other participants are not blocked) and at most a total in all.
+//! An account, and a receiver, may go beyond a share of the places only while a share of them
+//! stays free: alone, an account uses all but a share; beside an account whose receivers hang,
+//! another account's events still find a free place at once.
 
 use std::collections::{HashMap, HashSet};
 
@@ -29,7 +30,8 @@ pub enum AttemptResult {
 pub struct Concurrency {
     /// In all.
     pub total: usize,
-    /// For one account, and, separately, to one receiver (scheme, host and port of the URL).
+    /// For one account, and, separately, to one receiver (scheme, host and port of the URL),
+    /// beyond which they take only places that leave this many free.
     pub share: usize,
 }
 
@@ -98,8 +100,9 @@ impl Dispatcher {
     }
 
     /// Of the due heads in `due`, those to send now, taken out of it (their participants
-    /// become busy): in the order given, skipping a participant with an attempt in flight and
-    /// an account or a receiver whose share is taken. What is left stays in `due`, in order.
+    /// become busy): in the order given, skipping a participant with an attempt in flight, and
+    /// an account or a receiver beyond its share unless more than a share of places would still
+    /// be free. What is left stays in `due`, in order.
     pub fn start(&mut self, due: &mut Vec<OutboxEvent>) -> Vec<OutboxEvent> {
         let mut out = Vec::new();
         let mut left = Vec::with_capacity(due.len());
@@ -107,16 +110,20 @@ impl Dispatcher {
             let e = &event.event;
             let receiver = receiver_of(&e.url);
             let share = self.limits.share;
-            if !self.has_room()
-                || self.in_flight.contains(&e.participant)
-                || self
-                    .per_account
-                    .get(&e.account)
-                    .is_some_and(|n| *n >= share)
+            // Beyond its share, an account (or receiver) takes only places that leave a share
+            // free for the others.
+            let beyond_share = self
+                .per_account
+                .get(&e.account)
+                .is_some_and(|n| *n >= share)
                 || self
                     .per_receiver
                     .get(&receiver)
-                    .is_some_and(|n| *n >= share)
+                    .is_some_and(|n| *n >= share);
+            let free = self.limits.total.saturating_sub(self.in_flight.len());
+            if !self.has_room()
+                || self.in_flight.contains(&e.participant)
+                || beyond_share && free <= share
             {
                 left.push(event);
                 continue;
@@ -201,39 +208,35 @@ mod tests {
     }
 
     #[test]
-    fn one_account_or_receiver_takes_only_its_share() {
+    fn beyond_its_share_an_account_or_receiver_leaves_a_share_free() {
         let mut d = Dispatcher::new(RetryPolicy::default(), limits(6, 2));
         let hanging: Vec<OutboxEvent> = (0..5)
             .map(|i| {
-                sent_to(
-                    i,
-                    ParticipantId::random(),
-                    "a",
-                    &format!("http://a{i}.example/h"),
-                )
+                let url = format!("http://a{i}.example/h");
+                sent_to(i, ParticipantId::random(), "a", &url)
             })
             .collect();
-        let started = d.start(&mut hanging.clone());
-        assert_eq!(started.len(), 2, "account a holds its share only");
+        let mut due = hanging.clone();
+        let started = d.start(&mut due);
+        assert_eq!(started.len(), 4, "alone, account a uses all but a share");
+        assert_eq!(due.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![4]);
         let other = sent_to(10, ParticipantId::random(), "b", "http://b.example/h");
         let same_host = sent_to(11, ParticipantId::random(), "c", "http://b.example:80/x");
         let third = sent_to(12, ParticipantId::random(), "c", "HTTP://B.example/y");
-        let mut due = hanging[2..].to_vec();
-        due.extend([other, same_host, third]);
+        due.extend([other.clone(), same_host, third]);
         let started: Vec<i64> = d.start(&mut due).iter().map(|e| e.seq).collect();
-        assert_eq!(
-            started,
-            vec![10, 11],
-            "b.example's share is 2 whatever the account"
-        );
+        assert_eq!(started, vec![10, 11], "b and c find the free share");
+        assert_eq!(due.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![4, 12]);
         let (_, outcome) = d.finish(&hanging[0], AttemptResult::Failed("timed out".into()), 1);
         assert!(matches!(outcome, AttemptOutcome::RetryAt(_)));
-        assert_eq!(
-            d.start(&mut hanging[2..].to_vec()).len(),
-            1,
-            "a's finished attempt frees one place of its share"
+        assert!(
+            d.start(&mut due).is_empty(),
+            "a is beyond its share and b.example at its share, with one place free"
         );
-        assert_eq!(d.in_flight(), 4);
+        d.finish(&other, AttemptResult::Status(204), 2);
+        let started: Vec<i64> = d.start(&mut due).iter().map(|e| e.seq).collect();
+        assert_eq!(started, vec![12], "b.example is within its share again");
+        assert_eq!(d.in_flight(), 5);
     }
 
     #[test]
