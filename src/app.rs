@@ -53,6 +53,41 @@ pub struct App {
     metrics_listener: Option<TcpListener>,
     /// Credentials of the dev account, when this start created it.
     pub dev_credentials: Option<NewCredentials>,
+    /// On SQLite, the lock that keeps a second serving process off the file (held until
+    /// this server stops).
+    _serving: Option<std::fs::File>,
+}
+
+/// On SQLite, takes the file's serving lock (`<file>.serve.lock`, an advisory lock the
+/// operating system releases when the process ends, however it ends): one serving process
+/// per file. Operator commands do not take it. `None` for PostgreSQL and in-memory SQLite.
+fn take_serving_lock(url: &str) -> anyhow::Result<Option<std::fs::File>> {
+    let Some(rest) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    else {
+        return Ok(None);
+    };
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if path.is_empty() || path == ":memory:" || query.split('&').any(|p| p == "mode=memory") {
+        return Ok(None);
+    }
+    let lock = format!("{path}.serve.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock)
+        .map_err(|e| anyhow::anyhow!("cannot open the serving lock {lock}: {e}"))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(anyhow::anyhow!(
+            "another `patchbay serve` is using the database {path} (it holds {lock}): one \
+             serving process per SQLite file. Stop it first, or give this one its own \
+             --data-dir. (Operator commands such as `patchbay session list` may run beside it.)"
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(anyhow::anyhow!("cannot lock {lock}: {e}")),
+    }
 }
 
 impl App {
@@ -70,6 +105,7 @@ impl App {
             None
         };
         let (url, embedded) = config.database.resolve()?;
+        let serving = take_serving_lock(&url)?;
         let store = store::open_with(&url, config.database_timeouts.timeouts())
             .await
             .map_err(|e| anyhow::anyhow!("cannot open database {}: {e}", redact(&url)))?;
@@ -235,6 +271,7 @@ impl App {
             loopback_only: public_ips.is_empty() && config.media_listen.ip().is_unspecified(),
         };
         Ok(App {
+            _serving: serving,
             control,
             media,
             devices,

@@ -754,3 +754,31 @@ fn a_token_secret_grace_beyond_a_tokens_lifetime_is_refused() {
         "a refused command opened no database"
     );
 }
+
+/// Issue 20: a second `patchbay serve` on the SQLite file another one serves refuses to start
+/// and says why, while operator commands still run beside the first; once the first is gone
+/// (killed: the operating system releases its lock), a new server starts on the file.
+#[tokio::test]
+async fn a_second_server_on_one_sqlite_file_refuses_to_start() {
+    let dir = TempDir::new();
+    let db = format!("sqlite://{}?mode=rwc", dir.0.join("db.sqlite").display());
+    let first = Server::spawn(serve(&db, &[]));
+    let second = serve(&db, &[])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run a second server");
+    assert!(!second.status.success(), "the second server started");
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        said.contains("another `patchbay serve` is using the database"),
+        "{said}"
+    );
+    cli(&db, &["account", "create", "beside"]);
+    drop(first);
+    let third = Server::spawn(serve(&db, &[]));
+    let ready = reqwest::get(format!("http://{}/readyz", third.http))
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 200);
+}
