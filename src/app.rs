@@ -62,16 +62,33 @@ pub struct App {
 /// operating system releases when the process ends, however it ends): one serving process
 /// per file. Operator commands do not take it. `None` for PostgreSQL and in-memory SQLite.
 fn take_serving_lock(url: &str) -> anyhow::Result<Option<std::fs::File>> {
-    let Some(rest) = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-    else {
-        return Ok(None);
-    };
-    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
-    if path.is_empty() || path == ":memory:" || query.split('&').any(|p| p == "mode=memory") {
+    use std::str::FromStr;
+    if !url.starts_with("sqlite:") {
         return Ok(None);
     }
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    if url.contains(":memory:") || query.split('&').any(|p| p == "mode=memory") {
+        return Ok(None);
+    }
+    // The file as sqlx opens it (percent-decoded), made absolute when it exists, so that two
+    // spellings of one file take one lock.
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)
+        .map_err(|e| anyhow::anyhow!("cannot read the database URL: {e}"))?;
+    let file = options.get_filename();
+    let file = std::fs::canonicalize(file).unwrap_or_else(|_| {
+        // Not created yet: its directory exists (or the open fails anyway).
+        match (file.parent(), file.file_name()) {
+            (Some(dir), Some(name)) => std::fs::canonicalize(if dir.as_os_str().is_empty() {
+                std::path::Path::new(".")
+            } else {
+                dir
+            })
+            .map(|d| d.join(name))
+            .unwrap_or_else(|_| file.to_path_buf()),
+            _ => file.to_path_buf(),
+        }
+    });
+    let path = file.display();
     let lock = format!("{path}.serve.lock");
     let file = std::fs::OpenOptions::new()
         .create(true)

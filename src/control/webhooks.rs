@@ -431,13 +431,23 @@ impl Control {
                 .await?;
             let full = old.len() >= EXPIRE_BATCH as usize;
             let before = deleted;
+            let mut failed = None;
             for (account, participant) in old {
                 match self.delete_participant(&account, participant).await {
-                    Ok(()) => deleted += 1,
+                    Ok(()) => {
+                        deleted += 1;
+                        tracing::info!(%account, %participant, "participant expired");
+                    }
                     Err(ControlError::NotFound(_)) => {}
-                    Err(e) => return Err(e),
+                    // One that cannot be deleted now does not hold up the others.
+                    Err(e) => {
+                        tracing::warn!(%account, %participant, error = %e, "cannot delete an expired participant");
+                        failed = Some(e);
+                    }
                 }
-                tracing::info!(%account, %participant, "participant expired");
+            }
+            if let (Some(e), 0) = (failed, deleted - before) {
+                return Err(e);
             }
             if !full || deleted == before {
                 return Ok(deleted);

@@ -205,7 +205,9 @@ async fn connection<S, IO>(
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }
-            () = head.shed(), if !established.load(std::sync::atomic::Ordering::Relaxed) => {
+            // Always listened to: a connection chosen just before its head completed is closed
+            // all the same (its place went to the newcomer).
+            () = head.shed() => {
                 tracing::debug!(%remote, "HTTP connection shed: the listener is full");
                 break;
             }

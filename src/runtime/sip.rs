@@ -1198,7 +1198,9 @@ async fn read_tcp(
                 Err(_) => return "read error",
                 Ok(n) => n,
             },
-            () = head.shed(), if !established => return "shed: the listener is full",
+            // Always listened to: a connection chosen just before its message completed is
+            // closed all the same (its place went to the newcomer).
+            () = head.shed() => return "shed: the listener is full",
             () = tokio::time::sleep_until(deadline.into()) => {
                 let now = Instant::now();
                 if message_started.is_some_and(|s| now >= s + settings.head_timeout) {

@@ -192,6 +192,10 @@ async fn deliver(
     // were recorded, the poll interval passed), at most once per FETCH_GAP. One read per
     // attempt would bound deliveries by the read's latency.
     let mut queue: Vec<OutboxEvent> = Vec::new();
+    // The event of each attempt in flight, so that an attempt whose task failed (a panic) is
+    // still finished: its participant would otherwise stay busy for good.
+    let mut started: std::collections::HashMap<tokio::task::Id, OutboxEvent> =
+        std::collections::HashMap::new();
     let mut changed = true;
     let mut last_read: Option<Instant> = None;
     loop {
@@ -207,15 +211,26 @@ async fn deliver(
         }
         for event in dispatcher.start(&mut queue) {
             let client = receivers.client(&receiver_of(&event.event.url));
-            attempts.spawn(attempt(client, destinations.clone(), event));
+            let task = attempts.spawn(attempt(client, destinations.clone(), event.clone()));
+            started.insert(task.id(), event);
         }
         let next_read = match last_read {
             Some(at) if changed => (at + FETCH_GAP).max(now),
             _ => now + POLL,
         };
         tokio::select! {
-            Some(done) = attempts.join_next(), if !attempts.is_empty() => {
-                let Ok((event, result)) = done else { continue };
+            Some(done) = attempts.join_next_with_id(), if !attempts.is_empty() => {
+                let (event, result) = match done {
+                    Ok((task, done)) => {
+                        started.remove(&task);
+                        done
+                    }
+                    Err(failed) => {
+                        let Some(event) = started.remove(&failed.id()) else { continue };
+                        tracing::error!(error = %failed, id = %event.event.id, "a webhook attempt failed");
+                        (event, AttemptResult::Failed("the attempt failed".into()))
+                    }
+                };
                 let (log, outcome) = dispatcher.finish(&event, result, now_ms());
                 let label = match outcome {
                     AttemptOutcome::Delivered => "delivered",
@@ -235,7 +250,8 @@ async fn deliver(
                 changed = true;
             }
             _ = wake.notified() => changed = true,
-            _ = tokio::time::sleep_until(next_read.into()) => changed = true,
+            // With every place taken only an ending attempt makes room: no timer then.
+            _ = tokio::time::sleep_until(next_read.into()), if dispatcher.has_room() => changed = true,
         }
     }
 }

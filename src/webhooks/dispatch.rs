@@ -105,6 +105,9 @@ impl Dispatcher {
     /// be free. What is left stays in `due`, in order.
     pub fn start(&mut self, due: &mut Vec<OutboxEvent>) -> Vec<OutboxEvent> {
         let mut out = Vec::new();
+        if !self.has_room() {
+            return out;
+        }
         let mut left = Vec::with_capacity(due.len());
         for event in due.drain(..) {
             let e = &event.event;
