@@ -231,6 +231,46 @@ async fn a_refused_connection_is_unavailable_within_the_acquire_timeout() {
     assert_eq!(found, Some(account));
 }
 
+/// An operator's maintenance of the database `url` names: it stops accepting connections
+/// (`ALLOW_CONNECTIONS false`: SQLSTATE 55000 for the next connect) and every session of it is
+/// ended, until [`Maintenance::end`].
+struct Maintenance {
+    admin: sqlx::PgConnection,
+    name: String,
+}
+
+impl Maintenance {
+    async fn begin(url: &str) -> Maintenance {
+        let name = url.rsplit('/').next().expect("a database name").to_owned();
+        let mut admin = sqlx::PgConnection::connect(&postgres_admin_url())
+            .await
+            .expect("admin connection");
+        admin
+            .execute(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false").as_str())
+            .await
+            .expect("close the database");
+        admin
+            .execute(
+                format!(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+                )
+                .as_str(),
+            )
+            .await
+            .expect("end the database's sessions");
+        Maintenance { admin, name }
+    }
+
+    async fn end(mut self) {
+        let name = &self.name;
+        self.admin
+            .execute(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true").as_str())
+            .await
+            .expect("open the database");
+    }
+}
+
 /// A database that stops accepting connections (`ALTER DATABASE … ALLOW_CONNECTIONS false`,
 /// as an operator does during maintenance: SQLSTATE 55000) is unavailable, not a fault: REST
 /// answers 503 and the webhook recorder retries instead of dropping events. It recovers when
@@ -238,38 +278,18 @@ async fn a_refused_connection_is_unavailable_within_the_acquire_timeout() {
 #[tokio::test]
 async fn a_database_not_accepting_connections_is_unavailable() {
     let (url, _) = fresh_postgres().await;
-    let name = url.rsplit('/').next().expect("a database name").to_owned();
     let store = SqlStore::open_with(&url, SHORT).await.expect("open");
     let account = credentials("closed");
     store.create_account(&account).await.expect("account");
-    let mut admin = sqlx::PgConnection::connect(&postgres_admin_url())
-        .await
-        .expect("admin connection");
-    admin
-        .execute(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false").as_str())
-        .await
-        .expect("close the database");
     // The store's open connections go too, so its next query must connect anew.
-    admin
-        .execute(
-            format!(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                 WHERE datname = '{name}' AND pid <> pg_backend_pid()"
-            )
-            .as_str(),
-        )
-        .await
-        .expect("end the store's sessions");
+    let maintenance = Maintenance::begin(&url).await;
     assert_unavailable(
         "account while not accepting connections",
         SHORT.acquire + SHORT.statement,
         store.account_by_username(&account.username),
     )
     .await;
-    admin
-        .execute(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true").as_str())
-        .await
-        .expect("open the database");
+    maintenance.end().await;
     let found = store
         .account_by_username(&account.username)
         .await
@@ -601,33 +621,13 @@ async fn the_server_answers_clearly_through_a_refusing_then_a_hung_database_and_
     hooks
         .arrives(&watched.id, "onConnect", APP.acquire + SLACK * 3)
         .await;
-    let name = url.rsplit('/').next().expect("a database name").to_owned();
-    let mut admin = sqlx::PgConnection::connect(&postgres_admin_url())
-        .await
-        .expect("admin connection");
-    admin
-        .execute(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false").as_str())
-        .await
-        .expect("close the database");
-    admin
-        .execute(
-            format!(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                 WHERE datname = '{name}' AND pid <> pg_backend_pid()"
-            )
-            .as_str(),
-        )
-        .await
-        .expect("end the server's sessions");
+    let maintenance = Maintenance::begin(&url).await;
     outage
         .assert_outage("not accepting connections", &tokens[5].1)
         .await;
     drop(device);
     tokio::time::sleep(APP.acquire + APP.statement).await;
-    admin
-        .execute(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true").as_str())
-        .await
-        .expect("open the database");
+    maintenance.end().await;
     outage
         .assert_recovered("after not accepting connections", &tokens[6].1)
         .await;
