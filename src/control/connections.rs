@@ -436,15 +436,21 @@ impl DeviceControl {
         });
     }
 
-    /// The call is answered: announced like a browser's connection.
-    pub fn phone_joined(&self, participant: ParticipantId, call: String) {
-        self.control.device_event(LifecycleEvent::Connected {
+    /// The call is about to be answered: announced like a browser's connection. Answer it
+    /// only once this says `true` (both events are in the outbox, so a crash after the answer
+    /// loses neither); on `false` the database could not take them in time: refuse the call
+    /// ("try again later") and end its device with [`DeviceControl::phone_ended`], so that
+    /// the backend never sees a call left up.
+    pub async fn phone_joined(&self, participant: ParticipantId, call: String) -> bool {
+        let connected = self.control.device_event(LifecycleEvent::Connected {
             participant,
             device: call.clone(),
             resumed: false,
         });
-        self.control
+        let answered = self
+            .control
             .device_event(LifecycleEvent::CallAnswered { participant, call });
+        connected.wait().await & answered.wait().await
     }
 
     /// The phone pressed a key, for `duration_ms`.
@@ -471,6 +477,16 @@ impl DeviceControl {
         left: bool,
     ) {
         self.media.remove_local(device);
+        self.call_gone(participant, call, left);
+    }
+
+    /// A call announced by [`DeviceControl::phone_joined`] is refused after all, before the
+    /// media plane took its device: its end is announced.
+    pub fn phone_not_answered(&self, participant: ParticipantId, call: String) {
+        self.call_gone(participant, call, false);
+    }
+
+    fn call_gone(&self, participant: ParticipantId, call: String, left: bool) {
         self.control.device_event(LifecycleEvent::Disconnected {
             participant,
             device: call.clone(),

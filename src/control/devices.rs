@@ -1,8 +1,10 @@
 //! Devices: the one verification of a device token (for the WebSocket and the SIP bridge) and
 //! the lifecycle events devices report.
 
+use std::collections::HashMap;
+
 use super::{Control, ControlEvent, DeviceTokenError, LifecycleEvent};
-use crate::domain::{Participant, ParticipantId};
+use crate::domain::{CallEndReason, Participant, ParticipantId};
 use crate::token::{DeviceClaims, TokenError};
 
 /// A device that presented a valid token of an existing participant.
@@ -42,36 +44,187 @@ impl Control {
             .live
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&(participant, device.to_owned()));
+            .forget(participant, device);
     }
 
     /// Records a lifecycle event of a device (connected, disconnected) for whoever watches,
-    /// and for the webhook outbox: the receipt says when it is there.
+    /// and for the webhook outbox: the receipt says when it is there. The end of a device
+    /// whose end control recorded already (its participant was deleted) is not recorded twice.
     pub fn device_event(&self, event: LifecycleEvent) -> super::webhooks::Recorded {
-        tracing::info!(?event, "device lifecycle");
-        {
-            let mut live = self.inner.live.lock().unwrap_or_else(|e| e.into_inner());
-            match &event {
-                LifecycleEvent::Connected {
-                    participant,
-                    device,
-                    ..
-                } => {
-                    live.insert((*participant, device.clone()));
-                }
-                LifecycleEvent::Disconnected {
-                    participant,
-                    device,
-                    ..
-                } => {
-                    live.remove(&(*participant, device.clone()));
-                }
-                _ => {}
-            }
+        let mut live = self.inner.live.lock().unwrap_or_else(|e| e.into_inner());
+        if live.ended_already(&event) {
+            tracing::debug!(?event, "device lifecycle, recorded already at its deletion");
+            return super::webhooks::Recorded::ready();
         }
+        self.record_device_event(&mut live, event)
+    }
+
+    /// Records `event`, with the live-device lock held so that the feed's order is the order
+    /// of the changes to the live devices.
+    fn record_device_event(
+        &self,
+        live: &mut LiveDevices,
+        event: LifecycleEvent,
+    ) -> super::webhooks::Recorded {
+        tracing::info!(?event, "device lifecycle");
+        live.apply(&event);
         let recorded = self.inner.webhooks.record(&event);
         self.inner.events.send(ControlEvent::Lifecycle(event));
         recorded
+    }
+
+    /// The participant's devices on this process end because it was deleted: their end events
+    /// (`onDisconnect`, and `onCallEnded` for a call) are recorded now, before the deletion is
+    /// acknowledged, and the same events reported later, when the media plane has closed the
+    /// devices, are not recorded again. The receipts of the events recorded.
+    pub(super) fn end_devices_of(&self, participant: ParticipantId) -> Vec<super::Recorded> {
+        let mut live = self.inner.live.lock().unwrap_or_else(|e| e.into_inner());
+        let ended = live.end_all_of(participant);
+        let mut receipts = Vec::new();
+        for (device, kind) in ended {
+            // As the devices' own ends say it: a browser closed for its deletion and a call
+            // the server hung up both end without leaving (`onDisconnect`).
+            receipts.push(self.record_device_event(
+                &mut live,
+                LifecycleEvent::Disconnected {
+                    participant,
+                    device: device.clone(),
+                    left: false,
+                },
+            ));
+            if kind == DeviceKind::Phone {
+                receipts.push(self.record_device_event(
+                    &mut live,
+                    LifecycleEvent::CallEnded {
+                        participant,
+                        call: device,
+                        reason: CallEndReason::Ended,
+                    },
+                ));
+            }
+        }
+        receipts
+    }
+}
+
+/// What kind of device a live device is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DeviceKind {
+    Browser,
+    /// Known from its `onCallAnswered` (or the resumption of its call).
+    Phone,
+}
+
+/// How many ended devices wait for their end to be reported by the media plane at most (it
+/// comes within moments; this only bounds the memory if one never comes): beyond it, the
+/// earliest ended are forgotten.
+const ENDED_KEPT: u64 = 65_536;
+
+/// The devices connected to this process (by participant and `uniqueId`, the call's name for
+/// phones), and the devices whose end control recorded at their participant's deletion.
+#[derive(Debug, Default)]
+pub(super) struct LiveDevices {
+    live: HashMap<(ParticipantId, String), DeviceKind>,
+    /// The events still to come for each ended device (its `onDisconnect`, then a call's
+    /// `onCallEnded`), and its number among the ended.
+    ended: HashMap<(ParticipantId, String), (u8, u64)>,
+    /// How many devices were ended.
+    ended_count: u64,
+}
+
+impl LiveDevices {
+    /// How many devices are connected.
+    pub(super) fn count(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Whether this device is connected.
+    pub(super) fn contains(&self, key: &(ParticipantId, String)) -> bool {
+        self.live.contains_key(key)
+    }
+
+    /// The device stops counting as connected, without an event.
+    pub(super) fn forget(&mut self, participant: ParticipantId, device: &str) {
+        self.live.remove(&(participant, device.to_owned()));
+    }
+
+    fn apply(&mut self, event: &LifecycleEvent) {
+        match event {
+            LifecycleEvent::Connected {
+                participant,
+                device,
+                ..
+            } => {
+                self.live
+                    .insert((*participant, device.clone()), DeviceKind::Browser);
+            }
+            LifecycleEvent::CallAnswered { participant, call }
+            | LifecycleEvent::CallResumed { participant, call } => {
+                if let Some(kind) = self.live.get_mut(&(*participant, call.clone())) {
+                    *kind = DeviceKind::Phone;
+                }
+            }
+            LifecycleEvent::Disconnected {
+                participant,
+                device,
+                ..
+            } => {
+                self.live.remove(&(*participant, device.clone()));
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether `event` is one of the end events of a device ended at its participant's
+    /// deletion (it is then consumed).
+    fn ended_already(&mut self, event: &LifecycleEvent) -> bool {
+        let key = match event {
+            LifecycleEvent::Disconnected {
+                participant,
+                device,
+                ..
+            } => (*participant, device.clone()),
+            LifecycleEvent::CallEnded {
+                participant, call, ..
+            } => (*participant, call.clone()),
+            _ => return false,
+        };
+        let Some((remaining, _)) = self.ended.get_mut(&key) else {
+            return false;
+        };
+        *remaining -= 1;
+        if *remaining == 0 {
+            self.ended.remove(&key);
+        }
+        true
+    }
+
+    /// Every connected device of `participant` ends now: each is expected to report its end
+    /// once more, which [`LiveDevices::ended_already`] then consumes.
+    fn end_all_of(&mut self, participant: ParticipantId) -> Vec<(String, DeviceKind)> {
+        if self.ended.len() as u64 >= ENDED_KEPT {
+            let oldest = self.ended_count.saturating_sub(ENDED_KEPT / 2);
+            self.ended.retain(|_, (_, number)| *number >= oldest);
+        }
+        let keys: Vec<_> = self
+            .live
+            .keys()
+            .filter(|(p, _)| *p == participant)
+            .cloned()
+            .collect();
+        let mut ended = Vec::new();
+        for key in keys {
+            if let Some(kind) = self.live.remove(&key) {
+                let events = match kind {
+                    DeviceKind::Browser => 1,
+                    DeviceKind::Phone => 2,
+                };
+                self.ended_count += 1;
+                self.ended.insert(key.clone(), (events, self.ended_count));
+                ended.push((key.1, kind));
+            }
+        }
+        ended
     }
 }
 

@@ -98,7 +98,7 @@ struct Inner {
     webhooks: webhooks::Recorder,
     /// The devices (browsers and phone calls) connected to this process, by participant and
     /// `uniqueId` (call id for phones), from their lifecycle events.
-    live: Mutex<std::collections::HashSet<(crate::domain::ParticipantId, String)>>,
+    live: Mutex<devices::LiveDevices>,
     /// Devices another process had live when this one started (by participant and
     /// `uniqueId`): one reconnecting here resumes its call, and its backend is not told a
     /// second `onConnect`.
@@ -244,7 +244,7 @@ impl Control {
             .live
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .len()
+            .count()
     }
 
     /// What control did (routing updates, deletions, lifecycle events), in order, for

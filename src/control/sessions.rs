@@ -65,7 +65,9 @@ impl Control {
             .ok_or(ControlError::NotFound(Resource::Participant))
     }
 
-    /// Deletes a participant; its token stops working at once.
+    /// Deletes a participant; its token stops working at once, and its devices on this process
+    /// end: their `onDisconnect` (and a call's `onCallEnded`) are in the outbox when this
+    /// returns, unless the database could not take them within the recorder's bound.
     pub async fn delete_participant(
         &self,
         account: &AccountId,
@@ -73,9 +75,17 @@ impl Control {
     ) -> Result<(), ControlError> {
         let session = self.inner.store.delete_participant(account, id).await?;
         self.lock_routing().forget_participant(id);
+        // Its devices' ends are recorded here, so that the deletion is acknowledged only once
+        // they are in the outbox (not when the media plane has closed the devices).
+        let ended = self.end_devices_of(id);
         self.participant_deleted(id);
         if let Some(session) = session {
             self.recompile(account, session).await?;
+        }
+        for receipt in ended {
+            // A database that cannot take them in time delays the answer by the recorder's
+            // bound; the deletion happened, and the events are still written when it can.
+            receipt.wait().await;
         }
         Ok(())
     }

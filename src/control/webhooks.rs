@@ -50,6 +50,11 @@ pub struct FeedItem {
 pub struct Recorded(Option<oneshot::Receiver<bool>>);
 
 impl Recorded {
+    /// A receipt that is ready: nothing was recorded, or it was recorded before.
+    pub(super) fn ready() -> Recorded {
+        Recorded(None)
+    }
+
     /// Waits for the recorder's answer: `true` once the event is in the outbox (or when
     /// nothing records events), `false` if the database could not take it within the
     /// recorder's bound. Never longer than that bound, unless the recorder is stuck.

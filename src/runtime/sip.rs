@@ -220,6 +220,8 @@ struct Admitted {
     account: AccountId,
     participant: ParticipantId,
     session: SessionId,
+    /// Its device name (its `onConnect` and `onCallAnswered` are recorded under it).
+    name: String,
     connection: LocalConnection,
     rtp: Arc<UdpSocket>,
     negotiated: Negotiated,
@@ -428,6 +430,7 @@ impl Bridge {
             account,
             participant,
             session,
+            name,
             connection,
             rtp,
             negotiated,
@@ -443,7 +446,8 @@ impl Bridge {
         let phone = match PhoneMedia::new(config) {
             Ok(p) => p,
             Err(e) => {
-                self.devices.phone_dropped(device);
+                // Its onConnect and onCallAnswered are recorded: its end is too.
+                self.devices.phone_ended(device, participant, name, false);
                 let _ = self.endpoint.reject(call, 500, &format!("media: {e}"), now);
                 return;
             }
@@ -454,7 +458,7 @@ impl Bridge {
             .is_err()
         {
             // Cancelled while it was being admitted.
-            self.devices.phone_dropped(device);
+            self.devices.phone_ended(device, participant, name, true);
             return;
         }
         let (commands, commands_rx) = mpsc::unbounded_channel();
@@ -479,8 +483,6 @@ impl Bridge {
         };
         let task = tokio::spawn(audio.run(downlink, commands_rx));
         tracing::info!(call = %call, %participant, "phone joined");
-        let name = format!("sip-{}-{call}", self.name_tag);
-        self.devices.phone_joined(participant, name.clone());
         self.calls.insert(
             call,
             Call {
@@ -577,6 +579,7 @@ impl Bridge {
                     let port = self.next_rtp_port();
                     tokio::spawn(admit(
                         call,
+                        format!("sip-{}-{call}", self.name_tag),
                         user_to_user,
                         sdp_offer,
                         self.settings.clone(),
@@ -1053,10 +1056,12 @@ async fn bind_rtp(settings: &SipSettings, port: u16) -> std::io::Result<UdpSocke
     Err(std::io::Error::other("no free RTP port in --rtp-ports"))
 }
 
-/// Admits an arriving call (reference §4.2) and reports to the driver.
+/// Admits an arriving call (reference §4.2) and reports to the driver. `name`: the call's
+/// device name in webhooks and the live state.
 #[allow(clippy::too_many_arguments)]
 async fn admit(
     call: CallId,
+    name: String,
     user_to_user: Vec<String>,
     sdp_offer: Option<String>,
     settings: SipSettings,
@@ -1064,13 +1069,14 @@ async fn admit(
     devices: DeviceControl,
     tx: mpsc::UnboundedSender<Message>,
 ) {
-    let result = admit_inner(user_to_user, sdp_offer, &settings, port, &devices).await;
+    let result = admit_inner(name, user_to_user, sdp_offer, &settings, port, &devices).await;
     let _ = tx.send(Message::Admitted(call, result.map(Box::new)));
 }
 
 /// Control decides whether the participant may join; this adds what is SIP's own: the token
 /// found in `User-To-User`, an SDP offer with a common codec, an RTP port.
 async fn admit_inner(
+    name: String,
     user_to_user: Vec<String>,
     sdp_offer: Option<String>,
     settings: &SipSettings,
@@ -1089,20 +1095,35 @@ async fn admit_inner(
         .map_err(|e| Refusal::new(e.sip_status(), e.to_string()))?;
     let stream = StreamId::parse(&format!("phone-{}", uuid::Uuid::new_v4().simple()))
         .map_err(|e| Refusal::new(500, e.to_string()))?;
-    let connection = devices
+    // The call is answered only once its onConnect and onCallAnswered are in the outbox (a
+    // crash after the 200 OK loses neither); they come before its stream's onStreamPublished.
+    // Once they are recorded, every refusal records the call's end too.
+    let participant = phone.participant;
+    if !devices.phone_joined(participant, name.clone()).await {
+        devices.phone_not_answered(participant, name);
+        return Err(Refusal::new(
+            503,
+            "the call's events cannot be recorded now; try again later",
+        ));
+    }
+    let connection = match devices
         .connect_phone(&phone, stream.clone(), settings.stream_alias.clone())
         .await
-        .map_err(|e| Refusal::new(503, e.to_string()))?;
+    {
+        Ok(c) => c,
+        Err(e) => {
+            devices.phone_not_answered(participant, name);
+            return Err(Refusal::new(503, e.to_string()));
+        }
+    };
     let AdmittedPhone {
-        account,
-        participant,
-        session,
-        ..
+        account, session, ..
     } = phone;
     Ok(Admitted {
         account,
         participant,
         session,
+        name,
         connection,
         rtp: Arc::new(rtp),
         negotiated,

@@ -93,26 +93,31 @@ pub fn spawn(control: Control, settings: WebhookSettings) -> anyhow::Result<()> 
 /// Control's lifecycle events into the outbox, in order, in batches of what has queued up
 /// (at most [`RECORD_BATCH`], one write each), each event's receipt answered once its batch
 /// is written. A database that cannot answer holds the feed back (the batch is retried)
-/// rather than dropping events; the receipts of a batch not written within [`RECORD_WAIT`]
-/// are answered `false` meanwhile (the connect waiting on one is refused "try again later"),
-/// and the batch is still written when it can be. Then each event updates this process's
+/// rather than dropping events; the receipt of an event not written within [`RECORD_WAIT`]
+/// of its arrival is answered `false` meanwhile (the connect waiting on one is refused "try
+/// again later"), whether it is in the batch being retried or queued behind it, and the event
+/// is still written when the database can take it. Then each event updates this process's
 /// live state for the operator commands (best effort: a failure is logged, and a dead
 /// process's rows are pruned by the heartbeat anyway).
+#[allow(clippy::disallowed_methods)] // the runtime reads the clock
 async fn record(control: Control, mut feed: WebhookFeed, wake: Arc<Notify>) {
-    let mut batch: Vec<FeedItem> = Vec::new();
-    while let Some(first) = feed.recv().await {
-        batch.push(first);
-        while batch.len() < RECORD_BATCH {
-            match feed.try_recv() {
-                Ok(item) => batch.push(item),
-                Err(_) => break,
+    let mut queue = RecordQueue::default();
+    loop {
+        if queue.items.is_empty() {
+            match feed.recv().await {
+                Some(item) => queue.push(item),
+                None => return,
             }
         }
+        queue.take_arrived(&mut feed);
+        let mut batch: Vec<Waiting> = queue
+            .items
+            .drain(..queue.items.len().min(RECORD_BATCH))
+            .collect();
         let at = now_ms();
-        let started = tokio::time::Instant::now();
         let mut backoff = Duration::from_millis(100);
         loop {
-            let events: Vec<&LifecycleEvent> = batch.iter().map(|i| &i.event).collect();
+            let events: Vec<&LifecycleEvent> = batch.iter().map(|w| &w.item.event).collect();
             match control.record_webhooks(&events, at).await {
                 Ok(n) => {
                     if n > 0 {
@@ -123,26 +128,27 @@ async fn record(control: Control, mut feed: WebhookFeed, wake: Arc<Notify>) {
                 }
                 Err(e @ crate::control::ControlError::Unavailable { .. }) => {
                     tracing::warn!(error = %e, events = batch.len(), "cannot record webhooks now; retrying");
-                    if started.elapsed() >= RECORD_WAIT {
-                        answer(&mut batch, false);
-                    }
+                    queue.take_arrived(&mut feed);
+                    let now = Instant::now();
+                    answer_overdue(&mut batch, now);
+                    answer_overdue(queue.items.make_contiguous(), now);
                     tokio_sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    backoff = (backoff * 2).min(RECORD_BACKOFF_MAX);
                 }
                 Err(e) if batch.len() > 1 => {
                     // One event the store refuses must not take the others with it: record
                     // them one by one.
                     tracing::warn!(error = %e, "a batch of webhooks failed; recording its events one by one");
-                    for item in &mut batch {
-                        let one = [&item.event];
+                    for waiting in &mut batch {
+                        let one = [&waiting.item.event];
                         let ok = match control.record_webhooks(&one, at).await {
                             Ok(_) => true,
                             Err(e) => {
-                                tracing::error!(error = %e, event = ?item.event, "cannot record a webhook");
+                                tracing::error!(error = %e, event = ?waiting.item.event, "cannot record a webhook");
                                 false
                             }
                         };
-                        if let Some(tx) = item.recorded.take() {
+                        if let Some(tx) = waiting.item.recorded.take() {
                             let _ = tx.send(ok);
                         }
                     }
@@ -150,26 +156,71 @@ async fn record(control: Control, mut feed: WebhookFeed, wake: Arc<Notify>) {
                     break;
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, event = ?batch[0].event, "cannot record a webhook");
+                    tracing::error!(error = %e, event = ?batch[0].item.event, "cannot record a webhook");
                     answer(&mut batch, false);
                     break;
                 }
             }
         }
-        for item in batch.drain(..) {
-            if let Err(e) = control.record_live(&item.event, at).await {
-                tracing::warn!(error = %e, event = ?item.event, "cannot record live state");
+        for waiting in batch.drain(..) {
+            if let Err(e) = control.record_live(&waiting.item.event, at).await {
+                tracing::warn!(error = %e, event = ?waiting.item.event, "cannot record live state");
             }
             control.event_settled();
         }
     }
 }
 
+/// The longest pause between two tries of a batch the database could not take: short enough
+/// that the receipts queued meanwhile are answered close to their [`RECORD_WAIT`].
+const RECORD_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// An event of the feed, and when it arrived.
+struct Waiting {
+    item: FeedItem,
+    since: Instant,
+}
+
+/// The events taken from the feed and not written yet, in order.
+#[derive(Default)]
+struct RecordQueue {
+    items: std::collections::VecDeque<Waiting>,
+}
+
+impl RecordQueue {
+    #[allow(clippy::disallowed_methods)] // the runtime reads the clock
+    fn push(&mut self, item: FeedItem) {
+        self.items.push_back(Waiting {
+            item,
+            since: Instant::now(),
+        });
+    }
+
+    /// Takes every event on the feed now.
+    fn take_arrived(&mut self, feed: &mut WebhookFeed) {
+        while let Ok(item) = feed.try_recv() {
+            self.push(item);
+        }
+    }
+}
+
 /// Answers the receipts of `batch` not answered yet.
-fn answer(batch: &mut [FeedItem], recorded: bool) {
-    for item in batch {
-        if let Some(tx) = item.recorded.take() {
+fn answer(batch: &mut [Waiting], recorded: bool) {
+    for waiting in batch {
+        if let Some(tx) = waiting.item.recorded.take() {
             let _ = tx.send(recorded);
+        }
+    }
+}
+
+/// Answers `false` the receipts of the events that have waited [`RECORD_WAIT`] (they are
+/// still written later).
+fn answer_overdue(waiting: &mut [Waiting], now: Instant) {
+    for w in waiting {
+        if now.duration_since(w.since) >= RECORD_WAIT {
+            if let Some(tx) = w.item.recorded.take() {
+                let _ = tx.send(false);
+            }
         }
     }
 }

@@ -11,7 +11,9 @@
 //! 503, and `/readyz` turns 503; after each, everything works again without help. Then the
 //! database stops accepting connections (`ALLOW_CONNECTIONS false`, SQLSTATE 55000) with its
 //! sessions ended: the same answers, and a device that drops meanwhile still gets its
-//! `onDisconnect` delivered once the database is back.
+//! `onDisconnect` delivered once the database is back. Last, with only the webhook outbox
+//! locked: a phone's INVITE gets 503 rather than an answer without its events, a browser 1013,
+//! a deletion its 204 after the recorder's wait, and every event follows once it is unlocked.
 //!
 //! Time bounds here are generous on purpose (the machine running the tests is shared and
 //! noisy): each says which configured timeout it checks and how much slack it adds.
@@ -25,6 +27,7 @@ use patchbay::app::App;
 use patchbay::config::ServeConfig;
 use patchbay::control::{ControlError, NewParticipant};
 use patchbay::domain::{AccountId, CallbackUrl, ParticipantId};
+use patchbay::runtime::webhooks::RECORD_WAIT;
 use patchbay::store::{AccountCredentials, SqlStore, Store, StoreError, Timeouts, PROBE_TIMEOUT};
 use patchbay_testkit::db::{postgres_admin_url, sqlite_url};
 use patchbay_testkit::phone_ua::{dial, Dial};
@@ -123,17 +126,20 @@ async fn forward(listener: TcpListener, upstream: SocketAddr) {
     }
 }
 
-/// Another session holding `LOCK TABLE participants IN ACCESS EXCLUSIVE MODE` until dropped
-/// or released.
+/// Another session holding a table lock until dropped or released.
 struct HeldLock(sqlx::PgConnection);
 
+/// The participants, locked against every use.
+const PARTICIPANTS_LOCKED: &str = "LOCK TABLE participants IN ACCESS EXCLUSIVE MODE";
+
+/// The webhook outbox, locked against writes: it can be read, and everything else works.
+const OUTBOX_READ_ONLY: &str = "LOCK TABLE webhook_outbox IN SHARE MODE";
+
 impl HeldLock {
-    async fn take(url: &str) -> HeldLock {
+    async fn take(url: &str, lock: &str) -> HeldLock {
         let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
         conn.execute("BEGIN").await.expect("begin");
-        conn.execute("LOCK TABLE participants IN ACCESS EXCLUSIVE MODE")
-            .await
-            .expect("lock");
+        conn.execute(lock).await.expect("lock");
         HeldLock(conn)
     }
 
@@ -183,7 +189,7 @@ async fn a_lock_held_by_another_session_is_unavailable_within_the_statement_time
     let store = SqlStore::open_with(&url, SHORT).await.expect("open");
     let account = credentials("locked");
     store.create_account(&account).await.expect("account");
-    let lock = HeldLock::take(&url).await;
+    let lock = HeldLock::take(&url, PARTICIPANTS_LOCKED).await;
     let took = assert_unavailable(
         "participant behind a lock",
         SHORT.statement,
@@ -355,6 +361,19 @@ impl Hooks {
         Hooks { url, bodies }
     }
 
+    /// The events of `participant` delivered so far, in order (its streams' left out).
+    fn events_of(&self, participant: &ParticipantId) -> Vec<String> {
+        let id = participant.to_string();
+        self.bodies
+            .lock()
+            .expect("bodies")
+            .iter()
+            .filter(|v| v["participantId"] == id.as_str())
+            .filter_map(|v| v["event"].as_str().map(str::to_owned))
+            .filter(|e| !e.starts_with("onStream"))
+            .collect()
+    }
+
     /// Waits (at most `bound`) for `event` of `participant` to be delivered.
     async fn arrives(&self, participant: &ParticipantId, event: &str, bound: Duration) {
         let id = participant.to_string();
@@ -374,6 +393,88 @@ const APP: Timeouts = Timeouts {
     acquire: Duration::from_secs(2),
     statement: Duration::from_secs(2),
 };
+
+/// The whole server on the database at `url`, with [`APP`]'s timeouts, and one account.
+struct Served {
+    control: patchbay::control::Control,
+    http: SocketAddr,
+    sip: SocketAddr,
+    account: AccountId,
+    user: String,
+    pass: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Served {
+    async fn start(url: &str) -> Served {
+        let mut config = ServeConfig::for_database(url);
+        config.database_timeouts.database_acquire_timeout = APP.acquire;
+        config.database_timeouts.database_statement_timeout = APP.statement;
+        let app = App::build(&config).await.expect("build app");
+        let control = app.control().clone();
+        let (http, sip) = (app.http_addr(), app.sip_addr());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(app.run_until_stopped(async move {
+            let _ = stopped.await;
+        }));
+        let account = AccountId::parse("outage").expect("id");
+        let creds = control
+            .create_account(account.clone())
+            .await
+            .expect("account");
+        Served {
+            control,
+            http,
+            sip,
+            account,
+            user: creds.username,
+            pass: creds.password,
+            stop,
+            server,
+        }
+    }
+
+    /// A new participant of the account (its webhooks to `hooks`, if any): id and token.
+    async fn participant(&self, hooks: Option<&Hooks>) -> (ParticipantId, String) {
+        let (participant, token) = self
+            .control
+            .create_participant(
+                &self.account,
+                NewParticipant {
+                    callback_url: hooks.map(|h| CallbackUrl::parse(&h.url).expect("callback")),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("participant");
+        (participant.id, token)
+    }
+
+    /// The clients' view, reading `participant` for REST checks.
+    fn outage(&self, participant: ParticipantId) -> Outage {
+        Outage {
+            http: self.http,
+            sip: self.sip,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .expect("client"),
+            account: self.account.clone(),
+            user: self.user.clone(),
+            pass: self.pass.clone(),
+            participant,
+        }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.server
+            .await
+            .expect("server task")
+            .expect("server ends cleanly");
+    }
+}
 
 struct Outage {
     http: SocketAddr,
@@ -435,6 +536,12 @@ impl Outage {
     /// Connects a device with `token`; returns the close code if the server closed it first,
     /// or `None` if the device got an answer to a JSON-RPC ping.
     async fn device(&self, token: &str) -> Option<u16> {
+        self.device_within(token, APP.acquire.max(APP.statement) + SLACK)
+            .await
+    }
+
+    /// [`Outage::device`], its answer expected within `bound`.
+    async fn device_within(&self, token: &str, bound: Duration) -> Option<u16> {
         let url = format!(
             "ws://{}/v3/?token={token}&client=browser&sdkVersion=0.12.0-beta.1&uniqueId=outage",
             self.http
@@ -445,7 +552,7 @@ impl Outage {
         let ping = r#"{"jsonrpc":"2.0","method":"ping","id":1}"#;
         // Sending may race with the server's close; what counts is the frame that comes back.
         let _ = ws.send(Message::Text(ping.into())).await;
-        let answer = tokio::time::timeout(APP.acquire.max(APP.statement) + SLACK, async {
+        let answer = tokio::time::timeout(bound, async {
             loop {
                 match ws.next().await {
                     Some(Ok(Message::Close(Some(frame)))) => {
@@ -546,44 +653,13 @@ impl Outage {
 async fn the_server_answers_clearly_through_a_refusing_then_a_hung_database_and_recovers() {
     let (url, direct) = fresh_postgres().await;
     let mut proxy = Proxy::start(direct).await;
-    let mut config = ServeConfig::for_database(&through(&url, direct, proxy.addr));
-    config.database_timeouts.database_acquire_timeout = APP.acquire;
-    config.database_timeouts.database_statement_timeout = APP.statement;
-    let app = App::build(&config).await.expect("build app");
-    let control = app.control().clone();
-    let http = app.http_addr();
-    let sip = app.sip_addr();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until_stopped(async move {
-        let _ = stopped.await;
-    }));
-
-    let account = AccountId::parse("outage").expect("id");
-    let creds = control
-        .create_account(account.clone())
-        .await
-        .expect("account");
+    let served = Served::start(&through(&url, direct, proxy.addr)).await;
     // One participant per device check: a participant has one live device at a time.
     let mut tokens = Vec::new();
     for _ in 0..7 {
-        let (participant, token) = control
-            .create_participant(&account, NewParticipant::default())
-            .await
-            .expect("participant");
-        tokens.push((participant.id, token));
+        tokens.push(served.participant(None).await);
     }
-    let outage = Outage {
-        http,
-        sip,
-        client: reqwest::Client::builder()
-            .timeout(Duration::from_secs(20))
-            .build()
-            .expect("client"),
-        account,
-        user: creds.username,
-        pass: creds.password,
-        participant: tokens[0].0,
-    };
+    let outage = served.outage(tokens[0].0);
     outage.assert_recovered("before", &tokens[0].1).await;
 
     // Phase 1: the database refuses connections for 15 s.
@@ -596,7 +672,7 @@ async fn the_server_answers_clearly_through_a_refusing_then_a_hung_database_and_
 
     // Phase 2: another session holds a lock on the participants for 15 s.
     let started = Instant::now();
-    let lock = HeldLock::take(&url).await;
+    let lock = HeldLock::take(&url, PARTICIPANTS_LOCKED).await;
     outage.assert_outage("locked", &tokens[3].1).await;
     tokio::time::sleep(PHASE.saturating_sub(started.elapsed())).await;
     lock.release().await;
@@ -607,19 +683,10 @@ async fn the_server_answers_clearly_through_a_refusing_then_a_hung_database_and_
     // before drops during it: its onDisconnect cannot be refused, so it waits and is written
     // and delivered once the database is back. Nothing is lost.
     let hooks = Hooks::start().await;
-    let (watched, watched_token) = control
-        .create_participant(
-            &outage.account,
-            NewParticipant {
-                callback_url: Some(CallbackUrl::parse(&hooks.url).expect("callback")),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("participant");
+    let (watched, watched_token) = served.participant(Some(&hooks)).await;
     let device = outage.connected(&watched_token).await;
     hooks
-        .arrives(&watched.id, "onConnect", APP.acquire + SLACK * 3)
+        .arrives(&watched, "onConnect", APP.acquire + SLACK * 3)
         .await;
     let maintenance = Maintenance::begin(&url).await;
     outage
@@ -632,12 +699,96 @@ async fn the_server_answers_clearly_through_a_refusing_then_a_hung_database_and_
         .assert_recovered("after not accepting connections", &tokens[6].1)
         .await;
     hooks
-        .arrives(&watched.id, "onDisconnect", APP.acquire + SLACK * 10)
+        .arrives(&watched, "onDisconnect", APP.acquire + SLACK * 10)
         .await;
 
-    let _ = stop.send(());
-    server
+    served.stop().await;
+}
+
+/// Issue 22: an action is acknowledged only once its events are in the outbox. While the
+/// outbox cannot be written (another session locks it; the rest of the database answers), a
+/// phone's INVITE gets 503 rather than a 200 OK without its `onConnect`, a browser is told to
+/// try again later, and a REST deletion of a connected participant is still acknowledged
+/// (it happened) once the recorder's bound has passed. When the outbox is writable again,
+/// every event of each is delivered, the refused call's end after its start: the backend
+/// never sees a call or a device left up.
+#[tokio::test]
+async fn actions_whose_events_cannot_be_recorded_are_refused_and_nothing_is_left_up() {
+    let (url, _) = fresh_postgres().await;
+    let served = Served::start(&url).await;
+    let hooks = Hooks::start().await;
+    let (caller, caller_token) = served.participant(Some(&hooks)).await;
+    let (browser, browser_token) = served.participant(Some(&hooks)).await;
+    let (deleted, deleted_token) = served.participant(Some(&hooks)).await;
+    let session = served
+        .control
+        .create_session(&served.account, None)
         .await
-        .expect("server task")
-        .expect("server ends cleanly");
+        .expect("session");
+    served
+        .control
+        .add_member(&served.account, session.id, caller, None)
+        .await
+        .expect("member");
+    let outage = served.outage(deleted);
+    let device = outage.connected(&deleted_token).await;
+    hooks
+        .arrives(&deleted, "onConnect", APP.acquire + SLACK * 3)
+        .await;
+
+    let lock = HeldLock::take(&url, OUTBOX_READ_ONLY).await;
+    let refused = dial(served.sip, &Dial::with_token(&caller_token))
+        .await
+        .err()
+        .expect("the call is not answered");
+    assert_eq!(refused.code, 503, "{refused:?}");
+    assert!(
+        refused
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("cannot be recorded")),
+        "{refused:?}"
+    );
+    // The recorder answers a receipt it could not write within its wait, between two tries
+    // (a statement timeout, a pause of at most a second).
+    let told = RECORD_WAIT + APP.statement + Duration::from_secs(1) + SLACK;
+    assert_eq!(outage.device_within(&browser_token, told).await, Some(1013));
+    let deletion = outage
+        .client
+        .delete(outage.url(&format!(
+            "/v1/accounts/{}/participants/{deleted}",
+            served.account
+        )))
+        .basic_auth(&outage.user, Some(&outage.pass))
+        .send()
+        .await
+        .expect("REST answers");
+    assert_eq!(deletion.status().as_u16(), 204, "the deletion happened");
+    drop(device);
+    lock.release().await;
+
+    let bound = APP.acquire + SLACK * 10;
+    for (participant, events) in [
+        (
+            caller,
+            &["onConnect", "onCallAnswered", "onDisconnect", "onCallEnded"][..],
+        ),
+        (browser, &["onConnect", "onDisconnect"][..]),
+        (deleted, &["onConnect", "onDisconnect"][..]),
+    ] {
+        hooks
+            .arrives(&participant, events[events.len() - 1], bound)
+            .await;
+        assert_eq!(
+            hooks.events_of(&participant),
+            events,
+            "{participant}: every event, in order, once"
+        );
+    }
+    // Writable again: the same caller is answered.
+    let phone = dial(served.sip, &Dial::with_token(&caller_token))
+        .await
+        .expect("answered once the outbox takes its events");
+    phone.hangup().await;
+    served.stop().await;
 }

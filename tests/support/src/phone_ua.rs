@@ -66,6 +66,8 @@ pub struct Phone {
     /// with the duration that packet announced (8 kHz samples).
     digits_heard: Arc<Mutex<Vec<(char, u16)>>>,
     bye_received: Arc<AtomicBool>,
+    /// Whether the server's BYE is answered (else it is kept unanswered, and retransmitted).
+    answers_bye: Arc<AtomicBool>,
     /// The methods of the requests the server sent, in order of arrival.
     requests_received: Arc<Mutex<Vec<String>>>,
     /// Responses to our in-dialog requests (re-INVITE, BYE), as received.
@@ -252,9 +254,14 @@ pub async fn dial(server: SocketAddr, how: &Dial) -> Result<Phone, Refused> {
         }));
     }
     let (responses_tx, responses) = tokio::sync::mpsc::unbounded_channel();
+    let answers_bye = Arc::new(AtomicBool::new(true));
     {
-        let (sip, bye_received, requests) =
-            (sip.clone(), bye_received.clone(), requests_received.clone());
+        let (sip, bye_received, requests, answers) = (
+            sip.clone(),
+            bye_received.clone(),
+            requests_received.clone(),
+            answers_bye.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut buf = vec![0u8; 65_535];
             while let Ok((n, from)) = sip.recv_from(&mut buf).await {
@@ -268,6 +275,9 @@ pub async fn dial(server: SocketAddr, how: &Dial) -> Result<Phone, Refused> {
                 }
                 if text.starts_with("BYE ") {
                     bye_received.store(true, Ordering::SeqCst);
+                    if !answers.load(Ordering::SeqCst) {
+                        continue;
+                    }
                     let mut reply = String::from("SIP/2.0 200 OK\r\n");
                     for name in ["Via", "From", "To", "Call-ID", "CSeq"] {
                         if let Some(v) = header(&text, name) {
@@ -292,6 +302,7 @@ pub async fn dial(server: SocketAddr, how: &Dial) -> Result<Phone, Refused> {
         heard,
         digits_heard,
         bye_received,
+        answers_bye,
         requests_received,
         responses: tokio::sync::Mutex::new(responses),
         digits: Arc::default(),
@@ -398,6 +409,46 @@ impl Phone {
     /// Whether the server sent BYE.
     pub fn bye_received(&self) -> bool {
         self.bye_received.load(Ordering::SeqCst)
+    }
+
+    /// Whether the server's BYE is answered (the default); when not, the server retransmits it
+    /// and its call is not over until an answer goes out.
+    pub fn answer_bye(&self, answer: bool) {
+        self.answers_bye.store(answer, Ordering::SeqCst);
+    }
+
+    /// Sends an out-of-dialog OPTIONS from the call's own socket and returns the status of its
+    /// answer. The server handles one socket's datagrams in order: once this returns, it has
+    /// handled everything this phone sent before.
+    pub async fn options(&self) -> u16 {
+        let local = self.sip.local_addr().expect("local address");
+        let call_id = format!("{}@test-phone", random_token());
+        let options = format!(
+            "OPTIONS sip:sipx.webrtc.bandwidth.com:5060 SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {local};branch=z9hG4bK{}\r\n\
+             Max-Forwards: 70\r\n\
+             From: <sip:+15551230000@voice.example>;tag={}\r\n\
+             To: <sip:sipx.webrtc.bandwidth.com>\r\n\
+             Call-ID: {call_id}\r\n\
+             CSeq: 1 OPTIONS\r\n\
+             Content-Length: 0\r\n\r\n",
+            random_token(),
+            random_token()
+        );
+        let mut responses = self.responses.lock().await;
+        self.sip
+            .send_to(options.as_bytes(), self.server)
+            .await
+            .expect("send OPTIONS");
+        loop {
+            let r = tokio::time::timeout(Duration::from_secs(5), responses.recv())
+                .await
+                .expect("an answer to OPTIONS")
+                .expect("responses");
+            if header(&r, "Call-ID") == Some(call_id.as_str()) {
+                return status(&r).unwrap_or(0);
+            }
+        }
     }
 
     /// The methods of the requests the server sent so far (retransmissions included), in order.
