@@ -302,6 +302,22 @@ impl Control {
             .await?)
     }
 
+    /// Claims the outbox events `seqs` for one attempt each by this process, until `until_ms`
+    /// (see [`crate::store::WebhookStore::outbox_claim`]): the seqs it got. Several processes
+    /// on one database deliver each attempt once.
+    pub async fn outbox_claim(
+        &self,
+        seqs: &[i64],
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<Vec<i64>, ControlError> {
+        Ok(self
+            .inner
+            .store
+            .outbox_claim(seqs, &self.inner.instance, now_ms, until_ms)
+            .await?)
+    }
+
     /// Records a delivery attempt of `event` and what becomes of the event.
     pub async fn outbox_attempted(
         &self,

@@ -249,6 +249,8 @@ async fn deliver(
         std::collections::HashMap::new();
     let mut changed = true;
     let mut last_read: Option<Instant> = None;
+    // A claim outlasts its attempt (the attempt timeout) and the write of its record.
+    let claim_for = settings.policy.attempt_timeout + CLAIM_MARGIN;
     loop {
         let now = Instant::now();
         let may_read = last_read.is_none_or(|at| now >= at + FETCH_GAP);
@@ -260,7 +262,8 @@ async fn deliver(
             changed = false;
             last_read = Some(now);
         }
-        for event in dispatcher.start(&mut queue) {
+        let starting = dispatcher.start(&mut queue);
+        for event in claim(&control, &mut dispatcher, starting, claim_for).await {
             let client = receivers.client(&receiver_of(&event.event.url));
             let task = attempts.spawn(attempt(client, destinations.clone(), event.clone()));
             started.insert(task.id(), event);
@@ -307,6 +310,45 @@ async fn deliver(
     }
 }
 
+/// How much longer than its attempt's timeout a claim lasts: room to write the attempt's
+/// record. A process that dies mid-attempt delays that event by its claim.
+const CLAIM_MARGIN: Duration = Duration::from_secs(5);
+
+/// Of the events `starting` (from [`Dispatcher::start`]), those this process claimed, in one
+/// write; the others are given back to the dispatcher (another process claimed them, or the
+/// database cannot answer now: they stay due).
+async fn claim(
+    control: &Control,
+    dispatcher: &mut Dispatcher,
+    starting: Vec<OutboxEvent>,
+    claim_for: Duration,
+) -> Vec<OutboxEvent> {
+    if starting.is_empty() {
+        return starting;
+    }
+    let seqs: Vec<i64> = starting.iter().map(|e| e.seq).collect();
+    let now = now_ms();
+    let until = now.saturating_add(i64::try_from(claim_for.as_millis()).unwrap_or(i64::MAX));
+    let claimed: std::collections::HashSet<i64> =
+        match control.outbox_claim(&seqs, now, until).await {
+            Ok(claimed) => claimed.into_iter().collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot claim webhook events");
+                Default::default()
+            }
+        };
+    let mut mine = Vec::with_capacity(claimed.len());
+    for event in starting {
+        if claimed.contains(&event.seq) {
+            mine.push(event);
+        } else {
+            tracing::debug!(id = %event.event.id, "a webhook event claimed by another process");
+            dispatcher.abandon(&event);
+        }
+    }
+    mine
+}
+
 #[allow(clippy::disallowed_methods)] // the runtime sleeps
 async fn tokio_sleep(d: Duration) {
     tokio::time::sleep(d).await
@@ -322,6 +364,9 @@ async fn tokio_sleep(d: Duration) {
 struct Receivers {
     attempt_timeout: Duration,
     resolver: Arc<GuardedResolver>,
+    /// The TLS configuration every client shares (its trust anchors parsed once), so that a
+    /// client made for a receiver costs no certificate parsing.
+    tls: rustls::ClientConfig,
     kept: std::collections::HashMap<String, (reqwest::Client, u64)>,
     uses: u64,
 }
@@ -329,9 +374,20 @@ struct Receivers {
 impl Receivers {
     /// The clients' settings; fails when an HTTP client cannot be built at all (no TLS).
     fn new(attempt_timeout: Duration, destinations: Arc<Destinations>) -> anyhow::Result<Self> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        // HTTP/1.1 only, as the client speaks.
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let receivers = Receivers {
             attempt_timeout,
             resolver: Arc::new(GuardedResolver { destinations }),
+            tls,
             kept: std::collections::HashMap::new(),
             uses: 0,
         };
@@ -348,6 +404,7 @@ impl Receivers {
             .pool_idle_timeout(IDLE_KEEP_ALIVE)
             .pool_max_idle_per_host(IDLE_PER_RECEIVER)
             .dns_resolver(self.resolver.clone())
+            .use_preconfigured_tls(self.tls.clone())
             .user_agent(concat!("patchbay/", env!("CARGO_PKG_VERSION")))
             .build()
     }
@@ -383,6 +440,32 @@ impl Receivers {
     }
 }
 
+/// `error` and its causes, each once ("error sending request …: client error (Connect):
+/// invalid peer certificate: UnknownIssuer"), so the delivery log says what went wrong.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        let said = c.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+/// The innermost cause of `error` ("Connection refused", "invalid peer certificate:
+/// UnknownIssuer").
+fn root_cause(error: &dyn std::error::Error) -> String {
+    let mut cause = error;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
 /// One signed POST of `event`, if its destination is allowed; its result.
 async fn attempt(
     client: Option<reqwest::Client>,
@@ -414,8 +497,10 @@ async fn attempt(
         Err(err) => match refusal_in(&err) {
             Some(refusal) => AttemptResult::Refused(refusal.to_string()),
             None if err.is_timeout() => AttemptResult::Failed("timed out".into()),
-            None if err.is_connect() => AttemptResult::Failed("cannot connect".into()),
-            None => AttemptResult::Failed(format!("failed: {err}")),
+            None if err.is_connect() => {
+                AttemptResult::Failed(format!("cannot connect: {}", root_cause(&err)))
+            }
+            None => AttemptResult::Failed(format!("failed: {}", with_causes(&err))),
         },
     };
     (event, result)

@@ -37,6 +37,7 @@ pub const CASES: &[&str] = &[
     "webhook_settings",
     "webhook_outbox",
     "webhook_outbox_turns",
+    "webhook_outbox_claims",
     "webhook_retention",
     "webhook_secret_rotation",
     "sessions_by_age",
@@ -715,6 +716,89 @@ fn attempt(event: &OutboxEvent, status: Option<u16>, at_ms: i64) -> DeliveryAtte
         error: status.is_none().then(|| "timed out".to_owned()),
         at_ms,
     }
+}
+
+/// Several processes on one database deliver each attempt once: of concurrent claims of one
+/// event exactly one wins; a claimed head is not due (nor is its participant's next event)
+/// until its claim ends, by the attempt's record or by its time; a delivered event cannot be
+/// claimed again.
+pub async fn webhook_outbox_claims(store: TestStore) {
+    let account = new_account(&store).await;
+    store
+        .account_webhooks(&account, "whsec_k")
+        .await
+        .expect("secret");
+    let (p, q) = (ParticipantId::random(), ParticipantId::random());
+    let events = [
+        outbox_event(&account, p, 1),
+        outbox_event(&account, p, 2),
+        outbox_event(&account, q, 1),
+    ];
+    store.outbox_append(&events).await.expect("append");
+    let now = 10_000_000_000_000;
+    let heads = due_of(&store, &account, now).await;
+    assert_eq!(heads.len(), 2, "one head per participant");
+    let seqs: Vec<i64> = heads.iter().map(|e| e.seq).collect();
+
+    // Eight claimants at once: each head goes to exactly one.
+    let mut claims = tokio::task::JoinSet::new();
+    for n in 0..8 {
+        let (store, seqs) = (store.clone(), seqs.clone());
+        claims.spawn(async move {
+            let got = store
+                .outbox_claim(&seqs, &format!("node-{n}"), now, now + 1_000)
+                .await
+                .expect("claim");
+            (n, got)
+        });
+    }
+    let mut winners = Vec::new();
+    while let Some(done) = claims.join_next().await {
+        let (n, got) = done.expect("claim task");
+        winners.extend(got.into_iter().map(|seq| (seq, n)));
+    }
+    winners.sort();
+    assert_eq!(
+        winners.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
+        {
+            let mut s = seqs.clone();
+            s.sort();
+            s
+        },
+        "each head claimed exactly once: {winners:?}"
+    );
+
+    // Claimed: nothing of either participant is due, until the claims end by themselves.
+    assert!(due_of(&store, &account, now + 999).await.is_empty());
+    assert_eq!(due_of(&store, &account, now + 1_000).await.len(), 2);
+
+    // The attempt's record ends the claim: p's head delivered, its next event is due.
+    let p_head = heads
+        .iter()
+        .find(|e| e.event.participant == p)
+        .expect("p's head");
+    store
+        .outbox_attempted(
+            p_head,
+            &attempt(p_head, Some(200), now),
+            AttemptOutcome::Delivered,
+        )
+        .await
+        .expect("attempted");
+    let due = due_of(&store, &account, now + 1).await;
+    assert_eq!(
+        due.iter().map(|e| e.event.id.clone()).collect::<Vec<_>>(),
+        [events[1].id.clone()],
+        "p's next event is due; q's head is still claimed"
+    );
+    assert!(
+        store
+            .outbox_claim(&[p_head.seq], "late", now + 5_000, now + 6_000)
+            .await
+            .expect("claim")
+            .is_empty(),
+        "a delivered event is not claimed again"
+    );
 }
 
 /// Accounts take turns in the due list: at most `per_account` heads of one account, every

@@ -323,8 +323,9 @@ pub trait WebhookStore: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// Appends events to the outbox, in this order, all or none; each is due at once.
     async fn outbox_append(&self, events: &[NewOutboxEvent]) -> Result<(), StoreError>;
-    /// At most `limit` events that are due at `now_ms` and first in their participant's queue,
-    /// at most `per_account` of one account, taken in turns: every account's earliest due
+    /// At most `limit` events that are due at `now_ms`, first in their participant's queue and
+    /// not claimed by another attempt (see [`Store::outbox_claim`]), at most `per_account` of
+    /// one account, taken in turns: every account's earliest due
     /// event first (earliest due first), then every account's second, and so on, so one
     /// account's backlog never hides another's events.
     async fn outbox_due(
@@ -333,9 +334,21 @@ pub trait WebhookStore: Send + Sync + 'static {
         limit: u32,
         per_account: u32,
     ) -> Result<Vec<OutboxEvent>, StoreError>;
+    /// Claims the outbox events `seqs` for `claimant` until `until_ms`, for one attempt each:
+    /// only events still pending whose claim ended by `now_ms` are claimed, so of several
+    /// processes claiming one event at once exactly one gets it. The seqs claimed. A claim
+    /// ends with the attempt's record ([`Store::outbox_attempted`]) or at `until_ms`.
+    async fn outbox_claim(
+        &self,
+        seqs: &[i64],
+        claimant: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<Vec<i64>, StoreError>;
     /// How many events are still waiting for delivery.
     async fn outbox_pending(&self) -> Result<u64, StoreError>;
-    /// Records attempt number `attempt` of `event` (its status or error) and its outcome, at once.
+    /// Records attempt number `attempt` of `event` (its status or error) and its outcome, at
+    /// once; the event's claim ends.
     async fn outbox_attempted(
         &self,
         event: &OutboxEvent,

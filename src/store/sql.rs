@@ -110,6 +110,7 @@ store_ops! {
     RotateWebhookSecret => "rotate_webhook_secret",
     OutboxAppend => "outbox_append",
     OutboxDue => "outbox_due",
+    OutboxClaim => "outbox_claim",
     OutboxPending => "outbox_pending",
     OutboxAttempted => "outbox_attempted",
     DeliveryLog => "delivery_log",

@@ -187,7 +187,7 @@ impl WebhookStore for SqlStore {
              END AS previous_secret, \
              ROW_NUMBER() OVER (PARTITION BY o.account_id ORDER BY o.next_at, o.seq) AS turn \
              FROM webhook_outbox o JOIN accounts a ON a.id = o.account_id \
-             WHERE o.state = 'pending' AND o.next_at <= $1 AND o.seq = \
+             WHERE o.state = 'pending' AND o.next_at <= $1 AND o.claimed_until <= $1 AND o.seq = \
              (SELECT MIN(h.seq) FROM webhook_outbox h \
               WHERE h.state = 'pending' AND h.participant_id = o.participant_id)) due \
              WHERE due.turn <= $3 ORDER BY due.turn, due.next_at, due.seq LIMIT $2",
@@ -200,6 +200,35 @@ impl WebhookStore for SqlStore {
         .iter()
         .map(outbox_event_from_row)
         .collect()
+    }
+
+    async fn outbox_claim(
+        &self,
+        seqs: &[i64],
+        claimant: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<Vec<i64>, StoreError> {
+        if seqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let _timer = self.timer(Op::OutboxClaim);
+        // One statement: a row's claim is checked and taken at once (PostgreSQL re-checks the
+        // condition on a row another transaction just claimed; SQLite has one writer).
+        let list: Vec<String> = (0..seqs.len()).map(|i| format!("${}", i + 4)).collect();
+        let sql = format!(
+            "UPDATE webhook_outbox SET claimed_until = $1, claimed_by = $2 \
+             WHERE state = 'pending' AND claimed_until <= $3 AND seq IN ({}) RETURNING seq",
+            list.join(", ")
+        );
+        let mut query = sqlx::query(&sql).bind(until_ms).bind(claimant).bind(now_ms);
+        for seq in seqs {
+            query = query.bind(*seq);
+        }
+        let rows = query.fetch_all(&self.write).await?;
+        rows.iter()
+            .map(|r| r.try_get::<i64, _>("seq").map_err(StoreError::from))
+            .collect()
     }
 
     async fn outbox_pending(&self) -> Result<u64, StoreError> {
@@ -226,7 +255,8 @@ impl WebhookStore for SqlStore {
         };
         let mut tx = self.write.begin().await?;
         sqlx::query(
-            "UPDATE webhook_outbox SET state = $1, next_at = $2, attempts = $3 WHERE id = $4",
+            "UPDATE webhook_outbox SET state = $1, next_at = $2, attempts = $3, \
+             claimed_until = 0, claimed_by = NULL WHERE id = $4",
         )
         .bind(state)
         .bind(next_at)

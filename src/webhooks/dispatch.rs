@@ -140,6 +140,19 @@ impl Dispatcher {
         out
     }
 
+    /// `event`, given by [`Dispatcher::start`], is not sent after all (another process
+    /// claimed it, or the claim could not be made): its participant is free again.
+    pub fn abandon(&mut self, event: &OutboxEvent) {
+        self.release(event);
+    }
+
+    fn release(&mut self, event: &OutboxEvent) {
+        if self.in_flight.remove(&event.event.participant) {
+            release(&mut self.per_account, &event.event.account);
+            release(&mut self.per_receiver, &receiver_of(&event.event.url));
+        }
+    }
+
     /// An attempt of `event` ended at `now_ms` with `result`: what the delivery log records
     /// and what becomes of the event. Its participant is free again.
     pub fn finish(
@@ -148,10 +161,7 @@ impl Dispatcher {
         result: AttemptResult,
         now_ms: i64,
     ) -> (DeliveryAttempt, AttemptOutcome) {
-        if self.in_flight.remove(&event.event.participant) {
-            release(&mut self.per_account, &event.event.account);
-            release(&mut self.per_receiver, &receiver_of(&event.event.url));
-        }
+        self.release(event);
         let attempt = event.attempts.saturating_add(1);
         let (status, error, refused) = match result {
             AttemptResult::Status(s) => (Some(s), None, false),

@@ -63,6 +63,7 @@ both!(
     webhook_settings,
     webhook_outbox,
     webhook_outbox_turns,
+    webhook_outbox_claims,
     webhook_retention,
     webhook_secret_rotation,
     sessions_by_age,

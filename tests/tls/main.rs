@@ -193,3 +193,67 @@ async fn unusable_tls_settings_refuse_the_start() {
         "{e}"
     );
 }
+
+/// The webhook client verifies a receiver's certificate against the public trust anchors: a
+/// receiver with a self-signed certificate (this server's own TLS listener) gets no delivery,
+/// and the delivery log says why, cause included.
+#[tokio::test]
+async fn a_webhook_receiver_whose_certificate_is_not_trusted_is_not_delivered_to() {
+    use patchbay::control::NewParticipant;
+    use patchbay::domain::{AccountId, CallbackUrl};
+    let cert = test_cert();
+    let app = tls_app(&cert, |c| c.webhooks.webhook_first_retry_ms = 50).await;
+    let account = AccountId::parse("tls-hooks").expect("id");
+    app.control
+        .create_account(account.clone())
+        .await
+        .expect("account");
+    let hook = format!("https://127.0.0.1:{}/hook", app.http.port());
+    let (participant, token) = app
+        .control
+        .create_participant(
+            &account,
+            NewParticipant {
+                callback_url: Some(CallbackUrl::parse(&hook).expect("callback")),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("participant");
+    let session = app
+        .control
+        .create_session(&account, None)
+        .await
+        .expect("session");
+    app.control
+        .add_member(&account, session.id, participant.id, None)
+        .await
+        .expect("member");
+    let _phone = patchbay_testkit::phone_ua::dial(
+        app.sip,
+        &patchbay_testkit::phone_ua::Dial::with_token(&token),
+    )
+    .await
+    .expect("answered");
+    patchbay_testkit::wait::eventually("a delivery attempt", WAIT, || async {
+        !app.control
+            .delivery_log(&account, participant.id, 10)
+            .await
+            .expect("log")
+            .is_empty()
+    })
+    .await;
+    let log = app
+        .control
+        .delivery_log(&account, participant.id, 10)
+        .await
+        .expect("log");
+    let attempt = &log[log.len() - 1];
+    assert_eq!(attempt.status, None, "{attempt:?}");
+    let error = attempt.error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("certificate") && error.contains("UnknownIssuer"),
+        "{attempt:?}"
+    );
+    app.stop().await.expect("stop");
+}

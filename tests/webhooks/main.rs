@@ -41,6 +41,8 @@ struct Receiver {
     secret: Mutex<String>,
     /// Fail the first attempts of each id: 500, then a hang longer than the attempt timeout.
     flaky: bool,
+    /// How long each answer takes.
+    delay: Duration,
     attempts: Mutex<HashMap<String, u32>>,
     accepted: Mutex<Vec<Delivery>>,
     bad_signatures: Mutex<u32>,
@@ -75,6 +77,9 @@ async fn receive(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Strin
         *n += 1;
         *n
     };
+    if !r.delay.is_zero() {
+        tokio::time::sleep(r.delay).await;
+    }
     if r.flaky && n == 1 {
         return StatusCode::INTERNAL_SERVER_ERROR;
     }
@@ -1058,6 +1063,77 @@ async fn acknowledged_events_survive_kill_9(db: String) {
         "acknowledged before kill -9: {} connects, {} leaves; all delivered after the restart",
         connects.len(),
         leaves.len()
+    );
+}
+
+/// Issue 20: two serving processes on one PostgreSQL database (each with its delivery
+/// worker reading the same outbox) deliver each webhook once: a process claims an event for
+/// its attempt, and the other does not take it meanwhile. Devices connect and leave through
+/// both; the receiver takes 300 ms to answer, so without claims the other process (which
+/// reads the outbox every 200 ms) sends most events a second time.
+#[tokio::test]
+async fn two_processes_on_one_database_deliver_each_webhook_once() {
+    let db = patchbay_testkit::db::fresh_postgres_url();
+    let account = cli_account(&db, "pair");
+    let receiver = Arc::new(Receiver {
+        delay: Duration::from_millis(300),
+        ..Default::default()
+    });
+    *receiver.secret.lock().unwrap() = account.secret.clone();
+    let (hook_addr, _hook) = start_receiver("127.0.0.1:0".parse().unwrap(), receiver.clone()).await;
+    let hook = format!("http://{hook_addr}/hook");
+    let servers = [Server::start(&db), Server::start(&db)];
+    let mut expected = 0;
+    for (n, server) in servers.iter().enumerate() {
+        let addr: SocketAddr = server.http.parse().unwrap();
+        for p in 0..3 {
+            let (_, token) = rest_participant(server, &account, &hook).await;
+            for round in 0..2 {
+                let mut ws = connect(addr, &token, &format!("s{n}-p{p}-r{round}")).await;
+                let leave = r#"{"jsonrpc":"2.0","id":1,"method":"leave","params":{}}"#;
+                ws.send(Message::Text(leave.into())).await.expect("leave");
+                assert!(replied(&mut ws, 1).await, "leave answered");
+                expected += 2; // onConnect, onLeave
+            }
+        }
+    }
+    wait_for("every event accepted", || {
+        let ids: std::collections::HashSet<String> = receiver
+            .accepted
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|d| d.id.clone())
+            .collect();
+        ids.len() >= expected
+    })
+    .await;
+    // Every event is delivered (nothing pending); then both processes stop, so no attempt
+    // can start after the count below, and one already sent has arrived.
+    {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&db).await.expect("connect");
+        for _ in 0..300 {
+            let pending: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM webhook_outbox WHERE state = 'pending'")
+                    .fetch_one(&mut conn)
+                    .await
+                    .expect("pending");
+            if pending == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    drop(servers);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let attempts = receiver.attempts.lock().unwrap().clone();
+    assert_eq!(attempts.len(), expected, "every event arrived");
+    let repeated: Vec<_> = attempts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        repeated.is_empty(),
+        "{} of {expected} events were sent more than once: {repeated:?}",
+        repeated.len()
     );
 }
 

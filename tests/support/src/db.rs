@@ -12,32 +12,34 @@ pub fn postgres_admin_url() -> String {
 /// A database created for this test process, shared by its tests (they isolate by account).
 pub fn postgres_url() -> String {
     static URL: OnceLock<String> = OnceLock::new();
-    URL.get_or_init(|| {
-        let admin = postgres_admin_url();
-        let name = format!("patchbay_test_{:016x}", rand::random::<u64>());
-        let create = format!("CREATE DATABASE {name}");
-        let admin2 = admin.clone();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                use sqlx::Connection;
-                let mut conn = sqlx::PgConnection::connect(&admin2)
-                    .await
-                    .unwrap_or_else(|e| panic!("PostgreSQL at {admin2} is required: {e}"));
-                sqlx::Executor::execute(&mut conn, create.as_str())
-                    .await
-                    .expect("create test database");
-            })
+    URL.get_or_init(fresh_postgres_url).clone()
+}
+
+/// A new, empty PostgreSQL database of the caller's own.
+pub fn fresh_postgres_url() -> String {
+    let admin = postgres_admin_url();
+    let name = format!("patchbay_test_{:016x}", rand::random::<u64>());
+    let create = format!("CREATE DATABASE {name}");
+    let admin2 = admin.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&admin2)
+                .await
+                .unwrap_or_else(|e| panic!("PostgreSQL at {admin2} is required: {e}"));
+            sqlx::Executor::execute(&mut conn, create.as_str())
+                .await
+                .expect("create test database");
         })
-        .join()
-        .expect("create database thread");
-        let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
-        format!("{base}/{name}")
     })
-    .clone()
+    .join()
+    .expect("create database thread");
+    let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+    format!("{base}/{name}")
 }
 
 /// A fresh SQLite database file URL in the temp directory.
