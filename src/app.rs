@@ -243,6 +243,17 @@ impl App {
         if !control.attach_media(port.clone()) {
             anyhow::bail!("a media plane is attached to control already");
         }
+        // On PostgreSQL, changes made through other processes reach this one's devices.
+        if url.starts_with("postgres") {
+            crate::runtime::doorbell::spawn(control.clone(), &url)
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot listen for other processes' changes on {}: {e}",
+                        redact(&url)
+                    )
+                })?;
+        }
         let devices = DeviceControl::new(control.clone(), port);
         let rtp_ip = public_ips.first().copied().unwrap_or_else(|| {
             reach::advertised(&[], config.sip_listen)

@@ -138,6 +138,11 @@ impl LiveDevices {
         self.live.len()
     }
 
+    /// The participants with a device connected.
+    pub(super) fn participants(&self) -> std::collections::BTreeSet<ParticipantId> {
+        self.live.keys().map(|(p, _)| *p).collect()
+    }
+
     /// Whether this device is connected.
     pub(super) fn contains(&self, key: &(ParticipantId, String)) -> bool {
         self.live.contains_key(key)

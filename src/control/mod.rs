@@ -38,6 +38,7 @@
 mod auth;
 mod connections;
 mod devices;
+mod doorbell;
 mod error;
 mod events;
 mod keys;
@@ -66,6 +67,7 @@ pub use connections::{
     AdmittedPhone, ConnectError, ConnectedDevice, DeviceControl, Ended, PhoneRefusal, ResumedPhone,
 };
 pub use devices::VerifiedDevice;
+pub use doorbell::{Doorbell, Ring, UnreadableRing};
 pub use error::{Conflict, ControlError, DeviceTokenError, Invalid, Resource, Source};
 pub use events::{ControlEvent, RoutingUpdate};
 pub use keys::PREVIOUS_SECRET_NAME;
@@ -89,6 +91,8 @@ struct Inner {
     /// The media plane, once the runtime attached it ([`Control::attach_media`]): before that,
     /// changes reach the observers only.
     media: std::sync::OnceLock<Arc<dyn port::MediaPort>>,
+    /// The bus to the other processes sharing the database, if any (see [`Doorbell`]).
+    doorbell: std::sync::OnceLock<Arc<dyn doorbell::Doorbell>>,
     /// Published streams and the last table of each session.
     routing: Mutex<Routing>,
     /// Serializes "read the session, compile, publish" per session.
@@ -124,6 +128,7 @@ impl Control {
                 store,
                 events: events::EventBus::new(),
                 media: std::sync::OnceLock::new(),
+                doorbell: std::sync::OnceLock::new(),
                 routing: Mutex::new(Routing::new()),
                 stripes: serial::Stripes::new(),
                 credentials: auth::CredentialCache::default(),

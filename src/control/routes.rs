@@ -20,8 +20,9 @@ impl Control {
         for event in events {
             self.device_event(event);
         }
+        // What this process's media plane publishes concerns only its own devices.
         if let Some(session) = self.participant(account, participant).await?.session {
-            self.recompile(account, session).await?;
+            self.recompile_here(account, session).await?;
         }
         Ok(())
     }
@@ -45,6 +46,21 @@ impl Control {
 
     /// Reads the session's members, compiles and publishes the difference, in `session`'s turn.
     pub(super) async fn recompile(
+        &self,
+        account: &AccountId,
+        session: SessionId,
+    ) -> Result<(), ControlError> {
+        self.recompile_here(account, session).await?;
+        // Other processes sharing the database may hold devices of the session.
+        self.ring(super::Ring::Session {
+            account: account.clone(),
+            session,
+        });
+        Ok(())
+    }
+
+    /// [`Control::recompile`] for this process's devices only.
+    pub(super) async fn recompile_here(
         &self,
         account: &AccountId,
         session: SessionId,

@@ -79,6 +79,7 @@ impl Control {
         // they are in the outbox (not when the media plane has closed the devices).
         let ended = self.end_devices_of(id);
         self.participant_deleted(id);
+        self.ring(super::Ring::ParticipantDeleted(id));
         if let Some(session) = session {
             self.recompile(account, session).await?;
         }
@@ -128,12 +129,21 @@ impl Control {
         id: SessionId,
     ) -> Result<(), ControlError> {
         self.inner.store.delete_session(account, id).await?;
+        self.forget_session(id).await;
+        self.ring(super::Ring::Session {
+            account: account.clone(),
+            session: id,
+        });
+        Ok(())
+    }
+
+    /// The session is gone: the routes it had here are withdrawn.
+    pub(super) async fn forget_session(&self, id: SessionId) {
         let _turn = self.inner.stripes.lock(id).await;
         let diff = self.lock_routing().forget(id);
         if let Some(diff) = diff {
             self.publish_routes(id, diff);
         }
-        Ok(())
     }
 
     /// The members of a session, ordered by id, with their subscriptions.

@@ -423,6 +423,7 @@ impl Control {
                 // reports onLeave: a server action), phones are hung up.
                 for member in members {
                     self.disconnect_participant(member.id, SESSION_EXPIRED);
+                    self.ring(super::Ring::SessionExpired(member.id));
                 }
                 tracing::info!(%account, %session, "session expired");
             }

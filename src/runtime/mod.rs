@@ -1,6 +1,7 @@
 //! Drivers: the only code that owns sockets, clocks and tasks. Each pumps a sans-IO engine
 //! (see the engines' drive contracts) and talks to the rest over channels.
 
+pub mod doorbell;
 pub mod http;
 pub mod listen;
 pub mod media;

@@ -18,10 +18,10 @@ use futures_util::{SinkExt, StreamExt};
 use patchbay::config::ServeConfig;
 use patchbay::domain::AccountId;
 use patchbay_sip::opus::OpusEncoder;
-use patchbay_sip::tone::{goertzel_power, sine_from};
+use patchbay_sip::tone::sine_from;
 use patchbay_testkit::app::{spawn_app_with, RunningApp};
 use patchbay_testkit::db::sqlite_url;
-use patchbay_testkit::phone_ua::{dial, Dial};
+use patchbay_testkit::phone_ua::{dial, power_at, Dial};
 use patchbay_testkit::rtc::{builtin_channel, drain, receive, write_frame};
 use patchbay_testkit::wait::{eventually, DEADLINE};
 use serde_json::{json, Value};
@@ -306,16 +306,6 @@ async fn run_device(
             }
         }
     }
-}
-
-/// The share of the signal's power at `hz` (about 0.5 for a pure tone there).
-fn power_at(samples: &[i16], hz: f64) -> f64 {
-    let mean_square =
-        samples.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / samples.len().max(1) as f64;
-    if mean_square == 0.0 {
-        return 0.0;
-    }
-    goertzel_power(samples, hz, 8000) / mean_square
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

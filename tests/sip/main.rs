@@ -13,13 +13,11 @@ use std::time::Duration;
 
 use patchbay::config::ServeConfig;
 use patchbay::control::{Control, ControlEvent, LifecycleEvent, NewParticipant};
-use patchbay::domain::{
-    AccountId, MediaKinds, ParticipantId, ParticipantSubscription, SessionId, Subscriptions,
-};
-use patchbay_sip::tone::goertzel_power;
+use patchbay::domain::{AccountId, MediaKinds, ParticipantId, SessionId, Subscriptions};
 use patchbay_testkit::app::{spawn_app, spawn_app_with, RunningApp};
 use patchbay_testkit::db::sqlite_url;
-use patchbay_testkit::phone_ua::{self, dial, Dial, Phone};
+use patchbay_testkit::phone_ua::{self, dial, power_at, Dial, Phone};
+use patchbay_testkit::rules::{only, whole};
 use patchbay_testkit::wait::{self, eventually, DEADLINE};
 use tokio::sync::broadcast;
 
@@ -107,34 +105,6 @@ impl Server {
             .await
             .expect("subscriptions");
     }
-}
-
-fn whole(session: SessionId) -> Subscriptions {
-    Subscriptions::new(Some(session), vec![]).expect("rules")
-}
-
-fn only(ps: &[ParticipantId]) -> Subscriptions {
-    Subscriptions::new(
-        None,
-        ps.iter()
-            .map(|&participant| ParticipantSubscription {
-                participant,
-                stream_aliases: vec![],
-            })
-            .collect(),
-    )
-    .expect("rules")
-}
-
-/// The share of the signal's power at `hz`: about 0.5 for a pure tone there, 0.25 each for
-/// two equal tones, ~0 for a frequency absent from the signal.
-fn power_at(samples: &[i16], hz: f64) -> f64 {
-    let mean_square =
-        samples.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / samples.len().max(1) as f64;
-    if mean_square == 0.0 {
-        return 0.0;
-    }
-    goertzel_power(samples, hz, 8000) / mean_square
 }
 
 /// G.711 samples per millisecond.

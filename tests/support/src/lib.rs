@@ -6,6 +6,7 @@
 //! - [`db`]: real databases to run it on (a temp SQLite file, a fresh PostgreSQL database);
 //! - [`wait`]: waiting for a condition instead of sleeping ([`wait::eventually`]);
 //! - [`phone_ua`]: a minimal SIP phone that dials in, sends a tone and keeps what it hears;
+//! - [`rules`]: subscription rules as tests write them;
 //! - [`rtc`]: the str0m mechanics of a browser-like device, whatever its transport;
 //! - [`browser`]: the browser-like device of the in-memory media tests, sending the
 //!   synthetic [`frames`].
@@ -18,4 +19,5 @@ pub mod db;
 pub mod frames;
 pub mod phone_ua;
 pub mod rtc;
+pub mod rules;
 pub mod wait;

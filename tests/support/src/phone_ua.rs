@@ -555,3 +555,14 @@ impl Phone {
         self.sip.send_to(bye.as_bytes(), self.server).await.is_ok()
     }
 }
+
+/// The share of the power of `samples` (8 kHz, as a phone hears) at `hz`: about 0.5 for a pure
+/// tone there, 0.25 each for two equal tones, ~0 for a frequency absent from the signal.
+pub fn power_at(samples: &[i16], hz: f64) -> f64 {
+    let mean_square =
+        samples.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / samples.len().max(1) as f64;
+    if mean_square == 0.0 {
+        return 0.0;
+    }
+    patchbay_sip::tone::goertzel_power(samples, hz, 8000) / mean_square
+}

@@ -1,0 +1,188 @@
+//! Several serving processes on one PostgreSQL database (issue 20), as far as they go today:
+//! a change made through one process reaches the devices connected to another. Two apps run
+//! on a fresh database; phones dial one of them (B) while every change is made through the
+//! other (A). Who hears whom is asserted from the audio the phones receive.
+
+use std::net::SocketAddr;
+
+use patchbay::control::{Control, NewParticipant};
+use patchbay::domain::{AccountId, MediaKinds, ParticipantId, SessionId};
+use patchbay_testkit::app::spawn_app;
+use patchbay_testkit::db::fresh_postgres_url;
+use patchbay_testkit::phone_ua::{dial, power_at, Dial, Phone};
+use patchbay_testkit::rules::only;
+use patchbay_testkit::wait::{eventually, DEADLINE};
+
+/// Half a second of what `phone` hears from now on.
+async fn listen(phone: &Phone) -> Vec<i16> {
+    phone.clear_heard();
+    eventually("the phone hears half a second", DEADLINE, || async {
+        phone.heard().len() >= 4000
+    })
+    .await;
+    phone.heard()
+}
+
+/// Listens until `phone` hears `hz` (failing after the deadline).
+async fn hears(phone: &Phone, hz: f64, what: &str) {
+    let give_up = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let heard = listen(phone).await;
+        if power_at(&heard, hz) > 0.05 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "{what}: {hz} Hz not heard (power {})",
+            power_at(&heard, hz)
+        );
+    }
+}
+
+async fn participant(control: &Control, account: &AccountId) -> (ParticipantId, String) {
+    let (p, token) = control
+        .create_participant(
+            account,
+            NewParticipant {
+                publish_permissions: Some(MediaKinds::AUDIO),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("participant");
+    (p.id, token)
+}
+
+async fn dial_ok(sip: SocketAddr, token: &str) -> Phone {
+    match dial(sip, &Dial::with_token(token)).await {
+        Ok(p) => p,
+        Err(r) => panic!("refused: {r:?}"),
+    }
+}
+
+/// The contact centre's whisper, with the calls on process B and every change made through
+/// process A: the caller starts hearing the supervisor when A subscribes it, a supervisor
+/// deleted through A is hung up on B, and a session deleted through A stops the audio on B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_made_through_one_process_reach_the_calls_on_another() {
+    let url = fresh_postgres_url();
+    let a = spawn_app(&url).await;
+    let b = spawn_app(&url).await;
+    let account = AccountId::parse("cluster").expect("id");
+    a.control
+        .create_account(account.clone())
+        .await
+        .expect("account");
+    let session: SessionId = a
+        .control
+        .create_session(&account, None)
+        .await
+        .expect("session")
+        .id;
+    let (caller, tc) = participant(&a.control, &account).await;
+    let (agent, ta) = participant(&a.control, &account).await;
+    let (supervisor, ts) = participant(&a.control, &account).await;
+    for (p, rules) in [
+        (caller, only(&[agent])),
+        (agent, only(&[caller, supervisor])),
+        (supervisor, only(&[caller, agent])),
+    ] {
+        a.control
+            .add_member(&account, session, p, Some(rules))
+            .await
+            .expect("member");
+    }
+    let pc = dial_ok(b.sip, &tc).await;
+    let pa = dial_ok(b.sip, &ta).await;
+    let ps = dial_ok(b.sip, &ts).await;
+    pc.play_tone(440.0);
+    pa.play_tone(1000.0);
+    ps.play_tone(1700.0);
+    hears(&pc, 1000.0, "the caller hears the agent").await;
+    hears(&pa, 1700.0, "the agent hears the supervisor").await;
+    let heard = listen(&pc).await;
+    assert!(
+        power_at(&heard, 1700.0) < 0.001,
+        "the whisper: no trace of the supervisor at the caller ({})",
+        power_at(&heard, 1700.0)
+    );
+
+    // Through A: the caller is subscribed to the supervisor as well (a barge-in).
+    a.control
+        .set_subscriptions(&account, session, &[(caller, only(&[agent, supervisor]))])
+        .await
+        .expect("subscriptions");
+    hears(
+        &pc,
+        1700.0,
+        "after the change through A, the caller hears the supervisor",
+    )
+    .await;
+
+    // A change no process rings for (made through a control with no doorbell, as a ring
+    // lost on the way would be): B catches up when its listener loses its connection, which
+    // this test cuts from the database's side. The agent stops hearing the supervisor.
+    let silent = Control::new(std::sync::Arc::new(
+        patchbay::store::open(&url).await.expect("store"),
+    ))
+    .await
+    .expect("control");
+    silent
+        .set_subscriptions(&account, session, &[(agent, only(&[caller]))])
+        .await
+        .expect("subscriptions");
+    {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+        let cut: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .expect("cut the listeners");
+        assert_eq!(cut, [true, true], "both processes listen");
+    }
+    let give_up = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let heard = listen(&pa).await;
+        if power_at(&heard, 1700.0) < 0.001 && power_at(&heard, 440.0) > 0.05 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "after its listener reconnected, B re-read the session: the agent no longer hears the supervisor"
+        );
+    }
+
+    // Through A: the supervisor is deleted; its call on B is hung up.
+    a.control
+        .delete_participant(&account, supervisor)
+        .await
+        .expect("delete");
+    eventually("the supervisor's phone gets a BYE", DEADLINE, || async {
+        ps.bye_received()
+    })
+    .await;
+
+    // Through A: the session is deleted; the calls stay up (a phone outlives its session)
+    // and hear nothing of each other.
+    a.control
+        .delete_session(&account, session)
+        .await
+        .expect("delete session");
+    let give_up = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let heard = listen(&pc).await;
+        if power_at(&heard, 1000.0) < 0.001 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "the caller still hears the agent after the session's deletion through A"
+        );
+    }
+    drop((pc, pa, ps));
+    b.stop().await.expect("stop B");
+    a.stop().await.expect("stop A");
+}
