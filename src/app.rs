@@ -222,19 +222,18 @@ impl App {
                 retention: config.webhooks.webhook_retention,
             },
         )?;
-        // What other processes had live, read before this one's first heartbeat prunes it:
-        // the devices of a process that died get their end events if they do not come back.
+        // What other processes had live, read before this one's first heartbeat: a device of
+        // theirs that reconnects here resumes its call (no second onConnect). The reaper
+        // accounts for the devices of processes that died and do not come back.
         match control.foreign_live_devices().await {
-            Ok(snapshot) => {
-                control.note_foreign_devices(&snapshot);
-                crate::runtime::webhooks::spawn_reaper(control.clone(), snapshot);
-            }
+            Ok(snapshot) => control.note_foreign_devices(&snapshot),
             Err(e) => tracing::warn!(
                 error = %e,
-                "cannot read other processes' live devices: a dead process's devices get no \
-                 onDisconnect"
+                "cannot read other processes' live devices: a device of a process that died \
+                 and reconnects here gets a second onConnect"
             ),
         }
+        crate::runtime::webhooks::spawn_reaper(control.clone());
         crate::runtime::webhooks::spawn_heartbeat(control.clone(), http_addr.to_string());
         let media = crate::runtime::media::spawn(shards, control.clone())?;
         // Control's one door to the media plane; signaling and the SIP bridge reach it only

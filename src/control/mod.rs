@@ -71,7 +71,7 @@ pub use doorbell::{Doorbell, Ring, UnreadableRing};
 pub use error::{Conflict, ControlError, DeviceTokenError, Invalid, Resource, Source};
 pub use events::{ControlEvent, RoutingUpdate};
 pub use keys::PREVIOUS_SECRET_NAME;
-pub use operator::{Inspection, LiveDeviceView};
+pub use operator::{Inspection, LiveDeviceView, DEAD_AFTER_MS, REAP_CLAIM_MS};
 pub use routing::Routing;
 pub use sessions::NewParticipant;
 pub use webhooks::{FeedItem, Recorded, WebhookFeed, EXPIRE_BATCH, SESSION_EXPIRED};

@@ -34,6 +34,13 @@ pub struct Inspection {
     pub table: ForwardingTable,
 }
 
+/// A process not seen for this long (milliseconds) is taken for dead by the processes alive,
+/// which account for its devices ([`Control::reap_dead`]): four missed heartbeats.
+pub const DEAD_AFTER_MS: i64 = 20_000;
+
+/// How long a claim on a dead process lasts before another process may take it again.
+pub const REAP_CLAIM_MS: i64 = 60_000;
+
 /// A process seen within this long (milliseconds) counts as alive for readers: a few
 /// heartbeats.
 const ALIVE_WITHIN_MS: i64 = 30_000;
@@ -146,88 +153,74 @@ impl Control {
                 .remove(&(participant, unique_id.to_owned()))
     }
 
-    /// Accounts for the devices of `snapshot` (from [`Control::foreign_live_devices`]) whose
-    /// process died: a process that has not beaten since the snapshot, or whose row is gone,
-    /// is dead. Each of its devices that did not reconnect to this process (same participant,
-    /// same `uniqueId`) and whose call the SIP bridge did not take over (or end) gets the
-    /// events of its end, through the ordered feed like
-    /// every lifecycle event: `onDisconnect`, and for a phone `onCallEnded`. The dead
-    /// processes' rows are then removed, so the next process does not account for them
-    /// again. Returns how many devices ended.
-    pub async fn reap(&self, snapshot: &[LiveDevice]) -> Result<usize, ControlError> {
-        let seen: std::collections::HashMap<String, i64> = self
+    /// Accounts for the processes that died: one not seen for [`DEAD_AFTER_MS`] at `now_ms`
+    /// is claimed in the store (of the processes alive, one gets it; a claim unfinished after
+    /// [`REAP_CLAIM_MS`] is taken again), and each device it still holds (one that reconnected
+    /// to a live process holds its row there) gets the events of its end, through the ordered
+    /// feed like every lifecycle event: `onDisconnect`, and for a phone `onCallEnded` (its
+    /// stored call is forgotten: no process takes it over). Once they are in the outbox, the
+    /// dead process's rows are removed. A device of it that reconnects afterwards is a new
+    /// device (`onConnect`). Returns how many devices ended.
+    pub async fn reap_dead(&self, now_ms: i64) -> Result<usize, ControlError> {
+        let dead = self
             .inner
             .store
-            .instances_seen()
-            .await?
-            .into_iter()
-            .collect();
-        let dead: std::collections::BTreeSet<&str> = snapshot
-            .iter()
-            .filter(|d| {
-                seen.get(&d.instance)
-                    .is_none_or(|&at| at <= d.instance_seen_ms)
-            })
-            .map(|d| d.instance.as_str())
-            .collect();
+            .claim_dead_instances(
+                &self.inner.instance,
+                now_ms - DEAD_AFTER_MS,
+                now_ms,
+                now_ms + REAP_CLAIM_MS,
+            )
+            .await?;
         let mut ended = 0;
-        for device in snapshot
-            .iter()
-            .filter(|d| dead.contains(d.instance.as_str()))
-        {
-            let key = (device.participant, device.device.clone());
-            // Claimed in one step: a device still foreign is this reap's from now on (a
-            // reconnect after this point is a new device, announced with `onConnect`); one no
-            // longer foreign reconnected, or the SIP bridge took its call over (or ended it,
-            // with its events). A retried reap finds nothing left to claim.
-            let claimed = self
-                .inner
-                .foreign
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&key);
-            let back = self
-                .inner
-                .live
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains(&key);
-            if !claimed || back {
-                continue;
-            }
-            tracing::info!(
-                participant = %device.participant,
-                device = %device.device,
-                process = %device.instance,
-                "a device of a process that died did not come back: it is disconnected"
-            );
-            self.device_event(LifecycleEvent::Disconnected {
-                participant: device.participant,
-                device: device.device.clone(),
-                left: false,
-            });
-            if device.kind == DeviceKind::Phone {
-                self.device_event(LifecycleEvent::CallEnded {
-                    participant: device.participant,
-                    call: device.device.clone(),
-                    reason: CallEndReason::Ended,
-                });
-            }
-            ended += 1;
-        }
-        // Those not back by now reconnect as new devices.
-        self.inner
-            .foreign
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
-        // Best effort: the events are raised, and a row left behind is pruned by the
-        // heartbeat anyway (a next process would find its devices claimed by nobody, though:
-        // at least once).
         for instance in dead {
-            if let Err(e) = self.inner.store.forget_instance(instance).await {
-                tracing::warn!(error = %e, %instance, "cannot remove a dead process's live rows");
+            let devices = self.inner.store.instance_devices(&instance).await?;
+            let mut receipts = Vec::new();
+            for device in devices {
+                let key = (device.participant, device.device.clone());
+                // Claimed from the start snapshot: a reconnect from now on is a new device.
+                self.inner
+                    .foreign
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&key);
+                let back = self
+                    .inner
+                    .live
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains(&key);
+                if back {
+                    continue;
+                }
+                tracing::info!(
+                    participant = %device.participant,
+                    device = %device.device,
+                    process = %instance,
+                    "a device of a process that died did not come back: it is disconnected"
+                );
+                receipts.push(self.device_event(LifecycleEvent::Disconnected {
+                    participant: device.participant,
+                    device: device.device.clone(),
+                    left: false,
+                }));
+                if device.kind == DeviceKind::Phone {
+                    receipts.push(self.device_event(LifecycleEvent::CallEnded {
+                        participant: device.participant,
+                        call: device.device.clone(),
+                        reason: CallEndReason::Ended,
+                    }));
+                    self.inner
+                        .store
+                        .forget_phone_call(device.participant, &device.device)
+                        .await?;
+                }
+                ended += 1;
             }
+            for receipt in receipts {
+                receipt.wait().await;
+            }
+            self.inner.store.forget_instance(&instance).await?;
         }
         Ok(ended)
     }

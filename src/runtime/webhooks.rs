@@ -544,7 +544,7 @@ impl reqwest::dns::Resolve for GuardedResolver {
 }
 
 /// How often this process tells the store it is alive (and reloads the token keys).
-const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 
 /// Starts the heartbeat of this process's live state, serving at `address`.
 #[allow(clippy::disallowed_methods)] // the runtime starts tasks
@@ -559,39 +559,31 @@ pub fn spawn_heartbeat(control: Control, address: String) {
     });
 }
 
-/// How long after this process started the devices of dead processes are accounted for: the
-/// reconnect grace (the SDK reconnects within it, and its call resumes here), plus a
-/// heartbeat and a margin, so that a process still alive has beaten since the snapshot.
+/// How long after this process started the devices of dead processes are first accounted
+/// for: the reconnect grace (the SDK reconnects within it, and its call resumes here), plus a
+/// heartbeat and a margin.
 pub const REAP_AFTER: Duration = Duration::from_secs(30);
 
-/// Accounts, [`REAP_AFTER`] from now, for the devices other processes had live at start
-/// (`snapshot`, read before this process's first heartbeat) whose process died and which did
-/// not reconnect here: their `onDisconnect`/`onCallEnded` (see [`Control::reap`]).
+/// How often, after that, this process looks for processes that died.
+const REAP_EVERY: Duration = Duration::from_secs(5);
+
+/// Accounts for dead processes' devices ([`Control::reap_dead`]): first [`REAP_AFTER`] after
+/// this process started (the devices of a process that died before it had the reconnect
+/// grace to come back here), then every [`REAP_EVERY`] (a process that dies while this one
+/// runs is accounted for within about `DEAD_AFTER_MS` plus that).
 #[allow(clippy::disallowed_methods)] // the runtime starts tasks
-pub fn spawn_reaper(control: Control, snapshot: Vec<crate::control::LiveDevice>) {
-    if snapshot.is_empty() {
-        return;
-    }
-    tracing::info!(
-        devices = snapshot.len(),
-        "devices of other processes were live at start: those of a dead process that do not \
-         reconnect within the grace get their disconnection events"
-    );
+pub fn spawn_reaper(control: Control) {
     tokio::spawn(async move {
         tokio_sleep(REAP_AFTER).await;
-        let mut backoff = Duration::from_secs(1);
         loop {
-            match control.reap(&snapshot).await {
-                Ok(n) => {
-                    tracing::info!(devices = n, "devices of dead processes disconnected");
-                    return;
-                }
+            match control.reap_dead(now_ms()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(devices = n, "devices of dead processes disconnected"),
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot account for dead processes' devices yet");
-                    tokio_sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    tracing::warn!(error = %e, "cannot account for dead processes' devices now")
                 }
             }
+            tokio_sleep(REAP_EVERY).await;
         }
     });
 }

@@ -1434,6 +1434,56 @@ pub async fn operator(store: TestStore) {
     );
     assert!(store.live_devices(&[]).await.expect("none").is_empty());
 
+    // p2 stops beating: the processes alive claim it, one at a time, and read what it holds.
+    let ours = |claimed: Vec<String>| -> Vec<String> {
+        claimed
+            .into_iter()
+            .filter(|i| *i == p1 || *i == p2)
+            .collect()
+    };
+    let later = t0 + 20_000;
+    store
+        .heartbeat(&p1, "10.0.0.1:8080", later)
+        .await
+        .expect("beat");
+    assert_eq!(
+        ours(
+            store
+                .claim_dead_instances(&p1, t0 + 1, later, later + 1_000)
+                .await
+                .expect("claim")
+        ),
+        vec![p2.clone()],
+        "p1 claims p2, never itself"
+    );
+    assert!(
+        ours(
+            store
+                .claim_dead_instances("proc-other", t0 + 1, later, later + 1_000)
+                .await
+                .expect("claim")
+        )
+        .is_empty(),
+        "a claimed process is not claimed again while the claim lasts"
+    );
+    assert_eq!(
+        ours(
+            store
+                .claim_dead_instances("proc-other", t0 + 1, later + 1_000, later + 2_000)
+                .await
+                .expect("claim")
+        ),
+        vec![p2.clone()],
+        "an unfinished claim is taken again once it ends"
+    );
+    let held = store.instance_devices(&p2).await.expect("devices of p2");
+    assert_eq!(
+        held.iter()
+            .map(|d| (d.participant, d.device.as_str(), d.kind))
+            .collect::<Vec<_>>(),
+        vec![(b, "call-b", super::DeviceKind::Phone)]
+    );
+
     // p1 goes on beating, p2 does not: a minute later p2's rows are gone.
     store
         .heartbeat(&p1, "10.0.0.1:8080", t0 + STALE_AFTER_MS + 1)

@@ -175,6 +175,18 @@ pub trait OperatorStore: Send + Sync + 'static {
     async fn foreign_live_devices(&self, instance: &str) -> Result<Vec<LiveDevice>, StoreError>;
     /// Every process's last heartbeat (epoch milliseconds), by process.
     async fn instances_seen(&self) -> Result<Vec<(String, i64)>, StoreError>;
+    /// Claims for `claimant`, until `until_ms`, the processes other than itself last seen
+    /// before `seen_before_ms` and not claimed by another now (`now_ms`): of processes
+    /// claiming at once, one gets each. The processes claimed.
+    async fn claim_dead_instances(
+        &self,
+        claimant: &str,
+        seen_before_ms: i64,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<Vec<String>, StoreError>;
+    /// The live devices the process `instance` still holds.
+    async fn instance_devices(&self, instance: &str) -> Result<Vec<LiveDevice>, StoreError>;
 }
 
 fn live_device(row: &sqlx::any::AnyRow) -> Result<LiveDevice, StoreError> {
@@ -420,6 +432,44 @@ impl OperatorStore for SqlStore {
             }
         }
         Ok(())
+    }
+
+    async fn claim_dead_instances(
+        &self,
+        claimant: &str,
+        seen_before_ms: i64,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        // One statement: a row's claim is checked and taken at once.
+        let rows = sqlx::query(
+            "UPDATE server_instances SET reaped_by = $1, reaped_until = $4 \
+             WHERE id <> $1 AND seen_at < $2 AND reaped_until <= $3 RETURNING id",
+        )
+        .bind(claimant)
+        .bind(seen_before_ms)
+        .bind(now_ms)
+        .bind(until_ms)
+        .fetch_all(&self.write)
+        .await?;
+        rows.iter()
+            .map(|r| r.try_get::<String, _>("id").map_err(StoreError::from))
+            .collect()
+    }
+
+    async fn instance_devices(&self, instance: &str) -> Result<Vec<LiveDevice>, StoreError> {
+        sqlx::query(
+            "SELECT d.participant_id, d.device, d.kind, d.instance_id, d.connected_at, \
+             COALESCE(i.seen_at, 0) AS seen_at FROM live_devices d \
+             LEFT JOIN server_instances i ON i.id = d.instance_id \
+             WHERE d.instance_id = $1 ORDER BY d.connected_at, d.device",
+        )
+        .bind(instance)
+        .fetch_all(&self.read)
+        .await?
+        .iter()
+        .map(live_device)
+        .collect()
     }
 
     async fn forget_instance(&self, instance: &str) -> Result<(), StoreError> {

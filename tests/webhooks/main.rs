@@ -1137,6 +1137,65 @@ async fn two_processes_on_one_database_deliver_each_webhook_once() {
     );
 }
 
+/// Issue 20: a process that dies while others run (`kill -9`) has its devices accounted for
+/// by the processes alive: the device's `onDisconnect` is written once (two processes alive
+/// race to claim the dead one) and delivered, without a process starting after the death.
+#[tokio::test]
+async fn a_process_that_dies_while_others_run_has_its_devices_disconnected_once() {
+    use sqlx::Connection;
+    let db = patchbay_testkit::db::fresh_postgres_url();
+    let account = cli_account(&db, "loss");
+    let receiver = Arc::new(Receiver::default());
+    *receiver.secret.lock().unwrap() = account.secret.clone();
+    let (hook_addr, _hook) = start_receiver("127.0.0.1:0".parse().unwrap(), receiver.clone()).await;
+    let hook = format!("http://{hook_addr}/hook");
+    let alive = [Server::start(&db), Server::start(&db)];
+    let dying = Server::start(&db);
+    let (participant, token) = rest_participant(&dying, &account, &hook).await;
+    let mut ws = connect(dying.http.parse().unwrap(), &token, "lost").await;
+    let probe = r#"{"jsonrpc":"2.0","id":1,"method":"nothing"}"#;
+    ws.send(Message::Text(probe.into())).await.expect("probe");
+    assert!(replied(&mut ws, 1).await, "connected");
+    let events = |name: &str| {
+        receiver
+            .accepted
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|d| d.body.contains(&participant) && d.body.contains(name))
+            .count()
+    };
+    wait_for("onConnect", || events("\"onConnect\"") == 1).await;
+    drop(dying); // kill -9
+    drop(ws);
+
+    // Bounded against hanging, not a timing claim: the processes alive look for dead ones
+    // 30 s after their start, then every 5 s; a process is dead after 20 s without a beat.
+    let mut conn = sqlx::PgConnection::connect(&db).await.expect("connect");
+    let mut reaped = false;
+    for _ in 0..900 {
+        let instances: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM server_instances")
+            .fetch_one(&mut conn)
+            .await
+            .expect("instances");
+        if instances == 2 && events("\"onDisconnect\"") >= 1 {
+            reaped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(reaped, "the dead process was accounted for");
+    let written: Vec<String> = sqlx::query_scalar(
+        "SELECT event FROM webhook_outbox WHERE participant_id = $1 ORDER BY seq",
+    )
+    .bind(&participant)
+    .fetch_all(&mut conn)
+    .await
+    .expect("outbox");
+    assert_eq!(written, ["onConnect", "onDisconnect"], "once each");
+    drop(alive);
+}
+
 /// Whether the reply to request `id` arrives (notifications before it are skipped).
 async fn replied(ws: &mut Ws, id: u64) -> bool {
     use futures_util::StreamExt;
