@@ -189,6 +189,12 @@ pub trait OperatorStore: Send + Sync + 'static {
     async fn instance_devices(&self, instance: &str) -> Result<Vec<LiveDevice>, StoreError>;
 }
 
+/// Live devices with their process's last heartbeat (0 when the process row is gone), as
+/// [`live_device`] reads them; a `WHERE` follows.
+const LIVE_DEVICES: &str = "SELECT d.participant_id, d.device, d.kind, d.instance_id, \
+     d.connected_at, COALESCE(i.seen_at, 0) AS seen_at FROM live_devices d \
+     LEFT JOIN server_instances i ON i.id = d.instance_id";
+
 fn live_device(row: &sqlx::any::AnyRow) -> Result<LiveDevice, StoreError> {
     let kind: String = row.try_get("kind")?;
     Ok(LiveDevice {
@@ -458,12 +464,9 @@ impl OperatorStore for SqlStore {
     }
 
     async fn instance_devices(&self, instance: &str) -> Result<Vec<LiveDevice>, StoreError> {
-        sqlx::query(
-            "SELECT d.participant_id, d.device, d.kind, d.instance_id, d.connected_at, \
-             COALESCE(i.seen_at, 0) AS seen_at FROM live_devices d \
-             LEFT JOIN server_instances i ON i.id = d.instance_id \
-             WHERE d.instance_id = $1 ORDER BY d.connected_at, d.device",
-        )
+        sqlx::query(&format!(
+            "{LIVE_DEVICES} WHERE d.instance_id = $1 ORDER BY d.connected_at, d.device"
+        ))
         .bind(instance)
         .fetch_all(&self.read)
         .await?
@@ -493,10 +496,7 @@ impl OperatorStore for SqlStore {
             return Ok(Vec::new());
         }
         let sql = format!(
-            "SELECT d.participant_id, d.device, d.kind, d.instance_id, d.connected_at, \
-             COALESCE(i.seen_at, 0) AS seen_at FROM live_devices d \
-             LEFT JOIN server_instances i ON i.id = d.instance_id \
-             WHERE d.participant_id IN ({}) ORDER BY d.connected_at, d.device",
+            "{LIVE_DEVICES} WHERE d.participant_id IN ({}) ORDER BY d.connected_at, d.device",
             in_list(participants.len())
         );
         let mut query = sqlx::query(&sql);
@@ -512,12 +512,9 @@ impl OperatorStore for SqlStore {
     }
 
     async fn foreign_live_devices(&self, instance: &str) -> Result<Vec<LiveDevice>, StoreError> {
-        sqlx::query(
-            "SELECT d.participant_id, d.device, d.kind, d.instance_id, d.connected_at, \
-             COALESCE(i.seen_at, 0) AS seen_at FROM live_devices d \
-             LEFT JOIN server_instances i ON i.id = d.instance_id \
-             WHERE d.instance_id <> $1 ORDER BY d.connected_at, d.device",
-        )
+        sqlx::query(&format!(
+            "{LIVE_DEVICES} WHERE d.instance_id <> $1 ORDER BY d.connected_at, d.device"
+        ))
         .bind(instance)
         .fetch_all(&self.read)
         .await?
