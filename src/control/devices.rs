@@ -107,6 +107,25 @@ impl Control {
     }
 }
 
+impl Control {
+    /// The participant's devices here end without an event (another process announced their
+    /// end): the events their closing reports later are not recorded.
+    pub(super) fn forget_devices_of(&self, participant: ParticipantId) {
+        let mut live = self.inner.live.lock().unwrap_or_else(|e| e.into_inner());
+        let ended = live.end_all_of(participant);
+        tracing::debug!(%participant, devices = ended.len(), "devices ended elsewhere");
+    }
+}
+
+/// What a heartbeat has seen so far (see [`Control::heartbeat`]).
+#[derive(Debug, Default)]
+pub(super) struct BeatState {
+    /// This process has beaten once.
+    pub(super) beaten: bool,
+    /// It was fenced since it was last found alive.
+    pub(super) fenced: bool,
+}
+
 /// What kind of device a live device is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum DeviceKind {

@@ -71,7 +71,7 @@ pub use doorbell::{Doorbell, Ring, UnreadableRing};
 pub use error::{Conflict, ControlError, DeviceTokenError, Invalid, Resource, Source};
 pub use events::{ControlEvent, RoutingUpdate};
 pub use keys::PREVIOUS_SECRET_NAME;
-pub use operator::{Inspection, LiveDeviceView, DEAD_AFTER_MS, REAP_CLAIM_MS};
+pub use operator::{Inspection, LiveDeviceView, DEAD_AFTER_MS, REAP_CLAIM_MS, TAKEN_FOR_DEAD};
 pub use routing::Routing;
 pub use sessions::NewParticipant;
 pub use webhooks::{FeedItem, Recorded, WebhookFeed, EXPIRE_BATCH, SESSION_EXPIRED};
@@ -103,6 +103,8 @@ struct Inner {
     /// The devices (browsers and phone calls) connected to this process, by participant and
     /// `uniqueId` (call id for phones), from their lifecycle events.
     live: Mutex<devices::LiveDevices>,
+    /// What this process's heartbeats found (see [`Control::heartbeat`]).
+    beats: Mutex<devices::BeatState>,
     /// Devices another process had live when this one started (by participant and
     /// `uniqueId`): one reconnecting here resumes its call, and its backend is not told a
     /// second `onConnect`.
@@ -134,6 +136,7 @@ impl Control {
                 credentials: auth::CredentialCache::default(),
                 webhooks: webhooks::Recorder::default(),
                 live: Mutex::default(),
+                beats: Mutex::default(),
                 foreign: Mutex::default(),
                 destinations: std::sync::RwLock::default(),
                 draining: std::sync::atomic::AtomicBool::new(false),

@@ -7,7 +7,8 @@ use super::{CallEndReason, Control, ControlError, LifecycleEvent};
 use crate::domain::{AccountId, Participant, ParticipantId, SessionId};
 use crate::forwarding::{self, ForwardingTable, PublishedStream, SessionState};
 use crate::store::{
-    AccountSummary, DeviceKind, LiveChange, LiveDevice, LiveStream, SessionSummary, STALE_AFTER_MS,
+    AccountSummary, Beat, DeviceKind, LiveChange, LiveDevice, LiveStream, SessionSummary,
+    STALE_AFTER_MS,
 };
 
 /// A live device as the operator sees it.
@@ -37,6 +38,9 @@ pub struct Inspection {
 /// A process not seen for this long (milliseconds) is taken for dead by the processes alive,
 /// which account for its devices ([`Control::reap_dead`]): four missed heartbeats.
 pub const DEAD_AFTER_MS: i64 = 20_000;
+
+/// Why the devices of a process taken for dead are closed (their close reason).
+pub const TAKEN_FOR_DEAD: &str = "server taken for dead: reconnect";
 
 /// How long a claim on a dead process lasts before another process may take it again.
 pub const REAP_CLAIM_MS: i64 = 60_000;
@@ -113,13 +117,56 @@ impl Control {
 
     /// This process is alive (serving at `address`); dead processes' rows are pruned. Also
     /// reloads the device-token keys, so a rotation reaches this process within a heartbeat.
+    ///
+    /// A process that finds it was taken for dead (another process claimed its row, or
+    /// removed it, after it could not beat for [`DEAD_AFTER_MS`]) is fenced: that process
+    /// writes the end events of its devices, so it closes every device it holds, announcing
+    /// nothing more; a device that reconnects is a new one (`onConnect`).
     pub async fn heartbeat(&self, address: &str, now_ms: i64) -> Result<(), ControlError> {
-        self.inner
+        let beat = self
+            .inner
             .store
             .heartbeat(&self.inner.instance, address, now_ms)
             .await?;
+        let fence = {
+            let mut state = self.inner.beats.lock().unwrap_or_else(|e| e.into_inner());
+            let fence = match beat {
+                Beat::Alive => {
+                    state.fenced = false;
+                    false
+                }
+                Beat::Claimed => !state.fenced,
+                Beat::Absent => state.beaten && !state.fenced,
+            };
+            state.beaten = true;
+            state.fenced |= fence;
+            fence
+        };
+        if fence {
+            self.fence();
+        }
         self.reload_token_keys().await?;
         Ok(())
+    }
+
+    /// Another process took this one for dead and accounts for its devices: each is closed
+    /// here without an event of its own.
+    fn fence(&self) {
+        let participants = self
+            .inner
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .participants();
+        tracing::error!(
+            participants = participants.len(),
+            "another process took this one for dead (no heartbeat for {DEAD_AFTER_MS} ms): \
+             it has announced the end of this process's devices, which are closed now"
+        );
+        for participant in participants {
+            self.forget_devices_of(participant);
+            self.disconnect_participant(participant, TAKEN_FOR_DEAD);
+        }
     }
 
     /// The devices other processes have live now, each with its process's last heartbeat:

@@ -1375,14 +1375,13 @@ pub async fn operator(store: TestStore) {
         format!("proc-{}", rand::random::<u64>()),
     );
     let t0 = 1_000_000_000_000_i64 + i64::from(rand::random::<u16>());
-    store
-        .heartbeat(&p1, "10.0.0.1:8080", t0)
-        .await
-        .expect("beat");
-    store
-        .heartbeat(&p2, "10.0.0.2:8080", t0)
-        .await
-        .expect("beat");
+    for (p, address) in [(&p1, "10.0.0.1:8080"), (&p2, "10.0.0.2:8080")] {
+        assert_eq!(
+            store.heartbeat(p, address, t0).await.expect("beat"),
+            super::Beat::Absent,
+            "a first beat finds no row"
+        );
+    }
     let stream = LiveStream {
         participant: a,
         stream: StreamId::parse("s1").expect("stream"),
@@ -1442,10 +1441,13 @@ pub async fn operator(store: TestStore) {
             .collect()
     };
     let later = t0 + 20_000;
-    store
-        .heartbeat(&p1, "10.0.0.1:8080", later)
-        .await
-        .expect("beat");
+    assert_eq!(
+        store
+            .heartbeat(&p1, "10.0.0.1:8080", later)
+            .await
+            .expect("beat"),
+        super::Beat::Alive
+    );
     assert_eq!(
         ours(
             store
@@ -1475,6 +1477,14 @@ pub async fn operator(store: TestStore) {
         ),
         vec![p2.clone()],
         "an unfinished claim is taken again once it ends"
+    );
+    assert_eq!(
+        store
+            .heartbeat(&p2, "10.0.0.2:8080", t0)
+            .await
+            .expect("beat"),
+        super::Beat::Claimed,
+        "a process taken for dead learns it at its next beat"
     );
     let held = store.instance_devices(&p2).await.expect("devices of p2");
     assert_eq!(

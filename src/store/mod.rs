@@ -44,8 +44,8 @@ use crate::domain::{
 };
 
 pub use operator::{
-    AccountSummary, DeviceKind, LiveChange, LiveDevice, LiveStream, OperatorStore, SessionSummary,
-    STALE_AFTER_MS,
+    AccountSummary, Beat, DeviceKind, LiveChange, LiveDevice, LiveStream, OperatorStore,
+    SessionSummary, STALE_AFTER_MS,
 };
 pub use sql::{Dialect, PoolStats, RowCounts, SqlStore};
 pub use webhooks::epoch_ms;

@@ -18,6 +18,18 @@ use crate::domain::{AccountId, MediaKinds, ParticipantId, SessionId, StreamAlias
 /// A process not seen for this long (milliseconds) is dead: its live rows are pruned.
 pub const STALE_AFTER_MS: i64 = 60_000;
 
+/// What a heartbeat found of its own process's row before it wrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Beat {
+    /// No row: the first beat, or another process took this one for dead and removed it.
+    Absent,
+    /// The row, unclaimed.
+    Alive,
+    /// The row, claimed by another process that took this one for dead: it is writing the
+    /// end events of this process's devices.
+    Claimed,
+}
+
 /// An account as the operator lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccountSummary {
@@ -148,9 +160,14 @@ pub trait OperatorStore: Send + Sync + 'static {
     /// Sets (`Some`) or removes (`None`) server secrets, all or none.
     async fn set_secrets(&self, secrets: &[(&str, Option<Vec<u8>>)]) -> Result<(), StoreError>;
     /// Records that the process `instance` at `address` is alive at `now_ms`, and prunes the
-    /// processes not seen for [`STALE_AFTER_MS`] with their live rows.
-    async fn heartbeat(&self, instance: &str, address: &str, now_ms: i64)
-        -> Result<(), StoreError>;
+    /// processes not seen for [`STALE_AFTER_MS`] with their live rows. Says what it found of
+    /// the process's row (a claim is left as it is: the claimant finishes).
+    async fn heartbeat(
+        &self,
+        instance: &str,
+        address: &str,
+        now_ms: i64,
+    ) -> Result<Beat, StoreError>;
     /// Applies one change of `instance`'s live state, stamped `at_ms`.
     async fn record_live(
         &self,
@@ -327,8 +344,18 @@ impl OperatorStore for SqlStore {
         instance: &str,
         address: &str,
         now_ms: i64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Beat, StoreError> {
         let mut tx = self.write.begin().await?;
+        let found: Option<i64> =
+            sqlx::query_scalar("SELECT reaped_until FROM server_instances WHERE id = $1")
+                .bind(instance)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let beat = match found {
+            None => Beat::Absent,
+            Some(0) => Beat::Alive,
+            Some(_) => Beat::Claimed,
+        };
         sqlx::query(
             "INSERT INTO server_instances (id, address, started_at, seen_at) VALUES ($1, $2, $3, $3) \
              ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at, address = excluded.address",
@@ -353,7 +380,7 @@ impl OperatorStore for SqlStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(beat)
     }
 
     async fn record_live(

@@ -1,7 +1,9 @@
 //! Several serving processes on one PostgreSQL database (issue 20), as far as they go today:
 //! a change made through one process reaches the devices connected to another. Two apps run
 //! on a fresh database; phones dial one of them (B) while every change is made through the
-//! other (A). Who hears whom is asserted from the audio the phones receive.
+//! other (A). Who hears whom is asserted from the audio the phones receive. Then a process
+//! taken for dead while it runs closes its devices without announcing their end twice.
+#![allow(clippy::disallowed_methods)] // the claimant's recorder task; a settle after a close
 
 use std::net::SocketAddr;
 
@@ -185,4 +187,116 @@ async fn changes_made_through_one_process_reach_the_calls_on_another() {
     drop((pc, pa, ps));
     b.stop().await.expect("stop B");
     a.stop().await.expect("stop A");
+}
+
+/// A process taken for dead while it runs (here the test's own control claims it, as the
+/// reaper of a process alive does after 20 s without a beat, and writes its device's end)
+/// learns it at its next beat and closes its devices, announcing nothing more: the backend
+/// gets one `onDisconnect`, from the claimant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_taken_for_dead_closes_its_devices_without_a_second_end() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let url = fresh_postgres_url();
+    let b = spawn_app(&url).await;
+    let account = AccountId::parse("fenced").expect("id");
+    b.control
+        .create_account(account.clone())
+        .await
+        .expect("account");
+    let (p, token) = b
+        .control
+        .create_participant(
+            &account,
+            NewParticipant {
+                callback_url: Some(
+                    patchbay::domain::CallbackUrl::parse("http://127.0.0.1:9/hook")
+                        .expect("callback"),
+                ),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("participant");
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!(
+        "ws://{}/v3/?token={token}&client=browser&sdkVersion=0.12.0-beta.1&uniqueId=fenced",
+        b.http
+    ))
+    .await
+    .expect("upgrade");
+    ws.send(Message::Text(
+        r#"{"jsonrpc":"2.0","id":1,"method":"nothing"}"#.into(),
+    ))
+    .await
+    .expect("probe");
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) if t.contains("\"id\":1") => break,
+            Some(Ok(_)) => continue,
+            other => panic!("not connected: {other:?}"),
+        }
+    }
+    // B's live row is written once its events are settled.
+    eventually("B's events settled", DEADLINE, || async {
+        b.control.events_unsettled() == 0
+    })
+    .await;
+
+    // The claimant: a control on the same database, its events recorded in the outbox.
+    let claimant = Control::new(std::sync::Arc::new(
+        patchbay::store::open(&url).await.expect("store"),
+    ))
+    .await
+    .expect("control");
+    let mut feed = claimant.webhook_feed();
+    let recorder = claimant.clone();
+    tokio::spawn(async move {
+        while let Some(item) = feed.recv().await {
+            let ok = recorder.record_webhooks(&[&item.event], 1).await.is_ok();
+            if let Some(tx) = item.recorded {
+                let _ = tx.send(ok);
+            }
+            recorder.event_settled();
+        }
+    });
+    // Far in the future, every process is dead to it.
+    let reaped = claimant.reap_dead(i64::MAX / 4).await.expect("reap");
+    assert_eq!(reaped, 1, "B's device is accounted for");
+
+    // B's next beat (every 5 s) finds its row gone: the device is closed.
+    let closed = tokio::time::timeout(DEADLINE * 2, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| f.reason.to_string()),
+                Some(Ok(_)) => continue,
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("B closes the device of a process taken for dead");
+    assert_eq!(closed.as_deref(), Some(patchbay::control::TAKEN_FOR_DEAD));
+    // The close handshake completes (the client answers, the server drops the connection and
+    // reports its end); what it reports would be recorded within moments.
+    while let Ok(Some(_)) = tokio::time::timeout(DEADLINE, ws.next()).await {}
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    eventually("every event settled", DEADLINE, || async {
+        b.control.events_unsettled() == 0 && claimant.events_unsettled() == 0
+    })
+    .await;
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+    let written: Vec<String> = sqlx::query_scalar(
+        "SELECT event FROM webhook_outbox WHERE participant_id = $1 ORDER BY seq",
+    )
+    .bind(p.id.to_string())
+    .fetch_all(&mut conn)
+    .await
+    .expect("outbox");
+    assert_eq!(
+        written,
+        ["onConnect", "onDisconnect"],
+        "one end, the claimant's"
+    );
+    b.stop().await.expect("stop B");
 }
