@@ -244,14 +244,15 @@ impl App {
         }
         // On PostgreSQL, changes made through other processes reach this one's devices.
         if url.starts_with("postgres") {
-            crate::runtime::doorbell::spawn(control.clone(), &url)
-                .await
-                .map_err(|e| {
-                    anyhow::anyhow!(
-                        "cannot listen for other processes' changes on {}: {e}",
-                        redact(&url)
-                    )
-                })?;
+            if let Err(e) = crate::runtime::doorbell::spawn(control.clone(), &url).await {
+                // One process alone needs no doorbell (a pooler in transaction mode has no
+                // LISTEN): say what it costs, and serve.
+                tracing::warn!(
+                    error = %e,
+                    "cannot listen for other processes' changes: a change made through another \
+                     process on this database does not reach this one's devices"
+                );
+            }
         }
         let devices = DeviceControl::new(control.clone(), port);
         let rtp_ip = public_ips.first().copied().unwrap_or_else(|| {

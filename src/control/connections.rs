@@ -51,6 +51,17 @@ pub enum Ended {
     Lost,
 }
 
+/// What became of a call's start (see [`DeviceControl::phone_joined`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PhoneJoined {
+    /// Its events are in the outbox: answer it.
+    Recorded,
+    /// Its events could not be written in time: refuse it, and end it.
+    NotRecorded,
+    /// The participant has a device here already: refuse it (nothing was recorded).
+    AlreadyConnected,
+}
+
 /// Why a device could not connect.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -437,20 +448,22 @@ impl DeviceControl {
     }
 
     /// The call is about to be answered: announced like a browser's connection. Answer it
-    /// only once this says `true` (both events are in the outbox, so a crash after the answer
-    /// loses neither); on `false` the database could not take them in time: refuse the call
-    /// ("try again later") and end its device with [`DeviceControl::phone_ended`], so that
-    /// the backend never sees a call left up.
-    pub async fn phone_joined(&self, participant: ParticipantId, call: String) -> bool {
-        let connected = self.control.device_event(LifecycleEvent::Connected {
-            participant,
-            device: call.clone(),
-            resumed: false,
-        });
-        let answered = self
-            .control
-            .device_event(LifecycleEvent::CallAnswered { participant, call });
-        connected.wait().await & answered.wait().await
+    /// only once this says [`PhoneJoined::Recorded`] (both events are in the outbox, so a crash
+    /// after the answer loses neither). On [`PhoneJoined::NotRecorded`] the database could not
+    /// take them in time: refuse the call ("try again later") and end it with
+    /// [`DeviceControl::phone_not_answered`], so that the backend never sees a call left up.
+    /// [`PhoneJoined::AlreadyConnected`]: the participant has a device here already (a second
+    /// call with the same token, which [`DeviceControl::admit_phone`] could not see yet):
+    /// nothing was recorded.
+    pub async fn phone_joined(&self, participant: ParticipantId, call: String) -> PhoneJoined {
+        let Some([connected, answered]) = self.control.phone_answering(participant, &call) else {
+            return PhoneJoined::AlreadyConnected;
+        };
+        if connected.wait().await & answered.wait().await {
+            PhoneJoined::Recorded
+        } else {
+            PhoneJoined::NotRecorded
+        }
     }
 
     /// The phone pressed a key, for `duration_ms`.
@@ -478,6 +491,33 @@ impl DeviceControl {
     ) {
         self.media.remove_local(device);
         self.call_gone(participant, call, left);
+    }
+
+    /// Whether a call announced by [`DeviceControl::phone_joined`] and placed in the media
+    /// plane may still be answered: its participant may have been deleted meanwhile. If not,
+    /// the call's device is removed and its end recorded (unless the deletion recorded it),
+    /// and the caller refuses the call.
+    pub async fn phone_still_wanted(
+        &self,
+        account: &AccountId,
+        participant: ParticipantId,
+        device: DeviceId,
+        call: &str,
+    ) -> bool {
+        if !self.control.is_live(participant, call) {
+            // A deletion ended it (and recorded its end) while it was being admitted.
+            self.media.remove_local(device);
+            return false;
+        }
+        match self.control.participant(account, participant).await {
+            Err(ControlError::NotFound(Resource::Participant)) => {
+                // Deleted before its start was recorded: its end follows it.
+                self.phone_ended(device, participant, call.to_owned(), false);
+                false
+            }
+            // A store that cannot tell does not refuse a call its checks let in.
+            _ => true,
+        }
     }
 
     /// A call announced by [`DeviceControl::phone_joined`] is refused after all, before the

@@ -108,6 +108,45 @@ impl Control {
 }
 
 impl Control {
+    /// Whether the participant's device `device` is connected to this process.
+    pub fn is_live(&self, participant: ParticipantId, device: &str) -> bool {
+        self.inner
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&(participant, device.to_owned()))
+    }
+
+    /// A phone call of `participant` is answered: its `onConnect` and `onCallAnswered` are
+    /// recorded together (nothing can come between them), unless the participant already has
+    /// a device here (`None`: a second call with the same token is refused).
+    pub fn phone_answering(
+        &self,
+        participant: ParticipantId,
+        call: &str,
+    ) -> Option<[super::Recorded; 2]> {
+        let mut live = self.inner.live.lock().unwrap_or_else(|e| e.into_inner());
+        if live.has_participant(participant) {
+            return None;
+        }
+        let connected = self.record_device_event(
+            &mut live,
+            LifecycleEvent::Connected {
+                participant,
+                device: call.to_owned(),
+                resumed: false,
+            },
+        );
+        let answered = self.record_device_event(
+            &mut live,
+            LifecycleEvent::CallAnswered {
+                participant,
+                call: call.to_owned(),
+            },
+        );
+        Some([connected, answered])
+    }
+
     /// The participant's devices here end without an event (another process announced their
     /// end): the events their closing reports later are not recorded.
     pub(super) fn forget_devices_of(&self, participant: ParticipantId) {
@@ -124,6 +163,8 @@ pub(super) struct BeatState {
     pub(super) beaten: bool,
     /// It was fenced since it was last found alive.
     pub(super) fenced: bool,
+    /// Since when (epoch milliseconds) every beat succeeded; `None` after a failed one.
+    pub(super) ok_since: Option<i64>,
 }
 
 /// What kind of device a live device is.
@@ -160,6 +201,11 @@ impl LiveDevices {
     /// The participants with a device connected.
     pub(super) fn participants(&self) -> std::collections::BTreeSet<ParticipantId> {
         self.live.keys().map(|(p, _)| *p).collect()
+    }
+
+    /// Whether the participant has a device connected.
+    pub(super) fn has_participant(&self, participant: ParticipantId) -> bool {
+        self.live.keys().any(|(p, _)| *p == participant)
     }
 
     /// Whether this device is connected.

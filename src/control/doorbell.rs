@@ -5,7 +5,8 @@
 //! process that made it rings ([`Ring`]): "re-read session S", "participant P is gone". A ring
 //! carries no state; the process that hears it reads the store, as it would after its own
 //! change. So a ring lost (the listener reconnecting, a notification that could not be sent)
-//! costs a re-read at the next resynchronization ([`Control::resync`]), never a wrong table.
+//! costs a re-read at the next resynchronization ([`Control::resync`]), not a wrong table
+//! for good (except a lost [`Ring::SessionExpired`], which is not caught up).
 //!
 //! The bus is behind [`Doorbell`]: the runtime's PostgreSQL adapter sends rings with `NOTIFY`
 //! and hears them with `LISTEN`; on SQLite (one serving process per file) nothing rings.
@@ -108,7 +109,7 @@ impl Control {
         session: SessionId,
     ) -> Result<(), ControlError> {
         match self.session(account, session).await {
-            Ok(_) => self.recompile_here(account, session).await,
+            Ok(_) => self.compile_here(account, session, true).await,
             Err(ControlError::NotFound(_)) => {
                 self.forget_session(session).await;
                 Ok(())
@@ -119,7 +120,9 @@ impl Control {
 
     /// Catches up with every ring this process may have missed: for each participant with a
     /// device here, one that is gone ends its devices, and the session of one that exists is
-    /// re-read. Run when the listener lost its connection, and periodically.
+    /// re-read; so is every session this process keeps a table for (one deleted is
+    /// forgotten). Run when the listener lost its connection, and periodically. A lost
+    /// `SessionExpired` is not caught up: the members' devices stay connected, in no session.
     pub async fn resync(&self) -> Result<(), ControlError> {
         let participants: std::collections::BTreeSet<ParticipantId> = self
             .inner
@@ -140,6 +143,17 @@ impl Control {
                 },
             }
         }
+        // The sessions this process keeps tables for too: one deleted, or one a member left,
+        // through another process is re-read (or forgotten) here.
+        let hosted: Vec<(AccountId, SessionId)> = self
+            .inner
+            .hosted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(s, a)| (a.clone(), *s))
+            .collect();
+        sessions.extend(hosted);
         for (account, session) in sessions {
             self.reread_session(&account, session).await?;
         }

@@ -64,7 +64,8 @@ pub use crate::store::LiveDevice;
 pub use crate::webhooks::{AttemptOutcome, DeliveryAttempt, OutboxEvent};
 pub use auth::{NewCredentials, RotatedCredentials, CREDENTIAL_CACHE_TTL};
 pub use connections::{
-    AdmittedPhone, ConnectError, ConnectedDevice, DeviceControl, Ended, PhoneRefusal, ResumedPhone,
+    AdmittedPhone, ConnectError, ConnectedDevice, DeviceControl, Ended, PhoneJoined, PhoneRefusal,
+    ResumedPhone,
 };
 pub use devices::VerifiedDevice;
 pub use doorbell::{Doorbell, Ring, UnreadableRing};
@@ -95,6 +96,8 @@ struct Inner {
     doorbell: std::sync::OnceLock<Arc<dyn doorbell::Doorbell>>,
     /// Published streams and the last table of each session.
     routing: Mutex<Routing>,
+    /// The account of each session this process keeps a table for (for resynchronization).
+    hosted: Mutex<std::collections::HashMap<crate::domain::SessionId, crate::domain::AccountId>>,
     /// Serializes "read the session, compile, publish" per session.
     stripes: serial::Stripes,
     credentials: auth::CredentialCache,
@@ -132,6 +135,7 @@ impl Control {
                 media: std::sync::OnceLock::new(),
                 doorbell: std::sync::OnceLock::new(),
                 routing: Mutex::new(Routing::new()),
+                hosted: Mutex::default(),
                 stripes: serial::Stripes::new(),
                 credentials: auth::CredentialCache::default(),
                 webhooks: webhooks::Recorder::default(),

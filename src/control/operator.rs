@@ -127,7 +127,20 @@ impl Control {
             .inner
             .store
             .heartbeat(&self.inner.instance, address, now_ms)
-            .await?;
+            .await;
+        let beat = {
+            let mut state = self.inner.beats.lock().unwrap_or_else(|e| e.into_inner());
+            match beat {
+                Ok(beat) => {
+                    state.ok_since.get_or_insert(now_ms);
+                    beat
+                }
+                Err(e) => {
+                    state.ok_since = None;
+                    return Err(e.into());
+                }
+            }
+        };
         let fence = {
             let mut state = self.inner.beats.lock().unwrap_or_else(|e| e.into_inner());
             let fence = match beat {
@@ -170,8 +183,8 @@ impl Control {
     }
 
     /// The devices other processes have live now, each with its process's last heartbeat:
-    /// read at start, before this process's first heartbeat prunes anything, they are what
-    /// [`Control::reap`] later accounts for if their process turns out dead.
+    /// read at start, they are the devices that may resume their call here
+    /// ([`Control::note_foreign_devices`]).
     pub async fn foreign_live_devices(&self) -> Result<Vec<LiveDevice>, ControlError> {
         Ok(self
             .inner
@@ -181,7 +194,8 @@ impl Control {
     }
 
     /// Notes the devices of `snapshot` (other processes' at start): one that reconnects here
-    /// resumes its call (see [`Control::resumes_foreign`]).
+    /// within the reconnect grace resumes its call (see [`Control::resumes_foreign`] and
+    /// [`Control::end_resumption_window`]).
     pub fn note_foreign_devices(&self, snapshot: &[LiveDevice]) {
         let mut foreign = self.inner.foreign.lock().unwrap_or_else(|e| e.into_inner());
         foreign.extend(snapshot.iter().map(|d| (d.participant, d.device.clone())));
@@ -208,7 +222,21 @@ impl Control {
     /// stored call is forgotten: no process takes it over). Once they are in the outbox, the
     /// dead process's rows are removed. A device of it that reconnects afterwards is a new
     /// device (`onConnect`). Returns how many devices ended.
+    ///
+    /// Only a process whose own beats have all succeeded for [`DEAD_AFTER_MS`] reaps: after a
+    /// database outage every process has missed beats, and none takes the others for dead
+    /// before they have had the time to beat again.
     pub async fn reap_dead(&self, now_ms: i64) -> Result<usize, ControlError> {
+        let beating = self
+            .inner
+            .beats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .ok_since
+            .is_some_and(|since| now_ms - since >= DEAD_AFTER_MS);
+        if !beating {
+            return Ok(0);
+        }
         let dead = self
             .inner
             .store
@@ -270,6 +298,17 @@ impl Control {
             self.inner.store.forget_instance(&instance).await?;
         }
         Ok(ended)
+    }
+
+    /// The devices other processes had live at this one's start no longer resume their call
+    /// here (no `onConnect` held back): the reconnect grace is over. A device that moves here
+    /// from a process alive later (a drain elsewhere) is a new device.
+    pub fn end_resumption_window(&self) {
+        self.inner
+            .foreign
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     /// This process stops: its live rows go.

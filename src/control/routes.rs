@@ -65,9 +65,39 @@ impl Control {
         account: &AccountId,
         session: SessionId,
     ) -> Result<(), ControlError> {
+        self.compile_here(account, session, false).await
+    }
+
+    /// Reads the session's members and compiles its table, in the session's turn; with
+    /// `only_if_concerned`, not when this process has neither a table for it nor a device of
+    /// one of its members (another process's ring about a session of no concern here).
+    pub(super) async fn compile_here(
+        &self,
+        account: &AccountId,
+        session: SessionId,
+        only_if_concerned: bool,
+    ) -> Result<(), ControlError> {
         let _turn = self.inner.stripes.lock(session).await;
         let members = self.inner.store.members(account, session).await?;
-        let diff = self.lock_routing().compile(session, &rules_of(&members));
+        if only_if_concerned && !self.lock_routing().has_table(session) {
+            let live = self.inner.live.lock().unwrap_or_else(|e| e.into_inner());
+            if !members.iter().any(|m| live.has_participant(m.id)) {
+                return Ok(());
+            }
+        }
+        let (diff, kept) = {
+            let mut routing = self.lock_routing();
+            let diff = routing.compile(session, &rules_of(&members));
+            (diff, routing.has_table(session))
+        };
+        {
+            let mut hosted = self.inner.hosted.lock().unwrap_or_else(|e| e.into_inner());
+            if kept {
+                hosted.insert(session, account.clone());
+            } else {
+                hosted.remove(&session);
+            }
+        }
         if let Some(diff) = diff {
             self.publish_routes(session, diff);
         }

@@ -85,6 +85,11 @@ impl Routing {
         self.tables.clone()
     }
 
+    /// Whether a table is kept for the session (it has a route or a link).
+    pub fn has_table(&self, session: SessionId) -> bool {
+        self.tables.contains_key(&session)
+    }
+
     fn replace(&mut self, session: SessionId, table: ForwardingTable) -> Option<TableDiff> {
         let old = self.tables.remove(&session).unwrap_or_default();
         let diff = old.diff(&table);

@@ -80,15 +80,16 @@ impl Control {
         let ended = self.end_devices_of(id);
         self.participant_deleted(id);
         self.ring(super::Ring::ParticipantDeleted(id));
-        if let Some(session) = session {
-            self.recompile(account, session).await?;
-        }
+        let recompiled = match session {
+            Some(session) => self.recompile(account, session).await,
+            None => Ok(()),
+        };
         for receipt in ended {
             // A database that cannot take them in time delays the answer by the recorder's
             // bound; the deletion happened, and the events are still written when it can.
             receipt.wait().await;
         }
-        Ok(())
+        recompiled
     }
 
     // ---- sessions -------------------------------------------------------------------------
@@ -140,6 +141,11 @@ impl Control {
     /// The session is gone: the routes it had here are withdrawn.
     pub(super) async fn forget_session(&self, id: SessionId) {
         let _turn = self.inner.stripes.lock(id).await;
+        self.inner
+            .hosted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
         let diff = self.lock_routing().forget(id);
         if let Some(diff) = diff {
             self.publish_routes(id, diff);

@@ -81,15 +81,44 @@ async fn send(pool: sqlx::PgPool, me: String, mut rings: mpsc::UnboundedReceiver
     }
 }
 
-async fn listen(control: Control, mut listener: PgListener, me: String) {
+/// What the reader task hears.
+enum Heard {
+    /// A notification's payload.
+    Payload(String),
+    /// The connection was lost (rings sent meanwhile are lost): resynchronize.
+    Lost,
+}
+
+/// Reads notifications in a task of its own (receiving is never cancelled midway), and hands
+/// them over in order.
+async fn read(mut listener: PgListener, heard: mpsc::UnboundedSender<Heard>) {
+    loop {
+        let next = match listener.try_recv().await {
+            Ok(Some(notification)) => Heard::Payload(notification.payload().to_owned()),
+            // The next call reconnects.
+            Ok(None) => Heard::Lost,
+            Err(e) => {
+                tracing::warn!(error = %e, "the doorbell's listener cannot reconnect now");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                Heard::Lost
+            }
+        };
+        if heard.send(next).is_err() {
+            return;
+        }
+    }
+}
+
+async fn listen(control: Control, listener: PgListener, me: String) {
+    let (tx, mut heard) = mpsc::unbounded_channel();
+    tokio::spawn(read(listener, tx));
     let mut resync = tokio::time::interval(RESYNC_EVERY);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     resync.tick().await; // the first tick is now: nothing to catch up with yet
     loop {
         tokio::select! {
-            heard = listener.try_recv() => match heard {
-                Ok(Some(notification)) => {
-                    let text = notification.payload();
+            next = heard.recv() => match next {
+                Some(Heard::Payload(text)) => {
                     let Some((from, ring)) = text.split_once(' ') else {
                         tracing::warn!(payload = text, "an unreadable doorbell ring");
                         continue;
@@ -107,17 +136,11 @@ async fn listen(control: Control, mut listener: PgListener, me: String) {
                         Err(e) => tracing::warn!(error = %e, "an unreadable doorbell ring"),
                     }
                 }
-                Ok(None) => {
-                    // The connection was lost (the next call reconnects): rings sent meanwhile
-                    // are lost, so everything is read again.
+                Some(Heard::Lost) => {
                     tracing::warn!("the doorbell's listener lost its connection; resynchronizing");
                     resync.reset_immediately();
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "the doorbell's listener cannot reconnect now");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    resync.reset_immediately();
-                }
+                None => return,
             },
             _ = resync.tick() => {
                 if let Err(e) = control.resync().await {

@@ -37,7 +37,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, watch};
 
 use crate::control::port::{LocalConnection, LocalDownlink, LocalUplink};
-use crate::control::{AdmittedPhone, DeviceControl, PhoneRefusal};
+use crate::control::{AdmittedPhone, DeviceControl, PhoneJoined, PhoneRefusal};
 use crate::domain::{AccountId, ParticipantId, SessionId, StreamAlias, StreamId};
 use crate::media::DeviceId;
 use crate::runtime::listen::{Acceptor, Activity, ConnectionLimits, Gate, Head as ConnectionHead};
@@ -1070,7 +1070,18 @@ async fn admit(
     tx: mpsc::UnboundedSender<Message>,
 ) {
     let result = admit_inner(name, user_to_user, sdp_offer, &settings, port, &devices).await;
-    let _ = tx.send(Message::Admitted(call, result.map(Box::new)));
+    if let Err(tokio::sync::mpsc::error::SendError(Message::Admitted(_, Ok(admitted)))) =
+        tx.send(Message::Admitted(call, result.map(Box::new)))
+    {
+        // The bridge stopped meanwhile: the call is never answered, and its start, already
+        // announced, gets its end.
+        devices.phone_ended(
+            admitted.connection.device,
+            admitted.participant,
+            admitted.name,
+            false,
+        );
+    }
 }
 
 /// Control decides whether the participant may join; this adds what is SIP's own: the token
@@ -1099,12 +1110,16 @@ async fn admit_inner(
     // crash after the 200 OK loses neither); they come before its stream's onStreamPublished.
     // Once they are recorded, every refusal records the call's end too.
     let participant = phone.participant;
-    if !devices.phone_joined(participant, name.clone()).await {
-        devices.phone_not_answered(participant, name);
-        return Err(Refusal::new(
-            503,
-            "the call's events cannot be recorded now; try again later",
-        ));
+    match devices.phone_joined(participant, name.clone()).await {
+        PhoneJoined::Recorded => {}
+        PhoneJoined::NotRecorded => {
+            devices.phone_not_answered(participant, name);
+            return Err(Refusal::new(
+                503,
+                "the call's events cannot be recorded now; try again later",
+            ));
+        }
+        PhoneJoined::AlreadyConnected => return Err(refusal(PhoneRefusal::AlreadyConnected)),
     }
     let connection = match devices
         .connect_phone(&phone, stream.clone(), settings.stream_alias.clone())
@@ -1119,6 +1134,15 @@ async fn admit_inner(
     let AdmittedPhone {
         account, session, ..
     } = phone;
+    if !devices
+        .phone_still_wanted(&account, participant, connection.device, &name)
+        .await
+    {
+        return Err(Refusal::new(
+            404,
+            "the participant was deleted while the call was being admitted",
+        ));
+    }
     Ok(Admitted {
         account,
         participant,

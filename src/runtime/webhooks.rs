@@ -575,8 +575,15 @@ const REAP_EVERY: Duration = Duration::from_secs(5);
 pub fn spawn_reaper(control: Control) {
     tokio::spawn(async move {
         tokio_sleep(REAP_AFTER).await;
+        let mut first = true;
         loop {
-            match control.reap_dead(now_ms()).await {
+            let reaped = control.reap_dead(now_ms()).await;
+            if first {
+                // The devices of processes dead at start had their grace.
+                control.end_resumption_window();
+                first = false;
+            }
+            match reaped {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(devices = n, "devices of dead processes disconnected"),
                 Err(e) => {

@@ -335,7 +335,8 @@ pub trait WebhookStore: Send + Sync + 'static {
         per_account: u32,
     ) -> Result<Vec<OutboxEvent>, StoreError>;
     /// Claims the outbox events `seqs` for `claimant` until `until_ms`, for one attempt each:
-    /// only events still pending whose claim ended by `now_ms` are claimed, so of several
+    /// only events still pending, due at `now_ms` (an attempt elsewhere may have rescheduled
+    /// one since it was read) and whose claim ended by then are claimed, so of several
     /// processes claiming one event at once exactly one gets it. The seqs claimed. A claim
     /// ends with the attempt's record ([`Store::outbox_attempted`]) or at `until_ms`.
     async fn outbox_claim(

@@ -4,8 +4,8 @@
 //! streams).
 //!
 //! Live rows belong to the process (instance) that holds the device; a process that stops
-//! cleanly removes its own, and one not seen for [`STALE_AFTER_MS`] is pruned, rows and all,
-//! by any other process's heartbeat (or the next start). Readers are told how long ago each
+//! cleanly removes its own, and the rows of one that stopped beating are removed by the
+//! process that claims it and accounts for its devices. Readers are told how long ago each
 //! row's process was seen, so a reader never presents a dead process's devices as live.
 
 use async_trait::async_trait;
@@ -15,7 +15,7 @@ use super::sql::{corrupt, parse_id};
 use super::{AccountCredentials, SqlStore, StoreError};
 use crate::domain::{AccountId, MediaKinds, ParticipantId, SessionId, StreamAlias, StreamId, Tag};
 
-/// A process not seen for this long (milliseconds) is dead: its live rows are pruned.
+/// A process not seen for this long (milliseconds) is dead to the operator's views.
 pub const STALE_AFTER_MS: i64 = 60_000;
 
 /// What a heartbeat found of its own process's row before it wrote it.
@@ -159,9 +159,10 @@ pub trait OperatorStore: Send + Sync + 'static {
     async fn secret_value(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
     /// Sets (`Some`) or removes (`None`) server secrets, all or none.
     async fn set_secrets(&self, secrets: &[(&str, Option<Vec<u8>>)]) -> Result<(), StoreError>;
-    /// Records that the process `instance` at `address` is alive at `now_ms`, and prunes the
-    /// processes not seen for [`STALE_AFTER_MS`] with their live rows. Says what it found of
-    /// the process's row (a claim is left as it is: the claimant finishes).
+    /// Records that the process `instance` at `address` is alive at `now_ms`. Says what it
+    /// found of the process's row (a claim is left as it is: the claimant finishes). The rows
+    /// of dead processes are removed only by the process that accounts for their devices
+    /// ([`OperatorStore::forget_instance`] after [`OperatorStore::claim_dead_instances`]).
     async fn heartbeat(
         &self,
         instance: &str,
@@ -351,10 +352,12 @@ impl OperatorStore for SqlStore {
                 .bind(instance)
                 .fetch_optional(&mut *tx)
                 .await?;
+        // A claim that ended unfinished (its claimant died too) does not count: the next
+        // claimant starts over.
         let beat = match found {
             None => Beat::Absent,
-            Some(0) => Beat::Alive,
-            Some(_) => Beat::Claimed,
+            Some(until) if until > now_ms => Beat::Claimed,
+            Some(_) => Beat::Alive,
         };
         sqlx::query(
             "INSERT INTO server_instances (id, address, started_at, seen_at) VALUES ($1, $2, $3, $3) \
@@ -365,20 +368,6 @@ impl OperatorStore for SqlStore {
         .bind(now_ms)
         .execute(&mut *tx)
         .await?;
-        let cutoff = now_ms - STALE_AFTER_MS;
-        for table in ["live_devices", "live_streams"] {
-            sqlx::query(&format!(
-                "DELETE FROM {table} WHERE instance_id NOT IN \
-                 (SELECT id FROM server_instances WHERE seen_at >= $1)"
-            ))
-            .bind(cutoff)
-            .execute(&mut *tx)
-            .await?;
-        }
-        sqlx::query("DELETE FROM server_instances WHERE seen_at < $1")
-            .bind(cutoff)
-            .execute(&mut *tx)
-            .await?;
         tx.commit().await?;
         Ok(beat)
     }

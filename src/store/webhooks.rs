@@ -218,7 +218,8 @@ impl WebhookStore for SqlStore {
         let list: Vec<String> = (0..seqs.len()).map(|i| format!("${}", i + 4)).collect();
         let sql = format!(
             "UPDATE webhook_outbox SET claimed_until = $1, claimed_by = $2 \
-             WHERE state = 'pending' AND claimed_until <= $3 AND seq IN ({}) RETURNING seq",
+             WHERE state = 'pending' AND next_at <= $3 AND claimed_until <= $3 \
+             AND seq IN ({}) RETURNING seq",
             list.join(", ")
         );
         let mut query = sqlx::query(&sql).bind(until_ms).bind(claimant).bind(now_ms);
