@@ -872,7 +872,8 @@ async fn pending_events_survive_kill_9_and_are_delivered_after_restart() {
 /// `kill -9` with two devices connected: the one whose SDK reconnects to the next process
 /// (same `uniqueId`) resumes its call and its backend hears nothing more (no second
 /// `onConnect`, no `onDisconnect`); the one that does not come back gets exactly one
-/// `onDisconnect`, from the next process, once the reconnect grace has passed.
+/// `onDisconnect`, from the next process, once the reconnect grace has passed, even when that
+/// process starts long after the crash.
 #[tokio::test]
 async fn a_dead_process_s_devices_that_do_not_come_back_get_one_on_disconnect() {
     let db = sqlite_url();
@@ -899,6 +900,16 @@ async fn a_dead_process_s_devices_that_do_not_come_back_get_one_on_disconnect() 
     .await;
     drop(server); // kill -9
     drop((comes_back, stays_away));
+    // The next process starts long after the crash (its last beat five minutes ago): what the
+    // dead process held is still accounted for.
+    {
+        use sqlx::Connection;
+        let mut conn = sqlx::SqliteConnection::connect(&db).await.expect("open");
+        sqlx::query("UPDATE server_instances SET seen_at = seen_at - 300000")
+            .execute(&mut conn)
+            .await
+            .expect("age the dead process");
+    }
 
     let server = Server::start(&db);
     let addr: SocketAddr = server.http.parse().unwrap();
