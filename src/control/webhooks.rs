@@ -328,7 +328,7 @@ impl Control {
         Ok(self
             .inner
             .store
-            .outbox_attempted(event, attempt, outcome)
+            .outbox_attempted(event, attempt, outcome, &self.inner.instance)
             .await?)
     }
 

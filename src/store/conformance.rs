@@ -696,6 +696,9 @@ fn outbox_event(account: &AccountId, participant: ParticipantId, n: u32) -> NewO
     }
 }
 
+/// The process whose attempts the cases record (events they never claimed).
+const CLAIMANT: &str = "conformance";
+
 /// The account's due heads: other cases' rows share the database.
 async fn due_of(store: &TestStore, account: &AccountId, now_ms: i64) -> Vec<OutboxEvent> {
     store
@@ -777,11 +780,32 @@ pub async fn webhook_outbox_claims(store: TestStore) {
         .iter()
         .find(|e| e.event.participant == p)
         .expect("p's head");
+    let p_claimant = winners
+        .iter()
+        .find(|(seq, _)| *seq == p_head.seq)
+        .map(|(_, n)| format!("node-{n}"))
+        .expect("p's head was claimed");
+    // Another process's late record of an attempt it no longer holds the claim for changes
+    // nothing (its claim ended, and someone else claimed the event).
+    store
+        .outbox_attempted(
+            p_head,
+            &attempt(p_head, None, now),
+            AttemptOutcome::RetryAt(now),
+            "a-stale-claimant",
+        )
+        .await
+        .expect("attempted");
+    assert!(
+        due_of(&store, &account, now + 1).await.is_empty(),
+        "the stale record neither released nor rescheduled the claimed head"
+    );
     store
         .outbox_attempted(
             p_head,
             &attempt(p_head, Some(200), now),
             AttemptOutcome::Delivered,
+            &p_claimant,
         )
         .await
         .expect("attempted");
@@ -874,6 +898,7 @@ pub async fn webhook_outbox(store: TestStore) {
             &head_a,
             &attempt(&head_a, Some(500), 2_000),
             AttemptOutcome::RetryAt(5_000),
+            CLAIMANT,
         )
         .await
         .expect("attempted");
@@ -889,6 +914,7 @@ pub async fn webhook_outbox(store: TestStore) {
             &retried,
             &attempt(&retried, Some(204), 5_000),
             AttemptOutcome::Delivered,
+            CLAIMANT,
         )
         .await
         .expect("attempted");
@@ -898,6 +924,7 @@ pub async fn webhook_outbox(store: TestStore) {
             &head_b,
             &attempt(&head_b, None, 5_000),
             AttemptOutcome::GaveUp,
+            CLAIMANT,
         )
         .await
         .expect("attempted");
@@ -955,11 +982,17 @@ pub async fn webhook_retention(store: TestStore) {
             &ea,
             &attempt(&ea, Some(204), 200),
             AttemptOutcome::Delivered,
+            CLAIMANT,
         )
         .await
         .expect("attempted");
     store
-        .outbox_attempted(&eb, &attempt(&eb, None, 1_400), AttemptOutcome::GaveUp)
+        .outbox_attempted(
+            &eb,
+            &attempt(&eb, None, 1_400),
+            AttemptOutcome::GaveUp,
+            CLAIMANT,
+        )
         .await
         .expect("attempted");
     store
@@ -967,6 +1000,7 @@ pub async fn webhook_retention(store: TestStore) {
             &ec,
             &attempt(&ec, Some(500), 300),
             AttemptOutcome::RetryAt(350),
+            CLAIMANT,
         )
         .await
         .expect("attempted");

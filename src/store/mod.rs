@@ -349,12 +349,15 @@ pub trait WebhookStore: Send + Sync + 'static {
     /// How many events are still waiting for delivery.
     async fn outbox_pending(&self) -> Result<u64, StoreError>;
     /// Records attempt number `attempt` of `event` (its status or error) and its outcome, at
-    /// once; the event's claim ends.
+    /// once; the event's claim ends. The attempt is logged in any case, but the event changes
+    /// only if `claimant` holds its claim (or nobody does): a process whose claim ended and
+    /// was taken by another changes nothing of the other's attempt.
     async fn outbox_attempted(
         &self,
         event: &OutboxEvent,
         attempt: &DeliveryAttempt,
         outcome: AttemptOutcome,
+        claimant: &str,
     ) -> Result<(), StoreError>;
     /// Deletes delivered and given-up outbox events whose last attempt ended before
     /// `before_ms`, and delivery attempts made before it, at most `limit` rows of each; how

@@ -247,6 +247,7 @@ impl WebhookStore for SqlStore {
         event: &OutboxEvent,
         attempt: &DeliveryAttempt,
         outcome: AttemptOutcome,
+        claimant: &str,
     ) -> Result<(), StoreError> {
         let _timer = self.timer(Op::OutboxAttempted);
         let (state, next_at) = match outcome {
@@ -257,12 +258,14 @@ impl WebhookStore for SqlStore {
         let mut tx = self.write.begin().await?;
         sqlx::query(
             "UPDATE webhook_outbox SET state = $1, next_at = $2, attempts = $3, \
-             claimed_until = 0, claimed_by = NULL WHERE id = $4",
+             claimed_until = 0, claimed_by = NULL \
+             WHERE id = $4 AND (claimed_by IS NULL OR claimed_by = $5)",
         )
         .bind(state)
         .bind(next_at)
         .bind(i64::from(attempt.attempt))
         .bind(event.event.id.as_str())
+        .bind(claimant)
         .execute(&mut *tx)
         .await?;
         sqlx::query(
