@@ -88,10 +88,8 @@ impl Control {
         match ring {
             Ring::Session { account, session } => self.reread_session(&account, session).await,
             Ring::ParticipantDeleted(participant) => {
-                self.lock_routing().forget_participant(participant);
                 // Its devices here end: their events are recorded by this process.
-                let _ = self.end_devices_of(participant);
-                self.participant_deleted(participant);
+                let _ = self.participant_gone(participant);
                 Ok(())
             }
             Ring::SessionExpired(participant) => {

@@ -235,6 +235,15 @@ impl Control {
             .send(ControlEvent::ParticipantDeleted(participant));
     }
 
+    /// `participant` was deleted: what it published is forgotten, its devices here end (their
+    /// end events recorded now: the receipts) and the media plane closes them.
+    fn participant_gone(&self, participant: crate::domain::ParticipantId) -> Vec<Recorded> {
+        self.lock_routing().forget_participant(participant);
+        let ended = self.end_devices_of(participant);
+        self.participant_deleted(participant);
+        ended
+    }
+
     /// `participant`'s devices are closed, told `reason`; the participant stays.
     fn disconnect_participant(
         &self,

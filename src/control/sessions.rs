@@ -74,11 +74,9 @@ impl Control {
         id: ParticipantId,
     ) -> Result<(), ControlError> {
         let session = self.inner.store.delete_participant(account, id).await?;
-        self.lock_routing().forget_participant(id);
         // Its devices' ends are recorded here, so that the deletion is acknowledged only once
         // they are in the outbox (not when the media plane has closed the devices).
-        let ended = self.end_devices_of(id);
-        self.participant_deleted(id);
+        let ended = self.participant_gone(id);
         self.ring(super::Ring::ParticipantDeleted(id));
         let recompiled = match session {
             Some(session) => self.recompile(account, session).await,

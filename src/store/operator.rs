@@ -213,6 +213,25 @@ const LIVE_DEVICES: &str = "SELECT d.participant_id, d.device, d.kind, d.instanc
      d.connected_at, COALESCE(i.seen_at, 0) AS seen_at FROM live_devices d \
      LEFT JOIN server_instances i ON i.id = d.instance_id";
 
+impl SqlStore {
+    /// The live devices whose process compares to `instance` by `op` (`=` or `<>`).
+    async fn devices_by_instance(
+        &self,
+        op: &'static str,
+        instance: &str,
+    ) -> Result<Vec<LiveDevice>, StoreError> {
+        sqlx::query(&format!(
+            "{LIVE_DEVICES} WHERE d.instance_id {op} $1 ORDER BY d.connected_at, d.device"
+        ))
+        .bind(instance)
+        .fetch_all(&self.read)
+        .await?
+        .iter()
+        .map(live_device)
+        .collect()
+    }
+}
+
 fn live_device(row: &sqlx::any::AnyRow) -> Result<LiveDevice, StoreError> {
     let kind: String = row.try_get("kind")?;
     Ok(LiveDevice {
@@ -480,15 +499,7 @@ impl OperatorStore for SqlStore {
     }
 
     async fn instance_devices(&self, instance: &str) -> Result<Vec<LiveDevice>, StoreError> {
-        sqlx::query(&format!(
-            "{LIVE_DEVICES} WHERE d.instance_id = $1 ORDER BY d.connected_at, d.device"
-        ))
-        .bind(instance)
-        .fetch_all(&self.read)
-        .await?
-        .iter()
-        .map(live_device)
-        .collect()
+        self.devices_by_instance("=", instance).await
     }
 
     async fn forget_instance(&self, instance: &str) -> Result<(), StoreError> {
@@ -528,15 +539,7 @@ impl OperatorStore for SqlStore {
     }
 
     async fn foreign_live_devices(&self, instance: &str) -> Result<Vec<LiveDevice>, StoreError> {
-        sqlx::query(&format!(
-            "{LIVE_DEVICES} WHERE d.instance_id <> $1 ORDER BY d.connected_at, d.device"
-        ))
-        .bind(instance)
-        .fetch_all(&self.read)
-        .await?
-        .iter()
-        .map(live_device)
-        .collect()
+        self.devices_by_instance("<>", instance).await
     }
 
     async fn instances_seen(&self) -> Result<Vec<(String, i64)>, StoreError> {
