@@ -104,8 +104,9 @@ test("fake-camera video is decoded after a WebRTC loop (frames and 640x480)", { 
   const v = await p.localCameraMediaStream();
   await p.loopback([v]);
   const r = await p.expectVideo(v, { minFrames: 10, timeoutMs: 10000 });
-  assert.ok(r.frames > 10, JSON.stringify(r));
-  assert.ok(r.totalVideoFrames > 10, JSON.stringify(r));
+  // expectVideo returns as soon as 10 frames are decoded: 10 is a pass
+  assert.ok(r.frames >= 10, JSON.stringify(r));
+  assert.ok(r.totalVideoFrames >= 10, JSON.stringify(r));
   assert.ok(Math.abs(r.width - 640) <= 64 && Math.abs(r.height - 480) <= 48, JSON.stringify(r));
   // an audio-only stream has no video to decode
   const a = await p.localToneMediaStream(440);
