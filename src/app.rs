@@ -234,7 +234,6 @@ impl App {
             ),
         }
         crate::runtime::webhooks::spawn_reaper(control.clone());
-        crate::runtime::webhooks::spawn_heartbeat(control.clone(), http_addr.to_string());
         let media = crate::runtime::media::spawn(shards, control.clone())?;
         // Control's one door to the media plane; signaling and the SIP bridge reach it only
         // through control's verbs.
@@ -242,8 +241,10 @@ impl App {
         if !control.attach_media(port.clone()) {
             anyhow::bail!("a media plane is attached to control already");
         }
-        // On PostgreSQL, changes made through other processes reach this one's devices.
+        // On PostgreSQL, changes made through other processes reach this one's devices, and
+        // each session is hosted by one process.
         if url.starts_with("postgres") {
+            control.enable_placement();
             if let Err(e) = crate::runtime::doorbell::spawn(control.clone(), &url).await {
                 // One process alone needs no doorbell (a pooler in transaction mode has no
                 // LISTEN): say what it costs, and serve.
@@ -272,6 +273,14 @@ impl App {
         let sip = crate::runtime::sip::spawn(config.sip_listen, sip_settings, devices.clone())
             .await
             .map_err(|e| anyhow::anyhow!("cannot bind SIP {}: {e}", config.sip_listen))?;
+        // Where the other processes on this database reach this one (issue 20).
+        control.set_address(instance_address(
+            http_addr,
+            tls.is_some(),
+            config.cluster_address.as_deref(),
+            sip.local_addr(),
+        ));
+        crate::runtime::webhooks::spawn_heartbeat(control.clone());
         let metrics = if let Some(handle) = metrics_handle {
             crate::runtime::metrics::spawn_upkeep(handle.clone());
             Some(crate::runtime::metrics::Scrape::new(
@@ -519,6 +528,39 @@ impl crate::runtime::metrics::DatabaseGauges for StoreGauges {
             participants: rows.participants,
             outbox_pending,
         })
+    }
+}
+
+/// Where the other processes reach this one: its device WebSocket at `--cluster-address`, or
+/// at the bound HTTP address when that is a specific one; its SIP listener, at its bound
+/// address or, when that is unspecified, at the cluster address's host.
+fn instance_address(
+    http: SocketAddr,
+    tls: bool,
+    cluster: Option<&str>,
+    sip: SocketAddr,
+) -> crate::store::InstanceAddress {
+    let scheme = if tls { "wss" } else { "ws" };
+    let reach = match cluster {
+        Some(a) => Some(a.to_owned()),
+        None if !http.ip().is_unspecified() => Some(http.to_string()),
+        None => None,
+    };
+    let sip = if !sip.ip().is_unspecified() {
+        Some(sip.to_string())
+    } else {
+        reach
+            .as_deref()
+            .and_then(|r| r.parse::<axum::http::uri::Authority>().ok())
+            .map(|a| {
+                let host = a.host();
+                format!("{host}:{}", sip.port())
+            })
+    };
+    crate::store::InstanceAddress {
+        http: http.to_string(),
+        cluster: reach.map(|r| format!("{scheme}://{r}")),
+        sip,
     }
 }
 

@@ -407,6 +407,14 @@ pub struct ServeConfig {
     /// Metrics and logs (issue 12).
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+    // Issue 20: several processes on one PostgreSQL database.
+    /// Where the other patchbay processes on this PostgreSQL database reach this one's HTTP
+    /// listener (HOST:PORT), to carry to it the device WebSockets of the sessions it hosts.
+    /// Default: the bound --listen address, unless it is unspecified (0.0.0.0, [::]): then
+    /// the others cannot carry devices here (sessions that start here stay here). Unused on
+    /// SQLite.
+    #[arg(long, env = "PATCHBAY_CLUSTER_ADDRESS", value_parser = parse_cluster_address)]
+    pub cluster_address: Option<String>,
 }
 
 impl ServeConfig {
@@ -449,6 +457,7 @@ impl ServeConfig {
             listeners: ListenerArgs::default(),
             drain_timeout: 0,
             telemetry: TelemetryArgs::default(),
+            cluster_address: None,
         }
     }
 
@@ -791,6 +800,16 @@ fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
         return Err(format!("{s:?}: need 0-0 or 1 <= LOW <= HIGH"));
     }
     Ok((low, high))
+}
+
+/// HOST:PORT, a host name or an IP address (IPv6 in brackets) and a port other than 0.
+fn parse_cluster_address(s: &str) -> Result<String, String> {
+    let authority: axum::http::uri::Authority =
+        s.parse().map_err(|_| format!("{s:?} is not HOST:PORT"))?;
+    if authority.as_str().contains('@') || authority.port_u16().unwrap_or(0) == 0 {
+        return Err(format!("{s:?} is not HOST:PORT (a port is needed)"));
+    }
+    Ok(authority.as_str().to_owned())
 }
 
 fn parse_alias(s: &str) -> Result<crate::domain::StreamAlias, String> {

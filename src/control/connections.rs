@@ -11,7 +11,9 @@ use tokio::sync::mpsc;
 use super::port::{
     Connection, DeviceNotice, DeviceRequest, LocalConnection, LocalRequest, MediaPort,
 };
-use super::{CallEndReason, Control, ControlError, DeviceTokenError, LifecycleEvent, Resource};
+use super::{
+    CallEndReason, Control, ControlError, DeviceTokenError, Host, LifecycleEvent, Resource,
+};
 use crate::domain::{AccountId, ParticipantId, SessionId, StreamAlias, StreamId};
 use crate::domain::{DeclaredStreams, PublishAnswer};
 use crate::media::{DeviceId, MediaError};
@@ -74,6 +76,19 @@ pub enum ConnectError {
     /// The server is draining before it stops: connect to another one.
     #[error("server draining")]
     Draining,
+    /// The participant's session is hosted by another process: reconnect (through the door,
+    /// which carries the device there).
+    #[error("session hosted by another process")]
+    Moved,
+}
+
+/// Where a device's connection is served (see [`DeviceControl::door`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Door {
+    /// Here.
+    Here,
+    /// By the process that hosts its session, whose device WebSocket is at this URL base.
+    Carry(String),
 }
 
 /// A phone call that passed admission.
@@ -134,6 +149,42 @@ impl DeviceControl {
 
     // ---- browsers ---------------------------------------------------------------------------
 
+    /// Where the device presenting `token` is served: here, or carried to the process that
+    /// hosts its participant's session (placing the session if no live process hosts it). A
+    /// token that does not verify, a participant in no session, a host the others cannot reach
+    /// and a store that cannot answer are all served here (the connect then says what is
+    /// wrong, or the device waits here in no session).
+    pub async fn door(&self, token: &str) -> Door {
+        if !self.control.places_sessions() || self.control.is_draining() {
+            return Door::Here;
+        }
+        let Ok(verified) = self.control.verify_device_token(token).await else {
+            return Door::Here;
+        };
+        let Some(session) = verified.participant.session else {
+            return Door::Here;
+        };
+        match self.control.host_of(session).await {
+            Ok(Host::Here) => Door::Here,
+            Ok(Host::Elsewhere(host)) => match host.cluster_address {
+                Some(address) => Door::Carry(address),
+                None => {
+                    tracing::warn!(
+                        %session,
+                        host = %host.instance,
+                        "the session's host gave no cluster address: the device is served \
+                         here, apart from its session's other devices"
+                    );
+                    Door::Here
+                }
+            },
+            Err(e) => {
+                tracing::warn!(%session, error = %e, "cannot read where a session is hosted");
+                Door::Here
+            }
+        }
+    }
+
     /// A device connects with its token: verified, placed in the media plane, announced.
     /// Notices for its connection (offers, close) arrive on `notices`.
     pub async fn connect(
@@ -156,6 +207,17 @@ impl DeviceControl {
             Err(e) => return Err(ConnectError::Refused(e)),
         };
         let participant = verified.participant.id;
+        // Only the session's host serves its devices (issue 20).
+        if let Some(session) = verified.participant.session {
+            match self.control.host_of(session).await {
+                Ok(Host::Here) => {}
+                Ok(Host::Elsewhere(_)) => return Err(ConnectError::Moved),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read where a device's session is hosted");
+                    return Err(ConnectError::Unavailable("try again later".into()));
+                }
+            }
+        }
         // What this SDK instance's subscribe connection looks like, if a process offered it
         // one: without it a restarted process cannot resume that connection, but the device
         // still connects (its subscribe side starts afresh).

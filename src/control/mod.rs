@@ -30,6 +30,8 @@
 //!   subscribe layouts and publish credentials, phone calls' dialogs.
 //! - `keys.rs`: the device-token keys (current and, after a rotation, previous) and their
 //!   reload from the store.
+//! - `placement.rs`: which process hosts each session's media when several share the
+//!   database ([`Control::host_of`]), and the release of sessions that emptied.
 //! - `operator.rs`: the operator's verbs (accounts, credential and secret rotation, session
 //!   summaries and inspection) and this process's live state in the store.
 //! - `webhooks.rs`: lifecycle events into the webhook outbox (through one ordered feed the
@@ -44,6 +46,7 @@ mod events;
 mod keys;
 mod layouts;
 mod operator;
+mod placement;
 pub mod port;
 mod routes;
 mod routing;
@@ -64,8 +67,8 @@ pub use crate::store::LiveDevice;
 pub use crate::webhooks::{AttemptOutcome, DeliveryAttempt, OutboxEvent};
 pub use auth::{NewCredentials, RotatedCredentials, CREDENTIAL_CACHE_TTL};
 pub use connections::{
-    AdmittedPhone, ConnectError, ConnectedDevice, DeviceControl, Ended, PhoneJoined, PhoneRefusal,
-    ResumedPhone,
+    AdmittedPhone, ConnectError, ConnectedDevice, DeviceControl, Door, Ended, PhoneJoined,
+    PhoneRefusal, ResumedPhone,
 };
 pub use devices::VerifiedDevice;
 pub use doorbell::{Doorbell, Ring, UnreadableRing};
@@ -73,6 +76,7 @@ pub use error::{Conflict, ControlError, DeviceTokenError, Invalid, Resource, Sou
 pub use events::{ControlEvent, RoutingUpdate};
 pub use keys::PREVIOUS_SECRET_NAME;
 pub use operator::{Inspection, LiveDeviceView, DEAD_AFTER_MS, REAP_CLAIM_MS, TAKEN_FOR_DEAD};
+pub use placement::{Host, RELEASE_AFTER_MS};
 pub use routing::Routing;
 pub use sessions::NewParticipant;
 pub use webhooks::{FeedItem, Recorded, WebhookFeed, EXPIRE_BATCH, SESSION_EXPIRED};
@@ -117,6 +121,10 @@ struct Inner {
     destinations: std::sync::RwLock<crate::webhooks::Destinations>,
     /// Set once the process drains before it stops (see [`Control::begin_drain`]).
     draining: std::sync::atomic::AtomicBool,
+    /// Sessions are placed on one process each (see `placement.rs`).
+    placing: std::sync::atomic::AtomicBool,
+    /// Where the others reach this process, and its hosted sessions found idle.
+    placement: Mutex<placement::PlacementState>,
 }
 
 impl Control {
@@ -144,6 +152,8 @@ impl Control {
                 foreign: Mutex::default(),
                 destinations: std::sync::RwLock::default(),
                 draining: std::sync::atomic::AtomicBool::new(false),
+                placing: std::sync::atomic::AtomicBool::new(false),
+                placement: Mutex::default(),
             }),
         })
     }

@@ -115,18 +115,19 @@ impl Control {
             .await?)
     }
 
-    /// This process is alive (serving at `address`); dead processes' rows are pruned. Also
+    /// This process is alive (reached where [`Control::set_address`] says). Also
     /// reloads the device-token keys, so a rotation reaches this process within a heartbeat.
     ///
     /// A process that finds it was taken for dead (another process claimed its row, or
     /// removed it, after it could not beat for [`DEAD_AFTER_MS`]) is fenced: that process
     /// writes the end events of its devices, so it closes every device it holds, announcing
     /// nothing more; a device that reconnects is a new one (`onConnect`).
-    pub async fn heartbeat(&self, address: &str, now_ms: i64) -> Result<(), ControlError> {
+    pub async fn heartbeat(&self, now_ms: i64) -> Result<(), ControlError> {
+        let address = self.address();
         let beat = self
             .inner
             .store
-            .heartbeat(&self.inner.instance, address, now_ms)
+            .heartbeat(&self.inner.instance, &address, now_ms)
             .await;
         let beat = {
             let mut state = self.inner.beats.lock().unwrap_or_else(|e| e.into_inner());

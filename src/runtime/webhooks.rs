@@ -546,13 +546,17 @@ impl reqwest::dns::Resolve for GuardedResolver {
 /// How often this process tells the store it is alive (and reloads the token keys).
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 
-/// Starts the heartbeat of this process's live state, serving at `address`.
+/// Starts the heartbeat of this process's live state (where the others reach it is
+/// [`Control::set_address`]'s), which also releases the sessions hosted here that emptied.
 #[allow(clippy::disallowed_methods)] // the runtime starts tasks
-pub fn spawn_heartbeat(control: Control, address: String) {
+pub fn spawn_heartbeat(control: Control) {
     tokio::spawn(async move {
         loop {
-            if let Err(e) = control.heartbeat(&address, now_ms()).await {
+            if let Err(e) = control.heartbeat(now_ms()).await {
                 tracing::warn!(error = %e, "cannot record this process's heartbeat");
+            }
+            if let Err(e) = control.release_idle_sessions(now_ms()).await {
+                tracing::warn!(error = %e, "cannot release the sessions that emptied here");
             }
             tokio_sleep(HEARTBEAT_EVERY).await;
         }

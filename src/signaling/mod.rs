@@ -6,9 +6,13 @@
 //! answered with their id echoed in its JSON type; the server's `sdpOffer` notifications use
 //! the standard form `{"jsonrpc":"2.0","method":"sdpOffer","params":…}`. Text frames only.
 //!
+//! When several processes share the database, a device whose session is hosted by another
+//! process is carried there (`carry.rs`): its WebSocket is relayed to the host.
+//!
 //! One live device per participant: a newer connection replaces the older one, which is
 //! closed with code 1000 (the SDK's automatic reconnects therefore take over cleanly).
 
+mod carry;
 #[allow(unreachable_pub)] // the JSON-RPC frames' visibility is settled by the control-port change
 mod rpc;
 pub mod wire;

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::{Query, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -27,11 +27,12 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
+use super::carry;
 use super::rpc::{self, RpcError, RpcRequest};
 use super::wire::{self, PublishMetadata};
 use crate::control::port::DeviceNotice;
 use crate::control::port::MediaError;
-use crate::control::{ConnectError, ConnectedDevice, DeviceControl, Ended, SESSION_EXPIRED};
+use crate::control::{ConnectError, ConnectedDevice, DeviceControl, Door, Ended, SESSION_EXPIRED};
 use crate::domain::DeclaredStreams;
 
 /// Largest accepted frame: `deviceDiagnostics` batches logs with SDPs, several MB at times.
@@ -98,6 +99,7 @@ pub fn router(state: SignalingState) -> Router {
 async fn upgrade(
     ws: WebSocketUpgrade,
     headers: HeaderMap,
+    RawQuery(raw_query): RawQuery,
     Query(query): Query<HashMap<String, String>>,
     State(state): State<SignalingState>,
 ) -> Response {
@@ -105,9 +107,25 @@ async fn upgrade(
         tracing::info!(origin = ?headers.get(header::ORIGIN), "device WebSocket from an origin not allowed");
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
     }
-    ws.max_message_size(MAX_FRAME_BYTES)
-        .max_frame_size(MAX_FRAME_BYTES)
-        .on_upgrade(move |socket| connection(state, query, socket))
+    let ws = ws
+        .max_message_size(MAX_FRAME_BYTES)
+        .max_frame_size(MAX_FRAME_BYTES);
+    // Another process carried it here: served here, never carried again.
+    let carried = headers.contains_key(carry::CARRIED_BY);
+    if !carried {
+        let token = query.get("token").map(String::as_str).unwrap_or_default();
+        if let Door::Carry(host) = state.devices.door(token).await {
+            let carry = carry::Carry {
+                host,
+                query: raw_query.unwrap_or_default(),
+                origin: headers.get(header::ORIGIN).cloned(),
+                by: state.devices.control().instance().to_owned(),
+                idle_timeout: state.idle_timeout,
+            };
+            return ws.on_upgrade(move |socket| carry::carry(socket, carry));
+        }
+    }
+    ws.on_upgrade(move |socket| connection(state, query, socket))
 }
 
 /// Close codes the server sends (see the module doc).
@@ -135,7 +153,7 @@ const CLOSE_ANSWER_WAIT: Duration = Duration::from_secs(2);
 /// request) gets a TCP reset, which can reach the browser before our close frame is read: it
 /// then reports 1006 and the SDK reconnects a second later (a ghost device, a second
 /// `onConnect`).
-async fn close_with(mut socket: WebSocket, code: u16, reason: &str) {
+pub(super) async fn close_with(mut socket: WebSocket, code: u16, reason: &str) {
     let frame = CloseFrame {
         code,
         reason: reason.into(),
@@ -182,6 +200,12 @@ async fn connection(state: SignalingState, query: HashMap<String, String>, mut s
         Err(e @ ConnectError::Refused(_)) => {
             tracing::info!(error = %e, "device refused");
             return close(socket, &e.to_string()).await;
+        }
+        Err(ConnectError::Moved) => {
+            // Its session is hosted by another process (placed there since the door looked):
+            // the SDK reconnects, and the door carries it there.
+            tracing::info!("device refused: its session is hosted by another process");
+            return close_with(socket, code::TRY_AGAIN_LATER, "session moved: reconnect").await;
         }
         Err(ConnectError::Draining) => {
             // 1013 as well: the SDK retries, and a balancer sends it to another server.

@@ -44,6 +44,7 @@ pub const CASES: &[&str] = &[
     "participants_by_age",
     "operator",
     "subscribe_layouts",
+    "session_placement",
 ];
 
 async fn new_account(store: &TestStore) -> AccountId {
@@ -1412,7 +1413,7 @@ pub async fn operator(store: TestStore) {
     let t0 = 1_000_000_000_000_i64 + i64::from(rand::random::<u16>());
     for (p, address) in [(&p1, "10.0.0.1:8080"), (&p2, "10.0.0.2:8080")] {
         assert_eq!(
-            store.heartbeat(p, address, t0).await.expect("beat"),
+            store.heartbeat(p, &at(address), t0).await.expect("beat"),
             super::Beat::Absent,
             "a first beat finds no row"
         );
@@ -1478,7 +1479,7 @@ pub async fn operator(store: TestStore) {
     let later = t0 + 20_000;
     assert_eq!(
         store
-            .heartbeat(&p1, "10.0.0.1:8080", later)
+            .heartbeat(&p1, &at("10.0.0.1:8080"), later)
             .await
             .expect("beat"),
         super::Beat::Alive
@@ -1515,7 +1516,7 @@ pub async fn operator(store: TestStore) {
     );
     assert_eq!(
         store
-            .heartbeat(&p2, "10.0.0.2:8080", t0)
+            .heartbeat(&p2, &at("10.0.0.2:8080"), t0)
             .await
             .expect("beat"),
         super::Beat::Claimed,
@@ -1532,7 +1533,7 @@ pub async fn operator(store: TestStore) {
     // Beating never removes a dead process's rows, however old (nobody would tell its
     // devices' backends): its claimant does, once it has written their ends.
     store
-        .heartbeat(&p1, "10.0.0.1:8080", t0 + STALE_AFTER_MS + 1)
+        .heartbeat(&p1, &at("10.0.0.1:8080"), t0 + STALE_AFTER_MS + 1)
         .await
         .expect("beat");
     assert_eq!(store.live_devices(&[a, b]).await.expect("devices").len(), 2);
@@ -1573,4 +1574,179 @@ pub async fn operator(store: TestStore) {
         .await
         .expect("devices")
         .is_empty());
+}
+
+fn at(http: &str) -> super::InstanceAddress {
+    super::InstanceAddress {
+        http: http.into(),
+        cluster: Some(format!("ws://{http}")),
+        sip: None,
+    }
+}
+
+/// Sessions' hosts: placed once, kept while the host lives, taken over from a dead host (the
+/// epoch grows), released only by the host, and one host for processes placing at once.
+pub async fn session_placement(store: TestStore) {
+    let (p1, p2) = (
+        format!("proc-{}", rand::random::<u64>()),
+        format!("proc-{}", rand::random::<u64>()),
+    );
+    let t0 = 1_000_000_000_000_i64 + i64::from(rand::random::<u16>());
+    let alive_since = t0 - 20_000;
+    store
+        .heartbeat(&p1, &at("10.0.0.1:8080"), t0)
+        .await
+        .expect("beat");
+    store
+        .heartbeat(&p2, &at("10.0.0.2:8080"), t0)
+        .await
+        .expect("beat");
+    let session = SessionId::random();
+    assert_eq!(store.session_host(session).await.expect("read"), None);
+
+    let first = store
+        .place_session(session, &p1, alive_since, t0)
+        .await
+        .expect("place");
+    assert_eq!(
+        (first.instance.as_str(), first.epoch),
+        (p1.as_str(), 1),
+        "a session with no host is placed on the candidate"
+    );
+    assert_eq!(first.cluster_address.as_deref(), Some("ws://10.0.0.1:8080"));
+    let again = store
+        .place_session(session, &p2, alive_since, t0)
+        .await
+        .expect("place");
+    assert_eq!(again, first, "a live host keeps its session");
+    assert!(!store.release_session(session, &p2).await.expect("release"));
+    assert_eq!(
+        store.session_host(session).await.expect("read"),
+        Some(first.clone())
+    );
+    assert_eq!(
+        store.idle_sessions(&p1, t0 + 1).await.expect("idle"),
+        vec![session],
+        "a session with no member's device on its host is idle"
+    );
+    assert!(
+        store.idle_sessions(&p1, t0).await.expect("idle").is_empty(),
+        "placed too recently"
+    );
+
+    // p1 stops beating: p2 takes its session over, and p1's late release changes nothing.
+    let later = t0 + 30_000;
+    store
+        .heartbeat(&p2, &at("10.0.0.2:8080"), later)
+        .await
+        .expect("beat");
+    let loads = store
+        .instance_loads(later - 20_000, later)
+        .await
+        .expect("loads");
+    assert!(loads.iter().any(|l| l.instance == p2));
+    assert!(
+        !loads.iter().any(|l| l.instance == p1),
+        "a dead process is not a candidate"
+    );
+    let taken = store
+        .place_session(session, &p2, later - 20_000, later)
+        .await
+        .expect("place");
+    assert_eq!((taken.instance.as_str(), taken.epoch), (p2.as_str(), 2));
+    assert!(!store.release_session(session, &p1).await.expect("release"));
+    assert!(store.release_session(session, &p2).await.expect("release"));
+    assert_eq!(store.session_host(session).await.expect("read"), None);
+
+    // A claimed process is dead to placement too, however recent its last beat.
+    let s2 = SessionId::random();
+    store
+        .place_session(s2, &p2, later - 20_000, later)
+        .await
+        .expect("place");
+    store
+        .claim_dead_instances(&p1, later + 1, later, later + 60_000)
+        .await
+        .expect("claim");
+    let moved = store
+        .place_session(s2, &p1, later - 20_000, later)
+        .await
+        .expect("place");
+    assert_eq!(
+        moved.instance, p1,
+        "a host claimed for dead loses its sessions"
+    );
+    // Forgetting a process removes its placements.
+    store.forget_instance(&p1).await.expect("forget");
+    assert_eq!(store.session_host(s2).await.expect("read"), None);
+
+    // Live processes placing one session at once agree on one host.
+    let (p1, p2) = (
+        format!("proc-{}", rand::random::<u64>()),
+        format!("proc-{}", rand::random::<u64>()),
+    );
+    store
+        .heartbeat(&p1, &at("10.0.0.3:8080"), later)
+        .await
+        .expect("beat");
+    store
+        .heartbeat(&p2, &at("10.0.0.4:8080"), later)
+        .await
+        .expect("beat");
+    let s3 = SessionId::random();
+    let mut tasks = Vec::new();
+    for candidate in [&p1, &p2, &p1, &p2, &p2, &p1] {
+        let store = store.clone();
+        let candidate = candidate.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .place_session(s3, &candidate, later - 20_000, later)
+                .await
+                .expect("place")
+        }));
+    }
+    let mut hosts = std::collections::BTreeSet::new();
+    for t in tasks {
+        let h = t.await.expect("task");
+        hosts.insert((h.instance, h.epoch));
+    }
+    assert_eq!(hosts.len(), 1, "one host: {hosts:?}");
+
+    // A session whose member has a device on its host is not idle.
+    let account = new_account(&store).await;
+    let s4 = new_session(&store, &account).await;
+    let member = new_participant(&store, &account).await;
+    store
+        .add_member(&account, s4, member, None)
+        .await
+        .expect("member");
+    store
+        .place_session(s4, &p2, later - 20_000, later)
+        .await
+        .expect("place");
+    let connected = super::LiveChange::Connected {
+        participant: member,
+        device: "d-1".into(),
+    };
+    store
+        .record_live(&p2, &connected, later)
+        .await
+        .expect("record");
+    assert!(!store
+        .idle_sessions(&p2, later + 1)
+        .await
+        .expect("idle")
+        .contains(&s4));
+    // ... and is idle once that device is gone (or elsewhere).
+    store
+        .record_live(&p1, &connected, later)
+        .await
+        .expect("record");
+    assert!(store
+        .idle_sessions(&p2, later + 1)
+        .await
+        .expect("idle")
+        .contains(&s4));
+    store.forget_instance(&p1).await.expect("forget");
+    store.forget_instance(&p2).await.expect("forget");
 }

@@ -31,6 +31,7 @@
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod operator;
+mod placement;
 mod sql;
 mod webhooks;
 
@@ -47,6 +48,7 @@ pub use operator::{
     AccountSummary, Beat, DeviceKind, LiveChange, LiveDevice, LiveStream, OperatorStore,
     SessionSummary, STALE_AFTER_MS,
 };
+pub use placement::{InstanceAddress, InstanceLoad, PlacementStore, SessionHost};
 pub use sql::{Dialect, PoolStats, RowCounts, SqlStore};
 pub use webhooks::epoch_ms;
 // The outbox rows are the webhook slice's types: the store maps its rows to them.
@@ -142,7 +144,7 @@ pub struct AccountCredentials {
 
 /// Durable state. See the module docs for the atomicity and locking contract.
 #[async_trait]
-pub trait Store: WebhookStore + OperatorStore {
+pub trait Store: WebhookStore + OperatorStore + PlacementStore {
     /// Does the database answer for every table the server uses, within [`PROBE_TIMEOUT`]?
     async fn ping(&self) -> Result<(), StoreError>;
 

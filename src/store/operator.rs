@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use sqlx::Row;
 
 use super::sql::{corrupt, parse_id};
-use super::{AccountCredentials, SqlStore, StoreError};
+use super::{AccountCredentials, InstanceAddress, SqlStore, StoreError};
 use crate::domain::{AccountId, MediaKinds, ParticipantId, SessionId, StreamAlias, StreamId, Tag};
 
 /// A process not seen for this long (milliseconds) is dead to the operator's views.
@@ -159,14 +159,14 @@ pub trait OperatorStore: Send + Sync + 'static {
     async fn secret_value(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
     /// Sets (`Some`) or removes (`None`) server secrets, all or none.
     async fn set_secrets(&self, secrets: &[(&str, Option<Vec<u8>>)]) -> Result<(), StoreError>;
-    /// Records that the process `instance` at `address` is alive at `now_ms`. Says what it
+    /// Records that the process `instance`, reached at `address`, is alive at `now_ms`. Says what it
     /// found of the process's row (a claim is left as it is: the claimant finishes). The rows
     /// of dead processes are removed only by the process that accounts for their devices
     /// ([`OperatorStore::forget_instance`] after [`OperatorStore::claim_dead_instances`]).
     async fn heartbeat(
         &self,
         instance: &str,
-        address: &str,
+        address: &InstanceAddress,
         now_ms: i64,
     ) -> Result<Beat, StoreError>;
     /// Applies one change of `instance`'s live state, stamped `at_ms`.
@@ -176,7 +176,8 @@ pub trait OperatorStore: Send + Sync + 'static {
         change: &LiveChange,
         at_ms: i64,
     ) -> Result<(), StoreError>;
-    /// Removes the process `instance` and its live rows (a clean stop).
+    /// Removes the process `instance`, its live rows and its sessions' placements (a clean
+    /// stop, or after its devices were accounted for).
     async fn forget_instance(&self, instance: &str) -> Result<(), StoreError>;
     /// The live devices of these participants, with their process's last heartbeat.
     async fn live_devices(
@@ -362,7 +363,7 @@ impl OperatorStore for SqlStore {
     async fn heartbeat(
         &self,
         instance: &str,
-        address: &str,
+        address: &InstanceAddress,
         now_ms: i64,
     ) -> Result<Beat, StoreError> {
         let mut tx = self.write.begin().await?;
@@ -379,12 +380,16 @@ impl OperatorStore for SqlStore {
             Some(_) => Beat::Alive,
         };
         sqlx::query(
-            "INSERT INTO server_instances (id, address, started_at, seen_at) VALUES ($1, $2, $3, $3) \
-             ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at, address = excluded.address",
+            "INSERT INTO server_instances (id, address, started_at, seen_at, cluster_address, sip_address) \
+             VALUES ($1, $2, $3, $3, $4, $5) ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at, \
+             address = excluded.address, cluster_address = excluded.cluster_address, \
+             sip_address = excluded.sip_address",
         )
         .bind(instance)
-        .bind(address)
+        .bind(&address.http)
         .bind(now_ms)
+        .bind(address.cluster.clone())
+        .bind(address.sip.clone())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -507,6 +512,7 @@ impl OperatorStore for SqlStore {
         for sql in [
             "DELETE FROM live_devices WHERE instance_id = $1",
             "DELETE FROM live_streams WHERE instance_id = $1",
+            "DELETE FROM session_hosts WHERE instance_id = $1",
             "DELETE FROM server_instances WHERE id = $1",
         ] {
             sqlx::query(sql).bind(instance).execute(&mut *tx).await?;

@@ -261,7 +261,7 @@ async fn a_process_taken_for_dead_closes_its_devices_without_a_second_end() {
     });
     // A claimant reaps only while its own beats succeed; far in the future, every other
     // process is dead to it.
-    claimant.heartbeat("test", 1).await.expect("beat");
+    claimant.heartbeat(1).await.expect("beat");
     let reaped = claimant.reap_dead(i64::MAX / 4).await.expect("reap");
     assert_eq!(reaped, 1, "B's device is accounted for");
 

@@ -70,6 +70,7 @@ both!(
     participants_by_age,
     operator,
     subscribe_layouts,
+    session_placement,
 );
 
 /// State written through one handle is there for a new process-like handle on the same file.

@@ -36,12 +36,10 @@
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
-import { randomBytes } from "node:crypto";
 import dgram from "node:dgram";
 import { existsSync } from "node:fs";
 import { launchBrowser, instrumentPeerConnections, receivedAudioSpectra, anyCarries, withTimeout } from "./runner.mjs";
-import { startPatchbay, freePortBlock, createAccount } from "./server.mjs";
+import { startPatchbay, freePortBlock, createAccount, createPostgresDatabase } from "./server.mjs";
 import { dialPhone, PHONE_BIN } from "./phone.mjs";
 
 const HZ = { A: 440, B: 1000 };
@@ -65,34 +63,6 @@ before(async () => {
 after(async () => {
   await b?.close();
 });
-
-// ---------------------------------------------------------------------------------------------
-// PostgreSQL: a fresh database per case, through psql on $PATCHBAY_TEST_POSTGRES.
-
-function psql(url, sql) {
-  return new Promise((resolve, reject) =>
-    execFile("psql", [url, "-v", "ON_ERROR_STOP=1", "-qAtc", sql], { timeout: 30000 }, (err, stdout, stderr) => {
-      if (err) {
-        const why = err.code === "ENOENT" ? "psql not found (apt-get install postgresql-client)" : stderr.trim() || err.message;
-        reject(new Error(`psql ${url.replace(/\/\/[^@/]*@/, "//…@")} -c ${JSON.stringify(sql)}: ${why}`));
-      } else resolve(stdout);
-    })
-  );
-}
-
-async function createPostgresDatabase() {
-  const admin = process.env.PATCHBAY_TEST_POSTGRES;
-  assert.ok(
-    admin,
-    "PATCHBAY_TEST_POSTGRES is not set: the PostgreSQL restart cases need an admin connection URL " +
-      "(tests/run.sh sets it; e.g. PATCHBAY_TEST_POSTGRES=postgres://postgres@127.0.0.1:5432/test)"
-  );
-  const name = `pb_restart_${randomBytes(8).toString("hex")}`;
-  await psql(admin, `CREATE DATABASE ${name}`);
-  const url = new URL(admin);
-  url.pathname = `/${name}`;
-  return { name, url: url.toString(), drop: () => psql(admin, `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`) };
-}
 
 // ---------------------------------------------------------------------------------------------
 // Measurements: what a page decodes, over every track its peer connections receive.
@@ -216,7 +186,7 @@ async function restartCase(t, { store, signal }) {
     let databaseUrl = null;
     let account = null;
     if (store === "postgres") {
-      db = await createPostgresDatabase();
+      db = await createPostgresDatabase("pb_restart");
       databaseUrl = db.url;
       account = await createAccount({ databaseUrl }); // only the default SQLite gets one on first start
     } else {
@@ -471,7 +441,7 @@ async function phoneRestartCase(t, { store, signal, occupyRtp = false }) {
     let databaseUrl = null;
     let account = null;
     if (store === "postgres") {
-      db = await createPostgresDatabase();
+      db = await createPostgresDatabase("pb_restart");
       databaseUrl = db.url;
       account = await createAccount({ databaseUrl });
     } else {

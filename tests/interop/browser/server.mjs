@@ -40,6 +40,7 @@ import { execFile, spawn } from "node:child_process";
 import https from "node:https";
 import { mkdtemp, rm } from "node:fs/promises";
 import { createWriteStream, existsSync, readFileSync } from "node:fs";
+import { randomBytes } from "node:crypto";
 import dgram from "node:dgram";
 import net from "node:net";
 import os from "node:os";
@@ -400,4 +401,36 @@ export async function startPatchbay({
     },
   };
   return pb;
+}
+
+// ---------------------------------------------------------------------------------------------
+// PostgreSQL: a fresh database per case, through psql on $PATCHBAY_TEST_POSTGRES.
+
+function psql(url, sql) {
+  return new Promise((resolve, reject) =>
+    execFile("psql", [url, "-v", "ON_ERROR_STOP=1", "-qAtc", sql], { timeout: 30000 }, (err, stdout, stderr) => {
+      if (err) {
+        const why = err.code === "ENOENT" ? "psql not found (apt-get install postgresql-client)" : stderr.trim() || err.message;
+        reject(new Error(`psql ${url.replace(/\/\/[^@/]*@/, "//…@")} -c ${JSON.stringify(sql)}: ${why}`));
+      } else resolve(stdout);
+    })
+  );
+}
+
+// A fresh database named <prefix>_<random> on $PATCHBAY_TEST_POSTGRES (the admin connection;
+// tests/run.sh sets it). Without the variable this throws: PostgreSQL cases never skip.
+// -> { name, url, drop() }
+export async function createPostgresDatabase(prefix) {
+  const admin = process.env.PATCHBAY_TEST_POSTGRES;
+  if (!admin) {
+    throw new Error(
+      "PATCHBAY_TEST_POSTGRES is not set: PostgreSQL cases need an admin connection URL " +
+        "(tests/run.sh sets it; e.g. PATCHBAY_TEST_POSTGRES=postgres://postgres@127.0.0.1:5432/test)"
+    );
+  }
+  const name = `${prefix}_${randomBytes(8).toString("hex")}`;
+  await psql(admin, `CREATE DATABASE ${name}`);
+  const url = new URL(admin);
+  url.pathname = `/${name}`;
+  return { name, url: url.toString(), drop: () => psql(admin, `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`) };
 }

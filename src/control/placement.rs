@@ -1,0 +1,151 @@
+//! Placement (issue 20): which serving process hosts a session's media, so that every device
+//! and phone of one session meets in one media plane.
+//!
+//! On a database shared by several processes (PostgreSQL, once [`Control::enable_placement`]
+//! was called), a session is placed on one process when a device or call of its members
+//! arrives and none hosts it: the least loaded live process that the others can reach (live
+//! devices count the load; a tie goes to the process the device reached). A device that
+//! reaches another process is carried to the host ([`Control::host_of`] says where); a
+//! process that is asked to serve a device of a session hosted elsewhere refuses it, and the
+//! device reconnects through the door again. The host releases a session when none of its
+//! members has had a device there for [`RELEASE_AFTER_MS`], so the next call is balanced
+//! again. A dead host's sessions are taken over by the first process that places them.
+//!
+//! Alone on its database (SQLite, or placement not enabled) every session is hosted here.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+
+use super::{Control, ControlError, DEAD_AFTER_MS};
+use crate::domain::SessionId;
+use crate::store::{InstanceAddress, SessionHost};
+
+/// How long a session hosted here has had no member's device here before it is released
+/// (longer than a device's reconnect, so a reconnecting call comes back to its host).
+pub const RELEASE_AFTER_MS: i64 = 30_000;
+
+/// Where a session's devices are served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Host {
+    /// By this process.
+    Here,
+    /// By another, live process.
+    Elsewhere(SessionHost),
+}
+
+/// This process's placement state.
+#[derive(Debug, Default)]
+pub(super) struct PlacementState {
+    /// Where the others reach this process.
+    pub(super) address: InstanceAddress,
+    /// Sessions hosted here found idle at the last check, with when they were first found so.
+    pub(super) idle: HashMap<SessionId, i64>,
+}
+
+impl Control {
+    /// This process shares its database with others: sessions are placed (see the module
+    /// docs). Until then every session is hosted here.
+    pub fn enable_placement(&self) {
+        self.inner.placing.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether sessions are placed (several processes may share the database).
+    pub fn places_sessions(&self) -> bool {
+        self.inner.placing.load(Ordering::SeqCst)
+    }
+
+    /// Sets where the other processes reach this one (recorded with each heartbeat).
+    pub fn set_address(&self, address: InstanceAddress) {
+        self.placement().address = address;
+    }
+
+    /// Where the other processes reach this one.
+    pub fn address(&self) -> InstanceAddress {
+        self.placement().address.clone()
+    }
+
+    fn placement(&self) -> std::sync::MutexGuard<'_, PlacementState> {
+        self.inner
+            .placement
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The process that serves `session`'s devices, placing the session if no live process
+    /// hosts it.
+    pub async fn host_of(&self, session: SessionId) -> Result<Host, ControlError> {
+        if !self.places_sessions() {
+            return Ok(Host::Here);
+        }
+        let me = self.inner.instance.as_str();
+        let store = &self.inner.store;
+        if let Some(host) = store.session_host(session).await? {
+            if host.instance == me {
+                return Ok(Host::Here);
+            }
+        }
+        // Compared with the heartbeats, which each process stamps with its own clock.
+        let now_ms = crate::store::epoch_ms();
+        let alive_since = now_ms - DEAD_AFTER_MS;
+        let loads = store.instance_loads(alive_since, now_ms).await?;
+        let mine = loads
+            .iter()
+            .find(|l| l.instance == me)
+            .map_or(0, |l| l.devices);
+        let candidate = loads
+            .iter()
+            .filter(|l| l.instance != me && l.cluster_address.is_some() && l.devices < mine)
+            .min_by_key(|l| (l.devices, l.instance.clone()))
+            .map_or(me, |l| l.instance.as_str());
+        let host = store
+            .place_session(session, candidate, alive_since, now_ms)
+            .await?;
+        if host.instance == me {
+            Ok(Host::Here)
+        } else {
+            Ok(Host::Elsewhere(host))
+        }
+    }
+
+    /// Releases the sessions hosted here whose members have had no device here for
+    /// [`RELEASE_AFTER_MS`] (checked every few seconds by the runtime, with `now_ms`). The
+    /// sessions released.
+    pub async fn release_idle_sessions(&self, now_ms: i64) -> Result<usize, ControlError> {
+        if !self.places_sessions() {
+            return Ok(0);
+        }
+        let idle = self
+            .inner
+            .store
+            .idle_sessions(&self.inner.instance, now_ms - RELEASE_AFTER_MS)
+            .await?;
+        let due: Vec<SessionId> = {
+            let mut state = self.placement();
+            let before = std::mem::take(&mut state.idle);
+            for session in idle {
+                let since = before.get(&session).copied().unwrap_or(now_ms);
+                state.idle.insert(session, since);
+            }
+            state
+                .idle
+                .iter()
+                .filter(|(_, since)| now_ms - **since >= RELEASE_AFTER_MS)
+                .map(|(session, _)| *session)
+                .collect()
+        };
+        let mut released = 0;
+        for session in due {
+            if self
+                .inner
+                .store
+                .release_session(session, &self.inner.instance)
+                .await?
+            {
+                tracing::debug!(%session, "session released: no device of its members here");
+                released += 1;
+            }
+            self.placement().idle.remove(&session);
+        }
+        Ok(released)
+    }
+}

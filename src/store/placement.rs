@@ -1,0 +1,217 @@
+//! [`PlacementStore`] on [`SqlStore`]: which serving process hosts each session's media
+//! (issue 20), and where the processes reach one another.
+//!
+//! A session is placed on one process when its first device or phone arrives; the placement
+//! stands while its process is alive (beating, not claimed by a process that took it for dead)
+//! and is released by that process when the session's last device there ends. A process that
+//! finds the session placed on a dead process, or on none, takes it over in one conditional
+//! statement, so processes placing at once agree on one host. `epoch` counts a session's
+//! placements.
+
+use async_trait::async_trait;
+use sqlx::Row;
+
+use super::sql::parse_id;
+use super::{SqlStore, StoreError};
+use crate::domain::SessionId;
+
+/// Where the other processes reach a process (recorded with its heartbeat).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InstanceAddress {
+    /// Its HTTP listener's bound address, for the operator.
+    pub http: String,
+    /// The URL base of its device WebSocket for the other processes (`ws://10.0.0.5:8080`);
+    /// `None`: they cannot reach it.
+    pub cluster: Option<String>,
+    /// Its SIP listener (`host:port`), where calls for the sessions it hosts are redirected.
+    pub sip: Option<String>,
+}
+
+/// The process hosting a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionHost {
+    /// The session.
+    pub session: SessionId,
+    /// Its host process.
+    pub instance: String,
+    /// How many times the session was placed (1 for the first placement).
+    pub epoch: i64,
+    /// Where the host's device WebSocket is reached, if it can be.
+    pub cluster_address: Option<String>,
+    /// The host's SIP listener, if known.
+    pub sip_address: Option<String>,
+}
+
+/// A live process and how much it serves, for choosing a new session's host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceLoad {
+    /// The process.
+    pub instance: String,
+    /// Where its device WebSocket is reached, if it can be.
+    pub cluster_address: Option<String>,
+    /// Its live devices (browsers and phones).
+    pub devices: u64,
+}
+
+/// The condition "the process `i` is alive": seen since the parameter `$since` (epoch ms)
+/// and not claimed by another process at the parameter `$now`.
+fn alive(since: u8, now: u8) -> String {
+    format!("i.seen_at >= ${since} AND i.reaped_until <= ${now}")
+}
+
+/// Sessions' hosts. See the module docs.
+#[async_trait]
+pub trait PlacementStore: Send + Sync + 'static {
+    /// The host of `session`: the process that hosts it if that one is alive (seen since
+    /// `alive_since_ms`, not claimed at `now_ms`), else `candidate`, placed now (the epoch
+    /// grows). Of processes placing one session at once, all get the same host.
+    async fn place_session(
+        &self,
+        session: SessionId,
+        candidate: &str,
+        alive_since_ms: i64,
+        now_ms: i64,
+    ) -> Result<SessionHost, StoreError>;
+    /// The recorded host of `session`, alive or not; `None` if it has none.
+    async fn session_host(&self, session: SessionId) -> Result<Option<SessionHost>, StoreError>;
+    /// Releases `session` if `instance` hosts it (true if it did).
+    async fn release_session(&self, session: SessionId, instance: &str)
+        -> Result<bool, StoreError>;
+    /// The live processes (as in [`PlacementStore::place_session`]) with their device counts,
+    /// by process id.
+    async fn instance_loads(
+        &self,
+        alive_since_ms: i64,
+        now_ms: i64,
+    ) -> Result<Vec<InstanceLoad>, StoreError>;
+    /// The sessions `instance` hosts, placed before `placed_before_ms`, where no member has a
+    /// live device on `instance`: the sessions it may release. By id.
+    async fn idle_sessions(
+        &self,
+        instance: &str,
+        placed_before_ms: i64,
+    ) -> Result<Vec<SessionId>, StoreError>;
+}
+
+const HOST: &str = "SELECT h.session_id, h.instance_id, h.epoch, i.cluster_address, i.sip_address \
+     FROM session_hosts h LEFT JOIN server_instances i ON i.id = h.instance_id \
+     WHERE h.session_id = $1";
+
+fn host(row: &sqlx::any::AnyRow) -> Result<SessionHost, StoreError> {
+    Ok(SessionHost {
+        session: parse_id(row, "session_id")?,
+        instance: row.try_get("instance_id")?,
+        epoch: row.try_get("epoch")?,
+        cluster_address: row.try_get("cluster_address")?,
+        sip_address: row.try_get("sip_address")?,
+    })
+}
+
+#[async_trait]
+impl PlacementStore for SqlStore {
+    async fn place_session(
+        &self,
+        session: SessionId,
+        candidate: &str,
+        alive_since_ms: i64,
+        now_ms: i64,
+    ) -> Result<SessionHost, StoreError> {
+        let mut tx = self.write.begin().await?;
+        // One statement: the host's liveness is checked and the placement taken at once (on
+        // PostgreSQL, a conflicting insert waits for the other and re-checks the condition on
+        // the row it committed).
+        sqlx::query(&format!(
+            "INSERT INTO session_hosts (session_id, instance_id, epoch, placed_at) \
+             VALUES ($1, $2, 1, $4) ON CONFLICT (session_id) DO UPDATE \
+             SET instance_id = excluded.instance_id, epoch = session_hosts.epoch + 1, \
+                 placed_at = excluded.placed_at \
+             WHERE session_hosts.instance_id <> excluded.instance_id AND NOT EXISTS \
+             (SELECT 1 FROM server_instances i WHERE i.id = session_hosts.instance_id AND {})",
+            alive(3, 4)
+        ))
+        .bind(session.to_string())
+        .bind(candidate)
+        .bind(alive_since_ms)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        let row = sqlx::query(HOST)
+            .bind(session.to_string())
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        host(&row)
+    }
+
+    async fn session_host(&self, session: SessionId) -> Result<Option<SessionHost>, StoreError> {
+        sqlx::query(HOST)
+            .bind(session.to_string())
+            .fetch_optional(&self.read)
+            .await?
+            .as_ref()
+            .map(host)
+            .transpose()
+    }
+
+    async fn release_session(
+        &self,
+        session: SessionId,
+        instance: &str,
+    ) -> Result<bool, StoreError> {
+        let done =
+            sqlx::query("DELETE FROM session_hosts WHERE session_id = $1 AND instance_id = $2")
+                .bind(session.to_string())
+                .bind(instance)
+                .execute(&self.write)
+                .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn instance_loads(
+        &self,
+        alive_since_ms: i64,
+        now_ms: i64,
+    ) -> Result<Vec<InstanceLoad>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT i.id, i.cluster_address, \
+             (SELECT COUNT(*) FROM live_devices d WHERE d.instance_id = i.id) AS devices \
+             FROM server_instances i WHERE {} ORDER BY i.id",
+            alive(1, 2)
+        ))
+        .bind(alive_since_ms)
+        .bind(now_ms)
+        .fetch_all(&self.read)
+        .await?
+        .iter()
+        .map(|row| {
+            let devices: i64 = row.try_get("devices")?;
+            Ok(InstanceLoad {
+                instance: row.try_get("id")?,
+                cluster_address: row.try_get("cluster_address")?,
+                devices: u64::try_from(devices).unwrap_or(0),
+            })
+        })
+        .collect()
+    }
+
+    async fn idle_sessions(
+        &self,
+        instance: &str,
+        placed_before_ms: i64,
+    ) -> Result<Vec<SessionId>, StoreError> {
+        sqlx::query(
+            "SELECT h.session_id FROM session_hosts h \
+             WHERE h.instance_id = $1 AND h.placed_at < $2 AND NOT EXISTS \
+             (SELECT 1 FROM participants p JOIN live_devices d ON d.participant_id = p.id \
+              WHERE p.session_id = h.session_id AND d.instance_id = $1) \
+             ORDER BY h.session_id",
+        )
+        .bind(instance)
+        .bind(placed_before_ms)
+        .fetch_all(&self.read)
+        .await?
+        .iter()
+        .map(|row| parse_id(row, "session_id"))
+        .collect()
+    }
+}
