@@ -716,6 +716,30 @@ impl Endpoint {
         if !(400..=699).contains(&code) {
             return Err(SipError::InvalidStatus(code));
         }
+        self.refuse_call(call, code, reason, None, now)
+    }
+
+    /// Redirects an offered call with `302 Moved Temporarily` whose `Contact` is
+    /// `<sip:{target}>` (`target`: `host:port`, where the caller dials again), with a `Reason`
+    /// as [`Endpoint::reject`]'s. The call ends at once with [`CallEnd::Rejected`] (code 302).
+    pub fn redirect(
+        &mut self,
+        call: CallId,
+        target: &str,
+        reason: &str,
+        now: Instant,
+    ) -> Result<(), SipError> {
+        self.refuse_call(call, 302, reason, Some(format!("<sip:{target}>")), now)
+    }
+
+    fn refuse_call(
+        &mut self,
+        call: CallId,
+        code: u16,
+        reason: &str,
+        contact: Option<String>,
+        now: Instant,
+    ) -> Result<(), SipError> {
         let c = self.calls.get(&call).ok_or(SipError::UnknownCall(call))?;
         if c.phase != Phase::Offered {
             return Err(SipError::InvalidState {
@@ -729,10 +753,13 @@ impl Endpoint {
         } else {
             reason
         };
-        let extra = [(
+        let mut extra = vec![(
             "Reason",
             format!("SIP ;cause={code} ;text={}", message::quote(text)),
         )];
+        if let Some(contact) = contact {
+            extra.push(("Contact", contact));
+        }
         let bytes = c.invite_reply.build(
             code,
             text,

@@ -1411,6 +1411,7 @@ pub fn default_reason(code: u16) -> &'static str {
         180 => "Ringing",
         183 => "Session Progress",
         200 => "OK",
+        302 => "Moved Temporarily",
         400 => "Bad Request",
         403 => "Forbidden",
         404 => "Not Found",

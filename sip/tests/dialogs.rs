@@ -203,6 +203,38 @@ fn invite_retransmissions_are_answered_by_the_transaction() {
 }
 
 #[test]
+fn redirect_answers_302_with_the_contact_to_dial() {
+    let mut h = Harness::new();
+    let call = offer(&mut h, "z9hG4bKinv1", "c9@phone", "");
+    let now = h.now;
+    h.ep.redirect(
+        call,
+        "10.0.0.7:5060",
+        "session hosted by another server",
+        now,
+    )
+    .expect("redirect");
+    let moved = h.one();
+    assert_eq!(status(&moved), 302);
+    assert_eq!(
+        header(&moved, "Contact").as_deref(),
+        Some("<sip:10.0.0.7:5060>")
+    );
+    assert_eq!(
+        header(&moved, "Reason").as_deref(),
+        Some("SIP ;cause=302 ;text=\"session hosted by another server\"")
+    );
+    assert_eq!(
+        h.events(),
+        vec![CallEvent::Ended {
+            call,
+            end: CallEnd::Rejected { code: 302 }
+        }]
+    );
+    assert_eq!(h.ep.calls(), 0);
+}
+
+#[test]
 fn reject_adds_a_reason_header_and_absorbs_the_ack() {
     let mut h = Harness::new();
     let call = offer(&mut h, "z9hG4bKinv1", "c4@phone", "");

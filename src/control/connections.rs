@@ -134,6 +134,13 @@ pub enum PhoneRefusal {
     /// The server is draining before it stops (503).
     #[error("server draining")]
     Draining,
+    /// The participant's session is hosted by another process, whose SIP listener this is
+    /// (302 there; 503 when it gave none).
+    #[error("session hosted by another server")]
+    HostedElsewhere {
+        /// The host's SIP listener (`host:port`).
+        sip: Option<String>,
+    },
 }
 
 impl DeviceControl {
@@ -362,6 +369,19 @@ impl DeviceControl {
             .ok_or(PhoneRefusal::NotInSession)?;
         if self.media.is_connected(participant) {
             return Err(PhoneRefusal::AlreadyConnected);
+        }
+        // Only the session's host takes its calls (issue 20): the others redirect them there.
+        match self.control.host_of(session).await {
+            Ok(Host::Here) => {}
+            Ok(Host::Elsewhere(host)) => {
+                return Err(PhoneRefusal::HostedElsewhere {
+                    sip: host.sip_address,
+                })
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read where a phone's session is hosted");
+                return Err(PhoneRefusal::Unavailable);
+            }
         }
         Ok(AdmittedPhone {
             account: verified.claims.account,

@@ -17,7 +17,9 @@
 //! Admission (reference §4.2): the participant token from `User-To-User` is verified like a
 //! browser's; refusals carry a precise status and a `Reason` header: no, bad or expired token
 //! 403; deleted participant 404; participant in no session 480; already connected 486; no
-//! common codec 488. Every call end is logged with its [`CallEnd`] and counted.
+//! common codec 488. When several processes share the database, a call for a session hosted
+//! by another process is redirected there: 302 with `Contact: <sip:HOST:PORT>` (its SIP
+//! listener; issue 20). Every call end is logged with its [`CallEnd`] and counted.
 #![allow(clippy::disallowed_methods)] // the runtime owns the clock, the tasks and the sockets' timers
 
 use std::collections::HashMap;
@@ -205,6 +207,8 @@ enum Message {
 struct Refusal {
     code: u16,
     reason: String,
+    /// With 302: where the caller dials again (`host:port`).
+    redirect: Option<String>,
 }
 
 impl Refusal {
@@ -212,6 +216,7 @@ impl Refusal {
         Refusal {
             code,
             reason: reason.into(),
+            redirect: None,
         }
     }
 }
@@ -376,9 +381,12 @@ impl Bridge {
             }
             Message::Admitted(call, Err(refusal)) => {
                 tracing::info!(call = %call, code = refusal.code, reason = %refusal.reason, "SIP call refused");
-                let _ = self
-                    .endpoint
-                    .reject(call, refusal.code, &refusal.reason, now);
+                let _ = match &refusal.redirect {
+                    Some(target) => self.endpoint.redirect(call, target, &refusal.reason, now),
+                    None => self
+                        .endpoint
+                        .reject(call, refusal.code, &refusal.reason, now),
+                };
             }
             Message::Admitted(call, Ok(admitted)) => self.start_call(call, *admitted, now),
             Message::Hangup(call) => {
@@ -1157,14 +1165,29 @@ async fn admit_inner(
 
 /// The SIP status and reason of control's refusal.
 fn refusal(refusal: PhoneRefusal) -> Refusal {
+    let reason = refusal.to_string();
     let code = match refusal {
         PhoneRefusal::BadToken(_) => 403,
         PhoneRefusal::ParticipantNotFound => 404,
         PhoneRefusal::NotInSession => 480,
         PhoneRefusal::AlreadyConnected => 486,
         PhoneRefusal::Unavailable | PhoneRefusal::Draining => 503,
+        PhoneRefusal::HostedElsewhere { sip: Some(target) } => {
+            // Redirected to the process that hosts the session (issue 20).
+            return Refusal {
+                code: 302,
+                reason,
+                redirect: Some(target),
+            };
+        }
+        PhoneRefusal::HostedElsewhere { sip: None } => {
+            return Refusal::new(
+                503,
+                "session hosted by another server, which gave no SIP address",
+            )
+        }
     };
-    Refusal::new(code, refusal.to_string())
+    Refusal::new(code, reason)
 }
 
 /// Accepts SIP TCP connections (backing off while `accept` fails, within the gate's caps)

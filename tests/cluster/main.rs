@@ -189,6 +189,60 @@ async fn changes_made_through_one_process_reach_the_calls_on_another() {
     a.stop().await.expect("stop A");
 }
 
+/// Placement: two phones of one session dial different processes. The first call places the
+/// session on the process it reached; the second process redirects its call there (302 to the
+/// host's SIP listener), and the phone that follows the redirect is in the call: each hears
+/// the other's tone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phones_dialling_different_processes_meet_on_the_session_s_host() {
+    let url = fresh_postgres_url();
+    let a = spawn_app(&url).await;
+    let b = spawn_app(&url).await;
+    let account = AccountId::parse("cluster").expect("id");
+    a.control
+        .create_account(account.clone())
+        .await
+        .expect("account");
+    let session: SessionId = b
+        .control
+        .create_session(&account, None)
+        .await
+        .expect("session")
+        .id;
+    let (first, t1) = participant(&a.control, &account).await;
+    let (second, t2) = participant(&b.control, &account).await;
+    for p in [first, second] {
+        b.control
+            .add_member(
+                &account,
+                session,
+                p,
+                Some(patchbay_testkit::rules::whole(session)),
+            )
+            .await
+            .expect("member");
+    }
+    let p1 = dial_ok(a.sip, &t1).await;
+    let redirected = match dial(b.sip, &Dial::with_token(&t2)).await {
+        Ok(_) => panic!("the process that does not host the session answered the call"),
+        Err(r) => r,
+    };
+    assert_eq!(redirected.code, 302, "{redirected:?}");
+    assert_eq!(
+        redirected.redirect,
+        Some(a.sip),
+        "redirected to the host's SIP listener: {redirected:?}"
+    );
+    let p2 = dial_ok(a.sip, &t2).await;
+    p1.play_tone(440.0);
+    p2.play_tone(1000.0);
+    hears(&p1, 1000.0, "the first caller hears the second").await;
+    hears(&p2, 440.0, "the second caller hears the first").await;
+    drop((p1, p2));
+    b.stop().await.expect("stop B");
+    a.stop().await.expect("stop A");
+}
+
 /// A process taken for dead while it runs (here the test's own control claims it, as the
 /// reaper of a process alive does after 20 s without a beat, and writes its device's end)
 /// learns it at its next beat and closes its devices, announcing nothing more: the backend

@@ -48,6 +48,8 @@ pub struct Refused {
     pub code: u16,
     /// The `Reason` header, if any.
     pub reason: Option<String>,
+    /// With a 3xx: where to dial instead (the `Contact` URI's `host:port`).
+    pub redirect: Option<SocketAddr>,
 }
 
 /// A call that was answered.
@@ -196,9 +198,16 @@ pub async fn dial(server: SocketAddr, how: &Dial) -> Result<Phone, Refused> {
         .await
         .expect("send ACK");
     if code >= 300 {
+        let redirect = header(&response, "Contact")
+            .or_else(|| header(&response, "m"))
+            .and_then(|c| c.trim_start_matches('<').strip_prefix("sip:"))
+            .and_then(|c| c.split(['>', ';']).next())
+            .and_then(|c| c.rsplit('@').next())
+            .and_then(|c| c.parse().ok());
         return Err(Refused {
             code,
             reason: header(&response, "Reason").map(str::to_owned),
+            redirect,
         });
     }
     let answer = body(&response);
