@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 
 use patchbay::control::{Control, NewParticipant};
 use patchbay::domain::{AccountId, MediaKinds, ParticipantId, SessionId};
-use patchbay_testkit::app::spawn_app;
+use patchbay_testkit::app::{spawn_app, RunningApp};
 use patchbay_testkit::db::fresh_postgres_url;
 use patchbay_testkit::phone_ua::{dial, power_at, Dial, Phone};
 use patchbay_testkit::rules::only;
@@ -41,6 +41,25 @@ async fn hears(phone: &Phone, hz: f64, what: &str) {
     }
 }
 
+/// Two processes on a fresh database, an account, and a session created through the first.
+async fn two_processes() -> (String, RunningApp, RunningApp, AccountId, SessionId) {
+    let url = fresh_postgres_url();
+    let a = spawn_app(&url).await;
+    let b = spawn_app(&url).await;
+    let account = AccountId::parse("cluster").expect("id");
+    a.control
+        .create_account(account.clone())
+        .await
+        .expect("account");
+    let session = a
+        .control
+        .create_session(&account, None)
+        .await
+        .expect("session")
+        .id;
+    (url, a, b, account, session)
+}
+
 async fn participant(control: &Control, account: &AccountId) -> (ParticipantId, String) {
     let (p, token) = control
         .create_participant(
@@ -67,20 +86,7 @@ async fn dial_ok(sip: SocketAddr, token: &str) -> Phone {
 /// deleted through A is hung up on B, and a session deleted through A stops the audio on B.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_made_through_one_process_reach_the_calls_on_another() {
-    let url = fresh_postgres_url();
-    let a = spawn_app(&url).await;
-    let b = spawn_app(&url).await;
-    let account = AccountId::parse("cluster").expect("id");
-    a.control
-        .create_account(account.clone())
-        .await
-        .expect("account");
-    let session: SessionId = a
-        .control
-        .create_session(&account, None)
-        .await
-        .expect("session")
-        .id;
+    let (url, a, b, account, session) = two_processes().await;
     let (caller, tc) = participant(&a.control, &account).await;
     let (agent, ta) = participant(&a.control, &account).await;
     let (supervisor, ts) = participant(&a.control, &account).await;
@@ -195,20 +201,7 @@ async fn changes_made_through_one_process_reach_the_calls_on_another() {
 /// the other's tone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn phones_dialling_different_processes_meet_on_the_session_s_host() {
-    let url = fresh_postgres_url();
-    let a = spawn_app(&url).await;
-    let b = spawn_app(&url).await;
-    let account = AccountId::parse("cluster").expect("id");
-    a.control
-        .create_account(account.clone())
-        .await
-        .expect("account");
-    let session: SessionId = b
-        .control
-        .create_session(&account, None)
-        .await
-        .expect("session")
-        .id;
+    let (_url, a, b, account, session) = two_processes().await;
     let (first, t1) = participant(&a.control, &account).await;
     let (second, t2) = participant(&b.control, &account).await;
     for p in [first, second] {
