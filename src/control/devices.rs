@@ -147,6 +147,15 @@ impl Control {
         Some([connected, answered])
     }
 
+    /// Whether the participant has a phone call here.
+    pub(super) fn has_phone_here(&self, participant: ParticipantId) -> bool {
+        self.inner
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .has_phone(participant)
+    }
+
     /// The participant's devices here end without an event (another process announced their
     /// end): the events their closing reports later are not recorded.
     pub(super) fn forget_devices_of(&self, participant: ParticipantId) {
@@ -201,6 +210,13 @@ impl LiveDevices {
     /// The participants with a device connected.
     pub(super) fn participants(&self) -> std::collections::BTreeSet<ParticipantId> {
         self.live.keys().map(|(p, _)| *p).collect()
+    }
+
+    /// Whether the participant has a phone call connected.
+    pub(super) fn has_phone(&self, participant: ParticipantId) -> bool {
+        self.live
+            .iter()
+            .any(|((p, _), kind)| *p == participant && *kind == DeviceKind::Phone)
     }
 
     /// Whether the participant has a device connected.

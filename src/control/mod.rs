@@ -76,7 +76,7 @@ pub use error::{Conflict, ControlError, DeviceTokenError, Invalid, Resource, Sou
 pub use events::{ControlEvent, RoutingUpdate};
 pub use keys::PREVIOUS_SECRET_NAME;
 pub use operator::{Inspection, LiveDeviceView, DEAD_AFTER_MS, REAP_CLAIM_MS, TAKEN_FOR_DEAD};
-pub use placement::{Host, RELEASE_AFTER_MS};
+pub use placement::{Host, RELEASE_AFTER_MS, SESSION_MOVED};
 pub use routing::Routing;
 pub use sessions::NewParticipant;
 pub use webhooks::{FeedItem, Recorded, WebhookFeed, EXPIRE_BATCH, SESSION_EXPIRED};

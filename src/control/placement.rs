@@ -20,6 +20,10 @@ use super::{Control, ControlError, DEAD_AFTER_MS};
 use crate::domain::SessionId;
 use crate::store::{InstanceAddress, SessionHost};
 
+/// Why a browser is closed when its session is hosted by another process (it reconnects, and
+/// the door carries it there).
+pub const SESSION_MOVED: &str = "session moved: reconnect";
+
 /// How long a session hosted here has had no member's device here before it is released
 /// (longer than a device's reconnect, so a reconnecting call comes back to its host).
 pub const RELEASE_AFTER_MS: i64 = 30_000;
@@ -104,6 +108,54 @@ impl Control {
             Ok(Host::Here)
         } else {
             Ok(Host::Elsewhere(host))
+        }
+    }
+
+    /// The members of `session` with a device here (`here`) belong on its host: the session
+    /// is placed here if no live process hosts it; if another one does, their browsers are
+    /// closed with [`SESSION_MOVED`] (they reconnect and are carried there). A phone cannot
+    /// move: it stays here, apart from the session's other devices (logged).
+    pub(super) async fn keep_on_host(
+        &self,
+        session: SessionId,
+        here: &[crate::domain::ParticipantId],
+    ) {
+        if !self.places_sessions() || here.is_empty() {
+            return;
+        }
+        let me = self.inner.instance.as_str();
+        let store = &self.inner.store;
+        match store.session_host(session).await {
+            Ok(Some(host)) if host.instance == me => return,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(%session, error = %e, "cannot read where a session is hosted");
+                return;
+            }
+        }
+        let now_ms = crate::store::epoch_ms();
+        let host = match store
+            .place_session(session, me, now_ms - DEAD_AFTER_MS, now_ms)
+            .await
+        {
+            Ok(host) if host.instance == me => return,
+            Ok(host) => host,
+            Err(e) => {
+                tracing::warn!(%session, error = %e, "cannot place a session");
+                return;
+            }
+        };
+        for participant in here {
+            if self.has_phone_here(*participant) {
+                tracing::warn!(
+                    %session, %participant, host = %host.instance,
+                    "a phone call here is in a session hosted by another process: it hears \
+                     and is heard only by the devices here"
+                );
+                continue;
+            }
+            tracing::info!(%session, %participant, host = %host.instance, "session hosted by another process: its device here reconnects there");
+            self.disconnect_participant(*participant, SESSION_MOVED);
         }
     }
 

@@ -79,12 +79,20 @@ impl Control {
     ) -> Result<(), ControlError> {
         let _turn = self.inner.stripes.lock(session).await;
         let members = self.inner.store.members(account, session).await?;
-        if only_if_concerned && !self.lock_routing().has_table(session) {
+        let here: Vec<_> = {
             let live = self.inner.live.lock().unwrap_or_else(|e| e.into_inner());
-            if !members.iter().any(|m| live.has_participant(m.id)) {
-                return Ok(());
-            }
+            members
+                .iter()
+                .filter(|m| live.has_participant(m.id))
+                .map(|m| m.id)
+                .collect()
+        };
+        if only_if_concerned && here.is_empty() && !self.lock_routing().has_table(session) {
+            return Ok(());
         }
+        // A device here of a session hosted elsewhere (it connected before its participant
+        // joined the session) moves to the host.
+        self.keep_on_host(session, &here).await;
         let (diff, kept) = {
             let mut routing = self.lock_routing();
             let diff = routing.compile(session, &rules_of(&members));

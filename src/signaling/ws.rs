@@ -7,7 +7,10 @@
 //! and after `leave` ("left"). Others (the SDK reconnects): 1001 "idle timeout" when nothing
 //! (not even a pong to the server's ping) was heard for the idle timeout, 1001 "server
 //! shutting down", 1009 for a frame over [`MAX_FRAME_BYTES`], 1002 for a protocol error, 1013 "try again later" when
-//! the token cannot be checked now and 1013 "server draining" while the server drains.
+//! the token cannot be checked now, 1013 "server draining" while the server drains, 1013
+//! "session moved: reconnect" when the session is hosted by another process (the door carries
+//! the reconnect there) and 1013 "server taken for dead: reconnect" when another process took
+//! this one for dead.
 //!
 //! Origin policy: the participant token is the credential and the SDK runs on customers' own
 //! origins, so any `Origin` is accepted unless an allow-list is configured; then a browser's
@@ -32,7 +35,10 @@ use super::rpc::{self, RpcError, RpcRequest};
 use super::wire::{self, PublishMetadata};
 use crate::control::port::DeviceNotice;
 use crate::control::port::MediaError;
-use crate::control::{ConnectError, ConnectedDevice, DeviceControl, Door, Ended, SESSION_EXPIRED};
+use crate::control::{
+    ConnectError, ConnectedDevice, DeviceControl, Door, Ended, SESSION_EXPIRED, SESSION_MOVED,
+    TAKEN_FOR_DEAD,
+};
 use crate::domain::DeclaredStreams;
 
 /// Largest accepted frame: `deviceDiagnostics` batches logs with SDPs, several MB at times.
@@ -292,7 +298,13 @@ async fn connection(state: SignalingState, query: HashMap<String, String>, mut s
                     if reason == SESSION_EXPIRED {
                         left = true;
                     }
-                    close(socket, reason).await;
+                    if reason == SESSION_MOVED || reason == TAKEN_FOR_DEAD {
+                        // The device is to reconnect (to its session's host, or as a new
+                        // device after another process took this one for dead).
+                        close_with(socket, code::TRY_AGAIN_LATER, reason).await;
+                    } else {
+                        close(socket, reason).await;
+                    }
                     break;
                 }
                 Some(DeviceNotice::Reset(reason)) => {

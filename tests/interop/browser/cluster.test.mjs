@@ -4,7 +4,8 @@
 // hears the other's tone and sees the other's video. The session is created through one
 // process, its participants through the other (REST anywhere). Without placement each process
 // would forward only between its own devices, and the pages would never hear each other: the
-// second page's WebSocket must be carried to the process that hosts the session.
+// second page's WebSocket must be carried to the process that hosts the session. A third page,
+// connected while its participant was in no session, moves to the host when it joins.
 //
 // Evidence is only what the pages DECODE (the tone's frequency with WebAudio, painted frames).
 //
@@ -68,6 +69,25 @@ test("two browsers entering through different processes hear and see each other"
       alice.page.expectVideo(atAlice.streamId, { minFrames: 10, timeoutMs: T }),
     ]);
     for (const v of videos) assert.ok(v.frames >= 10 && v.width > 0 && v.height > 0, JSON.stringify(v));
+
+    // Carol's page connects to the second process while she is in no session (nothing to
+    // carry yet), publishes, then is added to the session, which the first process hosts:
+    // her device is moved there (closed with 1013, the SDK reconnects, the door carries it),
+    // and she and Alice hear each other.
+    const { participant: carol, token: carolToken } = await two.createParticipant({ tag: "carol", publishPermissions: ["AUDIO"] });
+    const carolPage = await b.newParticipant("carol");
+    pages.push(carolPage);
+    await carolPage.connect({ websocketUrl: two.websocketUrl, token: carolToken, timeoutMs: T });
+    await carolPage.publishTone({ freqHz: 700, alias: "carol", video: false, timeoutMs: T });
+    await two.addParticipant(session.id, carol.id, { sessionId: session.id });
+    const [atCarol, carolAtAlice] = await Promise.all([
+      carolPage.waitForStream({ participantId: alice.id, timeoutMs: T }),
+      alice.page.waitForStream({ participantId: carol.id, timeoutMs: T }),
+    ]);
+    await Promise.all([
+      carolPage.expectTone(atCarol.streamId, 440, { toleranceHz: TOL_HZ, timeoutMs: T }),
+      alice.page.expectTone(carolAtAlice.streamId, 700, { toleranceHz: TOL_HZ, timeoutMs: T }),
+    ]);
   } catch (e) {
     for (const [i, node] of nodes.entries()) {
       const tail = node.stderrTail(80);
