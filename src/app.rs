@@ -56,6 +56,9 @@ pub struct App {
     /// On SQLite, the lock that keeps a second serving process off the file (held until
     /// this server stops).
     _serving: Option<std::fs::File>,
+    /// The other serving processes' addresses (their carried devices are not capped per
+    /// source).
+    peers: crate::runtime::listen::Peers,
 }
 
 /// On SQLite, takes the file's serving lock (`<file>.serve.lock`, an advisory lock the
@@ -280,7 +283,8 @@ impl App {
             config.cluster_address.as_deref(),
             sip.local_addr(),
         ));
-        crate::runtime::webhooks::spawn_heartbeat(control.clone());
+        let peers = crate::runtime::listen::Peers::default();
+        crate::runtime::webhooks::spawn_heartbeat(control.clone(), peers.clone());
         let metrics = if let Some(handle) = metrics_handle {
             crate::runtime::metrics::spawn_upkeep(handle.clone());
             Some(crate::runtime::metrics::Scrape::new(
@@ -327,6 +331,7 @@ impl App {
             metrics,
             metrics_listener,
             dev_credentials,
+            peers,
         })
     }
 
@@ -440,7 +445,15 @@ impl App {
         let metrics_task = metrics_server.map(|(listener, router)| {
             crate::runtime::metrics::serve(listener, router, self.http, metrics_stopped)
         });
-        crate::runtime::http::serve(self.listener, app, self.http, self.tls, shutdown).await;
+        crate::runtime::http::serve(
+            self.listener,
+            app,
+            self.http,
+            self.tls,
+            self.peers,
+            shutdown,
+        )
+        .await;
         if let Some(task) = metrics_task {
             let _ = task.await;
         }

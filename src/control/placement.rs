@@ -159,6 +159,30 @@ impl Control {
         }
     }
 
+    /// The IP addresses of the other live processes' cluster addresses (those given as IP
+    /// literals): their connections carry devices here. Empty when sessions are not placed.
+    pub async fn cluster_peers(&self) -> Result<Vec<std::net::IpAddr>, ControlError> {
+        if !self.places_sessions() {
+            return Ok(Vec::new());
+        }
+        let now_ms = crate::store::epoch_ms();
+        let loads = self
+            .inner
+            .store
+            .instance_loads(now_ms - DEAD_AFTER_MS, now_ms)
+            .await?;
+        Ok(loads
+            .iter()
+            .filter(|l| l.instance != self.inner.instance)
+            .filter_map(|l| l.cluster_address.as_deref())
+            .filter_map(|a| match url::Url::parse(a).ok()?.host()? {
+                url::Host::Ipv4(ip) => Some(std::net::IpAddr::V4(ip)),
+                url::Host::Ipv6(ip) => Some(std::net::IpAddr::V6(ip)),
+                url::Host::Domain(_) => None,
+            })
+            .collect())
+    }
+
     /// Releases the sessions hosted here whose members have had no device here for
     /// [`RELEASE_AFTER_MS`] (checked every few seconds by the runtime, with `now_ms`). The
     /// sessions released.

@@ -44,7 +44,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tower::ServiceExt;
 
-use super::listen::{Acceptor, Activity, Admission, ConnectionLimits, Gate, Head, Permit};
+use super::listen::{Acceptor, Activity, Admission, ConnectionLimits, Gate, Head, Peers, Permit};
 use super::tls::TlsAcceptor;
 
 /// Timeouts and caps of the HTTP listener.
@@ -88,16 +88,18 @@ pub const HEALTH_RESERVE: usize = 32;
 /// Serves `app` on `listener` (over TLS when `tls` is given) until `shutdown` completes, then
 /// lets every connection finish its in-flight request (upgraded WebSockets live on in their
 /// own tasks).
+/// Connections from `peers` (the other serving processes) count toward the total cap only.
 pub async fn serve<S>(
     listener: TcpListener,
     app: S,
     settings: HttpSettings,
     tls: Option<TlsAcceptor>,
+    peers: Peers,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) where
     S: Handler,
 {
-    let gate = Gate::new("http", settings.limits);
+    let gate = Gate::new("http", settings.limits).with_peers(peers);
     let mut acceptor = Acceptor::new(listener, "http");
     let mut builder = http1::Builder::new();
     builder

@@ -66,12 +66,36 @@ pub enum Admission {
     Reserve,
 }
 
+/// The addresses of the other serving processes on the database (issue 20), kept up to date
+/// by the heartbeat: a process carrying devices to this one opens one connection per device
+/// from its own address, so its connections count toward the listener's total only, not
+/// toward a source's share. Cheap to clone (shared).
+#[derive(Debug, Clone, Default)]
+pub struct Peers(Arc<std::sync::RwLock<std::collections::HashSet<IpAddr>>>);
+
+impl Peers {
+    /// The peers are now `addresses`.
+    pub fn replace(&self, addresses: impl IntoIterator<Item = IpAddr>) {
+        let set = addresses.into_iter().collect();
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = set;
+    }
+
+    /// Whether `address` is a peer's.
+    pub fn contains(&self, address: IpAddr) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&address)
+    }
+}
+
 /// Counts a listener's open connections.
 #[derive(Debug, Clone)]
 pub struct Gate {
     inner: Arc<Mutex<Counts>>,
     limits: ConnectionLimits,
     name: &'static str,
+    peers: Peers,
 }
 
 #[derive(Debug, Default)]
@@ -135,7 +159,14 @@ impl Gate {
             inner: Arc::new(Mutex::new(Counts::default())),
             limits,
             name,
+            peers: Peers::default(),
         }
+    }
+
+    /// The same gate, where connections from `peers` count toward the total only.
+    pub fn with_peers(mut self, peers: Peers) -> Gate {
+        self.peers = peers;
+        self
     }
 
     fn counts(&self) -> MutexGuard<'_, Counts> {
@@ -149,10 +180,11 @@ impl Gate {
     /// this source's share of it). A newcomer within its share when the listener is full
     /// sheds the oldest connection still in its head.
     pub fn admit(&self, source: IpAddr) -> Option<Permit> {
+        let peer = self.peers.contains(source);
         let source = source_key(source);
         let mut counts = self.counts();
         let from_source = counts.per_source.get(&source).copied().unwrap_or(0);
-        let within_share = from_source < self.limits.share(counts.total);
+        let within_share = peer || from_source < self.limits.share(counts.total);
         let admission = if within_share && counts.total < self.limits.max_total {
             Admission::Full
         } else if within_share {
@@ -393,6 +425,36 @@ mod tests {
     fn established(permit: Permit) -> Permit {
         permit.head().done();
         permit
+    }
+
+    #[test]
+    fn a_peer_process_is_capped_by_the_total_only() {
+        let peers = Peers::default();
+        let gate = Gate::new("test", limits(16, 2, 0)).with_peers(peers.clone());
+        let mut open = Vec::new();
+        for _ in 0..2 {
+            open.push(established(gate.admit(ip("10.0.1.1")).expect("room")));
+        }
+        assert!(gate.admit(ip("10.0.1.1")).is_none(), "a source's cap");
+        peers.replace([ip("10.0.1.1")]);
+        for _ in 0..10 {
+            let p = gate.admit(ip("10.0.1.1")).expect("a peer: the total only");
+            assert_eq!(p.admission(), Admission::Full);
+            open.push(established(p));
+        }
+        assert!(
+            gate.admit(ip("10.0.1.2")).is_none(),
+            "another address of the peer's network is no peer"
+        );
+        for _ in 0..4 {
+            open.push(established(gate.admit(ip("10.0.1.1")).expect("a peer")));
+        }
+        assert!(gate.admit(ip("10.0.1.1")).is_none(), "the total holds");
+        peers.replace([]);
+        drop(open);
+        for _ in 0..2 {
+            gate.admit(ip("10.0.1.1")).map(established).expect("room");
+        }
     }
 
     #[test]

@@ -537,6 +537,14 @@ pub fn serve(
             }
         };
         // Plain HTTP: a separate metrics listener is for the scraper on an internal network.
-        super::http::serve(listener, router, settings, None, shutdown).await;
+        super::http::serve(
+            listener,
+            router,
+            settings,
+            None,
+            Default::default(),
+            shutdown,
+        )
+        .await;
     })
 }

@@ -547,13 +547,18 @@ impl reqwest::dns::Resolve for GuardedResolver {
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 
 /// Starts the heartbeat of this process's live state (where the others reach it is
-/// [`Control::set_address`]'s), which also releases the sessions hosted here that emptied.
+/// [`Control::set_address`]'s), which also releases the sessions hosted here that emptied and
+/// keeps `peers` (the other processes' addresses) up to date.
 #[allow(clippy::disallowed_methods)] // the runtime starts tasks
-pub fn spawn_heartbeat(control: Control) {
+pub fn spawn_heartbeat(control: Control, peers: crate::runtime::listen::Peers) {
     tokio::spawn(async move {
         loop {
             if let Err(e) = control.heartbeat(now_ms()).await {
                 tracing::warn!(error = %e, "cannot record this process's heartbeat");
+            }
+            match control.cluster_peers().await {
+                Ok(addresses) => peers.replace(addresses),
+                Err(e) => tracing::warn!(error = %e, "cannot read the other processes' addresses"),
             }
             if let Err(e) = control.release_idle_sessions(now_ms()).await {
                 tracing::warn!(error = %e, "cannot release the sessions that emptied here");
