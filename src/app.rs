@@ -284,6 +284,13 @@ impl App {
             sip.local_addr(),
         ));
         let peers = crate::runtime::listen::Peers::default();
+        if control.places_sessions() && control.address().cluster.is_none() {
+            tracing::warn!(
+                "no --cluster-address (the --listen address is unspecified or loopback): \
+                 other processes on this database cannot carry devices here, so sessions go to \
+                 the processes they can reach"
+            );
+        }
         crate::runtime::webhooks::spawn_heartbeat(control.clone(), peers.clone());
         let metrics = if let Some(handle) = metrics_handle {
             crate::runtime::metrics::spawn_upkeep(handle.clone());
@@ -544,19 +551,23 @@ impl crate::runtime::metrics::DatabaseGauges for StoreGauges {
     }
 }
 
-/// Where the other processes reach this one: its device WebSocket at `--cluster-address`, or
-/// at the bound HTTP address when that is a specific one; its SIP listener, at its bound
-/// address or, when that is unspecified, at the cluster address's host.
+/// Where the other processes reach this one: its device WebSocket at `--cluster-address` (with
+/// the bound HTTP port when it names no port), or at the bound HTTP address when that is a
+/// specific, non-loopback one; its SIP listener, at its bound address or, when that is
+/// unspecified, at the cluster address's host.
 fn instance_address(
     http: SocketAddr,
     tls: bool,
     cluster: Option<&str>,
     sip: SocketAddr,
-) -> crate::store::InstanceAddress {
+) -> crate::store::InstanceRecord {
     let scheme = if tls { "wss" } else { "ws" };
     let reach = match cluster {
-        Some(a) => Some(a.to_owned()),
-        None if !http.ip().is_unspecified() => Some(http.to_string()),
+        Some(a) => match a.parse::<axum::http::uri::Authority>() {
+            Ok(authority) if authority.port().is_none() => Some(format!("{a}:{}", http.port())),
+            _ => Some(a.to_owned()),
+        },
+        None if !http.ip().is_unspecified() && !http.ip().is_loopback() => Some(http.to_string()),
         None => None,
     };
     let sip = if !sip.ip().is_unspecified() {
@@ -570,10 +581,11 @@ fn instance_address(
                 format!("{host}:{}", sip.port())
             })
     };
-    crate::store::InstanceAddress {
+    crate::store::InstanceRecord {
         http: http.to_string(),
         cluster: reach.map(|r| format!("{scheme}://{r}")),
         sip,
+        draining: false,
     }
 }
 
@@ -758,5 +770,50 @@ mod redact_tests {
             "sqlite://data/pb.db?mode=rwc"
         );
         assert_eq!(redact("postgres://app@db/pb"), "postgres://app@db/pb");
+    }
+}
+
+#[cfg(test)]
+mod cluster_address_tests {
+    use super::instance_address;
+
+    fn addr(s: &str) -> std::net::SocketAddr {
+        s.parse().expect("an address")
+    }
+
+    #[test]
+    fn the_cluster_address_defaults_to_a_specific_non_loopback_listen_address() {
+        let sip = addr("0.0.0.0:5060");
+        let none = |http: &str| instance_address(addr(http), false, None, sip).cluster;
+        assert_eq!(none("0.0.0.0:8080"), None);
+        assert_eq!(
+            none("127.0.0.1:8080"),
+            None,
+            "loopback reaches no other machine"
+        );
+        assert_eq!(none("10.0.0.5:8080").as_deref(), Some("ws://10.0.0.5:8080"));
+        let tls = instance_address(addr("10.0.0.5:8443"), true, None, sip);
+        assert_eq!(tls.cluster.as_deref(), Some("wss://10.0.0.5:8443"));
+        assert_eq!(tls.sip.as_deref(), Some("10.0.0.5:5060"));
+    }
+
+    #[test]
+    fn a_cluster_address_without_a_port_takes_the_bound_one() {
+        let given = instance_address(
+            addr("0.0.0.0:8080"),
+            false,
+            Some("node-1.internal"),
+            addr("0.0.0.0:5070"),
+        );
+        assert_eq!(given.cluster.as_deref(), Some("ws://node-1.internal:8080"));
+        assert_eq!(given.sip.as_deref(), Some("node-1.internal:5070"));
+        let with_port = instance_address(
+            addr("0.0.0.0:8080"),
+            false,
+            Some("[fd00::5]:9000"),
+            addr("192.0.2.1:5060"),
+        );
+        assert_eq!(with_port.cluster.as_deref(), Some("ws://[fd00::5]:9000"));
+        assert_eq!(with_port.sip.as_deref(), Some("192.0.2.1:5060"));
     }
 }

@@ -409,9 +409,11 @@ pub struct ServeConfig {
     pub telemetry: TelemetryArgs,
     // Issue 20: several processes on one PostgreSQL database.
     /// Where the other patchbay processes on this PostgreSQL database reach this one's HTTP
-    /// listener (HOST:PORT), to carry to it the device WebSockets of the sessions it hosts.
-    /// Default: the bound --listen address, unless it is unspecified (0.0.0.0, [::]): then
-    /// the others cannot carry devices here (sessions that start here stay here). Unused on
+    /// listener, to carry to it the device WebSockets of the sessions it hosts: HOST:PORT, or
+    /// HOST alone for the bound --listen port. Default: the bound --listen address unless it
+    /// is unspecified (0.0.0.0, [::]) or loopback (127.0.0.1 reaches no other machine); without
+    /// one, no new session is placed here while another process can take it, and devices of
+    /// sessions hosted here that reach other processes are served there, apart. Unused on
     /// SQLite.
     #[arg(long, env = "PATCHBAY_CLUSTER_ADDRESS", value_parser = parse_cluster_address)]
     pub cluster_address: Option<String>,
@@ -457,7 +459,8 @@ impl ServeConfig {
             listeners: ListenerArgs::default(),
             drain_timeout: 0,
             telemetry: TelemetryArgs::default(),
-            cluster_address: None,
+            // Processes of one test reach each other on this machine.
+            cluster_address: Some("127.0.0.1".to_owned()),
         }
     }
 
@@ -802,12 +805,14 @@ fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
     Ok((low, high))
 }
 
-/// HOST:PORT, a host name or an IP address (IPv6 in brackets) and a port other than 0.
+/// HOST or HOST:PORT: a host name or an IP address (IPv6 in brackets), and a port other than 0
+/// if one is given.
 fn parse_cluster_address(s: &str) -> Result<String, String> {
-    let authority: axum::http::uri::Authority =
-        s.parse().map_err(|_| format!("{s:?} is not HOST:PORT"))?;
-    if authority.as_str().contains('@') || authority.port_u16().unwrap_or(0) == 0 {
-        return Err(format!("{s:?} is not HOST:PORT (a port is needed)"));
+    let authority: axum::http::uri::Authority = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not HOST or HOST:PORT"))?;
+    if authority.as_str().contains('@') || authority.port_u16() == Some(0) {
+        return Err(format!("{s:?} is not HOST or HOST:PORT"));
     }
     Ok(authority.as_str().to_owned())
 }

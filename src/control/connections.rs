@@ -158,9 +158,10 @@ impl DeviceControl {
 
     /// Where the device presenting `token` is served: here, or carried to the process that
     /// hosts its participant's session (placing the session if no live process hosts it). A
-    /// token that does not verify, a participant in no session, a host the others cannot reach
-    /// and a store that cannot answer are all served here (the connect then says what is
-    /// wrong, or the device waits here in no session).
+    /// token that does not verify, a participant in no session and a store that cannot answer
+    /// are served here (the connect then says what is wrong, or the device waits here in no
+    /// session); so is a device whose host the others cannot reach (see
+    /// [`Control::host_of`]): the connect agrees, so the device is not sent back and forth.
     pub async fn door(&self, token: &str) -> Door {
         if !self.control.places_sessions() || self.control.is_draining() {
             return Door::Here;
@@ -173,18 +174,8 @@ impl DeviceControl {
         };
         match self.control.host_of(session).await {
             Ok(Host::Here) => Door::Here,
-            Ok(Host::Elsewhere(host)) => match host.cluster_address {
-                Some(address) => Door::Carry(address),
-                None => {
-                    tracing::warn!(
-                        %session,
-                        host = %host.instance,
-                        "the session's host gave no cluster address: the device is served \
-                         here, apart from its session's other devices"
-                    );
-                    Door::Here
-                }
-            },
+            // `host_of` names only hosts the others can reach.
+            Ok(Host::Elsewhere(host)) => Door::Carry(host.cluster_address.unwrap_or_default()),
             Err(e) => {
                 tracing::warn!(%session, error = %e, "cannot read where a session is hosted");
                 Door::Here

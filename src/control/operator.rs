@@ -123,7 +123,8 @@ impl Control {
     /// writes the end events of its devices, so it closes every device it holds, announcing
     /// nothing more; a device that reconnects is a new one (`onConnect`).
     pub async fn heartbeat(&self, now_ms: i64) -> Result<(), ControlError> {
-        let address = self.address();
+        let mut address = self.address();
+        address.draining = self.is_draining();
         let beat = self
             .inner
             .store

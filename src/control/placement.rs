@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 
 use super::{Control, ControlError, DEAD_AFTER_MS};
 use crate::domain::SessionId;
-use crate::store::{InstanceAddress, SessionHost};
+use crate::store::{InstanceRecord, SessionHost};
 
 /// Why a browser is closed when its session is hosted by another process (it reconnects, and
 /// the door carries it there).
@@ -41,7 +41,7 @@ pub enum Host {
 #[derive(Debug, Default)]
 pub(super) struct PlacementState {
     /// Where the others reach this process.
-    pub(super) address: InstanceAddress,
+    pub(super) address: InstanceRecord,
     /// Sessions hosted here found idle at the last check, with when they were first found so.
     pub(super) idle: HashMap<SessionId, i64>,
 }
@@ -59,12 +59,12 @@ impl Control {
     }
 
     /// Sets where the other processes reach this one (recorded with each heartbeat).
-    pub fn set_address(&self, address: InstanceAddress) {
+    pub fn set_address(&self, address: InstanceRecord) {
         self.placement().address = address;
     }
 
     /// Where the other processes reach this one.
-    pub fn address(&self) -> InstanceAddress {
+    pub fn address(&self) -> InstanceRecord {
         self.placement().address.clone()
     }
 
@@ -76,72 +76,107 @@ impl Control {
     }
 
     /// The process that serves `session`'s devices, placing the session if no live process
-    /// hosts it.
+    /// hosts it. A host the others cannot reach (it has no cluster address) is answered
+    /// [`Host::Here`], logged: the device is served where it arrived, apart from the session's
+    /// other devices, rather than refused there and sent back forever. A host on this
+    /// process's own cluster address is this process's predecessor (a restart): its sessions
+    /// are taken over at once, however recent its last beat.
     pub async fn host_of(&self, session: SessionId) -> Result<Host, ControlError> {
         if !self.places_sessions() {
             return Ok(Host::Here);
         }
         let me = self.inner.instance.as_str();
+        let my_address = self.address().cluster;
         let store = &self.inner.store;
-        if let Some(host) = store.session_host(session).await? {
-            if host.instance == me {
-                return Ok(Host::Here);
-            }
-        }
         // Compared with the heartbeats, which each process stamps with its own clock.
         let now_ms = crate::store::epoch_ms();
         let alive_since = now_ms - DEAD_AFTER_MS;
-        let loads = store.instance_loads(alive_since, now_ms).await?;
+        let current = store.session_host(session).await?;
+        if let Some(host) = &current {
+            if host.instance == me && store.confirm_session(session, me, now_ms).await? {
+                return Ok(Host::Here);
+            }
+        }
+        let replacing = current
+            .as_ref()
+            .filter(|h| h.instance != me && h.cluster_address.is_some())
+            .filter(|h| h.cluster_address == my_address)
+            .map(|h| h.instance.clone());
+        let candidate = match replacing {
+            Some(_) => me.to_owned(),
+            None => self.candidate(now_ms).await?,
+        };
+        let host = store
+            .place_session(
+                session,
+                &candidate,
+                replacing.as_deref(),
+                alive_since,
+                now_ms,
+            )
+            .await?;
+        Ok(self.host(session, host))
+    }
+
+    fn host(&self, session: SessionId, host: SessionHost) -> Host {
+        if host.instance == self.inner.instance {
+            Host::Here
+        } else if host.cluster_address.is_none() {
+            tracing::warn!(
+                %session,
+                host = %host.instance,
+                "the session's host gave no cluster address (--cluster-address): its devices \
+                 that reach this process are served here, apart from the others"
+            );
+            Host::Here
+        } else {
+            Host::Elsewhere(host)
+        }
+    }
+
+    /// Where a new session goes: the live process with the fewest devices among those the
+    /// others can reach and that do not drain; this one on a tie, or when no other qualifies.
+    async fn candidate(&self, now_ms: i64) -> Result<String, ControlError> {
+        let me = self.inner.instance.as_str();
+        let loads = self
+            .inner
+            .store
+            .instance_loads(now_ms - DEAD_AFTER_MS, now_ms)
+            .await?;
         let mine = loads
             .iter()
             .find(|l| l.instance == me)
             .map_or(0, |l| l.devices);
-        let candidate = loads
+        // A process that drains, or that the others cannot reach, takes a new session only
+        // when no other can.
+        let i_qualify = !self.is_draining() && self.address().cluster.is_some();
+        Ok(loads
             .iter()
-            .filter(|l| l.instance != me && l.cluster_address.is_some() && l.devices < mine)
+            .filter(|l| l.instance != me && l.cluster_address.is_some() && !l.draining)
+            .filter(|l| !i_qualify || l.devices < mine)
             .min_by_key(|l| (l.devices, l.instance.clone()))
-            .map_or(me, |l| l.instance.as_str());
-        let host = store
-            .place_session(session, candidate, alive_since, now_ms)
-            .await?;
-        if host.instance == me {
-            Ok(Host::Here)
-        } else {
-            Ok(Host::Elsewhere(host))
-        }
+            .map_or(me, |l| l.instance.as_str())
+            .to_owned())
     }
 
     /// The members of `session` with a device here (`here`) belong on its host: the session
     /// is placed here if no live process hosts it; if another one does, their browsers are
     /// closed with [`SESSION_MOVED`] (they reconnect and are carried there). A phone cannot
-    /// move: it stays here, apart from the session's other devices (logged).
+    /// move: a participant with a call here stays here, apart from the session's other
+    /// devices (logged).
     pub(super) async fn keep_on_host(
         &self,
         session: SessionId,
         here: &[crate::domain::ParticipantId],
     ) {
-        if !self.places_sessions() || here.is_empty() {
+        if !self.places_sessions() || here.is_empty() || self.is_draining() {
             return;
         }
-        let me = self.inner.instance.as_str();
-        let store = &self.inner.store;
-        match store.session_host(session).await {
-            Ok(Some(host)) if host.instance == me => return,
-            Ok(_) => {}
+        let host = match self.host_of_devices_here(session).await {
+            Ok(Host::Here) => return,
+            Ok(Host::Elsewhere(host)) => host,
             Err(e) => {
-                tracing::warn!(%session, error = %e, "cannot read where a session is hosted");
-                return;
-            }
-        }
-        let now_ms = crate::store::epoch_ms();
-        let host = match store
-            .place_session(session, me, now_ms - DEAD_AFTER_MS, now_ms)
-            .await
-        {
-            Ok(host) if host.instance == me => return,
-            Ok(host) => host,
-            Err(e) => {
-                tracing::warn!(%session, error = %e, "cannot place a session");
+                tracing::warn!(%session, error = %e, "cannot read or place a session's host");
                 return;
             }
         };
@@ -157,6 +192,26 @@ impl Control {
             tracing::info!(%session, %participant, host = %host.instance, "session hosted by another process: its device here reconnects there");
             self.disconnect_participant(*participant, SESSION_MOVED);
         }
+    }
+
+    /// As [`Control::host_of`], for a session some of whose devices are here already: with
+    /// no live host, it is placed here (where its devices are), not on the least loaded.
+    async fn host_of_devices_here(&self, session: SessionId) -> Result<Host, ControlError> {
+        let me = self.inner.instance.as_str();
+        let store = &self.inner.store;
+        let now_ms = crate::store::epoch_ms();
+        if let Some(host) = store.session_host(session).await? {
+            if host.instance == me {
+                return Ok(Host::Here);
+            }
+            if host.cluster_address.is_some() && host.cluster_address == self.address().cluster {
+                return self.host_of(session).await; // the predecessor's: taken over
+            }
+        }
+        let host = store
+            .place_session(session, me, None, now_ms - DEAD_AFTER_MS, now_ms)
+            .await?;
+        Ok(self.host(session, host))
     }
 
     /// The IP addresses of the other live processes' cluster addresses (those given as IP
@@ -214,7 +269,7 @@ impl Control {
             if self
                 .inner
                 .store
-                .release_session(session, &self.inner.instance)
+                .release_session(session, &self.inner.instance, now_ms - RELEASE_AFTER_MS)
                 .await?
             {
                 tracing::debug!(%session, "session released: no device of its members here");

@@ -10,8 +10,12 @@
 //!
 //! Each hop keeps its own liveness: the host pings the carrying process (answered here), and
 //! this process pings a silent device and closes both ends after the idle timeout. A close
-//! from either end is passed to the other with its code and reason (the SDK reconnects on any
-//! code but 1000). A host that cannot be reached gets the device 1013 "try again later".
+//! frame from either end is passed to the other with its code and reason (the SDK reconnects
+//! on any code but 1000); a device's frame too large or malformed gets it the close the host
+//! would send (1009, 1002); an end that stops reading for [`SEND_WAIT`] gets both ends closed.
+//! A host that cannot be reached, or that goes away without a close, gets the device 1013
+//! "try again later". Over `wss` the host's certificate must be valid for the cluster
+//! address's name under the public roots (webpki-roots); a private CA is not supported yet.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -32,6 +36,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a close waits for the other end's answer before the connection is dropped.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// How long relaying one frame may wait for the receiving end to take it: an end that stops
+/// reading gets both ends closed rather than holding the relay.
+const SEND_WAIT: Duration = Duration::from_secs(10);
 
 /// Where a carried connection goes and what it carries.
 #[derive(Debug, Clone)]
@@ -174,11 +182,23 @@ pub(super) async fn carry(mut device: WebSocket, carry: Carry) {
                             reason: f.reason.as_str().into(),
                         });
                         // Let the device's close echo be flushed, and pass it on.
-                        let _ = device.recv().await;
+                        let _ = tokio::time::timeout(CLOSE_WAIT, device.recv()).await;
                         close_upstream(upstream, frame).await;
                         return;
                     }
-                    None | Some(Err(_)) => {
+                    Some(Err(e)) => {
+                        // A frame too large or a protocol error: the device gets the close
+                        // it would get from the host, and the host a lost connection.
+                        if let Some((code, reason)) = super::ws::close_for(e) {
+                            close_device(device, code, reason).await;
+                        }
+                        close_upstream(upstream, Some(tg::protocol::CloseFrame {
+                            code: CloseCode::Away,
+                            reason: "device connection lost".into(),
+                        })).await;
+                        return;
+                    }
+                    None => {
                         // The device is gone without a close: the host sees a lost connection.
                         close_upstream(upstream, Some(tg::protocol::CloseFrame {
                             code: CloseCode::Away,
@@ -187,7 +207,7 @@ pub(super) async fn carry(mut device: WebSocket, carry: Carry) {
                         return;
                     }
                 };
-                if upstream.send(message).await.is_err() {
+                if !matches!(tokio::time::timeout(SEND_WAIT, upstream.send(message)).await, Ok(Ok(()))) {
                     close_device(device, 1013, "try again later").await;
                     return;
                 }
@@ -212,7 +232,7 @@ pub(super) async fn carry(mut device: WebSocket, carry: Carry) {
                         return;
                     }
                 };
-                if device.send(message).await.is_err() {
+                if !matches!(tokio::time::timeout(SEND_WAIT, device.send(message)).await, Ok(Ok(()))) {
                     close_upstream(upstream, Some(tg::protocol::CloseFrame {
                         code: CloseCode::Away,
                         reason: "device connection lost".into(),
@@ -230,7 +250,9 @@ pub(super) async fn carry(mut device: WebSocket, carry: Carry) {
                     })).await;
                     return;
                 }
-                if silent_ticks == IDLE_TICKS / 2 && device.send(Message::Ping(Default::default())).await.is_err() {
+                if silent_ticks == IDLE_TICKS / 2
+                    && !matches!(tokio::time::timeout(SEND_WAIT, device.send(Message::Ping(Default::default()))).await, Ok(Ok(())))
+                {
                     close_upstream(upstream, None).await;
                     return;
                 }

@@ -182,7 +182,7 @@ async fn close(socket: WebSocket, reason: &str) {
 }
 
 /// The close frame owed after a receive error, if the peer can still get one.
-fn close_for(error: axum::Error) -> Option<(u16, &'static str)> {
+pub(super) fn close_for(error: axum::Error) -> Option<(u16, &'static str)> {
     let inner = error.into_inner();
     match inner.downcast_ref::<tungstenite::Error>()? {
         tungstenite::Error::Capacity(_) => Some((code::TOO_BIG, "frame too large")),

@@ -1576,12 +1576,40 @@ pub async fn operator(store: TestStore) {
         .is_empty());
 }
 
-fn at(http: &str) -> super::InstanceAddress {
-    super::InstanceAddress {
+fn at(http: &str) -> super::InstanceRecord {
+    super::InstanceRecord {
         http: http.into(),
         cluster: Some(format!("ws://{http}")),
         sip: None,
+        draining: false,
     }
+}
+
+/// Six placements of `session` at once, by the two candidates in turn, alive at `now_ms`: the
+/// hosts and epochs they got.
+async fn place_at_once(
+    store: &TestStore,
+    session: SessionId,
+    candidates: [&String; 2],
+    now_ms: i64,
+) -> std::collections::BTreeSet<(String, i64)> {
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let store = store.clone();
+        let candidate = candidates[i % 2].clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .place_session(session, &candidate, None, now_ms - 20_000, now_ms)
+                .await
+                .expect("place")
+        }));
+    }
+    let mut hosts = std::collections::BTreeSet::new();
+    for t in tasks {
+        let h = t.await.expect("task");
+        hosts.insert((h.instance, h.epoch));
+    }
+    hosts
 }
 
 /// Sessions' hosts: placed once, kept while the host lives, taken over from a dead host (the
@@ -1605,7 +1633,7 @@ pub async fn session_placement(store: TestStore) {
     assert_eq!(store.session_host(session).await.expect("read"), None);
 
     let first = store
-        .place_session(session, &p1, alive_since, t0)
+        .place_session(session, &p1, None, alive_since, t0)
         .await
         .expect("place");
     assert_eq!(
@@ -1615,11 +1643,14 @@ pub async fn session_placement(store: TestStore) {
     );
     assert_eq!(first.cluster_address.as_deref(), Some("ws://10.0.0.1:8080"));
     let again = store
-        .place_session(session, &p2, alive_since, t0)
+        .place_session(session, &p2, None, alive_since, t0)
         .await
         .expect("place");
     assert_eq!(again, first, "a live host keeps its session");
-    assert!(!store.release_session(session, &p2).await.expect("release"));
+    assert!(!store
+        .release_session(session, &p2, i64::MAX)
+        .await
+        .expect("release"));
     assert_eq!(
         store.session_host(session).await.expect("read"),
         Some(first.clone())
@@ -1644,24 +1675,84 @@ pub async fn session_placement(store: TestStore) {
         .instance_loads(later - 20_000, later)
         .await
         .expect("loads");
-    assert!(loads.iter().any(|l| l.instance == p2));
+    assert!(loads.iter().any(|l| l.instance == p2 && !l.draining));
     assert!(
         !loads.iter().any(|l| l.instance == p1),
         "a dead process is not a candidate"
     );
     let taken = store
-        .place_session(session, &p2, later - 20_000, later)
+        .place_session(session, &p2, None, later - 20_000, later)
         .await
         .expect("place");
     assert_eq!((taken.instance.as_str(), taken.epoch), (p2.as_str(), 2));
-    assert!(!store.release_session(session, &p1).await.expect("release"));
-    assert!(store.release_session(session, &p2).await.expect("release"));
+    assert!(!store
+        .release_session(session, &p1, i64::MAX)
+        .await
+        .expect("release"));
+    // A placement used since the cut-off is not released; confirming stamps it.
+    assert!(!store
+        .release_session(session, &p2, later)
+        .await
+        .expect("release"));
+    assert!(store
+        .confirm_session(session, &p2, later + 5_000)
+        .await
+        .expect("confirm"));
+    assert!(!store
+        .confirm_session(session, &p1, later + 5_000)
+        .await
+        .expect("confirm"));
+    assert!(!store
+        .release_session(session, &p2, later + 5_000)
+        .await
+        .expect("release"));
+    assert!(store
+        .release_session(session, &p2, later + 5_001)
+        .await
+        .expect("release"));
     assert_eq!(store.session_host(session).await.expect("read"), None);
+    assert!(!store
+        .confirm_session(session, &p2, later + 6_000)
+        .await
+        .expect("confirm"));
+
+    // A live host named as replaced (its successor on the same address) loses the session.
+    let s5 = SessionId::random();
+    store
+        .place_session(s5, &p2, None, later - 20_000, later)
+        .await
+        .expect("place");
+    let successor = format!("proc-{}", rand::random::<u64>());
+    let kept = store
+        .place_session(s5, &successor, Some(p1.as_str()), later - 20_000, later)
+        .await
+        .expect("place");
+    assert_eq!(kept.instance, p2, "only the process named as replaced is");
+    let replaced = store
+        .place_session(s5, &successor, Some(p2.as_str()), later - 20_000, later)
+        .await
+        .expect("place");
+    assert_eq!(
+        (replaced.instance.as_str(), replaced.epoch),
+        (successor.as_str(), 2)
+    );
+
+    let mut draining = at("10.0.0.2:8080");
+    draining.draining = true;
+    store.heartbeat(&p2, &draining, later).await.expect("beat");
+    let loads = store
+        .instance_loads(later - 20_000, later)
+        .await
+        .expect("loads");
+    assert!(
+        loads.iter().any(|l| l.instance == p2 && l.draining),
+        "a draining process says so"
+    );
 
     // A claimed process is dead to placement too, however recent its last beat.
     let s2 = SessionId::random();
     store
-        .place_session(s2, &p2, later - 20_000, later)
+        .place_session(s2, &p2, None, later - 20_000, later)
         .await
         .expect("place");
     store
@@ -1669,7 +1760,7 @@ pub async fn session_placement(store: TestStore) {
         .await
         .expect("claim");
     let moved = store
-        .place_session(s2, &p1, later - 20_000, later)
+        .place_session(s2, &p1, None, later - 20_000, later)
         .await
         .expect("place");
     assert_eq!(
@@ -1694,23 +1785,23 @@ pub async fn session_placement(store: TestStore) {
         .await
         .expect("beat");
     let s3 = SessionId::random();
-    let mut tasks = Vec::new();
-    for candidate in [&p1, &p2, &p1, &p2, &p2, &p1] {
-        let store = store.clone();
-        let candidate = candidate.clone();
-        tasks.push(tokio::spawn(async move {
-            store
-                .place_session(s3, &candidate, later - 20_000, later)
-                .await
-                .expect("place")
-        }));
-    }
-    let mut hosts = std::collections::BTreeSet::new();
-    for t in tasks {
-        let h = t.await.expect("task");
-        hosts.insert((h.instance, h.epoch));
-    }
+    let hosts = place_at_once(&store, s3, [&p1, &p2], later).await;
     assert_eq!(hosts.len(), 1, "one host: {hosts:?}");
+    // ... and taking over from a dead host at once, they agree on one successor.
+    let dead = format!("proc-{}", rand::random::<u64>());
+    store
+        .heartbeat(&dead, &at("10.0.0.5:8080"), later - 60_000)
+        .await
+        .expect("beat");
+    let s6 = SessionId::random();
+    store
+        .place_session(s6, &dead, None, later - 80_000, later - 60_000)
+        .await
+        .expect("place");
+    let successors = place_at_once(&store, s6, [&p1, &p2], later).await;
+    assert_eq!(successors.len(), 1, "one successor: {successors:?}");
+    assert_eq!(successors.first().map(|(_, e)| *e), Some(2));
+    store.forget_instance(&dead).await.expect("forget");
 
     // A session whose member has a device on its host is not idle.
     let account = new_account(&store).await;
@@ -1721,7 +1812,7 @@ pub async fn session_placement(store: TestStore) {
         .await
         .expect("member");
     store
-        .place_session(s4, &p2, later - 20_000, later)
+        .place_session(s4, &p2, None, later - 20_000, later)
         .await
         .expect("place");
     let connected = super::LiveChange::Connected {

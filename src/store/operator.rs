@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use sqlx::Row;
 
 use super::sql::{corrupt, parse_id};
-use super::{AccountCredentials, InstanceAddress, SqlStore, StoreError};
+use super::{AccountCredentials, InstanceRecord, SqlStore, StoreError};
 use crate::domain::{AccountId, MediaKinds, ParticipantId, SessionId, StreamAlias, StreamId, Tag};
 
 /// A process not seen for this long (milliseconds) is dead to the operator's views.
@@ -166,7 +166,7 @@ pub trait OperatorStore: Send + Sync + 'static {
     async fn heartbeat(
         &self,
         instance: &str,
-        address: &InstanceAddress,
+        address: &InstanceRecord,
         now_ms: i64,
     ) -> Result<Beat, StoreError>;
     /// Applies one change of `instance`'s live state, stamped `at_ms`.
@@ -363,7 +363,7 @@ impl OperatorStore for SqlStore {
     async fn heartbeat(
         &self,
         instance: &str,
-        address: &InstanceAddress,
+        address: &InstanceRecord,
         now_ms: i64,
     ) -> Result<Beat, StoreError> {
         let mut tx = self.write.begin().await?;
@@ -380,16 +380,17 @@ impl OperatorStore for SqlStore {
             Some(_) => Beat::Alive,
         };
         sqlx::query(
-            "INSERT INTO server_instances (id, address, started_at, seen_at, cluster_address, sip_address) \
-             VALUES ($1, $2, $3, $3, $4, $5) ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at, \
+            "INSERT INTO server_instances (id, address, started_at, seen_at, cluster_address, sip_address, draining) \
+             VALUES ($1, $2, $3, $3, $4, $5, $6) ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at, \
              address = excluded.address, cluster_address = excluded.cluster_address, \
-             sip_address = excluded.sip_address",
+             sip_address = excluded.sip_address, draining = excluded.draining",
         )
         .bind(instance)
         .bind(&address.http)
         .bind(now_ms)
         .bind(address.cluster.clone())
         .bind(address.sip.clone())
+        .bind(i64::from(address.draining))
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;

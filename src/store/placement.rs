@@ -3,7 +3,10 @@
 //!
 //! A session is placed on one process when its first device or phone arrives; the placement
 //! stands while its process is alive (beating, not claimed by a process that took it for dead)
-//! and is released by that process when the session's last device there ends. A process that
+//! and is released by that process once none of the session's members has had a device there
+//! for a while. Each device or call the host admits stamps the placement (`placed_at`), and a
+//! release needs the stamp to be old, so a placement is never released under a device that
+//! has just arrived. A process that
 //! finds the session placed on a dead process, or on none, takes it over in one conditional
 //! statement, so processes placing at once agree on one host. `epoch` counts a session's
 //! placements.
@@ -15,9 +18,10 @@ use super::sql::parse_id;
 use super::{SqlStore, StoreError};
 use crate::domain::SessionId;
 
-/// Where the other processes reach a process (recorded with its heartbeat).
+/// What a process records of itself with each heartbeat: where the others reach it, and
+/// whether it drains.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct InstanceAddress {
+pub struct InstanceRecord {
     /// Its HTTP listener's bound address, for the operator.
     pub http: String,
     /// The URL base of its device WebSocket for the other processes (`ws://10.0.0.5:8080`);
@@ -25,6 +29,8 @@ pub struct InstanceAddress {
     pub cluster: Option<String>,
     /// Its SIP listener (`host:port`), where calls for the sessions it hosts are redirected.
     pub sip: Option<String>,
+    /// It drains before it stops: it keeps the sessions it hosts but takes no new one.
+    pub draining: bool,
 }
 
 /// The process hosting a session.
@@ -51,6 +57,8 @@ pub struct InstanceLoad {
     pub cluster_address: Option<String>,
     /// Its live devices (browsers and phones).
     pub devices: u64,
+    /// It drains before it stops (no new session goes there).
+    pub draining: bool,
 }
 
 /// The condition "the process `i` is alive": seen since the parameter `$since` (epoch ms)
@@ -63,20 +71,37 @@ fn alive(since: u8, now: u8) -> String {
 #[async_trait]
 pub trait PlacementStore: Send + Sync + 'static {
     /// The host of `session`: the process that hosts it if that one is alive (seen since
-    /// `alive_since_ms`, not claimed at `now_ms`), else `candidate`, placed now (the epoch
-    /// grows). Of processes placing one session at once, all get the same host.
+    /// `alive_since_ms`, not claimed at `now_ms`) and is not `replacing`, else `candidate`,
+    /// placed now (the epoch grows). Of processes placing one session at once, all get the
+    /// same host. `replacing`: a process known to be gone however recent its last beat (this
+    /// process's predecessor on the same address).
     async fn place_session(
         &self,
         session: SessionId,
         candidate: &str,
+        replacing: Option<&str>,
         alive_since_ms: i64,
         now_ms: i64,
     ) -> Result<SessionHost, StoreError>;
+    /// `instance` still hosts `session` and has just used the placement (a device or call
+    /// arrived): the placement is stamped `now_ms`, which keeps it from being released for a
+    /// while. False if `instance` no longer hosts it.
+    async fn confirm_session(
+        &self,
+        session: SessionId,
+        instance: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
     /// The recorded host of `session`, alive or not; `None` if it has none.
     async fn session_host(&self, session: SessionId) -> Result<Option<SessionHost>, StoreError>;
-    /// Releases `session` if `instance` hosts it (true if it did).
-    async fn release_session(&self, session: SessionId, instance: &str)
-        -> Result<bool, StoreError>;
+    /// Releases `session` if `instance` hosts it and has not confirmed it since
+    /// `used_before_ms` (true if released).
+    async fn release_session(
+        &self,
+        session: SessionId,
+        instance: &str,
+        used_before_ms: i64,
+    ) -> Result<bool, StoreError>;
     /// The live processes (as in [`PlacementStore::place_session`]) with their device counts,
     /// by process id.
     async fn instance_loads(
@@ -113,6 +138,7 @@ impl PlacementStore for SqlStore {
         &self,
         session: SessionId,
         candidate: &str,
+        replacing: Option<&str>,
         alive_since_ms: i64,
         now_ms: i64,
     ) -> Result<SessionHost, StoreError> {
@@ -125,14 +151,16 @@ impl PlacementStore for SqlStore {
              VALUES ($1, $2, 1, $4) ON CONFLICT (session_id) DO UPDATE \
              SET instance_id = excluded.instance_id, epoch = session_hosts.epoch + 1, \
                  placed_at = excluded.placed_at \
-             WHERE session_hosts.instance_id <> excluded.instance_id AND NOT EXISTS \
-             (SELECT 1 FROM server_instances i WHERE i.id = session_hosts.instance_id AND {})",
+             WHERE session_hosts.instance_id <> excluded.instance_id AND \
+             (session_hosts.instance_id = $5 OR NOT EXISTS \
+             (SELECT 1 FROM server_instances i WHERE i.id = session_hosts.instance_id AND {}))",
             alive(3, 4)
         ))
         .bind(session.to_string())
         .bind(candidate)
         .bind(alive_since_ms)
         .bind(now_ms)
+        .bind(replacing.unwrap_or(""))
         .execute(&mut *tx)
         .await?;
         let row = sqlx::query(HOST)
@@ -153,17 +181,38 @@ impl PlacementStore for SqlStore {
             .transpose()
     }
 
+    async fn confirm_session(
+        &self,
+        session: SessionId,
+        instance: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE session_hosts SET placed_at = $3 WHERE session_id = $1 AND instance_id = $2",
+        )
+        .bind(session.to_string())
+        .bind(instance)
+        .bind(now_ms)
+        .execute(&self.write)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     async fn release_session(
         &self,
         session: SessionId,
         instance: &str,
+        used_before_ms: i64,
     ) -> Result<bool, StoreError> {
-        let done =
-            sqlx::query("DELETE FROM session_hosts WHERE session_id = $1 AND instance_id = $2")
-                .bind(session.to_string())
-                .bind(instance)
-                .execute(&self.write)
-                .await?;
+        let done = sqlx::query(
+            "DELETE FROM session_hosts \
+             WHERE session_id = $1 AND instance_id = $2 AND placed_at < $3",
+        )
+        .bind(session.to_string())
+        .bind(instance)
+        .bind(used_before_ms)
+        .execute(&self.write)
+        .await?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -173,7 +222,7 @@ impl PlacementStore for SqlStore {
         now_ms: i64,
     ) -> Result<Vec<InstanceLoad>, StoreError> {
         sqlx::query(&format!(
-            "SELECT i.id, i.cluster_address, \
+            "SELECT i.id, i.cluster_address, i.draining, \
              (SELECT COUNT(*) FROM live_devices d WHERE d.instance_id = i.id) AS devices \
              FROM server_instances i WHERE {} ORDER BY i.id",
             alive(1, 2)
@@ -185,10 +234,12 @@ impl PlacementStore for SqlStore {
         .iter()
         .map(|row| {
             let devices: i64 = row.try_get("devices")?;
+            let draining: i64 = row.try_get("draining")?;
             Ok(InstanceLoad {
                 instance: row.try_get("id")?,
                 cluster_address: row.try_get("cluster_address")?,
                 devices: u64::try_from(devices).unwrap_or(0),
+                draining: draining != 0,
             })
         })
         .collect()

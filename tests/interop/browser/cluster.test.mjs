@@ -39,7 +39,10 @@ test("two browsers entering through different processes hear and see each other"
   const pages = [];
   try {
     const account = await createAccount({ databaseUrl: db.url });
-    for (let i = 0; i < 2; i++) nodes.push(await startPatchbay({ databaseUrl: db.url, account }));
+    // Both on this machine: they reach each other on loopback (not a default: 127.0.0.1
+    // reaches no other machine).
+    const args = ["--cluster-address", "127.0.0.1"];
+    for (let i = 0; i < 2; i++) nodes.push(await startPatchbay({ databaseUrl: db.url, account, args }));
     const [one, two] = nodes;
     assert.notEqual(one.websocketUrl, two.websocketUrl);
 

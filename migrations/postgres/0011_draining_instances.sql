@@ -1,0 +1,3 @@
+-- Issue 20: a process that drains before it stops says so with its heartbeats; the others then
+-- place no new session on it. postgres dialect. Never edit a released migration; add a new one.
+ALTER TABLE server_instances ADD COLUMN draining BIGINT NOT NULL DEFAULT 0;
