@@ -1,5 +1,6 @@
 //! The operator commands of the `patchbay` binary that work on a database, while servers run
-//! on it: `account create|list|rotate`, `token-secret rotate`, `session list|inspect`. Each
+//! on it: `account create|list|rotate`, `token-secret rotate`, `session list|inspect`,
+//! `cluster status`. Each
 //! opens the store, calls control's verbs and prints text (or JSON with `--json`). Secrets
 //! are printed only when they are new (created or rotated), once.
 
@@ -9,7 +10,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::config::{AccountCommand, DatabaseArgs, SessionCommand, TokenSecretCommand};
+use crate::config::{
+    AccountCommand, ClusterCommand, DatabaseArgs, SessionCommand, TokenSecretCommand,
+};
 use crate::control::{Control, Inspection, LiveDeviceView};
 use crate::domain::{AccountId, Participant, ParticipantId, SessionId};
 use crate::store::{DeviceKind, SessionSummary};
@@ -170,6 +173,65 @@ fn summary_json(s: &SessionSummary) -> Value {
         "createdAt": time(s.created_at_ms),
         "members": s.members,
     })
+}
+
+/// Runs `patchbay cluster …`; what to print.
+/// Times are judged by the database's clock (the one the processes' leases are in).
+pub async fn cluster(command: ClusterCommand) -> anyhow::Result<String> {
+    let ClusterCommand::Status { json, database } = command;
+    let (processes, now_ms) = control(&database).await?.cluster_status().await?;
+    let state = |i: &crate::store::InstanceStatus, alive: bool| {
+        if i.claimed_until_ms > now_ms {
+            "taken for dead"
+        } else if !alive {
+            "not seen lately"
+        } else if i.record.draining {
+            "draining"
+        } else {
+            "alive"
+        }
+    };
+    if json {
+        let list: Vec<Value> = processes
+            .iter()
+            .map(|(i, alive)| {
+                json!({
+                    "process": i.instance,
+                    "state": state(i, *alive),
+                    "http": i.record.http,
+                    "clusterAddress": i.record.cluster,
+                    "sipAddress": i.record.sip,
+                    "startedAt": time(i.started_at_ms),
+                    "seenAt": time(i.seen_at_ms),
+                    "seenMsAgo": now_ms - i.seen_at_ms,
+                    "devices": i.devices,
+                    "sessions": i.sessions,
+                })
+            })
+            .collect();
+        return Ok(Value::Array(list).to_string() + "\n");
+    }
+    let mut out = format!(
+        "{:<36}  {:<15}  {:>9}  {:>7}  {:>8}  {:<28}  SIP\n",
+        "PROCESS", "STATE", "SEEN", "DEVICES", "SESSIONS", "CLUSTER ADDRESS"
+    );
+    for (i, alive) in &processes {
+        let _ = writeln!(
+            out,
+            "{:<36}  {:<15}  {:>8}s  {:>7}  {:>8}  {:<28}  {}",
+            i.instance,
+            state(i, *alive),
+            (now_ms - i.seen_at_ms).max(0) / 1000,
+            i.devices,
+            i.sessions,
+            i.record.cluster.as_deref().unwrap_or("-"),
+            i.record.sip.as_deref().unwrap_or("-"),
+        );
+    }
+    if processes.is_empty() {
+        out.push_str("(no serving process recorded on this database)\n");
+    }
+    Ok(out)
 }
 
 /// Runs `patchbay session …` at `now_ms`; what to print.

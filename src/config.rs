@@ -38,6 +38,9 @@ pub enum Command {
     /// run on the same database).
     #[command(subcommand)]
     Session(SessionCommand),
+    /// Look at the serving processes sharing the database (works while they run).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Rotate the secret that signs device tokens (works while servers run on it).
     #[command(subcommand, name = "token-secret")]
     TokenSecret(TokenSecretCommand),
@@ -169,6 +172,21 @@ pub enum SessionCommand {
         /// The session id.
         session_id: String,
         /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The database.
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+}
+
+/// The commands under `patchbay cluster`.
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// List the serving processes: their addresses, when each was last seen and whether it
+    /// counts as alive, draining or taken for dead, its live devices and hosted sessions.
+    Status {
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
         /// The database.

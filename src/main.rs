@@ -50,6 +50,10 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Cluster(command) => {
+            print!("{}", patchbay::cli::cluster(command).await?);
+            Ok(())
+        }
         Command::TokenSecret(command) => {
             print!("{}", patchbay::cli::token_secret(command).await?);
             Ok(())

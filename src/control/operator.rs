@@ -115,7 +115,8 @@ impl Control {
             .await?)
     }
 
-    /// This process is alive (reached where [`Control::set_address`] says). Also
+    /// This process is alive (reached where [`Control::set_address`] says), at `now_ms` on
+    /// its own clock, stamped in the database's (measured first). Also
     /// reloads the device-token keys, so a rotation reaches this process within a heartbeat.
     ///
     /// A process that finds it was taken for dead (another process claimed its row, or
@@ -123,6 +124,16 @@ impl Control {
     /// writes the end events of its devices, so it closes every device it holds, announcing
     /// nothing more; a device that reconnects is a new one (`onConnect`).
     pub async fn heartbeat(&self, now_ms: i64) -> Result<(), ControlError> {
+        // Beats are stamped in the database's clock (see `Control::lease_ms`).
+        if let Err(e) = self.measure_clock(now_ms).await {
+            self.inner
+                .beats
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .ok_since = None;
+            return Err(e);
+        }
+        let now_ms = self.lease_ms(now_ms);
         let mut address = self.address();
         address.draining = self.is_draining();
         let beat = self
@@ -229,6 +240,7 @@ impl Control {
     /// database outage every process has missed beats, and none takes the others for dead
     /// before they have had the time to beat again.
     pub async fn reap_dead(&self, now_ms: i64) -> Result<usize, ControlError> {
+        let now_ms = self.lease_ms(now_ms);
         let beating = self
             .inner
             .beats

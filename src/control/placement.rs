@@ -42,6 +42,8 @@ pub enum Host {
 pub(super) struct PlacementState {
     /// Where the others reach this process.
     pub(super) address: InstanceRecord,
+    /// The database's clock minus this process's, as last measured (milliseconds).
+    pub(super) clock_offset_ms: i64,
     /// Sessions hosted here found idle at the last check, with when they were first found so.
     pub(super) idle: HashMap<SessionId, i64>,
 }
@@ -68,6 +70,21 @@ impl Control {
         self.placement().address.clone()
     }
 
+    /// Measures how far the database's clock is from this process's (`now_ms`): leases
+    /// (heartbeats, claims, placements) are stamped and compared in the database's clock, so
+    /// that processes whose clocks disagree still agree on who is alive. Called by the
+    /// heartbeat.
+    pub(super) async fn measure_clock(&self, now_ms: i64) -> Result<(), ControlError> {
+        let db = self.inner.store.clock_ms().await?;
+        self.placement().clock_offset_ms = db - now_ms;
+        Ok(())
+    }
+
+    /// `local_ms` (this process's clock) in the database's clock, as last measured.
+    pub fn lease_ms(&self, local_ms: i64) -> i64 {
+        local_ms + self.placement().clock_offset_ms
+    }
+
     fn placement(&self) -> std::sync::MutexGuard<'_, PlacementState> {
         self.inner
             .placement
@@ -88,8 +105,7 @@ impl Control {
         let me = self.inner.instance.as_str();
         let my_address = self.address().cluster;
         let store = &self.inner.store;
-        // Compared with the heartbeats, which each process stamps with its own clock.
-        let now_ms = crate::store::epoch_ms();
+        let now_ms = self.lease_ms(crate::store::epoch_ms());
         let alive_since = now_ms - DEAD_AFTER_MS;
         let current = store.session_host(session).await?;
         if let Some(host) = &current {
@@ -199,7 +215,7 @@ impl Control {
     async fn host_of_devices_here(&self, session: SessionId) -> Result<Host, ControlError> {
         let me = self.inner.instance.as_str();
         let store = &self.inner.store;
-        let now_ms = crate::store::epoch_ms();
+        let now_ms = self.lease_ms(crate::store::epoch_ms());
         if let Some(host) = store.session_host(session).await? {
             if host.instance == me {
                 return Ok(Host::Here);
@@ -214,13 +230,34 @@ impl Control {
         Ok(self.host(session, host))
     }
 
+    /// Every serving process recorded on the database, oldest first, each with whether it
+    /// counts as alive now, and the database's clock it was judged by (for `patchbay cluster
+    /// status`).
+    pub async fn cluster_status(
+        &self,
+    ) -> Result<(Vec<(crate::store::InstanceStatus, bool)>, i64), ControlError> {
+        let now_ms = self.inner.store.clock_ms().await?;
+        let list = self
+            .inner
+            .store
+            .instances()
+            .await?
+            .into_iter()
+            .map(|i| {
+                let alive = i.seen_at_ms >= now_ms - DEAD_AFTER_MS && i.claimed_until_ms <= now_ms;
+                (i, alive)
+            })
+            .collect();
+        Ok((list, now_ms))
+    }
+
     /// The IP addresses of the other live processes' cluster addresses (those given as IP
     /// literals): their connections carry devices here. Empty when sessions are not placed.
     pub async fn cluster_peers(&self) -> Result<Vec<std::net::IpAddr>, ControlError> {
         if !self.places_sessions() {
             return Ok(Vec::new());
         }
-        let now_ms = crate::store::epoch_ms();
+        let now_ms = self.lease_ms(crate::store::epoch_ms());
         let loads = self
             .inner
             .store
@@ -245,6 +282,7 @@ impl Control {
         if !self.places_sessions() {
             return Ok(0);
         }
+        let now_ms = self.lease_ms(now_ms);
         let idle = self
             .inner
             .store

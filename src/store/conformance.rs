@@ -1631,6 +1631,14 @@ pub async fn session_placement(store: TestStore) {
         .expect("beat");
     let session = SessionId::random();
     assert_eq!(store.session_host(session).await.expect("read"), None);
+    // The database's clock, in epoch milliseconds (the database runs on this machine: its
+    // clock is this one's, give or take the round trip).
+    let local = crate::store::epoch_ms();
+    let db = store.clock_ms().await.expect("clock");
+    assert!(
+        (db - local).abs() < 60_000,
+        "the database's clock {db} is epoch milliseconds like {local}"
+    );
 
     let first = store
         .place_session(session, &p1, None, alive_since, t0)

@@ -48,7 +48,7 @@ pub use operator::{
     AccountSummary, Beat, DeviceKind, LiveChange, LiveDevice, LiveStream, OperatorStore,
     SessionSummary, STALE_AFTER_MS,
 };
-pub use placement::{InstanceLoad, InstanceRecord, PlacementStore, SessionHost};
+pub use placement::{InstanceLoad, InstanceRecord, InstanceStatus, PlacementStore, SessionHost};
 pub use sql::{Dialect, PoolStats, RowCounts, SqlStore};
 pub use webhooks::epoch_ms;
 // The outbox rows are the webhook slice's types: the store maps its rows to them.

@@ -61,6 +61,25 @@ pub struct InstanceLoad {
     pub draining: bool,
 }
 
+/// A serving process as `patchbay cluster status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceStatus {
+    /// The process.
+    pub instance: String,
+    /// What it records of itself (its addresses, whether it drains).
+    pub record: InstanceRecord,
+    /// When it started (epoch milliseconds).
+    pub started_at_ms: i64,
+    /// Its last heartbeat (epoch milliseconds).
+    pub seen_at_ms: i64,
+    /// Until when another process's claim on it (taken for dead) lasts; 0: none ever.
+    pub claimed_until_ms: i64,
+    /// Its live devices (browsers and phones).
+    pub devices: u64,
+    /// The sessions it hosts.
+    pub sessions: u64,
+}
+
 /// The condition "the process `i` is alive": seen since the parameter `$since` (epoch ms)
 /// and not claimed by another process at the parameter `$now`.
 fn alive(since: u8, now: u8) -> String {
@@ -109,6 +128,10 @@ pub trait PlacementStore: Send + Sync + 'static {
         alive_since_ms: i64,
         now_ms: i64,
     ) -> Result<Vec<InstanceLoad>, StoreError>;
+    /// The database's clock now (epoch milliseconds): the one clock leases are compared in.
+    async fn clock_ms(&self) -> Result<i64, StoreError>;
+    /// Every serving process recorded, oldest first, with its devices and hosted sessions.
+    async fn instances(&self) -> Result<Vec<InstanceStatus>, StoreError>;
     /// The sessions `instance` hosts, placed before `placed_before_ms`, where no member has a
     /// live device on `instance`: the sessions it may release. By id.
     async fn idle_sessions(
@@ -240,6 +263,52 @@ impl PlacementStore for SqlStore {
                 cluster_address: row.try_get("cluster_address")?,
                 devices: u64::try_from(devices).unwrap_or(0),
                 draining: draining != 0,
+            })
+        })
+        .collect()
+    }
+
+    async fn clock_ms(&self) -> Result<i64, StoreError> {
+        let sql = match self.dialect() {
+            super::Dialect::Postgres => {
+                "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT) AS now_ms"
+            }
+            super::Dialect::Sqlite => {
+                "SELECT CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER) AS now_ms"
+            }
+        };
+        let row = sqlx::query(sql).fetch_one(&self.read).await?;
+        Ok(row.try_get("now_ms")?)
+    }
+
+    async fn instances(&self) -> Result<Vec<InstanceStatus>, StoreError> {
+        sqlx::query(
+            "SELECT i.id, i.address, i.cluster_address, i.sip_address, i.draining, i.started_at, \
+             i.seen_at, i.reaped_until, \
+             (SELECT COUNT(*) FROM live_devices d WHERE d.instance_id = i.id) AS devices, \
+             (SELECT COUNT(*) FROM session_hosts h WHERE h.instance_id = i.id) AS sessions \
+             FROM server_instances i ORDER BY i.started_at, i.id",
+        )
+        .fetch_all(&self.read)
+        .await?
+        .iter()
+        .map(|row| {
+            let draining: i64 = row.try_get("draining")?;
+            let devices: i64 = row.try_get("devices")?;
+            let sessions: i64 = row.try_get("sessions")?;
+            Ok(InstanceStatus {
+                instance: row.try_get("id")?,
+                record: InstanceRecord {
+                    http: row.try_get("address")?,
+                    cluster: row.try_get("cluster_address")?,
+                    sip: row.try_get("sip_address")?,
+                    draining: draining != 0,
+                },
+                started_at_ms: row.try_get("started_at")?,
+                seen_at_ms: row.try_get("seen_at")?,
+                claimed_until_ms: row.try_get("reaped_until")?,
+                devices: u64::try_from(devices).unwrap_or(0),
+                sessions: u64::try_from(sessions).unwrap_or(0),
             })
         })
         .collect()

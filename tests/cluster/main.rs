@@ -201,7 +201,7 @@ async fn changes_made_through_one_process_reach_the_calls_on_another() {
 /// the other's tone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn phones_dialling_different_processes_meet_on_the_session_s_host() {
-    let (_url, a, b, account, session) = two_processes().await;
+    let (url, a, b, account, session) = two_processes().await;
     let (first, t1) = participant(&a.control, &account).await;
     let (second, t2) = participant(&b.control, &account).await;
     for p in [first, second] {
@@ -231,6 +231,44 @@ async fn phones_dialling_different_processes_meet_on_the_session_s_host() {
     p2.play_tone(1000.0);
     hears(&p1, 1000.0, "the first caller hears the second").await;
     hears(&p2, 440.0, "the second caller hears the first").await;
+
+    // `patchbay cluster status` shows both processes alive, the host with the session and
+    // both calls (their live rows are written just after their events).
+    let status = || async {
+        let text = patchbay::cli::cluster(patchbay::config::ClusterCommand::Status {
+            json: true,
+            database: patchbay::config::DatabaseArgs {
+                database_url: Some(url.clone()),
+                data_dir: None,
+            },
+        })
+        .await
+        .expect("cluster status");
+        serde_json::from_str::<serde_json::Value>(&text).expect("JSON")
+    };
+    let host_id = a.control.instance().to_owned();
+    eventually("the host's two calls are recorded", DEADLINE, || async {
+        status().await.as_array().is_some_and(|list| {
+            list.iter()
+                .any(|p| p["process"] == host_id.as_str() && p["devices"] == 2)
+        })
+    })
+    .await;
+    let status = status().await;
+    let of = |process: &str| {
+        status
+            .as_array()
+            .and_then(|list| list.iter().find(|p| p["process"] == process))
+            .cloned()
+            .unwrap_or_else(|| panic!("{process} in {status}"))
+    };
+    let (host, other) = (of(a.control.instance()), of(b.control.instance()));
+    assert_eq!(host["state"], "alive", "{status}");
+    assert_eq!(other["state"], "alive", "{status}");
+    assert_eq!(host["sessions"], 1, "{status}");
+    assert_eq!(host["devices"], 2, "{status}");
+    assert_eq!(other["sessions"], 0, "{status}");
+    assert_eq!(host["sipAddress"], a.sip.to_string(), "{status}");
     drop((p1, p2));
     b.stop().await.expect("stop B");
     a.stop().await.expect("stop A");
