@@ -2,7 +2,10 @@
 //! a change made through one process reaches the devices connected to another. Two apps run
 //! on a fresh database; phones dial one of them (B) while every change is made through the
 //! other (A). Who hears whom is asserted from the audio the phones receive. Then a process
-//! taken for dead while it runs closes its devices without announcing their end twice.
+//! taken for dead while it runs closes its devices without announcing their end twice (and
+//! with 1013, so the SDK reconnects). Placement: two phones of one session dialling different
+//! processes meet on the session's host (the other redirects its call there with a 302), and
+//! `patchbay cluster status` shows the host with the session and both calls.
 #![allow(clippy::disallowed_methods)] // the claimant's recorder task; a settle after a close
 
 use std::net::SocketAddr;
