@@ -284,6 +284,12 @@ impl App {
             sip.local_addr(),
         ));
         let peers = crate::runtime::listen::Peers::default();
+        // Before serving: leases and this process's start are in the database's clock.
+        if control.places_sessions() {
+            if let Err(e) = control.measure_clock(crate::store::epoch_ms()).await {
+                tracing::warn!(error = %e, "cannot read the database's clock");
+            }
+        }
         if control.places_sessions() && control.address().cluster.is_none() {
             tracing::warn!(
                 "no --cluster-address (the --listen address is unspecified or loopback): \

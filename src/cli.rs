@@ -234,7 +234,8 @@ pub async fn cluster(command: ClusterCommand) -> anyhow::Result<String> {
     Ok(out)
 }
 
-/// Runs `patchbay session …` at `now_ms`; what to print.
+/// Runs `patchbay session …`; what to print. Devices' processes are judged alive by the
+/// database's clock (`now_ms`, this machine's, if it cannot be read).
 pub async fn session(command: SessionCommand, now_ms: i64) -> anyhow::Result<String> {
     match command {
         SessionCommand::List {
@@ -243,10 +244,10 @@ pub async fn session(command: SessionCommand, now_ms: i64) -> anyhow::Result<Str
             database,
         } => {
             let account = account.as_deref().map(AccountId::parse).transpose()?;
-            let sessions = control(&database)
-                .await?
-                .session_summaries(account.as_ref(), now_ms)
-                .await?;
+            let control = control(&database).await?;
+            // Judged by the database's clock, the one the processes' beats are stamped in.
+            let now_ms = control.database_clock().await.unwrap_or(now_ms);
+            let sessions = control.session_summaries(account.as_ref(), now_ms).await?;
             if json {
                 let list: Vec<Value> = sessions
                     .iter()
@@ -296,10 +297,9 @@ pub async fn session(command: SessionCommand, now_ms: i64) -> anyhow::Result<Str
             let session: SessionId = session_id
                 .parse()
                 .map_err(|e| anyhow::anyhow!("{session_id:?} is not a session id: {e}"))?;
-            let inspection = control(&database)
-                .await?
-                .inspect(&account, session, now_ms)
-                .await?;
+            let control = control(&database).await?;
+            let now_ms = control.database_clock().await.unwrap_or(now_ms);
+            let inspection = control.inspect(&account, session, now_ms).await?;
             Ok(if json {
                 inspection_json(&inspection).to_string() + "\n"
             } else {

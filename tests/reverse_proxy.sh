@@ -183,8 +183,6 @@ check "docs/deploy.md shows deploy/nginx-cluster.conf as it is" cluster_in_docs
 
 : "${PATCHBAY_TEST_POSTGRES:?the cluster case needs PostgreSQL (tests/run.sh sets PATCHBAY_TEST_POSTGRES)}"
 cluster_db="pb_proxy_$(python3 -c 'import secrets; print(secrets.token_hex(6))')"
-psql "$PATCHBAY_TEST_POSTGRES" -qc "CREATE DATABASE $cluster_db" >/dev/null
-cluster_url=$(python3 -c 'import sys, urllib.parse as u; p = u.urlparse(sys.argv[1]); print(p._replace(path="/" + sys.argv[2]).geturl())' "$PATCHBAY_TEST_POSTGRES" "$cluster_db")
 node_pids=()
 cluster_cleanup() {
   for pid in "${node_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -194,6 +192,8 @@ cluster_cleanup() {
     echo "cannot drop $cluster_db" >&2
 }
 trap cluster_cleanup EXIT
+psql "$PATCHBAY_TEST_POSTGRES" -qc "CREATE DATABASE $cluster_db" >/dev/null
+cluster_url=$(python3 -c 'import sys, urllib.parse as u; p = u.urlparse(sys.argv[1]); print(p._replace(path="/" + sys.argv[2]).geturl())' "$PATCHBAY_TEST_POSTGRES" "$cluster_db")
 creds=$("$bin" account create dev --json --database-url "$cluster_url")
 cuser=$(printf '%s' "$creds" | python3 -c 'import json,sys; print(json.load(sys.stdin)["username"])')
 cpass=$(printf '%s' "$creds" | python3 -c 'import json,sys; print(json.load(sys.stdin)["password"])')

@@ -244,6 +244,14 @@ impl DeviceControl {
                         .session_again(&request.account, participant, attempt)
                         .await
                         .map_err(|e| ConnectError::Unavailable(e.to_string()))?;
+                    // Its new session may be hosted elsewhere.
+                    if let Some(s) = session.filter(|s| Some(*s) != request.session) {
+                        match self.control.host_of(s).await {
+                            Ok(Host::Here) => {}
+                            Ok(Host::Elsewhere(_)) => return Err(ConnectError::Moved),
+                            Err(e) => return Err(ConnectError::Unavailable(e.to_string())),
+                        }
+                    }
                     request.session = session;
                     request.routes_seen = seen;
                     attempt += 1;

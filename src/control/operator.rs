@@ -240,6 +240,7 @@ impl Control {
     /// database outage every process has missed beats, and none takes the others for dead
     /// before they have had the time to beat again.
     pub async fn reap_dead(&self, now_ms: i64) -> Result<usize, ControlError> {
+        // In the database's clock, as measured at the last beat (within 5 s).
         let now_ms = self.lease_ms(now_ms);
         let beating = self
             .inner

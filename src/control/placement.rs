@@ -44,6 +44,8 @@ pub(super) struct PlacementState {
     pub(super) address: InstanceRecord,
     /// The database's clock minus this process's, as last measured (milliseconds).
     pub(super) clock_offset_ms: i64,
+    /// When this process first read the database's clock (its start, in that clock).
+    pub(super) started_ms: Option<i64>,
     /// Sessions hosted here found idle at the last check, with when they were first found so.
     pub(super) idle: HashMap<SessionId, i64>,
 }
@@ -72,12 +74,22 @@ impl Control {
 
     /// Measures how far the database's clock is from this process's (`now_ms`): leases
     /// (heartbeats, claims, placements) are stamped and compared in the database's clock, so
-    /// that processes whose clocks disagree still agree on who is alive. Called by the
-    /// heartbeat.
-    pub(super) async fn measure_clock(&self, now_ms: i64) -> Result<(), ControlError> {
+    /// that processes whose clocks disagree still agree on who is alive. Measured before each
+    /// beat and each release; placement reads the database's clock itself. The reaper uses the
+    /// offset of the last beat: a step of this process's clock by more than 20 s between two
+    /// beats (not a suspend: both clocks move then) could make it take live processes for dead
+    /// until the next beat.
+    pub async fn measure_clock(&self, now_ms: i64) -> Result<(), ControlError> {
         let db = self.inner.store.clock_ms().await?;
-        self.placement().clock_offset_ms = db - now_ms;
+        let mut state = self.placement();
+        state.clock_offset_ms = db - now_ms;
+        state.started_ms.get_or_insert(db);
         Ok(())
+    }
+
+    /// The database's clock now (epoch milliseconds).
+    pub async fn database_clock(&self) -> Result<i64, ControlError> {
+        Ok(self.inner.store.clock_ms().await?)
     }
 
     /// `local_ms` (this process's clock) in the database's clock, as last measured.
@@ -105,7 +117,7 @@ impl Control {
         let me = self.inner.instance.as_str();
         let my_address = self.address().cluster;
         let store = &self.inner.store;
-        let now_ms = self.lease_ms(crate::store::epoch_ms());
+        let now_ms = self.inner.store.clock_ms().await?;
         let alive_since = now_ms - DEAD_AFTER_MS;
         let current = store.session_host(session).await?;
         if let Some(host) = &current {
@@ -115,8 +127,7 @@ impl Control {
         }
         let replacing = current
             .as_ref()
-            .filter(|h| h.instance != me && h.cluster_address.is_some())
-            .filter(|h| h.cluster_address == my_address)
+            .filter(|h| self.is_predecessor(h, my_address.as_deref()))
             .map(|h| h.instance.clone());
         let candidate = match replacing {
             Some(_) => me.to_owned(),
@@ -132,6 +143,21 @@ impl Control {
             )
             .await?;
         Ok(self.host(session, host))
+    }
+
+    /// Whether `host` is this process's predecessor: another process on this one's cluster
+    /// address that has not beaten since this one started (two live processes given one
+    /// address do not take sessions from each other).
+    fn is_predecessor(&self, host: &SessionHost, my_address: Option<&str>) -> bool {
+        let started = self.placement().started_ms;
+        host.instance != self.inner.instance
+            && my_address.is_some()
+            && host.cluster_address.as_deref() == my_address
+            && match (host.host_seen_ms, started) {
+                (Some(seen), Some(started)) => seen < started,
+                (None, _) => true,
+                (Some(_), None) => false,
+            }
     }
 
     fn host(&self, session: SessionId, host: SessionHost) -> Host {
@@ -215,17 +241,23 @@ impl Control {
     async fn host_of_devices_here(&self, session: SessionId) -> Result<Host, ControlError> {
         let me = self.inner.instance.as_str();
         let store = &self.inner.store;
-        let now_ms = self.lease_ms(crate::store::epoch_ms());
+        let now_ms = self.inner.store.clock_ms().await?;
         if let Some(host) = store.session_host(session).await? {
             if host.instance == me {
                 return Ok(Host::Here);
             }
-            if host.cluster_address.is_some() && host.cluster_address == self.address().cluster {
+            if self.is_predecessor(&host, self.address().cluster.as_deref()) {
                 return self.host_of(session).await; // the predecessor's: taken over
             }
         }
+        // Where its devices are, unless the others cannot reach this process.
+        let candidate = if self.address().cluster.is_some() {
+            me.to_owned()
+        } else {
+            self.candidate(now_ms).await?
+        };
         let host = store
-            .place_session(session, me, None, now_ms - DEAD_AFTER_MS, now_ms)
+            .place_session(session, &candidate, None, now_ms - DEAD_AFTER_MS, now_ms)
             .await?;
         Ok(self.host(session, host))
     }
@@ -257,7 +289,7 @@ impl Control {
         if !self.places_sessions() {
             return Ok(Vec::new());
         }
-        let now_ms = self.lease_ms(crate::store::epoch_ms());
+        let now_ms = self.inner.store.clock_ms().await?;
         let loads = self
             .inner
             .store
@@ -282,6 +314,8 @@ impl Control {
         if !self.places_sessions() {
             return Ok(0);
         }
+        // Measured now: a step of this process's clock since the last beat counts for nothing.
+        self.measure_clock(now_ms).await?;
         let now_ms = self.lease_ms(now_ms);
         let idle = self
             .inner

@@ -115,6 +115,8 @@ pub struct Permit {
     head: Head,
     source: IpAddr,
     admission: Admission,
+    /// From another serving process: counted in the total only, not in its source's share.
+    peer: bool,
 }
 
 /// A connection's place in the queue of connections that may be shed: the protocol says when
@@ -205,7 +207,9 @@ impl Gate {
         match admission {
             Admission::Full => {
                 counts.total += 1;
-                *counts.per_source.entry(source).or_default() += 1;
+                if !peer {
+                    *counts.per_source.entry(source).or_default() += 1;
+                }
             }
             Admission::Reserve => {
                 counts.reserve += 1;
@@ -226,6 +230,7 @@ impl Gate {
             },
             source,
             admission,
+            peer,
         })
     }
 
@@ -249,6 +254,9 @@ impl Drop for Permit {
         let per_source = match self.admission {
             Admission::Full => {
                 counts.total = counts.total.saturating_sub(1);
+                if self.peer {
+                    return;
+                }
                 &mut counts.per_source
             }
             Admission::Reserve => {
@@ -437,14 +445,23 @@ mod tests {
         }
         assert!(gate.admit(ip("10.0.1.1")).is_none(), "a source's cap");
         peers.replace([ip("10.0.1.1")]);
+        open.clear();
         for _ in 0..10 {
             let p = gate.admit(ip("10.0.1.1")).expect("a peer: the total only");
             assert_eq!(p.admission(), Admission::Full);
             open.push(established(p));
         }
+        // The peer's connections do not count in its network's share: a balancer beside it
+        // (same /24) still gets its own, and no more.
+        for _ in 0..2 {
+            open.push(established(
+                gate.admit(ip("10.0.1.2"))
+                    .expect("not crowded out by the peer"),
+            ));
+        }
         assert!(
             gate.admit(ip("10.0.1.2")).is_none(),
-            "another address of the peer's network is no peer"
+            "another address of the peer's network is no peer: its share holds"
         );
         for _ in 0..4 {
             open.push(established(gate.admit(ip("10.0.1.1")).expect("a peer")));

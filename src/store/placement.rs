@@ -46,6 +46,9 @@ pub struct SessionHost {
     pub cluster_address: Option<String>,
     /// The host's SIP listener, if known.
     pub sip_address: Option<String>,
+    /// The host's last heartbeat (epoch milliseconds, the database's clock); `None` when its
+    /// row is gone.
+    pub host_seen_ms: Option<i64>,
 }
 
 /// A live process and how much it serves, for choosing a new session's host.
@@ -141,7 +144,9 @@ pub trait PlacementStore: Send + Sync + 'static {
     ) -> Result<Vec<SessionId>, StoreError>;
 }
 
-const HOST: &str = "SELECT h.session_id, h.instance_id, h.epoch, i.cluster_address, i.sip_address \
+const HOST: &str =
+    "SELECT h.session_id, h.instance_id, h.epoch, i.cluster_address, i.sip_address, \
+     i.seen_at \
      FROM session_hosts h LEFT JOIN server_instances i ON i.id = h.instance_id \
      WHERE h.session_id = $1";
 
@@ -152,6 +157,7 @@ fn host(row: &sqlx::any::AnyRow) -> Result<SessionHost, StoreError> {
         epoch: row.try_get("epoch")?,
         cluster_address: row.try_get("cluster_address")?,
         sip_address: row.try_get("sip_address")?,
+        host_seen_ms: row.try_get("seen_at")?,
     })
 }
 
