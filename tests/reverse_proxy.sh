@@ -49,6 +49,34 @@ cleanup() {
 }
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# nginx as a non-daemon with its own prefix, serving the site config SITE on PORT (waited for):
+# its files are $work/NAME.conf, NAME.err, NAME-error.log and NAME-access.log (in FORMAT, declared
+# by DECLARE, when given). Sets started_nginx_pid.
+start_nginx() {
+  local name=$1 site=$2 port=$3 declare=${4:-} format=${5:-}
+  cat >"$work/$name.conf" <<EOF
+pid $work/$name.pid;
+error_log $work/$name-error.log;
+events {}
+http {
+    $declare
+    access_log $work/$name-access.log $format;
+    client_body_temp_path $work/tmp/body;
+    proxy_temp_path $work/tmp/proxy;
+    fastcgi_temp_path $work/tmp/fastcgi;
+    uwsgi_temp_path $work/tmp/uwsgi;
+    scgi_temp_path $work/tmp/scgi;
+    include $site;
+}
+EOF
+  "$nginx" -p "$work" -c "$work/$name.conf" -g 'daemon off;' 2>"$work/$name.err" &
+  started_nginx_pid=$!
+  for _ in $(seq 1 300); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+    kill -0 "$started_nginx_pid" 2>/dev/null || { cat "$work/$name.err" "$work/$name-error.log" >&2; exit 1; }
+    sleep 0.1
+  done
+}
 
 # --- the documented snippet is the tested one ---------------------------------------------------
 snippet_in_docs() {
@@ -81,27 +109,8 @@ sed -e "s|listen 443 ssl;|listen 127.0.0.1:$port ssl;|" \
   -e "s|/etc/letsencrypt/live/call.example.com/|$work/|" \
   -e "s|http://127.0.0.1:8080;|http://$upstream;|" deploy/nginx.conf >"$work/patchbay.conf"
 mkdir -p "$work/tmp"
-cat >"$work/nginx.conf" <<EOF
-pid $work/nginx.pid;
-error_log $work/error.log;
-events {}
-http {
-    access_log $work/access.log;
-    client_body_temp_path $work/tmp/body;
-    proxy_temp_path $work/tmp/proxy;
-    fastcgi_temp_path $work/tmp/fastcgi;
-    uwsgi_temp_path $work/tmp/uwsgi;
-    scgi_temp_path $work/tmp/scgi;
-    include $work/patchbay.conf;
-}
-EOF
-"$nginx" -p "$work" -c "$work/nginx.conf" -g 'daemon off;' 2>"$work/nginx.err" &
-nginx_pid=$!
-for _ in $(seq 1 300); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-  kill -0 "$nginx_pid" 2>/dev/null || { cat "$work/nginx.err" "$work/error.log" >&2; exit 1; }
-  sleep 0.1
-done
+start_nginx nginx "$work/patchbay.conf" "$port"
+nginx_pid=$started_nginx_pid
 https() { curl -sS --max-time 30 --cacert "$work/fullchain.pem" --resolve "call.example.com:$port:127.0.0.1" "$@"; }
 
 # --- through the proxy --------------------------------------------------------------------------
@@ -219,28 +228,8 @@ awk -v servers="$servers" '
   !skip { print }
 ' deploy/nginx-cluster.conf | sed -e "s|listen 443 ssl;|listen 127.0.0.1:$cport ssl;|" \
   -e "s|/etc/letsencrypt/live/call.example.com/|$work/|" >"$work/cluster-site.conf"
-cat >"$work/cluster-nginx.conf" <<NGINX
-pid $work/cluster-nginx.pid;
-error_log $work/cluster-error.log;
-events {}
-http {
-    log_format upstreams '\$request_uri \$upstream_addr';
-    access_log $work/cluster-access.log upstreams;
-    client_body_temp_path $work/tmp/body;
-    proxy_temp_path $work/tmp/proxy;
-    fastcgi_temp_path $work/tmp/fastcgi;
-    uwsgi_temp_path $work/tmp/uwsgi;
-    scgi_temp_path $work/tmp/scgi;
-    include $work/cluster-site.conf;
-}
-NGINX
-"$nginx" -p "$work" -c "$work/cluster-nginx.conf" -g 'daemon off;' 2>"$work/cluster-nginx.err" &
-cluster_nginx_pid=$!
-for _ in $(seq 1 300); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$cport") 2>/dev/null && break
-  kill -0 "$cluster_nginx_pid" 2>/dev/null || { cat "$work/cluster-nginx.err" "$work/cluster-error.log" >&2; exit 1; }
-  sleep 0.1
-done
+start_nginx cluster "$work/cluster-site.conf" "$cport" "log_format upstreams '\$request_uri \$upstream_addr';" upstreams
+cluster_nginx_pid=$started_nginx_pid
 
 chttps() { curl -sS --fail --max-time 30 --cacert "$work/fullchain.pem" --resolve "call.example.com:$cport:127.0.0.1" -u "$cuser:$cpass" -H 'content-type: application/json' "$@"; }
 cluster_devices_meet() {
@@ -310,7 +299,7 @@ check "two device WebSockets balanced to two processes meet on the session's hos
 echo "reverse-proxy: $passed passed, $failed failed"
 if [ "$failed" -ne 0 ]; then
   echo "--- nginx error log" >&2
-  cat "$work/error.log" "$work/nginx.err" >&2 || true
+  cat "$work/nginx-error.log" "$work/nginx.err" >&2 || true
   echo "--- patchbay stderr (tail)" >&2
   tail -n 30 "$work/server.err" >&2 || true
   for f in "$work"/node*.err "$work/cluster-error.log" "$work/cluster-access.log"; do

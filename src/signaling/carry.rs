@@ -158,7 +158,7 @@ pub(super) async fn carry(mut device: WebSocket, carry: Carry) {
         Ok(u) => u,
         Err(e) => {
             tracing::warn!(host = %carry.host, error = %e, "cannot carry a device to its session's host");
-            close_device(device, 1013, "try again later").await;
+            super::ws::close_with(device, 1013, "try again later").await;
             return;
         }
     };
@@ -190,7 +190,7 @@ pub(super) async fn carry(mut device: WebSocket, carry: Carry) {
                         // A frame too large or a protocol error: the device gets the close
                         // it would get from the host, and the host a lost connection.
                         if let Some((code, reason)) = super::ws::close_for(e) {
-                            close_device(device, code, reason).await;
+                            super::ws::close_with(device, code, reason).await;
                         }
                         close_upstream(upstream, Some(tg::protocol::CloseFrame {
                             code: CloseCode::Away,
@@ -208,7 +208,7 @@ pub(super) async fn carry(mut device: WebSocket, carry: Carry) {
                     }
                 };
                 if !matches!(tokio::time::timeout(SEND_WAIT, upstream.send(message)).await, Ok(Ok(()))) {
-                    close_device(device, 1013, "try again later").await;
+                    super::ws::close_with(device, 1013, "try again later").await;
                     return;
                 }
             }
@@ -222,13 +222,13 @@ pub(super) async fn carry(mut device: WebSocket, carry: Carry) {
                         });
                         // Answer the host's close (flushed by the next read), then the device.
                         let _ = tokio::time::timeout(CLOSE_WAIT, upstream.next()).await;
-                        close_device(device, code, &reason).await;
+                        super::ws::close_with(device, code, &reason).await;
                         return;
                     }
                     Some(Ok(_)) => continue, // ping, pong, raw frames: this hop's own
                     None | Some(Err(_)) => {
                         // The host went away without a close: the device reconnects.
-                        close_device(device, 1013, "try again later").await;
+                        super::ws::close_with(device, 1013, "try again later").await;
                         return;
                     }
                 };
@@ -243,7 +243,7 @@ pub(super) async fn carry(mut device: WebSocket, carry: Carry) {
             _ = idle_check.tick() => {
                 silent_ticks += 1;
                 if silent_ticks >= IDLE_TICKS {
-                    close_device(device, 1001, "idle timeout").await;
+                    super::ws::close_with(device, 1001, "idle timeout").await;
                     close_upstream(upstream, Some(tg::protocol::CloseFrame {
                         code: CloseCode::Away,
                         reason: "device idle".into(),
@@ -259,10 +259,6 @@ pub(super) async fn carry(mut device: WebSocket, carry: Carry) {
             }
         }
     }
-}
-
-async fn close_device(device: WebSocket, code: u16, reason: &str) {
-    super::ws::close_with(device, code, reason).await;
 }
 
 async fn close_upstream(mut upstream: Upstream, frame: Option<tg::protocol::CloseFrame>) {

@@ -161,6 +161,26 @@ fn host(row: &sqlx::any::AnyRow) -> Result<SessionHost, StoreError> {
     })
 }
 
+impl SqlStore {
+    /// Runs `sql`, a change of `session`'s placement row held by `instance`, with the time
+    /// `ms` ($1, $2, $3): whether it changed the row.
+    async fn host_row(
+        &self,
+        sql: &str,
+        session: SessionId,
+        instance: &str,
+        ms: i64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(sql)
+            .bind(session.to_string())
+            .bind(instance)
+            .bind(ms)
+            .execute(&self.write)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+}
+
 #[async_trait]
 impl PlacementStore for SqlStore {
     async fn place_session(
@@ -216,15 +236,13 @@ impl PlacementStore for SqlStore {
         instance: &str,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
+        self.host_row(
             "UPDATE session_hosts SET placed_at = $3 WHERE session_id = $1 AND instance_id = $2",
+            session,
+            instance,
+            now_ms,
         )
-        .bind(session.to_string())
-        .bind(instance)
-        .bind(now_ms)
-        .execute(&self.write)
-        .await?;
-        Ok(done.rows_affected() > 0)
+        .await
     }
 
     async fn release_session(
@@ -233,16 +251,14 @@ impl PlacementStore for SqlStore {
         instance: &str,
         used_before_ms: i64,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
+        self.host_row(
             "DELETE FROM session_hosts \
              WHERE session_id = $1 AND instance_id = $2 AND placed_at < $3",
+            session,
+            instance,
+            used_before_ms,
         )
-        .bind(session.to_string())
-        .bind(instance)
-        .bind(used_before_ms)
-        .execute(&self.write)
-        .await?;
-        Ok(done.rows_affected() > 0)
+        .await
     }
 
     async fn instance_loads(
