@@ -68,7 +68,13 @@ impl Control {
     ) -> super::webhooks::Recorded {
         tracing::info!(?event, "device lifecycle");
         live.apply(&event);
-        let recorded = self.inner.webhooks.record(&event);
+        let generation = self
+            .inner
+            .beats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .generation;
+        let recorded = self.inner.webhooks.record(&event, generation);
         self.inner.events.send(ControlEvent::Lifecycle(event));
         recorded
     }
@@ -174,6 +180,11 @@ pub(super) struct BeatState {
     pub(super) fenced: bool,
     /// Since when (epoch milliseconds) every beat succeeded; `None` after a failed one.
     pub(super) ok_since: Option<i64>,
+    /// The epoch of this process's registration, which its writes carry; `None` before the
+    /// first beat.
+    pub(super) epoch: Option<i64>,
+    /// How many times this process was fenced: the generation of the events raised now.
+    pub(super) generation: u64,
 }
 
 /// What kind of device a live device is.

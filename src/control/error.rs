@@ -115,11 +115,12 @@ impl From<StoreError> for ControlError {
             e if e.is_unavailable() => ControlError::Unavailable {
                 source: Box::new(e),
             },
-            e @ (StoreError::Corrupt(_) | StoreError::Backend(_) | StoreError::TimedOut(_)) => {
-                ControlError::Internal {
-                    source: Box::new(e),
-                }
-            }
+            e @ (StoreError::Corrupt(_)
+            | StoreError::Backend(_)
+            | StoreError::TimedOut(_)
+            | StoreError::Fenced) => ControlError::Internal {
+                source: Box::new(e),
+            },
         }
     }
 }

@@ -79,7 +79,7 @@ pub use operator::{Inspection, LiveDeviceView, DEAD_AFTER_MS, REAP_CLAIM_MS, TAK
 pub use placement::{Host, RELEASE_AFTER_MS, SESSION_MOVED};
 pub use routing::Routing;
 pub use sessions::NewParticipant;
-pub use webhooks::{FeedItem, Recorded, WebhookFeed, EXPIRE_BATCH, SESSION_EXPIRED};
+pub use webhooks::{FeedItem, Recorded, Recording, WebhookFeed, EXPIRE_BATCH, SESSION_EXPIRED};
 
 /// The orchestrator. Cheap to clone; share one per process.
 #[derive(Clone)]

@@ -37,7 +37,7 @@ pub struct Inspection {
 
 /// A process not seen for this long (milliseconds) is taken for dead by the processes alive,
 /// which account for its devices ([`Control::reap_dead`]): four missed heartbeats.
-pub const DEAD_AFTER_MS: i64 = 20_000;
+pub const DEAD_AFTER_MS: i64 = 8_000;
 
 /// Why the devices of a process taken for dead are closed (their close reason).
 pub const TAKEN_FOR_DEAD: &str = "server taken for dead: reconnect";
@@ -54,65 +54,56 @@ fn view(device: LiveDevice, now_ms: i64) -> LiveDeviceView {
     LiveDeviceView { device, stale }
 }
 
+/// What `event` changes in its process's live state, if anything.
+pub(super) fn live_change(event: &LifecycleEvent) -> Option<LiveChange> {
+    Some(match event {
+        LifecycleEvent::Connected {
+            participant,
+            device,
+            ..
+        } => LiveChange::Connected {
+            participant: *participant,
+            device: device.clone(),
+        },
+        LifecycleEvent::CallAnswered { participant, call }
+        | LifecycleEvent::CallResumed { participant, call } => LiveChange::IsPhone {
+            participant: *participant,
+            device: call.clone(),
+        },
+        LifecycleEvent::Disconnected {
+            participant,
+            device,
+            ..
+        } => LiveChange::Disconnected {
+            participant: *participant,
+            device: device.clone(),
+        },
+        LifecycleEvent::StreamPublished {
+            participant,
+            stream,
+            alias,
+            kinds,
+        } => LiveChange::Published(LiveStream {
+            participant: *participant,
+            stream: stream.clone(),
+            alias: alias.clone(),
+            kinds: *kinds,
+        }),
+        LifecycleEvent::StreamUnpublished {
+            participant,
+            stream,
+        } => LiveChange::Unpublished {
+            participant: *participant,
+            stream: stream.clone(),
+        },
+        LifecycleEvent::CallEnded { .. } | LifecycleEvent::PhoneDtmf { .. } => return None,
+    })
+}
+
 impl Control {
     /// This process's id in the live-state tables.
     pub fn instance(&self) -> &str {
         &self.inner.instance
-    }
-
-    /// Records what `event` changes in this process's live state.
-    pub async fn record_live(
-        &self,
-        event: &LifecycleEvent,
-        at_ms: i64,
-    ) -> Result<(), ControlError> {
-        let change = match event {
-            LifecycleEvent::Connected {
-                participant,
-                device,
-                ..
-            } => LiveChange::Connected {
-                participant: *participant,
-                device: device.clone(),
-            },
-            LifecycleEvent::CallAnswered { participant, call }
-            | LifecycleEvent::CallResumed { participant, call } => LiveChange::IsPhone {
-                participant: *participant,
-                device: call.clone(),
-            },
-            LifecycleEvent::Disconnected {
-                participant,
-                device,
-                ..
-            } => LiveChange::Disconnected {
-                participant: *participant,
-                device: device.clone(),
-            },
-            LifecycleEvent::StreamPublished {
-                participant,
-                stream,
-                alias,
-                kinds,
-            } => LiveChange::Published(LiveStream {
-                participant: *participant,
-                stream: stream.clone(),
-                alias: alias.clone(),
-                kinds: *kinds,
-            }),
-            LifecycleEvent::StreamUnpublished {
-                participant,
-                stream,
-            } => LiveChange::Unpublished {
-                participant: *participant,
-                stream: stream.clone(),
-            },
-            LifecycleEvent::CallEnded { .. } | LifecycleEvent::PhoneDtmf { .. } => return Ok(()),
-        };
-        Ok(self
-            .inner
-            .store
-            .record_live(&self.inner.instance, &change, at_ms)
-            .await?)
     }
 
     /// This process is alive (reached where [`Control::set_address`] says), at `now_ms` on
@@ -156,7 +147,7 @@ impl Control {
         };
         let fence = {
             let mut state = self.inner.beats.lock().unwrap_or_else(|e| e.into_inner());
-            let fence = match beat {
+            let fence = match beat.found {
                 Beat::Alive => {
                     state.fenced = false;
                     false
@@ -166,18 +157,25 @@ impl Control {
             };
             state.beaten = true;
             state.fenced |= fence;
+            if !fence {
+                state.epoch = Some(beat.epoch);
+            }
             fence
         };
         if fence {
-            self.fence();
+            // The events of the devices closed now, and those raised before, carry the old
+            // generation: they are not written under the new registration.
+            self.fence(Some(beat.epoch));
         }
         self.reload_token_keys().await?;
         Ok(())
     }
 
     /// Another process took this one for dead and accounts for its devices: each is closed
-    /// here without an event of its own.
-    fn fence(&self) {
+    /// here without an event of its own. The generation grows (the events raised before are
+    /// stale), and the registration becomes `epoch` (the one the beat wrote; `None` keeps
+    /// the current one, which the store refuses while it is claimed).
+    fn fence(&self, epoch: Option<i64>) {
         let participants = self
             .inner
             .live
@@ -189,10 +187,46 @@ impl Control {
             "another process took this one for dead (no heartbeat for {DEAD_AFTER_MS} ms): \
              it has announced the end of this process's devices, which are closed now"
         );
-        for participant in participants {
+        // First their ends are forgotten (what their closing reports is not recorded), then
+        // what was raised before is made stale, then they are closed.
+        for &participant in &participants {
             self.forget_devices_of(participant);
+        }
+        {
+            let mut state = self.inner.beats.lock().unwrap_or_else(|e| e.into_inner());
+            state.generation += 1;
+            if epoch.is_some() {
+                state.epoch = epoch;
+            }
+        }
+        for participant in participants {
             self.disconnect_participant(participant, TAKEN_FOR_DEAD);
         }
+    }
+
+    /// The store refused a write made with `generation` and `epoch`: this process was taken
+    /// for dead before its heartbeat could tell. Fences now, unless it was fenced since.
+    pub(super) fn fenced_by_store(&self, generation: u64, epoch: i64) {
+        {
+            let mut state = self.inner.beats.lock().unwrap_or_else(|e| e.into_inner());
+            if state.generation != generation || state.epoch != Some(epoch) {
+                return;
+            }
+            state.fenced = true;
+        }
+        self.fence(None);
+    }
+
+    /// Whether an event raised in `generation` is stale: this process was fenced since, and
+    /// the process that took it for dead accounted for what it was about.
+    pub fn is_stale(&self, generation: u64) -> bool {
+        generation
+            < self
+                .inner
+                .beats
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .generation
     }
 
     /// The devices other processes have live now, each with its process's last heartbeat:
@@ -240,7 +274,7 @@ impl Control {
     /// database outage every process has missed beats, and none takes the others for dead
     /// before they have had the time to beat again.
     pub async fn reap_dead(&self, now_ms: i64) -> Result<usize, ControlError> {
-        // In the database's clock, as measured at the last beat (within 5 s).
+        // In the database's clock, as measured at the last beat (within 2 s).
         let now_ms = self.lease_ms(now_ms);
         let beating = self
             .inner

@@ -76,7 +76,7 @@ impl Control {
     /// (heartbeats, claims, placements) are stamped and compared in the database's clock, so
     /// that processes whose clocks disagree still agree on who is alive. Measured before each
     /// beat and each release; placement reads the database's clock itself. The reaper uses the
-    /// offset of the last beat: a step of this process's clock by more than 20 s between two
+    /// offset of the last beat: a step of this process's clock by more than 8 s between two
     /// beats (not a suspend: both clocks move then) could make it take live processes for dead
     /// until the next beat.
     pub async fn measure_clock(&self, now_ms: i64) -> Result<(), ControlError> {

@@ -2,9 +2,11 @@
 //! the cleanup of old sessions.
 //!
 //! Every [`LifecycleEvent`] control records goes, in order, on one feed ([`WebhookFeed`]) that
-//! the runtime drains in batches into [`Control::record_webhooks`]: that verb renders the
-//! webhooks of participants with a `callbackUrl` and appends them to the outbox in one write;
-//! only then do they count as emitted. Each event comes with a [`Recorded`] receipt: a verb
+//! the runtime drains in batches into [`Control::record_events`]: that verb renders the
+//! webhooks of participants with a `callbackUrl` and appends them to the outbox, with the
+//! changes the events make to this process's live state, in one write fenced by this
+//! process's registration (a process taken for dead writes nothing more); only then do they
+//! count as emitted. Each event comes with a [`Recorded`] receipt: a verb
 //! whose acknowledgment must not outrun its event (a device's connect, its `leave`) waits for
 //! it, so that a crash after the acknowledgment loses nothing. Until the runtime takes the
 //! feed, nothing is recorded and every receipt is ready (unit tests, commands).
@@ -32,7 +34,7 @@ const PRUNE_BATCH: u32 = 1000;
 /// How many expired sessions are read from the store at a time.
 pub const EXPIRE_BATCH: u32 = 100;
 
-/// Lifecycle events in the order control recorded them, for [`Control::record_webhooks`].
+/// Lifecycle events in the order control recorded them, for [`Control::record_events`].
 pub type WebhookFeed = mpsc::UnboundedReceiver<FeedItem>;
 
 /// One event on the feed, and the receipt to answer once it is in the outbox (`true`) or
@@ -43,6 +45,21 @@ pub struct FeedItem {
     pub event: LifecycleEvent,
     /// Answered once, by the recorder.
     pub recorded: Option<oneshot::Sender<bool>>,
+    /// This process's generation when the event was raised: each time it is taken for dead
+    /// and closes its devices, the generation grows, and the events raised before are not
+    /// recorded ([`Control::is_stale`]).
+    pub generation: u64,
+}
+
+/// What [`Control::record_events`] did with a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recording {
+    /// The events are in the outbox (this many webhooks) and the live state.
+    Written(usize),
+    /// Refused: this process was taken for dead (its devices are being closed). Nothing of
+    /// the batch is written, and nothing should be: the process that took it for dead wrote
+    /// its devices' ends.
+    Fenced,
 }
 
 /// The receipt of one event: whether it reached the outbox (see the module docs).
@@ -91,7 +108,7 @@ pub(super) struct Recorder {
 const LINGER_MS: i64 = 60_000;
 
 impl Recorder {
-    pub(super) fn record(&self, event: &LifecycleEvent) -> Recorded {
+    pub(super) fn record(&self, event: &LifecycleEvent, generation: u64) -> Recorded {
         let feed = self.feed.lock().unwrap_or_else(|e| e.into_inner());
         let Some(feed) = feed.as_ref() else {
             return Recorded(None);
@@ -100,6 +117,7 @@ impl Recorder {
         let item = FeedItem {
             event: event.clone(),
             recorded: Some(tx),
+            generation,
         };
         if feed.send(item).is_ok() {
             self.raised.fetch_add(1, Ordering::SeqCst);
@@ -149,15 +167,28 @@ impl Control {
     }
 
     /// Appends the webhooks `events` raise (those of participants with a `callbackUrl`) to
-    /// the outbox, in order, in one write, stamped `at_ms` (epoch milliseconds). Returns how
-    /// many were appended. All or none: on an error nothing of the batch is in the outbox.
-    pub async fn record_webhooks(
+    /// the outbox, in order, and applies what they change in this process's live state, in
+    /// one write stamped `at_ms` (epoch milliseconds), fenced by this process's registration
+    /// (see [`crate::store::Writer`]). All or none: on an error nothing of the batch is
+    /// written. Before this process's first heartbeat it is `Unavailable` (try again).
+    pub async fn record_events(
         &self,
         events: &[&LifecycleEvent],
         at_ms: i64,
-    ) -> Result<usize, ControlError> {
+    ) -> Result<Recording, ControlError> {
+        let (generation, epoch) = {
+            let beats = self.inner.beats.lock().unwrap_or_else(|e| e.into_inner());
+            (beats.generation, beats.epoch)
+        };
+        let Some(epoch) = epoch else {
+            return Err(ControlError::Unavailable {
+                source: "this process is not registered yet (its first heartbeat)".into(),
+            });
+        };
         let mut rows: Vec<NewOutboxEvent> = Vec::new();
+        let mut live = Vec::new();
         for event in events {
+            live.extend(super::operator::live_change(event));
             let participant = participant_of(event);
             let Some(target) = self.webhook_target(participant, event, at_ms).await? else {
                 continue;
@@ -181,8 +212,24 @@ impl Control {
                     }),
             );
         }
-        self.inner.store.outbox_append(&rows).await?;
-        Ok(rows.len())
+        let writer = crate::store::Writer {
+            instance: &self.inner.instance,
+            epoch,
+            now_ms: self.lease_ms(at_ms),
+        };
+        match self
+            .inner
+            .store
+            .record_events(&writer, &rows, &live, at_ms)
+            .await
+        {
+            Ok(()) => Ok(Recording::Written(rows.len())),
+            Err(crate::store::StoreError::Fenced) => {
+                self.fenced_by_store(generation, epoch);
+                Ok(Recording::Fenced)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The account's webhook settings, read at most every [`SETTINGS_TTL_MS`] (a change made

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
-use crate::control::{AttemptOutcome, Control, FeedItem, LifecycleEvent, OutboxEvent, WebhookFeed};
+use crate::control::{
+    AttemptOutcome, Control, FeedItem, LifecycleEvent, OutboxEvent, Recording, WebhookFeed,
+};
 use crate::webhooks::{
     receiver_of, sign_all, AttemptResult, Concurrency, Destinations, Dispatcher, Refusal,
     RetryPolicy,
@@ -96,9 +98,10 @@ pub fn spawn(control: Control, settings: WebhookSettings) -> anyhow::Result<()> 
 /// rather than dropping events; the receipt of an event not written within [`RECORD_WAIT`]
 /// of its arrival is answered `false` meanwhile (the connect waiting on one is refused "try
 /// again later"), whether it is in the batch being retried or queued behind it, and the event
-/// is still written when the database can take it. Then each event updates this process's
-/// live state for the operator commands (best effort: a failure is logged, and a dead
-/// process's rows are pruned by the heartbeat anyway).
+/// is still written when the database can take it. The same write updates this process's
+/// live state. Events raised before this process was taken for dead (fenced), and batches
+/// the store refuses because it was, are answered `false` and not written: the process that
+/// took it for dead wrote its devices' ends.
 #[allow(clippy::disallowed_methods)] // the runtime reads the clock
 async fn record(control: Control, mut feed: WebhookFeed, wake: Arc<Notify>) {
     let mut queue = RecordQueue::default();
@@ -114,16 +117,40 @@ async fn record(control: Control, mut feed: WebhookFeed, wake: Arc<Notify>) {
             .items
             .drain(..queue.items.len().min(RECORD_BATCH))
             .collect();
+        // Raised before this process was fenced: the process that took it for dead wrote
+        // what they were about.
+        let (stale, fresh): (Vec<Waiting>, Vec<Waiting>) = batch
+            .drain(..)
+            .partition(|w| control.is_stale(w.item.generation));
+        batch = fresh;
+        if !stale.is_empty() {
+            tracing::warn!(
+                events = stale.len(),
+                "events raised before this process was taken for dead are not recorded"
+            );
+        }
+        for mut waiting in stale {
+            answer(std::slice::from_mut(&mut waiting), false);
+            control.event_settled();
+        }
         let at = now_ms();
         let mut backoff = Duration::from_millis(100);
-        loop {
+        while !batch.is_empty() {
             let events: Vec<&LifecycleEvent> = batch.iter().map(|w| &w.item.event).collect();
-            match control.record_webhooks(&events, at).await {
-                Ok(n) => {
+            match control.record_events(&events, at).await {
+                Ok(Recording::Written(n)) => {
                     if n > 0 {
                         wake.notify_one();
                     }
                     answer(&mut batch, true);
+                    break;
+                }
+                Ok(Recording::Fenced) => {
+                    tracing::warn!(
+                        events = batch.len(),
+                        "this process was taken for dead: its events are not recorded"
+                    );
+                    answer(&mut batch, false);
                     break;
                 }
                 Err(e @ crate::control::ControlError::Unavailable { .. }) => {
@@ -141,8 +168,9 @@ async fn record(control: Control, mut feed: WebhookFeed, wake: Arc<Notify>) {
                     tracing::warn!(error = %e, "a batch of webhooks failed; recording its events one by one");
                     for waiting in &mut batch {
                         let one = [&waiting.item.event];
-                        let ok = match control.record_webhooks(&one, at).await {
-                            Ok(_) => true,
+                        let ok = match control.record_events(&one, at).await {
+                            Ok(Recording::Written(_)) => true,
+                            Ok(Recording::Fenced) => false,
                             Err(e) => {
                                 tracing::error!(error = %e, event = ?waiting.item.event, "cannot record a webhook");
                                 false
@@ -162,10 +190,7 @@ async fn record(control: Control, mut feed: WebhookFeed, wake: Arc<Notify>) {
                 }
             }
         }
-        for waiting in batch.drain(..) {
-            if let Err(e) = control.record_live(&waiting.item.event, at).await {
-                tracing::warn!(error = %e, event = ?waiting.item.event, "cannot record live state");
-            }
+        for _ in batch.drain(..) {
             control.event_settled();
         }
     }
@@ -544,7 +569,7 @@ impl reqwest::dns::Resolve for GuardedResolver {
 }
 
 /// How often this process tells the store it is alive (and reloads the token keys).
-const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 
 /// Starts the heartbeat of this process's live state (where the others reach it is
 /// [`Control::set_address`]'s), which also releases the sessions hosted here that emptied and
@@ -574,7 +599,7 @@ pub fn spawn_heartbeat(control: Control, peers: crate::runtime::listen::Peers) {
 pub const REAP_AFTER: Duration = Duration::from_secs(30);
 
 /// How often, after that, this process looks for processes that died.
-const REAP_EVERY: Duration = Duration::from_secs(5);
+const REAP_EVERY: Duration = Duration::from_secs(2);
 
 /// Accounts for dead processes' devices ([`Control::reap_dead`]): first [`REAP_AFTER`] after
 /// this process started (the devices of a process that died before it had the reconnect

@@ -1411,13 +1411,18 @@ pub async fn operator(store: TestStore) {
         format!("proc-{}", rand::random::<u64>()),
     );
     let t0 = 1_000_000_000_000_i64 + i64::from(rand::random::<u16>());
+    let mut epochs = Vec::new();
     for (p, address) in [(&p1, "10.0.0.1:8080"), (&p2, "10.0.0.2:8080")] {
+        let beaten = store.heartbeat(p, &at(address), t0).await.expect("beat");
         assert_eq!(
-            store.heartbeat(p, &at(address), t0).await.expect("beat"),
+            beaten.found,
             super::Beat::Absent,
             "a first beat finds no row"
         );
+        assert_eq!(beaten.epoch, t0, "a registration's epoch is its first beat");
+        epochs.push(beaten.epoch);
     }
+    let (e1, e2) = (epochs[0], epochs[1]);
     let stream = LiveStream {
         participant: a,
         stream: StreamId::parse("s1").expect("stream"),
@@ -1448,11 +1453,41 @@ pub async fn operator(store: TestStore) {
             },
         ),
     ] {
-        store
-            .record_live(instance, &change, t0)
+        let epoch = if instance == &p1 { e1 } else { e2 };
+        record_live(&store, instance, epoch, t0, change)
             .await
             .expect("record");
     }
+    // A write with an epoch that is not the registration's is refused, and writes nothing.
+    let refused = record_live(
+        &store,
+        &p1,
+        e1 + 1,
+        t0,
+        LiveChange::Connected {
+            participant: a,
+            device: "d-stale".into(),
+        },
+    )
+    .await;
+    assert!(matches!(refused, Err(StoreError::Fenced)), "{refused:?}");
+    // ... with its outbox rows: all or nothing, and a registered writer's are written.
+    let stale = super::Writer {
+        instance: &p1,
+        epoch: e1 + 1,
+        now_ms: t0,
+    };
+    let refused = store
+        .record_events(&stale, &[outbox_event(&account, a, 1)], &[], t0)
+        .await;
+    assert!(matches!(refused, Err(StoreError::Fenced)), "{refused:?}");
+    assert!(due_of(&store, &account, i64::MAX / 4).await.is_empty());
+    let current = super::Writer { epoch: e1, ..stale };
+    store
+        .record_events(&current, &[outbox_event(&account, a, 2)], &[], t0)
+        .await
+        .expect("record");
+    assert_eq!(due_of(&store, &account, i64::MAX / 4).await.len(), 1);
     let devices = store.live_devices(&[a, b]).await.expect("devices");
     assert_eq!(devices.len(), 2, "{devices:?}");
     let phone = devices
@@ -1482,7 +1517,11 @@ pub async fn operator(store: TestStore) {
             .heartbeat(&p1, &at("10.0.0.1:8080"), later)
             .await
             .expect("beat"),
-        super::Beat::Alive
+        super::Beaten {
+            found: super::Beat::Alive,
+            epoch: e1
+        },
+        "a beat keeps the registration"
     );
     assert_eq!(
         ours(
@@ -1518,10 +1557,24 @@ pub async fn operator(store: TestStore) {
         store
             .heartbeat(&p2, &at("10.0.0.2:8080"), t0)
             .await
-            .expect("beat"),
+            .expect("beat")
+            .found,
         super::Beat::Claimed,
         "a process taken for dead learns it at its next beat"
     );
+    // ... and its writes are refused while it is claimed: the fence.
+    let refused = record_live(
+        &store,
+        &p2,
+        e2,
+        later,
+        LiveChange::Connected {
+            participant: b,
+            device: "late".into(),
+        },
+    )
+    .await;
+    assert!(matches!(refused, Err(StoreError::Fenced)), "{refused:?}");
     let held = store.instance_devices(&p2).await.expect("devices of p2");
     assert_eq!(
         held.iter()
@@ -1543,30 +1596,40 @@ pub async fn operator(store: TestStore) {
         devices.iter().map(|d| d.participant).collect::<Vec<_>>(),
         vec![a]
     );
+    // Its row gone, its writes stay refused; beating again registers it anew (a new epoch),
+    // and only writes with that epoch are taken.
+    let gone = LiveChange::Disconnected {
+        participant: a,
+        device: "d-a".into(),
+    };
+    let refused = record_live(&store, &p2, e2, later, gone.clone()).await;
+    assert!(matches!(refused, Err(StoreError::Fenced)), "{refused:?}");
+    let again = store
+        .heartbeat(&p2, &at("10.0.0.2:8080"), later)
+        .await
+        .expect("beat");
+    assert_eq!(again.found, super::Beat::Absent);
+    assert_ne!(again.epoch, e2, "a new registration, a new epoch");
+    let refused = record_live(&store, &p2, e2, later, gone.clone()).await;
+    assert!(matches!(refused, Err(StoreError::Fenced)), "{refused:?}");
     // A disconnection recorded by another process does not remove p1's device.
-    store
-        .record_live(
-            &p2,
-            &LiveChange::Disconnected {
-                participant: a,
-                device: "d-a".into(),
-            },
-            t0,
-        )
+    record_live(&store, &p2, again.epoch, later, gone)
         .await
         .expect("record");
     assert_eq!(store.live_devices(&[a]).await.expect("devices").len(), 1);
-    store
-        .record_live(
-            &p1,
-            &LiveChange::Unpublished {
-                participant: a,
-                stream: stream.stream.clone(),
-            },
-            t0,
-        )
-        .await
-        .expect("record");
+    store.forget_instance(&p2).await.expect("forget p2");
+    record_live(
+        &store,
+        &p1,
+        e1,
+        later,
+        LiveChange::Unpublished {
+            participant: a,
+            stream: stream.stream.clone(),
+        },
+    )
+    .await
+    .expect("record");
     assert!(store.live_streams(&[a]).await.expect("streams").is_empty());
     store.forget_instance(&p1).await.expect("forget");
     assert!(store
@@ -1574,6 +1637,22 @@ pub async fn operator(store: TestStore) {
         .await
         .expect("devices")
         .is_empty());
+}
+
+/// Records one change of `instance`'s live state as its registration `epoch` at `now_ms`.
+async fn record_live(
+    store: &TestStore,
+    instance: &str,
+    epoch: i64,
+    now_ms: i64,
+    change: super::LiveChange,
+) -> Result<(), StoreError> {
+    let writer = super::Writer {
+        instance,
+        epoch,
+        now_ms,
+    };
+    store.record_events(&writer, &[], &[change], now_ms).await
 }
 
 fn at(http: &str) -> super::InstanceRecord {
@@ -1784,14 +1863,16 @@ pub async fn session_placement(store: TestStore) {
         format!("proc-{}", rand::random::<u64>()),
         format!("proc-{}", rand::random::<u64>()),
     );
-    store
+    let e1 = store
         .heartbeat(&p1, &at("10.0.0.3:8080"), later)
         .await
-        .expect("beat");
-    store
+        .expect("beat")
+        .epoch;
+    let e2 = store
         .heartbeat(&p2, &at("10.0.0.4:8080"), later)
         .await
-        .expect("beat");
+        .expect("beat")
+        .epoch;
     let s3 = SessionId::random();
     let hosts = place_at_once(&store, s3, [&p1, &p2], later).await;
     assert_eq!(hosts.len(), 1, "one host: {hosts:?}");
@@ -1827,8 +1908,7 @@ pub async fn session_placement(store: TestStore) {
         participant: member,
         device: "d-1".into(),
     };
-    store
-        .record_live(&p2, &connected, later)
+    record_live(&store, &p2, e2, later, connected.clone())
         .await
         .expect("record");
     assert!(!store
@@ -1837,8 +1917,7 @@ pub async fn session_placement(store: TestStore) {
         .expect("idle")
         .contains(&s4));
     // ... and is idle once that device is gone (or elsewhere).
-    store
-        .record_live(&p1, &connected, later)
+    record_live(&store, &p1, e1, later, connected)
         .await
         .expect("record");
     assert!(store

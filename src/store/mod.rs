@@ -45,8 +45,8 @@ use crate::domain::{
 };
 
 pub use operator::{
-    AccountSummary, Beat, DeviceKind, LiveChange, LiveDevice, LiveStream, OperatorStore,
-    SessionSummary, STALE_AFTER_MS,
+    AccountSummary, Beat, Beaten, DeviceKind, LiveChange, LiveDevice, LiveStream, OperatorStore,
+    SessionSummary, Writer, STALE_AFTER_MS,
 };
 pub use placement::{InstanceLoad, InstanceRecord, InstanceStatus, PlacementStore, SessionHost};
 pub use sql::{Dialect, PoolStats, RowCounts, SqlStore};
@@ -91,6 +91,10 @@ pub enum StoreError {
     /// The database did not answer the readiness probe within this bound.
     #[error("database did not answer within {0:?}")]
     TimedOut(Duration),
+    /// A process's write for its devices was refused: its registration is not the current
+    /// one (another process took it for dead, and claimed or removed its row).
+    #[error("this process was taken for dead: its writes are refused")]
+    Fenced,
 }
 
 impl StoreError {
@@ -99,7 +103,7 @@ impl StoreError {
     /// a server shutting down or out of connections, and SQLite's busy/locked answers.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            StoreError::TimedOut(_) => true,
+            StoreError::TimedOut(_) | StoreError::Fenced => true,
             StoreError::Backend(e) => sql::is_unavailable(e),
             _ => false,
         }

@@ -30,6 +30,32 @@ pub enum Beat {
     Claimed,
 }
 
+/// What a heartbeat found, and the epoch of the registration it leaves: the row's
+/// `started_at`, new whenever the row is written anew (a first beat, or a beat after another
+/// process took this one for dead and removed its row).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Beaten {
+    /// What it found of its own row before it wrote it.
+    pub found: Beat,
+    /// The registration's epoch, which this process's writes carry ([`Writer`]).
+    pub epoch: i64,
+}
+
+/// A process writing what its devices did ([`OperatorStore::record_events`]): the write is
+/// refused ([`StoreError::Fenced`]) unless the process's row is still the registration of
+/// `epoch` and unclaimed at `now_ms` (database clock). This is the fence of a process taken
+/// for dead: paused, cut off, or slow past its lease, it cannot write after the process that
+/// claimed it has written its devices' ends.
+#[derive(Debug, Clone, Copy)]
+pub struct Writer<'a> {
+    /// The process.
+    pub instance: &'a str,
+    /// The epoch of its registration, as its last beat returned it.
+    pub epoch: i64,
+    /// Now, in the database's clock.
+    pub now_ms: i64,
+}
+
 /// An account as the operator lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccountSummary {
@@ -168,12 +194,15 @@ pub trait OperatorStore: Send + Sync + 'static {
         instance: &str,
         address: &InstanceRecord,
         now_ms: i64,
-    ) -> Result<Beat, StoreError>;
-    /// Applies one change of `instance`'s live state, stamped `at_ms`.
-    async fn record_live(
+    ) -> Result<Beaten, StoreError>;
+    /// Appends `rows` to the webhook outbox and applies `live` (changes of the writer's live
+    /// state, stamped `at_ms`), in order, in one transaction, if `writer` is still
+    /// registered ([`Writer`]); all or nothing.
+    async fn record_events(
         &self,
-        instance: &str,
-        change: &LiveChange,
+        writer: &Writer<'_>,
+        rows: &[super::NewOutboxEvent],
+        live: &[LiveChange],
         at_ms: i64,
     ) -> Result<(), StoreError>;
     /// Removes the process `instance`, its live rows and its sessions' placements (a clean
@@ -365,7 +394,7 @@ impl OperatorStore for SqlStore {
         instance: &str,
         address: &InstanceRecord,
         now_ms: i64,
-    ) -> Result<Beat, StoreError> {
+    ) -> Result<Beaten, StoreError> {
         let mut tx = self.write.begin().await?;
         let found: Option<i64> =
             sqlx::query_scalar("SELECT reaped_until FROM server_instances WHERE id = $1")
@@ -379,11 +408,12 @@ impl OperatorStore for SqlStore {
             Some(until) if until > now_ms => Beat::Claimed,
             Some(_) => Beat::Alive,
         };
-        sqlx::query(
+        let epoch: i64 = sqlx::query_scalar(
             "INSERT INTO server_instances (id, address, started_at, seen_at, cluster_address, sip_address, draining) \
              VALUES ($1, $2, $3, $3, $4, $5, $6) ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at, \
              address = excluded.address, cluster_address = excluded.cluster_address, \
-             sip_address = excluded.sip_address, draining = excluded.draining",
+             sip_address = excluded.sip_address, draining = excluded.draining \
+             RETURNING started_at",
         )
         .bind(instance)
         .bind(&address.http)
@@ -391,93 +421,43 @@ impl OperatorStore for SqlStore {
         .bind(address.cluster.clone())
         .bind(address.sip.clone())
         .bind(i64::from(address.draining))
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(beat)
+        Ok(Beaten { found: beat, epoch })
     }
 
-    async fn record_live(
+    async fn record_events(
         &self,
-        instance: &str,
-        change: &LiveChange,
+        writer: &Writer<'_>,
+        rows: &[super::NewOutboxEvent],
+        live: &[LiveChange],
         at_ms: i64,
     ) -> Result<(), StoreError> {
-        match change {
-            LiveChange::Connected {
-                participant,
-                device,
-            } => {
-                sqlx::query(
-                    "INSERT INTO live_devices (instance_id, participant_id, device, kind, connected_at) \
-                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (participant_id, device) DO UPDATE \
-                     SET instance_id = excluded.instance_id, connected_at = excluded.connected_at",
-                )
-                .bind(instance)
-                .bind(participant.to_string())
-                .bind(device)
-                .bind(DeviceKind::Browser.as_str())
-                .bind(at_ms)
-                .execute(&self.write)
-                .await?;
-            }
-            LiveChange::IsPhone {
-                participant,
-                device,
-            } => {
-                sqlx::query(
-                    "UPDATE live_devices SET kind = $1 WHERE participant_id = $2 AND device = $3",
-                )
-                .bind(DeviceKind::Phone.as_str())
-                .bind(participant.to_string())
-                .bind(device)
-                .execute(&self.write)
-                .await?;
-            }
-            LiveChange::Disconnected {
-                participant,
-                device,
-            } => {
-                sqlx::query(
-                    "DELETE FROM live_devices WHERE participant_id = $1 AND device = $2 AND instance_id = $3",
-                )
-                .bind(participant.to_string())
-                .bind(device)
-                .bind(instance)
-                .execute(&self.write)
-                .await?;
-            }
-            LiveChange::Published(s) => {
-                sqlx::query(
-                    "INSERT INTO live_streams (instance_id, participant_id, stream_id, alias, audio, video, published_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (participant_id, stream_id) DO UPDATE \
-                     SET instance_id = excluded.instance_id, alias = excluded.alias, audio = excluded.audio, \
-                     video = excluded.video, published_at = excluded.published_at",
-                )
-                .bind(instance)
-                .bind(s.participant.to_string())
-                .bind(s.stream.as_str())
-                .bind(s.alias.as_ref().map(|a| a.as_str().to_owned()))
-                .bind(i64::from(s.kinds.audio))
-                .bind(i64::from(s.kinds.video))
-                .bind(at_ms)
-                .execute(&self.write)
-                .await?;
-            }
-            LiveChange::Unpublished {
-                participant,
-                stream,
-            } => {
-                sqlx::query(
-                    "DELETE FROM live_streams WHERE participant_id = $1 AND stream_id = $2 AND instance_id = $3",
-                )
-                .bind(participant.to_string())
-                .bind(stream.as_str())
-                .bind(instance)
-                .execute(&self.write)
-                .await?;
-            }
+        let _timer = self.timer(super::sql::Op::RecordEvents);
+        let mut tx = self.write.begin().await?;
+        // On PostgreSQL the row is locked against a concurrent claim until the commit: the
+        // claim waits, then finds what this transaction wrote (and accounts for it).
+        let lock = if self.dialect() == super::Dialect::Postgres {
+            " FOR SHARE"
+        } else {
+            ""
+        };
+        let claimed_until: Option<i64> = sqlx::query_scalar(&format!(
+            "SELECT reaped_until FROM server_instances WHERE id = $1 AND started_at = $2{lock}"
+        ))
+        .bind(writer.instance)
+        .bind(writer.epoch)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if claimed_until.is_none_or(|until| until > writer.now_ms) {
+            return Err(StoreError::Fenced);
         }
+        super::webhooks::insert_outbox(&mut tx, rows).await?;
+        for change in live {
+            apply_live(&mut tx, writer.instance, change, at_ms).await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -598,4 +578,89 @@ impl OperatorStore for SqlStore {
             })
             .collect()
     }
+}
+
+/// Applies one change of `instance`'s live state, stamped `at_ms`, in `tx`.
+async fn apply_live(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    instance: &str,
+    change: &LiveChange,
+    at_ms: i64,
+) -> Result<(), StoreError> {
+    match change {
+        LiveChange::Connected {
+            participant,
+            device,
+        } => {
+            sqlx::query(
+                    "INSERT INTO live_devices (instance_id, participant_id, device, kind, connected_at) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (participant_id, device) DO UPDATE \
+                     SET instance_id = excluded.instance_id, connected_at = excluded.connected_at",
+                )
+                .bind(instance)
+                .bind(participant.to_string())
+                .bind(device)
+                .bind(DeviceKind::Browser.as_str())
+                .bind(at_ms)
+                .execute(&mut **tx)
+                .await?;
+        }
+        LiveChange::IsPhone {
+            participant,
+            device,
+        } => {
+            sqlx::query(
+                "UPDATE live_devices SET kind = $1 WHERE participant_id = $2 AND device = $3",
+            )
+            .bind(DeviceKind::Phone.as_str())
+            .bind(participant.to_string())
+            .bind(device)
+            .execute(&mut **tx)
+            .await?;
+        }
+        LiveChange::Disconnected {
+            participant,
+            device,
+        } => {
+            sqlx::query(
+                    "DELETE FROM live_devices WHERE participant_id = $1 AND device = $2 AND instance_id = $3",
+                )
+                .bind(participant.to_string())
+                .bind(device)
+                .bind(instance)
+                .execute(&mut **tx)
+                .await?;
+        }
+        LiveChange::Published(s) => {
+            sqlx::query(
+                    "INSERT INTO live_streams (instance_id, participant_id, stream_id, alias, audio, video, published_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (participant_id, stream_id) DO UPDATE \
+                     SET instance_id = excluded.instance_id, alias = excluded.alias, audio = excluded.audio, \
+                     video = excluded.video, published_at = excluded.published_at",
+                )
+                .bind(instance)
+                .bind(s.participant.to_string())
+                .bind(s.stream.as_str())
+                .bind(s.alias.as_ref().map(|a| a.as_str().to_owned()))
+                .bind(i64::from(s.kinds.audio))
+                .bind(i64::from(s.kinds.video))
+                .bind(at_ms)
+                .execute(&mut **tx)
+                .await?;
+        }
+        LiveChange::Unpublished {
+            participant,
+            stream,
+        } => {
+            sqlx::query(
+                    "DELETE FROM live_streams WHERE participant_id = $1 AND stream_id = $2 AND instance_id = $3",
+                )
+                .bind(participant.to_string())
+                .bind(stream.as_str())
+                .bind(instance)
+                .execute(&mut **tx)
+                .await?;
+        }
+    }
+    Ok(())
 }

@@ -109,6 +109,7 @@ store_ops! {
     SetWebhookBandwidthOnly => "set_webhook_bandwidth_only",
     RotateWebhookSecret => "rotate_webhook_secret",
     OutboxAppend => "outbox_append",
+    RecordEvents => "record_events",
     OutboxDue => "outbox_due",
     OutboxClaim => "outbox_claim",
     OutboxPending => "outbox_pending",

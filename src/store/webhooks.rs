@@ -150,22 +150,7 @@ impl WebhookStore for SqlStore {
             return Ok(());
         }
         let mut tx = self.write.begin().await?;
-        for e in events {
-            sqlx::query(
-                "INSERT INTO webhook_outbox (id, account_id, participant_id, url, event, body, \
-                 created_at, attempts, next_at, state) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $7, 'pending')",
-            )
-            .bind(e.id.as_str())
-            .bind(e.account.as_str())
-            .bind(e.participant.to_string())
-            .bind(e.url.as_str())
-            .bind(e.event.as_str())
-            .bind(e.body.as_str())
-            .bind(e.created_at_ms)
-            .execute(&mut *tx)
-            .await?;
-        }
+        insert_outbox(&mut tx, events).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -394,4 +379,28 @@ impl SqlStore {
 /// The store's clock, for callers that stamp outbox rows the same way (epoch milliseconds).
 pub fn epoch_ms() -> i64 {
     now_ms()
+}
+
+/// Appends `events` to the outbox in `tx`, in order.
+pub(super) async fn insert_outbox(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    events: &[NewOutboxEvent],
+) -> Result<(), StoreError> {
+    for e in events {
+        sqlx::query(
+            "INSERT INTO webhook_outbox (id, account_id, participant_id, url, event, body, \
+                 created_at, attempts, next_at, state) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $7, 'pending')",
+        )
+        .bind(e.id.as_str())
+        .bind(e.account.as_str())
+        .bind(e.participant.to_string())
+        .bind(e.url.as_str())
+        .bind(e.event.as_str())
+        .bind(e.body.as_str())
+        .bind(e.created_at_ms)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
 }

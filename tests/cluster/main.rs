@@ -278,7 +278,7 @@ async fn phones_dialling_different_processes_meet_on_the_session_s_host() {
 }
 
 /// A process taken for dead while it runs (here the test's own control claims it, as the
-/// reaper of a process alive does after 20 s without a beat, and writes its device's end)
+/// reaper of a process alive does after 8 s without a beat, and writes its device's end)
 /// learns it at its next beat and closes its devices, announcing nothing more: the backend
 /// gets one `onDisconnect`, from the claimant.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -340,7 +340,10 @@ async fn a_process_taken_for_dead_closes_its_devices_without_a_second_end() {
     let recorder = claimant.clone();
     tokio::spawn(async move {
         while let Some(item) = feed.recv().await {
-            let ok = recorder.record_webhooks(&[&item.event], 1).await.is_ok();
+            let ok = matches!(
+                recorder.record_events(&[&item.event], 1).await,
+                Ok(patchbay::control::Recording::Written(_))
+            );
             if let Some(tx) = item.recorded {
                 let _ = tx.send(ok);
             }
@@ -353,7 +356,7 @@ async fn a_process_taken_for_dead_closes_its_devices_without_a_second_end() {
     let reaped = claimant.reap_dead(i64::MAX / 4).await.expect("reap");
     assert_eq!(reaped, 1, "B's device is accounted for");
 
-    // B's next beat (every 5 s) finds its row gone: the device is closed.
+    // B's next beat (every 2 s) finds its row gone: the device is closed.
     let closed = tokio::time::timeout(DEADLINE * 2, async {
         loop {
             match ws.next().await {
