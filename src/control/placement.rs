@@ -351,4 +351,21 @@ impl Control {
         }
         Ok(released)
     }
+
+    /// Takes or renews the duty `name` for this process until `lease_ms` from `now_ms` (this
+    /// process's clock; the lease is in the database's): true if this process is the one to
+    /// do it now. On SQLite (one serving process) too: the same table says who does it.
+    pub async fn take_duty(
+        &self,
+        name: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<bool, ControlError> {
+        let now_ms = self.lease_ms(now_ms);
+        Ok(self
+            .inner
+            .store
+            .take_duty(name, &self.inner.instance, now_ms, now_ms + lease_ms)
+            .await?)
+    }
 }

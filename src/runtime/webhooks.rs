@@ -42,6 +42,13 @@ pub const RECORD_WAIT: Duration = Duration::from_secs(5);
 /// How often the cleanup looks for expired sessions.
 const CLEANUP_EVERY: Duration = Duration::from_secs(60);
 
+/// The cleanup's duty, held by one process at a time ([`Control::take_duty`]).
+const CLEANUP_DUTY: &str = "cleanup";
+
+/// How long the cleanup's holder keeps it without renewing: two and a half rounds, so that a
+/// holder alive keeps it and one that died hands it over within this.
+const CLEANUP_LEASE_MS: i64 = 150_000;
+
 /// Webhook delivery settings.
 #[derive(Debug, Clone)]
 pub struct WebhookSettings {
@@ -639,6 +646,23 @@ struct Ages {
 
 async fn cleanup(control: Control, ages: Ages) {
     loop {
+        // One process at a time cleans up for all; another takes over within a lease of the
+        // holder's death (or at once after its clean stop).
+        match control
+            .take_duty(CLEANUP_DUTY, now_ms(), CLEANUP_LEASE_MS)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                tokio_sleep(CLEANUP_EVERY).await;
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot tell which process cleans up now");
+                tokio_sleep(CLEANUP_EVERY).await;
+                continue;
+            }
+        }
         match control.expire_sessions(ages.session, now_ms()).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(sessions = n, "expired sessions removed"),

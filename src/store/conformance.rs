@@ -45,6 +45,7 @@ pub const CASES: &[&str] = &[
     "operator",
     "subscribe_layouts",
     "session_placement",
+    "cluster_duties",
 ];
 
 async fn new_account(store: &TestStore) -> AccountId {
@@ -1927,4 +1928,43 @@ pub async fn session_placement(store: TestStore) {
         .contains(&s4));
     store.forget_instance(&p1).await.expect("forget");
     store.forget_instance(&p2).await.expect("forget");
+}
+
+/// A duty is held by one process at a time: taken when free or lapsed, renewed by its holder,
+/// refused to others while its lease lasts, and released with its holder's row.
+pub async fn cluster_duties(store: TestStore) {
+    let duty = format!("duty-{}", rand::random::<u64>());
+    let (p1, p2) = (
+        format!("proc-{}", rand::random::<u64>()),
+        format!("proc-{}", rand::random::<u64>()),
+    );
+    let t0 = 1_000_000_000_000_i64;
+    let take = |holder: &str, now: i64| {
+        let (store, duty, holder) = (store.clone(), duty.clone(), holder.to_owned());
+        async move {
+            store
+                .take_duty(&duty, &holder, now, now + 1_000)
+                .await
+                .expect("take")
+        }
+    };
+    assert!(take(&p1, t0).await, "a free duty is taken");
+    assert!(!take(&p2, t0 + 500).await, "not while another holds it");
+    assert!(take(&p1, t0 + 900).await, "its holder renews it");
+    assert!(!take(&p2, t0 + 1_800).await, "the renewal lasts");
+    assert!(take(&p2, t0 + 2_000).await, "a lapsed duty is taken over");
+    assert!(!take(&p1, t0 + 2_100).await, "by one process");
+    // Asked at once, one process gets it.
+    let later = t0 + 10_000;
+    let (a, b) = tokio::join!(take(&p1, later), take(&p2, later + 1));
+    assert_eq!(u8::from(a) + u8::from(b), 1, "one of two: {a} {b}");
+    // A process's duties go with its row.
+    let holder = if a { &p1 } else { &p2 };
+    let other = if a { &p2 } else { &p1 };
+    store.forget_instance(holder).await.expect("forget");
+    assert!(
+        take(other, later + 2).await,
+        "free once its holder is forgotten"
+    );
+    store.forget_instance(other).await.expect("forget");
 }

@@ -494,6 +494,7 @@ impl OperatorStore for SqlStore {
             "DELETE FROM live_devices WHERE instance_id = $1",
             "DELETE FROM live_streams WHERE instance_id = $1",
             "DELETE FROM session_hosts WHERE instance_id = $1",
+            "DELETE FROM cluster_duties WHERE holder = $1",
             "DELETE FROM server_instances WHERE id = $1",
         ] {
             sqlx::query(sql).bind(instance).execute(&mut *tx).await?;

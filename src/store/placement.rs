@@ -142,6 +142,17 @@ pub trait PlacementStore: Send + Sync + 'static {
         instance: &str,
         placed_before_ms: i64,
     ) -> Result<Vec<SessionId>, StoreError>;
+    /// Takes or renews, for `holder` until `until_ms`, the duty `name` (a job one process at
+    /// a time does for all): granted when nobody holds it, its lease ended before `now_ms`,
+    /// or `holder` holds it already. Of processes asking at once, one gets it. A process's
+    /// duties go with its row ([`super::OperatorStore::forget_instance`]).
+    async fn take_duty(
+        &self,
+        name: &str,
+        holder: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<bool, StoreError>;
 }
 
 const HOST: &str =
@@ -355,5 +366,28 @@ impl PlacementStore for SqlStore {
         .iter()
         .map(|row| parse_id(row, "session_id"))
         .collect()
+    }
+
+    async fn take_duty(
+        &self,
+        name: &str,
+        holder: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<bool, StoreError> {
+        // One statement: the lease is checked and taken at once.
+        let taken: Option<String> = sqlx::query_scalar(
+            "INSERT INTO cluster_duties (name, holder, until) VALUES ($1, $2, $4) \
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until \
+             WHERE cluster_duties.until < $3 OR cluster_duties.holder = excluded.holder \
+             RETURNING holder",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(now_ms)
+        .bind(until_ms)
+        .fetch_optional(&self.write)
+        .await?;
+        Ok(taken.is_some())
     }
 }

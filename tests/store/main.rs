@@ -71,6 +71,7 @@ both!(
     operator,
     subscribe_layouts,
     session_placement,
+    cluster_duties,
 );
 
 /// State written through one handle is there for a new process-like handle on the same file.
