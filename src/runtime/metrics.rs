@@ -1,6 +1,7 @@
 //! Prometheus metrics: the process's recorder, the `GET /metrics` route, the HTTP request
-//! layer, the gauges computed at scrape time, and the per-shard publisher of the media
-//! engines' counters. Every metric is listed in `docs/metrics.md`.
+//! layer, the gauges computed at scrape time (the process's own `process_*` metrics from
+//! `metrics-process` among them, and `patchbay_build_info`), and the per-shard publisher of
+//! the media engines' counters. Every metric is listed in `docs/metrics.md`.
 //!
 //! Metrics go through the `metrics` facade into `metrics-exporter-prometheus`'s recorder,
 //! installed once per process ([`install`]); the exporter's own HTTP listener is not used:
@@ -59,6 +60,8 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         metrics::set_global_recorder(recorder)
             .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;
         describe();
+        metrics_process::Collector::default().describe();
+        gauge!("patchbay_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
         Ok(handle)
     } else {
         Ok(HANDLE.get().cloned().unwrap_or(handle))
@@ -76,6 +79,10 @@ fn describe() {
         "patchbay_http_request_duration_seconds",
         Unit::Seconds,
         "Time to answer an HTTP request (to the response head), by method and route template"
+    );
+    describe_gauge!(
+        "patchbay_build_info",
+        "Always 1; the label `version` is this binary's version"
     );
     describe_gauge!("patchbay_sessions", "Sessions in the database");
     describe_gauge!("patchbay_participants", "Participants in the database");
@@ -216,6 +223,9 @@ impl Scrape {
     }
 
     async fn refresh(&self) {
+        // The standard process metrics (CPU seconds, resident memory, open descriptors, start
+        // time, threads), read from /proc now.
+        metrics_process::Collector::default().collect();
         for pool in self.database.pools() {
             gauge!("patchbay_db_pool_connections", "pool" => pool.name, "state" => "in_use")
                 .set(f64::from(pool.in_use));

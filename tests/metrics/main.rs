@@ -97,7 +97,10 @@ async fn scrape(addr: SocketAddr) -> Scrape {
             value.parse::<f64>().is_ok() || matches!(value, "+Inf" | "-Inf" | "NaN"),
             "malformed sample line: {line:?}"
         );
-        assert!(line.starts_with("patchbay_"), "not ours: {line:?}");
+        assert!(
+            line.starts_with("patchbay_") || line.starts_with("process_"),
+            "not ours: {line:?}"
+        );
     }
     let parsed = prom_text_format_parser::Scrape::parse(&text)
         .unwrap_or_else(|e| panic!("not the Prometheus text format: {e:?}\n{text}"));
@@ -379,6 +382,23 @@ async fn metrics_follow_a_real_call() {
     assert_eq!(first.get("patchbay_sessions", &[]), Some(1.0));
     assert_eq!(first.get("patchbay_participants", &[]), Some(2.0));
     assert!(first.sum("patchbay_media_shard_busy_microseconds_total") > 0.0);
+    // The standard process metrics, read from /proc at the scrape, and the build.
+    assert!(
+        first
+            .get("process_resident_memory_bytes", &[])
+            .unwrap_or(0.0)
+            > 1e6,
+        "resident memory"
+    );
+    assert!(first.get("process_open_fds", &[]).unwrap_or(0.0) > 0.0);
+    assert!(first.get("process_cpu_seconds_total", &[]).is_some());
+    assert_eq!(
+        first.get(
+            "patchbay_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        Some(1.0)
+    );
     let http = format!("{:?}", first.label_sets("patchbay_http_requests_total"));
     let route = |r: &str, method: &str, status: &str| {
         first.get(
