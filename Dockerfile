@@ -32,6 +32,8 @@ ENV PATCHBAY_DATA_DIR=/var/lib/patchbay
 ENV PATCHBAY_MEDIA_LISTEN=0.0.0.0:3478
 ENV PATCHBAY_SIP_LISTEN=0.0.0.0:5060
 ENV PATCHBAY_RTP_PORTS=20000-20999
+# No `dev` account (its password would go to the container's log): `patchbay account create`.
+ENV PATCHBAY_DEV_ACCOUNT=false
 USER patchbay
 VOLUME /var/lib/patchbay
 # HTTP (REST, device WebSocket), media (shard i on 3478 + i), SIP, phones' RTP.

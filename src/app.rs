@@ -111,9 +111,10 @@ fn take_serving_lock(url: &str) -> anyhow::Result<Option<std::fs::File>> {
 }
 
 impl App {
-    /// Opens the store (creating the dev account on an empty embedded database), binds the
-    /// HTTP listener and starts the media shards and the SIP bridge, as `config` says. HTTP is
-    /// served only by [`App::run_until_stopped`].
+    /// Opens the store, binds the
+    /// HTTP listener and starts the media shards and the SIP bridge, as `config` says, then
+    /// creates the dev account on an empty embedded database (unless `--dev-account false`).
+    /// HTTP is served only by [`App::run_until_stopped`].
     pub async fn build(config: &ServeConfig) -> anyhow::Result<App> {
         // Unusable TLS files refuse the start before anything is opened.
         let tls = config.tls()?;
@@ -132,15 +133,6 @@ impl App {
         let sql_store = Arc::new(store);
         let store: Arc<dyn Store> = sql_store.clone();
         let control = Control::new(store.clone()).await?;
-        let dev_credentials = if embedded && store.account_count().await? == 0 {
-            Some(
-                control
-                    .create_account(AccountId::parse(DEV_ACCOUNT)?)
-                    .await?,
-            )
-        } else {
-            None
-        };
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
@@ -323,6 +315,18 @@ impl App {
             rtp_ip,
             rtp_ports: config.rtp_ports,
             loopback_only: public_ips.is_empty() && config.media_listen.ip().is_unspecified(),
+        };
+        // Last, once every listener is bound: a start that fails earlier (a port taken, no
+        // STUN answer) creates nothing, so the next start creates and prints the account.
+        let dev_credentials = if config.dev_account && embedded && store.account_count().await? == 0
+        {
+            Some(
+                control
+                    .create_account(AccountId::parse(DEV_ACCOUNT)?)
+                    .await?,
+            )
+        } else {
+            None
         };
         Ok(App {
             _serving: serving,

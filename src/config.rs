@@ -338,6 +338,11 @@ pub struct ServeConfig {
     /// Where the server's state lives.
     #[command(flatten)]
     pub database: DatabaseArgs,
+    /// On a start with the embedded database (no --database-url) and no account yet, create
+    /// the account `dev` and print its credentials once, after the server is up (`false`:
+    /// create none; make accounts with `patchbay account create`, as production does).
+    #[arg(long, env = "PATCHBAY_DEV_ACCOUNT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub dev_account: bool,
     /// UDP address of the media plane (ICE-lite, DTLS-SRTP). With several shards, shard `i`
     /// binds this port + `i` (port 0: any free port for each).
     #[arg(long, env = "PATCHBAY_MEDIA_LISTEN", default_value = "0.0.0.0:3478")]
@@ -449,6 +454,7 @@ impl ServeConfig {
                 database_url: Some(url.to_owned()),
                 data_dir: None,
             },
+            dev_account: true,
             media_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             media_shards: None,
             media_tcp_listen: crate::reach::MediaTcpListen::Same,

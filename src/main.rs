@@ -64,17 +64,15 @@ async fn main() -> anyhow::Result<()> {
 async fn serve(config: patchbay::config::ServeConfig) -> anyhow::Result<()> {
     let app = App::build(&config).await?;
     if let Some(creds) = &app.dev_credentials {
+        let scheme = if app.tls() { "https" } else { "http" };
+        let (account, user, pass) = (creds.account.as_str(), &creds.username, &creds.password);
         println!(
-            "patchbay created the account {:?} on first start (shown once):\n  username: {}\n  password: {}\n  webhook secret: {}\n  try: curl -u {}:{} -X POST {}://{}/v1/accounts/{}/sessions",
-            creds.account.as_str(),
-            creds.username,
-            creds.password,
+            "patchbay created the account {account:?} on first start (shown once; lost them? \
+             `patchbay account rotate {account}` prints new ones):\n  username: {user}\n  \
+             password: {pass}\n  webhook secret: {}\n  try: curl -u {user}:{pass} -X POST \
+             {scheme}://{}/v1/accounts/{account}/sessions",
             creds.webhook_secret,
-            creds.username,
-            creds.password,
-            if app.tls() { "https" } else { "http" },
             app.http_addr(),
-            creds.account
         );
     }
     println!("{}", app.addresses());

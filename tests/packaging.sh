@@ -93,6 +93,8 @@ if [ -n "$http" ]; then
   check "startup names the media address of every shard" grep -q '^patchbay media shard 0: UDP' "$scratch/stdout"
   check "without a public IP, startup warns that only this machine can reach a call" \
     grep -q 'WARNING: the media socket listens on every interface' "$scratch/stdout"
+  check "the image creates no dev account and prints no password (PATCHBAY_DEV_ACCOUNT=false)" \
+    bash -c "! grep -q -e 'created the account' -e 'password:' '$scratch/stdout'"
   check "the data directory is created private (0700)" \
     test "$(stat -c %a "$data_dir")" = 700
   kill -TERM "$server_pid"

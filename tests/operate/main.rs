@@ -782,3 +782,86 @@ async fn a_second_server_on_one_sqlite_file_refuses_to_start() {
         .expect("readyz");
     assert_eq!(ready.status(), 200);
 }
+
+/// Runs `patchbay serve` on the embedded database in `data` (no --database-url) until it says
+/// where it listens; what it printed up to there. Panics if it exits first.
+fn first_lines(data: &std::path::Path, extra: &[&str]) -> (Child, String) {
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--media-listen",
+            "127.0.0.1:0",
+            "--sip-listen",
+            "127.0.0.1:0",
+            "--rtp-ports",
+            "0-0",
+            "--data-dir",
+        ])
+        .arg(data)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn patchbay");
+    let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut printed = String::new();
+    for line in lines {
+        let line = line.expect("stdout");
+        printed.push_str(&line);
+        printed.push('\n');
+        if line.starts_with("patchbay listening on") {
+            return (child, printed);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("the server exited before listening: {printed}");
+}
+
+/// Issue 23: a first start that fails (its HTTP port is taken) creates no account, so the
+/// next start creates `dev` and prints its credentials with the way to get new ones;
+/// `--dev-account false` creates none (the next start without it still finds no account).
+#[test]
+fn the_dev_account_is_created_by_the_first_start_that_succeeds_unless_refused() {
+    let dir = TempDir::new();
+    let data = dir.0.join("data");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").to_string();
+    let failed = Command::new(BIN)
+        .args(["serve", "--listen", &port, "--media-listen", "127.0.0.1:0"])
+        .args([
+            "--sip-listen",
+            "127.0.0.1:0",
+            "--rtp-ports",
+            "0-0",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .output()
+        .expect("run");
+    assert!(!failed.status.success(), "started on a taken port");
+    let said = String::from_utf8_lossy(&failed.stdout);
+    assert!(!said.contains("password:"), "{said}");
+    drop(taken);
+    let (mut child, printed) = first_lines(&data, &[]);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        printed.contains("created the account \"dev\"")
+            && printed.contains("password: ")
+            && printed.contains("`patchbay account rotate dev` prints new ones"),
+        "{printed}"
+    );
+
+    let refused = dir.0.join("refused");
+    let (mut child, printed) = first_lines(&refused, &["--dev-account", "false"]);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(!printed.contains("created the account"), "{printed}");
+    let (mut child, printed) = first_lines(&refused, &[]);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(printed.contains("created the account \"dev\""), "{printed}");
+}
