@@ -116,6 +116,11 @@ https() { curl -sS --max-time 30 --cacert "$work/fullchain.pem" --resolve "call.
 # --- through the proxy --------------------------------------------------------------------------
 ready() { [ "$(https -o /dev/null -w '%{http_code}' https://call.example.com:$port/readyz)" = 200 ]; }
 check "GET /readyz over https through nginx" ready
+unpublished() {
+  [ "$(https -o /dev/null -w '%{http_code}' https://call.example.com:$port/metrics)" = 404 ] &&
+    curl -fsS "http://$upstream/metrics" | grep -q '^patchbay_build_info'
+}
+check "/metrics is served by patchbay but not published by nginx" unpublished
 
 base="https://call.example.com:$port/v1/accounts/dev"
 rest_calls() {
