@@ -228,7 +228,8 @@ impl App {
                  and reconnects here gets a second onConnect"
             ),
         }
-        crate::runtime::webhooks::spawn_reaper(control.clone());
+        let last_beat = crate::runtime::webhooks::LastBeat::default();
+        crate::runtime::webhooks::spawn_reaper(control.clone(), last_beat.clone());
         let media = crate::runtime::media::spawn(shards, control.clone())?;
         // Control's one door to the media plane; signaling and the SIP bridge reach it only
         // through control's verbs.
@@ -289,7 +290,7 @@ impl App {
                  the processes they can reach"
             );
         }
-        crate::runtime::webhooks::spawn_heartbeat(control.clone(), peers.clone());
+        crate::runtime::webhooks::spawn_heartbeat(control.clone(), peers.clone(), last_beat);
         let metrics = if let Some(handle) = metrics_handle {
             crate::runtime::metrics::spawn_upkeep(handle.clone());
             Some(crate::runtime::metrics::Scrape::new(

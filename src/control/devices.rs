@@ -68,12 +68,7 @@ impl Control {
     ) -> super::webhooks::Recorded {
         tracing::info!(?event, "device lifecycle");
         live.apply(&event);
-        let generation = self
-            .inner
-            .beats
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .generation;
+        let generation = self.beats().generation;
         let recorded = self.inner.webhooks.record(&event, generation);
         self.inner.events.send(ControlEvent::Lifecycle(event));
         recorded
@@ -161,14 +156,6 @@ impl Control {
             .unwrap_or_else(|e| e.into_inner())
             .has_phone(participant)
     }
-
-    /// The participant's devices here end without an event (another process announced their
-    /// end): the events their closing reports later are not recorded.
-    pub(super) fn forget_devices_of(&self, participant: ParticipantId) {
-        let mut live = self.inner.live.lock().unwrap_or_else(|e| e.into_inner());
-        let ended = live.end_all_of(participant);
-        tracing::debug!(%participant, devices = ended.len(), "devices ended elsewhere");
-    }
 }
 
 /// What a heartbeat has seen so far (see [`Control::heartbeat`]).
@@ -185,6 +172,8 @@ pub(super) struct BeatState {
     pub(super) epoch: Option<i64>,
     /// How many times this process was fenced: the generation of the events raised now.
     pub(super) generation: u64,
+    /// This process stops: its row is gone on purpose, it beats, fences and reaps no more.
+    pub(super) stopped: bool,
 }
 
 /// What kind of device a live device is.
@@ -221,6 +210,16 @@ impl LiveDevices {
     /// The participants with a device connected.
     pub(super) fn participants(&self) -> std::collections::BTreeSet<ParticipantId> {
         self.live.keys().map(|(p, _)| *p).collect()
+    }
+
+    /// Forgets every device's end (what their closing reports is not recorded): the devices
+    /// of a process taken for dead, whose ends another process wrote. Their participants.
+    pub(super) fn forget_all(&mut self) -> std::collections::BTreeSet<ParticipantId> {
+        let participants = self.participants();
+        for &participant in &participants {
+            self.end_all_of(participant);
+        }
+        participants
     }
 
     /// Whether the participant has a phone call connected.

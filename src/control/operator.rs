@@ -115,13 +115,12 @@ impl Control {
     /// writes the end events of its devices, so it closes every device it holds, announcing
     /// nothing more; a device that reconnects is a new one (`onConnect`).
     pub async fn heartbeat(&self, now_ms: i64) -> Result<(), ControlError> {
+        if self.beats().stopped {
+            return Ok(());
+        }
         // Beats are stamped in the database's clock (see `Control::lease_ms`).
         if let Err(e) = self.measure_clock(now_ms).await {
-            self.inner
-                .beats
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .ok_since = None;
+            self.beats().ok_since = None;
             return Err(e);
         }
         let now_ms = self.lease_ms(now_ms);
@@ -132,8 +131,16 @@ impl Control {
             .store
             .heartbeat(&self.inner.instance, &address, now_ms)
             .await;
+        if self.beats().stopped {
+            // The stop removed the row while this beat was on its way: remove it again.
+            self.inner
+                .store
+                .forget_instance(&self.inner.instance)
+                .await?;
+            return Ok(());
+        }
         let beat = {
-            let mut state = self.inner.beats.lock().unwrap_or_else(|e| e.into_inner());
+            let mut state = self.beats();
             match beat {
                 Ok(beat) => {
                     state.ok_since.get_or_insert(now_ms);
@@ -146,7 +153,7 @@ impl Control {
             }
         };
         let fence = {
-            let mut state = self.inner.beats.lock().unwrap_or_else(|e| e.into_inner());
+            let mut state = self.beats();
             let fence = match beat.found {
                 Beat::Alive => {
                     state.fenced = false;
@@ -176,40 +183,41 @@ impl Control {
     /// stale), and the registration becomes `epoch` (the one the beat wrote; `None` keeps
     /// the current one, which the store refuses while it is claimed).
     fn fence(&self, epoch: Option<i64>) {
-        let participants = self
-            .inner
-            .live
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .participants();
+        // Under the live lock (then the beats lock, the order of `record_device_event`): a
+        // device connecting meanwhile is either among those closed or of the new generation.
+        let participants = {
+            let mut live = self.inner.live.lock().unwrap_or_else(|e| e.into_inner());
+            // Their ends are forgotten (what their closing reports is not recorded), and what
+            // was raised until now is stale.
+            let participants = live.forget_all();
+            let mut state = self.beats();
+            state.generation += 1;
+            if epoch.is_some() {
+                state.epoch = epoch;
+            }
+            participants
+        };
         tracing::error!(
             participants = participants.len(),
             "another process took this one for dead (no heartbeat for {DEAD_AFTER_MS} ms): \
              it has announced the end of this process's devices, which are closed now"
         );
-        // First their ends are forgotten (what their closing reports is not recorded), then
-        // what was raised before is made stale, then they are closed.
-        for &participant in &participants {
-            self.forget_devices_of(participant);
-        }
-        {
-            let mut state = self.inner.beats.lock().unwrap_or_else(|e| e.into_inner());
-            state.generation += 1;
-            if epoch.is_some() {
-                state.epoch = epoch;
-            }
-        }
         for participant in participants {
             self.disconnect_participant(participant, TAKEN_FOR_DEAD);
         }
+    }
+
+    /// What this process's heartbeats found.
+    pub(super) fn beats(&self) -> std::sync::MutexGuard<'_, super::devices::BeatState> {
+        self.inner.beats.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The store refused a write made with `generation` and `epoch`: this process was taken
     /// for dead before its heartbeat could tell. Fences now, unless it was fenced since.
     pub(super) fn fenced_by_store(&self, generation: u64, epoch: i64) {
         {
-            let mut state = self.inner.beats.lock().unwrap_or_else(|e| e.into_inner());
-            if state.generation != generation || state.epoch != Some(epoch) {
+            let mut state = self.beats();
+            if state.stopped || state.generation != generation || state.epoch != Some(epoch) {
                 return;
             }
             state.fenced = true;
@@ -220,13 +228,12 @@ impl Control {
     /// Whether an event raised in `generation` is stale: this process was fenced since, and
     /// the process that took it for dead accounted for what it was about.
     pub fn is_stale(&self, generation: u64) -> bool {
-        generation
-            < self
-                .inner
-                .beats
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .generation
+        generation < self.beats().generation
+    }
+
+    /// The generation of the events raised now (see [`Control::is_stale`]).
+    pub fn generation(&self) -> u64 {
+        self.beats().generation
     }
 
     /// The devices other processes have live now, each with its process's last heartbeat:
@@ -276,13 +283,18 @@ impl Control {
     pub async fn reap_dead(&self, now_ms: i64) -> Result<usize, ControlError> {
         // In the database's clock, as measured at the last beat (within 2 s).
         let now_ms = self.lease_ms(now_ms);
-        let beating = self
-            .inner
-            .beats
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .ok_since
-            .is_some_and(|since| now_ms - since >= DEAD_AFTER_MS);
+        let beating = {
+            let state = self.beats();
+            // Registered, not fenced, not stopping, every beat good for DEAD_AFTER_MS (the
+            // runtime also reaps only right after a beat: a process resumed after a pause does
+            // not reap before a beat has told it whether it was taken for dead).
+            state.epoch.is_some()
+                && !state.fenced
+                && !state.stopped
+                && state
+                    .ok_since
+                    .is_some_and(|since| now_ms - since >= DEAD_AFTER_MS)
+        };
         if !beating {
             return Ok(0);
         }
@@ -341,8 +353,20 @@ impl Control {
                 }
                 ended += 1;
             }
+            let mut written = true;
             for receipt in receipts {
-                receipt.wait().await;
+                written &= receipt.wait().await;
+            }
+            if !written {
+                // Not in the outbox (yet, or ever: this process was fenced meanwhile). The
+                // rows stay; once this claim lapses, a process claims them again and writes
+                // the ends (an end may then be written twice, never lost).
+                tracing::warn!(
+                    process = %instance,
+                    "the ends of a dead process's devices are not all written: its rows stay \
+                     until the claim lapses"
+                );
+                continue;
             }
             self.inner.store.forget_instance(&instance).await?;
         }
@@ -360,8 +384,9 @@ impl Control {
             .clear();
     }
 
-    /// This process stops: its live rows go.
+    /// This process stops: its live rows go, and it beats, fences and reaps no more.
     pub async fn forget_live(&self) -> Result<(), ControlError> {
+        self.beats().stopped = true;
         Ok(self
             .inner
             .store

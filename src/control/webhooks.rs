@@ -170,15 +170,23 @@ impl Control {
     /// the outbox, in order, and applies what they change in this process's live state, in
     /// one write stamped `at_ms` (epoch milliseconds), fenced by this process's registration
     /// (see [`crate::store::Writer`]). All or none: on an error nothing of the batch is
-    /// written. Before this process's first heartbeat it is `Unavailable` (try again).
+    /// written. `generation`: the events' ([`FeedItem::generation`]); events of an earlier
+    /// generation than this process's are not written (`Fenced`). Before this process's
+    /// first heartbeat it is `Unavailable` (try again).
     pub async fn record_events(
         &self,
         events: &[&LifecycleEvent],
+        generation: u64,
         at_ms: i64,
     ) -> Result<Recording, ControlError> {
-        let (generation, epoch) = {
-            let beats = self.inner.beats.lock().unwrap_or_else(|e| e.into_inner());
-            (beats.generation, beats.epoch)
+        let epoch = {
+            let beats = self.beats();
+            if beats.generation != generation {
+                // Raised before a fence: the process that took this one for dead wrote what
+                // they were about.
+                return Ok(Recording::Fenced);
+            }
+            beats.epoch
         };
         let Some(epoch) = epoch else {
             return Err(ControlError::Unavailable {

@@ -124,27 +124,32 @@ async fn record(control: Control, mut feed: WebhookFeed, wake: Arc<Notify>) {
             .items
             .drain(..queue.items.len().min(RECORD_BATCH))
             .collect();
-        // Raised before this process was fenced: the process that took it for dead wrote
-        // what they were about.
-        let (stale, fresh): (Vec<Waiting>, Vec<Waiting>) = batch
-            .drain(..)
-            .partition(|w| control.is_stale(w.item.generation));
-        batch = fresh;
-        if !stale.is_empty() {
-            tracing::warn!(
-                events = stale.len(),
-                "events raised before this process was taken for dead are not recorded"
-            );
-        }
-        for mut waiting in stale {
-            answer(std::slice::from_mut(&mut waiting), false);
-            control.event_settled();
-        }
         let at = now_ms();
         let mut backoff = Duration::from_millis(100);
-        while !batch.is_empty() {
+        loop {
+            // Raised before this process was fenced (checked again before each try: a fence
+            // may come while a batch waits for the database): the process that took it for
+            // dead wrote what they were about.
+            let generation = control.generation();
+            let (stale, fresh): (Vec<Waiting>, Vec<Waiting>) = batch
+                .drain(..)
+                .partition(|w| w.item.generation < generation);
+            batch = fresh;
+            if !stale.is_empty() {
+                tracing::warn!(
+                    events = stale.len(),
+                    "events raised before this process was taken for dead are not recorded"
+                );
+            }
+            for mut waiting in stale {
+                answer(std::slice::from_mut(&mut waiting), false);
+                control.event_settled();
+            }
+            if batch.is_empty() {
+                break;
+            }
             let events: Vec<&LifecycleEvent> = batch.iter().map(|w| &w.item.event).collect();
-            match control.record_events(&events, at).await {
+            match control.record_events(&events, generation, at).await {
                 Ok(Recording::Written(n)) => {
                     if n > 0 {
                         wake.notify_one();
@@ -175,7 +180,10 @@ async fn record(control: Control, mut feed: WebhookFeed, wake: Arc<Notify>) {
                     tracing::warn!(error = %e, "a batch of webhooks failed; recording its events one by one");
                     for waiting in &mut batch {
                         let one = [&waiting.item.event];
-                        let ok = match control.record_events(&one, at).await {
+                        let ok = match control
+                            .record_events(&one, waiting.item.generation, at)
+                            .await
+                        {
                             Ok(Recording::Written(_)) => true,
                             Ok(Recording::Fenced) => false,
                             Err(e) => {
@@ -579,15 +587,29 @@ impl reqwest::dns::Resolve for GuardedResolver {
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 
 /// Starts the heartbeat of this process's live state (where the others reach it is
-/// [`Control::set_address`]'s), which also releases the sessions hosted here that emptied and
-/// keeps `peers` (the other processes' addresses) up to date.
-#[allow(clippy::disallowed_methods)] // the runtime starts tasks
-pub fn spawn_heartbeat(control: Control, peers: crate::runtime::listen::Peers) {
+/// [`Control::set_address`]'s), every [`HEARTBEAT_EVERY`] on a fixed schedule, alone in its
+/// task (a beat waits for nothing else); and, in a task of its own at the same pace, the
+/// upkeep that goes with it: `peers` (the other processes' addresses) kept up to date, and
+/// the sessions hosted here that emptied released.
+#[allow(clippy::disallowed_methods)] // the runtime starts tasks and reads the clock
+pub fn spawn_heartbeat(control: Control, peers: crate::runtime::listen::Peers, beat: LastBeat) {
+    let beating = control.clone();
     tokio::spawn(async move {
+        let mut every = tokio::time::interval(HEARTBEAT_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            if let Err(e) = control.heartbeat(now_ms()).await {
-                tracing::warn!(error = %e, "cannot record this process's heartbeat");
+            every.tick().await;
+            match beating.heartbeat(now_ms()).await {
+                Ok(()) => beat.set(Instant::now()),
+                Err(e) => tracing::warn!(error = %e, "cannot record this process's heartbeat"),
             }
+        }
+    });
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(HEARTBEAT_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
             match control.cluster_peers().await {
                 Ok(addresses) => peers.replace(addresses),
                 Err(e) => tracing::warn!(error = %e, "cannot read the other processes' addresses"),
@@ -595,9 +617,28 @@ pub fn spawn_heartbeat(control: Control, peers: crate::runtime::listen::Peers) {
             if let Err(e) = control.release_idle_sessions(now_ms()).await {
                 tracing::warn!(error = %e, "cannot release the sessions that emptied here");
             }
-            tokio_sleep(HEARTBEAT_EVERY).await;
         }
     });
+}
+
+/// When this process's last heartbeat succeeded (monotonic clock, which runs on while the
+/// process is paused): the reaper looks for dead processes only within a beat of one.
+#[derive(Debug, Clone, Default)]
+pub struct LastBeat(Arc<std::sync::Mutex<Option<Instant>>>);
+
+impl LastBeat {
+    fn set(&self, at: Instant) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(at);
+    }
+
+    /// Whether a beat succeeded within `within`.
+    #[allow(clippy::disallowed_methods)] // the runtime reads the clock
+    fn recent(&self, within: Duration) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|at| at.elapsed() < within)
+    }
 }
 
 /// How long after this process started the devices of dead processes are first accounted
@@ -613,12 +654,18 @@ const REAP_EVERY: Duration = Duration::from_secs(2);
 /// grace to come back here), then every [`REAP_EVERY`] (a process that dies while this one
 /// runs is accounted for within about `DEAD_AFTER_MS` plus that).
 #[allow(clippy::disallowed_methods)] // the runtime starts tasks
-pub fn spawn_reaper(control: Control) {
+pub fn spawn_reaper(control: Control, beat: LastBeat) {
     tokio::spawn(async move {
         tokio_sleep(REAP_AFTER).await;
         let mut first = true;
         loop {
-            let reaped = control.reap_dead(now_ms()).await;
+            // Only within a beat of the last good one: a process resumed after a pause first
+            // learns from a beat whether it was taken for dead itself.
+            let reaped = if beat.recent(HEARTBEAT_EVERY + HEARTBEAT_EVERY / 2) {
+                control.reap_dead(now_ms()).await
+            } else {
+                Ok(0)
+            };
             if first {
                 // The devices of processes dead at start had their grace.
                 control.end_resumption_window();

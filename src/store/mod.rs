@@ -103,7 +103,7 @@ impl StoreError {
     /// a server shutting down or out of connections, and SQLite's busy/locked answers.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            StoreError::TimedOut(_) | StoreError::Fenced => true,
+            StoreError::TimedOut(_) => true,
             StoreError::Backend(e) => sql::is_unavailable(e),
             _ => false,
         }

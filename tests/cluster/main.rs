@@ -5,8 +5,10 @@
 //! taken for dead while it runs closes its devices without announcing their end twice (and
 //! with 1013, so the SDK reconnects). Placement: two phones of one session dialling different
 //! processes meet on the session's host (the other redirects its call there with a 302), and
-//! `patchbay cluster status` shows the host with the session and both calls.
-#![allow(clippy::disallowed_methods)] // the claimant's recorder task; a settle after a close
+//! `patchbay cluster status` shows the host with the session and both calls. Fencing: a
+//! process cut off from the database alone (a TCP forwarder in front of PostgreSQL) past its
+//! lease writes no second end of a device when it comes back.
+#![allow(clippy::disallowed_methods)] // the claimant's recorder task; a settle after a close; the forwarder
 
 use std::net::SocketAddr;
 
@@ -341,7 +343,9 @@ async fn a_process_taken_for_dead_closes_its_devices_without_a_second_end() {
     tokio::spawn(async move {
         while let Some(item) = feed.recv().await {
             let ok = matches!(
-                recorder.record_events(&[&item.event], 1).await,
+                recorder
+                    .record_events(&[&item.event], item.generation, 1)
+                    .await,
                 Ok(patchbay::control::Recording::Written(_))
             );
             if let Some(tx) = item.recorded {
@@ -398,4 +402,180 @@ async fn a_process_taken_for_dead_closes_its_devices_without_a_second_end() {
         "one end, the claimant's"
     );
     b.stop().await.expect("stop B");
+}
+
+/// A TCP forwarder in front of PostgreSQL for one process: `cut` ends every connection through
+/// it and refuses new ones (the process alone loses the database), `restore` lets them in again.
+struct Link {
+    addr: SocketAddr,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Link {
+    async fn to(target: SocketAddr) -> Link {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let link = Link {
+            addr: listener.local_addr().expect("addr"),
+            open: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            conns: std::sync::Arc::default(),
+        };
+        let (open, conns) = (link.open.clone(), link.conns.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !open.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: refused
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                conns
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(task.abort_handle());
+            }
+        });
+        link
+    }
+
+    fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        for conn in self
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            conn.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Issue 20's fence when one process alone loses the database: B, cut off for longer than its
+/// lease, is taken for dead by A, which writes the end of B's device. B's own end of that device
+/// (raised while cut off, held back by its recorder, which keeps retrying) is never written,
+/// whether B learns it was taken for dead from the store's refusal or from its next beat (which
+/// registers it anew): the backend gets one `onDisconnect`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_cut_off_from_the_database_writes_no_second_end_when_it_comes_back() {
+    use futures_util::{SinkExt, StreamExt};
+    use sqlx::Connection;
+    use tokio_tungstenite::tungstenite::Message;
+    let url = fresh_postgres_url();
+    let (server, database) = url
+        .strip_prefix("postgres://postgres@")
+        .and_then(|rest| rest.split_once('/'))
+        .expect("a postgres://postgres@HOST:PORT/DB url");
+    let target: SocketAddr = tokio::net::lookup_host(server)
+        .await
+        .expect("resolve")
+        .next()
+        .expect("an address");
+    let link = Link::to(target).await;
+    let a = spawn_app(&url).await;
+    let b = spawn_app(&format!("postgres://postgres@{}/{database}", link.addr)).await;
+    let account = AccountId::parse("cutoff").expect("id");
+    a.control
+        .create_account(account.clone())
+        .await
+        .expect("account");
+    let (p, token) = a
+        .control
+        .create_participant(
+            &account,
+            NewParticipant {
+                callback_url: Some(
+                    patchbay::domain::CallbackUrl::parse("http://127.0.0.1:9/hook")
+                        .expect("callback"),
+                ),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("participant");
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!(
+        "ws://{}/v3/?token={token}&client=browser&sdkVersion=0.12.0-beta.1&uniqueId=cut",
+        b.http
+    ))
+    .await
+    .expect("upgrade");
+    ws.send(Message::Text(
+        r#"{"jsonrpc":"2.0","id":1,"method":"nothing"}"#.into(),
+    ))
+    .await
+    .expect("probe");
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) if t.contains("\"id\":1") => break,
+            Some(Ok(_)) => continue,
+            other => panic!("not connected: {other:?}"),
+        }
+    }
+    eventually("B's events settled", DEADLINE, || async {
+        b.control.events_unsettled() == 0
+    })
+    .await;
+
+    link.cut();
+    // The device leaves while B cannot write: its end waits in B's recorder.
+    drop(ws);
+    let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+    // A takes B for dead (bounded against hanging: A looks 30 s after its start, then every
+    // 2 s; B is dead 8 s after its last beat) and writes the device's end.
+    let mut reaped = false;
+    for _ in 0..900 {
+        let instances: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM server_instances")
+            .fetch_one(&mut conn)
+            .await
+            .expect("instances");
+        if instances == 1 && outbox_of(&mut conn, p.id).await.len() == 2 {
+            reaped = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(reaped, "A took B for dead and wrote the device's end");
+    assert!(
+        b.control.events_unsettled() > 0,
+        "B's own end of the device is still waiting"
+    );
+
+    link.restore();
+    // B comes back: its held-back end is dropped, not written.
+    eventually("B's events settled", DEADLINE * 3, || async {
+        b.control.events_unsettled() == 0
+    })
+    .await;
+    eventually("B registered again", DEADLINE * 3, || async {
+        let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM server_instances")
+            .fetch_one(&mut conn)
+            .await
+            .expect("instances")
+            == 2
+    })
+    .await;
+    assert_eq!(
+        outbox_of(&mut conn, p.id).await,
+        ["onConnect", "onDisconnect"]
+    );
+    b.stop().await.expect("stop B");
+    a.stop().await.expect("stop A");
+}
+
+/// The events of `participant` in the outbox, in order.
+async fn outbox_of(conn: &mut sqlx::PgConnection, participant: ParticipantId) -> Vec<String> {
+    sqlx::query_scalar("SELECT event FROM webhook_outbox WHERE participant_id = $1 ORDER BY seq")
+        .bind(participant.to_string())
+        .fetch_all(conn)
+        .await
+        .expect("outbox")
 }
