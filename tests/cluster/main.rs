@@ -285,7 +285,7 @@ async fn phones_dialling_different_processes_meet_on_the_session_s_host() {
 /// gets one `onDisconnect`, from the claimant.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_taken_for_dead_closes_its_devices_without_a_second_end() {
-    use futures_util::{SinkExt, StreamExt};
+    use futures_util::StreamExt;
     use tokio_tungstenite::tungstenite::Message;
     let url = fresh_postgres_url();
     let b = spawn_app(&url).await;
@@ -294,43 +294,7 @@ async fn a_process_taken_for_dead_closes_its_devices_without_a_second_end() {
         .create_account(account.clone())
         .await
         .expect("account");
-    let (p, token) = b
-        .control
-        .create_participant(
-            &account,
-            NewParticipant {
-                callback_url: Some(
-                    patchbay::domain::CallbackUrl::parse("http://127.0.0.1:9/hook")
-                        .expect("callback"),
-                ),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("participant");
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!(
-        "ws://{}/v3/?token={token}&client=browser&sdkVersion=0.12.0-beta.1&uniqueId=fenced",
-        b.http
-    ))
-    .await
-    .expect("upgrade");
-    ws.send(Message::Text(
-        r#"{"jsonrpc":"2.0","id":1,"method":"nothing"}"#.into(),
-    ))
-    .await
-    .expect("probe");
-    loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(t))) if t.contains("\"id\":1") => break,
-            Some(Ok(_)) => continue,
-            other => panic!("not connected: {other:?}"),
-        }
-    }
-    // B's live row is written once its events are settled.
-    eventually("B's events settled", DEADLINE, || async {
-        b.control.events_unsettled() == 0
-    })
-    .await;
+    let (p, mut ws) = connected_device(&b.control, &account, &b, "fenced").await;
 
     // The claimant: a control on the same database, its events recorded in the outbox.
     let claimant = Control::new(std::sync::Arc::new(
@@ -392,7 +356,7 @@ async fn a_process_taken_for_dead_closes_its_devices_without_a_second_end() {
     let written: Vec<String> = sqlx::query_scalar(
         "SELECT event FROM webhook_outbox WHERE participant_id = $1 ORDER BY seq",
     )
-    .bind(p.id.to_string())
+    .bind(p.to_string())
     .fetch_all(&mut conn)
     .await
     .expect("outbox");
@@ -466,9 +430,7 @@ impl Link {
 /// registers it anew): the backend gets one `onDisconnect`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_cut_off_from_the_database_writes_no_second_end_when_it_comes_back() {
-    use futures_util::{SinkExt, StreamExt};
     use sqlx::Connection;
-    use tokio_tungstenite::tungstenite::Message;
     let url = fresh_postgres_url();
     let (server, database) = url
         .strip_prefix("postgres://postgres@")
@@ -487,42 +449,7 @@ async fn a_process_cut_off_from_the_database_writes_no_second_end_when_it_comes_
         .create_account(account.clone())
         .await
         .expect("account");
-    let (p, token) = a
-        .control
-        .create_participant(
-            &account,
-            NewParticipant {
-                callback_url: Some(
-                    patchbay::domain::CallbackUrl::parse("http://127.0.0.1:9/hook")
-                        .expect("callback"),
-                ),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("participant");
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!(
-        "ws://{}/v3/?token={token}&client=browser&sdkVersion=0.12.0-beta.1&uniqueId=cut",
-        b.http
-    ))
-    .await
-    .expect("upgrade");
-    ws.send(Message::Text(
-        r#"{"jsonrpc":"2.0","id":1,"method":"nothing"}"#.into(),
-    ))
-    .await
-    .expect("probe");
-    loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(t))) if t.contains("\"id\":1") => break,
-            Some(Ok(_)) => continue,
-            other => panic!("not connected: {other:?}"),
-        }
-    }
-    eventually("B's events settled", DEADLINE, || async {
-        b.control.events_unsettled() == 0
-    })
-    .await;
+    let (p, ws) = connected_device(&a.control, &account, &b, "cut").await;
 
     link.cut();
     // The device leaves while B cannot write: its end waits in B's recorder.
@@ -536,7 +463,7 @@ async fn a_process_cut_off_from_the_database_writes_no_second_end_when_it_comes_
             .fetch_one(&mut conn)
             .await
             .expect("instances");
-        if instances == 1 && outbox_of(&mut conn, p.id).await.len() == 2 {
+        if instances == 1 && outbox_of(&mut conn, p).await.len() == 2 {
             reaped = true;
             break;
         }
@@ -563,10 +490,7 @@ async fn a_process_cut_off_from_the_database_writes_no_second_end_when_it_comes_
             == 2
     })
     .await;
-    assert_eq!(
-        outbox_of(&mut conn, p.id).await,
-        ["onConnect", "onDisconnect"]
-    );
+    assert_eq!(outbox_of(&mut conn, p).await, ["onConnect", "onDisconnect"]);
     b.stop().await.expect("stop B");
     a.stop().await.expect("stop A");
 }
@@ -578,4 +502,56 @@ async fn outbox_of(conn: &mut sqlx::PgConnection, participant: ParticipantId) ->
         .fetch_all(conn)
         .await
         .expect("outbox")
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A participant of `account` (created through `maker`) with a `callbackUrl`, and a device of
+/// it connected to `host` as `unique_id`, its events settled there.
+async fn connected_device(
+    maker: &Control,
+    account: &AccountId,
+    host: &RunningApp,
+    unique_id: &str,
+) -> (ParticipantId, Ws) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let (p, token) = maker
+        .create_participant(
+            account,
+            NewParticipant {
+                callback_url: Some(
+                    patchbay::domain::CallbackUrl::parse("http://127.0.0.1:9/hook")
+                        .expect("callback"),
+                ),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("participant");
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!(
+        "ws://{}/v3/?token={token}&client=browser&sdkVersion=0.12.0-beta.1&uniqueId={unique_id}",
+        host.http
+    ))
+    .await
+    .expect("upgrade");
+    ws.send(Message::Text(
+        r#"{"jsonrpc":"2.0","id":1,"method":"nothing"}"#.into(),
+    ))
+    .await
+    .expect("probe");
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) if t.contains("\"id\":1") => break,
+            Some(Ok(_)) => continue,
+            other => panic!("not connected: {other:?}"),
+        }
+    }
+    // The host's live row is written once its events are settled.
+    eventually("the host's events settled", DEADLINE, || async {
+        host.control.events_unsettled() == 0
+    })
+    .await;
+    (p.id, ws)
 }
