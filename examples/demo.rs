@@ -4,7 +4,7 @@
 //! ```sh
 //! cargo run --release -- serve                        # terminal 1: prints the dev credentials
 //! (cd examples/demo && npm ci && npm run build)       # once: bundles Bandwidth's browser SDK
-//! cargo run --example demo -- --username U --password P   # terminal 2
+//! cargo run --release --example demo -- --username U --password P   # terminal 2
 //! # open http://127.0.0.1:3000 in two tabs and press Join in each
 //! ```
 

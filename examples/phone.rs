@@ -2,7 +2,7 @@
 //! transfer helper would), sends a tone as G.711 µ-law RTP, and reports what it heard.
 //!
 //! ```text
-//! cargo run --example phone -- --sip 127.0.0.1:5060 --token <device token> --tone 1000 --seconds 10
+//! cargo run --release --example phone -- --sip 127.0.0.1:5060 --token <device token> --tone 1000 --seconds 10
 //! ```
 //!
 //! It prints one JSON line when done: the strongest frequency it heard (among 200..3400 Hz in

@@ -5,7 +5,7 @@
 //! ```sh
 //! cargo run --release -- serve --webhook-allow-network 127.0.0.1   # terminal 1: prints the dev credentials; webhooks come here
 //! (cd examples/switchboard && npm ci && npm run build)   # once: bundles Bandwidth's browser SDK
-//! cargo run --example switchboard -- --username U --password P --webhook-secret whsec_…
+//! cargo run --release --example switchboard -- --username U --password P --webhook-secret whsec_…
 //! # operator:     http://127.0.0.1:3001/
 //! # participants: http://127.0.0.1:3001/participant.html (one tab each: caller, agent, supervisor)
 //! ```
@@ -293,7 +293,7 @@ async fn phone(
         "participantId": id,
         "token": token,
         "userToUser": format!("{jwt};encoding=jwt"),
-        "command": format!("cargo run --example phone -- --sip {sip} --token {jwt} --tone 600 --seconds 120"),
+        "command": format!("cargo run --release --example phone -- --sip {sip} --token {jwt} --tone 600 --seconds 120"),
     })))
 }
 
