@@ -17,8 +17,13 @@ use crate::control::{Control, Inspection, LiveDeviceView};
 use crate::domain::{AccountId, Participant, ParticipantId, SessionId};
 use crate::store::{DeviceKind, SessionSummary};
 
+/// Control on the database the server uses, which must exist (see
+/// [`DatabaseArgs::resolve_existing`]); `account create` alone may create it.
 async fn control(database: &DatabaseArgs) -> anyhow::Result<Control> {
-    let (url, _) = database.resolve()?;
+    open(database.resolve_existing()?).await
+}
+
+async fn open(url: String) -> anyhow::Result<Control> {
     let store = crate::store::open(&url)
         .await
         .map_err(|e| anyhow::anyhow!("cannot open database {}: {e}", crate::app::redact(&url)))?;
@@ -43,7 +48,8 @@ pub async fn account(command: AccountCommand) -> anyhow::Result<String> {
             database,
         } => {
             let account = AccountId::parse(&account_id)?;
-            let creds = control(&database).await?.create_account(account).await?;
+            let (url, _) = database.resolve()?;
+            let creds = open(url).await?.create_account(account).await?;
             Ok(if json {
                 json!({"accountId": creds.account.as_str(), "username": creds.username, "password": creds.password, "webhookSecret": creds.webhook_secret}).to_string() + "\n"
             } else {

@@ -231,18 +231,66 @@ impl DatabaseArgs {
         if let Some(url) = &self.database_url {
             return Ok((url.clone(), false));
         }
-        let dir = match &self.data_dir {
-            Some(d) => d.clone(),
-            None => directories::ProjectDirs::from("", "", "patchbay")
-                .map(|p| p.data_local_dir().to_path_buf())
-                .ok_or_else(|| {
-                    anyhow::anyhow!("no home directory; pass --data-dir or --database-url")
-                })?,
-        };
+        let dir = self.data_dir()?;
         let db = dir.join("patchbay.db");
         create_private_data_dir(&dir, &db)?;
         Ok((format!("sqlite://{}?mode=rwc", db.display()), true))
     }
+}
+
+impl DatabaseArgs {
+    fn data_dir(&self) -> anyhow::Result<PathBuf> {
+        match &self.data_dir {
+            Some(d) => Ok(d.clone()),
+            None => directories::ProjectDirs::from("", "", "patchbay")
+                .map(|p| p.data_local_dir().to_path_buf())
+                .ok_or_else(|| {
+                    anyhow::anyhow!("no home directory; pass --data-dir or --database-url")
+                }),
+        }
+    }
+
+    /// The URL of a database that exists already, for the operator commands that read one
+    /// (they must not answer from a new, empty database made by a forgotten flag): an SQLite
+    /// file that is not there is refused, naming it and where the name came from.
+    pub fn resolve_existing(&self) -> anyhow::Result<String> {
+        if let Some(url) = &self.database_url {
+            if let Some(path) = sqlite_file(url) {
+                if !path.exists() {
+                    anyhow::bail!(
+                        "no database at {} (from --database-url/DATABASE_URL): give the URL the \
+                         server uses",
+                        path.display()
+                    );
+                }
+            }
+            return Ok(url.clone());
+        }
+        let db = self.data_dir()?.join("patchbay.db");
+        if !db.exists() {
+            let whence = if self.data_dir.is_some() {
+                "from --data-dir/PATCHBAY_DATA_DIR"
+            } else {
+                "the default data directory"
+            };
+            anyhow::bail!(
+                "no patchbay database at {} ({whence}): give the server's --data-dir or \
+                 --database-url (a systemd install: --data-dir /var/lib/patchbay, as the user \
+                 patchbay)",
+                db.display()
+            );
+        }
+        Ok(format!("sqlite://{}", db.display()))
+    }
+}
+
+/// The file an `sqlite:` URL names, if it names one (not `:memory:`).
+fn sqlite_file(url: &str) -> Option<PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or(rest);
+    (!path.is_empty() && !path.starts_with(":memory:")).then(|| PathBuf::from(path))
 }
 
 /// Creates the data directory (mode 0700) and the database file (0600) if they are absent,

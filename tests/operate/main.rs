@@ -865,3 +865,52 @@ fn the_dev_account_is_created_by_the_first_start_that_succeeds_unless_refused() 
     let _ = child.wait();
     assert!(printed.contains("created the account \"dev\""), "{printed}");
 }
+
+/// Issue 23: the operator commands that read a database do not answer from a new, empty one
+/// made by a forgotten flag: a data directory or an SQLite URL with no database is refused,
+/// naming the file, and nothing is created; `account create` still creates it.
+#[test]
+fn operator_commands_refuse_a_database_that_does_not_exist() {
+    let dir = TempDir::new();
+    let data = dir.0.join("forgotten");
+    let file = dir.0.join("nothing.sqlite");
+    let url = format!("sqlite://{}?mode=rwc", file.display());
+    let data_arg = data.display().to_string();
+    for args in [
+        vec!["session", "list", "--data-dir", &data_arg],
+        vec!["account", "list", "--data-dir", &data_arg],
+        vec!["cluster", "status", "--data-dir", &data_arg],
+        vec!["token-secret", "rotate", "--data-dir", &data_arg],
+        vec!["session", "list", "--database-url", &url],
+    ] {
+        let out = Command::new(BIN)
+            .args(&args)
+            .env_remove("DATABASE_URL")
+            .env_remove("PATCHBAY_DATA_DIR")
+            .output()
+            .expect("run");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(
+            said.contains("no patchbay database at") || said.contains("no database at"),
+            "{args:?}: {said}"
+        );
+        assert!(
+            said.contains("forgotten") || said.contains("nothing.sqlite"),
+            "{said}"
+        );
+    }
+    assert!(!data.exists(), "a data directory was created");
+    assert!(!file.exists(), "a database file was created");
+    let out = Command::new(BIN)
+        .args(["account", "create", "first", "--database-url", &url])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(file.exists(), "account create made the database");
+    assert!(cli(&url, &["account", "list"]).contains("first"));
+}
