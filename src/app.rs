@@ -53,6 +53,9 @@ pub struct App {
     metrics_listener: Option<TcpListener>,
     /// Credentials of the dev account, when this start created it.
     pub dev_credentials: Option<NewCredentials>,
+    /// The database has no account (and this start created none): nothing can use the API
+    /// until `patchbay account create` makes one.
+    pub no_account: bool,
     /// On SQLite, the lock that keeps a second serving process off the file (held until
     /// this server stops).
     _serving: Option<std::fs::File>,
@@ -127,9 +130,10 @@ impl App {
         };
         let (url, embedded) = config.database.resolve()?;
         let serving = take_serving_lock(&url)?;
-        let store = store::open_with(&url, config.database_timeouts.timeouts())
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot open database {}: {e}", redact(&url)))?;
+        let store = match store::open_with(&url, config.database_timeouts.timeouts()).await {
+            Ok(store) => store,
+            Err(e) => return Err(open_failure(&url, &e).await),
+        };
         let sql_store = Arc::new(store);
         let store: Arc<dyn Store> = sql_store.clone();
         let control = Control::new(store.clone()).await?;
@@ -329,6 +333,7 @@ impl App {
         } else {
             None
         };
+        let no_account = dev_credentials.is_none() && store.account_count().await? == 0;
         Ok(App {
             _serving: serving,
             control,
@@ -349,6 +354,7 @@ impl App {
             metrics,
             metrics_listener,
             dev_credentials,
+            no_account,
             peers,
         })
     }
@@ -727,6 +733,51 @@ fn fold_leading_slashes(mut req: axum::extract::Request) -> axum::extract::Reque
         }
     }
     req
+}
+
+/// Why the database `url` could not be opened, with the cause a user can act on: an SQLite
+/// file that is not there (and a URL that does not ask to create it), or a PostgreSQL server
+/// that cannot be reached (the pool says only that it timed out; a direct connection says why).
+async fn open_failure(url: &str, e: &store::StoreError) -> anyhow::Error {
+    let mut message = format!("cannot open database {}: {e}", redact(url));
+    if let Some(path) = crate::config::sqlite_file(url) {
+        if !path.exists() && !url.contains("mode=rwc") {
+            message.push_str(&format!(
+                "; {} does not exist: add ?mode=rwc to the URL to create it (or use \
+                 --data-dir, which does)",
+                path.display()
+            ));
+        }
+    } else if let Some((host, port)) = postgres_server(url) {
+        let probe = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            tokio::net::TcpStream::connect((host.as_str(), port)),
+        )
+        .await;
+        match probe {
+            Ok(Err(io)) => message.push_str(&format!("; {host}:{port}: {io}")),
+            Err(_) => message.push_str(&format!("; {host}:{port} does not answer")),
+            Ok(Ok(_)) => message.push_str(&format!(
+                "; {host}:{port} accepts connections: check the user, the password and the \
+                 database name in the URL (create the database with createdb if it is new)"
+            )),
+        }
+    }
+    anyhow::anyhow!(message)
+}
+
+/// The TCP server a `postgres://` URL names (port 5432 when it gives none); `None` for other
+/// URLs and for a Unix socket.
+fn postgres_server(url: &str) -> Option<(String, u16)> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return None;
+    }
+    let parsed = url::Url::parse(url).ok()?;
+    let host = parsed.host_str().filter(|h| !h.is_empty())?.to_owned();
+    Some((
+        host.trim_matches(['[', ']']).to_owned(),
+        parsed.port().unwrap_or(5432),
+    ))
 }
 
 /// A database URL without its passwords, for messages: the one in its userinfo

@@ -285,7 +285,7 @@ impl DatabaseArgs {
 }
 
 /// The file an `sqlite:` URL names, if it names one (not `:memory:`).
-fn sqlite_file(url: &str) -> Option<PathBuf> {
+pub fn sqlite_file(url: &str) -> Option<PathBuf> {
     let rest = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))?;

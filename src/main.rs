@@ -75,6 +75,13 @@ async fn serve(config: patchbay::config::ServeConfig) -> anyhow::Result<()> {
             app.http_addr(),
         );
     }
+    if app.no_account {
+        println!(
+            "patchbay: this database has no account yet; make one with `patchbay account \
+             create ACCOUNT_ID` given the same --database-url or --data-dir (it prints the API \
+             credentials once)"
+        );
+    }
     println!("{}", app.addresses());
     println!("patchbay SIP on {} (UDP and TCP)", app.sip_addr());
     if app.tls() {

@@ -914,3 +914,59 @@ fn operator_commands_refuse_a_database_that_does_not_exist() {
     assert!(file.exists(), "account create made the database");
     assert!(cli(&url, &["account", "list"]).contains("first"));
 }
+
+/// Issue 23: a start on a database with no account (PostgreSQL or a given SQLite URL, where no
+/// `dev` account is made) says how to make one; a database that cannot be opened says why in
+/// terms a user can act on (an SQLite file that does not exist without `?mode=rwc`, a
+/// PostgreSQL that refuses connections).
+#[tokio::test]
+async fn a_start_says_how_to_get_an_account_and_why_a_database_cannot_be_opened() {
+    use std::io::{BufRead, BufReader};
+    let dir = TempDir::new();
+    let db = format!("sqlite://{}?mode=rwc", dir.0.join("db.sqlite").display());
+    let mut child = serve(&db, &[])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut printed = String::new();
+    for line in BufReader::new(child.stdout.take().expect("stdout")).lines() {
+        let line = line.expect("stdout");
+        printed.push_str(&line);
+        printed.push('\n');
+        if line.starts_with("patchbay listening on") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        printed.contains("no account yet") && printed.contains("patchbay account create"),
+        "{printed}"
+    );
+
+    let missing = dir.0.join("missing.sqlite");
+    let out = serve(&format!("sqlite://{}", missing.display()), &[])
+        .output()
+        .expect("run");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(said.contains("add ?mode=rwc"), "{said}");
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let out = serve(
+        &format!("postgres://postgres@{closed}/nothing"),
+        &["--database-acquire-timeout", "1"],
+    )
+    .output()
+    .expect("run");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        said.contains(&format!("{closed}: Connection refused")),
+        "{said}"
+    );
+}
