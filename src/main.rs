@@ -62,38 +62,57 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(config: patchbay::config::ServeConfig) -> anyhow::Result<()> {
+    let banner = Banner {
+        json: config.telemetry.log_format == LogFormat::Json,
+    };
     let app = App::build(&config).await?;
     if let Some(creds) = &app.dev_credentials {
         let scheme = if app.tls() { "https" } else { "http" };
         let (account, user, pass) = (creds.account.as_str(), &creds.username, &creds.password);
-        println!(
+        let headline = format!(
             "patchbay created the account {account:?} on first start (shown once; lost them? \
-             `patchbay account rotate {account}` prints new ones):\n  username: {user}\n  \
-             password: {pass}\n  webhook secret: {}\n  try: curl -u {user}:{pass} -X POST \
-             {scheme}://{}/v1/accounts/{account}/sessions",
-            creds.webhook_secret,
-            app.http_addr(),
+             `patchbay account rotate {account}` prints new ones)"
         );
+        if banner.json {
+            banner.with(
+                &headline,
+                serde_json::json!({
+                    "account": account,
+                    "username": user,
+                    "password": pass,
+                    "webhookSecret": creds.webhook_secret,
+                }),
+            );
+        } else {
+            println!(
+                "{headline}:\n  username: {user}\n  password: {pass}\n  webhook secret: {}\n  \
+                 try: curl -u {user}:{pass} -X POST {scheme}://{}/v1/accounts/{account}/sessions",
+                creds.webhook_secret,
+                app.http_addr(),
+            );
+        }
     }
     if app.no_account {
-        println!(
+        banner.line(
             "patchbay: this database has no account yet; make one with `patchbay account \
              create ACCOUNT_ID` given the same --database-url or --data-dir (it prints the API \
-             credentials once)"
+             credentials once)",
         );
     }
-    println!("{}", app.addresses());
-    println!("patchbay SIP on {} (UDP and TCP)", app.sip_addr());
+    for line in app.addresses().to_string().lines() {
+        banner.line(line);
+    }
+    banner.line(&format!("patchbay SIP on {} (UDP and TCP)", app.sip_addr()));
     if app.tls() {
-        println!(
+        banner.line(&format!(
             "patchbay listening on https://{0} (device WebSocket wss://{0})",
             app.http_addr()
-        );
+        ));
     } else {
-        println!("patchbay listening on http://{}", app.http_addr());
+        banner.line(&format!("patchbay listening on http://{}", app.http_addr()));
     }
     if let Some(addr) = app.metrics_addr() {
-        println!("patchbay metrics on http://{addr}/metrics");
+        banner.line(&format!("patchbay metrics on http://{addr}/metrics"));
     }
     tracing::info!(addr = %app.http_addr(), "serving");
     app.run_until_stopped(shutdown_signal()).await
@@ -130,5 +149,44 @@ async fn signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term => {},
+    }
+}
+
+/// What `serve` prints on stdout as it starts: plain lines, or under `--log-format json` one
+/// JSON object per line with the fields of the JSON logs (`timestamp`, `level`, `target`,
+/// `message`), so that every line a log shipper reads is JSON.
+struct Banner {
+    json: bool,
+}
+
+impl Banner {
+    fn line(&self, text: &str) {
+        self.with(text, serde_json::json!({}));
+    }
+
+    /// `text`, with `fields` beside the message in JSON (plain: the text alone).
+    fn with(&self, text: &str, fields: serde_json::Value) {
+        if !self.json {
+            println!("{text}");
+            return;
+        }
+        let ms = patchbay::store::epoch_ms();
+        let timestamp = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_default();
+        let mut line = serde_json::json!({
+            "timestamp": timestamp,
+            "level": "INFO",
+            "target": "patchbay::banner",
+            "message": text,
+        });
+        if let (Some(line), Some(fields)) = (line.as_object_mut(), fields.as_object()) {
+            line.extend(fields.clone());
+        }
+        println!("{line}");
     }
 }

@@ -63,7 +63,14 @@ fn start(database: &str, stderr: std::path::PathBuf) -> Server {
         if reader.read_line(&mut line).expect("a line") == 0 {
             panic!("the server stopped: {seen}");
         }
-        if let Some(rest) = line.trim().strip_prefix("patchbay listening on http://") {
+        // Under --log-format json every line the server prints is a JSON object, the start-up
+        // lines included.
+        let printed: Value = serde_json::from_str(line.trim())
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"));
+        assert_eq!(printed["level"], "INFO", "{printed}");
+        assert!(printed["timestamp"].as_str().is_some_and(|t| !t.is_empty()));
+        let message = printed["message"].as_str().unwrap_or_default();
+        if let Some(rest) = message.strip_prefix("patchbay listening on http://") {
             http = rest.parse().ok();
         }
         seen.push_str(&line);

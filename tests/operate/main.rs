@@ -811,7 +811,7 @@ fn first_lines(data: &std::path::Path, extra: &[&str]) -> (Child, String) {
         let line = line.expect("stdout");
         printed.push_str(&line);
         printed.push('\n');
-        if line.starts_with("patchbay listening on") {
+        if line.contains("patchbay listening on") {
             return (child, printed);
         }
     }
@@ -864,6 +864,25 @@ fn the_dev_account_is_created_by_the_first_start_that_succeeds_unless_refused() 
     let _ = child.kill();
     let _ = child.wait();
     assert!(printed.contains("created the account \"dev\""), "{printed}");
+
+    // Under --log-format json the credentials are a JSON line too, like every line printed.
+    let (mut child, printed) = first_lines(&dir.0.join("json"), &["--log-format", "json"]);
+    let _ = child.kill();
+    let _ = child.wait();
+    let lines: Vec<serde_json::Value> = printed
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let created = lines
+        .iter()
+        .find(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("created the account"))
+        })
+        .unwrap_or_else(|| panic!("no credentials line: {printed}"));
+    assert_eq!(created["account"], "dev");
+    assert!(created["password"].as_str().is_some_and(|p| p.len() >= 20));
 }
 
 /// Issue 23: the operator commands that read a database do not answer from a new, empty one
