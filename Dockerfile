@@ -36,6 +36,8 @@ ENV PATCHBAY_RTP_PORTS=20000-20999
 ENV PATCHBAY_DEV_ACCOUNT=false
 USER patchbay
 VOLUME /var/lib/patchbay
-# HTTP (REST, device WebSocket), media (shard i on 3478 + i), SIP, phones' RTP.
-EXPOSE 8080/tcp 3478-3485/udp 5060/udp 5060/tcp 20000-20999/udp
+# HTTP (REST, device WebSocket), media (shard i on 3478 + i, UDP, and TCP for ICE over TCP;
+# one shard per core, 8 listed here), SIP, phones' RTP (PATCHBAY_RTP_PORTS above, which narrows
+# the binary's default 20000-29999). tests/packaging.sh checks these against the ENV lines.
+EXPOSE 8080/tcp 3478-3485/udp 3478-3485/tcp 5060/udp 5060/tcp 20000-20999/udp
 CMD ["patchbay", "serve"]

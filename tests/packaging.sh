@@ -37,6 +37,25 @@ build=$(sed -n 's/^RUN \(cargo build .*\)$/\1/p' Dockerfile)
 echo "build: $build"
 $build
 
+# --- the image's EXPOSE names the ports its ENV makes the server use -----------------------------
+exposes_its_ports() {
+  local expose env_of missing=0
+  expose=" $(sed -n 's/^EXPOSE //p' Dockerfile) "
+  env_of() { sed -n "s/^ENV $1=//p" Dockerfile; }
+  local http media sip rtp
+  http=$(env_of PATCHBAY_LISTEN); media=$(env_of PATCHBAY_MEDIA_LISTEN)
+  sip=$(env_of PATCHBAY_SIP_LISTEN); rtp=$(env_of PATCHBAY_RTP_PORTS)
+  for want in "${http##*:}/tcp" "${media##*:}-[0-9]*/udp" "${media##*:}-[0-9]*/tcp" \
+    "${sip##*:}/udp" "${sip##*:}/tcp" "$rtp/udp"; do
+    if ! grep -Eq " $want " <<<"$expose"; then
+      echo "  EXPOSE lacks $want"
+      missing=1
+    fi
+  done
+  return $missing
+}
+check "EXPOSE names HTTP, media (UDP and TCP), SIP (UDP and TCP) and the RTP range of the ENV" exposes_its_ports
+
 # --- the runtime stage: COPY --from=build into the scratch root -------------------------------
 read -r src dest < <(sed -n 's|^COPY --from=build /src/\([^ ]*\) \([^ ]*\)$|\1 \2|p' Dockerfile)
 install -D -m 0755 "$src" "$scratch$dest"
