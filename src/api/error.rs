@@ -44,9 +44,10 @@ pub enum Error {
     /// The path's parameters cannot be read.
     #[error("path: {0}")]
     Path(#[from] RawPathParamsRejection),
-    /// Missing or wrong API credentials (401).
+    /// Missing or wrong API credentials (401); why, for the log only (the body says
+    /// `Unauthorized` whatever the reason).
     #[error("Unauthorized")]
-    Unauthorized,
+    Unauthorized(AuthFailure),
     /// No route matches the path (404).
     #[error("no such endpoint: {method} {path}")]
     NoSuchEndpoint {
@@ -139,9 +140,32 @@ pub struct UnauthorizedBody {
 }
 
 /// The id of the request being handled ([`RequestScope`]), else a fresh UUID.
-fn current_request_id() -> String {
+pub(super) fn current_request_id() -> String {
     RequestScope::with_current(|request| request.id().to_owned())
         .unwrap_or_else(|| Uuid::new_v4().to_string())
+}
+
+/// Why credentials were refused (logged with the 401; never in its body).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No `Authorization: Basic` header, or one that does not decode to `user:password`.
+    NoCredentials,
+    /// No account has this username and password.
+    WrongCredentials,
+    /// The credentials are another account's than the one in the path.
+    OtherAccount,
+}
+
+impl AuthFailure {
+    fn reason(self) -> &'static str {
+        match self {
+            AuthFailure::NoCredentials => {
+                "no Basic credentials (Authorization header missing or malformed)"
+            }
+            AuthFailure::WrongCredentials => "unknown username or wrong password",
+            AuthFailure::OtherAccount => "the credentials are another account's than the path's",
+        }
+    }
 }
 
 /// A client's mistake (4xx) carried by its response to the layer that logs it.
@@ -180,7 +204,7 @@ impl Error {
             Error::Domain(_) | Error::Path(_) => StatusCode::BAD_REQUEST,
             Error::Body(BodyError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Body(_) => StatusCode::BAD_REQUEST,
-            Error::Unauthorized => StatusCode::UNAUTHORIZED,
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::NoSuchEndpoint { .. } => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Error::NotReady(_) | Error::Draining => StatusCode::SERVICE_UNAVAILABLE,
@@ -192,7 +216,7 @@ impl Error {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = self.status();
-        if let Error::Unauthorized = self {
+        if let Error::Unauthorized(why) = self {
             let body = UnauthorizedBody {
                 message: "Unauthorized".into(),
             };
@@ -204,7 +228,7 @@ impl IntoResponse for Error {
                 .into_response();
             response.extensions_mut().insert(ClientFault {
                 request_id: None,
-                reason: "missing or wrong API credentials".into(),
+                reason: why.reason().into(),
             });
             return response;
         }
@@ -406,7 +430,9 @@ mod tests {
             .route("/fault", get(|| async { Err::<(), Error>(unavailable()) }))
             .route(
                 "/missing",
-                get(|| async { Err::<(), Error>(Error::Unauthorized) }),
+                get(|| async {
+                    Err::<(), Error>(Error::Unauthorized(AuthFailure::WrongCredentials))
+                }),
             )
             .layer(axum::middleware::map_response(log_server_faults));
         let recorder = Recorder::default();

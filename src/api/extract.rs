@@ -11,9 +11,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
 use serde::de::DeserializeOwned;
-use uuid::Uuid;
 
 use super::auth_limit::{AuthFailures, TooManyFailures};
+use super::error::AuthFailure;
 use super::{AppState, BodyError, Error, ErrorBody};
 use crate::domain::{AccountId, DomainError, ParticipantId, SessionId};
 
@@ -66,20 +66,29 @@ impl IntoResponse for ScopeRejection {
         match self {
             ScopeRejection::Api(e) => e.into_response(),
             ScopeRejection::TooManyFailures(t) => {
+                let message = format!(
+                    "too many failed authentication attempts; retry after {} seconds",
+                    t.retry_after_secs
+                );
+                // The request's own id: the body, the x-request-id header and the log line
+                // name the same one.
+                let request_id = super::error::current_request_id();
                 let body = Json(ErrorBody {
-                    error: format!(
-                        "too many failed authentication attempts; retry after {} seconds",
-                        t.retry_after_secs
-                    ),
-                    request_id: Uuid::new_v4().to_string(),
+                    error: message.clone(),
+                    request_id: request_id.clone(),
                 });
                 let retry_after = t.retry_after_secs.to_string();
-                (
+                let mut response = (
                     StatusCode::TOO_MANY_REQUESTS,
                     [(header::RETRY_AFTER, retry_after)],
                     body,
                 )
-                    .into_response()
+                    .into_response();
+                response.extensions_mut().insert(super::error::ClientFault {
+                    request_id: Some(request_id),
+                    reason: message,
+                });
+                response
             }
         }
     }
@@ -103,7 +112,8 @@ impl FromRequestParts<AppState> for Scope {
             f.check_address(source)
                 .map_err(ScopeRejection::TooManyFailures)?;
         }
-        let (username, password) = basic_credentials(parts).ok_or(Error::Unauthorized)?;
+        let (username, password) =
+            basic_credentials(parts).ok_or(Error::Unauthorized(AuthFailure::NoCredentials))?;
         let account = match state.control.authenticate(&username, &password).await {
             Ok(Some(account)) => account,
             Ok(None) => {
@@ -111,7 +121,7 @@ impl FromRequestParts<AppState> for Scope {
                     f.failed(source, &username)
                         .map_err(ScopeRejection::TooManyFailures)?;
                 }
-                return Err(Error::Unauthorized.into());
+                return Err(Error::Unauthorized(AuthFailure::WrongCredentials).into());
             }
             Err(e) => return Err(Error::from(e).into()),
         };
@@ -127,7 +137,7 @@ impl FromRequestParts<AppState> for Scope {
             match key {
                 // Credentials only act for their own account.
                 "account_id" if value != scope.account.as_str() => {
-                    return Err(Error::Unauthorized.into())
+                    return Err(Error::Unauthorized(AuthFailure::OtherAccount).into())
                 }
                 "session_id" => scope.session = Some(SessionId::parse(value)),
                 "participant_id" => scope.participant = Some(ParticipantId::parse(value)),

@@ -42,7 +42,7 @@ pub fn routes_json(
     serde_json::to_value(dto::RoutesView::new(session, members, table)).unwrap_or_default()
 }
 pub use error::{
-    log_server_faults, BodyError, ClientFault, Error, ErrorBody, Logged, ServerFault,
+    log_server_faults, AuthFailure, BodyError, ClientFault, Error, ErrorBody, Logged, ServerFault,
     UnauthorizedBody,
 };
 pub use extract::parse_optional_json;

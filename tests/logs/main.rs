@@ -174,6 +174,41 @@ async fn logs_carry_request_ids_and_reasons_and_never_secrets() {
     assert_eq!(request_id, header_id, "the body's id is the response's");
     let reason = body["error"].as_str().expect("error").to_owned();
 
+    // No credentials at all: a 401 with a reason of its own in the log.
+    let bare = client
+        .get(format!("{base}/webhooks"))
+        .send()
+        .await
+        .expect("REST");
+    assert_eq!(bare.status(), 401);
+    // Wrong passwords until the username's budget is spent: the 429's body names the request's
+    // own id (its x-request-id header, and its log line below).
+    let mut limited = None;
+    for _ in 0..100 {
+        let attempt = client
+            .get(format!("{base}/webhooks"))
+            .basic_auth(&user, Some(wrong_pass))
+            .send()
+            .await
+            .expect("REST");
+        if attempt.status() == 429 {
+            limited = Some(attempt);
+            break;
+        }
+        assert_eq!(attempt.status(), 401);
+    }
+    let limited = limited.expect("a 429 once the username's budget is spent");
+    let limited_id = limited.headers()["x-request-id"]
+        .to_str()
+        .expect("ASCII")
+        .to_owned();
+    let body: Value = limited.json().await.expect("JSON body");
+    assert_eq!(
+        body["requestId"],
+        limited_id.as_str(),
+        "the 429's id is the request's"
+    );
+
     // A sane id from the client is kept; anything else is replaced.
     let kept = client
         .get(format!("http://{}/healthz", server.http))
@@ -254,12 +289,23 @@ async fn logs_carry_request_ids_and_reasons_and_never_secrets() {
             panic!("no INFO line with request id {request_id} and the reason {reason:?}:\n{stderr}")
         });
     assert_eq!(refusal["status"], 400);
-    // The 401 too, with why.
+    // The 401s too, each with why.
+    for why in [
+        "unknown username or wrong password",
+        "no Basic credentials (Authorization header missing or malformed)",
+    ] {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l["level"] == "INFO" && l["status"] == 401 && l["reason"] == why),
+            "no 401 logged with the reason {why:?}:\n{stderr}"
+        );
+    }
+    // And the 429, under the id its body gave.
     assert!(
-        lines
-            .iter()
-            .any(|l| l["level"] == "INFO" && l["status"] == 401 && l["reason"].is_string()),
-        "the 401 is logged with its reason"
+        lines.iter().any(|l| l["status"] == 429
+            && request_field(l, "id").as_deref() == Some(limited_id.as_str())),
+        "no log line of the 429 with its id {limited_id}:\n{stderr}"
     );
     // The upgrade's request was logged: its path, not its query.
     let upgrade = lines
