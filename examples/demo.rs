@@ -1,5 +1,7 @@
-//! A customer backend in 100 lines: serves `examples/demo/` and hands each browser a device
+//! A customer backend in 200 lines: serves `examples/demo/` and hands each browser a device
 //! token for one shared room, using patchbay's REST API exactly as a Bandwidth customer would.
+//! It remembers the name each participant joined with (the page shows names, not ids) and
+//! deletes a participant when its page leaves or closes, so the room's 20 seats free up.
 //!
 //! ```sh
 //! cargo run --release -- serve                        # terminal 1: prints the dev credentials
@@ -8,12 +10,13 @@
 //! # open http://127.0.0.1:3000 in two tabs and press Join in each
 //! ```
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get_service, post};
+use axum::routing::{get, get_service, post};
 use axum::{Json, Router};
 use clap::Parser;
 use serde_json::{json, Value};
@@ -40,6 +43,8 @@ struct Backend {
     args: Args,
     http: reqwest::Client,
     room: Mutex<Option<String>>,
+    /// The participants this backend made, by id, with the name each joined with.
+    people: Mutex<HashMap<String, String>>,
 }
 
 impl Backend {
@@ -117,6 +122,11 @@ async fn enter_room(
         )
         .await
         .map_err(fail)?;
+    backend
+        .people
+        .lock()
+        .await
+        .insert(participant.clone(), tag.to_owned());
     Ok((participant, created["token"].clone()))
 }
 
@@ -130,9 +140,44 @@ async fn join(
         .chars()
         .take(50)
         .collect();
-    let (_, token) = enter_room(&backend, &tag, json!(["AUDIO", "VIDEO"])).await?;
+    let (participant, token) = enter_room(&backend, &tag, json!(["AUDIO", "VIDEO"])).await?;
     let websocket_url = backend.args.patchbay.replacen("http", "ws", 1);
-    Ok(Json(json!({"token": token, "websocketUrl": websocket_url})))
+    Ok(Json(
+        json!({"token": token, "websocketUrl": websocket_url, "participantId": participant}),
+    ))
+}
+
+/// A page leaves (its Leave button, or the tab closing: `navigator.sendBeacon`, whose body
+/// is JSON sent as text): its participant is deleted. Only participants this backend made.
+async fn leave(State(backend): State<Arc<Backend>>, body: String) -> StatusCode {
+    let Some(participant) = serde_json::from_str::<Value>(&body)
+        .ok()
+        .and_then(|v| v["participantId"].as_str().map(str::to_owned))
+    else {
+        return StatusCode::BAD_REQUEST;
+    };
+    if backend.people.lock().await.remove(&participant).is_none() {
+        return StatusCode::NOT_FOUND;
+    }
+    match backend
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/participants/{participant}"),
+            None,
+        )
+        .await
+    {
+        Ok(_) => StatusCode::NO_CONTENT,
+        Err(e) => {
+            eprintln!("demo: cannot delete participant {participant}: {e}");
+            StatusCode::BAD_GATEWAY
+        }
+    }
+}
+
+/// The names participants joined with, by participant id (for the pages' labels).
+async fn names(State(backend): State<Arc<Backend>>) -> Json<HashMap<String, String>> {
+    Json(backend.people.lock().await.clone())
 }
 
 /// A phone's way in: an audio-only participant in the room; dial patchbay's SIP address with
@@ -155,10 +200,13 @@ async fn main() -> anyhow::Result<()> {
         args: args.clone(),
         http: reqwest::Client::new(),
         room: Mutex::new(None),
+        people: Mutex::new(HashMap::new()),
     });
     let app = Router::new()
         .route("/join", post(join))
         .route("/phone", post(phone))
+        .route("/leave", post(leave))
+        .route("/names", get(names))
         .fallback_service(get_service(tower_http::services::ServeDir::new(page)))
         .with_state(backend);
     let listener = tokio::net::TcpListener::bind(args.listen).await?;

@@ -5,6 +5,27 @@ import * as sdk from "@bandwidth/webrtc-browser";
 const BandwidthRtc = typeof sdk.default === "function" ? sdk.default : sdk.default.default;
 const $ = (id) => document.getElementById(id);
 let rtc;
+let participantId;
+
+/** The name a participant joined with, as the demo backend knows it (else its id's start). */
+async function nameOf(id) {
+  try {
+    const names = await (await fetch("/names")).json();
+    if (names[id]) return names[id];
+  } catch {
+    // fall through
+  }
+  return `participant ${id.slice(0, 8)}`;
+}
+
+/** Tells the backend this page leaves: it deletes the participant (and frees its seat). */
+function leaveRoom(beacon) {
+  if (!participantId) return;
+  const body = JSON.stringify({ participantId });
+  participantId = undefined;
+  if (beacon) navigator.sendBeacon("/leave", body);
+  else fetch("/leave", { method: "POST", body, keepalive: true }).catch(() => {});
+}
 
 function show(stream, label, muted) {
   const figure = document.createElement("figure");
@@ -33,11 +54,12 @@ $("join").onclick = async () => {
     $("join").disabled = false;
     return;
   }
-  const { token, websocketUrl } = await res.json();
+  const joined = await res.json();
+  participantId = joined.participantId;
   rtc = new BandwidthRtc("warn");
-  rtc.onStreamAvailable((s) => show(s.mediaStream, `participant ${s.participantId.slice(0, 8)} (${s.alias ?? "no alias"})`, false));
+  rtc.onStreamAvailable(async (s) => show(s.mediaStream, `${await nameOf(s.participantId)} (${s.alias ?? "no alias"})`, false));
   rtc.onStreamUnavailable((id) => document.getElementById(`stream-${id}`)?.remove());
-  await rtc.connect({ deviceToken: token }, { websocketUrl });
+  await rtc.connect({ deviceToken: joined.token }, { websocketUrl: joined.websocketUrl });
   const mine = await rtc.publish({ audio: true, video: true }, undefined, "camera");
   show(mine.mediaStream, "you", true);
   $("status").textContent = `in the room as ${$("name").value}`;
@@ -46,8 +68,12 @@ $("join").onclick = async () => {
 
 $("leave").onclick = () => {
   rtc?.disconnect();
+  leaveRoom(false);
   $("videos").replaceChildren();
   $("status").textContent = "left";
   $("leave").disabled = true;
   $("join").disabled = false;
 };
+
+// A closed or reloaded tab leaves too.
+window.addEventListener("pagehide", () => leaveRoom(true));

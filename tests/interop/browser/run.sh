@@ -4,13 +4,18 @@
 # bundles page/, then runs selftest.mjs and every *.test.mjs here with node's test runner.
 # Needs target/debug/patchbay (`cargo build`) and, for phone.test.mjs, the test phone
 # target/debug/examples/phone, which it builds if missing (`cargo build --example phone`), and for
-# switchboard.test.mjs the demo backend target/debug/examples/switchboard (built likewise).
+# switchboard.test.mjs the demo backend target/debug/examples/switchboard and for demo.test.mjs
+# target/debug/examples/demo (built likewise).
 # Exits non-zero on any failure, and also when no test ran.
 set -euo pipefail
 cd "$(dirname "$0")"
 if [ -z "${PHONE_BIN:-}" ] && [ ! -x ../../../target/debug/examples/phone ]; then
   echo "=== building the test phone (examples/phone.rs)"
   (cd ../../.. && cargo build --example phone)
+fi
+if [ -z "${DEMO_BIN:-}" ] && [ ! -x ../../../target/debug/examples/demo ]; then
+  echo "=== building the demo backend (examples/demo.rs)"
+  (cd ../../.. && cargo build --example demo)
 fi
 if [ -z "${SWITCHBOARD_BIN:-}" ] && [ ! -x ../../../target/debug/examples/switchboard ]; then
   echo "=== building the switchboard demo backend (examples/switchboard.rs)"
