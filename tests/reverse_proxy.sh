@@ -118,7 +118,8 @@ ready() { [ "$(https -o /dev/null -w '%{http_code}' https://call.example.com:$po
 check "GET /readyz over https through nginx" ready
 unpublished() {
   [ "$(https -o /dev/null -w '%{http_code}' https://call.example.com:$port/metrics)" = 404 ] &&
-    curl -fsS "http://$upstream/metrics" | grep -q '^patchbay_build_info'
+    curl -fsS -o "$work/metrics.txt" "http://$upstream/metrics" &&
+    grep -q '^patchbay_build_info' "$work/metrics.txt"
 }
 check "/metrics is served by patchbay but not published by nginx" unpublished
 
