@@ -168,7 +168,8 @@ impl Control {
 
     /// Appends the webhooks `events` raise (those of participants with a `callbackUrl`) to
     /// the outbox, in order, and applies what they change in this process's live state, in
-    /// one write stamped `at_ms` (epoch milliseconds), fenced by this process's registration
+    /// one write stamped `at_ms` (epoch milliseconds in the database's clock: see
+    /// [`Control::lease_ms`]), fenced by this process's registration
     /// (see [`crate::store::Writer`]). All or none: on an error nothing of the batch is
     /// written. `generation`: the events' ([`FeedItem::generation`]); events of an earlier
     /// generation than this process's are not written (`Fenced`). Before this process's
@@ -223,7 +224,7 @@ impl Control {
         let writer = crate::store::Writer {
             instance: &self.inner.instance,
             epoch,
-            now_ms: self.lease_ms(at_ms),
+            now_ms: at_ms,
         };
         match self
             .inner

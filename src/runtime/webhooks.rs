@@ -75,6 +75,13 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Now in the database's clock ([`Control::lease_ms`]), the clock the outbox is stamped and
+/// compared in (events' creation and due times, claims, attempts, retention), so processes
+/// whose clocks disagree agree on what is due and who holds a claim.
+fn outbox_now(control: &Control) -> i64 {
+    control.lease_ms(now_ms())
+}
+
 /// Starts the recorder, the delivery worker and the cleanup timer.
 #[allow(clippy::disallowed_methods)] // the runtime starts tasks
 pub fn spawn(control: Control, settings: WebhookSettings) -> anyhow::Result<()> {
@@ -124,7 +131,7 @@ async fn record(control: Control, mut feed: WebhookFeed, wake: Arc<Notify>) {
             .items
             .drain(..queue.items.len().min(RECORD_BATCH))
             .collect();
-        let at = now_ms();
+        let at = outbox_now(&control);
         let mut backoff = Duration::from_millis(100);
         loop {
             // Raised before this process was fenced (checked again before each try: a fence
@@ -295,7 +302,10 @@ async fn deliver(
         let now = Instant::now();
         let may_read = last_read.is_none_or(|at| now >= at + FETCH_GAP);
         if dispatcher.has_room() && changed && may_read {
-            match control.outbox_due(now_ms(), BATCH, per_account).await {
+            match control
+                .outbox_due(outbox_now(&control), BATCH, per_account)
+                .await
+            {
                 Ok(due) => queue = due,
                 Err(e) => tracing::warn!(error = %e, "cannot read the webhook outbox"),
             }
@@ -325,7 +335,7 @@ async fn deliver(
                         (event, AttemptResult::Failed("the attempt failed".into()))
                     }
                 };
-                let (log, outcome) = dispatcher.finish(&event, result, now_ms());
+                let (log, outcome) = dispatcher.finish(&event, result, outbox_now(&control));
                 let label = match outcome {
                     AttemptOutcome::Delivered => "delivered",
                     AttemptOutcome::RetryAt(_) => "retry",
@@ -367,7 +377,7 @@ async fn claim(
         return starting;
     }
     let seqs: Vec<i64> = starting.iter().map(|e| e.seq).collect();
-    let now = now_ms();
+    let now = outbox_now(control);
     let until = now.saturating_add(i64::try_from(claim_for.as_millis()).unwrap_or(i64::MAX));
     let claimed: std::collections::HashSet<i64> =
         match control.outbox_claim(&seqs, now, until).await {
@@ -722,7 +732,10 @@ async fn cleanup(control: Control, ages: Ages) {
                 Err(e) => tracing::warn!(error = %e, "cannot delete expired participants"),
             }
         }
-        match control.prune_webhooks(ages.retention, now_ms()).await {
+        match control
+            .prune_webhooks(ages.retention, outbox_now(&control))
+            .await
+        {
             Ok(0) => {}
             Ok(n) => tracing::info!(rows = n, "old webhook events and attempts deleted"),
             Err(e) => tracing::warn!(error = %e, "cannot delete old webhook events"),
