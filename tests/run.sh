@@ -107,7 +107,7 @@ step "interop: sipp (SIP dial-in) against the server"
 bash tests/interop/sip/run.sh 2>&1 | tee "$logdir/sip.log"
 
 step "interop: Chromium + @bandwidth/webrtc-browser (official browser SDK) against the server"
-cargo build --locked --example phone --example switchboard # the test phone of phone.test.mjs; the switchboard demo of switchboard.test.mjs
+cargo build --locked --example phone --example switchboard --example demo # the test phone of phone.test.mjs; the demo backends of switchboard.test.mjs and demo.test.mjs
 bash tests/interop/browser/run.sh 2>&1 | tee "$logdir/browser.log"
 
 # --- summary ----------------------------------------------------------------------------------
