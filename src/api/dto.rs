@@ -1,7 +1,9 @@
 //! Wire shapes of the REST API (camelCase JSON), private to the adapter, and their
 //! conversions to and from domain types. Requests are parsed leniently where Bandwidth's
-//! clients need it (unknown fields ignored, absent and `null` alike) and strictly everywhere
-//! else: every conversion error names its field.
+//! clients need it (absent and `null` alike; the read-only fields of Bandwidth's models, which
+//! the SDKs' request types carry, accepted when empty) and strictly everywhere else: an unknown
+//! field is refused (see `extract::parse_optional_json`) and every conversion error names its
+//! field.
 
 use std::collections::BTreeMap;
 
@@ -21,9 +23,48 @@ use crate::forwarding::{Cause, ForwardingTable};
 /// Most entries a `participants` subscription list may have.
 pub const MAX_SUBSCRIPTION_ENTRIES: usize = 100;
 
-/// Body of `POST …/participants`.
+/// A read-only field of Bandwidth's models in a request body: both server SDKs type the body
+/// of create-participant as the full `Participant` (and create-session as `Session`), so a
+/// client may send these fields. Accepted when absent, `null` or empty (`""`, `[]`, `{}`);
+/// with a value it is refused, because nothing here would honour it.
+#[derive(Debug, Default)]
+pub struct ReadOnlyField {
+    /// Whether the value was empty.
+    empty: bool,
+}
+
+impl<'de> Deserialize<'de> for ReadOnlyField {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(d)?;
+        let empty = match &value {
+            serde_json::Value::Null => true,
+            serde_json::Value::String(s) => s.is_empty(),
+            serde_json::Value::Array(a) => a.is_empty(),
+            serde_json::Value::Object(o) => o.is_empty(),
+            serde_json::Value::Bool(_) | serde_json::Value::Number(_) => false,
+        };
+        Ok(ReadOnlyField { empty })
+    }
+}
+
+/// Refuses a read-only field that carries a value, saying where that value is set instead.
+fn refuse_read_only(
+    field: &'static str,
+    value: Option<&ReadOnlyField>,
+    instead: &str,
+) -> Result<(), DomainError> {
+    match value {
+        Some(v) if !v.empty => Err(DomainError::new(
+            field,
+            format!("is read-only here; {instead}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Body of `POST …/participants`. Unknown fields are refused.
 #[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateParticipantRequest {
     /// Where lifecycle webhooks go (absolute http(s) URL).
     pub callback_url: Option<String>,
@@ -34,12 +75,33 @@ pub struct CreateParticipantRequest {
     pub tag: Option<String>,
     /// `"V3"` (case-insensitive; `"V2"` accepted and echoed, tokens are always v3).
     pub device_api_version: Option<String>,
+    /// Read-only (assigned by the server): accepted only when empty.
+    #[schema(ignore)]
+    pub id: Option<ReadOnlyField>,
+    /// Read-only (set by adding the participant to a session): accepted only when empty.
+    #[schema(ignore)]
+    pub sessions: Option<ReadOnlyField>,
+    /// Read-only (set with the session's subscription calls): accepted only when empty.
+    #[schema(ignore)]
+    pub subscriptions: Option<ReadOnlyField>,
 }
 
 impl TryFrom<CreateParticipantRequest> for NewParticipant {
     type Error = DomainError;
 
     fn try_from(r: CreateParticipantRequest) -> Result<Self, DomainError> {
+        refuse_read_only("id", r.id.as_ref(), "the server assigns a participant's id")?;
+        refuse_read_only(
+            "sessions",
+            r.sessions.as_ref(),
+            "add the participant with PUT …/sessions/{sessionId}/participants/{participantId}",
+        )?;
+        refuse_read_only(
+            "subscriptions",
+            r.subscriptions.as_ref(),
+            "set them with PUT …/sessions/{sessionId}/participants/{participantId}/subscriptions \
+             (or in the body that adds the participant to the session)",
+        )?;
         Ok(NewParticipant {
             callback_url: r
                 .callback_url
@@ -109,20 +171,23 @@ pub struct CreateParticipantResponse {
     pub token: String,
 }
 
-/// Body of `POST …/sessions`.
+/// Body of `POST …/sessions`. Unknown fields are refused.
 #[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CreateSessionRequest {
     /// Free label, at most 50 characters.
     pub tag: Option<String>,
+    /// Read-only (assigned by the server): accepted only when empty.
+    #[schema(ignore)]
+    pub id: Option<ReadOnlyField>,
 }
 
 impl CreateSessionRequest {
     /// The session's tag (no body or no `tag`: none).
     pub fn into_tag(body: Option<Self>) -> Result<Option<Tag>, DomainError> {
-        body.and_then(|b| b.tag)
-            .as_deref()
-            .map(Tag::parse)
-            .transpose()
+        let Some(body) = body else { return Ok(None) };
+        refuse_read_only("id", body.id.as_ref(), "the server assigns a session's id")?;
+        body.tag.as_deref().map(Tag::parse).transpose()
     }
 }
 
@@ -144,9 +209,10 @@ impl From<&Session> for SessionView {
 }
 
 /// Subscription rules. A non-empty `participants` list overrides `sessionId`; `sessionId` alone
-/// subscribes to every other member of the session; `{}` subscribes to nothing.
+/// subscribes to every other member of the session; `{}` subscribes to nothing. Unknown fields
+/// are refused.
 #[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SubscriptionsBody {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
@@ -154,9 +220,10 @@ pub struct SubscriptionsBody {
     pub participants: Option<Vec<ParticipantSubscriptionBody>>,
 }
 
-/// A subscription to one publisher, optionally narrowed to stream aliases.
+/// A subscription to one publisher, optionally narrowed to stream aliases. Unknown fields are
+/// refused.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ParticipantSubscriptionBody {
     pub participant_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]

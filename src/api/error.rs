@@ -108,6 +108,18 @@ pub enum BodyError {
         /// What is wrong with it.
         error: serde_json::Error,
     },
+    /// A field the body's type does not have (400), and the known field it most resembles.
+    #[error("{}unknown field `{field}`; {}", at(path), hint(suggestion.as_deref(), known))]
+    UnknownField {
+        /// The object that has the field, as a JSON path (`.` for the body itself).
+        path: String,
+        /// The field as sent.
+        field: String,
+        /// The closest known field, if one is close.
+        suggestion: Option<String>,
+        /// The fields that object may have.
+        known: Vec<String>,
+    },
     /// A required body is absent; says what was expected.
     #[error("request body: expected {0}")]
     Missing(&'static str),
@@ -119,6 +131,31 @@ pub enum BodyError {
         /// How many a session holds at most.
         max: usize,
     },
+}
+
+/// `path: ` before a message, unless the path is the body itself.
+fn at(path: &str) -> String {
+    if path == "." {
+        String::new()
+    } else {
+        format!("{path}: ")
+    }
+}
+
+/// What to say after an unknown field: the likely intended one, else the known ones.
+fn hint(suggestion: Option<&str>, known: &[String]) -> String {
+    match (suggestion, known) {
+        (Some(s), _) => format!("did you mean `{s}`?"),
+        (None, []) => "this object has no fields".to_owned(),
+        (None, known) => format!(
+            "known fields: {}",
+            known
+                .iter()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
 }
 
 /// The error body of 400, 404, 405, 409, 413 and 5xx responses.

@@ -185,6 +185,35 @@ impl<T: DeserializeOwned> FromRequest<AppState> for OptionalJson<T> {
     }
 }
 
+/// serde's message for a field a type does not have (``unknown field `x`, expected one of `a`,
+/// `b` ``, or ``expected `a` ``, or `there are no fields`), taken apart: the field and the
+/// known ones. A unit test pins the wording, so a serde that words it otherwise fails there.
+fn unknown_field(message: &str) -> Option<(String, Vec<String>)> {
+    let (field, rest) = message.strip_prefix("unknown field `")?.split_once('`')?;
+    let known = rest
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect();
+    Some((field.to_owned(), known))
+}
+
+/// The known field a mistyped one most resembles: the same letters in another case, else the
+/// most similar by Jaro-Winkler when it is close enough to be a typo.
+fn closest(field: &str, known: &[String]) -> Option<String> {
+    let lower = field.to_lowercase();
+    if let Some(k) = known.iter().find(|k| k.to_lowercase() == lower) {
+        return Some(k.clone());
+    }
+    known
+        .iter()
+        .map(|k| (strsim::jaro_winkler(&lower, &k.to_lowercase()), k))
+        .filter(|(score, _)| *score >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, k)| k.clone())
+}
+
 /// Parses a request body per [`OptionalJson`]'s rules.
 pub fn parse_optional_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<Option<T>, Error> {
     let text = std::str::from_utf8(bytes).map_err(|_| BodyError::NotUtf8)?;
@@ -198,6 +227,19 @@ pub fn parse_optional_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<Option<T
         let inner = e.into_inner();
         if inner.is_syntax() || inner.is_eof() {
             BodyError::NotJson(inner)
+        } else if let Some((field, known)) = unknown_field(&inner.to_string()) {
+            // serde_path_to_error's path ends with the unknown field itself: keep its object's.
+            let object = path
+                .strip_suffix(field.as_str())
+                .and_then(|p| p.strip_suffix('.'))
+                .unwrap_or(".")
+                .to_owned();
+            BodyError::UnknownField {
+                path: object,
+                suggestion: closest(&field, &known),
+                field,
+                known,
+            }
         } else if path == "." {
             BodyError::Shape(inner)
         } else {
@@ -207,4 +249,95 @@ pub fn parse_optional_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<Option<T
     // One JSON value, nothing after it.
     de.end().map_err(BodyError::NotJson)?;
     Ok(Some(value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::dto::{CreateParticipantRequest, CreateSessionRequest, SubscriptionsBody};
+    use super::*;
+    use crate::control::NewParticipant;
+
+    fn message<T: DeserializeOwned + std::fmt::Debug>(body: &str) -> String {
+        parse_optional_json::<T>(body.as_bytes())
+            .expect_err("the body must be refused")
+            .to_string()
+    }
+
+    #[test]
+    fn a_mistyped_field_is_named_with_the_one_it_resembles() {
+        assert_eq!(
+            message::<CreateParticipantRequest>(
+                r#"{"callbackURL": "https://example.com/cb", "publishPermissions": ["AUDIO"]}"#
+            ),
+            "unknown field `callbackURL`; did you mean `callbackUrl`?"
+        );
+        assert_eq!(
+            message::<CreateParticipantRequest>(r#"{"publishPermission": ["AUDIO"]}"#),
+            "unknown field `publishPermission`; did you mean `publishPermissions`?"
+        );
+        assert_eq!(
+            message::<CreateSessionRequest>(r#"{"tags": "x"}"#),
+            "unknown field `tags`; did you mean `tag`?"
+        );
+    }
+
+    #[test]
+    fn a_nested_unknown_field_says_where_it_is() {
+        let m = message::<SubscriptionsBody>(
+            r#"{"participants": [{"participantId": "p", "streamAlias": ["cam"]}]}"#,
+        );
+        assert_eq!(
+            m,
+            "participants[0]: unknown field `streamAlias`; did you mean `streamAliases`?"
+        );
+    }
+
+    #[test]
+    fn a_field_like_none_lists_the_known_ones() {
+        let m = message::<CreateSessionRequest>(r#"{"colour": "blue"}"#);
+        assert_eq!(m, "unknown field `colour`; known fields: `tag`, `id`");
+    }
+
+    #[test]
+    fn read_only_fields_of_the_sdk_models_pass_when_empty_and_are_refused_with_a_value() {
+        let empty = r#"{"id": null, "sessions": [], "subscriptions": {}, "tag": "a"}"#;
+        let body = parse_optional_json::<CreateParticipantRequest>(empty.as_bytes())
+            .expect("empty read-only fields are accepted")
+            .expect("a body");
+        NewParticipant::try_from(body).expect("and ignored");
+        for (body, field) in [
+            (r#"{"id": "p-1"}"#, "id"),
+            (r#"{"sessions": ["s"]}"#, "sessions"),
+            (r#"{"subscriptions": {"sessionId": "s"}}"#, "subscriptions"),
+        ] {
+            let parsed = parse_optional_json::<CreateParticipantRequest>(body.as_bytes())
+                .expect("well-formed")
+                .expect("a body");
+            let err = NewParticipant::try_from(parsed).expect_err(body);
+            assert!(err.to_string().starts_with(field), "{body}: {err}");
+            assert!(err.to_string().contains("read-only"), "{body}: {err}");
+        }
+        let session =
+            parse_optional_json::<CreateSessionRequest>(br#"{"id": "s-1"}"#).expect("well-formed");
+        assert!(CreateSessionRequest::into_tag(session).is_err());
+    }
+
+    #[test]
+    fn serde_words_unknown_fields_as_this_parser_expects() {
+        assert_eq!(
+            unknown_field("unknown field `x`, expected one of `a`, `bb` at line 1 column 4"),
+            Some(("x".to_owned(), vec!["a".to_owned(), "bb".to_owned()]))
+        );
+        assert_eq!(
+            unknown_field("unknown field `x`, expected `a` at line 1 column 4"),
+            Some(("x".to_owned(), vec!["a".to_owned()]))
+        );
+        assert_eq!(
+            unknown_field("unknown field `x`, there are no fields"),
+            Some(("x".to_owned(), vec![]))
+        );
+        assert_eq!(unknown_field("invalid type: string, expected u8"), None);
+        assert_eq!(closest("tagg", &["tag".to_owned()]), Some("tag".to_owned()));
+        assert_eq!(closest("colour", &["tag".to_owned()]), None);
+    }
 }

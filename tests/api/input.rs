@@ -78,6 +78,85 @@ async fn control_characters_in_text_are_400_naming_the_field_postgres() {
     server.stop().await;
 }
 
+/// Issue 23: a mistyped field is a 400 that names it and the field meant, on every body, and
+/// nothing is created or changed; the read-only fields of the SDKs' models pass when empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unknown_fields_are_400_naming_the_field_meant() {
+    let server = Server::sqlite().await;
+    let acct = server.account("typo").await;
+    let api = server.api(&acct, "/v1");
+    let s = api.session().await;
+    let p = api.participant().await;
+    api.put(&format!("/sessions/{s}/participants/{p}"), Body::None)
+        .await
+        .no_content();
+    let before = api
+        .get(&format!("/sessions/{s}/participants"))
+        .await
+        .ok200()
+        .clone();
+    api.post(
+        "/participants",
+        Body::Json(
+            json!({"callbackURL": "https://example.com/cb", "publishPermission": ["AUDIO"]}),
+        ),
+    )
+    .await
+    .bad_request(&["unknown field `callbackURL`; did you mean `callbackUrl`?"]);
+    api.post("/sessions", Body::Json(json!({"Tag": "x"})))
+        .await
+        .bad_request(&["unknown field `Tag`; did you mean `tag`?"]);
+    api.put(
+        &format!("/sessions/{s}/participants/{p}/subscriptions"),
+        Body::Json(json!({"sessionID": s})),
+    )
+    .await
+    .bad_request(&["unknown field `sessionID`; did you mean `sessionId`?"]);
+    api.put(
+        &format!("/sessions/{s}/participants/{p}"),
+        Body::Json(json!({"participants": [{"participantId": p, "streamAlias": ["cam"]}]})),
+    )
+    .await
+    .bad_request(&["participants[0]: unknown field `streamAlias`; did you mean `streamAliases`?"]);
+    api.put(
+        &format!("/sessions/{s}/subscriptions"),
+        Body::Json(json!({ p.clone(): {"sesionId": s} })),
+    )
+    .await
+    .bad_request(&["unknown field `sesionId`; did you mean `sessionId`?"]);
+    api.put(
+        "/webhooks",
+        Body::Json(json!({"callbackUrls": "https://example.com/x"})),
+    )
+    .await
+    .bad_request(&["unknown field `callbackUrls`"]);
+    // Nothing was created or rewired by the refused bodies.
+    assert_eq!(
+        api.get(&format!("/sessions/{s}/participants"))
+            .await
+            .ok200(),
+        &before
+    );
+    // The SDKs' models carry read-only fields; empty, they pass; with a value, 400 says why.
+    let (created, _) = api
+        .create_participant_with(Body::Json(
+            json!({"id": null, "sessions": [], "subscriptions": {}, "tag": "round-trip"}),
+        ))
+        .await;
+    assert_eq!(created["tag"], json!("round-trip"));
+    api.post(
+        "/participants",
+        Body::Json(json!({"sessions": [s.clone()]})),
+    )
+    .await
+    .bad_request(&["sessions", "read-only"]);
+    api.post("/sessions", Body::Json(json!({"id": "mine"})))
+        .await
+        .bad_request(&["id", "read-only"]);
+    api.still_serving().await;
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_response_carrying_a_device_token_is_not_stored() {
     let server = Server::sqlite().await;
