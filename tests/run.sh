@@ -2,7 +2,7 @@
 # Runs every test of patchbay, from a fresh machine: installs what the tests need, starts the
 # services they use, then runs style checks, unit/integration/property tests (SQLite and
 # PostgreSQL), the media engine tests, the kill -9 restart test, and the interop tests with
-# Bandwidth's own clients: the Python server SDK, and the browser SDK in headless Chromium
+# Bandwidth's own clients: the Python and Node server SDKs, and the browser SDK in headless Chromium
 # against the real server. Exits non-zero on any failure; the last line sums up the counts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -103,6 +103,9 @@ step "interop: bandwidth-sdk==14.5.3 (Python server SDK)"
 export PATCHBAY_BIN="$root/target/debug/patchbay"
 bash tests/interop/server_sdk/run.sh 2>&1 | tee "$logdir/server-sdk.log"
 
+step "interop: @bandwidth/webrtc@1.3.1 (Node server SDK, its response validation on)"
+bash tests/interop/node_sdk/run.sh 2>&1 | tee "$logdir/node-sdk.log"
+
 step "interop: sipp (SIP dial-in) against the server"
 bash tests/interop/sip/run.sh 2>&1 | tee "$logdir/sip.log"
 
@@ -113,6 +116,7 @@ bash tests/interop/browser/run.sh 2>&1 | tee "$logdir/browser.log"
 # --- summary ----------------------------------------------------------------------------------
 passed=$(grep -Eo 'test result: ok\. [0-9]+ passed' "$logdir/cargo-test.log" | awk '{s+=$4} END {print s+0}')
 py_passed=$(grep -Eo '[0-9]+ passed' "$logdir/server-sdk.log" | tail -n1 | awk '{print $1+0}')
+node_sdk_passed=$(grep -Eo '^node-sdk: [0-9]+ passed' "$logdir/node-sdk.log" | tail -n1 | awk '{print $2+0}')
 browser_passed=$(grep -Eo '^browser-interop: [0-9]+ passed' "$logdir/browser.log" | tail -n1 | awk '{print $2+0}')
 sip_passed=$(grep -Eo '^sip-interop: [0-9]+ passed' "$logdir/sip.log" | tail -n1 | awk '{print $2+0}')
 fuzz_passed=$(grep -Eo '^fuzz: [0-9]+ passed' "$logdir/fuzz.log" | tail -n1 | awk '{print $2+0}')
@@ -122,7 +126,7 @@ packaging_passed=$(grep -Eo '^packaging: [0-9]+ passed' "$logdir/packaging.log" 
 msrv_passed=$(grep -Eo '^msrv: [0-9]+ passed' "$logdir/msrv.log" | awk '{print $2+0}')
 deny_passed=$(grep -Eo '^deny: [0-9]+ passed' "$logdir/deny.log" | awk '{print $2+0}')
 proxy_passed=$(grep -Eo '^reverse-proxy: [0-9]+ passed' "$logdir/reverse-proxy.log" | awk '{print $2+0}')
-total=$((passed + ${py_passed:-0} + ${browser_passed:-0} + ${e2e_passed:-0} + ${sip_passed:-0} + ${packaging_passed:-0} + ${proxy_passed:-0} + ${msrv_passed:-0} + ${deny_passed:-0} + ${fuzz_passed:-0}))
+total=$((passed + ${py_passed:-0} + ${node_sdk_passed:-0} + ${browser_passed:-0} + ${e2e_passed:-0} + ${sip_passed:-0} + ${packaging_passed:-0} + ${proxy_passed:-0} + ${msrv_passed:-0} + ${deny_passed:-0} + ${fuzz_passed:-0}))
 if [ "$total" -eq 0 ]; then
   echo "no test ran" >&2
   exit 1
