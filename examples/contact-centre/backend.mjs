@@ -9,7 +9,7 @@
 // audio. See README.md in this folder for the commands.
 //
 //   node backend.mjs --url http://127.0.0.1:8080 --account dev --username U --password P \
-//       --secret whsec_... --sip 127.0.0.1:5060 [--phone target/debug/examples/phone] [--step]
+//       --secret whsec_... --sip 127.0.0.1:5060 [--phone target/release/examples/phone] [--step]
 //
 // --step waits for Enter before each step. Lines printed:
 //   step <name>: <what the backend does>
@@ -28,7 +28,7 @@ import { fileURLToPath } from "node:url";
 const here = path.dirname(fileURLToPath(import.meta.url));
 
 function parseArgs(argv) {
-  const out = { phone: path.resolve(here, "../../target/debug/examples/phone"), step: false };
+  const out = { phone: path.resolve(here, "../../target/release/examples/phone"), step: false };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const next = () => argv[++i];
