@@ -102,7 +102,7 @@ pub enum AccountCommand {
     Create {
         /// The account id used in API paths: 1 to 12 characters of A-Z, a-z, 0-9, '_', '-'.
         account_id: String,
-        /// Print `{"accountId": …, "username": …, "password": …}` instead of text.
+        /// Print `{"accountId": …, "username": …, "password": …, "webhookSecret": …}` instead of text.
         #[arg(long)]
         json: bool,
         /// The database holding the account.

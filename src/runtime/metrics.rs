@@ -84,6 +84,10 @@ fn describe() {
         "patchbay_build_info",
         "Always 1; the label `version` is this binary's version"
     );
+    describe_counter!(
+        "patchbay_connections_shed_total",
+        "Connections still in their head closed to make room on a full listener, by listener"
+    );
     describe_gauge!("patchbay_sessions", "Sessions in the database");
     describe_gauge!("patchbay_participants", "Participants in the database");
     describe_gauge!(
