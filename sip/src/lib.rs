@@ -38,6 +38,7 @@ pub mod uui;
 // Media.
 pub mod g711;
 pub mod jitter;
+pub mod latch;
 pub mod liveness;
 pub mod mixer;
 pub mod opus;

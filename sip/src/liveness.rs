@@ -1,5 +1,6 @@
 //! Whether a phone's media leg is still alive: a call whose phone should be sending RTP and
-//! sent nothing (no RTP, no RTCP) for the configured time is a dead leg, gone without BYE.
+//! sent nothing (no RTP, nor RTCP on the RTP port, that [`crate::latch`] took as the phone's)
+//! for the configured time is a dead leg, gone without BYE.
 //!
 //! A phone that has put the call on hold, or is not meant to send (its SDP said `recvonly`
 //! or `inactive`), is never dead by silence: the watch is off until it sends again. The
@@ -27,7 +28,7 @@ impl MediaWatch {
         }
     }
 
-    /// A datagram (RTP or RTCP) arrived from the phone.
+    /// A datagram the latch took as the phone's (RTP, or RTCP on the RTP port) arrived.
     pub fn heard(&mut self, now: Instant) {
         self.last_heard = now;
     }

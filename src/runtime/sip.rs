@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use patchbay_sip::endpoint::{CallEnd, CallEvent, CallId, Endpoint, EndpointConfig};
+use patchbay_sip::latch::{Admission, RtpLatch};
 use patchbay_sip::liveness::MediaWatch;
 use patchbay_sip::mixer::SourceId;
 use patchbay_sip::phone::{PhoneConfig, PhoneMedia};
@@ -231,6 +232,8 @@ struct Admitted {
     rtp: Arc<UdpSocket>,
     negotiated: Negotiated,
     stream: StreamId,
+    /// The `o=` session id of its answer (fixed for the dialog).
+    sdp_session: u64,
 }
 
 /// A call as the signalling task sees it; its audio runs in its own task ([`CallMedia`]).
@@ -242,6 +245,10 @@ struct Call {
     device: DeviceId,
     /// The port of its RTP socket (for answers to re-offers).
     rtp_port: u16,
+    /// The `o=` session id and version of its last answer: a re-offer's answer keeps the id
+    /// and raises the version by one (RFC 3264 §8). A call taken over from a previous
+    /// process starts a new id (the record does not keep it).
+    sdp_origin: (u64, u64),
     media: mpsc::UnboundedSender<CallCommand>,
     task: tokio::task::JoinHandle<()>,
     /// Its device id in webhooks and the live state (`sip-N`; kept across a restart).
@@ -443,6 +450,7 @@ impl Bridge {
             rtp,
             negotiated,
             stream,
+            sdp_session,
         } = admitted;
         let LocalConnection {
             device,
@@ -482,6 +490,7 @@ impl Bridge {
                 negotiated.direction.receives(),
                 now,
             ),
+            latch: RtpLatch::new(),
             remote: negotiated.remote.filter(|_| negotiated.direction.sends()),
             ptime: Duration::from_millis(u64::from(negotiated.ptime_ms)),
             sources: Default::default(),
@@ -499,6 +508,7 @@ impl Bridge {
                 session: Some(session),
                 device,
                 rtp_port,
+                sdp_origin: (sdp_session, sdp_session),
                 media: commands,
                 task,
                 name,
@@ -607,7 +617,14 @@ impl Bridge {
                             .answer_update(call, Err((481, "no such call")), now);
                         continue;
                     };
-                    let params = answer_params(&self.settings, c.rtp_port);
+                    let (session_id, version) = c.sdp_origin;
+                    c.sdp_origin = (session_id, version.wrapping_add(1));
+                    let params = AnswerParams {
+                        ip: self.settings.media_ip,
+                        port: c.rtp_port,
+                        session_id,
+                        session_version: c.sdp_origin.1,
+                    };
                     match sdp::answer(&sdp_offer, &params) {
                         Ok(n) => {
                             c.remote = n.remote.filter(|_| n.direction.sends());
@@ -808,6 +825,7 @@ impl Bridge {
             phone,
             rtp: Arc::new(rtp),
             watch: MediaWatch::new(self.settings.rtp_timeout, record.phone_sends, now),
+            latch: RtpLatch::new(),
             remote: record.remote,
             ptime: Duration::from_millis(u64::from(config.ptime_ms)),
             sources: Default::default(),
@@ -826,6 +844,7 @@ impl Bridge {
                 session: resumed.session,
                 device,
                 rtp_port: record.rtp_port,
+                sdp_origin: new_sdp_origin(),
                 media: commands,
                 task,
                 name,
@@ -862,8 +881,10 @@ struct CallMedia {
     uplink: Box<dyn LocalUplink>,
     phone: PhoneMedia,
     rtp: Arc<UdpSocket>,
-    /// Whether the leg is alive (RTP or RTCP from the phone).
+    /// Whether the leg is alive (RTP, or RTCP on the RTP port, from the phone).
     watch: MediaWatch,
+    /// Which datagrams are the phone's, and where they come from.
+    latch: RtpLatch,
     remote: Option<SocketAddr>,
     ptime: Duration,
     /// The downlink sources fed into the mixer so far.
@@ -951,6 +972,7 @@ impl CallMedia {
                 command = commands.recv() => match command {
                     Some(CallCommand::Remote { to, phone_sends }) => {
                         self.remote = to;
+                        self.latch.reset();
                         self.watch.set_expecting(phone_sends, Instant::now());
                     }
                     Some(CallCommand::HoldTone(hz)) => self.phone.set_hold_tone(hz),
@@ -968,10 +990,18 @@ impl CallMedia {
 
     fn heard_from_phone(&mut self, source: SocketAddr, data: &[u8]) {
         let now = Instant::now();
-        self.watch.heard(now);
-        // Symmetric RTP: answer where the phone actually sends from (unless on hold).
-        if self.remote.is_some() && self.remote != Some(source) {
-            self.remote = Some(source);
+        match self.latch.admit(source, data) {
+            Admission::Phone { reply_to } => {
+                self.watch.heard(now);
+                // Symmetric RTP: answer where the phone actually sends from (unless on hold).
+                if self.remote.is_some() {
+                    self.remote = Some(reply_to);
+                }
+            }
+            refused => {
+                tracing::trace!(call = %self.call, %source, ?refused, "datagram not taken as the phone's");
+                return;
+            }
         }
         if let Err(e) = self.phone.receive_rtp(data, now) {
             tracing::trace!(call = %self.call, error = %e, "unusable RTP from the phone");
@@ -1038,14 +1068,11 @@ impl CallMedia {
     }
 }
 
-fn answer_params(settings: &SipSettings, port: u16) -> AnswerParams {
-    let id = rand::random::<u32>().into();
-    AnswerParams {
-        ip: settings.media_ip,
-        port,
-        session_id: id,
-        session_version: id,
-    }
+/// A new dialog's `o=` session id and version (equal, as RFC 3264 suggests: both start from
+/// one random number; 32 bits keep them readable and far from overflow).
+fn new_sdp_origin() -> (u64, u64) {
+    let id = u64::from(rand::random::<u32>());
+    (id, id)
 }
 
 /// Binds an RTP socket at `port` or, if taken, the next free ones of the range.
@@ -1110,8 +1137,15 @@ async fn admit_inner(
         .await
         .map_err(|e| Refusal::new(503, format!("no RTP port: {e}")))?;
     let rtp_port = rtp.local_addr().map(|a| a.port()).unwrap_or(0);
-    let negotiated = sdp::answer(&offer, &answer_params(settings, rtp_port))
-        .map_err(|e| Refusal::new(e.sip_status(), e.to_string()))?;
+    let (sdp_session, sdp_version) = new_sdp_origin();
+    let params = AnswerParams {
+        ip: settings.media_ip,
+        port: rtp_port,
+        session_id: sdp_session,
+        session_version: sdp_version,
+    };
+    let negotiated =
+        sdp::answer(&offer, &params).map_err(|e| Refusal::new(e.sip_status(), e.to_string()))?;
     let stream = StreamId::parse(&format!("phone-{}", uuid::Uuid::new_v4().simple()))
         .map_err(|e| Refusal::new(500, e.to_string()))?;
     // The call is answered only once its onConnect and onCallAnswered are in the outbox (a
@@ -1160,6 +1194,7 @@ async fn admit_inner(
         rtp: Arc::new(rtp),
         negotiated,
         stream,
+        sdp_session,
     })
 }
 

@@ -588,6 +588,7 @@ async fn hold_and_resume_by_reinvite() {
     let (code, answer) = pa.reinvite("sendonly").await;
     assert_eq!(code, 200, "{answer}");
     assert!(answer.contains("a=recvonly"), "{answer}");
+    let held_origin = origin(&answer);
     // The held phone hears nothing while the other one goes on hearing it: b's audio is the
     // clock (200 ms for what was in flight, then 500 ms of silence at a).
     listen(&pb, 200).await;
@@ -604,6 +605,10 @@ async fn hold_and_resume_by_reinvite() {
     let (code, answer) = pa.reinvite("sendrecv").await;
     assert_eq!(code, 200, "{answer}");
     assert!(answer.contains("a=sendrecv"), "{answer}");
+    // RFC 3264 §8: a new answer in the dialog keeps the o= session id, version + 1.
+    let resumed_origin = origin(&answer);
+    assert_eq!(resumed_origin.0, held_origin.0, "{answer}");
+    assert_eq!(resumed_origin.1, held_origin.1 + 1, "{answer}");
     listen(&pa, 300).await;
     let resumed = listen(&pa, 700).await;
     assert!(
@@ -616,6 +621,105 @@ async fn hold_and_resume_by_reinvite() {
     listen(&pa, 1500).await;
     let stray = pa.unexpected_responses().await;
     assert!(stray.is_empty(), "retransmitted after ACK: {stray:#?}");
+}
+
+/// The `o=` line's session id and version of an SDP body.
+fn origin(sdp: &str) -> (u64, u64) {
+    let line = sdp
+        .lines()
+        .find_map(|l| l.strip_prefix("o="))
+        .unwrap_or_else(|| panic!("no o= line: {sdp}"));
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let number = |i: usize| -> u64 {
+        fields
+            .get(i)
+            .and_then(|f| f.parse().ok())
+            .unwrap_or_else(|| panic!("o= field {i}: {line}"))
+    };
+    (number(1), number(2))
+}
+
+/// Someone who can reach a call's RTP port (and not the phone's path) sends junk and
+/// well-formed RTP with an SSRC of their own to it, for as long as the call is measured: the
+/// call's audio never goes to them, their audio never reaches the session, and the phone goes
+/// on hearing and being heard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::disallowed_methods)] // the stranger's own clock and task
+async fn a_stranger_on_the_rtp_port_neither_hears_nor_moves_the_call() {
+    let s = server().await;
+    let session = s.session().await;
+    let (a, ta) = s.participant().await;
+    let (b, tb) = s.participant().await;
+    s.join(session, a, whole(session)).await;
+    s.join(session, b, whole(session)).await;
+    let pa = dial_ok(s.sip, &ta).await;
+    let pb = dial_ok(s.sip, &tb).await;
+    pa.play_tone(600.0);
+    pb.play_tone(440.0);
+    hear(&pa, 600).await;
+
+    let stranger = std::sync::Arc::new(
+        tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind"),
+    );
+    let target = pa.remote_rtp;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = {
+        let (stranger, stop) = (stranger.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut seq: u16 = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // Junk, then a 20 ms frame of a 1 kHz tone under the stranger's own SSRC.
+                let _ = stranger.send_to(b"hello", target).await;
+                let mut packet = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0x5e, 0x11, 0x00, 0x01];
+                packet[2..4].copy_from_slice(&seq.to_be_bytes());
+                packet[4..8].copy_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+                packet.extend((0..160).map(|i| {
+                    let t = f64::from(i + u32::from(seq) * 160) / 8000.0;
+                    patchbay_sip::g711::ulaw_encode(
+                        (12000.0 * (2.0 * std::f64::consts::PI * 1000.0 * t).sin()) as i16,
+                    )
+                }));
+                let _ = stranger.send_to(&packet, target).await;
+                seq = seq.wrapping_add(1);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let heard_a = listen(&pa, 1500).await;
+    let heard_b = listen(&pb, 1500).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    sender.await.expect("stranger task");
+
+    let mut buf = [0u8; 2048];
+    let mut leaked = 0;
+    while let Ok(Ok(_)) =
+        tokio::time::timeout(Duration::from_millis(200), stranger.recv_from(&mut buf)).await
+    {
+        leaked += 1;
+    }
+    assert_eq!(leaked, 0, "the call's audio went to the stranger");
+    let shares = |heard: &[i16]| {
+        [440.0, 600.0, 1000.0].map(|hz| format!("{hz} Hz: {:.3}", power_at(heard, hz)))
+    };
+    assert!(
+        power_at(&heard_a, 440.0) > 0.2,
+        "the phone goes on hearing b: {} samples, {:?}",
+        heard_a.len(),
+        shares(&heard_a)
+    );
+    assert!(
+        power_at(&heard_b, 600.0) > 0.2,
+        "b goes on hearing the phone: {} samples, {:?}",
+        heard_b.len(),
+        shares(&heard_b)
+    );
+    assert!(
+        power_at(&heard_b, 1000.0) < 0.01,
+        "the stranger's tone reached the session: {}",
+        power_at(&heard_b, 1000.0)
+    );
 }
 
 /// A browser-like str0m publisher over real UDP: it publishes one audio track (Opus and
