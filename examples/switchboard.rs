@@ -15,17 +15,32 @@
 //!   back at this backend's `/webhooks`, so connection and publication state come from
 //!   patchbay's webhooks (signature checked with `--webhook-secret`; without it the deliveries
 //!   are accepted unverified and the operator page says so);
-//! - each participant's role (caller, agent, supervisor), which patchbay does not know: the
-//!   presets are computed from it and applied in one batch `PUT …/sessions/{s}/subscriptions`;
+//! - each participant's role (caller, agent, supervisor), which patchbay does not know;
+//! - each listener's *policy*, which patchbay does not know either: a default (everyone, or by
+//!   role as the Monitor or Whisper preset says) that also decides about later joiners, plus the
+//!   operator's clicked changes per speaker (hear nothing, all, or some stream aliases). The
+//!   backend compiles every policy to patchbay subscriptions whenever a policy or the membership
+//!   changes, and sends them in one batch `PUT …/sessions/{s}/subscriptions`: a listener that
+//!   hears everyone with no change keeps the session-wide rule `{"sessionId": s}` (patchbay adds
+//!   later joiners itself); any other gets the explicit list of today's members it hears,
+//!   recompiled when someone joins or leaves;
 //! - "talking": participant pages report their own outgoing audio level here every half second;
 //!   phones cannot, so a phone's talking state is shown as unknown.
 //!
-//! Leave deletes the participant (its token is revoked, its seat in the session freed).
+//! Presets set every listener's default and clear the clicked changes; a newcomer gets the
+//! default of the last preset (Barge, everyone hears everyone, before any). The active preset is
+//! the one whose wiring is in force with no clicked change; the page marks it, or says "custom".
 //!
-//! Limits (it is a demo): one session; roles and live state are kept in memory, so a restart
-//! forgets them; presets wire only participants this backend created; clicking a cell turns a
-//! session-wide rule into an explicit list of today's members (a later joiner is not heard by
-//! that member until a preset or a click adds it).
+//! Leave deletes the participant (its token is revoked, its seat in the session freed), and so do
+//! a device leaving on purpose (`onLeave`: the SDK's `leave`, a phone's BYE) and a participant
+//! left with no device for `--forget-after` seconds after `onDisconnect` (a closed tab whose
+//! beacon never came, a connection lost for good). patchbay says `onDisconnect` as soon as a
+//! connection drops and keeps the device's media for a while; an SDK that reconnects meanwhile
+//! is a new `onConnect`, which keeps the participant.
+//!
+//! Limits (it is a demo): one session; roles, policies and live state are kept in memory, so a
+//! restart forgets them; only participants this backend created are wired by it (one added to
+//! its session through the REST API by someone else is heard by session-wide listeners only).
 #![allow(clippy::disallowed_methods)] // a customer backend reads its own clock
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -42,7 +57,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use clap::Parser;
 use hmac::{Hmac, Mac};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::Sha256;
 use tokio::sync::Mutex;
@@ -72,10 +87,14 @@ struct Args {
     /// patchbay's SIP address, for the dial-in command shown for phones.
     #[arg(long, default_value = "127.0.0.1:5060")]
     sip: String,
+    /// A participant whose last device disconnected (`onDisconnect`, not `onLeave`) is deleted
+    /// after this many seconds unless a device connects again meanwhile.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    forget_after: u64,
 }
 
 /// A participant's part in the contact-centre call.
-#[derive(Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 enum Role {
     Caller,
@@ -84,7 +103,7 @@ enum Role {
 }
 
 /// Contact-centre wirings, each a rule "does a listener hear a speaker".
-#[derive(Clone, Copy, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 enum Preset {
     /// The supervisor hears everyone; nobody hears the supervisor.
@@ -103,6 +122,46 @@ impl Preset {
             Preset::Barge => true,
         }
     }
+
+    fn name(self) -> &'static str {
+        match self {
+            Preset::Monitor => "monitor",
+            Preset::Whisper => "whisper",
+            Preset::Barge => "barge",
+        }
+    }
+}
+
+/// What a listener hears of one speaker.
+#[derive(Clone, PartialEq, Eq)]
+enum Hearing {
+    Nothing,
+    /// All of the speaker's streams, whatever it publishes later.
+    All,
+    /// Only the streams with these aliases (never empty: that is `Nothing`).
+    Aliases(BTreeSet<String>),
+}
+
+impl Hearing {
+    fn describe(&self) -> Value {
+        match self {
+            Hearing::Nothing => json!("nothing"),
+            Hearing::All => json!("all"),
+            Hearing::Aliases(a) => json!(a),
+        }
+    }
+}
+
+/// Whom a listener hears, as the operator decided it; compiled to patchbay rules by
+/// [`Board::compile`].
+#[derive(Clone)]
+struct Policy {
+    /// How it treats any speaker without a change, later joiners included: `Barge` is
+    /// "everyone" (the session-wide rule), the others decide by the two roles.
+    default: Preset,
+    /// The operator's clicks: speaker -> what is heard of it. Never equal to what the default
+    /// gives (such a click removes the change instead).
+    changes: BTreeMap<String, Hearing>,
 }
 
 /// What this backend knows about a participant it created.
@@ -110,20 +169,145 @@ struct Member {
     name: String,
     role: Role,
     phone: bool,
+    policy: Policy,
     /// Devices connected now (from onConnect / onLeave / onDisconnect).
     devices: BTreeSet<String>,
+    /// How many onConnect were seen: a forget timer started at one count is void at another.
+    connects: u64,
     /// Streams published now: stream id -> alias (from onStreamPublished / onStreamUnpublished).
     streams: BTreeMap<String, Option<String>>,
     /// The page's last reported outgoing audio level (RMS, 0..1) and when.
     level: Option<(f64, Instant)>,
 }
 
-#[derive(Default)]
 struct Board {
     session: Option<String>,
     members: BTreeMap<String, Member>,
+    /// The default a newcomer gets: that of the last preset applied.
+    newcomers: Preset,
     webhooks_accepted: u64,
     webhooks_rejected: u64,
+}
+
+impl Default for Board {
+    fn default() -> Self {
+        Board {
+            session: None,
+            members: BTreeMap::new(),
+            newcomers: Preset::Barge,
+            webhooks_accepted: 0,
+            webhooks_rejected: 0,
+        }
+    }
+}
+
+impl Board {
+    /// What `listener`'s default gives for `speaker`, without its changes.
+    fn by_default(listener: &Member, speaker: &Member) -> Hearing {
+        if listener.policy.default.hears(listener.role, speaker.role) {
+            Hearing::All
+        } else {
+            Hearing::Nothing
+        }
+    }
+
+    /// What `listener` hears of `speaker`, its changes included.
+    fn hearing(&self, listener: &str, speaker: &str) -> Option<Hearing> {
+        let l = self.members.get(listener)?;
+        let s = self.members.get(speaker)?;
+        Some(
+            l.policy
+                .changes
+                .get(speaker)
+                .cloned()
+                .unwrap_or_else(|| Self::by_default(l, s)),
+        )
+    }
+
+    /// `listener`'s policy compiled over today's members: the session-wide rule when it hears
+    /// everyone with no change, else the explicit list (`{}` when it hears nobody).
+    fn compile(&self, session: &str, listener: &str) -> Option<Value> {
+        let l = self.members.get(listener)?;
+        if l.policy.default == Preset::Barge && l.policy.changes.is_empty() {
+            return Some(json!({"sessionId": session}));
+        }
+        let hears: Vec<Value> = self
+            .members
+            .keys()
+            .filter(|speaker| speaker.as_str() != listener)
+            .filter_map(|speaker| match self.hearing(listener, speaker)? {
+                Hearing::Nothing => None,
+                Hearing::All => Some(json!({"participantId": speaker})),
+                Hearing::Aliases(a) => Some(json!({"participantId": speaker, "streamAliases": a})),
+            })
+            .collect();
+        Some(if hears.is_empty() {
+            json!({})
+        } else {
+            json!({"participants": hears})
+        })
+    }
+
+    /// Every member's compiled rules, for one batch.
+    fn compile_all(&self, session: &str) -> BTreeMap<String, Value> {
+        self.members
+            .keys()
+            .filter_map(|id| Some((id.clone(), self.compile(session, id)?)))
+            .collect()
+    }
+
+    /// The preset in force: every listener has its default and no change.
+    fn active_preset(&self) -> Option<Preset> {
+        self.members
+            .values()
+            .all(|m| m.policy.default == self.newcomers && m.policy.changes.is_empty())
+            .then_some(self.newcomers)
+    }
+
+    /// Forgets a member and every change naming it.
+    fn drop_member(&mut self, id: &str) -> bool {
+        let known = self.members.remove(id).is_some();
+        for m in self.members.values_mut() {
+            m.policy.changes.remove(id);
+        }
+        known
+    }
+
+    /// A listener's rule for the page: its default, its changes, whether it is session-wide,
+    /// and a one-line summary.
+    fn rule_view(&self, id: &str) -> Option<Value> {
+        let m = self.members.get(id)?;
+        let default = match m.policy.default {
+            Preset::Barge => "everyone".to_owned(),
+            p => format!("by role: {}", p.name()),
+        };
+        let n = m.policy.changes.len();
+        let session_wide = m.policy.default == Preset::Barge && n == 0;
+        let summary = match n {
+            0 if session_wide => format!("{default} (session-wide)"),
+            0 => default,
+            1 => format!("{default} + 1 change"),
+            n => format!("{default} + {n} changes"),
+        };
+        let changes: Vec<Value> = m
+            .policy
+            .changes
+            .iter()
+            .map(|(speaker, hearing)| {
+                json!({
+                    "speaker": speaker,
+                    "speakerName": self.members.get(speaker).map(|s| s.name.clone()),
+                    "hears": hearing.describe(),
+                })
+            })
+            .collect();
+        Some(json!({
+            "default": m.policy.default,
+            "sessionWide": session_wide,
+            "changes": changes,
+            "summary": summary,
+        }))
+    }
 }
 
 struct Backend {
@@ -131,6 +315,10 @@ struct Backend {
     callback_url: String,
     http: reqwest::Client,
     board: Mutex<Board>,
+    /// Held through every change of policies or membership, from compiling to patchbay's
+    /// answer, so that batches reach patchbay in the order the board changed. Taken before
+    /// `board`, never while holding it.
+    wiring: Mutex<()>,
 }
 
 type Failure = (StatusCode, String);
@@ -139,13 +327,19 @@ fn bad_gateway(e: String) -> Failure {
     (StatusCode::BAD_GATEWAY, e)
 }
 
+/// What patchbay answered with an error status.
+fn refused(status: reqwest::StatusCode, text: &str) -> Failure {
+    bad_gateway(format!("patchbay answered {status}: {text}"))
+}
+
 impl Backend {
-    async fn call(
+    /// One REST call to patchbay: its status and body, whatever the status.
+    async fn send(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<Value>,
-    ) -> Result<Value, Failure> {
+    ) -> Result<(reqwest::StatusCode, String), Failure> {
         let url = format!(
             "{}/v1/accounts/{}{path}",
             self.args.patchbay, self.args.account
@@ -160,13 +354,24 @@ impl Backend {
         let resp = req.send().await.map_err(|e| bad_gateway(e.to_string()))?;
         let status = resp.status();
         let text = resp.text().await.map_err(|e| bad_gateway(e.to_string()))?;
+        Ok((status, text))
+    }
+
+    /// One REST call that must succeed; its JSON answer (`null` when empty).
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, Failure> {
+        let (status, text) = self.send(method, path, body).await?;
         if !status.is_success() {
-            return Err(bad_gateway(format!("patchbay answered {status}: {text}")));
+            return Err(refused(status, &text));
         }
         Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
-    /// The switchboard's session, created on first use.
+    /// The switchboard's session, created on first use (with `wiring` held).
     async fn session(&self) -> Result<String, Failure> {
         if let Some(id) = self.board.lock().await.session.clone() {
             return Ok(id);
@@ -186,13 +391,15 @@ impl Backend {
         Ok(board.session.get_or_insert(id).clone())
     }
 
-    /// Creates a participant named `name`, adds it to the session hearing everyone, and
-    /// remembers it. Returns its id and device token.
+    /// Creates a participant named `name` with the newcomers' default, adds it to the session
+    /// with its compiled rule, and re-sends every member's rules in one batch (those with an
+    /// explicit list now list it, or not, as their policy says). Returns its id and token.
     async fn enter(&self, join: &JoinRequest, phone: bool) -> Result<(String, Value), Failure> {
         let name: String = join.name.trim().chars().take(50).collect();
         if name.is_empty() {
             return Err((StatusCode::BAD_REQUEST, "name: must not be empty".into()));
         }
+        let _wiring = self.wiring.lock().await;
         let session = self.session().await?;
         let permissions = if phone {
             json!(["AUDIO"])
@@ -215,45 +422,105 @@ impl Backend {
             .ok_or_else(|| bad_gateway("no participant id".into()))?
             .to_owned();
         // Remembered before it can connect, so that no webhook about it is ignored.
-        self.board.lock().await.members.insert(
-            id.clone(),
-            Member {
-                name,
-                role: join.role,
-                phone,
-                devices: BTreeSet::new(),
-                streams: BTreeMap::new(),
-                level: None,
-            },
-        );
+        let rule = {
+            let mut board = self.board.lock().await;
+            let default = board.newcomers;
+            board.members.insert(
+                id.clone(),
+                Member {
+                    name,
+                    role: join.role,
+                    phone,
+                    policy: Policy {
+                        default,
+                        changes: BTreeMap::new(),
+                    },
+                    devices: BTreeSet::new(),
+                    connects: 0,
+                    streams: BTreeMap::new(),
+                    level: None,
+                },
+            );
+            board.compile(&session, &id).unwrap_or_else(|| json!({}))
+        };
         let added = self
             .call(
                 reqwest::Method::PUT,
                 &format!("/sessions/{session}/participants/{id}"),
-                Some(json!({"sessionId": session})),
+                Some(rule),
             )
             .await;
-        if let Err(e) = added {
+        let wired = match added {
+            Ok(_) => self.rewire_all(&session).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = wired {
             // e.g. the session is full: do not keep a participant that is in no session
-            self.leave_participant(&id).await.ok();
+            self.forget(&id).await.ok();
             return Err(e);
         }
         Ok((id, created["token"].clone()))
     }
 
-    async fn leave_participant(&self, id: &str) -> Result<(), Failure> {
-        self.board.lock().await.members.remove(id);
-        self.call(
-            reqwest::Method::DELETE,
-            &format!("/participants/{id}"),
-            None,
-        )
-        .await
-        .map(|_| ())
+    /// Deletes a member (`wiring` held): forgets it and every change naming it, deletes it at
+    /// patchbay (already gone is fine) and re-sends the others' rules. False: not a member.
+    async fn forget(&self, id: &str) -> Result<bool, Failure> {
+        let (known, session) = {
+            let mut board = self.board.lock().await;
+            (board.drop_member(id), board.session.clone())
+        };
+        if !known {
+            return Ok(false);
+        }
+        let (status, text) = self
+            .send(
+                reqwest::Method::DELETE,
+                &format!("/participants/{id}"),
+                None,
+            )
+            .await?;
+        if !status.is_success() && status != reqwest::StatusCode::NOT_FOUND {
+            return Err(refused(status, &text));
+        }
+        if let Some(session) = session {
+            self.rewire_all(&session).await?;
+        }
+        Ok(true)
+    }
+
+    /// Deletes a member this backend created. False: it is not (or no longer) one.
+    async fn leave_participant(&self, id: &str) -> Result<bool, Failure> {
+        let _wiring = self.wiring.lock().await;
+        self.forget(id).await
+    }
+
+    /// Deletes a member whose last device disconnected `connects` connections ago, if it still
+    /// has no device and none connected since.
+    async fn forget_if_still_gone(&self, id: &str, connects: u64) {
+        let _wiring = self.wiring.lock().await;
+        let gone = self
+            .board
+            .lock()
+            .await
+            .members
+            .get(id)
+            .is_some_and(|m| m.devices.is_empty() && m.connects == connects);
+        if !gone {
+            return;
+        }
+        match self.forget(id).await {
+            Ok(_) => {
+                println!("switchboard: deleted {id}: no device came back after its disconnect")
+            }
+            Err((_, e)) => eprintln!("switchboard: could not delete {id}: {e}"),
+        }
     }
 
     /// Applies new subscription rules to several members at once (all or nothing).
     async fn rewire(&self, session: &str, rules: BTreeMap<String, Value>) -> Result<(), Failure> {
+        if rules.is_empty() {
+            return Ok(());
+        }
         self.call(
             reqwest::Method::PUT,
             &format!("/sessions/{session}/subscriptions"),
@@ -261,6 +528,44 @@ impl Backend {
         )
         .await
         .map(|_| ())
+    }
+
+    /// Compiles every member's policy and sends the rules in one batch (`wiring` held). When
+    /// patchbay refuses it because members were deleted or removed behind this backend's back,
+    /// they are forgotten and the batch is sent once more.
+    async fn rewire_all(&self, session: &str) -> Result<(), Failure> {
+        let rules = self.board.lock().await.compile_all(session);
+        let Err(refusal) = self.rewire(session, rules).await else {
+            return Ok(());
+        };
+        let path = format!("/sessions/{session}/participants");
+        let Ok(listing) = self.call(reqwest::Method::GET, &path, None).await else {
+            return Err(refusal);
+        };
+        let present: BTreeSet<&str> = listing
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["id"].as_str())
+            .collect();
+        let rules = {
+            let mut board = self.board.lock().await;
+            let gone: Vec<String> = board
+                .members
+                .keys()
+                .filter(|id| !present.contains(id.as_str()))
+                .cloned()
+                .collect();
+            if gone.is_empty() {
+                return Err(refusal);
+            }
+            for id in &gone {
+                eprintln!("switchboard: {id} is no longer in the session: forgotten");
+                board.drop_member(id);
+            }
+            board.compile_all(session)
+        };
+        self.rewire(session, rules).await
     }
 }
 
@@ -308,17 +613,11 @@ struct LeaveRequest {
 async fn leave(State(backend): State<Arc<Backend>>, body: Bytes) -> Result<StatusCode, Failure> {
     let req: LeaveRequest = serde_json::from_slice(&body)
         .map_err(|e| (StatusCode::BAD_REQUEST, format!("body: {e}")))?;
-    if !backend
-        .board
-        .lock()
-        .await
-        .members
-        .contains_key(&req.participant_id)
-    {
-        return Err((StatusCode::NOT_FOUND, "no such participant".into()));
+    if backend.leave_participant(&req.participant_id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err((StatusCode::NOT_FOUND, "no such participant".into()))
     }
-    backend.leave_participant(&req.participant_id).await?;
-    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Deserialize)]
@@ -405,16 +704,21 @@ async fn webhook(
         return StatusCode::BAD_REQUEST;
     };
     board.webhooks_accepted += 1;
+    // What to do about a member left with no device: delete it now (it left on purpose), or
+    // after the grace unless a device connects again (its connection was lost).
+    let mut forget: Option<Option<u64>> = None;
     // Events about participants that already left are acknowledged and dropped.
     if let Some(m) = board.members.get_mut(&hook.participant_id) {
         match (hook.event.as_str(), hook.device_id, hook.stream_id) {
             ("onConnect", Some(device), _) => {
                 m.devices.insert(device);
+                m.connects += 1;
             }
-            ("onLeave" | "onDisconnect", Some(device), _) => {
+            (event @ ("onLeave" | "onDisconnect"), Some(device), _) => {
                 m.devices.remove(&device);
                 if m.devices.is_empty() {
                     m.streams.clear();
+                    forget = Some((event == "onDisconnect").then_some(m.connects));
                 }
             }
             ("onStreamPublished", _, Some(stream)) => {
@@ -426,11 +730,32 @@ async fn webhook(
             _ => {}
         }
     }
+    drop(board);
+    let id = hook.participant_id;
+    match forget {
+        Some(None) => {
+            tokio::spawn(async move {
+                match backend.leave_participant(&id).await {
+                    Ok(true) => println!("switchboard: deleted {id}: it left"),
+                    Ok(false) => {}
+                    Err((_, e)) => eprintln!("switchboard: could not delete {id}: {e}"),
+                }
+            });
+        }
+        Some(Some(connects)) => {
+            let grace = Duration::from_secs(backend.args.forget_after);
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                backend.forget_if_still_gone(&id, connects).await;
+            });
+        }
+        None => {}
+    }
     StatusCode::NO_CONTENT
 }
 
-/// Everything the operator page draws: members with live state, each member's rules, and
-/// patchbay's compiled routes, fetched fresh.
+/// Everything the operator page draws: members with live state and each member's policy, the
+/// active preset, and patchbay's compiled routes, fetched fresh.
 async fn state(State(backend): State<Arc<Backend>>) -> Result<Json<Value>, Failure> {
     let session = backend.board.lock().await.session.clone();
     let (listing, routes) = match &session {
@@ -472,12 +797,15 @@ async fn state(State(backend): State<Arc<Backend>>) -> Result<Json<Value>, Failu
                 "connected": known.is_some_and(|m| !m.devices.is_empty()),
                 "streams": known.map(|m| m.streams.iter().map(|(id, alias)| json!({"streamId": id, "alias": alias})).collect::<Vec<_>>()).unwrap_or_default(),
                 "talking": talking,
+                "rule": board.rule_view(id),
                 "subscriptions": p["subscriptions"],
             })
         })
         .collect();
     Ok(Json(json!({
         "sessionId": session,
+        "preset": board.active_preset(),
+        "newcomers": board.newcomers,
         "members": members,
         "routes": routes,
         "webhooks": {
@@ -493,43 +821,43 @@ struct PresetRequest {
     preset: Preset,
 }
 
-/// Applies a preset to every member this backend knows the role of, in one batch.
+/// Applies a preset: every member's default becomes the preset's, its changes are cleared, and
+/// newcomers get that default too; the rules go to patchbay in one batch.
 async fn preset(
     State(backend): State<Arc<Backend>>,
     Json(req): Json<PresetRequest>,
 ) -> Result<StatusCode, Failure> {
+    let _wiring = backend.wiring.lock().await;
     let session = backend.session().await?;
-    let roles: Vec<(String, Role)> = {
-        let board = backend.board.lock().await;
-        board
-            .members
-            .iter()
-            .map(|(id, m)| (id.clone(), m.role))
-            .collect()
-    };
-    let rules = roles
-        .iter()
-        .map(|(listener, listener_role)| {
-            let rule = if matches!(req.preset, Preset::Barge) {
-                json!({"sessionId": session})
-            } else {
-                let hears: Vec<Value> = roles
-                    .iter()
-                    .filter(|(speaker, speaker_role)| {
-                        speaker != listener && req.preset.hears(*listener_role, *speaker_role)
-                    })
-                    .map(|(speaker, _)| json!({"participantId": speaker}))
-                    .collect();
-                if hears.is_empty() {
-                    json!({})
-                } else {
-                    json!({"participants": hears})
-                }
+    let before: (Preset, Vec<(String, Policy)>) = {
+        let mut board = backend.board.lock().await;
+        let before = (
+            board.newcomers,
+            board
+                .members
+                .iter()
+                .map(|(id, m)| (id.clone(), m.policy.clone()))
+                .collect(),
+        );
+        board.newcomers = req.preset;
+        for m in board.members.values_mut() {
+            m.policy = Policy {
+                default: req.preset,
+                changes: BTreeMap::new(),
             };
-            (listener.clone(), rule)
-        })
-        .collect();
-    backend.rewire(&session, rules).await?;
+        }
+        before
+    };
+    if let Err(e) = backend.rewire_all(&session).await {
+        let mut board = backend.board.lock().await;
+        board.newcomers = before.0;
+        for (id, policy) in before.1 {
+            if let Some(m) = board.members.get_mut(&id) {
+                m.policy = policy;
+            }
+        }
+        return Err(e);
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -544,109 +872,89 @@ struct WireRequest {
 }
 
 /// Switches one cell of the matrix: whether `listener` hears `speaker` (or one of its stream
-/// aliases). The listener's rule becomes an explicit list of publishers (a session-wide rule
-/// is expanded to the current members first), sent through the batch endpoint.
+/// aliases). It becomes one change in the listener's policy, whose default stays (a listener
+/// hearing everyone keeps hearing later joiners); the listener's compiled rule is sent through
+/// the batch endpoint.
 async fn wire(
     State(backend): State<Arc<Backend>>,
     Json(req): Json<WireRequest>,
 ) -> Result<StatusCode, Failure> {
+    let _wiring = backend.wiring.lock().await;
     let session = backend.session().await?;
-    let listing = backend
-        .call(
-            reqwest::Method::GET,
-            &format!("/sessions/{session}/participants"),
-            None,
-        )
-        .await?;
-    let members: Vec<&Value> = listing.as_array().into_iter().flatten().collect();
-    let ids = |v: &Value| v["id"].as_str().map(str::to_owned);
-    let listener = members
-        .iter()
-        .find(|m| ids(m).as_deref() == Some(req.listener.as_str()))
-        .ok_or((StatusCode::NOT_FOUND, "listener: not in the session".into()))?;
-    if !members
-        .iter()
-        .any(|m| ids(m).as_deref() == Some(req.speaker.as_str()))
-    {
-        return Err((StatusCode::NOT_FOUND, "speaker: not in the session".into()));
-    }
-    // publisher -> aliases heard (empty: all of its streams)
-    let rules = &listener["subscriptions"];
-    let mut hears: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    match rules["participants"].as_array() {
-        Some(list) if !list.is_empty() => {
-            for p in list {
-                let aliases = p["streamAliases"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|a| a.as_str().map(str::to_owned))
-                    .collect();
-                if let Some(id) = p["participantId"].as_str() {
-                    hears.insert(id.to_owned(), aliases);
-                }
-            }
+    let (previous, rule) = {
+        let mut board = backend.board.lock().await;
+        let not_here = |what: &str| {
+            (
+                StatusCode::NOT_FOUND,
+                format!("{what}: not a participant of this switchboard"),
+            )
+        };
+        let listener = board
+            .members
+            .get(&req.listener)
+            .ok_or_else(|| not_here("listener"))?;
+        let speaker = board
+            .members
+            .get(&req.speaker)
+            .ok_or_else(|| not_here("speaker"))?;
+        if req.listener == req.speaker {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                "a participant never hears itself".into(),
+            ));
         }
-        _ if rules["sessionId"].is_string() => {
-            for m in &members {
-                if let Some(id) = ids(m).filter(|id| *id != req.listener) {
-                    hears.insert(id, Vec::new());
-                }
-            }
-        }
-        _ => {}
-    }
-    match (&req.alias, req.on) {
-        (None, true) => {
-            hears.insert(req.speaker.clone(), Vec::new());
-        }
-        (None, false) => {
-            hears.remove(&req.speaker);
-        }
-        (Some(alias), on) => {
-            // the speaker's aliases published now, for expanding "all of its streams"
-            let published: Vec<String> = backend
-                .board
-                .lock()
-                .await
-                .members
-                .get(&req.speaker)
-                .map(|m| m.streams.values().flatten().cloned().collect())
-                .unwrap_or_default();
-            let current = hears.remove(&req.speaker);
-            let mut aliases: BTreeSet<String> = match current {
-                Some(list) if list.is_empty() => published.into_iter().collect(),
-                Some(list) => list.into_iter().collect(),
-                None => BTreeSet::new(),
-            };
-            if on {
-                aliases.insert(alias.clone());
-            } else {
-                aliases.remove(alias);
-            }
-            if !aliases.is_empty() {
-                hears.insert(req.speaker.clone(), aliases.into_iter().collect());
-            }
-        }
-    }
-    let rule = if hears.is_empty() {
-        json!({})
-    } else {
-        let list: Vec<Value> = hears
-            .into_iter()
-            .map(|(id, aliases)| {
-                if aliases.is_empty() {
-                    json!({"participantId": id})
+        let by_default = Board::by_default(listener, speaker);
+        let current = board
+            .hearing(&req.listener, &req.speaker)
+            .unwrap_or(Hearing::Nothing);
+        let hearing = match (&req.alias, req.on) {
+            (None, true) => Hearing::All,
+            (None, false) => Hearing::Nothing,
+            (Some(alias), on) => {
+                let mut aliases: BTreeSet<String> = match current {
+                    // "all of its streams": the aliases it publishes now
+                    Hearing::All => speaker.streams.values().flatten().cloned().collect(),
+                    Hearing::Aliases(a) => a,
+                    Hearing::Nothing => BTreeSet::new(),
+                };
+                if on {
+                    aliases.insert(alias.clone());
                 } else {
-                    json!({"participantId": id, "streamAliases": aliases})
+                    aliases.remove(alias);
                 }
-            })
-            .collect();
-        json!({"participants": list})
+                if aliases.is_empty() {
+                    Hearing::Nothing
+                } else {
+                    Hearing::Aliases(aliases)
+                }
+            }
+        };
+        let Some(m) = board.members.get_mut(&req.listener) else {
+            return Err(not_here("listener"));
+        };
+        let previous = if hearing == by_default {
+            m.policy.changes.remove(&req.speaker)
+        } else {
+            m.policy.changes.insert(req.speaker.clone(), hearing)
+        };
+        let rule = board
+            .compile(&session, &req.listener)
+            .unwrap_or_else(|| json!({}));
+        (previous, rule)
     };
-    backend
-        .rewire(&session, BTreeMap::from([(req.listener, rule)]))
-        .await?;
+    let sent = backend
+        .rewire(&session, BTreeMap::from([(req.listener.clone(), rule)]))
+        .await;
+    if let Err(e) = sent {
+        let mut board = backend.board.lock().await;
+        if let Some(m) = board.members.get_mut(&req.listener) {
+            match previous {
+                Some(p) => m.policy.changes.insert(req.speaker, p),
+                None => m.policy.changes.remove(&req.speaker),
+            };
+        }
+        return Err(e);
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -667,6 +975,7 @@ async fn main() -> anyhow::Result<()> {
         callback_url,
         http: reqwest::Client::new(),
         board: Mutex::new(Board::default()),
+        wiring: Mutex::new(()),
     });
     let pages = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/switchboard");
     let app = Router::new()

@@ -1,5 +1,6 @@
 // The operator page: draws the backend's /api/state (members with live state from webhooks,
-// and patchbay's compiled routes) every second; clicks go to /api/wire (one cell) and
+// each listener's rule as the backend keeps it, the active preset, and patchbay's compiled
+// routes) every second; clicks go to /api/wire (one cell: a change in that listener's rule) and
 // /api/preset (the whole session, one batch PUT).
 const $ = (id) => document.getElementById(id);
 let state = null;
@@ -69,6 +70,22 @@ function drawPeople() {
   );
 }
 
+const nameOf = (id) => state.members.find((m) => m.id === id)?.name ?? id.slice(0, 8);
+
+// A listener's rule, on its row header: its default (which also decides about later joiners)
+// and the changes clicked on top of it.
+function ruleOf(listener) {
+  const r = listener.rule;
+  if (!r) return el("div", { className: "rule", textContent: "not wired by this switchboard" });
+  const later = r.default === "barge" ? "hears later joiners" : `hears later joiners as the ${r.default} preset says`;
+  const changes = r.changes.map((c) => {
+    const what = c.hears === "nothing" ? "nothing" : c.hears === "all" ? "everything" : `only ${c.hears.join(", ")}`;
+    return `${what} of ${c.speakerName ?? nameOf(c.speaker)}`;
+  });
+  const title = [r.sessionWide ? "session-wide rule: " + later : later, ...changes.map((c) => `changed: ${c}`)].join("\n");
+  return el("div", { className: `rule ${r.changes.length ? "changed" : ""}`, textContent: r.summary, title });
+}
+
 function drawMatrix() {
   const ms = state.members;
   const head = el("tr", {}, el("th", { innerHTML: "hears &rarr;" }), ...ms.map((m) => el("th", {}, el("b", { textContent: m.name ?? "?" }), el("div", { className: "role", textContent: m.role ?? "" }))));
@@ -76,7 +93,13 @@ function drawMatrix() {
     el(
       "tr",
       {},
-      el("th", {}, el("b", { textContent: listener.name ?? "?" }), el("div", { className: "role", textContent: listener.role ?? "" })),
+      el(
+        "th",
+        { className: "listener", dataset: { listener: listener.id, sessionWide: String(!!listener.rule?.sessionWide), changes: String(listener.rule?.changes.length ?? 0) } },
+        el("b", { textContent: listener.name ?? "?" }),
+        el("div", { className: "role", textContent: listener.role ?? "" }),
+        ruleOf(listener)
+      ),
       ...ms.map((speaker) => {
         if (speaker.id === listener.id) return el("td", { className: "self", textContent: "—" });
         const l = link(listener.id, speaker.id);
@@ -107,6 +130,22 @@ function drawMatrix() {
   $("matrix").replaceChildren(head, ...rows);
 }
 
+const PRESETS = ["monitor", "whisper", "barge"];
+
+// The active preset's button is pressed; after a clicked change none is ("custom").
+function drawPresets() {
+  for (const p of PRESETS) {
+    const b = $(`preset-${p}`);
+    b.classList.toggle("active", state.preset === p);
+    b.setAttribute("aria-pressed", String(state.preset === p));
+  }
+  const label = (p) => p[0].toUpperCase() + p.slice(1);
+  $("preset-active").textContent = state.preset
+    ? `active: ${label(state.preset)}`
+    : `active: custom (clicked changes on top of ${label(state.newcomers)}; newcomers join as ${label(state.newcomers)} says)`;
+  $("preset-active").dataset.preset = state.preset ?? "custom";
+}
+
 async function refresh() {
   try {
     const res = await fetch("/api/state");
@@ -123,12 +162,13 @@ async function refresh() {
   const w = state.webhooks;
   $("webhooks").className = w.verified ? "" : "bad";
   $("webhooks").textContent = `${w.verified ? "signature-checked" : "NOT verified (no --webhook-secret)"}: ${w.accepted} accepted, ${w.rejected} rejected`;
+  drawPresets();
   drawPeople();
   drawMatrix();
   document.body.dataset.members = String(state.members.length);
 }
 
-for (const preset of ["monitor", "whisper", "barge"]) {
+for (const preset of PRESETS) {
   $(`preset-${preset}`).onclick = () => act(preset, () => post("/api/preset", { preset }));
 }
 
