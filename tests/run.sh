@@ -12,10 +12,10 @@ step() { printf '\n=== %s\n' "$*"; }
 
 # --- what the tests need --------------------------------------------------------------------
 # Debian packages the build and the tests use: libopus (the SIP bridge's Opus codec, found by
-# pkg-config), sipp (package sip-tester) for the SIP tests, Chromium and Firefox ESR for the browser tests,
+# pkg-config), sipp (package sip-tester) and baresip for the SIP tests, Chromium and Firefox ESR for the browser tests,
 # coturn (STUN and TURN) for the reach tests, janus and iproute2 for the load tool's Janus mode
 # (tests/e2e/media_janus.sh runs it in a network namespace).
-apt_packages=(python3-venv postgresql-client chromium firefox-esr pkg-config libopus-dev sip-tester coturn janus iproute2)
+apt_packages=(python3-venv postgresql-client chromium firefox-esr baresip-core pkg-config libopus-dev sip-tester coturn janus iproute2)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Browser interop harness: installs Debian Chromium if missing, installs the pinned npm packages
-# (Bandwidth's unmodified browser SDK, esbuild, playwright-core, which never downloads a browser),
+# Browser interop harness: installs Debian Chromium and Firefox ESR if missing, installs the pinned
+# npm packages (Bandwidth's unmodified browser SDK, esbuild, playwright-core and puppeteer-core,
+# neither of which downloads a browser),
 # bundles page/, then runs selftest.mjs and every *.test.mjs here with node's test runner.
 # Needs target/debug/patchbay (`cargo build`) and, for phone.test.mjs, the test phone
 # target/debug/examples/phone, which it builds if missing (`cargo build --example phone`), and for
@@ -30,6 +31,24 @@ if [ ! -x "$CHROMIUM_PATH" ]; then
   apt-get install -y -qq chromium >/dev/null
 fi
 "$CHROMIUM_PATH" --version 2>/dev/null | grep -i chromium || true
+
+# The softphone of softphone.test.mjs (baresip.mjs builds its small module with cc).
+if ! command -v "${BARESIP_BIN:-baresip}" >/dev/null 2>&1; then
+  echo "=== installing baresip-core (Debian)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq baresip-core >/dev/null
+fi
+
+# Firefox ESR for firefox.test.mjs (driven over WebDriver BiDi by puppeteer-core).
+export FIREFOX_PATH=${FIREFOX_PATH:-/usr/bin/firefox-esr}
+if [ ! -x "$FIREFOX_PATH" ]; then
+  echo "=== installing firefox-esr (Debian)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq firefox-esr >/dev/null
+fi
+"$FIREFOX_PATH" --version 2>/dev/null || true
 
 # npm packages; skip `npm ci` when node_modules already matches the lock file.
 stamp=node_modules/.patchbay-lock.sha256
