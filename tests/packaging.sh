@@ -64,6 +64,22 @@ bin="$scratch$dest"
 stripped() { ! readelf -S "$bin" | grep -Eq '\.symtab|\.debug_'; }
 check "the shipped binary is stripped" stripped
 
+# Every setting the shipped files name (deploy/patchbay.env, set or commented out, and the
+# image's ENV) is one the binary reads: a misspelt name would be ignored without a word.
+names_known_settings() {
+  local help name ok=0
+  help=$("$bin" serve --help)
+  for name in $(grep -Eo '^#?PATCHBAY_[A-Z_]+=' deploy/patchbay.env | tr -d '#=') \
+    $(sed -n 's/^ENV \(PATCHBAY_[A-Z_]*\)=.*/\1/p' Dockerfile); do
+    if ! grep -Eq "\[env: $name(=|\])" <<<"$help"; then
+      echo "  $name is not a setting of \`patchbay serve\`"
+      ok=1
+    fi
+  done
+  return $ok
+}
+check "deploy/patchbay.env and the image's ENV name only settings the binary reads" names_known_settings
+
 # Everything the binary links must be in debian:bookworm-slim (libc6, libgcc-s1) or libopus0.
 only_runtime_libraries() {
   local lib ok=0
