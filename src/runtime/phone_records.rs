@@ -42,6 +42,31 @@ pub struct PhoneRecord {
     pub dtmf_pt: Option<u8>,
     /// Packetisation interval, milliseconds.
     pub ptime_ms: u32,
+    /// The process that answered the call, by the SIP address it advertises (absent in
+    /// records stored before there was one: taken for this process's predecessor's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<CallOwner>,
+}
+
+/// Whose call a stored record is: the SIP address (`host:port`, `None` when the process
+/// advertised none) of the process that answered it. Only a process on that same address, its
+/// successor, takes the call over at start: a process starting beside a live one (several on
+/// one database, issue 20) leaves the other's calls alone, and a dead process's calls elsewhere
+/// are ended by the process that claims its loss.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallOwner {
+    /// The SIP address the phone's dialog is with.
+    pub sip: Option<String>,
+}
+
+impl PhoneRecord {
+    /// Whether a process advertising `sip` is this call's owner or its successor.
+    pub fn belongs_to(&self, sip: Option<&str>) -> bool {
+        self.owner
+            .as_ref()
+            .is_none_or(|owner| owner.sip.as_deref() == sip)
+    }
 }
 
 /// A stored call, parsed: what the bridge needs to take it over.
@@ -176,6 +201,9 @@ mod tests {
             payload_type: 8,
             dtmf_pt: Some(101),
             ptime_ms: 20,
+            owner: Some(CallOwner {
+                sip: Some("10.0.0.11:5060".into()),
+            }),
         };
         let json = serde_json::to_string(&record).unwrap();
         let participant = ParticipantId::random();
@@ -187,5 +215,19 @@ mod tests {
         assert!(PhoneRecord::parse(participant, &bad)
             .unwrap_err()
             .contains("codec"));
+
+        // Whose call it is: only its owner's SIP address takes it over; a record stored
+        // before owners were recorded is the predecessor's.
+        assert!(record.belongs_to(Some("10.0.0.11:5060")));
+        assert!(!record.belongs_to(Some("10.0.0.12:5060")));
+        assert!(!record.belongs_to(None));
+        let legacy = serde_json::to_value(&record).map(|mut v| {
+            v.as_object_mut().map(|o| o.remove("owner"));
+            v
+        });
+        let legacy: PhoneRecord = serde_json::from_value(legacy.unwrap()).unwrap();
+        assert!(legacy.owner.is_none());
+        assert!(legacy.belongs_to(Some("10.0.0.12:5060")));
+        assert!(legacy.belongs_to(None));
     }
 }

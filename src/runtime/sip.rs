@@ -44,7 +44,7 @@ use crate::control::{AdmittedPhone, DeviceControl, PhoneJoined, PhoneRefusal};
 use crate::domain::{AccountId, ParticipantId, SessionId, StreamAlias, StreamId};
 use crate::media::DeviceId;
 use crate::runtime::listen::{Acceptor, Activity, ConnectionLimits, Gate, Head as ConnectionHead};
-use crate::runtime::phone_records::{self, PhoneRecord, RecordChange, StoredCall};
+use crate::runtime::phone_records::{self, CallOwner, PhoneRecord, RecordChange, StoredCall};
 
 /// Settings of the SIP bridge.
 #[derive(Debug, Clone)]
@@ -720,6 +720,9 @@ impl Bridge {
             payload_type: c.phone.payload_type,
             dtmf_pt: c.phone.dtmf_pt,
             ptime_ms: c.phone.ptime_ms,
+            owner: Some(CallOwner {
+                sip: self.devices.control().address().sip,
+            }),
         };
         self.records
             .send(RecordChange::Save(c.participant, Box::new(record), ack))
@@ -741,9 +744,10 @@ impl Bridge {
         metrics::gauge!("patchbay_phone_calls").set(self.calls.len() as f64);
     }
 
-    /// Takes over the calls a previous process stored (issue 19): each binds its RTP port
-    /// again and its dialog goes on, with no new INVITE; a call that cannot (its port is
-    /// taken, its participant is gone, its record unreadable) gets a BYE instead of silence.
+    /// Takes over the calls a previous process on this SIP address stored (issue 19): each
+    /// binds its RTP port again and its dialog goes on, with no new INVITE; a call that cannot
+    /// (its port is taken, its participant is gone, its record unreadable) gets a BYE instead
+    /// of silence. Calls another process answered are left alone ([`PhoneRecord::belongs_to`]).
     async fn resume_stored(&mut self) {
         let stored = match self.devices.control().phone_calls().await {
             Ok(s) => s,
@@ -752,8 +756,14 @@ impl Bridge {
                 return;
             }
         };
+        let here = self.devices.control().address().sip;
         for (participant, name, json) in stored {
             match PhoneRecord::parse(participant, &json) {
+                Ok(call) if !call.record.belongs_to(here.as_deref()) => {
+                    // Another process's call (issue 20): alive, it goes on there; dead, the
+                    // process that claims its loss ends it.
+                    tracing::debug!(%participant, call = %name, owner = ?call.record.owner, "a stored phone call of another process: left alone");
+                }
                 Ok(call) => self.resume_call(call).await,
                 Err(why) => {
                     tracing::warn!(%participant, call = %name, %why, "a stored phone call cannot be read: forgotten");

@@ -279,6 +279,57 @@ async fn phones_dialling_different_processes_meet_on_the_session_s_host() {
     a.stop().await.expect("stop A");
 }
 
+/// A process that starts beside a live one leaves its phone calls alone: only a process on the
+/// same SIP address (a restarted one) takes stored calls over. Before, the newcomer took every
+/// stored call for its predecessor's, failed to bind its RTP port (or, on another machine,
+/// would have succeeded) and hung the live call up with a BYE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_starting_beside_a_live_one_leaves_its_calls_alone() {
+    let (url, a, b, account, session) = two_processes().await;
+    let (first, t1) = participant(&a.control, &account).await;
+    let (second, t2) = participant(&a.control, &account).await;
+    for p in [first, second] {
+        a.control
+            .add_member(
+                &account,
+                session,
+                p,
+                Some(patchbay_testkit::rules::whole(session)),
+            )
+            .await
+            .expect("member");
+    }
+    let p1 = dial_ok(a.sip, &t1).await;
+    let p2 = dial_ok(a.sip, &t2).await;
+    p1.play_tone(440.0);
+    p2.play_tone(1000.0);
+    hears(&p1, 1000.0, "the first caller hears the second").await;
+    hears(&p2, 440.0, "the second caller hears the first").await;
+    // Both calls are stored (after their ACK) before the third process starts.
+    eventually("both calls are stored", DEADLINE, || async {
+        a.control.phone_calls().await.is_ok_and(|c| c.len() == 2)
+    })
+    .await;
+
+    let c = spawn_app(&url).await;
+    // The calls go on at A: heard both ways after C started, no BYE, still stored.
+    hears(&p1, 1000.0, "the first caller still hears the second").await;
+    hears(&p2, 440.0, "the second caller still hears the first").await;
+    assert!(
+        !p1.bye_received() && !p2.bye_received(),
+        "a call of the live process was hung up by the one that started"
+    );
+    assert_eq!(
+        c.control.phone_calls().await.map(|calls| calls.len()).ok(),
+        Some(2),
+        "the calls' records stay"
+    );
+    drop((p1, p2));
+    c.stop().await.expect("stop C");
+    b.stop().await.expect("stop B");
+    a.stop().await.expect("stop A");
+}
+
 /// A process taken for dead while it runs (here the test's own control claims it, as the
 /// reaper of a process alive does after 8 s without a beat, and writes its device's end)
 /// learns it at its next beat and closes its devices, announcing nothing more: the backend
