@@ -176,6 +176,8 @@ impl DeviceControl {
             Ok(Host::Here) => Door::Here,
             // `host_of` names only hosts the others can reach.
             Ok(Host::Elsewhere(host)) => Door::Carry(host.cluster_address.unwrap_or_default()),
+            // Refused by `connect` with "try again later" until the loss is accounted for.
+            Ok(Host::Lost) => Door::Here,
             Err(e) => {
                 tracing::warn!(%session, error = %e, "cannot read where a session is hosted");
                 Door::Here
@@ -210,6 +212,11 @@ impl DeviceControl {
             match self.control.host_of(session).await {
                 Ok(Host::Here) => {}
                 Ok(Host::Elsewhere(_)) => return Err(ConnectError::Moved),
+                Ok(Host::Lost) => {
+                    return Err(ConnectError::Unavailable(
+                        "the session's server was lost; try again later".into(),
+                    ))
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read where a device's session is hosted");
                     return Err(ConnectError::Unavailable("try again later".into()));
@@ -249,6 +256,11 @@ impl DeviceControl {
                         match self.control.host_of(s).await {
                             Ok(Host::Here) => {}
                             Ok(Host::Elsewhere(_)) => return Err(ConnectError::Moved),
+                            Ok(Host::Lost) => {
+                                return Err(ConnectError::Unavailable(
+                                    "the session's server was lost; try again later".into(),
+                                ))
+                            }
                             Err(e) => return Err(ConnectError::Unavailable(e.to_string())),
                         }
                     }
@@ -377,6 +389,7 @@ impl DeviceControl {
                     sip: host.sip_address,
                 })
             }
+            Ok(Host::Lost) => return Err(PhoneRefusal::Unavailable),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read where a phone's session is hosted");
                 return Err(PhoneRefusal::Unavailable);

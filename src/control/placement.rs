@@ -35,6 +35,12 @@ pub enum Host {
     Here,
     /// By another, live process.
     Elsewhere(SessionHost),
+    /// By a process that stopped beating and whose loss is not accounted for yet: its
+    /// devices' ends are not written. The session is placed again once they are (the reaper
+    /// removes the dead process's placements with its rows); until then a device or call that
+    /// arrives is asked to try again, so a backend always hears a lost device's
+    /// `onDisconnect` before its `onConnect` on the new host.
+    Lost,
 }
 
 /// This process's placement state.
@@ -129,6 +135,13 @@ impl Control {
             .as_ref()
             .filter(|h| self.is_predecessor(h, my_address.as_deref()))
             .map(|h| h.instance.clone());
+        if replacing.is_none()
+            && current
+                .as_ref()
+                .is_some_and(|h| is_lost(h, me, alive_since))
+        {
+            return Ok(Host::Lost);
+        }
         let candidate = match replacing {
             Some(_) => me.to_owned(),
             None => self.candidate(now_ms).await?,
@@ -215,7 +228,8 @@ impl Control {
             return;
         }
         let host = match self.host_of_devices_here(session).await {
-            Ok(Host::Here) => return,
+            // (Lost does not come from here: a lost host is replaced by the devices here.)
+            Ok(Host::Here | Host::Lost) => return,
             Ok(Host::Elsewhere(host)) => host,
             Err(e) => {
                 tracing::warn!(%session, error = %e, "cannot read or place a session's host");
@@ -368,4 +382,14 @@ impl Control {
             .take_duty(name, &self.inner.instance, now_ms, now_ms + lease_ms)
             .await?)
     }
+}
+
+/// Whether `host`, another process the others can reach, stopped beating (last seen before
+/// `alive_since`) and still has its row: dead, its loss not yet accounted for. A host without
+/// a cluster address is not a cluster member (its sessions' devices are served where they
+/// arrive), and one whose row is gone was accounted for.
+fn is_lost(host: &SessionHost, me: &str, alive_since: i64) -> bool {
+    host.instance != me
+        && host.cluster_address.is_some()
+        && host.host_seen_ms.is_some_and(|seen| seen < alive_since)
 }

@@ -40,6 +40,14 @@ if ! command -v "${BARESIP_BIN:-baresip}" >/dev/null 2>&1; then
   apt-get install -y -qq baresip-core >/dev/null
 fi
 
+# nginx for cluster_loss.test.mjs (balancer.mjs runs it unprivileged in a temporary prefix).
+if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+  echo "=== installing nginx (Debian)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq nginx >/dev/null
+fi
+
 # Firefox ESR for firefox.test.mjs (driven over WebDriver BiDi by puppeteer-core).
 export FIREFOX_PATH=${FIREFOX_PATH:-/usr/bin/firefox-esr}
 if [ ! -x "$FIREFOX_PATH" ]; then
