@@ -356,43 +356,63 @@ struct Coturn {
 }
 
 async fn coturn(secret: &str) -> Coturn {
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("a free port")
-        .port();
-    let process = tokio::process::Command::new("turnserver")
-        .args([
-            "-n",
-            "--listening-ip=127.0.0.1",
-            "--relay-ip=127.0.0.1",
-            &format!("--listening-port={port}"),
-            "--use-auth-secret",
-            &format!("--static-auth-secret={secret}"),
-            "--realm=patchbay.test",
-            "--no-tls",
-            "--no-dtls",
-            "--no-cli",
-            "--allow-loopback-peers",
-            "--log-file=stdout",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("coturn's turnserver (apt-get install coturn)");
-    // Ready once it answers a STUN Binding request.
-    let server = format!("127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while patchbay::reach::stun_public_ip(&server).await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "coturn did not start on {server}"
-        );
+    // A port free for UDP now may be taken for TCP, or its neighbour (coturn's alternative
+    // port) taken, by the time coturn binds: coturn then exits, and another port is tried.
+    let mut failures = Vec::new();
+    for _ in 0..5 {
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .expect("a free port")
+            .port();
+        let log = std::env::temp_dir().join(format!("patchbay-coturn-{port}.log"));
+        let mut process = tokio::process::Command::new("turnserver")
+            .args([
+                "-n",
+                "--listening-ip=127.0.0.1",
+                "--relay-ip=127.0.0.1",
+                &format!("--listening-port={port}"),
+                "--use-auth-secret",
+                &format!("--static-auth-secret={secret}"),
+                "--realm=patchbay.test",
+                "--no-tls",
+                "--no-dtls",
+                "--no-cli",
+                "--allow-loopback-peers",
+                &format!("--log-file={}", log.display()),
+                "--simple-log",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("coturn's turnserver (apt-get install coturn)");
+        // Ready once it answers a STUN Binding request.
+        let server = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if patchbay::reach::stun_public_ip(&server).await.is_ok() {
+                let _ = std::fs::remove_file(&log);
+                return Coturn {
+                    port,
+                    _process: process,
+                };
+            }
+            let exited = process.try_wait().ok().flatten();
+            if exited.is_some() || Instant::now() >= deadline {
+                let tail: String = std::fs::read_to_string(&log)
+                    .unwrap_or_default()
+                    .lines()
+                    .rev()
+                    .take(5)
+                    .collect::<Vec<_>>()
+                    .join(" | ");
+                failures.push(format!("{server}: {exited:?}, log: {tail}"));
+                let _ = std::fs::remove_file(&log);
+                break;
+            }
+        }
     }
-    Coturn {
-        port,
-        _process: process,
-    }
+    panic!("coturn did not start: {failures:#?}");
 }
 
 #[tokio::test]
