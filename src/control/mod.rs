@@ -75,7 +75,9 @@ pub use doorbell::{Doorbell, Ring, UnreadableRing};
 pub use error::{Conflict, ControlError, DeviceTokenError, Invalid, Resource, Source};
 pub use events::{ControlEvent, RoutingUpdate};
 pub use keys::PREVIOUS_SECRET_NAME;
-pub use operator::{Inspection, LiveDeviceView, DEAD_AFTER_MS, REAP_CLAIM_MS, TAKEN_FOR_DEAD};
+pub use operator::{
+    Inspection, LiveDeviceView, LostCalls, DEAD_AFTER_MS, REAP_CLAIM_MS, TAKEN_FOR_DEAD,
+};
 pub use placement::{Host, RELEASE_AFTER_MS, SESSION_MOVED};
 pub use routing::Routing;
 pub use sessions::NewParticipant;
@@ -98,6 +100,9 @@ struct Inner {
     media: std::sync::OnceLock<Arc<dyn port::MediaPort>>,
     /// The bus to the other processes sharing the database, if any (see [`Doorbell`]).
     doorbell: std::sync::OnceLock<Arc<dyn doorbell::Doorbell>>,
+    /// Where a dead process's phone calls are hung up, once the SIP bridge attached it
+    /// ([`LostCalls`]).
+    lost_calls: std::sync::OnceLock<Arc<dyn operator::LostCalls>>,
     /// Published streams and the last table of each session.
     routing: Mutex<Routing>,
     /// The account of each session this process keeps a table for (for resynchronization).
@@ -142,6 +147,7 @@ impl Control {
                 events: events::EventBus::new(),
                 media: std::sync::OnceLock::new(),
                 doorbell: std::sync::OnceLock::new(),
+                lost_calls: std::sync::OnceLock::new(),
                 routing: Mutex::new(Routing::new()),
                 hosted: Mutex::default(),
                 stripes: serial::Stripes::new(),

@@ -281,6 +281,7 @@ impl Control {
     /// database outage every process has missed beats, and none takes the others for dead
     /// before they have had the time to beat again.
     pub async fn reap_dead(&self, now_ms: i64) -> Result<usize, ControlError> {
+        let mut stored_calls = None;
         // In the database's clock, as measured at the last beat (within 2 s).
         let now_ms = self.lease_ms(now_ms);
         let beating = {
@@ -346,6 +347,19 @@ impl Control {
                         call: device.device.clone(),
                         reason: CallEndReason::Ended,
                     }));
+                    // Its BYE, in the dead process's dialog, from this process's bridge: the
+                    // phone (or the carrier) would otherwise keep a call nobody serves.
+                    if let Some(lost) = self.inner.lost_calls.get() {
+                        if stored_calls.is_none() {
+                            stored_calls = Some(self.inner.store.phone_calls().await?);
+                        }
+                        let record = stored_calls.iter().flatten().find(|(p, name, _)| {
+                            *p == device.participant && *name == device.device
+                        });
+                        if let Some((participant, _, json)) = record {
+                            lost.hang_up(*participant, json.clone());
+                        }
+                    }
                     self.inner
                         .store
                         .forget_phone_call(device.participant, &device.device)
@@ -371,6 +385,12 @@ impl Control {
             self.inner.store.forget_instance(&instance).await?;
         }
         Ok(ended)
+    }
+
+    /// Attaches where a dead process's phone calls are hung up (the SIP bridge, once); false
+    /// if one is attached.
+    pub fn attach_lost_calls(&self, lost: std::sync::Arc<dyn LostCalls>) -> bool {
+        self.inner.lost_calls.set(lost).is_ok()
     }
 
     /// The devices other processes had live at this one's start no longer resume their call
@@ -469,4 +489,13 @@ impl Control {
             table,
         })
     }
+}
+
+/// Where the phone calls of a process that died are hung up: the SIP bridge of the process that
+/// claims the loss sends each a BYE in the dead process's dialog, from its own address (a phone
+/// or carrier would otherwise keep a call nobody serves until its own RTP timeout, if it has
+/// one). Hanging up never waits.
+pub trait LostCalls: Send + Sync + 'static {
+    /// Hangs up the call whose stored record (the bridge's JSON) is `record`.
+    fn hang_up(&self, participant: ParticipantId, record: String);
 }

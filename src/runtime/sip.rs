@@ -40,7 +40,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, watch};
 
 use crate::control::port::{LocalConnection, LocalDownlink, LocalUplink};
-use crate::control::{AdmittedPhone, DeviceControl, PhoneJoined, PhoneRefusal};
+use crate::control::{AdmittedPhone, DeviceControl, LostCalls, PhoneJoined, PhoneRefusal};
 use crate::domain::{AccountId, ParticipantId, SessionId, StreamAlias, StreamId};
 use crate::media::DeviceId;
 use crate::runtime::listen::{Acceptor, Activity, ConnectionLimits, Gate, Head as ConnectionHead};
@@ -110,6 +110,18 @@ impl SipHandle {
 /// How long shutdown waits for the answers to its BYEs.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
+/// The bridge's side of [`LostCalls`]: the calls of dead processes reach its loop.
+struct LostCallsHere(mpsc::UnboundedSender<Message>);
+
+impl LostCalls for LostCallsHere {
+    fn hang_up(&self, participant: ParticipantId, record: String) {
+        let _ = self.0.send(Message::HangUpLost {
+            participant,
+            record,
+        });
+    }
+}
+
 /// Binds UDP and TCP on `listen` and starts the driver.
 pub async fn spawn(
     listen: SocketAddr,
@@ -120,6 +132,9 @@ pub async fn spawn(
     let local_addr = udp.local_addr()?;
     let (tx, rx) = mpsc::unbounded_channel();
     let (stop, stop_rx) = watch::channel(false);
+    devices
+        .control()
+        .attach_lost_calls(Arc::new(LostCallsHere(tx.clone())));
     tokio::spawn(accept_tcp(tcp, settings.tcp, tx.clone()));
     let advertised = SocketAddr::new(
         if local_addr.ip().is_unspecified() {
@@ -189,6 +204,12 @@ enum Message {
     Hangup(CallId),
     /// Nothing arrived from the phone for the RTP timeout: hang up, its device goes now.
     Dead(CallId),
+    /// A call of a process that died, whose loss this process claimed: its BYE, in that
+    /// process's dialog (its stored record).
+    HangUpLost {
+        participant: ParticipantId,
+        record: String,
+    },
     /// The session the call's participant is in now (`None`: in none), by the call's
     /// `lookup`th lookup.
     Membership {
@@ -399,6 +420,19 @@ impl Bridge {
             Message::Hangup(call) => {
                 let _ = self.endpoint.hangup(call, now);
             }
+            Message::HangUpLost {
+                participant,
+                record,
+            } => match PhoneRecord::parse(participant, &record) {
+                Ok(lost) => {
+                    let call = self.endpoint.restore(lost.record.dialog, now);
+                    tracing::info!(call = %call, %participant, name = %lost.record.name, "a call of a process that died: hanging up");
+                    let _ = self.endpoint.hangup(call, now);
+                }
+                Err(why) => {
+                    tracing::warn!(%participant, %why, "a call of a process that died cannot be read: no BYE");
+                }
+            },
             Message::Dead(call) => {
                 tracing::info!(call = %call, timeout = ?self.settings.rtp_timeout, "no RTP from the phone: hanging up");
                 let _ = self.endpoint.hangup(call, now);

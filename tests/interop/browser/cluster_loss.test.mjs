@@ -11,8 +11,9 @@
 //     then its rows go;
 //   - the pages' media comes back both ways, audio (each decodes the other's tone) and video
 //     (painted frames), on a live process that hosts the session now;
-//   - the phone: no media reaches it any more; after 5 s without any RTP the test ends its call
-//     (the RTP timeout a carrier would apply; whether a BYE came is logged), then redials with
+//   - the phone: no media reaches it any more, and the process that claims the loss hangs its
+//     call up (a BYE in the dead process's dialog; the test would end it itself after 5 s
+//     without RTP, and then fails for want of the BYE), then redials with
 //     the same token: a live process that does not host the session answers 302 (patchbay
 //     redirects, it does not proxy), the session's new host admits the call, and the pages and
 //     the phone hear each other;
@@ -460,8 +461,8 @@ test("node loss: two browsers and a phone on the killed host; REST never fails, 
     assert.ok(newHostNode && newHostNode !== hostNode && newHostNode.running(), `the new host ${newHost.cluster} is a surviving node`);
     console.log(`cluster-loss: session placed again on ${newHost.cluster} (epoch ${host.epoch} -> ${newHost.epoch})`);
 
-    // 7. The old phone call: nothing reaches it; with no RTP for RTP_TIMEOUT_MS (well past), the
-    //    phone ends it as a carrier's RTP timeout would. A BYE from patchbay is logged if any.
+    // 7. The old phone call: nothing reaches it after the kill, and the process that claims the
+    //    loss sends it a BYE (before that fix, only the phone's own RTP timeout ended it).
     phase = "the phone's lost call";
     phoneSeriesStop = true;
     await phoneSeriesDone;
@@ -480,6 +481,8 @@ test("node loss: two browsers and a phone on the killed host; REST never fails, 
       assert.deepEqual(late, [], `the lost call's phone still received audio after its host was killed (per report: ${series})`);
     }
     const final1 = ph1Ended ? (await ph1.done).final : await ph1.hangup();
+    // The process that claimed the loss hangs the call up in the dead process's dialog.
+    assert.ok(byeBefore && final1?.bye_from_server === true, `the lost call got no BYE from the process that claimed its host's loss (server requests ${JSON.stringify(final1?.server_requests)})`);
     console.log(
       `cluster-loss: phone's call on the dead host: ${byeBefore ? "ended by a BYE" : `no BYE; ended by the phone after ${secs(Date.now() - killedAt)} without RTP`} ` +
         `(samples heard since the kill: ${sinceKill.samples}; server requests ${JSON.stringify(final1?.server_requests)})`
