@@ -651,14 +651,8 @@ impl Bridge {
                             .answer_update(call, Err((481, "no such call")), now);
                         continue;
                     };
-                    let (session_id, version) = c.sdp_origin;
-                    c.sdp_origin = (session_id, version.wrapping_add(1));
-                    let params = AnswerParams {
-                        ip: self.settings.media_ip,
-                        port: c.rtp_port,
-                        session_id,
-                        session_version: c.sdp_origin.1,
-                    };
+                    c.sdp_origin.1 = c.sdp_origin.1.wrapping_add(1);
+                    let params = answer_params(&self.settings, c.rtp_port, c.sdp_origin);
                     match sdp::answer(&sdp_offer, &params) {
                         Ok(n) => {
                             c.remote = n.remote.filter(|_| n.direction.sends());
@@ -1112,6 +1106,21 @@ impl CallMedia {
     }
 }
 
+/// The answer's parameters: this bridge's media address, the call's RTP port, and its `o=`
+/// session id and version.
+fn answer_params(
+    settings: &SipSettings,
+    port: u16,
+    (session_id, version): (u64, u64),
+) -> AnswerParams {
+    AnswerParams {
+        ip: settings.media_ip,
+        port,
+        session_id,
+        session_version: version,
+    }
+}
+
 /// A new dialog's `o=` session id and version (equal, as RFC 3264 suggests: both start from
 /// one random number; 32 bits keep them readable and far from overflow).
 fn new_sdp_origin() -> (u64, u64) {
@@ -1181,13 +1190,9 @@ async fn admit_inner(
         .await
         .map_err(|e| Refusal::new(503, format!("no RTP port: {e}")))?;
     let rtp_port = rtp.local_addr().map(|a| a.port()).unwrap_or(0);
-    let (sdp_session, sdp_version) = new_sdp_origin();
-    let params = AnswerParams {
-        ip: settings.media_ip,
-        port: rtp_port,
-        session_id: sdp_session,
-        session_version: sdp_version,
-    };
+    let origin = new_sdp_origin();
+    let sdp_session = origin.0;
+    let params = answer_params(settings, rtp_port, origin);
     let negotiated =
         sdp::answer(&offer, &params).map_err(|e| Refusal::new(e.sip_status(), e.to_string()))?;
     let stream = StreamId::parse(&format!("phone-{}", uuid::Uuid::new_v4().simple()))

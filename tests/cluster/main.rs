@@ -79,6 +79,26 @@ async fn participant(control: &Control, account: &AccountId) -> (ParticipantId, 
     (p.id, token)
 }
 
+/// Adds `participants` to `session` through `control`, each hearing the whole session.
+async fn join_whole(
+    control: &Control,
+    account: &AccountId,
+    session: SessionId,
+    participants: impl IntoIterator<Item = ParticipantId>,
+) {
+    for p in participants {
+        control
+            .add_member(
+                account,
+                session,
+                p,
+                Some(patchbay_testkit::rules::whole(session)),
+            )
+            .await
+            .expect("member");
+    }
+}
+
 async fn dial_ok(sip: SocketAddr, token: &str) -> Phone {
     match dial(sip, &Dial::with_token(token)).await {
         Ok(p) => p,
@@ -209,17 +229,7 @@ async fn phones_dialling_different_processes_meet_on_the_session_s_host() {
     let (url, a, b, account, session) = two_processes().await;
     let (first, t1) = participant(&a.control, &account).await;
     let (second, t2) = participant(&b.control, &account).await;
-    for p in [first, second] {
-        b.control
-            .add_member(
-                &account,
-                session,
-                p,
-                Some(patchbay_testkit::rules::whole(session)),
-            )
-            .await
-            .expect("member");
-    }
+    join_whole(&b.control, &account, session, [first, second]).await;
     let p1 = dial_ok(a.sip, &t1).await;
     let redirected = match dial(b.sip, &Dial::with_token(&t2)).await {
         Ok(_) => panic!("the process that does not host the session answered the call"),
@@ -288,17 +298,7 @@ async fn a_process_starting_beside_a_live_one_leaves_its_calls_alone() {
     let (url, a, b, account, session) = two_processes().await;
     let (first, t1) = participant(&a.control, &account).await;
     let (second, t2) = participant(&a.control, &account).await;
-    for p in [first, second] {
-        a.control
-            .add_member(
-                &account,
-                session,
-                p,
-                Some(patchbay_testkit::rules::whole(session)),
-            )
-            .await
-            .expect("member");
-    }
+    join_whole(&a.control, &account, session, [first, second]).await;
     let p1 = dial_ok(a.sip, &t1).await;
     let p2 = dial_ok(a.sip, &t2).await;
     p1.play_tone(440.0);

@@ -159,6 +159,16 @@ async fn dial_ok(sip: SocketAddr, token: &str) -> Phone {
     }
 }
 
+/// Two phones dialled into one new session of `s`, each hearing the whole session.
+async fn two_phones(s: &Server) -> (Phone, Phone) {
+    let session = s.session().await;
+    let (a, ta) = s.participant().await;
+    let (b, tb) = s.participant().await;
+    s.join(session, a, whole(session)).await;
+    s.join(session, b, whole(session)).await;
+    (dial_ok(s.sip, &ta).await, dial_ok(s.sip, &tb).await)
+}
+
 async fn refused(sip: SocketAddr, how: Dial) -> phone_ua::Refused {
     match dial(sip, &how).await {
         Ok(_) => panic!("answered, expected a refusal"),
@@ -226,13 +236,7 @@ async fn refusals_say_why_with_precise_codes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_phones_hear_each_other() {
     let s = server().await;
-    let session = s.session().await;
-    let (a, ta) = s.participant().await;
-    let (b, tb) = s.participant().await;
-    s.join(session, a, whole(session)).await;
-    s.join(session, b, whole(session)).await;
-    let pa = dial_ok(s.sip, &ta).await;
-    let pb = dial_ok(s.sip, &tb).await;
+    let (pa, pb) = two_phones(&s).await;
     pa.play_tone(1000.0);
     pb.play_tone(440.0);
     hear(&pa, 800).await;
@@ -572,13 +576,7 @@ async fn stopping_the_server_leaves_calls_up_for_the_next_process() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hold_and_resume_by_reinvite() {
     let s = server().await;
-    let session = s.session().await;
-    let (a, ta) = s.participant().await;
-    let (b, tb) = s.participant().await;
-    s.join(session, a, whole(session)).await;
-    s.join(session, b, whole(session)).await;
-    let pa = dial_ok(s.sip, &ta).await;
-    let pb = dial_ok(s.sip, &tb).await;
+    let (pa, pb) = two_phones(&s).await;
     pb.play_tone(440.0);
     pa.play_tone(1000.0);
     hear(&pa, 600).await;
@@ -647,13 +645,7 @@ fn origin(sdp: &str) -> (u64, u64) {
 #[allow(clippy::disallowed_methods)] // the stranger's own clock and task
 async fn a_stranger_on_the_rtp_port_neither_hears_nor_moves_the_call() {
     let s = server().await;
-    let session = s.session().await;
-    let (a, ta) = s.participant().await;
-    let (b, tb) = s.participant().await;
-    s.join(session, a, whole(session)).await;
-    s.join(session, b, whole(session)).await;
-    let pa = dial_ok(s.sip, &ta).await;
-    let pb = dial_ok(s.sip, &tb).await;
+    let (pa, pb) = two_phones(&s).await;
     pa.play_tone(600.0);
     pb.play_tone(440.0);
     hear(&pa, 600).await;
