@@ -132,7 +132,12 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    eprintln!("phone: answered; sending RTP to {}", phone.remote_rtp);
+    eprintln!(
+        "phone: answered by {} (dialled {}); sending RTP to {}",
+        phone.answered_by(),
+        phone.dialled(),
+        phone.remote_rtp
+    );
     phone.play_tone(args.tone);
     // The first second is settling (jitter buffers, first keyframes elsewhere).
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -165,6 +170,9 @@ async fn main() {
         // RFC 4733 keys received (one per event), with their duration in ms.
         fields.insert("digits".into(), digits.into());
         fields.insert("call_id".into(), phone.call_id().into());
+        // Where the dialog went (the 2xx's Contact): another server when the one dialled
+        // proxied the INVITE.
+        fields.insert("answered_by".into(), phone.answered_by().to_string().into());
         fields.insert("server_requests".into(), requests.into());
     }
     println!("{report}");

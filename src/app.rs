@@ -268,6 +268,7 @@ impl App {
             tcp: sip_tcp_settings(&config.listeners),
             hold_tone_hz: config.phone_hold_tone,
             keep_calls_on_stop: config.drain_phones == crate::config::DrainPhones::Keep,
+            proxy_elsewhere: config.sip_ingress == crate::config::SipIngress::Proxy,
             rtp_timeout: std::time::Duration::from_secs(config.phone_rtp_timeout),
         };
         let sip = crate::runtime::sip::spawn(config.sip_listen, sip_settings, devices.clone())

@@ -452,6 +452,14 @@ pub struct ServeConfig {
     /// always hung up.
     #[arg(long, env = "PATCHBAY_DRAIN_PHONES", value_enum, default_value_t = DrainPhones::Keep)]
     pub drain_phones: DrainPhones,
+    /// What this process does with an INVITE for a session another process hosts (several
+    /// processes on one PostgreSQL): `proxy` sends it on to the host as a stateless proxy
+    /// (RFC 3261 §16.11) and relays the host's answers, so the caller needs to reach only
+    /// this address for the INVITE (its ACK, BYE and re-INVITEs go to the host's Contact);
+    /// `redirect` answers `302 Moved Temporarily` with the host's SIP address, for callers or
+    /// carriers that follow redirects.
+    #[arg(long, env = "PATCHBAY_SIP_INGRESS", value_enum, default_value_t = SipIngress::Proxy)]
+    pub sip_ingress: SipIngress,
     // Issue 9, database slice: how long a sick database may keep a request waiting.
     /// Bounds on waits for the database.
     #[command(flatten)]
@@ -518,6 +526,7 @@ impl ServeConfig {
             phone_hold_tone: 0,
             phone_rtp_timeout: 30,
             drain_phones: DrainPhones::Keep,
+            sip_ingress: SipIngress::Proxy,
             database_timeouts: DatabaseTimeoutArgs::default(),
             auth_failures_per_address: AuthFailureLimits::DEFAULT.per_address,
             auth_failures_per_username: AuthFailureLimits::DEFAULT.per_username,
@@ -891,6 +900,15 @@ fn parse_cluster_address(s: &str) -> Result<String, String> {
 
 fn parse_alias(s: &str) -> Result<crate::domain::StreamAlias, String> {
     crate::domain::StreamAlias::parse(s).map_err(|e| e.to_string())
+}
+
+/// What a process does with an INVITE for a session another process hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SipIngress {
+    /// Send it on to the host (a stateless proxy) and relay the answers.
+    Proxy,
+    /// Answer 302 with the host's SIP address.
+    Redirect,
 }
 
 /// What a graceful stop does with phone calls the next process can take over.

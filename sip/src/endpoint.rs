@@ -67,6 +67,7 @@
 //!   ends with [`CallEnd::SessionExpired`]. Intervals under [`MIN_SE`] get 422 with `Min-SE`.
 
 mod call;
+mod forward;
 mod reply;
 mod timer;
 
@@ -201,6 +202,9 @@ pub enum CallEnd {
     TransportClosed,
     /// The caller asked for a session timer (RFC 4028) and did not refresh in time; we sent BYE.
     SessionExpired,
+    /// The application sent the INVITE on to another server ([`Endpoint::forward`]); that
+    /// server answers it.
+    Forwarded,
 }
 
 impl CallEnd {
@@ -215,6 +219,7 @@ impl CallEnd {
             Self::ByeTimeout => "bye_timeout",
             Self::TransportClosed => "transport_closed",
             Self::SessionExpired => "session_expired",
+            Self::Forwarded => "forwarded",
         }
     }
 }
@@ -230,6 +235,7 @@ impl fmt::Display for CallEnd {
             Self::ByeTimeout => f.write_str("no answer to our BYE"),
             Self::TransportClosed => f.write_str("the TCP connection closed"),
             Self::SessionExpired => f.write_str("the session timer expired without a refresh"),
+            Self::Forwarded => f.write_str("forwarded to another server"),
         }
     }
 }
@@ -323,6 +329,14 @@ pub struct EndpointStats {
     pub stray_acks: u64,
     /// Request retransmissions answered by their transaction.
     pub retransmissions: u64,
+    /// Requests sent on to another server ([`Endpoint::forward`] and what followed its route:
+    /// retransmissions, CANCEL, ACK).
+    pub forwarded_requests: u64,
+    /// Responses to forwarded requests relayed back to their caller.
+    pub relayed_responses: u64,
+    /// Responses that carried one of our forwarding Vias but could not be relayed (a branch we
+    /// did not make, no address to send to).
+    pub unrelayable_responses: u64,
 }
 
 struct ServerEntry {
@@ -367,6 +381,10 @@ pub struct Endpoint {
     server: HashMap<TransactionKey, ServerEntry>,
     client: HashMap<String, ClientEntry>,
     framers: HashMap<ConnectionId, StreamFramer>,
+    /// Where forwarded calls went ([`Endpoint::forward`]).
+    routes: forward::Routes,
+    /// When expired routes are next forgotten.
+    routes_sweep: Option<Instant>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<CallEvent>,
     stats: EndpointStats,
@@ -396,6 +414,8 @@ impl Endpoint {
             server: HashMap::new(),
             client: HashMap::new(),
             framers: HashMap::new(),
+            routes: forward::Routes::default(),
+            routes_sweep: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: EndpointStats::default(),
@@ -454,6 +474,7 @@ impl Endpoint {
                 method: "INVITE".into(),
             },
             invite_reply: Reply::restored(Transport::Udp, state.peer),
+            offer: None,
             ok: None,
             reoffer: None,
             hangup_requested: false,
@@ -537,6 +558,10 @@ impl Endpoint {
 
     /// Fires every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.routes_sweep.is_some_and(|t| t <= now) {
+            self.routes.expire(now);
+            self.routes_sweep = (self.routes.len() > 0).then(|| now + self.config.timers.timeout());
+        }
         let due: Vec<TransactionKey> = self
             .server
             .iter()
@@ -623,7 +648,12 @@ impl Endpoint {
             .values()
             .filter(|c| c.phase == Phase::Confirmed)
             .filter_map(|c| c.session_timer.map(|t| t.expires));
-        server.chain(client).chain(calls).chain(sessions).min()
+        server
+            .chain(client)
+            .chain(calls)
+            .chain(sessions)
+            .chain(self.routes_sweep)
+            .min()
     }
 
     /// The next message to send.
@@ -697,6 +727,7 @@ impl Endpoint {
             })?;
         self.transmits.push_back(transmit);
         c.phase = Phase::Answered;
+        c.offer = None;
         c.ok = Some(OkRetransmit::new(bytes, now, timers, c.invite_cseq, true));
         c.local_sdp = Some(sdp_answer.to_string());
         self.dialogs.insert(c.dialog_key(), call);
@@ -730,6 +761,58 @@ impl Endpoint {
         now: Instant,
     ) -> Result<(), SipError> {
         self.refuse_call(call, 302, reason, Some(format!("<sip:{target}>")), now)
+    }
+
+    /// Sends an offered call's INVITE on to `target` (the server that hosts its session) as a
+    /// stateless proxy would (RFC 3261 §16.11; see `forward`'s module documentation): our Via
+    /// on top, Max-Forwards decremented, over UDP. The endpoint forgets the call's transaction
+    /// (no final response of ours: the target's come back through our Via and are relayed), and
+    /// for 64·T1 after its last use the call's retransmissions, CANCEL and non-2xx ACK follow it
+    /// there. The call ends at once with [`CallEnd::Forwarded`]. A call whose INVITE has run
+    /// out of hops (Max-Forwards 0 after ours) is refused with 483 instead (ending
+    /// [`CallEnd::Rejected`]); `target` being this endpoint's own address is refused with 482.
+    pub fn forward(
+        &mut self,
+        call: CallId,
+        target: SocketAddr,
+        now: Instant,
+    ) -> Result<(), SipError> {
+        let c = self.calls.get(&call).ok_or(SipError::UnknownCall(call))?;
+        let Some(offer) = c.offer.as_ref().filter(|_| c.phase == Phase::Offered) else {
+            return Err(SipError::InvalidState {
+                call,
+                action: "forward",
+                state: c.phase.describe(),
+            });
+        };
+        if target == self.config.local_addr {
+            return self.refuse_call(call, 482, "Loop Detected: forwarded to itself", None, now);
+        }
+        let Ok(fields) = message::check_request(offer) else {
+            return self.refuse_call(call, 500, "the INVITE cannot be forwarded", None, now);
+        };
+        let sent = forward::request(
+            offer,
+            &fields,
+            c.peer,
+            c.transport,
+            self.config.local_addr,
+            self.config.rng_seed,
+            target,
+        );
+        let transmit = match sent {
+            Ok(t) => t,
+            Err(_) => return self.refuse_call(call, 483, "", None, now),
+        };
+        let expires = now + self.config.timers.timeout();
+        self.routes.insert(&fields, target, now, expires);
+        self.routes_sweep.get_or_insert(expires);
+        self.stats.forwarded_requests += 1;
+        self.transmits.push_back(transmit);
+        // Its transaction goes silently: the target answers the INVITE from now on.
+        self.server.remove(&c.invite_key);
+        self.end_call(call, CallEnd::Forwarded);
+        Ok(())
     }
 
     fn refuse_call(
@@ -1008,6 +1091,16 @@ impl Endpoint {
     }
 
     fn on_response(&mut self, now: Instant, response: Response) {
+        if forward::is_ours(&response) {
+            match forward::response(&response, self.config.rng_seed) {
+                Ok(t) => {
+                    self.stats.relayed_responses += 1;
+                    self.transmits.push_back(t);
+                }
+                Err(_) => self.stats.unrelayable_responses += 1,
+            }
+            return;
+        }
         let branch = message::parse_vias(&response.headers)
             .ok()
             .and_then(|vias| vias.first().and_then(|v| v.branch().map(str::to_string)));
@@ -1069,6 +1162,9 @@ impl Endpoint {
             self.stats.unparseable += 1;
             return;
         };
+        if self.routes.len() > 0 && self.follow_route(now, &request, &fields, transport, source) {
+            return;
+        }
         if method == Method::Ack {
             self.on_ack(now, &request, &fields, &key);
             return;
@@ -1120,6 +1216,40 @@ impl Endpoint {
                 None,
             ),
         }
+    }
+
+    /// Sends a request of a forwarded call where its INVITE went (see [`Endpoint::forward`]);
+    /// false when its call was not forwarded (or its route has expired).
+    fn follow_route(
+        &mut self,
+        now: Instant,
+        request: &Request,
+        fields: &RequestFields,
+        transport: Transport,
+        source: SocketAddr,
+    ) -> bool {
+        let expires = now + self.config.timers.timeout();
+        let Some(target) = self.routes.follow(fields, now, expires) else {
+            return false;
+        };
+        let local = self.config.local_addr;
+        match forward::request(
+            request,
+            fields,
+            source,
+            transport,
+            local,
+            self.config.rng_seed,
+            target,
+        ) {
+            Ok(t) => {
+                self.stats.forwarded_requests += 1;
+                self.transmits.push_back(t);
+            }
+            Err(_) if *request.method() == Method::Ack => {}
+            Err(_) => self.respond_stateless(request, transport, source, 483, ""),
+        }
+        true
     }
 
     fn respond_stateless(
@@ -1403,6 +1533,7 @@ impl Endpoint {
             invite_cseq: fields.cseq.seq,
             invite_key: key,
             invite_reply: reply,
+            offer: Some(Box::new(request.clone())),
             ok: None,
             reoffer: None,
             hangup_requested: false,

@@ -130,6 +130,10 @@ fn describe() {
         "SIP calls answered (a device joined the session)"
     );
     describe_counter!(
+        "patchbay_sip_calls_forwarded_total",
+        "INVITEs for a session another process hosts, sent on to that process"
+    );
+    describe_counter!(
         "patchbay_sip_calls_ended_total",
         "SIP calls ended, by reason"
     );

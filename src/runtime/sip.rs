@@ -18,8 +18,10 @@
 //! browser's; refusals carry a precise status and a `Reason` header: no, bad or expired token
 //! 403; deleted participant 404; participant in no session 480; already connected 486; no
 //! common codec 488. When several processes share the database, a call for a session hosted
-//! by another process is redirected there: 302 with `Contact: <sip:HOST:PORT>` (its SIP
-//! listener; issue 20). Every call end is logged with its [`CallEnd`] and counted.
+//! by another process is sent on there as a stateless proxy would (RFC 3261 §16.11, see
+//! `patchbay_sip::endpoint::Endpoint::forward`), or, with [`SipSettings::proxy_elsewhere`]
+//! off, redirected there: 302 with `Contact: <sip:HOST:PORT>` (its SIP listener; issue 20).
+//! Every call end is logged with its [`CallEnd`] and counted.
 #![allow(clippy::disallowed_methods)] // the runtime owns the clock, the tasks and the sockets' timers
 
 use std::collections::HashMap;
@@ -64,6 +66,9 @@ pub struct SipSettings {
     pub rtp_timeout: Duration,
     /// A graceful stop leaves up the calls the next process can take over (else: BYE).
     pub keep_calls_on_stop: bool,
+    /// An INVITE for a session hosted by another process is sent on to it (a stateless
+    /// proxy); else it is answered 302 with the host's address.
+    pub proxy_elsewhere: bool,
 }
 
 /// Timeouts and caps of SIP over TCP.
@@ -408,6 +413,14 @@ impl Bridge {
                 self.endpoint.connection_closed(conn);
             }
             Message::Admitted(call, Err(refusal)) => {
+                let host = refusal.redirect.as_deref().map(str::parse::<SocketAddr>);
+                if let (Some(Ok(host)), true) = (host, self.settings.proxy_elsewhere) {
+                    tracing::info!(call = %call, %host, "SIP call forwarded to the process that hosts its session");
+                    if self.endpoint.forward(call, host, now).is_ok() {
+                        metrics::counter!("patchbay_sip_calls_forwarded_total").increment(1);
+                    }
+                    return;
+                }
                 tracing::info!(call = %call, code = refusal.code, reason = %refusal.reason, "SIP call refused");
                 let _ = match &refusal.redirect {
                     Some(target) => self.endpoint.redirect(call, target, &refusal.reason, now),

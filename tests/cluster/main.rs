@@ -4,7 +4,8 @@
 //! other (A). Who hears whom is asserted from the audio the phones receive. Then a process
 //! taken for dead while it runs closes its devices without announcing their end twice (and
 //! with 1013, so the SDK reconnects). Placement: two phones of one session dialling different
-//! processes meet on the session's host (the other redirects its call there with a 302), and
+//! processes meet on the session's host (another proxies its INVITE there, a third configured to
+//! redirect answers 302), and
 //! `patchbay cluster status` shows the host with the session and both calls. Fencing: a
 //! process cut off from the database alone (a TCP forwarder in front of PostgreSQL) past its
 //! lease writes no second end of a device when it comes back.
@@ -12,9 +13,10 @@
 
 use std::net::SocketAddr;
 
+use patchbay::config::{ServeConfig, SipIngress};
 use patchbay::control::{Control, NewParticipant};
 use patchbay::domain::{AccountId, MediaKinds, ParticipantId, SessionId};
-use patchbay_testkit::app::{spawn_app, RunningApp};
+use patchbay_testkit::app::{spawn_app, spawn_app_with, RunningApp};
 use patchbay_testkit::db::fresh_postgres_url;
 use patchbay_testkit::phone_ua::{dial, power_at, Dial, Phone};
 use patchbay_testkit::rules::only;
@@ -220,19 +222,32 @@ async fn changes_made_through_one_process_reach_the_calls_on_another() {
     a.stop().await.expect("stop A");
 }
 
-/// Placement: two phones of one session dial different processes. The first call places the
-/// session on the process it reached; the second process redirects its call there (302 to the
-/// host's SIP listener), and the phone that follows the redirect is in the call: each hears
-/// the other's tone.
+/// Placement: three phones of one session dial different processes. The first call places
+/// the session on the process it reached (A). B, by default, sends the second call's INVITE on
+/// to A as a stateless proxy: the phone is answered by A (its dialog goes there) without
+/// knowing. C runs with `--sip-ingress redirect` and answers the third call 302 to A's SIP
+/// listener; the phone that follows the redirect is in the call. Each hears the others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn phones_dialling_different_processes_meet_on_the_session_s_host() {
     let (url, a, b, account, session) = two_processes().await;
+    let redirecting = ServeConfig {
+        sip_ingress: SipIngress::Redirect,
+        ..ServeConfig::for_database(&url)
+    };
+    let c = spawn_app_with(&redirecting).await;
     let (first, t1) = participant(&a.control, &account).await;
     let (second, t2) = participant(&b.control, &account).await;
-    join_whole(&b.control, &account, session, [first, second]).await;
+    let (third, t3) = participant(&c.control, &account).await;
+    join_whole(&b.control, &account, session, [first, second, third]).await;
     let p1 = dial_ok(a.sip, &t1).await;
-    let redirected = match dial(b.sip, &Dial::with_token(&t2)).await {
-        Ok(_) => panic!("the process that does not host the session answered the call"),
+    let p2 = dial_ok(b.sip, &t2).await;
+    assert_eq!(
+        (p2.dialled(), p2.answered_by()),
+        (b.sip, a.sip),
+        "dialled at B, answered by the session's host through B"
+    );
+    let redirected = match dial(c.sip, &Dial::with_token(&t3)).await {
+        Ok(_) => panic!("the redirecting process that does not host the session answered"),
         Err(r) => r,
     };
     assert_eq!(redirected.code, 302, "{redirected:?}");
@@ -241,11 +256,27 @@ async fn phones_dialling_different_processes_meet_on_the_session_s_host() {
         Some(a.sip),
         "redirected to the host's SIP listener: {redirected:?}"
     );
-    let p2 = dial_ok(a.sip, &t2).await;
+    let p3 = dial_ok(a.sip, &t3).await;
     p1.play_tone(440.0);
     p2.play_tone(1000.0);
-    hears(&p1, 1000.0, "the first caller hears the second").await;
-    hears(&p2, 440.0, "the second caller hears the first").await;
+    p3.play_tone(1700.0);
+    hears(&p1, 1000.0, "the first caller hears the proxied one").await;
+    hears(&p1, 1700.0, "the first caller hears the redirected one").await;
+    hears(&p2, 440.0, "the proxied caller hears the first").await;
+    hears(&p3, 1000.0, "the redirected caller hears the proxied one").await;
+    // The proxied call's BYE goes to the host (its Contact): the host ends it.
+    assert!(p2.hangup().await, "BYE sent");
+    let give_up = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let heard = listen(&p1).await;
+        if power_at(&heard, 1000.0) < 0.001 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "the proxied caller hung up (BYE to the host): the first caller no longer hears it"
+        );
+    }
 
     // `patchbay cluster status` shows both processes alive, the host with the session and
     // both calls (their live rows are written just after their events).
@@ -284,7 +315,8 @@ async fn phones_dialling_different_processes_meet_on_the_session_s_host() {
     assert_eq!(host["devices"], 2, "{status}");
     assert_eq!(other["sessions"], 0, "{status}");
     assert_eq!(host["sipAddress"], a.sip.to_string(), "{status}");
-    drop((p1, p2));
+    drop((p1, p2, p3));
+    c.stop().await.expect("stop C");
     b.stop().await.expect("stop B");
     a.stop().await.expect("stop A");
 }

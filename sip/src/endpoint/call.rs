@@ -113,6 +113,8 @@ pub(super) struct Call {
     pub(super) invite_cseq: u32,
     pub(super) invite_key: TransactionKey,
     pub(super) invite_reply: Reply,
+    /// The INVITE itself while the application decides (it may forward it elsewhere).
+    pub(super) offer: Option<Box<crate::message::Request>>,
     pub(super) ok: Option<OkRetransmit>,
     pub(super) reoffer: Option<PendingReoffer>,
     pub(super) hangup_requested: bool,

@@ -153,7 +153,7 @@ impl Reply {
 
 /// The top via-parm as it goes back: `received` when the sent-by host is not the source address
 /// or when `rport` was asked for, and `rport` filled with the source port (RFC 3581).
-fn top_via(via: &Via, source: SocketAddr) -> String {
+pub(super) fn top_via(via: &Via, source: SocketAddr) -> String {
     let rport = via.param("rport").is_some();
     let host_is_source = via
         .host

@@ -72,6 +72,8 @@ export function dialPhone({ sip, token, toneHz = 1000, probe = [], seconds = 300
     answered,
     done,
     describe,
+    /** The server that answered (the 2xx's Contact, `host:port`), once answered. */
+    answeredBy: () => /phone: answered by (\S+)/.exec(stderr)?.[1] ?? null,
     /** Presses keys (RFC 4733, each held 100 ms). */
     press: (keys) => send(`press ${keys}`),
     /** What was heard since the last report (or since 1 s after the answer). */

@@ -55,7 +55,10 @@ pub struct Refused {
 /// A call that was answered.
 pub struct Phone {
     sip: Arc<UdpSocket>,
+    /// Where the dialog's requests go: the 2xx's Contact (the server that answered).
     server: SocketAddr,
+    /// Where the INVITE was sent (another server, when that one proxied it).
+    dialled: SocketAddr,
     call_id: String,
     from_tag: String,
     to_header: String,
@@ -102,6 +105,16 @@ fn header<'a>(message: &'a str, name: &str) -> Option<&'a str> {
 
 fn body(message: &str) -> &str {
     message.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("")
+}
+
+/// The `host:port` of a response's Contact URI, when it is an address.
+fn contact_addr(response: &str) -> Option<SocketAddr> {
+    header(response, "Contact")
+        .or_else(|| header(response, "m"))
+        .and_then(|c| c.trim_start_matches('<').strip_prefix("sip:"))
+        .and_then(|c| c.split(['>', ';']).next())
+        .and_then(|c| c.rsplit('@').next())
+        .and_then(|c| c.parse().ok())
 }
 
 fn status(message: &str) -> Option<u16> {
@@ -194,20 +207,23 @@ pub async fn dial(server: SocketAddr, how: &Dial) -> Result<Phone, Refused> {
             }
         )
     };
-    sip.send_to(ack("ACK").as_bytes(), server)
+    // The ACK of a refusal belongs to the INVITE's transaction (where the INVITE went); the
+    // ACK of a 2xx and every later request of the dialog go to the 2xx's Contact (RFC 3261
+    // §12.1.2: the remote target), which is not where the INVITE went when it was proxied.
+    let contact = contact_addr(&response);
+    let target = if code >= 300 {
+        server
+    } else {
+        contact.unwrap_or(server)
+    };
+    sip.send_to(ack("ACK").as_bytes(), target)
         .await
         .expect("send ACK");
     if code >= 300 {
-        let redirect = header(&response, "Contact")
-            .or_else(|| header(&response, "m"))
-            .and_then(|c| c.trim_start_matches('<').strip_prefix("sip:"))
-            .and_then(|c| c.split(['>', ';']).next())
-            .and_then(|c| c.rsplit('@').next())
-            .and_then(|c| c.parse().ok());
         return Err(Refused {
             code,
             reason: header(&response, "Reason").map(str::to_owned),
-            redirect,
+            redirect: contact,
         });
     }
     let answer = body(&response);
@@ -301,7 +317,8 @@ pub async fn dial(server: SocketAddr, how: &Dial) -> Result<Phone, Refused> {
     }
     Ok(Phone {
         sip,
-        server,
+        server: target,
+        dialled: server,
         call_id,
         from_tag,
         to_header,
@@ -466,6 +483,16 @@ impl Phone {
             .lock()
             .map(|r| r.clone())
             .unwrap_or_default()
+    }
+
+    /// The server that answered the call (its Contact): where its dialog's requests go.
+    pub fn answered_by(&self) -> SocketAddr {
+        self.server
+    }
+
+    /// Where the INVITE was sent.
+    pub fn dialled(&self) -> SocketAddr {
+        self.dialled
     }
 
     /// The call's `Call-ID`.
