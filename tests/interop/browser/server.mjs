@@ -144,6 +144,9 @@ export async function startPatchbay({
   ports = {},
   databaseUrl = null,
   account: givenAccount = null,
+  // The media socket's address: loopback unless a test's browser reaches it another way (a
+  // network namespace through a veth: "0.0.0.0", with the veth address in --public-ip).
+  mediaHost = "127.0.0.1",
 } = {}) {
   if (!existsSync(bin)) throw new Error(`patchbay binary not found at ${bin}: run \`cargo build\` (or set PATCHBAY_BIN)`);
   const dataDir = await mkdtemp(path.join(os.tmpdir(), "patchbay-browser-"));
@@ -152,7 +155,7 @@ export async function startPatchbay({
   const addr = (port) => `127.0.0.1:${port ?? 0}`;
   const rtpPorts = ports.rtp ? `${ports.rtp[0]}-${ports.rtp[1]}` : "0-0";
   // Test webhook receivers listen on this machine: deliveries there must be allowed.
-  const args = ["serve", "--data-dir", dataDir, "--listen", addr(ports.http), "--media-listen", addr(ports.media),
+  const args = ["serve", "--data-dir", dataDir, "--listen", addr(ports.http), "--media-listen", `${mediaHost}:${ports.media ?? 0}`,
     "--webhook-allow-network", "127.0.0.1",
     "--sip-listen", addr(ports.sip), "--rtp-ports", rtpPorts];
   if (databaseUrl) args.push("--database-url", databaseUrl);

@@ -1,0 +1,400 @@
+// A thin subscriber (issue 21): measurement, not a test (today's figures miss the issue's goals).
+//
+//   cargo build && cd tests/interop/browser && npm ci && npm run build     # once
+//   node thin_link.bench.mjs --runs 3                                      # as root
+//
+// Each "thin" run: one session with a publisher (the 440 Hz tone plus Chromium's fake camera,
+// as media.test.mjs publishes) and two subscribers, all subscribed session-wide. The publisher
+// and the clean subscriber are pages of one Chromium on the host; the thin subscriber is a page
+// of a second Chromium started inside a network namespace (netns.mjs) whose veth delivers
+// --rate-kbps (default 300) toward it, queueing at most --queue-ms (default 200) ms. Each
+// "baseline" run is the same without the thin subscriber. Runs alternate thin, baseline, ...
+//
+// The thin page loads and connects over an unshaped link (the 1.2 MB page would take 35 s at
+// 300 kbit/s); the shaping starts before the publisher publishes, so every media packet crosses
+// it. After media flows (the clean subscriber decodes the tone and video, the thin one received
+// audio), the window is --seconds (default 30) of call; the figures are the getStats() counters'
+// differences over the window, read from every RTCPeerConnection of each page:
+//   thin.audioConcealment     concealedSamples / totalSamplesReceived (audio, inbound)
+//   thin.video*               framesDecoded, keyFramesDecoded, freezeCount, totalFreezesDuration,
+//                             and the pliCount / nackCount / firCount it sent
+//   clean.fps ...             framesDecoded / window, freezeCount, totalFreezesDuration, and the
+//                             longest gap between painted frames (requestVideoFrameCallback)
+//   publisher.keyFramesEncoded, the PLIs/FIRs/NACKs it received, its outbound targetBitrate
+//                             (sampled each second) and qualityLimitationReason
+//   link                      the shaper's sent bytes and drops toward the namespace
+// One JSON line per run on stdout, then one with the medians ({"kind":"summary"}); progress on
+// stderr. Options: --runs N (pairs, default 3), --seconds S, --rate-kbps K, --queue-ms Q,
+// --only thin|baseline. Env: CHROMIUM_PATH, PATCHBAY_BIN (default ../../../target/debug/patchbay),
+// HARNESS_VERBOSE=1 (page consoles). Needs root, `ip`, `tc` and `nft` (netns.mjs says which is
+// missing). patchbay runs on the host with its media socket on 0.0.0.0 (startPatchbay's mediaHost)
+// and advertises 127.0.0.1 and the host side of the veth (--public-ip), so both Chromiums reach it;
+// the thin page reaches the page server and patchbay's HTTP/WebSocket through TCP forwarders on
+// the host side of the veth.
+
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+import { CHROMIUM_ARGS, Participant, chromiumPath, instrumentPeerConnections, launchBrowser, startStaticServer } from "./runner.mjs";
+import { startPatchbay } from "./server.mjs";
+import { createNetns, netnsUnavailable } from "./netns.mjs";
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const T = 30000;
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const log = (...a) => process.stderr.write(`[thin_link ${new Date().toISOString().slice(11, 19)}] ${a.join(" ")}\n`);
+
+function parseArgs(argv) {
+  const o = { runs: 3, seconds: 30, rateKbps: 300, queueMs: 200, only: null };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const v = () => argv[++i];
+    if (a === "--runs") o.runs = Number(v());
+    else if (a === "--seconds") o.seconds = Number(v());
+    else if (a === "--rate-kbps") o.rateKbps = Number(v());
+    else if (a === "--queue-ms") o.queueMs = Number(v());
+    else if (a === "--only") o.only = v();
+    else if (a === "-h" || a === "--help") o.help = true;
+    else throw new Error(`unknown argument ${a}`);
+  }
+  return o;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Page side: every RTCPeerConnection the page used (instrumentPeerConnections), its RTP stats.
+
+function pageStats(p) {
+  return p.evaluate(async () => {
+    const out = { inbound: [], outbound: [], pairs: [] };
+    for (const pc of window.__pcs || []) {
+      if (pc.connectionState === "closed") continue;
+      const stats = await pc.getStats();
+      const byId = new Map();
+      stats.forEach((s) => byId.set(s.id, s));
+      let sends = false;
+      stats.forEach((s) => {
+        if (s.type === "inbound-rtp") out.inbound.push(s);
+        else if (s.type === "outbound-rtp") {
+          out.outbound.push(s);
+          sends = true;
+        }
+      });
+      // the selected candidate pair of the connection, with its local address
+      stats.forEach((s) => {
+        const pair = s.type === "transport" && s.selectedCandidatePairId && byId.get(s.selectedCandidatePairId);
+        if (!pair) return;
+        const local = byId.get(pair.localCandidateId) || {};
+        const remote = byId.get(pair.remoteCandidateId) || {};
+        out.pairs.push({ sends, rtt: pair.currentRoundTripTime, availableOutgoingBitrate: pair.availableOutgoingBitrate, local: `${local.address}:${local.port}`, remote: `${remote.address}:${remote.port}` });
+      });
+    }
+    return JSON.parse(JSON.stringify(out));
+  });
+}
+
+// The longest gap between painted frames of each <video> on the page since the last call of
+// frameGaps(p, true), via requestVideoFrameCallback. -> [{ frames, maxGapMs }]
+function frameGaps(p, reset = false) {
+  return p.evaluate((reset) => {
+    const vids = [...document.querySelectorAll("video")];
+    window.__gaps = window.__gaps || new Map();
+    for (const v of vids) {
+      if (!window.__gaps.has(v)) {
+        const g = { last: null, maxGapMs: 0, frames: 0 };
+        window.__gaps.set(v, g);
+        const cb = (now) => {
+          if (g.last !== null) g.maxGapMs = Math.max(g.maxGapMs, now - g.last);
+          g.last = now;
+          g.frames++;
+          v.requestVideoFrameCallback(cb);
+        };
+        v.requestVideoFrameCallback(cb);
+      }
+    }
+    const out = [];
+    for (const [v, g] of window.__gaps) {
+      if (!v.isConnected) continue;
+      // a gap still open counts too
+      const open = g.last === null ? 0 : performance.now() - g.last;
+      out.push({ frames: g.frames, maxGapMs: Math.round(Math.max(g.maxGapMs, open)) });
+      if (reset) {
+        g.maxGapMs = 0;
+        g.frames = 0;
+      }
+    }
+    return out;
+  }, reset);
+}
+
+const sum = (xs, f) => xs.reduce((a, x) => a + (Number(x[f]) || 0), 0);
+const of = (list, kind) => list.filter((s) => s.kind === kind);
+const delta = (a, b, kind, fields) => {
+  const o = {};
+  for (const f of fields) o[f] = sum(of(b, kind), f) - sum(of(a, kind), f);
+  return o;
+};
+const median = (xs) => {
+  const v = xs.filter((x) => typeof x === "number" && Number.isFinite(x)).sort((a, b) => a - b);
+  if (!v.length) return null;
+  const m = Math.floor(v.length / 2);
+  return v.length % 2 ? v[m] : (v[m - 1] + v[m]) / 2;
+};
+const r3 = (x) => (x === null || x === undefined || !Number.isFinite(x) ? x : Math.round(x * 1000) / 1000);
+
+// The receiving connection's selected pair (a subscriber's subscribe connection).
+const recv = (s) => s.pairs.find((p) => !p.sends);
+
+function subscriberFigures(s0, s1, seconds) {
+  const a = delta(s0.inbound, s1.inbound, "audio", ["concealedSamples", "silentConcealedSamples", "totalSamplesReceived", "packetsReceived", "packetsLost", "jitterBufferDelay", "jitterBufferEmittedCount", "bytesReceived"]);
+  const v = delta(s0.inbound, s1.inbound, "video", ["framesDecoded", "framesReceived", "keyFramesDecoded", "framesDropped", "freezeCount", "totalFreezesDuration", "pliCount", "nackCount", "firCount", "packetsReceived", "packetsLost", "bytesReceived", "retransmittedPacketsReceived"]);
+  const vIn = of(s1.inbound, "video");
+  return {
+    audioConcealment: a.totalSamplesReceived > 0 ? r3(a.concealedSamples / a.totalSamplesReceived) : null,
+    audioConcealedSamples: a.concealedSamples,
+    audioSilentConcealedSamples: a.silentConcealedSamples,
+    audioSamples: a.totalSamplesReceived,
+    audioPacketsReceived: a.packetsReceived,
+    audioPacketsLost: a.packetsLost,
+    audioJitterBufferMs: a.jitterBufferEmittedCount > 0 ? Math.round((a.jitterBufferDelay / a.jitterBufferEmittedCount) * 1000) : null,
+    audioKbps: Math.round((a.bytesReceived * 8) / seconds / 1000),
+    videoFramesDecoded: v.framesDecoded,
+    videoFramesReceived: v.framesReceived,
+    videoKeyFramesDecoded: v.keyFramesDecoded,
+    videoFramesDropped: v.framesDropped,
+    fps: r3(v.framesDecoded / seconds),
+    freezeCount: v.freezeCount,
+    totalFreezesDuration: r3(v.totalFreezesDuration),
+    pliSent: v.pliCount,
+    nackSent: v.nackCount,
+    firSent: v.firCount,
+    videoPacketsReceived: v.packetsReceived,
+    videoPacketsLost: v.packetsLost,
+    videoRetransmittedPacketsReceived: v.retransmittedPacketsReceived,
+    videoKbps: Math.round((v.bytesReceived * 8) / seconds / 1000),
+    videoSize: vIn.length ? `${vIn[0].frameWidth ?? 0}x${vIn[0].frameHeight ?? 0}` : null,
+    inboundStreams: { audio: of(s1.inbound, "audio").length, video: vIn.length },
+    rttMs: recv(s1) && recv(s1).rtt !== undefined ? Math.round(recv(s1).rtt * 1000) : null,
+    path: recv(s1) ? `${recv(s1).local} -> ${recv(s1).remote}` : null,
+  };
+}
+
+function publisherFigures(s0, s1, seconds, bitrates) {
+  const v = delta(s0.outbound, s1.outbound, "video", ["keyFramesEncoded", "framesEncoded", "pliCount", "firCount", "nackCount", "bytesSent", "retransmittedBytesSent"]);
+  const out = of(s1.outbound, "video")[0] || {};
+  const q0 = of(s0.outbound, "video")[0]?.qualityLimitationDurations || {};
+  const q1 = out.qualityLimitationDurations || {};
+  const qd = {};
+  for (const k of Object.keys(q1)) {
+    const d = (q1[k] || 0) - (q0[k] || 0);
+    if (d > 0.05) qd[k] = r3(d);
+  }
+  const targets = bitrates.map((b) => b.target).filter((x) => x > 0);
+  const available = bitrates.map((b) => b.available).filter((x) => x > 0);
+  return {
+    keyFramesEncoded: v.keyFramesEncoded,
+    pliReceived: v.pliCount,
+    firReceived: v.firCount,
+    nackReceived: v.nackCount,
+    framesEncoded: v.framesEncoded,
+    fps: r3(v.framesEncoded / seconds),
+    videoKbps: Math.round((v.bytesSent * 8) / seconds / 1000),
+    retransmittedKbps: Math.round((v.retransmittedBytesSent * 8) / seconds / 1000),
+    targetBitrateKbps: {
+      median: targets.length ? Math.round(median(targets) / 1000) : null,
+      min: targets.length ? Math.round(Math.min(...targets) / 1000) : null,
+      last: targets.length ? Math.round(targets[targets.length - 1] / 1000) : null,
+    },
+    availableOutgoingKbps: available.length ? Math.round(median(available) / 1000) : null,
+    qualityLimitationReason: out.qualityLimitationReason ?? null,
+    qualityLimitationSeconds: qd,
+    videoSize: `${out.frameWidth ?? 0}x${out.frameHeight ?? 0}`,
+    encoder: out.encoderImplementation ?? null,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// One run.
+
+async function oneRun(kind, index, opts) {
+  const thin = kind === "thin";
+  const cleanup = [];
+  const t0 = Date.now();
+  try {
+    // The namespace exists in both kinds, so that patchbay runs with the same arguments.
+    const ns = await createNetns({ queueMs: opts.queueMs });
+    cleanup.push(() => ns.close());
+    const pb = await startPatchbay({
+      mediaHost: "0.0.0.0",
+      args: ["--public-ip", `127.0.0.1,${ns.hostIp}`],
+    });
+    cleanup.push(() => pb.stop());
+    log(`${kind} #${index}: patchbay ${pb.url}, media ${JSON.stringify(pb.media.udp)}, namespace ${ns.name} (${ns.nsIp} -> ${ns.hostIp})`);
+
+    const host = await launchBrowser();
+    cleanup.push(() => host.close());
+    const session = await pb.createSession(`thin-link-${kind}-${index}`);
+    const join = async (tag) => {
+      const { participant, token } = await pb.createParticipant({ tag });
+      await pb.addParticipant(session.id, participant.id, { sessionId: session.id });
+      return { id: participant.id, token };
+    };
+    const pubP = await join("publisher");
+    const cleanP = await join("clean");
+    const pub = await host.newParticipant("publisher");
+    const clean = await host.newParticipant("clean");
+    for (const p of [pub, clean]) await instrumentPeerConnections(p);
+
+    let thinPage = null;
+    let thinP = null;
+    if (thin) {
+      thinP = await join("thin");
+      const web = await startStaticServer();
+      cleanup.push(() => web.close());
+      const webFwd = await ns.forwardTcp(web.port);
+      const httpFwd = await ns.forwardTcp(Number(new URL(pb.url).port));
+      const origin = `http://${webFwd.host}:${webFwd.port}`;
+      const browser = await chromium.launch({
+        executablePath: await ns.chromiumWrapper(chromiumPath()),
+        headless: true,
+        // The page is served over plain http on the veth address: a secure context only by flag.
+        args: [...CHROMIUM_ARGS, `--unsafely-treat-insecure-origin-as-secure=${origin}`],
+        timeout: T,
+      });
+      cleanup.push(() => browser.close());
+      thinPage = await Participant.open(browser, `${origin}/`, "thin", { verbose: !!process.env.HARNESS_VERBOSE });
+      cleanup.push(() => thinPage.close());
+      await instrumentPeerConnections(thinPage);
+      await thinPage.connect({ websocketUrl: `ws://${httpFwd.host}:${httpFwd.port}`, token: thinP.token, timeoutMs: T });
+    }
+    await clean.connect({ websocketUrl: pb.websocketUrl, token: cleanP.token, timeoutMs: T });
+    await pub.connect({ websocketUrl: pb.websocketUrl, token: pubP.token, timeoutMs: T });
+    await ns.setRate({ rateIn: opts.rateKbps * 1000 }); // both kinds: same shaper, unused in baseline
+
+    await pub.publishTone({ freqHz: 440, alias: "publisher", video: true, timeoutMs: T });
+    const atClean = await clean.waitForStream({ participantId: pubP.id, timeoutMs: T });
+    await clean.expectTone(atClean.streamId, 440, { toleranceHz: 30, timeoutMs: T });
+    await clean.expectVideo(atClean.streamId, { minFrames: 10, timeoutMs: T });
+    if (thin) {
+      await thinPage.waitForStream({ participantId: pubP.id, timeoutMs: T });
+      const deadline = Date.now() + T;
+      for (;;) {
+        const s = await pageStats(thinPage);
+        if (sum(of(s.inbound, "audio"), "packetsReceived") > 0) break;
+        if (Date.now() > deadline) throw new Error(`the thin subscriber received no audio packet within ${T} ms: ${JSON.stringify(s.inbound)}`);
+        await sleep(200);
+      }
+    }
+    const flowingAfterMs = Date.now() - t0;
+    log(`${kind} #${index}: media flows; measuring ${opts.seconds} s`);
+
+    await frameGaps(clean, true);
+    const pages = { publisher: pub, clean, ...(thin ? { thin: thinPage } : {}) };
+    const snap = async () => Object.fromEntries(await Promise.all(Object.entries(pages).map(async ([k, p]) => [k, await pageStats(p)])));
+    const s0 = await snap();
+    const link0 = await ns.stats();
+    const started = Date.now();
+    const bitrates = [];
+    while (Date.now() - started < opts.seconds * 1000) {
+      await sleep(1000);
+      const s = await pageStats(pub);
+      bitrates.push({
+        target: of(s.outbound, "video")[0]?.targetBitrate ?? 0,
+        available: s.pairs.find((p) => p.sends)?.availableOutgoingBitrate ?? 0,
+      });
+    }
+    const s1 = await snap();
+    const seconds = (Date.now() - started) / 1000;
+    const gaps = await frameGaps(clean);
+    const link1 = await ns.stats();
+
+    const result = {
+      kind,
+      run: index,
+      seconds: r3(seconds),
+      rateKbps: thin ? opts.rateKbps : null,
+      queueMs: thin ? opts.queueMs : null,
+      flowingAfterMs,
+      loadAvg1m: r3(os.loadavg()[0]),
+      publisher: publisherFigures(s0.publisher, s1.publisher, seconds, bitrates),
+      clean: { ...subscriberFigures(s0.clean, s1.clean, seconds), maxFrameGapMs: gaps.length ? Math.max(...gaps.map((g) => g.maxGapMs)) : null },
+    };
+    if (thin) {
+      result.thin = subscriberFigures(s0.thin, s1.thin, seconds);
+      // whole call, from the first packet: the thin page's counters since connect
+      const all = subscriberFigures({ inbound: [], outbound: [], pairs: [] }, s1.thin, 1);
+      result.thin.sinceStart = { audioConcealment: all.audioConcealment, videoFramesDecoded: all.videoFramesDecoded, pliSent: all.pliSent };
+      const li = (k) => (link1.in?.[k] ?? 0) - (link0.in?.[k] ?? 0);
+      // the shaper toward the thin subscriber over the window (bytes with Ethernet headers)
+      result.link = { sentKbps: Math.round((li("sentBytes") * 8) / seconds / 1000), sentPackets: li("sentPackets"), dropped: li("dropped") };
+    }
+    return result;
+  } finally {
+    for (const f of cleanup.reverse()) await f().catch((e) => log(`cleanup: ${e.message}`));
+    log(`${kind} #${index}: done in ${Math.round((Date.now() - t0) / 1000)} s`);
+  }
+}
+
+function summarise(results, opts) {
+  const pick = (kind, f) => median(results.filter((r) => r.kind === kind).map(f));
+  return {
+    kind: "summary",
+    runs: { thin: results.filter((r) => r.kind === "thin").length, baseline: results.filter((r) => r.kind === "baseline").length },
+    rateKbps: opts.rateKbps,
+    queueMs: opts.queueMs,
+    seconds: opts.seconds,
+    median: {
+      thinAudioConcealment: pick("thin", (r) => r.thin.audioConcealment),
+      thinVideoFramesDecoded: pick("thin", (r) => r.thin.videoFramesDecoded),
+      thinFreezeCount: pick("thin", (r) => r.thin.freezeCount),
+      thinTotalFreezesDuration: pick("thin", (r) => r.thin.totalFreezesDuration),
+      thinPliSent: pick("thin", (r) => r.thin.pliSent),
+      thinNackSent: pick("thin", (r) => r.thin.nackSent),
+      thinFirSent: pick("thin", (r) => r.thin.firSent),
+      cleanFps: { thin: pick("thin", (r) => r.clean.fps), baseline: pick("baseline", (r) => r.clean.fps) },
+      cleanFreezeCount: { thin: pick("thin", (r) => r.clean.freezeCount), baseline: pick("baseline", (r) => r.clean.freezeCount) },
+      cleanTotalFreezesDuration: { thin: pick("thin", (r) => r.clean.totalFreezesDuration), baseline: pick("baseline", (r) => r.clean.totalFreezesDuration) },
+      cleanMaxFrameGapMs: { thin: pick("thin", (r) => r.clean.maxFrameGapMs), baseline: pick("baseline", (r) => r.clean.maxFrameGapMs) },
+      keyFramesEncoded: { thin: pick("thin", (r) => r.publisher.keyFramesEncoded), baseline: pick("baseline", (r) => r.publisher.keyFramesEncoded) },
+      publisherPliReceived: { thin: pick("thin", (r) => r.publisher.pliReceived), baseline: pick("baseline", (r) => r.publisher.pliReceived) },
+      targetBitrateKbps: { thin: pick("thin", (r) => r.publisher.targetBitrateKbps.median), baseline: pick("baseline", (r) => r.publisher.targetBitrateKbps.median) },
+    },
+  };
+}
+
+async function main() {
+  const opts = parseArgs(process.argv.slice(2));
+  if (opts.help) {
+    console.log("usage: node thin_link.bench.mjs [--runs N] [--seconds S] [--rate-kbps K] [--queue-ms Q] [--only thin|baseline]  (as root; see the top of the file)");
+    return 0;
+  }
+  const why = netnsUnavailable();
+  if (why) {
+    console.error(`thin_link.bench.mjs cannot run here: ${why}`);
+    return 2;
+  }
+  const kinds = opts.only ? [opts.only] : ["thin", "baseline"];
+  const results = [];
+  for (let i = 1; i <= opts.runs; i++) {
+    for (const kind of kinds) {
+      try {
+        const r = await oneRun(kind, i, opts);
+        results.push(r);
+        console.log(JSON.stringify(r));
+      } catch (e) {
+        log(`${kind} #${i} FAILED: ${e.stack || e}`);
+        console.log(JSON.stringify({ kind, run: i, error: String(e.message || e).slice(0, 2000) }));
+      }
+    }
+  }
+  console.log(JSON.stringify(summarise(results, opts)));
+  return results.length ? 0 : 1;
+}
+
+main().then(
+  (code) => process.exit(code),
+  (e) => {
+    console.error(e);
+    process.exit(1);
+  }
+);
