@@ -280,10 +280,21 @@ impl Control {
     /// Only a process whose own beats have all succeeded for [`DEAD_AFTER_MS`] reaps: after a
     /// database outage every process has missed beats, and none takes the others for dead
     /// before they have had the time to beat again.
-    pub async fn reap_dead(&self, now_ms: i64) -> Result<usize, ControlError> {
+    ///
+    /// With `seen_since_ms` (this process's start, in its own clock) only processes seen
+    /// alive since then are claimed: during its reconnect grace a new process leaves the
+    /// processes dead before it started (a restarted process's predecessor, whose devices
+    /// resume here without a new `onConnect`) for later, and accounts at once for a process
+    /// that dies beside it (whose devices were never this one's to resume).
+    pub async fn reap_dead(
+        &self,
+        now_ms: i64,
+        seen_since_ms: Option<i64>,
+    ) -> Result<usize, ControlError> {
         let mut stored_calls = None;
         // In the database's clock, as measured at the last beat (within 2 s).
         let now_ms = self.lease_ms(now_ms);
+        let seen_since_ms = seen_since_ms.map(|t| self.lease_ms(t));
         let beating = {
             let state = self.beats();
             // Registered, not fenced, not stopping, every beat good for DEAD_AFTER_MS (the
@@ -305,6 +316,7 @@ impl Control {
             .claim_dead_instances(
                 &self.inner.instance,
                 now_ms - DEAD_AFTER_MS,
+                seen_since_ms,
                 now_ms,
                 now_ms + REAP_CLAIM_MS,
             )

@@ -651,35 +651,39 @@ impl LastBeat {
     }
 }
 
-/// How long after this process started the devices of dead processes are first accounted
-/// for: the reconnect grace (the SDK reconnects within it, and its call resumes here), plus a
-/// heartbeat and a margin.
+/// How long after this process started the devices of processes that were dead before it
+/// started are first accounted for: the reconnect grace (the SDK reconnects within it, and its
+/// call resumes here), plus a heartbeat and a margin. A process that dies while this one runs
+/// is accounted for from the start.
 pub const REAP_AFTER: Duration = Duration::from_secs(30);
 
 /// How often, after that, this process looks for processes that died.
 const REAP_EVERY: Duration = Duration::from_secs(2);
 
-/// Accounts for dead processes' devices ([`Control::reap_dead`]): first [`REAP_AFTER`] after
-/// this process started (the devices of a process that died before it had the reconnect
-/// grace to come back here), then every [`REAP_EVERY`] (a process that dies while this one
-/// runs is accounted for within about `DEAD_AFTER_MS` plus that).
-#[allow(clippy::disallowed_methods)] // the runtime starts tasks
+/// Accounts for dead processes' devices ([`Control::reap_dead`]) every [`REAP_EVERY`]: a
+/// process that dies while this one runs within about `DEAD_AFTER_MS` plus that (once this
+/// one has beaten for `DEAD_AFTER_MS`); one that died before this one started only
+/// [`REAP_AFTER`] after the start (its devices had the reconnect grace to come back here).
+#[allow(clippy::disallowed_methods)] // the runtime starts tasks and reads the clock
 pub fn spawn_reaper(control: Control, beat: LastBeat) {
     tokio::spawn(async move {
-        tokio_sleep(REAP_AFTER).await;
-        let mut first = true;
+        let started = std::time::Instant::now();
+        let started_ms = now_ms();
+        let mut in_grace = true;
         loop {
+            let grace_over = started.elapsed() >= REAP_AFTER;
             // Only within a beat of the last good one: a process resumed after a pause first
             // learns from a beat whether it was taken for dead itself.
             let reaped = if beat.recent(HEARTBEAT_EVERY + HEARTBEAT_EVERY / 2) {
-                control.reap_dead(now_ms()).await
+                let seen_since = (!grace_over).then_some(started_ms);
+                control.reap_dead(now_ms(), seen_since).await
             } else {
                 Ok(0)
             };
-            if first {
+            if in_grace && grace_over {
                 // The devices of processes dead at start had their grace.
                 control.end_resumption_window();
-                first = false;
+                in_grace = false;
             }
             match reaped {
                 Ok(0) => {}

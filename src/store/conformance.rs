@@ -1524,10 +1524,21 @@ pub async fn operator(store: TestStore) {
         },
         "a beat keeps the registration"
     );
+    assert!(
+        ours(
+            store
+                .claim_dead_instances(&p1, t0 + 1, Some(t0 + 1), later, later + 1_000)
+                .await
+                .expect("claim")
+        )
+        .is_empty(),
+        "a process last seen before the claimant's start is left for later (its devices may \
+         still resume on the claimant)"
+    );
     assert_eq!(
         ours(
             store
-                .claim_dead_instances(&p1, t0 + 1, later, later + 1_000)
+                .claim_dead_instances(&p1, t0 + 1, Some(t0), later, later + 1_000)
                 .await
                 .expect("claim")
         ),
@@ -1537,7 +1548,7 @@ pub async fn operator(store: TestStore) {
     assert!(
         ours(
             store
-                .claim_dead_instances("proc-other", t0 + 1, later, later + 1_000)
+                .claim_dead_instances("proc-other", t0 + 1, None, later, later + 1_000)
                 .await
                 .expect("claim")
         )
@@ -1547,7 +1558,7 @@ pub async fn operator(store: TestStore) {
     assert_eq!(
         ours(
             store
-                .claim_dead_instances("proc-other", t0 + 1, later + 1_000, later + 2_000)
+                .claim_dead_instances("proc-other", t0 + 1, None, later + 1_000, later + 2_000)
                 .await
                 .expect("claim")
         ),
@@ -1844,7 +1855,7 @@ pub async fn session_placement(store: TestStore) {
         .await
         .expect("place");
     store
-        .claim_dead_instances(&p1, later + 1, later, later + 60_000)
+        .claim_dead_instances(&p1, later + 1, None, later, later + 60_000)
         .await
         .expect("claim");
     let moved = store

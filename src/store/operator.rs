@@ -224,12 +224,14 @@ pub trait OperatorStore: Send + Sync + 'static {
     /// Every process's last heartbeat (epoch milliseconds), by process.
     async fn instances_seen(&self) -> Result<Vec<(String, i64)>, StoreError>;
     /// Claims for `claimant`, until `until_ms`, the processes other than itself last seen
-    /// before `seen_before_ms` and not claimed by another now (`now_ms`): of processes
-    /// claiming at once, one gets each. The processes claimed.
+    /// before `seen_before_ms` (and, with `seen_since_ms`, at or after it) and not claimed by
+    /// another now (`now_ms`): of processes claiming at once, one gets each. The processes
+    /// claimed.
     async fn claim_dead_instances(
         &self,
         claimant: &str,
         seen_before_ms: i64,
+        seen_since_ms: Option<i64>,
         now_ms: i64,
         until_ms: i64,
     ) -> Result<Vec<String>, StoreError>;
@@ -465,18 +467,21 @@ impl OperatorStore for SqlStore {
         &self,
         claimant: &str,
         seen_before_ms: i64,
+        seen_since_ms: Option<i64>,
         now_ms: i64,
         until_ms: i64,
     ) -> Result<Vec<String>, StoreError> {
         // One statement: a row's claim is checked and taken at once.
         let rows = sqlx::query(
             "UPDATE server_instances SET reaped_by = $1, reaped_until = $4 \
-             WHERE id <> $1 AND seen_at < $2 AND reaped_until <= $3 RETURNING id",
+             WHERE id <> $1 AND seen_at < $2 AND seen_at >= $5 AND reaped_until <= $3 \
+             RETURNING id",
         )
         .bind(claimant)
         .bind(seen_before_ms)
         .bind(now_ms)
         .bind(until_ms)
+        .bind(seen_since_ms.unwrap_or(i64::MIN))
         .fetch_all(&self.write)
         .await?;
         rows.iter()

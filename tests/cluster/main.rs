@@ -404,7 +404,7 @@ async fn a_process_taken_for_dead_closes_its_devices_without_a_second_end() {
     // A claimant reaps only while its own beats succeed; far in the future, every other
     // process is dead to it.
     claimant.heartbeat(1).await.expect("beat");
-    let reaped = claimant.reap_dead(i64::MAX / 4).await.expect("reap");
+    let reaped = claimant.reap_dead(i64::MAX / 4, None).await.expect("reap");
     assert_eq!(reaped, 1, "B's device is accounted for");
 
     // B's next beat (every 2 s) finds its row gone: the device is closed.
@@ -538,8 +538,9 @@ async fn a_process_cut_off_from_the_database_writes_no_second_end_when_it_comes_
     // The device leaves while B cannot write: its end waits in B's recorder.
     drop(ws);
     let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
-    // A takes B for dead (bounded against hanging: A looks 30 s after its start, then every
-    // 2 s; B is dead 8 s after its last beat) and writes the device's end.
+    // A takes B for dead (bounded against hanging: A looks every 2 s once it has beaten for
+    // 8 s, and B, alive after A started, is dead 8 s after its last beat) and writes the
+    // device's end.
     let mut reaped = false;
     for _ in 0..900 {
         let instances: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM server_instances")
