@@ -296,6 +296,7 @@ impl App {
             );
         }
         crate::runtime::webhooks::spawn_heartbeat(control.clone(), peers.clone(), last_beat);
+        crate::runtime::media::spawn_quality_recorder(control.clone());
         let metrics = if let Some(handle) = metrics_handle {
             crate::runtime::metrics::spawn_upkeep(handle.clone());
             Some(crate::runtime::metrics::Scrape::new(

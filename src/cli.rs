@@ -15,7 +15,7 @@ use crate::config::{
 };
 use crate::control::{Control, Inspection, LiveDeviceView};
 use crate::domain::{AccountId, Participant, ParticipantId, SessionId};
-use crate::store::{DeviceKind, SessionSummary};
+use crate::store::{DeviceKind, SessionSummary, STALE_AFTER_MS};
 
 /// Control on the database the server uses, which must exist (see
 /// [`DatabaseArgs::resolve_existing`]); `account create` alone may create it.
@@ -307,15 +307,15 @@ pub async fn session(command: SessionCommand, now_ms: i64) -> anyhow::Result<Str
             let now_ms = control.database_clock().await.unwrap_or(now_ms);
             let inspection = control.inspect(&account, session, now_ms).await?;
             Ok(if json {
-                inspection_json(&inspection).to_string() + "\n"
+                inspection_json(&inspection, now_ms).to_string() + "\n"
             } else {
-                inspection_text(&inspection)
+                inspection_text(&inspection, now_ms)
             })
         }
     }
 }
 
-fn inspection_json(i: &Inspection) -> Value {
+fn inspection_json(i: &Inspection, now_ms: i64) -> Value {
     let mut v = summary_json(&i.summary);
     v["participants"] = i
         .members
@@ -329,7 +329,80 @@ fn inspection_json(i: &Inspection) -> Value {
         .map(|s| json!({"participantId": s.participant.to_string(), "streamId": s.stream.as_str(), "alias": s.alias.as_ref().map(|a| a.as_str()), "audio": s.kinds.audio, "video": s.kinds.video}))
         .collect();
     v["routes"] = crate::api::routes_json(i.summary.session, &i.members, &i.table);
+    v["quality"] = i
+        .quality
+        .iter()
+        .map(|q| {
+            json!({
+                "participantId": q.participant.to_string(),
+                "instance": q.instance,
+                "measuredAt": time(q.measured_at_ms),
+                "ageMs": now_ms - q.measured_at_ms,
+                "stale": now_ms - q.instance_seen_ms > STALE_AFTER_MS,
+                "summary": serde_json::from_str::<Value>(&q.summary).unwrap_or(Value::Null),
+            })
+        })
+        .collect();
     v
+}
+
+/// A participant's recorded quality summary (`control::quality_summary`'s shape) as one line.
+fn quality_line(summary: &Value, age_ms: i64) -> String {
+    let rate = |c: &Value| match c["bitrateBps"].as_f64() {
+        Some(bps) => format!("{:.0} kbit/s", bps / 1000.0),
+        None => "? kbit/s".to_owned(),
+    };
+    let ms = |c: &Value, field: &str| match c[field].as_f64() {
+        Some(v) => format!("{v:.1} ms"),
+        None => "-".to_owned(),
+    };
+    let loss = |c: &Value| match c["lossFraction"].as_f64() {
+        Some(f) => format!("{:.1} %", f * 100.0),
+        None => "-".to_owned(),
+    };
+    let n = |c: &Value, field: &str| c[field].as_u64().unwrap_or(0);
+    let mut parts = Vec::new();
+    let publish = &summary["publish"];
+    if publish.is_object() {
+        parts.push(format!(
+            "in {}, loss {}, jitter {}, rtt {}; sent NACKs {}, PLIs {}, FIRs {}; keyframes asked {}",
+            rate(publish),
+            loss(publish),
+            ms(publish, "jitterMs"),
+            ms(publish, "rttMs"),
+            n(publish, "nacks"),
+            n(publish, "plis"),
+            n(publish, "firs"),
+            n(publish, "keyframeRequests")
+        ));
+    }
+    let subscribe = &summary["subscribe"];
+    if subscribe.is_object() {
+        parts.push(format!(
+            "out {}, loss {} ({} lost), jitter {}, rtt {}; got NACKs {}, PLIs {}, FIRs {}; keyframe requests passed on {}, suppressed {}",
+            rate(subscribe),
+            loss(subscribe),
+            n(subscribe, "packetsLost"),
+            ms(subscribe, "jitterMs"),
+            ms(subscribe, "rttMs"),
+            n(subscribe, "nacks"),
+            n(subscribe, "plis"),
+            n(subscribe, "firs"),
+            n(subscribe, "keyframeRequests"),
+            n(subscribe, "keyframeRequestsSuppressed")
+        ));
+    }
+    if parts.is_empty() {
+        parts.push(format!(
+            "{} device, no media connection measured",
+            summary["device"].as_str().unwrap_or("a")
+        ));
+    }
+    format!(
+        "{} (measured {:.0} s ago)",
+        parts.join(" | "),
+        age_ms as f64 / 1000.0
+    )
 }
 
 /// A participant as people read it: its tag, or its id.
@@ -341,7 +414,7 @@ fn name(members: &[Participant], id: &str) -> String {
         .map_or_else(|| id.to_owned(), |t| format!("{} ({id})", t.as_str()))
 }
 
-fn inspection_text(i: &Inspection) -> String {
+fn inspection_text(i: &Inspection, now_ms: i64) -> String {
     let s = &i.summary;
     let mut out = format!(
         "session {} of account {}{}, created {}, {} member(s)\n",
@@ -394,9 +467,18 @@ fn inspection_text(i: &Inspection) -> String {
                 }
             })
             .collect();
+        let quality = i
+            .quality
+            .iter()
+            .find(|q| q.participant == id)
+            .and_then(|q| {
+                let summary = serde_json::from_str::<Value>(&q.summary).ok()?;
+                Some(quality_line(&summary, now_ms - q.measured_at_ms))
+            })
+            .unwrap_or_else(|| "not measured".to_owned());
         let _ = writeln!(
             out,
-            "  {}\n    devices: {}\n    publishes: {}",
+            "  {}\n    devices: {}\n    publishes: {}\n    quality: {quality}",
             name(&i.members, &id.to_string()),
             if devices.is_empty() {
                 "none".to_owned()
@@ -466,4 +548,37 @@ fn inspection_text(i: &Inspection) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quality_line_says_each_direction_in_units() {
+        let summary = json!({
+            "device": "browser",
+            "publish": {"bitrateBps": 1_250_000, "lossFraction": 0.012, "jitterMs": 3.3,
+                "rttMs": null, "nacks": 4, "plis": 2, "firs": 0, "keyframeRequests": 2},
+            "subscribe": {"bitrateBps": 800_000, "lossFraction": 0.0, "packetsLost": 7,
+                "jitterMs": 1.0, "rttMs": 20.5, "nacks": 1, "plis": 3, "firs": 0,
+                "keyframeRequests": 1, "keyframeRequestsSuppressed": 2},
+        });
+        assert_eq!(
+            quality_line(&summary, 2_400),
+            "in 1250 kbit/s, loss 1.2 %, jitter 3.3 ms, rtt -; sent NACKs 4, PLIs 2, FIRs 0; \
+             keyframes asked 2 | out 800 kbit/s, loss 0.0 % (7 lost), jitter 1.0 ms, rtt 20.5 ms; \
+             got NACKs 1, PLIs 3, FIRs 0; keyframe requests passed on 1, suppressed 2 \
+             (measured 2 s ago)"
+        );
+    }
+
+    #[test]
+    fn a_phone_has_no_media_connection_measured() {
+        let summary = json!({"device": "phone", "publish": null, "subscribe": null});
+        assert_eq!(
+            quality_line(&summary, 400),
+            "phone device, no media connection measured (measured 0 s ago)"
+        );
+    }
 }

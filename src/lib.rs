@@ -28,7 +28,9 @@
 //!   `connections.rs` ([`control::DeviceControl`]: the verbs of a browser connection and of a
 //!   phone call), `port.rs` ([`control::port::MediaPort`], what control needs from the media
 //!   plane), `routing.rs` ([`control::Routing`], the pure core: published streams and last
-//!   tables → diffs), `routes.rs`, `serial.rs`, `events.rs`, `error.rs` ([`control::ControlError`]).
+//!   tables → diffs), `routes.rs`, `quality.rs` (a member's measured media quality, and its
+//!   summary in the store for the operator), `serial.rs`, `events.rs`, `error.rs`
+//!   ([`control::ControlError`]).
 //! - [`api`]: the Bandwidth-compatible REST adapter (axum): parses, calls control, renders
 //!   [`api::Error`]; server faults are logged once, by a layer.
 //! - [`signaling`]: the device WebSocket (JSON-RPC 2.0, protocol v3); `wire.rs` holds
@@ -73,6 +75,8 @@
 //! | `media/routes.rs` | `HostedRoutes` | the tables of the sessions this shard hosts; participant → session |
 //! | `media/fanout.rs` | `Fanout` | source → targets (the hot path), track → source, subscriber → targets, upstream |
 //! | `media/rewrite.rs` | `Rewrite` | per subscriber m-line: its origin, sequence/timestamp offsets, payload-type map |
+//! | `media/quality.rs` | `PeerQuality` | per peer connection (in its `Peer`): its tracks' statistics, its keyframe requests passed on, merged or asked |
+//! | `media/counters.rs` | `MediaCounters` | the engine's counters for the metrics |
 //! | `media/shard.rs` | `Shard` | device entries, resume/replacement, reconnect grace, moves, shard-local redirects |
 //! | `media/placement.rs` | `Placement` | participant/device → shard (the runtime's directory, never per packet) |
 //!

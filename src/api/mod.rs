@@ -8,6 +8,7 @@
 //!
 //! Beyond Bandwidth: `GET …/sessions/{id}/routes` (the compiled forwarding table),
 //! `PUT …/sessions/{id}/subscriptions` (atomic re-wire),
+//! `GET …/sessions/{id}/participants/{id}/quality` (measured media quality, `quality`),
 //! `GET …/participants/{id}/iceServers` (TURN credentials, `ice`), `GET /openapi.json`, `GET /healthz`
 //! and `GET /readyz`.
 
@@ -17,6 +18,7 @@ mod error;
 mod extract;
 mod ice;
 mod participants;
+mod quality;
 mod request_scope;
 mod sessions;
 mod webhooks;
@@ -83,6 +85,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/accounts/{account_id}/sessions/{session_id}/participants/{participant_id}/subscriptions",
             get(sessions::subscriptions).put(sessions::set_subscriptions),
+        )
+        .route(
+            "/accounts/{account_id}/sessions/{session_id}/participants/{participant_id}/quality",
+            get(quality::get),
         )
         .route("/accounts/{account_id}/sessions/{session_id}/subscriptions", put(sessions::rewire))
         .route("/accounts/{account_id}/sessions/{session_id}/routes", get(sessions::routes))
@@ -154,7 +160,7 @@ async fn openapi_json() -> impl IntoResponse {
         participants::create, participants::get, participants::delete, ice::get,
         sessions::create, sessions::get, sessions::delete, sessions::members,
         sessions::add_member, sessions::remove_member, sessions::subscriptions, sessions::set_subscriptions,
-        sessions::rewire, sessions::routes, webhooks::delivery_log, webhooks::settings,
+        sessions::rewire, sessions::routes, quality::get, webhooks::delivery_log, webhooks::settings,
         webhooks::set_settings, healthz, readyz, openapi_json,
     ),
     modifiers(&BasicAuth),

@@ -23,6 +23,7 @@
 //!   implements it.
 //! - `sessions.rs`: the verbs on sessions, participants and membership.
 //! - `routes.rs`: published streams, recompiles and tables on request.
+//! - `quality.rs`: a member's measured media quality, from this process's media plane.
 //! - `routing.rs`: [`Routing`], the pure core: published streams and last tables → diffs.
 //! - `serial.rs`: per-session serialization of recompiles (striped locks).
 //! - `events.rs`: [`ControlEvent`]s and the bus that carries them to observers.
@@ -48,6 +49,7 @@ mod layouts;
 mod operator;
 mod placement;
 pub mod port;
+mod quality;
 mod routes;
 mod routing;
 mod serial;
@@ -79,6 +81,7 @@ pub use operator::{
     Inspection, LiveDeviceView, LostCalls, DEAD_AFTER_MS, REAP_CLAIM_MS, TAKEN_FOR_DEAD,
 };
 pub use placement::{Host, RELEASE_AFTER_MS, SESSION_MOVED};
+pub use quality::{quality_summary, MemberQuality};
 pub use routing::Routing;
 pub use sessions::NewParticipant;
 pub use webhooks::{FeedItem, Recorded, Recording, WebhookFeed, EXPIRE_BATCH, SESSION_EXPIRED};

@@ -7,8 +7,8 @@ use super::{CallEndReason, Control, ControlError, LifecycleEvent};
 use crate::domain::{AccountId, Participant, ParticipantId, SessionId};
 use crate::forwarding::{self, ForwardingTable, PublishedStream, SessionState};
 use crate::store::{
-    AccountSummary, Beat, DeviceKind, LiveChange, LiveDevice, LiveStream, SessionSummary,
-    STALE_AFTER_MS,
+    AccountSummary, Beat, DeviceKind, LiveChange, LiveDevice, LiveQuality, LiveStream,
+    SessionSummary, STALE_AFTER_MS,
 };
 
 /// A live device as the operator sees it.
@@ -33,6 +33,9 @@ pub struct Inspection {
     pub streams: Vec<LiveStream>,
     /// Who hears whom: the session compiled from its rules and the streams published now.
     pub table: ForwardingTable,
+    /// What the processes serving the members' devices last measured of their media quality
+    /// (issue 21; written every few seconds, `runtime::media::QUALITY_RECORD_EVERY`).
+    pub quality: Vec<LiveQuality>,
 }
 
 /// A process not seen for this long (milliseconds) is taken for dead by the processes alive,
@@ -493,12 +496,14 @@ impl Control {
                 })
                 .collect(),
         });
+        let quality = self.inner.store.live_quality(&ids).await?;
         Ok(Inspection {
             summary,
             members,
             devices: devices.into_iter().map(|d| view(d, now_ms)).collect(),
             streams,
             table,
+            quality,
         })
     }
 }

@@ -14,7 +14,8 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 
 use crate::domain::{
-    AccountId, ParticipantId, PublishPermissions, SessionId, StreamAlias, StreamId, SubscribeLayout,
+    AccountId, ParticipantId, ParticipantQuality, PublishPermissions, SessionId, StreamAlias,
+    StreamId, SubscribeLayout,
 };
 use crate::domain::{DeclaredStreams, PublishAnswer};
 use crate::forwarding::TableDiff;
@@ -123,6 +124,16 @@ pub trait MediaPort: Send + Sync + 'static {
 
     /// Whether `participant` has a live device (a browser or a phone) anywhere.
     fn is_connected(&self, participant: ParticipantId) -> bool;
+
+    /// What `participant`'s device on this process's media plane measured (issue 21); `None`
+    /// when it has no device here.
+    async fn quality(
+        &self,
+        participant: ParticipantId,
+    ) -> Result<Option<ParticipantQuality>, MediaError>;
+
+    /// What the media plane of this process measured of every device it holds, by participant.
+    async fn qualities(&self) -> Result<Vec<(ParticipantId, ParticipantQuality)>, MediaError>;
 
     /// How many routing changes the media plane has taken ([`MediaPort::apply_routes`]). A
     /// connect carries the count it read before the participant's session, and is refused if

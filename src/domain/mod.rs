@@ -12,6 +12,7 @@ mod layout;
 mod lifecycle;
 mod negotiation;
 mod participant;
+mod quality;
 mod subscription;
 
 pub use ids::{AccountId, ParticipantId, SessionId, StreamId};
@@ -21,6 +22,9 @@ pub use negotiation::{DeclaredStreams, PublishAnswer, StreamMetadata, SubscribeO
 pub use participant::{
     CallbackUrl, DeviceApiVersion, MediaKind, MediaKinds, Participant, PublishPermissions, Session,
     Tag,
+};
+pub use quality::{
+    ConnectionQuality, ParticipantQuality, QualityDevice, TrackQuality, STATS_INTERVAL_MS,
 };
 pub use subscription::{ParticipantSubscription, StreamAlias, SubscriptionRule, Subscriptions};
 

@@ -24,13 +24,15 @@ use super::peers::{
     open_builtin_channels, peer_config, Peer, PeerId, Peers, KEYFRAME_REQUEST_INTERVAL,
 };
 use super::publishing::{self, Publication, Published, Publishing, TrackKey};
+use super::quality::{self, QualitySamples};
 use super::rewrite::Origin;
 use super::routes::HostedRoutes;
 use super::subscribing::{Overdue, Subscriber, Subscribing};
+use super::MediaCounters;
 use super::{DeclaredStreams, DeviceId, PublishAnswer, StreamMetadata, SubscribeOffer};
 use crate::domain::{
-    MediaKind, MediaKinds, ParticipantId, PublishCredentials, PublishPermissions, SessionId,
-    StreamAlias, StreamId, SubscribeLayout,
+    MediaKind, MediaKinds, ParticipantId, ParticipantQuality, PublishCredentials,
+    PublishPermissions, SessionId, StreamAlias, StreamId, SubscribeLayout,
 };
 use crate::forwarding::{ForwardingTable, PublishedStream, TableDiff};
 
@@ -274,35 +276,6 @@ pub const VIDEO_RTX_PACKETS: usize = 500;
 /// The one "m-line" of a local device's published audio.
 const LOCAL_AUDIO_MID: &str = "phone";
 
-/// What an engine counts, cumulative since it started: plain integers, no allocation or lock
-/// per packet; the driver reads them ([`Engine::counters`]) and publishes them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct MediaCounters {
-    /// Media packets written to subscribers (peers and local devices).
-    pub forwarded_packets: u64,
-    /// Their payload bytes.
-    pub forwarded_bytes: u64,
-    /// Frames that could not be written to a subscriber (no matching codec, write refused).
-    pub forward_failures: u64,
-    /// Datagrams from a known peer that the WebRTC stack refused.
-    pub unusable_datagrams: u64,
-    /// Keyframe requests sent to publishers (counted, not yet exported as a metric).
-    pub keyframe_requests: u64,
-    /// Keyframe requests not sent because one had just been sent to the same track (counted,
-    /// not yet exported as a metric).
-    pub keyframe_requests_merged: u64,
-    /// Connectivity checks addressed to another process, answered with an error
-    /// ([`Engine::refuse_check`]; counted, not yet exported as a metric).
-    pub refused_checks: u64,
-}
-
-impl MediaCounters {
-    fn forwarded(&mut self, bytes: usize) {
-        self.forwarded_packets += 1;
-        self.forwarded_bytes += bytes as u64;
-    }
-}
-
 /// The SFU of one shard. See the module docs.
 pub struct Engine {
     config: EngineConfig,
@@ -317,6 +290,7 @@ pub struct Engine {
     transmits: VecDeque<Transmit>,
     events: VecDeque<EngineEvent>,
     counters: MediaCounters,
+    samples: QualitySamples,
     /// Reused buffers: no allocation per forwarded packet.
     scratch: Vec<Target>,
     incoming: Vec<(Mid, RtpPacket)>,
@@ -338,6 +312,7 @@ impl Engine {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             counters: MediaCounters::default(),
+            samples: QualitySamples::default(),
             scratch: Vec::new(),
             incoming: Vec::new(),
         }
@@ -351,6 +326,22 @@ impl Engine {
     /// What this engine counted so far (plain integers: the driver publishes them).
     pub fn counters(&self) -> MediaCounters {
         self.counters
+    }
+
+    /// The subscribers' loss and RTT samples since the last call (for the driver's histograms).
+    pub fn take_quality_samples(&mut self) -> QualitySamples {
+        self.samples.take()
+    }
+
+    /// What `participant`'s device here measured, if it has one here.
+    pub fn quality(&self, participant: ParticipantId, now: Instant) -> Option<ParticipantQuality> {
+        let device = self.devices.of_participant(participant)?;
+        Some(quality::report(self.devices.get(device)?, &self.peers, now))
+    }
+
+    /// What every device here measured, by participant.
+    pub fn qualities(&self, now: Instant) -> Vec<(ParticipantId, ParticipantQuality)> {
+        quality::report_all(&self.devices, &self.peers, now)
     }
 
     // ---- devices ----------------------------------------------------------------------------
@@ -1205,9 +1196,9 @@ impl Engine {
         mid: Mid,
         kind: KeyframeRequestKind,
         now: Instant,
-    ) {
+    ) -> bool {
         let Some(peer) = self.peers.get_mut(peer_id) else {
-            return;
+            return false;
         };
         if peer
             .keyframe_asked
@@ -1215,7 +1206,7 @@ impl Engine {
             .is_some_and(|at| now.saturating_duration_since(*at) < KEYFRAME_REQUEST_INTERVAL)
         {
             self.counters.keyframe_requests_merged += 1;
-            return;
+            return false;
         }
         // FIR only where the publisher negotiated it; PLI otherwise.
         let possible = |kind| {
@@ -1230,20 +1221,22 @@ impl Engine {
             KeyframeRequestKind::Pli
         };
         if !possible(kind) {
-            return;
+            return false;
         }
         let mut api = peer.rtc.direct_api();
         let Some(stream) = api.stream_rx_by_mid(mid, None) else {
-            return;
+            return false;
         };
         stream.request_keyframe(kind);
         peer.keyframe_asked.insert(mid, now);
+        peer.quality.keyframe_asked();
         self.counters.keyframe_requests += 1;
         // The request becomes RTCP feedback on the connection's next timeout: run it now.
         if peer.rtc.handle_input(Input::Timeout(now)).is_err() {
             peer.rtc.disconnect();
         }
         self.drain_peer(peer_id, now);
+        true
     }
 
     /// Runs a peer's output to completion, then acts on what it said: media is forwarded,
@@ -1275,10 +1268,22 @@ impl Engine {
                         }
                     }
                     Event::KeyframeRequest(req) => keyframe_requests.push(req),
-                    Event::Connected => self.events.push_back(EngineEvent::Connected {
-                        device: peer.device,
-                        subscribe: peer.subscribe,
-                    }),
+                    Event::Connected => {
+                        peer.quality.connected();
+                        self.events.push_back(EngineEvent::Connected {
+                            device: peer.device,
+                            subscribe: peer.subscribe,
+                        });
+                    }
+                    Event::MediaIngressStats(s) => {
+                        let kind = quality::kind_of(&peer.rtc, s.mid);
+                        peer.quality.ingress(&s, kind, &mut self.counters);
+                    }
+                    Event::MediaEgressStats(s) => {
+                        let kind = quality::kind_of(&peer.rtc, s.mid);
+                        let (counters, samples) = (&mut self.counters, &mut self.samples);
+                        peer.quality.egress(&s, kind, counters, samples);
+                    }
                     Event::ChannelData(data) if !data.binary && data.data == b"PING" => {
                         if let Some(mut ch) = peer.rtc.channel(data.id) {
                             let _ = ch.write(false, b"PONG");
@@ -1337,8 +1342,13 @@ impl Engine {
             self.incoming = incoming;
         }
         for req in keyframe_requests {
-            if let Some(Source::Peer { peer, mid }) = self.fanout.upstream(peer_id, req.mid) {
-                self.request_keyframe(peer, mid, req.kind, now);
+            self.counters.keyframe_requests_received += 1;
+            let passed = match self.fanout.upstream(peer_id, req.mid) {
+                Some(Source::Peer { peer, mid }) => self.request_keyframe(peer, mid, req.kind, now),
+                _ => false,
+            };
+            if let Some(sub) = self.peers.get_mut(peer_id) {
+                sub.quality.keyframe_request_passed(passed);
             }
         }
     }

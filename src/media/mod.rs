@@ -23,6 +23,8 @@
 //! | `LocalDevices` | `local.rs` | each local device's published stream and received audio tracks |
 //! | `HostedRoutes` | `routes.rs` | the forwarding tables of the sessions given to this engine; participant → session |
 //! | `Fanout` | `fanout.rs` | source track → targets (the hot path), target → source (keyframe requests upstream) |
+//! | `PeerQuality` | `quality.rs` | per peer connection: its tracks' statistics (str0m's, sampled once a second), its keyframe requests passed on, merged or asked (kept in the `Peer`) |
+//! | `MediaCounters` | `counters.rs` | what the engine counts for the metrics (plain integers the driver reads) |
 //! | `Rewrite` | `rewrite.rs` | per subscriber m-line: the origin it carries now, sequence/timestamp offsets, payload-type map (kept in the subscriber's `Peer`) |
 //! | `Shard` | `shard.rs` | the device entries of one shard: resume, replacement, reconnect grace, moves, redirects |
 //!
@@ -85,6 +87,7 @@
 //! speaks in domain types ([`PublishAnswer`], [`SubscribeOffer`], [`StreamMetadata`]) and
 //! `signaling` renders them.
 
+mod counters;
 mod demux;
 mod devices;
 mod engine;
@@ -93,18 +96,19 @@ mod local;
 mod peers;
 pub mod placement;
 mod publishing;
+mod quality;
 mod rewrite;
 mod routes;
 pub mod shard;
 mod subscribing;
 
-pub use engine::{
-    Engine, EngineConfig, EngineEvent, MediaCounters, MediaError, MovedDevice, Transmit, Transport,
-};
+pub use counters::MediaCounters;
+pub use engine::{Engine, EngineConfig, EngineEvent, MediaError, MovedDevice, Transmit, Transport};
 pub use engine::{VIDEO_RTX_PACKETS, VIDEO_RTX_WINDOW};
 pub use local::SourceKey;
 pub use peers::KEYFRAME_REQUEST_INTERVAL;
 pub use placement::Placement;
+pub use quality::QualitySamples;
 pub use shard::{
     Delivery, DeviceNotice, LocalDownlink, Resumption, Shard, ShardMessage, ShardOutput,
     RECONNECT_GRACE,

@@ -11,6 +11,7 @@ use str0m::format::{Codec, FormatParams};
 use str0m::media::{Frequency, Mid};
 use str0m::{Rtc, RtcConfig};
 
+use super::quality::{PeerQuality, STATS_INTERVAL};
 use super::rewrite::Rewrite;
 use super::DeviceId;
 use crate::domain::MediaKinds;
@@ -54,6 +55,7 @@ pub(super) fn peer_config(cert: &DtlsCert, kinds: MediaKinds) -> RtcConfig {
         .set_ice_lite(true)
         .set_dtls_cert(cert.clone())
         .set_rtp_mode(true)
+        .set_stats_interval(Some(STATS_INTERVAL))
         .clear_codecs()
         .enable_opus(kinds.audio, false)
         .enable_vp8(kinds.video)
@@ -88,6 +90,8 @@ pub(super) struct Peer {
     pub(super) outgoing: HashMap<Mid, Rewrite>,
     /// A publish connection's tracks: when a keyframe was last asked of each.
     pub(super) keyframe_asked: HashMap<Mid, Instant>,
+    /// What the connection measured (it moves with the connection).
+    pub(super) quality: PeerQuality,
     timeout: Instant,
 }
 
@@ -108,6 +112,7 @@ impl Peer {
             candidate_ufrag: None,
             outgoing: HashMap::new(),
             keyframe_asked: HashMap::new(),
+            quality: PeerQuality::default(),
             timeout: now,
         }
     }

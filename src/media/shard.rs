@@ -353,6 +353,11 @@ impl Shard {
         &self.engine
     }
 
+    /// The subscribers' loss and RTT samples since the last call ([`Engine::take_quality_samples`]).
+    pub fn take_quality_samples(&mut self) -> crate::media::QualitySamples {
+        self.engine.take_quality_samples()
+    }
+
     /// Whether this shard hosts `session` (applies its routes).
     pub fn hosts(&self, session: SessionId) -> bool {
         home_of_session(session, self.shards) == self.index

@@ -36,7 +36,8 @@ use crate::control::port::{
 };
 use crate::control::{Control, ControlError, Resource};
 use crate::domain::{
-    AccountId, ParticipantId, PublishPermissions, SessionId, StreamAlias, StreamId, SubscribeLayout,
+    AccountId, ParticipantId, ParticipantQuality, PublishPermissions, SessionId, StreamAlias,
+    StreamId, SubscribeLayout,
 };
 use crate::forwarding::{PublishedStream, TableDiff};
 pub use crate::media::RECONNECT_GRACE;
@@ -91,6 +92,15 @@ enum Command {
     },
     RemoveLocal {
         device: DeviceId,
+    },
+    /// What a participant's device here measured.
+    Quality {
+        participant: ParticipantId,
+        reply: oneshot::Sender<Option<ParticipantQuality>>,
+    },
+    /// What every device of the shard measured.
+    Qualities {
+        reply: oneshot::Sender<Vec<(ParticipantId, ParticipantQuality)>>,
     },
 }
 
@@ -300,6 +310,31 @@ impl MediaPort for MediaHandle {
         self.shared.placement().is_connected(participant)
     }
 
+    async fn quality(
+        &self,
+        participant: ParticipantId,
+    ) -> Result<Option<ParticipantQuality>, MediaError> {
+        let placed = self.shared.placement().shard_of_participant(participant);
+        let Some(shard) = placed else {
+            return Ok(None);
+        };
+        self.shared
+            .request(shard, |reply| Command::Quality { participant, reply })
+            .await
+    }
+
+    async fn qualities(&self) -> Result<Vec<(ParticipantId, ParticipantQuality)>, MediaError> {
+        let mut all = Vec::new();
+        for shard in 0..self.shared.inboxes.len() {
+            let measured = self
+                .shared
+                .request(shard, |reply| Command::Qualities { reply })
+                .await?;
+            all.extend(measured);
+        }
+        Ok(all)
+    }
+
     async fn connect_local(&self, request: LocalRequest) -> Result<LocalConnection, MediaError> {
         let connection = self.next_connection.fetch_add(1, Ordering::Relaxed);
         let (downlink, frames) = mpsc::unbounded_channel();
@@ -423,6 +458,39 @@ pub struct ShardSetup {
 /// [`crate::runtime::listen`]): room for a few hundred devices behind one NAT, two
 /// connections each.
 const TCP_MAX_PER_SOURCE: usize = 512;
+
+/// How often this process writes what its media plane measured to the store, for the
+/// operator's `patchbay session inspect` (issue 21).
+pub const QUALITY_RECORD_EVERY: Duration = Duration::from_secs(5);
+
+/// Milliseconds since the Unix epoch, this process's clock.
+fn epoch_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Writes what the media plane measured to the store every [`QUALITY_RECORD_EVERY`]
+/// ([`Control::record_quality`]); a failed write is logged and tried again at the next tick.
+/// While the process has no device, nothing is written after the first empty write.
+pub fn spawn_quality_recorder(control: Control) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(QUALITY_RECORD_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut written_none = false;
+        loop {
+            every.tick().await;
+            match control.record_quality(epoch_ms(), written_none).await {
+                Ok(n) => written_none = n == 0,
+                Err(e) => {
+                    written_none = false;
+                    tracing::debug!(error = %e, "cannot record the media quality measured here");
+                }
+            }
+        }
+    });
+}
 
 /// Starts one task per shard and the reporter of their reports.
 pub fn spawn(shards: Vec<ShardSetup>, control: Control) -> std::io::Result<MediaHandle> {
@@ -717,6 +785,7 @@ impl Pump {
                 let counters = self.shard.engine().counters();
                 self.meter
                     .publish(counters, self.dropped, inbox.len(), done);
+                self.meter.record_quality(self.shard.take_quality_samples());
             }
         }
     }
@@ -920,6 +989,14 @@ impl Pump {
                 return;
             }
         }
+        // A participant's device may have moved to another shard since the handle looked.
+        if let Command::Quality { participant, .. } = &command {
+            let placed = self.shared.placement().shard_of_participant(*participant);
+            if let Some(shard) = placed.filter(|&s| s != self.shard.index()) {
+                let _ = self.shared.send(shard, Inbox::Command(command));
+                return;
+            }
+        }
         // A command for a device that moved away follows it.
         if let Some(shard) = command.device().and_then(|d| self.shard.locate(d)) {
             let _ = self.shared.send(shard, Inbox::Command(command));
@@ -1003,6 +1080,12 @@ impl Pump {
                 self.shard.handle_remove_local(device, now);
                 self.downlinks.remove(&device);
             }
+            Command::Quality { participant, reply } => {
+                let _ = reply.send(self.shard.engine().quality(participant, now));
+            }
+            Command::Qualities { reply } => {
+                let _ = reply.send(self.shard.engine().qualities(now));
+            }
         }
     }
 }
@@ -1036,7 +1119,10 @@ impl Command {
     /// The device a command is about (none for a new connection).
     fn device(&self) -> Option<DeviceId> {
         match self {
-            Command::Connect { .. } | Command::ConnectLocal { .. } => None,
+            Command::Connect { .. }
+            | Command::ConnectLocal { .. }
+            | Command::Quality { .. }
+            | Command::Qualities { .. } => None,
             Command::Disconnect { device, .. }
             | Command::PublishOffer { device, .. }
             | Command::SubscribeAnswer { device, .. }

@@ -27,7 +27,7 @@ use axum::Router;
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::media::MediaCounters;
+use crate::media::{MediaCounters, QualitySamples};
 
 use super::media::MediaHandle;
 
@@ -37,6 +37,9 @@ pub const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 /// Longest wait for the database while computing the scrape-time gauges; past it the gauges
 /// keep their last values and the scrape is still answered.
 const SCRAPE_DB_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Buckets of every `_ratio` histogram (fractions from 0 to 1: loss).
+const RATIO_BUCKETS: &[f64] = &[0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0];
 
 /// Latency buckets (seconds) of every `_seconds` histogram: 0.5 ms to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -53,6 +56,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     }
     let recorder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Suffix("_ratio".into()), RATIO_BUCKETS)?
         .build_recorder();
     let handle = recorder.handle();
     // Two apps built at once in one process (tests): the first one's recorder wins.
@@ -124,6 +128,35 @@ fn describe() {
     describe_gauge!(
         "patchbay_media_shard_inbox_depth",
         "Commands and messages queued for a shard, sampled once a second, by shard"
+    );
+    describe_counter!(
+        "patchbay_media_keyframe_requests_received_total",
+        "Keyframe requests (PLI, FIR) received from subscribers, by shard"
+    );
+    describe_counter!(
+        "patchbay_media_keyframe_requests_sent_total",
+        "Keyframe requests sent to publishers (for subscribers' requests and source switches), by shard"
+    );
+    describe_counter!(
+        "patchbay_media_keyframe_requests_merged_total",
+        "Keyframe requests not sent to a publisher because one went to the same track within 300 ms, by shard"
+    );
+    describe_counter!(
+        "patchbay_media_nacks_received_total",
+        "NACK feedback messages received from subscribers, by shard"
+    );
+    describe_counter!(
+        "patchbay_media_nacks_sent_total",
+        "NACK feedback messages sent to publishers, by shard"
+    );
+    describe_histogram!(
+        "patchbay_media_subscriber_loss_ratio",
+        "Loss fraction subscribers reported, one sample per track and second with a receiver report, by shard"
+    );
+    describe_histogram!(
+        "patchbay_media_subscriber_rtt_seconds",
+        Unit::Seconds,
+        "Round-trip time to subscribers from their receiver reports, one sample per track and second, by shard"
     );
     describe_counter!(
         "patchbay_sip_calls_started_total",
@@ -459,6 +492,13 @@ pub struct ShardMeter {
     unusable: Counter,
     busy: Counter,
     inbox: Gauge,
+    keyframes_received: Counter,
+    keyframes_sent: Counter,
+    keyframes_merged: Counter,
+    nacks_received: Counter,
+    nacks_sent: Counter,
+    subscriber_loss: Histogram,
+    subscriber_rtt: Histogram,
     published: MediaCounters,
     dropped_published: u64,
     /// Busy time since the last publish.
@@ -477,7 +517,14 @@ impl ShardMeter {
             dropped: counter!("patchbay_media_dropped_datagrams_total", "shard" => shard.clone()),
             unusable: counter!("patchbay_media_unusable_datagrams_total", "shard" => shard.clone()),
             busy: counter!("patchbay_media_shard_busy_microseconds_total", "shard" => shard.clone()),
-            inbox: gauge!("patchbay_media_shard_inbox_depth", "shard" => shard),
+            inbox: gauge!("patchbay_media_shard_inbox_depth", "shard" => shard.clone()),
+            keyframes_received: counter!("patchbay_media_keyframe_requests_received_total", "shard" => shard.clone()),
+            keyframes_sent: counter!("patchbay_media_keyframe_requests_sent_total", "shard" => shard.clone()),
+            keyframes_merged: counter!("patchbay_media_keyframe_requests_merged_total", "shard" => shard.clone()),
+            nacks_received: counter!("patchbay_media_nacks_received_total", "shard" => shard.clone()),
+            nacks_sent: counter!("patchbay_media_nacks_sent_total", "shard" => shard.clone()),
+            subscriber_loss: histogram!("patchbay_media_subscriber_loss_ratio", "shard" => shard.clone()),
+            subscriber_rtt: histogram!("patchbay_media_subscriber_rtt_seconds", "shard" => shard),
             published: MediaCounters::default(),
             dropped_published: 0,
             busy_since: Duration::ZERO,
@@ -527,6 +574,23 @@ impl ShardMeter {
         );
         self.dropped
             .increment(dropped.saturating_sub(self.dropped_published));
+        let increase = |now: u64, before: u64| now.saturating_sub(before);
+        self.keyframes_received.increment(increase(
+            counters.keyframe_requests_received,
+            before.keyframe_requests_received,
+        ));
+        self.keyframes_sent.increment(increase(
+            counters.keyframe_requests,
+            before.keyframe_requests,
+        ));
+        self.keyframes_merged.increment(increase(
+            counters.keyframe_requests_merged,
+            before.keyframe_requests_merged,
+        ));
+        self.nacks_received
+            .increment(increase(counters.nacks_received, before.nacks_received));
+        self.nacks_sent
+            .increment(increase(counters.nacks_sent, before.nacks_sent));
         // Whole microseconds (the facade's counters are integers); the rest waits for the
         // next publish, so no busy time is lost to rounding.
         let micros = self.busy_since.as_micros() as u64;
@@ -536,6 +600,16 @@ impl ShardMeter {
         self.published = counters;
         self.dropped_published = dropped;
         self.last = now;
+    }
+
+    /// Records the subscribers' loss and RTT samples the shard took since the last call.
+    pub fn record_quality(&mut self, samples: QualitySamples) {
+        for loss in samples.loss {
+            self.subscriber_loss.record(f64::from(loss));
+        }
+        for rtt in samples.rtt {
+            self.subscriber_rtt.record(rtt.as_secs_f64());
+        }
     }
 }
 

@@ -46,6 +46,7 @@ pub const CASES: &[&str] = &[
     "subscribe_layouts",
     "session_placement",
     "cluster_duties",
+    "live_quality",
 ];
 
 async fn new_account(store: &TestStore) -> AccountId {
@@ -1978,4 +1979,83 @@ pub async fn cluster_duties(store: TestStore) {
         "free once its holder is forgotten"
     );
     store.forget_instance(other).await.expect("forget");
+}
+
+/// What a process measured of its devices' media quality (issue 21): replaced whole by each
+/// write of its process, readable per participant with the process's last beat, gone with the
+/// process's other rows, and never written for a process whose row is gone.
+pub async fn live_quality(store: TestStore) {
+    let account = new_account(&store).await;
+    let (a, b, c) = (
+        new_participant(&store, &account).await,
+        new_participant(&store, &account).await,
+        new_participant(&store, &account).await,
+    );
+    let (p1, p2) = (
+        format!("proc-{}", rand::random::<u64>()),
+        format!("proc-{}", rand::random::<u64>()),
+    );
+    let t0 = 1_000_000_000_000_i64 + i64::from(rand::random::<u16>());
+    for p in [&p1, &p2] {
+        store
+            .heartbeat(p, &at("10.0.0.9:8080"), t0)
+            .await
+            .expect("beat");
+    }
+    store
+        .record_quality(
+            &p1,
+            &[(a, r#"{"n":1}"#.into()), (b, r#"{"n":2}"#.into())],
+            t0,
+        )
+        .await
+        .expect("record");
+    store
+        .record_quality(&p2, &[(c, r#"{"n":3}"#.into())], t0 + 1)
+        .await
+        .expect("record");
+    let read = store.live_quality(&[a, b, c]).await.expect("read");
+    let mut got: Vec<_> = read
+        .iter()
+        .map(|q| {
+            (
+                q.participant,
+                q.instance.clone(),
+                q.summary.clone(),
+                q.measured_at_ms,
+            )
+        })
+        .collect();
+    got.sort();
+    let mut want = vec![
+        (a, p1.clone(), r#"{"n":1}"#.to_owned(), t0),
+        (b, p1.clone(), r#"{"n":2}"#.to_owned(), t0),
+        (c, p2.clone(), r#"{"n":3}"#.to_owned(), t0 + 1),
+    ];
+    want.sort();
+    assert_eq!(got, want);
+    assert!(read.iter().all(|q| q.instance_seen_ms == t0), "{read:?}");
+    // A process's next write replaces its rows: b's device is gone from p1, a's was measured again.
+    store
+        .record_quality(&p1, &[(a, r#"{"n":4}"#.into())], t0 + 2)
+        .await
+        .expect("record");
+    let read = store.live_quality(&[a, b]).await.expect("read");
+    assert_eq!(read.len(), 1, "{read:?}");
+    assert_eq!(
+        (read[0].participant, read[0].summary.as_str()),
+        (a, r#"{"n":4}"#)
+    );
+    assert_eq!(read[0].measured_at_ms, t0 + 2);
+    // Forgetting a process removes its rows; a forgotten process writes nothing any more.
+    store.forget_instance(&p2).await.expect("forget");
+    assert!(store.live_quality(&[c]).await.expect("read").is_empty());
+    store
+        .record_quality(&p2, &[(c, r#"{"n":5}"#.into())], t0 + 3)
+        .await
+        .expect("a write of a forgotten process is no error");
+    assert!(store.live_quality(&[c]).await.expect("read").is_empty());
+    assert!(store.live_quality(&[]).await.expect("read").is_empty());
+    store.forget_instance(&p1).await.expect("forget");
+    assert!(store.live_quality(&[a]).await.expect("read").is_empty());
 }

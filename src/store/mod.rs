@@ -45,8 +45,8 @@ use crate::domain::{
 };
 
 pub use operator::{
-    AccountSummary, Beat, Beaten, DeviceKind, LiveChange, LiveDevice, LiveStream, OperatorStore,
-    SessionSummary, Writer, STALE_AFTER_MS,
+    AccountSummary, Beat, Beaten, DeviceKind, LiveChange, LiveDevice, LiveQuality, LiveStream,
+    OperatorStore, SessionSummary, Writer, STALE_AFTER_MS,
 };
 pub use placement::{InstanceLoad, InstanceRecord, InstanceStatus, PlacementStore, SessionHost};
 pub use sql::{Dialect, PoolStats, RowCounts, SqlStore};

@@ -237,6 +237,35 @@ pub trait OperatorStore: Send + Sync + 'static {
     ) -> Result<Vec<String>, StoreError>;
     /// The live devices the process `instance` still holds.
     async fn instance_devices(&self, instance: &str) -> Result<Vec<LiveDevice>, StoreError>;
+    /// Replaces what the process `instance` measured of its devices' media quality (a summary,
+    /// JSON text, per participant), stamped `now_ms`: its rows of participants not in `rows`
+    /// go. Nothing is written once the process's row is gone (it was taken for dead).
+    async fn record_quality(
+        &self,
+        instance: &str,
+        rows: &[(ParticipantId, String)],
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// The media quality recorded for these participants, with their process's last heartbeat.
+    async fn live_quality(
+        &self,
+        participants: &[ParticipantId],
+    ) -> Result<Vec<LiveQuality>, StoreError>;
+}
+
+/// What a process measured of a participant's media quality (issue 21).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveQuality {
+    /// The participant.
+    pub participant: ParticipantId,
+    /// The process that measured it.
+    pub instance: String,
+    /// The summary, JSON text as the process wrote it.
+    pub summary: String,
+    /// When it was measured (epoch milliseconds, the database's clock).
+    pub measured_at_ms: i64,
+    /// When its process was last seen (0 when the process row is gone).
+    pub instance_seen_ms: i64,
 }
 
 /// Live devices with their process's last heartbeat (0 when the process row is gone), as
@@ -498,6 +527,7 @@ impl OperatorStore for SqlStore {
         for sql in [
             "DELETE FROM live_devices WHERE instance_id = $1",
             "DELETE FROM live_streams WHERE instance_id = $1",
+            "DELETE FROM live_quality WHERE instance_id = $1",
             "DELETE FROM session_hosts WHERE instance_id = $1",
             "DELETE FROM cluster_duties WHERE holder = $1",
             "DELETE FROM server_instances WHERE id = $1",
@@ -580,6 +610,70 @@ impl OperatorStore for SqlStore {
                         audio: audio != 0,
                         video: video != 0,
                     },
+                })
+            })
+            .collect()
+    }
+
+    async fn record_quality(
+        &self,
+        instance: &str,
+        rows: &[(ParticipantId, String)],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        sqlx::query("DELETE FROM live_quality WHERE instance_id = $1")
+            .bind(instance)
+            .execute(&mut *tx)
+            .await?;
+        for (participant, summary) in rows {
+            sqlx::query(
+                "INSERT INTO live_quality (participant_id, instance_id, summary, measured_at) \
+                 SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM server_instances WHERE id = $5) \
+                 ON CONFLICT (participant_id) DO UPDATE SET instance_id = excluded.instance_id, \
+                 summary = excluded.summary, measured_at = excluded.measured_at",
+            )
+            .bind(participant.to_string())
+            .bind(instance)
+            .bind(summary.as_str())
+            .bind(now_ms)
+            .bind(instance)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn live_quality(
+        &self,
+        participants: &[ParticipantId],
+    ) -> Result<Vec<LiveQuality>, StoreError> {
+        if participants.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT q.participant_id, q.instance_id, q.summary, q.measured_at, \
+             COALESCE(i.seen_at, 0) AS seen_at FROM live_quality q \
+             LEFT JOIN server_instances i ON i.id = q.instance_id \
+             WHERE q.participant_id IN ({}) ORDER BY q.participant_id",
+            in_list(participants.len())
+        );
+        let mut query = sqlx::query(&sql);
+        for p in participants {
+            query = query.bind(p.to_string());
+        }
+        query
+            .fetch_all(&self.read)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(LiveQuality {
+                    participant: parse_id(row, "participant_id")?,
+                    instance: row.try_get("instance_id")?,
+                    summary: row.try_get("summary")?,
+                    measured_at_ms: row.try_get("measured_at")?,
+                    instance_seen_ms: row.try_get("seen_at")?,
                 })
             })
             .collect()

@@ -653,6 +653,37 @@ async fn sessions_list_and_inspect_show_members_live_devices_calls_and_who_hears
     assert!(text.contains("phone call"), "{text}");
     assert!(text.contains("p0 ("), "{text}");
     assert!(text.contains("phone [AUDIO]"), "{text}");
+    // The serving process records each device's media quality (issue 21) every few seconds:
+    // the phone's shows as a phone's (no WebRTC connection is measured for it).
+    let phone_participant = v["devices"]
+        .as_array()
+        .and_then(|d| d.iter().find(|d| d["kind"] == "phone"))
+        .map(|d| d["participantId"].clone())
+        .expect("phone device");
+    eventually(
+        "inspect shows the phone's recorded quality",
+        Duration::from_secs(30),
+        || async {
+            let v: Value = serde_json::from_str(&cli(
+                &db,
+                &["session", "inspect", "ops", &session_id, "--json"],
+            ))
+            .expect("json");
+            v["quality"].as_array().is_some_and(|q| {
+                q.iter().any(|q| {
+                    q["participantId"] == phone_participant
+                        && q["summary"]["device"] == "phone"
+                        && q["stale"] == false
+                })
+            })
+        },
+    )
+    .await;
+    let text = cli(&db, &["session", "inspect", "ops", &session_id]);
+    assert!(
+        text.contains("quality: phone device, no media connection measured"),
+        "{text}"
+    );
 
     // A session that does not exist is an error, not an empty answer.
     let out = Command::new(BIN)

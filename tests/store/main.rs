@@ -72,6 +72,7 @@ both!(
     subscribe_layouts,
     session_placement,
     cluster_duties,
+    live_quality,
 );
 
 /// State written through one handle is there for a new process-like handle on the same file.

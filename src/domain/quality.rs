@@ -1,0 +1,186 @@
+//! What the media plane measured of a participant's connections (issue 21, "measure first"):
+//! the media plane produces it, control hands it over, the REST adapter and the operator's
+//! views render it. Plain values; every figure says its unit in its name.
+
+use super::MediaKind;
+
+/// What kind of device a participant has connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QualityDevice {
+    /// A WebRTC device (a browser): a publish and a subscribe connection, each measured.
+    Browser,
+    /// A phone call bridged by the SIP runtime: it has no WebRTC connection, and nothing of its
+    /// RTP leg is measured here.
+    Phone,
+}
+
+/// The measured quality of a participant's device on this process's media plane.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParticipantQuality {
+    /// The device's kind.
+    pub device: QualityDevice,
+    /// Its publish connection (media from the device to the server), if it has one.
+    pub publish: Option<ConnectionQuality>,
+    /// Its subscribe connection (media from the server to the device), if it has one.
+    pub subscribe: Option<ConnectionQuality>,
+}
+
+/// One peer connection, measured in one direction: what the server received on a publish
+/// connection, what it sent on a subscribe connection.
+///
+/// Cumulative counts run from the connection's start (a connection that moved between shards
+/// keeps them; a new connection after a reconnect starts again). Rates, loss, jitter and RTT
+/// are the latest sample (statistics are taken once per [`STATS_INTERVAL_MS`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ConnectionQuality {
+    /// ICE and DTLS are up.
+    pub connected: bool,
+    /// Milliseconds since the last statistics sample; `None` before the first.
+    pub sample_age_ms: Option<u64>,
+    /// RTP payload bits per second over the last sample interval, all tracks.
+    pub bitrate_bps: Option<u64>,
+    /// RTP payload bytes, all tracks, retransmissions included.
+    pub bytes: u64,
+    /// RTP packets, all tracks, retransmissions included.
+    pub packets: u64,
+    /// The worst track's loss fraction (0 to 1) in the last report (see [`TrackQuality`]).
+    pub loss_fraction: Option<f32>,
+    /// Packets the device reported lost, all tracks (subscribe connections only: from the
+    /// device's receiver reports; `None` on a publish connection, where it is not measured).
+    pub packets_lost: Option<u64>,
+    /// The highest track round-trip time in the last sample, milliseconds.
+    pub rtt_ms: Option<f64>,
+    /// The highest track interarrival jitter in the last sample, milliseconds.
+    pub jitter_ms: Option<f64>,
+    /// NACK feedback messages (each may name several packets): sent to the device on a
+    /// publish connection, received from it on a subscribe connection.
+    pub nacks: u64,
+    /// PLIs: sent to the device on a publish connection, received from it on a subscribe one.
+    pub plis: u64,
+    /// FIRs, likewise.
+    pub firs: u64,
+    /// Publish: keyframe requests the server asked of this publisher (for its subscribers'
+    /// PLIs/FIRs and for source switches), after merging. Subscribe: this subscriber's PLIs and
+    /// FIRs that the server passed on to a publisher.
+    pub keyframe_requests: u64,
+    /// Subscribe: this subscriber's PLIs and FIRs not passed on (merged with a request sent
+    /// to the same track within the last 300 ms, or none could be sent: no publisher on the
+    /// m-line now, or its connection negotiated no PLI/FIR).
+    /// Always 0 on a publish connection.
+    pub keyframe_requests_suppressed: u64,
+    /// Per track (m-line) that carried media, in mid order.
+    pub tracks: Vec<TrackQuality>,
+}
+
+/// One track (m-line) of a connection, in the connection's direction.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TrackQuality {
+    /// The m-line's mid (the server's mid on a subscribe connection).
+    pub mid: String,
+    /// Audio or video.
+    pub kind: Option<MediaKind>,
+    /// RTP payload bits per second over the last sample interval.
+    pub bitrate_bps: Option<u64>,
+    /// RTP payload bytes, retransmissions included.
+    pub bytes: u64,
+    /// RTP packets, retransmissions included.
+    pub packets: u64,
+    /// Publish: the fraction lost in the last receiver report the server sent for the track.
+    /// Subscribe: the fraction the device reported lost, averaged over the reports of the
+    /// last sample interval (`None` when none came).
+    pub loss_fraction: Option<f32>,
+    /// Subscribe only: packets the device reported lost (cumulative, its last report).
+    pub packets_lost: Option<u64>,
+    /// Round-trip time from the last report that allowed computing it, milliseconds
+    /// (publish: RTCP XR DLRR, which browsers rarely send; subscribe: receiver reports).
+    pub rtt_ms: Option<f64>,
+    /// Interarrival jitter, milliseconds (publish: as the server computed it; subscribe: as
+    /// the device reported it).
+    pub jitter_ms: Option<f64>,
+    /// NACK feedback messages (sent on publish, received on subscribe).
+    pub nacks: u64,
+    /// PLIs (sent on publish, received on subscribe).
+    pub plis: u64,
+    /// FIRs (sent on publish, received on subscribe).
+    pub firs: u64,
+}
+
+/// How often the media plane samples each connection's statistics, in milliseconds.
+pub const STATS_INTERVAL_MS: u64 = 1_000;
+
+impl ConnectionQuality {
+    /// Derives the connection's summary fields (bitrate, bytes, packets, loss, lost, RTT,
+    /// jitter, NACK/PLI/FIR counts) from its tracks: sums of counts, the worst loss, the
+    /// highest RTT and jitter. A connection with no track keeps `None`/0.
+    pub fn summarize(&mut self) {
+        let tracks = &self.tracks;
+        self.bytes = tracks.iter().map(|t| t.bytes).sum();
+        self.packets = tracks.iter().map(|t| t.packets).sum();
+        self.nacks = tracks.iter().map(|t| t.nacks).sum();
+        self.plis = tracks.iter().map(|t| t.plis).sum();
+        self.firs = tracks.iter().map(|t| t.firs).sum();
+        self.bitrate_bps = sum_some(tracks.iter().map(|t| t.bitrate_bps));
+        self.packets_lost = sum_some(tracks.iter().map(|t| t.packets_lost));
+        self.loss_fraction = max_some(tracks.iter().map(|t| t.loss_fraction));
+        self.rtt_ms = max_some(tracks.iter().map(|t| t.rtt_ms));
+        self.jitter_ms = max_some(tracks.iter().map(|t| t.jitter_ms));
+    }
+}
+
+fn sum_some(values: impl Iterator<Item = Option<u64>>) -> Option<u64> {
+    values.flatten().reduce(|a, b| a.saturating_add(b))
+}
+
+fn max_some<T: PartialOrd>(values: impl Iterator<Item = Option<T>>) -> Option<T> {
+    values.flatten().reduce(|a, b| if b > a { b } else { a })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn track(mid: &str, bitrate: Option<u64>, loss: Option<f32>, rtt: Option<f64>) -> TrackQuality {
+        TrackQuality {
+            mid: mid.into(),
+            kind: Some(MediaKind::Video),
+            bitrate_bps: bitrate,
+            bytes: 100,
+            packets: 10,
+            loss_fraction: loss,
+            packets_lost: loss.map(|_| 2),
+            rtt_ms: rtt,
+            jitter_ms: None,
+            nacks: 1,
+            plis: 2,
+            firs: 3,
+        }
+    }
+
+    #[test]
+    fn a_connection_sums_counts_and_takes_the_worst_track() {
+        let mut c = ConnectionQuality {
+            tracks: vec![
+                track("0", Some(64_000), Some(0.01), Some(20.0)),
+                track("1", None, Some(0.25), None),
+                track("2", Some(1_000_000), None, Some(35.5)),
+            ],
+            ..ConnectionQuality::default()
+        };
+        c.summarize();
+        assert_eq!(c.bytes, 300);
+        assert_eq!(c.packets, 30);
+        assert_eq!((c.nacks, c.plis, c.firs), (3, 6, 9));
+        assert_eq!(c.bitrate_bps, Some(1_064_000));
+        assert_eq!(c.loss_fraction, Some(0.25));
+        assert_eq!(c.packets_lost, Some(4));
+        assert_eq!(c.rtt_ms, Some(35.5));
+        assert_eq!(c.jitter_ms, None);
+    }
+
+    #[test]
+    fn a_connection_without_tracks_measured_nothing() {
+        let mut c = ConnectionQuality::default();
+        c.summarize();
+        assert_eq!(c, ConnectionQuality::default());
+    }
+}
