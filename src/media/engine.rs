@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::SdpOffer;
 use str0m::config::DtlsCert;
 use str0m::format::{Codec, PayloadParams};
@@ -16,6 +17,7 @@ use str0m::net::{Protocol, Receive, TcpType};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, VideoOrientation};
 use str0m::{Candidate, Event, Input, Output};
 
+use super::allocation::Change;
 use super::demux::Demux;
 use super::devices::{Device, Devices};
 use super::fanout::{Fanout, Source, Target};
@@ -294,6 +296,13 @@ pub struct MediaCounters {
     /// Connectivity checks addressed to another process, answered with an error
     /// ([`Engine::refuse_check`]; counted, not yet exported as a metric).
     pub refused_checks: u64,
+    /// Subscribers' keyframe requests held back: for a paused track, or while the
+    /// subscriber's link is short (`allocation`).
+    pub keyframe_requests_held: u64,
+    /// Video tracks paused for a subscriber whose link is short.
+    pub video_pauses: u64,
+    /// Paused video tracks resumed.
+    pub video_resumes: u64,
 }
 
 impl MediaCounters {
@@ -1113,7 +1122,7 @@ impl Engine {
         kinds: MediaKinds,
         now: Instant,
     ) -> PeerId {
-        let mut rtc = peer_config(&self.config.cert, kinds)
+        let mut rtc = peer_config(&self.config.cert, kinds, subscribe)
             .set_local_ice_credentials(self.local_ice_credentials())
             .build(now);
         // Invariant: the configured public addresses are unicast host addresses (checked when
@@ -1275,6 +1284,10 @@ impl Engine {
                         }
                     }
                     Event::KeyframeRequest(req) => keyframe_requests.push(req),
+                    Event::EgressBitrateEstimate(BweKind::Twcc {
+                        estimate,
+                        can_probe: true,
+                    }) => peer.allocation.set_estimate(estimate.as_u64(), now),
                     Event::Connected => self.events.push_back(EngineEvent::Connected {
                         device: peer.device,
                         subscribe: peer.subscribe,
@@ -1293,6 +1306,28 @@ impl Engine {
                 }
             }
         };
+        if peer.subscribe {
+            if let Some(change) = peer.allocation.decide(now, |_| None) {
+                match change {
+                    Change::Pause(mid) => {
+                        self.counters.video_pauses += 1;
+                        tracing::debug!(device = peer.device.0, %mid, estimate = ?peer.allocation.estimate(), "video paused: the subscriber's link is short");
+                    }
+                    Change::Resume(mid) => {
+                        self.counters.video_resumes += 1;
+                        tracing::debug!(device = peer.device.0, %mid, estimate = ?peer.allocation.estimate(), "video resumed");
+                        if let Some(rewrite) = peer.outgoing.get_mut(&mid) {
+                            rewrite.restart();
+                        }
+                    }
+                }
+            }
+            if let Some(target) = peer.allocation.probe_target_due(now) {
+                peer.rtc
+                    .bwe()
+                    .set_bitrate(Bitrate::ZERO, Bitrate::bps(target));
+            }
+        }
         self.peers.set_timeout(peer_id, next_timeout);
         for (mid, rtp) in incoming.drain(..) {
             let Some(peer) = self.peers.get(peer_id) else {
@@ -1337,6 +1372,16 @@ impl Engine {
             self.incoming = incoming;
         }
         for req in keyframe_requests {
+            // A subscriber whose link is short (or whose track is paused) would only make
+            // every subscriber of the publisher pay for a keyframe it cannot receive.
+            let held = self
+                .peers
+                .get(peer_id)
+                .is_some_and(|p| !p.allocation.passes_keyframe_requests(req.mid));
+            if held {
+                self.counters.keyframe_requests_held += 1;
+                continue;
+            }
             if let Some(Source::Peer { peer, mid }) = self.fanout.upstream(peer_id, req.mid) {
                 self.request_keyframe(peer, mid, req.kind, now);
             }
@@ -1369,6 +1414,9 @@ impl Engine {
                     let Some(sub) = self.peers.get_mut(peer) else {
                         continue;
                     };
+                    if video && sub.allocation.is_paused(mid) {
+                        continue;
+                    }
                     let rewrite = sub.outgoing.entry(mid).or_default();
                     let config = sub.rtc.codec_config();
                     let pt =
@@ -1429,6 +1477,9 @@ impl Engine {
                         rewrite.sized_for = Some(ssrc);
                     }
                     self.counters.forwarded(packet.payload.len());
+                    if let Some(sub) = self.peers.get_mut(peer) {
+                        sub.allocation.sent(mid, video, packet.payload.len(), now);
+                    }
                     // Sent at the subscriber's next timeout, once for the whole batch.
                     self.peers.written(peer, now);
                 }

@@ -85,6 +85,7 @@
 //! speaks in domain types ([`PublishAnswer`], [`SubscribeOffer`], [`StreamMetadata`]) and
 //! `signaling` renders them.
 
+mod allocation;
 mod demux;
 mod devices;
 mod engine;
