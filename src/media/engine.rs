@@ -58,6 +58,9 @@ pub struct EngineConfig {
     /// consent check naming one, from a device that has reconnected here, is answered with a
     /// signed error (see [`Engine::refuse_check`]).
     pub previous_credentials: Arc<HashMap<String, PublishCredentials>>,
+    /// Subscribe connections estimate their link (TWCC) and pause the video it cannot carry
+    /// (`allocation`); off: every subscriber is sent everything it subscribes to.
+    pub subscriber_bwe: bool,
 }
 
 impl EngineConfig {
@@ -74,6 +77,7 @@ impl EngineConfig {
             cert,
             ice_prefix: random_ice_chars(ICE_PREFIX_LEN),
             previous_credentials: Arc::default(),
+            subscriber_bwe: false,
         })
     }
 
@@ -1122,7 +1126,8 @@ impl Engine {
         kinds: MediaKinds,
         now: Instant,
     ) -> PeerId {
-        let mut rtc = peer_config(&self.config.cert, kinds, subscribe)
+        let bwe = subscribe && self.config.subscriber_bwe;
+        let mut rtc = peer_config(&self.config.cert, kinds, bwe)
             .set_local_ice_credentials(self.local_ice_credentials())
             .build(now);
         // Invariant: the configured public addresses are unicast host addresses (checked when

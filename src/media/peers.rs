@@ -56,7 +56,7 @@ pub(super) fn open_builtin_channels(rtc: &mut Rtc) {
 /// bookkeeping and the repair of retransmissions) instead of reassembled frames, and sends
 /// what the engine writes per packet. Nothing is held back waiting for a missing packet: the
 /// receiving browser's jitter buffer orders and conceals.
-pub(super) fn peer_config(cert: &DtlsCert, kinds: MediaKinds, subscribe: bool) -> RtcConfig {
+pub(super) fn peer_config(cert: &DtlsCert, kinds: MediaKinds, bwe: bool) -> RtcConfig {
     let mut rtc = Rtc::builder()
         .set_ice_lite(true)
         .set_dtls_cert(cert.clone())
@@ -65,7 +65,7 @@ pub(super) fn peer_config(cert: &DtlsCert, kinds: MediaKinds, subscribe: bool) -
         .enable_opus(kinds.audio, false)
         .enable_vp8(kinds.video)
         .enable_h264(kinds.video);
-    if subscribe {
+    if bwe {
         // What a subscriber's link carries is estimated from its TWCC feedback (issue 21):
         // the allocation pauses video that does not fit, never audio.
         rtc = rtc.enable_bwe(Some(Bitrate::kbps(SUBSCRIBER_INITIAL_ESTIMATE_KBPS)));
