@@ -393,8 +393,9 @@ pub struct ServeConfig {
     pub dev_account: bool,
     /// Estimate each subscriber's link from its transport-wide congestion feedback and pause
     /// the video it cannot carry, keeping its audio (issue 21; BENCHMARKS.md, "A thin
-    /// subscriber"). Off by default for now: the estimator pads and probes every subscribe
-    /// connection, and the whole test suite has not run with it on yet.
+    /// subscriber"). Experimental, off by default: on a loaded machine the estimator has taken
+    /// load for congestion and paused a clean subscriber's video for seconds, and the whole
+    /// test suite has not run with it on yet.
     #[arg(long, env = "PATCHBAY_SUBSCRIBER_BWE", default_value_t = false, action = clap::ArgAction::Set)]
     pub subscriber_bwe: bool,
     /// UDP address of the media plane (ICE-lite, DTLS-SRTP). With several shards, shard `i`
