@@ -185,6 +185,7 @@ impl App {
                 cert: first.cert.clone(),
                 ice_prefix: first.ice_prefix.clone(),
                 previous_credentials: first.previous_credentials.clone(),
+                subscriber_bwe: config.subscriber_bwe,
             };
             shards.push(ShardSetup {
                 config,

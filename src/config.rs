@@ -391,6 +391,13 @@ pub struct ServeConfig {
     /// create none; make accounts with `patchbay account create`, as production does).
     #[arg(long, env = "PATCHBAY_DEV_ACCOUNT", default_value_t = true, action = clap::ArgAction::Set)]
     pub dev_account: bool,
+    /// Estimate each subscriber's link from its transport-wide congestion feedback and pause
+    /// the video it cannot carry, keeping its audio (issue 21; BENCHMARKS.md, "A thin
+    /// subscriber"). Experimental, off by default: on a loaded machine the estimator has taken
+    /// load for congestion and paused a clean subscriber's video for seconds, and the whole
+    /// test suite has not run with it on yet.
+    #[arg(long, env = "PATCHBAY_SUBSCRIBER_BWE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub subscriber_bwe: bool,
     /// UDP address of the media plane (ICE-lite, DTLS-SRTP). With several shards, shard `i`
     /// binds this port + `i` (port 0: any free port for each).
     #[arg(long, env = "PATCHBAY_MEDIA_LISTEN", default_value = "0.0.0.0:3478")]
@@ -511,6 +518,7 @@ impl ServeConfig {
                 data_dir: None,
             },
             dev_account: true,
+            subscriber_bwe: false,
             media_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             media_shards: None,
             media_tcp_listen: crate::reach::MediaTcpListen::Same,

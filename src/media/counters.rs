@@ -27,6 +27,13 @@ pub struct MediaCounters {
     /// Connectivity checks addressed to another process, answered with an error
     /// (`Engine::refuse_check`; counted, not yet exported as a metric).
     pub refused_checks: u64,
+    /// Subscribers' keyframe requests held back: for a paused track, or while the
+    /// subscriber's link is short (`allocation`; counted, not yet exported as a metric).
+    pub keyframe_requests_held: u64,
+    /// Video tracks paused for a subscriber whose link is short (not yet exported).
+    pub video_pauses: u64,
+    /// Paused video tracks resumed (not yet exported).
+    pub video_resumes: u64,
 }
 
 impl MediaCounters {

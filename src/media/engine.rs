@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::SdpOffer;
 use str0m::config::DtlsCert;
 use str0m::format::{Codec, PayloadParams};
@@ -16,6 +17,7 @@ use str0m::net::{Protocol, Receive, TcpType};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, VideoOrientation};
 use str0m::{Candidate, Event, Input, Output};
 
+use super::allocation::Change;
 use super::demux::Demux;
 use super::devices::{Device, Devices};
 use super::fanout::{Fanout, Source, Target};
@@ -58,6 +60,9 @@ pub struct EngineConfig {
     /// consent check naming one, from a device that has reconnected here, is answered with a
     /// signed error (see [`Engine::refuse_check`]).
     pub previous_credentials: Arc<HashMap<String, PublishCredentials>>,
+    /// Subscribe connections estimate their link (TWCC) and pause the video it cannot carry
+    /// (`allocation`); off: every subscriber is sent everything it subscribes to.
+    pub subscriber_bwe: bool,
 }
 
 impl EngineConfig {
@@ -74,6 +79,7 @@ impl EngineConfig {
             cert,
             ice_prefix: random_ice_chars(ICE_PREFIX_LEN),
             previous_credentials: Arc::default(),
+            subscriber_bwe: false,
         })
     }
 
@@ -1104,7 +1110,8 @@ impl Engine {
         kinds: MediaKinds,
         now: Instant,
     ) -> PeerId {
-        let mut rtc = peer_config(&self.config.cert, kinds)
+        let bwe = subscribe && self.config.subscriber_bwe;
+        let mut rtc = peer_config(&self.config.cert, kinds, bwe)
             .set_local_ice_credentials(self.local_ice_credentials())
             .build(now);
         // Invariant: the configured public addresses are unicast host addresses (checked when
@@ -1284,6 +1291,10 @@ impl Engine {
                         let (counters, samples) = (&mut self.counters, &mut self.samples);
                         peer.quality.egress(&s, kind, counters, samples);
                     }
+                    Event::EgressBitrateEstimate(BweKind::Twcc {
+                        estimate,
+                        can_probe: true,
+                    }) => peer.allocation.set_estimate(estimate.as_u64(), now),
                     Event::ChannelData(data) if !data.binary && data.data == b"PING" => {
                         if let Some(mut ch) = peer.rtc.channel(data.id) {
                             let _ = ch.write(false, b"PONG");
@@ -1298,6 +1309,28 @@ impl Engine {
                 }
             }
         };
+        if peer.subscribe {
+            if let Some(change) = peer.allocation.decide(now, |_| None) {
+                match change {
+                    Change::Pause(mid) => {
+                        self.counters.video_pauses += 1;
+                        tracing::debug!(device = peer.device.0, %mid, estimate = ?peer.allocation.estimate(), "video paused: the subscriber's link is short");
+                    }
+                    Change::Resume(mid) => {
+                        self.counters.video_resumes += 1;
+                        tracing::debug!(device = peer.device.0, %mid, estimate = ?peer.allocation.estimate(), "video resumed");
+                        if let Some(rewrite) = peer.outgoing.get_mut(&mid) {
+                            rewrite.restart();
+                        }
+                    }
+                }
+            }
+            if let Some(target) = peer.allocation.probe_target_due(now) {
+                peer.rtc
+                    .bwe()
+                    .set_bitrate(Bitrate::ZERO, Bitrate::bps(target));
+            }
+        }
         self.peers.set_timeout(peer_id, next_timeout);
         for (mid, rtp) in incoming.drain(..) {
             let Some(peer) = self.peers.get(peer_id) else {
@@ -1343,9 +1376,22 @@ impl Engine {
         }
         for req in keyframe_requests {
             self.counters.keyframe_requests_received += 1;
-            let passed = match self.fanout.upstream(peer_id, req.mid) {
-                Some(Source::Peer { peer, mid }) => self.request_keyframe(peer, mid, req.kind, now),
-                _ => false,
+            // A subscriber whose link is short (or whose track is paused) would only make
+            // every subscriber of the publisher pay for a keyframe it cannot receive.
+            let held = self
+                .peers
+                .get(peer_id)
+                .is_some_and(|p| !p.allocation.passes_keyframe_requests(req.mid));
+            let passed = if held {
+                self.counters.keyframe_requests_held += 1;
+                false
+            } else {
+                match self.fanout.upstream(peer_id, req.mid) {
+                    Some(Source::Peer { peer, mid }) => {
+                        self.request_keyframe(peer, mid, req.kind, now)
+                    }
+                    _ => false,
+                }
             };
             if let Some(sub) = self.peers.get_mut(peer_id) {
                 sub.quality.keyframe_request_passed(passed);
@@ -1379,6 +1425,9 @@ impl Engine {
                     let Some(sub) = self.peers.get_mut(peer) else {
                         continue;
                     };
+                    if video && sub.allocation.is_paused(mid) {
+                        continue;
+                    }
                     let rewrite = sub.outgoing.entry(mid).or_default();
                     let config = sub.rtc.codec_config();
                     let pt =
@@ -1439,6 +1488,9 @@ impl Engine {
                         rewrite.sized_for = Some(ssrc);
                     }
                     self.counters.forwarded(packet.payload.len());
+                    if let Some(sub) = self.peers.get_mut(peer) {
+                        sub.allocation.sent(mid, video, packet.payload.len(), now);
+                    }
                     // Sent at the subscriber's next timeout, once for the whole batch.
                     self.peers.written(peer, now);
                 }

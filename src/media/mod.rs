@@ -87,6 +87,7 @@
 //! speaks in domain types ([`PublishAnswer`], [`SubscribeOffer`], [`StreamMetadata`]) and
 //! `signaling` renders them.
 
+mod allocation;
 mod counters;
 mod demux;
 mod devices;

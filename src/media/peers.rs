@@ -5,12 +5,14 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
+use str0m::bwe::Bitrate;
 use str0m::channel::ChannelConfig;
 use str0m::config::DtlsCert;
 use str0m::format::{Codec, FormatParams};
 use str0m::media::{Frequency, Mid};
 use str0m::{Rtc, RtcConfig};
 
+use super::allocation::Allocation;
 use super::quality::{PeerQuality, STATS_INTERVAL};
 use super::rewrite::Rewrite;
 use super::DeviceId;
@@ -20,6 +22,11 @@ use crate::domain::MediaKinds;
 /// requests of many subscribers asking at once (a re-wire, a burst of loss) become one, and
 /// the keyframe it brings serves them all.
 pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(300);
+
+/// Where a subscribe connection's bandwidth estimate starts (kbit/s): high enough that a call's
+/// video is not paused while the estimator probes its way up, low enough that a thin link is
+/// found within a second or two of congestion.
+pub(super) const SUBSCRIBER_INITIAL_ESTIMATE_KBPS: u64 = 2_500;
 
 /// The SDK's pre-negotiated data channels: (id, label).
 pub(super) const BUILTIN_CHANNELS: [(u16, &str); 2] =
@@ -50,7 +57,7 @@ pub(super) fn open_builtin_channels(rtc: &mut Rtc) {
 /// bookkeeping and the repair of retransmissions) instead of reassembled frames, and sends
 /// what the engine writes per packet. Nothing is held back waiting for a missing packet: the
 /// receiving browser's jitter buffer orders and conceals.
-pub(super) fn peer_config(cert: &DtlsCert, kinds: MediaKinds) -> RtcConfig {
+pub(super) fn peer_config(cert: &DtlsCert, kinds: MediaKinds, bwe: bool) -> RtcConfig {
     let mut rtc = Rtc::builder()
         .set_ice_lite(true)
         .set_dtls_cert(cert.clone())
@@ -60,6 +67,11 @@ pub(super) fn peer_config(cert: &DtlsCert, kinds: MediaKinds) -> RtcConfig {
         .enable_opus(kinds.audio, false)
         .enable_vp8(kinds.video)
         .enable_h264(kinds.video);
+    if bwe {
+        // What a subscriber's link carries is estimated from its TWCC feedback (issue 21):
+        // the allocation pauses video that does not fit, never audio.
+        rtc = rtc.enable_bwe(Some(Bitrate::kbps(SUBSCRIBER_INITIAL_ESTIMATE_KBPS)));
+    }
     if kinds.audio {
         rtc.codec_config().add_config(
             110.into(),
@@ -92,6 +104,8 @@ pub(super) struct Peer {
     pub(super) keyframe_asked: HashMap<Mid, Instant>,
     /// What the connection measured (it moves with the connection).
     pub(super) quality: PeerQuality,
+    /// A subscribe connection's video pauses for its link (it moves with the connection).
+    pub(super) allocation: Allocation,
     timeout: Instant,
 }
 
@@ -113,6 +127,7 @@ impl Peer {
             outgoing: HashMap::new(),
             keyframe_asked: HashMap::new(),
             quality: PeerQuality::default(),
+            allocation: Allocation::default(),
             timeout: now,
         }
     }

@@ -115,6 +115,13 @@ impl Rewrite {
         })
     }
 
+    /// The next packet starts anew as if its origin had changed (a paused track resumed): it
+    /// continues the m-line's numbering without a gap and is reported `switched`, so the
+    /// caller asks for a keyframe.
+    pub(super) fn restart(&mut self) {
+        self.origin = None;
+    }
+
     /// The m-line's payload type for the origin's `pt`, found by `lookup` once per origin.
     pub(super) fn pt(&mut self, pt: Pt, lookup: impl FnOnce() -> Option<Pt>) -> Option<Pt> {
         if let Some((_, out)) = self.pts.iter().find(|(p, _)| *p == pt) {

@@ -25,7 +25,7 @@
 //   link                      the shaper's sent bytes and drops toward the namespace
 // One JSON line per run on stdout, then one with the medians ({"kind":"summary"}); progress on
 // stderr. Options: --runs N (pairs, default 3), --seconds S, --rate-kbps K, --queue-ms Q,
-// --only thin|baseline. Env: CHROMIUM_PATH, PATCHBAY_BIN (default ../../../target/debug/patchbay),
+// --only thin|baseline, --bwe (patchbay with --subscriber-bwe true). Env: CHROMIUM_PATH, PATCHBAY_BIN (default ../../../target/debug/patchbay),
 // HARNESS_VERBOSE=1 (page consoles). Needs root, `ip`, `tc` and `nft` (netns.mjs says which is
 // missing). patchbay runs on the host with its media socket on 0.0.0.0 (startPatchbay's mediaHost)
 // and advertises 127.0.0.1 and the host side of the veth (--public-ip), so both Chromiums reach it;
@@ -46,7 +46,7 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const log = (...a) => process.stderr.write(`[thin_link ${new Date().toISOString().slice(11, 19)}] ${a.join(" ")}\n`);
 
 function parseArgs(argv) {
-  const o = { runs: 3, seconds: 30, rateKbps: 300, queueMs: 200, only: null };
+  const o = { runs: 3, seconds: 30, rateKbps: 300, queueMs: 200, only: null, bwe: false };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const v = () => argv[++i];
@@ -55,6 +55,7 @@ function parseArgs(argv) {
     else if (a === "--rate-kbps") o.rateKbps = Number(v());
     else if (a === "--queue-ms") o.queueMs = Number(v());
     else if (a === "--only") o.only = v();
+    else if (a === "--bwe") o.bwe = true; // patchbay --subscriber-bwe true
     else if (a === "-h" || a === "--help") o.help = true;
     else throw new Error(`unknown argument ${a}`);
   }
@@ -226,7 +227,7 @@ async function oneRun(kind, index, opts) {
     cleanup.push(() => ns.close());
     const pb = await startPatchbay({
       mediaHost: "0.0.0.0",
-      args: ["--public-ip", `127.0.0.1,${ns.hostIp}`],
+      args: ["--public-ip", `127.0.0.1,${ns.hostIp}`, "--subscriber-bwe", String(opts.bwe)],
     });
     cleanup.push(() => pb.stop());
     log(`${kind} #${index}: patchbay ${pb.url}, media ${JSON.stringify(pb.media.udp)}, namespace ${ns.name} (${ns.nsIp} -> ${ns.hostIp})`);
@@ -314,6 +315,7 @@ async function oneRun(kind, index, opts) {
       seconds: r3(seconds),
       rateKbps: thin ? opts.rateKbps : null,
       queueMs: thin ? opts.queueMs : null,
+      subscriberBwe: opts.bwe,
       flowingAfterMs,
       loadAvg1m: r3(os.loadavg()[0]),
       publisher: publisherFigures(s0.publisher, s1.publisher, seconds, bitrates),
@@ -343,6 +345,7 @@ function summarise(results, opts) {
     rateKbps: opts.rateKbps,
     queueMs: opts.queueMs,
     seconds: opts.seconds,
+    subscriberBwe: opts.bwe,
     median: {
       thinAudioConcealment: pick("thin", (r) => r.thin.audioConcealment),
       thinVideoFramesDecoded: pick("thin", (r) => r.thin.videoFramesDecoded),
@@ -365,7 +368,7 @@ function summarise(results, opts) {
 async function main() {
   const opts = parseArgs(process.argv.slice(2));
   if (opts.help) {
-    console.log("usage: node thin_link.bench.mjs [--runs N] [--seconds S] [--rate-kbps K] [--queue-ms Q] [--only thin|baseline]  (as root; see the top of the file)");
+    console.log("usage: node thin_link.bench.mjs [--runs N] [--seconds S] [--rate-kbps K] [--queue-ms Q] [--only thin|baseline] [--bwe]  (as root; see the top of the file)");
     return 0;
   }
   const why = netnsUnavailable();

@@ -1,0 +1,459 @@
+//! What one subscriber connection is sent when its link is thinner than its subscriptions
+//! need (issue 21, audio first): a pure state machine fed with the connection's bandwidth
+//! estimate (str0m's TWCC estimator on the subscribe connection) and the bytes forwarded on
+//! each of its m-lines, deciding which video m-lines are paused. Audio is never paused.
+//!
+//! The rules:
+//! - **Pause.** When the estimate has stayed below what the connection is being sent (audio
+//!   plus its unpaused video) for [`PAUSE_AFTER`], and the estimator saw congestion lately
+//!   (its estimate fell within [`CONGESTION_RECENT`]: an estimate still climbing from its
+//!   initial guess toward a fat link's capacity is no reason to pause), the unpaused video
+//!   track with the lowest
+//!   priority is paused (the one whose publisher spoke least recently; then the highest mid).
+//!   One pause per [`PAUSE_AFTER`]: a second track goes only if the first was not enough.
+//! - **Resume.** A paused track comes back when the estimate has stayed, for the current
+//!   resume hold, above [`HEADROOM`] times what the connection would be sent with it (its rate
+//!   before it was paused); the most important paused track first. The hold starts at
+//!   [`RESUME_HOLD_MIN`]; a resume followed by a pause of the same track within
+//!   [`FAILED_RESUME`] doubles it (up to [`RESUME_HOLD_MAX`]), so a link that cannot carry a
+//!   track sees at most a couple of attempts a minute, never a flip-flop.
+//! - **Keyframes.** A subscriber's keyframe requests for a paused track, or while it is
+//!   congested (estimate below what it is sent), do not reach the publisher: a keyframe would
+//!   only deepen the congestion, and every other subscriber would pay for it.
+//! - **Probing.** [`Allocation::probe_target`] is what the connection's estimator should try
+//!   to discover (everything unpaused plus the paused tracks): str0m pads up to it, so a
+//!   paused track's return is found by probing, not by sending it blind.
+//!
+//! Without an estimate (no TWCC negotiated, or none yet) nothing is ever paused.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use str0m::media::Mid;
+
+/// How long the estimate must stay below the sent rate before a track is paused.
+pub(super) const PAUSE_AFTER: Duration = Duration::from_secs(1);
+/// The first hold before a paused track is tried again.
+pub(super) const RESUME_HOLD_MIN: Duration = Duration::from_secs(4);
+/// The longest hold.
+pub(super) const RESUME_HOLD_MAX: Duration = Duration::from_secs(32);
+/// A resume followed by a pause of the same track within this counts as failed.
+pub(super) const FAILED_RESUME: Duration = Duration::from_secs(15);
+/// The margin a resume needs above what the connection would then be sent.
+pub(super) const HEADROOM: f64 = 1.15;
+/// A fall of the estimate within this long before counts as congestion now.
+pub(super) const CONGESTION_RECENT: Duration = Duration::from_secs(5);
+/// A new estimate below this fraction of the previous one is a fall.
+const FALL: f64 = 0.95;
+/// Assumed rate of a video track never measured (paused before it sent a second of media).
+const UNMEASURED_VIDEO_BPS: u64 = 500_000;
+/// The sent rate is measured over this window.
+const RATE_WINDOW: Duration = Duration::from_secs(1);
+/// Buckets of the window.
+const BUCKETS: usize = 10;
+
+/// Decisions are taken at most this often.
+const DECIDE_EVERY: Duration = Duration::from_millis(100);
+/// The estimator's probing target is updated at most this often.
+const PROBE_TARGET_EVERY: Duration = Duration::from_secs(1);
+
+/// Bytes sent over the last [`RATE_WINDOW`], in [`BUCKETS`] slots.
+#[derive(Debug, Clone, Default)]
+struct Rate {
+    slots: [u64; BUCKETS],
+    /// Index of the slot of `slot_start`.
+    current: usize,
+    slot_start: Option<Instant>,
+}
+
+impl Rate {
+    fn slot(&self) -> Duration {
+        RATE_WINDOW / BUCKETS as u32
+    }
+
+    fn advance(&mut self, now: Instant) {
+        let Some(start) = self.slot_start else {
+            self.slot_start = Some(now);
+            return;
+        };
+        let elapsed = now.saturating_duration_since(start);
+        let steps = (elapsed.as_nanos() / self.slot().as_nanos()) as usize;
+        if steps == 0 {
+            return;
+        }
+        for i in 1..=steps.min(BUCKETS) {
+            self.slots[(self.current + i) % BUCKETS] = 0;
+        }
+        self.current = (self.current + steps) % BUCKETS;
+        self.slot_start = Some(start + self.slot() * steps as u32);
+    }
+
+    fn add(&mut self, bytes: usize, now: Instant) {
+        self.advance(now);
+        self.slots[self.current] += bytes as u64;
+    }
+
+    /// Bits per second over the window ending at `now`.
+    fn bps(&mut self, now: Instant) -> u64 {
+        self.advance(now);
+        self.slots.iter().sum::<u64>() * 8 * 1000 / RATE_WINDOW.as_millis() as u64
+    }
+}
+
+/// One video m-line of the connection.
+#[derive(Debug, Clone, Default)]
+struct Track {
+    rate: Rate,
+    paused: bool,
+    /// Its rate when it was paused: what resuming it costs.
+    rate_when_paused: u64,
+    /// When it was last resumed.
+    resumed_at: Option<Instant>,
+    /// The hold before the next resume.
+    hold: Option<Duration>,
+    /// When the estimate first stood high enough for it (reset when it drops).
+    room_since: Option<Instant>,
+    paused_at: Option<Instant>,
+}
+
+/// A pause or a resume decided by [`Allocation::decide`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Change {
+    /// Stop forwarding this video m-line.
+    Pause(Mid),
+    /// Forward it again (ask its publisher for a keyframe).
+    Resume(Mid),
+}
+
+/// The allocation of one subscriber connection. See the module documentation.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Allocation {
+    estimate: Option<u64>,
+    /// When the estimate last fell (congestion seen by the estimator).
+    fell_at: Option<Instant>,
+    audio: Rate,
+    video: BTreeMap<Mid, Track>,
+    /// Since when the estimate has stood below the sent rate.
+    short_since: Option<Instant>,
+    last_pause: Option<Instant>,
+    next_decision: Option<Instant>,
+    next_probe_target: Option<Instant>,
+}
+
+impl Allocation {
+    /// The connection's latest bandwidth estimate, bits per second, given at `now`.
+    pub(super) fn set_estimate(&mut self, bps: u64, now: Instant) {
+        if self
+            .estimate
+            .is_some_and(|prev| (bps as f64) < prev as f64 * FALL)
+        {
+            self.fell_at = Some(now);
+        }
+        self.estimate = Some(bps);
+    }
+
+    /// The latest estimate, if any.
+    pub(super) fn estimate(&self) -> Option<u64> {
+        self.estimate
+    }
+
+    /// `bytes` of media were sent on `mid` (`video`: a video m-line).
+    pub(super) fn sent(&mut self, mid: Mid, video: bool, bytes: usize, now: Instant) {
+        if video {
+            self.video.entry(mid).or_default().rate.add(bytes, now);
+        } else {
+            self.audio.add(bytes, now);
+        }
+    }
+
+    /// Whether `mid`'s media is held back.
+    pub(super) fn is_paused(&self, mid: Mid) -> bool {
+        self.video.get(&mid).is_some_and(|t| t.paused)
+    }
+
+    /// Whether the subscriber's keyframe requests for `mid` should reach its publisher: not
+    /// for a paused track, nor while the connection is sent more than its estimate.
+    pub(super) fn passes_keyframe_requests(&self, mid: Mid) -> bool {
+        !self.is_paused(mid) && self.short_since.is_none()
+    }
+
+    /// What the estimator should try to discover (bits per second): the audio and every
+    /// video track, paused ones at their rate before the pause.
+    pub(super) fn probe_target(&mut self, now: Instant) -> u64 {
+        let audio = self.audio.bps(now);
+        audio
+            + self
+                .video
+                .values_mut()
+                .map(|t| {
+                    if t.paused {
+                        t.rate_when_paused
+                    } else {
+                        t.rate.bps(now)
+                    }
+                })
+                .sum::<u64>()
+    }
+
+    /// [`Allocation::probe_target`], when it is time to tell the estimator again (once a
+    /// second, and only once there is an estimate).
+    pub(super) fn probe_target_due(&mut self, now: Instant) -> Option<u64> {
+        self.estimate?;
+        if self.next_probe_target.is_some_and(|t| now < t) {
+            return None;
+        }
+        self.next_probe_target = Some(now + PROBE_TARGET_EVERY);
+        Some(self.probe_target(now))
+    }
+
+    /// Decides what changes at `now` (at most every 100 ms; `None` between). `spoke(mid)`:
+    /// when the publisher of the track on `mid` last spoke (more recent: more important).
+    pub(super) fn decide(
+        &mut self,
+        now: Instant,
+        spoke: impl Fn(Mid) -> Option<Instant>,
+    ) -> Option<Change> {
+        let estimate = self.estimate?;
+        if self.next_decision.is_some_and(|t| now < t) {
+            return None;
+        }
+        self.next_decision = Some(now + DECIDE_EVERY);
+        let audio = self.audio.bps(now);
+        let sent: u64 = audio
+            + self
+                .video
+                .values_mut()
+                .filter(|t| !t.paused)
+                .map(|t| t.rate.bps(now))
+                .sum::<u64>();
+        // Priority order, least important first.
+        let mut order: Vec<Mid> = self.video.keys().copied().collect();
+        order.sort_by(|a, b| spoke(*a).cmp(&spoke(*b)).then(b.cmp(a)));
+
+        let congested = self
+            .fell_at
+            .is_some_and(|at| now.saturating_duration_since(at) < CONGESTION_RECENT);
+        if estimate < sent && congested {
+            let since = *self.short_since.get_or_insert(now);
+            for t in self.video.values_mut() {
+                t.room_since = None;
+            }
+            let waited = now.saturating_duration_since(since) >= PAUSE_AFTER
+                && self
+                    .last_pause
+                    .is_none_or(|at| now.saturating_duration_since(at) >= PAUSE_AFTER);
+            if !waited {
+                return None;
+            }
+            let mid = order.iter().copied().find(|m| {
+                self.video
+                    .get(m)
+                    .is_some_and(|t| !t.paused && t.rate.slots.iter().any(|&b| b > 0))
+            })?;
+            let track = self.video.get_mut(&mid)?;
+            let rate = track.rate.bps(now);
+            track.paused = true;
+            track.rate_when_paused = if rate > 0 { rate } else { UNMEASURED_VIDEO_BPS };
+            track.paused_at = Some(now);
+            let failed = track
+                .resumed_at
+                .is_some_and(|at| now.saturating_duration_since(at) < FAILED_RESUME);
+            track.hold = Some(match (failed, track.hold) {
+                (true, Some(hold)) => (hold * 2).min(RESUME_HOLD_MAX),
+                _ => RESUME_HOLD_MIN,
+            });
+            track.room_since = None;
+            self.last_pause = Some(now);
+            self.short_since = Some(now);
+            return Some(Change::Pause(mid));
+        }
+        self.short_since = None;
+
+        // The most important paused track whose cost fits, once it has fitted for its hold.
+        let candidate = order
+            .iter()
+            .rev()
+            .copied()
+            .find(|m| self.video.get(m).is_some_and(|t| t.paused))?;
+        let track = self.video.get_mut(&candidate)?;
+        let with = (sent + track.rate_when_paused) as f64 * HEADROOM;
+        if (estimate as f64) < with {
+            track.room_since = None;
+            return None;
+        }
+        let since = *track.room_since.get_or_insert(now);
+        let hold = track.hold.unwrap_or(RESUME_HOLD_MIN);
+        let paused_for = track
+            .paused_at
+            .map_or(hold, |at| now.saturating_duration_since(at));
+        if now.saturating_duration_since(since) < hold || paused_for < hold {
+            return None;
+        }
+        track.paused = false;
+        track.resumed_at = Some(now);
+        track.room_since = None;
+        track.rate = Rate::default();
+        Some(Change::Resume(candidate))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn mid(s: &str) -> Mid {
+        Mid::from(s)
+    }
+
+    /// Sends `kbps` of audio on "0" and of video on each of `video` for `ms`, in 20 ms steps,
+    /// deciding every 100 ms; returns the changes with their offset from `t0`.
+    fn run(
+        a: &mut Allocation,
+        t0: Instant,
+        from_ms: u64,
+        to_ms: u64,
+        estimate_kbps: u64,
+        video: &[(&str, u64)],
+    ) -> Vec<(u64, Change)> {
+        let mut out = Vec::new();
+        let mut at = from_ms;
+        while at < to_ms {
+            let now = t0 + MS * at as u32;
+            a.sent(mid("0"), false, 32_000 / 8 / 50, now);
+            for (m, kbps) in video {
+                if !a.is_paused(mid(m)) {
+                    a.sent(mid(m), true, (*kbps * 1000 / 8 / 50) as usize, now);
+                }
+            }
+            if at.is_multiple_of(100) {
+                a.set_estimate(estimate_kbps * 1000, now);
+                if let Some(c) = a.decide(now, |m| (m == mid("1")).then_some(t0)) {
+                    out.push((at, c));
+                }
+            }
+            at += 20;
+        }
+        out
+    }
+
+    #[test]
+    fn a_thin_link_pauses_video_keeps_audio_and_stops_keyframe_requests() {
+        #[allow(clippy::disallowed_methods)] // any instant will do as the test's origin
+        let t0 = Instant::now();
+        let mut a = Allocation::default();
+        assert!(run(&mut a, t0, 0, 2_000, 2_000, &[("1", 480)]).is_empty());
+        assert!(a.passes_keyframe_requests(mid("1")));
+        let changes = run(&mut a, t0, 2_000, 10_000, 300, &[("1", 480)]);
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        let (at, change) = changes[0];
+        assert_eq!(change, Change::Pause(mid("1")));
+        assert!(
+            (3_000..=3_200).contains(&at),
+            "paused after a second short: {at}"
+        );
+        assert!(a.is_paused(mid("1")));
+        assert!(!a.is_paused(mid("0")), "audio is never paused");
+        assert!(!a.passes_keyframe_requests(mid("1")));
+        assert!(
+            a.probe_target(t0 + MS * 10_000) > 450_000,
+            "probes for the paused video"
+        );
+    }
+
+    #[test]
+    fn the_least_recent_speaker_goes_first_and_the_second_only_if_needed() {
+        #[allow(clippy::disallowed_methods)] // any instant will do as the test's origin
+        let t0 = Instant::now();
+        let mut a = Allocation::default();
+        run(&mut a, t0, 0, 2_000, 3_000, &[("1", 500), ("2", 500)]);
+        // 700 kbit/s: one of the two 500 kbit/s tracks must go; "1" spoke, so "2" goes.
+        let changes = run(&mut a, t0, 2_000, 8_000, 700, &[("1", 500), ("2", 500)]);
+        assert_eq!(
+            changes.iter().map(|c| c.1).collect::<Vec<_>>(),
+            vec![Change::Pause(mid("2"))]
+        );
+        // 300 kbit/s: the second goes too.
+        let changes = run(&mut a, t0, 8_000, 12_000, 300, &[("1", 500), ("2", 500)]);
+        assert_eq!(
+            changes.iter().map(|c| c.1).collect::<Vec<_>>(),
+            vec![Change::Pause(mid("1"))]
+        );
+    }
+
+    #[test]
+    fn a_link_that_recovers_gets_its_video_back_after_the_hold() {
+        #[allow(clippy::disallowed_methods)] // any instant will do as the test's origin
+        let t0 = Instant::now();
+        let mut a = Allocation::default();
+        run(&mut a, t0, 0, 1_000, 2_000, &[("1", 480)]);
+        run(&mut a, t0, 1_000, 5_000, 300, &[("1", 480)]);
+        assert!(a.is_paused(mid("1")));
+        let changes = run(&mut a, t0, 5_000, 20_000, 2_000, &[("1", 480)]);
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        let (at, change) = changes[0];
+        assert_eq!(change, Change::Resume(mid("1")));
+        assert!(
+            at - 5_000 <= RESUME_HOLD_MIN.as_millis() as u64 + 200,
+            "{at}"
+        );
+        assert!(!a.is_paused(mid("1")));
+        assert!(a.passes_keyframe_requests(mid("1")));
+    }
+
+    #[test]
+    fn a_link_that_cannot_carry_the_track_is_not_flipped_more_than_twice_a_minute() {
+        #[allow(clippy::disallowed_methods)] // any instant will do as the test's origin
+        let t0 = Instant::now();
+        let mut a = Allocation::default();
+        run(&mut a, t0, 0, 1_000, 2_000, &[("1", 480)]);
+        // The estimate says 700 while nothing but audio is sent (probing finds room), and
+        // drops to 400 as soon as the video flows again: every resume fails.
+        let mut changes = Vec::new();
+        let mut at = 1_000;
+        while at < 61_000 {
+            let estimate = if a.is_paused(mid("1")) { 700 } else { 400 };
+            changes.extend(run(&mut a, t0, at, at + 100, estimate, &[("1", 480)]));
+            at += 100;
+        }
+        let resumes = changes
+            .iter()
+            .filter(|c| matches!(c.1, Change::Resume(_)))
+            .count();
+        assert!(resumes <= 3, "{changes:?}");
+        assert!(resumes >= 1, "it does try again: {changes:?}");
+    }
+
+    #[test]
+    fn an_estimate_climbing_from_its_first_guess_pauses_nothing() {
+        #[allow(clippy::disallowed_methods)] // any instant will do as the test's origin
+        let t0 = Instant::now();
+        let mut a = Allocation::default();
+        // Four 1.5 Mbit/s tracks on a fat link, the estimator starting at 2.5 Mbit/s and
+        // climbing 10 % a second: below what is sent for seconds, but it never fell.
+        let tracks = [("1", 1500), ("2", 1500), ("3", 1500), ("4", 1500)];
+        let mut estimate = 2_500.0;
+        let mut at = 0;
+        while at < 20_000 {
+            let changes = run(&mut a, t0, at, at + 1_000, estimate as u64, &tracks);
+            assert!(changes.is_empty(), "at {at} ms: {changes:?}");
+            estimate *= 1.1;
+            at += 1_000;
+        }
+        assert!(a.passes_keyframe_requests(mid("1")));
+    }
+
+    #[test]
+    fn without_an_estimate_nothing_is_paused() {
+        #[allow(clippy::disallowed_methods)] // any instant will do as the test's origin
+        let t0 = Instant::now();
+        let mut a = Allocation::default();
+        for i in 0..200u32 {
+            let now = t0 + MS * (i * 20);
+            a.sent(mid("1"), true, 3_000, now);
+            assert_eq!(a.decide(now, |_| None), None);
+        }
+        assert!(a.passes_keyframe_requests(mid("1")));
+    }
+}
