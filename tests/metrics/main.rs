@@ -480,6 +480,33 @@ async fn metrics_follow_a_real_call() {
         .is_some_and(|n| n >= 2.0),
         "scrapes are requests too"
     );
+    // Every metric this call brought out is described (# HELP) and documented in
+    // docs/metrics.md, where operators look them up.
+    let text = reqwest::get(format!("http://{}/metrics", app.http))
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("body");
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/metrics.md"))
+        .expect("docs/metrics.md");
+    let typed: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    assert!(typed.len() > 20, "metrics typed: {typed:?}");
+    for name in typed {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("# HELP {name} "))),
+            "{name} has no # HELP line"
+        );
+        assert!(
+            docs.contains(&format!("`{name}`")),
+            "{name} is not documented in docs/metrics.md"
+        );
+    }
     app.stop().await.expect("stopped");
 }
 
