@@ -1487,10 +1487,12 @@ impl Engine {
                     if let Some(rewrite) = sub.outgoing.get_mut(&mid) {
                         rewrite.sized_for = Some(ssrc);
                     }
-                    self.counters.forwarded(packet.payload.len());
-                    if let Some(sub) = self.peers.get_mut(peer) {
+                    // Only an estimating connection needs its sent rates (no second lookup,
+                    // no work per packet with `--subscriber-bwe false`).
+                    if self.config.subscriber_bwe {
                         sub.allocation.sent(mid, video, packet.payload.len(), now);
                     }
+                    self.counters.forwarded(packet.payload.len());
                     // Sent at the subscriber's next timeout, once for the whole batch.
                     self.peers.written(peer, now);
                 }
