@@ -1295,6 +1295,11 @@ impl Engine {
                         estimate,
                         can_probe: true,
                     }) => peer.allocation.set_estimate(estimate.as_u64(), now),
+                    Event::PeerStats(s) => {
+                        if let Some(lost) = s.egress_loss_fraction {
+                            peer.allocation.set_loss(lost, now);
+                        }
+                    }
                     Event::ChannelData(data) if !data.binary && data.data == b"PING" => {
                         if let Some(mut ch) = peer.rtc.channel(data.id) {
                             let _ = ch.write(false, b"PONG");

@@ -93,7 +93,9 @@ pub struct Net {
     /// The clear-text RTP header of every SRTP packet delivered to a client's subscribe
     /// connection, in delivery order (SRTP encrypts only the payload).
     pub wire: Vec<WireRtp>,
-    /// Loses every n-th SRTP packet towards this client's subscribe connection: (client, n).
+    /// Loses every n-th original SRTP packet (neither a retransmission nor a probe's padding)
+    /// towards this client's subscribe connection: (client, n). Retransmissions always get
+    /// through: how often a receiver asks again for a resend lost too is the receiver's affair.
     pub lossy: Option<(usize, usize)>,
     /// The subscribe layout each device was last offered (what the store would keep).
     pub layouts: BTreeMap<DeviceId, SubscribeLayout>,
@@ -113,6 +115,8 @@ pub struct WireRtp {
     pub ts: u32,
     pub pt: u8,
     pub marker: bool,
+    /// The padding bit: a packet that ends in padding (a bandwidth probe carries nothing else).
+    pub padding: bool,
 }
 
 impl WireRtp {
@@ -125,6 +129,7 @@ impl WireRtp {
             at,
             client,
             marker: data[1] & 0x80 != 0,
+            padding: data[0] & 0x20 != 0,
             pt: data[1] & 0x7f,
             seq: u16::from_be_bytes([data[2], data[3]]),
             ts: u32::from_be_bytes([data[4], data[5], data[6], data[7]]),
@@ -520,10 +525,23 @@ impl Net {
                 if dgram.to == c.sub_addr {
                     if let Some(rtp) = WireRtp::parse(now, i, &dgram.data) {
                         self.wire.push(rtp);
-                        let seen = self.wire.iter().filter(|w| w.client == i).count();
-                        if self
-                            .lossy
-                            .is_some_and(|(client, n)| client == i && seen % n == 0)
+                        let rtx: Vec<u8> = c
+                            .subscribe
+                            .codec_config()
+                            .params()
+                            .iter()
+                            .filter_map(|p| p.resend().map(|pt| *pt))
+                            .collect();
+                        let original = |w: &WireRtp| !w.padding && !rtx.contains(&w.pt);
+                        let seen = self
+                            .wire
+                            .iter()
+                            .filter(|w| w.client == i && original(w))
+                            .count();
+                        if original(&rtp)
+                            && self
+                                .lossy
+                                .is_some_and(|(client, n)| client == i && seen % n == 0)
                         {
                             self.lost += 1;
                             continue;
