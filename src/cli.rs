@@ -391,6 +391,13 @@ fn quality_line(summary: &Value, age_ms: i64) -> String {
             n(subscribe, "keyframeRequests"),
             n(subscribe, "keyframeRequestsSuppressed")
         ));
+        if let Some(bps) = subscribe["estimateBps"].as_f64() {
+            parts.push(format!(
+                "link estimate {:.0} kbit/s, video paused {}",
+                bps / 1000.0,
+                n(subscribe, "pausedVideoTracks")
+            ));
+        }
     }
     if parts.is_empty() {
         parts.push(format!(
@@ -398,8 +405,12 @@ fn quality_line(summary: &Value, age_ms: i64) -> String {
             summary["device"].as_str().unwrap_or("a")
         ));
     }
+    let level = summary["level"]
+        .as_str()
+        .map(|l| format!("{l}: "))
+        .unwrap_or_default();
     format!(
-        "{} (measured {:.0} s ago)",
+        "{level}{} (measured {:.0} s ago)",
         parts.join(" | "),
         age_ms as f64 / 1000.0
     )
@@ -558,18 +569,20 @@ mod tests {
     fn a_quality_line_says_each_direction_in_units() {
         let summary = json!({
             "device": "browser",
+            "level": "fair",
             "publish": {"bitrateBps": 1_250_000, "lossFraction": 0.012, "jitterMs": 3.3,
                 "rttMs": null, "nacks": 4, "plis": 2, "firs": 0, "keyframeRequests": 2},
             "subscribe": {"bitrateBps": 800_000, "lossFraction": 0.0, "packetsLost": 7,
                 "jitterMs": 1.0, "rttMs": 20.5, "nacks": 1, "plis": 3, "firs": 0,
-                "keyframeRequests": 1, "keyframeRequestsSuppressed": 2},
+                "keyframeRequests": 1, "keyframeRequestsSuppressed": 2,
+                "estimateBps": 290_000, "pausedVideoTracks": 1},
         });
         assert_eq!(
             quality_line(&summary, 2_400),
-            "in 1250 kbit/s, loss 1.2 %, jitter 3.3 ms, rtt -; sent NACKs 4, PLIs 2, FIRs 0; \
+            "fair: in 1250 kbit/s, loss 1.2 %, jitter 3.3 ms, rtt -; sent NACKs 4, PLIs 2, FIRs 0; \
              keyframes asked 2 | out 800 kbit/s, loss 0.0 % (7 lost), jitter 1.0 ms, rtt 20.5 ms; \
-             got NACKs 1, PLIs 3, FIRs 0; keyframe requests passed on 1, suppressed 2 \
-             (measured 2 s ago)"
+             got NACKs 1, PLIs 3, FIRs 0; keyframe requests passed on 1, suppressed 2 | \
+             link estimate 290 kbit/s, video paused 1 (measured 2 s ago)"
         );
     }
 

@@ -11,7 +11,8 @@ use super::extract::Scope;
 use super::{AppState, Error};
 use crate::control::MemberQuality;
 use crate::domain::{
-    ConnectionQuality, ParticipantId, QualityDevice, SessionId, TrackQuality, STATS_INTERVAL_MS,
+    ConnectionQuality, ParticipantId, QualityDevice, QualityLevel, SessionId, TrackQuality,
+    STATS_INTERVAL_MS,
 };
 
 /// A member's measured media quality on the process that answered.
@@ -28,6 +29,12 @@ pub struct QualityView {
     /// `browser` or `phone`; `null` when not connected.
     #[schema(value_type = Option<String>, example = "browser")]
     pub device: Option<&'static str>,
+    /// `good`, `fair` or `poor`: the worse of the two connections' latest samples against
+    /// fixed thresholds of loss, round-trip time and audio jitter, and `poor` while video is
+    /// paused for the subscriber's thin link (README, "Media quality"). `null` when nothing
+    /// current is measured (not connected, no sample yet, or a phone).
+    #[schema(value_type = Option<String>, example = "good")]
+    pub level: Option<&'static str>,
     /// How often statistics are sampled, milliseconds.
     pub stats_interval_ms: u64,
     /// The device's publish connection (media it sends): `null` if it has none (a phone, or a
@@ -86,8 +93,14 @@ pub struct SubscribeQuality {
     pub firs_received: u64,
     /// The device's PLIs/FIRs passed on to a publisher.
     pub keyframe_requests_forwarded: u64,
-    /// The device's PLIs/FIRs not passed on (merged, or none could be sent).
+    /// The device's PLIs/FIRs not passed on (merged, held while its link is short, or none
+    /// could be sent).
     pub keyframe_requests_suppressed: u64,
+    /// The link's bandwidth estimate, bits per second (`--subscriber-bwe`; `null` without
+    /// one).
+    pub estimate_bps: Option<u64>,
+    /// Video tracks not sent because the link cannot carry them (audio first).
+    pub paused_video_tracks: u32,
     pub tracks: Vec<TrackView>,
 }
 
@@ -169,6 +182,8 @@ impl SubscribeQuality {
             firs_received: c.firs,
             keyframe_requests_forwarded: c.keyframe_requests,
             keyframe_requests_suppressed: c.keyframe_requests_suppressed,
+            estimate_bps: c.estimate_bps,
+            paused_video_tracks: c.paused_video_tracks,
             tracks: c.tracks.iter().map(TrackView::new).collect(),
         }
     }
@@ -187,6 +202,7 @@ impl QualityView {
                 QualityDevice::Browser => "browser",
                 QualityDevice::Phone => "phone",
             }),
+            level: m.and_then(|m| m.level()).map(QualityLevel::as_str),
             stats_interval_ms: STATS_INTERVAL_MS,
             publish: m.and_then(|m| m.publish.as_ref()).map(PublishQuality::new),
             subscribe: m

@@ -14,7 +14,8 @@ use serde_json::{json, Value};
 
 use super::{Control, ControlError, Resource};
 use crate::domain::{
-    AccountId, ConnectionQuality, ParticipantId, ParticipantQuality, QualityDevice, SessionId,
+    AccountId, ConnectionQuality, ParticipantId, ParticipantQuality, QualityDevice, QualityLevel,
+    SessionId,
 };
 
 /// What `GET …/participants/{p}/quality` answers.
@@ -104,6 +105,7 @@ pub fn quality_summary(q: &ParticipantQuality) -> Value {
     };
     json!({
         "device": device,
+        "level": q.level().map(QualityLevel::as_str),
         "publish": q.publish.as_ref().map(connection_summary),
         "subscribe": q.subscribe.as_ref().map(connection_summary),
     })
@@ -124,6 +126,8 @@ fn connection_summary(c: &ConnectionQuality) -> Value {
         "firs": c.firs,
         "keyframeRequests": c.keyframe_requests,
         "keyframeRequestsSuppressed": c.keyframe_requests_suppressed,
+        "estimateBps": c.estimate_bps,
+        "pausedVideoTracks": c.paused_video_tracks,
     })
 }
 

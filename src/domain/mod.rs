@@ -24,7 +24,8 @@ pub use participant::{
     Tag,
 };
 pub use quality::{
-    ConnectionQuality, ParticipantQuality, QualityDevice, TrackQuality, STATS_INTERVAL_MS,
+    ConnectionQuality, ParticipantQuality, QualityDevice, QualityLevel, TrackQuality,
+    STATS_INTERVAL_MS,
 };
 pub use subscription::{ParticipantSubscription, StreamAlias, SubscriptionRule, Subscriptions};
 

@@ -68,6 +68,11 @@ pub struct ConnectionQuality {
     /// m-line now, or its connection negotiated no PLI/FIR).
     /// Always 0 on a publish connection.
     pub keyframe_requests_suppressed: u64,
+    /// Subscribe, with the subscriber's bandwidth estimation on: the link's latest estimate,
+    /// bits per second (`None` without one).
+    pub estimate_bps: Option<u64>,
+    /// Subscribe: video tracks held back because the link cannot carry them (audio first).
+    pub paused_video_tracks: u32,
     /// Per track (m-line) that carried media, in mid order.
     pub tracks: Vec<TrackQuality>,
 }
@@ -107,6 +112,99 @@ pub struct TrackQuality {
 
 /// How often the media plane samples each connection's statistics, in milliseconds.
 pub const STATS_INTERVAL_MS: u64 = 1_000;
+
+/// A participant's call quality in one word (issue 21, step 6), from what its connections
+/// measured in their latest sample: the worst of loss, round-trip time and audio jitter
+/// against the thresholds below, and poor while the subscriber's link cannot carry its
+/// video (a track paused by the audio-first allocation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum QualityLevel {
+    /// Nothing measured reaches the fair thresholds.
+    Good,
+    /// Noticeable: some loss, delay or jitter that the codecs still hide mostly.
+    Fair,
+    /// The call suffers: heavy loss, long delays, or video paused for a thin link.
+    Poor,
+}
+
+impl QualityLevel {
+    /// `good`, `fair` or `poor`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QualityLevel::Good => "good",
+            QualityLevel::Fair => "fair",
+            QualityLevel::Poor => "poor",
+        }
+    }
+}
+
+/// A track's loss fraction from which a connection is fair (Opus and NACKs hide less).
+pub(crate) const FAIR_LOSS: f32 = 0.02;
+/// … and poor.
+pub(crate) const POOR_LOSS: f32 = 0.08;
+/// A round-trip time from which a connection is fair, milliseconds (a one-way delay past
+/// 150 ms is where conversation starts to suffer, ITU-T G.114).
+pub(crate) const FAIR_RTT_MS: f64 = 300.0;
+/// … and poor.
+pub(crate) const POOR_RTT_MS: f64 = 600.0;
+/// An audio track's interarrival jitter from which a connection is fair, milliseconds (video
+/// is left out: its frames leave in bursts of packets with one timestamp, which reads as
+/// jitter however good the link).
+pub(crate) const FAIR_JITTER_MS: f64 = 30.0;
+/// … and poor.
+pub(crate) const POOR_JITTER_MS: f64 = 80.0;
+
+/// A sample older than this many intervals is no longer current.
+const CURRENT_SAMPLES: u64 = 3;
+
+impl ConnectionQuality {
+    /// The connection's level from its latest sample; `None` when it is not connected or has
+    /// no current sample.
+    pub fn level(&self) -> Option<QualityLevel> {
+        let current = self
+            .sample_age_ms
+            .is_some_and(|age| age <= CURRENT_SAMPLES * STATS_INTERVAL_MS);
+        if !self.connected || !current {
+            return None;
+        }
+        let grade = |value: f64, fair: f64, poor: f64| {
+            if value >= poor {
+                QualityLevel::Poor
+            } else if value >= fair {
+                QualityLevel::Fair
+            } else {
+                QualityLevel::Good
+            }
+        };
+        let paused = if self.paused_video_tracks > 0 {
+            QualityLevel::Poor
+        } else {
+            QualityLevel::Good
+        };
+        let tracks = self.tracks.iter().flat_map(|t| {
+            let audio = t.kind == Some(MediaKind::Audio);
+            [
+                t.loss_fraction
+                    .map(|l| grade(f64::from(l), f64::from(FAIR_LOSS), f64::from(POOR_LOSS))),
+                t.rtt_ms.map(|r| grade(r, FAIR_RTT_MS, POOR_RTT_MS)),
+                t.jitter_ms
+                    .filter(|_| audio)
+                    .map(|j| grade(j, FAIR_JITTER_MS, POOR_JITTER_MS)),
+            ]
+        });
+        tracks.flatten().chain([paused]).max()
+    }
+}
+
+impl ParticipantQuality {
+    /// The worse of its connections' levels; `None` when neither has one (not connected yet,
+    /// no sample, or a phone, whose RTP leg is not measured).
+    pub fn level(&self) -> Option<QualityLevel> {
+        let publish = self.publish.as_ref().and_then(ConnectionQuality::level);
+        let subscribe = self.subscribe.as_ref().and_then(ConnectionQuality::level);
+        publish.max(subscribe)
+    }
+}
 
 impl ConnectionQuality {
     /// Derives the connection's summary fields (bitrate, bytes, packets, loss, lost, RTT,
@@ -175,6 +273,79 @@ mod tests {
         assert_eq!(c.packets_lost, Some(4));
         assert_eq!(c.rtt_ms, Some(35.5));
         assert_eq!(c.jitter_ms, None);
+    }
+
+    fn measured(tracks: Vec<TrackQuality>) -> ConnectionQuality {
+        let mut c = ConnectionQuality {
+            connected: true,
+            sample_age_ms: Some(400),
+            tracks,
+            ..ConnectionQuality::default()
+        };
+        c.summarize();
+        c
+    }
+
+    fn audio(loss: f32, rtt: f64, jitter: f64) -> TrackQuality {
+        TrackQuality {
+            kind: Some(MediaKind::Audio),
+            jitter_ms: Some(jitter),
+            ..track("0", Some(32_000), Some(loss), Some(rtt))
+        }
+    }
+
+    #[test]
+    fn a_level_is_the_worst_figure_against_its_thresholds() {
+        use QualityLevel::*;
+        assert_eq!(measured(vec![audio(0.0, 40.0, 5.0)]).level(), Some(Good));
+        assert_eq!(measured(vec![audio(0.03, 40.0, 5.0)]).level(), Some(Fair));
+        assert_eq!(measured(vec![audio(0.0, 350.0, 5.0)]).level(), Some(Fair));
+        assert_eq!(measured(vec![audio(0.0, 40.0, 45.0)]).level(), Some(Fair));
+        assert_eq!(measured(vec![audio(0.03, 700.0, 5.0)]).level(), Some(Poor));
+        assert_eq!(measured(vec![audio(0.0, 40.0, 90.0)]).level(), Some(Poor));
+        // Video's jitter does not count; its loss does.
+        let mut video = track("1", Some(500_000), Some(0.0), Some(40.0));
+        video.jitter_ms = Some(120.0);
+        assert_eq!(
+            measured(vec![audio(0.0, 40.0, 5.0), video.clone()]).level(),
+            Some(Good)
+        );
+        video.loss_fraction = Some(0.1);
+        assert_eq!(
+            measured(vec![audio(0.0, 40.0, 5.0), video]).level(),
+            Some(Poor)
+        );
+        // A subscriber whose video is paused for its link is poor.
+        let mut paused = measured(vec![audio(0.0, 40.0, 5.0)]);
+        paused.paused_video_tracks = 1;
+        assert_eq!(paused.level(), Some(Poor));
+    }
+
+    #[test]
+    fn no_current_sample_no_level_and_a_participant_takes_its_worse_connection() {
+        let mut stale = measured(vec![audio(0.3, 40.0, 5.0)]);
+        stale.sample_age_ms = Some(10_000);
+        assert_eq!(stale.level(), None);
+        let mut down = measured(vec![audio(0.3, 40.0, 5.0)]);
+        down.connected = false;
+        assert_eq!(down.level(), None);
+        let p = ParticipantQuality {
+            device: QualityDevice::Browser,
+            publish: Some(measured(vec![audio(0.0, 40.0, 5.0)])),
+            subscribe: Some(measured(vec![audio(0.05, 40.0, 5.0)])),
+        };
+        assert_eq!(p.level(), Some(QualityLevel::Fair));
+        let p = ParticipantQuality {
+            subscribe: Some(stale),
+            ..p
+        };
+        assert_eq!(p.level(), Some(QualityLevel::Good));
+        let phone = ParticipantQuality {
+            device: QualityDevice::Phone,
+            publish: None,
+            subscribe: None,
+        };
+        assert_eq!(phone.level(), None);
     }
 
     #[test]

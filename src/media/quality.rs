@@ -98,7 +98,13 @@ fn rtp_units_ms(units: u32, kind: Option<MediaKind>) -> Option<f64> {
 
 /// What `device`'s connections measured, at `now`.
 pub(super) fn report(device: &Device, peers: &Peers, now: Instant) -> ParticipantQuality {
-    let connection = |p: Option<u64>| p.and_then(|p| peers.get(p)).map(|p| p.quality.report(now));
+    let connection = |p: Option<u64>| {
+        let peer = peers.get(p?)?;
+        let mut c = peer.quality.report(now);
+        c.estimate_bps = peer.allocation.estimate();
+        c.paused_video_tracks = peer.allocation.paused_tracks();
+        Some(c)
+    };
     ParticipantQuality {
         device: if device.is_local() {
             QualityDevice::Phone

@@ -568,8 +568,17 @@ async fn quality_reports_what_flowed_and_counts_a_subscriber_pli() {
     })
     .await;
 
+    // On loopback nothing is lost or late: both read good.
+    for who in [&publisher, &subscriber] {
+        eventually("the level reads good", DEADLINE, || async {
+            rest.quality(&session, who).await.1["level"] == "good"
+        })
+        .await;
+    }
+
     // Still nothing for the member without a device.
     let (_, body) = rest.quality(&session, &absent).await;
     assert_eq!(body["connected"], false, "{body}");
+    assert!(body["level"].is_null(), "{body}");
     app.stop().await.expect("stop");
 }
