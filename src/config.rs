@@ -393,10 +393,9 @@ pub struct ServeConfig {
     pub dev_account: bool,
     /// Estimate each subscriber's link from its transport-wide congestion feedback and pause
     /// the video it cannot carry, keeping its audio (issue 21; BENCHMARKS.md, "A thin
-    /// subscriber"). Experimental, off by default: on a loaded machine the estimator has taken
-    /// load for congestion and paused a clean subscriber's video for seconds, and the whole
-    /// test suite has not run with it on yet.
-    #[arg(long, env = "PATCHBAY_SUBSCRIBER_BWE", default_value_t = false, action = clap::ArgAction::Set)]
+    /// subscriber"): a track is paused only when the estimate fell and the subscriber reports
+    /// loss. `false`: every subscriber is sent everything it subscribes to.
+    #[arg(long, env = "PATCHBAY_SUBSCRIBER_BWE", default_value_t = true, action = clap::ArgAction::Set)]
     pub subscriber_bwe: bool,
     /// UDP address of the media plane (ICE-lite, DTLS-SRTP). With several shards, shard `i`
     /// binds this port + `i` (port 0: any free port for each).
@@ -518,7 +517,7 @@ impl ServeConfig {
                 data_dir: None,
             },
             dev_account: true,
-            subscriber_bwe: false,
+            subscriber_bwe: true,
             media_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             media_shards: None,
             media_tcp_listen: crate::reach::MediaTcpListen::Same,

@@ -48,6 +48,14 @@ if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
   apt-get install -y -qq nginx >/dev/null
 fi
 
+# ip, tc and nft for thin_link.test.mjs (netns.mjs: a network namespace with a shaped veth).
+if ! command -v nft >/dev/null 2>&1 || ! command -v tc >/dev/null 2>&1 || ! command -v ip >/dev/null 2>&1; then
+  echo "=== installing iproute2 and nftables (Debian)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq iproute2 nftables >/dev/null
+fi
+
 # Firefox ESR for firefox.test.mjs (driven over WebDriver BiDi by puppeteer-core).
 export FIREFOX_PATH=${FIREFOX_PATH:-/usr/bin/firefox-esr}
 if [ ! -x "$FIREFOX_PATH" ]; then
