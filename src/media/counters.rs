@@ -28,11 +28,11 @@ pub struct MediaCounters {
     /// (`Engine::refuse_check`; counted, not yet exported as a metric).
     pub refused_checks: u64,
     /// Subscribers' keyframe requests held back: for a paused track, or while the
-    /// subscriber's link is short (`allocation`; counted, not yet exported as a metric).
+    /// subscriber's link is short (`allocation`).
     pub keyframe_requests_held: u64,
-    /// Video tracks paused for a subscriber whose link is short (not yet exported).
+    /// Video tracks paused for a subscriber whose link is short.
     pub video_pauses: u64,
-    /// Paused video tracks resumed (not yet exported).
+    /// Paused video tracks resumed.
     pub video_resumes: u64,
 }
 

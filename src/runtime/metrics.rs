@@ -142,6 +142,18 @@ fn describe() {
         "Keyframe requests not sent to a publisher because one went to the same track within 300 ms, by shard"
     );
     describe_counter!(
+        "patchbay_media_keyframe_requests_held_total",
+        "Subscribers' keyframe requests not sent to a publisher because the subscriber's link is congested or the track paused for it, by shard"
+    );
+    describe_counter!(
+        "patchbay_media_video_pauses_total",
+        "Video tracks paused for a subscriber whose link cannot carry them (audio first), by shard"
+    );
+    describe_counter!(
+        "patchbay_media_video_resumes_total",
+        "Paused video tracks resumed for their subscriber, by shard"
+    );
+    describe_counter!(
         "patchbay_media_nacks_received_total",
         "NACK feedback messages received from subscribers, by shard"
     );
@@ -495,6 +507,9 @@ pub struct ShardMeter {
     keyframes_received: Counter,
     keyframes_sent: Counter,
     keyframes_merged: Counter,
+    keyframes_held: Counter,
+    video_pauses: Counter,
+    video_resumes: Counter,
     nacks_received: Counter,
     nacks_sent: Counter,
     subscriber_loss: Histogram,
@@ -521,6 +536,9 @@ impl ShardMeter {
             keyframes_received: counter!("patchbay_media_keyframe_requests_received_total", "shard" => shard.clone()),
             keyframes_sent: counter!("patchbay_media_keyframe_requests_sent_total", "shard" => shard.clone()),
             keyframes_merged: counter!("patchbay_media_keyframe_requests_merged_total", "shard" => shard.clone()),
+            keyframes_held: counter!("patchbay_media_keyframe_requests_held_total", "shard" => shard.clone()),
+            video_pauses: counter!("patchbay_media_video_pauses_total", "shard" => shard.clone()),
+            video_resumes: counter!("patchbay_media_video_resumes_total", "shard" => shard.clone()),
             nacks_received: counter!("patchbay_media_nacks_received_total", "shard" => shard.clone()),
             nacks_sent: counter!("patchbay_media_nacks_sent_total", "shard" => shard.clone()),
             subscriber_loss: histogram!("patchbay_media_subscriber_loss_ratio", "shard" => shard.clone()),
@@ -587,6 +605,14 @@ impl ShardMeter {
             counters.keyframe_requests_merged,
             before.keyframe_requests_merged,
         ));
+        self.keyframes_held.increment(increase(
+            counters.keyframe_requests_held,
+            before.keyframe_requests_held,
+        ));
+        self.video_pauses
+            .increment(increase(counters.video_pauses, before.video_pauses));
+        self.video_resumes
+            .increment(increase(counters.video_resumes, before.video_resumes));
         self.nacks_received
             .increment(increase(counters.nacks_received, before.nacks_received));
         self.nacks_sent

@@ -11,7 +11,7 @@
 //   passing its requests on makes 9–10;
 // - the clean subscriber keeps decoding video in every 5 s of the window.
 // And, from REST, that this is the allocation at work: the thin subscriber's video is paused and
-// its quality level reads poor; the clean subscriber's is not paused.
+// its quality level reads poor; the clean subscriber's is not paused; /metrics counts the pause.
 //
 // Needs root, `ip`, `tc` and `nft` (run.sh installs iproute2 and nftables); it fails, saying
 // why, without them. Everything it adds to the system is removed after, also on failure.
@@ -112,6 +112,10 @@ test("a thin subscriber gets its audio, the publisher no keyframe storm, the cle
     assert.ok(pubFig.keyFramesEncoded <= 4, `the publisher sent at most 4 keyframes in ${WINDOW_S} s: ${figures}`);
     assert.ok(slices.every((n) => n > 0), `the clean subscriber decoded video in every ${SLICE_S} s: ${figures}`);
     assert.equal(cleanQ.subscribe?.pausedVideoTracks, 0, `the clean subscriber's video is not paused: ${figures}`);
+    // The operator sees it too: the shards count the pause and the requests held back.
+    const metrics = await (await fetch(`${pb.url}/metrics`)).text();
+    const total = (name) => [...metrics.matchAll(new RegExp(`^${name}\\{[^}]*\\} (\\S+)$`, "gm"))].reduce((a, m) => a + Number(m[1]), 0);
+    assert.ok(total("patchbay_media_video_pauses_total") >= 1, `a pause counted in /metrics: ${metrics.split("\n").filter((l) => l.includes("video_") || l.includes("held")).join("\n")}`);
     console.log(`thin link figures: ${figures}`);
   } finally {
     for (const f of cleanup.reverse()) await f().catch((e) => console.error(`cleanup: ${e.message}`));
