@@ -25,7 +25,10 @@
 //!   later joiners itself); any other gets the explicit list of today's members it hears,
 //!   recompiled when someone joins or leaves;
 //! - "talking": participant pages report their own outgoing audio level here every half second;
-//!   phones cannot, so a phone's talking state is shown as unknown.
+//!   phones cannot, so a phone's talking state is shown as unknown;
+//! - "quality": patchbay's quality level of each member (`GET …/participants/{p}/quality`'s
+//!   `level`: good, fair or poor), n/a when nothing current is measured (a phone's RTP leg is
+//!   not measured).
 //!
 //! Presets set every listener's default and clear the clicked changes; a newcomer gets the
 //! default of the last preset (Barge, everyone hears everyone, before any). The active preset is
@@ -773,6 +776,18 @@ async fn state(State(backend): State<Arc<Backend>>) -> Result<Json<Value>, Failu
         ),
         None => (json!([]), json!({"subscribers": []})),
     };
+    // Each member's quality level as patchbay measures it (good / fair / poor; null when
+    // nothing current is measured, a phone among them).
+    let mut quality: BTreeMap<String, Value> = BTreeMap::new();
+    if let Some(s) = &session {
+        for p in listing.as_array().into_iter().flatten() {
+            let Some(id) = p["id"].as_str() else { continue };
+            let path = format!("/sessions/{s}/participants/{id}/quality");
+            if let Ok(q) = backend.call(reqwest::Method::GET, &path, None).await {
+                quality.insert(id.to_owned(), q["level"].clone());
+            }
+        }
+    }
     let board = backend.board.lock().await;
     let members: Vec<Value> = listing
         .as_array()
@@ -797,6 +812,7 @@ async fn state(State(backend): State<Arc<Backend>>) -> Result<Json<Value>, Failu
                 "connected": known.is_some_and(|m| !m.devices.is_empty()),
                 "streams": known.map(|m| m.streams.iter().map(|(id, alias)| json!({"streamId": id, "alias": alias})).collect::<Vec<_>>()).unwrap_or_default(),
                 "talking": talking,
+                "quality": quality.get(id).cloned().unwrap_or(Value::Null),
                 "rule": board.rule_view(id),
                 "subscriptions": p["subscriptions"],
             })

@@ -213,6 +213,13 @@ test("operator applies whisper: the caller's page decodes no supervisor, the age
     await operator.waitForFunction(() => document.body.dataset.members === "3", null, { timeout: T });
     for (const role of Object.keys(NAMES)) assert.ok(await operator.locator("#people").getByText(NAMES[role]).count(), `${role} listed by name`);
 
+    // patchbay's quality level of each member reaches the backend and the page (which level a
+    // loaded machine's loopback earns is not this test's business: tests/quality and
+    // thin_link.test.mjs check the levels themselves)
+    const LEVELS = ["good", "fair", "poor"];
+    await until(async () => ({ ok: (await sb.state()).members.every((m) => LEVELS.includes(m.quality)) }), T, "every member's quality level on the switchboard");
+    await operator.waitForFunction(() => document.querySelectorAll("#people .badge.q-good, #people .badge.q-fair, #people .badge.q-poor").length === 3, null, { timeout: T });
+
     // Before: everyone hears everyone, so the caller's page does decode the supervisor.
     await until(async () => ({ ok: anyCarries(await receivedAudioSpectra(caller.page, ALL, { durationMs: 1000 }), HZ.supervisor) }), T, "the caller hearing the supervisor before the whisper");
 
