@@ -64,7 +64,7 @@ pub struct WebhookSettingsView {
 }
 
 impl WebhookSettingsView {
-    fn new(s: &crate::store::AccountWebhooks) -> WebhookSettingsView {
+    fn new(s: &crate::control::AccountWebhooks) -> WebhookSettingsView {
         WebhookSettingsView {
             bandwidth_only: s.bandwidth_only,
             active_speaker_events: s.active_speaker_events,

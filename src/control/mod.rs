@@ -66,7 +66,7 @@ use crate::token::{self, TokenKeys};
 
 pub use crate::domain::{CallEndReason, LifecycleEvent};
 /// The outbox's vocabulary, as the delivery worker and the delivery log see it.
-pub use crate::store::LiveDevice;
+pub use crate::store::{AccountWebhooks, LiveDevice};
 pub use crate::webhooks::{AttemptOutcome, DeliveryAttempt, OutboxEvent};
 pub use auth::{NewCredentials, RotatedCredentials, CREDENTIAL_CACHE_TTL};
 pub use connections::{
