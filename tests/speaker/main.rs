@@ -4,7 +4,8 @@
 //! extension, as browsers do, at a level the test sets (loud while it "talks", silence
 //! otherwise). The devices take turns; `GET …/sessions/{s}/activeSpeaker` must follow each
 //! turn, and the opt-in `onActiveSpeaker` webhook must arrive once per change for an account
-//! that turned it on, and never after it turned it off.
+//! that turned it on, and never after it turned it off. A phone (the test phone over SIP,
+//! G.711 tones) counts like a browser: the bridge measures its decoded audio.
 //!
 //! Run with `cargo test --test speaker`.
 #![allow(clippy::disallowed_methods)] // a test drives a real server in real time
@@ -22,6 +23,7 @@ use patchbay::domain::AccountId;
 use patchbay_testkit::app::{spawn_app_with, RunningApp};
 use patchbay_testkit::db::sqlite_url;
 use patchbay_testkit::frames::{frame, Kind};
+use patchbay_testkit::phone_ua::{dial, Dial};
 use patchbay_testkit::rtc::{browser_rtc, builtin_channel, drain, payload_type, receive};
 use patchbay_testkit::wait::{eventually, DEADLINE};
 use serde_json::{json, Value};
@@ -525,5 +527,82 @@ async fn the_dominant_speaker_follows_each_turn_and_is_announced_once_per_change
         assert_eq!(body["sessionId"], session.as_str(), "{body}");
         assert_eq!(body["phone"], false, "{body}");
     }
+    app.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_counts_like_a_browser() {
+    let (app, rest) = start().await;
+    let (hook_url, hooks) = start_receiver().await;
+    rest.ok(
+        reqwest::Method::PUT,
+        "/webhooks",
+        Some(json!({"activeSpeakerEvents": true})),
+    )
+    .await;
+    let session = rest
+        .ok(reqwest::Method::POST, "/sessions", Some(json!({})))
+        .await["id"]
+        .as_str()
+        .expect("session id")
+        .to_owned();
+    let (browser, browser_token) = rest.participant(&hook_url).await;
+    let (phone, phone_token) = rest.participant(&hook_url).await;
+    for p in [&browser, &phone] {
+        rest.ok(
+            reqwest::Method::PUT,
+            &format!("/sessions/{session}/participants/{p}"),
+            Some(json!({"sessionId": session})),
+        )
+        .await;
+    }
+    let level = talker(app.http, &browser_token, "speaker-browser").await;
+    let call = dial(app.sip, &Dial::with_token(&phone_token))
+        .await
+        .expect("the call is answered");
+    call.play_tone(0.0);
+
+    // Turns: the phone (a 440 Hz tone), the browser, the phone again.
+    for (who, phone_talks) in [(&phone, true), (&browser, false), (&phone, true)] {
+        if phone_talks {
+            level.store(SILENCE, Ordering::Relaxed);
+            call.play_tone(440.0);
+        } else {
+            call.play_tone(0.0);
+            level.store(TALK, Ordering::Relaxed);
+        }
+        eventually(
+            &format!("the dominant speaker becomes {who}"),
+            DEADLINE,
+            || async { rest.speaker(&session).await.1["participantId"] == who.as_str() },
+        )
+        .await;
+        let (_, body) = rest.speaker(&session).await;
+        assert_eq!(body["phone"], phone_talks, "{body}");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(
+            rest.speaker(&session).await.1["participantId"],
+            who.as_str()
+        );
+    }
+    eventually("three onActiveSpeaker webhooks", DEADLINE, || async {
+        received(&hooks, "onActiveSpeaker").len() >= 3
+    })
+    .await;
+    let announced = received(&hooks, "onActiveSpeaker");
+    let flags: Vec<(&str, bool)> = announced
+        .iter()
+        .map(|(p, b)| (p.as_str(), b["phone"] == true))
+        .collect();
+    assert_eq!(
+        flags,
+        [
+            (phone.as_str(), true),
+            (browser.as_str(), false),
+            (phone.as_str(), true)
+        ],
+        "{announced:?}"
+    );
+    call.hangup().await;
     app.stop().await.expect("stop");
 }
