@@ -55,14 +55,15 @@ function drawPeople() {
   const body = $("people").tBodies[0];
   body.replaceChildren(
     ...state.members.map((m) => {
-      const talking = m.talking === null ? badge("talking: n/a") : badge("talking", m.talking ? "talk" : "");
+      // patchbay's dominant speaker, browsers and phones alike.
+      const speaking = badge("speaking", m.speaking ? "talk" : "");
       return el(
         "tr",
         { dataset: { participant: m.id } },
         el("td", {}, el("b", { textContent: m.name ?? "?" }), el("div", { className: "role", textContent: m.id.slice(0, 8) })),
         el("td", { textContent: m.role ?? "?" }),
         el("td", { textContent: m.phone ? "phone" : "browser" }),
-        el("td", {}, badge(m.connected ? "connected" : "not connected", m.connected ? "on" : ""), talking),
+        el("td", {}, badge(m.connected ? "connected" : "not connected", m.connected ? "on" : ""), speaking),
         el("td", {}, ...(m.streams.length ? m.streams.map((s) => badge(s.alias ?? "(no alias)", "on")) : [badge("nothing")])),
         el("td", {}, el("button", { textContent: "remove", title: "delete the participant (hangs a phone up)", onclick: () => act(`remove ${m.name}`, () => post("/api/leave", { participantId: m.id })) }))
       );
