@@ -24,8 +24,9 @@
 //!   hears everyone with no change keeps the session-wide rule `{"sessionId": s}` (patchbay adds
 //!   later joiners itself); any other gets the explicit list of today's members it hears,
 //!   recompiled when someone joins or leaves;
-//! - "talking": participant pages report their own outgoing audio level here every half second;
-//!   phones cannot, so a phone's talking state is shown as unknown;
+//! - "speaking": the session's dominant speaker, browsers and phones alike, as patchbay decides
+//!   it from the audio itself (`GET …/sessions/{s}/activeSpeaker`, read with the rest of the
+//!   state; the same change also comes as the opt-in `onActiveSpeaker` webhook);
 //! - "quality": patchbay's quality level of each member (`GET …/participants/{p}/quality`'s
 //!   `level`: good, fair or poor), n/a when nothing current is measured (a phone's RTP leg is
 //!   not measured).
@@ -49,7 +50,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -179,8 +180,6 @@ struct Member {
     connects: u64,
     /// Streams published now: stream id -> alias (from onStreamPublished / onStreamUnpublished).
     streams: BTreeMap<String, Option<String>>,
-    /// The page's last reported outgoing audio level (RMS, 0..1) and when.
-    level: Option<(f64, Instant)>,
 }
 
 struct Board {
@@ -441,7 +440,6 @@ impl Backend {
                     devices: BTreeSet::new(),
                     connects: 0,
                     streams: BTreeMap::new(),
-                    level: None,
                 },
             );
             board.compile(&session, &id).unwrap_or_else(|| json!({}))
@@ -623,25 +621,6 @@ async fn leave(State(backend): State<Arc<Backend>>, body: Bytes) -> Result<Statu
     }
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct LevelReport {
-    participant_id: String,
-    level: f64,
-}
-
-async fn level(State(backend): State<Arc<Backend>>, Json(report): Json<LevelReport>) -> StatusCode {
-    let mut board = backend.board.lock().await;
-    match board.members.get_mut(&report.participant_id) {
-        Some(m) if report.level.is_finite() => {
-            m.level = Some((report.level.clamp(0.0, 1.0), Instant::now()));
-            StatusCode::NO_CONTENT
-        }
-        Some(_) => StatusCode::BAD_REQUEST,
-        None => StatusCode::NOT_FOUND,
-    }
-}
-
 /// Checks a Standard Webhooks signature: `v1,<base64 HMAC-SHA256(key, "id.timestamp.body")>`,
 /// the key being the base64 part of `whsec_…`, the timestamp within five minutes of now.
 fn signature_ok(secret: &str, headers: &HeaderMap, body: &[u8]) -> Result<(), &'static str> {
@@ -761,7 +740,7 @@ async fn webhook(
 /// active preset, and patchbay's compiled routes, fetched fresh.
 async fn state(State(backend): State<Arc<Backend>>) -> Result<Json<Value>, Failure> {
     let session = backend.board.lock().await.session.clone();
-    let (listing, routes) = match &session {
+    let (listing, routes, speaker) = match &session {
         Some(s) => (
             backend
                 .call(
@@ -773,8 +752,15 @@ async fn state(State(backend): State<Arc<Backend>>) -> Result<Json<Value>, Failu
             backend
                 .call(reqwest::Method::GET, &format!("/sessions/{s}/routes"), None)
                 .await?,
+            backend
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/sessions/{s}/activeSpeaker"),
+                    None,
+                )
+                .await?,
         ),
-        None => (json!([]), json!({"subscribers": []})),
+        None => (json!([]), json!({"subscribers": []}), json!({})),
     };
     // Each member's quality level as patchbay measures it (good / fair / poor; null when
     // nothing current is measured, a phone among them).
@@ -788,6 +774,7 @@ async fn state(State(backend): State<Arc<Backend>>) -> Result<Json<Value>, Failu
             }
         }
     }
+    let speaking = speaker["participantId"].as_str();
     let board = backend.board.lock().await;
     let members: Vec<Value> = listing
         .as_array()
@@ -796,14 +783,6 @@ async fn state(State(backend): State<Arc<Backend>>) -> Result<Json<Value>, Failu
         .map(|p| {
             let id = p["id"].as_str().unwrap_or_default();
             let known = board.members.get(id);
-            let talking = known.and_then(|m| {
-                if m.phone {
-                    return None; // a phone does not report its level
-                }
-                Some(m.level.is_some_and(|(level, at)| {
-                    level > 0.02 && at.elapsed() < Duration::from_secs(2)
-                }))
-            });
             json!({
                 "id": id,
                 "name": known.map(|m| m.name.clone()).or_else(|| p["tag"].as_str().map(str::to_owned)),
@@ -811,7 +790,7 @@ async fn state(State(backend): State<Arc<Backend>>) -> Result<Json<Value>, Failu
                 "phone": known.is_some_and(|m| m.phone),
                 "connected": known.is_some_and(|m| !m.devices.is_empty()),
                 "streams": known.map(|m| m.streams.iter().map(|(id, alias)| json!({"streamId": id, "alias": alias})).collect::<Vec<_>>()).unwrap_or_default(),
-                "talking": talking,
+                "speaking": speaking == Some(id),
                 "quality": quality.get(id).cloned().unwrap_or(Value::Null),
                 "rule": board.rule_view(id),
                 "subscriptions": p["subscriptions"],
@@ -824,6 +803,7 @@ async fn state(State(backend): State<Arc<Backend>>) -> Result<Json<Value>, Failu
         "newcomers": board.newcomers,
         "members": members,
         "routes": routes,
+        "activeSpeaker": {"participantId": speaking, "since": speaker["since"], "phone": speaker["phone"]},
         "webhooks": {
             "verified": backend.args.webhook_secret.is_some(),
             "accepted": board.webhooks_accepted,
@@ -998,7 +978,6 @@ async fn main() -> anyhow::Result<()> {
         .route("/api/join", post(join))
         .route("/api/phone", post(phone))
         .route("/api/leave", post(leave))
-        .route("/api/level", post(level))
         .route("/api/state", get(state))
         .route("/api/preset", post(preset))
         .route("/api/wire", post(wire))

@@ -55,7 +55,8 @@ function drawPeople() {
   const body = $("people").tBodies[0];
   body.replaceChildren(
     ...state.members.map((m) => {
-      const talking = m.talking === null ? badge("talking: n/a") : badge("talking", m.talking ? "talk" : "");
+      // patchbay's dominant speaker, browsers and phones alike.
+      const speaking = badge("speaking", m.speaking ? "talk" : "");
       const quality = badge(`quality: ${m.quality ?? "n/a"}`, m.quality ? `q-${m.quality}` : "");
       return el(
         "tr",
@@ -63,7 +64,7 @@ function drawPeople() {
         el("td", {}, el("b", { textContent: m.name ?? "?" }), el("div", { className: "role", textContent: m.id.slice(0, 8) })),
         el("td", { textContent: m.role ?? "?" }),
         el("td", { textContent: m.phone ? "phone" : "browser" }),
-        el("td", {}, badge(m.connected ? "connected" : "not connected", m.connected ? "on" : ""), talking, quality),
+        el("td", {}, badge(m.connected ? "connected" : "not connected", m.connected ? "on" : ""), speaking, quality),
         el("td", {}, ...(m.streams.length ? m.streams.map((s) => badge(s.alias ?? "(no alias)", "on")) : [badge("nothing")])),
         el("td", {}, el("button", { textContent: "remove", title: "delete the participant (hangs a phone up)", onclick: () => act(`remove ${m.name}`, () => post("/api/leave", { participantId: m.id })) }))
       );

@@ -1,7 +1,7 @@
 // A participant tab: gets a device token from the switchboard backend, joins with Bandwidth's
 // unmodified browser SDK, publishes its microphone (or a test tone) as the stream alias
-// "voice", plays what patchbay forwards, and reports its own outgoing audio level to the
-// backend (the operator's "talking" light). Leave deletes the participant.
+// "voice" and plays what patchbay forwards; patchbay itself finds who is speaking (the
+// operator's "speaking" light). Leave deletes the participant.
 import * as sdk from "@bandwidth/webrtc-browser";
 
 const BandwidthRtc = typeof sdk.default === "function" ? sdk.default : sdk.default.default;
@@ -12,7 +12,6 @@ if (params.get("camera") === "1") $("camera").checked = true;
 
 let rtc = null;
 let me = null; // participant id
-let levelTimer = null;
 let audio = null; // AudioContext
 const names = new Map(); // participant id -> name, from the backend
 
@@ -41,20 +40,6 @@ async function voice(hz) {
   osc.connect(gain).connect(out);
   osc.start();
   return out.stream;
-}
-
-// Posts the RMS of what this tab sends, twice a second.
-function reportLevel(stream) {
-  const analyser = audio.createAnalyser();
-  analyser.fftSize = 2048;
-  audio.createMediaStreamSource(stream).connect(analyser);
-  const samples = new Float32Array(analyser.fftSize);
-  levelTimer = setInterval(() => {
-    analyser.getFloatTimeDomainData(samples);
-    let sum = 0;
-    for (const s of samples) sum += s * s;
-    post("/api/level", { participantId: me, level: Math.sqrt(sum / samples.length) }).catch(() => {});
-  }, 500);
 }
 
 async function onStream(rtcStream) {
@@ -91,7 +76,6 @@ $("join").onclick = async () => {
     if ($("camera").checked) {
       await rtc.publish(await navigator.mediaDevices.getUserMedia({ video: true }), undefined, "camera");
     }
-    reportLevel(mine);
     $("status").textContent = `joined as ${$("name").value} (${$("role").value})`;
     $("status").dataset.state = "joined";
     $("leave").disabled = false;
@@ -102,7 +86,6 @@ $("join").onclick = async () => {
 };
 
 async function leave() {
-  clearInterval(levelTimer);
   rtc?.disconnect();
   rtc = null;
   const id = me;

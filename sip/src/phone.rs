@@ -139,6 +139,24 @@ pub struct UplinkFrame {
     pub rtp_time_48k: u32,
     /// The Opus packet (20 ms, encoded from 8 kHz mono).
     pub opus: Vec<u8>,
+    /// The frame's audio level as RFC 6464 gives it: -dBov of its RMS, 0 (loudest) to 127
+    /// (silence); see [`audio_level`].
+    pub level: u8,
+}
+
+/// The RFC 6464 audio level of 16-bit PCM: the RMS in dB below a full-scale square wave
+/// (dBov), as a positive number from 0 (full scale) to 127 (digital silence, or quieter).
+pub fn audio_level(pcm: &[i16]) -> u8 {
+    if pcm.is_empty() {
+        return 127;
+    }
+    let energy: f64 = pcm.iter().map(|&s| f64::from(s) * f64::from(s)).sum();
+    let rms = (energy / pcm.len() as f64).sqrt();
+    if rms < 1.0 {
+        return 127;
+    }
+    let dbov = -20.0 * (rms / 32_768.0).log10();
+    dbov.round().clamp(0.0, 127.0) as u8
 }
 
 /// Counters since the call started.
@@ -523,8 +541,12 @@ impl PhoneMedia {
             self.uplink_deadline = Some(deadline.checked_add(UPLINK_STEP).unwrap_or(now));
             let rtp_time_48k = self.uplink_rtp_time;
             self.uplink_rtp_time = self.uplink_rtp_time.wrapping_add(UPLINK_FRAME_TICKS_48K);
-            if let Some(opus) = self.uplink_step() {
-                return Some(UplinkFrame { rtp_time_48k, opus });
+            if let Some((opus, level)) = self.uplink_step() {
+                return Some(UplinkFrame {
+                    rtp_time_48k,
+                    opus,
+                    level,
+                });
             }
         }
     }
@@ -542,8 +564,9 @@ impl PhoneMedia {
             .extend(source.iter().cycle().take(n).map(|&s| s >> shift));
     }
 
-    /// One 20 ms uplink step: fill 160 samples from the jitter buffer and encode them.
-    fn uplink_step(&mut self) -> Option<Vec<u8>> {
+    /// One 20 ms uplink step: fill 160 samples from the jitter buffer and encode them; the
+    /// Opus packet and the samples' audio level.
+    fn uplink_step(&mut self) -> Option<(Vec<u8>, u8)> {
         while self.uplink_pcm.len() < FRAME_SAMPLES_8K {
             match self.jitter.pop() {
                 Playout::Packet(Inbound::Audio(bytes)) => {
@@ -587,7 +610,7 @@ impl PhoneMedia {
         match self.encoder.encode(&frame) {
             Ok(opus) => {
                 self.stats.uplink_frames_encoded += 1;
-                Some(opus)
+                Some((opus, audio_level(&frame)))
             }
             Err(err) => {
                 tracing::warn!(%err, "opus encode failed");
@@ -867,5 +890,31 @@ impl PhoneMedia {
         self.digit_gap_ticks = DTMF_GAP_MS.div_ceil(self.config.ptime_ms);
         // Audio after an event starts a new talkspurt.
         self.out_marker = true;
+    }
+}
+
+#[cfg(test)]
+mod level_tests {
+    use super::audio_level;
+
+    fn sine(amplitude: f64, n: usize) -> Vec<i16> {
+        (0..n)
+            .map(|i| {
+                (amplitude * (i as f64 * 2.0 * std::f64::consts::PI * 440.0 / 8000.0).sin()) as i16
+            })
+            .collect()
+    }
+
+    #[test]
+    fn levels_are_dbov_of_the_rms() {
+        assert_eq!(audio_level(&[]), 127);
+        assert_eq!(audio_level(&[0; 160]), 127);
+        assert_eq!(audio_level(&[i16::MAX; 160]), 0);
+        // A full-scale sine is 3 dB below a full-scale square wave.
+        assert_eq!(audio_level(&sine(32_767.0, 160)), 3);
+        // A tone 20 dB below that: 23.
+        assert_eq!(audio_level(&sine(3_276.7, 160)), 23);
+        // Quieter than 127 dB below full scale is silence too.
+        assert_eq!(audio_level(&[1, -1, 0, 0]), 127);
     }
 }

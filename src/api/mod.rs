@@ -9,6 +9,7 @@
 //! Beyond Bandwidth: `GET …/sessions/{id}/routes` (the compiled forwarding table),
 //! `PUT …/sessions/{id}/subscriptions` (atomic re-wire),
 //! `GET …/sessions/{id}/participants/{id}/quality` (measured media quality, `quality`),
+//! `GET …/sessions/{id}/activeSpeaker` (the dominant speaker, `speakers`),
 //! `GET …/participants/{id}/iceServers` (TURN credentials, `ice`), `GET /openapi.json`, `GET /healthz`
 //! and `GET /readyz`.
 
@@ -21,6 +22,7 @@ mod participants;
 mod quality;
 mod request_scope;
 mod sessions;
+mod speakers;
 mod webhooks;
 
 use axum::extract::{DefaultBodyLimit, OriginalUri, State};
@@ -89,6 +91,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/accounts/{account_id}/sessions/{session_id}/participants/{participant_id}/quality",
             get(quality::get),
+        )
+        .route(
+            "/accounts/{account_id}/sessions/{session_id}/activeSpeaker",
+            get(speakers::get),
         )
         .route("/accounts/{account_id}/sessions/{session_id}/subscriptions", put(sessions::rewire))
         .route("/accounts/{account_id}/sessions/{session_id}/routes", get(sessions::routes))
@@ -160,7 +166,7 @@ async fn openapi_json() -> impl IntoResponse {
         participants::create, participants::get, participants::delete, ice::get,
         sessions::create, sessions::get, sessions::delete, sessions::members,
         sessions::add_member, sessions::remove_member, sessions::subscriptions, sessions::set_subscriptions,
-        sessions::rewire, sessions::routes, quality::get, webhooks::delivery_log, webhooks::settings,
+        sessions::rewire, sessions::routes, quality::get, speakers::get, webhooks::delivery_log, webhooks::settings,
         webhooks::set_settings, healthz, readyz, openapi_json,
     ),
     modifiers(&BasicAuth),

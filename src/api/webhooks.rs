@@ -1,5 +1,6 @@
 //! Webhook endpoints (beyond Bandwidth): a participant's delivery log, and the account's
-//! choice of events (`bandwidthOnly`: only `onConnect`, `onLeave`, `onDisconnect`).
+//! choice of events (`bandwidthOnly`: only `onConnect`, `onLeave`, `onDisconnect`;
+//! `activeSpeakerEvents`: patchbay's `onActiveSpeaker`, off by default).
 
 use axum::extract::State;
 use axum::Json;
@@ -53,11 +54,32 @@ pub struct DeliveryLogView {
 }
 
 /// The account's webhook settings.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct WebhookSettingsView {
     /// Send only Bandwidth's three events.
     pub bandwidth_only: bool,
+    /// Send patchbay's `onActiveSpeaker` (off by default; `bandwidthOnly` wins).
+    pub active_speaker_events: bool,
+}
+
+impl WebhookSettingsView {
+    fn new(s: &crate::control::AccountWebhooks) -> WebhookSettingsView {
+        WebhookSettingsView {
+            bandwidth_only: s.bandwidth_only,
+            active_speaker_events: s.active_speaker_events,
+        }
+    }
+}
+
+/// A change of the account's webhook settings: each field given is set, the others kept.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WebhookSettingsUpdate {
+    /// Send only Bandwidth's three events.
+    pub bandwidth_only: Option<bool>,
+    /// Send patchbay's `onActiveSpeaker`.
+    pub active_speaker_events: Option<bool>,
 }
 
 /// A participant's webhook delivery log.
@@ -87,30 +109,35 @@ pub async fn settings(
     scope: Scope,
 ) -> Result<Json<WebhookSettingsView>, Error> {
     let s = state.control.account_webhooks(&scope.account).await?;
-    Ok(Json(WebhookSettingsView {
-        bandwidth_only: s.bandwidth_only,
-    }))
+    Ok(Json(WebhookSettingsView::new(&s)))
 }
 
 /// Chooses the account's webhook events.
 #[utoipa::path(put, path = "/v1/accounts/{accountId}/webhooks", operation_id = "setWebhookSettings",
-    tag = "webhooks", params(("accountId" = String, Path)), request_body = WebhookSettingsView,
+    tag = "webhooks", params(("accountId" = String, Path)), request_body = WebhookSettingsUpdate,
     responses((status = 200, body = WebhookSettingsView), (status = 400, body = super::ErrorBody),
         (status = 401, body = super::UnauthorizedBody)))]
 pub async fn set_settings(
     State(state): State<AppState>,
     scope: Scope,
-    OptionalJson(body): OptionalJson<WebhookSettingsView>,
+    OptionalJson(body): OptionalJson<WebhookSettingsUpdate>,
 ) -> Result<Json<WebhookSettingsView>, Error> {
     // The project's body extractor: garbage gets the JSON error body naming what is wrong.
     let body = body.ok_or(Error::Body(BodyError::Missing(
-        r#"{"bandwidthOnly": true|false}"#,
+        r#"{"bandwidthOnly": true|false, "activeSpeakerEvents": true|false}"#,
     )))?;
-    let s = state
-        .control
-        .set_webhook_bandwidth_only(&scope.account, body.bandwidth_only)
-        .await?;
-    Ok(Json(WebhookSettingsView {
-        bandwidth_only: s.bandwidth_only,
-    }))
+    if let Some(on) = body.bandwidth_only {
+        state
+            .control
+            .set_webhook_bandwidth_only(&scope.account, on)
+            .await?;
+    }
+    if let Some(on) = body.active_speaker_events {
+        state
+            .control
+            .set_webhook_active_speaker_events(&scope.account, on)
+            .await?;
+    }
+    let s = state.control.account_webhooks(&scope.account).await?;
+    Ok(Json(WebhookSettingsView::new(&s)))
 }

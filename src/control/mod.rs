@@ -54,6 +54,7 @@ mod routes;
 mod routing;
 mod serial;
 mod sessions;
+mod speakers;
 mod webhooks;
 
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -65,7 +66,7 @@ use crate::token::{self, TokenKeys};
 
 pub use crate::domain::{CallEndReason, LifecycleEvent};
 /// The outbox's vocabulary, as the delivery worker and the delivery log see it.
-pub use crate::store::LiveDevice;
+pub use crate::store::{AccountWebhooks, LiveDevice};
 pub use crate::webhooks::{AttemptOutcome, DeliveryAttempt, OutboxEvent};
 pub use auth::{NewCredentials, RotatedCredentials, CREDENTIAL_CACHE_TTL};
 pub use connections::{
@@ -84,6 +85,7 @@ pub use placement::{Host, RELEASE_AFTER_MS, SESSION_MOVED};
 pub use quality::{quality_summary, MemberQuality};
 pub use routing::Routing;
 pub use sessions::NewParticipant;
+pub use speakers::{ActiveSpeaker, SessionSpeaker};
 pub use webhooks::{FeedItem, Recorded, Recording, WebhookFeed, EXPIRE_BATCH, SESSION_EXPIRED};
 
 /// The orchestrator. Cheap to clone; share one per process.
@@ -129,6 +131,9 @@ struct Inner {
     destinations: std::sync::RwLock<crate::webhooks::Destinations>,
     /// Set once the process drains before it stops (see [`Control::begin_drain`]).
     draining: std::sync::atomic::AtomicBool,
+    /// Each hosted session's dominant speaker, as the media plane last reported it (see
+    /// `speakers.rs`; this process's memory only).
+    speakers: Mutex<std::collections::HashMap<crate::domain::SessionId, speakers::ActiveSpeaker>>,
     /// Sessions are placed on one process each (see `placement.rs`).
     placing: std::sync::atomic::AtomicBool,
     /// Where the others reach this process, and its hosted sessions found idle.
@@ -161,6 +166,7 @@ impl Control {
                 foreign: Mutex::default(),
                 destinations: std::sync::RwLock::default(),
                 draining: std::sync::atomic::AtomicBool::new(false),
+                speakers: Mutex::default(),
                 placing: std::sync::atomic::AtomicBool::new(false),
                 placement: Mutex::default(),
             }),

@@ -99,7 +99,9 @@ pub(super) fn live_change(event: &LifecycleEvent) -> Option<LiveChange> {
             participant: *participant,
             stream: stream.clone(),
         },
-        LifecycleEvent::CallEnded { .. } | LifecycleEvent::PhoneDtmf { .. } => return None,
+        LifecycleEvent::CallEnded { .. }
+        | LifecycleEvent::PhoneDtmf { .. }
+        | LifecycleEvent::ActiveSpeaker { .. } => return None,
     })
 }
 

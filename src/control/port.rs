@@ -68,8 +68,10 @@ pub struct LocalRequest {
 /// Where a local device's frames go: straight to the media shard that holds the device (one
 /// that moved on is followed from there), so a frame takes no lock on its way.
 pub trait LocalUplink: Send + Sync + 'static {
-    /// An Opus frame of the device's stream (RTP time at 48 kHz).
-    fn write(&self, rtp_time: u64, data: Vec<u8>);
+    /// An Opus frame of the device's stream (RTP time at 48 kHz), with its audio level
+    /// (RFC 6464, -dBov, 0 to 127) when the caller measured it (it counts for the session's
+    /// dominant speaker).
+    fn write(&self, rtp_time: u64, data: Vec<u8>, level: Option<u8>);
 }
 
 /// A local device connected to the media plane.

@@ -139,6 +139,7 @@ impl Control {
     /// The session is gone: the routes it had here are withdrawn.
     pub(super) async fn forget_session(&self, id: SessionId) {
         let _turn = self.inner.stripes.lock(id).await;
+        self.forget_speaker(id);
         self.inner
             .hosted
             .lock()

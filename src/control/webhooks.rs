@@ -137,7 +137,8 @@ fn participant_of(event: &LifecycleEvent) -> ParticipantId {
         | LifecycleEvent::CallAnswered { participant, .. }
         | LifecycleEvent::CallResumed { participant, .. }
         | LifecycleEvent::CallEnded { participant, .. }
-        | LifecycleEvent::PhoneDtmf { participant, .. } => *participant,
+        | LifecycleEvent::PhoneDtmf { participant, .. }
+        | LifecycleEvent::ActiveSpeaker { participant, .. } => *participant,
     }
 }
 
@@ -210,6 +211,10 @@ impl Control {
                 webhooks::render(event, at_ms, target.tag.as_ref())
                     .into_iter()
                     .filter(|w| w.kind.is_bandwidth() || !settings.bandwidth_only)
+                    .filter(|w| {
+                        w.kind != webhooks::WebhookKind::ActiveSpeaker
+                            || settings.active_speaker_events
+                    })
                     .map(|w| NewOutboxEvent {
                         id: format!("msg_{}", uuid::Uuid::new_v4().simple()),
                         account: target.account.clone(),
@@ -334,13 +339,18 @@ impl Control {
             .store
             .set_webhook_bandwidth_only(account, bandwidth_only)
             .await?;
+        self.forget_webhook_settings(account);
+        self.account_webhooks(account).await
+    }
+
+    /// The account's settings changed through this process: read them again at once.
+    pub(super) fn forget_webhook_settings(&self, account: &AccountId) {
         self.inner
             .webhooks
             .settings
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(account);
-        self.account_webhooks(account).await
     }
 
     /// At most `limit` outbox events due at `now_ms`, each first in its participant's queue,

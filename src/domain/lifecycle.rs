@@ -79,6 +79,16 @@ pub enum LifecycleEvent {
         /// How long it was held, in milliseconds (from the RFC 4733 event's duration).
         duration_ms: u32,
     },
+    /// The participant became its session's dominant speaker (patchbay's `onActiveSpeaker`,
+    /// sent only to accounts that asked for it).
+    ActiveSpeaker {
+        /// The new dominant speaker.
+        participant: ParticipantId,
+        /// Its session.
+        session: super::SessionId,
+        /// The speaker is a phone.
+        phone: bool,
+    },
 }
 
 /// Why a phone call ended.

@@ -29,6 +29,7 @@ use super::publishing::{self, Publication, Published, Publishing, TrackKey};
 use super::quality::{self, QualitySamples};
 use super::rewrite::Origin;
 use super::routes::HostedRoutes;
+use super::speaker::{SpeakerChange, Speakers};
 use super::subscribing::{Overdue, Subscriber, Subscribing};
 use super::MediaCounters;
 use super::{DeclaredStreams, DeviceId, PublishAnswer, StreamMetadata, SubscribeOffer};
@@ -190,6 +191,8 @@ pub enum EngineEvent {
         /// The device that does not answer.
         device: DeviceId,
     },
+    /// A hosted session's dominant speaker changed (see `media::speaker`).
+    ActiveSpeaker(SpeakerChange),
 }
 
 /// Errors answered to a device's request; the engine itself keeps running.
@@ -297,6 +300,7 @@ pub struct Engine {
     events: VecDeque<EngineEvent>,
     counters: MediaCounters,
     samples: QualitySamples,
+    speakers: Speakers,
     /// Reused buffers: no allocation per forwarded packet.
     scratch: Vec<Target>,
     incoming: Vec<(Mid, RtpPacket)>,
@@ -319,6 +323,7 @@ impl Engine {
             events: VecDeque::new(),
             counters: MediaCounters::default(),
             samples: QualitySamples::default(),
+            speakers: Speakers::default(),
             scratch: Vec::new(),
             incoming: Vec::new(),
         }
@@ -398,8 +403,17 @@ impl Engine {
 
     /// An Opus frame (20 ms, RTP time at 48 kHz) of a local device's published stream:
     /// forwarded to its subscribers like a packet received from a browser (the engine gives it
-    /// the sequence number a publisher's RTP would carry).
-    pub fn write_local(&mut self, device: DeviceId, rtp_time: u64, data: Vec<u8>, now: Instant) {
+    /// the sequence number a publisher's RTP would carry). `level`: the frame's audio level
+    /// as RFC 6464 has it (-dBov, 0 to 127), when its driver measured it: it counts for the
+    /// session's dominant speaker and is sent on as the audio-level header extension.
+    pub fn write_local(
+        &mut self,
+        device: DeviceId,
+        rtp_time: u64,
+        data: Vec<u8>,
+        level: Option<u8>,
+        now: Instant,
+    ) {
         if !self.devices.get(device).is_some_and(Device::is_local) {
             return;
         }
@@ -419,8 +433,8 @@ impl Engine {
             ts: rtp_time as u32,
             time_48k: rtp_time,
             marker: false,
-            audio_level: None,
-            voice_activity: None,
+            audio_level: level.map(|l| -(l.min(127) as i8)),
+            voice_activity: level.map(|l| l <= VOICE_LEVEL),
             video_orientation: None,
             arrival: now,
             payload: &payload,
@@ -436,6 +450,7 @@ impl Engine {
         for peer in dev.peers() {
             self.remove_peer(peer);
         }
+        self.speakers.forget(dev.participant);
         let published = self.withdraw_publications(device);
         if published.is_some_and(|p| !p.streams.is_empty()) {
             self.events.push_back(EngineEvent::StreamsChanged {
@@ -724,6 +739,9 @@ impl Engine {
             if let Some(device) = self.devices.of_participant(subscriber) {
                 self.renegotiate(device, now);
             }
+        }
+        if !self.routes.tables().contains_key(&session) {
+            self.speakers.forget_session(session);
         }
     }
 
@@ -1407,6 +1425,9 @@ impl Engine {
     /// The one forwarding loop: a packet of a source goes to every target of the fan-out,
     /// renumbered for each subscriber's m-line (`Rewrite`).
     fn forward(&mut self, packet: &Packet<'_>, now: Instant) {
+        if let (Some(level), Codec::Opus) = (packet.audio_level, packet.codec) {
+            self.hear(packet.origin.source, level.unsigned_abs(), now);
+        }
         let mut targets = std::mem::take(&mut self.scratch);
         targets.clear();
         targets.extend_from_slice(self.fanout.targets(&packet.origin.source));
@@ -1512,6 +1533,32 @@ impl Engine {
         }
     }
 }
+
+impl Engine {
+    /// An audio level of `source` counts for its session's dominant speaker.
+    fn hear(&mut self, source: Source, level: u8, now: Instant) {
+        let device = match source {
+            Source::Peer { peer, .. } => match self.peers.get(peer) {
+                Some(p) => p.device,
+                None => return,
+            },
+            Source::Local(device) => device,
+        };
+        let Some(dev) = self.devices.get(device) else {
+            return;
+        };
+        let (participant, phone) = (dev.participant, dev.is_local());
+        let Some(session) = self.routes.session_of(participant) else {
+            return;
+        };
+        if let Some(change) = self.speakers.hear(session, participant, phone, level, now) {
+            self.events.push_back(EngineEvent::ActiveSpeaker(change));
+        }
+    }
+}
+
+/// The highest RFC 6464 level (-dBov) a phone's frame is marked as voice at (the V bit).
+const VOICE_LEVEL: u8 = 50;
 
 /// The `a=mid` values of an SDP, in order.
 /// Length of [`EngineConfig::ice_prefix`]: 62^4 prefixes make two processes in a row

@@ -25,6 +25,7 @@
 //! | `Fanout` | `fanout.rs` | source track → targets (the hot path), target → source (keyframe requests upstream) |
 //! | `PeerQuality` | `quality.rs` | per peer connection: its tracks' statistics (str0m's, sampled once a second), its keyframe requests passed on, merged or asked (kept in the `Peer`) |
 //! | `MediaCounters` | `counters.rs` | what the engine counts for the metrics (plain integers the driver reads) |
+//! | `Speakers` | `speaker.rs` | per hosted session: each publisher's smoothed audio level (RFC 6464, or a phone's measured one) and the dominant speaker |
 //! | `Rewrite` | `rewrite.rs` | per subscriber m-line: the origin it carries now, sequence/timestamp offsets, payload-type map (kept in the subscriber's `Peer`) |
 //! | `Shard` | `shard.rs` | the device entries of one shard: resume, replacement, reconnect grace, moves, redirects |
 //!
@@ -101,6 +102,7 @@ mod quality;
 mod rewrite;
 mod routes;
 pub mod shard;
+mod speaker;
 mod subscribing;
 
 pub use counters::MediaCounters;
@@ -114,6 +116,7 @@ pub use shard::{
     Delivery, DeviceNotice, LocalDownlink, Resumption, Shard, ShardMessage, ShardOutput,
     RECONNECT_GRACE,
 };
+pub use speaker::SpeakerChange;
 pub use subscribing::{OFFER_RETRIES, OFFER_TIMEOUT};
 
 /// One device connection (a device signalling WebSocket, or a phone call), assigned by the

@@ -59,6 +59,11 @@ impl HostedRoutes {
         &self.tables
     }
 
+    /// The session whose table mentions `participant`.
+    pub(super) fn session_of(&self, participant: ParticipantId) -> Option<SessionId> {
+        self.session_of.get(&participant).copied()
+    }
+
     /// The participants `session`'s table mentions, as subscriber or publisher.
     pub(super) fn participants_in(&self, session: SessionId) -> BTreeSet<ParticipantId> {
         let Some(table) = self.tables.get(&session) else {

@@ -180,6 +180,8 @@ pub enum ShardOutput {
     },
     /// What a later process needs to resume a device's connections changed (for the store).
     Resumption(Resumption),
+    /// A hosted session's dominant speaker changed, for control.
+    ActiveSpeaker(super::SpeakerChange),
     /// A device was removed here; `last` when its participant has no device here any more.
     Removed {
         /// The device removed.
@@ -545,9 +547,10 @@ impl Shard {
         device: DeviceId,
         rtp_time: u64,
         data: Vec<u8>,
+        level: Option<u8>,
         now: Instant,
     ) {
-        self.engine.write_local(device, rtp_time, data, now);
+        self.engine.write_local(device, rtp_time, data, level, now);
         self.collect();
     }
 
@@ -1069,6 +1072,9 @@ impl Shard {
                     })
                 }
                 EngineEvent::Unanswered { device } => self.unanswered.push(device),
+                EngineEvent::ActiveSpeaker(change) => {
+                    self.outputs.push_back(ShardOutput::ActiveSpeaker(change));
+                }
                 EngineEvent::PublishCredentials { device, ufrag, pwd } => {
                     if let Some(entry) = self.devices.get(&device) {
                         let credentials = PublishCredentials {

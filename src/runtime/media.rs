@@ -43,7 +43,7 @@ use crate::forwarding::{PublishedStream, TableDiff};
 pub use crate::media::RECONNECT_GRACE;
 use crate::media::{
     DeclaredStreams, Delivery, DeviceId, Engine, EngineConfig, MediaError, Placement,
-    PublishAnswer, Resumption, Shard, ShardMessage, ShardOutput, Transport,
+    PublishAnswer, Resumption, Shard, ShardMessage, ShardOutput, SpeakerChange, Transport,
 };
 use crate::runtime::listen::{descriptor_share, ConnectionLimits, Gate};
 use crate::runtime::media_tcp::{self, Sent, TcpConnections, TcpFrame, TcpShard, TcpWriters};
@@ -89,6 +89,7 @@ enum Command {
         device: DeviceId,
         rtp_time: u64,
         data: Vec<u8>,
+        level: Option<u8>,
     },
     RemoveLocal {
         device: DeviceId,
@@ -417,11 +418,12 @@ struct ShardUplink {
 }
 
 impl LocalUplink for ShardUplink {
-    fn write(&self, rtp_time: u64, data: Vec<u8>) {
+    fn write(&self, rtp_time: u64, data: Vec<u8>, level: Option<u8>) {
         let _ = self.inbox.send(Inbox::Command(Command::WriteLocal {
             device: self.device,
             rtp_time,
             data,
+            level,
         }));
     }
 }
@@ -586,6 +588,8 @@ enum Report {
     },
     /// What a later process needs to resume a device's connections.
     Resumption(Resumption),
+    /// A session's dominant speaker changed, at this epoch millisecond.
+    ActiveSpeaker(SpeakerChange, i64),
 }
 
 /// Where the shards' reports go: two tasks, each recording its reports with control one after
@@ -602,12 +606,15 @@ enum Report {
 struct Reporters {
     published: mpsc::UnboundedSender<Report>,
     resumption: mpsc::UnboundedSender<Report>,
+    /// Dominant speakers: never behind a store write.
+    speakers: mpsc::UnboundedSender<Report>,
 }
 
 impl Reporters {
     fn send(&self, report: Report) {
         let to = match report {
             Report::Published { .. } => &self.published,
+            Report::ActiveSpeaker(..) => &self.speakers,
             _ => &self.resumption,
         };
         let _ = to.send(report);
@@ -617,7 +624,8 @@ impl Reporters {
 fn spawn_reporters(control: Control) -> Reporters {
     Reporters {
         published: spawn_reporter(control.clone()),
-        resumption: spawn_reporter(control),
+        resumption: spawn_reporter(control.clone()),
+        speakers: spawn_reporter(control),
     }
 }
 
@@ -645,6 +653,15 @@ fn spawn_reporter(control: Control) -> mpsc::UnboundedSender<Report> {
                     control
                         .forget_subscribe_layout(participant, &unique_id)
                         .await
+                }
+                Report::ActiveSpeaker(change, at_ms) => {
+                    control.active_speaker_changed(
+                        change.session,
+                        change.participant,
+                        change.phone,
+                        at_ms,
+                    );
+                    Ok(())
                 }
             };
             match outcome {
@@ -930,6 +947,9 @@ impl Pump {
                 ShardOutput::Resumption(resumption) => {
                     self.reports.send(Report::Resumption(resumption));
                 }
+                ShardOutput::ActiveSpeaker(change) => {
+                    self.reports.send(Report::ActiveSpeaker(change, epoch_ms()));
+                }
                 ShardOutput::Message { shard, message } => self.send_message(shard, message),
                 ShardOutput::Placed {
                     device,
@@ -1075,7 +1095,10 @@ impl Pump {
                 device,
                 rtp_time,
                 data,
-            } => self.shard.handle_write_local(device, rtp_time, data, now),
+                level,
+            } => self
+                .shard
+                .handle_write_local(device, rtp_time, data, level, now),
             Command::RemoveLocal { device } => {
                 self.shard.handle_remove_local(device, now);
                 self.downlinks.remove(&device);

@@ -1058,7 +1058,8 @@ impl CallMedia {
             tracing::trace!(call = %self.call, error = %e, "unusable RTP from the phone");
         }
         while let Some(frame) = self.phone.poll_uplink(now) {
-            self.uplink.write(u64::from(frame.rtp_time_48k), frame.opus);
+            self.uplink
+                .write(u64::from(frame.rtp_time_48k), frame.opus, Some(frame.level));
         }
         while let Some(d) = self.phone.poll_digit() {
             self.devices

@@ -657,7 +657,48 @@ pub async fn webhook_settings(store: TestStore) {
             .expect("settings")
             .bandwidth_only
     );
+    let speaker = |s: super::AccountWebhooks| (s.bandwidth_only, s.active_speaker_events);
+    let read = store
+        .account_webhooks(&account, "x")
+        .await
+        .expect("settings");
+    assert_eq!(
+        speaker(read),
+        (true, false),
+        "onActiveSpeaker is off by default"
+    );
+    store
+        .set_webhook_active_speaker_events(&account, true)
+        .await
+        .expect("set");
+    let read = store
+        .account_webhooks(&account, "x")
+        .await
+        .expect("settings");
+    assert_eq!(speaker(read), (true, true), "each setting is its own");
+    store
+        .set_webhook_bandwidth_only(&account, false)
+        .await
+        .expect("set");
+    let read = store
+        .account_webhooks(&account, "x")
+        .await
+        .expect("settings");
+    assert_eq!(speaker(read), (false, true));
+    store
+        .set_webhook_active_speaker_events(&account, false)
+        .await
+        .expect("set");
+    let read = store
+        .account_webhooks(&account, "x")
+        .await
+        .expect("settings");
+    assert_eq!(speaker(read), (false, false));
     let nobody = AccountId::parse("nobody-here").expect("id");
+    assert!(matches!(
+        store.set_webhook_active_speaker_events(&nobody, true).await,
+        Err(StoreError::AccountNotFound)
+    ));
     assert!(matches!(
         store.account_webhooks(&nobody, "x").await,
         Err(StoreError::AccountNotFound)

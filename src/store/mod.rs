@@ -294,6 +294,8 @@ pub struct AccountWebhooks {
     pub secret: String,
     /// Send only Bandwidth's three events (`onConnect`, `onLeave`, `onDisconnect`).
     pub bandwidth_only: bool,
+    /// Send patchbay's `onActiveSpeaker` (off by default; `bandwidth_only` wins).
+    pub active_speaker_events: bool,
 }
 
 /// Durable webhook state: account settings, the outbox and its delivery log, and the session
@@ -326,6 +328,12 @@ pub trait WebhookStore: Send + Sync + 'static {
         &self,
         account: &AccountId,
         bandwidth_only: bool,
+    ) -> Result<(), StoreError>;
+    /// Sets whether the account receives `onActiveSpeaker`.
+    async fn set_webhook_active_speaker_events(
+        &self,
+        account: &AccountId,
+        on: bool,
     ) -> Result<(), StoreError>;
     /// Appends events to the outbox, in this order, all or none; each is due at once.
     async fn outbox_append(&self, events: &[NewOutboxEvent]) -> Result<(), StoreError>;

@@ -107,6 +107,7 @@ store_ops! {
     WebhookTarget => "webhook_target",
     AccountWebhooks => "account_webhooks",
     SetWebhookBandwidthOnly => "set_webhook_bandwidth_only",
+    SetWebhookActiveSpeaker => "set_webhook_active_speaker_events",
     RotateWebhookSecret => "rotate_webhook_secret",
     OutboxAppend => "outbox_append",
     RecordEvents => "record_events",

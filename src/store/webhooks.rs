@@ -91,7 +91,8 @@ impl WebhookStore for SqlStore {
         .execute(&self.write)
         .await?;
         let row = sqlx::query(
-            "SELECT webhook_secret, webhook_bandwidth_only FROM accounts WHERE id = $1",
+            "SELECT webhook_secret, webhook_bandwidth_only, webhook_active_speaker FROM accounts \
+             WHERE id = $1",
         )
         .bind(account.as_str())
         .fetch_optional(&self.write)
@@ -99,9 +100,11 @@ impl WebhookStore for SqlStore {
         .ok_or(StoreError::AccountNotFound)?;
         let secret: Option<String> = row.try_get("webhook_secret")?;
         let only: i64 = row.try_get("webhook_bandwidth_only")?;
+        let speaker: i64 = row.try_get("webhook_active_speaker")?;
         Ok(AccountWebhooks {
             secret: secret.ok_or_else(|| corrupt("account without a webhook secret"))?,
             bandwidth_only: only != 0,
+            active_speaker_events: speaker != 0,
         })
     }
 
@@ -135,6 +138,23 @@ impl WebhookStore for SqlStore {
         let _timer = self.timer(Op::SetWebhookBandwidthOnly);
         let done = sqlx::query("UPDATE accounts SET webhook_bandwidth_only = $1 WHERE id = $2")
             .bind(i64::from(bandwidth_only))
+            .bind(account.as_str())
+            .execute(&self.write)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::AccountNotFound);
+        }
+        Ok(())
+    }
+
+    async fn set_webhook_active_speaker_events(
+        &self,
+        account: &AccountId,
+        on: bool,
+    ) -> Result<(), StoreError> {
+        let _timer = self.timer(Op::SetWebhookActiveSpeaker);
+        let done = sqlx::query("UPDATE accounts SET webhook_active_speaker = $1 WHERE id = $2")
+            .bind(i64::from(on))
             .bind(account.as_str())
             .execute(&self.write)
             .await?;

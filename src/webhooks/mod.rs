@@ -53,6 +53,8 @@ pub enum WebhookKind {
     CallEnded,
     /// A phone pressed a key (`onDtmf`).
     Dtmf,
+    /// A session's dominant speaker changed (`onActiveSpeaker`; opt-in per account).
+    ActiveSpeaker,
 }
 
 impl WebhookKind {
@@ -67,6 +69,7 @@ impl WebhookKind {
             WebhookKind::CallAnswered => "onCallAnswered",
             WebhookKind::CallEnded => "onCallEnded",
             WebhookKind::Dtmf => "onDtmf",
+            WebhookKind::ActiveSpeaker => "onActiveSpeaker",
         }
     }
 
@@ -179,6 +182,16 @@ pub fn render(event: &LifecycleEvent, at_ms: i64, tag: Option<&Tag>) -> Vec<Webh
             extra.insert("digit".into(), json!(digit.to_string()));
             extra.insert("durationMs".into(), json!(duration_ms));
             (*participant, WebhookKind::Dtmf, None, extra)
+        }
+        LifecycleEvent::ActiveSpeaker {
+            participant,
+            session,
+            phone,
+        } => {
+            let mut extra = Map::new();
+            extra.insert("sessionId".into(), json!(session.to_string()));
+            extra.insert("phone".into(), json!(phone));
+            (*participant, WebhookKind::ActiveSpeaker, None, extra)
         }
     };
     let body = Body {

@@ -1065,7 +1065,7 @@ fn phone_is_heard_by_browsers_and_hears_exactly_its_subscriptions() {
     for n in 0..50u32 {
         let data = peer::frame(PHONE, Kind::Audio, n, false);
         net.engine
-            .write_local(phone, u64::from(n) * 960, data, net.now);
+            .write_local(phone, u64::from(n) * 960, data, None, net.now);
         net.pump();
         net.run(Duration::from_millis(20));
     }

@@ -464,7 +464,7 @@ impl Net {
                     self.control.streams.insert(participant, streams);
                     self.control.recompile(&mut self.engine, self.now);
                 }
-                EngineEvent::Connected { .. } => {}
+                EngineEvent::Connected { .. } | EngineEvent::ActiveSpeaker(_) => {}
                 EngineEvent::LocalMedia {
                     device,
                     source,

@@ -292,7 +292,7 @@ impl Shards {
                     }
                     self.notices.entry(connection).or_default().push(notice);
                 }
-                ShardOutput::Local { .. } => {}
+                ShardOutput::Local { .. } | ShardOutput::ActiveSpeaker(_) => {}
                 ShardOutput::Resumption(Resumption::Layout {
                     participant,
                     layout,

@@ -245,7 +245,13 @@ test("operator applies whisper: the caller's page decodes no supervisor, the age
     assert.deepEqual(callerRules.participants.map((p) => p.participantId), [ids.agent], JSON.stringify(callerRules));
 
     const shot = process.env.SWITCHBOARD_SCREENSHOT || path.join(os.tmpdir(), "switchboard.png");
-    await sleep(1500); // let the talking lights settle (cosmetic only)
+    // The dominant speaker as patchbay decides it (every page sends a tone: one of them) is the
+    // one row lit "speaking".
+    await until(async () => {
+      const speaker = await pb.rest("GET", `/sessions/${ready.s.sessionId}/activeSpeaker`);
+      const lit = await operator.$$eval("tr[data-participant]", (rows) => rows.filter((r) => r.querySelector(".badge.talk")).map((r) => r.dataset.participant));
+      return { ok: !!speaker.participantId && lit.length === 1 && lit[0] === speaker.participantId, speaker, lit };
+    }, T, "the operator page lighting patchbay's dominant speaker");
     await operator.screenshot({ path: shot, fullPage: true });
     t.diagnostic(`operator page screenshot: ${shot}`);
 
