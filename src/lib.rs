@@ -29,7 +29,8 @@
 //!   phone call), `port.rs` ([`control::port::MediaPort`], what control needs from the media
 //!   plane), `routing.rs` ([`control::Routing`], the pure core: published streams and last
 //!   tables → diffs), `routes.rs`, `quality.rs` (a member's measured media quality, and its
-//!   summary in the store for the operator), `serial.rs`, `events.rs`, `error.rs`
+//!   summary in the store for the operator), `speakers.rs` (each hosted session's dominant
+//!   speaker, in memory, and its `onActiveSpeaker`), `serial.rs`, `events.rs`, `error.rs`
 //!   ([`control::ControlError`]).
 //! - [`api`]: the Bandwidth-compatible REST adapter (axum): parses, calls control, renders
 //!   [`api::Error`]; server faults are logged once, by a layer.
@@ -76,6 +77,7 @@
 //! | `media/fanout.rs` | `Fanout` | source → targets (the hot path), track → source, subscriber → targets, upstream |
 //! | `media/rewrite.rs` | `Rewrite` | per subscriber m-line: its origin, sequence/timestamp offsets, payload-type map |
 //! | `media/quality.rs` | `PeerQuality` | per peer connection (in its `Peer`): its tracks' statistics, its keyframe requests passed on, merged or asked |
+//! | `media/speaker.rs` | `Speakers` | per hosted session: each publisher's smoothed audio level, the dominant speaker |
 //! | `media/counters.rs` | `MediaCounters` | the engine's counters for the metrics |
 //! | `media/shard.rs` | `Shard` | device entries, resume/replacement, reconnect grace, moves, shard-local redirects |
 //! | `media/placement.rs` | `Placement` | participant/device → shard (the runtime's directory, never per packet) |
@@ -95,7 +97,7 @@
 //!   `Engine::apply_routes` → `HostedRoutes::apply` → `Engine::renegotiate` (an offer, or a
 //!   phone's new sources) → `Fanout::set_targets` for that subscriber only.
 //! - **A phone's audio frame**: `runtime::sip` `CallMedia` (RTP socket) → `PhoneMedia`
-//!   (jitter buffer, G.711 → Opus) → `DeviceControl::phone_audio` → `MediaPort::write_local`
+//!   (jitter buffer, G.711 → Opus, and the frame's RFC 6464 level) → `LocalUplink::write`
 //!   → the shard's inbox → `Shard::handle_write_local` → `Engine::write_local` →
 //!   `Engine::forward` (the same loop as a browser's packet).
 //!

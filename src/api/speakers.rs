@@ -24,8 +24,8 @@ pub struct ActiveSpeakerView {
     pub since: Option<i64>,
     /// The speaker is on a phone (the SIP bridge); `null` with no speaker.
     pub phone: Option<bool>,
-    /// No speaker known here, and the session is hosted by another process of the cluster:
-    /// ask that one.
+    /// The session is hosted by another process of the cluster (the speaker fields are then
+    /// `null`): ask that one.
     pub hosted_elsewhere: bool,
 }
 

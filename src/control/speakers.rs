@@ -29,10 +29,10 @@ pub struct ActiveSpeaker {
 /// What `GET …/sessions/{s}/activeSpeaker` answers.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionSpeaker {
-    /// The dominant speaker this process knows of; `None`: nobody has spoken here yet.
+    /// The dominant speaker this process knows of; `None`: nobody has spoken here yet, or
+    /// the session is hosted elsewhere.
     pub speaker: Option<ActiveSpeaker>,
-    /// Nobody known here, and the session is hosted by another process of the cluster: ask
-    /// that one.
+    /// The session is hosted by another process of the cluster: ask that one.
     pub hosted_elsewhere: bool,
 }
 
@@ -86,21 +86,25 @@ impl Control {
         session: SessionId,
     ) -> Result<SessionSpeaker, ControlError> {
         self.session(account, session).await?;
-        let speaker = self
-            .inner
-            .speakers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&session)
-            .copied();
-        let hosted_elsewhere = speaker.is_none()
-            && self.places_sessions()
+        // A session that moved to another process may have left its last speaker here: the
+        // host's answer is the one that holds.
+        let hosted_elsewhere = self.places_sessions()
             && self
                 .inner
                 .store
                 .session_host(session)
                 .await?
                 .is_some_and(|h| h.instance != self.inner.instance);
+        let speaker = if hosted_elsewhere {
+            None
+        } else {
+            self.inner
+                .speakers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&session)
+                .copied()
+        };
         Ok(SessionSpeaker {
             speaker,
             hosted_elsewhere,

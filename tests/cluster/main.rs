@@ -264,6 +264,26 @@ async fn phones_dialling_different_processes_meet_on_the_session_s_host() {
     hears(&p1, 1700.0, "the first caller hears the redirected one").await;
     hears(&p2, 440.0, "the proxied caller hears the first").await;
     hears(&p3, 1000.0, "the redirected caller hears the proxied one").await;
+    // Who is speaking: the host knows (a phone, from its decoded audio); the other process
+    // says the session is hosted elsewhere rather than answer what it does not hold.
+    eventually("the host has a dominant speaker", DEADLINE, || async {
+        let s = a
+            .control
+            .active_speaker(&account, session)
+            .await
+            .expect("speaker at the host");
+        !s.hosted_elsewhere
+            && s.speaker
+                .is_some_and(|s| s.phone && [first, second, third].contains(&s.participant))
+    })
+    .await;
+    let elsewhere = b
+        .control
+        .active_speaker(&account, session)
+        .await
+        .expect("speaker at the other process");
+    assert!(elsewhere.hosted_elsewhere, "{elsewhere:?}");
+    assert!(elsewhere.speaker.is_none(), "{elsewhere:?}");
     // The proxied call's BYE goes to the host (its Contact): the host ends it.
     assert!(p2.hangup().await, "BYE sent");
     let give_up = tokio::time::Instant::now() + DEADLINE;
