@@ -1560,7 +1560,6 @@ impl Engine {
 /// The highest RFC 6464 level (-dBov) a phone's frame is marked as voice at (the V bit).
 const VOICE_LEVEL: u8 = 50;
 
-/// The `a=mid` values of an SDP, in order.
 /// Length of [`EngineConfig::ice_prefix`]: 62^4 prefixes make two processes in a row
 /// sharing one a one-in-fourteen-million event.
 const ICE_PREFIX_LEN: usize = 4;
@@ -1580,6 +1579,7 @@ fn tagged_ufrag(prefix: &str) -> String {
     format!("{prefix}{}", random_ice_chars(8))
 }
 
+/// The `a=mid` values of an SDP, in order.
 fn offer_mids(sdp: &str) -> Vec<Mid> {
     sdp.lines()
         .filter_map(|l| l.trim_end().strip_prefix("a=mid:"))
