@@ -15,18 +15,24 @@
 //!   unpaused video track with the lowest
 //!   priority is paused (the one whose publisher spoke least recently; then the highest mid).
 //!   One pause per [`PAUSE_AFTER`]: a second track goes only if the first was not enough.
-//! - **Resume.** A paused track comes back when the estimate has stayed, for the current
-//!   resume hold, above [`HEADROOM`] times what the connection would be sent with it (its rate
-//!   before it was paused); the most important paused track first. The hold starts at
-//!   [`RESUME_HOLD_MIN`]; a resume followed by a pause of the same track within
-//!   [`FAILED_RESUME`] doubles it (up to [`RESUME_HOLD_MAX`]), so a link that cannot carry a
-//!   track sees at most a couple of attempts a minute, never a flip-flop.
+//! - **Resume.** A paused track comes back once it has been paused for the current resume
+//!   hold and the estimate has stayed, for [`ROOM_STABLE`], above [`HEADROOM`] times what the
+//!   connection would be sent with it (its rate before it was paused); the most important
+//!   paused track first. The hold starts at [`RESUME_HOLD_MIN`]; a resume followed by a pause
+//!   of the same track within [`FAILED_RESUME`] doubles it (up to [`RESUME_HOLD_MAX`]), so a
+//!   link that cannot carry a track sees at most a couple of attempts a minute, never a
+//!   flip-flop; a link that has recovered needs only its room to hold for [`ROOM_STABLE`]
+//!   once the hold is over (a long hold asking for that long a stretch of room without one
+//!   dip kept video away from links that had recovered).
 //! - **Keyframes.** A subscriber's keyframe requests for a paused track, or while it is
 //!   congested (estimate below what it is sent), do not reach the publisher: a keyframe would
 //!   only deepen the congestion, and every other subscriber would pay for it.
 //! - **Probing.** [`Allocation::probe_target`] is what the connection's estimator should try
-//!   to discover (everything unpaused plus the paused tracks): str0m pads up to it, so a
-//!   paused track's return is found by probing, not by sending it blind.
+//!   to discover: while a track is paused, everything unpaused plus the paused tracks, with
+//!   more than the resume's [`HEADROOM`] on top (an estimator probing only up to the need
+//!   itself settles just around it, and the track would stay paused on a link that has
+//!   recovered); str0m pads up to it, so a paused track's return is found by probing, not by
+//!   sending it blind. With nothing paused, what is sent.
 //!
 //! Without an estimate (no TWCC negotiated, or none yet) nothing is ever paused.
 
@@ -39,12 +45,17 @@ use str0m::media::Mid;
 pub(super) const PAUSE_AFTER: Duration = Duration::from_secs(1);
 /// The first hold before a paused track is tried again.
 pub(super) const RESUME_HOLD_MIN: Duration = Duration::from_secs(4);
+/// How long the estimate must leave room for a paused track before it resumes.
+pub(super) const ROOM_STABLE: Duration = Duration::from_secs(4);
 /// The longest hold.
 pub(super) const RESUME_HOLD_MAX: Duration = Duration::from_secs(32);
 /// A resume followed by a pause of the same track within this counts as failed.
 pub(super) const FAILED_RESUME: Duration = Duration::from_secs(15);
 /// The margin a resume needs above what the connection would then be sent.
 pub(super) const HEADROOM: f64 = 1.15;
+/// The probing target's margin over what resuming every paused track needs (more than
+/// [`HEADROOM`], so that the estimate can reach the resume's threshold).
+const PROBE_HEADROOM: f64 = 1.3;
 /// A fall of the estimate within this long before counts as congestion now.
 pub(super) const CONGESTION_RECENT: Duration = Duration::from_secs(5);
 /// A second with at least this fraction of the connection's packets lost (transport-wide
@@ -200,10 +211,11 @@ impl Allocation {
     }
 
     /// What the estimator should try to discover (bits per second): the audio and every
-    /// video track, paused ones at their rate before the pause.
+    /// video track, paused ones at their rate before the pause, all times [`PROBE_HEADROOM`]
+    /// while any is paused.
     pub(super) fn probe_target(&mut self, now: Instant) -> u64 {
         let audio = self.audio.bps(now);
-        audio
+        let all = audio
             + self
                 .video
                 .values_mut()
@@ -214,7 +226,12 @@ impl Allocation {
                         t.rate.bps(now)
                     }
                 })
-                .sum::<u64>()
+                .sum::<u64>();
+        if self.video.values().any(|t| t.paused) {
+            (all as f64 * PROBE_HEADROOM) as u64
+        } else {
+            all
+        }
     }
 
     /// [`Allocation::probe_target`], when it is time to tell the estimator again (once a
@@ -292,7 +309,8 @@ impl Allocation {
         }
         self.short_since = None;
 
-        // The most important paused track whose cost fits, once it has fitted for its hold.
+        // The most important paused track whose cost fits, once its hold is over and it has
+        // fitted for ROOM_STABLE.
         let candidate = order
             .iter()
             .rev()
@@ -309,7 +327,7 @@ impl Allocation {
         let paused_for = track
             .paused_at
             .map_or(hold, |at| now.saturating_duration_since(at));
-        if now.saturating_duration_since(since) < hold || paused_for < hold {
+        if now.saturating_duration_since(since) < ROOM_STABLE || paused_for < hold {
             return None;
         }
         track.paused = false;
@@ -400,9 +418,13 @@ mod tests {
         assert!(a.is_paused(mid("1")));
         assert!(!a.is_paused(mid("0")), "audio is never paused");
         assert!(!a.passes_keyframe_requests(mid("1")));
+        // It probes for the paused video, beyond what resuming it needs (audio 32 kbit/s and
+        // the video at 480, with the headroom a resume asks for).
+        let needed = (32_000.0 + 480_000.0) * HEADROOM;
+        let target = a.probe_target(t0 + MS * 10_000) as f64;
         assert!(
-            a.probe_target(t0 + MS * 10_000) > 450_000,
-            "probes for the paused video"
+            target > needed,
+            "probe target {target} for a need of {needed}"
         );
     }
 
@@ -467,6 +489,38 @@ mod tests {
             .count();
         assert!(resumes <= 3, "{changes:?}");
         assert!(resumes >= 1, "it does try again: {changes:?}");
+    }
+
+    #[test]
+    fn a_recovered_link_gets_its_video_back_after_a_long_hold_despite_dips() {
+        #[allow(clippy::disallowed_methods)] // any instant will do as the test's origin
+        let t0 = Instant::now();
+        let mut a = Allocation::default();
+        run(&mut a, t0, 0, 1_000, 2_000, &[("1", 480)]);
+        // A link that cannot carry the track: every resume fails, the hold grows.
+        let mut at = 1_000;
+        while at < 61_000 {
+            let estimate = if a.is_paused(mid("1")) { 700 } else { 400 };
+            run(&mut a, t0, at, at + 100, estimate, &[("1", 480)]);
+            at += 100;
+        }
+        assert!(a.is_paused(mid("1")));
+        // The link recovers; its estimate still dips for half a second every 8 s.
+        let mut resumed = None;
+        while at < 121_000 && resumed.is_none() {
+            let estimate = if at % 8_500 < 500 { 500 } else { 3_000 };
+            let changes = run(&mut a, t0, at, at + 100, estimate, &[("1", 480)]);
+            resumed = changes
+                .into_iter()
+                .find(|c| c.1 == Change::Resume(mid("1")));
+            at += 100;
+        }
+        let (at, _) = resumed.expect("the video comes back");
+        assert!(
+            at - 61_000 <= (RESUME_HOLD_MAX + ROOM_STABLE * 2).as_millis() as u64,
+            "resumed {} ms after the recovery",
+            at - 61_000
+        );
     }
 
     #[test]
