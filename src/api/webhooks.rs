@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use super::error::BodyError;
 use super::extract::{OptionalJson, Scope};
 use super::{AppState, Error};
-use crate::control::DeliveryAttempt;
+use crate::control::{DeliveryAttempt, WebhookOptIn};
 
 /// How many attempts the delivery log shows.
 const DELIVERY_LOG_LIMIT: u32 = 100;
@@ -61,6 +61,8 @@ pub struct WebhookSettingsView {
     pub bandwidth_only: bool,
     /// Send patchbay's `onActiveSpeaker` (off by default; `bandwidthOnly` wins).
     pub active_speaker_events: bool,
+    /// Send patchbay's `onQualityChanged` (off by default; `bandwidthOnly` wins).
+    pub quality_events: bool,
 }
 
 impl WebhookSettingsView {
@@ -68,6 +70,7 @@ impl WebhookSettingsView {
         WebhookSettingsView {
             bandwidth_only: s.bandwidth_only,
             active_speaker_events: s.active_speaker_events,
+            quality_events: s.quality_events,
         }
     }
 }
@@ -80,6 +83,8 @@ pub struct WebhookSettingsUpdate {
     pub bandwidth_only: Option<bool>,
     /// Send patchbay's `onActiveSpeaker`.
     pub active_speaker_events: Option<bool>,
+    /// Send patchbay's `onQualityChanged`.
+    pub quality_events: Option<bool>,
 }
 
 /// A participant's webhook delivery log.
@@ -124,7 +129,7 @@ pub async fn set_settings(
 ) -> Result<Json<WebhookSettingsView>, Error> {
     // The project's body extractor: garbage gets the JSON error body naming what is wrong.
     let body = body.ok_or(Error::Body(BodyError::Missing(
-        r#"{"bandwidthOnly": true|false, "activeSpeakerEvents": true|false}"#,
+        r#"{"bandwidthOnly": true|false, "activeSpeakerEvents": true|false, "qualityEvents": true|false}"#,
     )))?;
     if let Some(on) = body.bandwidth_only {
         state
@@ -132,11 +137,17 @@ pub async fn set_settings(
             .set_webhook_bandwidth_only(&scope.account, on)
             .await?;
     }
-    if let Some(on) = body.active_speaker_events {
-        state
-            .control
-            .set_webhook_active_speaker_events(&scope.account, on)
-            .await?;
+    let opt_ins = [
+        (WebhookOptIn::ActiveSpeaker, body.active_speaker_events),
+        (WebhookOptIn::QualityChanged, body.quality_events),
+    ];
+    for (event, on) in opt_ins {
+        if let Some(on) = on {
+            state
+                .control
+                .set_webhook_opt_in(&scope.account, event, on)
+                .await?;
+        }
     }
     let s = state.control.account_webhooks(&scope.account).await?;
     Ok(Json(WebhookSettingsView::new(&s)))

@@ -61,12 +61,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::broadcast;
 
+use crate::domain::LevelWatch;
 use crate::store::Store;
 use crate::token::{self, TokenKeys};
 
 pub use crate::domain::{CallEndReason, LifecycleEvent};
 /// The outbox's vocabulary, as the delivery worker and the delivery log see it.
-pub use crate::store::{AccountWebhooks, LiveDevice};
+pub use crate::store::{AccountWebhooks, LiveDevice, WebhookOptIn};
 pub use crate::webhooks::{AttemptOutcome, DeliveryAttempt, OutboxEvent};
 pub use auth::{NewCredentials, RotatedCredentials, CREDENTIAL_CACHE_TTL};
 pub use connections::{
@@ -134,6 +135,9 @@ struct Inner {
     /// Each hosted session's dominant speaker, as the media plane last reported it (see
     /// `speakers.rs`; this process's memory only).
     speakers: Mutex<std::collections::HashMap<crate::domain::SessionId, speakers::ActiveSpeaker>>,
+    /// Each measured participant's quality level as last reported (`onQualityChanged`;
+    /// `quality.rs`; this process's memory only).
+    quality_levels: Mutex<std::collections::HashMap<crate::domain::ParticipantId, LevelWatch>>,
     /// Sessions are placed on one process each (see `placement.rs`).
     placing: std::sync::atomic::AtomicBool,
     /// Where the others reach this process, and its hosted sessions found idle.
@@ -167,6 +171,7 @@ impl Control {
                 destinations: std::sync::RwLock::default(),
                 draining: std::sync::atomic::AtomicBool::new(false),
                 speakers: Mutex::default(),
+                quality_levels: Mutex::default(),
                 placing: std::sync::atomic::AtomicBool::new(false),
                 placement: Mutex::default(),
             }),

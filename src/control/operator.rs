@@ -101,7 +101,8 @@ pub(super) fn live_change(event: &LifecycleEvent) -> Option<LiveChange> {
         },
         LifecycleEvent::CallEnded { .. }
         | LifecycleEvent::PhoneDtmf { .. }
-        | LifecycleEvent::ActiveSpeaker { .. } => return None,
+        | LifecycleEvent::ActiveSpeaker { .. }
+        | LifecycleEvent::QualityChanged { .. } => return None,
     })
 }
 

@@ -14,8 +14,8 @@ use serde_json::{json, Value};
 
 use super::{Control, ControlError, Resource};
 use crate::domain::{
-    AccountId, ConnectionQuality, ParticipantId, ParticipantQuality, QualityDevice, QualityLevel,
-    SessionId,
+    AccountId, ConnectionQuality, LifecycleEvent, ParticipantId, ParticipantQuality, QualityDevice,
+    QualityLevel, SessionId,
 };
 
 /// What `GET …/participants/{p}/quality` answers.
@@ -81,6 +81,7 @@ impl Control {
             .qualities()
             .await
             .map_err(|e| ControlError::Internal { source: e.into() })?;
+        self.watch_levels(&measured);
         let rows: Vec<(ParticipantId, String)> = measured
             .iter()
             .map(|(p, q)| (*p, quality_summary(q).to_string()))
@@ -93,6 +94,46 @@ impl Control {
             .record_quality(&self.inner.instance, &rows, self.lease_ms(now_ms))
             .await?;
         Ok(rows.len())
+    }
+}
+
+impl Control {
+    /// Each measured participant's level goes through its [`LevelWatch`]; a change that held
+    /// is raised as [`LifecycleEvent::QualityChanged`] (the opt-in `onQualityChanged`).
+    /// Participants no longer measured here are forgotten.
+    fn watch_levels(&self, measured: &[(ParticipantId, ParticipantQuality)]) {
+        let changes: Vec<LifecycleEvent> = {
+            let mut watches = self
+                .inner
+                .quality_levels
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            watches.retain(|p, _| measured.iter().any(|(m, _)| m == p));
+            measured
+                .iter()
+                .filter_map(|(participant, q)| {
+                    let (previous, level) = watches
+                        .entry(*participant)
+                        .or_default()
+                        .observe(q.level())?;
+                    Some(LifecycleEvent::QualityChanged {
+                        participant: *participant,
+                        session: q.session?,
+                        level,
+                        previous,
+                    })
+                })
+                .collect()
+        };
+        let generation = self.beats().generation;
+        for event in changes {
+            tracing::debug!(?event, "quality level changed");
+            // Nothing waits for it: the receipt is dropped.
+            let _ = self.inner.webhooks.record(&event, generation);
+            self.inner
+                .events
+                .send(super::ControlEvent::Lifecycle(event));
+        }
     }
 }
 
@@ -147,6 +188,7 @@ mod tests {
         publish.tracks.push(crate::domain::TrackQuality::default());
         let q = ParticipantQuality {
             device: QualityDevice::Browser,
+            session: None,
             publish: Some(publish),
             subscribe: None,
         };

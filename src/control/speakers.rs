@@ -13,7 +13,7 @@
 
 use super::{Control, ControlError, LifecycleEvent};
 use crate::domain::{AccountId, ParticipantId, SessionId};
-use crate::store::AccountWebhooks;
+use crate::store::{AccountWebhooks, WebhookOptIn};
 
 /// A session's dominant speaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,15 +111,17 @@ impl Control {
         })
     }
 
-    /// Sets whether the account receives `onActiveSpeaker`.
-    pub async fn set_webhook_active_speaker_events(
+    /// Sets whether the account receives the opt-in event `event` (`onActiveSpeaker`,
+    /// `onQualityChanged`).
+    pub async fn set_webhook_opt_in(
         &self,
         account: &AccountId,
+        event: WebhookOptIn,
         on: bool,
     ) -> Result<AccountWebhooks, ControlError> {
         self.inner
             .store
-            .set_webhook_active_speaker_events(account, on)
+            .set_webhook_opt_in(account, event, on)
             .await?;
         self.forget_webhook_settings(account);
         self.account_webhooks(account).await

@@ -138,7 +138,8 @@ fn participant_of(event: &LifecycleEvent) -> ParticipantId {
         | LifecycleEvent::CallResumed { participant, .. }
         | LifecycleEvent::CallEnded { participant, .. }
         | LifecycleEvent::PhoneDtmf { participant, .. }
-        | LifecycleEvent::ActiveSpeaker { participant, .. } => *participant,
+        | LifecycleEvent::ActiveSpeaker { participant, .. }
+        | LifecycleEvent::QualityChanged { participant, .. } => *participant,
     }
 }
 
@@ -211,9 +212,10 @@ impl Control {
                 webhooks::render(event, at_ms, target.tag.as_ref())
                     .into_iter()
                     .filter(|w| w.kind.is_bandwidth() || !settings.bandwidth_only)
-                    .filter(|w| {
-                        w.kind != webhooks::WebhookKind::ActiveSpeaker
-                            || settings.active_speaker_events
+                    .filter(|w| match w.kind {
+                        webhooks::WebhookKind::ActiveSpeaker => settings.active_speaker_events,
+                        webhooks::WebhookKind::QualityChanged => settings.quality_events,
+                        _ => true,
                     })
                     .map(|w| NewOutboxEvent {
                         id: format!("msg_{}", uuid::Uuid::new_v4().simple()),

@@ -89,6 +89,18 @@ pub enum LifecycleEvent {
         /// The speaker is a phone.
         phone: bool,
     },
+    /// The participant's quality level changed and held (patchbay's `onQualityChanged`, sent
+    /// only to accounts that asked for it).
+    QualityChanged {
+        /// The participant.
+        participant: ParticipantId,
+        /// Its session.
+        session: super::SessionId,
+        /// The level now.
+        level: super::QualityLevel,
+        /// The level reported before.
+        previous: super::QualityLevel,
+    },
 }
 
 /// Why a phone call ended.

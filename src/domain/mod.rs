@@ -24,7 +24,7 @@ pub use participant::{
     Tag,
 };
 pub use quality::{
-    ConnectionQuality, ParticipantQuality, QualityDevice, QualityLevel, TrackQuality,
+    ConnectionQuality, LevelWatch, ParticipantQuality, QualityDevice, QualityLevel, TrackQuality,
     STATS_INTERVAL_MS,
 };
 pub use subscription::{ParticipantSubscription, StreamAlias, SubscriptionRule, Subscriptions};

@@ -19,6 +19,8 @@ pub enum QualityDevice {
 pub struct ParticipantQuality {
     /// The device's kind.
     pub device: QualityDevice,
+    /// The session whose table names the participant on this media plane, if any.
+    pub session: Option<super::SessionId>,
     /// Its publish connection (media from the device to the server), if it has one.
     pub publish: Option<ConnectionQuality>,
     /// Its subscribe connection (media from the server to the device), if it has one.
@@ -196,6 +198,46 @@ impl ConnectionQuality {
     }
 }
 
+/// How many samples in a row (taken every few seconds for the store) a new level must show
+/// before it is reported as a change.
+pub(crate) const LEVEL_CONFIRMATIONS: u32 = 2;
+
+/// A participant's level as reported to its backend (`onQualityChanged`): the first level
+/// measured is taken as it is, and a different one is reported once it has shown in
+/// [`LEVEL_CONFIRMATIONS`] samples in a row, so a single bad second does not make a webhook.
+/// Samples with no current level change nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LevelWatch {
+    reported: Option<QualityLevel>,
+    pending: Option<(QualityLevel, u32)>,
+}
+
+impl LevelWatch {
+    /// One sample's level; `Some((previous, new))` when it makes a change to report.
+    pub fn observe(&mut self, level: Option<QualityLevel>) -> Option<(QualityLevel, QualityLevel)> {
+        let level = level?;
+        let Some(reported) = self.reported else {
+            self.reported = Some(level);
+            return None;
+        };
+        if level == reported {
+            self.pending = None;
+            return None;
+        }
+        let seen = match self.pending {
+            Some((pending, n)) if pending == level => n + 1,
+            _ => 1,
+        };
+        if seen >= LEVEL_CONFIRMATIONS {
+            self.reported = Some(level);
+            self.pending = None;
+            return Some((reported, level));
+        }
+        self.pending = Some((level, seen));
+        None
+    }
+}
+
 impl ParticipantQuality {
     /// The worse of its connections' levels; `None` when neither has one (not connected yet,
     /// no sample, or a phone, whose RTP leg is not measured).
@@ -331,6 +373,7 @@ mod tests {
         assert_eq!(down.level(), None);
         let p = ParticipantQuality {
             device: QualityDevice::Browser,
+            session: None,
             publish: Some(measured(vec![audio(0.0, 40.0, 5.0)])),
             subscribe: Some(measured(vec![audio(0.05, 40.0, 5.0)])),
         };
@@ -342,10 +385,32 @@ mod tests {
         assert_eq!(p.level(), Some(QualityLevel::Good));
         let phone = ParticipantQuality {
             device: QualityDevice::Phone,
+            session: None,
             publish: None,
             subscribe: None,
         };
         assert_eq!(phone.level(), None);
+    }
+
+    #[test]
+    fn a_level_change_is_reported_once_it_holds() {
+        use QualityLevel::*;
+        let mut w = LevelWatch::default();
+        assert_eq!(w.observe(Some(Good)), None, "the first level is no change");
+        assert_eq!(w.observe(None), None);
+        assert_eq!(w.observe(Some(Poor)), None, "one sample is not enough");
+        assert_eq!(w.observe(Some(Good)), None, "and it went back");
+        assert_eq!(w.observe(Some(Poor)), None);
+        assert_eq!(w.observe(None), None, "no current sample breaks nothing");
+        assert_eq!(w.observe(Some(Poor)), Some((Good, Poor)));
+        assert_eq!(w.observe(Some(Poor)), None, "reported once");
+        assert_eq!(w.observe(Some(Fair)), None);
+        assert_eq!(
+            w.observe(Some(Good)),
+            None,
+            "a different level starts again"
+        );
+        assert_eq!(w.observe(Some(Good)), Some((Poor, Good)));
     }
 
     #[test]

@@ -347,12 +347,18 @@ impl Engine {
     /// What `participant`'s device here measured, if it has one here.
     pub fn quality(&self, participant: ParticipantId, now: Instant) -> Option<ParticipantQuality> {
         let device = self.devices.of_participant(participant)?;
-        Some(quality::report(self.devices.get(device)?, &self.peers, now))
+        let mut q = quality::report(self.devices.get(device)?, &self.peers, now);
+        q.session = self.routes.session_of(participant);
+        Some(q)
     }
 
     /// What every device here measured, by participant.
     pub fn qualities(&self, now: Instant) -> Vec<(ParticipantId, ParticipantQuality)> {
-        quality::report_all(&self.devices, &self.peers, now)
+        let mut all = quality::report_all(&self.devices, &self.peers, now);
+        for (participant, q) in &mut all {
+            q.session = self.routes.session_of(*participant);
+        }
+        all
     }
 
     // ---- devices ----------------------------------------------------------------------------

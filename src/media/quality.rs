@@ -111,6 +111,7 @@ pub(super) fn report(device: &Device, peers: &Peers, now: Instant) -> Participan
         } else {
             QualityDevice::Browser
         },
+        session: None,
         publish: connection(device.publish_peer()),
         subscribe: connection(device.subscribe_peer()),
     }

@@ -668,7 +668,7 @@ pub async fn webhook_settings(store: TestStore) {
         "onActiveSpeaker is off by default"
     );
     store
-        .set_webhook_active_speaker_events(&account, true)
+        .set_webhook_opt_in(&account, super::WebhookOptIn::ActiveSpeaker, true)
         .await
         .expect("set");
     let read = store
@@ -686,7 +686,7 @@ pub async fn webhook_settings(store: TestStore) {
         .expect("settings");
     assert_eq!(speaker(read), (false, true));
     store
-        .set_webhook_active_speaker_events(&account, false)
+        .set_webhook_opt_in(&account, super::WebhookOptIn::ActiveSpeaker, false)
         .await
         .expect("set");
     let read = store
@@ -694,9 +694,42 @@ pub async fn webhook_settings(store: TestStore) {
         .await
         .expect("settings");
     assert_eq!(speaker(read), (false, false));
+    // onQualityChanged: off by default, its own setting.
+    assert!(
+        !store
+            .account_webhooks(&account, "x")
+            .await
+            .expect("settings")
+            .quality_events
+    );
+    store
+        .set_webhook_opt_in(&account, super::WebhookOptIn::QualityChanged, true)
+        .await
+        .expect("set");
+    let read = store
+        .account_webhooks(&account, "x")
+        .await
+        .expect("settings");
+    assert!(
+        read.quality_events && !read.active_speaker_events,
+        "{read:?}"
+    );
+    store
+        .set_webhook_opt_in(&account, super::WebhookOptIn::QualityChanged, false)
+        .await
+        .expect("set");
+    assert!(
+        !store
+            .account_webhooks(&account, "x")
+            .await
+            .expect("settings")
+            .quality_events
+    );
     let nobody = AccountId::parse("nobody-here").expect("id");
     assert!(matches!(
-        store.set_webhook_active_speaker_events(&nobody, true).await,
+        store
+            .set_webhook_opt_in(&nobody, super::WebhookOptIn::QualityChanged, true)
+            .await,
         Err(StoreError::AccountNotFound)
     ));
     assert!(matches!(

@@ -296,6 +296,17 @@ pub struct AccountWebhooks {
     pub bandwidth_only: bool,
     /// Send patchbay's `onActiveSpeaker` (off by default; `bandwidth_only` wins).
     pub active_speaker_events: bool,
+    /// Send patchbay's `onQualityChanged` (off by default; `bandwidth_only` wins).
+    pub quality_events: bool,
+}
+
+/// A webhook event an account receives only when it asks for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookOptIn {
+    /// `onActiveSpeaker`.
+    ActiveSpeaker,
+    /// `onQualityChanged`.
+    QualityChanged,
 }
 
 /// Durable webhook state: account settings, the outbox and its delivery log, and the session
@@ -329,10 +340,11 @@ pub trait WebhookStore: Send + Sync + 'static {
         account: &AccountId,
         bandwidth_only: bool,
     ) -> Result<(), StoreError>;
-    /// Sets whether the account receives `onActiveSpeaker`.
-    async fn set_webhook_active_speaker_events(
+    /// Sets whether the account receives the opt-in event `event`.
+    async fn set_webhook_opt_in(
         &self,
         account: &AccountId,
+        event: WebhookOptIn,
         on: bool,
     ) -> Result<(), StoreError>;
     /// Appends events to the outbox, in this order, all or none; each is due at once.

@@ -107,7 +107,7 @@ store_ops! {
     WebhookTarget => "webhook_target",
     AccountWebhooks => "account_webhooks",
     SetWebhookBandwidthOnly => "set_webhook_bandwidth_only",
-    SetWebhookActiveSpeaker => "set_webhook_active_speaker_events",
+    SetWebhookOptIn => "set_webhook_opt_in",
     RotateWebhookSecret => "rotate_webhook_secret",
     OutboxAppend => "outbox_append",
     RecordEvents => "record_events",

@@ -12,7 +12,7 @@ use sqlx::Row;
 use super::sql::{corrupt, now_ms, parse_id, Op};
 use super::{
     AccountWebhooks, AttemptOutcome, DeliveryAttempt, NewOutboxEvent, OutboxEvent, SqlStore,
-    StoreError, WebhookStore, WebhookTarget,
+    StoreError, WebhookOptIn, WebhookStore, WebhookTarget,
 };
 use crate::domain::{AccountId, CallbackUrl, ParticipantId, SessionId, Tag};
 
@@ -91,8 +91,8 @@ impl WebhookStore for SqlStore {
         .execute(&self.write)
         .await?;
         let row = sqlx::query(
-            "SELECT webhook_secret, webhook_bandwidth_only, webhook_active_speaker FROM accounts \
-             WHERE id = $1",
+            "SELECT webhook_secret, webhook_bandwidth_only, webhook_active_speaker, \
+             webhook_quality FROM accounts WHERE id = $1",
         )
         .bind(account.as_str())
         .fetch_optional(&self.write)
@@ -101,10 +101,12 @@ impl WebhookStore for SqlStore {
         let secret: Option<String> = row.try_get("webhook_secret")?;
         let only: i64 = row.try_get("webhook_bandwidth_only")?;
         let speaker: i64 = row.try_get("webhook_active_speaker")?;
+        let quality: i64 = row.try_get("webhook_quality")?;
         Ok(AccountWebhooks {
             secret: secret.ok_or_else(|| corrupt("account without a webhook secret"))?,
             bandwidth_only: only != 0,
             active_speaker_events: speaker != 0,
+            quality_events: quality != 0,
         })
     }
 
@@ -147,13 +149,22 @@ impl WebhookStore for SqlStore {
         Ok(())
     }
 
-    async fn set_webhook_active_speaker_events(
+    async fn set_webhook_opt_in(
         &self,
         account: &AccountId,
+        event: WebhookOptIn,
         on: bool,
     ) -> Result<(), StoreError> {
-        let _timer = self.timer(Op::SetWebhookActiveSpeaker);
-        let done = sqlx::query("UPDATE accounts SET webhook_active_speaker = $1 WHERE id = $2")
+        let _timer = self.timer(Op::SetWebhookOptIn);
+        let sql = match event {
+            WebhookOptIn::ActiveSpeaker => {
+                "UPDATE accounts SET webhook_active_speaker = $1 WHERE id = $2"
+            }
+            WebhookOptIn::QualityChanged => {
+                "UPDATE accounts SET webhook_quality = $1 WHERE id = $2"
+            }
+        };
+        let done = sqlx::query(sql)
             .bind(i64::from(on))
             .bind(account.as_str())
             .execute(&self.write)

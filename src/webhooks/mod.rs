@@ -55,6 +55,8 @@ pub enum WebhookKind {
     Dtmf,
     /// A session's dominant speaker changed (`onActiveSpeaker`; opt-in per account).
     ActiveSpeaker,
+    /// A participant's quality level changed (`onQualityChanged`; opt-in per account).
+    QualityChanged,
 }
 
 impl WebhookKind {
@@ -70,6 +72,7 @@ impl WebhookKind {
             WebhookKind::CallEnded => "onCallEnded",
             WebhookKind::Dtmf => "onDtmf",
             WebhookKind::ActiveSpeaker => "onActiveSpeaker",
+            WebhookKind::QualityChanged => "onQualityChanged",
         }
     }
 
@@ -193,6 +196,18 @@ pub fn render(event: &LifecycleEvent, at_ms: i64, tag: Option<&Tag>) -> Vec<Webh
             extra.insert("phone".into(), json!(phone));
             (*participant, WebhookKind::ActiveSpeaker, None, extra)
         }
+        LifecycleEvent::QualityChanged {
+            participant,
+            session,
+            level,
+            previous,
+        } => {
+            let mut extra = Map::new();
+            extra.insert("sessionId".into(), json!(session.to_string()));
+            extra.insert("level".into(), json!(level.as_str()));
+            extra.insert("previousLevel".into(), json!(previous.as_str()));
+            (*participant, WebhookKind::QualityChanged, None, extra)
+        }
     };
     let body = Body {
         event: kind.name(),
@@ -308,5 +323,22 @@ mod tests {
         assert_eq!(body["event"], "onCallEnded");
         assert_eq!(body["reason"], "hangup");
         assert_eq!(body["deviceId"], "call-1");
+        let session = crate::domain::SessionId::parse("0c2e0c2e-0c2e-4c2e-8c2e-0c2e0c2e0c2e")
+            .expect("session id");
+        let changed = LifecycleEvent::QualityChanged {
+            participant: p,
+            session,
+            level: crate::domain::QualityLevel::Poor,
+            previous: crate::domain::QualityLevel::Good,
+        };
+        let hook = &render(&changed, 9, None)[0];
+        assert_eq!(hook.kind, WebhookKind::QualityChanged);
+        assert!(!hook.kind.is_bandwidth());
+        assert_eq!(
+            hook.body,
+            format!(
+                r#"{{"event":"onQualityChanged","timestamp":"9","participantId":"{p}","level":"poor","previousLevel":"good","sessionId":"{session}"}}"#
+            )
+        );
     }
 }

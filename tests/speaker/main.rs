@@ -458,6 +458,10 @@ async fn the_dominant_speaker_follows_each_turn_and_is_announced_once_per_change
         .await;
     assert_eq!(settings["activeSpeakerEvents"], true, "{settings}");
     assert_eq!(settings["bandwidthOnly"], false, "{settings}");
+    assert_eq!(
+        settings["qualityEvents"], false,
+        "each opt-in is its own: {settings}"
+    );
 
     let level_a = talker(app.http, &token_a, "speaker-a").await;
     let level_b = talker(app.http, &token_b, "speaker-b").await;

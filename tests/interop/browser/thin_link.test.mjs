@@ -1,7 +1,7 @@
 // A thin subscriber (issue 21, audio first), in Chromium with Bandwidth's unmodified SDK:
 // a publisher (the 440 Hz tone and the fake camera) and two subscribers, all subscribed
 // session-wide; the thin one is a page of a second Chromium inside a network namespace whose
-// veth delivers 300 kbit/s toward it (netns.mjs: `tc tbf`, 200 ms of queue). patchbay runs with
+// veth delivers 300 kbit/s toward it once media flows (netns.mjs: `tc tbf`, 200 ms of queue). patchbay runs with
 // its defaults (each subscriber's link estimated).
 //
 // What must hold, from what the pages' own connections counted (getStats()):
@@ -12,6 +12,7 @@
 // - the clean subscriber keeps decoding video in every 5 s of the window.
 // And, from REST, that this is the allocation at work: the thin subscriber's video is paused and
 // its quality level reads poor; the clean subscriber's is not paused; /metrics counts the pause.
+// The backend, which opted in, hears onQualityChanged from good to poor for the thin one.
 //
 // Needs root, `ip`, `tc` and `nft` (run.sh installs iproute2 and nftables); it fails, saying
 // why, without them. Everything it adds to the system is removed after, also on failure.
@@ -22,6 +23,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { instrumentPeerConnections, launchBrowser } from "./runner.mjs";
 import { startPatchbay } from "./server.mjs";
+import { startReceiver } from "./receiver.mjs";
 import { createNetns, netnsUnavailable } from "./netns.mjs";
 import { of, openPageInNamespace, pageStats, publisherFigures, subscriberFigures, sum } from "./linkstats.mjs";
 
@@ -53,9 +55,14 @@ test("a thin subscriber gets its audio, the publisher no keyframe storm, the cle
     const host = await launchBrowser();
     cleanup.push(() => host.close());
 
+    // The backend asks for onQualityChanged; the webhooks go to a real receiver.
+    const rx = await startReceiver({ secret: pb.webhookSecret });
+    cleanup.push(() => rx.close());
+    await pb.rest("PUT", "/webhooks", { qualityEvents: true });
+
     const session = await pb.createSession("thin-link");
     const join = async (tag) => {
-      const { participant, token } = await pb.createParticipant({ tag });
+      const { participant, token } = await pb.createParticipant({ tag, callbackUrl: rx.url });
       await pb.addParticipant(session.id, participant.id, { sessionId: session.id });
       return { id: participant.id, token };
     };
@@ -66,17 +73,31 @@ test("a thin subscriber gets its audio, the publisher no keyframe storm, the cle
     const clean = await host.newParticipant("clean");
     for (const p of [pub, clean]) await instrumentPeerConnections(p);
 
-    // The thin page loads and connects over the unshaped link; the shaping starts before media.
+    // The thin page loads and connects over the unshaped link; the shaping starts once media
+    // flows and its quality level has read good (the scenario's window starts after the pause).
     const thin = await openPageInNamespace(ns, pb, { tag: "thin", token: thinP.token, timeoutMs: T }, cleanup);
     await clean.connect({ websocketUrl: pb.websocketUrl, token: cleanP.token, timeoutMs: T });
     await pub.connect({ websocketUrl: pb.websocketUrl, token: pubP.token, timeoutMs: T });
-    await ns.setRate({ rateIn: 300_000 });
 
     await pub.publishTone({ freqHz: 440, alias: "publisher", video: true, timeoutMs: T });
     const atClean = await clean.waitForStream({ participantId: pubP.id, timeoutMs: T });
     await clean.expectTone(atClean.streamId, 440, { toleranceHz: 30, timeoutMs: T });
     await clean.expectVideo(atClean.streamId, { minFrames: 10, timeoutMs: T });
     await thin.waitForStream({ participantId: pubP.id, timeoutMs: T });
+
+    // Before the link thins, the thin subscriber's level reads good long enough for the
+    // process's 5 s sampling to have taken it (the first level measured is no change).
+    let goodSince = null;
+    await until(
+      async () => {
+        const q = await quality(thinP);
+        goodSince = q.level === "good" ? (goodSince ?? Date.now()) : null;
+        return { ok: goodSince !== null && Date.now() - goodSince > 11000, seen: { level: q.level } };
+      },
+      60000,
+      "the thin subscriber's level good for 11 s on the unshaped link"
+    );
+    await ns.setRate({ rateIn: 300_000 });
 
     // The allocation notices the thin link: its video is paused, its level poor.
     await until(
@@ -117,6 +138,14 @@ test("a thin subscriber gets its audio, the publisher no keyframe storm, the cle
     const total = (name) => [...metrics.matchAll(new RegExp(`^${name}\\{[^}]*\\} (\\S+)$`, "gm"))].reduce((a, m) => a + Number(m[1]), 0);
     assert.ok(total("patchbay_media_video_pauses_total") >= 1, `a pause counted in /metrics: ${metrics.split("\n").filter((l) => l.includes("video_") || l.includes("held")).join("\n")}`);
     console.log(`thin link figures: ${figures}`);
+
+    // The backend, which opted in, heard the thin subscriber's level go from good to poor
+    // (onQualityChanged, from the process's 5 s sampling once two samples agree).
+    const changes = () => rx.accepted.filter((a) => a.json?.event === "onQualityChanged" && a.json.participantId === thinP.id).map((a) => a.json);
+    await rx.waitFor(() => changes().some((e) => e.previousLevel === "good" && e.level === "poor"), T, "onQualityChanged from good to poor for the thin subscriber");
+    const change = changes().find((e) => e.level === "poor");
+    assert.equal(change.sessionId, session.id, JSON.stringify(change));
+    assert.ok(!rx.accepted.some((a) => a.json?.event === "onQualityChanged" && a.json.participantId === cleanP.id && a.json.level === "poor"), "the clean subscriber was never reported poor");
   } finally {
     for (const f of cleanup.reverse()) await f().catch((e) => console.error(`cleanup: ${e.message}`));
   }
