@@ -394,8 +394,11 @@ pub struct ServeConfig {
     /// Estimate each subscriber's link from its transport-wide congestion feedback and pause
     /// the video it cannot carry, keeping its audio (issue 21; BENCHMARKS.md, "A thin
     /// subscriber"): a track is paused only when the estimate fell and the subscriber reports
-    /// loss. `false`: every subscriber is sent everything it subscribes to.
-    #[arg(long, env = "PATCHBAY_SUBSCRIBER_BWE", default_value_t = true, action = clap::ArgAction::Set)]
+    /// loss. Off by default: with it on, str0m paces each subscriber's media to its estimate,
+    /// and under a server's overload the estimates collapsed and the pacer held video and audio
+    /// back for seconds (BENCHMARKS.md, "Subscriber bandwidth estimation: CPU per forwarded
+    /// packet"). `false`: every subscriber is sent everything it subscribes to.
+    #[arg(long, env = "PATCHBAY_SUBSCRIBER_BWE", default_value_t = false, action = clap::ArgAction::Set)]
     pub subscriber_bwe: bool,
     /// UDP address of the media plane (ICE-lite, DTLS-SRTP). With several shards, shard `i`
     /// binds this port + `i` (port 0: any free port for each).
@@ -517,7 +520,7 @@ impl ServeConfig {
                 data_dir: None,
             },
             dev_account: true,
-            subscriber_bwe: true,
+            subscriber_bwe: false,
             media_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             media_shards: None,
             media_tcp_listen: crate::reach::MediaTcpListen::Same,

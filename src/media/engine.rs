@@ -80,7 +80,7 @@ impl EngineConfig {
             cert,
             ice_prefix: random_ice_chars(ICE_PREFIX_LEN),
             previous_credentials: Arc::default(),
-            subscriber_bwe: true,
+            subscriber_bwe: false,
         })
     }
 

@@ -2,7 +2,7 @@
 // a publisher (the 440 Hz tone and the fake camera) and two subscribers, all subscribed
 // session-wide; the thin one is a page of a second Chromium inside a network namespace whose
 // veth delivers 300 kbit/s toward it once media flows (netns.mjs: `tc tbf`, 200 ms of queue). patchbay runs with
-// its defaults (each subscriber's link estimated).
+// --subscriber-bwe true (each subscriber's link estimated; off by default).
 //
 // What must hold, from what the pages' own connections counted (getStats()):
 // - the thin subscriber's audio comes through: under 3 % of it concealed over 30 s, where
@@ -50,7 +50,7 @@ test("a thin subscriber gets its audio, the publisher no keyframe storm, the cle
   try {
     const ns = await createNetns({ queueMs: 200 });
     cleanup.push(() => ns.close());
-    const pb = await startPatchbay({ mediaHost: "0.0.0.0", args: ["--public-ip", `127.0.0.1,${ns.hostIp}`] });
+    const pb = await startPatchbay({ mediaHost: "0.0.0.0", args: ["--public-ip", `127.0.0.1,${ns.hostIp}`, "--subscriber-bwe", "true"] });
     cleanup.push(() => pb.stop());
     const host = await launchBrowser();
     cleanup.push(() => host.close());
