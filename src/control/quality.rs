@@ -49,14 +49,7 @@ impl Control {
                 .map_err(|e| ControlError::Internal { source: e.into() })?,
             None => None,
         };
-        let hosted_elsewhere = measured.is_none()
-            && self.places_sessions()
-            && self
-                .inner
-                .store
-                .session_host(session)
-                .await?
-                .is_some_and(|h| h.instance != self.inner.instance);
+        let hosted_elsewhere = measured.is_none() && self.hosted_elsewhere(session).await?;
         Ok(MemberQuality {
             measured,
             hosted_elsewhere,
@@ -65,6 +58,18 @@ impl Control {
 }
 
 impl Control {
+    /// `session` is placed on another process of the cluster (never on SQLite, where one
+    /// process serves).
+    pub(super) async fn hosted_elsewhere(&self, session: SessionId) -> Result<bool, ControlError> {
+        Ok(self.places_sessions()
+            && self
+                .inner
+                .store
+                .session_host(session)
+                .await?
+                .is_some_and(|h| h.instance != self.inner.instance))
+    }
+
     /// Writes what this process's media plane measured of its devices to the store, stamped
     /// `now_ms` (this process's clock); returns how many participants were written. Without a
     /// media plane, nothing; with no device and `skip_if_none` (the last write had none

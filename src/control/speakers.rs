@@ -88,13 +88,7 @@ impl Control {
         self.session(account, session).await?;
         // A session that moved to another process may have left its last speaker here: the
         // host's answer is the one that holds.
-        let hosted_elsewhere = self.places_sessions()
-            && self
-                .inner
-                .store
-                .session_host(session)
-                .await?
-                .is_some_and(|h| h.instance != self.inner.instance);
+        let hosted_elsewhere = self.hosted_elsewhere(session).await?;
         let speaker = if hosted_elsewhere {
             None
         } else {
