@@ -245,6 +245,17 @@ impl Allocation {
         Some(self.probe_target(now))
     }
 
+    /// Whether [`Allocation::decide`] would weigh anything at `now` (there is an estimate and
+    /// the last decision is [`DECIDE_EVERY`] old): the caller gathers the priorities then.
+    pub(super) fn decision_due(&self, now: Instant) -> bool {
+        self.estimate.is_some() && self.next_decision.is_none_or(|t| now >= t)
+    }
+
+    /// The video m-lines this connection has sent on.
+    pub(super) fn video_mids(&self) -> impl Iterator<Item = Mid> + '_ {
+        self.video.keys().copied()
+    }
+
     /// Decides what changes at `now` (at most every 100 ms; `None` between). `spoke(mid)`:
     /// when the publisher of the track on `mid` last spoke (more recent: more important).
     pub(super) fn decide(

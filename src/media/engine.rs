@@ -12,7 +12,7 @@ use str0m::change::SdpOffer;
 use str0m::config::DtlsCert;
 use str0m::format::{Codec, PayloadParams};
 use str0m::ice::{IceCreds, StunMessage, StunMessageBuilder, TransId};
-use str0m::media::{Frequency, KeyframeRequestKind, Mid, Pt};
+use str0m::media::{Frequency, KeyframeRequest, KeyframeRequestKind, Mid, Pt};
 use str0m::net::{Protocol, Receive, TcpType};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, VideoOrientation};
 use str0m::{Candidate, Event, Input, Output};
@@ -1338,29 +1338,74 @@ impl Engine {
                 }
             }
         };
-        if peer.subscribe {
-            if let Some(change) = peer.allocation.decide(now, |_| None) {
-                match change {
-                    Change::Pause(mid) => {
-                        self.counters.video_pauses += 1;
-                        tracing::debug!(device = peer.device.0, %mid, estimate = ?peer.allocation.estimate(), "video paused: the subscriber's link is short");
-                    }
-                    Change::Resume(mid) => {
-                        self.counters.video_resumes += 1;
-                        tracing::debug!(device = peer.device.0, %mid, estimate = ?peer.allocation.estimate(), "video resumed");
-                        if let Some(rewrite) = peer.outgoing.get_mut(&mid) {
-                            rewrite.restart();
-                        }
-                    }
+        let subscribe = peer.subscribe;
+        self.peers.set_timeout(peer_id, next_timeout);
+        if subscribe {
+            self.allocate(peer_id, now);
+        }
+        self.forward_incoming(peer_id, &mut incoming, now);
+        // Keep the buffer (a nested drain may have left its own in place: either will do).
+        if self.incoming.capacity() < incoming.capacity() {
+            self.incoming = incoming;
+        }
+        self.pass_keyframe_requests(peer_id, keyframe_requests, now);
+    }
+
+    /// A subscriber's video allocation decides (pause, resume) and its estimator is told what
+    /// to probe for. Its tracks are ordered by when their publishers last spoke.
+    fn allocate(&mut self, peer_id: PeerId, now: Instant) {
+        let spoke: Vec<(Mid, Instant)> = match self.peers.get(peer_id) {
+            Some(peer) if peer.allocation.decision_due(now) => peer
+                .allocation
+                .video_mids()
+                .filter_map(|mid| Some((mid, self.last_spoke(peer_id, mid)?)))
+                .collect(),
+            Some(_) => Vec::new(),
+            None => return,
+        };
+        let Some(peer) = self.peers.get_mut(peer_id) else {
+            return;
+        };
+        let spoke_of = |mid: Mid| spoke.iter().find(|(m, _)| *m == mid).map(|(_, at)| *at);
+        match peer.allocation.decide(now, spoke_of) {
+            Some(Change::Pause(mid)) => {
+                self.counters.video_pauses += 1;
+                tracing::debug!(device = peer.device.0, %mid, estimate = ?peer.allocation.estimate(), "video paused: the subscriber's link is short");
+            }
+            Some(Change::Resume(mid)) => {
+                self.counters.video_resumes += 1;
+                tracing::debug!(device = peer.device.0, %mid, estimate = ?peer.allocation.estimate(), "video resumed");
+                if let Some(rewrite) = peer.outgoing.get_mut(&mid) {
+                    rewrite.restart();
                 }
             }
-            if let Some(target) = peer.allocation.probe_target_due(now) {
-                peer.rtc
-                    .bwe()
-                    .set_bitrate(Bitrate::ZERO, Bitrate::bps(target));
-            }
+            None => {}
         }
-        self.peers.set_timeout(peer_id, next_timeout);
+        if let Some(target) = peer.allocation.probe_target_due(now) {
+            peer.rtc
+                .bwe()
+                .set_bitrate(Bitrate::ZERO, Bitrate::bps(target));
+        }
+    }
+
+    /// When the publisher of what a subscriber's `mid` carries last spoke.
+    fn last_spoke(&self, subscriber: PeerId, mid: Mid) -> Option<Instant> {
+        let device = match self.fanout.upstream(subscriber, mid)? {
+            Source::Peer { peer, .. } => self.peers.get(peer)?.device,
+            Source::Local(device) => device,
+        };
+        let participant = self.devices.get(device)?.participant;
+        let session = self.routes.session_of(participant)?;
+        self.speakers.last_spoke(session, participant)
+    }
+
+    /// The media a peer's drain received goes through [`Engine::forward`].
+    fn forward_incoming(
+        &mut self,
+        peer_id: PeerId,
+        incoming: &mut Vec<(Mid, RtpPacket)>,
+        now: Instant,
+    ) {
         for (mid, rtp) in incoming.drain(..) {
             let Some(peer) = self.peers.get(peer_id) else {
                 break;
@@ -1399,10 +1444,16 @@ impl Engine {
             };
             self.forward(&packet, now);
         }
-        // Keep the buffer (a nested drain may have left its own in place: either will do).
-        if self.incoming.capacity() < incoming.capacity() {
-            self.incoming = incoming;
-        }
+    }
+
+    /// A subscriber's keyframe requests go to the publishers of its tracks, unless its link
+    /// is short or the track paused.
+    fn pass_keyframe_requests(
+        &mut self,
+        peer_id: PeerId,
+        keyframe_requests: Vec<KeyframeRequest>,
+        now: Instant,
+    ) {
         for req in keyframe_requests {
             self.counters.keyframe_requests_received += 1;
             // A subscriber whose link is short (or whose track is paused) would only make

@@ -98,6 +98,20 @@ impl Speakers {
         self.sessions.remove(&session);
     }
 
+    /// When `participant` of `session` last spoke (its loudness at least [`SPEAKING`]), as far
+    /// as this engine heard it: what orders a subscriber's video when its link is short.
+    pub(super) fn last_spoke(
+        &self,
+        session: SessionId,
+        participant: ParticipantId,
+    ) -> Option<Instant> {
+        self.sessions
+            .get(&session)?
+            .voices
+            .get(&participant)?
+            .spoke_at
+    }
+
     /// The session's dominant speaker as this engine knows it.
     #[cfg(test)]
     pub(super) fn current(&self, session: SessionId) -> Option<ParticipantId> {
@@ -123,6 +137,8 @@ struct Voice {
     /// Smoothed loudness at `at`.
     loudness: f32,
     at: Instant,
+    /// The last time its loudness was at least [`SPEAKING`].
+    spoke_at: Option<Instant>,
 }
 
 impl Voice {
@@ -160,6 +176,9 @@ impl Detector {
                 v.loudness = v.loudness * keep + sample * (1.0 - keep);
                 v.at = v.at.max(now);
                 v.phone = phone;
+                if v.loudness >= SPEAKING {
+                    v.spoke_at = Some(now);
+                }
             }
             None => {
                 // The first level weighs like one packet's worth (20 ms) after silence.
@@ -170,6 +189,7 @@ impl Detector {
                         phone,
                         loudness: sample * (1.0 - keep),
                         at: now,
+                        spoke_at: None,
                     },
                 );
             }
@@ -326,6 +346,32 @@ mod tests {
             "{:?}",
             call.changes
         );
+    }
+
+    #[test]
+    fn last_spoke_is_the_last_time_a_voice_was_loud_enough() {
+        let mut call = Call::new();
+        // 1 talks for a second, then is silent; 2 only ever makes room noise; 3 talks last.
+        call.run(
+            Duration::from_secs(1),
+            &[(p(1), Some(TALK)), (p(2), Some(SILENCE)), (p(3), None)],
+        );
+        let one_stopped = call.now;
+        call.run(
+            Duration::from_secs(1),
+            &[
+                (p(1), Some(SILENCE)),
+                (p(2), Some(SILENCE)),
+                (p(3), Some(TALK)),
+            ],
+        );
+        let spoke = |n| call.speakers.last_spoke(session(), p(n));
+        let one = spoke(1).expect("1 spoke");
+        let three = spoke(3).expect("3 spoke");
+        assert!(one <= one_stopped + SMOOTHING * 3, "{one:?}");
+        assert!(one < three);
+        assert_eq!(spoke(2), None, "noise is not speech");
+        assert_eq!(call.speakers.last_spoke(session(), p(4)), None);
     }
 
     #[test]
