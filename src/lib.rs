@@ -84,8 +84,8 @@
 //!
 //! ## Three paths
 //! - **A datagram**: `runtime::media` `Pump::run` (socket) → `Shard::handle_receive` →
-//!   `Engine::handle_receive` → `Demux::lookup` → the peer's `Rtc` → `Engine::drain_peer` →
-//!   `Engine::forward` (per RTP packet) → `Fanout::targets` → each subscriber m-line's
+//!   `Engine::handle_receive` → `Demux::lookup` → the peer's `Rtc` → `Relay::drain_peer` →
+//!   `Relay::forward` (per RTP packet) → `Fanout::targets` → each subscriber m-line's
 //!   `Rewrite` and send stream (`write_rtp`; the subscriber is made due now, and the next
 //!   `Engine::handle_timeout` sends all that was written to it), or a `LocalMedia` event for
 //!   a phone. Datagrams for a device that moved away: `Shard`'s redirect map →
@@ -99,7 +99,7 @@
 //! - **A phone's audio frame**: `runtime::sip` `CallMedia` (RTP socket) → `PhoneMedia`
 //!   (jitter buffer, G.711 → Opus, and the frame's RFC 6464 level) → `LocalUplink::write`
 //!   → the shard's inbox → `Shard::handle_write_local` → `Engine::write_local` →
-//!   `Engine::forward` (the same loop as a browser's packet).
+//!   `Relay::forward` (the same loop as a browser's packet).
 //!
 //! ## Drive contracts
 //! `media::Engine` and `media::Shard` take inputs through `handle_*(…, now)` and give outputs

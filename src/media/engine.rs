@@ -1,35 +1,34 @@
 //! [`Engine`]: the coordinator of the parts (see the module docs of `media` for the map of
-//! parts, the drive contract and the three paths through it). It owns no map of its own,
-//! only the output queues; every verb is a short sequence of calls into the parts.
+//! parts, the drive contract and the three paths through it). It owns no map and no queue of
+//! its own (the packet path, `Relay`, holds the output queues); every verb is a short sequence
+//! of calls into the parts.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::SdpOffer;
 use str0m::config::DtlsCert;
-use str0m::format::{Codec, PayloadParams};
+use str0m::format::Codec;
 use str0m::ice::{IceCreds, StunMessage, StunMessageBuilder, TransId};
-use str0m::media::{Frequency, KeyframeRequest, KeyframeRequestKind, Mid, Pt};
-use str0m::net::{Protocol, Receive, TcpType};
-use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, VideoOrientation};
-use str0m::{Candidate, Event, Input, Output};
+use str0m::media::{KeyframeRequestKind, Mid};
+use str0m::net::{Receive, TcpType};
+use str0m::{Candidate, Input};
 
-use super::allocation::Change;
 use super::demux::Demux;
 use super::devices::{Device, Devices};
+use super::error::MediaError;
 use super::fanout::{Fanout, Source, Target};
 use super::local::{LocalDevice, LocalDevices, SourceKey};
-use super::peers::{
-    open_builtin_channels, peer_config, Peer, PeerId, Peers, KEYFRAME_REQUEST_INTERVAL,
-};
+use super::output::{EngineEvent, Transmit, Transport};
+use super::peers::{open_builtin_channels, peer_config, Peer, PeerId, Peers};
 use super::publishing::{self, Publication, Published, Publishing, TrackKey};
 use super::quality::{self, QualitySamples};
+use super::relay::{Packet, Parts, Relay};
 use super::rewrite::Origin;
 use super::routes::HostedRoutes;
-use super::speaker::{SpeakerChange, Speakers};
+use super::speaker::Speakers;
 use super::subscribing::{Overdue, Subscriber, Subscribing};
 use super::MediaCounters;
 use super::{DeclaredStreams, DeviceId, PublishAnswer, StreamMetadata, SubscribeOffer};
@@ -37,7 +36,7 @@ use crate::domain::{
     MediaKind, MediaKinds, ParticipantId, ParticipantQuality, PublishCredentials,
     PublishPermissions, SessionId, StreamAlias, StreamId, SubscribeLayout,
 };
-use crate::forwarding::{ForwardingTable, PublishedStream, TableDiff};
+use crate::forwarding::{ForwardingTable, TableDiff};
 
 /// How an engine presents itself to devices.
 #[derive(Clone)]
@@ -90,139 +89,6 @@ impl EngineConfig {
     }
 }
 
-/// How a packet travels between a device and the engine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Transport {
-    /// One UDP datagram.
-    Udp,
-    /// One RFC 4571 frame on an ICE-TCP connection (the driver owns the connection and the
-    /// framing; the engine sees the frame's payload).
-    Tcp,
-}
-
-impl Transport {
-    fn protocol(self) -> Protocol {
-        match self {
-            Transport::Udp => Protocol::Udp,
-            Transport::Tcp => Protocol::Tcp,
-        }
-    }
-}
-
-/// A datagram to send. `source` is the local (public) address the peer knows us by: the
-/// socket to send from. It is the engine's own address except for peers of a device that moved
-/// here from another shard, which keep talking to the address they first reached.
-#[derive(Debug, Clone)]
-pub struct Transmit {
-    /// The local address to send from (see above).
-    pub source: SocketAddr,
-    /// The peer's remote address, on the ICE path its connection uses.
-    pub destination: SocketAddr,
-    /// UDP, or a frame on the ICE-TCP connection from `destination` to `source`.
-    pub transport: Transport,
-    /// One packet: a STUN message, a DTLS record or an SRTP/SRTCP packet.
-    pub contents: Vec<u8>,
-}
-
-/// What the engine tells its driver.
-#[derive(Debug, Clone)]
-pub enum EngineEvent {
-    /// Send this offer to the device (the `sdpOffer` notification).
-    SubscribeOffer {
-        /// The browser device whose subscribe connection the offer is for.
-        device: DeviceId,
-        /// The offer; its revision is above the device's previous one.
-        offer: SubscribeOffer,
-        /// The connection's shape as this offer gives it to the device (to store, so that
-        /// another process can resume the connection).
-        layout: SubscribeLayout,
-    },
-    /// The streams a device publishes changed (control recompiles the session's routes).
-    StreamsChanged {
-        /// The device whose publications changed.
-        device: DeviceId,
-        /// The participant it publishes for.
-        participant: ParticipantId,
-        /// Everything the device publishes now (empty once it left); replaces the previous list.
-        streams: Vec<PublishedStream>,
-    },
-    /// A device's publish or subscribe connection is up (ICE and DTLS done).
-    Connected {
-        /// The device the connection belongs to.
-        device: DeviceId,
-        /// `true` for its subscribe connection, `false` for its publish connection.
-        subscribe: bool,
-    },
-    /// A frame for a local device (a phone): one of the audio tracks it receives.
-    LocalMedia {
-        /// The local device receiving the frame.
-        device: DeviceId,
-        /// Which of its received tracks (publisher and stream) the frame belongs to.
-        source: SourceKey,
-        /// RTP time of the frame (48 kHz for Opus and telephone-event).
-        rtp_time: u64,
-        /// A telephone-event (RFC 4733) payload rather than Opus.
-        dtmf: bool,
-        /// The frame's payload, without RTP header; shared with every other target of the frame.
-        data: Arc<[u8]>,
-    },
-    /// The audio tracks a local device receives now (sources absent from it are gone).
-    LocalSources {
-        /// The local device.
-        device: DeviceId,
-        /// Every audio track it receives now; replaces the previous list.
-        sources: Vec<SourceKey>,
-    },
-    /// A device's publish connection got new local ICE credentials (its first offer, or an
-    /// ICE restart): to store, so that the next process can refuse its checks (see
-    /// [`EngineConfig::previous_credentials`]).
-    PublishCredentials {
-        /// The browser device.
-        device: DeviceId,
-        /// The server's ufrag on the connection.
-        ufrag: String,
-        /// The server's ICE password on the connection.
-        pwd: String,
-    },
-    /// The device answered none of the offers of one change (each offered again after
-    /// `OFFER_TIMEOUT`, `OFFER_RETRIES` times): its subscribe side is stuck and the driver
-    /// should start it afresh.
-    Unanswered {
-        /// The device that does not answer.
-        device: DeviceId,
-    },
-    /// A hosted session's dominant speaker changed (see `media::speaker`).
-    ActiveSpeaker(SpeakerChange),
-}
-
-/// Errors answered to a device's request; the engine itself keeps running.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum MediaError {
-    /// The device is not on this engine (never added, removed, or moved away), or is a local
-    /// device where a browser was expected.
-    #[error("unknown device")]
-    UnknownDevice,
-    /// The SDP text does not parse; the parser's message.
-    #[error("invalid SDP: {0}")]
-    BadSdp(String),
-    /// The SDP parses but cannot be applied to the connection; the reason.
-    #[error("negotiation failed: {0}")]
-    Negotiation(String),
-    /// An answer came while the device's subscribe connection had no offer outstanding.
-    #[error("no offer is waiting for an answer")]
-    NoPendingOffer,
-    /// A declared stream alias is not a valid [`StreamAlias`]; the reason.
-    #[error("invalid stream alias: {0}")]
-    BadAlias(String),
-    /// A routing change reached the media plane after the participant's session was read
-    /// for this connect: read it again and retry (see `control::port::MediaPort`).
-    #[error("the participant's session changed while connecting")]
-    SessionChanged,
-    /// A failure of the server, not of the request (answered as an internal error).
-    #[error("{0}")]
-    Internal(String),
-}
-
 /// A device on its way from one shard's engine to another's: its state in every part and its
 /// peer connections, moved as they are (see [`Engine::export_device`]).
 pub struct MovedDevice {
@@ -254,34 +120,6 @@ impl MovedDevice {
     }
 }
 
-/// A packet on its way through [`Engine::forward`]: an incoming RTP packet of a publisher,
-/// or a phone's audio frame numbered by the engine. Borrowed: forwarding copies nothing but
-/// the reference count of the payload.
-struct Packet<'a> {
-    origin: Origin,
-    /// The origin's payload type and codec parameters; `None` for a phone's Opus.
-    params: Option<PayloadParams>,
-    codec: Codec,
-    clock_rate: u32,
-    seq: u64,
-    ts: u32,
-    /// Extended RTP time at 48 kHz (what a local device receives).
-    time_48k: u64,
-    marker: bool,
-    audio_level: Option<i8>,
-    voice_activity: Option<bool>,
-    video_orientation: Option<VideoOrientation>,
-    arrival: Instant,
-    payload: &'a Arc<[u8]>,
-}
-
-/// How long a subscriber's video packets stay available for retransmission (answering its
-/// NACKs), and at most how many. Audio is not retransmitted (browsers do not NACK Opus; its
-/// FEC and concealment cover a loss), so audio packets are never cached.
-pub const VIDEO_RTX_WINDOW: Duration = Duration::from_secs(1);
-/// The packet cap of [`VIDEO_RTX_WINDOW`] (a 4 Mbit/s stream sends about 400 packets a second).
-pub const VIDEO_RTX_PACKETS: usize = 500;
-
 /// The one "m-line" of a local device's published audio.
 const LOCAL_AUDIO_MID: &str = "phone";
 
@@ -296,20 +134,16 @@ pub struct Engine {
     local: LocalDevices,
     routes: HostedRoutes,
     fanout: Fanout,
-    transmits: VecDeque<Transmit>,
-    events: VecDeque<EngineEvent>,
-    counters: MediaCounters,
-    samples: QualitySamples,
     speakers: Speakers,
-    /// Reused buffers: no allocation per forwarded packet.
-    scratch: Vec<Target>,
-    incoming: Vec<(Mid, RtpPacket)>,
+    /// The packet path, with the output queues and counters.
+    relay: Relay,
 }
 
 impl Engine {
     /// An engine with no device, no peer and no session yet.
     pub fn new(config: EngineConfig) -> Engine {
         Engine {
+            relay: Relay::new(config.subscriber_bwe),
             config,
             demux: Demux::default(),
             peers: Peers::default(),
@@ -319,29 +153,23 @@ impl Engine {
             local: LocalDevices::default(),
             routes: HostedRoutes::default(),
             fanout: Fanout::default(),
-            transmits: VecDeque::new(),
-            events: VecDeque::new(),
-            counters: MediaCounters::default(),
-            samples: QualitySamples::default(),
             speakers: Speakers::default(),
-            scratch: Vec::new(),
-            incoming: Vec::new(),
         }
     }
 
     /// Media packets forwarded so far (frames written to subscribers).
     pub fn forwarded(&self) -> u64 {
-        self.counters.forwarded_packets
+        self.relay.counters.forwarded_packets
     }
 
     /// What this engine counted so far (plain integers: the driver publishes them).
     pub fn counters(&self) -> MediaCounters {
-        self.counters
+        self.relay.counters
     }
 
     /// The subscribers' loss and RTT samples since the last call (for the driver's histograms).
     pub fn take_quality_samples(&mut self) -> QualitySamples {
-        self.samples.take()
+        self.relay.samples.take()
     }
 
     /// What `participant`'s device here measured, if it has one here.
@@ -459,7 +287,7 @@ impl Engine {
         self.speakers.forget(dev.participant);
         let published = self.withdraw_publications(device);
         if published.is_some_and(|p| !p.streams.is_empty()) {
-            self.events.push_back(EngineEvent::StreamsChanged {
+            self.relay.events.push_back(EngineEvent::StreamsChanged {
                 device,
                 participant: dev.participant,
                 streams: Vec::new(),
@@ -667,11 +495,13 @@ impl Engine {
             );
         }
         if let Some(IceCreds { ufrag, pass }) = issued {
-            self.events.push_back(EngineEvent::PublishCredentials {
-                device,
-                ufrag,
-                pwd: pass,
-            });
+            self.relay
+                .events
+                .push_back(EngineEvent::PublishCredentials {
+                    device,
+                    ufrag,
+                    pwd: pass,
+                });
         }
         let published =
             publishing::publications(&peer.rtc, &offer_mids(sdp), declared, permissions);
@@ -856,7 +686,7 @@ impl Engine {
         // A datagram str0m cannot use is dropped; it never ends the call (its source may be
         // spoofed).
         if let Err(e) = peer.rtc.handle_input(input) {
-            self.counters.unusable_datagrams += 1;
+            self.relay.counters.unusable_datagrams += 1;
             tracing::debug!(peer = peer_id, error = %e, "dropped an unusable datagram");
         }
         self.drain_peer(peer_id, now);
@@ -874,14 +704,17 @@ impl Engine {
                         "subscribe offer unanswered: offering it again"
                     );
                     if let Some(layout) = self.subscribing.layout(device) {
-                        self.events.push_back(EngineEvent::SubscribeOffer {
+                        self.relay.events.push_back(EngineEvent::SubscribeOffer {
                             device,
                             offer,
                             layout,
                         });
                     }
                 }
-                Overdue::GiveUp => self.events.push_back(EngineEvent::Unanswered { device }),
+                Overdue::GiveUp => self
+                    .relay
+                    .events
+                    .push_back(EngineEvent::Unanswered { device }),
                 Overdue::Release => self.renegotiate(device, now),
             }
         }
@@ -905,12 +738,12 @@ impl Engine {
 
     /// The next datagram to send, in the order produced; `None` when the queue is empty.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.transmits.pop_front()
+        self.relay.transmits.pop_front()
     }
 
     /// The next event for the driver, in the order produced; `None` when the queue is empty.
     pub fn poll_event(&mut self) -> Option<EngineEvent> {
-        self.events.pop_front()
+        self.relay.events.pop_front()
     }
 
     /// Checks that the incrementally maintained fan-out equals one rebuilt from scratch from
@@ -980,7 +813,7 @@ impl Engine {
         }
         self.register_sources(device);
         if let Some(published) = self.publishing.get(device) {
-            self.events.push_back(EngineEvent::StreamsChanged {
+            self.relay.events.push_back(EngineEvent::StreamsChanged {
                 device,
                 participant: published.participant,
                 streams: published.streams(),
@@ -1042,7 +875,8 @@ impl Engine {
         if dev.is_local() {
             let (targets, sources) = self.local.set_tracks(device, &desired);
             self.fanout.set_targets(device, targets);
-            self.events
+            self.relay
+                .events
                 .push_back(EngineEvent::LocalSources { device, sources });
             return;
         }
@@ -1065,7 +899,7 @@ impl Engine {
                         .renegotiate(device, &mut peer.rtc, &desired, now)
                 {
                     if let Some(layout) = self.subscribing.layout(device) {
-                        self.events.push_back(EngineEvent::SubscribeOffer {
+                        self.relay.events.push_back(EngineEvent::SubscribeOffer {
                             device,
                             offer,
                             layout,
@@ -1202,9 +1036,9 @@ impl Engine {
             return;
         };
         buf.truncate(len);
-        self.counters.refused_checks += 1;
+        self.relay.counters.refused_checks += 1;
         tracing::debug!(from = %source, "refused a connectivity check meant for another process");
-        self.transmits.push_back(Transmit {
+        self.relay.transmits.push_back(Transmit {
             source: destination,
             destination: source,
             transport,
@@ -1219,398 +1053,40 @@ impl Engine {
         self.demux.forget_peer(id);
     }
 
-    /// Asks a publisher's track for a keyframe, unless one was asked of it within
-    /// [`KEYFRAME_REQUEST_INTERVAL`] (the keyframe that request brings serves this one too).
+    /// The other parts, lent to the packet path.
+    fn relay(&mut self) -> (&mut Relay, Parts<'_>) {
+        let parts = Parts {
+            peers: &mut self.peers,
+            fanout: &self.fanout,
+            devices: &self.devices,
+            routes: &self.routes,
+            speakers: &mut self.speakers,
+        };
+        (&mut self.relay, parts)
+    }
+
+    /// [`Relay::drain_peer`].
+    fn drain_peer(&mut self, peer: PeerId, now: Instant) {
+        let (relay, mut parts) = self.relay();
+        relay.drain_peer(&mut parts, peer, now);
+    }
+
+    /// [`Relay::forward`].
+    fn forward(&mut self, packet: &Packet<'_>, now: Instant) {
+        let (relay, mut parts) = self.relay();
+        relay.forward(&mut parts, packet, now);
+    }
+
+    /// [`Relay::request_keyframe`].
     fn request_keyframe(
         &mut self,
-        peer_id: PeerId,
+        peer: PeerId,
         mid: Mid,
         kind: KeyframeRequestKind,
         now: Instant,
     ) -> bool {
-        let Some(peer) = self.peers.get_mut(peer_id) else {
-            return false;
-        };
-        if peer
-            .keyframe_asked
-            .get(&mid)
-            .is_some_and(|at| now.saturating_duration_since(*at) < KEYFRAME_REQUEST_INTERVAL)
-        {
-            self.counters.keyframe_requests_merged += 1;
-            return false;
-        }
-        // FIR only where the publisher negotiated it; PLI otherwise.
-        let possible = |kind| {
-            peer.rtc.codec_config().params().iter().any(|p| match kind {
-                KeyframeRequestKind::Pli => p.fb_pli(),
-                KeyframeRequestKind::Fir => p.fb_fir(),
-            })
-        };
-        let kind = if possible(kind) {
-            kind
-        } else {
-            KeyframeRequestKind::Pli
-        };
-        if !possible(kind) {
-            return false;
-        }
-        let mut api = peer.rtc.direct_api();
-        let Some(stream) = api.stream_rx_by_mid(mid, None) else {
-            return false;
-        };
-        stream.request_keyframe(kind);
-        peer.keyframe_asked.insert(mid, now);
-        peer.quality.keyframe_asked();
-        self.counters.keyframe_requests += 1;
-        // The request becomes RTCP feedback on the connection's next timeout: run it now.
-        if peer.rtc.handle_input(Input::Timeout(now)).is_err() {
-            peer.rtc.disconnect();
-        }
-        self.drain_peer(peer_id, now);
-        true
-    }
-
-    /// Runs a peer's output to completion, then acts on what it said: media is forwarded,
-    /// keyframe requests go upstream.
-    fn drain_peer(&mut self, peer_id: PeerId, now: Instant) {
-        let mut incoming = std::mem::take(&mut self.incoming);
-        let mut keyframe_requests = Vec::new();
-        let Some(peer) = self.peers.get_mut(peer_id) else {
-            self.incoming = incoming;
-            return;
-        };
-        let next_timeout = loop {
-            match peer.rtc.poll_output() {
-                Ok(Output::Timeout(t)) => break t,
-                Ok(Output::Transmit(t)) => self.transmits.push_back(Transmit {
-                    source: t.source,
-                    destination: t.destination,
-                    transport: match t.proto {
-                        Protocol::Udp => Transport::Udp,
-                        _ => Transport::Tcp,
-                    },
-                    contents: t.contents.into(),
-                }),
-                Ok(Output::Event(event)) => match event {
-                    Event::RtpPacket(packet) => {
-                        let ssrc = packet.header.ssrc;
-                        if let Some(stream) = peer.rtc.direct_api().stream_rx(&ssrc) {
-                            incoming.push((stream.mid(), packet));
-                        }
-                    }
-                    Event::KeyframeRequest(req) => keyframe_requests.push(req),
-                    Event::Connected => {
-                        peer.quality.connected();
-                        self.events.push_back(EngineEvent::Connected {
-                            device: peer.device,
-                            subscribe: peer.subscribe,
-                        });
-                    }
-                    Event::MediaIngressStats(s) => {
-                        let kind = quality::kind_of(&peer.rtc, s.mid);
-                        peer.quality.ingress(&s, kind, &mut self.counters);
-                    }
-                    Event::MediaEgressStats(s) => {
-                        let kind = quality::kind_of(&peer.rtc, s.mid);
-                        let (counters, samples) = (&mut self.counters, &mut self.samples);
-                        peer.quality.egress(&s, kind, counters, samples);
-                    }
-                    Event::EgressBitrateEstimate(BweKind::Twcc {
-                        estimate,
-                        can_probe: true,
-                    }) => peer.allocation.set_estimate(estimate.as_u64(), now),
-                    Event::PeerStats(s) => {
-                        if let Some(lost) = s.egress_loss_fraction {
-                            peer.allocation.set_loss(lost, now);
-                        }
-                    }
-                    Event::ChannelData(data) if !data.binary && data.data == b"PING" => {
-                        if let Some(mut ch) = peer.rtc.channel(data.id) {
-                            let _ = ch.write(false, b"PONG");
-                        }
-                    }
-                    _ => {}
-                },
-                Err(e) => {
-                    tracing::debug!(peer = peer_id, error = %e, "peer failed");
-                    peer.rtc.disconnect();
-                    break now + Duration::from_secs(3600);
-                }
-            }
-        };
-        let subscribe = peer.subscribe;
-        self.peers.set_timeout(peer_id, next_timeout);
-        if subscribe {
-            self.allocate(peer_id, now);
-        }
-        self.forward_incoming(peer_id, &mut incoming, now);
-        // Keep the buffer (a nested drain may have left its own in place: either will do).
-        if self.incoming.capacity() < incoming.capacity() {
-            self.incoming = incoming;
-        }
-        self.pass_keyframe_requests(peer_id, keyframe_requests, now);
-    }
-
-    /// A subscriber's video allocation decides (pause, resume) and its estimator is told what
-    /// to probe for. Its tracks are ordered by when their publishers last spoke.
-    fn allocate(&mut self, peer_id: PeerId, now: Instant) {
-        let spoke: Vec<(Mid, Instant)> = match self.peers.get(peer_id) {
-            Some(peer) if peer.allocation.decision_due(now) => peer
-                .allocation
-                .video_mids()
-                .filter_map(|mid| Some((mid, self.last_spoke(peer_id, mid)?)))
-                .collect(),
-            Some(_) => Vec::new(),
-            None => return,
-        };
-        let Some(peer) = self.peers.get_mut(peer_id) else {
-            return;
-        };
-        let spoke_of = |mid: Mid| spoke.iter().find(|(m, _)| *m == mid).map(|(_, at)| *at);
-        match peer.allocation.decide(now, spoke_of) {
-            Some(Change::Pause(mid)) => {
-                self.counters.video_pauses += 1;
-                tracing::debug!(device = peer.device.0, %mid, estimate = ?peer.allocation.estimate(), "video paused: the subscriber's link is short");
-            }
-            Some(Change::Resume(mid)) => {
-                self.counters.video_resumes += 1;
-                tracing::debug!(device = peer.device.0, %mid, estimate = ?peer.allocation.estimate(), "video resumed");
-                if let Some(rewrite) = peer.outgoing.get_mut(&mid) {
-                    rewrite.restart();
-                }
-            }
-            None => {}
-        }
-        if let Some(target) = peer.allocation.probe_target_due(now) {
-            peer.rtc
-                .bwe()
-                .set_bitrate(Bitrate::ZERO, Bitrate::bps(target));
-        }
-    }
-
-    /// When the publisher of what a subscriber's `mid` carries last spoke.
-    fn last_spoke(&self, subscriber: PeerId, mid: Mid) -> Option<Instant> {
-        let device = match self.fanout.upstream(subscriber, mid)? {
-            Source::Peer { peer, .. } => self.peers.get(peer)?.device,
-            Source::Local(device) => device,
-        };
-        let participant = self.devices.get(device)?.participant;
-        let session = self.routes.session_of(participant)?;
-        self.speakers.last_spoke(session, participant)
-    }
-
-    /// The media a peer's drain received goes through [`Engine::forward`].
-    fn forward_incoming(
-        &mut self,
-        peer_id: PeerId,
-        incoming: &mut Vec<(Mid, RtpPacket)>,
-        now: Instant,
-    ) {
-        for (mid, rtp) in incoming.drain(..) {
-            let Some(peer) = self.peers.get(peer_id) else {
-                break;
-            };
-            let pt = rtp.header.payload_type;
-            let Some(params) = peer
-                .rtc
-                .codec_config()
-                .params()
-                .iter()
-                .find(|p| p.pt() == pt)
-                .copied()
-            else {
-                self.counters.forward_failures += 1;
-                continue;
-            };
-            let spec = params.spec();
-            let ext = &rtp.header.ext_vals;
-            let packet = Packet {
-                origin: Origin {
-                    source: Source::Peer { peer: peer_id, mid },
-                    ssrc: *rtp.header.ssrc,
-                },
-                params: Some(params),
-                codec: spec.codec,
-                clock_rate: spec.clock_rate.get(),
-                seq: *rtp.seq_no,
-                ts: rtp.header.timestamp,
-                time_48k: rtp.time.rebase(Frequency::FORTY_EIGHT_KHZ).numer(),
-                marker: rtp.header.marker,
-                audio_level: ext.audio_level,
-                voice_activity: ext.voice_activity,
-                video_orientation: ext.video_orientation,
-                arrival: rtp.timestamp,
-                payload: &rtp.payload,
-            };
-            self.forward(&packet, now);
-        }
-    }
-
-    /// A subscriber's keyframe requests go to the publishers of its tracks, unless its link
-    /// is short or the track paused.
-    fn pass_keyframe_requests(
-        &mut self,
-        peer_id: PeerId,
-        keyframe_requests: Vec<KeyframeRequest>,
-        now: Instant,
-    ) {
-        for req in keyframe_requests {
-            self.counters.keyframe_requests_received += 1;
-            // A subscriber whose link is short (or whose track is paused) would only make
-            // every subscriber of the publisher pay for a keyframe it cannot receive.
-            let held = self
-                .peers
-                .get(peer_id)
-                .is_some_and(|p| !p.allocation.passes_keyframe_requests(req.mid));
-            let passed = if held {
-                self.counters.keyframe_requests_held += 1;
-                false
-            } else {
-                match self.fanout.upstream(peer_id, req.mid) {
-                    Some(Source::Peer { peer, mid }) => {
-                        self.request_keyframe(peer, mid, req.kind, now)
-                    }
-                    _ => false,
-                }
-            };
-            if let Some(sub) = self.peers.get_mut(peer_id) {
-                sub.quality.keyframe_request_passed(passed);
-            }
-        }
-    }
-
-    /// The one forwarding loop: a packet of a source goes to every target of the fan-out,
-    /// renumbered for each subscriber's m-line (`Rewrite`).
-    fn forward(&mut self, packet: &Packet<'_>, now: Instant) {
-        if let (Some(level), Codec::Opus) = (packet.audio_level, packet.codec) {
-            self.hear(packet.origin.source, level.unsigned_abs(), now);
-        }
-        let mut targets = std::mem::take(&mut self.scratch);
-        targets.clear();
-        targets.extend_from_slice(self.fanout.targets(&packet.origin.source));
-        let video = packet.codec.is_video();
-        let mut switched = false;
-        for &target in &targets {
-            match target {
-                Target::Local { device, source } => {
-                    if matches!(packet.codec, Codec::Opus | Codec::Tele) {
-                        self.events.push_back(EngineEvent::LocalMedia {
-                            device,
-                            source,
-                            rtp_time: packet.time_48k,
-                            dtmf: packet.codec == Codec::Tele,
-                            data: packet.payload.clone(),
-                        });
-                        self.counters.forwarded(packet.payload.len());
-                    }
-                }
-                Target::Peer { peer, mid } => {
-                    let Some(sub) = self.peers.get_mut(peer) else {
-                        continue;
-                    };
-                    if video && sub.allocation.is_paused(mid) {
-                        continue;
-                    }
-                    let rewrite = sub.outgoing.entry(mid).or_default();
-                    let config = sub.rtc.codec_config();
-                    let pt =
-                        rewrite.pt(
-                            packet.params.map_or(Pt::from(0), |p| p.pt()),
-                            || match packet.params {
-                                Some(p) => config.match_params(p).map(|p| p.pt()),
-                                None => config
-                                    .params()
-                                    .iter()
-                                    .find(|p| p.spec().codec == Codec::Opus)
-                                    .map(|p| p.pt()),
-                            },
-                        );
-                    let Some(pt) = pt else {
-                        self.counters.forward_failures += 1;
-                        continue;
-                    };
-                    let Some(out) =
-                        rewrite.map(packet.origin, packet.seq, packet.ts, packet.clock_rate, now)
-                    else {
-                        continue;
-                    };
-                    switched |= out.switched;
-                    let sized_for = rewrite.sized_for;
-                    let mut api = sub.rtc.direct_api();
-                    let Some(tx) = api.stream_tx_by_mid(mid, None) else {
-                        self.counters.forward_failures += 1;
-                        continue;
-                    };
-                    let ssrc = *tx.ssrc();
-                    if sized_for != Some(ssrc) {
-                        if video {
-                            tx.set_rtx_cache(VIDEO_RTX_PACKETS, VIDEO_RTX_WINDOW, Some(0.15));
-                        } else {
-                            tx.set_rtx_cache(0, Duration::ZERO, None);
-                        }
-                    }
-                    let ext = ExtensionValues {
-                        audio_level: packet.audio_level,
-                        voice_activity: packet.voice_activity,
-                        video_orientation: packet.video_orientation,
-                        ..ExtensionValues::default()
-                    };
-                    tx.write_rtp(
-                        RtpWrite::new(
-                            pt,
-                            out.seq.into(),
-                            out.ts,
-                            packet.arrival,
-                            packet.payload.clone(),
-                        )
-                        .marker(packet.marker)
-                        .ext_vals(ext)
-                        .nackable(video),
-                    );
-                    if let Some(rewrite) = sub.outgoing.get_mut(&mid) {
-                        rewrite.sized_for = Some(ssrc);
-                    }
-                    // Only an estimating connection needs its sent rates (no second lookup,
-                    // no work per packet with `--subscriber-bwe false`).
-                    if self.config.subscriber_bwe {
-                        sub.allocation.sent(mid, video, packet.payload.len(), now);
-                    }
-                    self.counters.forwarded(packet.payload.len());
-                    // Sent at the subscriber's next timeout, once for the whole batch.
-                    self.peers.written(peer, now);
-                }
-            }
-        }
-        self.scratch = targets;
-        // A subscriber switched to this source mid-stream: its decoder needs a keyframe.
-        if switched && video {
-            if let Source::Peer { peer, mid } = packet.origin.source {
-                self.request_keyframe(peer, mid, KeyframeRequestKind::Pli, now);
-            }
-        }
-    }
-}
-
-impl Engine {
-    /// An audio level of `source` counts for its session's dominant speaker.
-    fn hear(&mut self, source: Source, level: u8, now: Instant) {
-        let device = match source {
-            Source::Peer { peer, .. } => match self.peers.get(peer) {
-                Some(p) => p.device,
-                None => return,
-            },
-            Source::Local(device) => device,
-        };
-        let Some(dev) = self.devices.get(device) else {
-            return;
-        };
-        let (participant, phone) = (dev.participant, dev.is_local());
-        let Some(session) = self.routes.session_of(participant) else {
-            return;
-        };
-        if let Some(change) = self.speakers.hear(session, participant, phone, level, now) {
-            self.events.push_back(EngineEvent::ActiveSpeaker(change));
-        }
+        let (relay, mut parts) = self.relay();
+        relay.request_keyframe(&mut parts, peer, mid, kind, now)
     }
 }
 

@@ -11,7 +11,9 @@
 //!
 //! ## Parts, and the state each one owns
 //! The engine is split by state, not by method: each part owns its maps and exposes verbs;
-//! [`Engine`] (in `engine.rs`) coordinates them and owns no map of its own.
+//! [`Engine`] (in `engine.rs`) coordinates them and owns no map of its own. The types it
+//! hands its driver are in `output.rs` ([`Transmit`], [`EngineEvent`]) and `error.rs`
+//! ([`MediaError`]).
 //!
 //! | part | file | owns |
 //! |---|---|---|
@@ -24,6 +26,7 @@
 //! | `HostedRoutes` | `routes.rs` | the forwarding tables of the sessions given to this engine; participant → session |
 //! | `Fanout` | `fanout.rs` | source track → targets (the hot path), target → source (keyframe requests upstream) |
 //! | `PeerQuality` | `quality.rs` | per peer connection: its tracks' statistics (str0m's, sampled once a second), its keyframe requests passed on, merged or asked (kept in the `Peer`) |
+//! | `Relay` | `relay.rs` | the packet path (a peer's output drained, each packet forwarded to its targets, keyframe requests passed upstream, a subscriber's allocation run) with the engine's output queues (transmits, events), its counters and quality samples, and the buffers the hot path reuses; the other parts are lent to it per call (`Parts`) |
 //! | `MediaCounters` | `counters.rs` | what the engine counts for the metrics (plain integers the driver reads) |
 //! | `Speakers` | `speaker.rs` | per hosted session: each publisher's smoothed audio level (RFC 6464, or a phone's measured one) and the dominant speaker |
 //! | `Rewrite` | `rewrite.rs` | per subscriber m-line: the origin it carries now, sequence/timestamp offsets, payload-type map (kept in the subscriber's `Peer`) |
@@ -54,7 +57,7 @@
 //! - **A datagram**: `Engine::handle_receive` → `Demux::lookup` (or, for a new path, a STUN
 //!   request naming a known ufrag and passing that peer's integrity check) → the peer's `Rtc`
 //!   (str0m in RTP mode: SRTP, NACK bookkeeping, repair of retransmissions; no depacketizing)
-//!   → `Engine::drain_peer` → for each RTP packet `Engine::forward` →
+//!   → `Relay::drain_peer` → for each RTP packet `Relay::forward` →
 //!   `Fanout::targets(source)` → for a browser target, the m-line's `Rewrite` (SSRC, sequence
 //!   number and timestamp made continuous) and its send stream's `write_rtp` (the payload is
 //!   shared, not copied; the subscriber is made due now and its next timeout sends it); for
@@ -65,7 +68,7 @@
 //!   changes folded into the next) or `LocalDevices::set_tracks` → `Engine::refresh_targets` →
 //!   `Fanout::set_targets` (only that subscriber's entries change: O(changes), never a rebuild).
 //! - **A phone's audio frame**: `Engine::write_local(device, …)` numbers it like an RTP packet
-//!   → `Engine::forward` with the local source: the same forwarding loop as a browser's packet.
+//!   → `Relay::forward` with the local source: the same forwarding loop as a browser's packet.
 //!
 //! ## Packets, not frames
 //! The engine forwards each RTP packet as it arrives; nothing is reassembled or held back. Per
@@ -93,12 +96,15 @@ mod counters;
 mod demux;
 mod devices;
 mod engine;
+mod error;
 mod fanout;
 mod local;
+mod output;
 mod peers;
 pub mod placement;
 mod publishing;
 mod quality;
+mod relay;
 mod rewrite;
 mod routes;
 pub mod shard;
@@ -106,12 +112,14 @@ mod speaker;
 mod subscribing;
 
 pub use counters::MediaCounters;
-pub use engine::{Engine, EngineConfig, EngineEvent, MediaError, MovedDevice, Transmit, Transport};
-pub use engine::{VIDEO_RTX_PACKETS, VIDEO_RTX_WINDOW};
+pub use engine::{Engine, EngineConfig, MovedDevice};
+pub use error::MediaError;
 pub use local::SourceKey;
+pub use output::{EngineEvent, Transmit, Transport};
 pub use peers::KEYFRAME_REQUEST_INTERVAL;
 pub use placement::Placement;
 pub use quality::QualitySamples;
+pub use relay::{VIDEO_RTX_PACKETS, VIDEO_RTX_WINDOW};
 pub use shard::{
     Delivery, DeviceNotice, LocalDownlink, Resumption, Shard, ShardMessage, ShardOutput,
     RECONNECT_GRACE,
