@@ -56,6 +56,13 @@ pub const VIDEO_RTX_WINDOW: Duration = Duration::from_secs(1);
 /// The packet cap of [`VIDEO_RTX_WINDOW`] (a 4 Mbit/s stream sends about 400 packets a second).
 pub const VIDEO_RTX_PACKETS: usize = 500;
 
+/// A connection's timeout this close to now is run at once by [`Relay::drain_peer`] (see
+/// there), rather than left to the driver's next wake-up.
+const PACER_STEP: Duration = Duration::from_millis(1);
+/// At most this many such steps per drain (a pacer's burst is about 40 ms of media at its
+/// rate; this only bounds a connection that would keep asking).
+const PACER_STEPS_MAX: u32 = 256;
+
 /// The packet path and the outputs of one engine (see the module docs).
 #[derive(Default)]
 pub(super) struct Relay {
@@ -165,18 +172,38 @@ impl Relay {
             self.incoming = incoming;
             return;
         };
+        let mut steps = 0;
+        let mut sent = true;
         let next_timeout = loop {
             match peer.rtc.poll_output() {
+                // str0m's pacer (a connection that estimates its bandwidth) hands out one
+                // packet per timeout and asks for the next a microsecond later. Left to the
+                // driver, whose timer wakes at most once a millisecond, that caps such a
+                // subscriber at a thousand packets a second whatever its estimate: run those
+                // steps here while they send (the pacer's own budget ends the burst).
+                Ok(Output::Timeout(t))
+                    if sent && t <= now + PACER_STEP && steps < PACER_STEPS_MAX =>
+                {
+                    steps += 1;
+                    sent = false;
+                    if peer.rtc.handle_input(Input::Timeout(t.max(now))).is_err() {
+                        peer.rtc.disconnect();
+                        break now + Duration::from_secs(3600);
+                    }
+                }
                 Ok(Output::Timeout(t)) => break t,
-                Ok(Output::Transmit(t)) => self.transmits.push_back(Transmit {
-                    source: t.source,
-                    destination: t.destination,
-                    transport: match t.proto {
-                        Protocol::Udp => Transport::Udp,
-                        _ => Transport::Tcp,
-                    },
-                    contents: t.contents.into(),
-                }),
+                Ok(Output::Transmit(t)) => {
+                    sent = true;
+                    self.transmits.push_back(Transmit {
+                        source: t.source,
+                        destination: t.destination,
+                        transport: match t.proto {
+                            Protocol::Udp => Transport::Udp,
+                            _ => Transport::Tcp,
+                        },
+                        contents: t.contents.into(),
+                    })
+                }
                 Ok(Output::Event(event)) => match event {
                     Event::RtpPacket(packet) => {
                         let ssrc = packet.header.ssrc;

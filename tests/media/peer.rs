@@ -146,9 +146,16 @@ impl Default for Net {
 
 impl Net {
     pub fn new() -> Net {
+        Net::with_config(|_| {})
+    }
+
+    /// A net whose engine is configured by `configure` first (from the defaults).
+    pub fn with_config(configure: impl FnOnce(&mut EngineConfig)) -> Net {
         let start = Instant::now();
         let engine_addr: SocketAddr = "192.0.2.1:3478".parse().unwrap();
-        let engine = Engine::new(EngineConfig::generate(engine_addr).expect("engine config"));
+        let mut config = EngineConfig::generate(engine_addr).expect("engine config");
+        configure(&mut config);
+        let engine = Engine::new(config);
         Net {
             start,
             now: start,
