@@ -235,9 +235,15 @@ impl Allocation {
     }
 
     /// [`Allocation::probe_target`], when it is time to tell the estimator again (once a
-    /// second, and only once there is an estimate).
+    /// second, and only once there is an estimate). Never for a connection that has sent no
+    /// video: there is nothing to pause or resume, and str0m would pad its probes on the
+    /// audio m-line under an SSRC of their own, which a browser shows as one more inbound
+    /// audio stream.
     pub(super) fn probe_target_due(&mut self, now: Instant) -> Option<u64> {
         self.estimate?;
+        if self.video.is_empty() {
+            return None;
+        }
         if self.next_probe_target.is_some_and(|t| now < t) {
             return None;
         }
@@ -437,6 +443,23 @@ mod tests {
             target > needed,
             "probe target {target} for a need of {needed}"
         );
+    }
+
+    #[test]
+    fn an_audio_only_connection_is_never_probed() {
+        #[allow(clippy::disallowed_methods)] // any instant will do as the test's origin
+        let t0 = Instant::now();
+        let mut a = Allocation::default();
+        for at in (0..5_000).step_by(100) {
+            let now = t0 + MS * at;
+            a.sent(mid("0"), false, 80, now);
+            a.set_estimate(300_000, now);
+            assert_eq!(a.probe_target_due(now), None, "at {at} ms");
+        }
+        // Once video is sent, the estimator is told what to look for.
+        let now = t0 + MS * 5_000;
+        a.sent(mid("1"), true, 1_000, now);
+        assert!(a.probe_target_due(now).is_some_and(|t| t > 0));
     }
 
     #[test]
