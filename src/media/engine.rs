@@ -11,7 +11,7 @@ use std::time::Instant;
 use str0m::change::SdpOffer;
 use str0m::config::DtlsCert;
 use str0m::format::Codec;
-use str0m::ice::{IceCreds, StunMessage, StunMessageBuilder, TransId};
+use str0m::ice::{IceCreds, StunMessage, TransId};
 use str0m::media::{KeyframeRequestKind, Mid};
 use str0m::net::{Receive, TcpType};
 use str0m::{Candidate, Input};
@@ -20,6 +20,7 @@ use super::demux::Demux;
 use super::devices::{Device, Devices};
 use super::error::MediaError;
 use super::fanout::{Fanout, Source, Target};
+use super::ice;
 use super::local::{LocalDevice, LocalDevices, SourceKey};
 use super::output::{EngineEvent, Transmit, Transport};
 use super::peers::{open_builtin_channels, peer_config, Peer, PeerId, Peers};
@@ -58,7 +59,7 @@ pub struct EngineConfig {
     pub ice_prefix: String,
     /// The publish connections' credentials other processes issued (stored), by ufrag: a
     /// consent check naming one, from a device that has reconnected here, is answered with a
-    /// signed error (see [`Engine::refuse_check`]).
+    /// signed error (see `Engine::refuse_check`).
     pub previous_credentials: Arc<HashMap<String, PublishCredentials>>,
     /// Subscribe connections estimate their link (TWCC) and pause the video it cannot carry
     /// (`allocation`); off: every subscriber is sent everything it subscribes to.
@@ -77,7 +78,7 @@ impl EngineConfig {
             public_addrs: vec![public_addr],
             tcp_addrs: Vec::new(),
             cert,
-            ice_prefix: random_ice_chars(ICE_PREFIX_LEN),
+            ice_prefix: ice::random_chars(ice::PREFIX_LEN),
             previous_credentials: Arc::default(),
             subscriber_bwe: false,
         })
@@ -471,7 +472,7 @@ impl Engine {
         let mut issued = created.then(|| restarted.clone());
         if restarted.ufrag != peer.ufrag {
             let tagged = IceCreds {
-                ufrag: tagged_ufrag(&self.config.ice_prefix),
+                ufrag: ice::tagged_ufrag(&self.config.ice_prefix),
                 pass: restarted.pass,
             };
             peer.rtc
@@ -970,7 +971,7 @@ impl Engine {
     ) -> PeerId {
         let bwe = subscribe && self.config.subscriber_bwe;
         let mut rtc = peer_config(&self.config.cert, kinds, bwe)
-            .set_local_ice_credentials(self.local_ice_credentials())
+            .set_local_ice_credentials(ice::local_credentials(&self.config.ice_prefix))
             .build(now);
         // Invariant: the configured public addresses are unicast host addresses (checked when
         // the driver starts), so the candidates are valid.
@@ -997,21 +998,11 @@ impl Engine {
         id
     }
 
-    /// This process's local ICE credentials for a new peer connection.
-    fn local_ice_credentials(&self) -> IceCreds {
-        IceCreds {
-            ufrag: tagged_ufrag(&self.config.ice_prefix),
-            pass: random_ice_chars(24),
-        }
-    }
-
     /// Answers a consent check of a publish connection another process answered before (a
-    /// restart) with an error response ([`STALE_CHECK_ERROR`]) signed with that connection's
-    /// password. Chrome ignores an unsigned error (measured: it went on checking for 14 s),
-    /// but takes a signed one other than 401, 420, 487 or 500 as "this path is dead" and drops
-    /// it; with no path left the connection is failed, and Bandwidth's SDK re-offers it with
-    /// an ICE restart at once. The device must be connected here first: the SDK's re-offer of
-    /// a failed connection is made once, and lost if its WebSocket is still reconnecting.
+    /// restart) with a signed error ([`ice::refusal`]): Chrome drops the path, and Bandwidth's
+    /// SDK re-offers the connection with an ICE restart at once. The device must be connected
+    /// here first: the SDK's re-offer of a failed connection is made once, and lost if its
+    /// WebSocket is still reconnecting.
     fn refuse_check(
         &mut self,
         transport: Transport,
@@ -1020,29 +1011,16 @@ impl Engine {
         trans_id: TransId,
         pwd: &str,
     ) {
-        let (code, reason) = STALE_CHECK_ERROR;
-        let reply = StunMessageBuilder::new()
-            .binding()
-            .failure()
-            .error_code(code, reason)
-            .build(trans_id);
-        let mut buf = vec![0u8; 128];
-        let hmac = |key: &[u8], data: &[&[u8]]| -> [u8; 20] {
-            str0m::crypto::from_feature_flags()
-                .sha1_hmac_provider
-                .sha1_hmac(key, data)
-        };
-        let Ok(len) = reply.to_bytes(Some(pwd.as_bytes()), &mut buf, hmac) else {
+        let Some(contents) = ice::refusal(trans_id, pwd) else {
             return;
         };
-        buf.truncate(len);
         self.relay.counters.refused_checks += 1;
         tracing::debug!(from = %source, "refused a connectivity check meant for another process");
         self.relay.transmits.push_back(Transmit {
             source: destination,
             destination: source,
             transport,
-            contents: buf,
+            contents,
         });
     }
 
@@ -1092,25 +1070,6 @@ impl Engine {
 
 /// The highest RFC 6464 level (-dBov) a phone's frame is marked as voice at (the V bit).
 const VOICE_LEVEL: u8 = 50;
-
-/// Length of [`EngineConfig::ice_prefix`]: 62^4 prefixes make two processes in a row
-/// sharing one a one-in-fourteen-million event.
-const ICE_PREFIX_LEN: usize = 4;
-
-/// The STUN error a connectivity check addressed to another process gets (see
-/// [`Engine::refuse_check`]).
-const STALE_CHECK_ERROR: (u16, &str) = (403, "Forbidden: unknown ICE session");
-
-/// `len` random ICE characters (RFC 8445 ice-char, letters and digits only).
-fn random_ice_chars(len: usize) -> String {
-    use rand::distr::{Alphanumeric, SampleString};
-    Alphanumeric.sample_string(&mut rand::rng(), len)
-}
-
-/// A local ufrag of this process: its prefix and 8 random characters.
-fn tagged_ufrag(prefix: &str) -> String {
-    format!("{prefix}{}", random_ice_chars(8))
-}
 
 /// The `a=mid` values of an SDP, in order.
 fn offer_mids(sdp: &str) -> Vec<Mid> {

@@ -27,6 +27,7 @@
 //! | `Fanout` | `fanout.rs` | source track → targets (the hot path), target → source (keyframe requests upstream) |
 //! | `PeerQuality` | `quality.rs` | per peer connection: its tracks' statistics (str0m's, sampled once a second), its keyframe requests passed on, merged or asked (kept in the `Peer`) |
 //! | `Relay` | `relay.rs` | the packet path (a peer's output drained, each packet forwarded to its targets, keyframe requests passed upstream, a subscriber's allocation run) with the engine's output queues (transmits, events), its counters and quality samples, and the buffers the hot path reuses; the other parts are lent to it per call (`Parts`) |
+//! | (ICE identity) | `ice.rs` | nothing: the process's ufrag prefix, fresh local credentials, the signed refusal of a check meant for another process |
 //! | `MediaCounters` | `counters.rs` | what the engine counts for the metrics (plain integers the driver reads) |
 //! | `Speakers` | `speaker.rs` | per hosted session: each publisher's smoothed audio level (RFC 6464, or a phone's measured one) and the dominant speaker |
 //! | `Rewrite` | `rewrite.rs` | per subscriber m-line: the origin it carries now, sequence/timestamp offsets, payload-type map (kept in the subscriber's `Peer`) |
@@ -98,6 +99,7 @@ mod devices;
 mod engine;
 mod error;
 mod fanout;
+mod ice;
 mod local;
 mod output;
 mod peers;
