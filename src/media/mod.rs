@@ -11,9 +11,9 @@
 //!
 //! ## Parts, and the state each one owns
 //! The engine is split by state, not by method: each part owns its maps and exposes verbs;
-//! [`Engine`] (in `engine.rs`) coordinates them and owns no map of its own. The types it
-//! hands its driver are in `output.rs` ([`Transmit`], [`EngineEvent`]) and `error.rs`
-//! ([`MediaError`]).
+//! [`Engine`] (in `engine.rs`) coordinates them and owns no map of its own. Its configuration
+//! is in `config.rs` ([`EngineConfig`]); the types it hands its driver are in `output.rs`
+//! ([`Transmit`], [`EngineEvent`]) and `error.rs` ([`MediaError`]).
 //!
 //! | part | file | owns |
 //! |---|---|---|
@@ -93,6 +93,7 @@
 //! `signaling` renders them.
 
 mod allocation;
+mod config;
 mod counters;
 mod demux;
 mod devices;
@@ -113,8 +114,9 @@ pub mod shard;
 mod speaker;
 mod subscribing;
 
+pub use config::EngineConfig;
 pub use counters::MediaCounters;
-pub use engine::{Engine, EngineConfig, MovedDevice};
+pub use engine::{Engine, MovedDevice};
 pub use error::MediaError;
 pub use local::SourceKey;
 pub use output::{EngineEvent, Transmit, Transport};
