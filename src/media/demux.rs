@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use super::peers::PeerId;
+use super::keys::PeerId;
 
 /// Remote addresses remembered per peer (a client may switch paths, e.g. on ICE restart).
 const MAX_PATHS_PER_PEER: usize = 8;

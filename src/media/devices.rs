@@ -1,11 +1,14 @@
 //! `Devices`: the devices of one engine. Owns device → (participant, permissions, its peer
-//! connections) and participant → device (one live device per participant).
+//! connections) and participant → device (one live device per participant); and reads a
+//! device's quality report off its connections.
 
 use std::collections::HashMap;
+use std::time::Instant;
 
-use super::peers::PeerId;
+use super::keys::PeerId;
+use super::peers::Peers;
 use super::DeviceId;
-use crate::domain::{ParticipantId, PublishPermissions};
+use crate::domain::{ParticipantId, ParticipantQuality, PublishPermissions, QualityDevice};
 
 pub(super) struct Device {
     pub(super) participant: ParticipantId,
@@ -120,4 +123,41 @@ impl Devices {
     pub(super) fn ids(&self) -> impl Iterator<Item = DeviceId> + '_ {
         self.devices.keys().copied()
     }
+}
+
+/// What `device`'s connections measured, at `now`.
+pub(super) fn quality_report(device: &Device, peers: &Peers, now: Instant) -> ParticipantQuality {
+    let connection = |p: Option<u64>| {
+        let peer = peers.get(p?)?;
+        let mut c = peer.quality.report(now);
+        c.estimate_bps = peer.allocation.estimate();
+        c.paused_video_tracks = peer.allocation.paused_tracks();
+        Some(c)
+    };
+    ParticipantQuality {
+        device: if device.is_local() {
+            QualityDevice::Phone
+        } else {
+            QualityDevice::Browser
+        },
+        session: None,
+        publish: connection(device.publish_peer()),
+        subscribe: connection(device.subscribe_peer()),
+    }
+}
+
+/// What every participant's live device measured, at `now`.
+pub(super) fn quality_reports(
+    devices: &Devices,
+    peers: &Peers,
+    now: Instant,
+) -> Vec<(ParticipantId, ParticipantQuality)> {
+    devices
+        .ids()
+        .filter_map(|id| {
+            let device = devices.get(id)?;
+            (devices.of_participant(device.participant) == Some(id))
+                .then(|| (device.participant, quality_report(device, peers, now)))
+        })
+        .collect()
 }

@@ -17,15 +17,16 @@ use str0m::{Candidate, Input};
 
 use super::config::EngineConfig;
 use super::demux::Demux;
-use super::devices::{Device, Devices};
+use super::devices::{self, Device, Devices};
 use super::error::MediaError;
-use super::fanout::{Fanout, Source, Target};
+use super::fanout::Fanout;
 use super::ice;
-use super::local::{LocalDevice, LocalDevices, SourceKey};
+use super::keys::{PeerId, Source, SourceKey, Target, TrackKey};
+use super::local::{LocalDevice, LocalDevices};
 use super::output::{EngineEvent, Transmit, Transport};
-use super::peers::{open_builtin_channels, peer_config, Peer, PeerId, Peers};
-use super::publishing::{self, Publication, Published, Publishing, TrackKey};
-use super::quality::{self, QualitySamples};
+use super::peers::{open_builtin_channels, peer_config, Peer, Peers};
+use super::publishing::{self, Publication, Published, Publishing};
+use super::quality::QualitySamples;
 use super::relay::{Packet, Parts, Relay};
 use super::rewrite::Origin;
 use super::routes::HostedRoutes;
@@ -125,14 +126,14 @@ impl Engine {
     /// What `participant`'s device here measured, if it has one here.
     pub fn quality(&self, participant: ParticipantId, now: Instant) -> Option<ParticipantQuality> {
         let device = self.devices.of_participant(participant)?;
-        let mut q = quality::report(self.devices.get(device)?, &self.peers, now);
+        let mut q = devices::quality_report(self.devices.get(device)?, &self.peers, now);
         q.session = self.routes.session_of(participant);
         Some(q)
     }
 
     /// What every device here measured, by participant.
     pub fn qualities(&self, now: Instant) -> Vec<(ParticipantId, ParticipantQuality)> {
-        let mut all = quality::report_all(&self.devices, &self.peers, now);
+        let mut all = devices::quality_reports(&self.devices, &self.peers, now);
         for (participant, q) in &mut all {
             q.session = self.routes.session_of(*participant);
         }

@@ -12,28 +12,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use str0m::media::Mid;
 
-use super::local::SourceKey;
-use super::peers::PeerId;
-use super::publishing::TrackKey;
+use super::keys::{PeerId, Source, Target, TrackKey};
 use super::DeviceId;
-
-/// Where a track's frames come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(super) enum Source {
-    /// An m-line of a browser's publish connection.
-    Peer { peer: PeerId, mid: Mid },
-    /// A local device's (a phone's) one audio stream.
-    Local(DeviceId),
-}
-
-/// Where a forwarded frame goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(super) enum Target {
-    /// An m-line of a browser's subscribe connection.
-    Peer { peer: PeerId, mid: Mid },
-    /// A local device, as one of the sources it mixes.
-    Local { device: DeviceId, source: SourceKey },
-}
 
 #[derive(Default)]
 pub(super) struct Fanout {
@@ -185,6 +165,7 @@ impl Fanout {
 mod tests {
     use super::*;
     use crate::domain::{MediaKind, ParticipantId, StreamId};
+    use crate::media::keys::SourceKey;
 
     fn key(p: ParticipantId, kind: MediaKind) -> TrackKey {
         TrackKey {

@@ -5,24 +5,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::fanout::Target;
-use super::publishing::TrackKey;
+use super::keys::{SourceKey, Target, TrackKey};
 use super::DeviceId;
-use crate::domain::{MediaKind, ParticipantId, StreamAlias, StreamId};
-
-/// Identifies one received track of a local device: the publisher and its stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SourceKey(pub u64);
-
-impl SourceKey {
-    pub(super) fn of(publisher: ParticipantId, stream: &StreamId) -> SourceKey {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        publisher.hash(&mut h);
-        stream.as_str().hash(&mut h);
-        SourceKey(h.finish())
-    }
-}
+use crate::domain::{MediaKind, StreamAlias};
 
 /// What one local device receives, and the numbering of what it publishes.
 #[derive(Default)]

@@ -28,6 +28,7 @@
 //! | `PeerQuality` | `quality.rs` | per peer connection: its tracks' statistics (str0m's, sampled once a second), its keyframe requests passed on, merged or asked (kept in the `Peer`) |
 //! | `Relay` | `relay.rs` | the packet path (a peer's output drained, each packet forwarded to its targets, keyframe requests passed upstream, a subscriber's allocation run) with the engine's output queues (transmits, events), its counters and quality samples, and the buffers the hot path reuses; the other parts are lent to it per call (`Parts`) |
 //! | (ICE identity) | `ice.rs` | nothing: the process's ufrag prefix, fresh local credentials, the signed refusal of a check meant for another process |
+//! | (keys) | `keys.rs` | nothing: the key types the parts share (`PeerId`, `TrackKey`, `Source`, `Target`, `SourceKey`), so that no part imports another for a name; the parts import each other without a circle |
 //! | `MediaCounters` | `counters.rs` | what the engine counts for the metrics (plain integers the driver reads) |
 //! | `Speakers` | `speaker.rs` | per hosted session: each publisher's smoothed audio level (RFC 6464, or a phone's measured one) and the dominant speaker |
 //! | `Rewrite` | `rewrite.rs` | per subscriber m-line: the origin it carries now, sequence/timestamp offsets, payload-type map (kept in the subscriber's `Peer`) |
@@ -101,6 +102,7 @@ mod engine;
 mod error;
 mod fanout;
 mod ice;
+mod keys;
 mod local;
 mod output;
 mod peers;
@@ -118,7 +120,7 @@ pub use config::EngineConfig;
 pub use counters::MediaCounters;
 pub use engine::{Engine, MovedDevice};
 pub use error::MediaError;
-pub use local::SourceKey;
+pub use keys::SourceKey;
 pub use output::{EngineEvent, Transmit, Transport};
 pub use peers::KEYFRAME_REQUEST_INTERVAL;
 pub use placement::Placement;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use str0m::net::Protocol;
 
-use super::local::SourceKey;
+use super::keys::SourceKey;
 use super::speaker::SpeakerChange;
 use super::{DeviceId, SubscribeOffer};
 use crate::domain::{ParticipantId, SubscribeLayout};

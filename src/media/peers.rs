@@ -13,6 +13,7 @@ use str0m::media::{Frequency, Mid};
 use str0m::{Rtc, RtcConfig};
 
 use super::allocation::Allocation;
+use super::keys::PeerId;
 use super::quality::{PeerQuality, STATS_INTERVAL};
 use super::rewrite::Rewrite;
 use super::DeviceId;
@@ -84,9 +85,6 @@ pub(super) fn peer_config(cert: &DtlsCert, kinds: MediaKinds, bwe: bool) -> RtcC
     }
     rtc
 }
-
-/// A peer connection's id within one engine (ids are not kept across a move between shards).
-pub(super) type PeerId = u64;
 
 pub(super) struct Peer {
     pub(super) device: DeviceId,

@@ -1,6 +1,7 @@
 //! `Publishing`: what each device of the engine publishes. Owns device → its publish
 //! endpoint id and its published MediaStreams (alias, and the m-lines carrying each kind).
 
+use super::keys::TrackKey;
 use std::collections::{BTreeMap, HashMap};
 
 use str0m::media::{MediaKind as RtcKind, Mid};
@@ -11,14 +12,6 @@ use crate::domain::{
     MediaKind, MediaKinds, ParticipantId, PublishPermissions, StreamAlias, StreamId,
 };
 use crate::forwarding::PublishedStream;
-
-/// One track of a publisher: the unit subscribers receive.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub(super) struct TrackKey {
-    pub(super) publisher: ParticipantId,
-    pub(super) stream: StreamId,
-    pub(super) kind: MediaKind,
-}
 
 /// One published MediaStream of a device.
 #[derive(Debug, Clone, PartialEq, Eq)]

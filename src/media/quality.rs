@@ -20,13 +20,8 @@ use str0m::media::{MediaKind as RtcKind, Mid};
 use str0m::stats::{MediaEgressStats, MediaIngressStats};
 use str0m::Rtc;
 
-use super::devices::{Device, Devices};
-use super::peers::Peers;
 use super::MediaCounters;
-use crate::domain::{
-    ConnectionQuality, MediaKind, ParticipantId, ParticipantQuality, QualityDevice, TrackQuality,
-    STATS_INTERVAL_MS,
-};
+use crate::domain::{ConnectionQuality, MediaKind, TrackQuality, STATS_INTERVAL_MS};
 
 /// How often each connection's statistics are sampled.
 pub(super) const STATS_INTERVAL: Duration = Duration::from_millis(STATS_INTERVAL_MS);
@@ -94,43 +89,6 @@ fn rtp_units_ms(units: u32, kind: Option<MediaKind>) -> Option<f64> {
         MediaKind::Video => 90_000.0,
     };
     Some(f64::from(units) * 1_000.0 / rate)
-}
-
-/// What `device`'s connections measured, at `now`.
-pub(super) fn report(device: &Device, peers: &Peers, now: Instant) -> ParticipantQuality {
-    let connection = |p: Option<u64>| {
-        let peer = peers.get(p?)?;
-        let mut c = peer.quality.report(now);
-        c.estimate_bps = peer.allocation.estimate();
-        c.paused_video_tracks = peer.allocation.paused_tracks();
-        Some(c)
-    };
-    ParticipantQuality {
-        device: if device.is_local() {
-            QualityDevice::Phone
-        } else {
-            QualityDevice::Browser
-        },
-        session: None,
-        publish: connection(device.publish_peer()),
-        subscribe: connection(device.subscribe_peer()),
-    }
-}
-
-/// What every participant's live device measured, at `now`.
-pub(super) fn report_all(
-    devices: &Devices,
-    peers: &Peers,
-    now: Instant,
-) -> Vec<(ParticipantId, ParticipantQuality)> {
-    devices
-        .ids()
-        .filter_map(|id| {
-            let device = devices.get(id)?;
-            (devices.of_participant(device.participant) == Some(id))
-                .then(|| (device.participant, report(device, peers, now)))
-        })
-        .collect()
 }
 
 /// The kind of a connection's m-line.

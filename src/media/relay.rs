@@ -19,9 +19,10 @@ use str0m::{Event, Input, Output};
 
 use super::allocation::Change;
 use super::devices::Devices;
-use super::fanout::{Fanout, Source, Target};
+use super::fanout::Fanout;
+use super::keys::{PeerId, Source, Target};
 use super::output::{EngineEvent, Transmit, Transport};
-use super::peers::{PeerId, Peers, KEYFRAME_REQUEST_INTERVAL};
+use super::peers::{Peers, KEYFRAME_REQUEST_INTERVAL};
 use super::quality::{self, QualitySamples};
 use super::rewrite::Origin;
 use super::routes::HostedRoutes;

@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use str0m::media::Pt;
 
-use super::fanout::Source;
+use super::keys::Source;
 
 /// Where the packets of an m-line come from: a source track, and the SSRC its publisher sends
 /// it with (a phone's stream has a fixed one).

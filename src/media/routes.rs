@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use super::publishing::TrackKey;
+use super::keys::TrackKey;
 use crate::domain::{ParticipantId, SessionId, StreamAlias};
 use crate::forwarding::{ForwardingTable, TableDiff};
 

@@ -21,8 +21,8 @@ use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::media::{Direction, MediaKind as RtcKind, Mid};
 use str0m::{Input, Rtc};
 
+use super::keys::TrackKey;
 use super::peers::{builtin_channel, BUILTIN_CHANNELS};
-use super::publishing::TrackKey;
 use super::{DeviceId, MediaError, StreamMetadata, SubscribeOffer};
 use crate::domain::{
     LayoutLine, LineContent, MediaKind, MediaKinds, ParticipantId, StreamAlias, StreamId,
