@@ -281,9 +281,17 @@ fn lost_video_packets_are_retransmitted_to_the_subscriber() {
 }
 
 /// The instants at which `client` was delivered RTP, and how many packets each.
-fn deliveries(net: &Net, client: usize, since: std::time::Instant) -> BTreeMap<std::time::Instant, usize> {
+fn deliveries(
+    net: &Net,
+    client: usize,
+    since: std::time::Instant,
+) -> BTreeMap<std::time::Instant, usize> {
     let mut at = BTreeMap::new();
-    for w in net.wire.iter().filter(|w| w.client == client && w.at >= since && !w.padding) {
+    for w in net
+        .wire
+        .iter()
+        .filter(|w| w.client == client && w.at >= since && !w.padding)
+    {
         *at.entry(w.at).or_default() += 1;
     }
     at

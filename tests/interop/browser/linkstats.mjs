@@ -1,18 +1,48 @@
 // What a page's RTCPeerConnections measured, for the thin-link bench (thin_link.bench.mjs) and
 // test (thin_link.test.mjs): getStats() of every connection the page used
 // (runner.mjs's instrumentPeerConnections), the gaps between painted frames, and the figures
-// the two derive from them over a window; and a participant page opened in a network namespace.
+// the two derive from them over a window; a participant page opened in a network namespace; and
+// the small helpers the link tests and benches share (sleep, until, joinSession).
 
 import { chromium } from "playwright-core";
 import { CHROMIUM_ARGS, Participant, chromiumPath, instrumentPeerConnections, startStaticServer } from "./runner.mjs";
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Polls `pred` (async, -> { ok, seen }) every 250 ms until it returns ok, or throws after
+ * timeoutMs naming `what` and the last `seen`. -> the last result.
+ */
+export async function until(pred, timeoutMs, what) {
+  const deadline = Date.now() + timeoutMs;
+  let last;
+  for (;;) {
+    last = await pred();
+    if (last && last.ok) return last;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}: ${JSON.stringify(last?.seen ?? last)}`);
+    await sleep(250);
+  }
+}
+
+/**
+ * Creates a participant tagged `tag` on patchbay `pb` (extra fields of the create call in
+ * `create`, e.g. a callbackUrl) and adds it to `session`, subscribed session-wide. -> { id, token }
+ */
+export async function joinSession(pb, session, tag, create = {}) {
+  const { participant, token } = await pb.createParticipant({ tag, ...create });
+  await pb.addParticipant(session.id, participant.id, { sessionId: session.id });
+  return { id: participant.id, token };
+}
 
 /**
  * Opens a participant page in a Chromium started inside the namespace `ns` (netns.mjs), connects
  * it to patchbay `pb` with `token` and instruments its peer connections. The page is served, and
  * patchbay's HTTP/WebSocket reached, through TCP forwarders on the host side of the veth. Each
- * thing to close is pushed on `cleanup` (close in reverse order). -> the Participant.
+ * thing to close is pushed on `cleanup` (close in reverse order). `beforeConnect(page)`, when
+ * given, runs after the instrumentation and before the connect (e.g. to wrap the page's
+ * RTCPeerConnection). -> the Participant.
  */
-export async function openPageInNamespace(ns, pb, { tag, token, timeoutMs }, cleanup) {
+export async function openPageInNamespace(ns, pb, { tag, token, timeoutMs, beforeConnect }, cleanup) {
   const web = await startStaticServer();
   cleanup.push(() => web.close());
   const webFwd = await ns.forwardTcp(web.port);
@@ -29,6 +59,7 @@ export async function openPageInNamespace(ns, pb, { tag, token, timeoutMs }, cle
   const page = await Participant.open(browser, `${origin}/`, tag, { verbose: !!process.env.HARNESS_VERBOSE });
   cleanup.push(() => page.close());
   await instrumentPeerConnections(page);
+  if (beforeConnect) await beforeConnect(page);
   await page.connect({ websocketUrl: `ws://${httpFwd.host}:${httpFwd.port}`, token, timeoutMs });
   return page;
 }

@@ -38,11 +38,10 @@ import { fileURLToPath } from "node:url";
 import { instrumentPeerConnections, launchBrowser } from "./runner.mjs";
 import { startPatchbay } from "./server.mjs";
 import { createNetns, netnsUnavailable } from "./netns.mjs";
-import { frameGaps, median, of, openPageInNamespace, pageStats, publisherFigures, r3, subscriberFigures, sum } from "./linkstats.mjs";
+import { frameGaps, joinSession, median, of, openPageInNamespace, pageStats, publisherFigures, r3, sleep, subscriberFigures, sum } from "./linkstats.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const T = 30000;
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const log = (...a) => process.stderr.write(`[thin_link ${new Date().toISOString().slice(11, 19)}] ${a.join(" ")}\n`);
 
 function parseArgs(argv) {
@@ -83,11 +82,7 @@ async function oneRun(kind, index, opts) {
     const host = await launchBrowser();
     cleanup.push(() => host.close());
     const session = await pb.createSession(`thin-link-${kind}-${index}`);
-    const join = async (tag) => {
-      const { participant, token } = await pb.createParticipant({ tag });
-      await pb.addParticipant(session.id, participant.id, { sessionId: session.id });
-      return { id: participant.id, token };
-    };
+    const join = (tag) => joinSession(pb, session, tag);
     const pubP = await join("publisher");
     const cleanP = await join("clean");
     const pub = await host.newParticipant("publisher");

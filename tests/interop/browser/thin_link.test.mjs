@@ -25,23 +25,11 @@ import { instrumentPeerConnections, launchBrowser } from "./runner.mjs";
 import { startPatchbay } from "./server.mjs";
 import { startReceiver } from "./receiver.mjs";
 import { createNetns, netnsUnavailable } from "./netns.mjs";
-import { of, openPageInNamespace, pageStats, publisherFigures, subscriberFigures, sum } from "./linkstats.mjs";
+import { joinSession, of, openPageInNamespace, pageStats, publisherFigures, sleep, subscriberFigures, sum, until } from "./linkstats.mjs";
 
 const T = 30000; // bound for every "eventually" condition
 const WINDOW_S = 30;
 const SLICE_S = 5;
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-async function until(pred, timeoutMs, what) {
-  const deadline = Date.now() + timeoutMs;
-  let last;
-  for (;;) {
-    last = await pred();
-    if (last && last.ok) return last;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}: ${JSON.stringify(last?.seen ?? last)}`);
-    await sleep(250);
-  }
-}
 
 test("a thin subscriber gets its audio, the publisher no keyframe storm, the clean subscriber its video", { timeout: 240000 }, async () => {
   const why = netnsUnavailable();
@@ -61,11 +49,7 @@ test("a thin subscriber gets its audio, the publisher no keyframe storm, the cle
     await pb.rest("PUT", "/webhooks", { qualityEvents: true });
 
     const session = await pb.createSession("thin-link");
-    const join = async (tag) => {
-      const { participant, token } = await pb.createParticipant({ tag, callbackUrl: rx.url });
-      await pb.addParticipant(session.id, participant.id, { sessionId: session.id });
-      return { id: participant.id, token };
-    };
+    const join = (tag) => joinSession(pb, session, tag, { callbackUrl: rx.url });
     const [pubP, cleanP, thinP] = [await join("publisher"), await join("clean"), await join("thin")];
     const quality = (p) => pb.rest("GET", `/sessions/${session.id}/participants/${p.id}/quality`);
 
