@@ -394,10 +394,10 @@ pub struct ServeConfig {
     /// Estimate each subscriber's link from its transport-wide congestion feedback and pause
     /// the video it cannot carry, keeping its audio (issue 21; BENCHMARKS.md, "A thin
     /// subscriber"): a track is paused only when the estimate fell and the subscriber reports
-    /// loss. Off by default: with it on, str0m paces each subscriber's media to its estimate,
-    /// and under a server's overload the estimates collapsed and the pacer held video and audio
-    /// back for seconds (BENCHMARKS.md, "Subscriber bandwidth estimation: CPU per forwarded
-    /// packet"). `false`: every subscriber is sent everything it subscribes to.
+    /// loss. Off by default: with it on, str0m paces each subscriber's media to its estimate
+    /// (starting at 2.5 Mbit/s), and a subscriber sent far more than that gets its video up to
+    /// a second or more late until the estimate catches up (BENCHMARKS.md, "The pacer's steps
+    /// run in the drain"). `false`: every subscriber is sent everything it subscribes to.
     #[arg(long, env = "PATCHBAY_SUBSCRIBER_BWE", default_value_t = false, action = clap::ArgAction::Set)]
     pub subscriber_bwe: bool,
     /// UDP address of the media plane (ICE-lite, DTLS-SRTP). With several shards, shard `i`
