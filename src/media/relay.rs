@@ -56,6 +56,11 @@ pub(super) struct Packet<'a> {
 pub const VIDEO_RTX_WINDOW: Duration = Duration::from_secs(1);
 /// The packet cap of [`VIDEO_RTX_WINDOW`] (a 4 Mbit/s stream sends about 400 packets a second).
 pub const VIDEO_RTX_PACKETS: usize = 500;
+/// str0m drops a video stream's queued resends once resends make up more than this share of
+/// what it sends. str0m's default, 0.15, starved a link losing 10 % at random: resends were
+/// dropped and asked for again, and the page froze 5-14 s a minute; at 0.3, 0-2 s
+/// (BENCHMARKS.md, "A lossy link").
+const VIDEO_RTX_RATIO_CAP: f32 = 0.3;
 
 /// A connection's timeout this close to now is run at once by [`Relay::drain_peer`] (see
 /// there), rather than left to the driver's next wake-up.
@@ -449,7 +454,11 @@ impl Relay {
                     let ssrc = *tx.ssrc();
                     if sized_for != Some(ssrc) {
                         if video {
-                            tx.set_rtx_cache(VIDEO_RTX_PACKETS, VIDEO_RTX_WINDOW, Some(0.15));
+                            tx.set_rtx_cache(
+                                VIDEO_RTX_PACKETS,
+                                VIDEO_RTX_WINDOW,
+                                Some(VIDEO_RTX_RATIO_CAP),
+                            );
                         } else {
                             tx.set_rtx_cache(0, Duration::ZERO, None);
                         }
