@@ -80,7 +80,9 @@
 //! `KEYFRAME_REQUEST_INTERVAL` (300 ms; requests in between are merged), and one is sent when an
 //! m-line switches to a new video origin. Video packets stay in each subscriber's send stream
 //! for `VIDEO_RTX_WINDOW` (1 s, at most 500 packets) to answer its NACKs over RTX; the payloads
-//! there are shared with every other subscriber. Audio is not cached or retransmitted.
+//! there are shared with every other subscriber; resends may make up to 30 % of what a stream
+//! sends (`VIDEO_RTX_RATIO_CAP`) before str0m drops queued ones. Audio is not cached or
+//! retransmitted.
 //!
 //! ## What it forwards
 //! Exactly the routes of the forwarding tables it was given: a publisher's stream reaches a
