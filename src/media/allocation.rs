@@ -269,10 +269,10 @@ impl Allocation {
         now: Instant,
         spoke: impl Fn(Mid) -> Option<Instant>,
     ) -> Option<Change> {
-        let estimate = self.estimate?;
-        if self.next_decision.is_some_and(|t| now < t) {
+        if !self.decision_due(now) {
             return None;
         }
+        let estimate = self.estimate?;
         self.next_decision = Some(now + DECIDE_EVERY);
         let audio = self.audio.bps(now);
         let sent: u64 = audio
