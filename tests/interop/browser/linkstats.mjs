@@ -2,10 +2,13 @@
 // test (thin_link.test.mjs): getStats() of every connection the page used
 // (runner.mjs's instrumentPeerConnections), the gaps between painted frames, and the figures
 // the two derive from them over a window; a participant page opened in a network namespace; and
-// the small helpers the link tests and benches share (sleep, until, joinSession).
+// the small helpers the link tests and benches share (sleep, until, joinSession, startLinkServer,
+// metricTotal).
 
 import { chromium } from "playwright-core";
 import { CHROMIUM_ARGS, Participant, chromiumPath, instrumentPeerConnections, startStaticServer } from "./runner.mjs";
+import { startPatchbay } from "./server.mjs";
+import { createNetns } from "./netns.mjs";
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
@@ -32,6 +35,25 @@ export async function joinSession(pb, session, tag, create = {}) {
   const { participant, token } = await pb.createParticipant({ tag, ...create });
   await pb.addParticipant(session.id, participant.id, { sessionId: session.id });
   return { id: participant.id, token };
+}
+
+/**
+ * A network namespace (netns.mjs `createNetns(netnsOptions)`) and a patchbay whose media is
+ * reachable from it (its media socket on 0.0.0.0, advertised on loopback and the veth's host
+ * address), started with the extra `args` and `env`. Both are pushed on `cleanup`. -> { ns, pb }
+ */
+export async function startLinkServer(netnsOptions, { args = [], env } = {}, cleanup) {
+  const ns = await createNetns(netnsOptions);
+  cleanup.push(() => ns.close());
+  const pb = await startPatchbay({ mediaHost: "0.0.0.0", args: ["--public-ip", `127.0.0.1,${ns.hostIp}`, ...args], env });
+  cleanup.push(() => pb.stop());
+  return { ns, pb };
+}
+
+/** The sum over shards (and any other labels) of the counter `name` in patchbay's /metrics. */
+export async function metricTotal(pb, name) {
+  const text = await (await fetch(`${pb.url}/metrics`)).text();
+  return [...text.matchAll(new RegExp(`^${name}(?:\\{[^}]*\\})? (\\S+)$`, "gm"))].reduce((a, m) => a + Number(m[1]), 0);
 }
 
 /**

@@ -35,9 +35,8 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { instrumentPeerConnections, launchBrowser } from "./runner.mjs";
-import { startPatchbay } from "./server.mjs";
-import { createNetns, netnsUnavailable } from "./netns.mjs";
-import { frameGaps, joinSession, of, openPageInNamespace, pageStats, publisherFigures, sleep, subscriberFigures } from "./linkstats.mjs";
+import { netnsUnavailable } from "./netns.mjs";
+import { frameGaps, joinSession, of, openPageInNamespace, pageStats, publisherFigures, sleep, startLinkServer, subscriberFigures } from "./linkstats.mjs";
 
 const T = 30000; // bound for every "eventually" condition
 const LOSS_PERCENT = process.env.LOSSY_LINK_LOSS === undefined ? 3 : Number(process.env.LOSSY_LINK_LOSS);
@@ -85,10 +84,7 @@ test(`a subscriber losing ${LOSS_PERCENT} % of its packets: NACK/RTX keep its vi
   assert.equal(why, null, `this test needs a network namespace: ${why}`);
   const cleanup = [];
   try {
-    const ns = await createNetns({ lossIn: LOSS_PERCENT });
-    cleanup.push(() => ns.close());
-    const pb = await startPatchbay({ mediaHost: "0.0.0.0", args: ["--public-ip", `127.0.0.1,${ns.hostIp}`] });
-    cleanup.push(() => pb.stop());
+    const { ns, pb } = await startLinkServer({ lossIn: LOSS_PERCENT }, {}, cleanup);
     const host = await launchBrowser();
     cleanup.push(() => host.close());
 

@@ -45,9 +45,8 @@
 
 import os from "node:os";
 import { instrumentPeerConnections, launchBrowser } from "./runner.mjs";
-import { startPatchbay } from "./server.mjs";
-import { createNetns, netnsUnavailable } from "./netns.mjs";
-import { joinSession, median, of, openPageInNamespace, pageStats, r3, sleep, sum, until } from "./linkstats.mjs";
+import { netnsUnavailable } from "./netns.mjs";
+import { joinSession, median, metricTotal, startLinkServer, of, openPageInNamespace, pageStats, r3, sleep, sum, until } from "./linkstats.mjs";
 
 const T = 30000;
 const log = (...a) => process.stderr.write(`[step_change ${new Date().toISOString().slice(11, 19)}] ${a.join(" ")}\n`);
@@ -74,9 +73,8 @@ function parseArgs(argv) {
 
 // /metrics: the sum over shards of each counter named.
 async function metricTotals(pb, names) {
-  const text = await (await fetch(`${pb.url}/metrics`)).text();
   const out = {};
-  for (const n of names) out[n] = [...text.matchAll(new RegExp(`^${n}(?:\\{[^}]*\\})? (\\S+)$`, "gm"))].reduce((a, m) => a + Number(m[1]), 0);
+  for (const n of names) out[n] = await metricTotal(pb, n);
   return out;
 }
 const DEFAULT_LOG_FILTER = "info,is::stun=error"; // patchbay's own default (src/app/request_log.rs)
@@ -105,16 +103,16 @@ async function oneRun(index, opts) {
   const cleanup = [];
   const t0 = Date.now();
   try {
-    const ns = await createNetns({ queueMs: opts.queueMs });
-    cleanup.push(() => ns.close());
     // The allocation's debug lines ("video paused" / "video resumed") time each decision to the
     // microsecond in the server's log.
-    const pb = await startPatchbay({
-      mediaHost: "0.0.0.0",
-      args: ["--public-ip", `127.0.0.1,${ns.hostIp}`, "--subscriber-bwe", String(opts.bwe)],
-      env: { RUST_LOG: process.env.RUST_LOG || `${DEFAULT_LOG_FILTER},patchbay::media::relay=debug` },
-    });
-    cleanup.push(() => pb.stop());
+    const { ns, pb } = await startLinkServer(
+      { queueMs: opts.queueMs },
+      {
+        args: ["--subscriber-bwe", String(opts.bwe)],
+        env: { RUST_LOG: process.env.RUST_LOG || `${DEFAULT_LOG_FILTER},patchbay::media::relay=debug` },
+      },
+      cleanup
+    );
     log(`#${index}: patchbay ${pb.url}, namespace ${ns.name} (${ns.nsIp} -> ${ns.hostIp})`);
     const host = await launchBrowser();
     cleanup.push(() => host.close());

@@ -36,9 +36,8 @@ import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { instrumentPeerConnections, launchBrowser } from "./runner.mjs";
-import { startPatchbay } from "./server.mjs";
-import { createNetns, netnsUnavailable } from "./netns.mjs";
-import { frameGaps, joinSession, median, of, openPageInNamespace, pageStats, publisherFigures, r3, sleep, subscriberFigures, sum } from "./linkstats.mjs";
+import { netnsUnavailable } from "./netns.mjs";
+import { frameGaps, joinSession, median, of, openPageInNamespace, pageStats, publisherFigures, r3, sleep, startLinkServer, subscriberFigures, sum } from "./linkstats.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const T = 30000;
@@ -70,13 +69,7 @@ async function oneRun(kind, index, opts) {
   const t0 = Date.now();
   try {
     // The namespace exists in both kinds, so that patchbay runs with the same arguments.
-    const ns = await createNetns({ queueMs: opts.queueMs });
-    cleanup.push(() => ns.close());
-    const pb = await startPatchbay({
-      mediaHost: "0.0.0.0",
-      args: ["--public-ip", `127.0.0.1,${ns.hostIp}`, "--subscriber-bwe", String(opts.bwe)],
-    });
-    cleanup.push(() => pb.stop());
+    const { ns, pb } = await startLinkServer({ queueMs: opts.queueMs }, { args: ["--subscriber-bwe", String(opts.bwe)] }, cleanup);
     log(`${kind} #${index}: patchbay ${pb.url}, media ${JSON.stringify(pb.media.udp)}, namespace ${ns.name} (${ns.nsIp} -> ${ns.hostIp})`);
 
     const host = await launchBrowser();

@@ -22,10 +22,9 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { instrumentPeerConnections, launchBrowser } from "./runner.mjs";
-import { startPatchbay } from "./server.mjs";
 import { startReceiver } from "./receiver.mjs";
-import { createNetns, netnsUnavailable } from "./netns.mjs";
-import { joinSession, of, openPageInNamespace, pageStats, publisherFigures, sleep, subscriberFigures, sum, until } from "./linkstats.mjs";
+import { netnsUnavailable } from "./netns.mjs";
+import { joinSession, metricTotal, of, openPageInNamespace, pageStats, publisherFigures, sleep, startLinkServer, subscriberFigures, sum, until } from "./linkstats.mjs";
 
 const T = 30000; // bound for every "eventually" condition
 const WINDOW_S = 30;
@@ -36,10 +35,7 @@ test("a thin subscriber gets its audio, the publisher no keyframe storm, the cle
   assert.equal(why, null, `this test needs a network namespace: ${why}`);
   const cleanup = [];
   try {
-    const ns = await createNetns({ queueMs: 200 });
-    cleanup.push(() => ns.close());
-    const pb = await startPatchbay({ mediaHost: "0.0.0.0", args: ["--public-ip", `127.0.0.1,${ns.hostIp}`, "--subscriber-bwe", "true"] });
-    cleanup.push(() => pb.stop());
+    const { ns, pb } = await startLinkServer({ queueMs: 200 }, { args: ["--subscriber-bwe", "true"] }, cleanup);
     const host = await launchBrowser();
     cleanup.push(() => host.close());
 
@@ -118,9 +114,8 @@ test("a thin subscriber gets its audio, the publisher no keyframe storm, the cle
     assert.ok(slices.every((n) => n > 0), `the clean subscriber decoded video in every ${SLICE_S} s: ${figures}`);
     assert.equal(cleanQ.subscribe?.pausedVideoTracks, 0, `the clean subscriber's video is not paused: ${figures}`);
     // The operator sees it too: the shards count the pause and the requests held back.
-    const metrics = await (await fetch(`${pb.url}/metrics`)).text();
-    const total = (name) => [...metrics.matchAll(new RegExp(`^${name}\\{[^}]*\\} (\\S+)$`, "gm"))].reduce((a, m) => a + Number(m[1]), 0);
-    assert.ok(total("patchbay_media_video_pauses_total") >= 1, `a pause counted in /metrics: ${metrics.split("\n").filter((l) => l.includes("video_") || l.includes("held")).join("\n")}`);
+    const pauses = await metricTotal(pb, "patchbay_media_video_pauses_total");
+    assert.ok(pauses >= 1, `a pause counted in /metrics: patchbay_media_video_pauses_total ${pauses}`);
     console.log(`thin link figures: ${figures}`);
 
     // The backend, which opted in, heard the thin subscriber's level go from good to poor
