@@ -394,7 +394,8 @@ pub struct ServeConfig {
     /// Estimate each subscriber's link from its transport-wide congestion feedback and pause
     /// the video it cannot carry, keeping its audio (issue 21; BENCHMARKS.md, "A thin
     /// subscriber"): a track is paused only when the estimate fell and the subscriber reports
-    /// loss. Off by default: with it on, str0m paces each subscriber's media to its estimate
+    /// loss; a video track with one viewer is not paused but its publisher capped by REMB to
+    /// that viewer's estimate (BENCHMARKS.md, "One viewer"). Off by default: with it on, str0m paces each subscriber's media to its estimate
     /// (starting at 2.5 Mbit/s), and a subscriber sent far more than that gets its video up to
     /// a second or more late until the estimate catches up (BENCHMARKS.md, "The pacer's steps
     /// run in the drain"). `false`: every subscriber is sent everything it subscribes to.

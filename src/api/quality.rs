@@ -66,6 +66,10 @@ pub struct PublishQuality {
     pub firs_sent: u64,
     /// Keyframes the server asked of this publisher (after merging).
     pub keyframe_requests_sent: u64,
+    /// The REMB ceiling the server holds this publisher's video to, bits per second: set
+    /// while one of its video tracks has a single viewer whose link is congested
+    /// (`--subscriber-bwe`); `null` otherwise.
+    pub video_ceiling_bps: Option<u64>,
     pub tracks: Vec<TrackView>,
 }
 
@@ -160,6 +164,7 @@ impl PublishQuality {
             plis_sent: c.plis,
             firs_sent: c.firs,
             keyframe_requests_sent: c.keyframe_requests,
+            video_ceiling_bps: c.video_ceiling_bps,
             tracks: c.tracks.iter().map(TrackView::new).collect(),
         }
     }

@@ -174,6 +174,7 @@ fn connection_summary(c: &ConnectionQuality) -> Value {
         "keyframeRequestsSuppressed": c.keyframe_requests_suppressed,
         "estimateBps": c.estimate_bps,
         "pausedVideoTracks": c.paused_video_tracks,
+        "videoCeilingBps": c.video_ceiling_bps,
     })
 }
 

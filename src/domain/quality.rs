@@ -73,6 +73,10 @@ pub struct ConnectionQuality {
     /// Subscribe, with the subscriber's bandwidth estimation on: the link's latest estimate,
     /// bits per second (`None` without one).
     pub estimate_bps: Option<u64>,
+    /// Publish, with the subscriber's bandwidth estimation on: the lowest REMB ceiling the
+    /// server holds this device's video to (a track with one viewer whose link is congested),
+    /// bits per second; `None` when no track is capped.
+    pub video_ceiling_bps: Option<u64>,
     /// Subscribe: video tracks held back because the link cannot carry them (audio first).
     pub paused_video_tracks: u32,
     /// Per track (m-line) that carried media, in mid order.

@@ -34,6 +34,11 @@ pub struct MediaCounters {
     pub video_pauses: u64,
     /// Paused video tracks resumed.
     pub video_resumes: u64,
+    /// REMB ceilings sent to publishers whose video track has one viewer (`cap.rs`), every
+    /// second while the cap holds.
+    pub publisher_caps: u64,
+    /// Subscribers' estimators restarted from what they are sent (`Allocation::restart_due`).
+    pub estimate_restarts: u64,
 }
 
 impl MediaCounters {

@@ -132,6 +132,7 @@ pub(super) fn quality_report(device: &Device, peers: &Peers, now: Instant) -> Pa
         let mut c = peer.quality.report(now);
         c.estimate_bps = peer.allocation.estimate();
         c.paused_video_tracks = peer.allocation.paused_tracks();
+        c.video_ceiling_bps = peer.caps.ceiling();
         Some(c)
     };
     ParticipantQuality {

@@ -35,6 +35,17 @@ impl Fanout {
         self.sources.get(key).copied()
     }
 
+    /// The m-lines of publish connection `peer` that feed a track now.
+    pub(super) fn mids_of(&self, peer: PeerId) -> Vec<Mid> {
+        self.sources
+            .values()
+            .filter_map(|s| match s {
+                Source::Peer { peer: p, mid } if *p == peer => Some(*mid),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The source feeding a subscriber's m-line (where its keyframe requests go).
     pub(super) fn upstream(&self, peer: PeerId, mid: Mid) -> Option<Source> {
         self.sources.get(self.upstream.get(&(peer, mid))?).copied()

@@ -26,6 +26,8 @@
 //! | `HostedRoutes` | `routes.rs` | the forwarding tables of the sessions given to this engine; participant → session |
 //! | `Fanout` | `fanout.rs` | source track → targets (the hot path), target → source (keyframe requests upstream) |
 //! | `PeerQuality` | `quality.rs` | per peer connection: its tracks' statistics (str0m's, sampled once a second), its keyframe requests passed on, merged or asked (kept in the `Peer`) |
+//! | `Allocation` | `allocation.rs` | per subscribe connection: its estimate, what each m-line is sent, which video is paused for its link (kept in the `Peer`) |
+//! | `Caps` | `cap.rs` | per publish connection: the REMB ceiling each video track is held to while it has one viewer (kept in the `Peer`) |
 //! | `Relay` | `relay.rs` | the packet path (a peer's output drained, each packet forwarded to its targets, keyframe requests passed upstream, a subscriber's allocation run) with the engine's output queues (transmits, events), its counters and quality samples, and the buffers the hot path reuses; the other parts are lent to it per call (`Parts`) |
 //! | (ICE identity) | `ice.rs` | nothing: the process's ufrag prefix, fresh local credentials, the signed refusal of a check meant for another process |
 //! | (keys) | `keys.rs` | nothing: the key types the parts share (`PeerId`, `TrackKey`, `Source`, `Target`, `SourceKey`), so that no part imports another for a name; the parts import each other without a circle |
@@ -96,6 +98,7 @@
 //! `signaling` renders them.
 
 mod allocation;
+mod cap;
 mod config;
 mod counters;
 mod demux;

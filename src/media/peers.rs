@@ -13,6 +13,7 @@ use str0m::media::{Frequency, Mid};
 use str0m::{Rtc, RtcConfig};
 
 use super::allocation::Allocation;
+use super::cap::Caps;
 use super::keys::PeerId;
 use super::quality::{PeerQuality, STATS_INTERVAL};
 use super::rewrite::Rewrite;
@@ -104,6 +105,8 @@ pub(super) struct Peer {
     pub(super) quality: PeerQuality,
     /// A subscribe connection's video pauses for its link (it moves with the connection).
     pub(super) allocation: Allocation,
+    /// A publish connection's video ceilings while a track has one viewer (`cap.rs`).
+    pub(super) caps: Caps,
     timeout: Instant,
 }
 
@@ -126,6 +129,7 @@ impl Peer {
             keyframe_asked: HashMap::new(),
             quality: PeerQuality::default(),
             allocation: Allocation::default(),
+            caps: Caps::default(),
             timeout: now,
         }
     }

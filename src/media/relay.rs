@@ -18,6 +18,7 @@ use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, VideoOrientation};
 use str0m::{Event, Input, Output};
 
 use super::allocation::Change;
+use super::cap::Viewers;
 use super::devices::Devices;
 use super::fanout::Fanout;
 use super::keys::{PeerId, Source, Target};
@@ -28,6 +29,7 @@ use super::rewrite::Origin;
 use super::routes::HostedRoutes;
 use super::speaker::Speakers;
 use super::MediaCounters;
+use crate::domain::MediaKind;
 
 /// A packet on its way through [`Relay::forward`]: an incoming RTP packet of a publisher,
 /// or a phone's audio frame numbered by the engine. Borrowed: forwarding copies nothing but
@@ -180,6 +182,14 @@ impl Relay {
         };
         let mut steps = 0;
         let mut sent = true;
+        if self.subscriber_bwe && !peer.subscribe && peer.caps.due(now) {
+            // Its REMBs are due: they leave with the first timeout below.
+            self.cap_publisher(parts, peer_id, now);
+        }
+        let Some(peer) = parts.peers.get_mut(peer_id) else {
+            self.incoming = incoming;
+            return;
+        };
         let next_timeout = loop {
             match peer.rtc.poll_output() {
                 // str0m's pacer (a connection that estimates its bandwidth) hands out one
@@ -300,10 +310,82 @@ impl Relay {
             }
             None => {}
         }
+        if let Some(from) = peer.allocation.restart_due(now) {
+            self.counters.estimate_restarts += 1;
+            tracing::debug!(
+                device = peer.device.0,
+                from,
+                "subscriber estimate restarted from what it is sent"
+            );
+            peer.rtc.bwe().reset(Bitrate::bps(from));
+        }
         if let Some(target) = peer.allocation.probe_target_due(now) {
             peer.rtc
                 .bwe()
                 .set_bitrate(Bitrate::ZERO, Bitrate::bps(target));
+        }
+    }
+
+    /// A publish connection's video tracks are weighed for a ceiling (`cap.rs`): a track with
+    /// one viewer follows that viewer's estimate; its viewer's allocation is told.
+    fn cap_publisher(&mut self, parts: &mut Parts<'_>, peer_id: PeerId, now: Instant) {
+        for mid in parts.fanout.mids_of(peer_id) {
+            let Some(publisher) = parts.peers.get(peer_id) else {
+                return;
+            };
+            if quality::kind_of(&publisher.rtc, mid) != Some(MediaKind::Video) {
+                continue;
+            }
+            let source = Source::Peer { peer: peer_id, mid };
+            let all: Vec<(PeerId, Mid)> = parts
+                .fanout
+                .targets(&source)
+                .iter()
+                .filter_map(|t| match t {
+                    Target::Peer { peer, mid } => Some((*peer, *mid)),
+                    Target::Local { .. } => None,
+                })
+                .collect();
+            let watching: Vec<(PeerId, Mid)> = all
+                .iter()
+                .copied()
+                .filter(|(peer, mid)| {
+                    parts
+                        .peers
+                        .get(*peer)
+                        .is_some_and(|p| !p.allocation.is_paused(*mid))
+                })
+                .collect();
+            let one = match watching.as_slice() {
+                [one] => Some(*one),
+                _ => None,
+            };
+            for (peer, smid) in all {
+                if let Some(sub) = parts.peers.get_mut(peer) {
+                    sub.allocation.set_capped(smid, one == Some((peer, smid)));
+                }
+            }
+            let viewers =
+                match one.and_then(|(peer, smid)| Some((parts.peers.get_mut(peer)?, smid))) {
+                    // A viewer sent several video tracks shares its estimate among them.
+                    Some((viewer, _)) => {
+                        Viewers::One(viewer.allocation.estimate().map(|e| {
+                            e / u64::from(viewer.allocation.sending_video_tracks().max(1))
+                        }))
+                    }
+                    None => Viewers::NotOne,
+                };
+            let Some(publisher) = parts.peers.get_mut(peer_id) else {
+                return;
+            };
+            let Some(bps) = publisher.caps.decide(mid, viewers, now) else {
+                continue;
+            };
+            tracing::trace!(peer = peer_id, %mid, ?viewers, bps, "publisher video ceiling (REMB)");
+            if let Some(stream) = publisher.rtc.direct_api().stream_rx_by_mid(mid, None) {
+                stream.request_remb(Bitrate::bps(bps));
+                self.counters.publisher_caps += 1;
+            }
         }
     }
 

@@ -154,6 +154,14 @@ fn describe() {
         "Paused video tracks resumed for their subscriber, by shard"
     );
     describe_counter!(
+        "patchbay_media_estimate_restarts_total",
+        "Subscribers' bandwidth estimators restarted from what they are sent (the estimate lagged far below it on a link reporting no loss), by shard"
+    );
+    describe_counter!(
+        "patchbay_media_publisher_caps_total",
+        "REMB ceilings sent to publishers whose video track has one viewer (once a second while the cap holds), by shard"
+    );
+    describe_counter!(
         "patchbay_media_nacks_received_total",
         "NACK feedback messages received from subscribers, by shard"
     );
@@ -510,6 +518,8 @@ pub struct ShardMeter {
     keyframes_held: Counter,
     video_pauses: Counter,
     video_resumes: Counter,
+    publisher_caps: Counter,
+    estimate_restarts: Counter,
     nacks_received: Counter,
     nacks_sent: Counter,
     subscriber_loss: Histogram,
@@ -539,6 +549,8 @@ impl ShardMeter {
             keyframes_held: counter!("patchbay_media_keyframe_requests_held_total", "shard" => shard.clone()),
             video_pauses: counter!("patchbay_media_video_pauses_total", "shard" => shard.clone()),
             video_resumes: counter!("patchbay_media_video_resumes_total", "shard" => shard.clone()),
+            publisher_caps: counter!("patchbay_media_publisher_caps_total", "shard" => shard.clone()),
+            estimate_restarts: counter!("patchbay_media_estimate_restarts_total", "shard" => shard.clone()),
             nacks_received: counter!("patchbay_media_nacks_received_total", "shard" => shard.clone()),
             nacks_sent: counter!("patchbay_media_nacks_sent_total", "shard" => shard.clone()),
             subscriber_loss: histogram!("patchbay_media_subscriber_loss_ratio", "shard" => shard.clone()),
@@ -613,6 +625,12 @@ impl ShardMeter {
             .increment(increase(counters.video_pauses, before.video_pauses));
         self.video_resumes
             .increment(increase(counters.video_resumes, before.video_resumes));
+        self.publisher_caps
+            .increment(increase(counters.publisher_caps, before.publisher_caps));
+        self.estimate_restarts.increment(increase(
+            counters.estimate_restarts,
+            before.estimate_restarts,
+        ));
         self.nacks_received
             .increment(increase(counters.nacks_received, before.nacks_received));
         self.nacks_sent

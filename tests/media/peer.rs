@@ -97,6 +97,12 @@ pub struct Net {
     /// towards this client's subscribe connection: (client, n). Retransmissions always get
     /// through: how often a receiver asks again for a resend lost too is the receiver's affair.
     pub lossy: Option<(usize, usize)>,
+    /// Polices the RTP towards this client's subscribe connection to this many bits per
+    /// second (a token bucket of 200 ms, at least one full datagram; what exceeds it is dropped, as a thin link drops what
+    /// its queue cannot hold): (client, bits per second).
+    pub thin: Option<(usize, u64)>,
+    /// The bucket of `thin`: bytes available, as of when.
+    thin_bucket: (f64, Instant),
     /// The subscribe layout each device was last offered (what the store would keep).
     pub layouts: BTreeMap<DeviceId, SubscribeLayout>,
     /// Packets lost that way.
@@ -178,6 +184,8 @@ impl Net {
             local_sources: BTreeMap::new(),
             wire: Vec::new(),
             lossy: None,
+            thin: None,
+            thin_bucket: (0.0, start),
             layouts: BTreeMap::new(),
             lost: 0,
             next_device: 1,
@@ -552,6 +560,19 @@ impl Net {
                         {
                             self.lost += 1;
                             continue;
+                        }
+                        if let Some((_, bps)) = self.thin.filter(|(client, _)| *client == i) {
+                            let (bytes, at) = self.thin_bucket;
+                            let depth = (bps as f64 / 8.0 * 0.2).max(1500.0);
+                            let elapsed = now.saturating_duration_since(at).as_secs_f64();
+                            let bytes = (bytes + elapsed * bps as f64 / 8.0).min(depth);
+                            let size = dgram.data.len() as f64;
+                            if bytes < size {
+                                self.thin_bucket = (bytes, now);
+                                self.lost += 1;
+                                continue;
+                            }
+                            self.thin_bucket = (bytes - size, now);
                         }
                     }
                 }

@@ -345,3 +345,103 @@ fn an_estimating_subscriber_is_sent_what_arrived_together_at_once() {
         packets(&unpaced)
     );
 }
+
+/// Issue 21, step 4: a publisher whose video one subscriber watches is held, by REMB on its
+/// video stream, to a share of that subscriber's estimate (each of two publishers watched by
+/// one viewer to its half), never below a floor; here the viewer's RTP is policed to
+/// 600 kbit/s while two publishers would send it 480 kbit/s of video each (the harness's
+/// publishers size their frames to the last REMB, as an encoder does). A second viewer of one
+/// publisher lifts that publisher's ceiling (lowering it would lower it for both), with REMBs
+/// far above anything sent, while the other stays capped. Asserted from the REMBs the
+/// publishers' own connections received, and the quality view.
+#[test]
+fn a_publisher_with_one_viewer_follows_its_estimate_and_a_second_viewer_lifts_it() {
+    let mut net = Net::with_config(|c| c.subscriber_bwe = true);
+    let (a, b) = (
+        net.add_client("a", MediaKinds::ALL),
+        net.add_client("b", MediaKinds::ALL),
+    );
+    for p in [a, b] {
+        net.clients[p].video_frame_bytes = 6_000;
+        net.set_rules(p, Rules::Nothing);
+        net.publish(p, true, true, None);
+    }
+    let viewer = net.add_client("viewer", MediaKinds::ALL);
+    net.set_rules(viewer, Rules::Only(vec![a, b]));
+    net.run(Duration::from_secs(4));
+    net.assert_clean();
+    for p in [a, b] {
+        assert!(
+            !net.clients[p].rembs.is_empty(),
+            "one viewer: capped from its first estimate"
+        );
+    }
+
+    net.thin = Some((viewer, 600_000));
+    net.run(Duration::from_secs(8));
+    net.assert_clean();
+    let estimate = net
+        .engine
+        .quality(net.clients[viewer].participant, net.now)
+        .and_then(|q| q.subscribe?.estimate_bps)
+        .expect("the viewer's link is estimated");
+    for p in [a, b] {
+        let video_mid = net.clients[p].video_mid.expect("video published");
+        let rembs = &net.clients[p].rembs;
+        assert!(rembs.len() >= 2, "a ceiling every second: {rembs:?}");
+        assert!(
+            rembs.iter().all(|(_, mid, _)| *mid == video_mid),
+            "on the video stream only: {rembs:?}"
+        );
+        let (_, _, last) = *rembs.last().expect("checked above");
+        let ceiling = net
+            .engine
+            .quality(net.clients[p].participant, net.now)
+            .and_then(|q| q.publish?.video_ceiling_bps);
+        // (The ceiling now may have moved since the last REMB arrived, with the estimate.)
+        assert!(
+            ceiling.is_some_and(|c| c <= estimate.max(150_000)),
+            "the quality view shows a ceiling: {ceiling:?} (estimate {estimate})"
+        );
+        assert!(
+            last == 150_000 || (last > 150_000 && last <= estimate),
+            "the last ceiling {last} follows the viewer's estimate {estimate}, or is the floor"
+        );
+    }
+
+    // A second viewer of `a` (the first one's link fat again for longer than its congestion
+    // is remembered, so that it pauses nothing):
+    // `a`'s ceiling is lifted; `b` keeps its one viewer and its cap.
+    net.thin = None;
+    net.run(Duration::from_secs(6));
+    let second = net.add_client("second", MediaKinds::ALL);
+    net.set_rules(second, Rules::Only(vec![a]));
+    let since = net.now;
+    net.run(Duration::from_secs(5));
+    net.assert_clean();
+    let after = |p: usize| -> Vec<u64> {
+        net.clients[p]
+            .rembs
+            .iter()
+            .filter(|(at, _, _)| *at > since)
+            .map(|(_, _, bps)| *bps)
+            .collect()
+    };
+    assert!(
+        after(a).last().is_some_and(|bps| *bps >= 50_000_000),
+        "lifted with two viewers: {:?}",
+        after(a)
+    );
+    let ceiling = |p: usize| {
+        net.engine
+            .quality(net.clients[p].participant, net.now)
+            .and_then(|q| q.publish?.video_ceiling_bps)
+    };
+    assert_eq!(ceiling(a), None, "no ceiling shown once lifted");
+    assert!(ceiling(b).is_some(), "the other still shows its ceiling");
+    assert!(
+        after(b).last().is_some_and(|bps| *bps < 50_000_000),
+        "still capped with one: {:?}",
+        after(b)
+    );
+}

@@ -1,6 +1,7 @@
 // What a page's RTCPeerConnections measured, for the thin-link bench (thin_link.bench.mjs) and
 // test (thin_link.test.mjs): getStats() of every connection the page used
-// (runner.mjs's instrumentPeerConnections), the gaps between painted frames, and the figures
+// (runner.mjs's instrumentPeerConnections), the gaps between painted frames (and the times frames
+// were painted, for one_viewer.test.mjs), and the figures
 // the two derive from them over a window; a participant page opened in a network namespace; and
 // the small helpers the link tests and benches share (sleep, until, joinSession, startLinkServer,
 // metricTotal).
@@ -147,6 +148,43 @@ export function frameGaps(p, reset = false) {
     }
     return out;
   }, reset);
+}
+
+// The times (the page's performance.now(), ms) at which any <video> on the page painted a frame
+// since the last call, via requestVideoFrameCallback (each call watches the videos added since),
+// and the page's clock when it answered: { now, times }. Unlike frameGaps, the caller can then
+// measure the gaps within any stretch of time (longestGap), e.g. one known only afterwards.
+export function framePaints(p) {
+  return p.evaluate(() => {
+    const rec = (window.__paints = window.__paints || { times: [], watched: new WeakSet() });
+    for (const v of document.querySelectorAll("video")) {
+      if (rec.watched.has(v)) continue;
+      rec.watched.add(v);
+      const cb = (now) => {
+        rec.times.push(now);
+        v.requestVideoFrameCallback(cb);
+      };
+      v.requestVideoFrameCallback(cb);
+    }
+    const times = rec.times;
+    rec.times = [];
+    return { now: performance.now(), times };
+  });
+}
+
+/**
+ * The longest stretch of [from, to] without a painted frame (ms; `times` from framePaints, on
+ * the same clock): the stretches from `from` to the first frame and from the last to `to` count.
+ */
+export function longestGap(times, from, to) {
+  let last = from;
+  let max = 0;
+  for (const t of [...times].sort((a, b) => a - b)) {
+    if (t <= from || t > to) continue;
+    max = Math.max(max, t - last);
+    last = t;
+  }
+  return Math.max(max, to - last);
 }
 
 export const sum = (xs, f) => xs.reduce((a, x) => a + (Number(x[f]) || 0), 0);

@@ -48,8 +48,8 @@ if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
   apt-get install -y -qq nginx >/dev/null
 fi
 
-# ip, tc and nft for thin_link.test.mjs and lossy_link.test.mjs (netns.mjs: a network namespace with
-# a shaped or lossy veth; both fail, saying why, without them or without root).
+# ip, tc and nft for thin_link.test.mjs, lossy_link.test.mjs and one_viewer.test.mjs (netns.mjs: a
+# network namespace with a shaped or lossy veth; each fails, saying why, without them or without root).
 if ! command -v nft >/dev/null 2>&1 || ! command -v tc >/dev/null 2>&1 || ! command -v ip >/dev/null 2>&1; then
   echo "=== installing iproute2 and nftables (Debian)"
   export DEBIAN_FRONTEND=noninteractive

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use patchbay::domain::StreamAlias;
 use patchbay::domain::{MediaKinds, ParticipantId};
 use patchbay::media::{DeclaredStreams, DeviceId, PublishAnswer, SubscribeOffer};
+use str0m::bwe::BweKind;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, Frequency, KeyframeRequestKind, MediaKind, MediaTime, Mid};
@@ -114,6 +115,13 @@ pub struct Client {
     pub force_keyframe: bool,
     /// Keyframe requests seen on the publish connection: (when, mid, kind).
     pub keyframe_requests: Vec<(Instant, Mid, KeyframeRequestKind)>,
+    /// The size of each video frame written; 0 (the default) or less than the test frame's
+    /// 300 bytes: the test frame (24 kbit/s at 10 frames a second). Larger frames are padded,
+    /// up to what the last REMB the publish connection heard allows (as a browser's encoder
+    /// follows it).
+    pub video_frame_bytes: usize,
+    /// REMBs the publish connection received: when, for which m-line, bits per second.
+    pub rembs: Vec<(Instant, Mid, u64)>,
     /// Every subscribe offer the engine sent this device, in order.
     pub offers: Vec<(Instant, SubscribeOffer)>,
     /// The offer waiting for this device's answer.
@@ -181,6 +189,8 @@ impl Client {
             video_written: 0,
             force_keyframe: true,
             keyframe_requests: Vec::new(),
+            rembs: Vec::new(),
+            video_frame_bytes: 0,
             offers: Vec::new(),
             outstanding: None,
             auto_answer: true,
@@ -242,6 +252,9 @@ impl Client {
             Event::KeyframeRequest(req) if !subscribe => {
                 self.keyframe_requests.push((now, req.mid, req.kind));
                 self.force_keyframe = true;
+            }
+            Event::EgressBitrateEstimate(BweKind::Remb { mid, estimate }) if !subscribe => {
+                self.rembs.push((now, mid, estimate.as_u64()))
             }
             Event::MediaData(data) if subscribe => {
                 let media = self.subscribe.media(data.mid);
@@ -354,7 +367,15 @@ impl Client {
             while self.next_video <= now {
                 let n = self.video_sent;
                 let key = std::mem::take(&mut self.force_keyframe);
-                let data = frame(self.idx, Kind::Video, n, key);
+                let mut data = frame(self.idx, Kind::Video, n, key);
+                // Like a browser's encoder, the frames follow the last REMB heard.
+                let ceiling = self.rembs.last().map_or(usize::MAX, |(_, _, bps)| {
+                    (*bps / 8 * VIDEO_EVERY.as_millis() as u64 / 1000) as usize
+                });
+                let size = self.video_frame_bytes.min(ceiling);
+                if size > data.len() {
+                    data.resize(size, 0x5A);
+                }
                 let t = MediaTime::new(u64::from(n) * 9000, Frequency::NINETY_KHZ);
                 if write_frame(&mut self.publish, mid, Codec::Vp8, t, data, now) {
                     self.video_written += 1;
