@@ -70,7 +70,7 @@
 //! | `media/demux.rs` | `Demux` | remote address → peer, ICE ufrag → peer, each peer's paths |
 //! | `media/peers.rs` | `Peers` | peer id → `str0m::Rtc`; the timer queue of deadlines |
 //! | `media/devices.rs` | `Devices` | device → participant, permissions, its peers; participant → device |
-//! | `media/publishing.rs` | `Publishing` | each device's published streams and their m-lines |
+//! | `media/publishing.rs` | `Publishing` | each device's published streams and their m-lines (it answers a publish offer, lent the parts it needs) |
 //! | `media/subscribing.rs` | `Subscribing` | each browser's subscribe negotiation: tracks, mids, revision, pending offer |
 //! | `media/local.rs` | `LocalDevices` | each phone's received audio tracks (`SourceKey`s) |
 //! | `media/routes.rs` | `HostedRoutes` | the tables of the sessions this shard hosts; participant → session |

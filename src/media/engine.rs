@@ -8,12 +8,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use str0m::change::SdpOffer;
 use str0m::format::Codec;
-use str0m::ice::{IceCreds, StunMessage, TransId};
+use str0m::ice::{StunMessage, TransId};
 use str0m::media::{KeyframeRequestKind, Mid};
-use str0m::net::{Receive, TcpType};
-use str0m::{Candidate, Input};
+use str0m::net::Receive;
+use str0m::Input;
 
 use super::config::EngineConfig;
 use super::demux::Demux;
@@ -24,7 +23,7 @@ use super::ice;
 use super::keys::{PeerId, Source, SourceKey, Target, TrackKey};
 use super::local::{LocalDevice, LocalDevices};
 use super::output::{EngineEvent, Transmit, Transport};
-use super::peers::{open_builtin_channels, peer_config, Peer, Peers};
+use super::peers::{Peer, Peers};
 use super::publishing::{self, Publication, Published, Publishing};
 use super::quality::QualitySamples;
 use super::relay::{Packet, Parts, Relay};
@@ -33,7 +32,7 @@ use super::routes::HostedRoutes;
 use super::speaker::Speakers;
 use super::subscribing::{Overdue, Subscriber, Subscribing};
 use super::MediaCounters;
-use super::{DeclaredStreams, DeviceId, PublishAnswer, StreamMetadata, SubscribeOffer};
+use super::{DeclaredStreams, DeviceId, PublishAnswer, SubscribeOffer};
 use crate::domain::{
     MediaKind, MediaKinds, ParticipantId, ParticipantQuality, PublishPermissions, SessionId,
     StreamAlias, StreamId, SubscribeLayout,
@@ -181,7 +180,8 @@ impl Engine {
             alias,
             mids: vec![(Mid::from(LOCAL_AUDIO_MID), MediaKind::Audio)],
         };
-        self.set_publications(device, BTreeMap::from([(stream, publication)]));
+        let (publishing, mut parts) = self.publishing();
+        publishing.set_publications(&mut parts, device, BTreeMap::from([(stream, publication)]));
         self.renegotiate(device, now);
         replaced
     }
@@ -233,10 +233,12 @@ impl Engine {
             return;
         };
         for peer in dev.peers() {
-            self.remove_peer(peer);
+            self.peers.close(&mut self.demux, peer);
         }
         self.speakers.forget(dev.participant);
-        let published = self.withdraw_publications(device);
+        let published = self
+            .publishing
+            .withdraw_publications(&mut self.fanout, device);
         if published.is_some_and(|p| !p.streams.is_empty()) {
             self.relay.events.push_back(EngineEvent::StreamsChanged {
                 device,
@@ -261,7 +263,9 @@ impl Engine {
                 peers.push((peer, paths));
             }
         }
-        let published = self.withdraw_publications(device);
+        let published = self
+            .publishing
+            .withdraw_publications(&mut self.fanout, device);
         let subscriber = self.subscribing.remove(device);
         let local = self.local.remove(device);
         self.fanout.set_targets(device, BTreeMap::new());
@@ -311,7 +315,8 @@ impl Engine {
         }
         if let Some(published) = published {
             self.publishing.adopt(device, published);
-            self.register_sources(device);
+            self.publishing
+                .register_sources(&mut self.fanout, &self.devices, device);
         }
         self.renegotiate(device, now);
         self.renegotiate_subscribers_of(participant, now);
@@ -384,110 +389,10 @@ impl Engine {
         declared: &DeclaredStreams,
         now: Instant,
     ) -> Result<PublishAnswer, MediaError> {
-        let offer =
-            SdpOffer::from_sdp_string(sdp).map_err(|e| MediaError::BadSdp(e.to_string()))?;
-        let dev = self
-            .devices
-            .get(device)
-            .filter(|d| !d.is_local())
-            .ok_or(MediaError::UnknownDevice)?;
-        let (permissions, participant) = (dev.permissions, dev.participant);
-        let (peer_id, created) = match dev.publish_peer() {
-            Some(p) => (p, false),
-            None => (self.new_peer(device, false, permissions, now), true),
-        };
-        let peer = self
-            .peers
-            .get_mut(peer_id)
-            .ok_or(MediaError::UnknownDevice)?;
-        peer.rtc
-            .handle_input(Input::Timeout(now))
-            .map_err(|e| MediaError::Internal(e.to_string()))?;
-        let answer = match peer.rtc.sdp_api().accept_offer(offer) {
-            Ok(a) => a,
-            Err(e) => {
-                if created {
-                    self.remove_peer(peer_id);
-                }
-                return Err(MediaError::Negotiation(e.to_string()));
-            }
-        };
-        if created {
-            open_builtin_channels(&mut peer.rtc);
-        }
-        // An ICE restart gives the peer new local credentials, str0m's own: they get this
-        // process's prefix (in the answer too), and the demux map follows.
-        let mut answer = answer.to_sdp_string();
-        let restarted = peer.rtc.direct_api().local_ice_credentials();
-        let mut issued = created.then(|| restarted.clone());
-        if restarted.ufrag != peer.ufrag {
-            let tagged = IceCreds {
-                ufrag: ice::tagged_ufrag(&self.config.ice_prefix),
-                pass: restarted.pass,
-            };
-            peer.rtc
-                .direct_api()
-                .set_local_ice_credentials(tagged.clone());
-            // str0m's candidates keep its own ufrag (in this and every later answer).
-            peer.candidate_ufrag = Some(restarted.ufrag.clone());
-            answer = answer.replace(
-                &format!("a=ice-ufrag:{}", restarted.ufrag),
-                &format!("a=ice-ufrag:{}", tagged.ufrag),
-            );
-            peer.ufrag = tagged.ufrag.clone();
-            self.demux.add_ufrag(peer_id, tagged.ufrag.clone());
-            issued = Some(tagged);
-        }
-        // A browser drops candidates whose ufrag is not the session's.
-        if let Some(stale) = &peer.candidate_ufrag {
-            answer = answer.replace(
-                &format!(" ufrag {stale}"),
-                &format!(" ufrag {}", peer.ufrag),
-            );
-        }
-        if let Some(IceCreds { ufrag, pass }) = issued {
-            self.relay
-                .events
-                .push_back(EngineEvent::PublishCredentials {
-                    device,
-                    ufrag,
-                    pwd: pass,
-                });
-        }
-        let published =
-            publishing::publications(&peer.rtc, &offer_mids(sdp), declared, permissions);
-        if let Some(dev) = self.devices.get_mut(device) {
-            dev.set_peer(false, Some(peer_id));
-        }
-        let endpoint_id = self
-            .publishing
-            .get(device)
-            .map(|p| p.endpoint.clone())
-            .unwrap_or_default();
-        let stream_metadata = declared
-            .iter()
-            .map(|(msid, alias)| {
-                let kinds = StreamId::parse(msid)
-                    .ok()
-                    .and_then(|s| published.get(&s))
-                    .map(Publication::kinds)
-                    .unwrap_or_default();
-                let meta = StreamMetadata {
-                    endpoint_id: format!("{endpoint_id}:{msid}"),
-                    kinds,
-                    alias: alias.clone(),
-                    participant,
-                };
-                (msid.clone(), meta)
-            })
-            .collect();
-        self.set_publications(device, published);
-        self.drain_peer(peer_id, now);
-        Ok(PublishAnswer {
-            sdp_answer: answer,
-            endpoint_id,
-            stream_metadata,
-        })
+        let (publishing, mut parts) = self.publishing();
+        let (peer, answer) = publishing.accept_offer(&mut parts, device, sdp, declared, now)?;
+        self.drain_peer(peer, now);
+        Ok(answer)
     }
 
     /// The device's answer to the pending subscribe offer.
@@ -732,7 +637,7 @@ impl Engine {
                 continue;
             };
             for (key, mid) in published.tracks() {
-                let expected = self.source_for(device, mid);
+                let expected = publishing::source_for(&self.devices, device, mid);
                 if self.fanout.source_of(&key) != expected {
                     return Err(format!("track {key:?}: source is not {expected:?}"));
                 }
@@ -752,57 +657,6 @@ impl Engine {
         let old = self.devices.of_participant(participant)?;
         self.remove_device(old, now);
         Some(old)
-    }
-
-    /// Replaces what `device` publishes; the fan-out follows and control is told.
-    fn set_publications(&mut self, device: DeviceId, streams: BTreeMap<StreamId, Publication>) {
-        let Some(old) = self.publishing.set(device, streams) else {
-            return;
-        };
-        for (key, _) in old.tracks() {
-            self.fanout.set_source(&key, None);
-        }
-        self.register_sources(device);
-        if let Some(published) = self.publishing.get(device) {
-            self.relay.events.push_back(EngineEvent::StreamsChanged {
-                device,
-                participant: published.participant,
-                streams: published.streams(),
-            });
-        }
-    }
-
-    /// Points the fan-out at the device's published tracks.
-    fn register_sources(&mut self, device: DeviceId) {
-        let Some(published) = self.publishing.get(device) else {
-            return;
-        };
-        let tracks: Vec<(TrackKey, Mid)> = published.tracks().collect();
-        for (key, mid) in tracks {
-            let source = self.source_for(device, mid);
-            self.fanout.set_source(&key, source);
-        }
-    }
-
-    /// The source of a device's published m-line.
-    fn source_for(&self, device: DeviceId, mid: Mid) -> Option<Source> {
-        let dev = self.devices.get(device)?;
-        if dev.is_local() {
-            return Some(Source::Local(device));
-        }
-        Some(Source::Peer {
-            peer: dev.publish_peer()?,
-            mid,
-        })
-    }
-
-    /// Takes the device's publications out of the fan-out and returns them.
-    fn withdraw_publications(&mut self, device: DeviceId) -> Option<Published> {
-        let published = self.publishing.remove(device)?;
-        for (key, _) in published.tracks() {
-            self.fanout.set_source(&key, None);
-        }
-        Some(published)
     }
 
     /// Local subscribers routed from `publisher`'s streams: what they should receive changed
@@ -837,7 +691,14 @@ impl Engine {
             let peer_id = match existing {
                 Some(p) => p,
                 None => {
-                    let id = self.new_peer(device, true, MediaKinds::ALL, now);
+                    let id = self.peers.open(
+                        &self.config,
+                        &mut self.demux,
+                        device,
+                        true,
+                        MediaKinds::ALL,
+                        now,
+                    );
                     if let Some(dev) = self.devices.get_mut(device) {
                         dev.set_peer(true, Some(id));
                     }
@@ -912,42 +773,6 @@ impl Engine {
         self.browser_targets(device, &desired)
     }
 
-    fn new_peer(
-        &mut self,
-        device: DeviceId,
-        subscribe: bool,
-        kinds: MediaKinds,
-        now: Instant,
-    ) -> PeerId {
-        let bwe = subscribe && self.config.subscriber_bwe;
-        let mut rtc = peer_config(&self.config.cert, kinds, bwe)
-            .set_local_ice_credentials(ice::local_credentials(&self.config.ice_prefix))
-            .build(now);
-        // Invariant: the configured public addresses are unicast host addresses (checked when
-        // the driver starts), so the candidates are valid.
-        for addr in &self.config.public_addrs {
-            if let Ok(c) = Candidate::host(*addr, "udp") {
-                rtc.add_local_candidate(c);
-            }
-        }
-        for addr in &self.config.tcp_addrs {
-            let passive = Candidate::builder()
-                .tcp()
-                .host(*addr)
-                .tcptype(TcpType::Passive)
-                .build();
-            if let Ok(c) = passive {
-                rtc.add_local_candidate(c);
-            }
-        }
-        let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
-        let id = self
-            .peers
-            .insert(Peer::new(device, subscribe, rtc, ufrag.clone(), now));
-        self.demux.add_ufrag(id, ufrag);
-        id
-    }
-
     /// Answers a consent check of a publish connection another process answered before (a
     /// restart) with a signed error ([`ice::refusal`]): Chrome drops the path, and Bandwidth's
     /// SDK re-offers the connection with an ICE restart at once. The device must be connected
@@ -974,11 +799,17 @@ impl Engine {
         });
     }
 
-    fn remove_peer(&mut self, id: PeerId) {
-        if let Some(mut peer) = self.peers.remove(id) {
-            peer.rtc.disconnect();
-        }
-        self.demux.forget_peer(id);
+    /// The parts a publish negotiation works on, lent to `Publishing`.
+    fn publishing(&mut self) -> (&mut Publishing, publishing::Parts<'_>) {
+        let parts = publishing::Parts {
+            config: &self.config,
+            demux: &mut self.demux,
+            peers: &mut self.peers,
+            devices: &mut self.devices,
+            fanout: &mut self.fanout,
+            events: &mut self.relay.events,
+        };
+        (&mut self.publishing, parts)
     }
 
     /// The other parts, lent to the packet path.
@@ -1020,14 +851,6 @@ impl Engine {
 
 /// The highest RFC 6464 level (-dBov) a phone's frame is marked as voice at (the V bit).
 const VOICE_LEVEL: u8 = 50;
-
-/// The `a=mid` values of an SDP, in order.
-fn offer_mids(sdp: &str) -> Vec<Mid> {
-    sdp.lines()
-        .filter_map(|l| l.trim_end().strip_prefix("a=mid:"))
-        .map(|m| Mid::from(m.trim()))
-        .collect()
-}
 
 #[cfg(test)]
 mod tests {

@@ -18,9 +18,9 @@
 //! | part | file | owns |
 //! |---|---|---|
 //! | `Demux` | `demux.rs` | remote address → peer, ICE ufrag → peer, the paths of each peer |
-//! | `Peers` | `peers.rs` | peer id → `str0m::Rtc` (and its device and role), the timer queue |
+//! | `Peers` | `peers.rs` | peer id → `str0m::Rtc` (and its device and role), the timer queue; it opens (ICE credentials, candidates) and closes a device's connections |
 //! | `Devices` | `devices.rs` | device → participant, permissions and peers; participant → device |
-//! | `Publishing` | `publishing.rs` | what each device publishes (streams, m-lines, aliases) |
+//! | `Publishing` | `publishing.rs` | what each device publishes (streams, m-lines, aliases); it answers a device's publish offer and points the fan-out at what is published, lent the parts it needs per call (`publishing::Parts`) |
 //! | `Subscribing` | `subscribing.rs` | each browser device's subscribe negotiation: tracks, mids, revision, the pending offer |
 //! | `LocalDevices` | `local.rs` | each local device's published stream and received audio tracks |
 //! | `HostedRoutes` | `routes.rs` | the forwarding tables of the sessions given to this engine; participant → session |
