@@ -71,7 +71,7 @@
 //! | `media/peers.rs` | `Peers` | peer id → `str0m::Rtc`; the timer queue of deadlines |
 //! | `media/devices.rs` | `Devices` | device → participant, permissions, its peers; participant → device |
 //! | `media/publishing.rs` | `Publishing` | each device's published streams and their m-lines (it answers a publish offer, lent the parts it needs) |
-//! | `media/subscribing.rs` | `Subscribing` | each browser's subscribe negotiation: tracks, mids, revision, pending offer |
+//! | `media/subscribing.rs` | `Subscribing` | each browser's subscribe negotiation: tracks, mids, revision, pending offer (it makes the offers and takes the answers, lent the parts it needs) |
 //! | `media/local.rs` | `LocalDevices` | each phone's received audio tracks (`SourceKey`s) |
 //! | `media/routes.rs` | `HostedRoutes` | the tables of the sessions this shard hosts; participant → session |
 //! | `media/fanout.rs` | `Fanout` | source → targets (the hot path), track → source, subscriber → targets, upstream |

@@ -30,12 +30,12 @@ use super::relay::{Packet, Parts, Relay};
 use super::rewrite::Origin;
 use super::routes::HostedRoutes;
 use super::speaker::Speakers;
-use super::subscribing::{Overdue, Subscriber, Subscribing};
+use super::subscribing::{self, Overdue, Subscriber, Subscribing};
 use super::MediaCounters;
 use super::{DeclaredStreams, DeviceId, PublishAnswer, SubscribeOffer};
 use crate::domain::{
-    MediaKind, MediaKinds, ParticipantId, ParticipantQuality, PublishPermissions, SessionId,
-    StreamAlias, StreamId, SubscribeLayout,
+    MediaKind, ParticipantId, ParticipantQuality, PublishPermissions, SessionId, StreamAlias,
+    StreamId, SubscribeLayout,
 };
 use crate::forwarding::{ForwardingTable, TableDiff};
 
@@ -402,13 +402,8 @@ impl Engine {
         sdp: &str,
         now: Instant,
     ) -> Result<(), MediaError> {
-        let dev = self.devices.get(device).ok_or(MediaError::UnknownDevice)?;
-        let peer_id = dev.subscribe_peer().ok_or(MediaError::NoPendingOffer)?;
-        let peer = self
-            .peers
-            .get_mut(peer_id)
-            .ok_or(MediaError::UnknownDevice)?;
-        let accepted = self.subscribing.accept_answer(device, &mut peer.rtc, sdp)?;
+        let (subscribing, mut parts) = self.subscribing();
+        let (peer_id, accepted) = subscribing.handle_answer(&mut parts, device, sdp)?;
         self.drain_peer(peer_id, now);
         self.refresh_targets(device);
         // A new subscriber of a video track needs a keyframe to start decoding.
@@ -685,41 +680,9 @@ impl Engine {
                 .push_back(EngineEvent::LocalSources { device, sources });
             return;
         }
-        let existing = dev.subscribe_peer();
-        let wanted = existing.is_some() || !desired.is_empty() || self.subscribing.resuming(device);
-        if !self.subscribing.fold_if_pending(device) && wanted {
-            let peer_id = match existing {
-                Some(p) => p,
-                None => {
-                    let id = self.peers.open(
-                        &self.config,
-                        &mut self.demux,
-                        device,
-                        true,
-                        MediaKinds::ALL,
-                        now,
-                    );
-                    if let Some(dev) = self.devices.get_mut(device) {
-                        dev.set_peer(true, Some(id));
-                    }
-                    id
-                }
-            };
-            if let Some(peer) = self.peers.get_mut(peer_id) {
-                if let Some(offer) =
-                    self.subscribing
-                        .renegotiate(device, &mut peer.rtc, &desired, now)
-                {
-                    if let Some(layout) = self.subscribing.layout(device) {
-                        self.relay.events.push_back(EngineEvent::SubscribeOffer {
-                            device,
-                            offer,
-                            layout,
-                        });
-                    }
-                }
-            }
-            self.drain_peer(peer_id, now);
+        let (subscribing, mut parts) = self.subscribing();
+        if let Some(peer) = subscribing.offer(&mut parts, device, &desired, now) {
+            self.drain_peer(peer, now);
         }
         self.set_targets(device, &desired);
     }
@@ -734,24 +697,8 @@ impl Engine {
     }
 
     fn set_targets(&mut self, device: DeviceId, desired: &BTreeMap<TrackKey, Option<StreamAlias>>) {
-        let targets = self.browser_targets(device, desired);
+        let targets = self.subscribing.targets(&self.devices, device, desired);
         self.fanout.set_targets(device, targets);
-    }
-
-    /// A browser's targets: of the desired tracks, those its subscribe connection carries.
-    fn browser_targets(
-        &self,
-        device: DeviceId,
-        desired: &BTreeMap<TrackKey, Option<StreamAlias>>,
-    ) -> BTreeMap<TrackKey, Target> {
-        let Some(peer) = self.devices.get(device).and_then(|d| d.subscribe_peer()) else {
-            return BTreeMap::new();
-        };
-        self.subscribing
-            .flowing(device, desired)
-            .into_iter()
-            .map(|(key, mid)| (key, Target::Peer { peer, mid }))
-            .collect()
     }
 
     /// What a device's targets are, computed from scratch (for [`Engine::check_fanout`]).
@@ -770,7 +717,7 @@ impl Engine {
                 })
                 .collect();
         }
-        self.browser_targets(device, &desired)
+        self.subscribing.targets(&self.devices, device, &desired)
     }
 
     /// Answers a consent check of a publish connection another process answered before (a
@@ -810,6 +757,18 @@ impl Engine {
             events: &mut self.relay.events,
         };
         (&mut self.publishing, parts)
+    }
+
+    /// The parts a subscribe negotiation works on, lent to `Subscribing`.
+    fn subscribing(&mut self) -> (&mut Subscribing, subscribing::Parts<'_>) {
+        let parts = subscribing::Parts {
+            config: &self.config,
+            demux: &mut self.demux,
+            peers: &mut self.peers,
+            devices: &mut self.devices,
+            events: &mut self.relay.events,
+        };
+        (&mut self.subscribing, parts)
     }
 
     /// The other parts, lent to the packet path.

@@ -21,7 +21,7 @@
 //! | `Peers` | `peers.rs` | peer id → `str0m::Rtc` (and its device and role), the timer queue; it opens (ICE credentials, candidates) and closes a device's connections |
 //! | `Devices` | `devices.rs` | device → participant, permissions and peers; participant → device |
 //! | `Publishing` | `publishing.rs` | what each device publishes (streams, m-lines, aliases); it answers a device's publish offer and points the fan-out at what is published, lent the parts it needs per call (`publishing::Parts`) |
-//! | `Subscribing` | `subscribing.rs` | each browser device's subscribe negotiation: tracks, mids, revision, the pending offer |
+//! | `Subscribing` | `subscribing.rs` | each browser device's subscribe negotiation: tracks, mids, revision, the pending offer; it makes the subscribe connection and its offers, takes the answers and says which fan-out targets are negotiated, lent the parts it needs per call (`subscribing::Parts`) |
 //! | `LocalDevices` | `local.rs` | each local device's published stream and received audio tracks |
 //! | `HostedRoutes` | `routes.rs` | the forwarding tables of the sessions given to this engine; participant → session |
 //! | `Fanout` | `fanout.rs` | source track → targets (the hot path), target → source (keyframe requests upstream) |
@@ -66,8 +66,8 @@
 //!   a phone, a `LocalMedia` event.
 //! - **A subscription change**: `Engine::apply_routes(session, diff)` →
 //!   `HostedRoutes::apply` (returns the affected subscribers) → for each one
-//!   `Engine::renegotiate` → `Subscribing::renegotiate` (one pending offer per device, later
-//!   changes folded into the next) or `LocalDevices::set_tracks` → `Engine::refresh_targets` →
+//!   `Engine::renegotiate` → `Subscribing::offer` (one pending offer per device, later
+//!   changes folded into the next) or `LocalDevices::set_tracks` → `Subscribing::targets` →
 //!   `Fanout::set_targets` (only that subscriber's entries change: O(changes), never a rebuild).
 //! - **A phone's audio frame**: `Engine::write_local(device, …)` numbers it like an RTP packet
 //!   → `Relay::forward` with the local source: the same forwarding loop as a browser's packet.
