@@ -99,7 +99,7 @@
 //! - **A phone's audio frame**: `runtime::sip` `CallMedia` (RTP socket) → `PhoneMedia`
 //!   (jitter buffer, G.711 → Opus, and the frame's RFC 6464 level) → `LocalUplink::write`
 //!   → the shard's inbox → `Shard::handle_write_local` → `Engine::write_local` →
-//!   `Relay::forward` (the same loop as a browser's packet).
+//!   `LocalDevices::packet` → `Relay::forward` (the same loop as a browser's packet).
 //!
 //! ## Drive contracts
 //! `media::Engine` and `media::Shard` take inputs through `handle_*(…, now)` and give outputs

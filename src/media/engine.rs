@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use str0m::format::Codec;
 use str0m::ice::{StunMessage, TransId};
 use str0m::media::{KeyframeRequestKind, Mid};
 use str0m::net::Receive;
@@ -21,13 +20,12 @@ use super::error::MediaError;
 use super::fanout::Fanout;
 use super::ice;
 use super::keys::{PeerId, Source, SourceKey, Target, TrackKey};
-use super::local::{LocalDevice, LocalDevices};
+use super::local::{self, LocalDevice, LocalDevices};
 use super::output::{EngineEvent, Transmit, Transport};
 use super::peers::{Peer, Peers};
-use super::publishing::{self, Publication, Published, Publishing};
+use super::publishing::{self, Published, Publishing};
 use super::quality::QualitySamples;
 use super::relay::{Packet, Parts, Relay};
-use super::rewrite::Origin;
 use super::routes::HostedRoutes;
 use super::speaker::Speakers;
 use super::subscribing::{self, Overdue, Subscriber, Subscribing};
@@ -69,9 +67,6 @@ impl MovedDevice {
             .flat_map(|(_, paths)| paths.iter().copied())
     }
 }
-
-/// The one "m-line" of a local device's published audio.
-const LOCAL_AUDIO_MID: &str = "phone";
 
 /// The SFU of one shard. See the module docs.
 pub struct Engine {
@@ -176,12 +171,8 @@ impl Engine {
         self.devices.insert(device, Device::local(participant));
         self.local.add(device, LocalDevice::default());
         self.publishing.open(device, participant);
-        let publication = Publication {
-            alias,
-            mids: vec![(Mid::from(LOCAL_AUDIO_MID), MediaKind::Audio)],
-        };
         let (publishing, mut parts) = self.publishing();
-        publishing.set_publications(&mut parts, device, BTreeMap::from([(stream, publication)]));
+        publishing.set_publications(&mut parts, device, local::publication(stream, alias));
         self.renegotiate(device, now);
         replaced
     }
@@ -202,29 +193,10 @@ impl Engine {
         if !self.devices.get(device).is_some_and(Device::is_local) {
             return;
         }
-        let Some(seq) = self.local.next_seq(device) else {
-            return;
-        };
         let payload: Arc<[u8]> = data.into();
-        let packet = Packet {
-            origin: Origin {
-                source: Source::Local(device),
-                ssrc: 0,
-            },
-            params: None,
-            codec: Codec::Opus,
-            clock_rate: 48_000,
-            seq,
-            ts: rtp_time as u32,
-            time_48k: rtp_time,
-            marker: false,
-            audio_level: level.map(|l| -(l.min(127) as i8)),
-            voice_activity: level.map(|l| l <= VOICE_LEVEL),
-            video_orientation: None,
-            arrival: now,
-            payload: &payload,
-        };
-        self.forward(&packet, now);
+        if let Some(packet) = self.local.packet(device, rtp_time, &payload, level, now) {
+            self.forward(&packet, now);
+        }
     }
 
     /// The device left or its connection closed: its peers go away, and so do its streams.
@@ -807,9 +779,6 @@ impl Engine {
         relay.request_keyframe(&mut parts, peer, mid, kind, now)
     }
 }
-
-/// The highest RFC 6464 level (-dBov) a phone's frame is marked as voice at (the V bit).
-const VOICE_LEVEL: u8 = 50;
 
 #[cfg(test)]
 mod tests {

@@ -22,7 +22,7 @@
 //! | `Devices` | `devices.rs` | device → participant, permissions and peers; participant → device |
 //! | `Publishing` | `publishing.rs` | what each device publishes (streams, m-lines, aliases); it answers a device's publish offer and points the fan-out at what is published, lent the parts it needs per call (`publishing::Parts`) |
 //! | `Subscribing` | `subscribing.rs` | each browser device's subscribe negotiation: tracks, mids, revision, the pending offer; it makes the subscribe connection and its offers, takes the answers and says which fan-out targets are negotiated, lent the parts it needs per call (`subscribing::Parts`) |
-//! | `LocalDevices` | `local.rs` | each local device's published stream and received audio tracks |
+//! | `LocalDevices` | `local.rs` | each local device's published stream (its frames numbered into packets) and received audio tracks |
 //! | `HostedRoutes` | `routes.rs` | the forwarding tables of the sessions given to this engine; participant → session |
 //! | `Fanout` | `fanout.rs` | source track → targets (the hot path), target → source (keyframe requests upstream) |
 //! | `PeerQuality` | `quality.rs` | per peer connection: its tracks' statistics (str0m's, sampled once a second), its keyframe requests passed on, merged or asked (kept in the `Peer`) |
@@ -69,8 +69,9 @@
 //!   `Engine::renegotiate` → `Subscribing::offer` (one pending offer per device, later
 //!   changes folded into the next) or `LocalDevices::set_tracks` → `Subscribing::targets` →
 //!   `Fanout::set_targets` (only that subscriber's entries change: O(changes), never a rebuild).
-//! - **A phone's audio frame**: `Engine::write_local(device, …)` numbers it like an RTP packet
-//!   → `Relay::forward` with the local source: the same forwarding loop as a browser's packet.
+//! - **A phone's audio frame**: `Engine::write_local(device, …)` → `LocalDevices::packet`
+//!   numbers it like an RTP packet → `Relay::forward` with the local source: the same
+//!   forwarding loop as a browser's packet.
 //!
 //! ## Packets, not frames
 //! The engine forwards each RTP packet as it arrives; nothing is reassembled or held back. Per
