@@ -409,23 +409,10 @@ impl Engine {
     /// each shard in order through its inbox, so none is missed); the engine tests check that
     /// resynchronizing from whole tables converges.
     pub fn set_all_routes(&mut self, tables: &HashMap<SessionId, ForwardingTable>, now: Instant) {
-        let mut sessions: Vec<SessionId> = self
-            .routes
-            .tables()
-            .keys()
-            .chain(tables.keys())
-            .copied()
-            .collect();
-        sessions.sort();
-        sessions.dedup();
-        let empty = ForwardingTable::default();
-        for session in sessions {
-            let current = self.routes.tables().get(&session).unwrap_or(&empty);
-            let wanted = tables.get(&session).unwrap_or(&empty);
-            let diff = current.diff(wanted);
-            if !diff.is_empty() {
-                self.apply_routes(session, &diff, now);
-            }
+        // Each diff touches its own session's table only: computed at once, they are the
+        // diffs applying them one by one would find.
+        for (session, diff) in self.routes.diffs_to(tables) {
+            self.apply_routes(session, &diff, now);
         }
     }
 
