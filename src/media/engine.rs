@@ -560,44 +560,21 @@ impl Engine {
     /// the routes, the negotiated tracks and the publications (for tests).
     #[doc(hidden)]
     pub fn check_fanout(&self) -> Result<(), String> {
-        self.fanout.check()?;
-        for device in self.devices.ids() {
-            let expected = self.expected_targets(device);
-            let actual = self.fanout.targets_of(device).cloned().unwrap_or_default();
-            if expected != actual {
-                return Err(format!(
-                    "device {device:?}: targets {actual:?}, a rebuild gives {expected:?}"
-                ));
-            }
-        }
-        let (subscribers, sources) = self.fanout.entries();
-        if let Some(gone) = subscribers.iter().find(|d| self.devices.get(**d).is_none()) {
-            return Err(format!("targets kept for the departed device {gone:?}"));
-        }
-        let published: usize = self
+        let targets: Vec<(DeviceId, BTreeMap<TrackKey, Target>)> = self
             .devices
             .ids()
-            .filter_map(|d| self.publishing.get(d))
-            .map(|p| p.tracks().count())
-            .sum();
-        if sources.len() != published {
-            return Err(format!(
-                "{} sources for {published} published tracks: {sources:?}",
-                sources.len()
-            ));
-        }
+            .map(|device| (device, self.expected_targets(device)))
+            .collect();
+        let mut sources = Vec::new();
         for device in self.devices.ids() {
             let Some(published) = self.publishing.get(device) else {
                 continue;
             };
             for (key, mid) in published.tracks() {
-                let expected = publishing::source_for(&self.devices, device, mid);
-                if self.fanout.source_of(&key) != expected {
-                    return Err(format!("track {key:?}: source is not {expected:?}"));
-                }
+                sources.push((key, publishing::source_for(&self.devices, device, mid)));
             }
         }
-        Ok(())
+        self.fanout.check_against(&targets, &sources)
     }
 
     // ---- coordination -----------------------------------------------------------------------
