@@ -70,8 +70,8 @@
 //! | `media/demux.rs` | `Demux` | remote address → peer, ICE ufrag → peer, each peer's paths |
 //! | `media/peers.rs` | `Peers` | peer id → `str0m::Rtc`; the timer queue of deadlines |
 //! | `media/devices.rs` | `Devices` | device → participant, permissions, its peers; participant → device |
-//! | `media/publishing.rs` | `Publishing` | each device's published streams and their m-lines |
-//! | `media/subscribing.rs` | `Subscribing` | each browser's subscribe negotiation: tracks, mids, revision, pending offer |
+//! | `media/publishing.rs` | `Publishing` | each device's published streams and their m-lines (it answers a publish offer, lent the parts it needs) |
+//! | `media/subscribing.rs` | `Subscribing` | each browser's subscribe negotiation: tracks, mids, revision, pending offer (it makes the offers and takes the answers, lent the parts it needs) |
 //! | `media/local.rs` | `LocalDevices` | each phone's received audio tracks (`SourceKey`s) |
 //! | `media/routes.rs` | `HostedRoutes` | the tables of the sessions this shard hosts; participant → session |
 //! | `media/fanout.rs` | `Fanout` | source → targets (the hot path), track → source, subscriber → targets, upstream |
@@ -99,7 +99,7 @@
 //! - **A phone's audio frame**: `runtime::sip` `CallMedia` (RTP socket) → `PhoneMedia`
 //!   (jitter buffer, G.711 → Opus, and the frame's RFC 6464 level) → `LocalUplink::write`
 //!   → the shard's inbox → `Shard::handle_write_local` → `Engine::write_local` →
-//!   `Relay::forward` (the same loop as a browser's packet).
+//!   `LocalDevices::packet` → `Relay::forward` (the same loop as a browser's packet).
 //!
 //! ## Drive contracts
 //! `media::Engine` and `media::Shard` take inputs through `handle_*(…, now)` and give outputs

@@ -8,12 +8,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use str0m::change::SdpOffer;
-use str0m::format::Codec;
-use str0m::ice::{IceCreds, StunMessage, TransId};
+use str0m::ice::{StunMessage, TransId};
 use str0m::media::{KeyframeRequestKind, Mid};
-use str0m::net::{Receive, TcpType};
-use str0m::{Candidate, Input};
+use str0m::net::Receive;
+use str0m::Input;
 
 use super::config::EngineConfig;
 use super::demux::Demux;
@@ -22,21 +20,20 @@ use super::error::MediaError;
 use super::fanout::Fanout;
 use super::ice;
 use super::keys::{PeerId, Source, SourceKey, Target, TrackKey};
-use super::local::{LocalDevice, LocalDevices};
+use super::local::{self, LocalDevice, LocalDevices};
 use super::output::{EngineEvent, Transmit, Transport};
-use super::peers::{open_builtin_channels, peer_config, Peer, Peers};
-use super::publishing::{self, Publication, Published, Publishing};
+use super::peers::{Peer, Peers};
+use super::publishing::{self, Published, Publishing};
 use super::quality::QualitySamples;
 use super::relay::{Packet, Parts, Relay};
-use super::rewrite::Origin;
 use super::routes::HostedRoutes;
 use super::speaker::Speakers;
-use super::subscribing::{Overdue, Subscriber, Subscribing};
+use super::subscribing::{self, Overdue, Subscriber, Subscribing};
 use super::MediaCounters;
-use super::{DeclaredStreams, DeviceId, PublishAnswer, StreamMetadata, SubscribeOffer};
+use super::{DeclaredStreams, DeviceId, PublishAnswer, SubscribeOffer};
 use crate::domain::{
-    MediaKind, MediaKinds, ParticipantId, ParticipantQuality, PublishPermissions, SessionId,
-    StreamAlias, StreamId, SubscribeLayout,
+    MediaKind, ParticipantId, ParticipantQuality, PublishPermissions, SessionId, StreamAlias,
+    StreamId, SubscribeLayout,
 };
 use crate::forwarding::{ForwardingTable, TableDiff};
 
@@ -70,9 +67,6 @@ impl MovedDevice {
             .flat_map(|(_, paths)| paths.iter().copied())
     }
 }
-
-/// The one "m-line" of a local device's published audio.
-const LOCAL_AUDIO_MID: &str = "phone";
 
 /// The SFU of one shard. See the module docs.
 pub struct Engine {
@@ -177,11 +171,8 @@ impl Engine {
         self.devices.insert(device, Device::local(participant));
         self.local.add(device, LocalDevice::default());
         self.publishing.open(device, participant);
-        let publication = Publication {
-            alias,
-            mids: vec![(Mid::from(LOCAL_AUDIO_MID), MediaKind::Audio)],
-        };
-        self.set_publications(device, BTreeMap::from([(stream, publication)]));
+        let (publishing, mut parts) = self.publishing();
+        publishing.set_publications(&mut parts, device, local::publication(stream, alias));
         self.renegotiate(device, now);
         replaced
     }
@@ -202,29 +193,10 @@ impl Engine {
         if !self.devices.get(device).is_some_and(Device::is_local) {
             return;
         }
-        let Some(seq) = self.local.next_seq(device) else {
-            return;
-        };
         let payload: Arc<[u8]> = data.into();
-        let packet = Packet {
-            origin: Origin {
-                source: Source::Local(device),
-                ssrc: 0,
-            },
-            params: None,
-            codec: Codec::Opus,
-            clock_rate: 48_000,
-            seq,
-            ts: rtp_time as u32,
-            time_48k: rtp_time,
-            marker: false,
-            audio_level: level.map(|l| -(l.min(127) as i8)),
-            voice_activity: level.map(|l| l <= VOICE_LEVEL),
-            video_orientation: None,
-            arrival: now,
-            payload: &payload,
-        };
-        self.forward(&packet, now);
+        if let Some(packet) = self.local.packet(device, rtp_time, &payload, level, now) {
+            self.forward(&packet, now);
+        }
     }
 
     /// The device left or its connection closed: its peers go away, and so do its streams.
@@ -233,10 +205,12 @@ impl Engine {
             return;
         };
         for peer in dev.peers() {
-            self.remove_peer(peer);
+            self.peers.close(&mut self.demux, peer);
         }
         self.speakers.forget(dev.participant);
-        let published = self.withdraw_publications(device);
+        let published = self
+            .publishing
+            .withdraw_publications(&mut self.fanout, device);
         if published.is_some_and(|p| !p.streams.is_empty()) {
             self.relay.events.push_back(EngineEvent::StreamsChanged {
                 device,
@@ -261,7 +235,9 @@ impl Engine {
                 peers.push((peer, paths));
             }
         }
-        let published = self.withdraw_publications(device);
+        let published = self
+            .publishing
+            .withdraw_publications(&mut self.fanout, device);
         let subscriber = self.subscribing.remove(device);
         let local = self.local.remove(device);
         self.fanout.set_targets(device, BTreeMap::new());
@@ -311,7 +287,8 @@ impl Engine {
         }
         if let Some(published) = published {
             self.publishing.adopt(device, published);
-            self.register_sources(device);
+            self.publishing
+                .register_sources(&mut self.fanout, &self.devices, device);
         }
         self.renegotiate(device, now);
         self.renegotiate_subscribers_of(participant, now);
@@ -384,110 +361,10 @@ impl Engine {
         declared: &DeclaredStreams,
         now: Instant,
     ) -> Result<PublishAnswer, MediaError> {
-        let offer =
-            SdpOffer::from_sdp_string(sdp).map_err(|e| MediaError::BadSdp(e.to_string()))?;
-        let dev = self
-            .devices
-            .get(device)
-            .filter(|d| !d.is_local())
-            .ok_or(MediaError::UnknownDevice)?;
-        let (permissions, participant) = (dev.permissions, dev.participant);
-        let (peer_id, created) = match dev.publish_peer() {
-            Some(p) => (p, false),
-            None => (self.new_peer(device, false, permissions, now), true),
-        };
-        let peer = self
-            .peers
-            .get_mut(peer_id)
-            .ok_or(MediaError::UnknownDevice)?;
-        peer.rtc
-            .handle_input(Input::Timeout(now))
-            .map_err(|e| MediaError::Internal(e.to_string()))?;
-        let answer = match peer.rtc.sdp_api().accept_offer(offer) {
-            Ok(a) => a,
-            Err(e) => {
-                if created {
-                    self.remove_peer(peer_id);
-                }
-                return Err(MediaError::Negotiation(e.to_string()));
-            }
-        };
-        if created {
-            open_builtin_channels(&mut peer.rtc);
-        }
-        // An ICE restart gives the peer new local credentials, str0m's own: they get this
-        // process's prefix (in the answer too), and the demux map follows.
-        let mut answer = answer.to_sdp_string();
-        let restarted = peer.rtc.direct_api().local_ice_credentials();
-        let mut issued = created.then(|| restarted.clone());
-        if restarted.ufrag != peer.ufrag {
-            let tagged = IceCreds {
-                ufrag: ice::tagged_ufrag(&self.config.ice_prefix),
-                pass: restarted.pass,
-            };
-            peer.rtc
-                .direct_api()
-                .set_local_ice_credentials(tagged.clone());
-            // str0m's candidates keep its own ufrag (in this and every later answer).
-            peer.candidate_ufrag = Some(restarted.ufrag.clone());
-            answer = answer.replace(
-                &format!("a=ice-ufrag:{}", restarted.ufrag),
-                &format!("a=ice-ufrag:{}", tagged.ufrag),
-            );
-            peer.ufrag = tagged.ufrag.clone();
-            self.demux.add_ufrag(peer_id, tagged.ufrag.clone());
-            issued = Some(tagged);
-        }
-        // A browser drops candidates whose ufrag is not the session's.
-        if let Some(stale) = &peer.candidate_ufrag {
-            answer = answer.replace(
-                &format!(" ufrag {stale}"),
-                &format!(" ufrag {}", peer.ufrag),
-            );
-        }
-        if let Some(IceCreds { ufrag, pass }) = issued {
-            self.relay
-                .events
-                .push_back(EngineEvent::PublishCredentials {
-                    device,
-                    ufrag,
-                    pwd: pass,
-                });
-        }
-        let published =
-            publishing::publications(&peer.rtc, &offer_mids(sdp), declared, permissions);
-        if let Some(dev) = self.devices.get_mut(device) {
-            dev.set_peer(false, Some(peer_id));
-        }
-        let endpoint_id = self
-            .publishing
-            .get(device)
-            .map(|p| p.endpoint.clone())
-            .unwrap_or_default();
-        let stream_metadata = declared
-            .iter()
-            .map(|(msid, alias)| {
-                let kinds = StreamId::parse(msid)
-                    .ok()
-                    .and_then(|s| published.get(&s))
-                    .map(Publication::kinds)
-                    .unwrap_or_default();
-                let meta = StreamMetadata {
-                    endpoint_id: format!("{endpoint_id}:{msid}"),
-                    kinds,
-                    alias: alias.clone(),
-                    participant,
-                };
-                (msid.clone(), meta)
-            })
-            .collect();
-        self.set_publications(device, published);
-        self.drain_peer(peer_id, now);
-        Ok(PublishAnswer {
-            sdp_answer: answer,
-            endpoint_id,
-            stream_metadata,
-        })
+        let (publishing, mut parts) = self.publishing();
+        let (peer, answer) = publishing.accept_offer(&mut parts, device, sdp, declared, now)?;
+        self.drain_peer(peer, now);
+        Ok(answer)
     }
 
     /// The device's answer to the pending subscribe offer.
@@ -497,13 +374,8 @@ impl Engine {
         sdp: &str,
         now: Instant,
     ) -> Result<(), MediaError> {
-        let dev = self.devices.get(device).ok_or(MediaError::UnknownDevice)?;
-        let peer_id = dev.subscribe_peer().ok_or(MediaError::NoPendingOffer)?;
-        let peer = self
-            .peers
-            .get_mut(peer_id)
-            .ok_or(MediaError::UnknownDevice)?;
-        let accepted = self.subscribing.accept_answer(device, &mut peer.rtc, sdp)?;
+        let (subscribing, mut parts) = self.subscribing();
+        let (peer_id, accepted) = subscribing.handle_answer(&mut parts, device, sdp)?;
         self.drain_peer(peer_id, now);
         self.refresh_targets(device);
         // A new subscriber of a video track needs a keyframe to start decoding.
@@ -537,23 +409,10 @@ impl Engine {
     /// each shard in order through its inbox, so none is missed); the engine tests check that
     /// resynchronizing from whole tables converges.
     pub fn set_all_routes(&mut self, tables: &HashMap<SessionId, ForwardingTable>, now: Instant) {
-        let mut sessions: Vec<SessionId> = self
-            .routes
-            .tables()
-            .keys()
-            .chain(tables.keys())
-            .copied()
-            .collect();
-        sessions.sort();
-        sessions.dedup();
-        let empty = ForwardingTable::default();
-        for session in sessions {
-            let current = self.routes.tables().get(&session).unwrap_or(&empty);
-            let wanted = tables.get(&session).unwrap_or(&empty);
-            let diff = current.diff(wanted);
-            if !diff.is_empty() {
-                self.apply_routes(session, &diff, now);
-            }
+        // Each diff touches its own session's table only: computed at once, they are the
+        // diffs applying them one by one would find.
+        for (session, diff) in self.routes.diffs_to(tables) {
+            self.apply_routes(session, &diff, now);
         }
     }
 
@@ -701,44 +560,21 @@ impl Engine {
     /// the routes, the negotiated tracks and the publications (for tests).
     #[doc(hidden)]
     pub fn check_fanout(&self) -> Result<(), String> {
-        self.fanout.check()?;
-        for device in self.devices.ids() {
-            let expected = self.expected_targets(device);
-            let actual = self.fanout.targets_of(device).cloned().unwrap_or_default();
-            if expected != actual {
-                return Err(format!(
-                    "device {device:?}: targets {actual:?}, a rebuild gives {expected:?}"
-                ));
-            }
-        }
-        let (subscribers, sources) = self.fanout.entries();
-        if let Some(gone) = subscribers.iter().find(|d| self.devices.get(**d).is_none()) {
-            return Err(format!("targets kept for the departed device {gone:?}"));
-        }
-        let published: usize = self
+        let targets: Vec<(DeviceId, BTreeMap<TrackKey, Target>)> = self
             .devices
             .ids()
-            .filter_map(|d| self.publishing.get(d))
-            .map(|p| p.tracks().count())
-            .sum();
-        if sources.len() != published {
-            return Err(format!(
-                "{} sources for {published} published tracks: {sources:?}",
-                sources.len()
-            ));
-        }
+            .map(|device| (device, self.expected_targets(device)))
+            .collect();
+        let mut sources = Vec::new();
         for device in self.devices.ids() {
             let Some(published) = self.publishing.get(device) else {
                 continue;
             };
             for (key, mid) in published.tracks() {
-                let expected = self.source_for(device, mid);
-                if self.fanout.source_of(&key) != expected {
-                    return Err(format!("track {key:?}: source is not {expected:?}"));
-                }
+                sources.push((key, publishing::source_for(&self.devices, device, mid)));
             }
         }
-        Ok(())
+        self.fanout.check_against(&targets, &sources)
     }
 
     // ---- coordination -----------------------------------------------------------------------
@@ -752,57 +588,6 @@ impl Engine {
         let old = self.devices.of_participant(participant)?;
         self.remove_device(old, now);
         Some(old)
-    }
-
-    /// Replaces what `device` publishes; the fan-out follows and control is told.
-    fn set_publications(&mut self, device: DeviceId, streams: BTreeMap<StreamId, Publication>) {
-        let Some(old) = self.publishing.set(device, streams) else {
-            return;
-        };
-        for (key, _) in old.tracks() {
-            self.fanout.set_source(&key, None);
-        }
-        self.register_sources(device);
-        if let Some(published) = self.publishing.get(device) {
-            self.relay.events.push_back(EngineEvent::StreamsChanged {
-                device,
-                participant: published.participant,
-                streams: published.streams(),
-            });
-        }
-    }
-
-    /// Points the fan-out at the device's published tracks.
-    fn register_sources(&mut self, device: DeviceId) {
-        let Some(published) = self.publishing.get(device) else {
-            return;
-        };
-        let tracks: Vec<(TrackKey, Mid)> = published.tracks().collect();
-        for (key, mid) in tracks {
-            let source = self.source_for(device, mid);
-            self.fanout.set_source(&key, source);
-        }
-    }
-
-    /// The source of a device's published m-line.
-    fn source_for(&self, device: DeviceId, mid: Mid) -> Option<Source> {
-        let dev = self.devices.get(device)?;
-        if dev.is_local() {
-            return Some(Source::Local(device));
-        }
-        Some(Source::Peer {
-            peer: dev.publish_peer()?,
-            mid,
-        })
-    }
-
-    /// Takes the device's publications out of the fan-out and returns them.
-    fn withdraw_publications(&mut self, device: DeviceId) -> Option<Published> {
-        let published = self.publishing.remove(device)?;
-        for (key, _) in published.tracks() {
-            self.fanout.set_source(&key, None);
-        }
-        Some(published)
     }
 
     /// Local subscribers routed from `publisher`'s streams: what they should receive changed
@@ -831,34 +616,9 @@ impl Engine {
                 .push_back(EngineEvent::LocalSources { device, sources });
             return;
         }
-        let existing = dev.subscribe_peer();
-        let wanted = existing.is_some() || !desired.is_empty() || self.subscribing.resuming(device);
-        if !self.subscribing.fold_if_pending(device) && wanted {
-            let peer_id = match existing {
-                Some(p) => p,
-                None => {
-                    let id = self.new_peer(device, true, MediaKinds::ALL, now);
-                    if let Some(dev) = self.devices.get_mut(device) {
-                        dev.set_peer(true, Some(id));
-                    }
-                    id
-                }
-            };
-            if let Some(peer) = self.peers.get_mut(peer_id) {
-                if let Some(offer) =
-                    self.subscribing
-                        .renegotiate(device, &mut peer.rtc, &desired, now)
-                {
-                    if let Some(layout) = self.subscribing.layout(device) {
-                        self.relay.events.push_back(EngineEvent::SubscribeOffer {
-                            device,
-                            offer,
-                            layout,
-                        });
-                    }
-                }
-            }
-            self.drain_peer(peer_id, now);
+        let (subscribing, mut parts) = self.subscribing();
+        if let Some(peer) = subscribing.offer(&mut parts, device, &desired, now) {
+            self.drain_peer(peer, now);
         }
         self.set_targets(device, &desired);
     }
@@ -873,24 +633,8 @@ impl Engine {
     }
 
     fn set_targets(&mut self, device: DeviceId, desired: &BTreeMap<TrackKey, Option<StreamAlias>>) {
-        let targets = self.browser_targets(device, desired);
+        let targets = self.subscribing.targets(&self.devices, device, desired);
         self.fanout.set_targets(device, targets);
-    }
-
-    /// A browser's targets: of the desired tracks, those its subscribe connection carries.
-    fn browser_targets(
-        &self,
-        device: DeviceId,
-        desired: &BTreeMap<TrackKey, Option<StreamAlias>>,
-    ) -> BTreeMap<TrackKey, Target> {
-        let Some(peer) = self.devices.get(device).and_then(|d| d.subscribe_peer()) else {
-            return BTreeMap::new();
-        };
-        self.subscribing
-            .flowing(device, desired)
-            .into_iter()
-            .map(|(key, mid)| (key, Target::Peer { peer, mid }))
-            .collect()
     }
 
     /// What a device's targets are, computed from scratch (for [`Engine::check_fanout`]).
@@ -909,43 +653,7 @@ impl Engine {
                 })
                 .collect();
         }
-        self.browser_targets(device, &desired)
-    }
-
-    fn new_peer(
-        &mut self,
-        device: DeviceId,
-        subscribe: bool,
-        kinds: MediaKinds,
-        now: Instant,
-    ) -> PeerId {
-        let bwe = subscribe && self.config.subscriber_bwe;
-        let mut rtc = peer_config(&self.config.cert, kinds, bwe)
-            .set_local_ice_credentials(ice::local_credentials(&self.config.ice_prefix))
-            .build(now);
-        // Invariant: the configured public addresses are unicast host addresses (checked when
-        // the driver starts), so the candidates are valid.
-        for addr in &self.config.public_addrs {
-            if let Ok(c) = Candidate::host(*addr, "udp") {
-                rtc.add_local_candidate(c);
-            }
-        }
-        for addr in &self.config.tcp_addrs {
-            let passive = Candidate::builder()
-                .tcp()
-                .host(*addr)
-                .tcptype(TcpType::Passive)
-                .build();
-            if let Ok(c) = passive {
-                rtc.add_local_candidate(c);
-            }
-        }
-        let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
-        let id = self
-            .peers
-            .insert(Peer::new(device, subscribe, rtc, ufrag.clone(), now));
-        self.demux.add_ufrag(id, ufrag);
-        id
+        self.subscribing.targets(&self.devices, device, &desired)
     }
 
     /// Answers a consent check of a publish connection another process answered before (a
@@ -974,11 +682,29 @@ impl Engine {
         });
     }
 
-    fn remove_peer(&mut self, id: PeerId) {
-        if let Some(mut peer) = self.peers.remove(id) {
-            peer.rtc.disconnect();
-        }
-        self.demux.forget_peer(id);
+    /// The parts a publish negotiation works on, lent to `Publishing`.
+    fn publishing(&mut self) -> (&mut Publishing, publishing::Parts<'_>) {
+        let parts = publishing::Parts {
+            config: &self.config,
+            demux: &mut self.demux,
+            peers: &mut self.peers,
+            devices: &mut self.devices,
+            fanout: &mut self.fanout,
+            events: &mut self.relay.events,
+        };
+        (&mut self.publishing, parts)
+    }
+
+    /// The parts a subscribe negotiation works on, lent to `Subscribing`.
+    fn subscribing(&mut self) -> (&mut Subscribing, subscribing::Parts<'_>) {
+        let parts = subscribing::Parts {
+            config: &self.config,
+            demux: &mut self.demux,
+            peers: &mut self.peers,
+            devices: &mut self.devices,
+            events: &mut self.relay.events,
+        };
+        (&mut self.subscribing, parts)
     }
 
     /// The other parts, lent to the packet path.
@@ -1016,17 +742,6 @@ impl Engine {
         let (relay, mut parts) = self.relay();
         relay.request_keyframe(&mut parts, peer, mid, kind, now)
     }
-}
-
-/// The highest RFC 6464 level (-dBov) a phone's frame is marked as voice at (the V bit).
-const VOICE_LEVEL: u8 = 50;
-
-/// The `a=mid` values of an SDP, in order.
-fn offer_mids(sdp: &str) -> Vec<Mid> {
-    sdp.lines()
-        .filter_map(|l| l.trim_end().strip_prefix("a=mid:"))
-        .map(|m| Mid::from(m.trim()))
-        .collect()
 }
 
 #[cfg(test)]

@@ -6,7 +6,9 @@
 //! It is updated, never rebuilt: a publisher's track appearing or going
 //! ([`Fanout::set_source`]) or one subscriber's targets changing ([`Fanout::set_targets`])
 //! rewrites only the entries of the tracks concerned. [`Fanout::check`] compares the hot map
-//! with one rebuilt from scratch (the tests call it after every step).
+//! with one rebuilt from scratch, and [`Fanout::check_against`] every subscriber's targets and
+//! every track's source with what the engine rebuilds from the routes, the negotiations and
+//! the publications (the tests call them after every step).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -105,19 +107,6 @@ impl Fanout {
         }
     }
 
-    /// The targets `device` receives now.
-    pub(super) fn targets_of(&self, device: DeviceId) -> Option<&BTreeMap<TrackKey, Target>> {
-        self.by_subscriber.get(&device)
-    }
-
-    /// The subscribers with targets, and the tracks with a source (for consistency checks).
-    pub(super) fn entries(&self) -> (Vec<DeviceId>, Vec<(&TrackKey, &Source)>) {
-        (
-            self.by_subscriber.keys().copied().collect(),
-            self.sources.iter().collect(),
-        )
-    }
-
     /// Rewrites the hot entry of one track's source.
     fn sync(&mut self, key: &TrackKey) {
         let Some(source) = self.sources.get(key) else {
@@ -167,6 +156,43 @@ impl Fanout {
                 "{} upstream entries for {upstream} browser targets",
                 self.upstream.len()
             ));
+        }
+        Ok(())
+    }
+
+    /// [`Fanout::check`], then compares the fan-out with a rebuild from scratch: `targets`,
+    /// each device's targets (every device of the engine, in turn), and `sources`, each
+    /// published track's source.
+    pub(super) fn check_against(
+        &self,
+        targets: &[(DeviceId, BTreeMap<TrackKey, Target>)],
+        sources: &[(TrackKey, Option<Source>)],
+    ) -> Result<(), String> {
+        self.check()?;
+        for (device, expected) in targets {
+            let actual = self.by_subscriber.get(device).cloned().unwrap_or_default();
+            if *expected != actual {
+                return Err(format!(
+                    "device {device:?}: targets {actual:?}, a rebuild gives {expected:?}"
+                ));
+            }
+        }
+        let devices: BTreeSet<DeviceId> = targets.iter().map(|(d, _)| *d).collect();
+        if let Some(gone) = self.by_subscriber.keys().find(|d| !devices.contains(d)) {
+            return Err(format!("targets kept for the departed device {gone:?}"));
+        }
+        let published = sources.len();
+        if self.sources.len() != published {
+            let sources: Vec<(&TrackKey, &Source)> = self.sources.iter().collect();
+            return Err(format!(
+                "{} sources for {published} published tracks: {sources:?}",
+                sources.len()
+            ));
+        }
+        for (key, expected) in sources {
+            if self.source_of(key) != *expected {
+                return Err(format!("track {key:?}: source is not {expected:?}"));
+            }
         }
         Ok(())
     }

@@ -1,13 +1,40 @@
 //! `LocalDevices`: devices without WebRTC connections (a phone call bridged by the SIP
 //! runtime). Owns each local device's received audio tracks, each named by a [`SourceKey`]
-//! its driver mixes by. Nothing is negotiated: a local device receives its routes' audio at
-//! once.
+//! its driver mixes by, and the numbering of its published audio (its frames become the
+//! packets a publisher's RTP would be). Nothing is negotiated: a local device receives its
+//! routes' audio at once.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
 
-use super::keys::{SourceKey, Target, TrackKey};
+use str0m::format::Codec;
+use str0m::media::Mid;
+
+use super::keys::{Source, SourceKey, Target, TrackKey};
+use super::publishing::Publication;
+use super::relay::Packet;
+use super::rewrite::Origin;
 use super::DeviceId;
-use crate::domain::{MediaKind, StreamAlias};
+use crate::domain::{MediaKind, StreamAlias, StreamId};
+
+/// The one "m-line" of a local device's published audio.
+const LOCAL_AUDIO_MID: &str = "phone";
+
+/// The highest RFC 6464 level (-dBov) a phone's frame is marked as voice at (the V bit).
+const VOICE_LEVEL: u8 = 50;
+
+/// What a local device publishes: one audio stream, `stream` with `alias`.
+pub(super) fn publication(
+    stream: StreamId,
+    alias: Option<StreamAlias>,
+) -> BTreeMap<StreamId, Publication> {
+    let publication = Publication {
+        alias,
+        mids: vec![(Mid::from(LOCAL_AUDIO_MID), MediaKind::Audio)],
+    };
+    BTreeMap::from([(stream, publication)])
+}
 
 /// What one local device receives, and the numbering of what it publishes.
 #[derive(Default)]
@@ -38,6 +65,39 @@ impl LocalDevices {
         let seq = state.next_seq;
         state.next_seq += 1;
         Some(seq)
+    }
+
+    /// An Opus frame (20 ms, RTP time at 48 kHz) of the device's published stream, as the
+    /// packet a publisher's RTP would be: numbered, and with `level` (RFC 6464, -dBov, 0 to
+    /// 127, when its driver measured it) as the audio-level header extension would carry it.
+    /// `None` for a device that is not here.
+    pub(super) fn packet<'a>(
+        &mut self,
+        device: DeviceId,
+        rtp_time: u64,
+        payload: &'a Arc<[u8]>,
+        level: Option<u8>,
+        now: Instant,
+    ) -> Option<Packet<'a>> {
+        let seq = self.next_seq(device)?;
+        Some(Packet {
+            origin: Origin {
+                source: Source::Local(device),
+                ssrc: 0,
+            },
+            params: None,
+            codec: Codec::Opus,
+            clock_rate: 48_000,
+            seq,
+            ts: rtp_time as u32,
+            time_48k: rtp_time,
+            marker: false,
+            audio_level: level.map(|l| -(l.min(127) as i8)),
+            voice_activity: level.map(|l| l <= VOICE_LEVEL),
+            video_orientation: None,
+            arrival: now,
+            payload,
+        })
     }
 
     /// The device receives the audio of `desired` from now on. Returns its fan-out targets

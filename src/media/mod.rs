@@ -18,11 +18,11 @@
 //! | part | file | owns |
 //! |---|---|---|
 //! | `Demux` | `demux.rs` | remote address → peer, ICE ufrag → peer, the paths of each peer |
-//! | `Peers` | `peers.rs` | peer id → `str0m::Rtc` (and its device and role), the timer queue |
+//! | `Peers` | `peers.rs` | peer id → `str0m::Rtc` (and its device and role), the timer queue; it opens (ICE credentials, candidates) and closes a device's connections |
 //! | `Devices` | `devices.rs` | device → participant, permissions and peers; participant → device |
-//! | `Publishing` | `publishing.rs` | what each device publishes (streams, m-lines, aliases) |
-//! | `Subscribing` | `subscribing.rs` | each browser device's subscribe negotiation: tracks, mids, revision, the pending offer |
-//! | `LocalDevices` | `local.rs` | each local device's published stream and received audio tracks |
+//! | `Publishing` | `publishing.rs` | what each device publishes (streams, m-lines, aliases); it answers a device's publish offer and points the fan-out at what is published, lent the parts it needs per call (`publishing::Parts`) |
+//! | `Subscribing` | `subscribing.rs` | each browser device's subscribe negotiation: tracks, mids, revision, the pending offer; it makes the subscribe connection and its offers, takes the answers and says which fan-out targets are negotiated, lent the parts it needs per call (`subscribing::Parts`) |
+//! | `LocalDevices` | `local.rs` | each local device's published stream (its frames numbered into packets) and received audio tracks |
 //! | `HostedRoutes` | `routes.rs` | the forwarding tables of the sessions given to this engine; participant → session |
 //! | `Fanout` | `fanout.rs` | source track → targets (the hot path), target → source (keyframe requests upstream) |
 //! | `PeerQuality` | `quality.rs` | per peer connection: its tracks' statistics (str0m's, sampled once a second), its keyframe requests passed on, merged or asked (kept in the `Peer`) |
@@ -68,11 +68,12 @@
 //!   a phone, a `LocalMedia` event.
 //! - **A subscription change**: `Engine::apply_routes(session, diff)` →
 //!   `HostedRoutes::apply` (returns the affected subscribers) → for each one
-//!   `Engine::renegotiate` → `Subscribing::renegotiate` (one pending offer per device, later
-//!   changes folded into the next) or `LocalDevices::set_tracks` → `Engine::refresh_targets` →
+//!   `Engine::renegotiate` → `Subscribing::offer` (one pending offer per device, later
+//!   changes folded into the next) or `LocalDevices::set_tracks` → `Subscribing::targets` →
 //!   `Fanout::set_targets` (only that subscriber's entries change: O(changes), never a rebuild).
-//! - **A phone's audio frame**: `Engine::write_local(device, …)` numbers it like an RTP packet
-//!   → `Relay::forward` with the local source: the same forwarding loop as a browser's packet.
+//! - **A phone's audio frame**: `Engine::write_local(device, …)` → `LocalDevices::packet`
+//!   numbers it like an RTP packet → `Relay::forward` with the local source: the same
+//!   forwarding loop as a browser's packet.
 //!
 //! ## Packets, not frames
 //! The engine forwards each RTP packet as it arrives; nothing is reassembled or held back. Per

@@ -1,6 +1,8 @@
 //! `Peers`: the WebRTC peer connections of one engine. Owns peer id → `str0m::Rtc` (with the
 //! device it belongs to and its role) and the timer queue: each peer's next deadline, ordered,
 //! so a timeout runs only the peers that are due and the next deadline is the queue's first.
+//! It opens a device's connection (its codecs, this process's ICE credentials, the configured
+//! candidates) and closes it, keeping the `Demux` it is lent in step.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -10,10 +12,14 @@ use str0m::channel::ChannelConfig;
 use str0m::config::DtlsCert;
 use str0m::format::{Codec, FormatParams};
 use str0m::media::{Frequency, Mid};
-use str0m::{Rtc, RtcConfig};
+use str0m::net::TcpType;
+use str0m::{Candidate, Rtc, RtcConfig};
 
 use super::allocation::Allocation;
 use super::cap::Caps;
+use super::config::EngineConfig;
+use super::demux::Demux;
+use super::ice;
 use super::keys::PeerId;
 use super::quality::{PeerQuality, STATS_INTERVAL};
 use super::rewrite::Rewrite;
@@ -205,6 +211,52 @@ impl Peers {
     #[cfg(test)]
     fn len(&self) -> usize {
         self.peers.len()
+    }
+
+    /// A new peer connection of `device` (its subscribe connection if `subscribe`), with this
+    /// process's ICE credentials and the configured candidates, known to `demux` by its ufrag.
+    pub(super) fn open(
+        &mut self,
+        config: &EngineConfig,
+        demux: &mut Demux,
+        device: DeviceId,
+        subscribe: bool,
+        kinds: MediaKinds,
+        now: Instant,
+    ) -> PeerId {
+        let bwe = subscribe && config.subscriber_bwe;
+        let mut rtc = peer_config(&config.cert, kinds, bwe)
+            .set_local_ice_credentials(ice::local_credentials(&config.ice_prefix))
+            .build(now);
+        // Invariant: the configured public addresses are unicast host addresses (checked when
+        // the driver starts), so the candidates are valid.
+        for addr in &config.public_addrs {
+            if let Ok(c) = Candidate::host(*addr, "udp") {
+                rtc.add_local_candidate(c);
+            }
+        }
+        for addr in &config.tcp_addrs {
+            let passive = Candidate::builder()
+                .tcp()
+                .host(*addr)
+                .tcptype(TcpType::Passive)
+                .build();
+            if let Ok(c) = passive {
+                rtc.add_local_candidate(c);
+            }
+        }
+        let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
+        let id = self.insert(Peer::new(device, subscribe, rtc, ufrag.clone(), now));
+        demux.add_ufrag(id, ufrag);
+        id
+    }
+
+    /// Closes a peer connection and forgets its paths.
+    pub(super) fn close(&mut self, demux: &mut Demux, id: PeerId) {
+        if let Some(mut peer) = self.remove(id) {
+            peer.rtc.disconnect();
+        }
+        demux.forget_peer(id);
     }
 }
 

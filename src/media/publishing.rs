@@ -1,13 +1,26 @@
 //! `Publishing`: what each device of the engine publishes. Owns device → its publish
 //! endpoint id and its published MediaStreams (alias, and the m-lines carrying each kind).
+//! It answers a device's publish offer, and points the fan-out at what is published; the
+//! other parts it works on are lent to it for each call as [`Parts`].
 
 use super::keys::TrackKey;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Instant;
 
+use str0m::change::SdpOffer;
+use str0m::ice::IceCreds;
 use str0m::media::{MediaKind as RtcKind, Mid};
-use str0m::Rtc;
+use str0m::{Input, Rtc};
 
-use super::{DeclaredStreams, DeviceId};
+use super::config::EngineConfig;
+use super::demux::Demux;
+use super::devices::Devices;
+use super::fanout::Fanout;
+use super::ice;
+use super::keys::{PeerId, Source};
+use super::output::EngineEvent;
+use super::peers::{open_builtin_channels, Peers};
+use super::{DeclaredStreams, DeviceId, MediaError, PublishAnswer, StreamMetadata};
 use crate::domain::{
     MediaKind, MediaKinds, ParticipantId, PublishPermissions, StreamAlias, StreamId,
 };
@@ -155,4 +168,209 @@ pub(super) fn publications(
             .push((line, kind));
     }
     published
+}
+
+/// The parts of the engine a publish negotiation works on, lent for one call.
+pub(super) struct Parts<'a> {
+    pub(super) config: &'a EngineConfig,
+    pub(super) demux: &'a mut Demux,
+    pub(super) peers: &'a mut Peers,
+    pub(super) devices: &'a mut Devices,
+    pub(super) fanout: &'a mut Fanout,
+    /// The engine's events (the queue is the packet path's, `Relay`'s).
+    pub(super) events: &'a mut VecDeque<EngineEvent>,
+}
+
+impl Publishing {
+    /// The device's publish offer: answer its publish connection (made by its first offer).
+    /// `declared` is the MediaStreams the device declares (msid → alias); m-lines of other
+    /// streams are accepted but publish nothing. Returns the connection, for the caller to
+    /// drain, and the answer.
+    pub(super) fn accept_offer(
+        &mut self,
+        parts: &mut Parts<'_>,
+        device: DeviceId,
+        sdp: &str,
+        declared: &DeclaredStreams,
+        now: Instant,
+    ) -> Result<(PeerId, PublishAnswer), MediaError> {
+        let offer =
+            SdpOffer::from_sdp_string(sdp).map_err(|e| MediaError::BadSdp(e.to_string()))?;
+        let dev = parts
+            .devices
+            .get(device)
+            .filter(|d| !d.is_local())
+            .ok_or(MediaError::UnknownDevice)?;
+        let (permissions, participant) = (dev.permissions, dev.participant);
+        let (peer_id, created) = match dev.publish_peer() {
+            Some(p) => (p, false),
+            None => {
+                let id =
+                    parts
+                        .peers
+                        .open(parts.config, parts.demux, device, false, permissions, now);
+                (id, true)
+            }
+        };
+        let peer = parts
+            .peers
+            .get_mut(peer_id)
+            .ok_or(MediaError::UnknownDevice)?;
+        peer.rtc
+            .handle_input(Input::Timeout(now))
+            .map_err(|e| MediaError::Internal(e.to_string()))?;
+        let answer = match peer.rtc.sdp_api().accept_offer(offer) {
+            Ok(a) => a,
+            Err(e) => {
+                if created {
+                    parts.peers.close(parts.demux, peer_id);
+                }
+                return Err(MediaError::Negotiation(e.to_string()));
+            }
+        };
+        if created {
+            open_builtin_channels(&mut peer.rtc);
+        }
+        // An ICE restart gives the peer new local credentials, str0m's own: they get this
+        // process's prefix (in the answer too), and the demux map follows.
+        let mut answer = answer.to_sdp_string();
+        let restarted = peer.rtc.direct_api().local_ice_credentials();
+        let mut issued = created.then(|| restarted.clone());
+        if restarted.ufrag != peer.ufrag {
+            let tagged = IceCreds {
+                ufrag: ice::tagged_ufrag(&parts.config.ice_prefix),
+                pass: restarted.pass,
+            };
+            peer.rtc
+                .direct_api()
+                .set_local_ice_credentials(tagged.clone());
+            // str0m's candidates keep its own ufrag (in this and every later answer).
+            peer.candidate_ufrag = Some(restarted.ufrag.clone());
+            answer = answer.replace(
+                &format!("a=ice-ufrag:{}", restarted.ufrag),
+                &format!("a=ice-ufrag:{}", tagged.ufrag),
+            );
+            peer.ufrag = tagged.ufrag.clone();
+            parts.demux.add_ufrag(peer_id, tagged.ufrag.clone());
+            issued = Some(tagged);
+        }
+        // A browser drops candidates whose ufrag is not the session's.
+        if let Some(stale) = &peer.candidate_ufrag {
+            answer = answer.replace(
+                &format!(" ufrag {stale}"),
+                &format!(" ufrag {}", peer.ufrag),
+            );
+        }
+        if let Some(IceCreds { ufrag, pass }) = issued {
+            parts.events.push_back(EngineEvent::PublishCredentials {
+                device,
+                ufrag,
+                pwd: pass,
+            });
+        }
+        let published = publications(&peer.rtc, &offer_mids(sdp), declared, permissions);
+        if let Some(dev) = parts.devices.get_mut(device) {
+            dev.set_peer(false, Some(peer_id));
+        }
+        let endpoint_id = self
+            .get(device)
+            .map(|p| p.endpoint.clone())
+            .unwrap_or_default();
+        let stream_metadata = declared
+            .iter()
+            .map(|(msid, alias)| {
+                let kinds = StreamId::parse(msid)
+                    .ok()
+                    .and_then(|s| published.get(&s))
+                    .map(Publication::kinds)
+                    .unwrap_or_default();
+                let meta = StreamMetadata {
+                    endpoint_id: format!("{endpoint_id}:{msid}"),
+                    kinds,
+                    alias: alias.clone(),
+                    participant,
+                };
+                (msid.clone(), meta)
+            })
+            .collect();
+        self.set_publications(parts, device, published);
+        let answer = PublishAnswer {
+            sdp_answer: answer,
+            endpoint_id,
+            stream_metadata,
+        };
+        Ok((peer_id, answer))
+    }
+
+    /// Replaces what `device` publishes; the fan-out follows and control is told.
+    pub(super) fn set_publications(
+        &mut self,
+        parts: &mut Parts<'_>,
+        device: DeviceId,
+        streams: BTreeMap<StreamId, Publication>,
+    ) {
+        let Some(old) = self.set(device, streams) else {
+            return;
+        };
+        for (key, _) in old.tracks() {
+            parts.fanout.set_source(&key, None);
+        }
+        self.register_sources(parts.fanout, parts.devices, device);
+        if let Some(published) = self.get(device) {
+            parts.events.push_back(EngineEvent::StreamsChanged {
+                device,
+                participant: published.participant,
+                streams: published.streams(),
+            });
+        }
+    }
+
+    /// Points the fan-out at the device's published tracks.
+    pub(super) fn register_sources(
+        &self,
+        fanout: &mut Fanout,
+        devices: &Devices,
+        device: DeviceId,
+    ) {
+        let Some(published) = self.get(device) else {
+            return;
+        };
+        for (key, mid) in published.tracks() {
+            let source = source_for(devices, device, mid);
+            fanout.set_source(&key, source);
+        }
+    }
+
+    /// Takes the device's publications out of the fan-out and returns them.
+    pub(super) fn withdraw_publications(
+        &mut self,
+        fanout: &mut Fanout,
+        device: DeviceId,
+    ) -> Option<Published> {
+        let published = self.remove(device)?;
+        for (key, _) in published.tracks() {
+            fanout.set_source(&key, None);
+        }
+        Some(published)
+    }
+}
+
+/// The source of a device's published m-line.
+pub(super) fn source_for(devices: &Devices, device: DeviceId, mid: Mid) -> Option<Source> {
+    let dev = devices.get(device)?;
+    if dev.is_local() {
+        return Some(Source::Local(device));
+    }
+    Some(Source::Peer {
+        peer: dev.publish_peer()?,
+        mid,
+    })
+}
+
+/// The `a=mid` values of an SDP, in order.
+fn offer_mids(sdp: &str) -> Vec<Mid> {
+    sdp.lines()
+        .filter_map(|l| l.trim_end().strip_prefix("a=mid:"))
+        .map(|m| Mid::from(m.trim()))
+        .collect()
 }

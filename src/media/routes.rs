@@ -59,6 +59,28 @@ impl HostedRoutes {
         &self.tables
     }
 
+    /// What brings the tables held to `tables` (sessions absent from it lose their routes): a
+    /// diff for each session that differs, in session order.
+    pub(super) fn diffs_to(
+        &self,
+        tables: &HashMap<SessionId, ForwardingTable>,
+    ) -> Vec<(SessionId, TableDiff)> {
+        let mut sessions: Vec<SessionId> =
+            self.tables.keys().chain(tables.keys()).copied().collect();
+        sessions.sort();
+        sessions.dedup();
+        let empty = ForwardingTable::default();
+        sessions
+            .into_iter()
+            .filter_map(|session| {
+                let current = self.tables.get(&session).unwrap_or(&empty);
+                let wanted = tables.get(&session).unwrap_or(&empty);
+                let diff = current.diff(wanted);
+                (!diff.is_empty()).then_some((session, diff))
+            })
+            .collect()
+    }
+
     /// The session whose table mentions `participant`.
     pub(super) fn session_of(&self, participant: ParticipantId) -> Option<SessionId> {
         self.session_of.get(&participant).copied()

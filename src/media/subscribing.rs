@@ -13,21 +13,42 @@
 //! translated between str0m's mids and the device's, and the MID header extension is left out
 //! of such a connection's offers: the device demultiplexes by the SSRCs the offer signals
 //! (str0m writes its own mid into that extension, which the device would not know).
+//!
+//! # The engine's side
+//! [`Subscribing::offer`] makes a device's subscribe connection when it first has something
+//! to carry and hands the offer to the engine's events, [`Subscribing::handle_answer`] gives
+//! the device's answer to that connection, and [`Subscribing::targets`] says which fan-out
+//! targets the negotiated tracks are. The other parts it works on are lent to it for each call
+//! as [`Parts`].
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::media::{Direction, MediaKind as RtcKind, Mid};
 use str0m::{Input, Rtc};
 
-use super::keys::TrackKey;
-use super::peers::{builtin_channel, BUILTIN_CHANNELS};
+use super::config::EngineConfig;
+use super::demux::Demux;
+use super::devices::Devices;
+use super::keys::{PeerId, Target, TrackKey};
+use super::output::EngineEvent;
+use super::peers::{builtin_channel, Peers, BUILTIN_CHANNELS};
 use super::{DeviceId, MediaError, StreamMetadata, SubscribeOffer};
 use crate::domain::{
     LayoutLine, LineContent, MediaKind, MediaKinds, ParticipantId, StreamAlias, StreamId,
     SubscribeLayout,
 };
+
+/// The parts of the engine a subscribe negotiation works on, lent for one call.
+pub(super) struct Parts<'a> {
+    pub(super) config: &'a EngineConfig,
+    pub(super) demux: &'a mut Demux,
+    pub(super) peers: &'a mut Peers,
+    pub(super) devices: &'a mut Devices,
+    /// The engine's events (the queue is the packet path's, `Relay`'s).
+    pub(super) events: &'a mut VecDeque<EngineEvent>,
+}
 
 /// How long a subscribe offer may wait for its answer before it is offered again.
 pub const OFFER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -441,6 +462,88 @@ impl Subscribing {
                 let track = sub.tracks.get(key)?;
                 (track.active && track.negotiated).then(|| (key.clone(), track.mid))
             })
+            .collect()
+    }
+
+    /// Brings a browser's subscribe connection in line with `desired` by one offer at a time
+    /// (changes during a pending offer are folded into the next one); the connection is made
+    /// when it first has something to carry (or a connection to resume). The offer goes to the
+    /// engine's events. Returns the connection if it was run, for the caller to drain.
+    pub(super) fn offer(
+        &mut self,
+        parts: &mut Parts<'_>,
+        device: DeviceId,
+        desired: &BTreeMap<TrackKey, Option<StreamAlias>>,
+        now: Instant,
+    ) -> Option<PeerId> {
+        let existing = parts.devices.get(device)?.subscribe_peer();
+        let wanted = existing.is_some() || !desired.is_empty() || self.resuming(device);
+        if self.fold_if_pending(device) || !wanted {
+            return None;
+        }
+        let peer_id = match existing {
+            Some(p) => p,
+            None => {
+                let id = parts.peers.open(
+                    parts.config,
+                    parts.demux,
+                    device,
+                    true,
+                    MediaKinds::ALL,
+                    now,
+                );
+                if let Some(dev) = parts.devices.get_mut(device) {
+                    dev.set_peer(true, Some(id));
+                }
+                id
+            }
+        };
+        if let Some(peer) = parts.peers.get_mut(peer_id) {
+            if let Some(offer) = self.renegotiate(device, &mut peer.rtc, desired, now) {
+                if let Some(layout) = self.layout(device) {
+                    parts.events.push_back(EngineEvent::SubscribeOffer {
+                        device,
+                        offer,
+                        layout,
+                    });
+                }
+            }
+        }
+        Some(peer_id)
+    }
+
+    /// The device's answer to its pending offer, given to its subscribe connection. Returns
+    /// the connection, for the caller to drain, and what accepting the answer changed.
+    pub(super) fn handle_answer(
+        &mut self,
+        parts: &mut Parts<'_>,
+        device: DeviceId,
+        sdp: &str,
+    ) -> Result<(PeerId, Accepted), MediaError> {
+        let dev = parts.devices.get(device).ok_or(MediaError::UnknownDevice)?;
+        let peer_id = dev.subscribe_peer().ok_or(MediaError::NoPendingOffer)?;
+        let peer = parts
+            .peers
+            .get_mut(peer_id)
+            .ok_or(MediaError::UnknownDevice)?;
+        let accepted = self.accept_answer(device, &mut peer.rtc, sdp)?;
+        Ok((peer_id, accepted))
+    }
+
+    /// A browser's fan-out targets: of the desired tracks, those its subscribe connection
+    /// carries.
+    pub(super) fn targets(
+        &self,
+        devices: &Devices,
+        device: DeviceId,
+        desired: &BTreeMap<TrackKey, Option<StreamAlias>>,
+    ) -> BTreeMap<TrackKey, Target> {
+        let Some(peer) = devices.get(device).and_then(|d| d.subscribe_peer()) else {
+            return BTreeMap::new();
+        };
+        self.flowing(device, desired)
+            .into_iter()
+            .map(|(key, mid)| (key, Target::Peer { peer, mid }))
             .collect()
     }
 }
