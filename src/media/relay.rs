@@ -174,6 +174,16 @@ impl Relay {
     /// Runs a peer's output to completion, then acts on what it said: media is forwarded,
     /// keyframe requests go upstream.
     pub(super) fn drain_peer(&mut self, parts: &mut Parts<'_>, peer_id: PeerId, now: Instant) {
+        // A publish connection's REMBs, when due, leave with the first timeout below (no
+        // lookup at all without estimation).
+        if self.subscriber_bwe
+            && parts
+                .peers
+                .get_mut(peer_id)
+                .is_some_and(|p| !p.subscribe && p.caps.due(now))
+        {
+            self.cap_publisher(parts, peer_id, now);
+        }
         let mut incoming = std::mem::take(&mut self.incoming);
         let mut keyframe_requests = Vec::new();
         let Some(peer) = parts.peers.get_mut(peer_id) else {
@@ -182,14 +192,6 @@ impl Relay {
         };
         let mut steps = 0;
         let mut sent = true;
-        if self.subscriber_bwe && !peer.subscribe && peer.caps.due(now) {
-            // Its REMBs are due: they leave with the first timeout below.
-            self.cap_publisher(parts, peer_id, now);
-        }
-        let Some(peer) = parts.peers.get_mut(peer_id) else {
-            self.incoming = incoming;
-            return;
-        };
         let next_timeout = loop {
             match peer.rtc.poll_output() {
                 // str0m's pacer (a connection that estimates its bandwidth) hands out one
