@@ -25,6 +25,7 @@
 //! ```
 #![allow(clippy::disallowed_methods)] // a test phone that listens for a while
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -132,12 +133,14 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    eprintln!(
-        "phone: answered by {} (dialled {}); sending RTP to {}",
+    // One write: a test reading stderr sees the whole line or none of it.
+    let answered = format!(
+        "phone: answered by {} (dialled {}); sending RTP to {}\n",
         phone.answered_by(),
         phone.dialled(),
         phone.remote_rtp
     );
+    let _ = std::io::stderr().write_all(answered.as_bytes());
     phone.play_tone(args.tone);
     // The first second is settling (jitter buffers, first keyframes elsewhere).
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -46,7 +46,8 @@ export function dialPhone({ sip, token, toneHz = 1000, probe = [], seconds = 300
   });
   child.stderr.setEncoding("utf8").on("data", (d) => {
     stderr += d;
-    if (/phone: answered/.test(stderr)) onAnswer(true);
+    // Only a whole line counts: stderr may arrive in pieces, and answeredBy() reads the rest.
+    if (/phone: answered[^\n]*\n/.test(stderr)) onAnswer(true);
   });
   child.stdin.on("error", () => {}); // the phone may be gone already
   const done = new Promise((resolve) => {
@@ -73,7 +74,7 @@ export function dialPhone({ sip, token, toneHz = 1000, probe = [], seconds = 300
     done,
     describe,
     /** The server that answered (the 2xx's Contact, `host:port`), once answered. */
-    answeredBy: () => /phone: answered by (\S+)/.exec(stderr)?.[1] ?? null,
+    answeredBy: () => /phone: answered by (\S+)[^\n]*\n/.exec(stderr)?.[1] ?? null,
     /** Presses keys (RFC 4733, each held 100 ms). */
     press: (keys) => send(`press ${keys}`),
     /** What was heard since the last report (or since 1 s after the answer). */
