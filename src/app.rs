@@ -269,19 +269,23 @@ impl App {
             tcp: sip_tcp_settings(&config.listeners),
             hold_tone_hz: config.phone_hold_tone,
             keep_calls_on_stop: config.drain_phones == crate::config::DrainPhones::Keep,
+            successor_wait: (config.phone_successor_wait > 0)
+                .then(|| std::time::Duration::from_secs(config.phone_successor_wait)),
             proxy_elsewhere: config.sip_ingress == crate::config::SipIngress::Proxy,
             rtp_timeout: std::time::Duration::from_secs(config.phone_rtp_timeout),
         };
-        let sip = crate::runtime::sip::spawn(config.sip_listen, sip_settings, devices.clone())
+        let sip = crate::runtime::sip::bind(config.sip_listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot bind SIP {}: {e}", config.sip_listen))?;
-        // Where the other processes on this database reach this one (issue 20).
+        // Where the other processes on this database reach this one (issue 20). Before the
+        // SIP bridge starts: it takes over the stored calls whose owner is this address.
         control.set_address(instance_address(
             http_addr,
             tls.is_some(),
             config.cluster_address.as_deref(),
             sip.local_addr(),
         ));
+        let sip = sip.start(sip_settings, devices.clone());
         let peers = crate::runtime::listen::Peers::default();
         // Before serving: leases and this process's start are in the database's clock.
         if control.places_sessions() {

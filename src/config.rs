@@ -464,6 +464,13 @@ pub struct ServeConfig {
     /// always hung up.
     #[arg(long, env = "PATCHBAY_DRAIN_PHONES", value_enum, default_value_t = DrainPhones::Keep)]
     pub drain_phones: DrainPhones,
+    /// Seconds a call left up by a graceful stop waits for its successor (a process on the
+    /// same SIP address and database, which takes it over); after that, a process serving on
+    /// the database ends it: a BYE in the call's dialog, and `onDisconnect` and `onCallEnded`
+    /// for its participant. 0: it waits for ever (the phone hears silence until its own
+    /// timeout, and the backend gets no end).
+    #[arg(long, env = "PATCHBAY_PHONE_SUCCESSOR_WAIT", default_value_t = 30)]
+    pub phone_successor_wait: u64,
     /// What this process does with an INVITE for a session another process hosts (several
     /// processes on one PostgreSQL): `proxy` sends it on to the host as a stateless proxy
     /// (RFC 3261 §16.11) and relays the host's answers, so the caller needs to reach only
@@ -539,6 +546,7 @@ impl ServeConfig {
             phone_hold_tone: 0,
             phone_rtp_timeout: 30,
             drain_phones: DrainPhones::Keep,
+            phone_successor_wait: 30,
             sip_ingress: SipIngress::Proxy,
             database_timeouts: DatabaseTimeoutArgs::default(),
             auth_failures_per_address: AuthFailureLimits::DEFAULT.per_address,

@@ -5,7 +5,7 @@
 //! their publish connections, and phone calls' dialogs (the SIP bridge's own records).
 
 use super::{Control, ControlError};
-use crate::domain::{ParticipantId, PublishCredentials, SubscribeLayout};
+use crate::domain::{ParticipantId, PublishCredentials, StoredPhoneCall, SubscribeLayout};
 
 impl Control {
     /// Keeps the layout the media plane last offered `participant`'s device.
@@ -88,8 +88,45 @@ impl Control {
         Ok(())
     }
 
-    /// Every stored phone call: participant, call, record.
-    pub async fn phone_calls(&self) -> Result<Vec<(ParticipantId, String, String)>, ControlError> {
+    /// Every stored phone call.
+    pub async fn phone_calls(&self) -> Result<Vec<StoredPhoneCall>, ControlError> {
         Ok(self.inner.store.phone_calls().await?)
+    }
+
+    /// Takes a stored call over for this process, if it is still as read: whether this
+    /// process got it (else another ended or took it meanwhile).
+    pub async fn take_phone_call(
+        &self,
+        call: &StoredPhoneCall,
+        now_ms: i64,
+    ) -> Result<bool, ControlError> {
+        Ok(self
+            .inner
+            .store
+            .take_phone_call(call.participant, &call.call, call.updated_at_ms, now_ms)
+            .await?)
+    }
+
+    /// Forgets a stored call this process ends, if it is still as read: whether this process
+    /// got it (else another ended or took it meanwhile).
+    pub async fn end_phone_call(&self, call: &StoredPhoneCall) -> Result<bool, ControlError> {
+        Ok(self
+            .inner
+            .store
+            .end_phone_call(call.participant, &call.call, call.updated_at_ms)
+            .await?)
+    }
+
+    /// The SIP address every process on the database records (`None`: it advertises none),
+    /// live or not yet accounted for: a call whose owner is none of them has no successor.
+    pub async fn process_sip_addresses(&self) -> Result<Vec<Option<String>>, ControlError> {
+        Ok(self
+            .inner
+            .store
+            .instances()
+            .await?
+            .into_iter()
+            .map(|i| i.record.sip)
+            .collect())
     }
 }

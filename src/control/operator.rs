@@ -371,11 +371,11 @@ impl Control {
                         if stored_calls.is_none() {
                             stored_calls = Some(self.inner.store.phone_calls().await?);
                         }
-                        let record = stored_calls.iter().flatten().find(|(p, name, _)| {
-                            *p == device.participant && *name == device.device
+                        let record = stored_calls.iter().flatten().find(|c| {
+                            c.participant == device.participant && c.call == device.device
                         });
-                        if let Some((participant, _, json)) = record {
-                            lost.hang_up(*participant, json.clone());
+                        if let Some(c) = record {
+                            lost.hang_up(c.participant, c.record.clone());
                         }
                     }
                     self.inner

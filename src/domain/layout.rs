@@ -29,6 +29,20 @@ pub struct PublishCredentials {
     pub pwd: String,
 }
 
+/// A phone call stored for the process that takes it over (see `runtime::phone_records`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPhoneCall {
+    /// The caller's participant.
+    pub participant: ParticipantId,
+    /// The call's device name (`sip-…`).
+    pub call: String,
+    /// The SIP bridge's record of it (JSON).
+    pub record: String,
+    /// When the record was last written or taken (epoch milliseconds, the writer's clock):
+    /// a process takes or ends the call only if it is still as read.
+    pub updated_at_ms: i64,
+}
+
 /// The shape of one device's subscribe connection, as the device has been offered it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubscribeLayout {

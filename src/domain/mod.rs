@@ -16,7 +16,7 @@ mod quality;
 mod subscription;
 
 pub use ids::{AccountId, ParticipantId, SessionId, StreamId};
-pub use layout::{LayoutLine, LineContent, PublishCredentials, SubscribeLayout};
+pub use layout::{LayoutLine, LineContent, PublishCredentials, StoredPhoneCall, SubscribeLayout};
 pub use lifecycle::{CallEndReason, LifecycleEvent};
 pub use negotiation::{DeclaredStreams, PublishAnswer, StreamMetadata, SubscribeOffer};
 pub use participant::{

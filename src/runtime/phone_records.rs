@@ -1,10 +1,13 @@
 //! Phone calls that outlive their process (issue 19): what the SIP bridge stores of each
 //! established call over UDP ([`PhoneRecord`]: the dialog, the RTP port, the negotiated codec,
 //! the published stream), the one task that writes those records in order, and the parsing of
-//! what a previous process stored. The bridge (`runtime::sip`) takes the calls over at start.
+//! what a previous process stored. The bridge (`runtime::sip`) takes the calls over at start;
+//! the calls a stopped process left up for a successor that never came are ended by any live
+//! process ([`sweep_orphans`]).
 #![allow(clippy::disallowed_methods)] // the runtime owns the tasks
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use patchbay_sip::endpoint::DialogState;
 use patchbay_sip::g711::G711Law;
@@ -168,6 +171,86 @@ pub fn spawn_writer(control: Control) -> mpsc::UnboundedSender<RecordChange> {
         }
     });
     tx
+}
+
+/// Where the calls nobody took over are ended: the SIP bridge, which sends each its BYE in
+/// the stored dialog and announces its device's end.
+pub trait Orphans: Send + Sync + 'static {
+    /// Ends `call`; false once the bridge is gone.
+    fn end(&self, call: StoredCall) -> bool;
+}
+
+/// How often the stored calls are looked over for orphans.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Ends the calls that processes which stopped left up for a successor that never came.
+///
+/// A graceful stop leaves its established calls up (`--drain-phones keep`) for the next
+/// process on the same SIP address and database, and removes its process row. Every
+/// [`SWEEP_EVERY`], a stored call is an orphan when its owner's SIP address is that of no
+/// process row on the database (live, or dead and not yet accounted for: the reaper ends
+/// those), it is not this process's own (this process took its predecessor's calls over at
+/// start), and its record has not been written for `wait` (in the writer's clock: processes'
+/// clocks may differ by that much less). Of the processes alive, the first to forget the
+/// record as read ends the call; a successor that starts meanwhile takes the record first or
+/// finds it gone ([`Control::take_phone_call`]), so a call is never both ended and taken over.
+pub async fn sweep_orphans(control: Control, wait: Duration, orphans: impl Orphans) {
+    let wait_ms = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match sweep_once(&control, wait_ms, &orphans).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot look the stored phone calls over for orphans now")
+            }
+        }
+    }
+}
+
+/// One look over the stored calls: how many were ended, `None` once the bridge is gone.
+async fn sweep_once(
+    control: &Control,
+    wait_ms: i64,
+    orphans: &impl Orphans,
+) -> Result<Option<usize>, crate::control::ControlError> {
+    let calls = control.phone_calls().await?;
+    if calls.is_empty() {
+        return Ok(Some(0));
+    }
+    let here = control.address().sip;
+    let processes = control.process_sip_addresses().await?;
+    let now = crate::store::epoch_ms();
+    let mut ended = 0;
+    for stored in calls {
+        let Ok(call) = PhoneRecord::parse(stored.participant, &stored.record) else {
+            continue; // unreadable: its owner's successor forgets it
+        };
+        let Some(owner) = call.record.owner.as_ref() else {
+            continue; // stored before owners were: its predecessor's, taken over at start
+        };
+        if call.record.belongs_to(here.as_deref())
+            || processes.contains(&owner.sip)
+            || now.saturating_sub(stored.updated_at_ms) < wait_ms
+        {
+            continue;
+        }
+        if control.end_phone_call(&stored).await? {
+            tracing::info!(
+                participant = %stored.participant,
+                call = %stored.call,
+                owner = ?owner.sip,
+                "a phone call left up by a process that stopped has no successor: ending it"
+            );
+            if !orphans.end(call) {
+                return Ok(None);
+            }
+            ended += 1;
+        }
+    }
+    Ok(Some(ended))
 }
 
 #[cfg(test)]

@@ -66,6 +66,9 @@ pub struct SipSettings {
     pub rtp_timeout: Duration,
     /// A graceful stop leaves up the calls the next process can take over (else: BYE).
     pub keep_calls_on_stop: bool,
+    /// How long a call left up by a process that stopped waits for that process's successor
+    /// (on the same SIP address) before this process ends it (`None`: forever).
+    pub successor_wait: Option<Duration>,
     /// An INVITE for a session hosted by another process is sent on to it (a stateless
     /// proxy); else it is answered 302 with the host's address.
     pub proxy_elsewhere: bool,
@@ -127,52 +130,95 @@ impl LostCalls for LostCallsHere {
     }
 }
 
-/// Binds UDP and TCP on `listen` and starts the driver.
-pub async fn spawn(
-    listen: SocketAddr,
-    settings: SipSettings,
-    devices: DeviceControl,
-) -> std::io::Result<SipHandle> {
+/// The SIP sockets, bound and not yet served: the process learns where it is reached
+/// ([`Bound::local_addr`]) and records it before [`Bound::start`], since the driver's first act
+/// is to take over the calls stored under that address.
+pub struct Bound {
+    udp: UdpSocket,
+    tcp: TcpListener,
+    local_addr: SocketAddr,
+}
+
+/// The bridge's side of [`phone_records::Orphans`]: the calls nobody took over reach its loop.
+struct OrphansHere(mpsc::UnboundedSender<Message>);
+
+impl phone_records::Orphans for OrphansHere {
+    fn end(&self, call: StoredCall) -> bool {
+        self.0.send(Message::EndOrphan(Box::new(call))).is_ok()
+    }
+}
+
+/// Binds UDP and TCP on `listen`.
+pub async fn bind(listen: SocketAddr) -> std::io::Result<Bound> {
     let (udp, tcp) = bind_both(listen).await?;
     let local_addr = udp.local_addr()?;
-    let (tx, rx) = mpsc::unbounded_channel();
-    let (stop, stop_rx) = watch::channel(false);
-    devices
-        .control()
-        .attach_lost_calls(Arc::new(LostCallsHere(tx.clone())));
-    tokio::spawn(accept_tcp(tcp, settings.tcp, tx.clone()));
-    let advertised = SocketAddr::new(
-        if local_addr.ip().is_unspecified() {
-            settings.media_ip
-        } else {
-            local_addr.ip()
-        },
-        local_addr.port(),
-    );
-    let bridge = Bridge {
-        endpoint: Endpoint::new(EndpointConfig::new(advertised)),
-        udp: Arc::new(udp),
-        settings,
-        devices: devices.clone(),
-        tx,
-        calls: HashMap::new(),
-        tcp: HashMap::new(),
-        ends: HashMap::new(),
-        next_port: 0,
-        records: phone_records::spawn_writer(devices.control().clone()),
-        name_tag: format!("{:06x}", rand::random::<u32>() & 0x00ff_ffff),
-        left_up: HashMap::new(),
-    };
-    let (stopped_tx, stopped) = watch::channel(false);
-    tokio::spawn(async move {
-        bridge.run(rx, stop_rx).await;
-        let _ = stopped_tx.send(true);
-    });
-    Ok(SipHandle {
+    Ok(Bound {
+        udp,
+        tcp,
         local_addr,
-        stop,
-        stopped,
     })
+}
+
+impl Bound {
+    /// The address the SIP sockets are bound to (UDP and TCP).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Starts the driver: it takes over the stored calls whose owner is this process's
+    /// address as [`crate::control::Control::address`] says now, then serves.
+    pub fn start(self, settings: SipSettings, devices: DeviceControl) -> SipHandle {
+        let Bound {
+            udp,
+            tcp,
+            local_addr,
+        } = self;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (stop, stop_rx) = watch::channel(false);
+        devices
+            .control()
+            .attach_lost_calls(Arc::new(LostCallsHere(tx.clone())));
+        tokio::spawn(accept_tcp(tcp, settings.tcp, tx.clone()));
+        if let Some(wait) = settings.successor_wait {
+            tokio::spawn(phone_records::sweep_orphans(
+                devices.control().clone(),
+                wait,
+                OrphansHere(tx.clone()),
+            ));
+        }
+        let advertised = SocketAddr::new(
+            if local_addr.ip().is_unspecified() {
+                settings.media_ip
+            } else {
+                local_addr.ip()
+            },
+            local_addr.port(),
+        );
+        let bridge = Bridge {
+            endpoint: Endpoint::new(EndpointConfig::new(advertised)),
+            udp: Arc::new(udp),
+            settings,
+            devices: devices.clone(),
+            tx,
+            calls: HashMap::new(),
+            tcp: HashMap::new(),
+            ends: HashMap::new(),
+            next_port: 0,
+            records: phone_records::spawn_writer(devices.control().clone()),
+            name_tag: format!("{:06x}", rand::random::<u32>() & 0x00ff_ffff),
+            left_up: HashMap::new(),
+        };
+        let (stopped_tx, stopped) = watch::channel(false);
+        tokio::spawn(async move {
+            bridge.run(rx, stop_rx).await;
+            let _ = stopped_tx.send(true);
+        });
+        SipHandle {
+            local_addr,
+            stop,
+            stopped,
+        }
+    }
 }
 
 /// UDP and TCP on the same port. With port 0 the port UDP got may be taken for TCP: try again.
@@ -209,6 +255,9 @@ enum Message {
     Hangup(CallId),
     /// Nothing arrived from the phone for the RTP timeout: hang up, its device goes now.
     Dead(CallId),
+    /// A call left up by a process that stopped, which no successor took over and this
+    /// process took (its record is forgotten): its BYE and its end.
+    EndOrphan(Box<StoredCall>),
     /// A call of a process that died, whose loss this process claimed: its BYE, in that
     /// process's dialog (its stored record).
     HangUpLost {
@@ -446,6 +495,21 @@ impl Bridge {
                     tracing::warn!(%participant, %why, "a call of a process that died cannot be read: no BYE");
                 }
             },
+            Message::EndOrphan(orphan) => {
+                let call = self.endpoint.restore(orphan.record.dialog.clone(), now);
+                tracing::info!(
+                    call = %call,
+                    participant = %orphan.participant,
+                    name = %orphan.record.name,
+                    owner = ?orphan.record.owner,
+                    "a phone call left up by a process that stopped was not taken over: hanging up"
+                );
+                let _ = self.endpoint.hangup(call, now);
+                self.devices
+                    .phone_lost(orphan.participant, orphan.record.name.clone());
+                metrics::counter!("patchbay_sip_calls_ended_total", "reason" => "no_successor")
+                    .increment(1);
+            }
             Message::Dead(call) => {
                 tracing::info!(call = %call, timeout = ?self.settings.rtp_timeout, "no RTP from the phone: hanging up");
                 let _ = self.endpoint.hangup(call, now);
@@ -798,14 +862,33 @@ impl Bridge {
             }
         };
         let here = self.devices.control().address().sip;
-        for (participant, name, json) in stored {
-            match PhoneRecord::parse(participant, &json) {
+        for stored in stored {
+            let (participant, name) = (stored.participant, stored.call.clone());
+            match PhoneRecord::parse(participant, &stored.record) {
                 Ok(call) if !call.record.belongs_to(here.as_deref()) => {
                     // Another process's call (issue 20): alive, it goes on there; dead, the
-                    // process that claims its loss ends it.
+                    // process that claims its loss ends it; stopped, a process ends it once
+                    // its successor has had its time (`phone_records::sweep_orphans`).
                     tracing::debug!(%participant, call = %name, owner = ?call.record.owner, "a stored phone call of another process: left alone");
                 }
-                Ok(call) => self.resume_call(call).await,
+                Ok(call) => {
+                    // Taken as read, unless a process that found it orphaned ended it first.
+                    let taken = self
+                        .devices
+                        .control()
+                        .take_phone_call(&stored, crate::store::epoch_ms())
+                        .await;
+                    match taken {
+                        Ok(false) => {
+                            tracing::info!(%participant, call = %name, "a stored phone call was ended by another process meanwhile: not taken over")
+                        }
+                        Ok(true) => self.resume_call(call).await,
+                        Err(e) => {
+                            tracing::warn!(%participant, call = %name, error = %e, "cannot mark a stored phone call taken: taking it over anyway");
+                            self.resume_call(call).await
+                        }
+                    }
+                }
                 Err(why) => {
                     tracing::warn!(%participant, call = %name, %why, "a stored phone call cannot be read: forgotten");
                     let _ = self.records.send(RecordChange::Forget(participant, name));

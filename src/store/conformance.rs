@@ -1279,8 +1279,8 @@ pub async fn subscribe_layouts(store: TestStore) {
             .await
             .expect("read")
             .into_iter()
-            .filter(|(p, _, _)| *p == subscriber)
-            .map(|(_, call, record)| (call, record))
+            .filter(|c| c.participant == subscriber)
+            .map(|c| (c.call, c.record))
             .collect::<Vec<_>>()
     };
     for (call, record) in [("sip-1", "{\"a\":1}"), ("sip-2", "{\"a\":2}")] {
@@ -1299,11 +1299,65 @@ pub async fn subscribe_layouts(store: TestStore) {
         1,
         "an older call's end keeps the newer"
     );
+    // Taken (by its owner's successor) or ended (by a process that finds it orphaned) only
+    // as read: of the two, the first wins, and the loser learns it.
+    let stamp = || async {
+        store
+            .phone_calls()
+            .await
+            .expect("read")
+            .into_iter()
+            .find(|c| c.participant == subscriber)
+            .map(|c| c.updated_at_ms)
+            .expect("stored")
+    };
+    let read = stamp().await;
+    assert!(
+        !store
+            .take_phone_call(subscriber, "sip-1", read, read + 5)
+            .await
+            .expect("take another call"),
+        "another call is not taken"
+    );
+    assert!(store
+        .take_phone_call(subscriber, "sip-2", read, read)
+        .await
+        .expect("take"));
+    let taken = stamp().await;
+    assert!(
+        taken > read,
+        "a take stamps later than the read ({read} -> {taken})"
+    );
+    assert!(
+        !store
+            .end_phone_call(subscriber, "sip-2", read)
+            .await
+            .expect("end as read before the take"),
+        "the take wins over an end as read before it"
+    );
+    assert!(
+        !store
+            .take_phone_call(subscriber, "sip-2", read, taken + 5)
+            .await
+            .expect("take again as read before"),
+        "a second take as read before the first loses"
+    );
+    assert!(store
+        .end_phone_call(subscriber, "sip-2", taken)
+        .await
+        .expect("end"));
+    assert!(calls().await.is_empty());
+    assert!(
+        !store
+            .take_phone_call(subscriber, "sip-2", taken, taken + 5)
+            .await
+            .expect("take an ended call"),
+        "an ended call is not taken"
+    );
     store
         .forget_phone_call(subscriber, "sip-2")
         .await
-        .expect("forget");
-    assert!(calls().await.is_empty());
+        .expect("forget an ended call");
 
     save(first.clone()).await;
     store

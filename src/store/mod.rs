@@ -41,7 +41,7 @@ use async_trait::async_trait;
 
 use crate::domain::{
     AccountId, CallbackUrl, Participant, ParticipantId, PublishCredentials, Session, SessionId,
-    SubscribeLayout, Subscriptions, Tag, MAX_SESSION_MEMBERS,
+    StoredPhoneCall, SubscribeLayout, Subscriptions, Tag, MAX_SESSION_MEMBERS,
 };
 
 pub use operator::{
@@ -266,8 +266,27 @@ pub trait Store: WebhookStore + OperatorStore + PlacementStore {
         call: &str,
         record: &str,
     ) -> Result<(), StoreError>;
-    /// Every stored phone call: participant, call, record.
-    async fn phone_calls(&self) -> Result<Vec<(ParticipantId, String, String)>, StoreError>;
+    /// Every stored phone call.
+    async fn phone_calls(&self) -> Result<Vec<StoredPhoneCall>, StoreError>;
+    /// Takes `participant`'s stored call `call` for the process taking it over, if it is still
+    /// as read (`updated_at_ms`): stamped `now_ms` (later than the read stamp in any case).
+    /// Of a process taking a call and one ending it at once ([`Store::end_phone_call`]),
+    /// one gets it. Whether this one did.
+    async fn take_phone_call(
+        &self,
+        participant: ParticipantId,
+        call: &str,
+        updated_at_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
+    /// Forgets `participant`'s stored call `call` if it is still as read (`updated_at_ms`),
+    /// for the process that ends it: whether this one did.
+    async fn end_phone_call(
+        &self,
+        participant: ParticipantId,
+        call: &str,
+        updated_at_ms: i64,
+    ) -> Result<bool, StoreError>;
     /// Forgets `participant`'s stored call when it is `call` (it ended).
     async fn forget_phone_call(
         &self,

@@ -24,8 +24,8 @@ use sqlx::{AnyPool, Executor, Row};
 use super::{AccountCredentials, Store, StoreError, Timeouts, PROBE_TIMEOUT};
 use crate::domain::{
     AccountId, CallbackUrl, DeviceApiVersion, MediaKinds, Participant, ParticipantId,
-    ParticipantSubscription, PublishCredentials, Session, SessionId, StreamAlias, SubscribeLayout,
-    Subscriptions, Tag, MAX_SESSION_MEMBERS,
+    ParticipantSubscription, PublishCredentials, Session, SessionId, StoredPhoneCall, StreamAlias,
+    SubscribeLayout, Subscriptions, Tag, MAX_SESSION_MEMBERS,
 };
 
 /// The SQL dialect behind a [`SqlStore`].
@@ -127,6 +127,8 @@ store_ops! {
     SavePhoneCall => "save_phone_call",
     PhoneCalls => "phone_calls",
     ForgetPhoneCall => "forget_phone_call",
+    TakePhoneCall => "take_phone_call",
+    EndPhoneCall => "end_phone_call",
 }
 
 /// Each operation's histogram handle, taken from the metrics recorder at the operation's
@@ -1060,21 +1062,65 @@ impl Store for SqlStore {
         unless_participant_gone(done)
     }
 
-    async fn phone_calls(&self) -> Result<Vec<(ParticipantId, String, String)>, StoreError> {
+    async fn phone_calls(&self) -> Result<Vec<StoredPhoneCall>, StoreError> {
         let _timer = self.timer(Op::PhoneCalls);
-        sqlx::query("SELECT participant_id, call, record FROM phone_calls ORDER BY participant_id")
-            .fetch_all(&self.read)
-            .await?
-            .iter()
-            .map(|row| {
-                let participant: String = row.try_get("participant_id")?;
-                Ok((
-                    ParticipantId::parse(&participant).map_err(corrupt)?,
-                    row.try_get("call")?,
-                    row.try_get("record")?,
-                ))
+        sqlx::query(
+            "SELECT participant_id, call, record, updated_at FROM phone_calls \
+             ORDER BY participant_id",
+        )
+        .fetch_all(&self.read)
+        .await?
+        .iter()
+        .map(|row| {
+            let participant: String = row.try_get("participant_id")?;
+            Ok(StoredPhoneCall {
+                participant: ParticipantId::parse(&participant).map_err(corrupt)?,
+                call: row.try_get("call")?,
+                record: row.try_get("record")?,
+                updated_at_ms: row.try_get("updated_at")?,
             })
-            .collect()
+        })
+        .collect()
+    }
+
+    async fn take_phone_call(
+        &self,
+        participant: ParticipantId,
+        call: &str,
+        updated_at_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let _timer = self.timer(Op::TakePhoneCall);
+        let done = sqlx::query(
+            "UPDATE phone_calls SET updated_at = \
+             CASE WHEN $4 > updated_at THEN $4 ELSE updated_at + 1 END \
+             WHERE participant_id = $1 AND call = $2 AND updated_at = $3",
+        )
+        .bind(participant.to_string())
+        .bind(call)
+        .bind(updated_at_ms)
+        .bind(now_ms)
+        .execute(&self.write)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn end_phone_call(
+        &self,
+        participant: ParticipantId,
+        call: &str,
+        updated_at_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let _timer = self.timer(Op::EndPhoneCall);
+        let done = sqlx::query(
+            "DELETE FROM phone_calls WHERE participant_id = $1 AND call = $2 AND updated_at = $3",
+        )
+        .bind(participant.to_string())
+        .bind(call)
+        .bind(updated_at_ms)
+        .execute(&self.write)
+        .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     async fn forget_phone_call(

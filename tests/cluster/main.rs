@@ -8,7 +8,8 @@
 //! redirect answers 302), and
 //! `patchbay cluster status` shows the host with the session and both calls. Fencing: a
 //! process cut off from the database alone (a TCP forwarder in front of PostgreSQL) past its
-//! lease writes no second end of a device when it comes back.
+//! lease writes no second end of a device when it comes back. A phone call a graceful stop
+//! left up for a successor that never comes is ended by the process still serving.
 #![allow(clippy::disallowed_methods)] // the claimant's recorder task; a settle after a close; the forwarder
 
 use std::net::SocketAddr;
@@ -50,9 +51,18 @@ async fn hears(phone: &Phone, hz: f64, what: &str) {
 
 /// Two processes on a fresh database, an account, and a session created through the first.
 async fn two_processes() -> (String, RunningApp, RunningApp, AccountId, SessionId) {
+    two_processes_with(|_| {}).await
+}
+
+/// [`two_processes`], each configured by `tune`.
+async fn two_processes_with(
+    tune: impl Fn(&mut ServeConfig),
+) -> (String, RunningApp, RunningApp, AccountId, SessionId) {
     let url = fresh_postgres_url();
-    let a = spawn_app(&url).await;
-    let b = spawn_app(&url).await;
+    let mut config = ServeConfig::for_database(&url);
+    tune(&mut config);
+    let a = spawn_app_with(&config).await;
+    let b = spawn_app_with(&config).await;
     let account = AccountId::parse("cluster").expect("id");
     a.control
         .create_account(account.clone())
@@ -658,4 +668,93 @@ async fn connected_device(
     })
     .await;
     (p.id, ws)
+}
+
+/// A call left up by a graceful stop (for a successor on the same address) that no successor
+/// takes over is ended by the process still serving on the database, once its wait is over:
+/// the phone gets a BYE in its dialog, the participant one `onDisconnect` and one
+/// `onCallEnded`, and the record goes. Without this, the phone kept a call nobody served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_left_up_with_no_successor_is_ended_by_a_live_process() {
+    let (url, a, b, account, session) =
+        two_processes_with(|config| config.phone_successor_wait = 2).await;
+    let (p, token) = a
+        .control
+        .create_participant(
+            &account,
+            NewParticipant {
+                publish_permissions: Some(MediaKinds::AUDIO),
+                callback_url: Some(
+                    patchbay::domain::CallbackUrl::parse("http://127.0.0.1:9/hook")
+                        .expect("callback"),
+                ),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("participant");
+    join_whole(&a.control, &account, session, [p.id]).await;
+    let phone = dial_ok(a.sip, &token).await;
+    eventually("the call is stored", DEADLINE, || async {
+        b.control
+            .phone_calls()
+            .await
+            .is_ok_and(|c| c.iter().any(|c| c.participant == p.id))
+    })
+    .await;
+
+    a.stop().await.expect("stop A");
+    // An absence, over a window: a BYE the stop sent would arrive in it.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(!phone.bye_received(), "the graceful stop left the call up");
+    assert_eq!(
+        b.control.phone_calls().await.map(|c| c.len()).ok(),
+        Some(1),
+        "the call is stored for a successor"
+    );
+
+    // No successor comes: B ends it after the wait (2 s) at its next look (every 5 s).
+    eventually(
+        "the phone gets a BYE from B",
+        DEADLINE + DEADLINE,
+        || async { phone.bye_received() },
+    )
+    .await;
+    assert_eq!(
+        b.control.phone_calls().await.map(|c| c.len()).ok(),
+        Some(0),
+        "the record is gone"
+    );
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+        .await
+        .expect("connect");
+    eventually("the ends are in the outbox", DEADLINE, || async {
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+            .await
+            .expect("connect");
+        outbox_of(&mut conn, p.id)
+            .await
+            .iter()
+            .any(|e| e == "onCallEnded")
+    })
+    .await;
+    // Another look or two at the stored calls: nothing is ended twice.
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    let events = outbox_of(&mut conn, p.id).await;
+    let count = |name: &str| events.iter().filter(|e| *e == name).count();
+    assert_eq!(
+        (
+            count("onConnect"),
+            count("onDisconnect"),
+            count("onCallEnded")
+        ),
+        (1, 1, 1),
+        "one connection, one end: {events:?}"
+    );
+    assert_eq!(
+        events.iter().rev().take(2).rev().collect::<Vec<_>>(),
+        ["onDisconnect", "onCallEnded"],
+        "the ends come last: {events:?}"
+    );
+    b.stop().await.expect("stop B");
 }

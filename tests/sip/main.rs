@@ -551,7 +551,7 @@ async fn stopping_the_server_leaves_calls_up_for_the_next_process() {
         let stored = control.phone_calls().await.expect("stored calls");
         participants
             .iter()
-            .all(|p| stored.iter().any(|(q, _, _)| q == p))
+            .all(|p| stored.iter().any(|c| c.participant == *p))
     })
     .await;
     s.app.stop().await.expect("clean stop");
@@ -564,12 +564,12 @@ async fn stopping_the_server_leaves_calls_up_for_the_next_process() {
     );
     let stored = control.phone_calls().await.expect("stored calls");
     for p in &participants {
-        let (_, call, record) = stored
+        let c = stored
             .iter()
-            .find(|(q, _, _)| q == p)
+            .find(|c| c.participant == *p)
             .expect("the call is still stored for the next process");
-        assert!(call.starts_with("sip-"), "{call}");
-        assert!(record.contains("\"rtpPort\""), "{record}");
+        assert!(c.call.starts_with("sip-"), "{}", c.call);
+        assert!(c.record.contains("\"rtpPort\""), "{}", c.record);
     }
 }
 
