@@ -398,9 +398,10 @@ pub struct ServeConfig {
     /// that viewer's estimate (BENCHMARKS.md, "One viewer"). Off by default: with it on, str0m
     /// paces each subscriber's media to its estimate, and a subscriber sent far more than the
     /// estimate has part of its video late until the estimate catches up (1 x 20 all-video:
-    /// p99 up to 0.46 s against 35 ms without; BENCHMARKS.md, "One viewer"), at 1.33 times
-    /// the CPU per forwarded packet (medians, same sitting). `false`: every subscriber is sent
-    /// everything it subscribes to.
+    /// p99 up to 0.46 s against 35 ms without; BENCHMARKS.md, "One viewer"). It costs 1.06 to
+    /// 1.33 times the CPU per forwarded packet at moderate load, and a 1 x 20 all-video session
+    /// overloads its core with it on the test machine (BENCHMARKS.md, "Estimation on, next to
+    /// Janus"). `false`: every subscriber is sent everything it subscribes to.
     #[arg(long, env = "PATCHBAY_SUBSCRIBER_BWE", default_value_t = false, action = clap::ArgAction::Set)]
     pub subscriber_bwe: bool,
     /// UDP address of the media plane (ICE-lite, DTLS-SRTP). With several shards, shard `i`
