@@ -30,6 +30,7 @@ use async_trait::async_trait;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
+use super::epoch_ms;
 use crate::control::port::{
     Connection, DeviceNotice, DeviceRequest, LocalConnection, LocalDownlink, LocalRequest,
     LocalUplink, MediaPort,
@@ -464,14 +465,6 @@ const TCP_MAX_PER_SOURCE: usize = 512;
 /// How often this process writes what its media plane measured to the store, for the
 /// operator's `patchbay session inspect` (issue 21).
 pub const QUALITY_RECORD_EVERY: Duration = Duration::from_secs(5);
-
-/// Milliseconds since the Unix epoch, this process's clock.
-fn epoch_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
 
 /// Writes what the media plane measured to the store every [`QUALITY_RECORD_EVERY`]
 /// ([`Control::record_quality`]); a failed write is logged and tried again at the next tick.

@@ -222,7 +222,7 @@ async fn sweep_once(
     }
     let here = control.address().sip;
     let processes = control.process_sip_addresses().await?;
-    let now = crate::store::epoch_ms();
+    let now = super::epoch_ms();
     let mut ended = 0;
     for stored in calls {
         let Ok(call) = PhoneRecord::parse(stored.participant, &stored.record) else {

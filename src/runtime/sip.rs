@@ -876,7 +876,7 @@ impl Bridge {
                     let taken = self
                         .devices
                         .control()
-                        .take_phone_call(&stored, crate::store::epoch_ms())
+                        .take_phone_call(&stored, super::epoch_ms())
                         .await;
                     match taken {
                         Ok(false) => {

@@ -9,11 +9,12 @@
 //! connection goes to an address that was checked (no second lookup can differ).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
+use super::epoch_ms as now_ms;
 use crate::control::{
     AttemptOutcome, Control, FeedItem, LifecycleEvent, OutboxEvent, Recording, WebhookFeed,
 };
@@ -64,15 +65,6 @@ pub struct WebhookSettings {
     pub participant_max_age: Option<Duration>,
     /// Delivered and given-up events, and delivery attempts, older than this are deleted.
     pub retention: Duration,
-}
-
-// The runtime owns the clock: outbox rows and attempts are stamped in wall-clock time.
-#[allow(clippy::disallowed_methods)]
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// Now in the database's clock ([`Control::lease_ms`]), the clock the outbox is stamped and
