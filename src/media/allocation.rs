@@ -156,6 +156,18 @@ struct Track {
     capped: bool,
 }
 
+impl Track {
+    /// Sent now: not paused, and something of it arrived lately.
+    fn sending(&self) -> bool {
+        !self.paused && self.rate.slots.iter().any(|&b| b > 0)
+    }
+}
+
+/// Whether `at` lies within [`CONGESTION_RECENT`] of `now`.
+fn recent(at: Option<Instant>, now: Instant) -> bool {
+    at.is_some_and(|at| now.saturating_duration_since(at) < CONGESTION_RECENT)
+}
+
 /// A pause or a resume decided by [`Allocation::decide`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Change {
@@ -221,10 +233,7 @@ impl Allocation {
 
     /// How many video tracks are being sent (measured and not paused).
     pub(super) fn sending_video_tracks(&self) -> u32 {
-        self.video
-            .values()
-            .filter(|t| !t.paused && t.rate.slots.iter().any(|&b| b > 0))
-            .count() as u32
+        self.video.values().filter(|t| t.sending()).count() as u32
     }
 
     /// How many video tracks are paused.
@@ -311,10 +320,7 @@ impl Allocation {
     /// Whether the link has shown congestion by both signals within [`CONGESTION_RECENT`]:
     /// the estimate fell, and the subscriber reported a lossy second.
     fn congestion_seen(&self, now: Instant) -> bool {
-        let recent = |at: Option<Instant>| {
-            at.is_some_and(|at| now.saturating_duration_since(at) < CONGESTION_RECENT)
-        };
-        recent(self.fell_at) && recent(self.lossy_at)
+        recent(self.fell_at, now) && recent(self.lossy_at, now)
     }
 
     /// The rate to restart the connection's estimator from, when it is due (checked at most
@@ -336,9 +342,7 @@ impl Allocation {
         self.next_restart_check = Some(now + PROBE_TARGET_EVERY);
         let estimate = self.estimate?;
         let sent = self.sent_bps(now);
-        let lossy = self
-            .lossy_at
-            .is_some_and(|at| now.saturating_duration_since(at) < CONGESTION_RECENT);
+        let lossy = recent(self.lossy_at, now);
         let restarted = self
             .restarted_at
             .is_some_and(|at| now.saturating_duration_since(at) < RESTART_EVERY);
@@ -398,9 +402,9 @@ impl Allocation {
             // the estimate is below the cap's floor.
             let floor = estimate < CAP_FLOOR_BPS;
             let mid = order.iter().copied().find(|m| {
-                self.video.get(m).is_some_and(|t| {
-                    !t.paused && (!t.capped || floor) && t.rate.slots.iter().any(|&b| b > 0)
-                })
+                self.video
+                    .get(m)
+                    .is_some_and(|t| t.sending() && (!t.capped || floor))
             })?;
             let track = self.video.get_mut(&mid)?;
             let rate = track.rate.bps(now);

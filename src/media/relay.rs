@@ -367,16 +367,16 @@ impl Relay {
                     sub.allocation.set_capped(smid, one == Some((peer, smid)));
                 }
             }
-            let viewers =
-                match one.and_then(|(peer, smid)| Some((parts.peers.get_mut(peer)?, smid))) {
-                    // A viewer sent several video tracks shares its estimate among them.
-                    Some((viewer, _)) => {
-                        Viewers::One(viewer.allocation.estimate().map(|e| {
-                            e / u64::from(viewer.allocation.sending_video_tracks().max(1))
-                        }))
-                    }
-                    None => Viewers::NotOne,
-                };
+            let viewers = match one.and_then(|(peer, _)| parts.peers.get(peer)) {
+                // A viewer sent several video tracks shares its estimate among them.
+                Some(viewer) => Viewers::One(
+                    viewer
+                        .allocation
+                        .estimate()
+                        .map(|e| e / u64::from(viewer.allocation.sending_video_tracks().max(1))),
+                ),
+                None => Viewers::NotOne,
+            };
             let Some(publisher) = parts.peers.get_mut(peer_id) else {
                 return;
             };

@@ -1072,9 +1072,8 @@ impl Store for SqlStore {
         .await?
         .iter()
         .map(|row| {
-            let participant: String = row.try_get("participant_id")?;
             Ok(StoredPhoneCall {
-                participant: ParticipantId::parse(&participant).map_err(corrupt)?,
+                participant: parse_id(row, "participant_id")?,
                 call: row.try_get("call")?,
                 record: row.try_get("record")?,
                 updated_at_ms: row.try_get("updated_at")?,

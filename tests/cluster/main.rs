@@ -609,6 +609,29 @@ async fn a_process_cut_off_from_the_database_writes_no_second_end_when_it_comes_
     a.stop().await.expect("stop A");
 }
 
+/// A participant of `account` with a `callbackUrl` (so its events go to the outbox) and these
+/// publish permissions (`None`: the default), with its token.
+async fn hooked_participant(
+    maker: &Control,
+    account: &AccountId,
+    publish_permissions: Option<MediaKinds>,
+) -> (patchbay::domain::Participant, String) {
+    maker
+        .create_participant(
+            account,
+            NewParticipant {
+                publish_permissions,
+                callback_url: Some(
+                    patchbay::domain::CallbackUrl::parse("http://127.0.0.1:9/hook")
+                        .expect("callback"),
+                ),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("participant")
+}
+
 /// The events of `participant` in the outbox, in order.
 async fn outbox_of(conn: &mut sqlx::PgConnection, participant: ParticipantId) -> Vec<String> {
     sqlx::query_scalar("SELECT event FROM webhook_outbox WHERE participant_id = $1 ORDER BY seq")
@@ -631,19 +654,7 @@ async fn connected_device(
 ) -> (ParticipantId, Ws) {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
-    let (p, token) = maker
-        .create_participant(
-            account,
-            NewParticipant {
-                callback_url: Some(
-                    patchbay::domain::CallbackUrl::parse("http://127.0.0.1:9/hook")
-                        .expect("callback"),
-                ),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("participant");
+    let (p, token) = hooked_participant(maker, account, None).await;
     let (mut ws, _) = tokio_tungstenite::connect_async(format!(
         "ws://{}/v3/?token={token}&client=browser&sdkVersion=0.12.0-beta.1&uniqueId={unique_id}",
         host.http
@@ -678,21 +689,7 @@ async fn connected_device(
 async fn a_call_left_up_with_no_successor_is_ended_by_a_live_process() {
     let (url, a, b, account, session) =
         two_processes_with(|config| config.phone_successor_wait = 2).await;
-    let (p, token) = a
-        .control
-        .create_participant(
-            &account,
-            NewParticipant {
-                publish_permissions: Some(MediaKinds::AUDIO),
-                callback_url: Some(
-                    patchbay::domain::CallbackUrl::parse("http://127.0.0.1:9/hook")
-                        .expect("callback"),
-                ),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("participant");
+    let (p, token) = hooked_participant(&a.control, &account, Some(MediaKinds::AUDIO)).await;
     join_whole(&a.control, &account, session, [p.id]).await;
     let phone = dial_ok(a.sip, &token).await;
     eventually("the call is stored", DEADLINE, || async {
