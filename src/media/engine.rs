@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use str0m::ice::{StunMessage, TransId};
 use str0m::media::{KeyframeRequestKind, Mid};
 use str0m::net::Receive;
 use str0m::Input;
@@ -18,55 +17,26 @@ use super::demux::Demux;
 use super::devices::{self, Device, Devices};
 use super::error::MediaError;
 use super::fanout::Fanout;
-use super::ice;
-use super::keys::{PeerId, Source, SourceKey, Target, TrackKey};
+use super::ingress::{self, NewPath};
+use super::keys::{PeerId, Source, TrackKey};
 use super::local::{self, LocalDevice, LocalDevices};
+use super::moving::{self, MovedDevice};
 use super::output::{EngineEvent, Transmit, Transport};
-use super::peers::{Peer, Peers};
-use super::publishing::{self, Published, Publishing};
+use super::peers::Peers;
+use super::publishing::{self, Publishing};
 use super::quality::QualitySamples;
+use super::rebuild;
 use super::relay::{Packet, Parts, Relay};
 use super::routes::HostedRoutes;
 use super::speaker::Speakers;
-use super::subscribing::{self, Overdue, Subscriber, Subscribing};
+use super::subscribing::{self, Subscribing};
 use super::MediaCounters;
 use super::{DeclaredStreams, DeviceId, PublishAnswer, SubscribeOffer};
 use crate::domain::{
-    MediaKind, ParticipantId, ParticipantQuality, PublishPermissions, SessionId, StreamAlias,
-    StreamId, SubscribeLayout,
+    ParticipantId, ParticipantQuality, PublishPermissions, SessionId, StreamAlias, StreamId,
+    SubscribeLayout,
 };
 use crate::forwarding::{ForwardingTable, TableDiff};
-
-/// A device on its way from one shard's engine to another's: its state in every part and its
-/// peer connections, moved as they are (see [`Engine::export_device`]).
-pub struct MovedDevice {
-    id: DeviceId,
-    device: Device,
-    published: Option<Published>,
-    subscriber: Option<Subscriber>,
-    local: Option<LocalDevice>,
-    /// Its peer connections, each with the remote addresses it was reached at.
-    peers: Vec<(Peer, Vec<SocketAddr>)>,
-}
-
-impl MovedDevice {
-    /// The device's connection id, the same on the engine it leaves and the one it joins.
-    pub fn id(&self) -> DeviceId {
-        self.id
-    }
-
-    /// The participant the device belongs to.
-    pub fn participant(&self) -> ParticipantId {
-        self.device.participant
-    }
-
-    /// The remote addresses its peers were reached at.
-    pub fn paths(&self) -> impl Iterator<Item = SocketAddr> + '_ {
-        self.peers
-            .iter()
-            .flat_map(|(_, paths)| paths.iter().copied())
-    }
-}
 
 /// The SFU of one shard. See the module docs.
 pub struct Engine {
@@ -227,69 +197,17 @@ impl Engine {
     /// stay up, streams stay published), to be given to another shard's engine with
     /// [`Engine::import_device`]. Local subscribers of its streams renegotiate.
     pub fn export_device(&mut self, device: DeviceId, now: Instant) -> Option<MovedDevice> {
-        let dev = self.devices.remove(device)?;
-        let mut peers = Vec::new();
-        for id in dev.peers() {
-            let paths = self.demux.forget_peer(id);
-            if let Some(peer) = self.peers.remove(id) {
-                peers.push((peer, paths));
-            }
-        }
-        let published = self
-            .publishing
-            .withdraw_publications(&mut self.fanout, device);
-        let subscriber = self.subscribing.remove(device);
-        let local = self.local.remove(device);
-        self.fanout.set_targets(device, BTreeMap::new());
-        let participant = dev.participant;
-        self.renegotiate_subscribers_of(participant, now);
-        Some(MovedDevice {
-            id: device,
-            device: dev,
-            published,
-            subscriber,
-            local,
-            peers,
-        })
+        let moved = MovedDevice::take(self.moving(), device)?;
+        self.renegotiate_subscribers_of(moved.participant(), now);
+        Some(moved)
     }
 
     /// Adopts a device exported by another shard's engine. A device of the same participant
     /// already here is replaced and returned (one live device per participant).
     pub fn import_device(&mut self, moved: MovedDevice, now: Instant) -> Option<DeviceId> {
-        let MovedDevice {
-            id: device,
-            device: mut dev,
-            published,
-            subscriber,
-            local,
-            peers,
-        } = moved;
-        let participant = dev.participant;
+        let participant = moved.participant();
         let replaced = self.replace_participant_device(participant, now);
-        dev.set_peer(false, None);
-        dev.set_peer(true, None);
-        for (peer, paths) in peers {
-            let subscribe = peer.subscribe;
-            let ufrag = peer.ufrag.clone();
-            let id = self.peers.insert(peer);
-            self.demux.add_ufrag(id, ufrag);
-            for addr in paths {
-                self.demux.learn(addr, id);
-            }
-            dev.set_peer(subscribe, Some(id));
-        }
-        self.devices.insert(device, dev);
-        if let Some(subscriber) = subscriber {
-            self.subscribing.adopt(device, subscriber);
-        }
-        if let Some(local) = local {
-            self.local.add(device, local);
-        }
-        if let Some(published) = published {
-            self.publishing.adopt(device, published);
-            self.publishing
-                .register_sources(&mut self.fanout, &self.devices, device);
-        }
+        let device = moved.put(self.moving());
         self.renegotiate(device, now);
         self.renegotiate_subscribers_of(participant, now);
         replaced
@@ -448,46 +366,21 @@ impl Engine {
         let input = Input::Receive(now, receive);
         let peer_id = match self.demux.lookup(source) {
             Some(p) => p,
-            None => {
-                // Only a STUN binding request naming one of our ufrags, and carrying a valid
-                // MESSAGE-INTEGRITY for that peer, opens a new path (ufrags travel in clear).
-                let Some(request) = StunMessage::parse(data)
-                    .ok()
-                    .filter(|m| m.is_binding_request())
-                else {
-                    return false;
-                };
-                let Some(local) = request.split_username().map(|(local, _)| local) else {
-                    return false;
-                };
-                let Some(p) = self.demux.by_ufrag(local) else {
-                    if local.starts_with(self.config.ice_prefix.as_str()) {
-                        return false; // ours, unknown here: another shard may know it
-                    }
-                    // Issued by the process this one replaced: refused once its device is
-                    // back here (its signalling can carry the renegotiation).
-                    let Some(pwd) = self
-                        .config
-                        .previous_credentials
-                        .get(local)
-                        .filter(|c| self.devices.of_participant(c.participant).is_some())
-                        .map(|c| c.pwd.to_owned())
-                    else {
-                        return false;
-                    };
-                    self.refuse_check(transport, source, destination, request.trans_id(), &pwd);
-                    return true;
-                };
-                if !self
-                    .peers
-                    .get(p)
-                    .is_some_and(|peer| peer.rtc.accepts(&input))
-                {
-                    return false;
+            None => match ingress::new_path(self.ingress(), data, &input) {
+                NewPath::Peer(p) => {
+                    self.demux.learn(source, p);
+                    p
                 }
-                self.demux.learn(source, p);
-                p
-            }
+                NewPath::Refuse(trans_id, pwd) => {
+                    let refusal = ingress::refusal(transport, source, destination, trans_id, &pwd);
+                    if let Some(transmit) = refusal {
+                        self.relay.counters.refused_checks += 1;
+                        self.relay.transmits.push_back(transmit);
+                    }
+                    return true;
+                }
+                NewPath::Nothing => return false,
+            },
         };
         let Some(peer) = self.peers.get_mut(peer_id) else {
             self.demux.forget_addr(source);
@@ -505,28 +398,8 @@ impl Engine {
 
     /// Time passed: run every peer whose timer is due, and offer again what is unanswered.
     pub fn handle_timeout(&mut self, now: Instant) {
-        for (device, overdue) in self.subscribing.overdue(now) {
-            match overdue {
-                Overdue::Reoffer(offer) => {
-                    tracing::debug!(
-                        device = device.0,
-                        revision = offer.sdp_revision,
-                        "subscribe offer unanswered: offering it again"
-                    );
-                    if let Some(layout) = self.subscribing.layout(device) {
-                        self.relay.events.push_back(EngineEvent::SubscribeOffer {
-                            device,
-                            offer,
-                            layout,
-                        });
-                    }
-                }
-                Overdue::GiveUp => self
-                    .relay
-                    .events
-                    .push_back(EngineEvent::Unanswered { device }),
-                Overdue::Release => self.renegotiate(device, now),
-            }
+        for device in self.subscribing.overdue(&mut self.relay.events, now) {
+            self.renegotiate(device, now);
         }
         for id in self.peers.due(now) {
             if let Some(peer) = self.peers.get_mut(id) {
@@ -560,21 +433,13 @@ impl Engine {
     /// the routes, the negotiated tracks and the publications (for tests).
     #[doc(hidden)]
     pub fn check_fanout(&self) -> Result<(), String> {
-        let targets: Vec<(DeviceId, BTreeMap<TrackKey, Target>)> = self
-            .devices
-            .ids()
-            .map(|device| (device, self.expected_targets(device)))
-            .collect();
-        let mut sources = Vec::new();
-        for device in self.devices.ids() {
-            let Some(published) = self.publishing.get(device) else {
-                continue;
-            };
-            for (key, mid) in published.tracks() {
-                sources.push((key, publishing::source_for(&self.devices, device, mid)));
-            }
-        }
-        self.fanout.check_against(&targets, &sources)
+        rebuild::check(rebuild::Parts {
+            devices: &self.devices,
+            routes: &self.routes,
+            publishing: &self.publishing,
+            subscribing: &self.subscribing,
+            fanout: &self.fanout,
+        })
     }
 
     // ---- coordination -----------------------------------------------------------------------
@@ -637,49 +502,14 @@ impl Engine {
         self.fanout.set_targets(device, targets);
     }
 
-    /// What a device's targets are, computed from scratch (for [`Engine::check_fanout`]).
-    fn expected_targets(&self, device: DeviceId) -> BTreeMap<TrackKey, Target> {
-        let Some(dev) = self.devices.get(device) else {
-            return BTreeMap::new();
-        };
-        let desired = self.routes.desired_tracks(dev.participant);
-        if dev.is_local() {
-            return desired
-                .keys()
-                .filter(|k| k.kind == MediaKind::Audio)
-                .map(|k| {
-                    let source = SourceKey::of(k.publisher, &k.stream);
-                    (k.clone(), Target::Local { device, source })
-                })
-                .collect();
+    /// The parts a datagram from an unknown address is looked up in.
+    fn ingress(&self) -> ingress::Parts<'_> {
+        ingress::Parts {
+            config: &self.config,
+            demux: &self.demux,
+            peers: &self.peers,
+            devices: &self.devices,
         }
-        self.subscribing.targets(&self.devices, device, &desired)
-    }
-
-    /// Answers a consent check of a publish connection another process answered before (a
-    /// restart) with a signed error ([`ice::refusal`]): Chrome drops the path, and Bandwidth's
-    /// SDK re-offers the connection with an ICE restart at once. The device must be connected
-    /// here first: the SDK's re-offer of a failed connection is made once, and lost if its
-    /// WebSocket is still reconnecting.
-    fn refuse_check(
-        &mut self,
-        transport: Transport,
-        source: SocketAddr,
-        destination: SocketAddr,
-        trans_id: TransId,
-        pwd: &str,
-    ) {
-        let Some(contents) = ice::refusal(trans_id, pwd) else {
-            return;
-        };
-        self.relay.counters.refused_checks += 1;
-        tracing::debug!(from = %source, "refused a connectivity check meant for another process");
-        self.relay.transmits.push_back(Transmit {
-            source: destination,
-            destination: source,
-            transport,
-            contents,
-        });
     }
 
     /// The parts a publish negotiation works on, lent to `Publishing`.
@@ -705,6 +535,19 @@ impl Engine {
             events: &mut self.relay.events,
         };
         (&mut self.subscribing, parts)
+    }
+
+    /// The parts a device moving between shards is taken out of or put into.
+    fn moving(&mut self) -> moving::Parts<'_> {
+        moving::Parts {
+            demux: &mut self.demux,
+            peers: &mut self.peers,
+            devices: &mut self.devices,
+            publishing: &mut self.publishing,
+            subscribing: &mut self.subscribing,
+            local: &mut self.local,
+            fanout: &mut self.fanout,
+        }
     }
 
     /// The other parts, lent to the packet path.

@@ -29,6 +29,9 @@
 //! | `Allocation` | `allocation.rs` | per subscribe connection: its estimate, what each m-line is sent, which video is paused for its link (kept in the `Peer`) |
 //! | `Caps` | `cap.rs` | per publish connection: the REMB ceiling each video track is held to while it has one viewer (kept in the `Peer`) |
 //! | `Relay` | `relay.rs` | the packet path (a peer's output drained, each packet forwarded to its targets, keyframe requests passed upstream, a subscriber's allocation run) with the engine's output queues (transmits, events), its counters and quality samples, and the buffers the hot path reuses; the other parts are lent to it per call (`Parts`) |
+//! | (new paths) | `ingress.rs` | nothing: which peer a datagram from an unknown address may open a path to, and the refusal of a check meant for the process this one replaced |
+//! | `MovedDevice` | `moving.rs` | a device between two shards' engines: its state taken out of every part of one, put into the other's |
+//! | (rebuild) | `rebuild.rs` | nothing: the fan-out rebuilt from scratch, which tests check the incremental one against |
 //! | (ICE identity) | `ice.rs` | nothing: the process's ufrag prefix, fresh local credentials, the signed refusal of a check meant for another process |
 //! | (keys) | `keys.rs` | nothing: the key types the parts share (`PeerId`, `TrackKey`, `Source`, `Target`, `SourceKey`), so that no part imports another for a name; the parts import each other without a circle |
 //! | `MediaCounters` | `counters.rs` | what the engine counts for the metrics (plain integers the driver reads) |
@@ -58,8 +61,9 @@
 //! subscriber fed by twenty publishers' packets in one batch is run once, not twenty times.
 //!
 //! ## The three paths through the engine
-//! - **A datagram**: `Engine::handle_receive` → `Demux::lookup` (or, for a new path, a STUN
-//!   request naming a known ufrag and passing that peer's integrity check) → the peer's `Rtc`
+//! - **A datagram**: `Engine::handle_receive` → `Demux::lookup` (or, for a new path,
+//!   `ingress::new_path`: a STUN request naming a known ufrag and passing that peer's
+//!   integrity check) → the peer's `Rtc`
 //!   (str0m in RTP mode: SRTP, NACK bookkeeping, repair of retransmissions; no depacketizing)
 //!   → `Relay::drain_peer` → for each RTP packet `Relay::forward` →
 //!   `Fanout::targets(source)` → for a browser target, the m-line's `Rewrite` (SSRC, sequence
@@ -108,13 +112,16 @@ mod engine;
 mod error;
 mod fanout;
 mod ice;
+mod ingress;
 mod keys;
 mod local;
+mod moving;
 mod output;
 mod peers;
 pub mod placement;
 mod publishing;
 mod quality;
+mod rebuild;
 mod relay;
 mod rewrite;
 mod routes;
@@ -124,9 +131,10 @@ mod subscribing;
 
 pub use config::EngineConfig;
 pub use counters::MediaCounters;
-pub use engine::{Engine, MovedDevice};
+pub use engine::Engine;
 pub use error::MediaError;
 pub use keys::SourceKey;
+pub use moving::MovedDevice;
 pub use output::{EngineEvent, Transmit, Transport};
 pub use peers::KEYFRAME_REQUEST_INTERVAL;
 pub use placement::Placement;

@@ -133,17 +133,6 @@ pub(super) struct Subscriber {
     stream_ids: BTreeMap<(ParticipantId, StreamId), String>,
 }
 
-/// What to do about an offer that got no answer in time.
-pub(super) enum Overdue {
-    /// Send it again (same SDP, so the pending change still fits its answer; a new revision,
-    /// since the SDK ignores revisions it has seen).
-    Reoffer(SubscribeOffer),
-    /// Offered too often: the device does not answer.
-    GiveUp,
-    /// The tracks a resumed connection held are released: renegotiate the device.
-    Release,
-}
-
 /// What accepting an answer changed.
 pub(super) struct Accepted {
     /// Video tracks the device receives for the first time: they need a keyframe.
@@ -268,9 +257,16 @@ impl Subscribing {
         }
     }
 
-    /// The pending offers whose time is up at `now`: each is offered again, or given up on
-    /// after [`OFFER_RETRIES`] times.
-    pub(super) fn overdue(&mut self, now: Instant) -> Vec<(DeviceId, Overdue)> {
+    /// What is due at `now`: each pending offer whose time is up is offered again
+    /// ([`EngineEvent::SubscribeOffer`], a new revision of the same SDP, since the SDK ignores
+    /// revisions it has seen), or given up on after [`OFFER_RETRIES`] times
+    /// ([`EngineEvent::Unanswered`]), into `events`. Returns the devices whose resumed
+    /// connection's held tracks are released now: the engine renegotiates them.
+    pub(super) fn overdue(
+        &mut self,
+        events: &mut VecDeque<EngineEvent>,
+        now: Instant,
+    ) -> Vec<DeviceId> {
         let due: Vec<(Instant, DeviceId)> = self
             .deadlines
             .iter()
@@ -289,7 +285,7 @@ impl Subscribing {
             if let Some(sub) = self.by_device.get_mut(&device) {
                 sub.held_until = None;
                 sub.held.clear();
-                out.push((device, Overdue::Release));
+                out.push(device);
             }
         }
         for (at, device) in due {
@@ -302,7 +298,7 @@ impl Subscribing {
                 continue;
             };
             if sub.retries >= OFFER_RETRIES {
-                out.push((device, Overdue::GiveUp));
+                events.push_back(EngineEvent::Unanswered { device });
                 continue;
             }
             sub.retries += 1;
@@ -312,7 +308,17 @@ impl Subscribing {
             let at = now + OFFER_TIMEOUT;
             sub.deadline = Some(at);
             self.deadlines.insert((at, device));
-            out.push((device, Overdue::Reoffer(offer)));
+            tracing::debug!(
+                device = device.0,
+                revision = offer.sdp_revision,
+                "subscribe offer unanswered: offering it again"
+            );
+            let layout = sub.layout();
+            events.push_back(EngineEvent::SubscribeOffer {
+                device,
+                offer,
+                layout,
+            });
         }
         out
     }
