@@ -37,7 +37,7 @@ pub struct MediaCounters {
     /// REMB ceilings sent to publishers whose video track has one viewer (`cap.rs`), every
     /// second while the cap holds.
     pub publisher_caps: u64,
-    /// Subscribers' estimators restarted from what they are sent (`Allocation::restart_due`).
+    /// Subscribers' estimators restarted, lagging or stalled (`Allocation::restart_due`).
     pub estimate_restarts: u64,
 }
 

@@ -249,9 +249,17 @@ impl Relay {
                     Event::EgressBitrateEstimate(BweKind::Twcc {
                         estimate,
                         can_probe: true,
-                    }) => peer.allocation.set_estimate(estimate.as_u64(), now),
+                    }) => {
+                        tracing::trace!(
+                            peer = peer_id,
+                            bps = estimate.as_u64(),
+                            "subscriber estimate"
+                        );
+                        peer.allocation.set_estimate(estimate.as_u64(), now);
+                    }
                     Event::PeerStats(s) => {
                         if let Some(lost) = s.egress_loss_fraction {
+                            tracing::trace!(peer = peer_id, lost, "subscriber loss, last second");
                             peer.allocation.set_loss(lost, now);
                         }
                     }
@@ -317,7 +325,7 @@ impl Relay {
             tracing::debug!(
                 device = peer.device.0,
                 from,
-                "subscriber estimate restarted from what it is sent"
+                "subscriber estimate restarted (lagging or stalled)"
             );
             peer.rtc.bwe().reset(Bitrate::bps(from));
         }

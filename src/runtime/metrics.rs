@@ -155,7 +155,7 @@ fn describe() {
     );
     describe_counter!(
         "patchbay_media_estimate_restarts_total",
-        "Subscribers' bandwidth estimators restarted from what they are sent (the estimate lagged far below it on a link reporting no loss), by shard"
+        "Subscribers' bandwidth estimators restarted, on a link reporting no loss: from what they are sent (the estimate lagged far below it), or from the estimate itself (it stalled under a paused video track), by shard"
     );
     describe_counter!(
         "patchbay_media_publisher_caps_total",
