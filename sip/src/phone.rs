@@ -58,7 +58,9 @@ use crate::g711::G711Law;
 use crate::jitter::{JitterBuffer, JitterConfig, Playout, PushOutcome};
 use crate::mixer::{Frame, Mixer, MixerConfig, SourceId, FRAME_SAMPLES};
 use crate::opus::{OpusDecoder, OpusEncoder, OpusError, FRAME_SAMPLES_8K};
-use crate::rtp::{digit_event, telephone_event_sequence, RtpError, RtpPacket, TelephoneEvent};
+use crate::rtp::{
+    digit_event, telephone_event_sequence, RtpError, RtpPacket, TelephoneEvent, RTP_HEADER_LEN,
+};
 use crate::sdp::{Negotiated, SUPPORTED_PTIMES};
 
 /// Sample rate of the phone leg.
@@ -196,6 +198,12 @@ pub struct PhoneStats {
     pub downlink_refused: u64,
     /// RTP packets produced for the phone.
     pub rtp_sent: u64,
+    /// Audio payload bytes from the phone (G.711), in the packets taken.
+    pub audio_bytes_received: u64,
+    /// Payload bytes of the RTP packets produced for the phone.
+    pub bytes_sent: u64,
+    /// The interarrival jitter of the phone's audio (RFC 3550, 6.4.1), microseconds.
+    pub interarrival_jitter_us: u64,
     /// Digits received from the phone.
     pub dtmf_received: u64,
     /// Digits sent to the phone (RFC 4733 or in band).
@@ -269,6 +277,13 @@ pub struct PhoneMedia {
     uplink_talking: bool,
     uplink_conceal_run: u32,
     decode_scratch: Vec<i16>,
+    /// The origin of arrival times in 8 kHz units, for the interarrival jitter.
+    arrival_origin: Option<Instant>,
+    /// The SSRC and relative transit time (arrival minus RTP timestamp, 8 kHz units, modulo
+    /// 2^32) of the last audio packet.
+    last_transit: Option<(u32, u32)>,
+    /// The interarrival jitter estimate, 8 kHz units (RFC 3550, 6.4.1).
+    jitter_units: f64,
 
     // phone DTMF
     current_event: Option<IncomingEvent>,
@@ -356,6 +371,9 @@ impl PhoneMedia {
             uplink_talking: false,
             uplink_conceal_run: 0,
             decode_scratch: Vec::with_capacity(MAX_G711_PAYLOAD),
+            arrival_origin: None,
+            last_transit: None,
+            jitter_units: 0.0,
             current_event: None,
             last_reported: None,
             digits_in: VecDeque::new(),
@@ -400,6 +418,8 @@ impl PhoneMedia {
             mixer_underruns: mixer.underruns,
             mixer_trimmed_samples: mixer.trimmed_samples,
             downlink_concealed: self.stats.downlink_concealed + mixer.concealed,
+            interarrival_jitter_us: (self.jitter_units * 1_000_000.0 / f64::from(PHONE_RATE))
+                as u64,
             ..self.stats
         }
     }
@@ -429,6 +449,8 @@ impl PhoneMedia {
                 return Err(RtpError::BadPayloadLength { len });
             }
             self.finish_event_before(rtp.ssrc, rtp.timestamp);
+            self.stats.audio_bytes_received += len as u64;
+            self.measure_jitter(rtp.ssrc, rtp.timestamp, now);
             let outcome =
                 self.jitter
                     .push(rtp.ssrc, rtp.sequence, Inbound::Audio(rtp.payload.to_vec()));
@@ -450,6 +472,24 @@ impl PhoneMedia {
             return Ok(());
         }
         Err(RtpError::UnexpectedPayloadType(pt))
+    }
+
+    /// Updates the interarrival jitter with an audio packet of `ssrc` stamped `timestamp`
+    /// that arrived at `now` (RFC 3550, 6.4.1: J += (|D| - J) / 16, D the change of the
+    /// relative transit time; all in 8 kHz units, wrapping like RTP timestamps). A new SSRC
+    /// starts from its first packet.
+    fn measure_jitter(&mut self, ssrc: u32, timestamp: u32, now: Instant) {
+        let origin = *self.arrival_origin.get_or_insert(now);
+        let arrival =
+            now.saturating_duration_since(origin).as_micros() * u128::from(PHONE_RATE) / 1_000_000;
+        let transit = (arrival as u32).wrapping_sub(timestamp);
+        if let Some((last_ssrc, last)) = self.last_transit {
+            if last_ssrc == ssrc {
+                let d = f64::from((transit.wrapping_sub(last) as i32).unsigned_abs());
+                self.jitter_units += (d - self.jitter_units) / 16.0;
+            }
+        }
+        self.last_transit = Some((ssrc, transit));
     }
 
     fn report_digit(&mut self, event: IncomingEvent) {
@@ -860,6 +900,10 @@ impl PhoneMedia {
         self.out_seq = self.out_seq.wrapping_add(1);
         self.out_ts = self.out_ts.wrapping_add(spp as u32);
         self.stats.rtp_sent += out.len() as u64;
+        self.stats.bytes_sent += out
+            .iter()
+            .map(|p| p.len().saturating_sub(RTP_HEADER_LEN) as u64)
+            .sum::<u64>();
         out
     }
 

@@ -1388,3 +1388,45 @@ fn phone_tick_jumps_timestamp_after_missed_ticks() {
     assert!(c.marker);
     assert_eq!(c.sequence, b.sequence.wrapping_add(1));
 }
+
+/// The interarrival jitter of the phone's audio (RFC 3550, 6.4.1) and the bytes counted: none
+/// for packets on time, about the offset for packets alternately 10 ms late.
+#[test]
+fn phone_measures_interarrival_jitter_and_bytes() {
+    let run = |late_every_other: bool| {
+        let mut p = phone(G711Law::MuLaw, false, 20);
+        let t0 = Instant::now();
+        let payload = vec![0xFFu8; 160];
+        for i in 0..200u64 {
+            let late = if late_every_other && i % 2 == 1 {
+                10
+            } else {
+                0
+            };
+            let b = RtpPacket::new(0, i as u16, i as u32 * 160, 9, false, &payload).to_bytes();
+            p.receive_rtp(&b, t0 + ms(20 * i + late)).unwrap();
+            while p.poll_uplink(t0 + ms(20 * i + late)).is_some() {}
+        }
+        p.stats()
+    };
+    let steady = run(false);
+    assert_eq!(steady.interarrival_jitter_us, 0);
+    assert_eq!(steady.audio_bytes_received, 200 * 160);
+    // |D| is 10 ms for every packet: J converges on 10 ms.
+    let shaky = run(true);
+    assert!(
+        (9_000..=10_000).contains(&shaky.interarrival_jitter_us),
+        "{}",
+        shaky.interarrival_jitter_us
+    );
+    // What is sent to the phone is counted in payload bytes (20 ms of G.711: 160 bytes).
+    let mut p = phone(G711Law::MuLaw, false, 20);
+    let t0 = Instant::now();
+    let mut packets = 0;
+    for i in 0..10u64 {
+        packets += p.tick(t0 + ms(20 * i)).len() as u64;
+    }
+    let s = p.stats();
+    assert_eq!(s.rtp_sent, packets);
+    assert_eq!(s.bytes_sent, packets * 160);
+}

@@ -32,13 +32,14 @@ pub struct QualityView {
     /// `good`, `fair` or `poor`: the worse of the two connections' latest samples against
     /// fixed thresholds of loss, round-trip time and audio jitter, and `poor` while video is
     /// paused for the subscriber's thin link (README, "Media quality"). `null` when nothing
-    /// current is measured (not connected, no sample yet, or a phone).
+    /// current is measured (not connected, or no sample yet).
     #[schema(value_type = Option<String>, example = "good")]
     pub level: Option<&'static str>,
     /// How often statistics are sampled, milliseconds.
     pub stats_interval_ms: u64,
-    /// The device's publish connection (media it sends): `null` if it has none (a phone, or a
-    /// browser that has not published).
+    /// The device's publish connection (media it sends; a phone's: its RTP leg toward the
+    /// server, before its first report `null`): `null` if it has none (a browser that has not
+    /// published).
     pub publish: Option<PublishQuality>,
     /// The device's subscribe connection (media it receives): `null` if it has none yet.
     pub subscribe: Option<SubscribeQuality>,

@@ -14,8 +14,8 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 
 use crate::domain::{
-    AccountId, ParticipantId, ParticipantQuality, PublishPermissions, SessionId, StreamAlias,
-    StreamId, SubscribeLayout,
+    AccountId, ConnectionQuality, ParticipantId, ParticipantQuality, PublishPermissions, SessionId,
+    StreamAlias, StreamId, SubscribeLayout,
 };
 use crate::domain::{DeclaredStreams, PublishAnswer};
 use crate::forwarding::TableDiff;
@@ -72,6 +72,11 @@ pub trait LocalUplink: Send + Sync + 'static {
     /// (RFC 6464, -dBov, 0 to 127) when the caller measured it (it counts for the session's
     /// dominant speaker).
     fn write(&self, rtp_time: u64, data: Vec<u8>, level: Option<u8>);
+
+    /// What the caller measured of the device's own leg (a phone call's RTP), about once a
+    /// second: `publish`, what the device sends, as received; `subscribe`, what it is sent.
+    /// It is what the quality view shows of the device.
+    fn report(&self, publish: ConnectionQuality, subscribe: ConnectionQuality);
 }
 
 /// A local device connected to the media plane.

@@ -9,8 +9,10 @@ use super::MediaKind;
 pub enum QualityDevice {
     /// A WebRTC device (a browser): a publish and a subscribe connection, each measured.
     Browser,
-    /// A phone call bridged by the SIP runtime: it has no WebRTC connection, and nothing of its
-    /// RTP leg is measured here.
+    /// A phone call bridged by the SIP runtime: it has no WebRTC connection; its RTP leg, as
+    /// the SIP runtime measures it, stands for its connections (what the phone sends, as
+    /// received: packets, bytes, loss at the jitter buffer, interarrival jitter; what it is
+    /// sent: packets and bytes).
     Phone,
 }
 
@@ -244,7 +246,7 @@ impl LevelWatch {
 
 impl ParticipantQuality {
     /// The worse of its connections' levels; `None` when neither has one (not connected yet,
-    /// no sample, or a phone, whose RTP leg is not measured).
+    /// or no current sample).
     pub fn level(&self) -> Option<QualityLevel> {
         let publish = self.publish.as_ref().and_then(ConnectionQuality::level);
         let subscribe = self.subscribe.as_ref().and_then(ConnectionQuality::level);

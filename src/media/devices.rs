@@ -8,7 +8,10 @@ use std::time::Instant;
 use super::keys::PeerId;
 use super::peers::Peers;
 use super::DeviceId;
-use crate::domain::{ParticipantId, ParticipantQuality, PublishPermissions, QualityDevice};
+use crate::domain::{
+    ConnectionQuality, ParticipantId, ParticipantQuality, PublishPermissions, QualityDevice,
+    SessionId,
+};
 
 pub(super) struct Device {
     pub(super) participant: ParticipantId,
@@ -125,8 +128,28 @@ impl Devices {
     }
 }
 
-/// What `device`'s connections measured, at `now`.
-pub(super) fn quality_report(device: &Device, peers: &Peers, now: Instant) -> ParticipantQuality {
+/// A local device's leg as its driver reported it: what it sends (publish, measured as
+/// received) and what it is sent (subscribe).
+pub(super) type Leg = (ConnectionQuality, ConnectionQuality);
+
+/// What `device`'s connections measured, at `now` (for a local device, `leg`); `session`: the
+/// session whose table names its participant here.
+fn quality_report(
+    device: &Device,
+    peers: &Peers,
+    leg: Option<Leg>,
+    session: Option<SessionId>,
+    now: Instant,
+) -> ParticipantQuality {
+    if device.is_local() {
+        let (publish, subscribe) = leg.unzip();
+        return ParticipantQuality {
+            device: QualityDevice::Phone,
+            session,
+            publish,
+            subscribe,
+        };
+    }
     let connection = |p: Option<u64>| {
         let peer = peers.get(p?)?;
         let mut c = peer.quality.report(now);
@@ -136,29 +159,29 @@ pub(super) fn quality_report(device: &Device, peers: &Peers, now: Instant) -> Pa
         Some(c)
     };
     ParticipantQuality {
-        device: if device.is_local() {
-            QualityDevice::Phone
-        } else {
-            QualityDevice::Browser
-        },
-        session: None,
+        device: QualityDevice::Browser,
+        session,
         publish: connection(device.publish_peer()),
         subscribe: connection(device.subscribe_peer()),
     }
 }
 
-/// What every participant's live device measured, at `now`.
+/// What every participant's live device measured, at `now` (`leg`: a local device's leg;
+/// `session`: a participant's session here).
 pub(super) fn quality_reports(
     devices: &Devices,
     peers: &Peers,
+    leg: impl Fn(DeviceId) -> Option<Leg>,
+    session: impl Fn(ParticipantId) -> Option<SessionId>,
     now: Instant,
 ) -> Vec<(ParticipantId, ParticipantQuality)> {
     devices
         .ids()
         .filter_map(|id| {
             let device = devices.get(id)?;
-            (devices.of_participant(device.participant) == Some(id))
-                .then(|| (device.participant, quality_report(device, peers, now)))
+            let p = device.participant;
+            (devices.of_participant(p) == Some(id))
+                .then(|| (p, quality_report(device, peers, leg(id), session(p), now)))
         })
         .collect()
 }

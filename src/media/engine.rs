@@ -14,7 +14,7 @@ use str0m::Input;
 
 use super::config::EngineConfig;
 use super::demux::Demux;
-use super::devices::{self, Device, Devices};
+use super::devices::{self, Device, Devices, Leg};
 use super::error::MediaError;
 use super::fanout::Fanout;
 use super::ingress::{self, NewPath};
@@ -89,19 +89,15 @@ impl Engine {
 
     /// What `participant`'s device here measured, if it has one here.
     pub fn quality(&self, participant: ParticipantId, now: Instant) -> Option<ParticipantQuality> {
-        let device = self.devices.of_participant(participant)?;
-        let mut q = devices::quality_report(self.devices.get(device)?, &self.peers, now);
-        q.session = self.routes.session_of(participant);
-        Some(q)
+        let mut all = self.qualities(now);
+        all.retain(|(p, _)| *p == participant);
+        all.pop().map(|(_, q)| q)
     }
 
     /// What every device here measured, by participant.
     pub fn qualities(&self, now: Instant) -> Vec<(ParticipantId, ParticipantQuality)> {
-        let mut all = devices::quality_reports(&self.devices, &self.peers, now);
-        for (participant, q) in &mut all {
-            q.session = self.routes.session_of(*participant);
-        }
-        all
+        let (leg, session) = (|d| self.local.leg(d, now), |p| self.routes.session_of(p));
+        devices::quality_reports(&self.devices, &self.peers, leg, session, now)
     }
 
     // ---- devices ----------------------------------------------------------------------------
@@ -167,6 +163,11 @@ impl Engine {
         if let Some(packet) = self.local.packet(device, rtp_time, &payload, level, now) {
             self.forward(&packet, now);
         }
+    }
+
+    /// A local device's leg (a phone call's RTP) as its driver measured it, for the quality.
+    pub fn report_local_leg(&mut self, device: DeviceId, leg: Leg, now: Instant) {
+        self.local.set_leg(device, leg, now);
     }
 
     /// The device left or its connection closed: its peers go away, and so do its streams.

@@ -1,8 +1,9 @@
 //! `LocalDevices`: devices without WebRTC connections (a phone call bridged by the SIP
 //! runtime). Owns each local device's received audio tracks, each named by a [`SourceKey`]
 //! its driver mixes by, and the numbering of its published audio (its frames become the
-//! packets a publisher's RTP would be). Nothing is negotiated: a local device receives its
-//! routes' audio at once.
+//! packets a publisher's RTP would be), and the latest report its driver made of the device's
+//! own leg (a phone call's RTP, measured by the SIP runtime). Nothing is negotiated: a local
+//! device receives its routes' audio at once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -11,12 +12,13 @@ use std::time::Instant;
 use str0m::format::Codec;
 use str0m::media::Mid;
 
+use super::devices::Leg;
 use super::keys::{Source, SourceKey, Target, TrackKey};
 use super::publishing::Publication;
 use super::relay::Packet;
 use super::rewrite::Origin;
 use super::DeviceId;
-use crate::domain::{MediaKind, StreamAlias, StreamId};
+use crate::domain::{ConnectionQuality, MediaKind, StreamAlias, StreamId};
 
 /// The one "m-line" of a local device's published audio.
 const LOCAL_AUDIO_MID: &str = "phone";
@@ -43,6 +45,9 @@ pub(super) struct LocalDevice {
     /// The sequence number of the next packet of its published audio (its frames have none:
     /// the engine numbers them like a publisher's RTP).
     next_seq: u64,
+    /// What its driver last reported of its leg: what the device sent (received by the
+    /// server), what it was sent, and when the report came.
+    leg: Option<(Leg, Instant)>,
 }
 
 #[derive(Default)]
@@ -57,6 +62,25 @@ impl LocalDevices {
 
     pub(super) fn remove(&mut self, device: DeviceId) -> Option<LocalDevice> {
         self.by_device.remove(&device)
+    }
+
+    /// The driver's report of the device's leg at `now`: `publish`, what the device sends
+    /// (measured as received), `subscribe`, what it is sent.
+    pub(super) fn set_leg(&mut self, device: DeviceId, leg: Leg, now: Instant) {
+        if let Some(state) = self.by_device.get_mut(&device) {
+            state.leg = Some((leg, now));
+        }
+    }
+
+    /// The last report of the device's leg, with its age at `now` (publish, subscribe).
+    pub(super) fn leg(&self, device: DeviceId, now: Instant) -> Option<Leg> {
+        let ((publish, subscribe), at) = self.by_device.get(&device)?.leg.as_ref()?;
+        let age = Some(now.saturating_duration_since(*at).as_millis() as u64);
+        let aged = |c: &ConnectionQuality| ConnectionQuality {
+            sample_age_ms: age,
+            ..c.clone()
+        };
+        Some((aged(publish), aged(subscribe)))
     }
 
     /// The sequence number for the device's next published packet.

@@ -60,8 +60,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::domain::{
-    AccountId, ParticipantId, PublishCredentials, PublishPermissions, SessionId, StreamAlias,
-    StreamId, SubscribeLayout,
+    AccountId, ConnectionQuality, ParticipantId, PublishCredentials, PublishPermissions, SessionId,
+    StreamAlias, StreamId, SubscribeLayout,
 };
 use crate::forwarding::{PublishedStream, TableDiff};
 use crate::media::placement::home_of_session;
@@ -552,6 +552,18 @@ impl Shard {
     ) {
         self.engine.write_local(device, rtp_time, data, level, now);
         self.collect();
+    }
+
+    /// A local device's driver reported its leg ([`Engine::report_local_leg`]).
+    pub fn handle_local_leg(
+        &mut self,
+        device: DeviceId,
+        publish: ConnectionQuality,
+        subscribe: ConnectionQuality,
+        now: Instant,
+    ) {
+        self.engine
+            .report_local_leg(device, (publish, subscribe), now);
     }
 
     /// A local device's call ended.

@@ -37,8 +37,8 @@ use crate::control::port::{
 };
 use crate::control::{Control, ControlError, Resource};
 use crate::domain::{
-    AccountId, ParticipantId, ParticipantQuality, PublishPermissions, SessionId, StreamAlias,
-    StreamId, SubscribeLayout,
+    AccountId, ConnectionQuality, ParticipantId, ParticipantQuality, PublishPermissions, SessionId,
+    StreamAlias, StreamId, SubscribeLayout,
 };
 use crate::forwarding::{PublishedStream, TableDiff};
 pub use crate::media::RECONNECT_GRACE;
@@ -91,6 +91,11 @@ enum Command {
         rtp_time: u64,
         data: Vec<u8>,
         level: Option<u8>,
+    },
+    /// A local device's leg, as its driver measured it.
+    LocalLeg {
+        device: DeviceId,
+        leg: Box<(ConnectionQuality, ConnectionQuality)>,
     },
     RemoveLocal {
         device: DeviceId,
@@ -425,6 +430,13 @@ impl LocalUplink for ShardUplink {
             rtp_time,
             data,
             level,
+        }));
+    }
+
+    fn report(&self, publish: ConnectionQuality, subscribe: ConnectionQuality) {
+        let _ = self.inbox.send(Inbox::Command(Command::LocalLeg {
+            device: self.device,
+            leg: Box::new((publish, subscribe)),
         }));
     }
 }
@@ -1092,6 +1104,10 @@ impl Pump {
             } => self
                 .shard
                 .handle_write_local(device, rtp_time, data, level, now),
+            Command::LocalLeg { device, leg } => {
+                let (publish, subscribe) = *leg;
+                self.shard.handle_local_leg(device, publish, subscribe, now);
+            }
             Command::RemoveLocal { device } => {
                 self.shard.handle_remove_local(device, now);
                 self.downlinks.remove(&device);
@@ -1143,6 +1159,7 @@ impl Command {
             | Command::PublishOffer { device, .. }
             | Command::SubscribeAnswer { device, .. }
             | Command::WriteLocal { device, .. }
+            | Command::LocalLeg { device, .. }
             | Command::RemoveLocal { device } => Some(*device),
         }
     }

@@ -43,7 +43,10 @@ use tokio::sync::{mpsc, watch};
 
 use crate::control::port::{LocalConnection, LocalDownlink, LocalUplink};
 use crate::control::{AdmittedPhone, DeviceControl, LostCalls, PhoneJoined, PhoneRefusal};
-use crate::domain::{AccountId, ParticipantId, SessionId, StreamAlias, StreamId};
+use crate::domain::{
+    AccountId, ConnectionQuality, MediaKind, ParticipantId, SessionId, StreamAlias, StreamId,
+    TrackQuality,
+};
 use crate::media::DeviceId;
 use crate::runtime::listen::{Acceptor, Activity, ConnectionLimits, Gate, Head as ConnectionHead};
 use crate::runtime::phone_records::{self, CallOwner, PhoneRecord, RecordChange, StoredCall};
@@ -608,6 +611,7 @@ impl Bridge {
             devices: self.devices.clone(),
             bridge: self.tx.clone(),
             underruns: UnderrunMeter::new(Instant::now()),
+            leg: LegMeter::new(Instant::now()),
         };
         let task = tokio::spawn(audio.run(downlink, commands_rx));
         tracing::info!(call = %call, %participant, "phone joined");
@@ -966,6 +970,7 @@ impl Bridge {
             devices: self.devices.clone(),
             bridge: self.tx.clone(),
             underruns: UnderrunMeter::new(Instant::now()),
+            leg: LegMeter::new(Instant::now()),
         };
         let task = tokio::spawn(audio.run(downlink, commands_rx));
         tracing::info!(call = %call, %participant, name = %name, "phone call taken over from the previous process");
@@ -1027,6 +1032,86 @@ struct CallMedia {
     bridge: mpsc::UnboundedSender<Message>,
     /// The call's jitter-buffer underruns on their way to the metrics.
     underruns: UnderrunMeter,
+    /// The call's RTP leg on its way to the quality view.
+    leg: LegMeter,
+}
+
+/// The track name of a phone's RTP leg in the quality view (the media plane names the phone's
+/// published audio the same).
+const PHONE_LEG_MID: &str = "phone";
+
+/// What a call's RTP leg measured, turned once a second into the quality view's terms (a
+/// connection each way, one audio track each) and reported to the media plane. From the
+/// phone: packets taken, payload bytes, the fraction of the interval's packets the jitter
+/// buffer found missing or late, and the interarrival jitter (RFC 3550). To the phone:
+/// packets and payload bytes sent. Nothing of the phone's own view (it sends no RTCP here):
+/// no loss toward it, no round-trip time.
+struct LegMeter {
+    last: Instant,
+    /// Counters at the last report: packets received, missing or late, bytes received,
+    /// bytes sent.
+    at_last: (u64, u64, u64, u64),
+}
+
+impl LegMeter {
+    fn new(now: Instant) -> LegMeter {
+        LegMeter {
+            last: now,
+            at_last: (0, 0, 0, 0),
+        }
+    }
+
+    fn due(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.last) >= super::metrics::PUBLISH_EVERY
+    }
+
+    /// The leg's report at `now` from the phone's counters; `alive`: RTP or RTCP still comes.
+    fn measure(
+        &mut self,
+        stats: &patchbay_sip::phone::PhoneStats,
+        alive: bool,
+        now: Instant,
+    ) -> (ConnectionQuality, ConnectionQuality) {
+        let secs = now.saturating_duration_since(self.last).as_secs_f64();
+        let (received, missing) = (stats.rtp_received, stats.lost_packets + stats.late_packets);
+        let (r0, m0, b0, s0) = self.at_last;
+        let (new_received, new_missing) = (received.saturating_sub(r0), missing.saturating_sub(m0));
+        let rate = |bytes: u64, before: u64| {
+            (secs > 0.0).then(|| (bytes.saturating_sub(before) as f64 * 8.0 / secs) as u64)
+        };
+        let expected = new_received + new_missing;
+        let track = |packets: u64, bytes: u64, before: u64| TrackQuality {
+            mid: PHONE_LEG_MID.to_owned(),
+            kind: Some(MediaKind::Audio),
+            bitrate_bps: rate(bytes, before),
+            bytes,
+            packets,
+            ..TrackQuality::default()
+        };
+        let mut from_phone = track(received, stats.audio_bytes_received, b0);
+        from_phone.loss_fraction = (expected > 0).then(|| new_missing as f32 / expected as f32);
+        from_phone.jitter_ms = Some(stats.interarrival_jitter_us as f64 / 1000.0);
+        let to_phone = track(stats.rtp_sent, stats.bytes_sent, s0);
+        self.at_last = (
+            received,
+            missing,
+            stats.audio_bytes_received,
+            stats.bytes_sent,
+        );
+        self.last = now;
+        let connection = |t: TrackQuality| ConnectionQuality {
+            connected: alive,
+            sample_age_ms: Some(0),
+            bitrate_bps: t.bitrate_bps,
+            bytes: t.bytes,
+            packets: t.packets,
+            loss_fraction: t.loss_fraction,
+            jitter_ms: t.jitter_ms,
+            tracks: vec![t],
+            ..ConnectionQuality::default()
+        };
+        (connection(from_phone), connection(to_phone))
+    }
 }
 
 /// A call's underrun counts published so far, by direction; published once a second and at
@@ -1096,6 +1181,10 @@ impl CallMedia {
                     let packets = self.phone.tick(now);
                     if self.underruns.due(now) {
                         self.underruns.publish(&self.phone.stats());
+                    }
+                    if self.leg.due(now) {
+                        let (publish, subscribe) = self.leg.measure(&self.phone.stats(), !dead, now);
+                        self.uplink.report(publish, subscribe);
                     }
                     if let Some(remote) = self.remote {
                         for p in packets {

@@ -13,7 +13,10 @@ use std::time::Duration;
 
 use patchbay::config::ServeConfig;
 use patchbay::control::{Control, ControlEvent, LifecycleEvent, NewParticipant};
-use patchbay::domain::{AccountId, MediaKinds, ParticipantId, SessionId, Subscriptions};
+use patchbay::domain::{
+    AccountId, MediaKind, MediaKinds, ParticipantId, ParticipantQuality, QualityDevice, SessionId,
+    Subscriptions,
+};
 use patchbay_testkit::app::{spawn_app, spawn_app_with, RunningApp};
 use patchbay_testkit::db::sqlite_url;
 use patchbay_testkit::phone_ua::{self, dial, power_at, Dial, Phone};
@@ -159,13 +162,20 @@ async fn dial_ok(sip: SocketAddr, token: &str) -> Phone {
     }
 }
 
-/// Two phones dialled into one new session of `s`, each hearing the whole session.
-async fn two_phones(s: &Server) -> (Phone, Phone) {
+/// A new session of `s` with two members, each hearing the whole session: the session, and
+/// each member with its token.
+async fn two_members(s: &Server) -> (SessionId, [(ParticipantId, String); 2]) {
     let session = s.session().await;
     let (a, ta) = s.participant().await;
     let (b, tb) = s.participant().await;
     s.join(session, a, whole(session)).await;
     s.join(session, b, whole(session)).await;
+    (session, [(a, ta), (b, tb)])
+}
+
+/// Two phones dialled into one new session of `s`, each hearing the whole session.
+async fn two_phones(s: &Server) -> (Phone, Phone) {
+    let (_, [(_, ta), (_, tb)]) = two_members(s).await;
     (dial_ok(s.sip, &ta).await, dial_ok(s.sip, &tb).await)
 }
 
@@ -309,11 +319,7 @@ async fn whisper_the_caller_never_hears_the_supervisor() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bye_leaves_media_and_only_deleting_the_participant_hangs_up() {
     let s = server().await;
-    let session = s.session().await;
-    let (a, ta) = s.participant().await;
-    let (b, tb) = s.participant().await;
-    s.join(session, a, whole(session)).await;
-    s.join(session, b, whole(session)).await;
+    let (session, [(a, ta), (b, tb)]) = two_members(&s).await;
     let pa = dial_ok(s.sip, &ta).await;
     pa.play_tone(1000.0);
     // The phone publishes its stream: the routes show it.
@@ -876,4 +882,72 @@ async fn browser_keys_reach_the_phone_once_each() {
         vec![('1', 800), ('2', 800), ('3', 800)],
         "each key once, 100 ms (800 samples at 8 kHz) each"
     );
+}
+
+/// The quality of `p`, a member of `session`, as `GET …/quality` reads it.
+async fn phone_quality(s: &Server, session: SessionId, p: ParticipantId) -> ParticipantQuality {
+    s.control
+        .quality(&s.account, session, p)
+        .await
+        .expect("quality")
+        .measured
+        .expect("measured here")
+}
+
+/// Issue 21: a phone's RTP leg, measured by the bridge, is its quality view: what it sends
+/// (packets, payload, loss and jitter at the jitter buffer) and what it is sent. The counts
+/// follow the packets that really flow: when the phone stops sending, its `publish` side
+/// stops counting while its `subscribe` side (the other phone still talking) goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phones_rtp_leg_is_its_quality_view() {
+    let s = server().await;
+    let (session, [(a, ta), (_, tb)]) = two_members(&s).await;
+    let (pa, pb) = (dial_ok(s.sip, &ta).await, dial_ok(s.sip, &tb).await);
+    pa.play_tone(1000.0);
+    pb.play_tone(440.0);
+    hear(&pa, 1000).await;
+    eventually("the phone's leg is reported", DEADLINE, || async {
+        let q = phone_quality(&s, session, a).await;
+        q.publish.is_some_and(|c| c.packets >= 50) && q.subscribe.is_some_and(|c| c.packets >= 50)
+    })
+    .await;
+    let q = phone_quality(&s, session, a).await;
+    assert_eq!(q.device, QualityDevice::Phone);
+    let publish = q.publish.clone().expect("publish");
+    assert!(publish.connected);
+    let track = publish.tracks.first().expect("the leg's track");
+    assert_eq!(track.mid, "phone");
+    assert_eq!(track.kind, Some(MediaKind::Audio));
+    // G.711 at 20 ms: 160 bytes of payload a packet.
+    assert_eq!(publish.bytes, publish.packets * 160, "{publish:?}");
+    assert!(publish
+        .loss_fraction
+        .is_some_and(|l| (0.0..=1.0).contains(&l)));
+    assert!(publish.jitter_ms.is_some_and(|j| j >= 0.0));
+    assert!(publish.bitrate_bps.is_some_and(|r| r > 0), "{publish:?}");
+    assert!(q.level().is_some(), "a phone's leg has a level: {q:?}");
+
+    // The phone stops sending: what it sends stops counting, what it is sent does not. Its
+    // last packets are counted once 100 more (2 s of the other phone) were sent to it; then
+    // 100 more go by, and its own count has not moved.
+    pa.stop_sending();
+    let sent = |q: &ParticipantQuality| q.publish.as_ref().map_or(0, |c| c.packets);
+    let got = |q: &ParticipantQuality| q.subscribe.as_ref().map_or(0, |c| c.packets);
+    let after_packets = |n: u64| {
+        let s = &s;
+        async move {
+            eventually(
+                "100 more packets are sent to the phone",
+                DEADLINE,
+                || async { got(&phone_quality(s, session, a).await) >= n },
+            )
+            .await;
+            phone_quality(s, session, a).await
+        }
+    };
+    let settled = after_packets(got(&q) + 100).await;
+    let later = after_packets(got(&settled) + 100).await;
+    assert_eq!(sent(&later), sent(&settled), "{later:?}");
+    assert!(got(&later) >= got(&settled) + 100);
+    drop(pb);
 }
