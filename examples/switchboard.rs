@@ -28,8 +28,8 @@
 //!   it from the audio itself (`GET …/sessions/{s}/activeSpeaker`, read with the rest of the
 //!   state; the same change also comes as the opt-in `onActiveSpeaker` webhook);
 //! - "quality": patchbay's quality level of each member (`GET …/participants/{p}/quality`'s
-//!   `level`: good, fair or poor), n/a when nothing current is measured (a phone's RTP leg is
-//!   not measured).
+//!   `level`: good, fair or poor; a phone's from its RTP leg), n/a when nothing current is
+//!   measured.
 //!
 //! Presets set every listener's default and clear the clicked changes; a newcomer gets the
 //! default of the last preset (Barge, everyone hears everyone, before any). The active preset is
@@ -762,8 +762,8 @@ async fn state(State(backend): State<Arc<Backend>>) -> Result<Json<Value>, Failu
         ),
         None => (json!([]), json!({"subscribers": []}), json!({})),
     };
-    // Each member's quality level as patchbay measures it (good / fair / poor; null when
-    // nothing current is measured, a phone among them).
+    // Each member's quality level as patchbay measures it (good / fair / poor, a phone's from
+    // its RTP leg; null when nothing current is measured).
     let mut quality: BTreeMap<String, Value> = BTreeMap::new();
     if let Some(s) = &session {
         for p in listing.as_array().into_iter().flatten() {
