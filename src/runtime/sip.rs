@@ -1042,14 +1042,14 @@ const PHONE_LEG_MID: &str = "phone";
 
 /// What a call's RTP leg measured, turned once a second into the quality view's terms (a
 /// connection each way, one audio track each) and reported to the media plane. From the
-/// phone: packets taken, payload bytes, the fraction of the interval's packets the jitter
-/// buffer found missing or late, and the interarrival jitter (RFC 3550). To the phone:
+/// phone: packets taken, payload bytes, the fraction of the interval's packets missing at
+/// playout (lost, or too late for their turn), and the interarrival jitter (RFC 3550). To the phone:
 /// packets and payload bytes sent. Nothing of the phone's own view (it sends no RTCP here):
 /// no loss toward it, no round-trip time.
 struct LegMeter {
     last: Instant,
-    /// Counters at the last report: packets received, missing or late, bytes received,
-    /// bytes sent.
+    /// Counters at the last report: packets received in time (not late, not duplicates),
+    /// packets missing at playout, bytes received, bytes sent.
     at_last: (u64, u64, u64, u64),
 }
 
@@ -1073,7 +1073,12 @@ impl LegMeter {
         now: Instant,
     ) -> (ConnectionQuality, ConnectionQuality) {
         let secs = now.saturating_duration_since(self.last).as_secs_f64();
-        let (received, missing) = (stats.rtp_received, stats.lost_packets + stats.late_packets);
+        // A late packet's turn was played as missing: it counts once, as missing.
+        let useless = stats.late_packets + stats.duplicate_packets;
+        let (received, missing) = (
+            stats.rtp_received.saturating_sub(useless),
+            stats.lost_packets,
+        );
         let (r0, m0, b0, s0) = self.at_last;
         let (new_received, new_missing) = (received.saturating_sub(r0), missing.saturating_sub(m0));
         let rate = |bytes: u64, before: u64| {
@@ -1088,7 +1093,7 @@ impl LegMeter {
             packets,
             ..TrackQuality::default()
         };
-        let mut from_phone = track(received, stats.audio_bytes_received, b0);
+        let mut from_phone = track(stats.rtp_received, stats.audio_bytes_received, b0);
         from_phone.loss_fraction = (expected > 0).then(|| new_missing as f32 / expected as f32);
         from_phone.jitter_ms = Some(stats.interarrival_jitter_us as f64 / 1000.0);
         let to_phone = track(stats.rtp_sent, stats.bytes_sent, s0);
