@@ -654,7 +654,7 @@ async fn sessions_list_and_inspect_show_members_live_devices_calls_and_who_hears
     assert!(text.contains("p0 ("), "{text}");
     assert!(text.contains("phone [AUDIO]"), "{text}");
     // The serving process records each device's media quality (issue 21) every few seconds:
-    // the phone's shows as a phone's (no WebRTC connection is measured for it).
+    // the phone's is its RTP leg, as the SIP bridge measured it (the test phone sends G.711).
     let phone_participant = v["devices"]
         .as_array()
         .and_then(|d| d.iter().find(|d| d["kind"] == "phone"))
@@ -674,16 +674,29 @@ async fn sessions_list_and_inspect_show_members_live_devices_calls_and_who_hears
                     q["participantId"] == phone_participant
                         && q["summary"]["device"] == "phone"
                         && q["stale"] == false
+                        && q["summary"]["publish"]["packets"]
+                            .as_u64()
+                            .is_some_and(|n| n > 0)
                 })
             })
         },
     )
     .await;
     let text = cli(&db, &["session", "inspect", "ops", &session_id]);
+    let phone_id = phone_participant.as_str().expect("participant id");
+    let phone_block = text
+        .split_once(phone_id)
+        .map(|(_, rest)| rest.split("\n  p").next().unwrap_or(rest))
+        .expect("the phone's member block");
+    let quality = phone_block
+        .lines()
+        .find(|l| l.trim_start().starts_with("quality:"))
+        .expect("the phone's quality line");
     assert!(
-        text.contains("quality: phone device, no media connection measured"),
+        quality.contains(" in ") && quality.contains("kbit/s") && quality.contains("jitter "),
         "{text}"
     );
+    assert!(!quality.contains("no media connection measured"), "{text}");
 
     // A session that does not exist is an error, not an empty answer.
     let out = Command::new(BIN)
