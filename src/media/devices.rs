@@ -166,22 +166,25 @@ fn quality_report(
     }
 }
 
-/// What every participant's live device measured, at `now` (`leg`: a local device's leg;
-/// `session`: a participant's session here).
+/// What every participant's live device (`only`: that participant's) measured, at `now`
+/// (`leg`: a local device's leg; `session`: a participant's session here).
 pub(super) fn quality_reports(
     devices: &Devices,
     peers: &Peers,
+    only: Option<ParticipantId>,
     leg: impl Fn(DeviceId) -> Option<Leg>,
     session: impl Fn(ParticipantId) -> Option<SessionId>,
     now: Instant,
 ) -> Vec<(ParticipantId, ParticipantQuality)> {
-    devices
-        .ids()
-        .filter_map(|id| {
-            let device = devices.get(id)?;
-            let p = device.participant;
-            (devices.of_participant(p) == Some(id))
-                .then(|| (p, quality_report(device, peers, leg(id), session(p), now)))
-        })
-        .collect()
+    let ids: Box<dyn Iterator<Item = DeviceId> + '_> = match only {
+        Some(p) => Box::new(devices.of_participant(p).into_iter()),
+        None => Box::new(devices.ids()),
+    };
+    ids.filter_map(|id| {
+        let device = devices.get(id)?;
+        let p = device.participant;
+        (devices.of_participant(p) == Some(id))
+            .then(|| (p, quality_report(device, peers, leg(id), session(p), now)))
+    })
+    .collect()
 }

@@ -89,18 +89,19 @@ impl Engine {
 
     /// What `participant`'s device here measured, if it has one here.
     pub fn quality(&self, participant: ParticipantId, now: Instant) -> Option<ParticipantQuality> {
-        let mut all = self.qualities(now);
-        all.retain(|(p, _)| *p == participant);
-        all.pop().map(|(_, q)| q)
+        let mut one = self.qualities_of(Some(participant), now);
+        one.pop().map(|(_, q)| q)
     }
 
-    /// What every device here measured, by participant.
-    pub fn qualities(&self, now: Instant) -> Vec<(ParticipantId, ParticipantQuality)> {
+    /// What every device here (`only`: that participant's) measured, by participant.
+    pub fn qualities_of(
+        &self,
+        only: Option<ParticipantId>,
+        now: Instant,
+    ) -> Vec<(ParticipantId, ParticipantQuality)> {
         let (leg, session) = (|d| self.local.leg(d, now), |p| self.routes.session_of(p));
-        devices::quality_reports(&self.devices, &self.peers, leg, session, now)
+        devices::quality_reports(&self.devices, &self.peers, only, leg, session, now)
     }
-
-    // ---- devices ----------------------------------------------------------------------------
 
     /// A device connected for `participant`. A previous device of the same participant is
     /// replaced (one live device per participant); it is returned so the driver can close it.
@@ -165,7 +166,8 @@ impl Engine {
         }
     }
 
-    /// A local device's leg (a phone call's RTP) as its driver measured it, for the quality.
+    /// A local device's leg (a phone call's RTP) as its driver measured it, for the quality
+    /// view ([`Engine::qualities_of`]).
     pub fn report_local_leg(&mut self, device: DeviceId, leg: Leg, now: Instant) {
         self.local.set_leg(device, leg, now);
     }
@@ -309,8 +311,6 @@ impl Engine {
         Ok(())
     }
 
-    // ---- routes -----------------------------------------------------------------------------
-
     /// Applies a change of a session's forwarding table; affected subscribers renegotiate.
     pub fn apply_routes(&mut self, session: SessionId, diff: &TableDiff, now: Instant) {
         for subscriber in self.routes.apply(session, diff) {
@@ -334,8 +334,6 @@ impl Engine {
             self.apply_routes(session, &diff, now);
         }
     }
-
-    // ---- network and clock ------------------------------------------------------------------
 
     /// A datagram arrived from `source`, sent to our public address `destination` (this
     /// engine's, or another shard's for a device that moved here). Returns whether a peer of
@@ -442,8 +440,6 @@ impl Engine {
             fanout: &self.fanout,
         })
     }
-
-    // ---- coordination -----------------------------------------------------------------------
 
     /// Removes the live device of `participant`, if any, and returns it.
     fn replace_participant_device(

@@ -1116,7 +1116,7 @@ impl Pump {
                 let _ = reply.send(self.shard.engine().quality(participant, now));
             }
             Command::Qualities { reply } => {
-                let _ = reply.send(self.shard.engine().qualities(now));
+                let _ = reply.send(self.shard.engine().qualities_of(None, now));
             }
         }
     }

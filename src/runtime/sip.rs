@@ -1040,7 +1040,7 @@ struct CallMedia {
 /// published audio the same).
 const PHONE_LEG_MID: &str = "phone";
 
-/// What a call's RTP leg measured, turned once a second into the quality view's terms (a
+/// What a call's RTP leg measured, turned once a second (with the underruns) into the quality view's terms (a
 /// connection each way, one audio track each) and reported to the media plane. From the
 /// phone: packets taken, payload bytes, the fraction of the interval's packets missing at
 /// playout (lost, or too late for their turn), and the interarrival jitter (RFC 3550). To the phone:
@@ -1059,10 +1059,6 @@ impl LegMeter {
             last: now,
             at_last: (0, 0, 0, 0),
         }
-    }
-
-    fn due(&self, now: Instant) -> bool {
-        now.saturating_duration_since(self.last) >= super::metrics::PUBLISH_EVERY
     }
 
     /// The leg's report at `now` from the phone's counters; `alive`: RTP or RTCP still comes.
@@ -1184,11 +1180,11 @@ impl CallMedia {
                         let _ = self.bridge.send(Message::Dead(self.call));
                     }
                     let packets = self.phone.tick(now);
+                    // Once a second: the underruns to the metrics, the leg to the quality view.
                     if self.underruns.due(now) {
-                        self.underruns.publish(&self.phone.stats());
-                    }
-                    if self.leg.due(now) {
-                        let (publish, subscribe) = self.leg.measure(&self.phone.stats(), !dead, now);
+                        let stats = self.phone.stats();
+                        self.underruns.publish(&stats);
+                        let (publish, subscribe) = self.leg.measure(&stats, !dead, now);
                         self.uplink.report(publish, subscribe);
                     }
                     if let Some(remote) = self.remote {
