@@ -1040,12 +1040,12 @@ struct CallMedia {
 /// published audio the same).
 const PHONE_LEG_MID: &str = "phone";
 
-/// What a call's RTP leg measured, turned once a second (with the underruns) into the quality view's terms (a
-/// connection each way, one audio track each) and reported to the media plane. From the
-/// phone: packets taken, payload bytes, the fraction of the interval's packets missing at
-/// playout (lost, or too late for their turn), and the interarrival jitter (RFC 3550). To the phone:
-/// packets and payload bytes sent. Nothing of the phone's own view (it sends no RTCP here):
-/// no loss toward it, no round-trip time.
+/// What a call's RTP leg measured, turned once a second (with the underruns) into the quality
+/// view's terms (a connection each way, one audio track each) and reported to the media plane.
+/// From the phone: packets taken, payload bytes, the fraction of the interval's packets missing
+/// at playout (lost, or too late for their turn), and the interarrival jitter (RFC 3550). To
+/// the phone: packets and payload bytes sent. Nothing of the phone's own view (it sends no
+/// RTCP here): no loss toward it, no round-trip time.
 struct LegMeter {
     last: Instant,
     /// Counters at the last report: packets received in time (not late, not duplicates),
@@ -1100,16 +1100,15 @@ impl LegMeter {
             stats.bytes_sent,
         );
         self.last = now;
-        let connection = |t: TrackQuality| ConnectionQuality {
-            connected: alive,
-            sample_age_ms: Some(0),
-            bitrate_bps: t.bitrate_bps,
-            bytes: t.bytes,
-            packets: t.packets,
-            loss_fraction: t.loss_fraction,
-            jitter_ms: t.jitter_ms,
-            tracks: vec![t],
-            ..ConnectionQuality::default()
+        // The media plane stamps the report's age when it is read.
+        let connection = |t: TrackQuality| {
+            let mut c = ConnectionQuality {
+                connected: alive,
+                tracks: vec![t],
+                ..ConnectionQuality::default()
+            };
+            c.summarize();
+            c
         };
         (connection(from_phone), connection(to_phone))
     }
